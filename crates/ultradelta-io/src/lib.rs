@@ -1,0 +1,1 @@
+//! Tensor IO for UltraDelta: memory-mapped safetensors checkpoints (single, folder, sharded), pairing, streaming writer.

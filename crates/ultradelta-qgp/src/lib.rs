@@ -1,0 +1,1 @@
+//! Quantize-then-group-wise-prune for UltraDelta: uniform b-bit quantization and stratified (DAC) pruning.

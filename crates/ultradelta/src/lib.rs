@@ -1,0 +1,1 @@
+//! UltraDelta: data-free delta compression of fine-tuned models (facade: configure, compress, write; read, apply).
