@@ -1,0 +1,761 @@
+//! Read-only, memory-mapped checkpoints: single file, folder, or sharded folder.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+use memmap2::Mmap;
+use serde::Deserialize;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use crate::convert::decode_into;
+use crate::header::{self, UniqueMap, MAX_HEADER_BYTES};
+use crate::{Error, Result, TensorInfo};
+
+/// Name of the single-file weights in a Hugging Face folder.
+pub const SINGLE_FILE_NAME: &str = "model.safetensors";
+/// Name of the sharded-checkpoint index in a Hugging Face folder.
+pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
+/// Companion files larger than this are not reported by [`Checkpoint::companion_files`] (64 MiB).
+pub const MAX_COMPANION_BYTES: u64 = 64 * 1024 * 1024;
+
+/// File extensions that hold weights (never companion files).
+const WEIGHT_EXTENSIONS: [&str; 9] = [
+    "safetensors",
+    "bin",
+    "pt",
+    "pth",
+    "ckpt",
+    "h5",
+    "msgpack",
+    "onnx",
+    "gguf",
+];
+
+/// Number of sampled windows per tensor in [`Checkpoint::fingerprint`].
+const FP_WINDOWS: usize = 64;
+/// Bytes per sampled window in [`Checkpoint::fingerprint`].
+const FP_WINDOW: usize = 64;
+
+/// Read-ahead hint for the memory maps.
+#[derive(Clone, Copy)]
+enum AccessPattern {
+    Random,
+    Sequential,
+}
+
+/// Where a tensor's bytes live.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    file: usize,
+    start: usize,
+    end: usize,
+}
+
+/// A read-only, memory-mapped safetensors checkpoint (one file or several shards). `Send + Sync`.
+///
+/// Opening parses and validates every header (see [`open`](Self::open) for the order of checks) but reads no
+/// tensor data; [`view`](Self::view) borrows bytes straight from the map.
+pub struct Checkpoint {
+    path: PathBuf,
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    index: Option<PathBuf>,
+    maps: Vec<Mmap>,
+    /// Sorted by name.
+    tensors: Vec<TensorInfo>,
+    /// Parallel to `tensors`.
+    locs: Vec<Loc>,
+    metadata: BTreeMap<String, String>,
+    size_on_disk: u64,
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("weight_files", &self.files)
+            .field("tensors", &self.tensors.len())
+            .field("size_on_disk", &self.size_on_disk)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct IndexJson {
+    weight_map: UniqueMap<String>,
+}
+
+/// Memory-maps `path` after checking it can hold a safetensors prefix.
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat", e))?
+        .len();
+    if len < header::PREFIX_LEN as u64 {
+        // also avoids mapping an empty file, which fails on some platforms
+        return Err(Error::HeaderTooSmall {
+            file: path.to_path_buf(),
+            len,
+        });
+    }
+    // SAFETY: a memory map is only sound while no one modifies or truncates the file underneath it (that would be
+    // undefined behaviour for the `&[u8]` views we hand out). Checkpoints are treated as immutable inputs: callers
+    // must not modify a weight file while a `Checkpoint` built from it is alive. The `CheckpointWriter` of this crate
+    // never writes into existing files: it writes a new folder and renames it into place, which leaves the mapped
+    // inode intact.
+    #[allow(unsafe_code)]
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "memory-map", e))?;
+    // Tensors are processed front to back; this is only a hint, so its failure is not an error.
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(map)
+}
+
+/// True if `name` is one plain file name (no separators, not `.` or `..`).
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
+    let mut comps = Path::new(name).components();
+    matches!(
+        (comps.next(), comps.next()),
+        (Some(Component::Normal(_)), None)
+    ) && !name.contains('/')
+        && !name.contains('\\')
+        && !name.contains('\0')
+}
+
+/// True for file names that hold weights or index weights.
+pub(crate) fn is_weight_file_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let has_weight_ext = |s: &str| {
+        WEIGHT_EXTENSIONS.iter().any(|ext| {
+            s.len() > ext.len() + 1 && s.ends_with(ext) && s[..s.len() - ext.len()].ends_with('.')
+        })
+    };
+    if has_weight_ext(&lower) {
+        return true;
+    }
+    lower
+        .strip_suffix(".index.json")
+        .is_some_and(has_weight_ext)
+}
+
+fn is_regular_file(p: &Path) -> bool {
+    // follows symlinks: Hugging Face cache snapshots are symlinks to blobs
+    std::fs::metadata(p).is_ok_and(|m| m.is_file())
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint. `path` is one of:
+    /// - a `.safetensors` file (any file name is accepted and parsed as safetensors);
+    /// - a sharded-checkpoint index json (`*.safetensors.index.json`);
+    /// - a folder holding `model.safetensors`;
+    /// - a folder holding `model.safetensors.index.json` (sharded; `weight_map` maps tensor -> shard file);
+    /// - a folder holding exactly one `*.safetensors` file (or exactly one `*.safetensors.index.json`).
+    ///
+    /// Nothing from a file is trusted before it is checked, in this order, per weight file: the file holds the 8-byte
+    /// little-endian header length; that length is at most [`MAX_HEADER_BYTES`](crate::MAX_HEADER_BYTES) and lies
+    /// inside the file; the header is UTF-8 JSON, one object without duplicate keys, whose `__metadata__` maps strings
+    /// to strings; each tensor entry (in header order) has a supported `dtype`, a `shape` whose byte size does not
+    /// overflow, and `data_offsets` `[begin, end]` spanning exactly `numel * dtype size` bytes; then, in offset
+    /// order, each range ends inside the file (checked arithmetic; else [`Error::Truncated`] naming the file and the
+    /// first tensor cut off) and overlaps no other. An index json is capped at the same size, must map tensor names
+    /// to plain file names in its folder, every shard must exist, every tensor it lists must be in the shard it
+    /// names, and a tensor name may appear in only one shard.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
+        if meta.is_dir() {
+            Self::open_dir(path)
+        } else if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".index.json"))
+        {
+            Self::open_sharded(path, path)
+        } else {
+            Self::open_single(path, path)
+        }
+    }
+
+    fn open_dir(dir: &Path) -> Result<Checkpoint> {
+        let single = dir.join(SINGLE_FILE_NAME);
+        if is_regular_file(&single) {
+            return Self::open_single(dir, &single);
+        }
+        let index = dir.join(INDEX_FILE_NAME);
+        if is_regular_file(&index) {
+            return Self::open_sharded(dir, &index);
+        }
+        let mut weights = Vec::new();
+        let mut indexes = Vec::new();
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') || !is_regular_file(&entry.path()) {
+                continue;
+            }
+            if name.ends_with(".safetensors") {
+                weights.push(name);
+            } else if name.ends_with(".safetensors.index.json") {
+                indexes.push(name);
+            }
+        }
+        weights.sort();
+        indexes.sort();
+        match (weights.as_slice(), indexes.as_slice()) {
+            (_, [idx]) => Self::open_sharded(dir, &dir.join(idx)),
+            ([one], []) => Self::open_single(dir, &dir.join(one)),
+            ([], []) => Err(Error::NotACheckpoint {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "folder holds no .safetensors file (expected {SINGLE_FILE_NAME}, {INDEX_FILE_NAME} with its shards, or exactly one *.safetensors)"
+                ),
+            }),
+            (many, []) => Err(Error::NotACheckpoint {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "folder holds {} .safetensors files ({}) but no {INDEX_FILE_NAME} saying how they fit together (expected {SINGLE_FILE_NAME}, an index, or exactly one *.safetensors)",
+                    many.len(),
+                    list_names(many)
+                ),
+            }),
+            (_, several) => Err(Error::NotACheckpoint {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "folder holds {} safetensors index files ({}) and no {INDEX_FILE_NAME} (expected exactly one index)",
+                    several.len(),
+                    list_names(several)
+                ),
+            }),
+        }
+    }
+
+    fn open_single(given: &Path, file: &Path) -> Result<Checkpoint> {
+        let map = map_file(file)?;
+        let hdr = header::parse(file, &map)?;
+        let dir = parent_dir(file);
+        let size = map.len() as u64;
+        let mut tensors = Vec::with_capacity(hdr.entries.len());
+        for e in hdr.entries {
+            tensors.push((
+                e.info,
+                Loc {
+                    file: 0,
+                    start: e.start,
+                    end: e.end,
+                },
+            ));
+        }
+        Self::assemble(
+            given,
+            dir,
+            vec![file.to_path_buf()],
+            None,
+            vec![map],
+            tensors,
+            hdr.metadata,
+            size,
+        )
+    }
+
+    fn open_sharded(given: &Path, index_path: &Path) -> Result<Checkpoint> {
+        let bad = |reason: String| Error::InvalidIndex {
+            file: index_path.to_path_buf(),
+            reason,
+        };
+        let index_len = std::fs::metadata(index_path)
+            .map_err(|e| Error::io(index_path, "stat", e))?
+            .len();
+        if index_len > MAX_HEADER_BYTES {
+            return Err(bad(format!(
+                "file is {index_len} bytes, over the {MAX_HEADER_BYTES}-byte limit"
+            )));
+        }
+        let text =
+            std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, "read", e))?;
+        let index: IndexJson = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if index.weight_map.0.is_empty() {
+            return Err(bad("weight_map lists no tensors".into()));
+        }
+        // shard file name -> tensors the index places there
+        let mut by_shard: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (tensor, shard) in index.weight_map.0 {
+            if !is_plain_file_name(&shard) {
+                return Err(bad(format!(
+                    "tensor {tensor:?} maps to {shard:?}, expected a plain file name in the same folder"
+                )));
+            }
+            by_shard.entry(shard).or_default().push(tensor);
+        }
+        let dir = parent_dir(index_path);
+        let mut files = Vec::with_capacity(by_shard.len());
+        let mut maps = Vec::with_capacity(by_shard.len());
+        let mut tensors = Vec::new();
+        let mut metadata = None;
+        let mut size = index_len;
+        for (i, (shard, listed)) in by_shard.into_iter().enumerate() {
+            let shard_path = dir.join(&shard);
+            if !shard_path.exists() {
+                return Err(Error::MissingShard {
+                    index: index_path.to_path_buf(),
+                    shard,
+                    tensor: listed[0].clone(),
+                });
+            }
+            let map = map_file(&shard_path)?;
+            let hdr = header::parse(&shard_path, &map)?;
+            {
+                let held: std::collections::HashSet<&str> =
+                    hdr.entries.iter().map(|e| e.info.name.as_str()).collect();
+                if let Some(t) = listed.iter().find(|t| !held.contains(t.as_str())) {
+                    return Err(Error::IndexMismatch {
+                        index: index_path.to_path_buf(),
+                        tensor: t.clone(),
+                        shard,
+                    });
+                }
+            }
+            size += map.len() as u64;
+            metadata.get_or_insert(hdr.metadata);
+            for e in hdr.entries {
+                tensors.push((
+                    e.info,
+                    Loc {
+                        file: i,
+                        start: e.start,
+                        end: e.end,
+                    },
+                ));
+            }
+            files.push(shard_path);
+            maps.push(map);
+        }
+        Self::assemble(
+            given,
+            dir,
+            files,
+            Some(index_path.to_path_buf()),
+            maps,
+            tensors,
+            metadata.unwrap_or_default(),
+            size,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        given: &Path,
+        dir: PathBuf,
+        files: Vec<PathBuf>,
+        index: Option<PathBuf>,
+        maps: Vec<Mmap>,
+        mut tensors: Vec<(TensorInfo, Loc)>,
+        metadata: BTreeMap<String, String>,
+        size_on_disk: u64,
+    ) -> Result<Checkpoint> {
+        // stable: ties keep shard order, so a duplicate names the earlier shard first
+        tensors.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        for w in tensors.windows(2) {
+            if w[0].0.name == w[1].0.name {
+                return Err(Error::DuplicateTensor {
+                    tensor: w[0].0.name.clone(),
+                    first: files[w[0].1.file].clone(),
+                    second: files[w[1].1.file].clone(),
+                });
+            }
+        }
+        let (tensors, locs) = tensors.into_iter().unzip();
+        Ok(Checkpoint {
+            path: given.to_path_buf(),
+            dir,
+            files,
+            index,
+            maps,
+            tensors,
+            locs,
+            metadata,
+            size_on_disk,
+        })
+    }
+
+    /// The path given to [`open`](Self::open).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The folder holding the weight files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The weight files (one, or the shards sorted by file name).
+    pub fn weight_files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The sharded-checkpoint index json, if the checkpoint is sharded.
+    pub fn index_file(&self) -> Option<&Path> {
+        self.index.as_deref()
+    }
+
+    /// Sum of the weight files' sizes plus the index json's, in bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.size_on_disk
+    }
+
+    /// Every tensor, sorted by name.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// Total bytes of tensor data (sum of every tensor's `nbytes`).
+    pub fn total_tensor_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.nbytes() as u64).sum()
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+    }
+
+    /// Description of one tensor.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.position(name).map(|i| &self.tensors[i])
+    }
+
+    /// A view of one tensor's bytes in the memory map. [`Error::TensorNotFound`] if there is no such tensor.
+    pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
+        let Some(i) = self.position(name) else {
+            return Err(Error::TensorNotFound {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            });
+        };
+        Ok(self.view_at(i))
+    }
+
+    fn view_at(&self, i: usize) -> TensorView<'_> {
+        let loc = self.locs[i];
+        TensorView {
+            info: &self.tensors[i],
+            bytes: &self.maps[loc.file][loc.start..loc.end],
+            file: &self.files[loc.file],
+        }
+    }
+
+    /// Views of every tensor, in name order.
+    pub fn views(&self) -> impl Iterator<Item = TensorView<'_>> + '_ {
+        (0..self.tensors.len()).map(|i| self.view_at(i))
+    }
+
+    /// The weight file holding `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.position(name)
+            .map(|i| self.files[self.locs[i].file].as_path())
+    }
+
+    /// The safetensors `__metadata__` of the first weight file (empty if it has none).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Small non-weight files beside the weights (`config.json`, tokenizer files, `generation_config.json`, ...),
+    /// as full paths sorted by file name.
+    ///
+    /// Lists the entries of [`dir`](Self::dir) that are regular files (symlinks are followed, as in the Hugging Face
+    /// cache), not hidden (name starting with `.`), at most [`MAX_COMPANION_BYTES`], and not weights: not
+    /// `*.safetensors`, `*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.h5`, `*.msgpack`, `*.onnx`, `*.gguf`, nor an index of
+    /// those (`*.safetensors.index.json`, `*.bin.index.json`, ...). Names that are not UTF-8 are skipped. When the
+    /// checkpoint was opened from a single file, the folder counts as a model folder only if it holds a
+    /// `config.json`; otherwise the list is empty (a lone file in, say, a downloads folder has no companions).
+    /// An unreadable folder gives an empty list.
+    pub fn companion_files(&self) -> Vec<PathBuf> {
+        // A lone .safetensors file in an arbitrary folder (say, Downloads) has no companions:
+        // only a model folder (opened as a folder, or holding a config.json) does.
+        if self.path.is_file() && !self.dir.join("config.json").is_file() {
+            return Vec::new();
+        }
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        for entry in rd.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') || is_weight_file_name(&name) {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() && m.len() <= MAX_COMPANION_BYTES => out.push((name, path)),
+                _ => {}
+            }
+        }
+        out.sort();
+        out.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// The parsed `config.json` beside the weights, if it exists, is at most [`MAX_COMPANION_BYTES`] and is valid JSON.
+    pub fn config(&self) -> Option<serde_json::Value> {
+        let p = self.dir.join("config.json");
+        let m = std::fs::metadata(&p).ok()?;
+        if !m.is_file() || m.len() > MAX_COMPANION_BYTES {
+            return None;
+        }
+        let text = std::fs::read(&p).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// A 16-hex-digit (xxh3-64) identity of the checkpoint's tensors, cheap to compute.
+    ///
+    /// Covers, in name order, for every tensor: its name, dtype, shape, byte length and a sample of its bytes — all
+    /// of them when the tensor has at most 4096 bytes, otherwise 64 windows of 64 bytes at evenly spaced offsets
+    /// `floor(i * (nbytes - 64) / 63)`, `i = 0..64` (so the first and last 64 bytes are always included). It does not
+    /// cover bytes outside the windows, the `__metadata__`, how tensors are split across shards or ordered within a
+    /// file, file names, or companion files: the same tensors written single-file or sharded fingerprint the same.
+    pub fn fingerprint(&self) -> String {
+        // Sampling touches a few pages per tensor: ask the kernel not to read ahead around them meanwhile.
+        self.advise_all(AccessPattern::Random);
+        let fp = self.compute_fingerprint();
+        self.advise_all(AccessPattern::Sequential);
+        fp
+    }
+
+    fn advise_all(&self, pattern: AccessPattern) {
+        #[cfg(unix)]
+        for m in &self.maps {
+            // only a hint: failure changes nothing but speed
+            let _ = m.advise(match pattern {
+                AccessPattern::Random => memmap2::Advice::Random,
+                AccessPattern::Sequential => memmap2::Advice::Sequential,
+            });
+        }
+        #[cfg(not(unix))]
+        let _ = pattern;
+    }
+
+    fn compute_fingerprint(&self) -> String {
+        let mut h = Xxh3::new();
+        h.update(b"ultradelta-io fingerprint v1\0");
+        h.update(&(self.tensors.len() as u64).to_le_bytes());
+        for v in self.views() {
+            let info = v.info();
+            h.update(&(info.name.len() as u64).to_le_bytes());
+            h.update(info.name.as_bytes());
+            h.update(info.dtype.name().as_bytes());
+            h.update(b"\0");
+            h.update(&(info.shape.len() as u64).to_le_bytes());
+            for &d in &info.shape {
+                h.update(&(d as u64).to_le_bytes());
+            }
+            let bytes = v.bytes();
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            if bytes.len() <= FP_WINDOWS * FP_WINDOW {
+                h.update(bytes);
+            } else {
+                let span = (bytes.len() - FP_WINDOW) as u128;
+                for i in 0..FP_WINDOWS {
+                    let off = (i as u128 * span / (FP_WINDOWS as u128 - 1)) as usize;
+                    h.update(&bytes[off..off + FP_WINDOW]);
+                }
+            }
+        }
+        format!("{:016x}", h.digest())
+    }
+}
+
+fn parent_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn list_names(names: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(", ... {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// One tensor's bytes, borrowed from the checkpoint's memory map.
+#[derive(Clone, Copy)]
+pub struct TensorView<'a> {
+    info: &'a TensorInfo,
+    bytes: &'a [u8],
+    file: &'a Path,
+}
+
+impl fmt::Debug for TensorView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TensorView")
+            .field("info", self.info)
+            .field("file", &self.file)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl<'a> TensorView<'a> {
+    /// Name, dtype and shape.
+    pub fn info(&self) -> &'a TensorInfo {
+        self.info
+    }
+
+    /// Raw little-endian bytes (`info().nbytes()` of them). Not necessarily aligned to the element size.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The weight file holding this tensor.
+    pub fn file(&self) -> &'a Path {
+        self.file
+    }
+
+    fn context(&self) -> String {
+        format!("{}: tensor {:?}", self.file.display(), self.info.name)
+    }
+
+    /// The values as `f32` (F64 narrows with round-to-nearest). Float dtypes only, else [`Error::NotFloat`].
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        if !self.info.dtype.is_float() {
+            return Err(Error::NotFloat {
+                context: self.context(),
+                dtype: self.info.dtype,
+            });
+        }
+        let mut out = vec![0f32; self.info.numel()];
+        self.to_f32_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`to_f32`](Self::to_f32) into a caller-owned buffer of exactly `numel` values. Large tensors are
+    /// converted in parallel (rayon); the result is the same for any thread count.
+    pub fn to_f32_into(&self, out: &mut [f32]) -> Result<()> {
+        if !self.info.dtype.is_float() {
+            return Err(Error::NotFloat {
+                context: self.context(),
+                dtype: self.info.dtype,
+            });
+        }
+        let numel = self.info.numel();
+        if out.len() != numel {
+            return Err(Error::LengthMismatch {
+                context: self.context(),
+                expected: numel,
+                found: out.len(),
+            });
+        }
+        decode_into(self.info.dtype, self.bytes, out);
+        Ok(())
+    }
+
+    /// xxh3-64 of [`bytes`](Self::bytes).
+    pub fn content_hash(&self) -> u64 {
+        xxh3_64(self.bytes)
+    }
+}
+
+/// Result of [`pair`]: tensors of a base and a fine-tuned checkpoint matched by name. Every list is sorted by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pairing {
+    /// Names in both checkpoints with the same dtype and shape.
+    pub matched: Vec<String>,
+    /// Names only in the base checkpoint.
+    pub only_base: Vec<String>,
+    /// Names only in the fine-tuned checkpoint.
+    pub only_finetuned: Vec<String>,
+    /// Same name, different dtype or shape: `(base, finetuned)`.
+    pub mismatched: Vec<(TensorInfo, TensorInfo)>,
+}
+
+impl Pairing {
+    /// True when every tensor has a counterpart with the same dtype and shape.
+    pub fn is_clean(&self) -> bool {
+        self.only_base.is_empty() && self.only_finetuned.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+/// Pairs the tensors of `base` and `finetuned` by name.
+pub fn pair(base: &Checkpoint, finetuned: &Checkpoint) -> Pairing {
+    pair_infos(base.tensors(), finetuned.tensors())
+}
+
+/// [`pair`] on two name-sorted tensor lists.
+fn pair_infos(base: &[TensorInfo], ft: &[TensorInfo]) -> Pairing {
+    let mut p = Pairing::default();
+    let ft_by_name: HashMap<&str, &TensorInfo> = ft.iter().map(|t| (t.name.as_str(), t)).collect();
+    for b in base {
+        match ft_by_name.get(b.name.as_str()) {
+            Some(f) if f.dtype == b.dtype && f.shape == b.shape => p.matched.push(b.name.clone()),
+            Some(f) => p.mismatched.push((b.clone(), (*f).clone())),
+            None => p.only_base.push(b.name.clone()),
+        }
+    }
+    let base_names: std::collections::HashSet<&str> =
+        base.iter().map(|t| t.name.as_str()).collect();
+    p.only_finetuned = ft
+        .iter()
+        .filter(|t| !base_names.contains(t.name.as_str()))
+        .map(|t| t.name.clone())
+        .collect();
+    // inputs are name-sorted already; sorting again keeps the promise for any input
+    p.matched.sort();
+    p.only_base.sort();
+    p.only_finetuned.sort();
+    p.mismatched.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_names() {
+        for n in [
+            "model.safetensors",
+            "model-00001-of-00002.safetensors",
+            "pytorch_model.bin",
+            "x.PT",
+            "a.gguf",
+            "model.safetensors.index.json",
+            "pytorch_model.bin.index.json",
+        ] {
+            assert!(is_weight_file_name(n), "{n}");
+        }
+        for n in [
+            "config.json",
+            "tokenizer.json",
+            "vocab.txt",
+            "safetensors",
+            ".bin",
+            "binary.json",
+            "merges.txt",
+        ] {
+            assert!(!is_weight_file_name(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn plain_names() {
+        assert!(is_plain_file_name("model-00001-of-00002.safetensors"));
+        for n in ["", ".", "..", "a/b", "/etc/passwd", "..\\x", "a\0b"] {
+            assert!(!is_plain_file_name(n), "{n:?}");
+        }
+    }
+}

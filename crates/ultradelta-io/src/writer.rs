@@ -1,0 +1,550 @@
+//! Streaming, crash-safe checkpoint writer (single file or Hugging Face shards).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+
+use crate::checkpoint::{is_plain_file_name, INDEX_FILE_NAME, SINGLE_FILE_NAME};
+use crate::{Error, Result, TensorInfo};
+
+/// Largest header the writer produces: the `safetensors` crate refuses headers over 100,000,000 bytes.
+const HEADER_WRITE_LIMIT: u64 = 100_000_000;
+
+/// Buffer size of each shard file.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Distinguishes temp/aside names of writers in the same process.
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// Options of [`CheckpointWriter`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Largest shard, counted in tensor bytes (default 5,000,000,000, like Hugging Face's "5GB"). A single tensor
+    /// larger than this gets a shard of its own.
+    pub max_shard_bytes: u64,
+    /// safetensors `__metadata__` written into every shard (e.g. `{"format": "pt"}`).
+    pub metadata: BTreeMap<String, String>,
+    /// Replace an existing output folder (only once the new one is complete).
+    pub overwrite: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            max_shard_bytes: 5_000_000_000,
+            metadata: BTreeMap::new(),
+            overwrite: false,
+        }
+    }
+}
+
+struct Shard {
+    file_name: String,
+    tensors: Range<usize>,
+    header: Vec<u8>,
+}
+
+struct OpenShard {
+    index: usize,
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+/// Writes a checkpoint folder tensor by tensor, holding at most the one tensor's bytes the caller passes in.
+///
+/// Layout: `model.safetensors`, or `model-00001-of-0000N.safetensors` shards plus `model.safetensors.index.json`
+/// (`{"metadata":{"total_size":N},"weight_map":{tensor: shard}}`) when the tensors do not fit one shard of
+/// [`WriterOptions::max_shard_bytes`]. Shards are planned greedily in declared order. Each shard is a standard
+/// safetensors file: u64 little-endian header length, JSON header (tensors in file order, `__metadata__` first if
+/// any) padded with spaces to a multiple of 8 bytes, then the tensors' bytes in declared order.
+///
+/// Everything is written into a hidden sibling folder `.<name>.partial-<pid>-<n>`; [`finish`](Self::finish) fsyncs
+/// and renames it into place. Dropping the writer without `finish` removes the temp folder.
+pub struct CheckpointWriter {
+    dir: PathBuf,
+    temp: PathBuf,
+    overwrite: bool,
+    tensors: Vec<TensorInfo>,
+    nbytes: Vec<usize>,
+    by_name: HashMap<String, usize>,
+    shards: Vec<Shard>,
+    shard_of: Vec<usize>,
+    next: usize,
+    /// Shards `0..opened` have been opened (and all but `current` closed).
+    opened: usize,
+    current: Option<OpenShard>,
+    extra_files: BTreeSet<String>,
+    done: bool,
+}
+
+impl std::fmt::Debug for CheckpointWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointWriter")
+            .field("dir", &self.dir)
+            .field("temp", &self.temp)
+            .field("tensors", &self.tensors.len())
+            .field("written", &self.next)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+/// Builds one shard's header: offsets from 0 in `tensors` order, padded with spaces to a multiple of 8.
+fn build_header(metadata: &BTreeMap<String, String>, tensors: &[TensorInfo]) -> Vec<u8> {
+    let mut s = String::from("{");
+    let mut first = true;
+    if !metadata.is_empty() {
+        let m: serde_json::Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        s.push_str("\"__metadata__\":");
+        s.push_str(&Value::Object(m).to_string());
+        first = false;
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        if !first {
+            s.push(',');
+        }
+        first = false;
+        let end = offset + t.nbytes() as u64;
+        s.push_str(&Value::String(t.name.clone()).to_string());
+        s.push_str(":{\"dtype\":\"");
+        s.push_str(t.dtype.name());
+        s.push_str("\",\"shape\":[");
+        let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+        s.push_str(&dims.join(","));
+        s.push_str(&format!("],\"data_offsets\":[{offset},{end}]}}"));
+        offset = end;
+    }
+    s.push('}');
+    let mut bytes = s.into_bytes();
+    let padded = bytes.len().next_multiple_of(8);
+    bytes.resize(padded, b' ');
+    bytes
+}
+
+/// Greedy shard plan in declared order: a new shard starts when adding the next tensor would exceed `max`.
+fn plan_shards(nbytes: &[usize], max: u64) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut size = 0u64;
+    for (i, &n) in nbytes.iter().enumerate() {
+        let n = n as u64;
+        if i > start && size.saturating_add(n) > max {
+            out.push(start..i);
+            start = i;
+            size = 0;
+        }
+        size = size.saturating_add(n);
+    }
+    out.push(start..nbytes.len());
+    out
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    // Directories can be fsynced on Unix (makes renames and new entries durable); elsewhere this is a no-op.
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, "fsync", e))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io(path, "create", e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(path, "write", e))?;
+    f.sync_all().map_err(|e| Error::io(path, "fsync", e))
+}
+
+impl CheckpointWriter {
+    /// Starts writing the checkpoint folder `dir`. `tensors` lists every tensor in the order it will be written.
+    ///
+    /// Fails with [`Error::OutputExists`] if `dir` exists and `opts.overwrite` is false, with
+    /// [`Error::InvalidDeclaration`] for an empty, reserved (`__metadata__`) or repeated name or a size that
+    /// overflows, and with [`Error::HeaderTooLargeToWrite`] if a shard header would exceed what readers accept.
+    /// Creates `dir`'s parent folders if needed.
+    pub fn create(
+        dir: impl AsRef<Path>,
+        tensors: Vec<TensorInfo>,
+        opts: WriterOptions,
+    ) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        check_target(&dir, opts.overwrite)?;
+        let Some(dir_name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            return Err(Error::InvalidFileName {
+                dir: dir.clone(),
+                name: dir.display().to_string(),
+                reason: "the output path must end in a UTF-8 folder name".into(),
+            });
+        };
+
+        let bad = |t: &TensorInfo, reason: &str| Error::InvalidDeclaration {
+            dir: dir.clone(),
+            tensor: t.name.clone(),
+            reason: reason.to_string(),
+        };
+        let mut by_name = HashMap::with_capacity(tensors.len());
+        let mut nbytes = Vec::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if t.name.is_empty() {
+                return Err(bad(t, "empty tensor name"));
+            }
+            if t.name == "__metadata__" {
+                return Err(bad(
+                    t,
+                    "\"__metadata__\" is reserved by the safetensors format",
+                ));
+            }
+            if by_name.insert(t.name.clone(), i).is_some() {
+                return Err(bad(t, "declared twice"));
+            }
+            let Some(n) = t.checked_nbytes() else {
+                return Err(bad(t, "byte size overflows"));
+            };
+            nbytes.push(n);
+        }
+
+        let plan = plan_shards(&nbytes, opts.max_shard_bytes);
+        let count = plan.len();
+        let mut shard_of = vec![0; tensors.len()];
+        let mut shards = Vec::with_capacity(count);
+        for (s, range) in plan.into_iter().enumerate() {
+            for i in range.clone() {
+                shard_of[i] = s;
+            }
+            let file_name = if count == 1 {
+                SINGLE_FILE_NAME.to_string()
+            } else {
+                format!("model-{:05}-of-{count:05}.safetensors", s + 1)
+            };
+            let header = build_header(&opts.metadata, &tensors[range.clone()]);
+            if header.len() as u64 > HEADER_WRITE_LIMIT {
+                return Err(Error::HeaderTooLargeToWrite {
+                    file: dir.join(&file_name),
+                    len: header.len() as u64,
+                    limit: HEADER_WRITE_LIMIT,
+                });
+            }
+            shards.push(Shard {
+                file_name,
+                tensors: range,
+                header,
+            });
+        }
+
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "create folder", e))?;
+        let temp = create_unique_dir(&parent, &dir_name)?;
+
+        Ok(CheckpointWriter {
+            dir,
+            temp,
+            overwrite: opts.overwrite,
+            tensors,
+            nbytes,
+            by_name,
+            shards,
+            shard_of,
+            next: 0,
+            opened: 0,
+            current: None,
+            extra_files: BTreeSet::new(),
+            done: false,
+        })
+    }
+
+    /// The output folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The shard file names planned (one name, `model.safetensors`, when not sharded).
+    pub fn shard_file_names(&self) -> Vec<&str> {
+        self.shards.iter().map(|s| s.file_name.as_str()).collect()
+    }
+
+    /// The name of the next tensor to write, if any remain.
+    pub fn next_tensor(&self) -> Option<&TensorInfo> {
+        self.tensors.get(self.next)
+    }
+
+    /// Writes the next tensor's little-endian bytes. `name` must be the next declared tensor and `bytes.len()` its
+    /// `nbytes`, else [`Error::UnknownTensor`], [`Error::OutOfOrder`] or [`Error::ByteLengthMismatch`].
+    pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let Some(&idx) = self.by_name.get(name) else {
+            return Err(Error::UnknownTensor {
+                dir: self.dir.clone(),
+                tensor: name.to_string(),
+            });
+        };
+        if idx != self.next {
+            return Err(Error::OutOfOrder {
+                dir: self.dir.clone(),
+                tensor: name.to_string(),
+                expected: match self.tensors.get(self.next) {
+                    Some(t) => format!("{:?}", t.name),
+                    None => "no more tensors".into(),
+                },
+            });
+        }
+        if bytes.len() != self.nbytes[idx] {
+            let t = &self.tensors[idx];
+            return Err(Error::ByteLengthMismatch {
+                dir: self.dir.clone(),
+                tensor: name.to_string(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                expected: self.nbytes[idx],
+                found: bytes.len(),
+            });
+        }
+        self.open_through(self.shard_of[idx])?;
+        let cur = self
+            .current
+            .as_mut()
+            .expect("open_through leaves the tensor's shard open");
+        cur.out
+            .write_all(bytes)
+            .map_err(|e| Error::io(&cur.path, "write", e))?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Closes the open shard (flush + fsync) and opens shards up to and including `shard`, writing their headers.
+    fn open_through(&mut self, shard: usize) -> Result<()> {
+        if self.current.as_ref().is_some_and(|c| c.index == shard) {
+            return Ok(());
+        }
+        while self.opened <= shard {
+            self.close_current()?;
+            let s = &self.shards[self.opened];
+            let path = self.temp.join(&s.file_name);
+            let file = File::create(&path).map_err(|e| Error::io(&path, "create", e))?;
+            let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+            out.write_all(&(s.header.len() as u64).to_le_bytes())
+                .and_then(|()| out.write_all(&s.header))
+                .map_err(|e| Error::io(&path, "write", e))?;
+            self.current = Some(OpenShard {
+                index: self.opened,
+                path,
+                out,
+            });
+            self.opened += 1;
+        }
+        Ok(())
+    }
+
+    fn close_current(&mut self) -> Result<()> {
+        if let Some(cur) = self.current.take() {
+            let file = cur
+                .out
+                .into_inner()
+                .map_err(|e| Error::io(&cur.path, "write", e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| Error::io(&cur.path, "fsync", e))?;
+        }
+        Ok(())
+    }
+
+    /// Adds a companion file (`config.json`, tokenizer files, ...) to the folder. `file_name` must be a plain,
+    /// non-hidden file name, not a weight or index name, and not added before.
+    pub fn add_file(&mut self, file_name: &str, bytes: &[u8]) -> Result<()> {
+        let reject = |reason: &str| Error::InvalidFileName {
+            dir: self.dir.clone(),
+            name: file_name.to_string(),
+            reason: reason.to_string(),
+        };
+        if !is_plain_file_name(file_name) {
+            return Err(reject("expected a plain file name without folders"));
+        }
+        if file_name.starts_with('.') {
+            return Err(reject("hidden names are not allowed"));
+        }
+        if file_name == INDEX_FILE_NAME
+            || self.shards.iter().any(|s| s.file_name == file_name)
+            || crate::checkpoint::is_weight_file_name(file_name)
+        {
+            return Err(reject("the name is reserved for weights"));
+        }
+        if !self.extra_files.insert(file_name.to_string()) {
+            return Err(reject("added twice"));
+        }
+        write_file_synced(&self.temp.join(file_name), bytes)
+    }
+
+    /// Checks every declared tensor was written, closes and fsyncs the files, writes the index (when sharded), and
+    /// renames the folder into place. With `overwrite`, an existing folder is moved aside, the new one renamed in,
+    /// then the old one deleted. Returns the output folder.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        if self.next < self.tensors.len() {
+            return Err(Error::MissingTensors {
+                dir: self.dir.clone(),
+                missing: self.tensors.len() - self.next,
+                first: self.tensors[self.next].name.clone(),
+            });
+        }
+        // opens any shard not opened yet (only a checkpoint without tensors has one)
+        self.open_through(self.shards.len() - 1)?;
+        self.close_current()?;
+        if self.shards.len() > 1 {
+            let mut weight_map = serde_json::Map::new();
+            for s in &self.shards {
+                for t in &self.tensors[s.tensors.clone()] {
+                    weight_map.insert(t.name.clone(), Value::String(s.file_name.clone()));
+                }
+            }
+            let total: u64 = self.nbytes.iter().map(|&n| n as u64).sum();
+            let index = serde_json::json!({
+                "metadata": { "total_size": total },
+                "weight_map": weight_map,
+            });
+            let mut text =
+                serde_json::to_string_pretty(&index).map_err(|e| Error::InvalidIndex {
+                    file: self.temp.join(INDEX_FILE_NAME),
+                    reason: e.to_string(),
+                })?;
+            text.push('\n');
+            write_file_synced(&self.temp.join(INDEX_FILE_NAME), text.as_bytes())?;
+        }
+        sync_dir(&self.temp)?;
+        self.install()?;
+        self.done = true;
+        Ok(self.dir.clone())
+    }
+
+    /// Renames the finished temp folder into place.
+    fn install(&self) -> Result<()> {
+        let parent = self.temp.parent().unwrap_or(Path::new(".")).to_path_buf();
+        check_target(&self.dir, self.overwrite)?;
+        if std::fs::symlink_metadata(&self.dir).is_ok() {
+            // overwrite: move the old folder aside, put the new one in, then delete the old one
+            let name = self
+                .dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("output");
+            let aside = parent.join(format!(
+                ".{name}.old-{}-{}",
+                std::process::id(),
+                UNIQUE.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::rename(&self.dir, &aside)
+                .map_err(|e| Error::io(&self.dir, "move aside", e))?;
+            if let Err(e) = std::fs::rename(&self.temp, &self.dir) {
+                // put the old folder back; the new one stays in the temp folder until Drop removes it
+                let _ = std::fs::rename(&aside, &self.dir);
+                return Err(Error::io(&self.dir, "rename into place", e));
+            }
+            sync_dir(&parent)?;
+            std::fs::remove_dir_all(&aside)
+                .map_err(|e| Error::io(&aside, "remove old output", e))?;
+        } else {
+            std::fs::rename(&self.temp, &self.dir)
+                .map_err(|e| Error::io(&self.dir, "rename into place", e))?;
+            sync_dir(&parent)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            // close the file handle first, then remove everything half-written
+            drop(self.current.take());
+            let _ = std::fs::remove_dir_all(&self.temp);
+        }
+    }
+}
+
+/// Fails if `dir` exists and may not be replaced.
+fn check_target(dir: &Path, overwrite: bool) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) if !overwrite => Err(Error::OutputExists {
+            path: dir.to_path_buf(),
+        }),
+        Ok(m) if !m.is_dir() => Err(Error::OutputNotADirectory {
+            path: dir.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a fresh hidden sibling folder `.<name>.partial-<pid>-<n>` in `parent`.
+fn create_unique_dir(parent: &Path, name: &str) -> Result<PathBuf> {
+    let pid = std::process::id();
+    loop {
+        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        let temp = parent.join(format!(".{name}.partial-{pid}-{n}"));
+        match std::fs::create_dir(&temp) {
+            Ok(()) => return Ok(temp),
+            // a leftover of a crashed process with the same pid: pick the next number
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1_000_000 => continue,
+            Err(e) => return Err(Error::io(&temp, "create folder", e)),
+        }
+    }
+}
+
+/// One-shot: writes a checkpoint folder from in-memory tensors (in the given order) and returns its path.
+pub fn write_checkpoint(
+    dir: impl AsRef<Path>,
+    tensors: &[(TensorInfo, Vec<u8>)],
+    opts: WriterOptions,
+) -> Result<PathBuf> {
+    let infos = tensors.iter().map(|(t, _)| t.clone()).collect();
+    let mut w = CheckpointWriter::create(dir, infos, opts)?;
+    for (t, bytes) in tensors {
+        w.write_tensor(&t.name, bytes)?;
+    }
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    #[test]
+    fn plan_is_greedy_in_order() {
+        assert_eq!(plan_shards(&[4, 4, 4], 8), vec![0..2, 2..3]);
+        assert_eq!(plan_shards(&[4, 4, 4], 12), vec![0..3]);
+        // an oversized tensor gets its own shard
+        assert_eq!(plan_shards(&[2, 20, 2, 2], 5), vec![0..1, 1..2, 2..4]);
+        assert_eq!(plan_shards(&[], 5), vec![0..0]);
+        assert_eq!(plan_shards(&[1, 1], 0), vec![0..1, 1..2]);
+        // zero-sized tensors never force a new shard
+        assert_eq!(plan_shards(&[5, 0, 0], 5), vec![0..3]);
+    }
+
+    #[test]
+    fn header_is_padded_json() {
+        let mut md = BTreeMap::new();
+        md.insert("format".to_string(), "pt".to_string());
+        let h = build_header(
+            &md,
+            &[
+                TensorInfo::new("a\"b", DType::F16, vec![2, 3]),
+                TensorInfo::new("s", DType::F32, vec![]),
+            ],
+        );
+        assert_eq!(h.len() % 8, 0);
+        let v: Value = serde_json::from_slice(&h).unwrap();
+        assert_eq!(v["__metadata__"]["format"], "pt");
+        assert_eq!(v["a\"b"]["data_offsets"], serde_json::json!([0, 12]));
+        assert_eq!(v["s"]["data_offsets"], serde_json::json!([12, 16]));
+        assert_eq!(v["s"]["shape"], serde_json::json!([]));
+    }
+}
