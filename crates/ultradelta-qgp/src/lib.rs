@@ -1,1 +1,494 @@
 //! Quantize-then-group-wise-prune for UltraDelta: uniform b-bit quantization and stratified (DAC) pruning.
+//!
+//! This crate owns the per-tensor value pipeline of ALGORITHM.md §1 and §3: fitting a uniform
+//! quantizer ([`QuantParams::fit`]), mapping values to levels ([`quantize`]), the one decoding
+//! formula ([`QuantParams::dequantize`]), distribution-aware stratified pruning
+//! ([`group_prune`]), the DARE-style Bernoulli ablation ([`random_prune`]) and the seeds and
+//! random streams they use ([`tensor_seed`], [`rng`]). It is IO-free: slices in, buffers out.
+//! It must not know tensor names beyond hashing one into a seed, files, archives, allocation
+//! policy, or rescaling: survivors are returned as levels, and the caller stores the rescale
+//! factor computed elsewhere.
+//!
+//! # Rounding convention
+//! Everywhere in the project a value `x` maps to the level
+//! `((x - lo) / step).round()` computed in **f32** (round half away from zero), clamped to
+//! `[0, 2^bits - 1]`, and a level `l` decodes to `lo + (l as f32) * step` in f32. Use
+//! [`QuantParams::quantize_one`] and [`QuantParams::dequantize`]; do not re-derive them.
+//!
+//! # Determinism
+//! Results depend only on the inputs and the seed, never on the rayon thread count: parallel
+//! work is split into fixed blocks or per-level groups, each with its own random stream
+//! derived by [`rng::mix`], and results are assembled in index order.
+
+pub mod rng;
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::rng::{mix, DetRng};
+
+/// Errors of the quantize-group-prune crate. The caller adds the tensor and file names.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bit width is 0 or above 16.
+    #[error("quantization bit width {bits} is not in 1..=16")]
+    InvalidBits {
+        /// The bit width given.
+        bits: u8,
+    },
+    /// The data holds a NaN or an infinity.
+    #[error("element {index} is {value}, expected a finite number")]
+    NonFinite {
+        /// Index of the first offending element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+    /// `max - min` does not fit in an f32, so the levels cannot be represented.
+    #[error("value range [{lo}, {hi}] is too wide for f32 quantization")]
+    RangeTooLarge {
+        /// Smallest value.
+        lo: f32,
+        /// Largest value.
+        hi: f32,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Elements per parallel work unit in [`quantize`], [`QuantParams::fit`] and scans.
+const CHUNK: usize = 1 << 16;
+
+/// Uniform quantizer parameters of one tensor (ALGORITHM.md §1).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantParams {
+    /// Bit width, 1..=16 when produced by [`QuantParams::fit`].
+    pub bits: u8,
+    /// Value of level 0 (the minimum of the data).
+    pub lo: f32,
+    /// Spacing between levels; `0.0` means a constant tensor (every value is level 0 = `lo`).
+    pub step: f32,
+}
+
+impl QuantParams {
+    /// Fits `lo = min`, `hi = max`, `step = (hi - lo) / (2^bits - 1)` (computed in f64, stored as
+    /// f32). A constant (or empty) tensor gets `step = 0` and keeps `bits`; an empty tensor
+    /// gets `lo = 0`. A range so narrow that `step` underflows to 0 is treated as constant.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBits`] if `bits` is 0 or above 16; [`Error::NonFinite`] at the first NaN or
+    /// infinity; [`Error::RangeTooLarge`] if `hi - lo` exceeds `f32::MAX`.
+    pub fn fit(delta: &[f32], bits: u8) -> Result<QuantParams> {
+        if bits == 0 || bits > 16 {
+            return Err(Error::InvalidBits { bits });
+        }
+        // Per chunk: (first non-finite index, min, max). Combining is order-independent.
+        let scan = delta
+            .par_chunks(CHUNK)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let mut lo = f32::INFINITY;
+                let mut hi = f32::NEG_INFINITY;
+                for (i, &x) in chunk.iter().enumerate() {
+                    if !x.is_finite() {
+                        return (Some(c * CHUNK + i), lo, hi);
+                    }
+                    lo = lo.min(x);
+                    hi = hi.max(x);
+                }
+                (None, lo, hi)
+            })
+            .reduce(
+                || (None, f32::INFINITY, f32::NEG_INFINITY),
+                |a, b| {
+                    let bad = match (a.0, b.0) {
+                        (Some(x), Some(y)) => Some(x.min(y)),
+                        (x, y) => x.or(y),
+                    };
+                    (bad, a.1.min(b.1), a.2.max(b.2))
+                },
+            );
+        if let (Some(index), _, _) = scan {
+            return Err(Error::NonFinite {
+                index,
+                value: delta[index],
+            });
+        }
+        let (_, lo, hi) = scan;
+        if delta.is_empty() {
+            return Ok(QuantParams {
+                bits,
+                lo: 0.0,
+                step: 0.0,
+            });
+        }
+        let range = f64::from(hi) - f64::from(lo);
+        if range > f64::from(f32::MAX) {
+            return Err(Error::RangeTooLarge { lo, hi });
+        }
+        let top = f64::from((1u32 << bits) - 1);
+        let step = (range / top) as f32;
+        Ok(QuantParams { bits, lo, step })
+    }
+
+    /// Number of levels, `2^bits` (bits above 16 are treated as 16).
+    pub fn levels(&self) -> u32 {
+        1u32 << self.bits.min(16)
+    }
+
+    /// Highest level, `2^bits - 1`.
+    pub fn max_level(&self) -> u16 {
+        (self.levels() - 1) as u16
+    }
+
+    /// THE decoding formula, used everywhere: `lo + (level as f32) * step`, in f32.
+    #[inline]
+    pub fn dequantize(&self, level: u16) -> f32 {
+        self.lo + (level as f32) * self.step
+    }
+
+    /// THE encoding formula: `((x - lo) / step).round()` in f32 (half away from zero), clamped to
+    /// `[0, 2^bits - 1]`; 0 when `step == 0` (constant tensor) and for NaN input.
+    #[inline]
+    pub fn quantize_one(&self, x: f32) -> u16 {
+        if self.step == 0.0 {
+            return 0;
+        }
+        let q = ((x - self.lo) / self.step).round();
+        // f32::max returns the other operand for NaN, so NaN maps to 0.
+        q.max(0.0).min(f32::from(self.max_level())) as u16
+    }
+}
+
+/// Quantizes `delta` into `out` with [`QuantParams::quantize_one`], in parallel fixed chunks
+/// (each element is independent, so the result does not depend on the thread count).
+///
+/// # Panics
+/// If `out.len() != delta.len()` (a caller bug, not a data error).
+pub fn quantize(delta: &[f32], p: &QuantParams, out: &mut [u16]) {
+    assert_eq!(
+        delta.len(),
+        out.len(),
+        "quantize: output buffer length differs from input length"
+    );
+    out.par_chunks_mut(CHUNK)
+        .zip(delta.par_chunks(CHUNK))
+        .for_each(|(o, d)| {
+            for (o, &x) in o.iter_mut().zip(d) {
+                *o = p.quantize_one(x);
+            }
+        });
+}
+
+/// Count of each level: `counts[l]` = number of entries equal to `l`; the length is
+/// `max(levels) + 1` (empty for empty input).
+pub fn level_counts(levels: &[u16]) -> Vec<u64> {
+    let Some(&max) = levels.par_iter().max() else {
+        return Vec::new();
+    };
+    let size = usize::from(max) + 1;
+    levels
+        .par_chunks(CHUNK)
+        .fold(
+            || vec![0u64; size],
+            |mut h, chunk| {
+                for &l in chunk {
+                    h[usize::from(l)] += 1;
+                }
+                h
+            },
+        )
+        .reduce(
+            || vec![0u64; size],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        )
+}
+
+/// Population standard deviation of the dequantized values, in f64: computed exactly from the
+/// level histogram (integer counts, so independent of the thread count), each level valued at
+/// `dequantize(level) as f64`. 0 for empty input.
+pub fn quantized_std(levels: &[u16], p: &QuantParams) -> f64 {
+    let counts = level_counts(levels);
+    let n = levels.len() as f64;
+    if levels.is_empty() {
+        return 0.0;
+    }
+    let value = |l: usize| f64::from(p.dequantize(l as u16));
+    let mean = counts
+        .iter()
+        .enumerate()
+        .map(|(l, &c)| c as f64 * value(l))
+        .sum::<f64>()
+        / n;
+    let var = counts
+        .iter()
+        .enumerate()
+        .map(|(l, &c)| {
+            let d = value(l) - mean;
+            c as f64 * d * d
+        })
+        .sum::<f64>()
+        / n;
+    var.sqrt()
+}
+
+/// Survivors of pruning: positions (ascending, unique) and their levels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Flat indices of the kept entries, strictly ascending.
+    pub positions: Vec<u64>,
+    /// Level of each kept entry (same length as `positions`).
+    pub levels: Vec<u16>,
+}
+
+impl Pruned {
+    /// Number of kept entries.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// True when nothing was kept.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+}
+
+/// Shortest block of [`group_prune`]'s selection pass.
+const MIN_BLOCK: usize = 1 << 16;
+/// Bound on `blocks × groups` (memory of the per-block level histograms).
+const MAX_BLOCK_CELLS: usize = 1 << 22;
+
+/// Share of the non-zero entries that DAC drops, given the tensor's target `rate` and the
+/// share `s0` of entries that are already zero: `max(0, (rate - s0) / (1 - s0))`, with
+/// `rate <= 0` (or NaN) meaning 0 and `rate >= 1` meaning 1.
+pub fn dac_group_rate(rate: f64, s0: f64) -> f64 {
+    if rate.is_nan() || rate <= 0.0 {
+        0.0
+    } else if rate >= 1.0 {
+        1.0
+    } else if s0 >= 1.0 {
+        0.0
+    } else {
+        ((rate - s0) / (1.0 - s0)).clamp(0.0, 1.0)
+    }
+}
+
+/// Number of entries DAC drops from a group of `n` non-zero entries at group rate `r`:
+/// `round(n · r)` (half away from zero), at most `n`.
+pub fn dac_drop_count(n: u64, r: f64) -> u64 {
+    ((n as f64 * r).round() as u64).min(n)
+}
+
+/// Which within-group ordinals a group lists, and whether the listed ones are kept or dropped.
+struct Selection {
+    /// Sorted ordinals (rank of the entry among its group's entries, in position order).
+    listed: Vec<u64>,
+    /// True: listed ordinals are kept, others dropped. False: listed are dropped.
+    keep_listed: bool,
+}
+
+/// Picks `m` distinct ordinals from `0..n` uniformly by a partial Fisher–Yates shuffle of the
+/// virtual array `[0, 1, .., n-1]`: step `j` swaps slot `j` with slot `j + below(n - j)` and
+/// takes the value that lands in slot `j`. The array is stored densely or as a sparse map of
+/// the touched slots, which gives identical results.
+fn sample_ordinals(n: u64, m: u64, rng: &mut DetRng) -> Vec<u64> {
+    let dense = n <= u64::from(u32::MAX) && m.saturating_mul(16) >= n;
+    let mut out = Vec::with_capacity(m as usize);
+    if dense {
+        let mut slots: Vec<u32> = (0..n as u32).collect();
+        for j in 0..m {
+            let x = j + rng.below(n - j);
+            slots.swap(j as usize, x as usize);
+            out.push(u64::from(slots[j as usize]));
+        }
+    } else {
+        let mut moved: HashMap<u64, u64> = HashMap::with_capacity(2 * m as usize);
+        for j in 0..m {
+            let x = j + rng.below(n - j);
+            let at_j = moved.get(&j).copied().unwrap_or(j);
+            let at_x = moved.get(&x).copied().unwrap_or(x);
+            // Slot j is never read again; only slot x keeps the displaced value.
+            moved.insert(x, at_j);
+            out.push(at_x);
+        }
+    }
+    out
+}
+
+/// DAC: stratified prune (ALGORITHM.md §3). `rate` is this tensor's target sparsity.
+///
+/// Entries whose dequantized value is exactly `0.0` are already zero: they are never kept and
+/// their share `s0` counts toward the target, so `r = max(0, (rate - s0)/(1 - s0))`
+/// ([`dac_group_rate`]). In every other level group `g` of size `n_g`, exactly
+/// `round(n_g · r)` entries are dropped ([`dac_drop_count`]), chosen uniformly at random by a
+/// partial Fisher–Yates shuffle driven by `DetRng::new(mix(seed, g))` (it draws the smaller of
+/// the dropped and kept sets). `rate <= 0` keeps every non-zero entry; `rate >= 1` keeps none.
+/// Groups are sampled in parallel and the kept set is assembled in position order, so the
+/// result is the same whatever the thread count.
+pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pruned {
+    let n = levels.len();
+    if n == 0 {
+        return Pruned::default();
+    }
+    let Some(&max_level) = levels.par_iter().max() else {
+        return Pruned::default();
+    };
+    let groups = usize::from(max_level) + 1;
+    let max_blocks = (MAX_BLOCK_CELLS / groups).max(1);
+    let blocks = n.div_ceil(MIN_BLOCK).clamp(1, max_blocks);
+    let block_len = n.div_ceil(blocks);
+
+    // Per-block level histograms, then turned into each block's starting ordinal per group.
+    let mut starts: Vec<Vec<u64>> = levels
+        .par_chunks(block_len)
+        .map(|chunk| {
+            let mut h = vec![0u64; groups];
+            for &l in chunk {
+                h[usize::from(l)] += 1;
+            }
+            h
+        })
+        .collect();
+    let mut totals = vec![0u64; groups];
+    for h in starts.iter_mut() {
+        for (t, c) in totals.iter_mut().zip(h.iter_mut()) {
+            let count = *c;
+            *c = *t;
+            *t += count;
+        }
+    }
+
+    let is_zero: Vec<bool> = (0..groups).map(|g| p.dequantize(g as u16) == 0.0).collect();
+    let zeros: u64 = (0..groups).filter(|&g| is_zero[g]).map(|g| totals[g]).sum();
+    let r = dac_group_rate(rate, zeros as f64 / n as f64);
+
+    let selections: Vec<Selection> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let size = totals[g];
+            if is_zero[g] || size == 0 {
+                return Selection {
+                    listed: Vec::new(),
+                    keep_listed: true,
+                };
+            }
+            let drop = dac_drop_count(size, r);
+            let keep = size - drop;
+            if drop == 0 || keep == 0 {
+                return Selection {
+                    listed: Vec::new(),
+                    keep_listed: keep == 0,
+                };
+            }
+            let mut rng = DetRng::new(mix(seed, g as u64));
+            let keep_listed = keep < drop;
+            let mut listed = sample_ordinals(size, keep.min(drop), &mut rng);
+            listed.sort_unstable();
+            Selection {
+                listed,
+                keep_listed,
+            }
+        })
+        .collect();
+
+    let parts: Vec<Pruned> = levels
+        .par_chunks(block_len)
+        .zip(starts.par_iter())
+        .enumerate()
+        .map(|(b, (chunk, start))| {
+            let base = (b * block_len) as u64;
+            let mut counter = start.clone();
+            let mut cursor: Vec<usize> = selections
+                .iter()
+                .zip(start)
+                .map(|(s, &o)| s.listed.partition_point(|&x| x < o))
+                .collect();
+            let mut out = Pruned::default();
+            for (i, &l) in chunk.iter().enumerate() {
+                let g = usize::from(l);
+                let ordinal = counter[g];
+                counter[g] += 1;
+                let sel = &selections[g];
+                let c = cursor[g];
+                let listed = c < sel.listed.len() && sel.listed[c] == ordinal;
+                if listed {
+                    cursor[g] += 1;
+                }
+                if listed == sel.keep_listed {
+                    out.positions.push(base + i as u64);
+                    out.levels.push(l);
+                }
+            }
+            out
+        })
+        .collect();
+    concat(parts)
+}
+
+fn concat(parts: Vec<Pruned>) -> Pruned {
+    let total: usize = parts.iter().map(Pruned::len).sum();
+    let mut out = Pruned {
+        positions: Vec::with_capacity(total),
+        levels: Vec::with_capacity(total),
+    };
+    for part in parts {
+        out.positions.extend_from_slice(&part.positions);
+        out.levels.extend_from_slice(&part.levels);
+    }
+    out
+}
+
+/// Block length of [`random_prune`]: each block has its own random stream.
+pub const RANDOM_BLOCK: usize = 1 << 16;
+/// Domain separator mixed into [`random_prune`]'s seed so its streams differ from DAC's.
+const RANDOM_DOMAIN: u64 = 0x4441_5245_2d42_4552; // "DARE-BER"
+
+/// Plain DARE-style Bernoulli drop (ablation `--no-dac`): each entry is dropped independently
+/// with probability `rate` (it draws `u = unit_f64()` and is kept iff `u >= rate`), so the kept
+/// histogram matches the original only on average. Entries whose dequantized value is exactly
+/// `0.0` are never kept (storing them would cost bytes for nothing); they still consume their
+/// draw. Block `b` of [`RANDOM_BLOCK`] entries uses `DetRng::new(mix(mix(seed, DOMAIN), b))`,
+/// so the result does not depend on the thread count. `rate <= 0` (or NaN) keeps every
+/// non-zero entry; `rate >= 1` keeps none.
+pub fn random_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pruned {
+    let rate = if rate.is_nan() { 0.0 } else { rate };
+    let stream = mix(seed, RANDOM_DOMAIN);
+    let parts: Vec<Pruned> = levels
+        .par_chunks(RANDOM_BLOCK)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let mut rng = DetRng::new(mix(stream, b as u64));
+            let base = (b * RANDOM_BLOCK) as u64;
+            let mut out = Pruned::default();
+            for (i, &l) in chunk.iter().enumerate() {
+                let u = rng.unit_f64();
+                if u >= rate && p.dequantize(l) != 0.0 {
+                    out.positions.push(base + i as u64);
+                    out.levels.push(l);
+                }
+            }
+            out
+        })
+        .collect();
+    concat(parts)
+}
+
+/// Stable per-tensor seed: `mix(global_seed, xxh3_64(tensor_name))` (see [`rng::mix`]).
+pub fn tensor_seed(global_seed: u64, tensor_name: &str) -> u64 {
+    mix(
+        global_seed,
+        xxhash_rust::xxh3::xxh3_64(tensor_name.as_bytes()),
+    )
+}
+
+#[cfg(test)]
+mod tests;
