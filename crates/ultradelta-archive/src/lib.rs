@@ -1,1 +1,132 @@
-//! The UltraDelta archive format: Golomb-coded positions, bit-packed levels, lossless records, streaming writer, random-access reader.
+//! The UltraDelta archive format: Golomb-coded positions, bit-packed levels, lossless records, streaming writer,
+//! random-access reader. This crate owns every byte of a `.udelta` file — the preamble, the records, the JSON index
+//! ([`Manifest`]) and the trailer, specified in `docs/FORMAT.md` — and the codecs inside it ([`golomb`],
+//! [`bitpack`], byte-plane shuffled zstd). It must NOT know how deltas are computed: it never quantizes, prunes,
+//! allocates sparsity or rescales, and never opens a safetensors checkpoint; it takes finished [`Record`]s and gives
+//! them back. It uses `DType` (ultradelta-io) and `QuantParams` (ultradelta-qgp) as plain types only.
+//!
+//! ```
+//! use ultradelta_archive::{ArchiveReader, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry};
+//! use ultradelta_io::DType;
+//! use ultradelta_qgp::QuantParams;
+//! # fn main() -> ultradelta_archive::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("ultradelta-archive-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("delta.udelta");
+//! let mut w = ArchiveWriter::create(&path, true)?;
+//! let sparse = SparseRecord {
+//!     numel: 6,
+//!     quant: QuantParams { bits: 2, lo: -0.5, step: 0.25 },
+//!     scale: 2.0,
+//!     positions: vec![1, 4],
+//!     levels: vec![0, 3],
+//! };
+//! let entry = TensorEntry::new("layer.weight", vec![2, 3], DType::BF16, Policy::Compress);
+//! w.write_tensor(entry, &Record::Sparse(sparse))?;
+//! w.add_file("config.json", b"{}")?;
+//! w.finish("ultradelta", serde_json::json!({"sparsity": 0.97}), 1.0, "0123456789abcdef", FinetunedInfo::default())?;
+//!
+//! let r = ArchiveReader::open(&path)?;
+//! let Record::Sparse(s) = r.read_record("layer.weight")? else { unreachable!() };
+//! assert_eq!(s.to_dense(1.0), [0.0, -1.0, 0.0, 0.0, 0.5, 0.0]);
+//! assert_eq!(r.read_file("config.json")?, b"{}");
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod bitpack;
+mod bits;
+mod error;
+pub mod golomb;
+mod manifest;
+mod reader;
+mod record;
+mod writer;
+
+pub use error::{Error, Result};
+pub use manifest::{
+    dtype_code, dtype_from_code, FileEntry, FinetunedInfo, Limits, Manifest, Policy, RecordKind,
+    TensorEntry, DTYPE_CODES, KIND_NONE,
+};
+pub use reader::ArchiveReader;
+pub use record::{
+    decode_header, decode_record, encode_file_record, encode_record, shuffle, unshuffle, xor_bytes,
+    Record, RecordHeader, SparseRecord, SPARSE_FIXED_BYTES, ZSTD_FRAME_BYTES,
+};
+pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};
+
+/// First 8 bytes of every archive: `0x89 'U' 'D' 'E' 'L' 'T' 'A' '\n'`.
+pub const MAGIC: [u8; 8] = *b"\x89UDELTA\n";
+
+/// Format version written after the magic (u32 little-endian). Readers refuse any other value.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Preamble flag bits this version understands (none: the flags word must be 0).
+pub const KNOWN_FLAGS: u32 = 0;
+
+/// Last 8 bytes of every finished archive: `'U' 'D' 'E' 'L' 'T' 'A' 'I' 'X'`.
+pub const TRAILER_MAGIC: [u8; 8] = *b"UDELTAIX";
+
+/// Bytes before the first record: magic (8), version (4), flags (4).
+pub const PREAMBLE_LEN: u64 = 16;
+
+/// Bytes of the trailer: index offset (8), index length (8), index xxh3-64 (8), trailer magic (8).
+pub const TRAILER_LEN: u64 = 32;
+
+/// Binary entropy `H2(d) = -d log2 d - (1-d) log2 (1-d)` in bits (0 at d = 0 and d = 1).
+pub fn h2(d: f64) -> f64 {
+    if d <= 0.0 || d >= 1.0 {
+        return 0.0;
+    }
+    -d * d.log2() - (1.0 - d) * (1.0 - d).log2()
+}
+
+/// The paper's v2 compression ratio against 16-bit dense (ALGORITHM.md §5): `16 / (bits * density)`; positions
+/// are counted as free.
+pub fn paper_v2_ratio(bits: f64, density: f64) -> f64 {
+    16.0 / (bits * density)
+}
+
+/// The paper's v3 (camera-ready) ratio: `16 / (bits * density + H2(density))`, positions at their entropy.
+pub fn paper_v3_ratio(bits: f64, density: f64) -> f64 {
+    16.0 / (bits * density + h2(density))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round1(x: f64) -> f64 {
+        (x * 10.0).round() / 10.0
+    }
+
+    #[test]
+    fn paper_ratios() {
+        assert_eq!(round1(paper_v2_ratio(4.0, 0.03)), 133.3);
+        assert_eq!(round1(paper_v3_ratio(4.0, 0.03)), 50.9);
+        assert_eq!(round1(paper_v3_ratio(4.0, 0.01)), 132.5);
+        assert_eq!(round1(paper_v3_ratio(4.0, 0.05)), 32.9);
+        assert_eq!(round1(paper_v3_ratio(4.0, 0.10)), 18.4);
+        // DARE with 16-bit values at 97%.
+        assert_eq!(round1(paper_v3_ratio(16.0, 0.03)), 23.7);
+        assert_eq!(h2(0.0), 0.0);
+        assert_eq!(h2(1.0), 0.0);
+        assert!((h2(0.5) - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn constants_are_consistent() {
+        assert_eq!(MAGIC.len() + 8, PREAMBLE_LEN as usize);
+        assert_eq!(MAGIC[0], 0x89);
+        assert_ne!(MAGIC, TRAILER_MAGIC);
+    }
+
+    #[test]
+    fn reader_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<ArchiveReader>();
+        fn send<T: Send>() {}
+        send::<ArchiveWriter>();
+    }
+}

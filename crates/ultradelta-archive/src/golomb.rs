@@ -1,0 +1,372 @@
+//! Golomb coding of the kept positions of a sparse tensor (docs/FORMAT.md, "Positions stream").
+//!
+//! The positions `p_0 < p_1 < ... < p_{k-1} < numel` are turned into gaps `g_0 = p_0`, `g_i = p_i - p_{i-1} - 1`
+//! (the number of dropped entries before each kept one). Each gap is written as a Golomb code with parameter `m`:
+//! the quotient `q = g / m` in unary (`q` one-bits, then a zero-bit), then the remainder `r = g % m` in truncated
+//! binary, most significant bit first: with `c = ceil(log2 m)` and `u = 2^c - m`, `r < u` takes `c - 1` bits (value
+//! `r`), otherwise `c` bits (value `r + u`). Bits are stored LSB-first in bytes, the last byte zero-padded.
+//!
+//! For independent (geometric) gaps with keep probability `p` the best `m` is near
+//! `ceil(ln(2 - p) / -ln(1 - p))`; [`optimal_parameter`] evaluates the exact bit cost of a window of candidates
+//! around it and keeps the cheapest (smallest `m` on ties), so the choice is deterministic.
+//!
+//! Decoding ([`decode_positions`]) treats the stream as hostile: every unary run is capped so the position cannot
+//! pass `numel`, positions come out strictly increasing and below `numel`, exactly `count` codes must use exactly
+//! `bit_len` bits, and the padding bits must be zero.
+
+use crate::bits::{BitReader, BitWriter};
+use crate::{Error, Result};
+
+/// `ceil(log2 m)` for `m >= 1`.
+#[inline]
+fn ceil_log2(m: u64) -> u32 {
+    if m <= 1 {
+        0
+    } else {
+        64 - (m - 1).leading_zeros()
+    }
+}
+
+/// Truncated-binary constants for parameter `m`: `(c, u)` with `c = ceil(log2 m)` and `u = 2^c - m`.
+#[inline]
+fn tb_constants(m: u64) -> (u32, u64) {
+    let c = ceil_log2(m);
+    let pow = if c == 64 { 0 } else { 1u64 << c };
+    // For c == 64 (m > 2^63), 2^64 - m computed with wrapping arithmetic is exact.
+    (c, pow.wrapping_sub(m))
+}
+
+/// Bits used by the Golomb code of one gap with parameter `m`.
+#[inline]
+pub fn gap_bits(gap: u64, m: u64) -> u64 {
+    let (c, u) = tb_constants(m);
+    let q = gap / m;
+    let r = gap % m;
+    let rem_bits = if c == 0 {
+        0
+    } else if r < u {
+        c - 1
+    } else {
+        c
+    };
+    q + 1 + u64::from(rem_bits)
+}
+
+/// Checks that `positions` are strictly increasing and below `numel`.
+///
+/// # Errors
+/// [`Error::InvalidRecord`] naming the first offending index.
+pub fn validate_positions(positions: &[u64], numel: u64) -> Result<()> {
+    let mut next_min = 0u64;
+    for (i, &p) in positions.iter().enumerate() {
+        if p < next_min {
+            return Err(Error::record(format!(
+                "positions must be strictly increasing: positions[{i}] = {p} after {}",
+                next_min - 1
+            )));
+        }
+        if p >= numel {
+            return Err(Error::record(format!(
+                "positions[{i}] = {p} is not below numel {numel}"
+            )));
+        }
+        next_min = p + 1;
+    }
+    Ok(())
+}
+
+/// Iterator over the gaps of valid positions.
+fn gaps(positions: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    let mut next_min = 0u64;
+    positions.iter().map(move |&p| {
+        let g = p - next_min;
+        next_min = p + 1;
+        g
+    })
+}
+
+/// The Golomb parameter that is optimal for geometric gaps with keep probability `p = kept / numel`:
+/// `ceil(ln(2 - p) / -ln(1 - p))`, clamped to `[1, max(numel, 1)]`. 1 when nothing or everything is kept.
+pub fn geometric_parameter(kept: u64, numel: u64) -> u64 {
+    if kept == 0 || kept >= numel {
+        return 1;
+    }
+    let p = kept as f64 / numel as f64;
+    let m = ((2.0 - p).ln() / -(-p).ln_1p()).ceil();
+    if !m.is_finite() || m < 1.0 {
+        1
+    } else {
+        (m as u64).clamp(1, numel)
+    }
+}
+
+/// The candidate parameters [`optimal_parameter`] evaluates: `m0 * k / 8` for `k = 4..=16` and `m0 - 3 ..= m0 + 3`,
+/// where `m0` = [`geometric_parameter`], clamped to `[1, max(numel, 1)]`, ascending and without duplicates.
+pub fn candidate_parameters(kept: u64, numel: u64) -> Vec<u64> {
+    let m0 = geometric_parameter(kept, numel);
+    let hi = numel.max(1);
+    let mut c: Vec<u64> = (4u64..=16)
+        .map(|k| m0.saturating_mul(k) / 8)
+        .chain((0..=6).map(|d| (m0 + d).saturating_sub(3)))
+        .map(|m| m.clamp(1, hi))
+        .collect();
+    c.sort_unstable();
+    c.dedup();
+    c
+}
+
+/// Exact number of bits the positions stream takes with parameter `m`. `positions` must be valid (see
+/// [`validate_positions`]) and `m >= 1`.
+pub fn encoded_bits(positions: &[u64], m: u64) -> u64 {
+    gaps(positions).map(|g| gap_bits(g, m)).sum()
+}
+
+/// Picks the parameter with the smallest exact bit cost among [`candidate_parameters`] (smallest `m` on ties).
+///
+/// # Errors
+/// [`Error::InvalidRecord`] if the positions are not strictly increasing and below `numel`.
+pub fn optimal_parameter(positions: &[u64], numel: u64) -> Result<u64> {
+    validate_positions(positions, numel)?;
+    let cands = candidate_parameters(positions.len() as u64, numel);
+    if cands.len() == 1 || positions.is_empty() {
+        return Ok(cands[0]);
+    }
+    let mut costs = vec![0u64; cands.len()];
+    for g in gaps(positions) {
+        for (cost, &m) in costs.iter_mut().zip(&cands) {
+            *cost += gap_bits(g, m);
+        }
+    }
+    let best = costs
+        .iter()
+        .zip(&cands)
+        .min_by_key(|&(&cost, &m)| (cost, m))
+        .map_or(1, |(_, &m)| m);
+    Ok(best)
+}
+
+/// Encodes `positions` with the parameter `m`. Returns the stream bytes and its length in bits.
+///
+/// # Errors
+/// [`Error::InvalidRecord`] if the positions are invalid or `m` is not in `[1, max(numel, 1)]`.
+pub fn encode_positions_with(positions: &[u64], numel: u64, m: u64) -> Result<(Vec<u8>, u64)> {
+    validate_positions(positions, numel)?;
+    if m == 0 || m > numel.max(1) {
+        return Err(Error::record(format!(
+            "Golomb parameter {m} is outside [1, {}]",
+            numel.max(1)
+        )));
+    }
+    let bits = encoded_bits(positions, m);
+    let (c, u) = tb_constants(m);
+    let mut w = BitWriter::with_capacity_bits(bits);
+    for g in gaps(positions) {
+        let q = g / m;
+        let r = g % m;
+        w.put_ones(q);
+        w.put_lsb_first(0, 1);
+        if c > 0 {
+            if r < u {
+                w.put_msb_first(r, c - 1);
+            } else {
+                w.put_msb_first(r + u, c);
+            }
+        }
+    }
+    debug_assert_eq!(w.bit_len(), bits);
+    let bit_len = w.bit_len();
+    Ok((w.finish(), bit_len))
+}
+
+/// Encodes `positions` with the cheapest parameter ([`optimal_parameter`]). Returns `(m, bytes, bit_len)`.
+///
+/// # Errors
+/// [`Error::InvalidRecord`] if the positions are not strictly increasing and below `numel`.
+pub fn encode_positions(positions: &[u64], numel: u64) -> Result<(u64, Vec<u8>, u64)> {
+    let m = optimal_parameter(positions, numel)?;
+    let (bytes, bit_len) = encode_positions_with(positions, numel, m)?;
+    Ok((m, bytes, bit_len))
+}
+
+/// Decodes exactly `count` positions from a stream of `bit_len` bits written with parameter `m`.
+///
+/// Safe on hostile input: checks `bytes.len() == ceil(bit_len / 8)`, `1 <= m <= max(numel, 1)`,
+/// `count <= min(numel, bit_len)` before allocating, caps every unary run so no position can reach `numel`, and
+/// requires that the codes end exactly at `bit_len` and that the padding bits are zero.
+///
+/// # Errors
+/// [`Error::InvalidStream`] (stream `"golomb"`) describing the first violation.
+pub fn decode_positions(
+    bytes: &[u8],
+    bit_len: u64,
+    m: u64,
+    count: u64,
+    numel: u64,
+) -> Result<Vec<u64>> {
+    let bad = |d: String| Error::stream("golomb", d);
+    let needed_bytes = bit_len.div_ceil(8);
+    if bytes.len() as u64 != needed_bytes {
+        return Err(bad(format!(
+            "{} bytes given for {bit_len} bits (expected {needed_bytes})",
+            bytes.len()
+        )));
+    }
+    if m == 0 || m > numel.max(1) {
+        return Err(bad(format!(
+            "parameter m = {m} outside [1, {}]",
+            numel.max(1)
+        )));
+    }
+    if count > numel {
+        return Err(bad(format!(
+            "{count} positions declared for {numel} entries"
+        )));
+    }
+    if count > bit_len {
+        return Err(bad(format!(
+            "{count} positions cannot fit in {bit_len} bits (each code takes at least 1 bit)"
+        )));
+    }
+    if !BitReader::padding_is_zero(bytes, bit_len) {
+        return Err(bad("non-zero padding bits after the last code".into()));
+    }
+    let (c, u) = tb_constants(m);
+    let mut r = BitReader::new(bytes, bit_len);
+    let count_usize =
+        usize::try_from(count).map_err(|_| bad(format!("count {count} too large")))?;
+    let mut out = Vec::with_capacity(count_usize);
+    let mut next_min = 0u64;
+    for i in 0..count {
+        if next_min >= numel {
+            return Err(bad(format!(
+                "position {i} cannot fit: previous position is already the last entry ({})",
+                numel - 1
+            )));
+        }
+        let max_gap = numel - 1 - next_min;
+        let cap = max_gap / m;
+        let q = match r.get_unary(cap) {
+            Ok(q) => q,
+            Err(seen) if seen > cap => {
+                return Err(bad(format!(
+                    "code {i}: unary run longer than {cap} would pass numel {numel}"
+                )))
+            }
+            Err(_) => {
+                return Err(bad(format!(
+                    "code {i} of {count}: stream ends inside the quotient at bit {}",
+                    r.position()
+                )))
+            }
+        };
+        let rem = if c == 0 {
+            0
+        } else {
+            let short = r.get_msb_first(c - 1).ok_or_else(|| {
+                bad(format!(
+                    "code {i} of {count}: stream ends inside the remainder"
+                ))
+            })?;
+            if short < u {
+                short
+            } else {
+                let bit = r.get_lsb_first(1).ok_or_else(|| {
+                    bad(format!(
+                        "code {i} of {count}: stream ends inside the remainder"
+                    ))
+                })?;
+                ((short << 1) | bit).wrapping_sub(u)
+            }
+        };
+        // q <= cap = max_gap / m, so q * m <= max_gap: no overflow; rem < m may still push past numel.
+        let gap = q * m + rem;
+        if gap > max_gap {
+            return Err(bad(format!(
+                "code {i}: position {} is not below numel {numel}",
+                u128::from(next_min) + u128::from(gap)
+            )));
+        }
+        let pos = next_min + gap;
+        out.push(pos);
+        next_min = pos + 1;
+    }
+    if r.position() != bit_len {
+        return Err(bad(format!(
+            "{count} codes end at bit {} but the stream has {bit_len} bits",
+            r.position()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_binary_known_codes() {
+        // m = 5: c = 3, u = 3. r = 0,1,2 -> 2 bits (00, 01, 10); r = 3,4 -> 3 bits (110, 111).
+        let positions = [0u64, 2, 5, 9, 14]; // gaps 0,1,2,3,4
+        let (bytes, bits) = encode_positions_with(&positions, 20, 5).unwrap();
+        // codes: 0|00, 0|01, 0|10, 0|110, 0|111 -> 3+3+3+4+4 = 17 bits.
+        assert_eq!(bits, 17);
+        let mut stream = String::new();
+        for k in 0..bits {
+            stream.push(if bytes[(k / 8) as usize] >> (k % 8) & 1 == 1 {
+                '1'
+            } else {
+                '0'
+            });
+        }
+        assert_eq!(stream, "00000101001100111");
+        assert_eq!(decode_positions(&bytes, bits, 5, 5, 20).unwrap(), positions);
+    }
+
+    #[test]
+    fn known_stream_m4_quotients() {
+        // m = 4 (Rice): c = 2, u = 0. gap 9 -> q 2, r 1 -> "110" + "01".
+        let (bytes, bits) = encode_positions_with(&[9], 10, 4).unwrap();
+        assert_eq!(bits, 5);
+        assert_eq!(bytes, vec![0b10_011]);
+    }
+
+    #[test]
+    fn geometric_parameter_values() {
+        // p = 0.03: ln(1.97) / -ln(0.97) = 22.26 -> 23.
+        assert_eq!(geometric_parameter(3, 100), 23);
+        assert_eq!(geometric_parameter(0, 100), 1);
+        assert_eq!(geometric_parameter(100, 100), 1);
+        assert_eq!(geometric_parameter(50, 100), 1);
+        assert_eq!(geometric_parameter(1, 10), 7);
+        let c = candidate_parameters(1, 3);
+        assert!(c.iter().all(|&m| (1..=3).contains(&m)));
+    }
+
+    #[test]
+    fn optimal_is_cheapest_candidate() {
+        let positions: Vec<u64> = (0..1000u64).map(|i| i * 37 + (i * i) % 17).collect();
+        let numel = 40_000;
+        let m = optimal_parameter(&positions, numel).unwrap();
+        let best = encoded_bits(&positions, m);
+        for c in candidate_parameters(positions.len() as u64, numel) {
+            assert!(encoded_bits(&positions, c) >= best);
+        }
+    }
+
+    #[test]
+    fn edge_cases() {
+        for numel in [0u64, 1, 2, 7] {
+            let all: Vec<u64> = (0..numel).collect();
+            let (m, b, n) = encode_positions(&all, numel).unwrap();
+            assert_eq!(decode_positions(&b, n, m, numel, numel).unwrap(), all);
+            let (m, b, n) = encode_positions(&[], numel).unwrap();
+            assert_eq!(n, 0);
+            assert!(b.is_empty());
+            assert!(decode_positions(&b, n, m, 0, numel).unwrap().is_empty());
+        }
+        assert!(encode_positions(&[3, 3], 10).is_err());
+        assert!(encode_positions(&[10], 10).is_err());
+        assert!(encode_positions_with(&[1], 10, 0).is_err());
+        assert!(encode_positions_with(&[1], 10, 11).is_err());
+    }
+}

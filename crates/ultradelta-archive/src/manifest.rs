@@ -1,0 +1,269 @@
+//! The JSON index ("manifest") of an archive and the reader's limits.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use ultradelta_io::DType;
+
+/// What the compressor decided for one tensor.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Lossy UltraDelta compression (a `sparse-golomb` record).
+    Compress,
+    /// Delta kept without loss (an `xor-zstd` record).
+    Keep,
+    /// Delta dropped: reconstruction uses the base value (no record, kind `none`).
+    Drop,
+    /// Present only in the fine-tuned model: stored whole (a `full-zstd` record).
+    New,
+}
+
+/// The record kinds of format version 1, with their codes (docs/FORMAT.md, "Record kinds").
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum RecordKind {
+    /// Golomb-coded positions + bit-packed levels.
+    SparseGolomb,
+    /// XOR with the base tensor, byte-plane shuffled, zstd.
+    XorZstd,
+    /// Whole tensor, byte-plane shuffled, zstd.
+    FullZstd,
+    /// Companion file, zstd.
+    FileZstd,
+}
+
+impl RecordKind {
+    /// Every record kind.
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::SparseGolomb,
+        RecordKind::XorZstd,
+        RecordKind::FullZstd,
+        RecordKind::FileZstd,
+    ];
+
+    /// The `kind` byte of the record header.
+    pub fn code(self) -> u8 {
+        match self {
+            RecordKind::SparseGolomb => 1,
+            RecordKind::XorZstd => 2,
+            RecordKind::FullZstd => 3,
+            RecordKind::FileZstd => 4,
+        }
+    }
+
+    /// The name used in the index (`TensorEntry::kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::SparseGolomb => "sparse-golomb",
+            RecordKind::XorZstd => "xor-zstd",
+            RecordKind::FullZstd => "full-zstd",
+            RecordKind::FileZstd => "file-zstd",
+        }
+    }
+
+    /// Kind from its header byte.
+    pub fn from_code(code: u8) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// Kind from its index name.
+    pub fn from_name(name: &str) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// `TensorEntry::kind` of a tensor without a record (policy `drop`).
+pub const KIND_NONE: &str = "none";
+
+/// The dtype codes of the record header (docs/FORMAT.md, "Dtype codes"), by safetensors name.
+pub const DTYPE_CODES: [(u8, &str); 10] = [
+    (1, "F64"),
+    (2, "F32"),
+    (3, "F16"),
+    (4, "BF16"),
+    (5, "I64"),
+    (6, "I32"),
+    (7, "I16"),
+    (8, "I8"),
+    (9, "U8"),
+    (10, "BOOL"),
+];
+
+/// The header code of `dtype`.
+pub fn dtype_code(dtype: DType) -> Option<u8> {
+    DTYPE_CODES
+        .iter()
+        .find(|(_, n)| *n == dtype.name())
+        .map(|&(c, _)| c)
+}
+
+/// The dtype of a header code.
+pub fn dtype_from_code(code: u8) -> Option<DType> {
+    DTYPE_CODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .and_then(|&(_, n)| DType::parse(n))
+}
+
+/// Serde for `DType` as its safetensors name, so the index format does not depend on another crate's derive.
+mod dtype_name {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+    use ultradelta_io::DType;
+
+    pub(crate) fn serialize<S: Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(d.name())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
+        let name = String::deserialize(d)?;
+        DType::parse(&name).ok_or_else(|| D::Error::custom(format!("unknown dtype \"{name}\"")))
+    }
+}
+
+/// Per-tensor index entry.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct TensorEntry {
+    /// Tensor name (unique in the archive).
+    pub name: String,
+    /// Shape of the fine-tuned tensor, outermost first.
+    pub shape: Vec<usize>,
+    /// Dtype of the fine-tuned tensor.
+    #[serde(with = "dtype_name")]
+    pub dtype: DType,
+    /// What was done with it.
+    pub policy: Policy,
+    /// Record kind name: `"sparse-golomb" | "xor-zstd" | "full-zstd" | "none"`. Filled by the writer.
+    pub kind: String,
+    /// Absolute byte offset of the record in the file (0 for `none`). Filled by the writer.
+    pub offset: u64,
+    /// Byte length of the record (0 for `none`). Filled by the writer.
+    pub length: u64,
+    /// xxh3-64 of the record bytes, 16 lowercase hex digits (empty for `none`). Filled by the writer.
+    pub checksum: String,
+    /// xxh3-64 (hex) of the base tensor's bytes, if the compressor recorded it.
+    pub base_hash: Option<String>,
+    /// Element count (product of the shape). Filled by the writer.
+    pub numel: u64,
+    /// Stored entries: kept positions for sparse records, `numel` for lossless ones, 0 for `none`. Filled by the
+    /// writer.
+    pub kept: u64,
+    /// Achieved sparsity `1 - kept / numel` (0 for an empty tensor). Filled by the writer.
+    pub sparsity: f64,
+    /// Allocated target sparsity, if any.
+    pub rate: Option<f64>,
+    /// MSA tier ("low" / "mid" / "high"), if any.
+    pub tier: Option<String>,
+    /// Free-form per-tensor data (e.g. statistics); keys are kept sorted.
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TensorEntry {
+    /// An entry with the caller's fields set, `numel` from the shape (saturating), and every other field empty
+    /// (the writer fills kind, offset, length, checksum, numel, kept and sparsity).
+    pub fn new(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        dtype: DType,
+        policy: Policy,
+    ) -> TensorEntry {
+        let numel = shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
+        TensorEntry {
+            name: name.into(),
+            shape,
+            dtype,
+            policy,
+            kind: String::new(),
+            offset: 0,
+            length: 0,
+            checksum: String::new(),
+            base_hash: None,
+            numel,
+            kept: 0,
+            sparsity: 0.0,
+            rate: None,
+            tier: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Product of the shape, `None` on overflow.
+    pub fn shape_numel(&self) -> Option<u64> {
+        self.shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(u64::try_from(d).ok()?))
+    }
+}
+
+/// A companion file (config.json, tokenizer files, ...) stored in the archive.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct FileEntry {
+    /// Plain file name (no folders).
+    pub name: String,
+    /// Absolute byte offset of its record.
+    pub offset: u64,
+    /// Byte length of its record.
+    pub length: u64,
+    /// xxh3-64 of the record bytes (16 lowercase hex digits).
+    pub checksum: String,
+    /// Size of the file itself (decompressed).
+    pub size: u64,
+}
+
+/// What is known about the fine-tuned checkpoint the archive was made from.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug, Default)]
+pub struct FinetunedInfo {
+    /// Size of its weight files on disk, in bytes.
+    pub size_on_disk: u64,
+    /// Its safetensors `__metadata__`.
+    pub metadata: BTreeMap<String, String>,
+    /// Where it came from, as the caller describes it (path or model id).
+    pub source: String,
+}
+
+/// The archive-level manifest, stored as the JSON index.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Manifest {
+    /// Same as the preamble's format version.
+    pub format_version: u32,
+    /// Compression method (e.g. `"ultradelta"`).
+    pub method: String,
+    /// Method parameters (sparsity, bits, seed, ...), as the caller gives them.
+    pub params: serde_json::Value,
+    /// Global rescaling multiplier γ applied on reconstruction.
+    pub gamma: f64,
+    /// `Checkpoint::fingerprint` of the base model the deltas apply to.
+    pub base_fingerprint: String,
+    /// The fine-tuned checkpoint.
+    pub finetuned: FinetunedInfo,
+    /// Every tensor, in write order.
+    pub tensors: Vec<TensorEntry>,
+    /// Every companion file, in write order.
+    pub files: Vec<FileEntry>,
+    /// Software that wrote the archive, as the caller passes it (e.g. `"ultradelta 0.1.0"`).
+    pub created_by: String,
+}
+
+/// Caps the reader applies to sizes declared by the file, before allocating anything sized from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest JSON index accepted (default 256 MiB).
+    pub max_index_bytes: u64,
+    /// Most dimensions a tensor may have (default 8).
+    pub max_ndim: usize,
+    /// Most elements a tensor may have (default 2^40).
+    pub max_numel: u64,
+    /// Largest companion file (decompressed) accepted (default 1 GiB).
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_index_bytes: 256 << 20,
+            max_ndim: 8,
+            max_numel: 1 << 40,
+            max_file_bytes: 1 << 30,
+        }
+    }
+}

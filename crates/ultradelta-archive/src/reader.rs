@@ -1,0 +1,526 @@
+//! Random-access archive reader with validation of every declared size.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::manifest::{FileEntry, Limits, Manifest, RecordKind, TensorEntry, KIND_NONE};
+use crate::record::{decode_record, Record};
+use crate::writer::is_plain_file_name;
+use crate::{
+    Error, Result, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
+};
+
+/// Reads an archive. Opening validates the preamble, trailer and index (see docs/FORMAT.md, "Reading and
+/// validation order"); each [`ArchiveReader::read_record`] reads only that record's bytes with a positioned read
+/// and verifies its checksum before decoding. `Send + Sync`: share it between threads freely.
+#[derive(Debug)]
+pub struct ArchiveReader {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    limits: Limits,
+    manifest: Manifest,
+    tensors: HashMap<String, usize>,
+    files: HashMap<String, usize>,
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+impl ArchiveReader {
+    /// Opens and validates `path` with [`Limits::default`].
+    ///
+    /// # Errors
+    /// See [`ArchiveReader::open_with_limits`].
+    pub fn open(path: impl AsRef<Path>) -> Result<ArchiveReader> {
+        ArchiveReader::open_with_limits(path, Limits::default())
+    }
+
+    /// Opens `path` and validates, in this order: magic, version, flags, trailer magic, index length (against
+    /// `limits` and the file size, checked arithmetic), index checksum, JSON parse, manifest version, then every
+    /// entry (names, kinds, shapes and numel with checked multiplication against `limits`, byte ranges inside the
+    /// records area and non-overlapping). Nothing sized from the file is allocated before its check.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Truncated`], [`Error::BadMagic`], [`Error::UnsupportedVersion`],
+    /// [`Error::UnsupportedFlags`], [`Error::BadTrailer`], [`Error::IndexTooLarge`], [`Error::IndexOutOfRange`],
+    /// [`Error::IndexChecksum`], [`Error::IndexParse`], [`Error::IndexInvalid`], [`Error::ShapeInvalid`],
+    /// [`Error::EntryOutOfRange`], [`Error::EntryOverlap`].
+    pub fn open_with_limits(path: impl AsRef<Path>, limits: Limits) -> Result<ArchiveReader> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io(&path, "stat", e))?
+            .len();
+        let truncated = |what: &'static str, needed: u64| Error::Truncated {
+            path: path.clone(),
+            what,
+            needed,
+            size,
+        };
+        let read_at = |buf: &mut [u8], at: u64| {
+            file.read_exact_at(buf, at)
+                .map_err(|e| Error::io(&path, "read", e))
+        };
+
+        // 1. Magic.
+        if size < MAGIC.len() as u64 {
+            return Err(truncated("magic", MAGIC.len() as u64));
+        }
+        let mut pre = [0u8; PREAMBLE_LEN as usize];
+        let pre_avail = size.min(PREAMBLE_LEN) as usize;
+        read_at(&mut pre[..pre_avail], 0)?;
+        let mut magic = [0u8; 8];
+        magic.copy_from_slice(&pre[..8]);
+        if magic != MAGIC {
+            return Err(Error::BadMagic {
+                path,
+                expected: MAGIC,
+                found: magic,
+            });
+        }
+        // 2. Version, flags.
+        if size < PREAMBLE_LEN {
+            return Err(truncated("preamble", PREAMBLE_LEN));
+        }
+        let version = u32_at(&pre, 8);
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let flags = u32_at(&pre, 12);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::UnsupportedFlags {
+                path,
+                found: flags,
+                known: KNOWN_FLAGS,
+            });
+        }
+        // 3. Trailer magic.
+        let min_size = PREAMBLE_LEN + TRAILER_LEN;
+        if size < min_size {
+            return Err(truncated("preamble and trailer", min_size));
+        }
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        read_at(&mut trailer, size - TRAILER_LEN)?;
+        let mut tmagic = [0u8; 8];
+        tmagic.copy_from_slice(&trailer[24..32]);
+        if tmagic != TRAILER_MAGIC {
+            return Err(Error::BadTrailer {
+                path,
+                expected: TRAILER_MAGIC,
+                found: tmagic,
+            });
+        }
+        let index_offset = u64_at(&trailer, 0);
+        let index_len = u64_at(&trailer, 8);
+        let index_hash = u64_at(&trailer, 16);
+        // 4. Index length: limit, then exact fit between the records and the trailer.
+        if index_len > limits.max_index_bytes {
+            return Err(Error::IndexTooLarge {
+                path,
+                length: index_len,
+                limit: limits.max_index_bytes,
+            });
+        }
+        let fits = index_offset >= PREAMBLE_LEN
+            && index_offset
+                .checked_add(index_len)
+                .and_then(|e| e.checked_add(TRAILER_LEN))
+                == Some(size);
+        if !fits {
+            return Err(Error::IndexOutOfRange {
+                path,
+                offset: index_offset,
+                length: index_len,
+                file_size: size,
+            });
+        }
+        // 5. Index checksum (allocation bounded by the limit and the file size, both checked above).
+        let mut index = vec![0u8; index_len as usize];
+        read_at(&mut index, index_offset)?;
+        let found = xxh3_64(&index);
+        if found != index_hash {
+            return Err(Error::IndexChecksum {
+                path,
+                expected: index_hash,
+                found,
+            });
+        }
+        // 6. JSON.
+        let manifest: Manifest = serde_json::from_slice(&index).map_err(|e| Error::IndexParse {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        drop(index);
+        // 7. Entries.
+        let (tensors, files) = validate_manifest(&path, &manifest, &limits, index_offset)?;
+        Ok(ArchiveReader {
+            path,
+            file,
+            size,
+            limits,
+            manifest,
+            tensors,
+            files,
+        })
+    }
+
+    /// The archive's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed index.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Size of the archive file in bytes.
+    pub fn file_size(&self) -> u64 {
+        self.size
+    }
+
+    /// The limits this reader enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Index entry of tensor `name`.
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.tensors.get(name).map(|&i| &self.manifest.tensors[i])
+    }
+
+    /// Index entry of companion file `name`.
+    pub fn file_entry(&self, name: &str) -> Option<&FileEntry> {
+        self.files.get(name).map(|&i| &self.manifest.files[i])
+    }
+
+    /// Reads `length` bytes at `offset` (validated at open) and checks their xxh3-64 against `checksum`.
+    fn read_checked(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        checksum: &str,
+    ) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; length as usize];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| Error::io(&self.path, "read", e))?;
+        let found = xxh3_64(&buf);
+        if format!("{found:016x}") != checksum {
+            return Err(Error::RecordChecksum {
+                path: self.path.clone(),
+                name: name.to_string(),
+                expected: checksum.to_string(),
+                found,
+            });
+        }
+        Ok(buf)
+    }
+
+    fn corrupt(&self, name: &str, detail: impl Into<String>) -> Error {
+        Error::CorruptRecord {
+            path: self.path.clone(),
+            name: name.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The raw, checksum-verified bytes of tensor `name`'s record.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTensor`], [`Error::NotStored`], [`Error::RecordChecksum`], [`Error::Io`].
+    pub fn record_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        let e = self.entry(name).ok_or_else(|| Error::UnknownTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        if e.kind == KIND_NONE {
+            return Err(Error::NotStored {
+                path: self.path.clone(),
+                name: name.to_string(),
+            });
+        }
+        self.read_checked(name, e.offset, e.length, &e.checksum)
+    }
+
+    /// Reads, verifies and decodes tensor `name`'s record. Reads only that record's bytes.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTensor`], [`Error::NotStored`], [`Error::RecordChecksum`], [`Error::CorruptRecord`] (the
+    /// record contradicts its index entry or its streams are invalid), [`Error::Io`].
+    pub fn read_record(&self, name: &str) -> Result<Record> {
+        let bytes = self.record_bytes(name)?;
+        let e = self.entry(name).ok_or_else(|| Error::UnknownTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        let (header, record) = decode_record(&bytes, &self.limits)
+            .map_err(|err| self.corrupt(name, err.to_string()))?;
+        if header.kind.name() != e.kind {
+            return Err(self.corrupt(
+                name,
+                format!(
+                    "record kind {} but the index says {}",
+                    header.kind.name(),
+                    e.kind
+                ),
+            ));
+        }
+        let shape_matches = header.shape.len() == e.shape.len()
+            && header
+                .shape
+                .iter()
+                .zip(&e.shape)
+                .all(|(&a, &b)| a == b as u64);
+        if header.dtype != e.dtype || !shape_matches {
+            return Err(self.corrupt(
+                name,
+                format!(
+                    "record has dtype {} shape {:?}, index says dtype {} shape {:?}",
+                    header.dtype.name(),
+                    header.shape,
+                    e.dtype.name(),
+                    e.shape
+                ),
+            ));
+        }
+        if let Record::Sparse(s) = &record {
+            if s.positions.len() as u64 != e.kept {
+                return Err(self.corrupt(
+                    name,
+                    format!(
+                        "record keeps {} entries, index says {}",
+                        s.positions.len(),
+                        e.kept
+                    ),
+                ));
+            }
+        }
+        Ok(record)
+    }
+
+    /// Reads, verifies and decompresses companion file `name`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownFile`], [`Error::RecordChecksum`], [`Error::CorruptRecord`], [`Error::Io`].
+    pub fn read_file(&self, name: &str) -> Result<Vec<u8>> {
+        let f = self.file_entry(name).ok_or_else(|| Error::UnknownFile {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        let bytes = self.read_checked(name, f.offset, f.length, &f.checksum)?;
+        let (header, record) = decode_record(&bytes, &self.limits)
+            .map_err(|err| self.corrupt(name, err.to_string()))?;
+        match record {
+            Record::Full { bytes, .. }
+                if header.kind == RecordKind::FileZstd && bytes.len() as u64 == f.size =>
+            {
+                Ok(bytes)
+            }
+            _ => Err(self.corrupt(
+                name,
+                format!(
+                    "expected a file-zstd record of {} bytes, found {} of {} elements",
+                    f.size,
+                    header.kind.name(),
+                    header.numel
+                ),
+            )),
+        }
+    }
+
+    /// Reads and decodes every record and companion file, verifying checksums and contents.
+    ///
+    /// # Errors
+    /// The first error of [`ArchiveReader::read_record`] / [`ArchiveReader::read_file`].
+    pub fn verify(&self) -> Result<()> {
+        for e in &self.manifest.tensors {
+            if e.kind != KIND_NONE {
+                self.read_record(&e.name)?;
+            }
+        }
+        for f in &self.manifest.files {
+            self.read_file(&f.name)?;
+        }
+        Ok(())
+    }
+}
+
+type NameMaps = (HashMap<String, usize>, HashMap<String, usize>);
+
+/// Checks every index entry against the format's invariants and the records area `[PREAMBLE_LEN, records_end)`.
+fn validate_manifest(
+    path: &Path,
+    m: &Manifest,
+    limits: &Limits,
+    records_end: u64,
+) -> Result<NameMaps> {
+    let invalid = |detail: String| Error::IndexInvalid {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if m.format_version != FORMAT_VERSION {
+        return Err(invalid(format!(
+            "manifest format_version {} differs from the preamble's {FORMAT_VERSION}",
+            m.format_version
+        )));
+    }
+    if !m.gamma.is_finite() {
+        return Err(invalid(format!("non-finite gamma {}", m.gamma)));
+    }
+    let is_hex16 = |s: &str| {
+        s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    // (offset, length, name) of every stored record.
+    let mut ranges: Vec<(u64, u64, &str)> = Vec::with_capacity(m.tensors.len() + m.files.len());
+    let check_range = |name: &str, offset: u64, length: u64| -> Result<()> {
+        let inside = offset >= PREAMBLE_LEN
+            && offset
+                .checked_add(length)
+                .is_some_and(|end| end <= records_end);
+        if !inside || length == 0 {
+            return Err(Error::EntryOutOfRange {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                offset,
+                length,
+                start: PREAMBLE_LEN,
+                end: records_end,
+            });
+        }
+        Ok(())
+    };
+
+    let mut tensors = HashMap::with_capacity(m.tensors.len());
+    for (i, e) in m.tensors.iter().enumerate() {
+        let shape_err = |detail: String| Error::ShapeInvalid {
+            path: path.to_path_buf(),
+            name: e.name.clone(),
+            detail,
+        };
+        if e.name.is_empty() {
+            return Err(invalid(format!("tensor {i} has an empty name")));
+        }
+        if tensors.insert(e.name.clone(), i).is_some() {
+            return Err(invalid(format!("tensor \"{}\" is listed twice", e.name)));
+        }
+        if e.shape.len() > limits.max_ndim {
+            return Err(shape_err(format!(
+                "{} dimensions (limit {})",
+                e.shape.len(),
+                limits.max_ndim
+            )));
+        }
+        let numel = e
+            .shape_numel()
+            .ok_or_else(|| shape_err(format!("shape {:?} overflows", e.shape)))?;
+        if numel > limits.max_numel {
+            return Err(shape_err(format!(
+                "{numel} elements exceed the limit {}",
+                limits.max_numel
+            )));
+        }
+        if numel != e.numel {
+            return Err(shape_err(format!(
+                "numel {} is not the product of shape {:?} ({numel})",
+                e.numel, e.shape
+            )));
+        }
+        if e.kept > numel {
+            return Err(shape_err(format!("kept {} exceeds numel {numel}", e.kept)));
+        }
+        if e.kind == KIND_NONE {
+            if e.offset != 0 || e.length != 0 {
+                return Err(invalid(format!(
+                    "tensor \"{}\" has kind none but a byte range ({}, {})",
+                    e.name, e.offset, e.length
+                )));
+            }
+            continue;
+        }
+        match RecordKind::from_name(&e.kind) {
+            Some(RecordKind::FileZstd) | None => {
+                return Err(invalid(format!(
+                    "tensor \"{}\" has unknown record kind \"{}\"",
+                    e.name, e.kind
+                )))
+            }
+            Some(_) => {}
+        }
+        if !is_hex16(&e.checksum) {
+            return Err(invalid(format!(
+                "tensor \"{}\" checksum \"{}\" is not 16 lowercase hex digits",
+                e.name, e.checksum
+            )));
+        }
+        check_range(&e.name, e.offset, e.length)?;
+        ranges.push((e.offset, e.length, &e.name));
+    }
+
+    let mut files = HashMap::with_capacity(m.files.len());
+    for (i, f) in m.files.iter().enumerate() {
+        if !is_plain_file_name(&f.name) {
+            return Err(invalid(format!(
+                "companion file {i} name {:?} is not a plain file name",
+                f.name
+            )));
+        }
+        if files.insert(f.name.clone(), i).is_some() {
+            return Err(invalid(format!(
+                "companion file \"{}\" is listed twice",
+                f.name
+            )));
+        }
+        if f.size > limits.max_file_bytes {
+            return Err(invalid(format!(
+                "companion file \"{}\" size {} exceeds the limit {}",
+                f.name, f.size, limits.max_file_bytes
+            )));
+        }
+        if !is_hex16(&f.checksum) {
+            return Err(invalid(format!(
+                "companion file \"{}\" checksum \"{}\" is not 16 lowercase hex digits",
+                f.name, f.checksum
+            )));
+        }
+        check_range(&f.name, f.offset, f.length)?;
+        ranges.push((f.offset, f.length, &f.name));
+    }
+
+    ranges.sort_unstable_by_key(|&(o, l, _)| (o, l));
+    for w in ranges.windows(2) {
+        let (o1, l1, n1) = w[0];
+        let (o2, _, n2) = w[1];
+        // Ranges are inside the records area, so o1 + l1 cannot overflow.
+        if o1 + l1 > o2 {
+            return Err(Error::EntryOverlap {
+                path: path.to_path_buf(),
+                first: n1.to_string(),
+                second: n2.to_string(),
+            });
+        }
+    }
+    Ok((tensors, files))
+}

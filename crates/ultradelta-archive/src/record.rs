@@ -1,0 +1,659 @@
+//! Record payloads and their byte encoding (docs/FORMAT.md, "Records").
+
+use std::io::Read;
+
+use rayon::prelude::*;
+
+use ultradelta_io::DType;
+use ultradelta_qgp::QuantParams;
+
+use crate::manifest::{dtype_code, dtype_from_code, Limits, RecordKind};
+use crate::{bitpack, golomb, Error, Result};
+
+/// An UltraDelta sparse delta: kept positions and their quantization levels.
+///
+/// The value at `positions[i]` is `quant.dequantize(levels[i]) * scale` (f32 arithmetic, in that order); every
+/// other entry is zero.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseRecord {
+    /// Number of entries of the dense tensor.
+    pub numel: u64,
+    /// Quantizer of the levels.
+    pub quant: QuantParams,
+    /// Multiplier applied to every dequantized value (the rescaling factor).
+    pub scale: f32,
+    /// Kept positions (row-major flat indices), strictly increasing, below `numel`.
+    pub positions: Vec<u64>,
+    /// Level of each kept position, each below `2^quant.bits`.
+    pub levels: Vec<u16>,
+}
+
+impl SparseRecord {
+    /// The stored value of kept entry `i`: `quant.dequantize(levels[i]) * scale`.
+    #[inline]
+    pub fn value(&self, i: usize) -> f32 {
+        self.quant.dequantize(self.levels[i]) * self.scale
+    }
+
+    /// Adds this record's values times `gamma` into `out`: `out[pos] += (dequantize(level) * scale) * gamma`.
+    ///
+    /// # Panics
+    /// If `out.len() != numel`, or if the record was built by hand with a position `>= out.len()` or fewer levels
+    /// than positions (records read from an archive are validated).
+    pub fn add_into(&self, gamma: f32, out: &mut [f32]) {
+        assert_eq!(
+            out.len() as u64,
+            self.numel,
+            "output length {} differs from numel {}",
+            out.len(),
+            self.numel
+        );
+        for (&pos, &level) in self.positions.iter().zip(&self.levels) {
+            out[pos as usize] += (self.quant.dequantize(level) * self.scale) * gamma;
+        }
+    }
+
+    /// The dense delta: zeros except the kept values, each times `gamma`.
+    ///
+    /// # Panics
+    /// If `numel` does not fit in memory addressing (`usize`), or as [`SparseRecord::add_into`].
+    pub fn to_dense(&self, gamma: f32) -> Vec<f32> {
+        let n = usize::try_from(self.numel).expect("numel exceeds usize");
+        let mut out = vec![0.0f32; n];
+        self.add_into(gamma, &mut out);
+        out
+    }
+
+    /// Checks the invariants the format requires.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] describing the first violation.
+    pub fn validate(&self) -> Result<()> {
+        let q = &self.quant;
+        if q.bits > 16 {
+            return Err(Error::record(format!("bit width {} above 16", q.bits)));
+        }
+        if !q.lo.is_finite() || !q.step.is_finite() || !self.scale.is_finite() {
+            return Err(Error::record(format!(
+                "non-finite parameter (lo {}, step {}, scale {})",
+                q.lo, q.step, self.scale
+            )));
+        }
+        if self.positions.len() != self.levels.len() {
+            return Err(Error::record(format!(
+                "{} positions but {} levels",
+                self.positions.len(),
+                self.levels.len()
+            )));
+        }
+        let limit = 1u32 << q.bits;
+        if let Some((i, &l)) = self
+            .levels
+            .iter()
+            .enumerate()
+            .find(|&(_, &l)| u32::from(l) >= limit)
+        {
+            return Err(Error::record(format!(
+                "levels[{i}] = {l} does not fit in {} bits",
+                q.bits
+            )));
+        }
+        golomb::validate_positions(&self.positions, self.numel)
+    }
+}
+
+/// A record's payload, as a codec produces it and a reader returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// UltraDelta sparse: positions as Golomb-coded gaps, levels bit-packed at `bits` bits.
+    Sparse(SparseRecord),
+    /// Lossless delta: bitwise XOR of the fine-tuned and base raw bytes (same dtype). Stored byte-plane shuffled
+    /// and zstd-compressed; `xor_bytes` here is the plain (unshuffled) XOR.
+    XorDelta {
+        /// Dtype of both tensors.
+        dtype: DType,
+        /// `finetuned[i] ^ base[i]` for every byte.
+        xor_bytes: Vec<u8>,
+    },
+    /// Whole fine-tuned tensor (no base counterpart): its raw little-endian bytes.
+    Full {
+        /// Its dtype.
+        dtype: DType,
+        /// Raw bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+impl Record {
+    /// The record kind this payload is stored as.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::Sparse(_) => RecordKind::SparseGolomb,
+            Record::XorDelta { .. } => RecordKind::XorZstd,
+            Record::Full { .. } => RecordKind::FullZstd,
+        }
+    }
+}
+
+/// `a[i] ^ b[i]` for every byte: builds an [`Record::XorDelta`] payload from base and fine-tuned bytes, and turns
+/// it back into the fine-tuned bytes given the base.
+///
+/// # Errors
+/// [`Error::InvalidRecord`] if the lengths differ.
+pub fn xor_bytes(a: &[u8], b: &[u8]) -> Result<Vec<u8>> {
+    if a.len() != b.len() {
+        return Err(Error::record(format!(
+            "XOR of {} bytes with {} bytes",
+            a.len(),
+            b.len()
+        )));
+    }
+    Ok(a.iter().zip(b).map(|(x, y)| x ^ y).collect())
+}
+
+/// Byte-plane shuffle: for elements of `size` bytes, all byte 0s, then all byte 1s, ... `bytes.len()` must be a
+/// multiple of `size`.
+pub fn shuffle(bytes: &[u8], size: usize) -> Vec<u8> {
+    if size <= 1 {
+        return bytes.to_vec();
+    }
+    let n = bytes.len() / size;
+    let mut out = vec![0u8; bytes.len()];
+    for (j, plane) in out.chunks_exact_mut(n.max(1)).enumerate().take(size) {
+        for (i, dst) in plane.iter_mut().enumerate() {
+            *dst = bytes[i * size + j];
+        }
+    }
+    out
+}
+
+/// Inverse of [`shuffle`].
+pub fn unshuffle(planes: &[u8], size: usize) -> Vec<u8> {
+    if size <= 1 {
+        return planes.to_vec();
+    }
+    let n = planes.len() / size;
+    let mut out = vec![0u8; planes.len()];
+    for (j, plane) in planes.chunks_exact(n.max(1)).enumerate().take(size) {
+        for (i, &src) in plane.iter().enumerate() {
+            out[i * size + j] = src;
+        }
+    }
+    out
+}
+
+/// The common header of every record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Element dtype (`U8` for companion files).
+    pub dtype: DType,
+    /// Shape (`[size]` for companion files).
+    pub shape: Vec<u64>,
+    /// Product of the shape.
+    pub numel: u64,
+}
+
+/// Fixed part of a `sparse-golomb` payload after the common header, in bytes.
+pub const SPARSE_FIXED_BYTES: usize = 8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8;
+
+fn put_header(
+    out: &mut Vec<u8>,
+    kind: RecordKind,
+    dtype: DType,
+    shape: &[u64],
+    numel: u64,
+) -> Result<()> {
+    let code = dtype_code(dtype)
+        .ok_or_else(|| Error::record(format!("dtype {} has no code", dtype.name())))?;
+    let ndim = u8::try_from(shape.len())
+        .map_err(|_| Error::record(format!("{} dimensions (at most 255)", shape.len())))?;
+    out.push(kind.code());
+    out.push(code);
+    out.push(ndim);
+    out.push(0);
+    for &d in shape {
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    out.extend_from_slice(&numel.to_le_bytes());
+    Ok(())
+}
+
+fn shape_numel(shape: &[usize]) -> Result<(Vec<u64>, u64)> {
+    let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let numel = dims
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::record(format!("shape {shape:?} overflows u64")))?;
+    Ok((dims, numel))
+}
+
+/// Input bytes per zstd frame. Data is cut at fixed multiples of this size and the frames are compressed in
+/// parallel, so the output does not depend on the number of threads.
+pub const ZSTD_FRAME_BYTES: usize = 16 << 20;
+
+fn zstd_compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    let one = |chunk: &[u8]| {
+        zstd::bulk::compress(chunk, level)
+            .map_err(|e| Error::stream("zstd", format!("compression failed: {e}")))
+    };
+    if data.len() <= ZSTD_FRAME_BYTES {
+        return one(data);
+    }
+    let frames: Vec<Vec<u8>> = data
+        .par_chunks(ZSTD_FRAME_BYTES)
+        .map(one)
+        .collect::<Result<_>>()?;
+    Ok(frames.concat())
+}
+
+/// Decompresses a zstd stream that must expand to exactly `expected` bytes. Memory grows with the actual output
+/// (never pre-allocated from a declared size beyond 64 MiB), and decoding stops one byte past `expected`.
+fn zstd_decompress_exact(data: &[u8], expected: u64) -> Result<Vec<u8>> {
+    let mut dec = zstd::stream::read::Decoder::with_buffer(data)
+        .map_err(|e| Error::stream("zstd", format!("cannot start decoder: {e}")))?;
+    let initial = expected.min(64 << 20) as usize;
+    let mut out = Vec::with_capacity(initial);
+    (&mut dec)
+        .take(expected.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| Error::stream("zstd", format!("{e}")))?;
+    if out.len() as u64 != expected {
+        return Err(Error::stream(
+            "zstd",
+            format!(
+                "decompressed to {}{} bytes, expected {expected}",
+                if out.len() as u64 > expected {
+                    "more than "
+                } else {
+                    ""
+                },
+                out.len()
+                    .min(usize::try_from(expected).unwrap_or(usize::MAX))
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Encodes one tensor record (header + payload) for a tensor of `dtype` and `shape`.
+///
+/// # Errors
+/// [`Error::InvalidRecord`] if the payload does not match the dtype/shape or violates the format's invariants;
+/// [`Error::InvalidStream`] if zstd fails.
+pub fn encode_record(
+    dtype: DType,
+    shape: &[usize],
+    record: &Record,
+    zstd_level: i32,
+) -> Result<Vec<u8>> {
+    let (dims, numel) = shape_numel(shape)?;
+    let mut out = Vec::new();
+    match record {
+        Record::Sparse(s) => {
+            if s.numel != numel {
+                return Err(Error::record(format!(
+                    "sparse record has numel {} but shape {shape:?} has {numel} elements",
+                    s.numel
+                )));
+            }
+            s.validate()?;
+            let (m, pos_bytes, pos_bits) = golomb::encode_positions(&s.positions, s.numel)?;
+            let lvl_bytes = bitpack::pack(&s.levels, s.quant.bits);
+            out.reserve(
+                12 + 8 * dims.len() + SPARSE_FIXED_BYTES + pos_bytes.len() + lvl_bytes.len(),
+            );
+            put_header(&mut out, RecordKind::SparseGolomb, dtype, &dims, numel)?;
+            out.extend_from_slice(&(s.positions.len() as u64).to_le_bytes());
+            out.push(s.quant.bits);
+            out.extend_from_slice(&s.quant.lo.to_le_bytes());
+            out.extend_from_slice(&s.quant.step.to_le_bytes());
+            out.extend_from_slice(&s.scale.to_le_bytes());
+            out.extend_from_slice(&m.to_le_bytes());
+            out.extend_from_slice(&pos_bits.to_le_bytes());
+            out.extend_from_slice(&(pos_bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(&(lvl_bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(&pos_bytes);
+            out.extend_from_slice(&lvl_bytes);
+        }
+        Record::XorDelta {
+            dtype: d,
+            xor_bytes: bytes,
+        }
+        | Record::Full { dtype: d, bytes } => {
+            if *d != dtype {
+                return Err(Error::record(format!(
+                    "record dtype {} differs from the tensor's dtype {}",
+                    d.name(),
+                    dtype.name()
+                )));
+            }
+            let expected = numel
+                .checked_mul(dtype.size() as u64)
+                .ok_or_else(|| Error::record("byte size overflows u64"))?;
+            if bytes.len() as u64 != expected {
+                return Err(Error::record(format!(
+                    "{} bytes for {numel} elements of {} (expected {expected})",
+                    bytes.len(),
+                    dtype.name()
+                )));
+            }
+            let z = zstd_compress(&shuffle(bytes, dtype.size()), zstd_level)?;
+            put_header(&mut out, record.kind(), dtype, &dims, numel)?;
+            out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+            out.extend_from_slice(&z);
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes a companion-file record (kind `file-zstd`, dtype `U8`, shape `[len]`).
+///
+/// # Errors
+/// [`Error::InvalidStream`] if zstd fails.
+pub fn encode_file_record(bytes: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
+    let n = bytes.len() as u64;
+    let z = zstd_compress(bytes, zstd_level)?;
+    let mut out = Vec::with_capacity(28 + z.len());
+    put_header(&mut out, RecordKind::FileZstd, DType::U8, &[n], n)?;
+    out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+    out.extend_from_slice(&z);
+    Ok(out)
+}
+
+/// Little-endian cursor over untrusted bytes; every read is bounds-checked.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        let left = (self.bytes.len() - self.pos) as u64;
+        if n > left {
+            return Err(Error::stream(
+                "record",
+                format!(
+                    "{what} needs {n} bytes at offset {}, only {left} left",
+                    self.pos
+                ),
+            ));
+        }
+        let s = &self.bytes[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+    fn f32(&mut self, what: &str) -> Result<f32> {
+        let b = self.take(4, what)?;
+        Ok(f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+    }
+    fn left(&self) -> u64 {
+        (self.bytes.len() - self.pos) as u64
+    }
+}
+
+/// Parses only the common header of a record, checking ndim and numel against `limits`.
+///
+/// # Errors
+/// [`Error::InvalidStream`] (stream `"record"`).
+pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<RecordHeader> {
+    let mut c = Cursor { bytes, pos: 0 };
+    decode_header_at(&mut c, limits)
+}
+
+fn decode_header_at(c: &mut Cursor<'_>, limits: &Limits) -> Result<RecordHeader> {
+    let bad = |d: String| Error::stream("record", d);
+    let kind_code = c.u8("kind")?;
+    let kind = RecordKind::from_code(kind_code)
+        .ok_or_else(|| bad(format!("unknown record kind {kind_code}")))?;
+    let dcode = c.u8("dtype")?;
+    let dtype = dtype_from_code(dcode).ok_or_else(|| bad(format!("unknown dtype code {dcode}")))?;
+    let ndim = c.u8("ndim")?;
+    if usize::from(ndim) > limits.max_ndim {
+        return Err(bad(format!(
+            "{ndim} dimensions (limit {})",
+            limits.max_ndim
+        )));
+    }
+    let reserved = c.u8("reserved")?;
+    if reserved != 0 {
+        return Err(bad(format!(
+            "reserved header byte is {reserved}, expected 0"
+        )));
+    }
+    let mut shape = Vec::with_capacity(usize::from(ndim));
+    for _ in 0..ndim {
+        shape.push(c.u64("shape")?);
+    }
+    let numel = c.u64("numel")?;
+    let product = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+    if product != Some(numel) {
+        return Err(bad(format!(
+            "numel {numel} is not the product of shape {shape:?}"
+        )));
+    }
+    if numel > limits.max_numel {
+        return Err(bad(format!(
+            "numel {numel} exceeds the limit {}",
+            limits.max_numel
+        )));
+    }
+    Ok(RecordHeader {
+        kind,
+        dtype,
+        shape,
+        numel,
+    })
+}
+
+fn decode_zstd_payload(c: &mut Cursor<'_>, expected: u64) -> Result<Vec<u8>> {
+    let clen = c.u64("compressed length")?;
+    if clen != c.left() {
+        return Err(Error::stream(
+            "record",
+            format!(
+                "compressed length {clen} but {} payload bytes follow",
+                c.left()
+            ),
+        ));
+    }
+    let z = c.take(clen, "zstd frame")?;
+    zstd_decompress_exact(z, expected)
+}
+
+/// Decodes a whole record (header + payload). Companion files come back as [`Record::Full`] with dtype `U8`
+/// (check `header.kind`). Every declared length is compared with the bytes actually present before anything
+/// sized from it is allocated.
+///
+/// # Errors
+/// [`Error::InvalidStream`] (streams `"record"`, `"golomb"`, `"bitpack"`, `"zstd"`).
+pub fn decode_record(bytes: &[u8], limits: &Limits) -> Result<(RecordHeader, Record)> {
+    let bad = |d: String| Error::stream("record", d);
+    let mut c = Cursor { bytes, pos: 0 };
+    let header = decode_header_at(&mut c, limits)?;
+    let numel = header.numel;
+    let record = match header.kind {
+        RecordKind::SparseGolomb => {
+            let kept = c.u64("kept")?;
+            let bits = c.u8("bits")?;
+            let lo = c.f32("lo")?;
+            let step = c.f32("step")?;
+            let scale = c.f32("scale")?;
+            let m = c.u64("golomb parameter")?;
+            let pos_bits = c.u64("positions bit length")?;
+            let pos_len = c.u64("positions byte length")?;
+            let lvl_len = c.u64("levels byte length")?;
+            if kept > numel {
+                return Err(bad(format!("kept {kept} exceeds numel {numel}")));
+            }
+            if bits > 16 {
+                return Err(bad(format!("bit width {bits} above 16")));
+            }
+            if !lo.is_finite() || !step.is_finite() || !scale.is_finite() {
+                return Err(bad(format!(
+                    "non-finite lo {lo}, step {step} or scale {scale}"
+                )));
+            }
+            if pos_len != pos_bits.div_ceil(8) {
+                return Err(bad(format!(
+                    "positions byte length {pos_len} does not match {pos_bits} bits"
+                )));
+            }
+            let want_lvl = bitpack::packed_len(kept, bits)
+                .ok_or_else(|| bad("levels length overflows".into()))?;
+            if lvl_len != want_lvl {
+                return Err(bad(format!(
+                    "levels byte length {lvl_len}, expected {want_lvl} for {kept} levels at {bits} bits"
+                )));
+            }
+            if pos_len.checked_add(lvl_len) != Some(c.left()) {
+                return Err(bad(format!(
+                    "streams of {pos_len} + {lvl_len} bytes declared, {} bytes follow",
+                    c.left()
+                )));
+            }
+            let pos_bytes = c.take(pos_len, "positions stream")?;
+            let lvl_bytes = c.take(lvl_len, "levels stream")?;
+            let positions = golomb::decode_positions(pos_bytes, pos_bits, m, kept, numel)?;
+            // kept <= numel <= max_numel and lvl_len matched, so kept fits in the slice it was read from.
+            let n = usize::try_from(kept).map_err(|_| bad(format!("kept {kept} too large")))?;
+            let levels = bitpack::unpack(lvl_bytes, bits, n)?;
+            Record::Sparse(SparseRecord {
+                numel,
+                quant: QuantParams { bits, lo, step },
+                scale,
+                positions,
+                levels,
+            })
+        }
+        RecordKind::XorZstd | RecordKind::FullZstd | RecordKind::FileZstd => {
+            let size = header.dtype.size() as u64;
+            let raw = numel
+                .checked_mul(size)
+                .ok_or_else(|| bad(format!("{numel} elements of {size} bytes overflow")))?;
+            let planes = decode_zstd_payload(&mut c, raw)?;
+            let raw = if header.kind == RecordKind::FileZstd {
+                planes
+            } else {
+                unshuffle(&planes, header.dtype.size())
+            };
+            if header.kind == RecordKind::XorZstd {
+                Record::XorDelta {
+                    dtype: header.dtype,
+                    xor_bytes: raw,
+                }
+            } else {
+                Record::Full {
+                    dtype: header.dtype,
+                    bytes: raw,
+                }
+            }
+        }
+    };
+    Ok((header, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_layout() {
+        let b = [1u8, 2, 3, 4, 5, 6];
+        assert_eq!(shuffle(&b, 2), vec![1, 3, 5, 2, 4, 6]);
+        assert_eq!(shuffle(&b, 3), vec![1, 4, 2, 5, 3, 6]);
+        assert_eq!(unshuffle(&shuffle(&b, 3), 3), b);
+        assert_eq!(shuffle(&[], 4), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn sparse_record_layout() {
+        let rec = Record::Sparse(SparseRecord {
+            numel: 6,
+            quant: QuantParams {
+                bits: 4,
+                lo: -1.0,
+                step: 0.5,
+            },
+            scale: 2.0,
+            positions: vec![1, 4],
+            levels: vec![3, 15],
+        });
+        let bytes = encode_record(DType::F32, &[2, 3], &rec, 3).unwrap();
+        assert_eq!(&bytes[..4], &[1, 2, 2, 0]);
+        assert_eq!(&bytes[4..12], &2u64.to_le_bytes());
+        assert_eq!(&bytes[20..28], &6u64.to_le_bytes());
+        assert_eq!(bytes.len(), 28 + SPARSE_FIXED_BYTES + 1 + 1);
+        let (h, back) = decode_record(&bytes, &Limits::default()).unwrap();
+        assert_eq!(h.kind, RecordKind::SparseGolomb);
+        assert_eq!(h.shape, vec![2, 3]);
+        assert_eq!(back, rec);
+        let Record::Sparse(s) = back else {
+            unreachable!()
+        };
+        assert_eq!(s.to_dense(1.0), vec![0.0, 1.0, 0.0, 0.0, 13.0, 0.0]);
+    }
+
+    #[test]
+    fn lossless_records_round_trip() {
+        let bytes: Vec<u8> = (0..96u32).map(|i| (i * 37 % 251) as u8).collect();
+        for rec in [
+            Record::XorDelta {
+                dtype: DType::BF16,
+                xor_bytes: bytes.clone(),
+            },
+            Record::Full {
+                dtype: DType::BF16,
+                bytes: bytes.clone(),
+            },
+        ] {
+            let enc = encode_record(DType::BF16, &[4, 12], &rec, 3).unwrap();
+            assert_eq!(decode_record(&enc, &Limits::default()).unwrap().1, rec);
+            // Wrong dtype or length is refused.
+            assert!(encode_record(DType::F32, &[4, 12], &rec, 3).is_err());
+            assert!(encode_record(DType::BF16, &[4, 11], &rec, 3).is_err());
+        }
+    }
+
+    #[test]
+    fn multi_frame_zstd_round_trip() {
+        let n = ZSTD_FRAME_BYTES * 2 + 1000;
+        let bytes: Vec<u8> = (0..n).map(|i| (i % 251) as u8 ^ (i >> 20) as u8).collect();
+        let rec = Record::Full {
+            dtype: DType::U8,
+            bytes,
+        };
+        let enc = encode_record(DType::U8, &[n], &rec, 1).unwrap();
+        assert!(enc.len() < n / 10);
+        assert_eq!(decode_record(&enc, &Limits::default()).unwrap().1, rec);
+        // Three frames, each starting with the zstd magic.
+        let magic = [0x28u8, 0xB5, 0x2F, 0xFD];
+        let frames = enc.windows(4).filter(|w| *w == magic).count();
+        assert!(frames >= 3, "{frames} frames");
+    }
+
+    #[test]
+    fn zstd_size_lies_are_caught() {
+        let rec = Record::Full {
+            dtype: DType::U8,
+            bytes: vec![7; 10],
+        };
+        let mut enc = encode_record(DType::U8, &[10], &rec, 3).unwrap();
+        // Claim 11 elements: decompressed size no longer matches.
+        enc[4..12].copy_from_slice(&11u64.to_le_bytes());
+        enc[12..20].copy_from_slice(&11u64.to_le_bytes());
+        let err = decode_record(&enc, &Limits::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidStream { stream: "zstd", .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! Streaming, crash-safe archive writer.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::manifest::{FileEntry, FinetunedInfo, Manifest, Policy, TensorEntry, KIND_NONE};
+use crate::record::{encode_file_record, encode_record, Record};
+use crate::{Error, Result, FORMAT_VERSION, MAGIC, PREAMBLE_LEN, TRAILER_MAGIC};
+
+/// Default zstd level of lossless records and companion files (see docs/FORMAT.md for the measurement).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
+
+/// Options of [`ArchiveWriter::create_with`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Replace an existing output file (default false: [`Error::OutputExists`]).
+    pub overwrite: bool,
+    /// zstd level for lossless records and companion files (default [`DEFAULT_ZSTD_LEVEL`]).
+    pub zstd_level: i32,
+    /// Stored as `Manifest::created_by` (default `"ultradelta-archive <version>"`).
+    pub created_by: String,
+}
+
+impl Default for WriterOptions {
+    fn default() -> WriterOptions {
+        WriterOptions {
+            overwrite: false,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            created_by: concat!("ultradelta-archive ", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// Writes an archive record by record into a temporary sibling file (`.<name>.partial-<pid>` in the same
+/// folder); [`ArchiveWriter::finish`] appends the index and trailer, fsyncs and renames it into place. Dropping the
+/// writer without `finish` deletes the temporary file, so no half-written archive is ever left at `path`.
+///
+/// Output bytes depend only on the calls made (and the zstd library version): no timestamps, no randomness.
+#[derive(Debug)]
+pub struct ArchiveWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+    offset: u64,
+    opts: WriterOptions,
+    tensors: Vec<TensorEntry>,
+    files: Vec<FileEntry>,
+    tensor_names: HashSet<String>,
+    file_names: HashSet<String>,
+}
+
+impl ArchiveWriter {
+    /// Starts an archive at `path` with default options (and the given `overwrite`).
+    ///
+    /// # Errors
+    /// [`Error::OutputExists`] if `path` exists and `!overwrite`; [`Error::InvalidPath`]; [`Error::Io`].
+    pub fn create(path: impl AsRef<Path>, overwrite: bool) -> Result<ArchiveWriter> {
+        ArchiveWriter::create_with(
+            path,
+            WriterOptions {
+                overwrite,
+                ..WriterOptions::default()
+            },
+        )
+    }
+
+    /// Starts an archive at `path` with `opts`.
+    ///
+    /// # Errors
+    /// As [`ArchiveWriter::create`].
+    pub fn create_with(path: impl AsRef<Path>, opts: WriterOptions) -> Result<ArchiveWriter> {
+        let path = path.as_ref().to_path_buf();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::InvalidPath {
+                path: path.clone(),
+                detail: "no UTF-8 file name",
+            })?
+            .to_string();
+        if path.is_dir() {
+            return Err(Error::InvalidPath {
+                path,
+                detail: "is a folder",
+            });
+        }
+        if !opts.overwrite && path.exists() {
+            return Err(Error::OutputExists { path });
+        }
+        let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, "create", e))?;
+        let mut w = ArchiveWriter {
+            path,
+            tmp,
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            offset: 0,
+            opts,
+            tensors: Vec::new(),
+            files: Vec::new(),
+            tensor_names: HashSet::new(),
+            file_names: HashSet::new(),
+        };
+        let mut pre = Vec::with_capacity(PREAMBLE_LEN as usize);
+        pre.extend_from_slice(&MAGIC);
+        pre.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        pre.extend_from_slice(&0u32.to_le_bytes());
+        w.put(&pre)?;
+        Ok(w)
+    }
+
+    /// The final output path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes written so far (preamble + records).
+    pub fn bytes_written(&self) -> u64 {
+        self.offset
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        let out = self.out.as_mut().ok_or_else(|| {
+            Error::io(
+                &self.tmp,
+                "write",
+                std::io::Error::other("writer already closed"),
+            )
+        })?;
+        out.write_all(bytes)
+            .map_err(|e| Error::io(&self.tmp, "write", e))?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn invalid(&self, name: &str, detail: impl Into<String>) -> Error {
+        Error::InvalidInput {
+            path: self.path.clone(),
+            name: name.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    fn check_entry(&self, entry: &TensorEntry) -> Result<u64> {
+        if entry.name.is_empty() {
+            return Err(self.invalid("", "empty tensor name"));
+        }
+        if self.tensor_names.contains(&entry.name) {
+            return Err(Error::DuplicateName {
+                path: self.path.clone(),
+                name: entry.name.clone(),
+            });
+        }
+        if let Some(r) = entry.rate {
+            if !r.is_finite() {
+                return Err(self.invalid(&entry.name, format!("non-finite rate {r}")));
+            }
+        }
+        entry
+            .shape_numel()
+            .ok_or_else(|| self.invalid(&entry.name, format!("shape {:?} overflows", entry.shape)))
+    }
+
+    /// Encodes and appends `record` for `entry`; fills `entry.kind/offset/length/checksum/numel/kept/sparsity`.
+    /// Returns the record's byte length.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateName`]; [`Error::InvalidInput`] if the record does not match the entry's dtype/shape or
+    /// is invalid (positions not strictly increasing, level out of range, non-finite parameters, ...);
+    /// [`Error::Io`].
+    pub fn write_tensor(&mut self, mut entry: TensorEntry, record: &Record) -> Result<u64> {
+        let numel = self.check_entry(&entry)?;
+        let bytes = encode_record(entry.dtype, &entry.shape, record, self.opts.zstd_level)
+            .map_err(|e| self.invalid(&entry.name, e.to_string()))?;
+        let kept = match record {
+            Record::Sparse(s) => s.positions.len() as u64,
+            _ => numel,
+        };
+        entry.kind = record.kind().name().to_string();
+        entry.offset = self.offset;
+        entry.length = bytes.len() as u64;
+        entry.checksum = format!("{:016x}", xxh3_64(&bytes));
+        entry.numel = numel;
+        entry.kept = kept;
+        entry.sparsity = if numel == 0 {
+            0.0
+        } else {
+            1.0 - kept as f64 / numel as f64
+        };
+        self.put(&bytes)?;
+        self.tensor_names.insert(entry.name.clone());
+        self.tensors.push(entry);
+        Ok(bytes.len() as u64)
+    }
+
+    /// Records a tensor whose delta is dropped (index entry only: kind `none`, no bytes). Sets policy `drop`,
+    /// `kept` 0 and `sparsity` 1.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateName`]; [`Error::InvalidInput`] for an empty name or an overflowing shape.
+    pub fn write_dropped(&mut self, mut entry: TensorEntry) -> Result<()> {
+        let numel = self.check_entry(&entry)?;
+        entry.policy = Policy::Drop;
+        entry.kind = KIND_NONE.to_string();
+        entry.offset = 0;
+        entry.length = 0;
+        entry.checksum = String::new();
+        entry.numel = numel;
+        entry.kept = 0;
+        entry.sparsity = 1.0;
+        self.tensor_names.insert(entry.name.clone());
+        self.tensors.push(entry);
+        Ok(())
+    }
+
+    /// Appends a zstd-compressed companion file (`config.json`, tokenizer files, ...). `name` must be a plain file
+    /// name: no `/`, `\`, NUL, and not `.` or `..`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad name; [`Error::DuplicateName`]; [`Error::Io`].
+    pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        if !is_plain_file_name(name) {
+            return Err(self.invalid(name, "companion file name must be a plain file name"));
+        }
+        if self.file_names.contains(name) {
+            return Err(Error::DuplicateName {
+                path: self.path.clone(),
+                name: name.to_string(),
+            });
+        }
+        let rec = encode_file_record(bytes, self.opts.zstd_level)
+            .map_err(|e| self.invalid(name, e.to_string()))?;
+        let entry = FileEntry {
+            name: name.to_string(),
+            offset: self.offset,
+            length: rec.len() as u64,
+            checksum: format!("{:016x}", xxh3_64(&rec)),
+            size: bytes.len() as u64,
+        };
+        self.put(&rec)?;
+        self.file_names.insert(name.to_string());
+        self.files.push(entry);
+        Ok(())
+    }
+
+    /// Writes the index and trailer, fsyncs, and moves the file into place atomically. Without `overwrite`, an
+    /// output that appeared meanwhile is not replaced ([`Error::OutputExists`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a non-finite `gamma`; [`Error::OutputExists`]; [`Error::Io`].
+    pub fn finish(
+        mut self,
+        method: &str,
+        params: serde_json::Value,
+        gamma: f64,
+        base_fingerprint: &str,
+        finetuned: FinetunedInfo,
+    ) -> Result<PathBuf> {
+        if !gamma.is_finite() {
+            return Err(self.invalid("", format!("non-finite gamma {gamma}")));
+        }
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            method: method.to_string(),
+            params,
+            gamma,
+            base_fingerprint: base_fingerprint.to_string(),
+            finetuned,
+            tensors: std::mem::take(&mut self.tensors),
+            files: std::mem::take(&mut self.files),
+            created_by: self.opts.created_by.clone(),
+        };
+        let index = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| self.invalid("", format!("cannot serialize the index: {e}")))?;
+        let index_offset = self.offset;
+        let mut trailer = Vec::with_capacity(32);
+        trailer.extend_from_slice(&index_offset.to_le_bytes());
+        trailer.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        trailer.extend_from_slice(&xxh3_64(&index).to_le_bytes());
+        trailer.extend_from_slice(&TRAILER_MAGIC);
+        self.put(&index)?;
+        self.put(&trailer)?;
+        let out = self.out.take().ok_or_else(|| {
+            Error::io(
+                &self.tmp,
+                "write",
+                std::io::Error::other("writer already closed"),
+            )
+        })?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, "flush", e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io(&self.tmp, "fsync", e))?;
+        drop(file);
+        self.publish()?;
+        Ok(self.path.clone())
+    }
+
+    /// Moves the finished temp file to `path`.
+    fn publish(&mut self) -> Result<()> {
+        if self.opts.overwrite {
+            std::fs::rename(&self.tmp, &self.path)
+                .map_err(|e| Error::io(&self.path, "rename", e))?;
+        } else {
+            // hard_link refuses an existing target, so a file created since `create` is never clobbered.
+            match std::fs::hard_link(&self.tmp, &self.path) {
+                Ok(()) => {
+                    std::fs::remove_file(&self.tmp)
+                        .map_err(|e| Error::io(&self.tmp, "remove", e))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::OutputExists {
+                        path: self.path.clone(),
+                    });
+                }
+                Err(_) => {
+                    // File systems without hard links: check, then rename.
+                    if self.path.exists() {
+                        return Err(Error::OutputExists {
+                            path: self.path.clone(),
+                        });
+                    }
+                    std::fs::rename(&self.tmp, &self.path)
+                        .map_err(|e| Error::io(&self.path, "rename", e))?;
+                }
+            }
+        }
+        // Make the rename durable.
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.tmp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for ArchiveWriter {
+    fn drop(&mut self) {
+        self.out.take();
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// True for a plain file name usable inside any folder.
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && name.len() <= 255
+}

@@ -1,0 +1,120 @@
+//! Archives written by released format versions stay in `tests/data/` and must keep decoding to the same values.
+//!
+//! `tests/data/v1-small.udelta` was written by `write_sample` (tests/it/common.rs) with format version 1. Regenerate
+//! it only when the fixture itself must change (never for a format change: add a new file for a new version):
+//! `cargo test -p ultradelta-archive --test it -- --ignored regenerate_v1_fixture`.
+
+use std::path::PathBuf;
+
+use ultradelta_archive::{ArchiveReader, Policy, Record};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::common::{sample_files, sample_tensors, write_sample};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/v1-small.udelta"
+    ))
+}
+
+#[test]
+#[ignore = "rewrites the committed fixture"]
+fn regenerate_v1_fixture() {
+    write_sample(&fixture());
+}
+
+/// xxh3-64 of a decoded record's values (sparse: dense f32 LE bytes with gamma 1; lossless: raw bytes).
+fn value_hash(r: &Record) -> u64 {
+    match r {
+        Record::Sparse(s) => xxh3_64(
+            &s.to_dense(1.0)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ),
+        Record::XorDelta { xor_bytes, .. } => xxh3_64(xor_bytes),
+        Record::Full { bytes, .. } => xxh3_64(bytes),
+    }
+}
+
+#[test]
+fn v1_fixture_still_decodes() {
+    let r = ArchiveReader::open(fixture()).expect("committed v1 fixture must open");
+    r.verify().unwrap();
+    let m = r.manifest();
+    assert_eq!(m.format_version, 1);
+    assert_eq!(m.method, "ultradelta");
+    assert_eq!(m.gamma, 0.875);
+    assert_eq!(m.base_fingerprint, "0123456789abcdef");
+    assert_eq!(m.params["seed"], 42);
+    assert_eq!(m.finetuned.size_on_disk, 12345);
+    assert_eq!(m.tensors.len(), 6);
+    assert_eq!(m.files.len(), 2);
+
+    // Known values, pinned as literals so they cannot follow a change of the fixture helper.
+    let q = match r.read_record("enc.layer0.attn.q.weight").unwrap() {
+        Record::Sparse(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(q.numel, 128);
+    assert_eq!(q.positions.len(), 26);
+    assert_eq!(q.positions[..5], [0, 5, 10, 15, 20]);
+    assert_eq!(q.levels[..5], [0, 3, 6, 9, 12]);
+    let dense = q.to_dense(1.0);
+    assert_eq!(dense[5], (-0.5 + 3.0 * 0.0625) * 2.0);
+    assert_eq!(dense[1], 0.0);
+    match r.read_record("head.new.bias").unwrap() {
+        Record::Full { bytes, .. } => {
+            let v: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(v, [1.0, -2.5, 3.25]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match r.read_record("scalar").unwrap() {
+        Record::Sparse(s) => assert_eq!(s.to_dense(1.0), [2.5]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        r.entry("enc.layer0.attn.k.weight").unwrap().policy,
+        Policy::Drop
+    );
+    assert_eq!(
+        &r.read_file("config.json").unwrap()[..15],
+        br#"{"model_type": "#
+    );
+
+    let hashes: Vec<(String, u64)> = m
+        .tensors
+        .iter()
+        .filter(|e| e.kind != "none")
+        .map(|e| (e.name.clone(), value_hash(&r.read_record(&e.name).unwrap())))
+        .collect();
+    let pinned: [(&str, u64); 5] = PINNED_VALUE_HASHES;
+    for ((name, h), (pname, ph)) in hashes.iter().zip(pinned) {
+        assert_eq!(name, pname);
+        assert_eq!(*h, ph, "decoded values of {name} changed: {h:#018x}");
+    }
+    assert_eq!(hashes.len(), pinned.len());
+
+    // And the fixture still matches the helper that made it.
+    for t in sample_tensors() {
+        if let Some(rec) = t.record {
+            assert_eq!(r.read_record(&t.entry.name).unwrap(), rec);
+        }
+    }
+    for (name, bytes) in sample_files() {
+        assert_eq!(r.read_file(name).unwrap(), bytes);
+    }
+}
+
+const PINNED_VALUE_HASHES: [(&str, u64); 5] = [
+    ("enc.layer0.attn.q.weight", 0xc49f_7244_aa2f_0c85),
+    ("enc.layer0.mlp.const.weight", 0x37b3_4778_d5d8_6621),
+    ("enc.layer0.norm.weight", 0x46ad_4d4a_c785_cbbf),
+    ("head.new.bias", 0x39bc_0532_4ab2_0741),
+    ("scalar", 0x02bb_e3a8_1888_277b),
+];

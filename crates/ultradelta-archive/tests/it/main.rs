@@ -1,0 +1,8 @@
+//! Integration tests of the archive format: one binary, one module per area.
+
+mod common;
+mod compat;
+mod errors;
+mod ratio;
+mod roundtrip;
+mod spec;

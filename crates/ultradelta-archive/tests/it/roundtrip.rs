@@ -1,0 +1,260 @@
+//! Property round trips: Golomb, bit packing, whole archives; determinism of the writer.
+
+use proptest::prelude::*;
+use serde_json::json;
+use ultradelta_archive::{
+    bitpack, golomb, ArchiveReader, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord,
+    TensorEntry, WriterOptions,
+};
+use ultradelta_io::DType;
+use ultradelta_qgp::QuantParams;
+
+use crate::common::{sample_files, sample_tensors, write_sample, Rng};
+
+/// Strictly increasing positions below `numel`, from a keep mask.
+fn positions_strategy() -> impl Strategy<Value = (u64, Vec<u64>)> {
+    (0u64..3000, 0.0f64..1.0, any::<u64>()).prop_map(|(numel, density, seed)| {
+        let mut rng = Rng::new(seed);
+        let d = density * density; // favour sparse
+        let positions = (0..numel).filter(|_| rng.unit() < d).collect();
+        (numel, positions)
+    })
+}
+
+proptest! {
+    #[test]
+    fn golomb_round_trip((numel, positions) in positions_strategy()) {
+        let (m, bytes, bits) = golomb::encode_positions(&positions, numel).unwrap();
+        prop_assert_eq!(bits, golomb::encoded_bits(&positions, m));
+        prop_assert_eq!(bytes.len() as u64, bits.div_ceil(8));
+        let back = golomb::decode_positions(&bytes, bits, m, positions.len() as u64, numel).unwrap();
+        prop_assert_eq!(&back, &positions);
+        // The chosen parameter is the cheapest of the candidates.
+        for c in golomb::candidate_parameters(positions.len() as u64, numel) {
+            prop_assert!(golomb::encoded_bits(&positions, c) >= bits);
+        }
+    }
+
+    #[test]
+    fn golomb_round_trip_any_parameter((numel, positions) in positions_strategy(), m_seed in any::<u64>()) {
+        let m = 1 + m_seed % numel.max(1);
+        let (bytes, bits) = golomb::encode_positions_with(&positions, numel, m).unwrap();
+        let back = golomb::decode_positions(&bytes, bits, m, positions.len() as u64, numel).unwrap();
+        prop_assert_eq!(back, positions);
+    }
+
+    #[test]
+    fn golomb_decoder_total_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..64),
+                                       m in 0u64..100, count in 0u64..200, numel in 0u64..5000) {
+        // Must return (Ok or Err), never panic or hang; Ok output must be valid.
+        if let Ok(p) = golomb::decode_positions(&bytes, bytes.len() as u64 * 8, m, count, numel) {
+            prop_assert_eq!(p.len() as u64, count);
+            prop_assert!(p.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(p.iter().all(|&x| x < numel));
+        }
+    }
+
+    #[test]
+    fn bitpack_round_trip(bits in 0u8..=16, raw in proptest::collection::vec(any::<u16>(), 0..500)) {
+        let mask = if bits == 0 { 0 } else { ((1u32 << bits) - 1) as u16 };
+        let levels: Vec<u16> = raw.iter().map(|&v| v & mask).collect();
+        let packed = bitpack::pack(&levels, bits);
+        prop_assert_eq!(packed.len() as u64, (levels.len() as u64 * u64::from(bits)).div_ceil(8));
+        prop_assert_eq!(bitpack::unpack(&packed, bits, levels.len()).unwrap(), levels);
+    }
+}
+
+const DTYPES: [DType; 5] = [DType::F32, DType::BF16, DType::F16, DType::I64, DType::U8];
+
+/// A random tensor: (entry, record or None for dropped).
+fn tensor_strategy() -> impl Strategy<Value = (TensorEntry, Option<Record>)> {
+    (
+        proptest::collection::vec(0usize..12, 0..4),
+        0usize..DTYPES.len(),
+        0u8..4,
+        any::<u64>(),
+        0u8..=16,
+    )
+        .prop_map(|(shape, dt, kind, seed, bits)| {
+            let dtype = DTYPES[dt];
+            let numel: usize = shape.iter().product();
+            let mut rng = Rng::new(seed);
+            let nbytes = numel * dtype.size();
+            let raw: Vec<u8> = (0..nbytes)
+                .map(|_| {
+                    if rng.unit() < 0.7 {
+                        0
+                    } else {
+                        rng.next_u64() as u8
+                    }
+                })
+                .collect();
+            let policy = [Policy::Compress, Policy::Keep, Policy::New, Policy::Drop][kind as usize];
+            let entry = TensorEntry::new("", shape, dtype, policy);
+            let record = match kind {
+                0 => {
+                    let positions: Vec<u64> =
+                        (0..numel as u64).filter(|_| rng.unit() < 0.3).collect();
+                    let mask = if bits == 0 {
+                        0
+                    } else {
+                        ((1u32 << bits) - 1) as u16
+                    };
+                    let levels = positions
+                        .iter()
+                        .map(|_| rng.next_u64() as u16 & mask)
+                        .collect();
+                    Some(Record::Sparse(SparseRecord {
+                        numel: numel as u64,
+                        quant: QuantParams {
+                            bits,
+                            lo: (rng.unit() - 0.5) as f32,
+                            step: (rng.unit() * 0.01) as f32,
+                        },
+                        scale: 1.0 / (1.0 - rng.unit() as f32 * 0.99),
+                        positions,
+                        levels,
+                    }))
+                }
+                1 => Some(Record::XorDelta {
+                    dtype,
+                    xor_bytes: raw,
+                }),
+                2 => Some(Record::Full { dtype, bytes: raw }),
+                _ => None,
+            };
+            (entry, record)
+        })
+}
+
+fn write_archive(
+    path: &std::path::Path,
+    tensors: &[(TensorEntry, Option<Record>)],
+    files: &[Vec<u8>],
+) -> std::path::PathBuf {
+    let opts = WriterOptions {
+        overwrite: true,
+        zstd_level: 3,
+        created_by: "proptest".into(),
+    };
+    let mut w = ArchiveWriter::create_with(path, opts).unwrap();
+    for (i, (e, r)) in tensors.iter().enumerate() {
+        let mut e = e.clone();
+        e.name = format!("t{i}.weight");
+        match r {
+            Some(r) => {
+                w.write_tensor(e, r).unwrap();
+            }
+            None => w.write_dropped(e).unwrap(),
+        }
+    }
+    for (i, f) in files.iter().enumerate() {
+        w.add_file(&format!("file{i}.json"), f).unwrap();
+    }
+    w.finish(
+        "ultradelta",
+        json!({"k": [1, 2.5, "x"]}),
+        0.5,
+        "fp",
+        FinetunedInfo::default(),
+    )
+    .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn archive_round_trip(tensors in proptest::collection::vec(tensor_strategy(), 0..6),
+                          files in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..3)) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_archive(&dir.path().join("a.udelta"), &tensors, &files);
+        let r = ArchiveReader::open(&p).unwrap();
+        r.verify().unwrap();
+        prop_assert_eq!(r.manifest().tensors.len(), tensors.len());
+        for (i, (e, rec)) in tensors.iter().enumerate() {
+            let name = format!("t{i}.weight");
+            let got = r.entry(&name).unwrap();
+            prop_assert_eq!(&got.shape, &e.shape);
+            prop_assert_eq!(got.dtype, e.dtype);
+            match rec {
+                Some(rec) => prop_assert_eq!(&r.read_record(&name).unwrap(), rec),
+                None => prop_assert!(r.read_record(&name).is_err()),
+            }
+        }
+        for (i, f) in files.iter().enumerate() {
+            prop_assert_eq!(&r.read_file(&format!("file{i}.json")).unwrap(), f);
+        }
+        // Deterministic: the same calls give the same bytes.
+        let q = write_archive(&dir.path().join("b.udelta"), &tensors, &files);
+        prop_assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap());
+    }
+}
+
+#[test]
+fn sample_round_trip_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_sample(&dir.path().join("s.udelta"));
+    let r = ArchiveReader::open(&p).unwrap();
+    for t in sample_tensors() {
+        match t.record {
+            Some(rec) => assert_eq!(r.read_record(&t.entry.name).unwrap(), rec),
+            None => assert!(r.read_record(&t.entry.name).is_err()),
+        }
+    }
+    for (name, bytes) in sample_files() {
+        assert_eq!(r.read_file(name).unwrap(), bytes);
+    }
+    let m = r.manifest();
+    assert_eq!(m.gamma, 0.875);
+    assert_eq!(m.created_by, "ultradelta-archive test fixture");
+    let q = r.entry("enc.layer0.attn.q.weight").unwrap();
+    assert_eq!(
+        (q.numel, q.kept, q.kind.as_str()),
+        (128, 26, "sparse-golomb")
+    );
+    assert!((q.sparsity - (1.0 - 26.0 / 128.0)).abs() < 1e-15);
+    assert_eq!(q.rate, Some(0.8));
+    assert_eq!(q.extra["std"], json!(0.015625));
+    // Byte-identical on a second write.
+    let p2 = write_sample(&dir.path().join("s2.udelta"));
+    assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&p2).unwrap());
+}
+
+#[test]
+fn reader_is_shared_across_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_sample(&dir.path().join("s.udelta"));
+    let r = ArchiveReader::open(&p).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for t in sample_tensors() {
+                    if let Some(rec) = t.record {
+                        assert_eq!(r.read_record(&t.entry.name).unwrap(), rec);
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn sparse_add_into_applies_gamma_last() {
+    let s = SparseRecord {
+        numel: 4,
+        quant: QuantParams {
+            bits: 3,
+            lo: -0.3,
+            step: 0.1,
+        },
+        scale: 1.0 / 0.03,
+        positions: vec![0, 3],
+        levels: vec![7, 2],
+    };
+    let mut out = vec![1.0f32; 4];
+    s.add_into(0.5, &mut out);
+    let v0 = (-0.3f32 + 7.0 * 0.1) * (1.0 / 0.03);
+    let v3 = (-0.3f32 + 2.0 * 0.1) * (1.0 / 0.03);
+    assert_eq!(out, [1.0 + v0 * 0.5, 1.0, 1.0, 1.0 + v3 * 0.5]);
+    assert_eq!(s.to_dense(1.0), [v0, 0.0, 0.0, v3]);
+}

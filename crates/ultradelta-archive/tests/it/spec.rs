@@ -1,0 +1,139 @@
+//! docs/FORMAT.md and the code must agree: the tables of constants, record kinds and dtype codes are parsed from the
+//! markdown and compared with the crate's constants.
+
+use ultradelta_archive::{
+    dtype_from_code, RecordKind, DTYPE_CODES, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN,
+    SPARSE_FIXED_BYTES, TRAILER_LEN, TRAILER_MAGIC,
+};
+
+fn format_md() -> String {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FORMAT.md");
+    std::fs::read_to_string(p).expect("docs/FORMAT.md must exist")
+}
+
+/// Rows (cells trimmed, backticks removed) of the first table after the heading line `heading`.
+fn table(md: &str, heading: &str) -> Vec<Vec<String>> {
+    let mut lines = md.lines().skip_while(|l| l.trim() != heading);
+    assert!(
+        lines.next().is_some(),
+        "heading {heading:?} not found in FORMAT.md"
+    );
+    let rows: Vec<Vec<String>> = lines
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().replace('`', ""))
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 2, "no table under {heading:?}");
+    // Drop the header row and the |---| separator.
+    rows.into_iter().skip(2).collect()
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    s.split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect()
+}
+
+fn parse_u64(s: &str) -> u64 {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).unwrap(),
+        None => s.parse().unwrap(),
+    }
+}
+
+#[test]
+fn constants_table_matches_code() {
+    let md = format_md();
+    let rows = table(&md, "## Constants");
+    let get = |name: &str| -> String {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("{name} missing from the constants table"))[1]
+            .clone()
+    };
+    assert_eq!(hex_bytes(&get("MAGIC")), MAGIC);
+    assert_eq!(hex_bytes(&get("TRAILER_MAGIC")), TRAILER_MAGIC);
+    assert_eq!(parse_u64(&get("FORMAT_VERSION")), u64::from(FORMAT_VERSION));
+    assert_eq!(parse_u64(&get("KNOWN_FLAGS")), u64::from(KNOWN_FLAGS));
+    assert_eq!(parse_u64(&get("PREAMBLE_LEN")), PREAMBLE_LEN);
+    assert_eq!(parse_u64(&get("TRAILER_LEN")), TRAILER_LEN);
+    assert_eq!(
+        parse_u64(&get("SPARSE_FIXED_BYTES")),
+        SPARSE_FIXED_BYTES as u64
+    );
+    assert_eq!(
+        rows.len(),
+        7,
+        "constants table has rows the test does not check"
+    );
+}
+
+#[test]
+fn record_kinds_table_matches_code() {
+    let md = format_md();
+    let rows = table(&md, "### Record kinds");
+    assert_eq!(rows.len(), RecordKind::ALL.len());
+    for r in &rows {
+        let code: u8 = r[0].parse().unwrap();
+        let kind = RecordKind::from_code(code)
+            .unwrap_or_else(|| panic!("code {code} unknown to the code"));
+        assert_eq!(kind.name(), r[1], "kind code {code}");
+    }
+}
+
+#[test]
+fn dtype_table_matches_code() {
+    let md = format_md();
+    let rows = table(&md, "### Dtype codes");
+    assert_eq!(rows.len(), DTYPE_CODES.len());
+    for r in &rows {
+        let code: u8 = r[0].parse().unwrap();
+        let dtype = dtype_from_code(code).unwrap_or_else(|| panic!("dtype code {code} unknown"));
+        assert_eq!(dtype.name(), r[1]);
+        assert_eq!(dtype.size().to_string(), r[2]);
+    }
+    assert!(dtype_from_code(0).is_none());
+    assert!(dtype_from_code(11).is_none());
+}
+
+#[test]
+fn preamble_and_trailer_tables_match_written_bytes() {
+    let md = format_md();
+    let pre = table(&md, "## Preamble (16 bytes)");
+    let offsets: Vec<(u64, u64)> = pre
+        .iter()
+        .map(|r| (parse_u64(&r[0]), parse_u64(&r[1])))
+        .collect();
+    assert_eq!(offsets, [(0, 8), (8, 4), (12, 4)]);
+    let tr = table(&md, "## Trailer (last 32 bytes)");
+    let offsets: Vec<(u64, u64)> = tr
+        .iter()
+        .map(|r| (parse_u64(&r[0]), parse_u64(&r[1])))
+        .collect();
+    assert_eq!(offsets, [(0, 8), (8, 8), (16, 8), (24, 8)]);
+    // The bytes of a real archive agree.
+    let b = crate::common::sample_bytes();
+    assert_eq!(b[..8], MAGIC);
+    assert_eq!(b[8..12], FORMAT_VERSION.to_le_bytes());
+    assert_eq!(b[12..16], [0, 0, 0, 0]);
+    assert_eq!(b[b.len() - 8..], TRAILER_MAGIC);
+}
+
+#[test]
+fn sparse_payload_table_matches_layout() {
+    let md = format_md();
+    let rows = table(&md, "### Kind 1: sparse-golomb payload");
+    // Fixed fields: contiguous, sizes summing to SPARSE_FIXED_BYTES.
+    let mut expect = 0u64;
+    for r in rows.iter().take(9) {
+        assert_eq!(parse_u64(&r[0]), expect, "field {}", r[2]);
+        expect += parse_u64(&r[1]);
+    }
+    assert_eq!(expect, SPARSE_FIXED_BYTES as u64);
+}
