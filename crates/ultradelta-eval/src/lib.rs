@@ -1,0 +1,32 @@
+//! Quality evaluation for UltraDelta experiments.
+//!
+//! This crate owns the *measurement* side of the experiments on real models: a CPU sentence encoder for BERT
+//! checkpoints of the all-MiniLM-L6-v2 architecture ([`SentenceEncoder`], candle + a `tokenizers` WordPiece
+//! pipeline), and the metrics that say how much of a fine-tune a compressed delta keeps ([`fidelity`],
+//! [`retention`], [`centroid_probe`], [`LinearHead`]). It reads safetensors checkpoints, `config.json` and
+//! tokenizer files from folders the caller names; it knows nothing about delta compression, archives or how the
+//! checkpoints were produced, and never downloads anything.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use ultradelta_eval::{fidelity, retention, SentenceEncoder};
+//!
+//! # fn main() -> Result<(), ultradelta_eval::Error> {
+//! let texts = ["pod keeps crashing", "CrashLoopBackOff"];
+//! let base = SentenceEncoder::load_dir(Path::new("target/testbed/models/base"))?.embed(&texts)?;
+//! let ft = SentenceEncoder::load_dir(Path::new("target/testbed/models/sre"))?.embed(&texts)?;
+//! let comp = SentenceEncoder::load_dir(Path::new("target/sre-compressed"))?.embed(&texts)?;
+//! println!("fidelity {:.4} retention {:.4}", fidelity(&comp, &ft), retention(&comp, &ft, &base));
+//! # Ok(())
+//! # }
+//! ```
+
+mod encoder;
+mod error;
+mod head;
+mod metrics;
+
+pub use encoder::{SentenceEncoder, DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS};
+pub use error::{Error, Result};
+pub use head::LinearHead;
+pub use metrics::{argmax, centroid_probe, cosine, distance, fidelity, retention};
