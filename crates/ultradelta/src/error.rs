@@ -1,0 +1,112 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the high-level pipeline.
+///
+/// Each message is one line naming the file and tensor involved. Errors from the
+/// member crates pass through unchanged (they already carry that context).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a checkpoint failed.
+    #[error(transparent)]
+    Io(#[from] ultradelta_io::Error),
+    /// Reading or writing an archive failed.
+    #[error(transparent)]
+    Archive(#[from] ultradelta_archive::Error),
+    /// Sparsity allocation rejected its input.
+    #[error("sparsity allocation: {0}")]
+    Alloc(#[from] ultradelta_alloc::Error),
+    /// Quantization or pruning of one tensor failed.
+    #[error("{}: tensor \"{tensor}\": {source}", file.display())]
+    Quant {
+        /// Fine-tuned checkpoint file holding the tensor.
+        file: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// The underlying failure.
+        source: ultradelta_qgp::Error,
+    },
+    /// Rescaling (nuclear norms, TNGR) failed.
+    #[error("rescaling: {0}")]
+    Rescale(#[from] ultradelta_rescale::Error),
+    /// The base checkpoint is not the one the archive was made against.
+    #[error("{}: made for a different base checkpoint (fingerprint {expected}), but {} has fingerprint {found}", archive.display(), base.display())]
+    WrongBase {
+        /// Archive path.
+        archive: PathBuf,
+        /// Base checkpoint path given.
+        base: PathBuf,
+        /// Fingerprint stored in the archive.
+        expected: String,
+        /// Fingerprint of the given base.
+        found: String,
+    },
+    /// One base tensor's content differs from the one the archive was made against.
+    #[error("{}: tensor \"{tensor}\" differs from the base the archive {} was made against (content hash {found}, expected {expected})", file.display(), archive.display())]
+    BaseTensorChanged {
+        /// Archive path.
+        archive: PathBuf,
+        /// Base file holding the tensor.
+        file: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// Hash stored in the archive.
+        expected: String,
+        /// Hash of the given base tensor.
+        found: String,
+    },
+    /// Base and fine-tuned tensors of the same name differ in shape or dtype.
+    #[error("tensor \"{tensor}\": base {} has {base_dtype} {base_shape:?} but fine-tuned {} has {ft_dtype} {ft_shape:?}", base_file.display(), finetuned_file.display())]
+    Mismatch {
+        /// Tensor name.
+        tensor: String,
+        /// Base file.
+        base_file: PathBuf,
+        /// Fine-tuned file.
+        finetuned_file: PathBuf,
+        /// Base dtype name.
+        base_dtype: String,
+        /// Base shape.
+        base_shape: Vec<usize>,
+        /// Fine-tuned dtype name.
+        ft_dtype: String,
+        /// Fine-tuned shape.
+        ft_shape: Vec<usize>,
+    },
+    /// A tensor the archive needs is missing from the base, or has another shape/dtype there.
+    #[error("{}: tensor \"{tensor}\" {what} (needed by archive {})", base.display(), archive.display())]
+    BaseTensor {
+        /// Base checkpoint path.
+        base: PathBuf,
+        /// Archive path.
+        archive: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A tensor selected for compression cannot be compressed (not floating point).
+    #[error("{}: tensor \"{tensor}\" has dtype {dtype}; only F64/F32/F16/BF16 tensors can be compressed (use --keep for it)", file.display())]
+    NotCompressible {
+        /// Fine-tuned file.
+        file: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// Its dtype.
+        dtype: String,
+    },
+    /// A plain file operation failed.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Result with this crate's [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

