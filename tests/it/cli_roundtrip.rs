@@ -156,3 +156,16 @@ fn several_finetunes_get_tngr_gammas() {
     assert_eq!(gammas[0], 1.0, "{gammas:?}");
     assert!(gammas[1] < 0.6 && gammas[1] > 0.1, "{gammas:?}");
 }
+
+#[test]
+fn closed_stdout_is_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 2);
+    let archive = dir.path().join("ft.udelta");
+    ud_ok(&["compress", "--quiet", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&archive)]);
+    // `inspect` prints one line per tensor; `head -1` closes the pipe after the first.
+    let script = format!("'{}' inspect '{}' | head -1 >/dev/null", env!("CARGO_BIN_EXE_ultradelta"), s(&archive));
+    let out = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

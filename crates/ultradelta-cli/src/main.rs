@@ -5,6 +5,21 @@
 
 mod progress;
 
+/// `println!` that ends the process quietly when stdout is closed (e.g. `| head`)
+/// instead of panicking on a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("writing to stdout: {e}");
+        }
+    }};
+}
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -262,7 +277,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             json.push(serde_json::json!({ "report": r, "ratio": ins.ratio, "bytes": ins.bytes }));
         } else {
             let c = r.counts;
-            println!(
+            outln!(
                 "wrote {} ({} bytes): {} tensors compressed, {} kept losslessly, {} dropped, {} stored whole; gamma {:.6}",
                 r.output.display(),
                 ins.bytes,
@@ -272,15 +287,15 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                 c.new,
                 r.gamma
             );
-            println!("  {}", ratio_line(&ins));
+            outln!("  {}", ratio_line(&ins));
             if !r.base_only.is_empty() {
-                println!("  only in the base (not in the rebuilt model): {}", r.base_only.join(", "));
+                outln!("  only in the base (not in the rebuilt model): {}", r.base_only.join(", "));
             }
         }
     }
     if a.json {
         let v = if json.len() == 1 { json.remove(0) } else { serde_json::Value::Array(json) };
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
 }
@@ -306,38 +321,38 @@ fn cmd_apply(a: ApplyArgs, progress: &CliProgress) -> Result<()> {
         opts.max_shard_bytes = m;
     }
     let out = ultradelta::apply(&base, &a.archive, &a.output, &opts, progress)?;
-    println!("rebuilt {}", out.display());
+    outln!("rebuilt {}", out.display());
     Ok(())
 }
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let ins = ultradelta::inspect(&ArchiveReader::open(&a.archive)?);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&ins)?);
+        outln!("{}", serde_json::to_string_pretty(&ins)?);
         return Ok(());
     }
-    println!("{}: format v{}, method {}, {} bytes", a.archive.display(), ins.format_version, ins.method, ins.bytes);
-    println!("params: {}", serde_json::to_string(&ins.params)?);
-    println!("gamma: {:.6}   base fingerprint: {}", ins.gamma, ins.base_fingerprint);
-    println!(
+    outln!("{}: format v{}, method {}, {} bytes", a.archive.display(), ins.format_version, ins.method, ins.bytes);
+    outln!("params: {}", serde_json::to_string(&ins.params)?);
+    outln!("gamma: {:.6}   base fingerprint: {}", ins.gamma, ins.base_fingerprint);
+    outln!(
         "compressed tensors: {} entries, {} kept ({:.3}% density), {} bytes",
         ins.compressed_entries,
         ins.kept_entries,
         100.0 * ins.kept_entries as f64 / ins.compressed_entries.max(1) as f64,
         ins.compressed_bytes
     );
-    println!("{}", ratio_line(&ins));
-    println!();
-    println!("{:<60} {:<8} {:<14} {:>9} {:>12}  shape", "tensor", "policy", "kind", "sparsity", "bytes");
+    outln!("{}", ratio_line(&ins));
+    outln!();
+    outln!("{:<60} {:<8} {:<14} {:>9} {:>12}  shape", "tensor", "policy", "kind", "sparsity", "bytes");
     for t in &ins.tensors {
         let policy = serde_json::to_value(t.policy)?.as_str().unwrap_or_default().to_string();
-        println!(
+        outln!(
             "{:<60} {:<8} {:<14} {:>9.4} {:>12}  {:?} {}",
             t.name, policy, t.kind, t.sparsity, t.bytes, t.shape, t.dtype
         );
     }
     if !ins.files.is_empty() {
-        println!("\nfiles: {}", ins.files.join(", "));
+        outln!("\nfiles: {}", ins.files.join(", "));
     }
     Ok(())
 }
@@ -347,23 +362,23 @@ fn cmd_eval(a: EvalArgs, progress: &CliProgress) -> Result<()> {
     let ft = open(&a.finetuned)?;
     let r = ultradelta::eval(&base, &ft, &a.archive, progress)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<60} {:<8} {:>12} {:>10} {:>12} {:>10}",
         "tensor", "policy", "delta relerr", "delta cos", "weight relerr", "weight cos"
     );
     for t in &r.tensors {
         let f = t.fidelity;
         let policy = serde_json::to_value(t.policy)?.as_str().unwrap_or_default().to_string();
-        println!(
+        outln!(
             "{:<60} {:<8} {:>12.4e} {:>10.6} {:>12.4e} {:>10.6}",
             t.name, policy, f.delta_rel_error, f.delta_cosine, f.weight_rel_error, f.weight_cosine
         );
     }
     for (label, f) in [("compressed tensors", r.compressed), ("all tensors", r.overall)] {
-        println!(
+        outln!(
             "{:<60} {:<8} {:>12.4e} {:>10.6} {:>12.4e} {:>10.6}",
             label, "", f.delta_rel_error, f.delta_cosine, f.weight_rel_error, f.weight_cosine
         );
