@@ -7,7 +7,16 @@ use ultradelta::io::{write_checkpoint, DType, TensorInfo, WriterOptions};
 use crate::support::{listing, pair, s, ud_err, ud_ok};
 
 fn compress(base: &Path, ft: &Path, out: &Path) {
-    ud_ok(&["compress", "--quiet", "--base", s(base), "--finetuned", s(ft), "--output", s(out)]);
+    ud_ok(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(base),
+        "--finetuned",
+        s(ft),
+        "--output",
+        s(out),
+    ]);
 }
 
 /// A one-file checkpoint from (name, dtype, shape) with deterministic bytes.
@@ -15,8 +24,14 @@ fn write(dir: &Path, tensors: &[(&str, DType, &[usize])]) {
     let data: Vec<(TensorInfo, Vec<u8>)> = tensors
         .iter()
         .map(|(n, d, sh)| {
-            let info = TensorInfo { name: n.to_string(), dtype: *d, shape: sh.to_vec() };
-            let bytes = (0..info.nbytes()).map(|i| (i * 31 % 251) as u8 / 4).collect();
+            let info = TensorInfo {
+                name: n.to_string(),
+                dtype: *d,
+                shape: sh.to_vec(),
+            };
+            let bytes = (0..info.nbytes())
+                .map(|i| (i * 31 % 251) as u8 / 4)
+                .collect();
             (info, bytes)
         })
         .collect();
@@ -31,7 +46,15 @@ fn wrong_base_is_refused() {
     let archive = dir.path().join("ft.udelta");
     compress(&base, &ft, &archive);
     let out = dir.path().join("rebuilt");
-    let line = ud_err(&["apply", "--quiet", "--base", s(&other_base), "--output", s(&out), s(&archive)]);
+    let line = ud_err(&[
+        "apply",
+        "--quiet",
+        "--base",
+        s(&other_base),
+        "--output",
+        s(&out),
+        s(&archive),
+    ]);
     assert!(line.contains("different base"), "{line}");
     assert!(line.contains("ft.udelta"), "{line}");
     assert!(!out.exists());
@@ -41,11 +64,35 @@ fn wrong_base_is_refused() {
 fn shape_mismatch_names_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let (b, f) = (dir.path().join("b"), dir.path().join("f"));
-    write(&b, &[("layer.0.attention.self.query.weight", DType::F32, &[4, 8]), ("x.bias", DType::F32, &[4])]);
-    write(&f, &[("layer.0.attention.self.query.weight", DType::F32, &[8, 4]), ("x.bias", DType::F32, &[4])]);
+    write(
+        &b,
+        &[
+            ("layer.0.attention.self.query.weight", DType::F32, &[4, 8]),
+            ("x.bias", DType::F32, &[4]),
+        ],
+    );
+    write(
+        &f,
+        &[
+            ("layer.0.attention.self.query.weight", DType::F32, &[8, 4]),
+            ("x.bias", DType::F32, &[4]),
+        ],
+    );
     let out = dir.path().join("a.udelta");
-    let line = ud_err(&["compress", "--quiet", "--base", s(&b), "--finetuned", s(&f), "--output", s(&out)]);
-    assert!(line.contains("layer.0.attention.self.query.weight") && line.contains("[8, 4]"), "{line}");
+    let line = ud_err(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&b),
+        "--finetuned",
+        s(&f),
+        "--output",
+        s(&out),
+    ]);
+    assert!(
+        line.contains("layer.0.attention.self.query.weight") && line.contains("[8, 4]"),
+        "{line}"
+    );
     assert!(!out.exists());
 }
 
@@ -55,8 +102,20 @@ fn dtype_mismatch_names_the_tensor() {
     let (b, f) = (dir.path().join("b"), dir.path().join("f"));
     write(&b, &[("w.weight", DType::F32, &[4, 8])]);
     write(&f, &[("w.weight", DType::F16, &[4, 8])]);
-    let line = ud_err(&["compress", "--quiet", "--base", s(&b), "--finetuned", s(&f), "--output", s(&dir.path().join("a.udelta"))]);
-    assert!(line.contains("w.weight") && line.contains("F16") && line.contains("F32"), "{line}");
+    let line = ud_err(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&b),
+        "--finetuned",
+        s(&f),
+        "--output",
+        s(&dir.path().join("a.udelta")),
+    ]);
+    assert!(
+        line.contains("w.weight") && line.contains("F16") && line.contains("F32"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -66,7 +125,16 @@ fn compressing_an_integer_tensor_is_refused() {
     write(&b, &[("ids", DType::I64, &[4, 8])]);
     write(&f, &[("ids", DType::I64, &[4, 8])]);
     let line = ud_err(&[
-        "compress", "--quiet", "--compress", "ids", "--base", s(&b), "--finetuned", s(&f), "--output", s(&dir.path().join("a.udelta")),
+        "compress",
+        "--quiet",
+        "--compress",
+        "ids",
+        "--base",
+        s(&b),
+        "--finetuned",
+        s(&f),
+        "--output",
+        s(&dir.path().join("a.udelta")),
     ]);
     assert!(line.contains("\"ids\"") && line.contains("I64"), "{line}");
 }
@@ -81,8 +149,20 @@ fn unsupported_dtype_names_file_and_tensor() {
     bytes.extend_from_slice(header);
     bytes.extend_from_slice(&[1, 2, 3, 4]);
     std::fs::write(&b, bytes).unwrap();
-    let line = ud_err(&["compress", "--quiet", "--base", s(&b), "--finetuned", s(&b), "--output", s(&dir.path().join("a.udelta"))]);
-    assert!(line.contains("b.safetensors") && line.contains("\"w\"") && line.contains("F8_E4M3"), "{line}");
+    let line = ud_err(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&b),
+        "--finetuned",
+        s(&b),
+        "--output",
+        s(&dir.path().join("a.udelta")),
+    ]);
+    assert!(
+        line.contains("b.safetensors") && line.contains("\"w\"") && line.contains("F8_E4M3"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -91,11 +171,26 @@ fn missing_shard_tensor_names_the_tensor() {
     let (base, _ft) = pair(dir.path(), DType::F32, true, 1);
     // Point one tensor of the index at a shard that does not hold it.
     let idx_path = base.join("model.safetensors.index.json");
-    let mut idx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&idx_path).unwrap()).unwrap();
-    let first_shard = idx["weight_map"].as_object().unwrap().values().next().unwrap().clone();
+    let mut idx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&idx_path).unwrap()).unwrap();
+    let first_shard = idx["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
     idx["weight_map"]["no.such.tensor"] = first_shard;
     std::fs::write(&idx_path, serde_json::to_string(&idx).unwrap()).unwrap();
-    let line = ud_err(&["apply", "--quiet", "--base", s(&base), "--output", s(&dir.path().join("o")), s(&dir.path().join("nothing.udelta"))]);
+    let line = ud_err(&[
+        "apply",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--output",
+        s(&dir.path().join("o")),
+        s(&dir.path().join("nothing.udelta")),
+    ]);
     assert!(line.contains("no.such.tensor"), "{line}");
 }
 
@@ -113,20 +208,47 @@ fn corrupt_and_truncated_archives_fail_cleanly_without_partial_output() {
     let corrupt = dir.path().join("corrupt.udelta");
     std::fs::write(&corrupt, &bad).unwrap();
     let out = dir.path().join("out");
-    let line = ud_err(&["apply", "--quiet", "--base", s(&base), "--output", s(&out), s(&corrupt)]);
-    assert!(line.contains("corrupt.udelta") && line.contains("checksum"), "{line}");
+    let line = ud_err(&[
+        "apply",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--output",
+        s(&out),
+        s(&corrupt),
+    ]);
+    assert!(
+        line.contains("corrupt.udelta") && line.contains("checksum"),
+        "{line}"
+    );
     assert!(!out.exists());
 
     // Truncated: fails at open, names the file.
     let trunc = dir.path().join("trunc.udelta");
     std::fs::write(&trunc, &good[..good.len() / 2]).unwrap();
-    let line = ud_err(&["apply", "--quiet", "--base", s(&base), "--output", s(&out), s(&trunc)]);
+    let line = ud_err(&[
+        "apply",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--output",
+        s(&out),
+        s(&trunc),
+    ]);
     assert!(line.contains("trunc.udelta"), "{line}");
     assert!(!out.exists());
     let line = ud_err(&["inspect", s(&trunc)]);
     assert!(line.contains("trunc.udelta"), "{line}");
     // Nothing but our own files is left in the folder (no temp files).
-    assert_eq!(listing(dir.path()).iter().filter(|n| n.contains("partial")).count(), 0, "{:?}", listing(dir.path()));
+    assert_eq!(
+        listing(dir.path())
+            .iter()
+            .filter(|n| n.contains("partial"))
+            .count(),
+        0,
+        "{:?}",
+        listing(dir.path())
+    );
 }
 
 #[test]
@@ -135,19 +257,61 @@ fn existing_output_is_refused_unless_forced() {
     let (base, ft) = pair(dir.path(), DType::F32, false, 1);
     let archive = dir.path().join("ft.udelta");
     std::fs::write(&archive, b"precious").unwrap();
-    let line = ud_err(&["compress", "--quiet", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&archive)]);
-    assert!(line.contains("ft.udelta") && line.contains("exists"), "{line}");
+    let line = ud_err(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&archive),
+    ]);
+    assert!(
+        line.contains("ft.udelta") && line.contains("exists"),
+        "{line}"
+    );
     assert_eq!(std::fs::read(&archive).unwrap(), b"precious");
-    ud_ok(&["compress", "--quiet", "--force", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&archive)]);
+    ud_ok(&[
+        "compress",
+        "--quiet",
+        "--force",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&archive),
+    ]);
     assert_ne!(std::fs::read(&archive).unwrap(), b"precious");
 
     let out = dir.path().join("rebuilt");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keepme"), b"x").unwrap();
-    let line = ud_err(&["apply", "--quiet", "--base", s(&base), "--output", s(&out), s(&archive)]);
-    assert!(line.contains("rebuilt") && line.contains("exists"), "{line}");
+    let line = ud_err(&[
+        "apply",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--output",
+        s(&out),
+        s(&archive),
+    ]);
+    assert!(
+        line.contains("rebuilt") && line.contains("exists"),
+        "{line}"
+    );
     assert!(out.join("keepme").exists());
-    ud_ok(&["apply", "--quiet", "--force", "--base", s(&base), "--output", s(&out), s(&archive)]);
+    ud_ok(&[
+        "apply",
+        "--quiet",
+        "--force",
+        "--base",
+        s(&base),
+        "--output",
+        s(&out),
+        s(&archive),
+    ]);
     assert!(out.join("model.safetensors").exists());
 }
 
@@ -156,8 +320,28 @@ fn bad_arguments_are_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(dir.path(), DType::F32, false, 1);
     let a = dir.path().join("a.udelta");
-    let line = ud_err(&["compress", "--quiet", "--sparsity", "1.5", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&a)]);
+    let line = ud_err(&[
+        "compress",
+        "--quiet",
+        "--sparsity",
+        "1.5",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&a),
+    ]);
     assert!(line.contains("sparsity"), "{line}");
-    let line = ud_err(&["compress", "--quiet", "--base", s(&dir.path().join("nope")), "--finetuned", s(&ft), "--output", s(&a)]);
+    let line = ud_err(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&dir.path().join("nope")),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&a),
+    ]);
     assert!(line.contains("nope"), "{line}");
 }

@@ -8,13 +8,21 @@ use crate::support::{pair, s, ud_ok};
 
 /// Rebuilds every compressed tensor in memory with the library (no file involved) and
 /// checks the `apply` output equals it bit for bit; kept and new tensors must be exact.
-fn check_rebuilt_equals_in_memory(base: &Checkpoint, ft: &Checkpoint, archive: &std::path::Path, rebuilt: &Checkpoint) {
+fn check_rebuilt_equals_in_memory(
+    base: &Checkpoint,
+    ft: &Checkpoint,
+    archive: &std::path::Path,
+    rebuilt: &Checkpoint,
+) {
     let reader = ArchiveReader::open(archive).unwrap();
     let m = reader.manifest();
     let cfg = CompressConfig::default();
     let ft_names: Vec<&str> = ft.tensors().iter().map(|t| t.name.as_str()).collect();
     let rb_names: Vec<&str> = rebuilt.tensors().iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(ft_names, rb_names, "the rebuilt model has exactly the fine-tune's tensors");
+    assert_eq!(
+        ft_names, rb_names,
+        "the rebuilt model has exactly the fine-tune's tensors"
+    );
     let mut compressed = 0;
     for e in &m.tensors {
         let got = rebuilt.view(&e.name).unwrap();
@@ -22,7 +30,12 @@ fn check_rebuilt_equals_in_memory(base: &Checkpoint, ft: &Checkpoint, archive: &
         assert_eq!(got.info().shape, e.shape);
         match e.policy {
             Policy::Keep | Policy::New => {
-                assert_eq!(got.bytes(), ft.view(&e.name).unwrap().bytes(), "{} must be exact", e.name)
+                assert_eq!(
+                    got.bytes(),
+                    ft.view(&e.name).unwrap().bytes(),
+                    "{} must be exact",
+                    e.name
+                )
             }
             Policy::Drop => assert_eq!(got.bytes(), base.view(&e.name).unwrap().bytes()),
             Policy::Compress => {
@@ -35,7 +48,12 @@ fn check_rebuilt_equals_in_memory(base: &Checkpoint, ft: &Checkpoint, archive: &
                 rec.add_into(m.gamma as f32, &mut w);
                 let mut want = Vec::new();
                 f32_to_bytes(&w, e.dtype, &mut want).unwrap();
-                assert_eq!(got.bytes(), &want[..], "{}: apply(compress(x)) differs from the in-memory result", e.name);
+                assert_eq!(
+                    got.bytes(),
+                    &want[..],
+                    "{}: apply(compress(x)) differs from the in-memory result",
+                    e.name
+                );
                 assert_eq!(rec.positions.len() as u64, e.kept);
             }
         }
@@ -47,16 +65,33 @@ fn roundtrip(dtype: DType, sharded: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(dir.path(), dtype, sharded, 7);
     let archive = dir.path().join("ft.udelta");
-    let out = ud_ok(&["compress", "--quiet", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&archive)]);
+    let out = ud_ok(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&archive),
+    ]);
     assert!(out.contains("tensors compressed"), "{out}");
 
-    let ins: serde_json::Value = serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
+    let ins: serde_json::Value =
+        serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
     assert_eq!(ins["format_version"], 1);
     assert_eq!(ins["method"], "ultradelta");
     for k in ["sparsity", "bits", "step", "seed", "gamma"] {
-        assert!(!ins["params"][k].is_null(), "params.{k} missing: {}", ins["params"]);
+        assert!(
+            !ins["params"][k].is_null(),
+            "params.{k} missing: {}",
+            ins["params"]
+        );
     }
-    assert_eq!(ins["bytes"].as_u64().unwrap(), std::fs::metadata(&archive).unwrap().len());
+    assert_eq!(
+        ins["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&archive).unwrap().len()
+    );
     let tensors = ins["tensors"].as_array().unwrap();
     assert!(!tensors.is_empty());
     for t in tensors {
@@ -74,18 +109,40 @@ fn roundtrip(dtype: DType, sharded: bool) {
     assert!((r["paper_v2"].as_f64().unwrap() - 133.3).abs() < 0.1);
 
     let rebuilt = dir.path().join("rebuilt");
-    ud_ok(&["apply", "--quiet", "--base", s(&base), "--output", s(&rebuilt), s(&archive)]);
-    let (b, f, rb) = (Checkpoint::open(&base).unwrap(), Checkpoint::open(&ft).unwrap(), Checkpoint::open(&rebuilt).unwrap());
+    ud_ok(&[
+        "apply",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--output",
+        s(&rebuilt),
+        s(&archive),
+    ]);
+    let (b, f, rb) = (
+        Checkpoint::open(&base).unwrap(),
+        Checkpoint::open(&ft).unwrap(),
+        Checkpoint::open(&rebuilt).unwrap(),
+    );
     check_rebuilt_equals_in_memory(&b, &f, &archive, &rb);
     // Companion files come back too.
     assert!(rebuilt.join("config.json").exists());
 
     let ev: serde_json::Value = serde_json::from_str(&ud_ok(&[
-        "eval", "--json", "--quiet", "--base", s(&base), "--finetuned", s(&ft), s(&archive),
+        "eval",
+        "--json",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        s(&archive),
     ]))
     .unwrap();
     let c = &ev["compressed"];
-    assert!(c["delta_cosine"].as_f64().unwrap() > 0.0 && c["delta_cosine"].as_f64().unwrap() <= 1.0 + 1e-9);
+    assert!(
+        c["delta_cosine"].as_f64().unwrap() > 0.0
+            && c["delta_cosine"].as_f64().unwrap() <= 1.0 + 1e-9
+    );
     assert!(c["weight_cosine"].as_f64().unwrap() > 0.999);
     for t in ev["tensors"].as_array().unwrap() {
         if t["policy"] == "keep" {
@@ -120,15 +177,48 @@ fn same_seed_same_bytes_whatever_the_thread_count() {
     let (base, ft) = pair(dir.path(), DType::BF16, false, 3);
     let mut files = Vec::new();
     for threads in ["1", "2", "1"] {
-        let out = dir.path().join(format!("t{threads}-{}.udelta", files.len()));
-        ud_ok(&["compress", "--quiet", "--threads", threads, "--seed", "11", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&out)]);
+        let out = dir
+            .path()
+            .join(format!("t{threads}-{}.udelta", files.len()));
+        ud_ok(&[
+            "compress",
+            "--quiet",
+            "--threads",
+            threads,
+            "--seed",
+            "11",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&ft),
+            "--output",
+            s(&out),
+        ]);
         files.push(std::fs::read(&out).unwrap());
     }
-    assert_eq!(files[0], files[1], "1 and 2 threads give different archives");
+    assert_eq!(
+        files[0], files[1],
+        "1 and 2 threads give different archives"
+    );
     assert_eq!(files[0], files[2]);
     let other = dir.path().join("seed12.udelta");
-    ud_ok(&["compress", "--quiet", "--seed", "12", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&other)]);
-    assert_ne!(files[0], std::fs::read(&other).unwrap(), "the seed must matter");
+    ud_ok(&[
+        "compress",
+        "--quiet",
+        "--seed",
+        "12",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&other),
+    ]);
+    assert_ne!(
+        files[0],
+        std::fs::read(&other).unwrap(),
+        "the seed must matter"
+    );
 }
 
 #[test]
@@ -146,10 +236,22 @@ fn several_finetunes_get_tngr_gammas() {
     };
     let (_, ft_b) = ultradelta_synth::write_pair(&b_dir, &cfg, |_, _| {}).unwrap();
     let out = dir.path().join("archives");
-    ud_ok(&["compress", "--quiet", "--base", s(&base), "--finetuned", s(&ft_a), "--finetuned", s(&ft_b), "--output-dir", s(&out)]);
+    ud_ok(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft_a),
+        "--finetuned",
+        s(&ft_b),
+        "--output-dir",
+        s(&out),
+    ]);
     let mut gammas = Vec::new();
     for name in ["finetuned.udelta", "finetuned-2.udelta"] {
-        let ins: serde_json::Value = serde_json::from_str(&ud_ok(&["inspect", "--json", s(&out.join(name))])).unwrap();
+        let ins: serde_json::Value =
+            serde_json::from_str(&ud_ok(&["inspect", "--json", s(&out.join(name))])).unwrap();
         gammas.push(ins["gamma"].as_f64().unwrap());
     }
     // γ_i = T_min / T_i: the larger delta (b, 3x the scale) gets the smaller γ; the smallest gets 1.
@@ -162,10 +264,26 @@ fn closed_stdout_is_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(dir.path(), DType::F32, false, 2);
     let archive = dir.path().join("ft.udelta");
-    ud_ok(&["compress", "--quiet", "--base", s(&base), "--finetuned", s(&ft), "--output", s(&archive)]);
+    ud_ok(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&archive),
+    ]);
     // `inspect` prints one line per tensor; `head -1` closes the pipe after the first.
-    let script = format!("'{}' inspect '{}' | head -1 >/dev/null", env!("CARGO_BIN_EXE_ultradelta"), s(&archive));
-    let out = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+    let script = format!(
+        "'{}' inspect '{}' | head -1 >/dev/null",
+        env!("CARGO_BIN_EXE_ultradelta"),
+        s(&archive)
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

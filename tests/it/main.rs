@@ -4,4 +4,5 @@
 mod support;
 
 mod cli_errors;
+mod cli_methods;
 mod cli_roundtrip;

@@ -29,7 +29,11 @@ pub fn ud_ok(args: &[&str]) -> String {
 /// Runs `ultradelta`, asserts failure with exactly one line on stderr, returns that line.
 pub fn ud_err(args: &[&str]) -> String {
     let out = ud(args);
-    assert!(!out.status.success(), "ultradelta {} unexpectedly succeeded", args.join(" "));
+    assert!(
+        !out.status.success(),
+        "ultradelta {} unexpectedly succeeded",
+        args.join(" ")
+    );
     let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
@@ -44,7 +48,11 @@ pub fn s(p: &Path) -> &str {
 
 /// Writes a tiny synthetic BERT pair under `dir` and returns (base, finetuned).
 pub fn pair(dir: &Path, dtype: DType, sharded: bool, seed: u64) -> (PathBuf, PathBuf) {
-    let mut cfg = SynthConfig { dtype, seed, ..SynthConfig::new(Shape::Tiny) };
+    let mut cfg = SynthConfig {
+        dtype,
+        seed,
+        ..SynthConfig::new(Shape::Tiny)
+    };
     if sharded {
         cfg.max_shard_bytes = 64 * 1024;
     }
@@ -58,7 +66,11 @@ pub fn listing(dir: &Path) -> Vec<String> {
         let p = e.expect("entry").path();
         out.push(p.file_name().unwrap().to_string_lossy().into_owned());
         if p.is_dir() {
-            out.extend(listing(&p).into_iter().map(|n| format!("{}/{n}", p.file_name().unwrap().to_string_lossy())));
+            out.extend(
+                listing(&p)
+                    .into_iter()
+                    .map(|n| format!("{}/{n}", p.file_name().unwrap().to_string_lossy())),
+            );
         }
     }
     out.sort();

@@ -39,12 +39,18 @@ pub mod bitpack;
 mod bits;
 mod error;
 pub mod golomb;
+mod kinds;
 mod manifest;
 mod reader;
 mod record;
 mod writer;
 
 pub use error::{Error, Result};
+pub use half;
+pub use kinds::{
+    DenseLevelsRecord, LowRankRecord, SignRecord, SparseValuesRecord, DENSE_LEVELS_FIXED_BYTES,
+    DENSE_SIGN_FIXED_BYTES, LOWRANK_FIXED_BYTES, SPARSE_F16_FIXED_BYTES, SPARSE_SIGN_FIXED_BYTES,
+};
 pub use manifest::{
     dtype_code, dtype_from_code, FileEntry, FinetunedInfo, Limits, Manifest, Policy, RecordKind,
     TensorEntry, DTYPE_CODES, KIND_NONE,

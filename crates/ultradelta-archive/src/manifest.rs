@@ -30,15 +30,30 @@ pub enum RecordKind {
     FullZstd,
     /// Companion file, zstd.
     FileZstd,
+    /// Golomb-coded positions + fp16 values + one scale (DARE, magnitude, UltraDelta without quantization).
+    SparseF16,
+    /// Golomb-coded positions + one sign bit each + one magnitude (ComPEFT).
+    SparseSign,
+    /// One sign bit per entry + one magnitude (BitDelta).
+    DenseSign,
+    /// Low-rank fp16 factors U and V.
+    LowrankF16,
+    /// Every entry's quantization level, bit-packed (quantization alone).
+    DenseLevels,
 }
 
 impl RecordKind {
     /// Every record kind.
-    pub const ALL: [RecordKind; 4] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::SparseGolomb,
         RecordKind::XorZstd,
         RecordKind::FullZstd,
         RecordKind::FileZstd,
+        RecordKind::SparseF16,
+        RecordKind::SparseSign,
+        RecordKind::DenseSign,
+        RecordKind::LowrankF16,
+        RecordKind::DenseLevels,
     ];
 
     /// The `kind` byte of the record header.
@@ -48,6 +63,11 @@ impl RecordKind {
             RecordKind::XorZstd => 2,
             RecordKind::FullZstd => 3,
             RecordKind::FileZstd => 4,
+            RecordKind::SparseF16 => 5,
+            RecordKind::SparseSign => 6,
+            RecordKind::DenseSign => 7,
+            RecordKind::LowrankF16 => 8,
+            RecordKind::DenseLevels => 9,
         }
     }
 
@@ -58,6 +78,11 @@ impl RecordKind {
             RecordKind::XorZstd => "xor-zstd",
             RecordKind::FullZstd => "full-zstd",
             RecordKind::FileZstd => "file-zstd",
+            RecordKind::SparseF16 => "sparse-f16",
+            RecordKind::SparseSign => "sparse-sign",
+            RecordKind::DenseSign => "dense-sign",
+            RecordKind::LowrankF16 => "lowrank-f16",
+            RecordKind::DenseLevels => "dense-levels",
         }
     }
 

@@ -304,15 +304,11 @@ impl ArchiveReader {
                 ),
             ));
         }
-        if let Record::Sparse(s) = &record {
-            if s.positions.len() as u64 != e.kept {
+        if let Some(kept) = record.kept() {
+            if kept != e.kept {
                 return Err(self.corrupt(
                     name,
-                    format!(
-                        "record keeps {} entries, index says {}",
-                        s.positions.len(),
-                        e.kept
-                    ),
+                    format!("record keeps {kept} entries, index says {}", e.kept),
                 ));
             }
         }

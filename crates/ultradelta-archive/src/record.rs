@@ -7,6 +7,10 @@ use rayon::prelude::*;
 use ultradelta_io::DType;
 use ultradelta_qgp::QuantParams;
 
+use crate::kinds::{
+    get_f16s, pack_bits, pack_levels, put_f16s, unpack_bits, DenseLevelsRecord, LowRankRecord,
+    SignRecord, SparseValuesRecord,
+};
 use crate::manifest::{dtype_code, dtype_from_code, Limits, RecordKind};
 use crate::{bitpack, golomb, Error, Result};
 
@@ -122,6 +126,14 @@ pub enum Record {
         /// Raw bytes.
         bytes: Vec<u8>,
     },
+    /// Sparse delta with fp16 values (kind `sparse-f16`).
+    SparseValues(SparseValuesRecord),
+    /// Signs times one magnitude: `sparse-sign` with positions, `dense-sign` without.
+    Sign(SignRecord),
+    /// Low-rank fp16 factors (kind `lowrank-f16`).
+    LowRank(LowRankRecord),
+    /// Every entry's level, no positions (kind `dense-levels`).
+    DenseLevels(DenseLevelsRecord),
 }
 
 impl Record {
@@ -131,8 +143,108 @@ impl Record {
             Record::Sparse(_) => RecordKind::SparseGolomb,
             Record::XorDelta { .. } => RecordKind::XorZstd,
             Record::Full { .. } => RecordKind::FullZstd,
+            Record::SparseValues(_) => RecordKind::SparseF16,
+            Record::Sign(r) if r.positions.is_some() => RecordKind::SparseSign,
+            Record::Sign(_) => RecordKind::DenseSign,
+            Record::LowRank(_) => RecordKind::LowrankF16,
+            Record::DenseLevels(_) => RecordKind::DenseLevels,
         }
     }
+
+    /// Whether this record is a lossy delta (every kind except the lossless `xor-zstd` and `full-zstd`).
+    pub fn is_delta(&self) -> bool {
+        !matches!(self, Record::XorDelta { .. } | Record::Full { .. })
+    }
+
+    /// Entries the record stores a value for: kept positions of sparse kinds, `numel` for dense ones (low-rank
+    /// and lossless records included). `None` for lossless records, whose size the caller knows.
+    pub fn kept(&self) -> Option<u64> {
+        match self {
+            Record::Sparse(s) => Some(s.positions.len() as u64),
+            Record::SparseValues(s) => Some(s.positions.len() as u64),
+            Record::Sign(s) => Some(s.kept()),
+            Record::LowRank(r) => Some(r.numel()),
+            Record::DenseLevels(d) => Some(d.levels.len() as u64),
+            Record::XorDelta { .. } | Record::Full { .. } => None,
+        }
+    }
+
+    /// Adds this delta record times `gamma` into `out` (the one decoding path of every lossy kind).
+    ///
+    /// The record is validated first (cheap next to decoding), so a hand-built record cannot make it panic.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] if the record is lossless (it is not a delta), violates its kind's invariants, or
+    /// `out` has the wrong length.
+    pub fn add_delta_into(&self, gamma: f32, out: &mut [f32]) -> Result<()> {
+        match self {
+            Record::Sparse(s) => s.validate()?,
+            Record::SparseValues(s) => s.validate()?,
+            Record::Sign(s) => s.validate()?,
+            Record::LowRank(r) => r.validate()?,
+            Record::DenseLevels(d) => d.validate()?,
+            Record::XorDelta { .. } | Record::Full { .. } => {}
+        }
+        let numel = match self {
+            Record::Sparse(s) => s.numel,
+            Record::SparseValues(s) => s.numel,
+            Record::Sign(s) => s.numel,
+            Record::LowRank(r) => r.numel(),
+            Record::DenseLevels(d) => d.levels.len() as u64,
+            Record::XorDelta { .. } | Record::Full { .. } => {
+                return Err(Error::record(format!(
+                    "a {} record is not a delta",
+                    self.kind().name()
+                )))
+            }
+        };
+        if out.len() as u64 != numel {
+            return Err(Error::record(format!(
+                "output of {} entries for a record of {numel}",
+                out.len()
+            )));
+        }
+        match self {
+            Record::Sparse(s) => s.add_into(gamma, out),
+            Record::SparseValues(s) => s.add_into(gamma, out),
+            Record::Sign(s) => s.add_into(gamma, out),
+            Record::LowRank(r) => r.add_into(gamma, out),
+            Record::DenseLevels(d) => d.add_into(gamma, out),
+            Record::XorDelta { .. } | Record::Full { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The dense delta times `gamma`, for delta records of `numel` entries.
+    ///
+    /// # Errors
+    /// As [`Record::add_delta_into`].
+    pub fn delta_to_dense(&self, numel: usize, gamma: f32) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; numel];
+        self.add_delta_into(gamma, &mut out)?;
+        Ok(out)
+    }
+}
+
+fn put_positions(out: &mut Vec<u8>, kept: u64, positions: &[u64], numel: u64) -> Result<Vec<u8>> {
+    let (m, pos_bytes, pos_bits) = golomb::encode_positions(positions, numel)?;
+    out.extend_from_slice(&kept.to_le_bytes());
+    // The caller writes the 4-byte scale/magnitude right after `kept`; m and lengths follow it.
+    let mut tail = Vec::with_capacity(24);
+    tail.extend_from_slice(&m.to_le_bytes());
+    tail.extend_from_slice(&pos_bits.to_le_bytes());
+    tail.extend_from_slice(&(pos_bytes.len() as u64).to_le_bytes());
+    tail.extend_from_slice(&pos_bytes);
+    Ok(tail)
+}
+
+fn check_numel(kind: &str, got: u64, numel: u64, shape: &[usize]) -> Result<()> {
+    if got != numel {
+        return Err(Error::record(format!(
+            "{kind} record has numel {got} but shape {shape:?} has {numel} elements"
+        )));
+    }
+    Ok(())
 }
 
 /// `a[i] ^ b[i]` for every byte: builds an [`Record::XorDelta`] payload from base and fine-tuned bytes, and turns
@@ -344,8 +456,80 @@ pub fn encode_record(
             out.extend_from_slice(&(z.len() as u64).to_le_bytes());
             out.extend_from_slice(&z);
         }
+        Record::SparseValues(r) => {
+            check_numel("sparse-f16", r.numel, numel, shape)?;
+            r.validate()?;
+            put_header(&mut out, record.kind(), dtype, &dims, numel)?;
+            let tail = put_positions(&mut out, r.positions.len() as u64, &r.positions, numel)?;
+            out.extend_from_slice(&r.scale.to_le_bytes());
+            out.extend_from_slice(&tail);
+            put_f16s(&mut out, &r.values);
+        }
+        Record::Sign(r) => {
+            check_numel("sign", r.numel, numel, shape)?;
+            r.validate()?;
+            put_header(&mut out, record.kind(), dtype, &dims, numel)?;
+            match &r.positions {
+                Some(pos) => {
+                    let tail = put_positions(&mut out, pos.len() as u64, pos, numel)?;
+                    out.extend_from_slice(&r.magnitude.to_le_bytes());
+                    out.extend_from_slice(&tail);
+                }
+                None => out.extend_from_slice(&r.magnitude.to_le_bytes()),
+            }
+            out.extend_from_slice(&pack_bits(&r.negative));
+        }
+        Record::LowRank(r) => {
+            r.validate()?;
+            if dims.first().copied() != Some(r.rows) && !(dims.is_empty() && r.rows == 1) {
+                return Err(Error::record(format!(
+                    "low-rank record has {} rows but shape {shape:?}",
+                    r.rows
+                )));
+            }
+            check_numel("lowrank-f16", r.numel(), numel, shape)?;
+            put_header(&mut out, record.kind(), dtype, &dims, numel)?;
+            out.extend_from_slice(&r.rows.to_le_bytes());
+            out.extend_from_slice(&r.cols.to_le_bytes());
+            out.extend_from_slice(&r.rank.to_le_bytes());
+            out.extend_from_slice(&r.scale.to_le_bytes());
+            put_f16s(&mut out, &r.u);
+            put_f16s(&mut out, &r.v);
+        }
+        Record::DenseLevels(r) => {
+            check_numel("dense-levels", r.levels.len() as u64, numel, shape)?;
+            r.validate()?;
+            put_header(&mut out, record.kind(), dtype, &dims, numel)?;
+            out.push(r.quant.bits);
+            out.extend_from_slice(&r.quant.lo.to_le_bytes());
+            out.extend_from_slice(&r.quant.step.to_le_bytes());
+            out.extend_from_slice(&r.scale.to_le_bytes());
+            out.extend_from_slice(&pack_levels(&r.levels, r.quant.bits));
+        }
     }
     Ok(out)
+}
+
+/// Reads the Golomb-coded positions of a `sparse-f16` / `sparse-sign` payload after `kept` and the 4-byte scale:
+/// `m`, `pos_bits`, `pos_len`, then the stream. `rest` is the byte length of what must follow the stream.
+fn read_positions(c: &mut Cursor<'_>, kept: u64, numel: u64, rest: u64) -> Result<Vec<u64>> {
+    let bad = |d: String| Error::stream("record", d);
+    let m = c.u64("golomb parameter")?;
+    let pos_bits = c.u64("positions bit length")?;
+    let pos_len = c.u64("positions byte length")?;
+    if pos_len != pos_bits.div_ceil(8) {
+        return Err(bad(format!(
+            "positions byte length {pos_len} does not match {pos_bits} bits"
+        )));
+    }
+    if pos_len.checked_add(rest) != Some(c.left()) {
+        return Err(bad(format!(
+            "streams of {pos_len} + {rest} bytes declared, {} bytes follow",
+            c.left()
+        )));
+    }
+    let pos_bytes = c.take(pos_len, "positions stream")?;
+    golomb::decode_positions(pos_bytes, pos_bits, m, kept, numel)
 }
 
 /// Encodes a companion-file record (kind `file-zstd`, dtype `U8`, shape `[len]`).
@@ -556,6 +740,124 @@ pub fn decode_record(bytes: &[u8], limits: &Limits) -> Result<(RecordHeader, Rec
                     bytes: raw,
                 }
             }
+        }
+        RecordKind::SparseF16 | RecordKind::SparseSign => {
+            let kept = c.u64("kept")?;
+            let scale = c.f32("scale")?;
+            if kept > numel {
+                return Err(bad(format!("kept {kept} exceeds numel {numel}")));
+            }
+            if !scale.is_finite() {
+                return Err(bad(format!("non-finite scale {scale}")));
+            }
+            let f16 = header.kind == RecordKind::SparseF16;
+            let rest = if f16 {
+                kept.checked_mul(2)
+            } else {
+                Some(kept.div_ceil(8))
+            }
+            .ok_or_else(|| bad(format!("{kept} values overflow")))?;
+            let positions = read_positions(&mut c, kept, numel, rest)?;
+            let tail = c.take(rest, "values")?;
+            if f16 {
+                Record::SparseValues(SparseValuesRecord {
+                    numel,
+                    scale,
+                    positions,
+                    values: get_f16s(tail, "values")?,
+                })
+            } else {
+                Record::Sign(SignRecord {
+                    numel,
+                    magnitude: scale,
+                    positions: Some(positions),
+                    negative: unpack_bits(tail, kept)?,
+                })
+            }
+        }
+        RecordKind::DenseSign => {
+            let magnitude = c.f32("magnitude")?;
+            if !magnitude.is_finite() {
+                return Err(bad(format!("non-finite magnitude {magnitude}")));
+            }
+            if numel.div_ceil(8) != c.left() {
+                return Err(bad(format!(
+                    "{} sign bytes for {numel} entries, expected {}",
+                    c.left(),
+                    numel.div_ceil(8)
+                )));
+            }
+            let tail = c.take(c.left(), "signs")?;
+            Record::Sign(SignRecord {
+                numel,
+                magnitude,
+                positions: None,
+                negative: unpack_bits(tail, numel)?,
+            })
+        }
+        RecordKind::LowrankF16 => {
+            let rows = c.u64("rows")?;
+            let cols = c.u64("cols")?;
+            let rank = c.u64("rank")?;
+            let scale = c.f32("scale")?;
+            if !scale.is_finite() {
+                return Err(bad(format!("non-finite scale {scale}")));
+            }
+            let first = header.shape.first().copied().unwrap_or(1);
+            if rows != first || rows.checked_mul(cols) != Some(numel) {
+                return Err(bad(format!(
+                    "low-rank view {rows}x{cols} does not match shape {:?}",
+                    header.shape
+                )));
+            }
+            if rank > rows.min(cols) {
+                return Err(bad(format!("rank {rank} above min({rows}, {cols})")));
+            }
+            // rank <= min(rows, cols) so both products are <= numel <= max_numel: no overflow.
+            let (nu, nv) = (rows * rank, rank * cols);
+            if (nu + nv).checked_mul(2) != Some(c.left()) {
+                return Err(bad(format!(
+                    "{} factor bytes, expected {} for rank {rank}",
+                    c.left(),
+                    (nu + nv) * 2
+                )));
+            }
+            let u = get_f16s(c.take(nu * 2, "U")?, "U")?;
+            let v = get_f16s(c.take(nv * 2, "V")?, "V")?;
+            Record::LowRank(LowRankRecord {
+                rows,
+                cols,
+                rank,
+                u,
+                v,
+                scale,
+            })
+        }
+        RecordKind::DenseLevels => {
+            let bits = c.u8("bits")?;
+            let lo = c.f32("lo")?;
+            let step = c.f32("step")?;
+            let scale = c.f32("scale")?;
+            if bits > 16 {
+                return Err(bad(format!("bit width {bits} above 16")));
+            }
+            if !lo.is_finite() || !step.is_finite() || !scale.is_finite() {
+                return Err(bad(format!(
+                    "non-finite lo {lo}, step {step} or scale {scale}"
+                )));
+            }
+            let want = bitpack::packed_len(numel, bits)
+                .ok_or_else(|| bad("levels length overflows".into()))?;
+            if want != c.left() {
+                return Err(bad(format!("{} level bytes, expected {want}", c.left())));
+            }
+            let n = usize::try_from(numel).map_err(|_| bad(format!("numel {numel} too large")))?;
+            let levels = bitpack::unpack(c.take(want, "levels")?, bits, n)?;
+            Record::DenseLevels(DenseLevelsRecord {
+                quant: QuantParams { bits, lo, step },
+                scale,
+                levels,
+            })
         }
     };
     Ok((header, record))

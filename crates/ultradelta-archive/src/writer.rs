@@ -181,10 +181,7 @@ impl ArchiveWriter {
         let numel = self.check_entry(&entry)?;
         let bytes = encode_record(entry.dtype, &entry.shape, record, self.opts.zstd_level)
             .map_err(|e| self.invalid(&entry.name, e.to_string()))?;
-        let kept = match record {
-            Record::Sparse(s) => s.positions.len() as u64,
-            _ => numel,
-        };
+        let kept = record.kept().unwrap_or(numel);
         entry.kind = record.kind().name().to_string();
         entry.offset = self.offset;
         entry.length = bytes.len() as u64;

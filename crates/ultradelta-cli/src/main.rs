@@ -28,8 +28,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ultradelta::archive::ArchiveReader;
 use ultradelta::io::Checkpoint;
 use ultradelta::{
-    AllocationMode, ApplyOptions, CompressConfig, Family, PruningMode, RescaleMode, Selection, TngrConfig,
-    TraceOn,
+    AllocationMode, ApplyOptions, CompressConfig, Family, Method, PruningMode, RescaleMode,
+    Selection, TngrConfig, TraceOn,
 };
 
 use crate::progress::CliProgress;
@@ -51,7 +51,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Compress fine-tuned checkpoint(s) against their base into archive(s).
-    Compress(CompressArgs),
+    Compress(Box<CompressArgs>),
     /// Rebuild the fine-tuned checkpoint from the base and an archive.
     Apply(ApplyArgs),
     /// Show what an archive holds, its real size and the paper's nominal ratios.
@@ -76,8 +76,74 @@ enum TraceArg {
     Original,
 }
 
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum MethodArg {
+    /// The paper's pipeline: quantize, MSA, group-wise pruning, rescaling.
+    Ultradelta,
+    /// DARE: random drop with probability --sparsity, survivors × 1/(1−p), fp16 values.
+    Dare,
+    /// Magnitude pruning: keep the top (1 − --sparsity) by |Δ|, fp16 values.
+    Magnitude,
+    /// BitDelta (data-free): sign × mean |Δ| per tensor.
+    Bitdelta,
+    /// Truncated SVD at --rank, fp16 factors.
+    Lowrank,
+    /// ComPEFT: top (1 − --sparsity) by |Δ|, sign × one magnitude.
+    Compeft,
+    /// Uniform --bits quantization of every entry alone.
+    Quant,
+}
+
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Method {
+        match m {
+            MethodArg::Ultradelta => Method::Ultradelta,
+            MethodArg::Dare => Method::Dare,
+            MethodArg::Magnitude => Method::Magnitude,
+            MethodArg::Bitdelta => Method::Bitdelta,
+            MethodArg::Lowrank => Method::Lowrank,
+            MethodArg::Compeft => Method::Compeft,
+            MethodArg::Quant => Method::Quant,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum PresetArg {
+    /// The paper's exact setting: ultradelta, s 0.97, b 4, δ 0.01, global rescale, MSA, DAC, TNGR.
+    Paper,
+}
+
 #[derive(Args, Debug)]
 struct CompressArgs {
+    /// Compression method (baselines write their own record kinds; see `inspect`).
+    #[arg(long, value_enum, default_value_t = MethodArg::Ultradelta)]
+    method: MethodArg,
+    /// A named configuration; refuses flags that would contradict it.
+    #[arg(long, value_enum, conflicts_with_all = [
+        "method", "sparsity", "bits", "step", "rescale", "no_msa", "no_dac", "no_quant", "no_tngr",
+        "target_ratio", "rescale_factor", "trace_on",
+    ])]
+    preset: Option<PresetArg>,
+    /// Rank of every compressed tensor (--method lowrank).
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// ComPEFT magnitude α·σ(Δ) (default: mean |Δ| of the kept entries).
+    #[arg(long, value_name = "ALPHA")]
+    compeft_alpha: Option<f64>,
+    /// Byte budget: pick the method's free parameter (sparsity, rank, bits) so the real ratio vs 16-bit over the
+    /// compressed tensors lands within 1% of R.
+    #[arg(long, value_name = "R")]
+    target_ratio: Option<f64>,
+    /// Ablation (ultradelta): keep the pruned values at fp16 instead of quantizing them.
+    #[arg(long)]
+    no_quant: bool,
+    /// Ablation: no trace-norm-guided rescaling across several fine-tunes (γ = 1).
+    #[arg(long)]
+    no_tngr: bool,
+    /// Also export the low-rank factors as a PEFT LoRA adapter into DIR (--method lowrank, one fine-tune).
+    #[arg(long, value_name = "DIR")]
+    lora_out: Option<PathBuf>,
     /// Base checkpoint: a .safetensors file or a Hugging Face model folder (sharded or not).
     #[arg(long, value_name = "PATH")]
     base: PathBuf,
@@ -190,7 +256,9 @@ fn parse_family(s: &str) -> Result<Family, String> {
 }
 
 fn parse_pair(s: &str) -> Result<(f64, f64), String> {
-    let (a, b) = s.split_once(',').ok_or_else(|| format!("expected LO,HI, got \"{s}\""))?;
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected LO,HI, got \"{s}\""))?;
     let p = |x: &str| x.trim().parse::<f64>().map_err(|e| format!("\"{x}\": {e}"));
     Ok((p(a)?, p(b)?))
 }
@@ -211,11 +279,14 @@ fn run(cli: Cli) -> Result<()> {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("starting the thread pool")?;
     }
     let progress = CliProgress::new(cli.quiet);
     match cli.command {
-        Command::Compress(a) => cmd_compress(a, &progress),
+        Command::Compress(a) => cmd_compress(*a, &progress),
         Command::Apply(a) => cmd_apply(a, &progress),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Eval(a) => cmd_eval(a, &progress),
@@ -227,7 +298,8 @@ fn open(path: &Path) -> Result<Checkpoint> {
 }
 
 fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
-    let cfg = CompressConfig {
+    let mut cfg = CompressConfig {
+        method: a.method.into(),
         sparsity: a.sparsity,
         bits: a.bits,
         step: a.step,
@@ -238,14 +310,23 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             RescaleArg::Global => RescaleMode::Global,
             RescaleArg::PerTensor => RescaleMode::PerTensor,
         },
-        allocation: if a.no_msa { AllocationMode::Uniform } else { AllocationMode::Msa },
-        pruning: if a.no_dac { PruningMode::Random } else { PruningMode::Group },
+        allocation: if a.no_msa {
+            AllocationMode::Uniform
+        } else {
+            AllocationMode::Msa
+        },
+        pruning: if a.no_dac {
+            PruningMode::Random
+        } else {
+            PruningMode::Group
+        },
         tngr: TngrConfig {
             trace_on: match a.trace_on {
                 TraceArg::Compressed => TraceOn::Compressed,
                 TraceArg::Original => TraceOn::Original,
             },
             clamp: a.gamma_clamp,
+            enabled: !a.no_tngr,
         },
         selection: Selection {
             compress: a.compress_globs,
@@ -253,19 +334,56 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             drop: a.drop_globs,
             family: a.family,
         },
+        quantize: !a.no_quant,
+        rank: a.rank,
+        compeft_alpha: a.compeft_alpha,
+        target_ratio: a.target_ratio,
     };
+    if let Some(PresetArg::Paper) = a.preset {
+        let p = CompressConfig::paper();
+        cfg = CompressConfig {
+            seed: cfg.seed,
+            gamma: cfg.gamma,
+            tngr: TngrConfig {
+                clamp: cfg.tngr.clamp,
+                ..p.tngr
+            },
+            selection: cfg.selection,
+            ..p
+        };
+    }
+    if a.no_quant && cfg.method != Method::Ultradelta {
+        bail!("--no-quant applies to --method ultradelta only");
+    }
+    if a.lora_out.is_some() && (cfg.method != Method::Lowrank || a.output.is_none()) {
+        bail!("--lora-out needs --method lowrank and one fine-tune (--output)");
+    }
     cfg.validate()?;
     let base = open(&a.base)?;
     let reports = match (&a.output, &a.output_dir) {
         (Some(out), None) => {
             if a.finetuned.len() != 1 {
-                bail!("--output takes one --finetuned; use --output-dir for {} fine-tunes", a.finetuned.len());
+                bail!(
+                    "--output takes one --finetuned; use --output-dir for {} fine-tunes",
+                    a.finetuned.len()
+                );
             }
             let ft = open(&a.finetuned[0])?;
-            vec![ultradelta::compress(&base, &ft, &cfg, out, a.force, progress)?]
+            let report = ultradelta::compress(&base, &ft, &cfg, out, a.force, progress)?;
+            if let Some(dir) = &a.lora_out {
+                let written = ultradelta::export_lora(&report.output, dir, a.force)?;
+                if !a.json {
+                    outln!("wrote LoRA adapter {}", written.display());
+                }
+            }
+            vec![report]
         }
         (None, Some(dir)) => {
-            let fts = a.finetuned.iter().map(|p| open(p)).collect::<Result<Vec<_>>>()?;
+            let fts = a
+                .finetuned
+                .iter()
+                .map(|p| open(p))
+                .collect::<Result<Vec<_>>>()?;
             ultradelta::compress_many(&base, &fts, &cfg, dir, a.force, progress)?
         }
         _ => bail!("give --output FILE (one fine-tune) or --output-dir DIR"),
@@ -278,9 +396,10 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
         } else {
             let c = r.counts;
             outln!(
-                "wrote {} ({} bytes): {} tensors compressed, {} kept losslessly, {} dropped, {} stored whole; gamma {:.6}",
+                "wrote {} ({} bytes, method {}): {} tensors compressed, {} kept losslessly, {} dropped, {} stored whole; gamma {:.6}",
                 r.output.display(),
                 ins.bytes,
+                r.method,
                 c.compress,
                 c.keep,
                 c.drop,
@@ -288,20 +407,90 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                 r.gamma
             );
             outln!("  {}", ratio_line(&ins));
+            if let Some(b) = &r.budget {
+                outln!(
+                    "  budget: target {}x, achieved {:.3}x with {} = {}{} ({} passes)",
+                    b.target,
+                    b.achieved,
+                    b.parameter,
+                    b.value,
+                    if b.within {
+                        ""
+                    } else {
+                        " (closest achievable, outside 1%)"
+                    },
+                    b.evaluations
+                );
+            }
             if !r.base_only.is_empty() {
-                outln!("  only in the base (not in the rebuilt model): {}", r.base_only.join(", "));
+                outln!(
+                    "  only in the base (not in the rebuilt model): {}",
+                    r.base_only.join(", ")
+                );
             }
         }
     }
     if a.json {
-        let v = if json.len() == 1 { json.remove(0) } else { serde_json::Value::Array(json) };
+        let v = if json.len() == 1 {
+            json.remove(0)
+        } else {
+            serde_json::Value::Array(json)
+        };
         outln!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
 }
 
+/// The parameters that define `method`, in one line (e.g. `sparsity 0.97, bits 4, MSA, DAC`).
+fn method_params(method: &str, p: &serde_json::Value) -> String {
+    let g = |k: &str| {
+        p.get(k)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let flag = |k: &str, on: &str, yes: &str, no: &str| {
+        if p.get(k).and_then(|v| v.as_str()) == Some(on) {
+            yes.to_string()
+        } else {
+            no.to_string()
+        }
+    };
+    let mut s = match Method::from_name(method) {
+        Some(Method::Ultradelta) => format!(
+            "sparsity {}, bits {}, step {}, {}, {}, rescale {}, {}",
+            g("sparsity"),
+            g("bits"),
+            g("step"),
+            flag("allocation", "msa", "MSA", "uniform allocation"),
+            flag("pruning", "group", "DAC", "random drop"),
+            g("rescale"),
+            if p.get("quantize").and_then(|v| v.as_bool()) == Some(false) {
+                "fp16 values"
+            } else {
+                "quantized"
+            }
+        ),
+        Some(Method::Dare) => format!("drop probability {}, fp16 values", g("sparsity")),
+        Some(Method::Magnitude) => {
+            format!("sparsity {} (top-k by |delta|), fp16 values", g("sparsity"))
+        }
+        Some(Method::Compeft) => {
+            format!("sparsity {}, alpha {}", g("sparsity"), g("compeft_alpha"))
+        }
+        Some(Method::Bitdelta) => "sign x mean |delta| per tensor".to_string(),
+        Some(Method::Lowrank) => format!("rank {}", g("rank")),
+        Some(Method::Quant) => format!("bits {}", g("bits")),
+        None => "unknown method".to_string(),
+    };
+    if let Some(b) = p.get("budget") {
+        s.push_str(&format!("; budget {}", b));
+    }
+    s
+}
+
 fn fmt_ratio(r: Option<f64>) -> String {
-    r.map(|r| format!("{r:.1}x")).unwrap_or_else(|| "n/a".into())
+    r.map(|r| format!("{r:.1}x"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn ratio_line(ins: &ultradelta::Inspection) -> String {
@@ -316,7 +505,10 @@ fn ratio_line(ins: &ultradelta::Inspection) -> String {
 
 fn cmd_apply(a: ApplyArgs, progress: &CliProgress) -> Result<()> {
     let base = open(&a.base)?;
-    let mut opts = ApplyOptions { overwrite: a.force, ..ApplyOptions::default() };
+    let mut opts = ApplyOptions {
+        overwrite: a.force,
+        ..ApplyOptions::default()
+    };
     if let Some(m) = a.max_shard_size {
         opts.max_shard_bytes = m;
     }
@@ -331,9 +523,20 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&ins)?);
         return Ok(());
     }
-    outln!("{}: format v{}, method {}, {} bytes", a.archive.display(), ins.format_version, ins.method, ins.bytes);
+    outln!(
+        "{}: format v{}, method {}, {} bytes",
+        a.archive.display(),
+        ins.format_version,
+        ins.method,
+        ins.bytes
+    );
+    outln!("method params: {}", method_params(&ins.method, &ins.params));
     outln!("params: {}", serde_json::to_string(&ins.params)?);
-    outln!("gamma: {:.6}   base fingerprint: {}", ins.gamma, ins.base_fingerprint);
+    outln!(
+        "gamma: {:.6}   base fingerprint: {}",
+        ins.gamma,
+        ins.base_fingerprint
+    );
     outln!(
         "compressed tensors: {} entries, {} kept ({:.3}% density), {} bytes",
         ins.compressed_entries,
@@ -343,12 +546,28 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     );
     outln!("{}", ratio_line(&ins));
     outln!();
-    outln!("{:<60} {:<8} {:<14} {:>9} {:>12}  shape", "tensor", "policy", "kind", "sparsity", "bytes");
+    outln!(
+        "{:<60} {:<8} {:<14} {:>9} {:>12}  shape",
+        "tensor",
+        "policy",
+        "kind",
+        "sparsity",
+        "bytes"
+    );
     for t in &ins.tensors {
-        let policy = serde_json::to_value(t.policy)?.as_str().unwrap_or_default().to_string();
+        let policy = serde_json::to_value(t.policy)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         outln!(
             "{:<60} {:<8} {:<14} {:>9.4} {:>12}  {:?} {}",
-            t.name, policy, t.kind, t.sparsity, t.bytes, t.shape, t.dtype
+            t.name,
+            policy,
+            t.kind,
+            t.sparsity,
+            t.bytes,
+            t.shape,
+            t.dtype
         );
     }
     if !ins.files.is_empty() {
@@ -367,20 +586,41 @@ fn cmd_eval(a: EvalArgs, progress: &CliProgress) -> Result<()> {
     }
     outln!(
         "{:<60} {:<8} {:>12} {:>10} {:>12} {:>10}",
-        "tensor", "policy", "delta relerr", "delta cos", "weight relerr", "weight cos"
+        "tensor",
+        "policy",
+        "delta relerr",
+        "delta cos",
+        "weight relerr",
+        "weight cos"
     );
     for t in &r.tensors {
         let f = t.fidelity;
-        let policy = serde_json::to_value(t.policy)?.as_str().unwrap_or_default().to_string();
+        let policy = serde_json::to_value(t.policy)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         outln!(
             "{:<60} {:<8} {:>12.4e} {:>10.6} {:>12.4e} {:>10.6}",
-            t.name, policy, f.delta_rel_error, f.delta_cosine, f.weight_rel_error, f.weight_cosine
+            t.name,
+            policy,
+            f.delta_rel_error,
+            f.delta_cosine,
+            f.weight_rel_error,
+            f.weight_cosine
         );
     }
-    for (label, f) in [("compressed tensors", r.compressed), ("all tensors", r.overall)] {
+    for (label, f) in [
+        ("compressed tensors", r.compressed),
+        ("all tensors", r.overall),
+    ] {
         outln!(
             "{:<60} {:<8} {:>12.4e} {:>10.6} {:>12.4e} {:>10.6}",
-            label, "", f.delta_rel_error, f.delta_cosine, f.weight_rel_error, f.weight_cosine
+            label,
+            "",
+            f.delta_rel_error,
+            f.delta_cosine,
+            f.weight_rel_error,
+            f.weight_cosine
         );
     }
     Ok(())

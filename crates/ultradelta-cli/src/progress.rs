@@ -16,7 +16,11 @@ pub struct CliProgress {
 
 impl CliProgress {
     pub fn new(quiet: bool) -> Self {
-        CliProgress { quiet, bars: !quiet && std::io::stderr().is_terminal(), bar: Mutex::new(None) }
+        CliProgress {
+            quiet,
+            bars: !quiet && std::io::stderr().is_terminal(),
+            bar: Mutex::new(None),
+        }
     }
 }
 
@@ -27,9 +31,11 @@ impl Progress for CliProgress {
         }
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{msg:>20} [{bar:40}] {percent:>3}% {human_pos}/{human_len} params, eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>20} [{bar:40}] {percent:>3}% {human_pos}/{human_len} params, eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_message(stage.to_string());
         *self.bar.lock().expect("progress lock") = Some(bar);

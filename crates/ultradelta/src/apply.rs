@@ -19,7 +19,10 @@ pub struct ApplyOptions {
 
 impl Default for ApplyOptions {
     fn default() -> Self {
-        ApplyOptions { overwrite: false, max_shard_bytes: WriterOptions::default().max_shard_bytes }
+        ApplyOptions {
+            overwrite: false,
+            max_shard_bytes: WriterOptions::default().max_shard_bytes,
+        }
     }
 }
 
@@ -42,7 +45,8 @@ pub fn check_base(base: &Checkpoint, reader: &ArchiveReader, archive: &Path) -> 
 /// the archive: base + γ·Δ̂ for compressed tensors, base XOR stored bits for kept ones,
 /// the base value for dropped ones, the stored tensor for new ones.
 ///
-/// This is the single decoding path used by `apply` and `eval`.
+/// This is the single decoding path used by `apply` and `eval`; every lossy record kind (UltraDelta and each
+/// baseline) is turned into Δ̂ by [`Record::add_delta_into`], the same function the in-memory result uses.
 pub fn rebuild_tensor(
     base: &Checkpoint,
     reader: &ArchiveReader,
@@ -59,7 +63,10 @@ pub fn rebuild_tensor(
     if entry.policy == Policy::New {
         return match reader.read_record(name)? {
             Record::Full { bytes, .. } => Ok(bytes),
-            _ => Err(Error::Config(format!("{}: tensor \"{name}\": unexpected record kind", archive.display()))),
+            _ => Err(Error::Config(format!(
+                "{}: tensor \"{name}\": unexpected record kind",
+                archive.display()
+            ))),
         };
     }
     let Some(info) = base.info(name) else {
@@ -92,25 +99,33 @@ pub fn rebuild_tensor(
         Policy::Keep => match reader.read_record(name)? {
             Record::XorDelta { xor_bytes, .. } => {
                 let mut out = view.bytes().to_vec();
-                out.par_chunks_mut(1 << 16).zip(xor_bytes.par_chunks(1 << 16)).for_each(|(o, x)| {
-                    for (o, x) in o.iter_mut().zip(x) {
-                        *o ^= x;
-                    }
-                });
+                out.par_chunks_mut(1 << 16)
+                    .zip(xor_bytes.par_chunks(1 << 16))
+                    .for_each(|(o, x)| {
+                        for (o, x) in o.iter_mut().zip(x) {
+                            *o ^= x;
+                        }
+                    });
                 Ok(out)
             }
-            _ => Err(Error::Config(format!("{}: tensor \"{name}\": unexpected record kind", archive.display()))),
+            _ => Err(Error::Config(format!(
+                "{}: tensor \"{name}\": unexpected record kind",
+                archive.display()
+            ))),
         },
-        Policy::Compress => match reader.read_record(name)? {
-            Record::Sparse(rec) => {
-                let mut w = view.to_f32()?;
-                rec.add_into(reader.manifest().gamma as f32, &mut w);
-                let mut out = Vec::with_capacity(entry.dtype.size() * w.len());
-                f32_to_bytes(&w, entry.dtype, &mut out)?;
-                Ok(out)
-            }
-            _ => Err(Error::Config(format!("{}: tensor \"{name}\": unexpected record kind", archive.display()))),
-        },
+        Policy::Compress => {
+            let rec = reader.read_record(name)?;
+            let mut w = view.to_f32()?;
+            rec.add_delta_into(reader.manifest().gamma as f32, &mut w)
+                .map_err(|source| Error::Decode {
+                    archive: archive.to_path_buf(),
+                    tensor: name.to_string(),
+                    source: Box::new(source),
+                })?;
+            let mut out = Vec::with_capacity(entry.dtype.size() * w.len());
+            f32_to_bytes(&w, entry.dtype, &mut out)?;
+            Ok(out)
+        }
         Policy::New => unreachable!("handled above"),
     }
 }
@@ -131,7 +146,11 @@ pub fn apply(
     let infos: Vec<TensorInfo> = manifest
         .tensors
         .iter()
-        .map(|e| TensorInfo { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone() })
+        .map(|e| TensorInfo {
+            name: e.name.clone(),
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+        })
         .collect();
     let total: u64 = infos.iter().map(|i| i.numel() as u64).sum();
     let wopts = WriterOptions {

@@ -8,15 +8,20 @@ use ultradelta_alloc::{Allocation, MsaConfig, TensorStat, Tier};
 use ultradelta_archive::{
     ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry, WriterOptions,
 };
+use ultradelta_baselines as baselines;
 use ultradelta_io::{pair, Checkpoint, TensorInfo, TensorView};
-use ultradelta_qgp::{group_prune, quantize, quantized_std, random_prune, tensor_seed, QuantParams};
+use ultradelta_qgp::{
+    group_prune, quantize, quantized_std, random_prune, tensor_seed, QuantParams,
+};
 use ultradelta_rescale::{nuclear_norm, rescale_factor, tngr_gammas, TraceOn};
 
-use crate::config::{AllocationMode, CompressConfig, PruningMode};
+use crate::budget::{solve_budget, BudgetReport};
+use crate::config::{AllocationMode, CompressConfig, Method, PruningMode};
 use crate::selection::{detect_family, Family, FamilySource, RuleSource};
 use crate::{Error, Progress, Result};
 
-/// The method name written into archives made by this module.
+/// The method name written into archives made with the default method ([`Method::Ultradelta`]); other methods
+/// write [`Method::name`].
 pub const METHOD: &str = "ultradelta";
 
 /// What one compression run did (printed by the CLI).
@@ -38,6 +43,10 @@ pub struct CompressReport {
     pub trace_norm: Option<f64>,
     /// Archive size in bytes.
     pub archive_bytes: u64,
+    /// Method used.
+    pub method: Method,
+    /// What the byte-budget search chose (with `target_ratio`).
+    pub budget: Option<BudgetReport>,
 }
 
 /// Number of tensors under each policy.
@@ -53,26 +62,30 @@ pub struct PolicyCounts {
     pub new: usize,
 }
 
-struct TensorPlan {
-    info: TensorInfo,
-    policy: Policy,
+pub(crate) struct TensorPlan {
+    pub(crate) info: TensorInfo,
+    pub(crate) policy: Policy,
     from: RuleSource,
 }
 
 /// A fine-tune matched against the base, with a policy for every tensor.
-struct Prepared<'a> {
-    base: &'a Checkpoint,
-    ft: &'a Checkpoint,
+pub(crate) struct Prepared<'a> {
+    pub(crate) base: &'a Checkpoint,
+    pub(crate) ft: &'a Checkpoint,
     family: Family,
     family_source: FamilySource,
-    plans: Vec<TensorPlan>,
+    pub(crate) plans: Vec<TensorPlan>,
     base_only: Vec<String>,
 }
 
-fn prepare<'a>(base: &'a Checkpoint, ft: &'a Checkpoint, cfg: &CompressConfig) -> Result<Prepared<'a>> {
+fn prepare<'a>(
+    base: &'a Checkpoint,
+    ft: &'a Checkpoint,
+    cfg: &CompressConfig,
+) -> Result<Prepared<'a>> {
     let pairing = pair(base, ft);
     if let Some((b, f)) = pairing.mismatched.first() {
-        return Err(Error::Mismatch {
+        return Err(Error::Mismatch(Box::new(crate::error::TensorMismatch {
             tensor: b.name.clone(),
             base_file: base.file_of(&b.name).unwrap_or(base.path()).to_path_buf(),
             finetuned_file: ft.file_of(&f.name).unwrap_or(ft.path()).to_path_buf(),
@@ -80,7 +93,7 @@ fn prepare<'a>(base: &'a Checkpoint, ft: &'a Checkpoint, cfg: &CompressConfig) -
             base_shape: b.shape.clone(),
             ft_dtype: f.dtype.name().to_string(),
             ft_shape: f.shape.clone(),
-        });
+        })));
     }
     let (family, family_source) = match cfg.selection.family {
         Some(f) => (f, FamilySource::User),
@@ -100,9 +113,20 @@ fn prepare<'a>(base: &'a Checkpoint, ft: &'a Checkpoint, cfg: &CompressConfig) -
                 dtype: info.dtype.name().to_string(),
             });
         }
-        plans.push(TensorPlan { info: info.clone(), policy, from });
+        plans.push(TensorPlan {
+            info: info.clone(),
+            policy,
+            from,
+        });
     }
-    Ok(Prepared { base, ft, family, family_source, plans, base_only: pairing.only_base })
+    Ok(Prepared {
+        base,
+        ft,
+        family,
+        family_source,
+        plans,
+        base_only: pairing.only_base,
+    })
 }
 
 fn describe_source(family: Family, src: &FamilySource) -> String {
@@ -122,12 +146,25 @@ pub(crate) fn delta_f32(base: &TensorView<'_>, ft: &TensorView<'_>) -> Result<Ve
     let mut d = ft.to_f32()?;
     let b = base.to_f32()?;
     const CHUNK: usize = 1 << 16;
-    d.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(d, b)| {
-        for (x, y) in d.iter_mut().zip(b) {
-            *x -= *y;
-        }
-    });
+    d.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(d, b)| {
+            for (x, y) in d.iter_mut().zip(b) {
+                *x -= *y;
+            }
+        });
     Ok(d)
+}
+
+pub(crate) fn method_err(ckpt: &Checkpoint, name: &str, source: baselines::Error) -> Error {
+    match source {
+        baselines::Error::Quant(q) => quant_err(ckpt, name, q),
+        source => Error::Method {
+            file: ckpt.file_of(name).unwrap_or(ckpt.path()).to_path_buf(),
+            tensor: name.to_string(),
+            source,
+        },
+    }
 }
 
 fn quant_err(ckpt: &Checkpoint, name: &str, source: ultradelta_qgp::Error) -> Error {
@@ -139,7 +176,11 @@ fn quant_err(ckpt: &Checkpoint, name: &str, source: ultradelta_qgp::Error) -> Er
 }
 
 /// Quantized delta of one tensor: parameters and levels.
-fn quantized_delta(p: &Prepared<'_>, name: &str, bits: u8) -> Result<(Vec<f32>, QuantParams, Vec<u16>)> {
+fn quantized_delta(
+    p: &Prepared<'_>,
+    name: &str,
+    bits: u8,
+) -> Result<(Vec<f32>, QuantParams, Vec<u16>)> {
     let delta = delta_f32(&p.base.view(name)?, &p.ft.view(name)?)?;
     let q = QuantParams::fit(&delta, bits).map_err(|e| quant_err(p.ft, name, e))?;
     let mut levels = vec![0u16; delta.len()];
@@ -147,28 +188,61 @@ fn quantized_delta(p: &Prepared<'_>, name: &str, bits: u8) -> Result<(Vec<f32>, 
     Ok((delta, q, levels))
 }
 
-/// Pass 1: per-tensor σ of the quantized delta, then the sparsity allocation.
-fn allocate(p: &Prepared<'_>, cfg: &CompressConfig, progress: &dyn Progress) -> Result<(Vec<usize>, Allocation)> {
-    let idx: Vec<usize> = (0..p.plans.len()).filter(|&i| p.plans[i].policy == Policy::Compress).collect();
+/// Indices of the plans under policy `compress`.
+pub(crate) fn compressed_indices(p: &Prepared<'_>) -> Vec<usize> {
+    (0..p.plans.len())
+        .filter(|&i| p.plans[i].policy == Policy::Compress)
+        .collect()
+}
+
+/// Pass 1 (UltraDelta only): per-tensor σ of the quantized delta of every compressed tensor.
+pub(crate) fn tensor_stats(
+    p: &Prepared<'_>,
+    cfg: &CompressConfig,
+    progress: &dyn Progress,
+) -> Result<Vec<TensorStat>> {
+    let idx = compressed_indices(p);
     let total: u64 = idx.iter().map(|&i| p.plans[i].info.numel() as u64).sum();
     progress.begin("analysing deltas", total);
     let mut stats = Vec::with_capacity(idx.len());
     for &i in &idx {
         let info = &p.plans[i].info;
         let (_, q, levels) = quantized_delta(p, &info.name, cfg.bits)?;
-        stats.push(TensorStat { numel: info.numel() as u64, std: quantized_std(&levels, &q) });
+        stats.push(TensorStat {
+            numel: info.numel() as u64,
+            std: quantized_std(&levels, &q),
+        });
         progress.advance(info.numel() as u64);
     }
     progress.end();
+    Ok(stats)
+}
+
+/// Per-tensor rates of the compressed tensors: the allocation for UltraDelta (from pass-1 `stats`), the target
+/// sparsity for every tensor otherwise.
+pub(crate) fn rates_for(
+    stats: Option<&[TensorStat]>,
+    n: usize,
+    cfg: &CompressConfig,
+) -> Result<Allocation> {
+    let Some(stats) = stats else {
+        return Ok(Allocation {
+            rates: vec![cfg.sparsity; n],
+            tiers: vec![None; n],
+        });
+    };
     let alloc = match cfg.allocation {
         AllocationMode::Msa => ultradelta_alloc::msa(
-            &stats,
+            stats,
             cfg.sparsity,
-            &MsaConfig { step: cfg.step, ..MsaConfig::default() },
+            &MsaConfig {
+                step: cfg.step,
+                ..MsaConfig::default()
+            },
         )?,
-        AllocationMode::Uniform => ultradelta_alloc::uniform(&stats, cfg.sparsity)?,
+        AllocationMode::Uniform => ultradelta_alloc::uniform(stats, cfg.sparsity)?,
     };
-    Ok((idx, alloc))
+    Ok(alloc)
 }
 
 fn tier_name(t: Tier) -> &'static str {
@@ -211,12 +285,79 @@ pub fn compress_tensor(
     })
 }
 
+/// The record of one compressed tensor under `cfg.method`, exactly as the archive stores it (the in-memory
+/// result: `apply` decodes the same record from the file through [`Record::add_delta_into`], so the rebuilt
+/// weights equal `base + γ·Δ̂` computed from this record bit for bit).
+///
+/// `rate` is the tensor's sparsity (allocated for UltraDelta, the target for DARE, magnitude and ComPEFT,
+/// unused by BitDelta, low-rank and quantization); `shape` gives low-rank its matrix view
+/// (`shape[0] × rest`).
+///
+/// # Errors
+/// The kernel's error (non-finite delta, parameter out of range, LAPACK failure).
+pub fn compress_tensor_with(
+    delta: &[f32],
+    name: &str,
+    shape: &[usize],
+    rate: f64,
+    cfg: &CompressConfig,
+) -> std::result::Result<Record, baselines::Error> {
+    let density = 1.0 - rate;
+    Ok(match cfg.method {
+        Method::Ultradelta if cfg.quantize => {
+            Record::Sparse(compress_tensor(delta, name, rate, cfg)?)
+        }
+        Method::Ultradelta => {
+            // --no-quant: prune by the DAC groups of the b-bit levels, keep the raw values at fp16.
+            let q = QuantParams::fit(delta, cfg.bits)?;
+            let mut levels = vec![0u16; delta.len()];
+            quantize(delta, &q, &mut levels);
+            let seed = tensor_seed(cfg.seed, name);
+            let pruned = match cfg.pruning {
+                PruningMode::Group => group_prune(&levels, &q, rate, seed),
+                PruningMode::Random => random_prune(&levels, &q, rate, seed),
+            };
+            drop(levels);
+            let scale = rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) as f32;
+            Record::SparseValues(baselines::sparse_f16(delta, pruned.positions, scale)?)
+        }
+        Method::Dare => {
+            Record::SparseValues(baselines::dare(delta, rate, tensor_seed(cfg.seed, name))?)
+        }
+        Method::Magnitude => Record::SparseValues(baselines::magnitude(delta, density)?),
+        Method::Bitdelta => Record::Sign(baselines::bitdelta(delta)?),
+        Method::Compeft => Record::Sign(baselines::compeft(delta, density, cfg.compeft_alpha)?),
+        Method::Quant => Record::DenseLevels(baselines::quant(delta, cfg.bits)?),
+        Method::Lowrank => {
+            let (rows, cols) = matrix_view(shape);
+            Record::LowRank(baselines::lowrank(delta, rows, cols, cfg.rank)?)
+        }
+    })
+}
+
+/// The matrix view of a tensor: `shape[0] × (product of the rest)`; a scalar is 1×1.
+pub fn matrix_view(shape: &[usize]) -> (usize, usize) {
+    match shape.split_first() {
+        None => (1, 1),
+        Some((&r, rest)) => (r, rest.iter().product()),
+    }
+}
+
+/// Whether the method drops entries at a rate (so the index records the tensor's rate).
+fn uses_rate(m: Method) -> bool {
+    matches!(
+        m,
+        Method::Ultradelta | Method::Dare | Method::Magnitude | Method::Compeft
+    )
+}
+
 fn new_entry(info: &TensorInfo, policy: Policy) -> TensorEntry {
     TensorEntry::new(info.name.clone(), info.shape.clone(), info.dtype, policy)
 }
 
 /// An archive whose records are written and whose γ is still to be decided.
 struct Pending {
+    method: Method,
     writer: ArchiveWriter,
     report: CompressReport,
     fingerprint: String,
@@ -233,8 +374,27 @@ fn write_records(
     want_trace: bool,
     progress: &dyn Progress,
 ) -> Result<Pending> {
-    progress.note(&format!("{}: tensor selection {}", p.ft.path().display(), describe_source(p.family, &p.family_source)));
-    let (idx, alloc) = allocate(p, cfg, progress)?;
+    progress.note(&format!(
+        "{}: tensor selection {}",
+        p.ft.path().display(),
+        describe_source(p.family, &p.family_source)
+    ));
+    let solved;
+    let (cfg, budget) = match cfg.target_ratio {
+        Some(_) => {
+            let (c, b) = solve_budget(p, cfg, progress)?;
+            solved = c;
+            (&solved, Some(b))
+        }
+        None => (cfg, None),
+    };
+    let idx = compressed_indices(p);
+    let stats = if cfg.method == Method::Ultradelta {
+        Some(tensor_stats(p, cfg, progress)?)
+    } else {
+        None
+    };
+    let alloc = rates_for(stats.as_deref(), idx.len(), cfg)?;
     let mut rate_of = vec![None; p.plans.len()];
     for (k, &i) in idx.iter().enumerate() {
         rate_of[i] = Some((alloc.rates[k], alloc.tiers.get(k).copied().flatten()));
@@ -256,7 +416,11 @@ fn write_records(
         let info = &plan.info;
         let name = info.name.as_str();
         let mut entry = new_entry(info, plan.policy);
-        let base_view = if plan.policy == Policy::New { None } else { Some(p.base.view(name)?) };
+        let base_view = if plan.policy == Policy::New {
+            None
+        } else {
+            Some(p.base.view(name)?)
+        };
         entry.base_hash = base_view.as_ref().map(|v| hex(v.content_hash()));
         if plan.from == RuleSource::User {
             entry.extra.insert("rule".into(), "user".into());
@@ -266,24 +430,38 @@ fn write_records(
                 counts.compress += 1;
                 let (rate, tier) = rate_of[i].expect("every compressed tensor has a rate");
                 let ft_view = p.ft.view(name)?;
-                let delta = delta_f32(base_view.as_ref().expect("compressed tensors are in the base"), &ft_view)?;
-                let rec = compress_tensor(&delta, name, rate, cfg).map_err(|e| quant_err(p.ft, name, e))?;
+                let delta = delta_f32(
+                    base_view
+                        .as_ref()
+                        .expect("compressed tensors are in the base"),
+                    &ft_view,
+                )?;
+                let rec = compress_tensor_with(&delta, name, &info.shape, rate, cfg)
+                    .map_err(|e| method_err(p.ft, name, e))?;
                 if want_trace && info.shape.len() >= 2 {
                     let rows = info.shape[0];
                     let cols = info.numel() / rows.max(1);
                     trace += match cfg.tngr.trace_on {
                         TraceOn::Original => nuclear_norm(&delta, rows, cols)?,
-                        TraceOn::Compressed => nuclear_norm(&rec.to_dense(1.0), rows, cols)?,
+                        TraceOn::Compressed => {
+                            let dense = rec.delta_to_dense(delta.len(), 1.0)?;
+                            nuclear_norm(&dense, rows, cols)?
+                        }
                     };
                 }
                 drop(delta);
-                entry.rate = Some(rate);
+                if uses_rate(cfg.method) {
+                    entry.rate = Some(rate);
+                }
                 entry.tier = tier.map(|t| tier_name(t).to_string());
-                writer.write_tensor(entry, &Record::Sparse(rec))?;
+                writer.write_tensor(entry, &rec)?;
             }
             Policy::Keep => {
                 counts.keep += 1;
-                let b = base_view.as_ref().expect("kept tensors are in the base").bytes();
+                let b = base_view
+                    .as_ref()
+                    .expect("kept tensors are in the base")
+                    .bytes();
                 let f = p.ft.view(name)?.bytes();
                 let mut xor = vec![0u8; f.len()];
                 xor.par_chunks_mut(1 << 16)
@@ -293,7 +471,13 @@ fn write_records(
                             *o = f ^ b;
                         }
                     });
-                writer.write_tensor(entry, &Record::XorDelta { dtype: info.dtype, xor_bytes: xor })?;
+                writer.write_tensor(
+                    entry,
+                    &Record::XorDelta {
+                        dtype: info.dtype,
+                        xor_bytes: xor,
+                    },
+                )?;
             }
             Policy::Drop => {
                 counts.drop += 1;
@@ -302,23 +486,49 @@ fn write_records(
             Policy::New => {
                 counts.new += 1;
                 let bytes = p.ft.view(name)?.bytes().to_vec();
-                writer.write_tensor(entry, &Record::Full { dtype: info.dtype, bytes })?;
+                writer.write_tensor(
+                    entry,
+                    &Record::Full {
+                        dtype: info.dtype,
+                        bytes,
+                    },
+                )?;
             }
         }
         progress.advance(info.numel() as u64);
     }
     progress.end();
     for file in p.ft.companion_files() {
-        let bytes = std::fs::read(&file).map_err(|source| Error::File { path: file.clone(), source })?;
-        let fname = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let bytes = std::fs::read(&file).map_err(|source| Error::File {
+            path: file.clone(),
+            source,
+        })?;
+        let fname = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         writer.add_file(&fname, &bytes)?;
     }
     let mut params = serde_json::to_value(cfg).expect("config serialises");
     if let serde_json::Value::Object(m) = &mut params {
-        m.insert("family".into(), serde_json::Value::String(p.family.name().into()));
-        m.insert("base_only_tensors".into(), serde_json::to_value(&p.base_only).expect("strings"));
+        m.insert(
+            "family".into(),
+            serde_json::Value::String(p.family.name().into()),
+        );
+        m.insert(
+            "base_only_tensors".into(),
+            serde_json::to_value(&p.base_only).expect("strings"),
+        );
+        if let Some(b) = &budget {
+            m.insert(
+                "budget".into(),
+                serde_json::to_value(b).expect("budget report serialises"),
+            );
+        }
     }
     Ok(Pending {
+        method: cfg.method,
         writer,
         report: CompressReport {
             output: out.to_path_buf(),
@@ -329,6 +539,8 @@ fn write_records(
             gamma: 1.0,
             trace_norm: want_trace.then_some(trace),
             archive_bytes: 0,
+            method: cfg.method,
+            budget,
         },
         fingerprint: p.base.fingerprint(),
         finetuned: FinetunedInfo {
@@ -345,7 +557,13 @@ impl Pending {
         if let serde_json::Value::Object(m) = &mut self.params {
             m.insert("gamma".into(), serde_json::json!(gamma));
         }
-        let path = self.writer.finish(METHOD, self.params, gamma, &self.fingerprint, self.finetuned)?;
+        let path = self.writer.finish(
+            self.method.name(),
+            self.params,
+            gamma,
+            &self.fingerprint,
+            self.finetuned,
+        )?;
         self.report.gamma = gamma;
         self.report.archive_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         self.report.output = path;
@@ -383,7 +601,10 @@ pub fn archive_name_for(path: &Path) -> String {
             _ => path.file_stem(),
         }
     };
-    let stem = stem.and_then(|s| s.to_str()).filter(|s| !s.is_empty()).unwrap_or("finetuned");
+    let stem = stem
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("finetuned");
     format!("{stem}.udelta")
 }
 
@@ -404,8 +625,10 @@ pub fn compress_many(
     if finetuned.is_empty() {
         return Err(Error::Config("no fine-tuned checkpoint given".into()));
     }
-    std::fs::create_dir_all(out_dir)
-        .map_err(|source| Error::File { path: out_dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(out_dir).map_err(|source| Error::File {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
     let mut names: Vec<String> = Vec::new();
     for ft in finetuned {
         let base_name = archive_name_for(ft.path());
@@ -417,21 +640,36 @@ pub fn compress_many(
         }
         names.push(name);
     }
-    let want_trace = cfg.gamma.is_none();
+    let want_trace = cfg.gamma.is_none() && cfg.tngr.enabled;
     let mut pending = Vec::with_capacity(finetuned.len());
     for (ft, name) in finetuned.iter().zip(&names) {
         let prepared = prepare(base, ft, cfg)?;
-        pending.push(write_records(&prepared, cfg, &out_dir.join(name), overwrite, want_trace, progress)?);
+        pending.push(write_records(
+            &prepared,
+            cfg,
+            &out_dir.join(name),
+            overwrite,
+            want_trace,
+            progress,
+        )?);
     }
     let gammas = match cfg.gamma {
         Some(g) => vec![g; pending.len()],
+        None if !cfg.tngr.enabled => vec![1.0; pending.len()],
         None => {
-            let norms: Vec<f64> = pending.iter().map(|p| p.report.trace_norm.unwrap_or(0.0)).collect();
+            let norms: Vec<f64> = pending
+                .iter()
+                .map(|p| p.report.trace_norm.unwrap_or(0.0))
+                .collect();
             tngr_gammas(&norms, cfg.tngr.clamp)?
         }
     };
     for (p, g) in pending.iter().zip(&gammas) {
         progress.note(&format!("{}: gamma {:.6}", p.report.output.display(), g));
     }
-    pending.into_iter().zip(gammas).map(|(p, g)| p.finish(g)).collect()
+    pending
+        .into_iter()
+        .zip(gammas)
+        .map(|(p, g)| p.finish(g))
+        .collect()
 }

@@ -26,9 +26,80 @@ pub enum PruningMode {
     Random,
 }
 
+/// The compression method (ALGORITHM.md §6): UltraDelta or one of the baselines. Each writes a real archive whose
+/// record kind suits it (docs/FORMAT.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// The paper's pipeline: quantize, MSA, group-wise pruning, rescaling (`sparse-golomb`; `sparse-f16` with
+    /// `quantize = false`). Free parameter: `sparsity`.
+    #[default]
+    Ultradelta,
+    /// DARE: drop each entry with probability `sparsity`, survivors × 1/(1 − p), fp16 values (`sparse-f16`).
+    Dare,
+    /// Magnitude pruning: keep the top `1 − sparsity` fraction by |Δ| per tensor, fp16 values (`sparse-f16`).
+    Magnitude,
+    /// BitDelta without data: sign × mean |Δ| per tensor (`dense-sign`). No free parameter (~16x).
+    Bitdelta,
+    /// Truncated SVD at rank `rank` per tensor, fp16 factors (`lowrank-f16`).
+    Lowrank,
+    /// ComPEFT: top `1 − sparsity` fraction by |Δ|, sign × one magnitude (`sparse-sign`).
+    Compeft,
+    /// Uniform `bits`-bit quantization of every entry alone (`dense-levels`).
+    Quant,
+}
+
+impl Method {
+    /// Every method, in CLI order.
+    pub const ALL: [Method; 7] = [
+        Method::Ultradelta,
+        Method::Dare,
+        Method::Magnitude,
+        Method::Bitdelta,
+        Method::Lowrank,
+        Method::Compeft,
+        Method::Quant,
+    ];
+
+    /// The name written into the archive's `method` field (kebab-case, as serde writes it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Ultradelta => "ultradelta",
+            Method::Dare => "dare",
+            Method::Magnitude => "magnitude",
+            Method::Bitdelta => "bitdelta",
+            Method::Lowrank => "lowrank",
+            Method::Compeft => "compeft",
+            Method::Quant => "quant",
+        }
+    }
+
+    /// The method of an archive's `method` field.
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_rank() -> usize {
+    8
+}
+
 /// Trace-norm-guided rescaling settings (ALGORITHM.md §4b).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TngrConfig {
+    /// Apply TNGR across several fine-tunes (off: γ = 1 for every model unless `gamma` is given).
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// Compute the trace norms on the original or on the compressed deltas (reference code: compressed).
     pub trace_on: TraceOn,
     /// Optional clamp of γ, e.g. `Some((0.5, 1.0))` as the paper's text states.
@@ -37,13 +108,20 @@ pub struct TngrConfig {
 
 impl Default for TngrConfig {
     fn default() -> Self {
-        TngrConfig { trace_on: TraceOn::Compressed, clamp: None }
+        TngrConfig {
+            enabled: true,
+            trace_on: TraceOn::Compressed,
+            clamp: None,
+        }
     }
 }
 
 /// Everything that decides what `compress` writes. Serialised into the archive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompressConfig {
+    /// Compression method.
+    #[serde(default)]
+    pub method: Method,
     /// Target sparsity s over all compressed tensors, element-weighted (fraction of entries zeroed).
     pub sparsity: f64,
     /// Quantization bit width b.
@@ -66,12 +144,27 @@ pub struct CompressConfig {
     pub tngr: TngrConfig,
     /// Which tensors are compressed, kept or dropped.
     pub selection: Selection,
+    /// UltraDelta only: quantize the kept values to `bits` (off: the ablation `--no-quant`, fp16 values, DAC
+    /// groups still by the `bits`-bit level each value would have; ALGORITHM.md §3).
+    #[serde(default = "yes")]
+    pub quantize: bool,
+    /// Lowrank only: the rank r of every compressed tensor (capped by its shape).
+    #[serde(default = "default_rank")]
+    pub rank: usize,
+    /// ComPEFT only: the magnitude is `alpha · σ(Δ)` when given, else the mean |Δ| of the kept entries.
+    #[serde(default)]
+    pub compeft_alpha: Option<f64>,
+    /// Byte budget: the method's free parameter is searched so the real ratio vs 16 bits over the compressed
+    /// tensors lands within 1% of this (see [`crate::budget`]).
+    #[serde(default)]
+    pub target_ratio: Option<f64>,
 }
 
 impl Default for CompressConfig {
     /// The paper's headline setting: s = 0.97, b = 4, δ = 0.01, global rescaling, MSA + DAC.
     fn default() -> Self {
         CompressConfig {
+            method: Method::Ultradelta,
             sparsity: 0.97,
             bits: 4,
             step: 0.01,
@@ -83,11 +176,42 @@ impl Default for CompressConfig {
             pruning: PruningMode::Group,
             tngr: TngrConfig::default(),
             selection: Selection::default(),
+            quantize: true,
+            rank: default_rank(),
+            compeft_alpha: None,
+            target_ratio: None,
         }
     }
 }
 
 impl CompressConfig {
+    /// The paper's exact configuration (`--preset paper`): UltraDelta, s = 0.97, b = 4, δ = 0.01, global
+    /// rescaling, MSA, DAC, quantization, TNGR across models, seed 0.
+    pub fn paper() -> Self {
+        CompressConfig {
+            method: Method::Ultradelta,
+            sparsity: 0.97,
+            bits: 4,
+            step: 0.01,
+            seed: 0,
+            gamma: None,
+            rescale_factor: 1.0,
+            rescale: RescaleMode::Global,
+            allocation: AllocationMode::Msa,
+            pruning: PruningMode::Group,
+            tngr: TngrConfig {
+                enabled: true,
+                trace_on: TraceOn::Compressed,
+                clamp: None,
+            },
+            selection: Selection::default(),
+            quantize: true,
+            rank: default_rank(),
+            compeft_alpha: None,
+            target_ratio: None,
+        }
+    }
+
     /// Checks every value's range; the message names the option.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
@@ -98,8 +222,7 @@ impl CompressConfig {
         if self.sparsity > max_rate {
             return bad(format!(
                 "sparsity must be at most {}, got {}",
-                max_rate,
-                self.sparsity
+                max_rate, self.sparsity
             ));
         }
         if !(1..=16).contains(&self.bits) {
@@ -109,7 +232,23 @@ impl CompressConfig {
             return bad(format!("step must be in [0, 1), got {}", self.step));
         }
         if !(self.rescale_factor.is_finite() && self.rescale_factor > 0.0) {
-            return bad(format!("rescale factor must be a positive number, got {}", self.rescale_factor));
+            return bad(format!(
+                "rescale factor must be a positive number, got {}",
+                self.rescale_factor
+            ));
+        }
+        if self.method == Method::Lowrank && self.rank == 0 && self.target_ratio.is_none() {
+            return bad("rank must be at least 1".into());
+        }
+        if let Some(a) = self.compeft_alpha {
+            if !(a.is_finite() && a > 0.0) {
+                return bad(format!("compeft alpha must be a positive number, got {a}"));
+            }
+        }
+        if let Some(r) = self.target_ratio {
+            if !(r.is_finite() && r > 0.0) {
+                return bad(format!("target ratio must be a positive number, got {r}"));
+            }
         }
         if let Some(g) = self.gamma {
             if !(g.is_finite() && g > 0.0) {
@@ -118,7 +257,9 @@ impl CompressConfig {
         }
         if let Some((lo, hi)) = self.tngr.clamp {
             if !(lo.is_finite() && hi.is_finite() && 0.0 < lo && lo <= hi) {
-                return bad(format!("gamma clamp must satisfy 0 < lo <= hi, got [{lo}, {hi}]"));
+                return bad(format!(
+                    "gamma clamp must satisfy 0 < lo <= hi, got [{lo}, {hi}]"
+                ));
             }
         }
         Ok(())

@@ -56,23 +56,8 @@ pub enum Error {
         found: String,
     },
     /// Base and fine-tuned tensors of the same name differ in shape or dtype.
-    #[error("tensor \"{tensor}\": base {} has {base_dtype} {base_shape:?} but fine-tuned {} has {ft_dtype} {ft_shape:?}", base_file.display(), finetuned_file.display())]
-    Mismatch {
-        /// Tensor name.
-        tensor: String,
-        /// Base file.
-        base_file: PathBuf,
-        /// Fine-tuned file.
-        finetuned_file: PathBuf,
-        /// Base dtype name.
-        base_dtype: String,
-        /// Base shape.
-        base_shape: Vec<usize>,
-        /// Fine-tuned dtype name.
-        ft_dtype: String,
-        /// Fine-tuned shape.
-        ft_shape: Vec<usize>,
-    },
+    #[error(transparent)]
+    Mismatch(Box<TensorMismatch>),
     /// A tensor the archive needs is missing from the base, or has another shape/dtype there.
     #[error("{}: tensor \"{tensor}\" {what} (needed by archive {})", base.display(), archive.display())]
     BaseTensor {
@@ -106,6 +91,56 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A baseline method's kernel failed on one tensor.
+    #[error("{}: tensor \"{tensor}\": {source}", file.display())]
+    Method {
+        /// File holding the fine-tuned tensor.
+        file: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// What went wrong.
+        source: ultradelta_baselines::Error,
+    },
+    /// A record could not be turned into a delta (wrong kind for its policy, or a length mismatch).
+    #[error("{}: tensor \"{tensor}\": {source}", archive.display())]
+    Decode {
+        /// The archive.
+        archive: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// What went wrong.
+        source: Box<ultradelta_archive::Error>,
+    },
+    /// The byte budget cannot be met.
+    #[error("{}: target ratio {target}x: {detail}", finetuned.display())]
+    Budget {
+        /// The fine-tuned checkpoint.
+        finetuned: PathBuf,
+        /// The requested ratio.
+        target: f64,
+        /// Why it is unreachable, with the achievable range.
+        detail: String,
+    },
+}
+
+/// Details of [`Error::Mismatch`] (boxed to keep `Error` small).
+#[derive(Debug, thiserror::Error)]
+#[error("tensor \"{tensor}\": base {} has {base_dtype} {base_shape:?} but fine-tuned {} has {ft_dtype} {ft_shape:?}", base_file.display(), finetuned_file.display())]
+pub struct TensorMismatch {
+    /// Tensor name.
+    pub tensor: String,
+    /// Base file.
+    pub base_file: PathBuf,
+    /// Fine-tuned file.
+    pub finetuned_file: PathBuf,
+    /// Base dtype name.
+    pub base_dtype: String,
+    /// Base shape.
+    pub base_shape: Vec<usize>,
+    /// Fine-tuned dtype name.
+    pub ft_dtype: String,
+    /// Fine-tuned shape.
+    pub ft_shape: Vec<usize>,
 }
 
 /// Result with this crate's [`enum@Error`].

@@ -76,7 +76,15 @@ impl Sums {
     }
 
     fn fidelity(&self) -> Fidelity {
-        let rel = |e: f64, n: f64| if n > 0.0 { (e / n).sqrt() } else if e == 0.0 { 0.0 } else { f64::INFINITY };
+        let rel = |e: f64, n: f64| {
+            if n > 0.0 {
+                (e / n).sqrt()
+            } else if e == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        };
         let cos = |xy: f64, xx: f64, yy: f64| {
             if xx > 0.0 && yy > 0.0 {
                 xy / (xx.sqrt() * yy.sqrt())
@@ -128,7 +136,10 @@ fn tensor_sums(base: &[f32], ft: &[f32], rebuilt: &[f32]) -> Sums {
 /// Decodes little-endian bytes of a floating-point dtype to f32.
 fn float_bytes_to_f32(bytes: &[u8], dtype: DType) -> Option<Vec<f32>> {
     Some(match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         DType::F16 => bytes
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -146,7 +157,12 @@ fn float_bytes_to_f32(bytes: &[u8], dtype: DType) -> Option<Vec<f32>> {
 }
 
 /// Rebuilds every tensor in memory (one at a time) and compares it with the fine-tune.
-pub fn eval(base: &Checkpoint, finetuned: &Checkpoint, archive: &Path, progress: &dyn Progress) -> Result<EvalReport> {
+pub fn eval(
+    base: &Checkpoint,
+    finetuned: &Checkpoint,
+    archive: &Path,
+    progress: &dyn Progress,
+) -> Result<EvalReport> {
     let reader = ArchiveReader::open(archive)?;
     check_base(base, &reader, archive)?;
     let manifest = reader.manifest();
@@ -202,5 +218,10 @@ pub fn eval(base: &Checkpoint, finetuned: &Checkpoint, archive: &Path, progress:
         progress.advance(entry.numel);
     }
     progress.end();
-    Ok(EvalReport { tensors, compressed: comp.fidelity(), overall: all.fidelity(), exact_non_float })
+    Ok(EvalReport {
+        tensors,
+        compressed: comp.fidelity(),
+        overall: all.fidelity(),
+        exact_non_float,
+    })
 }

@@ -31,9 +31,10 @@ pub struct TensorSummary {
 pub struct Ratios {
     /// Compressed tensors' size at 16 bits per entry over their records' real bytes.
     pub real: Option<f64>,
-    /// The paper's v2 count 16/(b·d) for the configured sparsity and bits.
+    /// The paper's v2 count 16/(b·d) for the configured sparsity and bits. `None` (JSON null) unless the archive
+    /// is UltraDelta with quantization: the count describes sparse b-bit levels only.
     pub paper_v2: Option<f64>,
-    /// The paper's v3 count 16/(b·d + H₂(d)) for the configured sparsity and bits.
+    /// The paper's v3 count 16/(b·d + H₂(d)) for the configured sparsity and bits (`None` as for `paper_v2`).
     pub paper_v3: Option<f64>,
     /// The fine-tuned checkpoint's size on disk over the whole archive file.
     pub whole_checkpoint: f64,
@@ -98,8 +99,15 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
         .collect();
     let param = |k: &str| m.params.get(k).and_then(|v| v.as_f64());
     let (bits, s) = (param("bits"), param("sparsity"));
+    // The paper's counts describe sparse + b-bit levels: only UltraDelta with quantization.
+    let quantized = m
+        .params
+        .get("quantize")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    let paper_style = m.method == crate::METHOD && quantized;
     let nominal = |f: fn(f64, f64) -> f64| match (bits, s) {
-        (Some(b), Some(s)) if compressed_entries > 0 => Some(f(b, 1.0 - s)),
+        (Some(b), Some(s)) if compressed_entries > 0 && paper_style => Some(f(b, 1.0 - s)),
         _ => None,
     };
     let bytes = reader.file_size();
@@ -116,7 +124,8 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
         tensors,
         files: m.files.iter().map(|f| f.name.clone()).collect(),
         ratio: Ratios {
-            real: (compressed_bytes > 0).then(|| 2.0 * compressed_entries as f64 / compressed_bytes as f64),
+            real: (compressed_bytes > 0)
+                .then(|| 2.0 * compressed_entries as f64 / compressed_bytes as f64),
             paper_v2: nominal(paper_v2_ratio),
             paper_v3: nominal(paper_v3_ratio),
             whole_checkpoint: m.finetuned.size_on_disk as f64 / bytes.max(1) as f64,

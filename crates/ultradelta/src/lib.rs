@@ -91,6 +91,17 @@
 //! Several fine-tunes of one base are compressed together with [`compress_many`], which
 //! applies trace-norm-guided rescaling (γᵢ = T_min / Tᵢ) across them.
 //!
+//! ## Baselines, ablations and byte budgets
+//!
+//! [`CompressConfig::method`] selects UltraDelta or a baseline ([`Method`]: DARE, magnitude pruning, data-free
+//! BitDelta, truncated-SVD low rank, ComPEFT, quantization alone; kernels in [`baselines`]). Every method writes
+//! a real archive (its own record kind, docs/FORMAT.md) that [`apply`] rebuilds through one decoding path,
+//! [`archive::Record::add_delta_into`]; [`compress_tensor_with`] gives the same record in memory. The ablations
+//! are fields: `allocation` (MSA), `pruning` (DAC), `quantize`, `tngr.enabled`, `rescale`.
+//! [`CompressConfig::paper`] is the paper's exact setting. With `target_ratio: Some(r)` the method's free
+//! parameter (sparsity, rank or bits) is searched so the archive's real ratio lands within 1 % of `r`
+//! ([`budget`]); [`export_lora`] writes a `lowrank` archive as a PEFT LoRA adapter.
+//!
 //! ## Guarantees
 //! - Same inputs, configuration and seed give the same archive bytes, whatever the number
 //!   of threads.
@@ -99,26 +110,34 @@
 
 pub use ultradelta_alloc as alloc;
 pub use ultradelta_archive as archive;
+pub use ultradelta_baselines as baselines;
 pub use ultradelta_io as io;
 pub use ultradelta_qgp as qgp;
 pub use ultradelta_rescale as rescale;
 
 mod apply;
+pub mod budget;
 mod compress;
 mod config;
 mod error;
 mod evaluate;
 mod inspect;
+mod lora;
 mod progress;
 pub mod selection;
 
 pub use apply::{apply, check_base, rebuild_tensor, ApplyOptions};
+pub use budget::{BudgetReport, BUDGET_TOLERANCE};
 pub use compress::{
-    archive_name_for, compress, compress_many, compress_tensor, CompressReport, PolicyCounts, METHOD,
+    archive_name_for, compress, compress_many, compress_tensor, compress_tensor_with, matrix_view,
+    CompressReport, PolicyCounts, METHOD,
 };
-pub use config::{AllocationMode, CompressConfig, PruningMode, RescaleMode, TngrConfig, TraceOn};
-pub use error::{Error, Result};
+pub use config::{
+    AllocationMode, CompressConfig, Method, PruningMode, RescaleMode, TngrConfig, TraceOn,
+};
+pub use error::{Error, Result, TensorMismatch};
 pub use evaluate::{eval, EvalReport, Fidelity, TensorEval};
 pub use inspect::{inspect, Inspection, Ratios, TensorSummary};
+pub use lora::export_lora;
 pub use progress::{NoProgress, Progress};
 pub use selection::{detect_family, Family, FamilySource, Selection};

@@ -136,7 +136,10 @@ impl Family {
             }
         } else if any("SelfAttention.q") {
             Some(Family::T5)
-        } else if any("attn.in_proj") || any("mlp.c_fc") || (any("self_attn.q_proj") && any("mlp.fc1")) {
+        } else if any("attn.in_proj")
+            || any("mlp.c_fc")
+            || (any("self_attn.q_proj") && any("mlp.fc1"))
+        {
             Some(Family::ClipVit)
         } else if any("self_attn.q_proj") && any("ffn") {
             Some(Family::Beit3)
@@ -161,7 +164,10 @@ impl FromStr for Family {
             .find(|f| f.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
                 let names: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
-                format!("unknown family \"{s}\" (expected one of: {})", names.join(", "))
+                format!(
+                    "unknown family \"{s}\" (expected one of: {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -181,10 +187,10 @@ pub enum FamilySource {
 
 /// Decides the family of a checkpoint: `config.json` `model_type` first, then tensor names.
 pub fn detect_family(ckpt: &Checkpoint) -> (Family, FamilySource) {
-    if let Some(mt) = ckpt
-        .config()
-        .and_then(|c| c.get("model_type").and_then(|v| v.as_str().map(str::to_owned)))
-    {
+    if let Some(mt) = ckpt.config().and_then(|c| {
+        c.get("model_type")
+            .and_then(|v| v.as_str().map(str::to_owned))
+    }) {
         if let Some(f) = Family::from_model_type(&mt) {
             return (f, FamilySource::ModelType(mt));
         }
@@ -231,7 +237,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 /// Only floating-point tensors with at least two dimensions are compressed by a
 /// preset; a user `--compress` glob that names another tensor is an error at
 /// compression time, not silently ignored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Selection {
     /// Tensor-name globs to compress.
     pub compress: Vec<String>,
@@ -241,12 +247,6 @@ pub struct Selection {
     pub drop: Vec<String>,
     /// Preset family; `None` means detect it from the checkpoint.
     pub family: Option<Family>,
-}
-
-impl Default for Selection {
-    fn default() -> Self {
-        Selection { compress: Vec::new(), keep: Vec::new(), drop: Vec::new(), family: None }
-    }
 }
 
 /// Why a policy was chosen (recorded in the archive for `inspect`).
@@ -294,9 +294,18 @@ impl Selection {
 fn generic_linear(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower.ends_with("weight")
-        && !["embed", "wte", "wpe", "lm_head", "norm", "ln_", "classifier", "head."]
-            .iter()
-            .any(|bad| lower.contains(bad))
+        && ![
+            "embed",
+            "wte",
+            "wpe",
+            "lm_head",
+            "norm",
+            "ln_",
+            "classifier",
+            "head.",
+        ]
+        .iter()
+        .any(|bad| lower.contains(bad))
 }
 
 #[cfg(test)]
@@ -305,14 +314,24 @@ mod tests {
     use ultradelta_io::DType;
 
     fn info(name: &str, shape: &[usize]) -> TensorInfo {
-        TensorInfo { name: name.into(), dtype: DType::F32, shape: shape.to_vec() }
+        TensorInfo {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+        }
     }
 
     #[test]
     fn glob_basics() {
         assert!(glob_match("*", "a.b.c"));
-        assert!(glob_match("*.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"));
-        assert!(!glob_match("*.q_proj.weight", "model.layers.0.self_attn.q_proj.bias"));
+        assert!(glob_match(
+            "*.q_proj.weight",
+            "model.layers.0.self_attn.q_proj.weight"
+        ));
+        assert!(!glob_match(
+            "*.q_proj.weight",
+            "model.layers.0.self_attn.q_proj.bias"
+        ));
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("a?c", "ac"));
         assert!(glob_match("*a*b*", "xxaxxbxx"));
@@ -326,15 +345,28 @@ mod tests {
         let s = Selection::default();
         let f = Family::Bert;
         for (name, want) in [
-            ("encoder.layer.0.attention.self.query.weight", Policy::Compress),
-            ("encoder.layer.0.attention.output.dense.weight", Policy::Compress),
-            ("encoder.layer.5.intermediate.dense.weight", Policy::Compress),
+            (
+                "encoder.layer.0.attention.self.query.weight",
+                Policy::Compress,
+            ),
+            (
+                "encoder.layer.0.attention.output.dense.weight",
+                Policy::Compress,
+            ),
+            (
+                "encoder.layer.5.intermediate.dense.weight",
+                Policy::Compress,
+            ),
             ("encoder.layer.5.output.dense.weight", Policy::Compress),
             ("encoder.layer.5.output.dense.bias", Policy::Keep),
             ("pooler.dense.weight", Policy::Keep),
             ("embeddings.word_embeddings.weight", Policy::Keep),
         ] {
-            let shape: &[usize] = if name.ends_with("bias") { &[4] } else { &[4, 4] };
+            let shape: &[usize] = if name.ends_with("bias") {
+                &[4]
+            } else {
+                &[4, 4]
+            };
             assert_eq!(s.policy(f, &info(name, shape)).0, want, "{name}");
         }
     }
@@ -348,13 +380,24 @@ mod tests {
             family: None,
         };
         let f = Family::Bert;
-        assert_eq!(s.policy(f, &info("pooler.dense.weight", &[4, 4])).0, Policy::Compress);
         assert_eq!(
-            s.policy(f, &info("encoder.layer.0.attention.self.query.weight", &[4, 4])).0,
+            s.policy(f, &info("pooler.dense.weight", &[4, 4])).0,
+            Policy::Compress
+        );
+        assert_eq!(
+            s.policy(
+                f,
+                &info("encoder.layer.0.attention.self.query.weight", &[4, 4])
+            )
+            .0,
             Policy::Keep
         );
         assert_eq!(
-            s.policy(f, &info("encoder.layer.0.attention.self.key.weight", &[4, 4])).0,
+            s.policy(
+                f,
+                &info("encoder.layer.0.attention.self.key.weight", &[4, 4])
+            )
+            .0,
             Policy::Drop
         );
     }
@@ -371,7 +414,10 @@ mod tests {
 
     #[test]
     fn family_detection_by_names() {
-        let llama = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.gate_proj.weight"];
+        let llama = [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.mlp.gate_proj.weight",
+        ];
         assert_eq!(Family::from_tensor_names(llama), Some(Family::Llama));
         let roberta = ["roberta.encoder.layer.0.attention.self.query.weight"];
         assert_eq!(Family::from_tensor_names(roberta), Some(Family::Roberta));

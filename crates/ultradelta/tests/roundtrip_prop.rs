@@ -3,8 +3,12 @@
 
 use proptest::prelude::*;
 use ultradelta::archive::{ArchiveReader, Policy};
-use ultradelta::io::{f32_to_bytes, write_checkpoint, Checkpoint, DType, TensorInfo, WriterOptions};
-use ultradelta::{apply, compress, compress_tensor, ApplyOptions, CompressConfig, NoProgress, Selection};
+use ultradelta::io::{
+    f32_to_bytes, write_checkpoint, Checkpoint, DType, TensorInfo, WriterOptions,
+};
+use ultradelta::{
+    apply, compress, compress_tensor, ApplyOptions, CompressConfig, NoProgress, Selection,
+};
 
 #[derive(Debug, Clone)]
 struct T {
@@ -16,7 +20,12 @@ struct T {
 }
 
 fn tensor() -> impl Strategy<Value = T> {
-    (1usize..12, 1usize..24, prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)], 0u8..4)
+    (
+        1usize..12,
+        1usize..24,
+        prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)],
+        0u8..4,
+    )
         .prop_flat_map(|(rows, cols, dtype, kind)| {
             let n = rows * cols;
             let base = prop::collection::vec(-0.1f32..0.1, n);
@@ -29,7 +38,13 @@ fn tensor() -> impl Strategy<Value = T> {
             };
             (Just(rows), Just(cols), Just(dtype), base, delta)
         })
-        .prop_map(|(rows, cols, dtype, base, delta)| T { rows, cols, dtype, base, delta })
+        .prop_map(|(rows, cols, dtype, base, delta)| T {
+            rows,
+            cols,
+            dtype,
+            base,
+            delta,
+        })
 }
 
 fn bytes(values: &[f32], dtype: DType) -> Vec<u8> {

@@ -1,5 +1,6 @@
 //! Integration tests of the archive format: one binary, one module per area.
 
+mod baselines;
 mod common;
 mod compat;
 mod errors;

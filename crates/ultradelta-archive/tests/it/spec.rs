@@ -2,8 +2,9 @@
 //! markdown and compared with the crate's constants.
 
 use ultradelta_archive::{
-    dtype_from_code, RecordKind, DTYPE_CODES, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN,
-    SPARSE_FIXED_BYTES, TRAILER_LEN, TRAILER_MAGIC,
+    dtype_from_code, RecordKind, DENSE_LEVELS_FIXED_BYTES, DENSE_SIGN_FIXED_BYTES, DTYPE_CODES,
+    FORMAT_VERSION, KNOWN_FLAGS, LOWRANK_FIXED_BYTES, MAGIC, PREAMBLE_LEN, SPARSE_F16_FIXED_BYTES,
+    SPARSE_FIXED_BYTES, SPARSE_SIGN_FIXED_BYTES, TRAILER_LEN, TRAILER_MAGIC,
 };
 
 fn format_md() -> String {
@@ -67,9 +68,18 @@ fn constants_table_matches_code() {
         parse_u64(&get("SPARSE_FIXED_BYTES")),
         SPARSE_FIXED_BYTES as u64
     );
+    for (name, v) in [
+        ("SPARSE_F16_FIXED_BYTES", SPARSE_F16_FIXED_BYTES),
+        ("SPARSE_SIGN_FIXED_BYTES", SPARSE_SIGN_FIXED_BYTES),
+        ("DENSE_SIGN_FIXED_BYTES", DENSE_SIGN_FIXED_BYTES),
+        ("LOWRANK_FIXED_BYTES", LOWRANK_FIXED_BYTES),
+        ("DENSE_LEVELS_FIXED_BYTES", DENSE_LEVELS_FIXED_BYTES),
+    ] {
+        assert_eq!(parse_u64(&get(name)), v as u64, "{name}");
+    }
     assert_eq!(
         rows.len(),
-        7,
+        12,
         "constants table has rows the test does not check"
     );
 }
@@ -136,4 +146,39 @@ fn sparse_payload_table_matches_layout() {
         expect += parse_u64(&r[1]);
     }
     assert_eq!(expect, SPARSE_FIXED_BYTES as u64);
+}
+
+/// Sum of the fixed (numeric-size) rows of a payload table, checking that offsets are contiguous.
+fn fixed_part(md: &str, heading: &str) -> u64 {
+    let rows = table(md, heading);
+    let mut expect = 0u64;
+    for r in &rows {
+        let Ok(size) = r[1].parse::<u64>() else { break };
+        assert_eq!(parse_u64(&r[0]), expect, "{heading}: field {}", r[2]);
+        expect += size;
+    }
+    expect
+}
+
+#[test]
+fn baseline_payload_tables_match_layout() {
+    let md = format_md();
+    let f = |h: &str| fixed_part(&md, h);
+    assert_eq!(
+        f("### Kinds 5 and 6: sparse-f16 and sparse-sign payloads"),
+        SPARSE_F16_FIXED_BYTES as u64
+    );
+    assert_eq!(SPARSE_F16_FIXED_BYTES, SPARSE_SIGN_FIXED_BYTES);
+    assert_eq!(
+        f("### Kind 7: dense-sign payload"),
+        DENSE_SIGN_FIXED_BYTES as u64
+    );
+    assert_eq!(
+        f("### Kind 8: lowrank-f16 payload"),
+        LOWRANK_FIXED_BYTES as u64
+    );
+    assert_eq!(
+        f("### Kind 9: dense-levels payload"),
+        DENSE_LEVELS_FIXED_BYTES as u64
+    );
 }

@@ -1,0 +1,353 @@
+//! Baseline delta-compression kernels for comparison and ablation (ALGORITHM.md §6), each turning one tensor's
+//! delta Δ = θ_finetuned − θ_base (an f32 slice) into the archive record that stores it:
+//!
+//! | function | method | record kind |
+//! |---|---|---|
+//! | [`dare`] | DARE: Bernoulli drop with probability p, survivors × 1/(1 − p) | `sparse-f16` |
+//! | [`magnitude`] | magnitude pruning (TIES "trim"): top-k by \|Δ\| | `sparse-f16` |
+//! | [`bitdelta`] | BitDelta without data: sign(Δ) × mean \|Δ\| | `dense-sign` |
+//! | [`compeft`] | ComPEFT: top-k by \|Δ\|, sign × one magnitude | `sparse-sign` |
+//! | [`quant`] | uniform b-bit quantization alone | `dense-levels` |
+//! | [`lowrank`] | truncated SVD at rank r | `lowrank-f16` |
+//! | [`sparse_f16`] | any kept positions with their raw values (UltraDelta without quantization) | `sparse-f16` |
+//!
+//! No IO: slices in, records out. Every kernel is deterministic (the same input and seed give the same record,
+//! whatever the rayon thread count). fp16 values are stored relative to a power-of-two scale chosen so the
+//! largest magnitude sits near 2¹⁴, which keeps tiny deltas (~10⁻⁵, subnormal in fp16) at full fp16 precision;
+//! the scale is a power of two, so dividing by it is exact.
+
+use half::f16;
+use ndarray::Array2;
+use ndarray_linalg::{JobSvd, SVDDC};
+use rayon::prelude::*;
+use ultradelta_archive::{DenseLevelsRecord, LowRankRecord, SignRecord, SparseValuesRecord};
+use ultradelta_qgp::rng::{mix, DetRng};
+use ultradelta_qgp::{quantize, QuantParams};
+
+/// Errors of the baseline kernels.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The delta has a NaN or an infinity.
+    #[error("delta entry {index} is not finite ({value})")]
+    NonFinite {
+        /// Flat index of the first bad entry.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+    /// A parameter is out of range.
+    #[error("invalid parameter: {0}")]
+    Parameter(String),
+    /// Quantization failed.
+    #[error(transparent)]
+    Quant(#[from] ultradelta_qgp::Error),
+    /// LAPACK failed in the SVD.
+    #[error("SVD of a {rows}x{cols} delta failed: {detail}")]
+    Svd {
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// LAPACK's message.
+        detail: String,
+    },
+}
+
+/// Result of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Block length of [`dare`]'s random streams (block `b` uses its own stream, so results ignore thread count).
+pub const DARE_BLOCK: usize = 1 << 16;
+const DARE_DOMAIN: u64 = 0x4241_5345_4441_5245; // "BASEDARE"
+
+fn check_finite(delta: &[f32]) -> Result<()> {
+    match delta.iter().position(|x| !x.is_finite()) {
+        Some(index) => Err(Error::NonFinite {
+            index,
+            value: delta[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_fraction(name: &str, x: f64) -> Result<()> {
+    if x.is_finite() && (0.0..=1.0).contains(&x) {
+        Ok(())
+    } else {
+        Err(Error::Parameter(format!(
+            "{name} must be in [0, 1], got {x}"
+        )))
+    }
+}
+
+/// The power of two `2^e` such that `max_abs / 2^e` lies in `[2^13, 2^14)` (1 for `max_abs == 0`).
+pub fn f16_norm(max_abs: f32) -> f32 {
+    if max_abs == 0.0 || !max_abs.is_finite() {
+        return 1.0;
+    }
+    let e = max_abs.log2().floor() as i32 - 13;
+    2f32.powi(e.clamp(-126, 127))
+}
+
+/// Stores `values` at fp16 relative to [`f16_norm`] of their largest magnitude; returns the values and the norm.
+fn to_f16(values: impl Iterator<Item = f32> + Clone) -> (Vec<f16>, f32) {
+    let max = values.clone().fold(0f32, |m, x| m.max(x.abs()));
+    let norm = f16_norm(max);
+    (values.map(|x| f16::from_f32(x / norm)).collect(), norm)
+}
+
+/// A `sparse-f16` record of `delta`'s values at `positions` (strictly increasing), times `scale`.
+///
+/// # Errors
+/// [`Error::NonFinite`]; [`Error::Parameter`] for a non-finite scale or a position out of range.
+pub fn sparse_f16(delta: &[f32], positions: Vec<u64>, scale: f32) -> Result<SparseValuesRecord> {
+    check_finite(delta)?;
+    if !scale.is_finite() {
+        return Err(Error::Parameter(format!(
+            "scale must be finite, got {scale}"
+        )));
+    }
+    if positions.iter().any(|&p| p >= delta.len() as u64) {
+        return Err(Error::Parameter("position beyond the delta".into()));
+    }
+    let (values, norm) = to_f16(positions.iter().map(|&p| delta[p as usize]));
+    Ok(SparseValuesRecord {
+        numel: delta.len() as u64,
+        scale: scale * norm,
+        positions,
+        values,
+    })
+}
+
+/// The positions DARE keeps at drop probability `p`: entry `i` of block `b` draws `u` from
+/// `DetRng::new(mix(mix(seed, DOMAIN), b))` and is kept iff `u >= p`. Exact zeros are never kept. The kept set
+/// shrinks monotonically as `p` grows (the same draws are compared with a larger threshold).
+pub fn dare_positions(delta: &[f32], p: f64, seed: u64) -> Vec<u64> {
+    let stream = mix(seed, DARE_DOMAIN);
+    let parts: Vec<Vec<u64>> = delta
+        .par_chunks(DARE_BLOCK)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let mut rng = DetRng::new(mix(stream, b as u64));
+            let base = (b * DARE_BLOCK) as u64;
+            let mut out = Vec::new();
+            for (i, &x) in chunk.iter().enumerate() {
+                if rng.unit_f64() >= p && x != 0.0 {
+                    out.push(base + i as u64);
+                }
+            }
+            out
+        })
+        .collect();
+    parts.concat()
+}
+
+/// DARE: drop each entry with probability `p`, rescale survivors by `1/(1 − p)` (stored in the record's scale,
+/// the values themselves are Δ at fp16).
+///
+/// # Errors
+/// [`Error::NonFinite`]; [`Error::Parameter`] unless `0 <= p < 1`.
+pub fn dare(delta: &[f32], p: f64, seed: u64) -> Result<SparseValuesRecord> {
+    check_fraction("drop probability", p)?;
+    if p >= 1.0 {
+        return Err(Error::Parameter("drop probability must be below 1".into()));
+    }
+    check_finite(delta)?;
+    sparse_f16(
+        delta,
+        dare_positions(delta, p, seed),
+        (1.0 / (1.0 - p)) as f32,
+    )
+}
+
+/// Number of entries kept at `density`: `round(density · n)`.
+pub fn kept_count(n: usize, density: f64) -> usize {
+    ((density * n as f64).round() as usize).min(n)
+}
+
+/// The `k` positions of largest `|Δ|` (ties: the lower index wins), in increasing order.
+pub fn top_k_positions(delta: &[f32], k: usize) -> Vec<u64> {
+    let k = k.min(delta.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<u32> = (0..delta.len() as u32).collect();
+    // A total order (magnitude descending, then index ascending): the selected set is unique.
+    let cmp = |a: &u32, b: &u32| {
+        delta[*b as usize]
+            .abs()
+            .total_cmp(&delta[*a as usize].abs())
+            .then(a.cmp(b))
+    };
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, cmp);
+    }
+    let mut out: Vec<u64> = idx[..k].iter().map(|&i| u64::from(i)).collect();
+    out.sort_unstable();
+    out
+}
+
+fn check_u32(delta: &[f32]) -> Result<()> {
+    if delta.len() > u32::MAX as usize {
+        return Err(Error::Parameter(format!(
+            "{} entries (top-k supports up to 2^32)",
+            delta.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Magnitude pruning: keep the `round(density · n)` entries of largest `|Δ|`, values at fp16, no rescaling.
+///
+/// # Errors
+/// [`Error::NonFinite`]; [`Error::Parameter`] unless `0 <= density <= 1`.
+pub fn magnitude(delta: &[f32], density: f64) -> Result<SparseValuesRecord> {
+    check_fraction("density", density)?;
+    check_finite(delta)?;
+    check_u32(delta)?;
+    sparse_f16(
+        delta,
+        top_k_positions(delta, kept_count(delta.len(), density)),
+        1.0,
+    )
+}
+
+/// BitDelta without data: `sign(Δ)` (0 counts as positive) times one scale, the mean `|Δ|` (the paper distils
+/// the scale on data; this data-free variant does not).
+///
+/// # Errors
+/// [`Error::NonFinite`].
+pub fn bitdelta(delta: &[f32]) -> Result<SignRecord> {
+    check_finite(delta)?;
+    let sum: f64 = delta.iter().map(|x| f64::from(x.abs())).sum();
+    let magnitude = if delta.is_empty() {
+        0.0
+    } else {
+        (sum / delta.len() as f64) as f32
+    };
+    Ok(SignRecord {
+        numel: delta.len() as u64,
+        magnitude,
+        positions: None,
+        negative: delta.iter().map(|&x| x < 0.0).collect(),
+    })
+}
+
+/// ComPEFT (data-free): keep the top `round(density · n)` entries by `|Δ|`, store their signs and one magnitude:
+/// `alpha · σ(Δ)` when `alpha` is given (σ the standard deviation of all of Δ, as in ComPEFT), otherwise the mean
+/// `|Δ|` of the kept entries (the magnitude that minimises the squared error for the chosen signs and support).
+///
+/// # Errors
+/// [`Error::NonFinite`]; [`Error::Parameter`] unless `0 <= density <= 1` and `alpha` is finite and positive.
+pub fn compeft(delta: &[f32], density: f64, alpha: Option<f64>) -> Result<SignRecord> {
+    check_fraction("density", density)?;
+    check_finite(delta)?;
+    check_u32(delta)?;
+    let positions = top_k_positions(delta, kept_count(delta.len(), density));
+    let magnitude = match alpha {
+        Some(a) if !(a.is_finite() && a > 0.0) => {
+            return Err(Error::Parameter(format!("alpha must be positive, got {a}")));
+        }
+        Some(a) => {
+            let n = delta.len().max(1) as f64;
+            let mean = delta.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+            let var = delta
+                .iter()
+                .map(|&x| (f64::from(x) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            (a * var.sqrt()) as f32
+        }
+        None if positions.is_empty() => 0.0,
+        None => {
+            let s: f64 = positions
+                .iter()
+                .map(|&p| f64::from(delta[p as usize].abs()))
+                .sum();
+            (s / positions.len() as f64) as f32
+        }
+    };
+    let negative = positions.iter().map(|&p| delta[p as usize] < 0.0).collect();
+    Ok(SignRecord {
+        numel: delta.len() as u64,
+        magnitude,
+        positions: Some(positions),
+        negative,
+    })
+}
+
+/// Uniform `bits`-bit quantization of every entry (ALGORITHM.md §1), no pruning, no rescaling.
+///
+/// # Errors
+/// [`Error::Quant`] for bits outside 1..=16 or non-finite entries.
+pub fn quant(delta: &[f32], bits: u8) -> Result<DenseLevelsRecord> {
+    let q = QuantParams::fit(delta, bits)?;
+    let mut levels = vec![0u16; delta.len()];
+    quantize(delta, &q, &mut levels);
+    Ok(DenseLevelsRecord {
+        quant: q,
+        scale: 1.0,
+        levels,
+    })
+}
+
+/// Truncated SVD at rank `min(rank, rows, cols)`: Δ (row-major `rows × cols`) ≈ U_r·diag(S_r)·V_rᵀ, stored as
+/// fp16 factors `U_r·diag(√S_r)` and `diag(√S_r)·V_rᵀ`, each normalised by a power of two (their product is the
+/// record's scale).
+///
+/// Cost: an exact f64 LAPACK SVD (`dgesdd`) of the whole matrix, O(rows·cols·min(rows, cols)) time and
+/// O(rows·cols) extra memory in f64 — about a minute for a 4096×4096 matrix on one core. A randomized SVD would
+/// be the choice for large models; this kernel favours exactness.
+///
+/// # Errors
+/// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`; [`Error::Svd`].
+pub fn lowrank(delta: &[f32], rows: usize, cols: usize, rank: usize) -> Result<LowRankRecord> {
+    check_finite(delta)?;
+    if rows.checked_mul(cols) != Some(delta.len()) {
+        return Err(Error::Parameter(format!(
+            "{rows}x{cols} does not match {} entries",
+            delta.len()
+        )));
+    }
+    let r = rank.min(rows).min(cols);
+    if r == 0 {
+        return Ok(LowRankRecord {
+            rows: rows as u64,
+            cols: cols as u64,
+            rank: 0,
+            u: Vec::new(),
+            v: Vec::new(),
+            scale: 1.0,
+        });
+    }
+    let a = Array2::from_shape_fn((rows, cols), |(i, j)| f64::from(delta[i * cols + j]));
+    let svd_err = |detail: String| Error::Svd { rows, cols, detail };
+    let (u, s, vt) = a.svddc(JobSvd::Some).map_err(|e| svd_err(e.to_string()))?;
+    let (u, vt) = match (u, vt) {
+        (Some(u), Some(vt)) => (u, vt),
+        _ => return Err(svd_err("LAPACK returned no singular vectors".into())),
+    };
+    let root: Vec<f64> = s.iter().take(r).map(|&x| x.max(0.0).sqrt()).collect();
+    let uf: Vec<f32> = (0..rows)
+        .flat_map(|i| (0..r).map(move |k| (i, k)))
+        .map(|(i, k)| (u[[i, k]] * root[k]) as f32)
+        .collect();
+    let vf: Vec<f32> = (0..r)
+        .flat_map(|k| (0..cols).map(move |j| (k, j)))
+        .map(|(k, j)| (vt[[k, j]] * root[k]) as f32)
+        .collect();
+    let (u16s, nu) = to_f16(uf.iter().copied());
+    let (v16s, nv) = to_f16(vf.iter().copied());
+    Ok(LowRankRecord {
+        rows: rows as u64,
+        cols: cols as u64,
+        rank: r as u64,
+        u: u16s,
+        v: v16s,
+        scale: nu * nv,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+//! Hand-checked small cases, one per kernel.
+
+use super::*;
+use ultradelta_archive::Record;
+
+fn dense(r: Record, n: usize) -> Vec<f32> {
+    r.delta_to_dense(n, 1.0).unwrap()
+}
+
+#[test]
+fn f16_norm_is_a_power_of_two_near_2_14() {
+    assert_eq!(f16_norm(0.0), 1.0);
+    let n = f16_norm(3e-5);
+    assert_eq!(n.log2().fract(), 0.0);
+    let y = 3e-5 / n;
+    assert!((8192.0..16384.0).contains(&y), "{y}");
+}
+
+#[test]
+fn magnitude_keeps_the_largest_entries() {
+    let d = [0.1f32, -0.5, 0.2, 0.5, 0.0, -0.05];
+    // density 0.5 → k = 3: |−0.5| and |0.5| and 0.2; tie between −0.5 (index 1) and 0.5 (index 3) both kept.
+    let r = magnitude(&d, 0.5).unwrap();
+    assert_eq!(r.positions, vec![1, 2, 3]);
+    assert_eq!(
+        dense(Record::SparseValues(r), 6),
+        vec![0.0, -0.5, 0.19995117, 0.5, 0.0, 0.0]
+    );
+    // Ties broken by the lower index: k = 1 keeps index 1, not 3.
+    assert_eq!(magnitude(&d, 1.0 / 6.0).unwrap().positions, vec![1]);
+    assert!(magnitude(&d, 0.0).unwrap().positions.is_empty());
+    assert!(magnitude(&d, 1.5).is_err());
+    assert!(magnitude(&[f32::NAN], 0.5).is_err());
+}
+
+#[test]
+fn dare_rescales_survivors_and_nests() {
+    let d: Vec<f32> = (0..10_000)
+        .map(|i| ((i % 17) as f32 - 8.0) * 1e-5 + 1e-6)
+        .collect();
+    let r = dare(&d, 0.9, 7).unwrap();
+    let kept = r.positions.len() as f64 / d.len() as f64;
+    assert!((kept - 0.1).abs() < 0.02, "kept {kept}");
+    let out = dense(Record::SparseValues(r.clone()), d.len());
+    for &p in &r.positions {
+        let want = d[p as usize] * 10.0;
+        assert!(
+            (out[p as usize] - want).abs() <= want.abs() * 2e-3,
+            "{} vs {want}",
+            out[p as usize]
+        );
+    }
+    // Larger p keeps a subset; same seed, same record.
+    let r2 = dare(&d, 0.95, 7).unwrap();
+    assert!(r2
+        .positions
+        .iter()
+        .all(|p| r.positions.binary_search(p).is_ok()));
+    assert_eq!(dare(&d, 0.9, 7).unwrap(), r);
+    assert_ne!(dare(&d, 0.9, 8).unwrap().positions, r.positions);
+    assert!(dare(&d, 1.0, 7).is_err());
+}
+
+#[test]
+fn bitdelta_is_sign_times_mean_abs() {
+    let d = [0.5f32, -0.25, 0.0, -1.0];
+    let r = bitdelta(&d).unwrap();
+    assert_eq!(r.magnitude, 0.4375);
+    assert_eq!(r.negative, vec![false, true, false, true]);
+    assert_eq!(
+        dense(Record::Sign(r), 4),
+        vec![0.4375, -0.4375, 0.4375, -0.4375]
+    );
+}
+
+#[test]
+fn compeft_keeps_top_signs_with_one_magnitude() {
+    let d = [0.1f32, -0.6, 0.2, 0.4, 0.0, -0.05];
+    let r = compeft(&d, 0.5, None).unwrap();
+    assert_eq!(r.positions.as_deref(), Some(&[1u64, 2, 3][..]));
+    assert!((r.magnitude - 0.4).abs() < 1e-7);
+    let out = dense(Record::Sign(r), 6);
+    assert!((out[1] + 0.4).abs() < 1e-7 && (out[2] - 0.4).abs() < 1e-7 && out[0] == 0.0);
+    // alpha·σ: σ of [1, -1] is 1.
+    let r = compeft(&[1.0, -1.0], 1.0, Some(2.0)).unwrap();
+    assert_eq!(r.magnitude, 2.0);
+    assert!(compeft(&d, 0.5, Some(-1.0)).is_err());
+}
+
+#[test]
+fn quant_alone_round_trips_to_the_grid() {
+    let d = [0.0f32, 1.0, 2.0, 3.0];
+    let r = quant(&d, 2).unwrap();
+    assert_eq!(r.levels, vec![0, 1, 2, 3]);
+    assert_eq!(dense(Record::DenseLevels(r), 4), d.to_vec());
+    assert!(quant(&d, 0).is_err());
+}
+
+#[test]
+fn lowrank_recovers_a_rank_one_matrix() {
+    // Δ = a·bᵀ with a = [1, 2, 3], b = [1e-4, -2e-4]: rank 1 is exact up to fp16.
+    let a = [1.0f32, 2.0, 3.0];
+    let b = [1e-4f32, -2e-4];
+    let d: Vec<f32> = a
+        .iter()
+        .flat_map(|x| b.iter().map(move |y| x * y))
+        .collect();
+    let r = lowrank(&d, 3, 2, 1).unwrap();
+    assert_eq!((r.rank, r.u.len(), r.v.len()), (1, 3, 2));
+    let out = dense(Record::LowRank(r), 6);
+    for (o, w) in out.iter().zip(&d) {
+        assert!((o - w).abs() <= w.abs() * 2e-3, "{o} vs {w}");
+    }
+    // Rank is capped by the shape; rank 0 stores nothing.
+    assert_eq!(lowrank(&d, 3, 2, 10).unwrap().rank, 2);
+    assert_eq!(
+        dense(Record::LowRank(lowrank(&d, 3, 2, 0).unwrap()), 6),
+        vec![0.0; 6]
+    );
+    assert!(lowrank(&d, 4, 2, 1).is_err());
+}
+
+#[test]
+fn lowrank_full_rank_is_nearly_exact() {
+    let d: Vec<f32> = (0..48)
+        .map(|i| (((i * 37) % 23) as f32 - 11.0) * 1e-5)
+        .collect();
+    let out = dense(Record::LowRank(lowrank(&d, 6, 8, 6).unwrap()), 48);
+    let err = out
+        .iter()
+        .zip(&d)
+        .map(|(o, w)| (o - w).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 2e-7, "max error {err}");
+}

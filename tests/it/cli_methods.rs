@@ -1,0 +1,576 @@
+//! Every `--method`, the ablation flags, the byte budget and the LoRA export, through the real binary and the
+//! library: compress → apply equals the in-memory result; the budget lands within 1 %.
+
+use std::path::{Path, PathBuf};
+
+use ultradelta::archive::{ArchiveReader, Policy};
+use ultradelta::io::{
+    f32_to_bytes, Checkpoint, CheckpointWriter, DType, TensorInfo, WriterOptions,
+};
+use ultradelta::{compress, compress_tensor_with, CompressConfig, Method, NoProgress, Selection};
+
+use crate::support::{pair, s, ud_err, ud_ok};
+
+/// A base/fine-tune pair of generated matrices of several shapes (all compressed with `--compress '*'`).
+fn shaped_pair(dir: &Path, shapes: &[(usize, usize)], seed: u64) -> (PathBuf, PathBuf) {
+    let infos: Vec<TensorInfo> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(r, c))| TensorInfo {
+            name: format!("layer.{i}.weight"),
+            dtype: DType::F32,
+            shape: vec![r, c],
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (which, sub) in ["base", "ft"].iter().enumerate() {
+        let path = dir.join(sub);
+        let mut w =
+            CheckpointWriter::create(&path, infos.clone(), WriterOptions::default()).unwrap();
+        for (i, info) in infos.iter().enumerate() {
+            let n = info.shape[0] * info.shape[1];
+            let mut x = seed ^ (i as u64 * 0x9E37_79B9);
+            let vals: Vec<f32> = (0..n)
+                .map(|j| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let u = ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                    let base = ((j * 7919 % 1009) as f32 - 504.0) * 4e-5;
+                    // Heavy-ish tailed delta: u³ plus a small low-rank part.
+                    let (r, c) = (j / info.shape[1], j % info.shape[1]);
+                    let low = ((r % 5) as f32 - 2.0) * ((c % 3) as f32 - 1.0) * 2e-5;
+                    if which == 0 {
+                        base
+                    } else {
+                        base + u * u * u * 8e-4 + low
+                    }
+                })
+                .collect();
+            let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.write_tensor(&info.name, &bytes).unwrap();
+        }
+        out.push(w.finish().unwrap());
+    }
+    (out[0].clone(), out[1].clone())
+}
+
+/// Rebuilds every compressed tensor in memory from the configuration stored in the archive's params (which
+/// therefore must say everything needed to reproduce it) and checks `apply`'s output equals it bit for bit.
+fn check_apply_equals_in_memory(
+    base: &Path,
+    ft: &Path,
+    archive: &Path,
+    rebuilt: &Path,
+    method: Method,
+) {
+    let (base, ft, rebuilt) = (
+        Checkpoint::open(base).unwrap(),
+        Checkpoint::open(ft).unwrap(),
+        Checkpoint::open(rebuilt).unwrap(),
+    );
+    let reader = ArchiveReader::open(archive).unwrap();
+    let m = reader.manifest();
+    assert_eq!(m.method, method.name());
+    let cfg: CompressConfig =
+        serde_json::from_value(m.params.clone()).expect("params hold the configuration");
+    assert_eq!(cfg.method, method);
+    let mut compressed = 0;
+    for e in m.tensors.iter().filter(|e| e.policy == Policy::Compress) {
+        compressed += 1;
+        let b = base.view(&e.name).unwrap().to_f32().unwrap();
+        let f = ft.view(&e.name).unwrap().to_f32().unwrap();
+        let delta: Vec<f32> = f.iter().zip(&b).map(|(f, b)| f - b).collect();
+        let rate = e.rate.unwrap_or(cfg.sparsity);
+        let rec = compress_tensor_with(&delta, &e.name, &e.shape, rate, &cfg).unwrap();
+        assert_eq!(rec.kind().name(), e.kind, "{}", e.name);
+        let mut w = b.clone();
+        rec.add_delta_into(m.gamma as f32, &mut w).unwrap();
+        let mut want = Vec::new();
+        f32_to_bytes(&w, e.dtype, &mut want).unwrap();
+        let got = rebuilt.view(&e.name).unwrap();
+        assert_eq!(
+            got.bytes(),
+            &want[..],
+            "{}: apply differs from the in-memory result ({method})",
+            e.name
+        );
+        // The deterministic projections are real approximations: closer to the fine-tune than the base is. (The
+        // rescaled random drops of UltraDelta and DARE are unbiased but, at 90–97 % sparsity, noisier than Δ.)
+        if !matches!(method, Method::Ultradelta | Method::Dare) {
+            let err: f64 = w
+                .iter()
+                .zip(&f)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let base_err: f64 = delta.iter().map(|d| f64::from(*d).powi(2)).sum();
+            assert!(
+                err < base_err,
+                "{}: {method} does not approximate the delta ({err} vs {base_err})",
+                e.name
+            );
+        }
+    }
+    assert!(compressed > 0);
+}
+
+fn method_args(method: &str) -> Vec<&str> {
+    match method {
+        "dare" => vec!["--method", "dare", "--sparsity", "0.9"],
+        "magnitude" => vec!["--method", "magnitude", "--sparsity", "0.9"],
+        "compeft" => vec!["--method", "compeft", "--sparsity", "0.9"],
+        "bitdelta" => vec!["--method", "bitdelta"],
+        "lowrank" => vec!["--method", "lowrank", "--rank", "4"],
+        "quant" => vec!["--method", "quant", "--bits", "6"],
+        "no-quant" => vec!["--no-quant", "--sparsity", "0.9"],
+        "ultradelta-ablations" => vec!["--no-msa", "--no-dac", "--rescale", "per-tensor"],
+        _ => vec![],
+    }
+}
+
+#[test]
+fn every_method_round_trips_through_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::BF16, false, 3);
+    let cases = [
+        ("ultradelta", Method::Ultradelta, "sparse-golomb"),
+        ("ultradelta-ablations", Method::Ultradelta, "sparse-golomb"),
+        ("no-quant", Method::Ultradelta, "sparse-f16"),
+        ("dare", Method::Dare, "sparse-f16"),
+        ("magnitude", Method::Magnitude, "sparse-f16"),
+        ("compeft", Method::Compeft, "sparse-sign"),
+        ("bitdelta", Method::Bitdelta, "dense-sign"),
+        ("lowrank", Method::Lowrank, "lowrank-f16"),
+        ("quant", Method::Quant, "dense-levels"),
+    ];
+    for (label, method, kind) in cases {
+        let archive = dir.path().join(format!("{label}.udelta"));
+        let mut args = vec![
+            "compress",
+            "--quiet",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&ft),
+            "--output",
+            s(&archive),
+        ];
+        args.extend(method_args(label));
+        let out = ud_ok(&args);
+        assert!(out.contains(&format!("method {}", method.name())), "{out}");
+        let ins: serde_json::Value =
+            serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
+        assert_eq!(ins["method"], method.name());
+        let kinds: Vec<&str> = ins["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["policy"] == "compress")
+            .map(|t| t["kind"].as_str().unwrap())
+            .collect();
+        assert!(
+            !kinds.is_empty() && kinds.iter().all(|k| *k == kind),
+            "{label}: {kinds:?}"
+        );
+        // The paper's nominal counts only describe sparse b-bit levels.
+        assert_eq!(
+            ins["ratio"]["paper_v3"].is_null(),
+            kind != "sparse-golomb",
+            "{label}"
+        );
+        assert!(ins["ratio"]["real"].as_f64().unwrap() > 1.0);
+        let human = ud_ok(&["inspect", s(&archive)]);
+        assert!(human.contains("method params:"), "{human}");
+        let rebuilt = dir.path().join(format!("{label}-rebuilt"));
+        ud_ok(&[
+            "apply",
+            "--quiet",
+            "--base",
+            s(&base),
+            "--output",
+            s(&rebuilt),
+            s(&archive),
+        ]);
+        check_apply_equals_in_memory(&base, &ft, &archive, &rebuilt, method);
+    }
+}
+
+#[test]
+fn preset_paper_is_the_default_pipeline_and_refuses_contradictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 5);
+    let a = dir.path().join("a.udelta");
+    let b = dir.path().join("b.udelta");
+    ud_ok(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&a),
+    ]);
+    ud_ok(&[
+        "compress",
+        "--quiet",
+        "--preset",
+        "paper",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&b),
+    ]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(CompressConfig::paper(), CompressConfig::default());
+    let out = crate::support::ud(&[
+        "compress",
+        "--preset",
+        "paper",
+        "--no-msa",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&dir.path().join("c.udelta")),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-msa"));
+}
+
+#[test]
+fn no_tngr_gives_gamma_one_across_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft1) = pair(&dir.path().join("p1"), DType::F32, false, 5);
+    // A second fine-tune of the same base: a different seed changes the delta only if the base matches, so
+    // reuse the base and scale the first fine-tune's delta.
+    let ft2 = dir.path().join("ft2");
+    {
+        let b = Checkpoint::open(&base).unwrap();
+        let f = Checkpoint::open(&ft1).unwrap();
+        let infos: Vec<TensorInfo> = f.tensors().to_vec();
+        let mut w =
+            CheckpointWriter::create(&ft2, infos.clone(), WriterOptions::default()).unwrap();
+        for info in &infos {
+            let bv = b.view(&info.name).unwrap().to_f32().unwrap();
+            let fv = f.view(&info.name).unwrap().to_f32().unwrap();
+            let v: Vec<f32> = fv.iter().zip(&bv).map(|(f, b)| b + 3.0 * (f - b)).collect();
+            let mut bytes = Vec::new();
+            f32_to_bytes(&v, info.dtype, &mut bytes).unwrap();
+            w.write_tensor(&info.name, &bytes).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let gammas = |extra: &[&str], out: &Path| -> Vec<f64> {
+        let mut args = vec![
+            "compress",
+            "--quiet",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&ft1),
+            "--finetuned",
+        ];
+        args.extend([s(&ft2), "--output-dir", s(out), "--json"]);
+        args.extend(extra);
+        let v: serde_json::Value = serde_json::from_str(&ud_ok(&args)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["report"]["gamma"].as_f64().unwrap())
+            .collect()
+    };
+    let with = gammas(&[], &dir.path().join("with"));
+    assert!(
+        with.iter().any(|&g| g < 0.9),
+        "TNGR should shrink the larger delta: {with:?}"
+    );
+    assert_eq!(
+        gammas(&["--no-tngr"], &dir.path().join("without")),
+        vec![1.0, 1.0]
+    );
+}
+
+fn budget_cfg(method: Method, target: f64) -> CompressConfig {
+    CompressConfig {
+        method,
+        target_ratio: Some(target),
+        selection: Selection {
+            compress: vec!["*".into()],
+            ..Selection::default()
+        },
+        ..CompressConfig::default()
+    }
+}
+
+fn real_ratio(archive: &Path) -> f64 {
+    ultradelta::inspect(&ArchiveReader::open(archive).unwrap())
+        .ratio
+        .real
+        .unwrap()
+}
+
+#[test]
+fn budget_lands_within_one_percent_for_every_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape_sets: [&[(usize, usize)]; 2] =
+        [&[(96, 160), (200, 48)], &[(256, 256), (64, 320), (17, 300)]];
+    for (si, shapes) in shape_sets.iter().enumerate() {
+        let (base, ft) = shaped_pair(&dir.path().join(format!("s{si}")), shapes, 11 + si as u64);
+        let (base, ft) = (
+            Checkpoint::open(&base).unwrap(),
+            Checkpoint::open(&ft).unwrap(),
+        );
+        let mut n = 0;
+        let mut run = |method: Method, target: f64| -> (f64, ultradelta::BudgetReport) {
+            n += 1;
+            let out = dir.path().join(format!("b{si}-{n}.udelta"));
+            let rep = compress(
+                &base,
+                &ft,
+                &budget_cfg(method, target),
+                &out,
+                false,
+                &NoProgress,
+            )
+            .unwrap_or_else(|e| panic!("{method} at {target}x on shapes {shapes:?}: {e}"));
+            let real = real_ratio(&out);
+            let b = rep.budget.expect("budget report");
+            assert!(
+                (b.achieved - real).abs() < 1e-9 * real,
+                "{method}: report {} vs file {real}",
+                b.achieved
+            );
+            (real, b)
+        };
+        for (method, target) in [
+            (Method::Ultradelta, 40.0),
+            (Method::Ultradelta, 12.0),
+            (Method::Dare, 20.0),
+            (Method::Magnitude, 25.0),
+            (Method::Compeft, 60.0),
+            (Method::Quant, 5.3),
+        ] {
+            let (real, b) = run(method, target);
+            assert!(
+                (real / target - 1.0).abs() <= 0.01,
+                "{method}: {real} for target {target}x ({b:?})"
+            );
+            assert!(b.within);
+        }
+        // Low-rank: the ratio moves in integer rank steps. The choice must be the closest achievable.
+        let (real, b) = run(Method::Lowrank, 10.0);
+        let k = b.value as usize;
+        let ratio_at = |rank: usize, name: &str| -> f64 {
+            let mut cfg = budget_cfg(Method::Lowrank, 1.0);
+            cfg.target_ratio = None;
+            cfg.rank = rank;
+            let out = dir.path().join(format!("lr{si}-{name}.udelta"));
+            compress(&base, &ft, &cfg, &out, true, &NoProgress).unwrap();
+            real_ratio(&out)
+        };
+        let err = |r: f64| (r / 10.0 - 1.0).abs();
+        assert!(err(real) <= err(ratio_at(k + 1, "up")), "rank {k}: {real}");
+        if k > 1 {
+            assert!(
+                err(real) <= err(ratio_at(k - 1, "down")),
+                "rank {k}: {real}"
+            );
+        }
+        // BitDelta has no free parameter: its own ratio is met, anything else is refused with the reason.
+        let out = dir.path().join(format!("bd{si}.udelta"));
+        let mut plain = budget_cfg(Method::Bitdelta, 1.0);
+        plain.target_ratio = None;
+        compress(&base, &ft, &plain, &out, false, &NoProgress).unwrap();
+        let fixed = real_ratio(&out);
+        std::fs::remove_file(&out).unwrap();
+        assert!((run(Method::Bitdelta, fixed * 1.005).0 / fixed - 1.0).abs() < 1e-12);
+        let err = compress(
+            &base,
+            &ft,
+            &budget_cfg(Method::Bitdelta, 100.0),
+            &out,
+            false,
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no free parameter"), "{err}");
+        assert!(!out.exists());
+        // Unreachable targets name the achievable range.
+        let err = compress(
+            &base,
+            &ft,
+            &budget_cfg(Method::Ultradelta, 1e6),
+            &out,
+            false,
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("reaches"), "{err}");
+    }
+}
+
+#[test]
+fn budget_through_the_cli_and_lora_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 9);
+    let archive = dir.path().join("t.udelta");
+    let out = ud_ok(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&archive),
+        "--method",
+        "dare",
+        "--target-ratio",
+        "15",
+    ]);
+    assert!(out.contains("budget: target 15x"), "{out}");
+    assert!((real_ratio(&archive) / 15.0 - 1.0).abs() <= 0.01);
+    let ins = ud_ok(&["inspect", s(&archive)]);
+    assert!(ins.contains("drop probability"), "{ins}");
+
+    // LoRA: shapes and names as PEFT expects; B·A equals the archive's delta.
+    let lr = dir.path().join("lr.udelta");
+    let lora = dir.path().join("lora");
+    ud_ok(&[
+        "compress",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&lr),
+        "--method",
+        "lowrank",
+        "--rank",
+        "3",
+        "--lora-out",
+        s(&lora),
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lora.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["r"], 3);
+    assert_eq!(cfg["lora_alpha"], 3);
+    assert_eq!(cfg["peft_type"], "LORA");
+    let targets: Vec<&str> = cfg["target_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(targets.contains(&"query"), "{targets:?}");
+    let adapter = Checkpoint::open(lora.join("adapter_model.safetensors")).unwrap();
+    let reader = ArchiveReader::open(&lr).unwrap();
+    let mut checked = 0;
+    for e in reader
+        .manifest()
+        .tensors
+        .iter()
+        .filter(|e| e.policy == Policy::Compress)
+    {
+        let module = e.name.strip_suffix(".weight").unwrap();
+        let a = adapter
+            .view(&format!("base_model.model.{module}.lora_A.weight"))
+            .unwrap();
+        let b = adapter
+            .view(&format!("base_model.model.{module}.lora_B.weight"))
+            .unwrap();
+        let (out_f, in_f) = (e.shape[0], e.shape[1]);
+        assert_eq!(a.info().shape, vec![3, in_f]);
+        assert_eq!(b.info().shape, vec![out_f, 3]);
+        let (a, b) = (a.to_f32().unwrap(), b.to_f32().unwrap());
+        let want = reader
+            .read_record(&e.name)
+            .unwrap()
+            .delta_to_dense(out_f * in_f, 1.0)
+            .unwrap();
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for i in 0..out_f {
+            for j in 0..in_f {
+                let ba: f32 = (0..3).map(|k| b[i * 3 + k] * a[k * in_f + j]).sum();
+                assert!(
+                    (ba - want[i * in_f + j]).abs() <= 1e-4 * scale,
+                    "{}[{i},{j}]",
+                    e.name
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 0);
+    let err = ud_err(&[
+        "compress",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&dir.path().join("x.udelta")),
+        "--lora-out",
+        s(&dir.path().join("l2")),
+    ]);
+    assert!(err.contains("--method lowrank"), "{err}");
+}
+
+#[test]
+fn baseline_archives_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 13);
+    for label in ["dare", "magnitude", "lowrank", "no-quant", "compeft"] {
+        let mut bytes = Vec::new();
+        for threads in ["1", "2"] {
+            let out = dir.path().join(format!("{label}-{threads}.udelta"));
+            let mut args = vec![
+                "compress",
+                "--quiet",
+                "--threads",
+                threads,
+                "--base",
+                s(&base),
+                "--finetuned",
+            ];
+            args.extend([s(&ft), "--output", s(&out)]);
+            args.extend(method_args(label));
+            ud_ok(&args);
+            bytes.push(std::fs::read(&out).unwrap());
+        }
+        assert_eq!(
+            bytes[0], bytes[1],
+            "{label}: archive bytes depend on the thread count"
+        );
+    }
+}
+
+#[test]
+fn hand_built_invalid_records_are_refused_by_the_decoder() {
+    use ultradelta::archive::{LowRankRecord, Record};
+    let bad = Record::LowRank(LowRankRecord {
+        rows: 2,
+        cols: 2,
+        rank: 1,
+        u: vec![],
+        v: vec![],
+        scale: 1.0,
+    });
+    let mut out = vec![0f32; 4];
+    assert!(bad.add_delta_into(1.0, &mut out).is_err());
+    let huge = Record::LowRank(LowRankRecord {
+        rows: u64::MAX,
+        cols: 2,
+        rank: 0,
+        u: vec![],
+        v: vec![],
+        scale: 1.0,
+    });
+    assert!(huge.add_delta_into(1.0, &mut out).is_err());
+}
