@@ -24,8 +24,11 @@ fn is_root() -> bool {
 }
 
 fn apt(args: &[&str]) -> Result<()> {
-    let (prog, mut full): (&str, Vec<&str>) =
-        if is_root() { ("apt-get", vec![]) } else { ("sudo", vec!["apt-get"]) };
+    let (prog, mut full): (&str, Vec<&str>) = if is_root() {
+        ("apt-get", vec![])
+    } else {
+        ("sudo", vec!["apt-get"])
+    };
     full.extend_from_slice(args);
     let status = Command::new(prog)
         .args(&full)

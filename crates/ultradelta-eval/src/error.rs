@@ -112,6 +112,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A task description (`task.json`), its examples file or its reference outputs are malformed.
+    #[error("{}: invalid task file: {reason}", path.display())]
+    Task {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// An option or argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

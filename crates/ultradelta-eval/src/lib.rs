@@ -2,10 +2,11 @@
 //!
 //! This crate owns the *measurement* side of the experiments on real models: a CPU sentence encoder for BERT
 //! checkpoints of the all-MiniLM-L6-v2 architecture ([`SentenceEncoder`], candle + a `tokenizers` WordPiece
-//! pipeline), and the metrics that say how much of a fine-tune a compressed delta keeps ([`fidelity`],
-//! [`retention`], [`centroid_probe`], [`LinearHead`]). It reads safetensors checkpoints, `config.json` and
-//! tokenizer files from folders the caller names; it knows nothing about delta compression, archives or how the
-//! checkpoints were produced, and never downloads anything.
+//! pipeline), the metrics that say how much of a fine-tune a compressed delta keeps ([`fidelity`],
+//! [`retention`], [`centroid_probe`], [`LinearHead`]), and the testbed's fine-tuned classification tasks
+//! ([`Task`]: labels, fixed splits, the training stack's reference outputs). It reads safetensors checkpoints,
+//! `config.json`, tokenizer and task files from folders the caller names; it knows nothing about delta
+//! compression, archives or how the checkpoints were produced, and never downloads anything.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -25,8 +26,10 @@ mod encoder;
 mod error;
 mod head;
 mod metrics;
+mod task;
 
 pub use encoder::{SentenceEncoder, DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS};
 pub use error::{Error, Result};
 pub use head::LinearHead;
 pub use metrics::{argmax, centroid_probe, cosine, distance, fidelity, retention};
+pub use task::{read_examples, Example, ReferenceOutput, Task};

@@ -73,7 +73,10 @@ fn delta_seed_makes_another_finetune_of_the_same_base() {
     for name in [TINY_MLP, "encoder.layer.0.attention.self.query.bias"] {
         let (base_a, ft_a) = tensor_bytes(&c, name).unwrap();
         let (base_b, ft_b) = tensor_bytes(&other, name).unwrap();
-        assert_eq!(base_a, base_b, "{name}: the base must not depend on delta_seed");
+        assert_eq!(
+            base_a, base_b,
+            "{name}: the base must not depend on delta_seed"
+        );
         assert_ne!(ft_a, ft_b, "{name}: the fine-tune must");
     }
     // delta_seed equal to seed is the default.
@@ -81,7 +84,10 @@ fn delta_seed_makes_another_finetune_of_the_same_base() {
         delta_seed: Some(c.seed),
         ..c.clone()
     };
-    assert_eq!(tensor_bytes(&c, TINY_MLP).unwrap(), tensor_bytes(&same, TINY_MLP).unwrap());
+    assert_eq!(
+        tensor_bytes(&c, TINY_MLP).unwrap(),
+        tensor_bytes(&same, TINY_MLP).unwrap()
+    );
 }
 
 #[test]
