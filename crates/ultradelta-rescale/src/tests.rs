@@ -2,7 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// Deterministic standard normals (splitmix64 + Box–Muller), enough for test matrices.
-struct Gauss(u64);
+pub(crate) struct Gauss(pub(crate) u64);
 
 impl Gauss {
     fn next_u64(&mut self) -> u64 {
@@ -12,14 +12,14 @@ impl Gauss {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
-    fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         let (u, v) = (self.unit(), self.unit());
         (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
-    fn matrix(&mut self, rows: usize, cols: usize, scale: f64) -> Vec<f32> {
+    pub(crate) fn matrix(&mut self, rows: usize, cols: usize, scale: f64) -> Vec<f32> {
         (0..rows * cols)
             .map(|_| (self.normal() * scale) as f32)
             .collect()
@@ -40,7 +40,7 @@ fn matmul(a: &[f32], b: &[f32], rows: usize, k: usize, cols: usize) -> Vec<f64> 
     out
 }
 
-fn rel(a: f64, b: f64) -> f64 {
+pub(crate) fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(f64::MIN_POSITIVE)
 }
 

@@ -13,7 +13,7 @@ use ultradelta_io::{pair, Checkpoint, TensorInfo, TensorView};
 use ultradelta_qgp::{
     group_prune, quantize, quantized_std, random_prune, tensor_seed, QuantParams,
 };
-use ultradelta_rescale::{nuclear_norm, rescale_factor, tngr_gammas, TraceOn};
+use ultradelta_rescale::{nuclear_norm_with, rescale_factor, tngr_gammas, TraceOn};
 
 use crate::budget::{solve_budget, BudgetReport};
 use crate::config::{AllocationMode, CompressConfig, Method, PruningMode};
@@ -441,11 +441,15 @@ fn write_records(
                 if want_trace && info.shape.len() >= 2 {
                     let rows = info.shape[0];
                     let cols = info.numel() / rows.max(1);
+                    let nn_seed = tensor_seed(cfg.seed, name);
+                    let method = &cfg.tngr.nuclear_norm;
                     trace += match cfg.tngr.trace_on {
-                        TraceOn::Original => nuclear_norm(&delta, rows, cols)?,
+                        TraceOn::Original => {
+                            nuclear_norm_with(&delta, rows, cols, method, nn_seed)?.value
+                        }
                         TraceOn::Compressed => {
                             let dense = rec.delta_to_dense(delta.len(), 1.0)?;
-                            nuclear_norm(&dense, rows, cols)?
+                            nuclear_norm_with(&dense, rows, cols, method, nn_seed)?.value
                         }
                     };
                 }
@@ -590,6 +594,17 @@ pub fn compress(
     pending.finish(cfg.gamma.unwrap_or(1.0))
 }
 
+/// γ rounded to 6 significant digits. Trace norms carry the last-bit noise of the BLAS
+/// thread count (and the estimator's ~0.25% error); rounding keeps archives byte-identical
+/// across machines' thread settings at no cost in fidelity.
+fn round_gamma(g: f64) -> f64 {
+    if g == 0.0 || !g.is_finite() {
+        return g;
+    }
+    let scale = 10f64.powi(5 - g.abs().log10().floor() as i32);
+    (g * scale).round() / scale
+}
+
 /// The archive file name `compress_many` uses for a fine-tune at `path`.
 pub fn archive_name_for(path: &Path) -> String {
     let stem = if path.is_dir() {
@@ -662,6 +677,9 @@ pub fn compress_many(
                 .map(|p| p.report.trace_norm.unwrap_or(0.0))
                 .collect();
             tngr_gammas(&norms, cfg.tngr.clamp)?
+                .into_iter()
+                .map(round_gamma)
+                .collect()
         }
     };
     for (p, g) in pending.iter().zip(&gammas) {
@@ -672,4 +690,20 @@ pub fn compress_many(
         .zip(gammas)
         .map(|(p, g)| p.finish(g))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_gamma;
+
+    #[test]
+    fn gamma_is_rounded_to_six_significant_digits() {
+        assert_eq!(round_gamma(1.0), 1.0);
+        assert_eq!(round_gamma(0.123456789), 0.123457);
+        assert_eq!(round_gamma(0.5000004), 0.5);
+        assert_eq!(round_gamma(3.14159265e-3), 3.14159e-3);
+        // Last-bit noise from BLAS threading disappears.
+        assert_eq!(round_gamma(0.33333333333333331), round_gamma(0.33333333333333337));
+        assert_eq!(round_gamma(0.0), 0.0);
+    }
 }

@@ -1,7 +1,7 @@
 //! The knobs of one compression run.
 
 use serde::{Deserialize, Serialize};
-pub use ultradelta_rescale::{RescaleMode, TraceOn};
+pub use ultradelta_rescale::{EstimateConfig, NuclearNormMethod, RescaleMode, TraceOn};
 
 use crate::selection::Selection;
 use crate::{Error, Result};
@@ -95,7 +95,7 @@ fn default_rank() -> usize {
 }
 
 /// Trace-norm-guided rescaling settings (ALGORITHM.md §4b).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TngrConfig {
     /// Apply TNGR across several fine-tunes (off: γ = 1 for every model unless `gamma` is given).
     #[serde(default = "yes")]
@@ -104,6 +104,9 @@ pub struct TngrConfig {
     pub trace_on: TraceOn,
     /// Optional clamp of γ, e.g. `Some((0.5, 1.0))` as the paper's text states.
     pub clamp: Option<(f64, f64)>,
+    /// How nuclear norms are computed: exact, estimated, or exact only for small matrices (default).
+    #[serde(default)]
+    pub nuclear_norm: NuclearNormMethod,
 }
 
 impl Default for TngrConfig {
@@ -112,6 +115,7 @@ impl Default for TngrConfig {
             enabled: true,
             trace_on: TraceOn::Compressed,
             clamp: None,
+            nuclear_norm: NuclearNormMethod::Auto,
         }
     }
 }
@@ -203,6 +207,7 @@ impl CompressConfig {
                 enabled: true,
                 trace_on: TraceOn::Compressed,
                 clamp: None,
+                nuclear_norm: NuclearNormMethod::Auto,
             },
             selection: Selection::default(),
             quantize: true,

@@ -133,7 +133,8 @@ pub use compress::{
     CompressReport, PolicyCounts, METHOD,
 };
 pub use config::{
-    AllocationMode, CompressConfig, Method, PruningMode, RescaleMode, TngrConfig, TraceOn,
+    AllocationMode, CompressConfig, EstimateConfig, Method, NuclearNormMethod, PruningMode,
+    RescaleMode, TngrConfig, TraceOn,
 };
 pub use error::{Error, Result, TensorMismatch};
 pub use evaluate::{eval, EvalReport, Fidelity, TensorEval};

@@ -1,0 +1,454 @@
+//! `cargo xtask bench`: how the cost of `ultradelta compress` and `apply` grows with model size.
+//!
+//! For each size it writes (or reuses) a deterministic synthetic base + fine-tune pair, builds
+//! the release CLI, runs `ultradelta compress` and `ultradelta apply` as child processes and
+//! measures each child's wall time and peak resident set size (from `wait4`'s rusage, so the
+//! figure is the child's own). It prints a table of parameters/s, seconds and peak RSS per
+//! size and writes `results/<date>-bench/bench.csv` beside `provenance.json` (git revision,
+//! machine, time, input fingerprints and the full configuration), so every number can be
+//! traced.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use ultradelta_io::{Checkpoint, DType};
+use ultradelta_synth::{parameter_count, Shape, SynthConfig};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Model shapes to run, smallest first (tiny, bert-mini, bert-base, llama-1b, llama-7b, llama-13b).
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape,
+          default_value = "tiny,bert-mini,bert-base,llama-1b")]
+    pub sizes: Vec<Shape>,
+    /// CI smoke run: the tiny shape only (seconds); overrides --sizes.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Where the synthetic pairs, archives and rebuilt checkpoints go (default: <target>/bench).
+    /// Pairs already there are reused.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Results folder (default: results/<UTC date>-bench in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Target sparsity passed to `ultradelta compress`.
+    #[arg(long, default_value_t = 0.97)]
+    pub sparsity: f64,
+    /// Bits passed to `ultradelta compress`.
+    #[arg(long, default_value_t = 4)]
+    pub bits: u8,
+    /// Storage dtype of the synthetic checkpoints: f32, f16 or bf16.
+    #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
+    pub dtype: DType,
+    /// Seed of the synthetic pairs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep the rebuilt checkpoints (deleted after measuring by default, to save disk).
+    #[arg(long)]
+    pub keep_rebuilt: bool,
+}
+
+fn parse_shape(s: &str) -> Result<Shape, String> {
+    s.parse::<Shape>().map_err(|e| e.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "fp32" | "float32" => Ok(DType::F32),
+        "f16" | "fp16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        _ => Err(format!("unknown dtype \"{s}\": expected f32, f16 or bf16")),
+    }
+}
+
+/// Wall time and peak RSS of one finished child process.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    seconds: f64,
+    peak_rss_bytes: u64,
+}
+
+/// Runs `bin args` to completion and measures it. The child is reaped with `wait4`, whose
+/// rusage is that child's alone (`RUSAGE_CHILDREN` would be the maximum over every child).
+fn run_measured(bin: &Path, args: &[&str]) -> Result<Measured> {
+    eprintln!("$ ultradelta {}", args.join(" "));
+    let start = Instant::now();
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = libc::pid_t::try_from(child.id()).context("child pid out of range")?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = loop {
+        // SAFETY: `pid` is our own un-reaped child (std's `Child` is never waited on: we drop
+        // it below without calling `wait`), and both out-pointers are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break r;
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    drop(child);
+    if reaped != pid {
+        bail!(
+            "wait4 on ultradelta failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!(
+            "ultradelta {} failed (wait status {status})",
+            args.join(" ")
+        );
+    }
+    // Linux reports ru_maxrss in KiB.
+    let peak_rss_bytes = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    Ok(Measured {
+        seconds,
+        peak_rss_bytes,
+    })
+}
+
+/// One size's results.
+struct Row {
+    shape: Shape,
+    params: u64,
+    synth_seconds: Option<f64>,
+    compress: Measured,
+    apply: Measured,
+    archive_bytes: u64,
+    base_fingerprint: String,
+    finetuned_fingerprint: String,
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("non-UTF-8 path {}", p.display()))
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// (`YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ`) of a Unix time.
+fn utc(secs: u64) -> (String, String) {
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    let date = format!("{y:04}-{m:02}-{d:02}");
+    let time = format!("{date}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60);
+    (date, time)
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .current_dir(crate::demo::workspace_root())
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_string());
+    let env = |k: &str| std::env::var(k).ok();
+    serde_json::json!({
+        "cpu_model": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "memory_bytes": mem_kib.map(|k| k * 1024),
+        "kernel": kernel,
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "env": {
+            "RAYON_NUM_THREADS": env("RAYON_NUM_THREADS"),
+            "OPENBLAS_NUM_THREADS": env("OPENBLAS_NUM_THREADS"),
+        },
+    })
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Writes the synthetic pair into `dir` unless a complete one is there; returns the seconds
+/// spent writing (None when reused).
+fn ensure_pair(dir: &Path, cfg: &SynthConfig) -> Result<Option<f64>> {
+    let marker = dir.join(".complete");
+    let expected = format!(
+        "{:?}",
+        (
+            cfg.shape.to_string(),
+            cfg.dtype.name(),
+            cfg.seed,
+            cfg.rel_scale
+        )
+    );
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(expected.as_str()) {
+        eprintln!(
+            "xtask: reusing the synthetic {} pair in {}",
+            cfg.shape,
+            dir.display()
+        );
+        return Ok(None);
+    }
+    eprintln!(
+        "xtask: writing a synthetic {} pair into {}",
+        cfg.shape,
+        dir.display()
+    );
+    let _ = std::fs::remove_file(&marker);
+    let start = Instant::now();
+    let cfg = SynthConfig {
+        overwrite: true,
+        ..cfg.clone()
+    };
+    ultradelta_synth::write_pair(dir, &cfg, |_, _| {}).with_context(|| {
+        format!(
+            "writing the synthetic {} pair into {}",
+            cfg.shape,
+            dir.display()
+        )
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    std::fs::write(&marker, expected)?;
+    Ok(Some(secs))
+}
+
+fn bench_size(bin: &Path, work: &Path, shape: Shape, args: &BenchArgs) -> Result<Row> {
+    let dir = work.join(shape.to_string());
+    let cfg = SynthConfig {
+        dtype: args.dtype,
+        seed: args.seed,
+        ..SynthConfig::new(shape)
+    };
+    let synth_seconds = ensure_pair(&dir, &cfg)?;
+    let (base, ft) = (dir.join("base"), dir.join("finetuned"));
+    let archive = dir.join("finetuned.udelta");
+    let rebuilt = dir.join("rebuilt");
+    let fp = |p: &Path| -> Result<String> {
+        Ok(Checkpoint::open(p)
+            .with_context(|| format!("opening {}", p.display()))?
+            .fingerprint())
+    };
+    let (base_fingerprint, finetuned_fingerprint) = (fp(&base)?, fp(&ft)?);
+    let (s, bits) = (args.sparsity.to_string(), args.bits.to_string());
+    let (b, f, a, r) = (
+        path_str(&base)?,
+        path_str(&ft)?,
+        path_str(&archive)?,
+        path_str(&rebuilt)?,
+    );
+    let compress = run_measured(
+        bin,
+        &[
+            "compress",
+            "--base",
+            b,
+            "--finetuned",
+            f,
+            "--output",
+            a,
+            "--sparsity",
+            &s,
+            "--bits",
+            &bits,
+            "--force",
+            "--quiet",
+        ],
+    )?;
+    let apply = run_measured(
+        bin,
+        &["apply", "--base", b, "--output", r, "--force", "--quiet", a],
+    )?;
+    let archive_bytes = std::fs::metadata(&archive)?.len();
+    if !args.keep_rebuilt {
+        std::fs::remove_dir_all(&rebuilt)
+            .with_context(|| format!("removing {}", rebuilt.display()))?;
+    }
+    Ok(Row {
+        shape,
+        params: parameter_count(shape),
+        synth_seconds,
+        compress,
+        apply,
+        archive_bytes,
+        base_fingerprint,
+        finetuned_fingerprint,
+    })
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if !(args.sparsity.is_finite() && (0.0..1.0).contains(&args.sparsity)) {
+        bail!("--sparsity {}: expected a number in [0, 1)", args.sparsity);
+    }
+    let sizes: Vec<Shape> = if args.smoke {
+        vec![Shape::Tiny]
+    } else {
+        args.sizes.clone()
+    };
+    if sizes.is_empty() {
+        bail!("--sizes: expected at least one model shape");
+    }
+    let bin = crate::demo::build_cli()?;
+    let version = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| crate::demo::target_dir().join("bench"));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let (date, time) = utc(started);
+    let out = args.out.clone().unwrap_or_else(|| {
+        crate::demo::workspace_root()
+            .join("results")
+            .join(format!("{date}-bench"))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let mut rows = Vec::new();
+    for &shape in &sizes {
+        rows.push(bench_size(&bin, &work, shape, &args)?);
+    }
+
+    let mut csv = String::from(
+        "shape,parameters,compress_seconds,compress_params_per_second,compress_peak_rss_bytes,\
+         apply_seconds,apply_params_per_second,apply_peak_rss_bytes,archive_bytes,synth_seconds\n",
+    );
+    for r in &rows {
+        let _ = writeln!(
+            csv,
+            "{},{},{:.4},{:.0},{},{:.4},{:.0},{},{},{}",
+            r.shape,
+            r.params,
+            r.compress.seconds,
+            r.params as f64 / r.compress.seconds,
+            r.compress.peak_rss_bytes,
+            r.apply.seconds,
+            r.params as f64 / r.apply.seconds,
+            r.apply.peak_rss_bytes,
+            r.archive_bytes,
+            r.synth_seconds
+                .map(|s| format!("{s:.3}"))
+                .unwrap_or_default()
+        );
+    }
+    std::fs::write(out.join("bench.csv"), &csv)?;
+
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
+    let provenance = serde_json::json!({
+        "command": "cargo xtask bench",
+        "git_revision": git(&["rev-parse", "HEAD"]),
+        "git_dirty": dirty,
+        "started_utc": time,
+        "started_unix": started,
+        "machine": machine(),
+        "cli": { "path": bin.display().to_string(), "version": version, "profile": "release" },
+        "configuration": {
+            "sizes": sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "smoke": args.smoke,
+            "sparsity": args.sparsity,
+            "bits": args.bits,
+            "dtype": args.dtype.name(),
+            "seed": args.seed,
+            "rel_scale": SynthConfig::new(Shape::Tiny).rel_scale,
+            "work_dir": work.display().to_string(),
+            "compress_args": ["compress", "--base", "<base>", "--finetuned", "<finetuned>", "--output", "<archive>",
+                              "--sparsity", args.sparsity.to_string(), "--bits", args.bits.to_string(), "--force", "--quiet"],
+            "apply_args": ["apply", "--base", "<base>", "--output", "<rebuilt>", "--force", "--quiet", "<archive>"],
+            "measurement": "wall time of the child process; peak RSS = wait4 rusage ru_maxrss of that child",
+        },
+        "inputs": rows.iter().map(|r| serde_json::json!({
+            "shape": r.shape.to_string(),
+            "parameters": r.params,
+            "base_fingerprint": r.base_fingerprint,
+            "finetuned_fingerprint": r.finetuned_fingerprint,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        out.join("provenance.json"),
+        serde_json::to_string_pretty(&provenance)? + "\n",
+    )?;
+
+    println!();
+    println!(
+        "ultradelta compress / apply on synthetic pairs ({}, s = {}, b = {})",
+        args.dtype.name(),
+        args.sparsity,
+        args.bits
+    );
+    println!(
+        "{:<10} {:>14} | {:>9} {:>12} {:>10} | {:>9} {:>12} {:>10} | {:>11}",
+        "shape",
+        "parameters",
+        "compr. s",
+        "params/s",
+        "peak MiB",
+        "apply s",
+        "params/s",
+        "peak MiB",
+        "archive MiB"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:>14} | {:>9.3} {:>12.3e} {:>10.1} | {:>9.3} {:>12.3e} {:>10.1} | {:>11.2}",
+            r.shape.to_string(),
+            r.params,
+            r.compress.seconds,
+            r.params as f64 / r.compress.seconds,
+            mib(r.compress.peak_rss_bytes),
+            r.apply.seconds,
+            r.params as f64 / r.apply.seconds,
+            mib(r.apply.peak_rss_bytes),
+            mib(r.archive_bytes)
+        );
+    }
+    println!("results: {}", out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0).1, "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400).0, "2000-02-29");
+        assert_eq!(utc(1_795_763_045).1, "2026-11-27T07:04:05Z");
+    }
+}
