@@ -23,7 +23,8 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn apt(args: &[&str]) -> Result<()> {
+/// Runs `apt-get ARGS` non-interactively, through `sudo` when not root.
+pub(crate) fn apt(args: &[&str]) -> Result<()> {
     let (prog, mut full): (&str, Vec<&str>) = if is_root() {
         ("apt-get", vec![])
     } else {

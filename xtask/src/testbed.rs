@@ -529,8 +529,8 @@ fn ensure_torch() -> Result<&'static str> {
              available: install them, or pass --no-finetune"
         );
     }
-    apt(&["update", "-qq"])?;
-    apt(&[
+    crate::deps::apt(&["update", "-qq"])?;
+    crate::deps::apt(&[
         "install",
         "-y",
         "-qq",
@@ -541,32 +541,6 @@ fn ensure_torch() -> Result<&'static str> {
     torch_python().context(
         "python3-torch was installed but neither /usr/bin/python3 nor python3 can import torch and numpy",
     )
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn apt(args: &[&str]) -> Result<()> {
-    let (prog, mut full): (&str, Vec<&str>) = if is_root() {
-        ("apt-get", vec![])
-    } else {
-        ("sudo", vec!["apt-get"])
-    };
-    full.extend_from_slice(args);
-    let status = Command::new(prog)
-        .args(&full)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .with_context(|| format!("cannot run {prog} {}", full.join(" ")))?;
-    if !status.success() {
-        bail!("{prog} {} failed ({status})", full.join(" "));
-    }
-    Ok(())
 }
 
 /// Runs the script once per task, `jobs` at a time, streaming its progress lines.
