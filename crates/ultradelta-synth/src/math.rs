@@ -240,19 +240,8 @@ mod tests {
         let mut rng = stream_rng(&derive_key(7, "x", StreamRole::Base), 0);
         let mut v = vec![0f32; 400_001];
         fill_normals(&mut rng, &mut v, &mut Vec::new(), &mut Vec::new());
-        let n = v.len() as f64;
-        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-        let var = v
-            .iter()
-            .map(|&x| (f64::from(x) - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        let kurt = v
-            .iter()
-            .map(|&x| (f64::from(x) - mean).powi(4))
-            .sum::<f64>()
-            / n
-            / (var * var);
+        let (mean, sd, excess_kurtosis) = crate::tests::moments(&v);
+        let (var, kurt) = (sd * sd, excess_kurtosis + 3.0);
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.01, "var {var}");
         assert!((kurt - 3.0).abs() < 0.05, "kurtosis {kurt}");

@@ -14,7 +14,8 @@ fn cfg(shape: Shape, dtype: DType) -> SynthConfig {
     }
 }
 
-fn moments(v: &[f32]) -> (f64, f64, f64) {
+/// (mean, standard deviation, excess kurtosis) of `v`, in f64.
+pub(crate) fn moments(v: &[f32]) -> (f64, f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
     let var = v
