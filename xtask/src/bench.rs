@@ -128,11 +128,6 @@ struct Row {
     finetuned_fingerprint: String,
 }
 
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("non-UTF-8 path {}", p.display()))
-}
-
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -264,29 +259,12 @@ fn bench_size(bin: &Path, work: &Path, shape: Shape, args: &BenchArgs) -> Result
     let (base_fingerprint, finetuned_fingerprint) = (fp(&base)?, fp(&ft)?);
     let (s, bits) = (args.sparsity.to_string(), args.bits.to_string());
     let (b, f, a, r) = (
-        path_str(&base)?,
-        path_str(&ft)?,
-        path_str(&archive)?,
-        path_str(&rebuilt)?,
+        crate::demo::utf8(&base)?,
+        crate::demo::utf8(&ft)?,
+        crate::demo::utf8(&archive)?,
+        crate::demo::utf8(&rebuilt)?,
     );
-    let compress = run_measured(
-        bin,
-        &[
-            "compress",
-            "--base",
-            b,
-            "--finetuned",
-            f,
-            "--output",
-            a,
-            "--sparsity",
-            &s,
-            "--bits",
-            &bits,
-            "--force",
-            "--quiet",
-        ],
-    )?;
+    let compress = run_measured(bin, &crate::demo::compress_args(b, f, a, &s, &bits))?;
     let apply = run_measured(
         bin,
         &["apply", "--base", b, "--output", r, "--force", "--quiet", a],

@@ -151,9 +151,35 @@ struct RoundTrip {
     apply_secs: f64,
 }
 
-fn utf8(p: &Path) -> Result<&str> {
+/// `p` as UTF-8 (the CLI is driven with string arguments).
+pub(crate) fn utf8(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("non-UTF-8 path {}", p.display()))
+}
+
+/// The `ultradelta compress` arguments the demo and the bench run: one pair, quiet, replacing old output.
+pub(crate) fn compress_args<'a>(
+    base: &'a str,
+    ft: &'a str,
+    archive: &'a str,
+    sparsity: &'a str,
+    bits: &'a str,
+) -> [&'a str; 13] {
+    [
+        "compress",
+        "--base",
+        base,
+        "--finetuned",
+        ft,
+        "--output",
+        archive,
+        "--sparsity",
+        sparsity,
+        "--bits",
+        bits,
+        "--force",
+        "--quiet",
+    ]
 }
 
 /// Runs `ultradelta compress`, `inspect --json` and `apply` on one pair.
@@ -168,24 +194,7 @@ fn round_trip(
     let (b, f, a, r) = (utf8(base)?, utf8(ft)?, utf8(archive)?, utf8(rebuilt)?);
     let (s, bits) = (args.sparsity.to_string(), args.bits.to_string());
     let t = std::time::Instant::now();
-    run_cli(
-        bin,
-        &[
-            "compress",
-            "--base",
-            b,
-            "--finetuned",
-            f,
-            "--output",
-            a,
-            "--sparsity",
-            &s,
-            "--bits",
-            &bits,
-            "--force",
-            "--quiet",
-        ],
-    )?;
+    run_cli(bin, &compress_args(b, f, a, &s, &bits))?;
     let compress_secs = t.elapsed().as_secs_f64();
     let inspect = serde_json::from_str(&run_cli(bin, &["inspect", "--json", a])?)?;
     let t = std::time::Instant::now();
