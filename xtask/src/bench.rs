@@ -142,7 +142,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// (`YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ`) of a Unix time.
-fn utc(secs: u64) -> (String, String) {
+pub(crate) fn utc(secs: u64) -> (String, String) {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
     let date = format!("{y:04}-{m:02}-{d:02}");
@@ -150,7 +150,7 @@ fn utc(secs: u64) -> (String, String) {
     (date, time)
 }
 
-fn git(args: &[&str]) -> Option<String> {
+pub(crate) fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .current_dir(crate::demo::workspace_root())
         .args(args)
@@ -161,7 +161,7 @@ fn git(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn machine() -> serde_json::Value {
+pub(crate) fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()

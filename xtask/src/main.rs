@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod reproduce;
 mod synth;
 mod test;
 mod testbed;
@@ -36,6 +37,9 @@ enum Command {
     /// Compress and apply synthetic pairs of growing size; print parameters/s, seconds and
     /// peak RSS per size, and write CSV + provenance under results/.
     Bench(bench::BenchArgs),
+    /// Run an experiment grid (methods x ratios x tasks): compress to real archives, rebuild, evaluate;
+    /// write CSV, provenance, a markdown report and a plot under results/.
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::Testbed(a) => testbed::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Reproduce(a) => reproduce::run(a),
     }
 }

@@ -1,0 +1,652 @@
+//! The report of a reproduce run: checks, markdown tables and an SVG plot, all from the measured outcomes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::experiment::Resolved;
+use super::{Group, Outcome, Point, BASE, FINETUNED, KEEP_ALL};
+
+/// What the run checks about itself.
+pub struct Checks {
+    /// Keep everything gave exactly the fine-tune's metrics on every task.
+    pub keep_all_exact: bool,
+    pub keep_all_detail: Vec<String>,
+}
+
+/// Metrics that describe the run rather than the model (never compared).
+fn is_bookkeeping(key: &str) -> bool {
+    key.ends_with("seconds")
+}
+
+fn outcome<'a>(outcomes: &'a [Outcome], point: usize, task: &str) -> Option<&'a Outcome> {
+    outcomes.iter().find(|o| o.point == point && o.task == task)
+}
+
+fn index_of(points: &[Point], name: &str) -> Option<usize> {
+    points
+        .iter()
+        .position(|p| p.variant.name == name && p.group == Group::Reference)
+}
+
+pub fn checks(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> Checks {
+    let mut detail = Vec::new();
+    let (Some(ft), Some(keep)) = (index_of(points, FINETUNED), index_of(points, KEEP_ALL)) else {
+        return Checks {
+            keep_all_exact: false,
+            keep_all_detail: vec!["the reference rows were not run".into()],
+        };
+    };
+    for t in &r.tasks {
+        match (
+            outcome(outcomes, ft, &t.name),
+            outcome(outcomes, keep, &t.name),
+        ) {
+            (Some(a), Some(b)) if a.m.error.is_none() && b.m.error.is_none() => {
+                for (k, v) in &a.m.metrics {
+                    if is_bookkeeping(k) {
+                        continue;
+                    }
+                    match b.m.metrics.get(k) {
+                        Some(w) if w.to_bits() == v.to_bits() => {}
+                        other => detail.push(format!(
+                            "{}: {k} fine-tuned {v} vs keep everything {}",
+                            t.name,
+                            other
+                                .map(|w| w.to_string())
+                                .unwrap_or_else(|| "missing".into())
+                        )),
+                    }
+                }
+            }
+            _ => detail.push(format!("{}: a reference row failed", t.name)),
+        }
+    }
+    Checks {
+        keep_all_exact: detail.is_empty(),
+        keep_all_detail: detail,
+    }
+}
+
+/// The headline value of a point on a task (metric × scale), if measured.
+fn headline(r: &Resolved, outcomes: &[Outcome], point: usize, task: &str) -> Option<f64> {
+    let t = r.tasks.iter().find(|t| t.name == task)?;
+    let o = outcome(outcomes, point, task)?;
+    o.m.metrics.get(&t.metric).map(|v| v * t.scale)
+}
+
+/// Mean headline over all tasks, None unless every task was measured.
+fn average(r: &Resolved, outcomes: &[Outcome], point: usize) -> Option<f64> {
+    let vals: Option<Vec<f64>> = r
+        .tasks
+        .iter()
+        .map(|t| headline(r, outcomes, point, &t.name))
+        .collect();
+    vals.map(|v| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Mean real ratio over the point's archives, and whether they spread more than 1%.
+fn real_ratio(outcomes: &[Outcome], point: usize) -> Option<(f64, f64, f64)> {
+    let v: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.point == point)
+        .filter_map(|o| o.m.real_ratio)
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    Some((v.iter().sum::<f64>() / v.len() as f64, lo, hi))
+}
+
+fn fmt_ratio(x: Option<(f64, f64, f64)>) -> String {
+    match x {
+        None => "—".into(),
+        Some((m, lo, hi)) if hi > lo * 1.01 => format!("{m:.1}× ({lo:.1}–{hi:.1})"),
+        Some((m, _, _)) => format!("{m:.1}×"),
+    }
+}
+
+fn fmt_val(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "—".into())
+}
+
+fn cell(r: &Resolved, outcomes: &[Outcome], point: usize, task: &str) -> String {
+    match outcome(outcomes, point, task) {
+        Some(o) if o.m.error.is_some() => "failed".into(),
+        _ => fmt_val(headline(r, outcomes, point, task)),
+    }
+}
+
+fn row(r: &Resolved, points: &[Point], outcomes: &[Outcome], i: usize, label: &str) -> String {
+    let p = &points[i];
+    let mut s = format!(
+        "| {label} | {} | {} |",
+        p.target
+            .map(|t| format!("{t}×"))
+            .unwrap_or_else(|| "—".into()),
+        if p.variant.name == FINETUNED {
+            "1×".into()
+        } else if p.variant.name == BASE {
+            "—".into()
+        } else {
+            fmt_ratio(real_ratio(outcomes, i))
+        }
+    );
+    for t in &r.tasks {
+        let _ = write!(s, " {} |", cell(r, outcomes, i, &t.name));
+    }
+    let _ = write!(s, " {} |", fmt_val(average(r, outcomes, i)));
+    s
+}
+
+fn table_head(r: &Resolved, first: &str) -> String {
+    let mut s = format!("| {first} | target | real ratio |");
+    let mut sep = String::from("|---|---|---|");
+    for t in &r.tasks {
+        let _ = write!(s, " {} |", t.name);
+        sep.push_str("---:|");
+    }
+    s.push_str(" Avg |");
+    sep.push_str("---:|");
+    format!("{s}\n{sep}\n")
+}
+
+fn find(points: &[Point], group: Group, name: &str, target: Option<f64>) -> Option<usize> {
+    points.iter().position(|p| {
+        p.group == group
+            && p.variant.name == name
+            && match (p.target, target) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-9,
+                (None, None) => true,
+                _ => false,
+            }
+    })
+}
+
+/// One sentence per ratio: UltraDelta's average against the fine-tuned average and DARE at the same bytes.
+fn comparisons(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> Vec<String> {
+    let ft = index_of(points, FINETUNED).and_then(|i| average(r, outcomes, i));
+    let mut out = Vec::new();
+    for &ratio in &r.ratios {
+        for ud in ["ultradelta", "paper"] {
+            let Some(u) = find(points, Group::Budget, ud, Some(ratio)) else {
+                continue;
+            };
+            let Some(ua) = average(r, outcomes, u) else {
+                out.push(format!(
+                    "At {ratio}×: {} did not complete on every task.",
+                    points[u].variant.label
+                ));
+                continue;
+            };
+            let mut s = format!(
+                "At {ratio}× (real {}): {} averages **{ua:.2}**",
+                fmt_ratio(real_ratio(outcomes, u)),
+                points[u].variant.label
+            );
+            if let Some(f) = ft {
+                let _ = write!(s, "; the fine-tunes {f:.2} ({:+.2})", ua - f);
+            }
+            match find(points, Group::Budget, "dare", Some(ratio)) {
+                Some(d) => match average(r, outcomes, d) {
+                    Some(da) => {
+                        let _ = write!(
+                            s,
+                            "; DARE at the same real bytes (real {}) {da:.2} ({:+.2} for UltraDelta)",
+                            fmt_ratio(real_ratio(outcomes, d)),
+                            ua - da
+                        );
+                    }
+                    None => s.push_str("; DARE did not complete on every task"),
+                },
+                None => s.push_str("; DARE not in this run"),
+            }
+            s.push('.');
+            out.push(s);
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn markdown(
+    r: &Resolved,
+    points: &[Point],
+    outcomes: &[Outcome],
+    checks: &Checks,
+    quick: bool,
+    generated: bool,
+    seconds: f64,
+    stamp: &str,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Reproduction report: {}\n", r.name);
+    if !r.description.is_empty() {
+        let _ = writeln!(s, "{}\n", r.description);
+    }
+    if generated {
+        s.push_str(
+            "> **Generated testbed.** The models and texts of this run are generated (a tiny random BERT and \
+             pseudo-words); it checks the harness's code path and says nothing about the method's quality.\n\n",
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Run {stamp}{}, {} evaluations in {:.1} min. Raw numbers: `results.csv`; configuration, machine and \
+         testbed checksums: `provenance.json`.\n",
+        if quick { " (`--quick` grid)" } else { "" },
+        outcomes.len(),
+        seconds / 60.0
+    );
+    let _ = writeln!(s, "Headline metric per task (× scale):");
+    for t in &r.tasks {
+        let _ = writeln!(s, "- **{}**: `{}` × {}", t.name, t.metric, t.scale);
+    }
+    s.push_str(
+        "\nEvery compressed model is a real archive written by `ultradelta compress` and rebuilt by \
+         `ultradelta apply`; *real ratio* is its measured size against 16-bit over the compressed tensors \
+         (mean over the tasks' archives, range when they differ by more than 1%). Budget rows were compressed \
+         with `--target-ratio`, so methods in one block cost the same bytes.\n\n",
+    );
+
+    let _ = writeln!(
+        s,
+        "Keep everything reproduces the fine-tuned metrics exactly: **{}**{}\n",
+        if checks.keep_all_exact { "yes" } else { "NO" },
+        if checks.keep_all_detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", checks.keep_all_detail.join("; "))
+        }
+    );
+
+    s.push_str("## Quality at each ratio\n\n");
+    s.push_str(&table_head(r, "Method"));
+    for (i, p) in points
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.group == Group::Reference)
+    {
+        let _ = writeln!(s, "{}", row(r, points, outcomes, i, &p.variant.label));
+    }
+    for &ratio in &r.ratios {
+        let _ = writeln!(
+            s,
+            "| **{ratio}×** | | | {}|",
+            "| ".repeat(r.tasks.len() + 1)
+        );
+        for (i, p) in points.iter().enumerate() {
+            if p.group == Group::Budget && p.target.is_some_and(|t| (t - ratio).abs() < 1e-9) {
+                let _ = writeln!(s, "{}", row(r, points, outcomes, i, &p.variant.label));
+            }
+        }
+    }
+    if points.iter().any(|p| p.group == Group::Fixed) {
+        let _ = writeln!(
+            s,
+            "| **own ratio** | | | {}|",
+            "| ".repeat(r.tasks.len() + 1)
+        );
+        for (i, p) in points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.group == Group::Fixed)
+        {
+            let _ = writeln!(s, "{}", row(r, points, outcomes, i, &p.variant.label));
+        }
+    }
+    s.push('\n');
+    let cmp = comparisons(r, points, outcomes);
+    if !cmp.is_empty() {
+        s.push_str("### UltraDelta against the fine-tunes and DARE at equal real bytes\n\n");
+        for c in cmp {
+            let _ = writeln!(s, "- {c}");
+        }
+        s.push('\n');
+    }
+    s.push_str("![quality against real ratio](quality-vs-ratio.svg)\n\n");
+
+    if points.iter().any(|p| p.group == Group::Ablation) {
+        s.push_str("## Ablation ladder (s = 0.97, b = 4, no byte budget)\n\n");
+        s.push_str(
+            "The paper's ladder DARE 97% → +DAC → +MSA → +TNGR, then variations measured to choose the \
+             project's defaults. γ is TNGR's factor per task (1 when off).\n\n",
+        );
+        s.push_str(
+            &table_head(r, "Step")
+                .replace("| Avg |", "| Avg | γ per task |")
+                .replace("---:|\n", "---:|---|\n"),
+        );
+        for (i, p) in points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.group == Group::Ablation)
+        {
+            let gammas: Vec<String> = r
+                .tasks
+                .iter()
+                .map(|t| {
+                    outcome(outcomes, i, &t.name)
+                        .and_then(|o| o.m.gamma)
+                        .map(|g| format!("{g:.3}"))
+                        .unwrap_or_else(|| "—".into())
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "{} {} |",
+                row(r, points, outcomes, i, &p.variant.label),
+                gammas.join(", ")
+            );
+        }
+        s.push('\n');
+    }
+
+    s.push_str("## Every metric, per task\n\n");
+    for t in &r.tasks {
+        let keys: Vec<String> = {
+            let mut k: Vec<String> = outcomes
+                .iter()
+                .filter(|o| o.task == t.name)
+                .flat_map(|o| o.m.metrics.keys().cloned())
+                .filter(|k| {
+                    !is_bookkeeping(k)
+                        && k != "n"
+                        && k != "max_tokens"
+                        && k != "correct"
+                        && k != "probe_train"
+                })
+                .collect();
+            k.sort();
+            k.dedup();
+            k
+        };
+        let n = outcomes
+            .iter()
+            .find(|o| o.task == t.name)
+            .and_then(|o| o.m.metrics.get("n"))
+            .map(|n| format!(" (n = {n} examples)"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "### {}{n}\n", t.name);
+        let _ = write!(s, "| Method | target | real ratio |");
+        for k in &keys {
+            let _ = write!(s, " {k} |");
+        }
+        let _ = writeln!(s, " compress s | apply s | eval s |");
+        let _ = writeln!(
+            s,
+            "|---|---|---|{}---:|---:|---:|",
+            "---:|".repeat(keys.len())
+        );
+        for (i, p) in points.iter().enumerate() {
+            let Some(o) = outcome(outcomes, i, &t.name) else {
+                continue;
+            };
+            let _ = write!(
+                s,
+                "| {} | {} | {} |",
+                p.variant.label,
+                p.target
+                    .map(|x| format!("{x}×"))
+                    .unwrap_or_else(|| "—".into()),
+                o.m.real_ratio
+                    .map(|x| format!("{x:.1}×"))
+                    .unwrap_or_else(|| "—".into())
+            );
+            for k in &keys {
+                let _ = write!(
+                    s,
+                    " {} |",
+                    o.m.metrics
+                        .get(k)
+                        .map(|v| format!("{v:.4}"))
+                        .unwrap_or_else(|| "—".into())
+                );
+            }
+            let sec = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "—".into());
+            let _ = writeln!(
+                s,
+                " {} | {} | {} |",
+                sec(o.m.compress_seconds),
+                sec(o.m.apply_seconds),
+                sec(o.m.eval_seconds)
+            );
+        }
+        s.push('\n');
+    }
+
+    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| o.m.error.is_some()).collect();
+    if !failures.is_empty() {
+        s.push_str("## Failures\n\n");
+        for o in failures {
+            let _ = writeln!(
+                s,
+                "- {} on {}: {}",
+                points[o.point].variant.label,
+                o.task,
+                o.m.error.as_deref().unwrap_or("")
+            );
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The few lines printed at the end of a run.
+pub fn summary(r: &Resolved, points: &[Point], outcomes: &[Outcome], checks: &Checks) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s);
+    for (i, p) in points
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.group == Group::Reference)
+    {
+        let _ = writeln!(
+            s,
+            "{:<40} avg {}",
+            p.variant.label,
+            fmt_val(average(r, outcomes, i))
+        );
+    }
+    for c in comparisons(r, points, outcomes) {
+        let _ = writeln!(s, "{}", c.replace("**", ""));
+    }
+    let _ = write!(
+        s,
+        "keep everything reproduces the fine-tuned metrics exactly: {}",
+        if checks.keep_all_exact { "yes" } else { "NO" }
+    );
+    s
+}
+
+const COLORS: [&str; 8] = [
+    "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Average quality against real ratio (log scale): a line per plotted budget variant, a marker per fixed
+/// variant, dashed lines for the fine-tunes and the base.
+pub fn svg(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> String {
+    let (w, h, ml, mr, mt, mb) = (760.0, 460.0, 60.0, 230.0, 30.0, 50.0);
+    let mut series: BTreeMap<String, (String, Vec<(f64, f64)>)> = BTreeMap::new();
+    let mut markers: Vec<(String, f64, f64)> = Vec::new();
+    for (i, p) in points.iter().enumerate() {
+        let (Some((x, _, _)), Some(y)) = (real_ratio(outcomes, i), average(r, outcomes, i)) else {
+            continue;
+        };
+        match p.group {
+            Group::Budget if p.variant.plot => series
+                .entry(p.variant.name.clone())
+                .or_insert_with(|| (p.variant.label.clone(), Vec::new()))
+                .1
+                .push((x, y)),
+            Group::Budget | Group::Fixed => markers.push((p.variant.label.clone(), x, y)),
+            _ => {}
+        }
+    }
+    let ft = index_of(points, FINETUNED).and_then(|i| average(r, outcomes, i));
+    let base = index_of(points, BASE).and_then(|i| average(r, outcomes, i));
+    let xs: Vec<f64> = series
+        .values()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .chain(markers.iter().map(|m| m.1))
+        .collect();
+    let ys: Vec<f64> = series
+        .values()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .chain(markers.iter().map(|m| m.2))
+        .chain(ft)
+        .chain(base)
+        .collect();
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    if xs.is_empty() || ys.is_empty() {
+        out.push_str("<text x=\"20\" y=\"40\">no budget points measured</text>\n</svg>\n");
+        return out;
+    }
+    let (mut x0, mut x1) = (
+        xs.iter().cloned().fold(f64::INFINITY, f64::min).ln(),
+        xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max).ln(),
+    );
+    if x1 - x0 < 0.1 {
+        x0 -= 0.2;
+        x1 += 0.2;
+    }
+    let pad = (x1 - x0) * 0.05;
+    let (x0, x1) = (x0 - pad, x1 + pad);
+    let (mut y0, mut y1) = (
+        ys.iter().cloned().fold(f64::INFINITY, f64::min),
+        ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+    );
+    if y1 - y0 < 1e-9 {
+        y0 -= 1.0;
+        y1 += 1.0;
+    }
+    let ypad = (y1 - y0) * 0.06;
+    let (y0, y1) = (y0 - ypad, y1 + ypad);
+    let px = |x: f64| ml + (x.ln() - x0) / (x1 - x0) * (w - ml - mr);
+    let py = |y: f64| mt + (y1 - y) / (y1 - y0) * (h - mt - mb);
+    let _ = writeln!(
+        out,
+        "<rect x=\"{ml}\" y=\"{mt}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#444\"/>",
+        w - ml - mr,
+        h - mt - mb
+    );
+    for tick in [
+        2.0, 5.0, 10.0, 16.0, 20.0, 32.9, 50.9, 100.0, 132.5, 200.0, 500.0, 1000.0,
+    ] {
+        let lx = f64::ln(tick);
+        if lx < x0 || lx > x1 {
+            continue;
+        }
+        let x = px(tick);
+        let _ = writeln!(
+            out,
+            "<line x1=\"{x:.1}\" y1=\"{mt}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{tick}×</text>",
+            h - mb,
+            h - mb + 16.0
+        );
+    }
+    for k in 0..=5 {
+        let y = y0 + (y1 - y0) * k as f64 / 5.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{ml}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"#eee\"/><text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{y:.1}</text>",
+            py(y),
+            w - mr,
+            ml - 6.0,
+            py(y) + 4.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">real compression ratio vs 16-bit (log scale)</text>",
+        ml + (w - ml - mr) / 2.0,
+        h - 12.0
+    );
+    let _ = writeln!(
+        out,
+        "<text x=\"16\" y=\"{:.1}\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">average quality over {} tasks</text>",
+        mt + (h - mt - mb) / 2.0,
+        mt + (h - mt - mb) / 2.0,
+        r.tasks.len()
+    );
+    let mut legend_y = mt + 10.0;
+    let mut legend = |out: &mut String, color: &str, label: &str, dash: bool| {
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{2:.1}\" y2=\"{1:.1}\" stroke=\"{color}\" stroke-width=\"2\"{3}/><text x=\"{4:.1}\" y=\"{5:.1}\">{6}</text>",
+            w - mr + 12.0,
+            legend_y,
+            w - mr + 36.0,
+            if dash { " stroke-dasharray=\"5,4\"" } else { "" },
+            w - mr + 42.0,
+            legend_y + 4.0,
+            esc(label)
+        );
+        legend_y += 18.0;
+    };
+    for (label, value, color) in [("fine-tuned", ft, "#000"), ("base", base, "#888")] {
+        if let Some(v) = value {
+            let _ = writeln!(
+                out,
+                "<line x1=\"{ml}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"{color}\" stroke-dasharray=\"5,4\"/>",
+                py(v),
+                w - mr
+            );
+            legend(&mut out, color, label, true);
+        }
+    }
+    for (k, (_, (label, pts))) in series.iter_mut().enumerate() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let color = COLORS[k % COLORS.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
+            path.join(" ")
+        );
+        for &(x, y) in pts.iter() {
+            let _ = writeln!(
+                out,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{color}\"/>",
+                px(x),
+                py(y)
+            );
+        }
+        legend(&mut out, color, label, false);
+    }
+    for (k, (label, x, y)) in markers.iter().enumerate() {
+        let color = COLORS[(series.len() + k) % COLORS.len()];
+        let (cx, cy) = (px(*x), py(*y));
+        let _ = writeln!(
+            out,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"8\" height=\"8\" fill=\"{color}\"/>",
+            cx - 4.0,
+            cy - 4.0
+        );
+        let _ = writeln!(
+            out,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"8\" height=\"8\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            w - mr + 20.0,
+            legend_y - 4.0,
+            w - mr + 42.0,
+            legend_y + 4.0,
+            esc(label)
+        );
+        legend_y += 18.0;
+    }
+    out.push_str("</svg>\n");
+    out
+}
