@@ -338,7 +338,7 @@ fn validate_config(cfg: &Config, path: &Path) -> Result<()> {
             "hidden_size, num_attention_heads and num_hidden_layers must be positive".into(),
         ));
     }
-    if cfg.hidden_size % cfg.num_attention_heads != 0 {
+    if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
         return Err(bad(format!(
             "hidden_size {} is not a multiple of num_attention_heads {}",
             cfg.hidden_size, cfg.num_attention_heads

@@ -138,10 +138,11 @@ pub fn builtin_variants() -> Vec<Variant> {
             true,
             true,
         ),
+        // `--preset paper` refuses `--target-ratio`; the same setting spelled out (sparsity comes from the budget).
         variant(
             "paper",
-            "UltraDelta (--preset paper)",
-            &["--preset", "paper"],
+            "UltraDelta (paper's setting)",
+            &["--bits", "4", "--step", "0.01", "--rescale", "global"],
             true,
             true,
         ),
@@ -216,6 +217,13 @@ pub fn builtin_variants() -> Vec<Variant> {
                 "per-tensor",
                 "--no-tngr",
             ],
+            false,
+            false,
+        ),
+        variant(
+            "abl-drop-embeddings",
+            "MSA + DAC, no TNGR, embedding deltas dropped (base values)",
+            &ladder(&["--no-tngr", "--drop", "*embeddings*"]),
             false,
             false,
         ),

@@ -315,8 +315,8 @@ pub fn markdown(
         );
         s.push_str(
             &table_head(r, "Step")
-                .replace("| Avg |", "| Avg | γ per task |")
-                .replace("---:|\n", "---:|---|\n"),
+                .replace("| Avg |", "| Avg | whole archive | γ per task |")
+                .replace("---:|\n", "---:|---:|---|\n"),
         );
         for (i, p) in points
             .iter()
@@ -333,9 +333,19 @@ pub fn markdown(
                         .unwrap_or_else(|| "—".into())
                 })
                 .collect();
+            let whole: Vec<f64> = outcomes
+                .iter()
+                .filter(|o| o.point == i)
+                .filter_map(|o| o.m.whole_ratio)
+                .collect();
+            let whole = if whole.is_empty() {
+                "—".to_string()
+            } else {
+                format!("{:.1}×", whole.iter().sum::<f64>() / whole.len() as f64)
+            };
             let _ = writeln!(
                 s,
-                "{} {} |",
+                "{} {whole} | {} |",
                 row(r, points, outcomes, i, &p.variant.label),
                 gammas.join(", ")
             );
@@ -649,4 +659,121 @@ pub fn svg(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reproduce::experiment::{ResolvedTask, Variant};
+    use crate::reproduce::Measured;
+
+    fn variant(name: &str, plot: bool) -> Variant {
+        Variant {
+            name: name.into(),
+            label: name.to_uppercase(),
+            args: vec![],
+            together: false,
+            ratios: None,
+            plot,
+        }
+    }
+
+    fn setup() -> (Resolved, Vec<Point>) {
+        let task = |n: &str| ResolvedTask {
+            name: n.into(),
+            finetuned: n.into(),
+            evaluator: vec!["e".into(), "{model}".into()],
+            metric: "acc".into(),
+            scale: 100.0,
+        };
+        let r = Resolved {
+            name: "t".into(),
+            description: String::new(),
+            file: "t.toml".into(),
+            base: "b".into(),
+            compress_args: vec![],
+            tasks: vec![task("a"), task("b")],
+            ratios: vec![50.9],
+            budget: vec![variant("ultradelta", true), variant("dare", true)],
+            fixed: vec![],
+            ablation: vec![],
+            vars: Default::default(),
+        };
+        let points = crate::reproduce::plan(&r);
+        (r, points)
+    }
+
+    fn measured(acc: f64, ratio: Option<f64>) -> Measured {
+        let mut m = Measured {
+            real_ratio: ratio,
+            ..Measured::default()
+        };
+        m.metrics.insert("acc".into(), acc);
+        m.metrics.insert("eval_seconds".into(), 1.0);
+        m
+    }
+
+    fn outcomes(points: &[Point], keep_b: f64) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for (i, p) in points.iter().enumerate() {
+            for (t, base_acc) in [("a", 0.9), ("b", 0.8)] {
+                let acc = match (p.variant.name.as_str(), t) {
+                    (BASE, _) => 0.2,
+                    (KEEP_ALL, "b") => keep_b,
+                    ("ultradelta", _) => base_acc - 0.01,
+                    ("dare", _) => base_acc - 0.05,
+                    _ => base_acc,
+                };
+                let ratio = p.target.map(|t| t * 1.001);
+                out.push(Outcome {
+                    point: i,
+                    task: t.into(),
+                    m: measured(acc, ratio),
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn keep_all_check_compares_bits_and_ignores_timings() {
+        let (r, points) = setup();
+        assert!(checks(&r, &points, &outcomes(&points, 0.8)).keep_all_exact);
+        let c = checks(&r, &points, &outcomes(&points, 0.8 + 1e-12));
+        assert!(!c.keep_all_exact);
+        assert!(
+            c.keep_all_detail[0].starts_with("b: acc"),
+            "{:?}",
+            c.keep_all_detail
+        );
+    }
+
+    #[test]
+    fn report_states_the_equal_bytes_comparison() {
+        let (r, points) = setup();
+        let o = outcomes(&points, 0.8);
+        let c = checks(&r, &points, &o);
+        let md = markdown(&r, &points, &o, &c, false, false, 60.0, "now");
+        // Fine-tuned average 85, UltraDelta 84, DARE 80 (scale 100).
+        assert!(
+            md.contains("| Fine-tuned (uncompressed) | — | 1× | 90.00 | 80.00 | 85.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ULTRADELTA | 50.9× | 51.0× | 89.00 | 79.00 | 84.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("averages **84.00**; the fine-tunes 85.00 (-1.00)"),
+            "{md}"
+        );
+        assert!(md.contains("80.00 (+4.00 for UltraDelta)"), "{md}");
+        assert!(md.contains("exactly: **yes**"));
+        let svg = svg(&r, &points, &o);
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("polyline")
+                && svg.trim_end().ends_with("</svg>")
+        );
+    }
 }
