@@ -196,7 +196,7 @@ fn every_method_round_trips_through_apply() {
 }
 
 #[test]
-fn preset_paper_is_the_default_pipeline_and_refuses_contradictions() {
+fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(dir.path(), DType::F32, false, 5);
     let a = dir.path().join("a.udelta");
@@ -210,6 +210,9 @@ fn preset_paper_is_the_default_pipeline_and_refuses_contradictions() {
         s(&ft),
         "--output",
         s(&a),
+        "--rescale",
+        "global",
+        "--tngr",
     ]);
     ud_ok(&[
         "compress",
@@ -223,8 +226,21 @@ fn preset_paper_is_the_default_pipeline_and_refuses_contradictions() {
         "--output",
         s(&b),
     ]);
+    // The paper's setting is the default pipeline with global rescaling and TNGR (one fine-tune: γ = 1).
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-    assert_eq!(CompressConfig::paper(), CompressConfig::default());
+    let d = CompressConfig::default();
+    let paper_like = CompressConfig {
+        rescale: ultradelta::RescaleMode::Global,
+        tngr: ultradelta::TngrConfig {
+            enabled: true,
+            ..d.tngr.clone()
+        },
+        ..d.clone()
+    };
+    assert_eq!(CompressConfig::paper(), paper_like);
+    // The default differs from the paper exactly there.
+    assert_eq!(d.rescale, ultradelta::RescaleMode::PerTensor);
+    assert!(!d.tngr.enabled);
     let out = crate::support::ud(&[
         "compress",
         "--preset",
@@ -283,7 +299,7 @@ fn no_tngr_gives_gamma_one_across_models() {
             .map(|r| r["report"]["gamma"].as_f64().unwrap())
             .collect()
     };
-    let with = gammas(&[], &dir.path().join("with"));
+    let with = gammas(&["--tngr"], &dir.path().join("with"));
     assert!(
         with.iter().any(|&g| g < 0.9),
         "TNGR should shrink the larger delta: {with:?}"
@@ -292,6 +308,8 @@ fn no_tngr_gives_gamma_one_across_models() {
         gammas(&["--no-tngr"], &dir.path().join("without")),
         vec![1.0, 1.0]
     );
+    // TNGR is off by default (measured on the testbed; README).
+    assert_eq!(gammas(&[], &dir.path().join("default")), vec![1.0, 1.0]);
 }
 
 fn budget_cfg(method: Method, target: f64) -> CompressConfig {

@@ -247,6 +247,7 @@ fn several_finetunes_get_tngr_gammas() {
         s(&ft_b),
         "--output-dir",
         s(&out),
+        "--tngr",
     ]);
     let mut gammas = Vec::new();
     for name in ["finetuned.udelta", "finetuned-2.udelta"] {

@@ -131,7 +131,7 @@ struct CompressArgs {
     method: MethodArg,
     /// A named configuration; refuses flags that would contradict it.
     #[arg(long, value_enum, conflicts_with_all = [
-        "method", "sparsity", "bits", "step", "rescale", "no_msa", "no_dac", "no_quant", "no_tngr",
+        "method", "sparsity", "bits", "step", "rescale", "no_msa", "no_dac", "no_quant", "no_tngr", "tngr",
         "target_ratio", "rescale_factor", "trace_on",
     ])]
     preset: Option<PresetArg>,
@@ -148,7 +148,11 @@ struct CompressArgs {
     /// Ablation (ultradelta): keep the pruned values at fp16 instead of quantizing them.
     #[arg(long)]
     no_quant: bool,
-    /// Ablation: no trace-norm-guided rescaling across several fine-tunes (γ = 1).
+    /// Trace-norm-guided rescaling across several fine-tunes compressed together (γᵢ = T_min/Tᵢ; the paper's
+    /// setting). Off by default: it cost quality on the testbed (README, "Choosing the defaults").
+    #[arg(long, conflicts_with = "no_tngr")]
+    tngr: bool,
+    /// No trace-norm-guided rescaling (γ = 1): the default; kept so ablation scripts can say it.
     #[arg(long)]
     no_tngr: bool,
     /// Also export the low-rank factors as a PEFT LoRA adapter into DIR (--method lowrank, one fine-tune).
@@ -157,7 +161,7 @@ struct CompressArgs {
     /// Base checkpoint: a .safetensors file or a Hugging Face model folder (sharded or not).
     #[arg(long, value_name = "PATH")]
     base: PathBuf,
-    /// Fine-tuned checkpoint(s) of that base. Several need --output-dir and get TNGR.
+    /// Fine-tuned checkpoint(s) of that base. Several need --output-dir (and get TNGR with --tngr).
     #[arg(long, value_name = "PATH", required = true)]
     finetuned: Vec<PathBuf>,
     /// Archive to write (one fine-tune).
@@ -178,7 +182,7 @@ struct CompressArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Fixed γ (default: 1 for one model, TNGR across several).
+    /// Fixed γ multiplier (default: 1; TNGR's γ across several fine-tunes with --tngr).
     #[arg(long, value_name = "F")]
     gamma: Option<f64>,
     /// Clamp TNGR's γ to [LO,HI], e.g. 0.5,1 as the paper states.
@@ -193,8 +197,8 @@ struct CompressArgs {
     /// Extra multiplier on the rescale factor.
     #[arg(long, default_value_t = 1.0)]
     rescale_factor: f64,
-    /// Rescale survivors by the global target or each tensor's own rate.
-    #[arg(long, value_enum, default_value_t = RescaleArg::Global)]
+    /// Rescale survivors by each tensor's own rate (default, measured better) or the global target (paper).
+    #[arg(long, value_enum, default_value_t = RescaleArg::PerTensor)]
     rescale: RescaleArg,
     /// Ablation: same sparsity for every tensor instead of MSA.
     #[arg(long)]
@@ -339,7 +343,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                 TraceArg::Original => TraceOn::Original,
             },
             clamp: a.gamma_clamp,
-            enabled: !a.no_tngr,
+            enabled: a.tngr && !a.no_tngr,
             nuclear_norm: match a.nuclear_norm {
                 NuclearArg::Auto => NuclearNormMethod::Auto,
                 NuclearArg::Exact => NuclearNormMethod::Exact,
@@ -370,6 +374,9 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             selection: cfg.selection,
             ..p
         };
+    }
+    if cfg.tngr.clamp.is_some() && !cfg.tngr.enabled {
+        bail!("--gamma-clamp clamps TNGR's γ: add --tngr (TNGR is off by default)");
     }
     if a.no_quant && cfg.method != Method::Ultradelta {
         bail!("--no-quant applies to --method ultradelta only");

@@ -624,8 +624,8 @@ pub fn archive_name_for(path: &Path) -> String {
 }
 
 /// Compresses several fine-tunes of one base together into `out_dir`, one archive each,
-/// with trace-norm-guided rescaling across them: γ_i = T_min / T_i (optionally clamped),
-/// unless `cfg.gamma` fixes γ for all. Archive names come from [`archive_name_for`]
+/// with trace-norm-guided rescaling across them when `cfg.tngr.enabled`: γ_i = T_min / T_i
+/// (optionally clamped); otherwise γ = `cfg.gamma` or 1 for all. Archive names come from [`archive_name_for`]
 /// (suffixed `-2`, `-3`… on collisions). All records are written before any archive is
 /// finished, so a failure on any fine-tune leaves no archive behind.
 pub fn compress_many(

@@ -97,7 +97,8 @@ fn default_rank() -> usize {
 /// Trace-norm-guided rescaling settings (ALGORITHM.md §4b).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TngrConfig {
-    /// Apply TNGR across several fine-tunes (off: γ = 1 for every model unless `gamma` is given).
+    /// Apply TNGR across several fine-tunes (off, the default: γ = 1 for every model unless `gamma` is given).
+    /// Archives written before this field existed had it on, hence the serde default.
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Compute the trace norms on the original or on the compressed deltas (reference code: compressed).
@@ -110,9 +111,11 @@ pub struct TngrConfig {
 }
 
 impl Default for TngrConfig {
+    /// Off: measured on the testbed, TNGR's γᵢ = T_min/Tᵢ shrinks every fine-tune but the smallest and costs
+    /// quality (README, "Choosing the defaults"); `CompressConfig::paper()` turns it on.
     fn default() -> Self {
         TngrConfig {
-            enabled: true,
+            enabled: false,
             trace_on: TraceOn::Compressed,
             clamp: None,
             nuclear_norm: NuclearNormMethod::Auto,
@@ -165,7 +168,9 @@ pub struct CompressConfig {
 }
 
 impl Default for CompressConfig {
-    /// The paper's headline setting: s = 0.97, b = 4, δ = 0.01, global rescaling, MSA + DAC.
+    /// The project's default, chosen by measurement on the testbed (README, "Choosing the defaults"): the paper's
+    /// s = 0.97, b = 4, δ = 0.01, MSA + DAC + quantization, but survivors rescaled by each tensor's own rate
+    /// 1/(1 − s_t) and no TNGR. [`CompressConfig::paper`] is the paper's exact setting.
     fn default() -> Self {
         CompressConfig {
             method: Method::Ultradelta,
@@ -175,7 +180,7 @@ impl Default for CompressConfig {
             seed: 0,
             gamma: None,
             rescale_factor: 1.0,
-            rescale: RescaleMode::Global,
+            rescale: RescaleMode::PerTensor,
             allocation: AllocationMode::Msa,
             pruning: PruningMode::Group,
             tngr: TngrConfig::default(),

@@ -31,7 +31,7 @@
 //! let base = Checkpoint::open(&base_dir)?;
 //! let finetuned = Checkpoint::open(&ft_dir)?;
 //!
-//! // The paper's setting: 97% sparsity, 4-bit levels, MSA step 0.01.
+//! // 97% sparsity, 4-bit levels (the project's defaults; `CompressConfig::paper()` is the paper's exact setting).
 //! let config = CompressConfig { sparsity: 0.97, bits: 4, ..CompressConfig::default() };
 //! let archive = dir.path().join("ft.udelta");
 //! let report = compress(&base, &finetuned, &config, &archive, false, &NoProgress)?;
@@ -89,7 +89,8 @@
 //! ```
 //!
 //! Several fine-tunes of one base are compressed together with [`compress_many`], which
-//! applies trace-norm-guided rescaling (γᵢ = T_min / Tᵢ) across them.
+//! applies trace-norm-guided rescaling (γᵢ = T_min / Tᵢ) across them when `tngr.enabled` (the paper's
+//! setting; off by default, measured to cost quality on the testbed).
 //!
 //! ## Baselines, ablations and byte budgets
 //!

@@ -271,6 +271,12 @@ pub fn markdown(
         let _ = writeln!(s, "{}", row(r, points, outcomes, i, &p.variant.label));
     }
     for &ratio in &r.ratios {
+        let at = |p: &Point| {
+            p.group == Group::Budget && p.target.is_some_and(|t| (t - ratio).abs() < 1e-9)
+        };
+        if !points.iter().any(at) {
+            continue;
+        }
         let _ = writeln!(
             s,
             "| **{ratio}×** | | | {}|",
