@@ -63,19 +63,27 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Builds the release `ultradelta` binary and returns its path.
-pub fn build_cli() -> Result<PathBuf> {
-    crate::deps::ensure()?;
+/// Runs `cargo build --release -p <package> <extra…>` in the workspace.
+pub(crate) fn build_release(package: &str, extra: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("xtask: cargo build --release -p ultradelta-cli");
+    let mut args = vec!["build", "--release", "-p", package];
+    args.extend_from_slice(extra);
+    eprintln!("xtask: cargo {}", args.join(" "));
     let ok = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--release", "-p", "ultradelta-cli"])
+        .args(&args)
         .status()?
         .success();
     if !ok {
-        bail!("building ultradelta-cli failed");
+        bail!("cargo {} failed", args.join(" "));
     }
+    Ok(())
+}
+
+/// Builds the release `ultradelta` binary and returns its path.
+pub fn build_cli() -> Result<PathBuf> {
+    crate::deps::ensure()?;
+    build_release("ultradelta-cli", &[])?;
     Ok(target_dir().join("release").join("ultradelta"))
 }
 
@@ -121,23 +129,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
 /// Builds the release `similarity` example of `ultradelta-eval` and returns its path.
 fn build_similarity() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("xtask: cargo build --release -p ultradelta-eval --example similarity");
-    let ok = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "ultradelta-eval",
-            "--example",
-            "similarity",
-        ])
-        .status()?
-        .success();
-    if !ok {
-        bail!("building the similarity example failed");
-    }
+    build_release("ultradelta-eval", &["--example", "similarity"])?;
     Ok(target_dir()
         .join("release")
         .join("examples")

@@ -578,23 +578,7 @@ fn clock(secs: f64) -> String {
 
 /// Builds the release evaluator (`ultradelta-eval`) and returns its path.
 fn build_eval() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("xtask: cargo build --release -p ultradelta-eval --bin ultradelta-eval");
-    let ok = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "ultradelta-eval",
-            "--bin",
-            "ultradelta-eval",
-        ])
-        .status()?
-        .success();
-    if !ok {
-        bail!("building ultradelta-eval failed");
-    }
+    crate::demo::build_release("ultradelta-eval", &["--bin", "ultradelta-eval"])?;
     Ok(target_dir().join("release").join("ultradelta-eval"))
 }
 
