@@ -117,6 +117,7 @@ pub use ultradelta_rescale as rescale;
 
 mod apply;
 pub mod budget;
+pub mod codec;
 mod compress;
 mod config;
 mod error;
@@ -128,17 +129,18 @@ pub mod selection;
 
 pub use apply::{apply, check_base, rebuild_tensor, ApplyOptions};
 pub use budget::{BudgetReport, BUDGET_TOLERANCE};
+pub use codec::TensorCodecInfo;
 pub use compress::{
     archive_name_for, compress, compress_many, compress_tensor, compress_tensor_with, matrix_view,
     CompressReport, PolicyCounts, METHOD,
 };
 pub use config::{
-    AllocationMode, CompressConfig, EstimateConfig, Method, NuclearNormMethod, PruningMode,
-    RescaleMode, TngrConfig, TraceOn,
+    AllocationMode, CodecChoice, CompressConfig, EstimateConfig, Method, NuclearNormMethod,
+    PositionCodec, PruningMode, RescaleMode, TngrConfig, TraceOn, ValueCodec, DEFAULT_SEED_TRIALS,
 };
 pub use error::{Error, Result, TensorMismatch};
 pub use evaluate::{eval, EvalReport, Fidelity, TensorEval};
-pub use inspect::{inspect, Inspection, Ratios, TensorSummary};
+pub use inspect::{codec_summary, inspect, CodecSummary, Inspection, Ratios, TensorSummary};
 pub use lora::export_lora;
 pub use progress::{NoProgress, Progress};
 pub use selection::{detect_family, Family, FamilySource, Selection};
