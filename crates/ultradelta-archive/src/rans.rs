@@ -185,7 +185,8 @@ pub fn decode_levels(symbols: &[u16], freqs: &[u16], words: &[u16], kept: u64) -
             .map_err(|e| bad(format!("decoding failed: {e:?}")))?;
         out.push(symbols[i]);
     }
-    if !coder.is_empty() {
+    // Both checks: a hostile stream can reach state 0 with words left.
+    if !coder.is_empty() || !coder.bulk().is_empty() {
         return Err(bad(format!(
             "stream not exhausted after {kept} levels (corrupt or truncated)"
         )));

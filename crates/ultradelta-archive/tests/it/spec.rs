@@ -186,3 +186,32 @@ fn baseline_payload_tables_match_layout() {
         DENSE_LEVELS_FIXED_BYTES as u64
     );
 }
+
+#[test]
+fn coded_payload_tables_match_layout() {
+    let md = format_md();
+    for (heading, fixed_rows, fixed) in [
+        (
+            "#### Kind 10: sparse-golomb-rans payload",
+            5,
+            SPARSE_RANS_FIXED_BYTES,
+        ),
+        ("#### Kind 11: sparse-seeded payload", 4, SEEDED_FIXED_BYTES),
+        (
+            "#### Kind 12: sparse-seeded-rans payload",
+            4,
+            SEEDED_RANS_FIXED_BYTES,
+        ),
+    ] {
+        let rows = table(&md, heading);
+        let mut expect = 0u64;
+        for r in rows.iter().take(fixed_rows) {
+            assert_eq!(parse_u64(&r[0]), expect, "{heading}: field {}", r[2]);
+            expect += parse_u64(&r[1]);
+        }
+        assert_eq!(expect, fixed as u64, "{heading}");
+    }
+    // The common prefix of the coded kinds is 21 bytes.
+    let rows = table(&md, "### Kinds 10, 11, 12: coded sparse levels");
+    assert_eq!(rows.len(), 3, "the kinds overview table");
+}
