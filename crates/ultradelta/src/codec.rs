@@ -168,3 +168,79 @@ pub fn annotate(entry: &mut ultradelta_archive::TensorEntry, info: &TensorCodecI
         entry.extra.insert("hist_l1_first".into(), d.into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ultradelta_archive::encode_record;
+    use ultradelta_io::DType;
+
+    fn delta(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5;
+                u * u * u * 1e-3
+            })
+            .collect()
+    }
+
+    fn size(r: &Record, n: usize) -> usize {
+        encode_record(DType::F32, &[n], r, 3).unwrap().len()
+    }
+
+    #[test]
+    fn auto_is_never_larger_and_never_changes_values() {
+        for (n, seed) in [(50usize, 1u64), (3000, 2), (40_000, 3)] {
+            let d = delta(n, seed);
+            for positions in [PositionCodec::Golomb, PositionCodec::Seeded] {
+                let cfg = |values, codec| CompressConfig {
+                    positions,
+                    values,
+                    codec,
+                    sparsity: 0.9,
+                    ..CompressConfig::default()
+                };
+                let (packed, _) =
+                    ultradelta_coded(&d, "t", 0.9, &cfg(ValueCodec::Packed, CodecChoice::Fixed))
+                        .unwrap();
+                let (entropy, _) =
+                    ultradelta_coded(&d, "t", 0.9, &cfg(ValueCodec::Entropy, CodecChoice::Fixed))
+                        .unwrap();
+                let (auto, info) =
+                    ultradelta_coded(&d, "t", 0.9, &cfg(ValueCodec::Packed, CodecChoice::Auto))
+                        .unwrap();
+                let sizes = [size(&packed, n), size(&entropy, n), size(&auto, n)];
+                assert_eq!(
+                    sizes[2],
+                    sizes[0].min(sizes[1]),
+                    "{n} {positions:?}: {sizes:?}"
+                );
+                let dense = |r: &Record| r.delta_to_dense(n, 1.0).unwrap();
+                assert_eq!(dense(&packed), dense(&entropy));
+                assert_eq!(dense(&packed), dense(&auto));
+                assert_eq!(info.codec, codec_name(auto.kind()).unwrap());
+                assert_eq!(
+                    info.seed_trial.is_some(),
+                    positions == PositionCodec::Seeded
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn default_codecs_write_the_papers_record() {
+        let d = delta(5000, 9);
+        let cfg = CompressConfig::default();
+        let (r, info) = ultradelta_coded(&d, "t", 0.97, &cfg).unwrap();
+        assert_eq!(
+            r,
+            Record::Sparse(compress_tensor(&d, "t", 0.97, &cfg).unwrap())
+        );
+        assert_eq!(info.codec, "golomb+packed");
+        assert!(!uses_new_codecs(&cfg));
+    }
+}
