@@ -179,11 +179,10 @@ pub fn decode_levels(symbols: &[u16], freqs: &[u16], words: &[u16], kept: u64) -
         .map_err(|_| bad("the stream ends with a zero word".into()))?;
     // Grow with what is actually decoded, not with the declared count.
     let mut out = Vec::with_capacity(n.min(1 << 20));
-    for _ in 0..n {
-        let i = coder
-            .decode_symbol(&model)
-            .map_err(|e| bad(format!("decoding failed: {e:?}")))?;
-        out.push(symbols[i]);
+    for i in coder.decode_iid_symbols(n, &model) {
+        let i = i.map_err(|e| bad(format!("decoding failed: {e:?}")))?;
+        // The lookup model only yields indices below its symbol count.
+        out.push(symbols.get(i).copied().unwrap_or(0));
     }
     // Both checks: a hostile stream can reach state 0 with words left.
     if !coder.is_empty() || !coder.bulk().is_empty() {

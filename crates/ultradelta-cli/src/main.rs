@@ -655,7 +655,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     }
     outln!();
     outln!(
-        "{:<60} {:<8} {:<14} {:>9} {:>12}  shape",
+        "{:<60} {:<8} {:<18} {:>9} {:>12}  shape",
         "tensor",
         "policy",
         "kind",
@@ -668,7 +668,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             .unwrap_or_default()
             .to_string();
         outln!(
-            "{:<60} {:<8} {:<14} {:>9.4} {:>12}  {:?} {}",
+            "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}",
             t.name,
             policy,
             t.kind,
