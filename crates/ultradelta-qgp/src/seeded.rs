@@ -289,4 +289,17 @@ mod tests {
         let again: Vec<u16> = pos.iter().map(|&p| levels[p as usize]).collect();
         assert_eq!(again, many.levels);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_size_gives_exact_sorted_distinct(n in 0u64..5000, frac in 0.0f64..=1.0, seed in proptest::prelude::any::<u64>()) {
+            let k = ((n as f64) * frac) as u64;
+            let v = seeded_positions(n, k, seed);
+            proptest::prop_assert_eq!(v.len() as u64, k);
+            proptest::prop_assert!(v.windows(2).all(|w| w[0] < w[1]));
+            proptest::prop_assert!(v.last().is_none_or(|&p| p < n));
+            // Deterministic.
+            proptest::prop_assert_eq!(v, seeded_positions(n, k, seed));
+        }
+    }
 }
