@@ -57,7 +57,7 @@ fn shaped_pair(dir: &Path, shapes: &[(usize, usize)], seed: u64) -> (PathBuf, Pa
 
 /// Rebuilds every compressed tensor in memory from the configuration stored in the archive's params (which
 /// therefore must say everything needed to reproduce it) and checks `apply`'s output equals it bit for bit.
-fn check_apply_equals_in_memory(
+pub(crate) fn check_apply_equals_in_memory(
     base: &Path,
     ft: &Path,
     archive: &Path,

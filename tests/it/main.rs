@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cli_codecs;
 mod cli_errors;
 mod cli_methods;
 mod cli_roundtrip;

@@ -37,14 +37,20 @@
 
 pub mod bitpack;
 mod bits;
+mod coded;
 mod error;
 pub mod golomb;
 mod kinds;
 mod manifest;
+pub mod rans;
 mod reader;
 mod record;
 mod writer;
 
+pub use coded::{
+    record_cost, CodedSparseRecord, LevelCoding, Positions, RecordCost, SEEDED_FIXED_BYTES,
+    SEEDED_RANS_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
+};
 pub use error::{Error, Result};
 pub use half;
 pub use kinds::{

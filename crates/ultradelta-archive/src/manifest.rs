@@ -40,11 +40,17 @@ pub enum RecordKind {
     LowrankF16,
     /// Every entry's quantization level, bit-packed (quantization alone).
     DenseLevels,
+    /// Golomb-coded positions + rANS-coded levels (UltraDelta `--values entropy`).
+    SparseGolombRans,
+    /// Seeded positions (none stored) + bit-packed levels (UltraDelta `--positions seeded`).
+    SparseSeeded,
+    /// Seeded positions (none stored) + rANS-coded levels (`--positions seeded --values entropy`).
+    SparseSeededRans,
 }
 
 impl RecordKind {
     /// Every record kind.
-    pub const ALL: [RecordKind; 9] = [
+    pub const ALL: [RecordKind; 12] = [
         RecordKind::SparseGolomb,
         RecordKind::XorZstd,
         RecordKind::FullZstd,
@@ -54,6 +60,9 @@ impl RecordKind {
         RecordKind::DenseSign,
         RecordKind::LowrankF16,
         RecordKind::DenseLevels,
+        RecordKind::SparseGolombRans,
+        RecordKind::SparseSeeded,
+        RecordKind::SparseSeededRans,
     ];
 
     /// The `kind` byte of the record header.
@@ -68,6 +77,9 @@ impl RecordKind {
             RecordKind::DenseSign => 7,
             RecordKind::LowrankF16 => 8,
             RecordKind::DenseLevels => 9,
+            RecordKind::SparseGolombRans => 10,
+            RecordKind::SparseSeeded => 11,
+            RecordKind::SparseSeededRans => 12,
         }
     }
 
@@ -83,6 +95,9 @@ impl RecordKind {
             RecordKind::DenseSign => "dense-sign",
             RecordKind::LowrankF16 => "lowrank-f16",
             RecordKind::DenseLevels => "dense-levels",
+            RecordKind::SparseGolombRans => "sparse-golomb-rans",
+            RecordKind::SparseSeeded => "sparse-seeded",
+            RecordKind::SparseSeededRans => "sparse-seeded-rans",
         }
     }
 
@@ -280,6 +295,10 @@ pub struct Limits {
     pub max_numel: u64,
     /// Largest companion file (decompressed) accepted (default 1 GiB).
     pub max_file_bytes: u64,
+    /// Most levels an entropy-coded levels block with seeded positions (kind 12) may declare (default 2^30):
+    /// such a block can decode many levels from few bytes, so this caps what a hostile record can make the
+    /// reader allocate.
+    pub max_coded_levels: u64,
 }
 
 impl Default for Limits {
@@ -289,6 +308,7 @@ impl Default for Limits {
             max_ndim: 8,
             max_numel: 1 << 40,
             max_file_bytes: 1 << 30,
+            max_coded_levels: 1 << 30,
         }
     }
 }

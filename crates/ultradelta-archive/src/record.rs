@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use ultradelta_io::DType;
 use ultradelta_qgp::QuantParams;
 
+use crate::coded::CodedSparseRecord;
 use crate::kinds::{
     get_f16s, pack_bits, pack_levels, put_f16s, unpack_bits, DenseLevelsRecord, LowRankRecord,
     SignRecord, SparseValuesRecord,
@@ -134,6 +135,8 @@ pub enum Record {
     LowRank(LowRankRecord),
     /// Every entry's level, no positions (kind `dense-levels`).
     DenseLevels(DenseLevelsRecord),
+    /// UltraDelta levels with seeded positions and/or rANS-coded levels (kinds 10–12).
+    Coded(CodedSparseRecord),
 }
 
 impl Record {
@@ -148,6 +151,7 @@ impl Record {
             Record::Sign(_) => RecordKind::DenseSign,
             Record::LowRank(_) => RecordKind::LowrankF16,
             Record::DenseLevels(_) => RecordKind::DenseLevels,
+            Record::Coded(c) => c.kind(),
         }
     }
 
@@ -165,6 +169,7 @@ impl Record {
             Record::Sign(s) => Some(s.kept()),
             Record::LowRank(r) => Some(r.numel()),
             Record::DenseLevels(d) => Some(d.levels.len() as u64),
+            Record::Coded(c) => Some(c.kept()),
             Record::XorDelta { .. } | Record::Full { .. } => None,
         }
     }
@@ -183,6 +188,7 @@ impl Record {
             Record::Sign(s) => s.validate()?,
             Record::LowRank(r) => r.validate()?,
             Record::DenseLevels(d) => d.validate()?,
+            Record::Coded(c) => c.validate()?,
             Record::XorDelta { .. } | Record::Full { .. } => {}
         }
         let numel = match self {
@@ -191,6 +197,7 @@ impl Record {
             Record::Sign(s) => s.numel,
             Record::LowRank(r) => r.numel(),
             Record::DenseLevels(d) => d.levels.len() as u64,
+            Record::Coded(c) => c.numel,
             Record::XorDelta { .. } | Record::Full { .. } => {
                 return Err(Error::record(format!(
                     "a {} record is not a delta",
@@ -210,6 +217,7 @@ impl Record {
             Record::Sign(s) => s.add_into(gamma, out),
             Record::LowRank(r) => r.add_into(gamma, out),
             Record::DenseLevels(d) => d.add_into(gamma, out),
+            Record::Coded(c) => c.add_into(gamma, out),
             Record::XorDelta { .. } | Record::Full { .. } => {}
         }
         Ok(())
@@ -506,6 +514,16 @@ pub fn encode_record(
             out.extend_from_slice(&r.scale.to_le_bytes());
             out.extend_from_slice(&pack_levels(&r.levels, r.quant.bits));
         }
+        Record::Coded(r) => {
+            check_numel("coded sparse", r.numel, numel, shape)?;
+            if r.kind() == RecordKind::SparseGolomb {
+                return Err(Error::record(
+                    "Golomb positions with packed levels are kind 1: use CodedSparseRecord::into_record",
+                ));
+            }
+            put_header(&mut out, record.kind(), dtype, &dims, numel)?;
+            r.encode_payload(&mut out)?;
+        }
     }
     Ok(out)
 }
@@ -547,13 +565,13 @@ pub fn encode_file_record(bytes: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
 }
 
 /// Little-endian cursor over untrusted bytes; every read is bounds-checked.
-struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         let left = (self.bytes.len() - self.pos) as u64;
         if n > left {
             return Err(Error::stream(
@@ -568,18 +586,18 @@ impl<'a> Cursor<'a> {
         self.pos += n as usize;
         Ok(s)
     }
-    fn u8(&mut self, what: &str) -> Result<u8> {
+    pub(crate) fn u8(&mut self, what: &str) -> Result<u8> {
         Ok(self.take(1, what)?[0])
     }
-    fn u64(&mut self, what: &str) -> Result<u64> {
+    pub(crate) fn u64(&mut self, what: &str) -> Result<u64> {
         let b = self.take(8, what)?;
         Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
-    fn f32(&mut self, what: &str) -> Result<f32> {
+    pub(crate) fn f32(&mut self, what: &str) -> Result<f32> {
         let b = self.take(4, what)?;
         Ok(f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
     }
-    fn left(&self) -> u64 {
+    pub(crate) fn left(&self) -> u64 {
         (self.bytes.len() - self.pos) as u64
     }
 }
@@ -858,6 +876,14 @@ pub fn decode_record(bytes: &[u8], limits: &Limits) -> Result<(RecordHeader, Rec
                 scale,
                 levels,
             })
+        }
+        RecordKind::SparseGolombRans | RecordKind::SparseSeeded | RecordKind::SparseSeededRans => {
+            Record::Coded(CodedSparseRecord::decode_payload(
+                header.kind,
+                &mut c,
+                numel,
+                limits,
+            )?)
         }
     };
     Ok((header, record))

@@ -28,8 +28,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ultradelta::archive::ArchiveReader;
 use ultradelta::io::Checkpoint;
 use ultradelta::{
-    AllocationMode, ApplyOptions, CompressConfig, EstimateConfig, Family, Method,
-    NuclearNormMethod, PruningMode, RescaleMode, Selection, TngrConfig, TraceOn,
+    AllocationMode, ApplyOptions, CodecChoice, CompressConfig, EstimateConfig, Family, Method,
+    NuclearNormMethod, PositionCodec, PruningMode, RescaleMode, Selection, TngrConfig, TraceOn,
+    ValueCodec, DEFAULT_SEED_TRIALS,
 };
 
 use crate::progress::CliProgress;
@@ -119,6 +120,30 @@ impl From<MethodArg> for Method {
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
+enum PositionsArg {
+    /// DAC's stratified positions, stored as Golomb-coded gaps (the paper's v3 count).
+    Golomb,
+    /// Positions drawn from a seed independently of the values; the reader regenerates them, none are stored.
+    Seeded,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ValuesArg {
+    /// Levels bit-packed at --bits bits each.
+    Packed,
+    /// Levels rANS-coded with a per-tensor static model (about their entropy each).
+    Entropy,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum CodecArg {
+    /// Every tensor as --positions and --values say.
+    Fixed,
+    /// Per tensor, the smaller of packed and entropy-coded levels (--values is ignored; positions stay as given).
+    Auto,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
 enum PresetArg {
     /// The paper's exact setting: ultradelta, s 0.97, b 4, δ 0.01, global rescale, MSA, DAC, TNGR.
     Paper,
@@ -148,6 +173,18 @@ struct CompressArgs {
     /// Ablation (ultradelta): keep the pruned values at fp16 instead of quantizing them.
     #[arg(long)]
     no_quant: bool,
+    /// How kept positions are stored (ultradelta).
+    #[arg(long, value_enum, default_value_t = PositionsArg::Golomb)]
+    positions: PositionsArg,
+    /// How kept levels are stored (ultradelta).
+    #[arg(long, value_enum, default_value_t = ValuesArg::Packed)]
+    values: ValuesArg,
+    /// Fixed codecs, or the cheapest levels codec per tensor (ultradelta).
+    #[arg(long, value_enum, default_value_t = CodecArg::Fixed)]
+    codec: CodecArg,
+    /// Seeds tried per tensor with --positions seeded; the one whose kept levels best match DAC's counts wins.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SEED_TRIALS)]
+    seed_trials: u32,
     /// Trace-norm-guided rescaling across several fine-tunes compressed together (γᵢ = T_min/Tᵢ; the paper's
     /// setting). Off by default: it cost quality on the testbed (README, "Choosing the defaults").
     #[arg(long, conflicts_with = "no_tngr")]
@@ -360,6 +397,19 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
         rank: a.rank,
         compeft_alpha: a.compeft_alpha,
         target_ratio: a.target_ratio,
+        positions: match a.positions {
+            PositionsArg::Golomb => PositionCodec::Golomb,
+            PositionsArg::Seeded => PositionCodec::Seeded,
+        },
+        values: match a.values {
+            ValuesArg::Packed => ValueCodec::Packed,
+            ValuesArg::Entropy => ValueCodec::Entropy,
+        },
+        codec: match a.codec {
+            CodecArg::Fixed => CodecChoice::Fixed,
+            CodecArg::Auto => CodecChoice::Auto,
+        },
+        seed_trials: a.seed_trials,
     };
     if let Some(PresetArg::Paper) = a.preset {
         let p = CompressConfig::paper();
@@ -372,6 +422,11 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                 ..p.tngr
             },
             selection: cfg.selection,
+            // The preset fixes the method; how its choice is stored stays the user's.
+            positions: cfg.positions,
+            values: cfg.values,
+            codec: cfg.codec,
+            seed_trials: cfg.seed_trials,
             ..p
         };
     }
@@ -418,7 +473,9 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
     for r in &reports {
         let ins = ultradelta::inspect(&ArchiveReader::open(&r.output)?);
         if a.json {
-            json.push(serde_json::json!({ "report": r, "ratio": ins.ratio, "bytes": ins.bytes }));
+            json.push(serde_json::json!({
+                "report": r, "ratio": ins.ratio, "bytes": ins.bytes, "codec": ins.codec
+            }));
         } else {
             let c = r.counts;
             outln!(
@@ -433,6 +490,9 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                 r.gamma
             );
             outln!("  {}", ratio_line(&ins));
+            if let Some(c) = &ins.codec {
+                outln!("  {}", codec_line(c));
+            }
             if let Some(b) = &r.budget {
                 outln!(
                     "  budget: target {}x, achieved {:.3}x with {} = {}{} ({} passes)",
@@ -543,6 +603,32 @@ fn cmd_apply(a: ApplyArgs, progress: &CliProgress) -> Result<()> {
     Ok(())
 }
 
+/// `codec golomb+packed: 9.63 bits per kept entry = 5.61 position + 4.00 value + 0.02 overhead; density 3.000%`
+fn codec_line(c: &ultradelta::CodecSummary) -> String {
+    let mixed = if c.records.len() > 1 {
+        format!(
+            " ({})",
+            c.records
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "codec {}{mixed}: {:.2} bits per kept entry = {:.2} position + {:.2} value + {:.2} overhead; density {:.3}% ({} kept)",
+        c.codec,
+        c.bits_per_kept,
+        c.position_bits_per_kept,
+        c.value_bits_per_kept,
+        c.overhead_bits_per_kept,
+        100.0 * c.density,
+        c.kept_entries
+    )
+}
+
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let ins = ultradelta::inspect(&ArchiveReader::open(&a.archive)?);
     if a.json {
@@ -571,9 +657,12 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         ins.compressed_bytes
     );
     outln!("{}", ratio_line(&ins));
+    if let Some(c) = &ins.codec {
+        outln!("{}", codec_line(c));
+    }
     outln!();
     outln!(
-        "{:<60} {:<8} {:<14} {:>9} {:>12}  shape",
+        "{:<60} {:<8} {:<18} {:>9} {:>12}  shape",
         "tensor",
         "policy",
         "kind",
@@ -586,7 +675,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             .unwrap_or_default()
             .to_string();
         outln!(
-            "{:<60} {:<8} {:<14} {:>9.4} {:>12}  {:?} {}",
+            "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}",
             t.name,
             policy,
             t.kind,

@@ -21,6 +21,7 @@
 //! derived by [`rng::mix`], and results are assembled in index order.
 
 pub mod rng;
+pub mod seeded;
 
 use std::collections::HashMap;
 

@@ -305,7 +305,7 @@ pub fn compress_tensor_with(
     let density = 1.0 - rate;
     Ok(match cfg.method {
         Method::Ultradelta if cfg.quantize => {
-            Record::Sparse(compress_tensor(delta, name, rate, cfg)?)
+            crate::codec::ultradelta_coded(delta, name, rate, cfg)?.0
         }
         Method::Ultradelta => {
             // --no-quant: prune by the DAC groups of the b-bit levels, keep the raw values at fp16.
@@ -436,8 +436,12 @@ fn write_records(
                         .expect("compressed tensors are in the base"),
                     &ft_view,
                 )?;
-                let rec = compress_tensor_with(&delta, name, &info.shape, rate, cfg)
-                    .map_err(|e| method_err(p.ft, name, e))?;
+                let (rec, codec_info) =
+                    crate::codec::tensor_record(&delta, name, &info.shape, rate, cfg)
+                        .map_err(|e| method_err(p.ft, name, e))?;
+                if let Some(ci) = codec_info.filter(|_| crate::codec::uses_new_codecs(cfg)) {
+                    crate::codec::annotate(&mut entry, &ci);
+                }
                 if want_trace && info.shape.len() >= 2 {
                     let rows = info.shape[0];
                     let cols = info.numel() / rows.max(1);

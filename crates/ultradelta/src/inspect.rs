@@ -1,7 +1,11 @@
 //! inspect: what an archive holds and what it costs, with the paper's nominal ratios.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
-use ultradelta_archive::{paper_v2_ratio, paper_v3_ratio, ArchiveReader, Policy};
+use ultradelta_archive::{
+    paper_v2_ratio, paper_v3_ratio, record_cost, ArchiveReader, Policy, RecordKind,
+};
 
 /// One tensor as `inspect` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +71,75 @@ pub struct Inspection {
     pub files: Vec<String>,
     /// The ratios.
     pub ratio: Ratios,
+    /// Where the bytes of the compressed tensors' sparse levels go (UltraDelta records: kinds 1, 10–12).
+    pub codec: Option<CodecSummary>,
+}
+
+/// Bits per kept entry of an archive's sparse-level records, split into positions and values, and the density
+/// they buy: with seeded positions or entropy-coded levels the same bytes keep more entries.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CodecSummary {
+    /// Codec of the records (`golomb+packed`, `seeded+entropy`, …; `mixed` if they differ, e.g. under auto).
+    pub codec: String,
+    /// Records of each codec.
+    pub records: BTreeMap<String, usize>,
+    /// Kept entries over all entries of these records.
+    pub density: f64,
+    /// Entries kept in these records.
+    pub kept_entries: u64,
+    /// Bits of the positions streams per kept entry (0 for seeded positions).
+    pub position_bits_per_kept: f64,
+    /// Bits of the levels (packed stream, or rANS words and model table) per kept entry.
+    pub value_bits_per_kept: f64,
+    /// Headers and fixed fields per kept entry.
+    pub overhead_bits_per_kept: f64,
+    /// All record bits per kept entry (the sum of the three above).
+    pub bits_per_kept: f64,
+}
+
+/// Reads the sparse-level records of an archive and splits their bits (see [`CodecSummary`]). Records that
+/// cannot be read are left out (`verify` reports them).
+pub fn codec_summary(reader: &ArchiveReader) -> Option<CodecSummary> {
+    let mut records = BTreeMap::new();
+    let (mut numel, mut kept, mut pos, mut val, mut total) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for e in &reader.manifest().tensors {
+        let Some(kind) = RecordKind::from_name(&e.kind) else {
+            continue;
+        };
+        let Some(name) = crate::codec::codec_name(kind) else {
+            continue;
+        };
+        let Ok(bytes) = reader.record_bytes(&e.name) else {
+            continue;
+        };
+        let Some(cost) = record_cost(&bytes) else {
+            continue;
+        };
+        *records.entry(name.to_string()).or_insert(0) += 1;
+        numel += e.numel;
+        kept += e.kept;
+        pos += cost.position_bits;
+        val += cost.value_bits;
+        total += 8 * bytes.len() as u64;
+    }
+    if records.is_empty() {
+        return None;
+    }
+    let per = |b: u64| b as f64 / kept.max(1) as f64;
+    Some(CodecSummary {
+        codec: if records.len() == 1 {
+            records.keys().next().cloned().unwrap_or_default()
+        } else {
+            "mixed".into()
+        },
+        records,
+        density: kept as f64 / numel.max(1) as f64,
+        kept_entries: kept,
+        position_bits_per_kept: per(pos),
+        value_bits_per_kept: per(val),
+        overhead_bits_per_kept: per(total - pos - val),
+        bits_per_kept: per(total),
+    })
 }
 
 /// Summarises an opened archive.
@@ -130,5 +203,6 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
             paper_v3: nominal(paper_v3_ratio),
             whole_checkpoint: m.finetuned.size_on_disk as f64 / bytes.max(1) as f64,
         },
+        codec: codec_summary(reader),
     }
 }

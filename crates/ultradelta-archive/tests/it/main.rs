@@ -1,6 +1,7 @@
 //! Integration tests of the archive format: one binary, one module per area.
 
 mod baselines;
+mod coded;
 mod common;
 mod compat;
 mod errors;

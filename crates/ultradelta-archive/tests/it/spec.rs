@@ -3,8 +3,9 @@
 
 use ultradelta_archive::{
     dtype_from_code, RecordKind, DENSE_LEVELS_FIXED_BYTES, DENSE_SIGN_FIXED_BYTES, DTYPE_CODES,
-    FORMAT_VERSION, KNOWN_FLAGS, LOWRANK_FIXED_BYTES, MAGIC, PREAMBLE_LEN, SPARSE_F16_FIXED_BYTES,
-    SPARSE_FIXED_BYTES, SPARSE_SIGN_FIXED_BYTES, TRAILER_LEN, TRAILER_MAGIC,
+    FORMAT_VERSION, KNOWN_FLAGS, LOWRANK_FIXED_BYTES, MAGIC, PREAMBLE_LEN, SEEDED_FIXED_BYTES,
+    SEEDED_RANS_FIXED_BYTES, SPARSE_F16_FIXED_BYTES, SPARSE_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
+    SPARSE_SIGN_FIXED_BYTES, TRAILER_LEN, TRAILER_MAGIC,
 };
 
 fn format_md() -> String {
@@ -74,12 +75,15 @@ fn constants_table_matches_code() {
         ("DENSE_SIGN_FIXED_BYTES", DENSE_SIGN_FIXED_BYTES),
         ("LOWRANK_FIXED_BYTES", LOWRANK_FIXED_BYTES),
         ("DENSE_LEVELS_FIXED_BYTES", DENSE_LEVELS_FIXED_BYTES),
+        ("SPARSE_RANS_FIXED_BYTES", SPARSE_RANS_FIXED_BYTES),
+        ("SEEDED_FIXED_BYTES", SEEDED_FIXED_BYTES),
+        ("SEEDED_RANS_FIXED_BYTES", SEEDED_RANS_FIXED_BYTES),
     ] {
         assert_eq!(parse_u64(&get(name)), v as u64, "{name}");
     }
     assert_eq!(
         rows.len(),
-        12,
+        15,
         "constants table has rows the test does not check"
     );
 }
@@ -181,4 +185,33 @@ fn baseline_payload_tables_match_layout() {
         f("### Kind 9: dense-levels payload"),
         DENSE_LEVELS_FIXED_BYTES as u64
     );
+}
+
+#[test]
+fn coded_payload_tables_match_layout() {
+    let md = format_md();
+    for (heading, fixed_rows, fixed) in [
+        (
+            "#### Kind 10: sparse-golomb-rans payload",
+            5,
+            SPARSE_RANS_FIXED_BYTES,
+        ),
+        ("#### Kind 11: sparse-seeded payload", 4, SEEDED_FIXED_BYTES),
+        (
+            "#### Kind 12: sparse-seeded-rans payload",
+            4,
+            SEEDED_RANS_FIXED_BYTES,
+        ),
+    ] {
+        let rows = table(&md, heading);
+        let mut expect = 0u64;
+        for r in rows.iter().take(fixed_rows) {
+            assert_eq!(parse_u64(&r[0]), expect, "{heading}: field {}", r[2]);
+            expect += parse_u64(&r[1]);
+        }
+        assert_eq!(expect, fixed as u64, "{heading}");
+    }
+    // The common prefix of the coded kinds is 21 bytes.
+    let rows = table(&md, "### Kinds 10, 11, 12: coded sparse levels");
+    assert_eq!(rows.len(), 3, "the kinds overview table");
 }

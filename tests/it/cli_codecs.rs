@@ -1,0 +1,230 @@
+//! The opt-in codecs (`--positions seeded`, `--values entropy`, `--codec auto`) through the real binary:
+//! compress → apply equals the in-memory result, bytes do not depend on the thread count, `inspect` splits the
+//! bits, the byte budget buys density, and methods the codecs do not apply to are refused in one line.
+
+use ultradelta::archive::ArchiveReader;
+use ultradelta::io::DType;
+use ultradelta::{CompressConfig, Method};
+
+use crate::cli_methods::check_apply_equals_in_memory;
+use crate::support::{pair, s, ud_err, ud_ok};
+
+fn compress_args<'a>(base: &'a str, ft: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "compress",
+        "--quiet",
+        "--base",
+        base,
+        "--finetuned",
+        ft,
+        "--output",
+        out,
+        "--sparsity",
+        "0.9",
+    ];
+    a.extend(extra);
+    a
+}
+
+#[test]
+fn every_codec_round_trips_through_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::BF16, false, 7);
+    let cases: [(&str, &[&str], &[&str]); 5] = [
+        (
+            "golomb-entropy",
+            &["--values", "entropy"],
+            &["sparse-golomb-rans"],
+        ),
+        (
+            "seeded-packed",
+            &["--positions", "seeded"],
+            &["sparse-seeded"],
+        ),
+        (
+            "seeded-entropy",
+            &[
+                "--positions",
+                "seeded",
+                "--values",
+                "entropy",
+                "--seed-trials",
+                "3",
+            ],
+            &["sparse-seeded-rans"],
+        ),
+        (
+            "auto",
+            &["--codec", "auto"],
+            &["sparse-golomb", "sparse-golomb-rans"],
+        ),
+        (
+            "seeded-auto",
+            &["--positions", "seeded", "--codec", "auto"],
+            &["sparse-seeded", "sparse-seeded-rans"],
+        ),
+    ];
+    for (label, flags, kinds) in cases {
+        let archive = dir.path().join(format!("{label}.udelta"));
+        ud_ok(&compress_args(s(&base), s(&ft), s(&archive), flags));
+        let ins: serde_json::Value =
+            serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
+        let got: Vec<&str> = ins["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["policy"] == "compress")
+            .map(|t| t["kind"].as_str().unwrap())
+            .collect();
+        assert!(
+            !got.is_empty() && got.iter().all(|k| kinds.contains(k)),
+            "{label}: {got:?}"
+        );
+        let codec = &ins["codec"];
+        assert!(codec["bits_per_kept"].as_f64().unwrap() > 0.0, "{label}");
+        if label.starts_with("seeded") {
+            assert_eq!(codec["position_bits_per_kept"], 0.0, "{label}");
+        } else {
+            assert!(
+                codec["position_bits_per_kept"].as_f64().unwrap() > 1.0,
+                "{label}"
+            );
+        }
+        let rebuilt = dir.path().join(format!("{label}-rebuilt"));
+        ud_ok(&[
+            "apply",
+            "--quiet",
+            "--base",
+            s(&base),
+            "--output",
+            s(&rebuilt),
+            s(&archive),
+        ]);
+        check_apply_equals_in_memory(&base, &ft, &archive, &rebuilt, Method::Ultradelta);
+    }
+    // Same kept entries under golomb+packed and golomb+entropy: the rebuilt weights are identical.
+    let (a, b) = (
+        dir.path().join("golomb-packed.udelta"),
+        dir.path().join("golomb-entropy.udelta"),
+    );
+    ud_ok(&compress_args(s(&base), s(&ft), s(&a), &[]));
+    let ra = ArchiveReader::open(&a).unwrap();
+    let rb = ArchiveReader::open(&b).unwrap();
+    for e in ra
+        .manifest()
+        .tensors
+        .iter()
+        .filter(|e| e.kind == "sparse-golomb")
+    {
+        let n = e.numel as usize;
+        assert_eq!(
+            ra.read_record(&e.name)
+                .unwrap()
+                .delta_to_dense(n, 1.0)
+                .unwrap(),
+            rb.read_record(&e.name)
+                .unwrap()
+                .delta_to_dense(n, 1.0)
+                .unwrap(),
+            "{}",
+            e.name
+        );
+    }
+    // Human-readable inspect names the codec and the split.
+    let human = ud_ok(&["inspect", s(&dir.path().join("seeded-entropy.udelta"))]);
+    assert!(human.contains("codec seeded+entropy:"), "{human}");
+    assert!(human.contains("0.00 position"), "{human}");
+}
+
+#[test]
+fn coded_archives_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 9);
+    for flags in [
+        &["--positions", "seeded", "--values", "entropy"][..],
+        &["--values", "entropy"][..],
+        &["--positions", "seeded", "--codec", "auto"][..],
+    ] {
+        let mut bytes = Vec::new();
+        for threads in ["1", "2"] {
+            let out = dir.path().join(format!("t{threads}.udelta"));
+            let mut args = compress_args(s(&base), s(&ft), s(&out), flags);
+            args.extend(["--threads", threads, "--force"]);
+            ud_ok(&args);
+            bytes.push(std::fs::read(&out).unwrap());
+        }
+        assert_eq!(bytes[0], bytes[1], "{flags:?}");
+    }
+}
+
+#[test]
+fn budget_with_new_codecs_lands_on_target_and_keeps_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 4);
+    let density = |flags: &[&str]| -> f64 {
+        let out = dir.path().join("b.udelta");
+        let mut args = vec![
+            "compress",
+            "--quiet",
+            "--force",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&ft),
+            "--output",
+            s(&out),
+            "--target-ratio",
+            "20",
+        ];
+        args.extend(flags);
+        ud_ok(&args);
+        let ins = ultradelta::inspect(&ArchiveReader::open(&out).unwrap());
+        let real = ins.ratio.real.unwrap();
+        assert!((real / 20.0 - 1.0).abs() <= 0.01, "{flags:?}: {real}");
+        ins.codec.unwrap().density
+    };
+    let paper = density(&[]);
+    let seeded = density(&["--positions", "seeded"]);
+    let both = density(&["--positions", "seeded", "--values", "entropy"]);
+    assert!(seeded > 1.5 * paper, "{seeded} vs {paper}");
+    assert!(both > seeded, "{both} vs {seeded}");
+}
+
+#[test]
+fn codecs_refuse_methods_they_do_not_apply_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 2);
+    let out = dir.path().join("x.udelta");
+    let err = ud_err(&compress_args(
+        s(&base),
+        s(&ft),
+        s(&out),
+        &["--method", "magnitude", "--positions", "seeded"],
+    ));
+    assert!(err.contains("magnitude") && err.contains("seed"), "{err}");
+    let err = ud_err(&compress_args(
+        s(&base),
+        s(&ft),
+        s(&out),
+        &["--method", "dare", "--values", "entropy"],
+    ));
+    assert!(err.contains("dare"), "{err}");
+    let err = ud_err(&compress_args(
+        s(&base),
+        s(&ft),
+        s(&out),
+        &["--no-quant", "--values", "entropy"],
+    ));
+    assert!(err.contains("--no-quant"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn params_without_codec_fields_still_deserialize() {
+    let mut v = serde_json::to_value(CompressConfig::default()).unwrap();
+    for k in ["positions", "values", "codec", "seed_trials"] {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    let cfg: CompressConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(cfg, CompressConfig::default());
+}
