@@ -154,6 +154,26 @@ pub fn builtin_variants() -> Vec<Variant> {
             true,
             true,
         ),
+        Variant {
+            ratios: Some(vec![50.9, 132.5]),
+            ..variant(
+                "ud-entropy",
+                "UltraDelta, rANS-coded levels",
+                &["--values", "entropy"],
+                true,
+                true,
+            )
+        },
+        Variant {
+            ratios: Some(vec![50.9, 132.5]),
+            ..variant(
+                "ud-seeded",
+                "UltraDelta, seeded positions + rANS levels",
+                &["--positions", "seeded", "--values", "entropy"],
+                true,
+                true,
+            )
+        },
         variant("dare", "DARE", &["--method", "dare"], false, true),
         variant(
             "magnitude",
