@@ -119,6 +119,7 @@ mod apply;
 pub mod budget;
 mod compress;
 mod config;
+mod delta;
 mod error;
 mod evaluate;
 mod inspect;
