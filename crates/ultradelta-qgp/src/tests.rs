@@ -281,7 +281,14 @@ fn dac_is_uniform_within_a_group() {
 #[test]
 fn samplers_agree() {
     // The dense and the sparse virtual arrays must give identical draws.
-    for (n, m) in [(100u64, 3u64), (100, 60), (1000, 10)] {
+    for (n, m) in [
+        (100u64, 3u64),
+        (100, 60),
+        (1000, 10),
+        (10_000, 50),
+        (100_000, 1500),
+        (100_000, 3000),
+    ] {
         let mut a = DetRng::new(n * 31 + m);
         let mut b = a.clone();
         let mut dense: Vec<u32> = (0..n as u32).collect();

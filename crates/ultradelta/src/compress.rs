@@ -466,6 +466,9 @@ fn write_records(
                             *o = f ^ b;
                         }
                     });
+                // The inputs' pages are not needed while the XOR is encoded (large embeddings).
+                p.base.release(name);
+                p.ft.release(name);
                 writer.write_tensor(
                     entry,
                     &Record::XorDelta {
