@@ -131,18 +131,67 @@ pub fn optimal_parameter(positions: &[u64], numel: u64) -> Result<u64> {
     if cands.len() == 1 || positions.is_empty() {
         return Ok(cands[0]);
     }
-    let mut costs = vec![0u64; cands.len()];
-    for g in gaps(positions) {
-        for (cost, &m) in costs.iter_mut().zip(&cands) {
-            *cost += gap_bits(g, m);
-        }
-    }
+    let costs = candidate_costs(positions, &cands);
     let best = costs
         .iter()
         .zip(&cands)
         .min_by_key(|&(&cost, &m)| (cost, m))
         .map_or(1, |(_, &m)| m);
     Ok(best)
+}
+
+/// Gaps below this are counted in a histogram by [`candidate_costs`]; larger ones are costed one by one.
+const GAP_HISTOGRAM: usize = 1 << 12;
+
+/// Positions per parallel work unit of [`candidate_costs`].
+const COST_CHUNK: usize = 1 << 16;
+
+/// [`encoded_bits`] of valid `positions` for every parameter in `cands`: the bit cost of a gap depends only on the
+/// gap, so the gaps are counted once (small ones in a histogram, in parallel fixed chunks) and every candidate is
+/// costed from the counts. Integer sums, so the result does not depend on the thread count.
+fn candidate_costs(positions: &[u64], cands: &[u64]) -> Vec<u64> {
+    use rayon::prelude::*;
+    let (hist, costs) = positions
+        .par_chunks(COST_CHUNK)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut hist = vec![0u64; GAP_HISTOGRAM];
+            let mut costs = vec![0u64; cands.len()];
+            let mut next_min = if c == 0 {
+                0
+            } else {
+                positions[c * COST_CHUNK - 1] + 1
+            };
+            for &p in chunk {
+                let g = p - next_min;
+                next_min = p + 1;
+                if g < GAP_HISTOGRAM as u64 {
+                    hist[g as usize] += 1;
+                } else {
+                    for (cost, &m) in costs.iter_mut().zip(cands) {
+                        *cost += gap_bits(g, m);
+                    }
+                }
+            }
+            (hist, costs)
+        })
+        .reduce(
+            || (vec![0u64; GAP_HISTOGRAM], vec![0u64; cands.len()]),
+            |(mut h, mut c), (h2, c2)| {
+                h.iter_mut().zip(h2).for_each(|(a, b)| *a += b);
+                c.iter_mut().zip(c2).for_each(|(a, b)| *a += b);
+                (h, c)
+            },
+        );
+    let mut costs = costs;
+    for (cost, &m) in costs.iter_mut().zip(cands) {
+        for (g, &n) in hist.iter().enumerate() {
+            if n > 0 {
+                *cost += n * gap_bits(g as u64, m);
+            }
+        }
+    }
+    costs
 }
 
 /// Encodes `positions` with the parameter `m`. Returns the stream bytes and its length in bits.
@@ -157,12 +206,30 @@ pub fn encode_positions_with(positions: &[u64], numel: u64, m: u64) -> Result<(V
             numel.max(1)
         )));
     }
-    let bits = encoded_bits(positions, m);
+    let bits = candidate_costs(positions, &[m])[0];
     let (c, u) = tb_constants(m);
     let mut w = BitWriter::with_capacity_bits(bits);
     for g in gaps(positions) {
         let q = g / m;
         let r = g % m;
+        if q < 24 && c <= 24 {
+            // The whole code in one append: q ones, a zero, then the remainder most significant bit first.
+            let (value, n) = if c == 0 {
+                (0, 0)
+            } else if r < u {
+                (r, c - 1)
+            } else {
+                (r + u, c)
+            };
+            let rem = if n == 0 {
+                0
+            } else {
+                value.reverse_bits() >> (64 - n)
+            };
+            let q = q as u32;
+            w.put_lsb_first(((1u64 << q) - 1) | (rem << (q + 1)), q + 1 + n);
+            continue;
+        }
         w.put_ones(q);
         w.put_lsb_first(0, 1);
         if c > 0 {
@@ -351,6 +418,21 @@ mod tests {
         for c in candidate_parameters(positions.len() as u64, numel) {
             assert!(encoded_bits(&positions, c) >= best);
         }
+    }
+
+    #[test]
+    fn histogram_costs_equal_direct_costs() {
+        // Small and huge gaps (past the histogram), several parallel chunks.
+        let mut positions = Vec::new();
+        let mut p = 0u64;
+        for i in 0..300_000u64 {
+            p += 1 + (i * 7919) % 61 + if i % 1000 == 0 { 100_000 } else { 0 };
+            positions.push(p);
+        }
+        let numel = p + 10;
+        let cands = candidate_parameters(positions.len() as u64, numel);
+        let direct: Vec<u64> = cands.iter().map(|&m| encoded_bits(&positions, m)).collect();
+        assert_eq!(candidate_costs(&positions, &cands), direct);
     }
 
     #[test]

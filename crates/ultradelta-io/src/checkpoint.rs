@@ -449,6 +449,32 @@ impl Checkpoint {
         }
     }
 
+    /// Drops this process's mapping of `name`'s pages (the file data stays in the page cache), so a pass over a
+    /// checkpoint larger than memory keeps a resident set the size of one tensor. Later reads of the tensor fault
+    /// the pages back in. Only a hint: unknown names and failures are ignored.
+    pub fn release(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(i) = self.position(name) {
+            let loc = self.locs[i];
+            let map = &self.maps[loc.file];
+            if loc.end > loc.start {
+                // SAFETY: the map is a read-only shared file mapping. MADV_DONTNEED on it only removes this
+                // process's page-table entries; the next access refaults the same bytes from the page cache or the
+                // file, so every `&[u8]` view stays valid and unchanged (the file is immutable, see `map_file`).
+                #[allow(unsafe_code)]
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        loc.start,
+                        loc.end - loc.start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     /// Views of every tensor, in name order.
     pub fn views(&self) -> impl Iterator<Item = TensorView<'_>> + '_ {
         (0..self.tensors.len()).map(|i| self.view_at(i))
@@ -661,6 +687,32 @@ impl<'a> TensorView<'a> {
             });
         }
         decode_into(self.info.dtype, self.bytes, out);
+        Ok(())
+    }
+
+    /// Like [`to_f32_into`](Self::to_f32_into) for the elements `start..start + out.len()` only, on the calling
+    /// thread (for callers that split a tensor into their own parallel chunks).
+    ///
+    /// # Errors
+    /// [`Error::NotFloat`] for a non-float dtype, [`Error::LengthMismatch`] if the range passes the end.
+    pub fn range_to_f32_into(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        if !self.info.dtype.is_float() {
+            return Err(Error::NotFloat {
+                context: self.context(),
+                dtype: self.info.dtype,
+            });
+        }
+        let numel = self.info.numel();
+        let end = start.checked_add(out.len()).filter(|&e| e <= numel);
+        let Some(end) = end else {
+            return Err(Error::LengthMismatch {
+                context: self.context(),
+                expected: numel.saturating_sub(start),
+                found: out.len(),
+            });
+        };
+        let es = self.info.dtype.size();
+        crate::convert::decode_chunk(self.info.dtype, &self.bytes[start * es..end * es], out);
         Ok(())
     }
 

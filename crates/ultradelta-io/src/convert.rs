@@ -77,6 +77,29 @@ pub(crate) fn decode_chunk(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Decodes little-endian `dtype` bytes into `out` on the calling thread, exactly as tensor views convert them.
+///
+/// # Errors
+/// [`Error::NotFloat`] for a non-float dtype; [`Error::LengthMismatch`] unless `bytes.len() == out.len() *
+/// dtype.size()`.
+pub fn bytes_to_f32(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<()> {
+    if !dtype.is_float() {
+        return Err(Error::NotFloat {
+            context: "bytes_to_f32".into(),
+            dtype,
+        });
+    }
+    if bytes.len() != out.len() * dtype.size() {
+        return Err(Error::LengthMismatch {
+            context: format!("bytes_to_f32 of {} bytes of {}", bytes.len(), dtype.name()),
+            expected: bytes.len() / dtype.size(),
+            found: out.len(),
+        });
+    }
+    decode_chunk(dtype, bytes, out);
+    Ok(())
+}
+
 /// Converts `values` to `dtype`'s little-endian bytes, replacing the contents of `out`.
 ///
 /// F32 is exact, F64 widens exactly, F16 and BF16 round to nearest, ties to even (as `half`'s `from_f32`);

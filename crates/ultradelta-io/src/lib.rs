@@ -38,7 +38,7 @@ mod tests;
 pub use checkpoint::{
     pair, Checkpoint, Pairing, TensorView, INDEX_FILE_NAME, MAX_COMPANION_BYTES, SINGLE_FILE_NAME,
 };
-pub use convert::{f32_to_bytes, PAR_CHUNK};
+pub use convert::{bytes_to_f32, f32_to_bytes, PAR_CHUNK};
 pub use dtype::{DType, TensorInfo};
 pub use error::{Error, Result};
 pub use header::MAX_HEADER_BYTES;

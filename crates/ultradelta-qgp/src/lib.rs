@@ -92,6 +92,13 @@ impl QuantParams {
             .par_chunks(CHUNK)
             .enumerate()
             .map(|(c, chunk)| {
+                let (lo, hi, finite) = min_max_finite(chunk);
+                if finite && lo != 0.0 && hi != 0.0 {
+                    // A non-zero extreme has one bit pattern whatever the order of comparison.
+                    return (None, lo, hi);
+                }
+                // Non-finite data, or an extreme of ±0 whose sign depends on the order of comparison: the
+                // sequential scan (the reference order).
                 let mut lo = f32::INFINITY;
                 let mut hi = f32::NEG_INFINITY;
                 for (i, &x) in chunk.iter().enumerate() {
@@ -159,10 +166,63 @@ impl QuantParams {
         if self.step == 0.0 {
             return 0;
         }
-        let q = ((x - self.lo) / self.step).round();
-        // f32::max returns the other operand for NaN, so NaN maps to 0.
-        q.max(0.0).min(f32::from(self.max_level())) as u16
+        level_of(x, self.lo, self.step, self.max_level())
     }
+
+    /// [`quantize_one`](Self::quantize_one) of every value of `xs` into `out` (same length), single-threaded.
+    #[inline]
+    fn quantize_slice(&self, xs: &[f32], out: &mut [u16]) {
+        if self.step == 0.0 {
+            out.fill(0);
+            return;
+        }
+        let (lo, step, max) = (self.lo, self.step, self.max_level());
+        for (o, &x) in out.iter_mut().zip(xs) {
+            *o = level_of(x, lo, step, max);
+        }
+    }
+}
+
+/// `((x - lo) / step).round().max(0.0).min(max)` (NaN maps to 0) for `step != 0`, without the libm call:
+/// clamping to [-1, max + 1] first changes nothing after the final clamp, and in that range truncation plus
+/// "fraction >= 0.5" is rounding half away from zero (`v - trunc(v)` is exact). Branch-free, so loops over it
+/// vectorise.
+#[inline(always)]
+fn level_of(x: f32, lo: f32, step: f32, max: u16) -> u16 {
+    let v = ((x - lo) / step).max(-1.0).min(f32::from(max) + 1.0);
+    let t = v as i32;
+    let r = t + i32::from(v - t as f32 >= 0.5);
+    r.clamp(0, i32::from(max)) as u16
+}
+
+/// Minimum, maximum and "every value is finite" of `xs`, in one branch-free (vectorisable) pass. With a
+/// non-finite value present the extremes are meaningless.
+#[inline]
+fn min_max_finite(xs: &[f32]) -> (f32, f32, bool) {
+    const LANES: usize = 16;
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    let mut finite = [true; LANES];
+    let mut it = xs.chunks_exact(LANES);
+    for c in &mut it {
+        for k in 0..LANES {
+            lo[k] = lo[k].min(c[k]);
+            hi[k] = hi[k].max(c[k]);
+            finite[k] &= c[k].abs() < f32::INFINITY;
+        }
+    }
+    let (mut l, mut h, mut f) = (f32::INFINITY, f32::NEG_INFINITY, true);
+    for &x in it.remainder() {
+        l = l.min(x);
+        h = h.max(x);
+        f &= x.abs() < f32::INFINITY;
+    }
+    for k in 0..LANES {
+        l = l.min(lo[k]);
+        h = h.max(hi[k]);
+        f &= finite[k];
+    }
+    (l, h, f)
 }
 
 /// Quantizes `delta` into `out` with [`QuantParams::quantize_one`], in parallel fixed chunks
@@ -178,17 +238,13 @@ pub fn quantize(delta: &[f32], p: &QuantParams, out: &mut [u16]) {
     );
     out.par_chunks_mut(CHUNK)
         .zip(delta.par_chunks(CHUNK))
-        .for_each(|(o, d)| {
-            for (o, &x) in o.iter_mut().zip(d) {
-                *o = p.quantize_one(x);
-            }
-        });
+        .for_each(|(o, d)| p.quantize_slice(d, o));
 }
 
 /// Count of each level: `counts[l]` = number of entries equal to `l`; the length is
 /// `max(levels) + 1` (empty for empty input).
 pub fn level_counts(levels: &[u16]) -> Vec<u64> {
-    let Some(&max) = levels.par_iter().max() else {
+    let Some(max) = max_level_of(levels) else {
         return Vec::new();
     };
     let size = usize::from(max) + 1;
@@ -197,9 +253,7 @@ pub fn level_counts(levels: &[u16]) -> Vec<u64> {
         .fold(
             || vec![0u64; size],
             |mut h, chunk| {
-                for &l in chunk {
-                    h[usize::from(l)] += 1;
-                }
+                add_histogram(chunk, &mut h);
                 h
             },
         )
@@ -214,15 +268,88 @@ pub fn level_counts(levels: &[u16]) -> Vec<u64> {
         )
 }
 
+/// Largest level (None for empty input), in parallel vectorisable chunks.
+fn max_level_of(levels: &[u16]) -> Option<u16> {
+    levels
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().copied().fold(0u16, u16::max))
+        .reduce_with(u16::max)
+}
+
+/// Adds the level histogram of `chunk` into `h` (`h.len()` must exceed every level). Four interleaved
+/// sub-histograms break the store-to-load dependency of runs of equal levels.
+#[inline]
+fn add_histogram(chunk: &[u16], h: &mut [u64]) {
+    let size = h.len();
+    let mut sub = vec![0u32; 4 * size];
+    for part in chunk.chunks(1 << 30) {
+        let mut it = part.chunks_exact(4);
+        for c in &mut it {
+            sub[usize::from(c[0])] += 1;
+            sub[size + usize::from(c[1])] += 1;
+            sub[2 * size + usize::from(c[2])] += 1;
+            sub[3 * size + usize::from(c[3])] += 1;
+        }
+        for &l in it.remainder() {
+            sub[usize::from(l)] += 1;
+        }
+        for (g, x) in h.iter_mut().enumerate() {
+            *x += u64::from(sub[g])
+                + u64::from(sub[size + g])
+                + u64::from(sub[2 * size + g])
+                + u64::from(sub[3 * size + g]);
+        }
+        sub.fill(0);
+    }
+}
+
 /// Population standard deviation of the dequantized values, in f64: computed exactly from the
 /// level histogram (integer counts, so independent of the thread count), each level valued at
 /// `dequantize(level) as f64`. 0 for empty input.
 pub fn quantized_std(levels: &[u16], p: &QuantParams) -> f64 {
-    let counts = level_counts(levels);
-    let n = levels.len() as f64;
-    if levels.is_empty() {
+    quantized_std_from_counts(&level_counts(levels), p)
+}
+
+/// The level histogram of `delta` quantized with `p` (as [`level_counts`] of [`quantize`]'s output, without
+/// materialising the levels): `counts[l]` entries at level `l`, trimmed after the highest level present (empty
+/// for empty input).
+pub fn quantized_counts(delta: &[f32], p: &QuantParams) -> Vec<u64> {
+    let size = usize::from(p.max_level()) + 1;
+    let mut counts = delta
+        .par_chunks(CHUNK)
+        .fold(
+            || vec![0u64; size],
+            |mut h, chunk| {
+                let mut levels = [0u16; 4096];
+                for part in chunk.chunks(levels.len()) {
+                    let l = &mut levels[..part.len()];
+                    p.quantize_slice(part, l);
+                    add_histogram(l, &mut h);
+                }
+                h
+            },
+        )
+        .reduce(
+            || vec![0u64; size],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        );
+    let used = counts.iter().rposition(|&c| c > 0).map_or(0, |l| l + 1);
+    counts.truncate(used);
+    counts
+}
+
+/// [`quantized_std`] from a level histogram (`counts[l]` entries at level `l`, as [`level_counts`] returns).
+pub fn quantized_std_from_counts(counts: &[u64], p: &QuantParams) -> f64 {
+    let n: u64 = counts.iter().sum();
+    if n == 0 {
         return 0.0;
     }
+    let n = n as f64;
     let value = |l: usize| f64::from(p.dequantize(l as u16));
     let mean = counts
         .iter()
@@ -289,6 +416,14 @@ pub fn dac_drop_count(n: u64, r: f64) -> u64 {
     ((n as f64 * r).round() as u64).min(n)
 }
 
+/// Scan state of one level group in [`group_prune`]'s selection pass.
+struct GroupCursor {
+    ordinal: u64,
+    next: u64,
+    cursor: usize,
+    keep_listed: bool,
+}
+
 /// Which within-group ordinals a group lists, and whether the listed ones are kept or dropped.
 struct Selection {
     /// Sorted ordinals (rank of the entry among its group's entries, in position order).
@@ -297,12 +432,44 @@ struct Selection {
     keep_listed: bool,
 }
 
+/// Hashes the slot indices of [`sample_ordinals`]' sparse map with one multiply-xorshift (the keys are not
+/// adversarial, and the map's contents, not its iteration order, determine the result).
+#[derive(Clone, Copy, Default)]
+struct SlotHasher;
+
+impl std::hash::BuildHasher for SlotHasher {
+    type Hasher = SlotHash;
+    fn build_hasher(&self) -> SlotHash {
+        SlotHash(0)
+    }
+}
+
+/// The hasher of [`SlotHasher`].
+struct SlotHash(u64);
+
+impl std::hash::Hasher for SlotHash {
+    fn finish(&self) -> u64 {
+        let x = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^ (x >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 /// Picks `m` distinct ordinals from `0..n` uniformly by a partial Fisher–Yates shuffle of the
 /// virtual array `[0, 1, .., n-1]`: step `j` swaps slot `j` with slot `j + below(n - j)` and
 /// takes the value that lands in slot `j`. The array is stored densely or as a sparse map of
 /// the touched slots, which gives identical results.
 fn sample_ordinals(n: u64, m: u64, rng: &mut DetRng) -> Vec<u64> {
-    let dense = n <= u64::from(u32::MAX) && m.saturating_mul(16) >= n;
+    // The dense array costs 4 bytes and one sequential write per slot; a map entry costs a hash and a probe per
+    // draw. Dense wins from about m ≥ n / 48 (a 98 % sparse tensor keeps 2 %).
+    let dense = n <= u64::from(u32::MAX) && m.saturating_mul(48) >= n;
     let mut out = Vec::with_capacity(m as usize);
     if dense {
         let mut slots: Vec<u32> = (0..n as u32).collect();
@@ -312,7 +479,8 @@ fn sample_ordinals(n: u64, m: u64, rng: &mut DetRng) -> Vec<u64> {
             out.push(u64::from(slots[j as usize]));
         }
     } else {
-        let mut moved: HashMap<u64, u64> = HashMap::with_capacity(2 * m as usize);
+        let mut moved: HashMap<u64, u64, SlotHasher> =
+            HashMap::with_capacity_and_hasher(2 * m as usize, SlotHasher);
         for j in 0..m {
             let x = j + rng.below(n - j);
             let at_j = moved.get(&j).copied().unwrap_or(j);
@@ -340,7 +508,7 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
     if n == 0 {
         return Pruned::default();
     }
-    let Some(&max_level) = levels.par_iter().max() else {
+    let Some(max_level) = max_level_of(levels) else {
         return Pruned::default();
     };
     let groups = usize::from(max_level) + 1;
@@ -353,9 +521,7 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
         .par_chunks(block_len)
         .map(|chunk| {
             let mut h = vec![0u64; groups];
-            for &l in chunk {
-                h[usize::from(l)] += 1;
-            }
+            add_histogram(chunk, &mut h);
             h
         })
         .collect();
@@ -407,24 +573,36 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
         .enumerate()
         .map(|(b, (chunk, start))| {
             let base = (b * block_len) as u64;
-            let mut counter = start.clone();
-            let mut cursor: Vec<usize> = selections
+            // Per group: entries of the group seen so far (ordinal of the next one), the next listed ordinal
+            // (u64::MAX when none is left), the cursor into `listed`, and whether listed entries are kept.
+            let mut state: Vec<GroupCursor> = selections
                 .iter()
                 .zip(start)
-                .map(|(s, &o)| s.listed.partition_point(|&x| x < o))
+                .map(|(s, &o)| {
+                    let cursor = s.listed.partition_point(|&x| x < o);
+                    GroupCursor {
+                        ordinal: o,
+                        next: s.listed.get(cursor).copied().unwrap_or(u64::MAX),
+                        cursor,
+                        keep_listed: s.keep_listed,
+                    }
+                })
                 .collect();
             let mut out = Pruned::default();
             for (i, &l) in chunk.iter().enumerate() {
                 let g = usize::from(l);
-                let ordinal = counter[g];
-                counter[g] += 1;
-                let sel = &selections[g];
-                let c = cursor[g];
-                let listed = c < sel.listed.len() && sel.listed[c] == ordinal;
+                let st = &mut state[g];
+                let listed = st.ordinal == st.next;
+                st.ordinal += 1;
                 if listed {
-                    cursor[g] += 1;
+                    st.cursor += 1;
+                    st.next = selections[g]
+                        .listed
+                        .get(st.cursor)
+                        .copied()
+                        .unwrap_or(u64::MAX);
                 }
-                if listed == sel.keep_listed {
+                if listed == st.keep_listed {
                     out.positions.push(base + i as u64);
                     out.levels.push(l);
                 }

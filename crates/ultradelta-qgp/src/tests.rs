@@ -281,7 +281,14 @@ fn dac_is_uniform_within_a_group() {
 #[test]
 fn samplers_agree() {
     // The dense and the sparse virtual arrays must give identical draws.
-    for (n, m) in [(100u64, 3u64), (100, 60), (1000, 10)] {
+    for (n, m) in [
+        (100u64, 3u64),
+        (100, 60),
+        (1000, 10),
+        (10_000, 50),
+        (100_000, 1500),
+        (100_000, 3000),
+    ] {
         let mut a = DetRng::new(n * 31 + m);
         let mut b = a.clone();
         let mut dense: Vec<u32> = (0..n as u32).collect();
@@ -379,4 +386,115 @@ proptest! {
             prop_assert_eq!(lv[pos as usize], l);
         }
     }
+}
+
+// ---------- fast kernels equal the reference formulas ----------
+
+/// The rounding formula as ALGORITHM.md states it.
+fn reference_level(p: &QuantParams, x: f32) -> u16 {
+    if p.step == 0.0 {
+        return 0;
+    }
+    let q = ((x - p.lo) / p.step).round();
+    q.max(0.0).min(f32::from(p.max_level())) as u16
+}
+
+#[test]
+fn quantize_one_equals_reference_rounding() {
+    let mut rng = DetRng::new(11);
+    for bits in [1u8, 2, 4, 8, 16] {
+        let p = params(bits, -0.37, 0.0123);
+        let top = f32::from(p.max_level());
+        let mut xs = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            p.lo,
+            p.lo - 1.0,
+            p.lo + top * p.step,
+            p.lo + (top + 3.0) * p.step,
+            f32::MAX,
+            f32::MIN,
+        ];
+        // Exact halves and their float neighbours, where rounding direction matters.
+        for k in 0..200 {
+            let v = (k as f32 - 20.0) * 0.5;
+            let x = p.lo + v * p.step;
+            xs.extend([
+                x,
+                f32::from_bits(x.to_bits() + 1),
+                f32::from_bits(x.to_bits() - 1),
+            ]);
+        }
+        for _ in 0..20_000 {
+            let u = rng.unit_f64() as f32;
+            xs.push(p.lo + (u * 1.2 - 0.1) * top * p.step);
+        }
+        for x in xs {
+            assert_eq!(
+                p.quantize_one(x),
+                reference_level(&p, x),
+                "bits {bits}, x {x:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fit_equals_sequential_scan_including_signed_zeros() {
+    let reference = |d: &[f32]| {
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        for &x in d {
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
+        (lo.to_bits(), hi.to_bits())
+    };
+    let mut rng = DetRng::new(3);
+    for case in 0..6 {
+        let mut d: Vec<f32> = (0..100_003)
+            .map(|_| (rng.unit_f64() as f32) * 0.01)
+            .collect();
+        match case {
+            0 => {}
+            1 => d.iter_mut().step_by(7).for_each(|x| *x = 0.0),
+            2 => d.iter_mut().step_by(5).for_each(|x| *x = -0.0),
+            3 => d.iter_mut().for_each(|x| *x = -*x),
+            4 => {
+                d.iter_mut().for_each(|x| *x = -*x);
+                d.iter_mut().step_by(3).for_each(|x| *x = -0.0);
+                d[17] = 0.0;
+            }
+            _ => d.iter_mut().for_each(|x| *x = 0.0),
+        }
+        let q = QuantParams::fit(&d, 4).unwrap();
+        let (lo, _) = reference(&d);
+        assert_eq!(q.lo.to_bits(), lo, "case {case}");
+    }
+}
+
+#[test]
+fn quantized_counts_equal_level_counts_of_quantize() {
+    let mut rng = DetRng::new(21);
+    let d: Vec<f32> = (0..300_001)
+        .map(|_| ((rng.unit_f64() - 0.5) * 0.02) as f32)
+        .collect();
+    for bits in [1u8, 3, 4, 8] {
+        let q = QuantParams::fit(&d, bits).unwrap();
+        let mut levels = vec![0u16; d.len()];
+        quantize(&d, &q, &mut levels);
+        let fused = in_pool(3, || quantized_counts(&d, &q));
+        assert_eq!(fused, level_counts(&levels), "bits {bits}");
+        assert_eq!(
+            quantized_std_from_counts(&fused, &q).to_bits(),
+            quantized_std(&levels, &q).to_bits()
+        );
+    }
+    // Only the low half of the levels used: trimmed like level_counts.
+    let p = params(4, 0.0, 1.0);
+    let d = [0.0f32, 1.0, 2.0, 2.0];
+    assert_eq!(quantized_counts(&d, &p), vec![1, 1, 2]);
+    assert!(quantized_counts(&[], &p).is_empty());
 }

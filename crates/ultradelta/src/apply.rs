@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use ultradelta_archive::{ArchiveReader, Policy, Record, TensorEntry};
-use ultradelta_io::{f32_to_bytes, Checkpoint, CheckpointWriter, TensorInfo, WriterOptions};
+use ultradelta_archive::{ArchiveReader, Policy, Record, SparseRecord, TensorEntry};
+use ultradelta_io::{
+    f32_to_bytes, Checkpoint, CheckpointWriter, DType, TensorInfo, TensorView, WriterOptions,
+    PAR_CHUNK,
+};
 
 use crate::{Error, Progress, Result};
 
@@ -115,6 +118,12 @@ pub fn rebuild_tensor(
         },
         Policy::Compress => {
             let rec = reader.read_record(name)?;
+            let gamma = reader.manifest().gamma as f32;
+            if let Record::Sparse(s) = &rec {
+                if let Some(out) = patch_sparse(&view, s, gamma)? {
+                    return Ok(out);
+                }
+            }
             let mut w = view.to_f32()?;
             rec.add_delta_into(reader.manifest().gamma as f32, &mut w)
                 .map_err(|source| Error::Decode {
@@ -128,6 +137,82 @@ pub fn rebuild_tensor(
         }
         Policy::New => unreachable!("handled above"),
     }
+}
+
+/// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries.
+///
+/// Returns exactly the bytes of the dense path (`to_f32`, [`Record::add_delta_into`], [`f32_to_bytes`]): an
+/// entry the record does not touch converts to f32 and back unchanged, except a NaN of F16/BF16 (whose payload
+/// the conversion may rewrite), so each block of [`PAR_CHUNK`] entries (the dense path's conversion blocks) is
+/// copied from the base and only its kept entries are recomputed, with the same arithmetic and conversions; a
+/// block holding a NaN, before or after the addition, goes through the dense path. `None` when this path does not
+/// apply (another dtype, or a record that does not validate: the dense path reports the error).
+fn patch_sparse(view: &TensorView<'_>, s: &SparseRecord, gamma: f32) -> Result<Option<Vec<u8>>> {
+    let dtype = view.info().dtype;
+    let numel = view.info().numel();
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        || s.numel != numel as u64
+        || s.validate().is_err()
+    {
+        return Ok(None);
+    }
+    let es = dtype.size();
+    let base = view.bytes();
+    let mut out = base.to_vec();
+    out.par_chunks_mut(PAR_CHUNK * es)
+        .enumerate()
+        .try_for_each(|(c, o)| -> Result<()> {
+            let start = c * PAR_CHUNK;
+            let end = start + o.len() / es;
+            let a = s.positions.partition_point(|&p| p < start as u64);
+            let b = s.positions.partition_point(|&p| p < end as u64);
+            // Largest magnitude bit pattern of the block (one vectorisable reduction) against the first NaN's.
+            let nan_bits = |o: &[u8]| {
+                let top = o
+                    .chunks_exact(2)
+                    .map(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) as i16)
+                    .fold(0i16, i16::max);
+                match dtype {
+                    DType::BF16 => top > 0x7f80,
+                    DType::F16 => top > 0x7c00,
+                    _ => false,
+                }
+            };
+            if a < b || (dtype != DType::F32 && nan_bits(o)) {
+                let mut vals = vec![0f32; b - a];
+                let mut gathered = Vec::with_capacity((b - a) * es);
+                for &p in &s.positions[a..b] {
+                    let i = p as usize - start;
+                    gathered.extend_from_slice(&o[i * es..(i + 1) * es]);
+                }
+                ultradelta_io::bytes_to_f32(&gathered, dtype, &mut vals)?;
+                for (k, v) in vals.iter_mut().enumerate() {
+                    *v += s.value(a + k) * gamma;
+                }
+                let exact =
+                    dtype == DType::F32 || !(nan_bits(o) || vals.iter().any(|v| v.is_nan()));
+                if exact {
+                    let mut enc = Vec::with_capacity(vals.len() * es);
+                    f32_to_bytes(&vals, dtype, &mut enc)?;
+                    for (&p, e) in s.positions[a..b].iter().zip(enc.chunks_exact(es)) {
+                        let i = p as usize - start;
+                        o[i * es..(i + 1) * es].copy_from_slice(e);
+                    }
+                } else {
+                    // The dense path on this block.
+                    let mut w = vec![0f32; o.len() / es];
+                    view.range_to_f32_into(start, &mut w)?;
+                    for k in a..b {
+                        w[s.positions[k] as usize - start] += s.value(k) * gamma;
+                    }
+                    let mut enc = Vec::with_capacity(o.len());
+                    f32_to_bytes(&w, dtype, &mut enc)?;
+                    o.copy_from_slice(&enc);
+                }
+            }
+            Ok(())
+        })?;
+    Ok(Some(out))
 }
 
 /// Rebuilds the fine-tuned checkpoint from `base` and the archive at `archive` into the
@@ -160,10 +245,29 @@ pub fn apply(
     };
     let mut writer = CheckpointWriter::create(out_dir, infos, wopts)?;
     progress.begin("rebuilding", total);
-    for entry in &manifest.tensors {
-        let bytes = rebuild_tensor(base, &reader, archive, entry)?;
-        writer.write_tensor(&entry.name, &bytes)?;
-        progress.advance(entry.numel);
+    // A two-stage pipeline: tensor k is rebuilt while tensor k - 1 is written out (the copy into the page cache
+    // is a large share of the time), so at most two rebuilt tensors are in memory.
+    let mut written: Option<(&TensorEntry, Vec<u8>)> = None;
+    for entry in manifest.tensors.iter().map(Some).chain([None]) {
+        let (done, next) = rayon::join(
+            || -> Result<()> {
+                if let Some((e, bytes)) = written.take() {
+                    writer.write_tensor(&e.name, &bytes)?;
+                    progress.advance(e.numel);
+                }
+                Ok(())
+            },
+            || -> Result<Option<(&TensorEntry, Vec<u8>)>> {
+                let Some(entry) = entry else { return Ok(None) };
+                let bytes = rebuild_tensor(base, &reader, archive, entry)?;
+                // The base pages of this tensor are not needed again: the resident set stays the size of a
+                // tensor or two however large the checkpoint is.
+                base.release(&entry.name);
+                Ok(Some((entry, bytes)))
+            },
+        );
+        done?;
+        written = next?;
     }
     progress.end();
     for f in &manifest.files {
@@ -171,4 +275,121 @@ pub fn apply(
         writer.add_file(&f.name, &bytes)?;
     }
     Ok(writer.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ultradelta_qgp::QuantParams;
+
+    /// The dense path `patch_sparse` must reproduce byte for byte.
+    fn dense(view: &TensorView<'_>, rec: &Record, gamma: f32) -> Vec<u8> {
+        let mut w = view.to_f32().unwrap();
+        rec.add_delta_into(gamma, &mut w).unwrap();
+        let mut out = Vec::new();
+        f32_to_bytes(&w, view.info().dtype, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn patch_sparse_equals_the_dense_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2 * PAR_CHUNK + 101;
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let mut bytes = Vec::new();
+            let vals: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.731).sin() * 0.05).collect();
+            f32_to_bytes(&vals, dtype, &mut bytes).unwrap();
+            let es = dtype.size();
+            // Raw patterns: signalling and quiet NaNs with payloads, ±0, ±inf, subnormals. Block 1 stays clean.
+            let specials: [(usize, u64); 8] = match dtype {
+                DType::BF16 => [
+                    (3, 0x7f81),
+                    (5, 0xffc1),
+                    (7, 0x8000),
+                    (9, 0x7f80),
+                    (11, 0x0001),
+                    (2 * PAR_CHUNK + 4, 0x7fa0),
+                    (2 * PAR_CHUNK + 6, 0x8001),
+                    (40, 0xff80),
+                ],
+                DType::F16 => [
+                    (3, 0x7c01),
+                    (5, 0xfe01),
+                    (7, 0x8000),
+                    (9, 0x7c00),
+                    (11, 0x0001),
+                    (2 * PAR_CHUNK + 4, 0x7d00),
+                    (2 * PAR_CHUNK + 6, 0x8001),
+                    (40, 0xfc00),
+                ],
+                _ => [
+                    (3, 0x7f80_0001),
+                    (5, 0xffc0_0001),
+                    (7, 0x8000_0000),
+                    (9, 0x7f80_0000),
+                    (11, 1),
+                    (2 * PAR_CHUNK + 4, 0x7fa0_0000),
+                    (2 * PAR_CHUNK + 6, 0x8000_0001),
+                    (40, 0xff80_0000),
+                ],
+            };
+            for (i, bits) in specials {
+                bytes[i * es..(i + 1) * es].copy_from_slice(&bits.to_le_bytes()[..es]);
+            }
+            let info = TensorInfo::new("w", dtype, vec![n]);
+            let path = dir.path().join(dtype.name());
+            ultradelta_io::write_checkpoint(&path, &[(info, bytes)], Default::default()).unwrap();
+            let ck = Checkpoint::open(&path).unwrap();
+            let view = ck.view("w").unwrap();
+            // Kept: the specials' neighbourhoods, a spread over every block, and huge levels that overflow.
+            let mut positions: Vec<u64> =
+                (0..n as u64).filter(|p| p % 29 == 0 || *p < 12).collect();
+            positions.extend([2 * PAR_CHUNK as u64 + 4, 2 * PAR_CHUNK as u64 + 6, 40]);
+            positions.sort_unstable();
+            positions.dedup();
+            let levels: Vec<u16> = positions.iter().map(|&p| (p % 16) as u16).collect();
+            for (scale, gamma) in [(1.0f32, 1.0f32), (3.0e38, 2.0), (0.37, 0.0)] {
+                let rec = SparseRecord {
+                    numel: n as u64,
+                    quant: QuantParams {
+                        bits: 4,
+                        lo: -0.01,
+                        step: 0.0013,
+                    },
+                    scale,
+                    positions: positions.clone(),
+                    levels: levels.clone(),
+                };
+                let got = patch_sparse(&view, &rec, gamma)
+                    .unwrap()
+                    .expect("fast path applies");
+                let want = dense(&view, &Record::Sparse(rec), gamma);
+                assert!(got == want, "{} scale {scale} gamma {gamma}", dtype.name());
+            }
+        }
+    }
+
+    #[test]
+    fn patch_sparse_declines_what_it_cannot_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = TensorInfo::new("w", DType::F64, vec![4]);
+        let path = dir.path().join("f64");
+        ultradelta_io::write_checkpoint(&path, &[(info, vec![0u8; 32])], Default::default())
+            .unwrap();
+        let ck = Checkpoint::open(&path).unwrap();
+        let rec = SparseRecord {
+            numel: 4,
+            quant: QuantParams {
+                bits: 4,
+                lo: 0.0,
+                step: 1.0,
+            },
+            scale: 1.0,
+            positions: vec![1],
+            levels: vec![3],
+        };
+        assert!(patch_sparse(&ck.view("w").unwrap(), &rec, 1.0)
+            .unwrap()
+            .is_none());
+    }
 }

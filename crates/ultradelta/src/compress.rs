@@ -11,12 +11,14 @@ use ultradelta_archive::{
 use ultradelta_baselines as baselines;
 use ultradelta_io::{pair, Checkpoint, TensorInfo, TensorView};
 use ultradelta_qgp::{
-    group_prune, quantize, quantized_std, random_prune, tensor_seed, QuantParams,
+    group_prune, quantize, quantized_counts, quantized_std_from_counts, random_prune, tensor_seed,
+    QuantParams,
 };
 use ultradelta_rescale::{nuclear_norm_with, rescale_factor, tngr_gammas, TraceOn};
 
 use crate::budget::{solve_budget, BudgetReport};
 use crate::config::{AllocationMode, CompressConfig, Method, PruningMode};
+use crate::delta::delta_into;
 use crate::selection::{detect_family, Family, FamilySource, RuleSource};
 use crate::{Error, Progress, Result};
 
@@ -143,16 +145,8 @@ fn describe_source(family: Family, src: &FamilySource) -> String {
 
 /// Δ = fine-tuned − base in f32, computed in parallel chunks.
 pub(crate) fn delta_f32(base: &TensorView<'_>, ft: &TensorView<'_>) -> Result<Vec<f32>> {
-    let mut d = ft.to_f32()?;
-    let b = base.to_f32()?;
-    const CHUNK: usize = 1 << 16;
-    d.par_chunks_mut(CHUNK)
-        .zip(b.par_chunks(CHUNK))
-        .for_each(|(d, b)| {
-            for (x, y) in d.iter_mut().zip(b) {
-                *x -= *y;
-            }
-        });
+    let mut d = Vec::new();
+    delta_into(base, ft, &mut d)?;
     Ok(d)
 }
 
@@ -175,19 +169,6 @@ fn quant_err(ckpt: &Checkpoint, name: &str, source: ultradelta_qgp::Error) -> Er
     }
 }
 
-/// Quantized delta of one tensor: parameters and levels.
-fn quantized_delta(
-    p: &Prepared<'_>,
-    name: &str,
-    bits: u8,
-) -> Result<(Vec<f32>, QuantParams, Vec<u16>)> {
-    let delta = delta_f32(&p.base.view(name)?, &p.ft.view(name)?)?;
-    let q = QuantParams::fit(&delta, bits).map_err(|e| quant_err(p.ft, name, e))?;
-    let mut levels = vec![0u16; delta.len()];
-    quantize(&delta, &q, &mut levels);
-    Ok((delta, q, levels))
-}
-
 /// Indices of the plans under policy `compress`.
 pub(crate) fn compressed_indices(p: &Prepared<'_>) -> Vec<usize> {
     (0..p.plans.len())
@@ -205,13 +186,21 @@ pub(crate) fn tensor_stats(
     let total: u64 = idx.iter().map(|&i| p.plans[i].info.numel() as u64).sum();
     progress.begin("analysing deltas", total);
     let mut stats = Vec::with_capacity(idx.len());
+    let mut delta = Vec::new();
     for &i in &idx {
         let info = &p.plans[i].info;
-        let (_, q, levels) = quantized_delta(p, &info.name, cfg.bits)?;
+        let name = info.name.as_str();
+        delta_into(&p.base.view(name)?, &p.ft.view(name)?, &mut delta)?;
+        let q = QuantParams::fit(&delta, cfg.bits).map_err(|e| quant_err(p.ft, name, e))?;
+        // The histogram of the levels is all σ needs: no level buffer.
+        let counts = quantized_counts(&delta, &q);
         stats.push(TensorStat {
             numel: info.numel() as u64,
-            std: quantized_std(&levels, &q),
+            std: quantized_std_from_counts(&counts, &q),
         });
+        // The next pass maps the tensor in again; meanwhile its pages need not count against this process.
+        p.base.release(name);
+        p.ft.release(name);
         progress.advance(info.numel() as u64);
     }
     progress.end();
@@ -412,6 +401,8 @@ fn write_records(
     progress.begin("compressing", total);
     let mut counts = PolicyCounts::default();
     let mut trace = 0f64;
+    // Δ of the current compressed tensor; one buffer for the whole run.
+    let mut delta = Vec::new();
     for (i, plan) in p.plans.iter().enumerate() {
         let info = &plan.info;
         let name = info.name.as_str();
@@ -430,11 +421,12 @@ fn write_records(
                 counts.compress += 1;
                 let (rate, tier) = rate_of[i].expect("every compressed tensor has a rate");
                 let ft_view = p.ft.view(name)?;
-                let delta = delta_f32(
+                delta_into(
                     base_view
                         .as_ref()
                         .expect("compressed tensors are in the base"),
                     &ft_view,
+                    &mut delta,
                 )?;
                 let (rec, codec_info) =
                     crate::codec::tensor_record(&delta, name, &info.shape, rate, cfg)
@@ -457,7 +449,6 @@ fn write_records(
                         }
                     };
                 }
-                drop(delta);
                 if uses_rate(cfg.method) {
                     entry.rate = Some(rate);
                 }
@@ -479,6 +470,9 @@ fn write_records(
                             *o = f ^ b;
                         }
                     });
+                // The inputs' pages are not needed while the XOR is encoded (large embeddings).
+                p.base.release(name);
+                p.ft.release(name);
                 writer.write_tensor(
                     entry,
                     &Record::XorDelta {
@@ -503,6 +497,10 @@ fn write_records(
                 )?;
             }
         }
+        // Done with this tensor's input pages (they stay in the page cache): the resident set stays the size of
+        // one tensor however large the checkpoints are.
+        p.base.release(name);
+        p.ft.release(name);
         progress.advance(info.numel() as u64);
     }
     progress.end();

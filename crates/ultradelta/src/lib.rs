@@ -130,6 +130,7 @@ pub mod budget;
 pub mod codec;
 mod compress;
 mod config;
+mod delta;
 mod error;
 mod evaluate;
 mod inspect;

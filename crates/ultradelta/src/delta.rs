@@ -1,0 +1,105 @@
+//! The delta kernel: Δ = fine-tuned − base in f32, computed chunk by chunk straight from the two checkpoints' bytes
+//! into a buffer the caller reuses across tensors (no per-tensor allocation, no zero-filling, no f32 copy of
+//! either checkpoint).
+
+use rayon::prelude::*;
+use ultradelta_io::{DType, TensorView};
+
+use crate::Result;
+
+/// Elements per parallel work unit (the f32 scratch of one unit stays in L1/L2).
+const CHUNK: usize = 1 << 14;
+
+/// Writes `ft − base` (each converted to f32, subtracted in f32) into `out`, resized to the tensor's element count.
+///
+/// Bit-identical to converting both tensors with [`TensorView::to_f32`] and subtracting element by element. `out`
+/// keeps its capacity, so a buffer reused across tensors costs one allocation for the whole run; it is only
+/// zero-extended when it must grow.
+pub(crate) fn delta_into(
+    base: &TensorView<'_>,
+    ft: &TensorView<'_>,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    let n = ft.info().numel();
+    if out.len() > n {
+        out.truncate(n);
+    } else {
+        out.resize(n, 0.0);
+    }
+    let dtype = ft.info().dtype;
+    if dtype == DType::BF16 && base.info().dtype == DType::BF16 && base.info().numel() == n {
+        // bf16 → f32 is a 16-bit shift: no conversion call, one vectorisable loop.
+        let (b, f) = (base.bytes(), ft.bytes());
+        out.par_chunks_mut(CHUNK)
+            .zip(f.par_chunks(2 * CHUNK).zip(b.par_chunks(2 * CHUNK)))
+            .for_each(|(o, (f, b))| {
+                for ((o, f), b) in o.iter_mut().zip(f.chunks_exact(2)).zip(b.chunks_exact(2)) {
+                    let f = f32::from_bits(u32::from(u16::from_le_bytes([f[0], f[1]])) << 16);
+                    let b = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                    *o = f - b;
+                }
+            });
+        return Ok(());
+    }
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .try_for_each(|(c, o)| -> Result<()> {
+            let mut scratch = [0f32; CHUNK];
+            let s = &mut scratch[..o.len()];
+            ft.range_to_f32_into(c * CHUNK, o)?;
+            base.range_to_f32_into(c * CHUNK, s)?;
+            for (o, b) in o.iter_mut().zip(s.iter()) {
+                *o -= *b;
+            }
+            Ok(())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ultradelta_io::{Checkpoint, TensorInfo};
+
+    /// Every float dtype, odd lengths (a partial last chunk), against the plain to_f32 reference.
+    #[test]
+    fn delta_into_equals_to_f32_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3 * CHUNK + 17;
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+            let vals = |k: u32| -> Vec<f32> {
+                (0..n)
+                    .map(|i| ((i as f32) * 0.37 + k as f32).sin() * 0.02 * (1 + (i % 7)) as f32)
+                    .collect()
+            };
+            let mut paths = Vec::new();
+            for (k, name) in [(1, "base"), (2, "ft")] {
+                let mut bytes = Vec::new();
+                ultradelta_io::f32_to_bytes(&vals(k), dtype, &mut bytes).unwrap();
+                let info = TensorInfo::new("w", dtype, vec![n]);
+                let path = dir.path().join(format!("{name}-{}", dtype.name()));
+                ultradelta_io::write_checkpoint(&path, &[(info, bytes)], Default::default())
+                    .unwrap();
+                paths.push(path);
+            }
+            let base = Checkpoint::open(&paths[0]).unwrap();
+            let ft = Checkpoint::open(&paths[1]).unwrap();
+            let (bv, fv) = (base.view("w").unwrap(), ft.view("w").unwrap());
+            let want: Vec<f32> = fv
+                .to_f32()
+                .unwrap()
+                .iter()
+                .zip(bv.to_f32().unwrap())
+                .map(|(f, b)| f - b)
+                .collect();
+            // A reused buffer, longer and then shorter than the tensor.
+            let mut out = vec![7.0f32; n + 5];
+            delta_into(&bv, &fv, &mut out).unwrap();
+            assert_eq!(out.len(), n);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "{}", dtype.name());
+            out.truncate(10);
+            delta_into(&bv, &fv, &mut out).unwrap();
+            assert_eq!(bits(&out), bits(&want), "{} (grown buffer)", dtype.name());
+        }
+    }
+}
