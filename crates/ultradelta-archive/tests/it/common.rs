@@ -289,3 +289,34 @@ fn sample_is_well_formed() {
     assert!(b.len() as u64 > PREAMBLE_LEN + TRAILER_LEN);
     assert_eq!(index_json(&b)["format_version"], 1);
 }
+
+/// Every truncation of `bytes` (one encoded record) fails to decode, a trailing byte is refused, and three random
+/// single-bit flips of every byte decode to an error or to a record that is consistent enough to expand into a
+/// tensor: never a panic or an over-allocation.
+pub fn assert_hostile_record_bytes_never_panic(name: &str, bytes: &[u8], rng: &mut Rng) {
+    let limits = ultradelta_archive::Limits::default();
+    for cut in 0..bytes.len() {
+        assert!(
+            ultradelta_archive::decode_record(&bytes[..cut], &limits).is_err(),
+            "{name}: truncated at {cut} decoded"
+        );
+    }
+    let mut extended = bytes.to_vec();
+    extended.push(0);
+    assert!(
+        ultradelta_archive::decode_record(&extended, &limits).is_err(),
+        "{name}: trailing byte accepted"
+    );
+    for i in 0..bytes.len() {
+        for _ in 0..3 {
+            let mut b = bytes.to_vec();
+            b[i] ^= 1 << (rng.next_u64() % 8);
+            if let Ok((hdr, r)) = ultradelta_archive::decode_record(&b, &limits) {
+                let n = usize::try_from(hdr.numel).unwrap();
+                if n <= 1 << 20 {
+                    let _ = r.delta_to_dense(n, 1.0);
+                }
+            }
+        }
+    }
+}
