@@ -4,7 +4,7 @@ use ultradelta::archive::{ArchiveReader, Policy};
 use ultradelta::io::{f32_to_bytes, Checkpoint, DType};
 use ultradelta::{compress_tensor, CompressConfig};
 
-use crate::support::{pair, s, ud_ok};
+use crate::support::{pair, s, ud_err, ud_ok};
 
 /// Rebuilds every compressed tensor in memory with the library (no file involved) and
 /// checks the `apply` output equals it bit for bit; kept and new tensors must be exact.
@@ -287,4 +287,74 @@ fn closed_stdout_is_not_a_crash() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn zstd_level_changes_only_the_lossless_records_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::BF16, false, 11);
+    let (base, ft) = (
+        Checkpoint::open(&base).unwrap(),
+        Checkpoint::open(&ft).unwrap(),
+    );
+    let mut kept_bytes = Vec::new();
+    for level in ["1", "19"] {
+        let archive = dir.path().join(format!("l{level}.udelta"));
+        ud_ok(&[
+            "compress",
+            "--quiet",
+            "--zstd-level",
+            level,
+            "--base",
+            s(base.path()),
+            "--finetuned",
+            s(ft.path()),
+            "--output",
+            s(&archive),
+        ]);
+        let ins: serde_json::Value =
+            serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
+        assert_eq!(ins["params"]["zstd_level"], level.parse::<i64>().unwrap());
+        let sum = |policy: &str| -> u64 {
+            ins["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["policy"] == policy)
+                .map(|t| t["bytes"].as_u64().unwrap())
+                .sum()
+        };
+        kept_bytes.push((sum("compress"), sum("keep")));
+        let rebuilt = dir.path().join(format!("rebuilt-{level}"));
+        ud_ok(&[
+            "apply",
+            "--quiet",
+            "--base",
+            s(base.path()),
+            "--output",
+            s(&rebuilt),
+            s(&archive),
+        ]);
+        check_rebuilt_equals_in_memory(&base, &ft, &archive, &Checkpoint::open(&rebuilt).unwrap());
+    }
+    // The compressed tensors' records do not depend on the level; the lossless ones do.
+    assert_eq!(kept_bytes[0].0, kept_bytes[1].0);
+    assert_ne!(kept_bytes[0].1, kept_bytes[1].1);
+    let line = ud_err(&[
+        "compress",
+        "--quiet",
+        "--zstd-level",
+        "0",
+        "--base",
+        s(base.path()),
+        "--finetuned",
+        s(ft.path()),
+        "--output",
+        s(&dir.path().join("bad.udelta")),
+    ]);
+    assert!(
+        line.contains("zstd level must be in 1..=22, got 0"),
+        "{line}"
+    );
+    assert!(!dir.path().join("bad.udelta").exists());
 }

@@ -12,7 +12,7 @@ use crate::record::{encode_file_record, encode_record, Record};
 use crate::{Error, Result, FORMAT_VERSION, MAGIC, PREAMBLE_LEN, TRAILER_MAGIC};
 
 /// Default zstd level of lossless records and companion files (see docs/FORMAT.md for the measurement).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// Options of [`ArchiveWriter::create_with`].
 #[derive(Clone, Debug, PartialEq, Eq)]

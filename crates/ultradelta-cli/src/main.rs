@@ -185,6 +185,10 @@ struct CompressArgs {
     /// Seeds tried per tensor with --positions seeded; the one whose kept levels best match DAC's counts wins.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SEED_TRIALS)]
     seed_trials: u32,
+    /// zstd level (1–22) of the lossless records: kept deltas, tensors only in the fine-tune, companion files.
+    /// Level 1 is the smallest and fastest on the testbed's real deltas (docs/FORMAT.md, "zstd level").
+    #[arg(long, value_name = "LEVEL", default_value_t = ultradelta::archive::DEFAULT_ZSTD_LEVEL)]
+    zstd_level: i32,
     /// Trace-norm-guided rescaling across several fine-tunes compressed together (γᵢ = T_min/Tᵢ; the paper's
     /// setting). Off by default: it cost quality on the testbed (README, "Choosing the defaults").
     #[arg(long, conflicts_with = "no_tngr")]
@@ -410,6 +414,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             CodecArg::Auto => CodecChoice::Auto,
         },
         seed_trials: a.seed_trials,
+        zstd_level: a.zstd_level,
     };
     if let Some(PresetArg::Paper) = a.preset {
         let p = CompressConfig::paper();
@@ -427,6 +432,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             values: cfg.values,
             codec: cfg.codec,
             seed_trials: cfg.seed_trials,
+            zstd_level: cfg.zstd_level,
             ..p
         };
     }

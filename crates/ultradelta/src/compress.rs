@@ -394,6 +394,7 @@ fn write_records(
         WriterOptions {
             overwrite,
             created_by: concat!("ultradelta ", env!("CARGO_PKG_VERSION")).to_string(),
+            zstd_level: cfg.zstd_level,
             ..WriterOptions::default()
         },
     )?;

@@ -130,6 +130,10 @@ fn default_seed_trials() -> u32 {
     DEFAULT_SEED_TRIALS
 }
 
+fn default_zstd_level() -> i32 {
+    ultradelta_archive::DEFAULT_ZSTD_LEVEL
+}
+
 fn yes() -> bool {
     true
 }
@@ -221,6 +225,9 @@ pub struct CompressConfig {
     /// Seeded positions: seeds tried per tensor (the one whose kept-level histogram is closest to DAC's wins).
     #[serde(default = "default_seed_trials")]
     pub seed_trials: u32,
+    /// zstd level of the lossless records (kept deltas, tensors only in the fine-tune, companion files).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
 }
 
 impl Default for CompressConfig {
@@ -249,6 +256,7 @@ impl Default for CompressConfig {
             values: ValueCodec::Packed,
             codec: CodecChoice::Fixed,
             seed_trials: DEFAULT_SEED_TRIALS,
+            zstd_level: default_zstd_level(),
         }
     }
 }
@@ -258,31 +266,12 @@ impl CompressConfig {
     /// rescaling, MSA, DAC, quantization, TNGR across models, seed 0.
     pub fn paper() -> Self {
         CompressConfig {
-            method: Method::Ultradelta,
-            sparsity: 0.97,
-            bits: 4,
-            step: 0.01,
-            seed: 0,
-            gamma: None,
-            rescale_factor: 1.0,
             rescale: RescaleMode::Global,
-            allocation: AllocationMode::Msa,
-            pruning: PruningMode::Group,
             tngr: TngrConfig {
                 enabled: true,
-                trace_on: TraceOn::Compressed,
-                clamp: None,
-                nuclear_norm: NuclearNormMethod::Auto,
+                ..TngrConfig::default()
             },
-            selection: Selection::default(),
-            quantize: true,
-            rank: default_rank(),
-            compeft_alpha: None,
-            target_ratio: None,
-            positions: PositionCodec::Golomb,
-            values: ValueCodec::Packed,
-            codec: CodecChoice::Fixed,
-            seed_trials: DEFAULT_SEED_TRIALS,
+            ..CompressConfig::default()
         }
     }
 
@@ -351,6 +340,12 @@ impl CompressConfig {
             return bad(format!(
                 "seed trials must be in 1..=1024, got {}",
                 self.seed_trials
+            ));
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return bad(format!(
+                "zstd level must be in 1..=22, got {}",
+                self.zstd_level
             ));
         }
         if let Some(g) = self.gamma {
