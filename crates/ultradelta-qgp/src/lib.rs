@@ -22,6 +22,8 @@
 
 pub mod rng;
 pub mod seeded;
+#[allow(unsafe_code)] // one `target_feature` call behind a run-time CPU check; see the module.
+pub mod simd;
 
 use std::collections::HashMap;
 
@@ -92,7 +94,7 @@ impl QuantParams {
             .par_chunks(CHUNK)
             .enumerate()
             .map(|(c, chunk)| {
-                let (lo, hi, finite) = min_max_finite(chunk);
+                let (lo, hi, finite) = simd::wide(|| min_max_finite(chunk));
                 if finite && lo != 0.0 && hi != 0.0 {
                     // A non-zero extreme has one bit pattern whatever the order of comparison.
                     return (None, lo, hi);
@@ -238,7 +240,7 @@ pub fn quantize(delta: &[f32], p: &QuantParams, out: &mut [u16]) {
     );
     out.par_chunks_mut(CHUNK)
         .zip(delta.par_chunks(CHUNK))
-        .for_each(|(o, d)| p.quantize_slice(d, o));
+        .for_each(|(o, d)| simd::wide(|| p.quantize_slice(d, o)));
 }
 
 /// Count of each level: `counts[l]` = number of entries equal to `l`; the length is
@@ -321,11 +323,13 @@ pub fn quantized_counts(delta: &[f32], p: &QuantParams) -> Vec<u64> {
             || vec![0u64; size],
             |mut h, chunk| {
                 let mut levels = [0u16; 4096];
-                for part in chunk.chunks(levels.len()) {
-                    let l = &mut levels[..part.len()];
-                    p.quantize_slice(part, l);
-                    add_histogram(l, &mut h);
-                }
+                simd::wide(|| {
+                    for part in chunk.chunks(levels.len()) {
+                        let l = &mut levels[..part.len()];
+                        p.quantize_slice(part, l);
+                        add_histogram(l, &mut h);
+                    }
+                });
                 h
             },
         )

@@ -395,7 +395,6 @@ fn write_records(
             overwrite,
             created_by: concat!("ultradelta ", env!("CARGO_PKG_VERSION")).to_string(),
             zstd_level: cfg.zstd_level,
-            ..WriterOptions::default()
         },
     )?;
     let total: u64 = p.plans.iter().map(|t| t.info.numel() as u64).sum();

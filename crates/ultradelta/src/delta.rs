@@ -33,11 +33,13 @@ pub(crate) fn delta_into(
         out.par_chunks_mut(CHUNK)
             .zip(f.par_chunks(2 * CHUNK).zip(b.par_chunks(2 * CHUNK)))
             .for_each(|(o, (f, b))| {
-                for ((o, f), b) in o.iter_mut().zip(f.chunks_exact(2)).zip(b.chunks_exact(2)) {
-                    let f = f32::from_bits(u32::from(u16::from_le_bytes([f[0], f[1]])) << 16);
-                    let b = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
-                    *o = f - b;
-                }
+                ultradelta_qgp::simd::wide(|| {
+                    for ((o, f), b) in o.iter_mut().zip(f.chunks_exact(2)).zip(b.chunks_exact(2)) {
+                        let f = f32::from_bits(u32::from(u16::from_le_bytes([f[0], f[1]])) << 16);
+                        let b = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                        *o = f - b;
+                    }
+                })
             });
         return Ok(());
     }
