@@ -354,6 +354,96 @@ struct Pending {
     params: serde_json::Value,
 }
 
+/// Stage one of [`write_records`]' pipeline: the index entry and record of one tensor (`None`: dropped), and its
+/// nuclear norm when TNGR needs it. `delta` is the run's reusable Δ buffer.
+fn tensor_record_for(
+    p: &Prepared<'_>,
+    cfg: &CompressConfig,
+    plan: &TensorPlan,
+    rate: Option<(f64, Option<Tier>)>,
+    want_trace: bool,
+    delta: &mut Vec<f32>,
+) -> Result<(TensorEntry, Option<Record>, f64)> {
+    let info = &plan.info;
+    let name = info.name.as_str();
+    let mut entry = new_entry(info, plan.policy);
+    let base_view = if plan.policy == Policy::New {
+        None
+    } else {
+        Some(p.base.view(name)?)
+    };
+    if plan.from == RuleSource::User {
+        entry.extra.insert("rule".into(), "user".into());
+    }
+    let mut trace = 0.0;
+    let rec = match plan.policy {
+        Policy::Compress => {
+            let base_view = base_view.expect("compressed tensors are in the base");
+            let (rate, tier) = rate.expect("every compressed tensor has a rate");
+            let ft_view = p.ft.view(name)?;
+            // The base's content hash (one sequential stream) runs beside the parallel Δ kernel.
+            let (hash, d) = rayon::join(
+                || base_view.content_hash(),
+                || delta_into(&base_view, &ft_view, delta),
+            );
+            d?;
+            entry.base_hash = Some(hex(hash));
+            let (rec, codec_info) = crate::codec::tensor_record(delta, name, &info.shape, rate, cfg)
+                .map_err(|e| method_err(p.ft, name, e))?;
+            if let Some(ci) = codec_info.filter(|_| crate::codec::uses_new_codecs(cfg)) {
+                crate::codec::annotate(&mut entry, &ci);
+            }
+            if want_trace && info.shape.len() >= 2 {
+                let rows = info.shape[0];
+                let cols = info.numel() / rows.max(1);
+                let nn_seed = tensor_seed(cfg.seed, name);
+                let method = &cfg.tngr.nuclear_norm;
+                trace = match cfg.tngr.trace_on {
+                    TraceOn::Original => nuclear_norm_with(delta, rows, cols, method, nn_seed)?.value,
+                    TraceOn::Compressed => {
+                        let dense = rec.delta_to_dense(delta.len(), 1.0)?;
+                        nuclear_norm_with(&dense, rows, cols, method, nn_seed)?.value
+                    }
+                };
+            }
+            if uses_rate(cfg.method) {
+                entry.rate = Some(rate);
+            }
+            entry.tier = tier.map(|t| tier_name(t).to_string());
+            Some(rec)
+        }
+        Policy::Keep => {
+            let b = base_view.expect("kept tensors are in the base");
+            entry.base_hash = Some(hex(b.content_hash()));
+            let f = p.ft.view(name)?.bytes();
+            let mut xor = vec![0u8; f.len()];
+            xor.par_chunks_mut(1 << 16)
+                .zip(f.par_chunks(1 << 16).zip(b.bytes().par_chunks(1 << 16)))
+                .for_each(|(o, (f, b))| {
+                    for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
+                        *o = f ^ b;
+                    }
+                });
+            // The inputs' pages are not needed while the XOR is encoded (large embeddings).
+            p.base.release(name);
+            p.ft.release(name);
+            Some(Record::XorDelta {
+                dtype: info.dtype,
+                xor_bytes: xor,
+            })
+        }
+        Policy::Drop => {
+            entry.base_hash = base_view.map(|v| hex(v.content_hash()));
+            None
+        }
+        Policy::New => Some(Record::Full {
+            dtype: info.dtype,
+            bytes: p.ft.view(name)?.bytes().to_vec(),
+        }),
+    };
+    Ok((entry, rec, trace))
+}
+
 /// Pass 2: writes every record of one fine-tune. Returns the open archive (γ not yet known).
 fn write_records(
     p: &Prepared<'_>,
@@ -403,105 +493,48 @@ fn write_records(
     let mut trace = 0f64;
     // Δ of the current compressed tensor; one buffer for the whole run.
     let mut delta = Vec::new();
-    for (i, plan) in p.plans.iter().enumerate() {
-        let info = &plan.info;
-        let name = info.name.as_str();
-        let mut entry = new_entry(info, plan.policy);
-        let base_view = if plan.policy == Policy::New {
-            None
-        } else {
-            Some(p.base.view(name)?)
-        };
-        entry.base_hash = base_view.as_ref().map(|v| hex(v.content_hash()));
-        if plan.from == RuleSource::User {
-            entry.extra.insert("rule".into(), "user".into());
+    // A two-stage pipeline: tensor k's record is computed while tensor k − 1's is encoded and written (Golomb
+    // coding, byte shuffling and zstd of lossless records) and its input pages are released. Records are written
+    // in plan order, so the archive's bytes do not change; at most two tensors' records are alive.
+    let mut ready: Option<(TensorEntry, Option<Record>)> = None;
+    for item in p.plans.iter().enumerate().map(Some).chain([None]) {
+        let (written, next) = rayon::join(
+            || -> Result<()> {
+                let Some((entry, rec)) = ready.take() else {
+                    return Ok(());
+                };
+                let (name, numel) = (entry.name.clone(), entry.numel);
+                match rec {
+                    Some(rec) => {
+                        writer.write_tensor(entry, &rec)?;
+                    }
+                    None => writer.write_dropped(entry)?,
+                }
+                // Done with this tensor's input pages (they stay in the page cache): the resident set stays the
+                // size of a tensor or two however large the checkpoints are.
+                p.base.release(&name);
+                p.ft.release(&name);
+                progress.advance(numel);
+                Ok(())
+            },
+            || -> Result<Option<(TensorEntry, Option<Record>, f64)>> {
+                let Some((i, plan)) = item else {
+                    return Ok(None);
+                };
+                tensor_record_for(p, cfg, plan, rate_of[i], want_trace, &mut delta).map(Some)
+            },
+        );
+        written?;
+        if let Some((entry, rec, t)) = next? {
+            match entry.policy {
+                Policy::Compress => counts.compress += 1,
+                Policy::Keep => counts.keep += 1,
+                Policy::Drop => counts.drop += 1,
+                Policy::New => counts.new += 1,
+            }
+            trace += t;
+            ready = Some((entry, rec));
         }
-        match plan.policy {
-            Policy::Compress => {
-                counts.compress += 1;
-                let (rate, tier) = rate_of[i].expect("every compressed tensor has a rate");
-                let ft_view = p.ft.view(name)?;
-                delta_into(
-                    base_view
-                        .as_ref()
-                        .expect("compressed tensors are in the base"),
-                    &ft_view,
-                    &mut delta,
-                )?;
-                let (rec, codec_info) =
-                    crate::codec::tensor_record(&delta, name, &info.shape, rate, cfg)
-                        .map_err(|e| method_err(p.ft, name, e))?;
-                if let Some(ci) = codec_info.filter(|_| crate::codec::uses_new_codecs(cfg)) {
-                    crate::codec::annotate(&mut entry, &ci);
-                }
-                if want_trace && info.shape.len() >= 2 {
-                    let rows = info.shape[0];
-                    let cols = info.numel() / rows.max(1);
-                    let nn_seed = tensor_seed(cfg.seed, name);
-                    let method = &cfg.tngr.nuclear_norm;
-                    trace += match cfg.tngr.trace_on {
-                        TraceOn::Original => {
-                            nuclear_norm_with(&delta, rows, cols, method, nn_seed)?.value
-                        }
-                        TraceOn::Compressed => {
-                            let dense = rec.delta_to_dense(delta.len(), 1.0)?;
-                            nuclear_norm_with(&dense, rows, cols, method, nn_seed)?.value
-                        }
-                    };
-                }
-                if uses_rate(cfg.method) {
-                    entry.rate = Some(rate);
-                }
-                entry.tier = tier.map(|t| tier_name(t).to_string());
-                writer.write_tensor(entry, &rec)?;
-            }
-            Policy::Keep => {
-                counts.keep += 1;
-                let b = base_view
-                    .as_ref()
-                    .expect("kept tensors are in the base")
-                    .bytes();
-                let f = p.ft.view(name)?.bytes();
-                let mut xor = vec![0u8; f.len()];
-                xor.par_chunks_mut(1 << 16)
-                    .zip(f.par_chunks(1 << 16).zip(b.par_chunks(1 << 16)))
-                    .for_each(|(o, (f, b))| {
-                        for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
-                            *o = f ^ b;
-                        }
-                    });
-                // The inputs' pages are not needed while the XOR is encoded (large embeddings).
-                p.base.release(name);
-                p.ft.release(name);
-                writer.write_tensor(
-                    entry,
-                    &Record::XorDelta {
-                        dtype: info.dtype,
-                        xor_bytes: xor,
-                    },
-                )?;
-            }
-            Policy::Drop => {
-                counts.drop += 1;
-                writer.write_dropped(entry)?;
-            }
-            Policy::New => {
-                counts.new += 1;
-                let bytes = p.ft.view(name)?.bytes().to_vec();
-                writer.write_tensor(
-                    entry,
-                    &Record::Full {
-                        dtype: info.dtype,
-                        bytes,
-                    },
-                )?;
-            }
-        }
-        // Done with this tensor's input pages (they stay in the page cache): the resident set stays the size of
-        // one tensor however large the checkpoints are.
-        p.base.release(name);
-        p.ft.release(name);
-        progress.advance(info.numel() as u64);
     }
     progress.end();
     for file in p.ft.companion_files() {
