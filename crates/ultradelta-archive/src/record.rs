@@ -279,11 +279,21 @@ pub fn shuffle(bytes: &[u8], size: usize) -> Vec<u8> {
     }
     let n = bytes.len() / size;
     let mut out = vec![0u8; bytes.len()];
-    for (j, plane) in out.chunks_exact_mut(n.max(1)).enumerate().take(size) {
-        for (i, dst) in plane.iter_mut().enumerate() {
-            *dst = bytes[i * size + j];
-        }
-    }
+    // Planes, and blocks of elements within each, in parallel (large embeddings are kept losslessly).
+    const BLOCK: usize = 1 << 16;
+    out.par_chunks_exact_mut(n.max(1))
+        .enumerate()
+        .take(size)
+        .for_each(|(j, plane)| {
+            plane
+                .par_chunks_mut(BLOCK)
+                .zip(bytes.par_chunks(BLOCK * size))
+                .for_each(|(dst, src)| {
+                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(size)) {
+                        *d = s[j];
+                    }
+                });
+        });
     out
 }
 
@@ -900,6 +910,17 @@ mod tests {
         assert_eq!(shuffle(&b, 3), vec![1, 4, 2, 5, 3, 6]);
         assert_eq!(unshuffle(&shuffle(&b, 3), 3), b);
         assert_eq!(shuffle(&[], 4), Vec::<u8>::new());
+        // Several parallel blocks per plane and a partial last block, against the definition.
+        for size in [2usize, 4, 8] {
+            let n = 3 * (1 << 16) + 123;
+            let b: Vec<u8> = (0..n * size).map(|i| (i * 7 + i / 251) as u8).collect();
+            let want: Vec<u8> = (0..size)
+                .flat_map(|j| (0..n).map(move |i| (i, j)))
+                .map(|(i, j)| b[i * size + j])
+                .collect();
+            assert_eq!(shuffle(&b, size), want, "size {size}");
+            assert_eq!(unshuffle(&want, size), b, "size {size}");
+        }
     }
 
     #[test]
