@@ -466,17 +466,24 @@ impl std::hash::Hasher for SlotHash {
     }
 }
 
+#[cfg(test)]
+fn sample_ordinals(n: u64, m: u64, rng: &mut DetRng) -> Vec<u64> {
+    sample_ordinals_in(n, m, rng, &mut Vec::new())
+}
+
 /// Picks `m` distinct ordinals from `0..n` uniformly by a partial Fisher–Yates shuffle of the
 /// virtual array `[0, 1, .., n-1]`: step `j` swaps slot `j` with slot `j + below(n - j)` and
 /// takes the value that lands in slot `j`. The array is stored densely or as a sparse map of
-/// the touched slots, which gives identical results.
-fn sample_ordinals(n: u64, m: u64, rng: &mut DetRng) -> Vec<u64> {
+/// the touched slots, which gives identical results. The dense array lives in `slots`, a buffer the caller
+/// reuses across calls (so its pages are not allocated, zeroed and unmapped again for every group).
+fn sample_ordinals_in(n: u64, m: u64, rng: &mut DetRng, slots: &mut Vec<u32>) -> Vec<u64> {
     // The dense array costs 4 bytes and one sequential write per slot; a map entry costs a hash and a probe per
     // draw. Dense wins from about m ≥ n / 48 (a 98 % sparse tensor keeps 2 %).
     let dense = n <= u64::from(u32::MAX) && m.saturating_mul(48) >= n;
     let mut out = Vec::with_capacity(m as usize);
     if dense {
-        let mut slots: Vec<u32> = (0..n as u32).collect();
+        slots.clear();
+        slots.extend(0..n as u32);
         for j in 0..m {
             let x = j + rng.below(n - j);
             slots.swap(j as usize, x as usize);
@@ -544,7 +551,7 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
 
     let selections: Vec<Selection> = (0..groups)
         .into_par_iter()
-        .map(|g| {
+        .map_init(Vec::new, |slots, g| {
             let size = totals[g];
             if is_zero[g] || size == 0 {
                 return Selection {
@@ -562,7 +569,7 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
             }
             let mut rng = DetRng::new(mix(seed, g as u64));
             let keep_listed = keep < drop;
-            let mut listed = sample_ordinals(size, keep.min(drop), &mut rng);
+            let mut listed = sample_ordinals_in(size, keep.min(drop), &mut rng, slots);
             listed.sort_unstable();
             Selection {
                 listed,

@@ -388,8 +388,9 @@ fn tensor_record_for(
             );
             d?;
             entry.base_hash = Some(hex(hash));
-            let (rec, codec_info) = crate::codec::tensor_record(delta, name, &info.shape, rate, cfg)
-                .map_err(|e| method_err(p.ft, name, e))?;
+            let (rec, codec_info) =
+                crate::codec::tensor_record(delta, name, &info.shape, rate, cfg)
+                    .map_err(|e| method_err(p.ft, name, e))?;
             if let Some(ci) = codec_info.filter(|_| crate::codec::uses_new_codecs(cfg)) {
                 crate::codec::annotate(&mut entry, &ci);
             }
@@ -399,7 +400,9 @@ fn tensor_record_for(
                 let nn_seed = tensor_seed(cfg.seed, name);
                 let method = &cfg.tngr.nuclear_norm;
                 trace = match cfg.tngr.trace_on {
-                    TraceOn::Original => nuclear_norm_with(delta, rows, cols, method, nn_seed)?.value,
+                    TraceOn::Original => {
+                        nuclear_norm_with(delta, rows, cols, method, nn_seed)?.value
+                    }
                     TraceOn::Compressed => {
                         let dense = rec.delta_to_dense(delta.len(), 1.0)?;
                         nuclear_norm_with(&dense, rows, cols, method, nn_seed)?.value
