@@ -466,6 +466,48 @@ impl std::hash::Hasher for SlotHash {
     }
 }
 
+/// Sorts `v`, whose values are all below `bound`: an LSD radix sort (11-bit digits, only as many passes as
+/// `bound` needs) for long inputs, the standard sort for short ones. The result is the sorted order either way.
+fn sort_below(v: &mut Vec<u64>, bound: u64) {
+    const DIGIT: u32 = 11;
+    const RADIX: usize = 1 << DIGIT;
+    if v.len() < 1 << 12 {
+        v.sort_unstable();
+        return;
+    }
+    let bits = 64 - bound.saturating_sub(1).leading_zeros();
+    let mut src = std::mem::take(v);
+    let mut dst = vec![0u64; src.len()];
+    let mut shift = 0;
+    while shift < bits {
+        let mut count = [0usize; RADIX];
+        for &x in &src {
+            count[((x >> shift) as usize) & (RADIX - 1)] += 1;
+        }
+        let mut sum = 0;
+        for c in count.iter_mut() {
+            let k = *c;
+            *c = sum;
+            sum += k;
+        }
+        for &x in &src {
+            let d = ((x >> shift) as usize) & (RADIX - 1);
+            dst[count[d]] = x;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut src, &mut dst);
+        shift += DIGIT;
+    }
+    *v = src;
+}
+
+thread_local! {
+    /// The dense Fisher–Yates array of [`sample_ordinals_in`], kept by each worker thread across level groups and
+    /// tensors: allocating, zeroing and unmapping it per group cost more than the draws. It holds 4 bytes per entry
+    /// of the largest level group the thread has sampled (for LLaMA-2-7B at most about 90 MB per thread).
+    static DENSE_SLOTS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 #[cfg(test)]
 fn sample_ordinals(n: u64, m: u64, rng: &mut DetRng) -> Vec<u64> {
     sample_ordinals_in(n, m, rng, &mut Vec::new())
@@ -551,7 +593,7 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
 
     let selections: Vec<Selection> = (0..groups)
         .into_par_iter()
-        .map_init(Vec::new, |slots, g| {
+        .map(|g| {
             let size = totals[g];
             if is_zero[g] || size == 0 {
                 return Selection {
@@ -569,8 +611,9 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
             }
             let mut rng = DetRng::new(mix(seed, g as u64));
             let keep_listed = keep < drop;
-            let mut listed = sample_ordinals_in(size, keep.min(drop), &mut rng, slots);
-            listed.sort_unstable();
+            let mut listed = DENSE_SLOTS
+                .with_borrow_mut(|slots| sample_ordinals_in(size, keep.min(drop), &mut rng, slots));
+            sort_below(&mut listed, size);
             Selection {
                 listed,
                 keep_listed,

@@ -498,3 +498,22 @@ fn quantized_counts_equal_level_counts_of_quantize() {
     assert_eq!(quantized_counts(&d, &p), vec![1, 1, 2]);
     assert!(quantized_counts(&[], &p).is_empty());
 }
+
+#[test]
+fn sort_below_sorts_like_the_standard_sort() {
+    let mut r = DetRng::new(5);
+    for (len, bound) in [
+        (10usize, 100u64),
+        (5000, 1 << 11),
+        (5000, 1 << 12),
+        (70_000, 3_000_001),
+        (9000, 1 << 40),
+    ] {
+        let v: Vec<u64> = (0..len).map(|_| r.below(bound)).collect();
+        let mut want = v.clone();
+        want.sort_unstable();
+        let mut got = v;
+        sort_below(&mut got, bound);
+        assert_eq!(got, want, "len {len} bound {bound}");
+    }
+}
