@@ -171,9 +171,11 @@ impl QuantParams {
         level_of(x, self.lo, self.step, self.max_level())
     }
 
-    /// [`quantize_one`](Self::quantize_one) of every value of `xs` into `out` (same length), single-threaded.
+    /// [`quantize_one`](Self::quantize_one) of every value of `xs` into `out` (same length), single-threaded: the
+    /// kernel of [`quantize`], for callers that produce the values chunk by chunk and quantize each chunk while it
+    /// is in cache.
     #[inline]
-    fn quantize_slice(&self, xs: &[f32], out: &mut [u16]) {
+    pub fn quantize_slice(&self, xs: &[f32], out: &mut [u16]) {
         if self.step == 0.0 {
             out.fill(0);
             return;

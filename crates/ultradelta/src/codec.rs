@@ -11,8 +11,8 @@
 use serde::Serialize;
 use ultradelta_archive::rans;
 use ultradelta_archive::{
-    CodedSparseRecord, LevelCoding, Positions, Record, RecordKind, SEEDED_FIXED_BYTES,
-    SEEDED_RANS_FIXED_BYTES, SPARSE_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
+    CodedSparseRecord, LevelCoding, Positions, Record, RecordKind, SparseRecord,
+    SEEDED_FIXED_BYTES, SEEDED_RANS_FIXED_BYTES, SPARSE_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
 };
 use ultradelta_qgp::seeded::seeded_prune;
 use ultradelta_qgp::{quantize, tensor_seed, QuantParams};
@@ -83,7 +83,7 @@ pub fn ultradelta_coded(
     let coded = match cfg.positions {
         PositionCodec::Golomb => {
             let s = compress_tensor(delta, name, rate, cfg)?;
-            CodedSparseRecord::from_sparse(s, LevelCoding::Packed)
+            return Ok(ultradelta_from_sparse(s, cfg));
         }
         PositionCodec::Seeded => {
             let q = QuantParams::fit(delta, cfg.bits)?;
@@ -107,6 +107,27 @@ pub fn ultradelta_coded(
             }
         }
     };
+    Ok(finish_coded(coded, info, cfg))
+}
+
+/// [`ultradelta_coded`] for Golomb positions, from the pipeline's sparse record (the levels codec is chosen here).
+pub(crate) fn ultradelta_from_sparse(
+    s: SparseRecord,
+    cfg: &CompressConfig,
+) -> (Record, TensorCodecInfo) {
+    finish_coded(
+        CodedSparseRecord::from_sparse(s, LevelCoding::Packed),
+        TensorCodecInfo::default(),
+        cfg,
+    )
+}
+
+/// Applies `cfg`'s levels codec to `coded`.
+fn finish_coded(
+    coded: CodedSparseRecord,
+    mut info: TensorCodecInfo,
+    cfg: &CompressConfig,
+) -> (Record, TensorCodecInfo) {
     let seeded = matches!(coded.positions, Positions::Seeded { .. });
     let coding = match cfg.codec {
         CodecChoice::Fixed => match cfg.values {
@@ -120,7 +141,7 @@ pub fn ultradelta_coded(
     };
     let record = CodedSparseRecord { coding, ..coded }.into_record();
     info.codec = codec_name(record.kind()).unwrap_or_default().to_string();
-    Ok((record, info))
+    (record, info)
 }
 
 /// The record of one compressed tensor under `cfg` (as [`crate::compress_tensor_with`]), with the codec report

@@ -18,7 +18,7 @@ use ultradelta_rescale::{nuclear_norm_with, rescale_factor, tngr_gammas, TraceOn
 
 use crate::budget::{solve_budget, BudgetReport};
 use crate::config::{AllocationMode, CompressConfig, Method, PruningMode};
-use crate::delta::delta_into;
+use crate::delta::{delta_into, levels_into};
 use crate::selection::{detect_family, Family, FamilySource, RuleSource};
 use crate::{Error, Progress, Result};
 
@@ -182,10 +182,21 @@ pub(crate) fn tensor_stats(
     cfg: &CompressConfig,
     progress: &dyn Progress,
 ) -> Result<Vec<TensorStat>> {
+    Ok(pass_one(p, cfg, progress)?.0)
+}
+
+/// Pass 1 with each compressed tensor's quantizer (what `QuantParams::fit` gives on its Δ), so pass 2 can quantize
+/// straight from the checkpoints' bytes.
+pub(crate) fn pass_one(
+    p: &Prepared<'_>,
+    cfg: &CompressConfig,
+    progress: &dyn Progress,
+) -> Result<(Vec<TensorStat>, Vec<QuantParams>)> {
     let idx = compressed_indices(p);
     let total: u64 = idx.iter().map(|&i| p.plans[i].info.numel() as u64).sum();
     progress.begin("analysing deltas", total);
     let mut stats = Vec::with_capacity(idx.len());
+    let mut quants = Vec::with_capacity(idx.len());
     let mut delta = Vec::new();
     for &i in &idx {
         let info = &p.plans[i].info;
@@ -198,13 +209,14 @@ pub(crate) fn tensor_stats(
             numel: info.numel() as u64,
             std: quantized_std_from_counts(&counts, &q),
         });
+        quants.push(q);
         // The next pass maps the tensor in again; meanwhile its pages need not count against this process.
         p.base.release(name);
         p.ft.release(name);
         progress.advance(info.numel() as u64);
     }
     progress.end();
-    Ok(stats)
+    Ok((stats, quants))
 }
 
 /// Per-tensor rates of the compressed tensors: the allocation for UltraDelta (from pass-1 `stats`), the target
@@ -259,19 +271,31 @@ pub fn compress_tensor(
     let q = QuantParams::fit(delta, cfg.bits)?;
     let mut levels = vec![0u16; delta.len()];
     quantize(delta, &q, &mut levels);
+    Ok(prune_levels(&levels, q, name, rate, cfg))
+}
+
+/// The sparse record from a tensor's quantized `levels` (quantized with `q`): [`compress_tensor`] after its
+/// quantization, shared with the streaming path that quantizes straight from the checkpoints' bytes.
+pub(crate) fn prune_levels(
+    levels: &[u16],
+    q: QuantParams,
+    name: &str,
+    rate: f64,
+    cfg: &CompressConfig,
+) -> SparseRecord {
     let seed = tensor_seed(cfg.seed, name);
     let pruned = match cfg.pruning {
-        PruningMode::Group => group_prune(&levels, &q, rate, seed),
-        PruningMode::Random => random_prune(&levels, &q, rate, seed),
+        PruningMode::Group => group_prune(levels, &q, rate, seed),
+        PruningMode::Random => random_prune(levels, &q, rate, seed),
     };
     let scale = rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) as f32;
-    Ok(SparseRecord {
-        numel: delta.len() as u64,
+    SparseRecord {
+        numel: levels.len() as u64,
         quant: q,
         scale,
         positions: pruned.positions,
         levels: pruned.levels,
-    })
+    }
 }
 
 /// The record of one compressed tensor under `cfg.method`, exactly as the archive stores it (the in-memory
@@ -354,15 +378,32 @@ struct Pending {
     params: serde_json::Value,
 }
 
+/// The run's reusable per-tensor buffers.
+#[derive(Default)]
+struct Scratch {
+    delta: Vec<f32>,
+    levels: Vec<u16>,
+}
+
+/// Whether pass 2 can quantize straight from the checkpoints' bytes with pass 1's quantizer: UltraDelta with
+/// quantized levels and Golomb positions, unless TNGR needs the original Δ.
+fn streams_levels(cfg: &CompressConfig, want_trace: bool) -> bool {
+    cfg.method == Method::Ultradelta
+        && cfg.quantize
+        && cfg.positions == crate::config::PositionCodec::Golomb
+        && !(want_trace && cfg.tngr.trace_on == TraceOn::Original)
+}
+
 /// Stage one of [`write_records`]' pipeline: the index entry and record of one tensor (`None`: dropped), and its
-/// nuclear norm when TNGR needs it. `delta` is the run's reusable Δ buffer.
+/// nuclear norm when TNGR needs it. `quant` is pass 1's quantizer of a compressed tensor (UltraDelta only).
 fn tensor_record_for(
     p: &Prepared<'_>,
     cfg: &CompressConfig,
     plan: &TensorPlan,
     rate: Option<(f64, Option<Tier>)>,
+    quant: Option<QuantParams>,
     want_trace: bool,
-    delta: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) -> Result<(TensorEntry, Option<Record>, f64)> {
     let info = &plan.info;
     let name = info.name.as_str();
@@ -381,16 +422,36 @@ fn tensor_record_for(
             let base_view = base_view.expect("compressed tensors are in the base");
             let (rate, tier) = rate.expect("every compressed tensor has a rate");
             let ft_view = p.ft.view(name)?;
-            // The base's content hash (one sequential stream) runs beside the parallel Δ kernel.
-            let (hash, d) = rayon::join(
-                || base_view.content_hash(),
-                || delta_into(&base_view, &ft_view, delta),
-            );
-            d?;
-            entry.base_hash = Some(hex(hash));
-            let (rec, codec_info) =
-                crate::codec::tensor_record(delta, name, &info.shape, rate, cfg)
-                    .map_err(|e| method_err(p.ft, name, e))?;
+            let numel = info.numel();
+            let (rec, codec_info) = match quant.filter(|_| streams_levels(cfg, want_trace)) {
+                Some(q) => {
+                    // Levels straight from the bytes (no Δ buffer): the same values `compress_tensor` quantizes,
+                    // with the quantizer `QuantParams::fit` gave on them in pass 1. The base's content hash (one
+                    // sequential stream) runs beside the parallel kernel.
+                    let levels = &mut scratch.levels;
+                    let (hash, l) = rayon::join(
+                        || base_view.content_hash(),
+                        || levels_into(&base_view, &ft_view, &q, levels),
+                    );
+                    l?;
+                    entry.base_hash = Some(hex(hash));
+                    let sparse = prune_levels(levels, q, name, rate, cfg);
+                    let (rec, ci) = crate::codec::ultradelta_from_sparse(sparse, cfg);
+                    (rec, Some(ci))
+                }
+                None => {
+                    let delta = &mut scratch.delta;
+                    let (hash, d) = rayon::join(
+                        || base_view.content_hash(),
+                        || delta_into(&base_view, &ft_view, delta),
+                    );
+                    d?;
+                    entry.base_hash = Some(hex(hash));
+                    crate::codec::tensor_record(delta, name, &info.shape, rate, cfg)
+                        .map_err(|e| method_err(p.ft, name, e))?
+                }
+            };
+            let delta = &scratch.delta;
             if let Some(ci) = codec_info.filter(|_| crate::codec::uses_new_codecs(cfg)) {
                 crate::codec::annotate(&mut entry, &ci);
             }
@@ -404,7 +465,7 @@ fn tensor_record_for(
                         nuclear_norm_with(delta, rows, cols, method, nn_seed)?.value
                     }
                     TraceOn::Compressed => {
-                        let dense = rec.delta_to_dense(delta.len(), 1.0)?;
+                        let dense = rec.delta_to_dense(numel, 1.0)?;
                         nuclear_norm_with(&dense, rows, cols, method, nn_seed)?.value
                     }
                 };
@@ -471,15 +532,18 @@ fn write_records(
         None => (cfg, None),
     };
     let idx = compressed_indices(p);
-    let stats = if cfg.method == Method::Ultradelta {
-        Some(tensor_stats(p, cfg, progress)?)
+    let (stats, quants) = if cfg.method == Method::Ultradelta {
+        let (s, q) = pass_one(p, cfg, progress)?;
+        (Some(s), q)
     } else {
-        None
+        (None, Vec::new())
     };
     let alloc = rates_for(stats.as_deref(), idx.len(), cfg)?;
     let mut rate_of = vec![None; p.plans.len()];
+    let mut quant_of = vec![None; p.plans.len()];
     for (k, &i) in idx.iter().enumerate() {
         rate_of[i] = Some((alloc.rates[k], alloc.tiers.get(k).copied().flatten()));
+        quant_of[i] = quants.get(k).copied();
     }
 
     let mut writer = ArchiveWriter::create_with(
@@ -494,8 +558,8 @@ fn write_records(
     progress.begin("compressing", total);
     let mut counts = PolicyCounts::default();
     let mut trace = 0f64;
-    // Δ of the current compressed tensor; one buffer for the whole run.
-    let mut delta = Vec::new();
+    // Δ (or its quantized levels) of the current compressed tensor; one buffer each for the whole run.
+    let mut scratch = Scratch::default();
     // A two-stage pipeline: tensor k's record is computed while tensor k − 1's is encoded and written (Golomb
     // coding, byte shuffling and zstd of lossless records) and its input pages are released. Records are written
     // in plan order, so the archive's bytes do not change; at most two tensors' records are alive.
@@ -524,7 +588,16 @@ fn write_records(
                 let Some((i, plan)) = item else {
                     return Ok(None);
                 };
-                tensor_record_for(p, cfg, plan, rate_of[i], want_trace, &mut delta).map(Some)
+                tensor_record_for(
+                    p,
+                    cfg,
+                    plan,
+                    rate_of[i],
+                    quant_of[i],
+                    want_trace,
+                    &mut scratch,
+                )
+                .map(Some)
             },
         );
         written?;

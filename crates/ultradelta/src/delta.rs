@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 use ultradelta_io::{DType, TensorView};
+use ultradelta_qgp::QuantParams;
 
 use crate::Result;
 
@@ -57,6 +58,58 @@ pub(crate) fn delta_into(
         })
 }
 
+/// Writes the quantized levels of `ft − base` under `q` into `out` (resized to the tensor's element count): exactly
+/// [`delta_into`] followed by [`ultradelta_qgp::quantize`], without the f32 buffer. Each chunk's Δ is computed
+/// into a small scratch and quantized while it is in cache.
+pub(crate) fn levels_into(
+    base: &TensorView<'_>,
+    ft: &TensorView<'_>,
+    q: &QuantParams,
+    out: &mut Vec<u16>,
+) -> Result<()> {
+    let n = ft.info().numel();
+    if out.len() > n {
+        out.truncate(n);
+    } else {
+        out.resize(n, 0);
+    }
+    let dtype = ft.info().dtype;
+    if dtype == DType::BF16 && base.info().dtype == DType::BF16 && base.info().numel() == n {
+        let (b, f) = (base.bytes(), ft.bytes());
+        out.par_chunks_mut(CHUNK)
+            .zip(f.par_chunks(2 * CHUNK).zip(b.par_chunks(2 * CHUNK)))
+            .for_each(|(o, (f, b))| {
+                ultradelta_qgp::simd::wide(|| {
+                    let mut scratch = [0f32; CHUNK];
+                    let d = &mut scratch[..o.len()];
+                    for ((d, f), b) in d.iter_mut().zip(f.chunks_exact(2)).zip(b.chunks_exact(2)) {
+                        let f = f32::from_bits(u32::from(u16::from_le_bytes([f[0], f[1]])) << 16);
+                        let b = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                        *d = f - b;
+                    }
+                    q.quantize_slice(d, o);
+                })
+            });
+        return Ok(());
+    }
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .try_for_each(|(c, o)| -> Result<()> {
+            let mut fs = [0f32; CHUNK];
+            let mut bs = [0f32; CHUNK];
+            let (fs, bs) = (&mut fs[..o.len()], &mut bs[..o.len()]);
+            ft.range_to_f32_into(c * CHUNK, fs)?;
+            base.range_to_f32_into(c * CHUNK, bs)?;
+            ultradelta_qgp::simd::wide(|| {
+                for (f, b) in fs.iter_mut().zip(bs.iter()) {
+                    *f -= *b;
+                }
+                q.quantize_slice(fs, o);
+            });
+            Ok(())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +155,15 @@ mod tests {
             out.truncate(10);
             delta_into(&bv, &fv, &mut out).unwrap();
             assert_eq!(bits(&out), bits(&want), "{} (grown buffer)", dtype.name());
+            // Levels straight from the bytes equal quantizing the Δ buffer, for several bit widths.
+            for b in [1u8, 4, 8] {
+                let q = QuantParams::fit(&want, b).unwrap();
+                let mut want_levels = vec![0u16; n];
+                ultradelta_qgp::quantize(&want, &q, &mut want_levels);
+                let mut levels = vec![9u16; n + 3];
+                levels_into(&bv, &fv, &q, &mut levels).unwrap();
+                assert_eq!(levels, want_levels, "{} {b} bits", dtype.name());
+            }
         }
     }
 }
