@@ -21,60 +21,47 @@ pub(crate) fn delta_into(
     ft: &TensorView<'_>,
     out: &mut Vec<f32>,
 ) -> Result<()> {
-    let n = ft.info().numel();
-    if out.len() > n {
-        out.truncate(n);
-    } else {
-        out.resize(n, 0.0);
-    }
-    let dtype = ft.info().dtype;
-    if dtype == DType::BF16 && base.info().dtype == DType::BF16 && base.info().numel() == n {
-        // bf16 → f32 is a 16-bit shift: no conversion call, one vectorisable loop.
-        let (b, f) = (base.bytes(), ft.bytes());
-        out.par_chunks_mut(CHUNK)
-            .zip(f.par_chunks(2 * CHUNK).zip(b.par_chunks(2 * CHUNK)))
-            .for_each(|(o, (f, b))| {
-                ultradelta_qgp::simd::wide(|| {
-                    for ((o, f), b) in o.iter_mut().zip(f.chunks_exact(2)).zip(b.chunks_exact(2)) {
-                        let f = f32::from_bits(u32::from(u16::from_le_bytes([f[0], f[1]])) << 16);
-                        let b = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
-                        *o = f - b;
-                    }
-                })
-            });
-        return Ok(());
-    }
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .try_for_each(|(c, o)| -> Result<()> {
-            let mut scratch = [0f32; CHUNK];
-            let s = &mut scratch[..o.len()];
-            ft.range_to_f32_into(c * CHUNK, o)?;
-            base.range_to_f32_into(c * CHUNK, s)?;
-            for (o, b) in o.iter_mut().zip(s.iter()) {
-                *o -= *b;
-            }
-            Ok(())
-        })
+    resize(out, ft.info().numel());
+    each_delta_chunk(base, ft, out, |d, o| o.copy_from_slice(d))
 }
 
 /// Writes the quantized levels of `ft − base` under `q` into `out` (resized to the tensor's element count): exactly
-/// [`delta_into`] followed by [`ultradelta_qgp::quantize`], without the f32 buffer. Each chunk's Δ is computed
-/// into a small scratch and quantized while it is in cache.
+/// [`delta_into`] followed by [`ultradelta_qgp::quantize`], without the f32 buffer (each chunk's Δ is quantized
+/// while it is in cache).
 pub(crate) fn levels_into(
     base: &TensorView<'_>,
     ft: &TensorView<'_>,
     q: &QuantParams,
     out: &mut Vec<u16>,
 ) -> Result<()> {
-    let n = ft.info().numel();
-    if out.len() > n {
-        out.truncate(n);
+    resize(out, ft.info().numel());
+    each_delta_chunk(base, ft, out, |d, o| q.quantize_slice(d, o))
+}
+
+/// Sets `v`'s length to `n`, keeping its capacity (zero-extends only when it grows).
+fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() > n {
+        v.truncate(n);
     } else {
-        out.resize(n, 0);
+        v.resize(n, T::default());
     }
-    let dtype = ft.info().dtype;
-    if dtype == DType::BF16 && base.info().dtype == DType::BF16 && base.info().numel() == n {
+}
+
+/// Computes Δ = ft − base chunk by chunk ([`CHUNK`] entries, in parallel) into a scratch that stays in cache and
+/// hands each chunk's Δ with the matching chunk of `out` (as long as the tensor) to `each`, compiled with AVX2
+/// when the CPU has it.
+fn each_delta_chunk<T: Send>(
+    base: &TensorView<'_>,
+    ft: &TensorView<'_>,
+    out: &mut [T],
+    each: impl Fn(&[f32], &mut [T]) + Sync,
+) -> Result<()> {
+    let n = out.len();
+    if ft.info().dtype == DType::BF16
+        && base.info().dtype == DType::BF16
+        && base.info().numel() == n
+    {
+        // bf16 → f32 is a 16-bit shift: no conversion call, one vectorisable loop.
         let (b, f) = (base.bytes(), ft.bytes());
         out.par_chunks_mut(CHUNK)
             .zip(f.par_chunks(2 * CHUNK).zip(b.par_chunks(2 * CHUNK)))
@@ -87,7 +74,7 @@ pub(crate) fn levels_into(
                         let b = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
                         *d = f - b;
                     }
-                    q.quantize_slice(d, o);
+                    each(d, o);
                 })
             });
         return Ok(());
@@ -104,7 +91,7 @@ pub(crate) fn levels_into(
                 for (f, b) in fs.iter_mut().zip(bs.iter()) {
                     *f -= *b;
                 }
-                q.quantize_slice(fs, o);
+                each(fs, o);
             });
             Ok(())
         })
