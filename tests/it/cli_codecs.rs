@@ -7,7 +7,7 @@ use ultradelta::io::DType;
 use ultradelta::{CompressConfig, Method};
 
 use crate::cli_methods::check_apply_equals_in_memory;
-use crate::support::{pair, s, ud_err, ud_ok};
+use crate::support::{apply_cmd, pair, s, ud_err, ud_ok};
 
 fn compress_args<'a>(base: &'a str, ft: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
@@ -91,15 +91,7 @@ fn every_codec_round_trips_through_apply() {
             );
         }
         let rebuilt = dir.path().join(format!("{label}-rebuilt"));
-        ud_ok(&[
-            "apply",
-            "--quiet",
-            "--base",
-            s(&base),
-            "--output",
-            s(&rebuilt),
-            s(&archive),
-        ]);
+        ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
         check_apply_equals_in_memory(&base, &ft, &archive, &rebuilt, Method::Ultradelta);
     }
     // Same kept entries under golomb+packed and golomb+entropy: the rebuilt weights are identical.

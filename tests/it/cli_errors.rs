@@ -4,19 +4,10 @@ use std::path::Path;
 
 use ultradelta::io::{write_checkpoint, DType, TensorInfo, WriterOptions};
 
-use crate::support::{listing, pair, s, ud_err, ud_ok};
+use crate::support::{apply_cmd, compress_cmd, listing, pair, s, ud_err, ud_ok};
 
 fn compress(base: &Path, ft: &Path, out: &Path) {
-    ud_ok(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(base),
-        "--finetuned",
-        s(ft),
-        "--output",
-        s(out),
-    ]);
+    ud_ok(&compress_cmd(base, ft, out, &[]));
 }
 
 /// A one-file checkpoint from (name, dtype, shape) with deterministic bytes.
@@ -46,15 +37,7 @@ fn wrong_base_is_refused() {
     let archive = dir.path().join("ft.udelta");
     compress(&base, &ft, &archive);
     let out = dir.path().join("rebuilt");
-    let line = ud_err(&[
-        "apply",
-        "--quiet",
-        "--base",
-        s(&other_base),
-        "--output",
-        s(&out),
-        s(&archive),
-    ]);
+    let line = ud_err(&apply_cmd(&other_base, &archive, &out, &[]));
     assert!(line.contains("different base"), "{line}");
     assert!(line.contains("ft.udelta"), "{line}");
     assert!(!out.exists());
@@ -79,16 +62,7 @@ fn shape_mismatch_names_the_tensor() {
         ],
     );
     let out = dir.path().join("a.udelta");
-    let line = ud_err(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&b),
-        "--finetuned",
-        s(&f),
-        "--output",
-        s(&out),
-    ]);
+    let line = ud_err(&compress_cmd(&b, &f, &out, &[]));
     assert!(
         line.contains("layer.0.attention.self.query.weight") && line.contains("[8, 4]"),
         "{line}"
@@ -102,16 +76,7 @@ fn dtype_mismatch_names_the_tensor() {
     let (b, f) = (dir.path().join("b"), dir.path().join("f"));
     write(&b, &[("w.weight", DType::F32, &[4, 8])]);
     write(&f, &[("w.weight", DType::F16, &[4, 8])]);
-    let line = ud_err(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&b),
-        "--finetuned",
-        s(&f),
-        "--output",
-        s(&dir.path().join("a.udelta")),
-    ]);
+    let line = ud_err(&compress_cmd(&b, &f, &dir.path().join("a.udelta"), &[]));
     assert!(
         line.contains("w.weight") && line.contains("F16") && line.contains("F32"),
         "{line}"
@@ -149,16 +114,7 @@ fn unsupported_dtype_names_file_and_tensor() {
     bytes.extend_from_slice(header);
     bytes.extend_from_slice(&[1, 2, 3, 4]);
     std::fs::write(&b, bytes).unwrap();
-    let line = ud_err(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&b),
-        "--finetuned",
-        s(&b),
-        "--output",
-        s(&dir.path().join("a.udelta")),
-    ]);
+    let line = ud_err(&compress_cmd(&b, &b, &dir.path().join("a.udelta"), &[]));
     assert!(
         line.contains("b.safetensors") && line.contains("\"w\"") && line.contains("F8_E4M3"),
         "{line}"
@@ -208,15 +164,7 @@ fn corrupt_and_truncated_archives_fail_cleanly_without_partial_output() {
     let corrupt = dir.path().join("corrupt.udelta");
     std::fs::write(&corrupt, &bad).unwrap();
     let out = dir.path().join("out");
-    let line = ud_err(&[
-        "apply",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--output",
-        s(&out),
-        s(&corrupt),
-    ]);
+    let line = ud_err(&apply_cmd(&base, &corrupt, &out, &[]));
     assert!(
         line.contains("corrupt.udelta") && line.contains("checksum"),
         "{line}"
@@ -226,15 +174,7 @@ fn corrupt_and_truncated_archives_fail_cleanly_without_partial_output() {
     // Truncated: fails at open, names the file.
     let trunc = dir.path().join("trunc.udelta");
     std::fs::write(&trunc, &good[..good.len() / 2]).unwrap();
-    let line = ud_err(&[
-        "apply",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--output",
-        s(&out),
-        s(&trunc),
-    ]);
+    let line = ud_err(&apply_cmd(&base, &trunc, &out, &[]));
     assert!(line.contains("trunc.udelta"), "{line}");
     assert!(!out.exists());
     let line = ud_err(&["inspect", s(&trunc)]);
@@ -257,16 +197,7 @@ fn existing_output_is_refused_unless_forced() {
     let (base, ft) = pair(dir.path(), DType::F32, false, 1);
     let archive = dir.path().join("ft.udelta");
     std::fs::write(&archive, b"precious").unwrap();
-    let line = ud_err(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&archive),
-    ]);
+    let line = ud_err(&compress_cmd(&base, &ft, &archive, &[]));
     assert!(
         line.contains("ft.udelta") && line.contains("exists"),
         "{line}"
@@ -288,15 +219,7 @@ fn existing_output_is_refused_unless_forced() {
     let out = dir.path().join("rebuilt");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keepme"), b"x").unwrap();
-    let line = ud_err(&[
-        "apply",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--output",
-        s(&out),
-        s(&archive),
-    ]);
+    let line = ud_err(&apply_cmd(&base, &archive, &out, &[]));
     assert!(
         line.contains("rebuilt") && line.contains("exists"),
         "{line}"

@@ -9,7 +9,7 @@ use ultradelta::io::{
 };
 use ultradelta::{compress, compress_tensor_with, CompressConfig, Method, NoProgress, Selection};
 
-use crate::support::{pair, s, ud_err, ud_ok};
+use crate::support::{apply_cmd, compress_cmd, pair, s, ud_err, ud_ok};
 
 /// A base/fine-tune pair of generated matrices of several shapes (all compressed with `--compress '*'`).
 fn shaped_pair(dir: &Path, shapes: &[(usize, usize)], seed: u64) -> (PathBuf, PathBuf) {
@@ -182,15 +182,7 @@ fn every_method_round_trips_through_apply() {
         let human = ud_ok(&["inspect", s(&archive)]);
         assert!(human.contains("method params:"), "{human}");
         let rebuilt = dir.path().join(format!("{label}-rebuilt"));
-        ud_ok(&[
-            "apply",
-            "--quiet",
-            "--base",
-            s(&base),
-            "--output",
-            s(&rebuilt),
-            s(&archive),
-        ]);
+        ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
         check_apply_equals_in_memory(&base, &ft, &archive, &rebuilt, method);
     }
 }
@@ -201,19 +193,12 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
     let (base, ft) = pair(dir.path(), DType::F32, false, 5);
     let a = dir.path().join("a.udelta");
     let b = dir.path().join("b.udelta");
-    ud_ok(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&a),
-        "--rescale",
-        "global",
-        "--tngr",
-    ]);
+    ud_ok(&compress_cmd(
+        &base,
+        &ft,
+        &a,
+        &["--rescale", "global", "--tngr"],
+    ));
     ud_ok(&[
         "compress",
         "--quiet",
@@ -436,20 +421,12 @@ fn budget_through_the_cli_and_lora_export() {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(dir.path(), DType::F32, false, 9);
     let archive = dir.path().join("t.udelta");
-    let out = ud_ok(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&archive),
-        "--method",
-        "dare",
-        "--target-ratio",
-        "15",
-    ]);
+    let out = ud_ok(&compress_cmd(
+        &base,
+        &ft,
+        &archive,
+        &["--method", "dare", "--target-ratio", "15"],
+    ));
     assert!(out.contains("budget: target 15x"), "{out}");
     assert!((real_ratio(&archive) / 15.0 - 1.0).abs() <= 0.01);
     let ins = ud_ok(&["inspect", s(&archive)]);
@@ -458,22 +435,12 @@ fn budget_through_the_cli_and_lora_export() {
     // LoRA: shapes and names as PEFT expects; B·A equals the archive's delta.
     let lr = dir.path().join("lr.udelta");
     let lora = dir.path().join("lora");
-    ud_ok(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&lr),
-        "--method",
-        "lowrank",
-        "--rank",
-        "3",
-        "--lora-out",
-        s(&lora),
-    ]);
+    ud_ok(&compress_cmd(
+        &base,
+        &ft,
+        &lr,
+        &["--method", "lowrank", "--rank", "3", "--lora-out", s(&lora)],
+    ));
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(lora.join("adapter_config.json")).unwrap())
             .unwrap();

@@ -4,7 +4,7 @@ use ultradelta::archive::{ArchiveReader, Policy};
 use ultradelta::io::{f32_to_bytes, Checkpoint, DType};
 use ultradelta::{compress_tensor, CompressConfig};
 
-use crate::support::{pair, s, ud_err, ud_ok};
+use crate::support::{apply_cmd, compress_cmd, pair, s, ud_err, ud_ok};
 
 /// Rebuilds every compressed tensor in memory with the library (no file involved) and
 /// checks the `apply` output equals it bit for bit; kept and new tensors must be exact.
@@ -65,16 +65,7 @@ fn roundtrip(dtype: DType, sharded: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(dir.path(), dtype, sharded, 7);
     let archive = dir.path().join("ft.udelta");
-    let out = ud_ok(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&archive),
-    ]);
+    let out = ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
     assert!(out.contains("tensors compressed"), "{out}");
 
     let ins: serde_json::Value =
@@ -109,15 +100,7 @@ fn roundtrip(dtype: DType, sharded: bool) {
     assert!((r["paper_v2"].as_f64().unwrap() - 133.3).abs() < 0.1);
 
     let rebuilt = dir.path().join("rebuilt");
-    ud_ok(&[
-        "apply",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--output",
-        s(&rebuilt),
-        s(&archive),
-    ]);
+    ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
     let (b, f, rb) = (
         Checkpoint::open(&base).unwrap(),
         Checkpoint::open(&ft).unwrap(),
@@ -265,16 +248,7 @@ fn closed_stdout_is_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(dir.path(), DType::F32, false, 2);
     let archive = dir.path().join("ft.udelta");
-    ud_ok(&[
-        "compress",
-        "--quiet",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&archive),
-    ]);
+    ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
     // `inspect` prints one line per tensor; `head -1` closes the pipe after the first.
     let script = format!(
         "'{}' inspect '{}' | head -1 >/dev/null",

@@ -76,3 +76,36 @@ pub fn listing(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// `ultradelta compress --quiet --base BASE --finetuned FT --output OUT EXTRA…`.
+pub fn compress_cmd<'a>(
+    base: &'a Path,
+    ft: &'a Path,
+    out: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let paths = ["--base", s(base), "--finetuned", s(ft), "--output", s(out)];
+    [&["compress", "--quiet"][..], &paths, extra].concat()
+}
+
+/// `ultradelta apply --quiet --base BASE --output OUT ARCHIVE EXTRA…`.
+pub fn apply_cmd<'a>(
+    base: &'a Path,
+    archive: &'a Path,
+    out: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    [
+        &[
+            "apply",
+            "--quiet",
+            "--base",
+            s(base),
+            "--output",
+            s(out),
+            s(archive),
+        ][..],
+        extra,
+    ]
+    .concat()
+}
