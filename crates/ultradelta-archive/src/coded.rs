@@ -15,7 +15,7 @@ use ultradelta_qgp::QuantParams;
 
 use crate::manifest::{Limits, RecordKind};
 use crate::rans;
-use crate::record::{Cursor, Record};
+use crate::record::{read_golomb_lengths, read_sparse_head, Cursor, Record};
 use crate::{bitpack, golomb, Error, Result, SparseRecord};
 
 /// Fixed part of every coded payload: kept, bits, lo, step, scale.
@@ -283,31 +283,10 @@ impl CodedSparseRecord {
         limits: &Limits,
     ) -> Result<Self> {
         let bad = |d: String| Error::stream("record", d);
-        let kept = c.u64("kept")?;
-        let bits = c.u8("bits")?;
-        let lo = c.f32("lo")?;
-        let step = c.f32("step")?;
-        let scale = c.f32("scale")?;
-        if kept > numel {
-            return Err(bad(format!("kept {kept} exceeds numel {numel}")));
-        }
-        if bits > 16 {
-            return Err(bad(format!("bit width {bits} above 16")));
-        }
-        if !lo.is_finite() || !step.is_finite() || !scale.is_finite() {
-            return Err(bad(format!(
-                "non-finite lo {lo}, step {step} or scale {scale}"
-            )));
-        }
+        let (kept, quant, scale) = read_sparse_head(c, numel)?;
+        let bits = quant.bits;
         let golomb_fields = if kind == RecordKind::SparseGolombRans {
-            let m = c.u64("golomb parameter")?;
-            let pos_bits = c.u64("positions bit length")?;
-            let pos_len = c.u64("positions byte length")?;
-            if pos_len != pos_bits.div_ceil(8) {
-                return Err(bad(format!(
-                    "positions byte length {pos_len} does not match {pos_bits} bits"
-                )));
-            }
+            let (m, pos_bits, pos_len) = read_golomb_lengths(c)?;
             if kept > pos_bits {
                 // Every Golomb code has at least one bit.
                 return Err(bad(format!(
@@ -398,7 +377,7 @@ impl CodedSparseRecord {
         };
         Ok(CodedSparseRecord {
             numel,
-            quant: QuantParams { bits, lo, step },
+            quant,
             scale,
             positions,
             levels,

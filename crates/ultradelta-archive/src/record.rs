@@ -681,6 +681,43 @@ fn decode_zstd_payload(c: &mut Cursor<'_>, expected: u64) -> Result<Vec<u8>> {
     zstd_decompress_exact(z, expected)
 }
 
+/// Reads what every UltraDelta sparse payload starts with (kept, bits, lo, step, scale) and checks it against the
+/// tensor's `numel`: the kept count, the quantizer and the scale.
+pub(crate) fn read_sparse_head(c: &mut Cursor<'_>, numel: u64) -> Result<(u64, QuantParams, f32)> {
+    let bad = |d: String| Error::stream("record", d);
+    let kept = c.u64("kept")?;
+    let bits = c.u8("bits")?;
+    let lo = c.f32("lo")?;
+    let step = c.f32("step")?;
+    let scale = c.f32("scale")?;
+    if kept > numel {
+        return Err(bad(format!("kept {kept} exceeds numel {numel}")));
+    }
+    if bits > 16 {
+        return Err(bad(format!("bit width {bits} above 16")));
+    }
+    if !lo.is_finite() || !step.is_finite() || !scale.is_finite() {
+        return Err(bad(format!(
+            "non-finite lo {lo}, step {step} or scale {scale}"
+        )));
+    }
+    Ok((kept, QuantParams { bits, lo, step }, scale))
+}
+
+/// Reads the Golomb parameter and the positions stream's bit and byte lengths, which must agree.
+pub(crate) fn read_golomb_lengths(c: &mut Cursor<'_>) -> Result<(u64, u64, u64)> {
+    let m = c.u64("golomb parameter")?;
+    let pos_bits = c.u64("positions bit length")?;
+    let pos_len = c.u64("positions byte length")?;
+    if pos_len != pos_bits.div_ceil(8) {
+        return Err(Error::stream(
+            "record",
+            format!("positions byte length {pos_len} does not match {pos_bits} bits"),
+        ));
+    }
+    Ok((m, pos_bits, pos_len))
+}
+
 /// Decodes a whole record (header + payload). Companion files come back as [`Record::Full`] with dtype `U8`
 /// (check `header.kind`). Every declared length is compared with the bytes actually present before anything
 /// sized from it is allocated.
@@ -694,31 +731,10 @@ pub fn decode_record(bytes: &[u8], limits: &Limits) -> Result<(RecordHeader, Rec
     let numel = header.numel;
     let record = match header.kind {
         RecordKind::SparseGolomb => {
-            let kept = c.u64("kept")?;
-            let bits = c.u8("bits")?;
-            let lo = c.f32("lo")?;
-            let step = c.f32("step")?;
-            let scale = c.f32("scale")?;
-            let m = c.u64("golomb parameter")?;
-            let pos_bits = c.u64("positions bit length")?;
-            let pos_len = c.u64("positions byte length")?;
+            let (kept, quant, scale) = read_sparse_head(&mut c, numel)?;
+            let bits = quant.bits;
+            let (m, pos_bits, pos_len) = read_golomb_lengths(&mut c)?;
             let lvl_len = c.u64("levels byte length")?;
-            if kept > numel {
-                return Err(bad(format!("kept {kept} exceeds numel {numel}")));
-            }
-            if bits > 16 {
-                return Err(bad(format!("bit width {bits} above 16")));
-            }
-            if !lo.is_finite() || !step.is_finite() || !scale.is_finite() {
-                return Err(bad(format!(
-                    "non-finite lo {lo}, step {step} or scale {scale}"
-                )));
-            }
-            if pos_len != pos_bits.div_ceil(8) {
-                return Err(bad(format!(
-                    "positions byte length {pos_len} does not match {pos_bits} bits"
-                )));
-            }
             let want_lvl = bitpack::packed_len(kept, bits)
                 .ok_or_else(|| bad("levels length overflows".into()))?;
             if lvl_len != want_lvl {
@@ -740,7 +756,7 @@ pub fn decode_record(bytes: &[u8], limits: &Limits) -> Result<(RecordHeader, Rec
             let levels = bitpack::unpack(lvl_bytes, bits, n)?;
             Record::Sparse(SparseRecord {
                 numel,
-                quant: QuantParams { bits, lo, step },
+                quant,
                 scale,
                 positions,
                 levels,
