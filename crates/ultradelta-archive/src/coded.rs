@@ -180,23 +180,7 @@ impl CodedSparseRecord {
     /// # Errors
     /// [`Error::InvalidRecord`] describing the first violation.
     pub fn validate(&self) -> Result<()> {
-        let q = &self.quant;
-        if q.bits > 16 {
-            return Err(Error::record(format!("bit width {} above 16", q.bits)));
-        }
-        if !q.lo.is_finite() || !q.step.is_finite() || !self.scale.is_finite() {
-            return Err(Error::record(format!(
-                "non-finite parameter (lo {}, step {}, scale {})",
-                q.lo, q.step, self.scale
-            )));
-        }
-        let limit = 1u32 << q.bits;
-        if let Some(i) = self.levels.iter().position(|&l| u32::from(l) >= limit) {
-            return Err(Error::record(format!(
-                "levels[{i}] = {} does not fit in {} bits",
-                self.levels[i], q.bits
-            )));
-        }
+        crate::kinds::check_quantized_levels(&self.quant, self.scale, &self.levels)?;
         match &self.positions {
             Positions::Golomb(pos) => {
                 if pos.len() != self.levels.len() {
@@ -213,7 +197,7 @@ impl CodedSparseRecord {
                 self.kept(),
                 self.numel
             ))),
-            Positions::Seeded { .. } if self.coding == LevelCoding::Packed && q.bits == 0 => Err(
+            Positions::Seeded { .. } if self.coding == LevelCoding::Packed && self.quant.bits == 0 => Err(
                 Error::record("seeded positions with packed levels need a bit width of at least 1"),
             ),
             Positions::Seeded { .. }

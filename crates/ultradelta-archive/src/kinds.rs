@@ -274,23 +274,7 @@ impl DenseLevelsRecord {
     /// # Errors
     /// [`Error::InvalidRecord`] describing the first violation.
     pub fn validate(&self) -> Result<()> {
-        let q = &self.quant;
-        if q.bits > 16 {
-            return Err(Error::record(format!("bit width {} above 16", q.bits)));
-        }
-        if !q.lo.is_finite() || !q.step.is_finite() || !self.scale.is_finite() {
-            return Err(Error::record(format!(
-                "non-finite parameter (lo {}, step {}, scale {})",
-                q.lo, q.step, self.scale
-            )));
-        }
-        let limit = 1u32 << q.bits;
-        if let Some(i) = self.levels.iter().position(|&l| u32::from(l) >= limit) {
-            return Err(Error::record(format!(
-                "levels[{i}] = {} does not fit in {} bits",
-                self.levels[i], q.bits
-            )));
-        }
+        check_quantized_levels(&self.quant, self.scale, &self.levels)?;
         Ok(())
     }
 }
@@ -349,4 +333,26 @@ pub(crate) fn get_f16s(bytes: &[u8], what: &str) -> Result<Vec<f16>> {
 /// Bit-packed levels for a dense-levels record.
 pub(crate) fn pack_levels(levels: &[u16], bits: u8) -> Vec<u8> {
     bitpack::pack(levels, bits)
+}
+
+/// The checks every record of quantized levels shares: a bit width of at most 16, finite `lo`, `step` and
+/// `scale`, and every level below `2^bits`.
+pub(crate) fn check_quantized_levels(q: &QuantParams, scale: f32, levels: &[u16]) -> Result<()> {
+    if q.bits > 16 {
+        return Err(Error::record(format!("bit width {} above 16", q.bits)));
+    }
+    if !q.lo.is_finite() || !q.step.is_finite() || !scale.is_finite() {
+        return Err(Error::record(format!(
+            "non-finite parameter (lo {}, step {}, scale {scale})",
+            q.lo, q.step
+        )));
+    }
+    let limit = 1u32 << q.bits;
+    if let Some(i) = levels.iter().position(|&l| u32::from(l) >= limit) {
+        return Err(Error::record(format!(
+            "levels[{i}] = {} does not fit in {} bits",
+            levels[i], q.bits
+        )));
+    }
+    Ok(())
 }
