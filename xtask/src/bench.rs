@@ -2,9 +2,9 @@
 //!
 //! For each size it writes (or reuses) a deterministic synthetic base + fine-tune pair, builds
 //! the release CLI, runs `ultradelta compress` and `ultradelta apply` as child processes and
-//! measures each child's wall time and peak resident set size (from `wait4`'s rusage, so the
-//! figure is the child's own). It prints a table of parameters/s, seconds and peak RSS per
-//! size and writes `results/<date>-bench/bench.csv` beside `provenance.json` (git revision,
+//! measures each child's wall time, CPU time and peak resident set size (from `wait4`'s rusage,
+//! so the figures are the child's own; `--repeat N` keeps the median run). It prints a table of
+//! parameters/s, seconds, CPU seconds and peak RSS per size and writes `results/<date>-bench/bench.csv` beside `provenance.json` (git revision,
 //! machine, time, input fingerprints and the full configuration), so every number can be
 //! traced.
 
@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// Keep the rebuilt checkpoints (deleted after measuring by default, to save disk).
     #[arg(long)]
     pub keep_rebuilt: bool,
+    /// Runs of compress and of apply per size; the report gives the run with the median wall time (and the
+    /// largest peak RSS of all runs). More runs steady the figures on a shared machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub repeat: u32,
 }
 
 fn parse_shape(s: &str) -> Result<Shape, String> {
@@ -64,11 +68,26 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-/// Wall time and peak RSS of one finished child process.
+/// Wall time, CPU time and peak RSS of one finished child process.
 #[derive(Clone, Copy, Debug)]
 struct Measured {
     seconds: f64,
+    /// User + system CPU seconds (both cores count): steadier than wall time on a shared machine.
+    cpu_seconds: f64,
     peak_rss_bytes: u64,
+}
+
+/// Runs `bin args` `repeat` times: the run with the median wall time, with the largest peak RSS of all runs.
+fn run_median(bin: &Path, args: &[&str], repeat: u32) -> Result<Measured> {
+    let mut runs = (0..repeat)
+        .map(|_| run_measured(bin, args))
+        .collect::<Result<Vec<_>>>()?;
+    let peak = runs.iter().map(|m| m.peak_rss_bytes).max().unwrap_or(0);
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    Ok(Measured {
+        peak_rss_bytes: peak,
+        ..runs[runs.len() / 2]
+    })
 }
 
 /// Runs `bin args` to completion and measures it. The child is reaped with `wait4`, whose
@@ -110,8 +129,10 @@ fn run_measured(bin: &Path, args: &[&str]) -> Result<Measured> {
     }
     // Linux reports ru_maxrss in KiB.
     let peak_rss_bytes = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
     Ok(Measured {
         seconds,
+        cpu_seconds: secs(usage.ru_utime) + secs(usage.ru_stime),
         peak_rss_bytes,
     })
 }
@@ -264,10 +285,15 @@ fn bench_size(bin: &Path, work: &Path, shape: Shape, args: &BenchArgs) -> Result
         crate::demo::utf8(&archive)?,
         crate::demo::utf8(&rebuilt)?,
     );
-    let compress = run_measured(bin, &crate::demo::compress_args(b, f, a, &s, &bits))?;
-    let apply = run_measured(
+    let compress = run_median(
+        bin,
+        &crate::demo::compress_args(b, f, a, &s, &bits),
+        args.repeat,
+    )?;
+    let apply = run_median(
         bin,
         &["apply", "--base", b, "--output", r, "--force", "--quiet", a],
+        args.repeat,
     )?;
     let archive_bytes = std::fs::metadata(&archive)?.len();
     if !args.keep_rebuilt {
@@ -324,20 +350,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let mut csv = String::from(
-        "shape,parameters,compress_seconds,compress_params_per_second,compress_peak_rss_bytes,\
-         apply_seconds,apply_params_per_second,apply_peak_rss_bytes,archive_bytes,synth_seconds\n",
+        "shape,parameters,compress_seconds,compress_params_per_second,compress_cpu_seconds,compress_peak_rss_bytes,\
+         apply_seconds,apply_params_per_second,apply_cpu_seconds,apply_peak_rss_bytes,archive_bytes,synth_seconds\n",
     );
     for r in &rows {
         let _ = writeln!(
             csv,
-            "{},{},{:.4},{:.0},{},{:.4},{:.0},{},{},{}",
+            "{},{},{:.4},{:.0},{:.3},{},{:.4},{:.0},{:.3},{},{},{}",
             r.shape,
             r.params,
             r.compress.seconds,
             r.params as f64 / r.compress.seconds,
+            r.compress.cpu_seconds,
             r.compress.peak_rss_bytes,
             r.apply.seconds,
             r.params as f64 / r.apply.seconds,
+            r.apply.cpu_seconds,
             r.apply.peak_rss_bytes,
             r.archive_bytes,
             r.synth_seconds
@@ -363,12 +391,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "bits": args.bits,
             "dtype": args.dtype.name(),
             "seed": args.seed,
+            "repeat": args.repeat,
             "rel_scale": SynthConfig::new(Shape::Tiny).rel_scale,
             "work_dir": work.display().to_string(),
             "compress_args": ["compress", "--base", "<base>", "--finetuned", "<finetuned>", "--output", "<archive>",
                               "--sparsity", args.sparsity.to_string(), "--bits", args.bits.to_string(), "--force", "--quiet"],
             "apply_args": ["apply", "--base", "<base>", "--output", "<rebuilt>", "--force", "--quiet", "<archive>"],
-            "measurement": "wall time of the child process; peak RSS = wait4 rusage ru_maxrss of that child",
+            "measurement": "wall time of the child process, the run with the median wall time of `repeat` runs; CPU seconds = wait4 rusage user + system time of that run; peak RSS = the largest wait4 rusage ru_maxrss of the runs",
         },
         "inputs": rows.iter().map(|r| serde_json::json!({
             "shape": r.shape.to_string(),
@@ -390,26 +419,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.bits
     );
     println!(
-        "{:<10} {:>14} | {:>9} {:>12} {:>10} | {:>9} {:>12} {:>10} | {:>11}",
+        "{:<10} {:>14} | {:>9} {:>7} {:>12} {:>10} | {:>9} {:>7} {:>12} {:>10} | {:>11}",
         "shape",
         "parameters",
         "compr. s",
+        "CPU s",
         "params/s",
         "peak MiB",
         "apply s",
+        "CPU s",
         "params/s",
         "peak MiB",
         "archive MiB"
     );
     for r in &rows {
         println!(
-            "{:<10} {:>14} | {:>9.3} {:>12.3e} {:>10.1} | {:>9.3} {:>12.3e} {:>10.1} | {:>11.2}",
+            "{:<10} {:>14} | {:>9.3} {:>7.2} {:>12.3e} {:>10.1} | {:>9.3} {:>7.2} {:>12.3e} {:>10.1} | {:>11.2}",
             r.shape.to_string(),
             r.params,
             r.compress.seconds,
+            r.compress.cpu_seconds,
             r.params as f64 / r.compress.seconds,
             mib(r.compress.peak_rss_bytes),
             r.apply.seconds,
+            r.apply.cpu_seconds,
             r.params as f64 / r.apply.seconds,
             mib(r.apply.peak_rss_bytes),
             mib(r.archive_bytes)
