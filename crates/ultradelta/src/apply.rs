@@ -56,7 +56,48 @@ pub fn rebuild_tensor(
     archive: &Path,
     entry: &TensorEntry,
 ) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; entry_nbytes(archive, entry)?];
+    rebuild_tensor_into(base, reader, archive, entry, &mut out)?;
+    Ok(out)
+}
+
+/// The byte size of `entry`'s tensor.
+fn entry_nbytes(archive: &Path, entry: &TensorEntry) -> Result<usize> {
+    TensorInfo::new(entry.name.clone(), entry.dtype, entry.shape.clone())
+        .checked_nbytes()
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{}: tensor \"{}\": byte size overflows",
+                archive.display(),
+                entry.name
+            ))
+        })
+}
+
+/// Like [`rebuild_tensor`], into `out`, which must be exactly the tensor's byte size: every byte of `out` is
+/// written, so a buffer can be reused from tensor to tensor without clearing it (`apply` does, so the pages of
+/// its two buffers are faulted in once rather than for every tensor).
+pub fn rebuild_tensor_into(
+    base: &Checkpoint,
+    reader: &ArchiveReader,
+    archive: &Path,
+    entry: &TensorEntry,
+    out: &mut [u8],
+) -> Result<()> {
     let name = entry.name.as_str();
+    let unexpected = || {
+        Error::Config(format!(
+            "{}: tensor \"{name}\": unexpected record kind",
+            archive.display()
+        ))
+    };
+    let expected = out.len();
+    let wrong_size = |found: usize| {
+        Error::Config(format!(
+            "{}: tensor \"{name}\": rebuilt to {found} bytes, expected {expected}",
+            archive.display()
+        ))
+    };
     let base_err = |what: String| Error::BaseTensor {
         base: base.path().to_path_buf(),
         archive: archive.to_path_buf(),
@@ -65,11 +106,12 @@ pub fn rebuild_tensor(
     };
     if entry.policy == Policy::New {
         return match reader.read_record(name)? {
-            Record::Full { bytes, .. } => Ok(bytes),
-            _ => Err(Error::Config(format!(
-                "{}: tensor \"{name}\": unexpected record kind",
-                archive.display()
-            ))),
+            Record::Full { bytes, .. } if bytes.len() == out.len() => {
+                out.copy_from_slice(&bytes);
+                Ok(())
+            }
+            Record::Full { bytes, .. } => Err(wrong_size(bytes.len())),
+            _ => Err(unexpected()),
         };
     }
     let Some(info) = base.info(name) else {
@@ -97,31 +139,38 @@ pub fn rebuild_tensor(
             });
         }
     }
+    let src = view.bytes();
+    if src.len() != out.len() {
+        return Err(wrong_size(src.len()));
+    }
     match entry.policy {
-        Policy::Drop => Ok(view.bytes().to_vec()),
+        Policy::Drop => {
+            copy_par(src, out);
+            Ok(())
+        }
         Policy::Keep => match reader.read_record(name)? {
             Record::XorDelta { xor_bytes, .. } => {
-                let mut out = view.bytes().to_vec();
-                out.par_chunks_mut(1 << 16)
-                    .zip(xor_bytes.par_chunks(1 << 16))
-                    .for_each(|(o, x)| {
+                // Base bytes, XORed with the stored bits where there are any (a short stream leaves the tail as is).
+                out.par_chunks_mut(COPY_CHUNK)
+                    .zip(src.par_chunks(COPY_CHUNK))
+                    .enumerate()
+                    .for_each(|(c, (o, b))| {
+                        o.copy_from_slice(b);
+                        let x = xor_bytes.get(c * COPY_CHUNK..).unwrap_or(&[]);
                         for (o, x) in o.iter_mut().zip(x) {
                             *o ^= x;
                         }
                     });
-                Ok(out)
+                Ok(())
             }
-            _ => Err(Error::Config(format!(
-                "{}: tensor \"{name}\": unexpected record kind",
-                archive.display()
-            ))),
+            _ => Err(unexpected()),
         },
         Policy::Compress => {
             let rec = reader.read_record(name)?;
             let gamma = reader.manifest().gamma as f32;
             if let Record::Sparse(s) = &rec {
-                if let Some(out) = patch_sparse(&view, s, gamma)? {
-                    return Ok(out);
+                if patch_sparse(&view, s, gamma, out)? {
+                    return Ok(());
                 }
             }
             let mut w = view.to_f32()?;
@@ -131,37 +180,60 @@ pub fn rebuild_tensor(
                     tensor: name.to_string(),
                     source: Box::new(source),
                 })?;
-            let mut out = Vec::with_capacity(entry.dtype.size() * w.len());
-            f32_to_bytes(&w, entry.dtype, &mut out)?;
-            Ok(out)
+            let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
+            f32_to_bytes(&w, entry.dtype, &mut bytes)?;
+            if bytes.len() != out.len() {
+                return Err(wrong_size(bytes.len()));
+            }
+            out.copy_from_slice(&bytes);
+            Ok(())
         }
         Policy::New => unreachable!("handled above"),
     }
 }
 
-/// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries.
+/// Bytes per parallel work unit of the plain copies.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// `out.copy_from_slice(src)`, in parallel chunks.
+fn copy_par(src: &[u8], out: &mut [u8]) {
+    out.par_chunks_mut(COPY_CHUNK)
+        .zip(src.par_chunks(COPY_CHUNK))
+        .for_each(|(o, s)| o.copy_from_slice(s));
+}
+
+/// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries, into `out` (the
+/// tensor's byte size).
 ///
-/// Returns exactly the bytes of the dense path (`to_f32`, [`Record::add_delta_into`], [`f32_to_bytes`]): an
+/// Writes exactly the bytes of the dense path (`to_f32`, [`Record::add_delta_into`], [`f32_to_bytes`]): an
 /// entry the record does not touch converts to f32 and back unchanged, except a NaN of F16/BF16 (whose payload
 /// the conversion may rewrite), so each block of [`PAR_CHUNK`] entries (the dense path's conversion blocks) is
 /// copied from the base and only its kept entries are recomputed, with the same arithmetic and conversions; a
-/// block holding a NaN, before or after the addition, goes through the dense path. `None` when this path does not
-/// apply (another dtype, or a record that does not validate: the dense path reports the error).
-fn patch_sparse(view: &TensorView<'_>, s: &SparseRecord, gamma: f32) -> Result<Option<Vec<u8>>> {
+/// block holding a NaN, before or after the addition, goes through the dense path. `false` (and `out` untouched)
+/// when this path does not apply (another dtype, or a record that does not validate: the dense path reports the
+/// error).
+fn patch_sparse(
+    view: &TensorView<'_>,
+    s: &SparseRecord,
+    gamma: f32,
+    out: &mut [u8],
+) -> Result<bool> {
     let dtype = view.info().dtype;
     let numel = view.info().numel();
-    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-        || s.numel != numel as u64
-        || s.validate().is_err()
-    {
-        return Ok(None);
-    }
     let es = dtype.size();
     let base = view.bytes();
-    let mut out = base.to_vec();
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        || s.numel != numel as u64
+        || base.len() != out.len()
+        || s.validate().is_err()
+    {
+        return Ok(false);
+    }
     out.par_chunks_mut(PAR_CHUNK * es)
+        .zip(base.par_chunks(PAR_CHUNK * es))
         .enumerate()
-        .try_for_each(|(c, o)| -> Result<()> {
+        .try_for_each(|(c, (o, b))| -> Result<()> {
+            o.copy_from_slice(b);
             let start = c * PAR_CHUNK;
             let end = start + o.len() / es;
             let a = s.positions.partition_point(|&p| p < start as u64);
@@ -212,7 +284,7 @@ fn patch_sparse(view: &TensorView<'_>, s: &SparseRecord, gamma: f32) -> Result<O
             }
             Ok(())
         })?;
-    Ok(Some(out))
+    Ok(true)
 }
 
 /// Rebuilds the fine-tuned checkpoint from `base` and the archive at `archive` into the
@@ -243,30 +315,46 @@ pub fn apply(
         metadata: manifest.finetuned.metadata.clone(),
         overwrite: opts.overwrite,
     };
+    let sizes: Vec<usize> = infos
+        .iter()
+        .map(|i| i.checked_nbytes().unwrap_or(0))
+        .collect();
     let mut writer = CheckpointWriter::create(out_dir, infos, wopts)?;
     progress.begin("rebuilding", total);
     // A two-stage pipeline: tensor k is rebuilt while tensor k - 1 is written out (the copy into the page cache
-    // is a large share of the time), so at most two rebuilt tensors are in memory.
-    let mut written: Option<(&TensorEntry, Vec<u8>)> = None;
-    for entry in manifest.tensors.iter().map(Some).chain([None]) {
+    // is a large share of the time), so at most two rebuilt tensors are in memory. The two buffers are reused
+    // from tensor to tensor (each keeps the size of the largest tensor it held): fresh memory for every tensor
+    // would be zeroed by the kernel and unmapped again each time.
+    let mut written: Option<(&TensorEntry, Vec<u8>, usize)> = None;
+    let mut spare: Vec<u8> = Vec::new();
+    let jobs = manifest.tensors.iter().zip(sizes.iter().copied());
+    for job in jobs.map(Some).chain([None]) {
+        let mut buf = std::mem::take(&mut spare);
         let (done, next) = rayon::join(
-            || -> Result<()> {
-                if let Some((e, bytes)) = written.take() {
-                    writer.write_tensor(&e.name, &bytes)?;
-                    progress.advance(e.numel);
-                }
-                Ok(())
+            || -> Result<Vec<u8>> {
+                let Some((e, bytes, n)) = written.take() else {
+                    return Ok(Vec::new());
+                };
+                writer.write_tensor(&e.name, &bytes[..n])?;
+                progress.advance(e.numel);
+                Ok(bytes)
             },
-            || -> Result<Option<(&TensorEntry, Vec<u8>)>> {
-                let Some(entry) = entry else { return Ok(None) };
-                let bytes = rebuild_tensor(base, &reader, archive, entry)?;
+            || -> Result<Option<(&TensorEntry, Vec<u8>, usize)>> {
+                let Some((entry, n)) = job else {
+                    return Ok(None);
+                };
+                if buf.len() < n {
+                    buf.reserve_exact(n - buf.len());
+                    buf.resize(n, 0);
+                }
+                rebuild_tensor_into(base, &reader, archive, entry, &mut buf[..n])?;
                 // The base pages of this tensor are not needed again: the resident set stays the size of a
                 // tensor or two however large the checkpoint is.
                 base.release(&entry.name);
-                Ok(Some((entry, bytes)))
+                Ok(Some((entry, buf, n)))
             },
         );
-        done?;
+        spare = done?;
         written = next?;
     }
     progress.end();
@@ -360,9 +448,12 @@ mod tests {
                     positions: positions.clone(),
                     levels: levels.clone(),
                 };
-                let got = patch_sparse(&view, &rec, gamma)
-                    .unwrap()
-                    .expect("fast path applies");
+                // A dirty buffer: every byte must be written.
+                let mut got = vec![0xa5u8; n * es];
+                assert!(
+                    patch_sparse(&view, &rec, gamma, &mut got).unwrap(),
+                    "fast path applies"
+                );
                 let want = dense(&view, &Record::Sparse(rec), gamma);
                 assert!(got == want, "{} scale {scale} gamma {gamma}", dtype.name());
             }
@@ -388,8 +479,6 @@ mod tests {
             positions: vec![1],
             levels: vec![3],
         };
-        assert!(patch_sparse(&ck.view("w").unwrap(), &rec, 1.0)
-            .unwrap()
-            .is_none());
+        assert!(!patch_sparse(&ck.view("w").unwrap(), &rec, 1.0, &mut [0u8; 32]).unwrap());
     }
 }
