@@ -314,6 +314,7 @@ pub fn apply(
         max_shard_bytes: opts.max_shard_bytes,
         metadata: manifest.finetuned.metadata.clone(),
         overwrite: opts.overwrite,
+        direct_io: true,
     };
     let sizes: Vec<usize> = infos
         .iter()
