@@ -671,6 +671,81 @@ fn decode_zstd_payload(c: &mut Cursor<'_>, expected: u64) -> Result<Vec<u8>> {
     zstd_decompress_exact(z, expected)
 }
 
+/// Decodes an `xor-zstd` record straight into `out`: `out = base XOR bits`, with the bits [`decode_record`] returns
+/// as [`Record::XorDelta`], without allocating per record: the shuffled planes are decompressed into `planes`
+/// (working memory the caller keeps between calls; grown as needed, any contents) and unshuffled on the fly, in
+/// parallel. `base` and `out` must both be the record's byte size (`numel` times the dtype size), which is checked
+/// before anything is allocated. Returns the record's header.
+///
+/// # Errors
+/// [`Error::InvalidStream`] (streams `"record"`, `"zstd"`): another kind, a size other than `out`'s, or a payload
+/// that does not decompress to exactly that size.
+pub fn decode_xor_into(
+    bytes: &[u8],
+    limits: &Limits,
+    base: &[u8],
+    out: &mut [u8],
+    planes: &mut Vec<u8>,
+) -> Result<RecordHeader> {
+    let bad = |d: String| Error::stream("record", d);
+    let mut c = Cursor { bytes, pos: 0 };
+    let header = decode_header_at(&mut c, limits)?;
+    if header.kind != RecordKind::XorZstd {
+        return Err(bad(format!(
+            "expected an {} record, found {}",
+            RecordKind::XorZstd.name(),
+            header.kind.name()
+        )));
+    }
+    let size = header.dtype.size();
+    let raw = header.numel.checked_mul(size as u64);
+    if raw != Some(out.len() as u64) || base.len() != out.len() {
+        return Err(bad(format!(
+            "{} elements of {size} bytes for a tensor of {} bytes",
+            header.numel,
+            out.len()
+        )));
+    }
+    let clen = c.u64("compressed length")?;
+    if clen != c.left() {
+        return Err(bad(format!(
+            "compressed length {clen} but {} payload bytes follow",
+            c.left()
+        )));
+    }
+    let z = c.take(clen, "zstd frame")?;
+    if planes.len() < out.len() {
+        planes.resize(out.len(), 0);
+    }
+    let planes = &mut planes[..out.len()];
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(z, planes))
+        .map_err(|e| Error::stream("zstd", format!("{e}")))?;
+    if n != out.len() {
+        return Err(Error::stream(
+            "zstd",
+            format!("decompressed to {n} bytes, expected {}", out.len()),
+        ));
+    }
+    let numel = out.len() / size.max(1);
+    // out[i * size + j] = base[i * size + j] ^ planes[j * numel + i], as `unshuffle` then XOR
+    const UNIT: usize = 1 << 16;
+    out.par_chunks_mut(UNIT * size)
+        .zip(base.par_chunks(UNIT * size))
+        .enumerate()
+        .for_each(|(u, (o, b))| {
+            let i0 = u * UNIT;
+            let m = o.len() / size;
+            for j in 0..size {
+                let plane = &planes[j * numel + i0..j * numel + i0 + m];
+                for (k, &x) in plane.iter().enumerate() {
+                    o[k * size + j] = b[k * size + j] ^ x;
+                }
+            }
+        });
+    Ok(header)
+}
+
 /// Decodes a whole record (header + payload). Companion files come back as [`Record::Full`] with dtype `U8`
 /// (check `header.kind`). Every declared length is compared with the bytes actually present before anything
 /// sized from it is allocated.
@@ -949,6 +1024,62 @@ mod tests {
             assert!(encode_record(DType::F32, &[4, 12], &rec, 3).is_err());
             assert!(encode_record(DType::BF16, &[4, 11], &rec, 3).is_err());
         }
+    }
+
+    #[test]
+    fn decode_xor_into_equals_decode_record_then_xor() {
+        // Several frames, odd element counts, every element size; a dirty scratch buffer, reused and too small.
+        let mut planes = vec![0x5au8; 1000];
+        for (dtype, numel) in [
+            (DType::BF16, ZSTD_FRAME_BYTES + 777),
+            (DType::F32, (1 << 16) * 3 + 5),
+            (DType::U8, 4099),
+            (DType::F64, 3),
+            (DType::F32, 0),
+        ] {
+            let es = dtype.size();
+            let xor: Vec<u8> = (0..numel * es)
+                .map(|i| ((i * 131) % 253) as u8 & if i % 3 == 0 { 0xff } else { 0x0f })
+                .collect();
+            let base: Vec<u8> = (0..numel * es).map(|i| (i % 241) as u8).collect();
+            let rec = Record::XorDelta {
+                dtype,
+                xor_bytes: xor.clone(),
+            };
+            let enc = encode_record(dtype, &[numel], &rec, 1).unwrap();
+            let Record::XorDelta { xor_bytes, .. } =
+                decode_record(&enc, &Limits::default()).unwrap().1
+            else {
+                panic!("kind")
+            };
+            let want: Vec<u8> = base.iter().zip(&xor_bytes).map(|(a, b)| a ^ b).collect();
+            let mut out = vec![0xa5u8; numel * es];
+            let h =
+                decode_xor_into(&enc, &Limits::default(), &base, &mut out, &mut planes).unwrap();
+            assert_eq!(h.kind, RecordKind::XorZstd);
+            assert!(out == want, "{} {numel}", dtype.name());
+            // the wrong size is refused before decompressing
+            if numel > 0 {
+                let mut short = vec![0u8; numel * es - 1];
+                assert!(decode_xor_into(
+                    &enc,
+                    &Limits::default(),
+                    &base[1..],
+                    &mut short,
+                    &mut planes
+                )
+                .is_err());
+            }
+        }
+        // another kind is refused
+        let full = Record::Full {
+            dtype: DType::U8,
+            bytes: vec![1, 2, 3],
+        };
+        let enc = encode_record(DType::U8, &[3], &full, 1).unwrap();
+        assert!(
+            decode_xor_into(&enc, &Limits::default(), &[0; 3], &mut [0; 3], &mut planes).is_err()
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn rebuild_tensor(
     entry: &TensorEntry,
 ) -> Result<Vec<u8>> {
     let mut out = vec![0u8; entry_nbytes(archive, entry)?];
-    rebuild_tensor_into(base, reader, archive, entry, &mut out)?;
+    rebuild_tensor_into(base, reader, archive, entry, &mut out, &mut Vec::new())?;
     Ok(out)
 }
 
@@ -75,14 +75,16 @@ fn entry_nbytes(archive: &Path, entry: &TensorEntry) -> Result<usize> {
 }
 
 /// Like [`rebuild_tensor`], into `out`, which must be exactly the tensor's byte size: every byte of `out` is
-/// written, so a buffer can be reused from tensor to tensor without clearing it (`apply` does, so the pages of
-/// its two buffers are faulted in once rather than for every tensor).
+/// written, so a buffer can be reused from tensor to tensor without clearing it. `scratch` is working memory
+/// (any contents, grown as needed) that can be reused the same way. `apply` reuses both, so their pages are
+/// faulted in once rather than for every tensor.
 pub fn rebuild_tensor_into(
     base: &Checkpoint,
     reader: &ArchiveReader,
     archive: &Path,
     entry: &TensorEntry,
     out: &mut [u8],
+    scratch: &mut Vec<u8>,
 ) -> Result<()> {
     let name = entry.name.as_str();
     let unexpected = || {
@@ -148,23 +150,12 @@ pub fn rebuild_tensor_into(
             copy_par(src, out);
             Ok(())
         }
-        Policy::Keep => match reader.read_record(name)? {
-            Record::XorDelta { xor_bytes, .. } => {
-                // Base bytes, XORed with the stored bits where there are any (a short stream leaves the tail as is).
-                out.par_chunks_mut(COPY_CHUNK)
-                    .zip(src.par_chunks(COPY_CHUNK))
-                    .enumerate()
-                    .for_each(|(c, (o, b))| {
-                        o.copy_from_slice(b);
-                        let x = xor_bytes.get(c * COPY_CHUNK..).unwrap_or(&[]);
-                        for (o, x) in o.iter_mut().zip(x) {
-                            *o ^= x;
-                        }
-                    });
-                Ok(())
+        Policy::Keep => {
+            if reader.read_xor_into(name, src, out, scratch)? {
+                return Ok(());
             }
-            _ => Err(unexpected()),
-        },
+            Err(unexpected())
+        }
         Policy::Compress => {
             let rec = reader.read_record(name)?;
             let gamma = reader.manifest().gamma as f32;
@@ -324,10 +315,12 @@ pub fn apply(
     progress.begin("rebuilding", total);
     // A two-stage pipeline: tensor k is rebuilt while tensor k - 1 is written out (the copy into the page cache
     // is a large share of the time), so at most two rebuilt tensors are in memory. The two buffers are reused
-    // from tensor to tensor (each keeps the size of the largest tensor it held): fresh memory for every tensor
-    // would be zeroed by the kernel and unmapped again each time.
+    // from tensor to tensor (each keeps the size of the largest tensor it held), and so is the decoding scratch
+    // of lossless records: fresh memory for every tensor would be zeroed by the kernel and unmapped again each
+    // time.
     let mut written: Option<(&TensorEntry, Vec<u8>, usize)> = None;
     let mut spare: Vec<u8> = Vec::new();
+    let mut scratch: Vec<u8> = Vec::new();
     let jobs = manifest.tensors.iter().zip(sizes.iter().copied());
     for job in jobs.map(Some).chain([None]) {
         let mut buf = std::mem::take(&mut spare);
@@ -348,7 +341,7 @@ pub fn apply(
                     buf.reserve_exact(n - buf.len());
                     buf.resize(n, 0);
                 }
-                rebuild_tensor_into(base, &reader, archive, entry, &mut buf[..n])?;
+                rebuild_tensor_into(base, &reader, archive, entry, &mut buf[..n], &mut scratch)?;
                 // The base pages of this tensor are not needed again: the resident set stays the size of a
                 // tensor or two however large the checkpoint is.
                 base.release(&entry.name);
