@@ -157,7 +157,9 @@ pub fn rebuild_tensor_into(
             Err(unexpected())
         }
         Policy::Compress => {
-            let rec = reader.read_record(name)?;
+            // The record's decoding (single-threaded) runs alongside the copy of the base bytes.
+            let (rec, ()) = rayon::join(|| reader.read_record(name), || copy_par(src, out));
+            let rec = rec?;
             let gamma = reader.manifest().gamma as f32;
             if let Record::Sparse(s) = &rec {
                 if patch_sparse(&view, s, gamma, out)? {
@@ -193,8 +195,8 @@ fn copy_par(src: &[u8], out: &mut [u8]) {
         .for_each(|(o, s)| o.copy_from_slice(s));
 }
 
-/// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries, into `out` (the
-/// tensor's byte size).
+/// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries, in `out` (the
+/// tensor's byte size), which holds the base bytes on entry.
 ///
 /// Writes exactly the bytes of the dense path (`to_f32`, [`Record::add_delta_into`], [`f32_to_bytes`]): an
 /// entry the record does not touch converts to f32 and back unchanged, except a NaN of F16/BF16 (whose payload
@@ -221,10 +223,8 @@ fn patch_sparse(
         return Ok(false);
     }
     out.par_chunks_mut(PAR_CHUNK * es)
-        .zip(base.par_chunks(PAR_CHUNK * es))
         .enumerate()
-        .try_for_each(|(c, (o, b))| -> Result<()> {
-            o.copy_from_slice(b);
+        .try_for_each(|(c, o)| -> Result<()> {
             let start = c * PAR_CHUNK;
             let end = start + o.len() / es;
             let a = s.positions.partition_point(|&p| p < start as u64);
@@ -311,31 +311,36 @@ pub fn apply(
         .iter()
         .map(|i| i.checked_nbytes().unwrap_or(0))
         .collect();
-    let mut writer = CheckpointWriter::create(out_dir, infos, wopts)?;
+    let writer = CheckpointWriter::create(out_dir, infos, wopts)?;
     progress.begin("rebuilding", total);
-    // A two-stage pipeline: tensor k is rebuilt while tensor k - 1 is written out (the copy into the page cache
-    // is a large share of the time), so at most two rebuilt tensors are in memory. The two buffers are reused
-    // from tensor to tensor (each keeps the size of the largest tensor it held), and so is the decoding scratch
-    // of lossless records: fresh memory for every tensor would be zeroed by the kernel and unmapped again each
-    // time.
-    let mut written: Option<(&TensorEntry, Vec<u8>, usize)> = None;
-    let mut spare: Vec<u8> = Vec::new();
-    let mut scratch: Vec<u8> = Vec::new();
-    let jobs = manifest.tensors.iter().zip(sizes.iter().copied());
-    for job in jobs.map(Some).chain([None]) {
-        let mut buf = std::mem::take(&mut spare);
-        let (done, next) = rayon::join(
-            || -> Result<Vec<u8>> {
-                let Some((e, bytes, n)) = written.take() else {
-                    return Ok(Vec::new());
-                };
+    // A two-stage pipeline: tensor k is rebuilt (on the rayon pool) while a writer thread writes tensor k - 1 out
+    // (its time is mostly waiting for the disk, so it does not hold a pool thread), through two buffers that go
+    // back and forth: at most two rebuilt tensors are in memory. The buffers are reused from tensor to tensor
+    // (each keeps the size of the largest tensor it held), and so is the decoding scratch of lossless records:
+    // fresh memory for every tensor would be zeroed by the kernel and unmapped again each time.
+    type Job<'a> = (&'a TensorEntry, Vec<u8>, usize);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Job<'_>>(0);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..2 {
+        let _ = free_tx.send(Vec::new());
+    }
+    let (written, rebuilt) = std::thread::scope(|scope| {
+        let writing = scope.spawn(move || -> Result<CheckpointWriter> {
+            let mut writer = writer;
+            for (e, bytes, n) in full_rx {
                 writer.write_tensor(&e.name, &bytes[..n])?;
                 progress.advance(e.numel);
-                Ok(bytes)
-            },
-            || -> Result<Option<(&TensorEntry, Vec<u8>, usize)>> {
-                let Some((entry, n)) = job else {
-                    return Ok(None);
+                // the rebuilding side may have stopped on an error
+                let _ = free_tx.send(bytes);
+            }
+            Ok(writer)
+        });
+        let rebuilt = (|| -> Result<()> {
+            let mut scratch = Vec::new();
+            for (entry, &n) in manifest.tensors.iter().zip(&sizes) {
+                // the writer stopped on an error (reported below)
+                let Ok(mut buf) = free_rx.recv() else {
+                    break;
                 };
                 if buf.len() < n {
                     buf.reserve_exact(n - buf.len());
@@ -345,12 +350,20 @@ pub fn apply(
                 // The base pages of this tensor are not needed again: the resident set stays the size of a
                 // tensor or two however large the checkpoint is.
                 base.release(&entry.name);
-                Ok(Some((entry, buf, n)))
-            },
-        );
-        spare = done?;
-        written = next?;
-    }
+                if full_tx.send((entry, buf, n)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let written = writing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (written, rebuilt)
+    });
+    let mut writer = written?;
+    rebuilt?;
     progress.end();
     for f in &manifest.files {
         let bytes = reader.read_file(&f.name)?;
@@ -442,8 +455,7 @@ mod tests {
                     positions: positions.clone(),
                     levels: levels.clone(),
                 };
-                // A dirty buffer: every byte must be written.
-                let mut got = vec![0xa5u8; n * es];
+                let mut got = view.bytes().to_vec();
                 assert!(
                     patch_sparse(&view, &rec, gamma, &mut got).unwrap(),
                     "fast path applies"
