@@ -129,36 +129,46 @@ pub fn rebuild_tensor_into(
         )));
     }
     let view = base.view(name)?;
-    if let Some(expected) = &entry.base_hash {
-        let found = format!("{:016x}", view.content_hash());
-        if &found != expected {
-            return Err(Error::BaseTensorChanged {
-                archive: archive.to_path_buf(),
-                file: base.file_of(name).unwrap_or(base.path()).to_path_buf(),
-                tensor: name.to_string(),
-                expected: expected.clone(),
-                found,
-            });
-        }
-    }
     let src = view.bytes();
     if src.len() != out.len() {
         return Err(wrong_size(src.len()));
     }
+    // The base tensor's hash (single-threaded) is checked alongside the rebuilding; its error comes first.
+    let check_base = || -> Result<()> {
+        if let Some(expected) = &entry.base_hash {
+            let found = format!("{:016x}", view.content_hash());
+            if &found != expected {
+                return Err(Error::BaseTensorChanged {
+                    archive: archive.to_path_buf(),
+                    file: base.file_of(name).unwrap_or(base.path()).to_path_buf(),
+                    tensor: name.to_string(),
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
+        Ok(())
+    };
     match entry.policy {
         Policy::Drop => {
-            copy_par(src, out);
-            Ok(())
+            let (checked, ()) = rayon::join(check_base, || copy_par(src, out));
+            checked
         }
         Policy::Keep => {
-            if reader.read_xor_into(name, src, out, scratch)? {
+            let (checked, done) =
+                rayon::join(check_base, || reader.read_xor_into(name, src, out, scratch));
+            checked?;
+            if done? {
                 return Ok(());
             }
             Err(unexpected())
         }
         Policy::Compress => {
             // The record's decoding (single-threaded) runs alongside the copy of the base bytes.
-            let (rec, ()) = rayon::join(|| reader.read_record(name), || copy_par(src, out));
+            let (checked, (rec, ())) = rayon::join(check_base, || {
+                rayon::join(|| reader.read_record(name), || copy_par(src, out))
+            });
+            checked?;
             let rec = rec?;
             let gamma = reader.manifest().gamma as f32;
             if let Record::Sparse(s) = &rec {
