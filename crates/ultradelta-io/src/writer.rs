@@ -22,6 +22,9 @@ const WRITE_BUFFER: usize = 8 << 20;
 /// Alignment of the staging buffer's address, and of every direct write's offset and length.
 const DIRECT_ALIGN: usize = 4096;
 
+/// The alignment direct I/O writes need (see [`CheckpointWriter::data_offset`]).
+pub const DIRECT_IO_ALIGN: usize = DIRECT_ALIGN;
+
 /// Distinguishes temp/aside names of writers in the same process.
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
@@ -112,7 +115,36 @@ impl ShardOut {
         })
     }
 
-    fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // Bytes whose address is aligned like their file offset (see `CheckpointWriter::data_offset`) go to the
+        // file straight from the caller's memory, except a head and a tail shorter than the alignment.
+        let a = DIRECT_ALIGN as u64;
+        let head = ((a - (self.pos + self.fill as u64) % a) % a) as usize;
+        if self.direct
+            && bytes.len() >= head + DIRECT_ALIGN
+            && (bytes.as_ptr() as usize).wrapping_add(head) % DIRECT_ALIGN == 0
+        {
+            self.stage(&bytes[..head])?;
+            // the staged bytes now end at an aligned offset
+            if self.fill > 0 {
+                self.write_block(self.fill)?;
+                self.pos += self.fill as u64;
+                self.fill = 0;
+            }
+            let body = (bytes.len() - head) / DIRECT_ALIGN * DIRECT_ALIGN;
+            let data = &bytes[head..head + body];
+            if let Err(e) = self.file.write_all(data) {
+                self.fall_back(e)?;
+                self.file.write_all(data)?;
+            }
+            self.pos += body as u64;
+            return self.stage(&bytes[head + body..]);
+        }
+        self.stage(bytes)
+    }
+
+    /// Appends `bytes` to the staging block, writing it out whenever it is full.
+    fn stage(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
             let take = (WRITE_BUFFER - self.fill).min(bytes.len());
             let at = self.start + self.fill;
@@ -131,18 +163,25 @@ impl ShardOut {
     /// Writes the first `len` staged bytes at `pos`, where the file position is (`len` a multiple of
     /// [`DIRECT_ALIGN`] when direct).
     fn write_block(&mut self, len: usize) -> std::io::Result<()> {
-        let block = &self.raw[self.start..self.start + len];
-        match self.file.write_all(block) {
-            Err(e) if self.direct && e.kind() == ErrorKind::InvalidInput => {
-                // refused (an alignment the device does not accept, ...): the whole block again, and the rest of
-                // the file, through the page cache
-                self.file = File::options().write(true).open(&self.path)?;
-                self.direct = false;
-                self.file.seek(SeekFrom::Start(self.pos))?;
-                self.file.write_all(block)
-            }
-            r => r,
+        if let Err(e) = self.file.write_all(&self.raw[self.start..self.start + len]) {
+            self.fall_back(e)?;
+            self.file
+                .write_all(&self.raw[self.start..self.start + len])?;
         }
+        Ok(())
+    }
+
+    /// After a failed write at `pos`: a direct write refused (`EINVAL`: an alignment the device does not accept,
+    /// ...) switches to a handle without `O_DIRECT` positioned at `pos`, for the same bytes again and the rest of
+    /// the file; any other error is returned.
+    fn fall_back(&mut self, e: std::io::Error) -> std::io::Result<()> {
+        if !(self.direct && e.kind() == ErrorKind::InvalidInput) {
+            return Err(e);
+        }
+        self.file = File::options().write(true).open(&self.path)?;
+        self.direct = false;
+        self.file.seek(SeekFrom::Start(self.pos))?;
+        Ok(())
     }
 
     /// Writes what is staged, cuts the file to its length and returns the handle (not yet synced).
@@ -203,6 +242,8 @@ pub struct CheckpointWriter {
     direct_io: bool,
     tensors: Vec<TensorInfo>,
     nbytes: Vec<usize>,
+    /// Where each tensor's bytes start in its shard file.
+    offsets: Vec<u64>,
     by_name: HashMap<String, usize>,
     shards: Vec<Shard>,
     shard_of: Vec<usize>,
@@ -347,6 +388,7 @@ impl CheckpointWriter {
         }
 
         let plan = plan_shards(&nbytes, opts.max_shard_bytes);
+        let mut offsets = vec![0u64; tensors.len()];
         let count = plan.len();
         let mut shard_of = vec![0; tensors.len()];
         let mut shards = Vec::with_capacity(count);
@@ -366,6 +408,11 @@ impl CheckpointWriter {
                     len: header.len() as u64,
                     limit: HEADER_WRITE_LIMIT,
                 });
+            }
+            let mut at = 8 + header.len() as u64;
+            for i in range.clone() {
+                offsets[i] = at;
+                at += nbytes[i] as u64;
             }
             shards.push(Shard {
                 file_name,
@@ -388,6 +435,7 @@ impl CheckpointWriter {
             direct_io: opts.direct_io,
             tensors,
             nbytes,
+            offsets,
             by_name,
             shards,
             shard_of,
@@ -407,6 +455,14 @@ impl CheckpointWriter {
     /// The shard file names planned (one name, `model.safetensors`, when not sharded).
     pub fn shard_file_names(&self) -> Vec<&str> {
         self.shards.iter().map(|s| s.file_name.as_str()).collect()
+    }
+
+    /// Where tensor `name`'s bytes start in its shard file (`None` for an undeclared name). With
+    /// [`WriterOptions::direct_io`], bytes passed to [`write_tensor`](Self::write_tensor) at an address congruent
+    /// to this offset modulo [`DIRECT_IO_ALIGN`] are written to the file straight from the caller's memory (the
+    /// others through a staging copy).
+    pub fn data_offset(&self, name: &str) -> Option<u64> {
+        self.by_name.get(name).map(|&i| self.offsets[i])
     }
 
     /// The name of the next tensor to write, if any remain.

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use ultradelta_archive::{ArchiveReader, Policy, Record, SparseRecord, TensorEntry};
 use ultradelta_io::{
     f32_to_bytes, Checkpoint, CheckpointWriter, DType, TensorInfo, TensorView, WriterOptions,
-    PAR_CHUNK,
+    DIRECT_IO_ALIGN, PAR_CHUNK,
 };
 
 use crate::{Error, Progress, Result};
@@ -322,13 +322,20 @@ pub fn apply(
         .map(|i| i.checked_nbytes().unwrap_or(0))
         .collect();
     let writer = CheckpointWriter::create(out_dir, infos, wopts)?;
+    // Each tensor is rebuilt at an address aligned like its offset in the file, so that the writer's direct I/O
+    // takes the bytes from the buffer without a staging copy.
+    let offsets: Vec<u64> = manifest
+        .tensors
+        .iter()
+        .map(|e| writer.data_offset(&e.name).unwrap_or(0))
+        .collect();
     progress.begin("rebuilding", total);
     // A two-stage pipeline: tensor k is rebuilt (on the rayon pool) while a writer thread writes tensor k - 1 out
     // (its time is mostly waiting for the disk, so it does not hold a pool thread), through two buffers that go
     // back and forth: at most two rebuilt tensors are in memory. The buffers are reused from tensor to tensor
     // (each keeps the size of the largest tensor it held), and so is the decoding scratch of lossless records:
     // fresh memory for every tensor would be zeroed by the kernel and unmapped again each time.
-    type Job<'a> = (&'a TensorEntry, Vec<u8>, usize);
+    type Job<'a> = (&'a TensorEntry, Vec<u8>, std::ops::Range<usize>);
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Job<'_>>(0);
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     for _ in 0..2 {
@@ -337,8 +344,8 @@ pub fn apply(
     let (written, rebuilt) = std::thread::scope(|scope| {
         let writing = scope.spawn(move || -> Result<CheckpointWriter> {
             let mut writer = writer;
-            for (e, bytes, n) in full_rx {
-                writer.write_tensor(&e.name, &bytes[..n])?;
+            for (e, bytes, range) in full_rx {
+                writer.write_tensor(&e.name, &bytes[range])?;
                 progress.advance(e.numel);
                 // the rebuilding side may have stopped on an error
                 let _ = free_tx.send(bytes);
@@ -347,20 +354,31 @@ pub fn apply(
         });
         let rebuilt = (|| -> Result<()> {
             let mut scratch = Vec::new();
-            for (entry, &n) in manifest.tensors.iter().zip(&sizes) {
+            for ((entry, &n), &offset) in manifest.tensors.iter().zip(&sizes).zip(&offsets) {
                 // the writer stopped on an error (reported below)
                 let Ok(mut buf) = free_rx.recv() else {
                     break;
                 };
-                if buf.len() < n {
-                    buf.reserve_exact(n - buf.len());
-                    buf.resize(n, 0);
+                let len = n + DIRECT_IO_ALIGN;
+                if buf.len() < len {
+                    buf.reserve_exact(len - buf.len());
+                    buf.resize(len, 0);
                 }
-                rebuild_tensor_into(base, &reader, archive, entry, &mut buf[..n], &mut scratch)?;
+                let a = DIRECT_IO_ALIGN;
+                let shift = (offset as usize % a + a - buf.as_ptr() as usize % a) % a;
+                let range = shift..shift + n;
+                rebuild_tensor_into(
+                    base,
+                    &reader,
+                    archive,
+                    entry,
+                    &mut buf[range.clone()],
+                    &mut scratch,
+                )?;
                 // The base pages of this tensor are not needed again: the resident set stays the size of a
                 // tensor or two however large the checkpoint is.
                 base.release(&entry.name);
-                if full_tx.send((entry, buf, n)).is_err() {
+                if full_tx.send((entry, buf, range)).is_err() {
                     break;
                 }
             }
