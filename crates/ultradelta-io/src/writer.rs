@@ -122,7 +122,9 @@ impl ShardOut {
         let head = ((a - (self.pos + self.fill as u64) % a) % a) as usize;
         if self.direct
             && bytes.len() >= head + DIRECT_ALIGN
-            && (bytes.as_ptr() as usize).wrapping_add(head) % DIRECT_ALIGN == 0
+            && (bytes.as_ptr() as usize)
+                .wrapping_add(head)
+                .is_multiple_of(DIRECT_ALIGN)
         {
             self.stage(&bytes[..head])?;
             // the staged bytes now end at an aligned offset
