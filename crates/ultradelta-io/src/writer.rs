@@ -15,8 +15,7 @@ use crate::{Error, Result, TensorInfo};
 /// Largest header the writer produces: the `safetensors` crate refuses headers over 100,000,000 bytes.
 const HEADER_WRITE_LIMIT: u64 = 100_000_000;
 
-/// Staging buffer of each shard file: writes go to the file in blocks of this size at offsets that are multiples of
-/// it (a multiple of [`DIRECT_ALIGN`]).
+/// Staging buffer of each shard file (a multiple of [`DIRECT_ALIGN`]).
 const WRITE_BUFFER: usize = 8 << 20;
 
 /// Alignment of the staging buffer's address, and of every direct write's offset and length.
@@ -38,10 +37,11 @@ pub struct WriterOptions {
     pub metadata: BTreeMap<String, String>,
     /// Replace an existing output folder (only once the new one is complete).
     pub overwrite: bool,
-    /// Write the shard files with direct I/O (`O_DIRECT`, Linux) where the filesystem accepts it: the bytes go from
-    /// an aligned staging buffer to the disk without being copied into fresh page-cache pages, which saves most of
-    /// the kernel time of writing a large checkpoint (the written files are then not in the page cache). Falls back
-    /// to ordinary writes when the filesystem refuses; the bytes written are the same either way.
+    /// Write the shard files with direct I/O (`O_DIRECT`, Linux) where the filesystem accepts it: the bytes go to the
+    /// disk from an aligned staging buffer, or from the caller's memory when it is aligned like the file (see
+    /// [`CheckpointWriter::data_offset`]), without being copied into fresh page-cache pages, which saves most of the
+    /// kernel time of writing a large checkpoint (the written files are then not in the page cache). Falls back to
+    /// ordinary writes when the filesystem refuses; the bytes written are the same either way.
     pub direct_io: bool,
 }
 
@@ -69,7 +69,8 @@ struct OpenShard {
 }
 
 /// A shard file written through a staging buffer of [`WRITE_BUFFER`] bytes whose address is aligned to
-/// [`DIRECT_ALIGN`]: full blocks are written at offsets that are multiples of [`WRITE_BUFFER`], so the file may be
+/// [`DIRECT_ALIGN`], or straight from the caller's memory when it is aligned like the file (see
+/// [`CheckpointWriter::data_offset`]): every write has an aligned address, offset and length, so the file may be
 /// opened with `O_DIRECT`. The last block is padded to the alignment and the file cut back to its length. A direct
 /// write the filesystem refuses (`EINVAL`) switches the file to ordinary writes for the rest.
 struct ShardOut {
@@ -82,7 +83,7 @@ struct ShardOut {
     start: usize,
     /// Bytes staged.
     fill: usize,
-    /// File offset of the staging block.
+    /// File offset of the staging block (a multiple of [`DIRECT_ALIGN`]): the file holds everything before it.
     pos: u64,
 }
 

@@ -342,6 +342,8 @@ pub fn apply(
         let _ = free_tx.send(Vec::new());
     }
     let (written, rebuilt) = std::thread::scope(|scope| {
+        // Owned here, so that a panic while rebuilding drops it and the writer thread stops (the scope waits for it).
+        let full_tx = full_tx;
         let writing = scope.spawn(move || -> Result<CheckpointWriter> {
             let mut writer = writer;
             for (e, bytes, range) in full_rx {
