@@ -671,6 +671,27 @@ fn decode_zstd_payload(c: &mut Cursor<'_>, expected: u64) -> Result<Vec<u8>> {
     zstd_decompress_exact(z, expected)
 }
 
+/// The frames of a zstd stream as (compressed byte range, declared content size) when there are several, each
+/// declares its content size and they add up to `total`; `None` otherwise (the stream is then decompressed as a
+/// whole, which also reports any error). zstd checks each frame against its declared size.
+fn zstd_frames(z: &[u8], total: usize) -> Option<Vec<(std::ops::Range<usize>, usize)>> {
+    let mut frames = Vec::new();
+    let (mut at, mut sum) = (0usize, 0usize);
+    while at < z.len() {
+        let rest = &z[at..];
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest).ok()?;
+        if len == 0 || len > rest.len() {
+            return None;
+        }
+        let size = zstd::zstd_safe::get_frame_content_size(&rest[..len]).ok()??;
+        let size = usize::try_from(size).ok()?;
+        sum = sum.checked_add(size).filter(|&s| s <= total)?;
+        frames.push((at..at + len, size));
+        at += len;
+    }
+    (sum == total && frames.len() > 1).then_some(frames)
+}
+
 /// Decodes an `xor-zstd` record straight into `out`: `out = base XOR bits`, with the bits [`decode_record`] returns
 /// as [`Record::XorDelta`], without allocating per record: the shuffled planes are decompressed into `planes`
 /// (working memory the caller keeps between calls; grown as needed, any contents) and unshuffled on the fly, in
@@ -718,14 +739,34 @@ pub fn decode_xor_into(
         planes.resize(out.len(), 0);
     }
     let planes = &mut planes[..out.len()];
-    let n = zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress_to_buffer(z, planes))
-        .map_err(|e| Error::stream("zstd", format!("{e}")))?;
-    if n != out.len() {
-        return Err(Error::stream(
-            "zstd",
-            format!("decompressed to {n} bytes, expected {}", out.len()),
-        ));
+    let decompress = |src: &[u8], dst: &mut [u8]| -> Result<()> {
+        let n = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(src, dst))
+            .map_err(|e| Error::stream("zstd", format!("{e}")))?;
+        if n != dst.len() {
+            return Err(Error::stream(
+                "zstd",
+                format!("decompressed to {n} bytes, expected {}", dst.len()),
+            ));
+        }
+        Ok(())
+    };
+    match zstd_frames(z, planes.len()) {
+        // frames that declare their sizes (as the writer's do) are decompressed in parallel, each into its place
+        Some(frames) => {
+            let mut dsts = Vec::with_capacity(frames.len());
+            let mut rest = &mut planes[..];
+            for (_, size) in &frames {
+                let (dst, tail) = rest.split_at_mut(*size);
+                dsts.push(dst);
+                rest = tail;
+            }
+            frames
+                .into_par_iter()
+                .zip(dsts)
+                .try_for_each(|((src, _), dst)| decompress(&z[src], dst))?;
+        }
+        None => decompress(z, planes)?,
     }
     let numel = out.len() / size.max(1);
     // out[i * size + j] = base[i * size + j] ^ planes[j * numel + i], as `unshuffle` then XOR
@@ -1058,6 +1099,30 @@ mod tests {
                 decode_xor_into(&enc, &Limits::default(), &base, &mut out, &mut planes).unwrap();
             assert_eq!(h.kind, RecordKind::XorZstd);
             assert!(out == want, "{} {numel}", dtype.name());
+            // damaged payloads: refused by both, or the same bytes from both
+            for k in (1..6).filter(|_| enc.len() > 64) {
+                let mut bad = enc.clone();
+                let at = bad.len() - 1 - (bad.len() - 40) * k / 6;
+                bad[at] ^= 0x11;
+                let serial = decode_record(&bad, &Limits::default());
+                let mut out2 = vec![0u8; numel * es];
+                let fused =
+                    decode_xor_into(&bad, &Limits::default(), &base, &mut out2, &mut planes);
+                match (serial, fused) {
+                    (Ok((_, Record::XorDelta { xor_bytes, .. })), Ok(_)) => {
+                        let want: Vec<u8> =
+                            base.iter().zip(&xor_bytes).map(|(a, b)| a ^ b).collect();
+                        assert!(out2 == want, "{} flip at {at}", dtype.name());
+                    }
+                    (Err(_), Err(_)) => {}
+                    (a, b) => panic!(
+                        "{} flip at {at}: {:?} vs {:?}",
+                        dtype.name(),
+                        a.is_ok(),
+                        b.is_ok()
+                    ),
+                }
+            }
             // the wrong size is refused before decompressing
             if numel > 0 {
                 let mut short = vec![0u8; numel * es - 1];
