@@ -63,8 +63,8 @@ pub use manifest::{
 };
 pub use reader::ArchiveReader;
 pub use record::{
-    decode_header, decode_record, encode_file_record, encode_record, shuffle, unshuffle, xor_bytes,
-    Record, RecordHeader, SparseRecord, SPARSE_FIXED_BYTES, ZSTD_FRAME_BYTES,
+    decode_header, decode_record, decode_xor_into, encode_file_record, encode_record, shuffle,
+    unshuffle, xor_bytes, Record, RecordHeader, SparseRecord, SPARSE_FIXED_BYTES, ZSTD_FRAME_BYTES,
 };
 pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};
 

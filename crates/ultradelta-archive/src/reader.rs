@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, Limits, Manifest, RecordKind, TensorEntry, KIND_NONE};
-use crate::record::{decode_record, Record};
+use crate::record::{decode_record, decode_xor_into, Record, RecordHeader};
 use crate::writer::is_plain_file_name;
 use crate::{
     Error, Result, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
@@ -276,6 +276,48 @@ impl ArchiveReader {
         })?;
         let (header, record) = decode_record(&bytes, &self.limits)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
+        self.check_header(name, e, &header)?;
+        if let Some(kept) = record.kept() {
+            if kept != e.kept {
+                return Err(self.corrupt(
+                    name,
+                    format!("record keeps {kept} entries, index says {}", e.kept),
+                ));
+            }
+        }
+        Ok(record)
+    }
+
+    /// For tensor `name` stored as `xor-zstd`: `out = base XOR` its stored bits, the bytes
+    /// [`read_record`](Self::read_record)'s [`Record::XorDelta`] gives, with [`decode_xor_into`] (`planes` is
+    /// working memory kept between calls). `Ok(false)`, and `out` untouched, when the index has another kind.
+    ///
+    /// # Errors
+    /// As [`read_record`](Self::read_record); [`Error::CorruptRecord`] also when `base` or `out` is not the
+    /// record's byte size.
+    pub fn read_xor_into(
+        &self,
+        name: &str,
+        base: &[u8],
+        out: &mut [u8],
+        planes: &mut Vec<u8>,
+    ) -> Result<bool> {
+        let e = self.entry(name).ok_or_else(|| Error::UnknownTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        if e.kind != RecordKind::XorZstd.name() {
+            return Ok(false);
+        }
+        let bytes = self.record_bytes(name)?;
+        let header = decode_xor_into(&bytes, &self.limits, base, out, planes)
+            .map_err(|err| self.corrupt(name, err.to_string()))?;
+        self.check_header(name, e, &header)?;
+        Ok(true)
+    }
+
+    /// A record's header against its index entry.
+    fn check_header(&self, name: &str, e: &TensorEntry, header: &RecordHeader) -> Result<()> {
         if header.kind.name() != e.kind {
             return Err(self.corrupt(
                 name,
@@ -304,15 +346,7 @@ impl ArchiveReader {
                 ),
             ));
         }
-        if let Some(kept) = record.kept() {
-            if kept != e.kept {
-                return Err(self.corrupt(
-                    name,
-                    format!("record keeps {kept} entries, index says {}", e.kept),
-                ));
-            }
-        }
-        Ok(record)
+        Ok(())
     }
 
     /// Reads, verifies and decompresses companion file `name`.

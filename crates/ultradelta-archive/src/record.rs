@@ -718,6 +718,122 @@ pub(crate) fn read_golomb_lengths(c: &mut Cursor<'_>) -> Result<(u64, u64, u64)>
     Ok((m, pos_bits, pos_len))
 }
 
+/// The frames of a zstd stream as (compressed byte range, declared content size) when there are several, each
+/// declares its content size and they add up to `total`; `None` otherwise (the stream is then decompressed as a
+/// whole, which also reports any error). zstd checks each frame against its declared size.
+fn zstd_frames(z: &[u8], total: usize) -> Option<Vec<(std::ops::Range<usize>, usize)>> {
+    let mut frames = Vec::new();
+    let (mut at, mut sum) = (0usize, 0usize);
+    while at < z.len() {
+        let rest = &z[at..];
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest).ok()?;
+        if len == 0 || len > rest.len() {
+            return None;
+        }
+        let size = zstd::zstd_safe::get_frame_content_size(&rest[..len]).ok()??;
+        let size = usize::try_from(size).ok()?;
+        sum = sum.checked_add(size).filter(|&s| s <= total)?;
+        frames.push((at..at + len, size));
+        at += len;
+    }
+    (sum == total && frames.len() > 1).then_some(frames)
+}
+
+/// Decodes an `xor-zstd` record straight into `out`: `out = base XOR bits`, with the bits [`decode_record`] returns
+/// as [`Record::XorDelta`], without allocating per record: the shuffled planes are decompressed into `planes`
+/// (working memory the caller keeps between calls; grown as needed, any contents) and unshuffled on the fly, in
+/// parallel. `base` and `out` must both be the record's byte size (`numel` times the dtype size), which is checked
+/// before anything is allocated. Returns the record's header.
+///
+/// # Errors
+/// [`Error::InvalidStream`] (streams `"record"`, `"zstd"`): another kind, a size other than `out`'s, or a payload
+/// that does not decompress to exactly that size.
+pub fn decode_xor_into(
+    bytes: &[u8],
+    limits: &Limits,
+    base: &[u8],
+    out: &mut [u8],
+    planes: &mut Vec<u8>,
+) -> Result<RecordHeader> {
+    let bad = |d: String| Error::stream("record", d);
+    let mut c = Cursor { bytes, pos: 0 };
+    let header = decode_header_at(&mut c, limits)?;
+    if header.kind != RecordKind::XorZstd {
+        return Err(bad(format!(
+            "expected an {} record, found {}",
+            RecordKind::XorZstd.name(),
+            header.kind.name()
+        )));
+    }
+    let size = header.dtype.size();
+    let raw = header.numel.checked_mul(size as u64);
+    if raw != Some(out.len() as u64) || base.len() != out.len() {
+        return Err(bad(format!(
+            "{} elements of {size} bytes for a tensor of {} bytes",
+            header.numel,
+            out.len()
+        )));
+    }
+    let clen = c.u64("compressed length")?;
+    if clen != c.left() {
+        return Err(bad(format!(
+            "compressed length {clen} but {} payload bytes follow",
+            c.left()
+        )));
+    }
+    let z = c.take(clen, "zstd frame")?;
+    if planes.len() < out.len() {
+        planes.resize(out.len(), 0);
+    }
+    let planes = &mut planes[..out.len()];
+    let decompress = |src: &[u8], dst: &mut [u8]| -> Result<()> {
+        let n = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(src, dst))
+            .map_err(|e| Error::stream("zstd", format!("{e}")))?;
+        if n != dst.len() {
+            return Err(Error::stream(
+                "zstd",
+                format!("decompressed to {n} bytes, expected {}", dst.len()),
+            ));
+        }
+        Ok(())
+    };
+    match zstd_frames(z, planes.len()) {
+        // frames that declare their sizes (as the writer's do) are decompressed in parallel, each into its place
+        Some(frames) => {
+            let mut dsts = Vec::with_capacity(frames.len());
+            let mut rest = &mut planes[..];
+            for (_, size) in &frames {
+                let (dst, tail) = rest.split_at_mut(*size);
+                dsts.push(dst);
+                rest = tail;
+            }
+            frames
+                .into_par_iter()
+                .zip(dsts)
+                .try_for_each(|((src, _), dst)| decompress(&z[src], dst))?;
+        }
+        None => decompress(z, planes)?,
+    }
+    let numel = out.len() / size.max(1);
+    // out[i * size + j] = base[i * size + j] ^ planes[j * numel + i], as `unshuffle` then XOR
+    const UNIT: usize = 1 << 16;
+    out.par_chunks_mut(UNIT * size)
+        .zip(base.par_chunks(UNIT * size))
+        .enumerate()
+        .for_each(|(u, (o, b))| {
+            let i0 = u * UNIT;
+            let m = o.len() / size;
+            for j in 0..size {
+                let plane = &planes[j * numel + i0..j * numel + i0 + m];
+                for (k, &x) in plane.iter().enumerate() {
+                    o[k * size + j] = b[k * size + j] ^ x;
+                }
+            }
+        });
+    Ok(header)
+}
+
 /// Decodes a whole record (header + payload). Companion files come back as [`Record::Full`] with dtype `U8`
 /// (check `header.kind`). Every declared length is compared with the bytes actually present before anything
 /// sized from it is allocated.
@@ -986,6 +1102,86 @@ mod tests {
             assert!(encode_record(DType::F32, &[4, 12], &rec, 3).is_err());
             assert!(encode_record(DType::BF16, &[4, 11], &rec, 3).is_err());
         }
+    }
+
+    #[test]
+    fn decode_xor_into_equals_decode_record_then_xor() {
+        // Several frames, odd element counts, every element size; a dirty scratch buffer, reused and too small.
+        let mut planes = vec![0x5au8; 1000];
+        for (dtype, numel) in [
+            (DType::BF16, ZSTD_FRAME_BYTES + 777),
+            (DType::F32, (1 << 16) * 3 + 5),
+            (DType::U8, 4099),
+            (DType::F64, 3),
+            (DType::F32, 0),
+        ] {
+            let es = dtype.size();
+            let xor: Vec<u8> = (0..numel * es)
+                .map(|i| ((i * 131) % 253) as u8 & if i % 3 == 0 { 0xff } else { 0x0f })
+                .collect();
+            let base: Vec<u8> = (0..numel * es).map(|i| (i % 241) as u8).collect();
+            let rec = Record::XorDelta {
+                dtype,
+                xor_bytes: xor.clone(),
+            };
+            let enc = encode_record(dtype, &[numel], &rec, 1).unwrap();
+            let Record::XorDelta { xor_bytes, .. } =
+                decode_record(&enc, &Limits::default()).unwrap().1
+            else {
+                panic!("kind")
+            };
+            let want: Vec<u8> = base.iter().zip(&xor_bytes).map(|(a, b)| a ^ b).collect();
+            let mut out = vec![0xa5u8; numel * es];
+            let h =
+                decode_xor_into(&enc, &Limits::default(), &base, &mut out, &mut planes).unwrap();
+            assert_eq!(h.kind, RecordKind::XorZstd);
+            assert!(out == want, "{} {numel}", dtype.name());
+            // damaged payloads: refused by both, or the same bytes from both
+            for k in (1..6).filter(|_| enc.len() > 64) {
+                let mut bad = enc.clone();
+                let at = bad.len() - 1 - (bad.len() - 40) * k / 6;
+                bad[at] ^= 0x11;
+                let serial = decode_record(&bad, &Limits::default());
+                let mut out2 = vec![0u8; numel * es];
+                let fused =
+                    decode_xor_into(&bad, &Limits::default(), &base, &mut out2, &mut planes);
+                match (serial, fused) {
+                    (Ok((_, Record::XorDelta { xor_bytes, .. })), Ok(_)) => {
+                        let want: Vec<u8> =
+                            base.iter().zip(&xor_bytes).map(|(a, b)| a ^ b).collect();
+                        assert!(out2 == want, "{} flip at {at}", dtype.name());
+                    }
+                    (Err(_), Err(_)) => {}
+                    (a, b) => panic!(
+                        "{} flip at {at}: {:?} vs {:?}",
+                        dtype.name(),
+                        a.is_ok(),
+                        b.is_ok()
+                    ),
+                }
+            }
+            // the wrong size is refused before decompressing
+            if numel > 0 {
+                let mut short = vec![0u8; numel * es - 1];
+                assert!(decode_xor_into(
+                    &enc,
+                    &Limits::default(),
+                    &base[1..],
+                    &mut short,
+                    &mut planes
+                )
+                .is_err());
+            }
+        }
+        // another kind is refused
+        let full = Record::Full {
+            dtype: DType::U8,
+            bytes: vec![1, 2, 3],
+        };
+        let enc = encode_record(DType::U8, &[3], &full, 1).unwrap();
+        assert!(
+            decode_xor_into(&enc, &Limits::default(), &[0; 3], &mut [0; 3], &mut planes).is_err()
+        );
     }
 
     #[test]

@@ -42,4 +42,4 @@ pub use convert::{bytes_to_f32, f32_to_bytes, PAR_CHUNK};
 pub use dtype::{DType, TensorInfo};
 pub use error::{Error, Result};
 pub use header::MAX_HEADER_BYTES;
-pub use writer::{write_checkpoint, CheckpointWriter, WriterOptions};
+pub use writer::{write_checkpoint, CheckpointWriter, WriterOptions, DIRECT_IO_ALIGN};

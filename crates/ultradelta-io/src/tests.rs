@@ -706,6 +706,77 @@ fn error_output_exists() {
     assert!(matches!(e, Error::OutputNotADirectory { .. }), "{e}");
 }
 
+/// Every file of folder `dir`, by name.
+fn folder_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn direct_io_writes_the_same_bytes() {
+    let t = tmp();
+    // Files that end inside a staging block, on a 4096-byte boundary, and past the first 8 MiB block.
+    let header_and_small = {
+        let mut v = sample_tensors(DType::F32);
+        v.push(tensor("big", DType::F32, &[3 * 1024 * 1024 + 5], 8));
+        v.push(tensor("tail", DType::U8, &[4093], 9));
+        v
+    };
+    for (k, tensors) in [sample_tensors(DType::BF16), header_and_small]
+        .into_iter()
+        .enumerate()
+    {
+        for max in [u64::MAX, 64, 4 << 20] {
+            // `aligned`: each tensor passed at an address aligned like its file offset (written without staging)
+            let write = |name: &str, direct_io: bool, aligned: bool| {
+                let opts = WriterOptions {
+                    max_shard_bytes: max,
+                    direct_io,
+                    ..WriterOptions::default()
+                };
+                let mut w = CheckpointWriter::create(
+                    t.path().join(name),
+                    tensors.iter().map(|(i, _)| i.clone()).collect(),
+                    opts,
+                )
+                .unwrap();
+                for (info, bytes) in &tensors {
+                    if aligned {
+                        let a = DIRECT_IO_ALIGN;
+                        let mut buf = vec![0u8; bytes.len() + a];
+                        let off = w.data_offset(&info.name).unwrap() as usize;
+                        let shift = (off % a + a - buf.as_ptr() as usize % a) % a;
+                        buf[shift..shift + bytes.len()].copy_from_slice(bytes);
+                        w.write_tensor(&info.name, &buf[shift..shift + bytes.len()])
+                            .unwrap();
+                    } else {
+                        w.write_tensor(&info.name, bytes).unwrap();
+                    }
+                }
+                w.add_file("config.json", b"{}").unwrap();
+                w.finish().unwrap()
+            };
+            let plain = write(&format!("plain-{k}-{max}"), false, false);
+            for aligned in [false, true] {
+                let direct = write(&format!("direct-{k}-{max}-{aligned}"), true, aligned);
+                assert!(
+                    folder_bytes(&plain) == folder_bytes(&direct),
+                    "set {k} max {max} aligned {aligned}"
+                );
+                check_round_trip(&direct, &tensors);
+            }
+        }
+    }
+}
+
 #[test]
 fn overwrite_replaces_atomically() {
     let t = tmp();

@@ -15,6 +15,7 @@ fn writer_options(cfg: &SynthConfig) -> WriterOptions {
         max_shard_bytes: cfg.max_shard_bytes,
         metadata,
         overwrite: cfg.overwrite,
+        ..WriterOptions::default()
     }
 }
 

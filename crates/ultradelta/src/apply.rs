@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use ultradelta_archive::{ArchiveReader, Policy, Record, SparseRecord, TensorEntry};
 use ultradelta_io::{
     f32_to_bytes, Checkpoint, CheckpointWriter, DType, TensorInfo, TensorView, WriterOptions,
-    PAR_CHUNK,
+    DIRECT_IO_ALIGN, PAR_CHUNK,
 };
 
 use crate::{Error, Progress, Result};
@@ -56,7 +56,50 @@ pub fn rebuild_tensor(
     archive: &Path,
     entry: &TensorEntry,
 ) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; entry_nbytes(archive, entry)?];
+    rebuild_tensor_into(base, reader, archive, entry, &mut out, &mut Vec::new())?;
+    Ok(out)
+}
+
+/// The byte size of `entry`'s tensor.
+fn entry_nbytes(archive: &Path, entry: &TensorEntry) -> Result<usize> {
+    TensorInfo::new(entry.name.clone(), entry.dtype, entry.shape.clone())
+        .checked_nbytes()
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{}: tensor \"{}\": byte size overflows",
+                archive.display(),
+                entry.name
+            ))
+        })
+}
+
+/// Like [`rebuild_tensor`], into `out`, which must be exactly the tensor's byte size: every byte of `out` is
+/// written, so a buffer can be reused from tensor to tensor without clearing it. `scratch` is working memory
+/// (any contents, grown as needed) that can be reused the same way. `apply` reuses both, so their pages are
+/// faulted in once rather than for every tensor.
+pub fn rebuild_tensor_into(
+    base: &Checkpoint,
+    reader: &ArchiveReader,
+    archive: &Path,
+    entry: &TensorEntry,
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
     let name = entry.name.as_str();
+    let unexpected = || {
+        Error::Config(format!(
+            "{}: tensor \"{name}\": unexpected record kind",
+            archive.display()
+        ))
+    };
+    let expected = out.len();
+    let wrong_size = |found: usize| {
+        Error::Config(format!(
+            "{}: tensor \"{name}\": rebuilt to {found} bytes, expected {expected}",
+            archive.display()
+        ))
+    };
     let base_err = |what: String| Error::BaseTensor {
         base: base.path().to_path_buf(),
         archive: archive.to_path_buf(),
@@ -65,11 +108,12 @@ pub fn rebuild_tensor(
     };
     if entry.policy == Policy::New {
         return match reader.read_record(name)? {
-            Record::Full { bytes, .. } => Ok(bytes),
-            _ => Err(Error::Config(format!(
-                "{}: tensor \"{name}\": unexpected record kind",
-                archive.display()
-            ))),
+            Record::Full { bytes, .. } if bytes.len() == out.len() => {
+                out.copy_from_slice(&bytes);
+                Ok(())
+            }
+            Record::Full { bytes, .. } => Err(wrong_size(bytes.len())),
+            _ => Err(unexpected()),
         };
     }
     let Some(info) = base.info(name) else {
@@ -85,43 +129,51 @@ pub fn rebuild_tensor(
         )));
     }
     let view = base.view(name)?;
-    if let Some(expected) = &entry.base_hash {
-        let found = format!("{:016x}", view.content_hash());
-        if &found != expected {
-            return Err(Error::BaseTensorChanged {
-                archive: archive.to_path_buf(),
-                file: base.file_of(name).unwrap_or(base.path()).to_path_buf(),
-                tensor: name.to_string(),
-                expected: expected.clone(),
-                found,
-            });
-        }
+    let src = view.bytes();
+    if src.len() != out.len() {
+        return Err(wrong_size(src.len()));
     }
-    match entry.policy {
-        Policy::Drop => Ok(view.bytes().to_vec()),
-        Policy::Keep => match reader.read_record(name)? {
-            Record::XorDelta { xor_bytes, .. } => {
-                let mut out = view.bytes().to_vec();
-                out.par_chunks_mut(1 << 16)
-                    .zip(xor_bytes.par_chunks(1 << 16))
-                    .for_each(|(o, x)| {
-                        for (o, x) in o.iter_mut().zip(x) {
-                            *o ^= x;
-                        }
-                    });
-                Ok(out)
+    // The base tensor's hash (single-threaded) is checked alongside the rebuilding; its error comes first.
+    let check_base = || -> Result<()> {
+        if let Some(expected) = &entry.base_hash {
+            let found = format!("{:016x}", view.content_hash());
+            if &found != expected {
+                return Err(Error::BaseTensorChanged {
+                    archive: archive.to_path_buf(),
+                    file: base.file_of(name).unwrap_or(base.path()).to_path_buf(),
+                    tensor: name.to_string(),
+                    expected: expected.clone(),
+                    found,
+                });
             }
-            _ => Err(Error::Config(format!(
-                "{}: tensor \"{name}\": unexpected record kind",
-                archive.display()
-            ))),
-        },
+        }
+        Ok(())
+    };
+    match entry.policy {
+        Policy::Drop => {
+            let (checked, ()) = rayon::join(check_base, || copy_par(src, out));
+            checked
+        }
+        Policy::Keep => {
+            let (checked, done) =
+                rayon::join(check_base, || reader.read_xor_into(name, src, out, scratch));
+            checked?;
+            if done? {
+                return Ok(());
+            }
+            Err(unexpected())
+        }
         Policy::Compress => {
-            let rec = reader.read_record(name)?;
+            // The record's decoding (single-threaded) runs alongside the copy of the base bytes.
+            let (checked, (rec, ())) = rayon::join(check_base, || {
+                rayon::join(|| reader.read_record(name), || copy_par(src, out))
+            });
+            checked?;
+            let rec = rec?;
             let gamma = reader.manifest().gamma as f32;
             if let Record::Sparse(s) = &rec {
-                if let Some(out) = patch_sparse(&view, s, gamma)? {
-                    return Ok(out);
+                if patch_sparse(&view, s, gamma, out)? {
+                    return Ok(());
                 }
             }
             let mut w = view.to_f32()?;
@@ -131,34 +183,55 @@ pub fn rebuild_tensor(
                     tensor: name.to_string(),
                     source: Box::new(source),
                 })?;
-            let mut out = Vec::with_capacity(entry.dtype.size() * w.len());
-            f32_to_bytes(&w, entry.dtype, &mut out)?;
-            Ok(out)
+            let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
+            f32_to_bytes(&w, entry.dtype, &mut bytes)?;
+            if bytes.len() != out.len() {
+                return Err(wrong_size(bytes.len()));
+            }
+            out.copy_from_slice(&bytes);
+            Ok(())
         }
         Policy::New => unreachable!("handled above"),
     }
 }
 
-/// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries.
+/// Bytes per parallel work unit of the plain copies.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// `out.copy_from_slice(src)`, in parallel chunks.
+fn copy_par(src: &[u8], out: &mut [u8]) {
+    out.par_chunks_mut(COPY_CHUNK)
+        .zip(src.par_chunks(COPY_CHUNK))
+        .for_each(|(o, s)| o.copy_from_slice(s));
+}
+
+/// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries, in `out` (the
+/// tensor's byte size), which holds the base bytes on entry.
 ///
-/// Returns exactly the bytes of the dense path (`to_f32`, [`Record::add_delta_into`], [`f32_to_bytes`]): an
+/// Writes exactly the bytes of the dense path (`to_f32`, [`Record::add_delta_into`], [`f32_to_bytes`]): an
 /// entry the record does not touch converts to f32 and back unchanged, except a NaN of F16/BF16 (whose payload
 /// the conversion may rewrite), so each block of [`PAR_CHUNK`] entries (the dense path's conversion blocks) is
 /// copied from the base and only its kept entries are recomputed, with the same arithmetic and conversions; a
-/// block holding a NaN, before or after the addition, goes through the dense path. `None` when this path does not
-/// apply (another dtype, or a record that does not validate: the dense path reports the error).
-fn patch_sparse(view: &TensorView<'_>, s: &SparseRecord, gamma: f32) -> Result<Option<Vec<u8>>> {
+/// block holding a NaN, before or after the addition, goes through the dense path. `false` (and `out` untouched)
+/// when this path does not apply (another dtype, or a record that does not validate: the dense path reports the
+/// error).
+fn patch_sparse(
+    view: &TensorView<'_>,
+    s: &SparseRecord,
+    gamma: f32,
+    out: &mut [u8],
+) -> Result<bool> {
     let dtype = view.info().dtype;
     let numel = view.info().numel();
-    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-        || s.numel != numel as u64
-        || s.validate().is_err()
-    {
-        return Ok(None);
-    }
     let es = dtype.size();
     let base = view.bytes();
-    let mut out = base.to_vec();
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        || s.numel != numel as u64
+        || base.len() != out.len()
+        || s.validate().is_err()
+    {
+        return Ok(false);
+    }
     out.par_chunks_mut(PAR_CHUNK * es)
         .enumerate()
         .try_for_each(|(c, o)| -> Result<()> {
@@ -212,7 +285,7 @@ fn patch_sparse(view: &TensorView<'_>, s: &SparseRecord, gamma: f32) -> Result<O
             }
             Ok(())
         })?;
-    Ok(Some(out))
+    Ok(true)
 }
 
 /// Rebuilds the fine-tuned checkpoint from `base` and the archive at `archive` into the
@@ -242,33 +315,85 @@ pub fn apply(
         max_shard_bytes: opts.max_shard_bytes,
         metadata: manifest.finetuned.metadata.clone(),
         overwrite: opts.overwrite,
+        direct_io: true,
     };
-    let mut writer = CheckpointWriter::create(out_dir, infos, wopts)?;
+    let sizes: Vec<usize> = infos
+        .iter()
+        .map(|i| i.checked_nbytes().unwrap_or(0))
+        .collect();
+    let writer = CheckpointWriter::create(out_dir, infos, wopts)?;
+    // Each tensor is rebuilt at an address aligned like its offset in the file, so that the writer's direct I/O
+    // takes the bytes from the buffer without a staging copy.
+    let offsets: Vec<u64> = manifest
+        .tensors
+        .iter()
+        .map(|e| writer.data_offset(&e.name).unwrap_or(0))
+        .collect();
     progress.begin("rebuilding", total);
-    // A two-stage pipeline: tensor k is rebuilt while tensor k - 1 is written out (the copy into the page cache
-    // is a large share of the time), so at most two rebuilt tensors are in memory.
-    let mut written: Option<(&TensorEntry, Vec<u8>)> = None;
-    for entry in manifest.tensors.iter().map(Some).chain([None]) {
-        let (done, next) = rayon::join(
-            || -> Result<()> {
-                if let Some((e, bytes)) = written.take() {
-                    writer.write_tensor(&e.name, &bytes)?;
-                    progress.advance(e.numel);
+    // A two-stage pipeline: tensor k is rebuilt (on the rayon pool) while a writer thread writes tensor k - 1 out
+    // (its time is mostly waiting for the disk, so it does not hold a pool thread), through two buffers that go
+    // back and forth: at most two rebuilt tensors are in memory. The buffers are reused from tensor to tensor
+    // (each keeps the size of the largest tensor it held), and so is the decoding scratch of lossless records:
+    // fresh memory for every tensor would be zeroed by the kernel and unmapped again each time.
+    type Job<'a> = (&'a TensorEntry, Vec<u8>, std::ops::Range<usize>);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Job<'_>>(0);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..2 {
+        let _ = free_tx.send(Vec::new());
+    }
+    let (written, rebuilt) = std::thread::scope(|scope| {
+        // Owned here, so that a panic while rebuilding drops it and the writer thread stops (the scope waits for it).
+        let full_tx = full_tx;
+        let writing = scope.spawn(move || -> Result<CheckpointWriter> {
+            let mut writer = writer;
+            for (e, bytes, range) in full_rx {
+                writer.write_tensor(&e.name, &bytes[range])?;
+                progress.advance(e.numel);
+                // the rebuilding side may have stopped on an error
+                let _ = free_tx.send(bytes);
+            }
+            Ok(writer)
+        });
+        let rebuilt = (|| -> Result<()> {
+            let mut scratch = Vec::new();
+            for ((entry, &n), &offset) in manifest.tensors.iter().zip(&sizes).zip(&offsets) {
+                // the writer stopped on an error (reported below)
+                let Ok(mut buf) = free_rx.recv() else {
+                    break;
+                };
+                let len = n + DIRECT_IO_ALIGN;
+                if buf.len() < len {
+                    buf.reserve_exact(len - buf.len());
+                    buf.resize(len, 0);
                 }
-                Ok(())
-            },
-            || -> Result<Option<(&TensorEntry, Vec<u8>)>> {
-                let Some(entry) = entry else { return Ok(None) };
-                let bytes = rebuild_tensor(base, &reader, archive, entry)?;
+                let a = DIRECT_IO_ALIGN;
+                let shift = (offset as usize % a + a - buf.as_ptr() as usize % a) % a;
+                let range = shift..shift + n;
+                rebuild_tensor_into(
+                    base,
+                    &reader,
+                    archive,
+                    entry,
+                    &mut buf[range.clone()],
+                    &mut scratch,
+                )?;
                 // The base pages of this tensor are not needed again: the resident set stays the size of a
                 // tensor or two however large the checkpoint is.
                 base.release(&entry.name);
-                Ok(Some((entry, bytes)))
-            },
-        );
-        done?;
-        written = next?;
-    }
+                if full_tx.send((entry, buf, range)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let written = writing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (written, rebuilt)
+    });
+    let mut writer = written?;
+    rebuilt?;
     progress.end();
     for f in &manifest.files {
         let bytes = reader.read_file(&f.name)?;
@@ -360,9 +485,11 @@ mod tests {
                     positions: positions.clone(),
                     levels: levels.clone(),
                 };
-                let got = patch_sparse(&view, &rec, gamma)
-                    .unwrap()
-                    .expect("fast path applies");
+                let mut got = view.bytes().to_vec();
+                assert!(
+                    patch_sparse(&view, &rec, gamma, &mut got).unwrap(),
+                    "fast path applies"
+                );
                 let want = dense(&view, &Record::Sparse(rec), gamma);
                 assert!(got == want, "{} scale {scale} gamma {gamma}", dtype.name());
             }
@@ -388,8 +515,6 @@ mod tests {
             positions: vec![1],
             levels: vec![3],
         };
-        assert!(patch_sparse(&ck.view("w").unwrap(), &rec, 1.0)
-            .unwrap()
-            .is_none());
+        assert!(!patch_sparse(&ck.view("w").unwrap(), &rec, 1.0, &mut [0u8; 32]).unwrap());
     }
 }

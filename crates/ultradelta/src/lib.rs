@@ -138,7 +138,7 @@ mod lora;
 mod progress;
 pub mod selection;
 
-pub use apply::{apply, check_base, rebuild_tensor, ApplyOptions};
+pub use apply::{apply, check_base, rebuild_tensor, rebuild_tensor_into, ApplyOptions};
 pub use budget::{BudgetReport, BUDGET_TOLERANCE};
 pub use codec::TensorCodecInfo;
 pub use compress::{

@@ -111,3 +111,57 @@ proptest! {
         }
     }
 }
+
+/// A record that fails to decode in the middle of the pipeline: an error, and neither the output folder nor its
+/// temp folder is left behind (the writer thread is stopped and its folder removed).
+#[test]
+fn apply_failing_mid_way_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut base, mut ft) = (Vec::new(), Vec::new());
+    for i in 0..6 {
+        let info = TensorInfo {
+            name: format!("layer.{i}.dense.weight"),
+            dtype: DType::BF16,
+            shape: vec![64, 48],
+        };
+        let b: Vec<f32> = (0..64 * 48)
+            .map(|k| ((k * (i + 3)) as f32 * 0.37).sin() * 0.1)
+            .collect();
+        let f: Vec<f32> = b
+            .iter()
+            .enumerate()
+            .map(|(k, v)| v + ((k * 7) as f32).cos() * 0.01)
+            .collect();
+        base.push((info.clone(), bytes(&b, DType::BF16)));
+        ft.push((info, bytes(&f, DType::BF16)));
+    }
+    let (bdir, fdir) = (dir.path().join("base"), dir.path().join("ft"));
+    write_checkpoint(&bdir, &base, WriterOptions::default()).unwrap();
+    write_checkpoint(&fdir, &ft, WriterOptions::default()).unwrap();
+    let (b, f) = (
+        Checkpoint::open(&bdir).unwrap(),
+        Checkpoint::open(&fdir).unwrap(),
+    );
+    let cfg = CompressConfig {
+        sparsity: 0.9,
+        bits: 4,
+        selection: Selection {
+            compress: vec!["*.weight".into()],
+            ..Selection::default()
+        },
+        ..CompressConfig::default()
+    };
+    let archive = dir.path().join("a.udelta");
+    compress(&b, &f, &cfg, &archive, false, &NoProgress).unwrap();
+    // Corrupt the record of the fourth tensor in apply's order.
+    let e = ArchiveReader::open(&archive).unwrap().manifest().tensors[3].clone();
+    let mut raw = std::fs::read(&archive).unwrap();
+    raw[(e.offset + e.length / 2) as usize] ^= 0x40;
+    std::fs::write(&archive, raw).unwrap();
+    let out = dir.path().join("out").join("model");
+    let err = apply(&b, &archive, &out, &ApplyOptions::default(), &NoProgress).unwrap_err();
+    assert!(err.to_string().contains(&e.name), "{err}");
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
