@@ -378,6 +378,10 @@ struct Pending {
     params: serde_json::Value,
 }
 
+/// Lossless records above this many bytes are not encoded beside the next large lossless tensor's computation
+/// (see [`write_records`]).
+const LARGE_LOSSLESS: usize = 64 << 20;
+
 /// The run's reusable per-tensor buffers.
 #[derive(Default)]
 struct Scratch {
@@ -565,41 +569,54 @@ fn write_records(
     // in plan order, so the archive's bytes do not change; at most two tensors' records are alive.
     let mut ready: Option<(TensorEntry, Option<Record>)> = None;
     for item in p.plans.iter().enumerate().map(Some).chain([None]) {
-        let (written, next) = rayon::join(
-            || -> Result<()> {
-                let Some((entry, rec)) = ready.take() else {
-                    return Ok(());
-                };
-                let (name, numel) = (entry.name.clone(), entry.numel);
-                match rec {
-                    Some(rec) => {
-                        writer.write_tensor(entry, &rec)?;
-                    }
-                    None => writer.write_dropped(entry)?,
+        // Two large lossless tensors in a row (a LLaMA head and embedding) are not overlapped: encoding one
+        // (its XOR and byte-shuffled copies) beside the other's XOR and mapped inputs would hold about five
+        // embedding-sized buffers at once.
+        let serial = ready.as_ref().is_some_and(|(_, rec)| {
+            matches!(rec, Some(Record::XorDelta { xor_bytes: b, .. } | Record::Full { bytes: b, .. })
+                if b.len() > LARGE_LOSSLESS)
+        }) && item.is_some_and(|(_, plan)| {
+            matches!(plan.policy, Policy::Keep | Policy::New) && plan.info.nbytes() > LARGE_LOSSLESS
+        });
+        let mut write = || -> Result<()> {
+            let Some((entry, rec)) = ready.take() else {
+                return Ok(());
+            };
+            let (name, numel) = (entry.name.clone(), entry.numel);
+            match rec {
+                Some(rec) => {
+                    writer.write_tensor(entry, &rec)?;
                 }
-                // Done with this tensor's input pages (they stay in the page cache): the resident set stays the
-                // size of a tensor or two however large the checkpoints are.
-                p.base.release(&name);
-                p.ft.release(&name);
-                progress.advance(numel);
-                Ok(())
-            },
-            || -> Result<Option<(TensorEntry, Option<Record>, f64)>> {
-                let Some((i, plan)) = item else {
-                    return Ok(None);
-                };
-                tensor_record_for(
-                    p,
-                    cfg,
-                    plan,
-                    rate_of[i],
-                    quant_of[i],
-                    want_trace,
-                    &mut scratch,
-                )
-                .map(Some)
-            },
-        );
+                None => writer.write_dropped(entry)?,
+            }
+            // Done with this tensor's input pages (they stay in the page cache): the resident set stays the
+            // size of a tensor or two however large the checkpoints are.
+            p.base.release(&name);
+            p.ft.release(&name);
+            progress.advance(numel);
+            Ok(())
+        };
+        let mut compute = || -> Result<Option<(TensorEntry, Option<Record>, f64)>> {
+            let Some((i, plan)) = item else {
+                return Ok(None);
+            };
+            tensor_record_for(
+                p,
+                cfg,
+                plan,
+                rate_of[i],
+                quant_of[i],
+                want_trace,
+                &mut scratch,
+            )
+            .map(Some)
+        };
+        let (written, next) = if serial {
+            let written = write();
+            (written, compute())
+        } else {
+            rayon::join(write, compute)
+        };
         written?;
         if let Some((entry, rec, t)) = next? {
             match entry.policy {
