@@ -7,7 +7,7 @@ use ultradelta::io::DType;
 use ultradelta::{CompressConfig, Method};
 
 use crate::cli_methods::check_apply_equals_in_memory;
-use crate::support::{apply_cmd, pair, s, ud_err, ud_ok};
+use crate::support::{apply_cmd, compressed_kinds, inspect_json, pair, s, ud_err, ud_ok};
 
 fn compress_args<'a>(base: &'a str, ft: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
@@ -67,15 +67,8 @@ fn every_codec_round_trips_through_apply() {
     for (label, flags, kinds) in cases {
         let archive = dir.path().join(format!("{label}.udelta"));
         ud_ok(&compress_args(s(&base), s(&ft), s(&archive), flags));
-        let ins: serde_json::Value =
-            serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
-        let got: Vec<&str> = ins["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["policy"] == "compress")
-            .map(|t| t["kind"].as_str().unwrap())
-            .collect();
+        let ins: serde_json::Value = inspect_json(&archive);
+        let got: Vec<&str> = compressed_kinds(&ins);
         assert!(
             !got.is_empty() && got.iter().all(|k| kinds.contains(k)),
             "{label}: {got:?}"

@@ -9,7 +9,9 @@ use ultradelta::io::{
 };
 use ultradelta::{compress, compress_tensor_with, CompressConfig, Method, NoProgress, Selection};
 
-use crate::support::{apply_cmd, compress_cmd, pair, s, ud_err, ud_ok};
+use crate::support::{
+    apply_cmd, compress_cmd, compressed_kinds, inspect_json, pair, s, ud_err, ud_ok,
+};
 
 /// A base/fine-tune pair of generated matrices of several shapes (all compressed with `--compress '*'`).
 fn shaped_pair(dir: &Path, shapes: &[(usize, usize)], seed: u64) -> (PathBuf, PathBuf) {
@@ -158,16 +160,9 @@ fn every_method_round_trips_through_apply() {
         args.extend(method_args(label));
         let out = ud_ok(&args);
         assert!(out.contains(&format!("method {}", method.name())), "{out}");
-        let ins: serde_json::Value =
-            serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
+        let ins: serde_json::Value = inspect_json(&archive);
         assert_eq!(ins["method"], method.name());
-        let kinds: Vec<&str> = ins["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["policy"] == "compress")
-            .map(|t| t["kind"].as_str().unwrap())
-            .collect();
+        let kinds: Vec<&str> = compressed_kinds(&ins);
         assert!(
             !kinds.is_empty() && kinds.iter().all(|k| *k == kind),
             "{label}: {kinds:?}"

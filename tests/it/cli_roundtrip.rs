@@ -4,7 +4,7 @@ use ultradelta::archive::{ArchiveReader, Policy};
 use ultradelta::io::{f32_to_bytes, Checkpoint, DType};
 use ultradelta::{compress_tensor, CompressConfig};
 
-use crate::support::{apply_cmd, compress_cmd, pair, s, ud_err, ud_ok};
+use crate::support::{apply_cmd, compress_cmd, inspect_json, pair, s, ud_err, ud_ok};
 
 /// Rebuilds every compressed tensor in memory with the library (no file involved) and
 /// checks the `apply` output equals it bit for bit; kept and new tensors must be exact.
@@ -68,8 +68,7 @@ fn roundtrip(dtype: DType, sharded: bool) {
     let out = ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
     assert!(out.contains("tensors compressed"), "{out}");
 
-    let ins: serde_json::Value =
-        serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
+    let ins: serde_json::Value = inspect_json(&archive);
     assert_eq!(ins["format_version"], 1);
     assert_eq!(ins["method"], "ultradelta");
     for k in ["sparsity", "bits", "step", "seed", "gamma"] {
@@ -286,8 +285,7 @@ fn zstd_level_changes_only_the_lossless_records_bytes() {
             "--output",
             s(&archive),
         ]);
-        let ins: serde_json::Value =
-            serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
+        let ins: serde_json::Value = inspect_json(&archive);
         assert_eq!(ins["params"]["zstd_level"], level.parse::<i64>().unwrap());
         let sum = |policy: &str| -> u64 {
             ins["tensors"]

@@ -109,3 +109,19 @@ pub fn apply_cmd<'a>(
     ]
     .concat()
 }
+
+/// `ultradelta inspect --json ARCHIVE`, parsed.
+pub fn inspect_json(archive: &Path) -> serde_json::Value {
+    serde_json::from_str(&ud_ok(&["inspect", "--json", s(archive)])).unwrap()
+}
+
+/// The record kinds of the compressed tensors in an `inspect --json` report.
+pub fn compressed_kinds(ins: &serde_json::Value) -> Vec<&str> {
+    ins["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["policy"] == "compress")
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect()
+}
