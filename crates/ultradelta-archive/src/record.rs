@@ -667,6 +667,11 @@ fn decode_header_at(c: &mut Cursor<'_>, limits: &Limits) -> Result<RecordHeader>
 }
 
 fn decode_zstd_payload(c: &mut Cursor<'_>, expected: u64) -> Result<Vec<u8>> {
+    zstd_decompress_exact(zstd_payload(c)?, expected)
+}
+
+/// The zstd stream of a lossless payload: its declared compressed length must be exactly the bytes that follow.
+fn zstd_payload<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8]> {
     let clen = c.u64("compressed length")?;
     if clen != c.left() {
         return Err(Error::stream(
@@ -677,8 +682,7 @@ fn decode_zstd_payload(c: &mut Cursor<'_>, expected: u64) -> Result<Vec<u8>> {
             ),
         ));
     }
-    let z = c.take(clen, "zstd frame")?;
-    zstd_decompress_exact(z, expected)
+    c.take(clen, "zstd frame")
 }
 
 /// Reads what every UltraDelta sparse payload starts with (kept, bits, lo, step, scale) and checks it against the
@@ -774,14 +778,7 @@ pub fn decode_xor_into(
             out.len()
         )));
     }
-    let clen = c.u64("compressed length")?;
-    if clen != c.left() {
-        return Err(bad(format!(
-            "compressed length {clen} but {} payload bytes follow",
-            c.left()
-        )));
-    }
-    let z = c.take(clen, "zstd frame")?;
+    let z = zstd_payload(&mut c)?;
     if planes.len() < out.len() {
         planes.resize(out.len(), 0);
     }

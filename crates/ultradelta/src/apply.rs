@@ -177,7 +177,7 @@ pub fn rebuild_tensor_into(
                 }
             }
             let mut w = view.to_f32()?;
-            rec.add_delta_into(reader.manifest().gamma as f32, &mut w)
+            rec.add_delta_into(gamma, &mut w)
                 .map_err(|source| Error::Decode {
                     archive: archive.to_path_buf(),
                     tensor: name.to_string(),

@@ -427,34 +427,27 @@ fn tensor_record_for(
             let (rate, tier) = rate.expect("every compressed tensor has a rate");
             let ft_view = p.ft.view(name)?;
             let numel = info.numel();
-            let (rec, codec_info) = match quant.filter(|_| streams_levels(cfg, want_trace)) {
-                Some(q) => {
-                    // Levels straight from the bytes (no Δ buffer): the same values `compress_tensor` quantizes,
-                    // with the quantizer `QuantParams::fit` gave on them in pass 1. The base's content hash (one
-                    // sequential stream) runs beside the parallel kernel.
-                    let levels = &mut scratch.levels;
-                    let (hash, l) = rayon::join(
-                        || base_view.content_hash(),
-                        || levels_into(&base_view, &ft_view, &q, levels),
-                    );
-                    l?;
-                    entry.base_hash = Some(hex(hash));
-                    let sparse = prune_levels(levels, q, name, rate, cfg);
-                    let (rec, ci) = crate::codec::ultradelta_from_sparse(sparse, cfg);
-                    (rec, Some(ci))
-                }
-                None => {
-                    let delta = &mut scratch.delta;
-                    let (hash, d) = rayon::join(
-                        || base_view.content_hash(),
-                        || delta_into(&base_view, &ft_view, delta),
-                    );
-                    d?;
-                    entry.base_hash = Some(hex(hash));
-                    crate::codec::tensor_record(delta, name, &info.shape, rate, cfg)
-                        .map_err(|e| method_err(p.ft, name, e))?
-                }
-            };
+            // The base's content hash (one sequential stream) runs beside the record's parallel kernels.
+            let (hash, made) = rayon::join(
+                || base_view.content_hash(),
+                || match quant.filter(|_| streams_levels(cfg, want_trace)) {
+                    Some(q) => {
+                        // Levels straight from the bytes (no Δ buffer): the same values `compress_tensor`
+                        // quantizes, with the quantizer `QuantParams::fit` gave on them in pass 1.
+                        levels_into(&base_view, &ft_view, &q, &mut scratch.levels)?;
+                        let sparse = prune_levels(&scratch.levels, q, name, rate, cfg);
+                        let (rec, ci) = crate::codec::ultradelta_from_sparse(sparse, cfg);
+                        Ok((rec, Some(ci)))
+                    }
+                    None => {
+                        delta_into(&base_view, &ft_view, &mut scratch.delta)?;
+                        crate::codec::tensor_record(&scratch.delta, name, &info.shape, rate, cfg)
+                            .map_err(|e| method_err(p.ft, name, e))
+                    }
+                },
+            );
+            entry.base_hash = Some(hex(hash));
+            let (rec, codec_info) = made?;
             let delta = &scratch.delta;
             if let Some(ci) = codec_info.filter(|_| crate::codec::uses_new_codecs(cfg)) {
                 crate::codec::annotate(&mut entry, &ci);
