@@ -15,14 +15,12 @@ use crate::{Error, Result, TensorInfo};
 /// Largest header the writer produces: the `safetensors` crate refuses headers over 100,000,000 bytes.
 const HEADER_WRITE_LIMIT: u64 = 100_000_000;
 
-/// Staging buffer of each shard file (a multiple of [`DIRECT_ALIGN`]).
+/// Staging buffer of each shard file (a multiple of [`DIRECT_IO_ALIGN`]).
 const WRITE_BUFFER: usize = 8 << 20;
 
-/// Alignment of the staging buffer's address, and of every direct write's offset and length.
-const DIRECT_ALIGN: usize = 4096;
-
-/// The alignment direct I/O writes need (see [`CheckpointWriter::data_offset`]).
-pub const DIRECT_IO_ALIGN: usize = DIRECT_ALIGN;
+/// The alignment direct I/O writes need: of the staging buffer's address, and of every direct write's offset and
+/// length (see [`CheckpointWriter::data_offset`]).
+pub const DIRECT_IO_ALIGN: usize = 4096;
 
 /// Distinguishes temp/aside names of writers in the same process.
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -69,7 +67,7 @@ struct OpenShard {
 }
 
 /// A shard file written through a staging buffer of [`WRITE_BUFFER`] bytes whose address is aligned to
-/// [`DIRECT_ALIGN`], or straight from the caller's memory when it is aligned like the file (see
+/// [`DIRECT_IO_ALIGN`], or straight from the caller's memory when it is aligned like the file (see
 /// [`CheckpointWriter::data_offset`]): every write has an aligned address, offset and length, so the file may be
 /// opened with `O_DIRECT`. The last block is padded to the alignment and the file cut back to its length. A direct
 /// write the filesystem refuses (`EINVAL`) switches the file to ordinary writes for the rest.
@@ -83,7 +81,7 @@ struct ShardOut {
     start: usize,
     /// Bytes staged.
     fill: usize,
-    /// File offset of the staging block (a multiple of [`DIRECT_ALIGN`]): the file holds everything before it.
+    /// File offset of the staging block (a multiple of [`DIRECT_IO_ALIGN`]): the file holds everything before it.
     pos: u64,
 }
 
@@ -103,8 +101,8 @@ impl ShardOut {
             Some(Err(e)) => return Err(e),
             None => (plain()?, false),
         };
-        let raw = vec![0u8; WRITE_BUFFER + DIRECT_ALIGN];
-        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        let raw = vec![0u8; WRITE_BUFFER + DIRECT_IO_ALIGN];
+        let start = raw.as_ptr().align_offset(DIRECT_IO_ALIGN);
         Ok(ShardOut {
             path: path.to_path_buf(),
             file,
@@ -119,13 +117,13 @@ impl ShardOut {
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         // Bytes whose address is aligned like their file offset (see `CheckpointWriter::data_offset`) go to the
         // file straight from the caller's memory, except a head and a tail shorter than the alignment.
-        let a = DIRECT_ALIGN as u64;
+        let a = DIRECT_IO_ALIGN as u64;
         let head = ((a - (self.pos + self.fill as u64) % a) % a) as usize;
         if self.direct
-            && bytes.len() >= head + DIRECT_ALIGN
+            && bytes.len() >= head + DIRECT_IO_ALIGN
             && (bytes.as_ptr() as usize)
                 .wrapping_add(head)
-                .is_multiple_of(DIRECT_ALIGN)
+                .is_multiple_of(DIRECT_IO_ALIGN)
         {
             self.stage(&bytes[..head])?;
             // the staged bytes now end at an aligned offset
@@ -134,7 +132,7 @@ impl ShardOut {
                 self.pos += self.fill as u64;
                 self.fill = 0;
             }
-            let body = (bytes.len() - head) / DIRECT_ALIGN * DIRECT_ALIGN;
+            let body = (bytes.len() - head) / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN;
             let data = &bytes[head..head + body];
             if let Err(e) = self.file.write_all(data) {
                 self.fall_back(e)?;
@@ -164,7 +162,7 @@ impl ShardOut {
     }
 
     /// Writes the first `len` staged bytes at `pos`, where the file position is (`len` a multiple of
-    /// [`DIRECT_ALIGN`] when direct).
+    /// [`DIRECT_IO_ALIGN`] when direct).
     fn write_block(&mut self, len: usize) -> std::io::Result<()> {
         if let Err(e) = self.file.write_all(&self.raw[self.start..self.start + len]) {
             self.fall_back(e)?;
@@ -192,7 +190,7 @@ impl ShardOut {
         if self.fill > 0 {
             let len = self.pos + self.fill as u64;
             if self.direct {
-                let padded = self.fill.next_multiple_of(DIRECT_ALIGN);
+                let padded = self.fill.next_multiple_of(DIRECT_IO_ALIGN);
                 let at = self.start + self.fill;
                 self.raw[at..self.start + padded].fill(0);
                 self.write_block(padded)?;
