@@ -453,30 +453,25 @@ impl Checkpoint {
     /// checkpoint larger than memory keeps a resident set the size of one tensor. Later reads of the tensor fault
     /// the pages back in. Only a hint: unknown names and failures are ignored.
     pub fn release(&self, name: &str) {
+        #[cfg(unix)]
         if let Some(i) = self.position(name) {
             let loc = self.locs[i];
-            self.forget(loc.file, loc.start, loc.end);
-        }
-    }
-
-    /// Drops this process's mapping of bytes `start..end` of weight file `file` (see [`release`](Self::release)).
-    fn forget(&self, file: usize, start: usize, end: usize) {
-        #[cfg(unix)]
-        if end > start {
-            // SAFETY: the map is a read-only shared file mapping. MADV_DONTNEED on it only removes this process's
-            // page-table entries; the next access refaults the same bytes from the page cache or the file, so every
-            // `&[u8]` view stays valid and unchanged (the file is immutable, see `map_file`).
-            #[allow(unsafe_code)]
-            let _ = unsafe {
-                self.maps[file].unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
-            };
+            if loc.end > loc.start {
+                // SAFETY: the map is a read-only shared file mapping. MADV_DONTNEED on it only removes this
+                // process's page-table entries; the next access refaults the same bytes from the page cache or the
+                // file, so every `&[u8]` view stays valid and unchanged (the file is immutable, see `map_file`).
+                #[allow(unsafe_code)]
+                let _ = unsafe {
+                    self.maps[loc.file].unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        loc.start,
+                        loc.end - loc.start,
+                    )
+                };
+            }
         }
         #[cfg(not(unix))]
-        let _ = (file, start, end);
+        let _ = name;
     }
 
     /// Views of every tensor, in name order.
