@@ -295,3 +295,21 @@ fn timing_1024x2752() {
     );
     assert!(rel(n.value, exact) < 1e-5);
 }
+
+/// Found by the property test above: a 6×11 matrix of rank 5 whose f32 error (1.0e-4) the old error bound
+/// (half the width of each eigenvalue's interval) put under the budget.
+#[test]
+fn rank_deficient_6x11_falls_back_to_f64() {
+    let (rows, cols, k) = (6usize, 11usize, 5usize);
+    let mut g = Gauss(2099765772735097364);
+    let u = g.matrix(rows, k, 1.0);
+    let v = g.matrix(k, cols, 1.0);
+    let a: Vec<f32> = matmul(&u, &v, rows, k, cols)
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    let d = nuclear_norm_detailed(&a, rows, cols).unwrap();
+    let exact = nuclear_norm_reference(&a, rows, cols).unwrap();
+    assert!(d.f64_fallback, "{d:?}");
+    assert!(rel(d.value, exact) < 1e-4, "{} vs {exact}", d.value);
+}
