@@ -20,9 +20,11 @@
 //! work is split into fixed blocks or per-level groups, each with its own random stream
 //! derived by [`rng::mix`], and results are assembled in index order.
 
+#[allow(unsafe_code)] // AVX2 intrinsics behind a run-time CPU check; see the module.
+pub mod fused;
 pub mod rng;
 pub mod seeded;
-#[allow(unsafe_code)] // one `target_feature` call behind a run-time CPU check; see the module.
+#[allow(unsafe_code)] // a `target_feature` call behind a run-time CPU check, and a prefetch hint.
 pub mod simd;
 
 use std::collections::HashMap;
@@ -93,43 +95,27 @@ impl QuantParams {
         let scan = delta
             .par_chunks(CHUNK)
             .enumerate()
-            .map(|(c, chunk)| {
-                let (lo, hi, finite) = simd::wide(|| min_max_finite(chunk));
-                if finite && lo != 0.0 && hi != 0.0 {
-                    // A non-zero extreme has one bit pattern whatever the order of comparison.
-                    return (None, lo, hi);
-                }
-                // Non-finite data, or an extreme of ±0 whose sign depends on the order of comparison: the
-                // sequential scan (the reference order).
-                let mut lo = f32::INFINITY;
-                let mut hi = f32::NEG_INFINITY;
-                for (i, &x) in chunk.iter().enumerate() {
-                    if !x.is_finite() {
-                        return (Some(c * CHUNK + i), lo, hi);
-                    }
-                    lo = lo.min(x);
-                    hi = hi.max(x);
-                }
-                (None, lo, hi)
-            })
-            .reduce(
-                || (None, f32::INFINITY, f32::NEG_INFINITY),
-                |a, b| {
-                    let bad = match (a.0, b.0) {
-                        (Some(x), Some(y)) => Some(x.min(y)),
-                        (x, y) => x.or(y),
-                    };
-                    (bad, a.1.min(b.1), a.2.max(b.2))
-                },
-            );
+            .map(|(c, chunk)| chunk_extremes(c, chunk))
+            .reduce(|| NO_EXTREMES, combine_extremes);
+        QuantParams::from_extremes(scan, delta.len(), bits, |i| delta[i])
+    }
+
+    /// The quantizer of `n` values whose per-[`CHUNK`] extremes combine to `scan`; `value(i)` reads value `i`
+    /// (for the error message of a non-finite one). `bits` must already be checked.
+    fn from_extremes(
+        scan: Extremes,
+        n: usize,
+        bits: u8,
+        value: impl Fn(usize) -> f32,
+    ) -> Result<QuantParams> {
         if let (Some(index), _, _) = scan {
             return Err(Error::NonFinite {
                 index,
-                value: delta[index],
+                value: value(index),
             });
         }
         let (_, lo, hi) = scan;
-        if delta.is_empty() {
+        if n == 0 {
             return Ok(QuantParams {
                 bits,
                 lo: 0.0,
@@ -227,6 +213,56 @@ fn min_max_finite(xs: &[f32]) -> (f32, f32, bool) {
         f &= finite[k];
     }
     (l, h, f)
+}
+
+/// One chunk's scan for [`QuantParams::fit`]: (index of the first non-finite value, minimum, maximum).
+type Extremes = (Option<usize>, f32, f32);
+
+/// The identity of [`combine_extremes`].
+const NO_EXTREMES: Extremes = (None, f32::INFINITY, f32::NEG_INFINITY);
+
+/// Combines two chunks' [`Extremes`] (the left one first in index order).
+fn combine_extremes(a: Extremes, b: Extremes) -> Extremes {
+    let bad = match (a.0, b.0) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    (bad, a.1.min(b.1), a.2.max(b.2))
+}
+
+/// True when a chunk's vectorised (lo, hi, finite) scan settles it: every value finite and neither extreme ±0
+/// (a non-zero extreme has one bit pattern whatever the order of comparison).
+#[inline]
+fn extremes_are_settled(lo: f32, hi: f32, finite: bool) -> bool {
+    finite && lo != 0.0 && hi != 0.0
+}
+
+/// The sequential reference scan of chunk `c` from the state `(lo, hi)`: the extremes in index order and the
+/// first non-finite value. Chunks a vectorised scan cannot settle go through it, in pieces if need be (`at` is
+/// the index of `xs[0]` in the tensor).
+#[inline]
+fn sequential_extremes(xs: &[f32], at: usize, lo: &mut f32, hi: &mut f32) -> Option<usize> {
+    for (i, &x) in xs.iter().enumerate() {
+        if !x.is_finite() {
+            return Some(at + i);
+        }
+        *lo = lo.min(x);
+        *hi = hi.max(x);
+    }
+    None
+}
+
+/// [`Extremes`] of chunk `c` (its values `chunk`).
+fn chunk_extremes(c: usize, chunk: &[f32]) -> Extremes {
+    let (lo, hi, finite) = simd::wide(|| min_max_finite(chunk));
+    if extremes_are_settled(lo, hi, finite) {
+        return (None, lo, hi);
+    }
+    // Non-finite data, or an extreme of ±0 whose sign depends on the order of comparison: the sequential scan
+    // (the reference order).
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    let bad = sequential_extremes(chunk, c * CHUNK, &mut lo, &mut hi);
+    (bad, lo, hi)
 }
 
 /// Quantizes `delta` into `out` with [`QuantParams::quantize_one`], in parallel fixed chunks
@@ -504,45 +540,157 @@ fn sort_below(v: &mut Vec<u64>, bound: u64) {
 }
 
 thread_local! {
-    /// The dense Fisher–Yates array of [`sample_ordinals_in`], kept by each worker thread across level groups and
-    /// tensors: allocating, zeroing and unmapping it per group cost more than the draws. It holds 4 bytes per entry
-    /// of the largest level group the thread has sampled (for LLaMA-2-7B at most about 90 MB per thread).
-    static DENSE_SLOTS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The scratch of [`sample_sorted`], kept by each worker thread across level groups and tensors: allocating,
+    /// zeroing and unmapping it per group costs more than the draws.
+    static SAMPLE_SCRATCH: std::cell::RefCell<SampleScratch> = const {
+        std::cell::RefCell::new(SampleScratch {
+            touched: Vec::new(),
+            chosen: Vec::new(),
+            table: Vec::new(),
+        })
+    };
+}
+
+/// The partial Fisher–Yates shuffle's virtual array `[0, 1, .., n-1]` without materialising it: a bitset of the
+/// slots that hold something else than their index, and an open-addressing table of what they hold; plus the
+/// bitset of the values drawn so far (the sample, read out in order at the end).
+struct SampleScratch {
+    /// Bit `x` set: slot `x` was overwritten (its value is in the table).
+    touched: Vec<u64>,
+    /// Bit `v` set: value `v` was drawn.
+    chosen: Vec<u64>,
+    /// Table entries `slot << 32 | value` ([`EMPTY_SLOT`] when free), a power of two long.
+    table: Vec<u64>,
+}
+
+/// Free entry of [`SampleScratch`]'s table (slot indices are below `n ≤ u32::MAX`, so no entry has this key).
+const EMPTY_SLOT: u64 = u64::MAX;
+
+#[inline(always)]
+fn bit(words: &[u64], i: u64) -> bool {
+    words[(i >> 6) as usize] >> (i & 63) & 1 != 0
+}
+
+#[inline(always)]
+fn set_bit(words: &mut [u64], i: u64) {
+    words[(i >> 6) as usize] |= 1 << (i & 63);
+}
+
+impl SampleScratch {
+    /// The table's home slot of key `x` (Fibonacci hashing into `mask + 1 ≤ 2^32` slots).
+    #[inline(always)]
+    fn home(x: u32, mask: usize) -> usize {
+        ((u64::from(x).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize) & mask
+    }
+
+    /// The value of overwritten slot `x` (it must be in the table).
+    #[inline(always)]
+    fn get(&self, x: u32) -> u32 {
+        let mask = self.table.len() - 1;
+        let mut h = Self::home(x, mask);
+        while (self.table[h] >> 32) as u32 != x {
+            h = (h + 1) & mask;
+        }
+        self.table[h] as u32
+    }
+
+    /// Slot `x` now holds `v`.
+    #[inline(always)]
+    fn put(&mut self, x: u32, v: u32) {
+        let mask = self.table.len() - 1;
+        let mut h = Self::home(x, mask);
+        while self.table[h] != EMPTY_SLOT && (self.table[h] >> 32) as u32 != x {
+            h = (h + 1) & mask;
+        }
+        self.table[h] = u64::from(x) << 32 | u64::from(v);
+    }
 }
 
 #[cfg(test)]
 fn sample_ordinals(n: u64, m: u64, rng: &mut DetRng) -> Vec<u64> {
-    sample_ordinals_in(n, m, rng, &mut Vec::new())
+    let mut moved: HashMap<u64, u64, SlotHasher> = HashMap::with_hasher(SlotHasher);
+    sample_ordinals_sparse(n, m, rng, &mut moved)
 }
 
-/// Picks `m` distinct ordinals from `0..n` uniformly by a partial Fisher–Yates shuffle of the
-/// virtual array `[0, 1, .., n-1]`: step `j` swaps slot `j` with slot `j + below(n - j)` and
-/// takes the value that lands in slot `j`. The array is stored densely or as a sparse map of
-/// the touched slots, which gives identical results. The dense array lives in `slots`, a buffer the caller
-/// reuses across calls (so its pages are not allocated, zeroed and unmapped again for every group).
-fn sample_ordinals_in(n: u64, m: u64, rng: &mut DetRng, slots: &mut Vec<u32>) -> Vec<u64> {
-    // The dense array costs 4 bytes and one sequential write per slot; a map entry costs a hash and a probe per
-    // draw. Dense wins from about m ≥ n / 48 (a 98 % sparse tensor keeps 2 %).
-    let dense = n <= u64::from(u32::MAX) && m.saturating_mul(48) >= n;
+/// The partial Fisher–Yates shuffle with the touched slots in a map, in draw order (any `n`).
+fn sample_ordinals_sparse(
+    n: u64,
+    m: u64,
+    rng: &mut DetRng,
+    moved: &mut HashMap<u64, u64, SlotHasher>,
+) -> Vec<u64> {
     let mut out = Vec::with_capacity(m as usize);
-    if dense {
-        slots.clear();
-        slots.extend(0..n as u32);
-        for j in 0..m {
-            let x = j + rng.below(n - j);
-            slots.swap(j as usize, x as usize);
-            out.push(u64::from(slots[j as usize]));
+    for j in 0..m {
+        let x = j + rng.below(n - j);
+        let at_j = moved.get(&j).copied().unwrap_or(j);
+        let at_x = moved.get(&x).copied().unwrap_or(x);
+        // Slot j is never read again; only slot x keeps the displaced value.
+        moved.insert(x, at_j);
+        out.push(at_x);
+    }
+    out
+}
+
+/// Picks `m` distinct ordinals from `0..n` uniformly by a partial Fisher–Yates shuffle of the virtual array
+/// `[0, 1, .., n-1]` — step `j` swaps slot `j` with slot `j + below(n - j)` and takes the value that lands in
+/// slot `j` — and returns them sorted.
+///
+/// Up to `n = u32::MAX` the array lives in `s` ([`SampleScratch`]: 2 bits per slot plus 8 bytes per draw, where
+/// a dense array took 4 random-access bytes per slot); beyond, in a hash map. Both give the draws of the dense
+/// array exactly.
+fn sample_sorted(n: u64, m: u64, rng: &mut DetRng, s: &mut SampleScratch) -> Vec<u64> {
+    if n > u64::from(u32::MAX) {
+        let mut moved = HashMap::with_capacity_and_hasher(2 * m as usize, SlotHasher);
+        let mut out = sample_ordinals_sparse(n, m, rng, &mut moved);
+        sort_below(&mut out, n);
+        return out;
+    }
+    let words = (n as usize >> 6) + 1;
+    for v in [&mut s.touched, &mut s.chosen] {
+        v.clear();
+        v.resize(words, 0);
+    }
+    let cap = (2 * m as usize).next_power_of_two().max(64);
+    s.table.clear();
+    s.table.resize(cap, EMPTY_SLOT);
+    let mask = cap - 1;
+    // Draws are made a batch ahead and their table and bitset lines prefetched: the slots are random, so each
+    // step would otherwise wait for its cache misses one after the other.
+    const BATCH: u64 = 32;
+    let mut xs = [0u64; BATCH as usize];
+    for j0 in (0..m).step_by(BATCH as usize) {
+        let batch = &mut xs[..(m - j0).min(BATCH) as usize];
+        for (k, x) in batch.iter_mut().enumerate() {
+            let j = j0 + k as u64;
+            *x = j + rng.below(n - j);
+            simd::prefetch(&s.table, SampleScratch::home(*x as u32, mask));
+            simd::prefetch(&s.touched, (*x >> 6) as usize);
+            simd::prefetch(&s.chosen, (*x >> 6) as usize);
         }
-    } else {
-        let mut moved: HashMap<u64, u64, SlotHasher> =
-            HashMap::with_capacity_and_hasher(2 * m as usize, SlotHasher);
-        for j in 0..m {
-            let x = j + rng.below(n - j);
-            let at_j = moved.get(&j).copied().unwrap_or(j);
-            let at_x = moved.get(&x).copied().unwrap_or(x);
+        for (k, &x) in batch.iter().enumerate() {
+            let j = j0 + k as u64;
+            let at_j = if bit(&s.touched, j) {
+                s.get(j as u32)
+            } else {
+                j as u32
+            };
+            let at_x = if bit(&s.touched, x) {
+                s.get(x as u32)
+            } else {
+                x as u32
+            };
             // Slot j is never read again; only slot x keeps the displaced value.
-            moved.insert(x, at_j);
-            out.push(at_x);
+            s.put(x as u32, at_j);
+            set_bit(&mut s.touched, x);
+            set_bit(&mut s.chosen, u64::from(at_x));
+        }
+    }
+    let mut out = Vec::with_capacity(m as usize);
+    for (w, &bits) in s.chosen.iter().enumerate() {
+        let mut b = bits;
+        while b != 0 {
+            out.push(((w as u64) << 6) | u64::from(b.trailing_zeros()));
+            b &= b - 1;
         }
     }
     out
@@ -589,15 +737,36 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
         }
     }
 
-    let is_zero: Vec<bool> = (0..groups).map(|g| p.dequantize(g as u16) == 0.0).collect();
-    let zeros: u64 = (0..groups).filter(|&g| is_zero[g]).map(|g| totals[g]).sum();
-    let r = dac_group_rate(rate, zeros as f64 / n as f64);
+    let selections = select_groups(&totals, p, rate, seed);
+    let parts: Vec<Pruned> = levels
+        .par_chunks(block_len)
+        .zip(starts.par_iter())
+        .enumerate()
+        .map(|(b, (chunk, start))| {
+            let mut out = Pruned::default();
+            Walker::new(&selections, start).walk(chunk, (b * block_len) as u64, &mut out);
+            out
+        })
+        .collect();
+    concat(parts)
+}
 
-    let selections: Vec<Selection> = (0..groups)
+/// DAC's choice in every level group of a tensor whose level histogram is `totals` (`totals[g]` entries at
+/// level `g`): which ordinals each group lists and whether they are kept (see [`group_prune`]). Groups are
+/// sampled in parallel, each with its own stream, so the result does not depend on the thread count.
+fn select_groups(totals: &[u64], p: &QuantParams, rate: f64, seed: u64) -> Vec<Selection> {
+    let n: u64 = totals.iter().sum();
+    let is_zero = |g: usize| p.dequantize(g as u16) == 0.0;
+    let zeros: u64 = (0..totals.len())
+        .filter(|&g| is_zero(g))
+        .map(|g| totals[g])
+        .sum();
+    let r = dac_group_rate(rate, zeros as f64 / n.max(1) as f64);
+    (0..totals.len())
         .into_par_iter()
         .map(|g| {
             let size = totals[g];
-            if is_zero[g] || size == 0 {
+            if is_zero(g) || size == 0 {
                 return Selection {
                     listed: Vec::new(),
                     keep_listed: true,
@@ -613,60 +782,67 @@ pub fn group_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pru
             }
             let mut rng = DetRng::new(mix(seed, g as u64));
             let keep_listed = keep < drop;
-            let mut listed = DENSE_SLOTS
-                .with_borrow_mut(|slots| sample_ordinals_in(size, keep.min(drop), &mut rng, slots));
-            sort_below(&mut listed, size);
+            let listed = SAMPLE_SCRATCH
+                .with_borrow_mut(|s| sample_sorted(size, keep.min(drop), &mut rng, s));
             Selection {
                 listed,
                 keep_listed,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let parts: Vec<Pruned> = levels
-        .par_chunks(block_len)
-        .zip(starts.par_iter())
-        .enumerate()
-        .map(|(b, (chunk, start))| {
-            let base = (b * block_len) as u64;
-            // Per group: entries of the group seen so far (ordinal of the next one), the next listed ordinal
-            // (u64::MAX when none is left), the cursor into `listed`, and whether listed entries are kept.
-            let mut state: Vec<GroupCursor> = selections
-                .iter()
-                .zip(start)
-                .map(|(s, &o)| {
-                    let cursor = s.listed.partition_point(|&x| x < o);
-                    GroupCursor {
-                        ordinal: o,
-                        next: s.listed.get(cursor).copied().unwrap_or(u64::MAX),
-                        cursor,
-                        keep_listed: s.keep_listed,
-                    }
-                })
-                .collect();
-            let mut out = Pruned::default();
-            for (i, &l) in chunk.iter().enumerate() {
-                let g = usize::from(l);
-                let st = &mut state[g];
-                let listed = st.ordinal == st.next;
-                st.ordinal += 1;
-                if listed {
-                    st.cursor += 1;
-                    st.next = selections[g]
-                        .listed
-                        .get(st.cursor)
-                        .copied()
-                        .unwrap_or(u64::MAX);
+/// DAC's position walk over one stretch of a tensor's levels, entry by entry: an entry is kept when whether its
+/// ordinal within its level group is listed matches the group's `keep_listed`. The reference walk; the fused
+/// kernels' bit-mask walk must keep exactly the same entries.
+struct Walker<'s> {
+    selections: &'s [Selection],
+    /// Per group: entries of the group seen so far (ordinal of the next one), the next listed ordinal
+    /// (u64::MAX when none is left), the cursor into `listed`, and whether listed entries are kept.
+    state: Vec<GroupCursor>,
+}
+
+impl<'s> Walker<'s> {
+    /// A walk starting where `start[g]` entries of each group `g` precede it.
+    fn new(selections: &'s [Selection], start: &[u64]) -> Self {
+        let state = selections
+            .iter()
+            .zip(start)
+            .map(|(s, &o)| {
+                let cursor = s.listed.partition_point(|&x| x < o);
+                GroupCursor {
+                    ordinal: o,
+                    next: s.listed.get(cursor).copied().unwrap_or(u64::MAX),
+                    cursor,
+                    keep_listed: s.keep_listed,
                 }
-                if listed == st.keep_listed {
-                    out.positions.push(base + i as u64);
-                    out.levels.push(l);
-                }
+            })
+            .collect();
+        Walker { selections, state }
+    }
+
+    /// Walks `chunk` (the entries from position `base` on), appending the kept ones to `out`.
+    fn walk<L: Copy + Into<u16>>(&mut self, chunk: &[L], base: u64, out: &mut Pruned) {
+        for (i, &l) in chunk.iter().enumerate() {
+            let l: u16 = l.into();
+            let g = usize::from(l);
+            let st = &mut self.state[g];
+            let listed = st.ordinal == st.next;
+            st.ordinal += 1;
+            if listed {
+                st.cursor += 1;
+                st.next = self.selections[g]
+                    .listed
+                    .get(st.cursor)
+                    .copied()
+                    .unwrap_or(u64::MAX);
             }
-            out
-        })
-        .collect();
-    concat(parts)
+            if listed == st.keep_listed {
+                out.positions.push(base + i as u64);
+                out.levels.push(l);
+            }
+        }
+    }
 }
 
 fn concat(parts: Vec<Pruned>) -> Pruned {

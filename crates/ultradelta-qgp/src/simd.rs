@@ -27,6 +27,23 @@ unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Asks the CPU to bring the cache line of `v[i]` into cache (a hint: nothing happens when `i` is out of range or
+/// on other architectures). For loops whose next addresses are known a few steps ahead.
+#[inline(always)]
+pub fn prefetch<T>(v: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(x) = v.get(i) {
+        // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults and `x` is a valid reference anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (x as *const T).cast::<i8>(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, i);
+}
+
 #[cfg(test)]
 mod tests {
     use super::wide;

@@ -298,15 +298,41 @@ fn samplers_agree() {
             dense.swap(j as usize, x as usize);
             out_dense.push(u64::from(dense[j as usize]));
         }
+        let mut c = b.clone();
         assert_eq!(sample_ordinals(n, m, &mut b), out_dense);
+        // The bitset-and-table array draws the same set, sorted.
+        let mut sorted = out_dense.clone();
+        sorted.sort_unstable();
+        let mut scratch = SampleScratch {
+            touched: vec![!0; 3],
+            chosen: vec![!0; 3],
+            table: vec![7; 5],
+        };
+        assert_eq!(
+            sample_sorted(n, m, &mut c, &mut scratch),
+            sorted,
+            "n {n} m {m}"
+        );
+        // A scratch left over from a larger draw gives the same result.
+        let mut d = DetRng::new(n * 31 + m);
+        assert_eq!(sample_sorted(n, m, &mut d, &mut scratch), sorted);
     }
-    // Large sparse case: distinct and in range.
+    // Large sparse case: distinct and in range, and the same through sample_sorted's map fallback.
     let mut r = DetRng::new(1);
     let mut s = sample_ordinals(1 << 40, 1000, &mut r);
     s.sort_unstable();
     s.dedup();
     assert_eq!(s.len(), 1000);
     assert!(s.iter().all(|&x| x < 1 << 40));
+    let mut scratch = SampleScratch {
+        touched: Vec::new(),
+        chosen: Vec::new(),
+        table: Vec::new(),
+    };
+    assert_eq!(
+        sample_sorted(1 << 40, 1000, &mut DetRng::new(1), &mut scratch),
+        s
+    );
 }
 
 #[test]

@@ -10,15 +10,17 @@ use ultradelta_archive::{
 };
 use ultradelta_baselines as baselines;
 use ultradelta_io::{pair, Checkpoint, TensorInfo, TensorView};
+use ultradelta_qgp::fused::{
+    fit_source, group_prune_source, levels_source, scan_levels, DeltaSource, LevelScan,
+};
 use ultradelta_qgp::{
-    group_prune, quantize, quantized_counts, quantized_std_from_counts, random_prune, tensor_seed,
-    QuantParams,
+    group_prune, quantize, quantized_std_from_counts, random_prune, tensor_seed, QuantParams,
 };
 use ultradelta_rescale::{nuclear_norm_with, rescale_factor, tngr_gammas, TraceOn};
 
 use crate::budget::{solve_budget, BudgetReport};
 use crate::config::{AllocationMode, CompressConfig, Method, PruningMode};
-use crate::delta::{delta_into, levels_into};
+use crate::delta::{delta_into, with_source};
 use crate::selection::{detect_family, Family, FamilySource, RuleSource};
 use crate::{Error, Progress, Result};
 
@@ -185,38 +187,46 @@ pub(crate) fn tensor_stats(
     Ok(pass_one(p, cfg, progress)?.0)
 }
 
-/// Pass 1 with each compressed tensor's quantizer (what `QuantParams::fit` gives on its Δ), so pass 2 can quantize
-/// straight from the checkpoints' bytes.
+/// Pass 1's result for one compressed tensor: the quantizer `QuantParams::fit` gives on its Δ and the histogram
+/// of its levels (per block too, for the fused prune of pass 2).
+pub(crate) struct TensorScan {
+    quant: QuantParams,
+    scan: LevelScan,
+}
+
+/// Pass 1 with each compressed tensor's quantizer and level scan, so pass 2 can quantize and prune straight from
+/// the checkpoints' bytes. Δ is never materialised: each tensor is read twice (extremes, then levels).
 pub(crate) fn pass_one(
     p: &Prepared<'_>,
     cfg: &CompressConfig,
     progress: &dyn Progress,
-) -> Result<(Vec<TensorStat>, Vec<QuantParams>)> {
+) -> Result<(Vec<TensorStat>, Vec<TensorScan>)> {
     let idx = compressed_indices(p);
     let total: u64 = idx.iter().map(|&i| p.plans[i].info.numel() as u64).sum();
     progress.begin("analysing deltas", total);
     let mut stats = Vec::with_capacity(idx.len());
-    let mut quants = Vec::with_capacity(idx.len());
-    let mut delta = Vec::new();
+    let mut scans = Vec::with_capacity(idx.len());
     for &i in &idx {
         let info = &p.plans[i].info;
         let name = info.name.as_str();
-        delta_into(&p.base.view(name)?, &p.ft.view(name)?, &mut delta)?;
-        let q = QuantParams::fit(&delta, cfg.bits).map_err(|e| quant_err(p.ft, name, e))?;
-        // The histogram of the levels is all σ needs: no level buffer.
-        let counts = quantized_counts(&delta, &q);
+        let (base, ft) = (p.base.view(name)?, p.ft.view(name)?);
+        let (quant, scan) = with_source(&base, &ft, |src| {
+            let q = fit_source(src, cfg.bits)?;
+            Ok((q, scan_levels(src, &q)))
+        })?
+        .map_err(|e| quant_err(p.ft, name, e))?;
         stats.push(TensorStat {
             numel: info.numel() as u64,
-            std: quantized_std_from_counts(&counts, &q),
+            std: quantized_std_from_counts(&scan.counts, &quant),
         });
-        quants.push(q);
+        scans.push(TensorScan { quant, scan });
         // The next pass maps the tensor in again; meanwhile its pages need not count against this process.
         p.base.release(name);
         p.ft.release(name);
         progress.advance(info.numel() as u64);
     }
     progress.end();
-    Ok((stats, quants))
+    Ok((stats, scans))
 }
 
 /// Per-tensor rates of the compressed tensors: the allocation for UltraDelta (from pass-1 `stats`), the target
@@ -275,8 +285,8 @@ pub fn compress_tensor(
 }
 
 /// The sparse record from a tensor's quantized `levels` (quantized with `q`): [`compress_tensor`] after its
-/// quantization, shared with the streaming path that quantizes straight from the checkpoints' bytes.
-pub(crate) fn prune_levels(
+/// quantization.
+fn prune_levels(
     levels: &[u16],
     q: QuantParams,
     name: &str,
@@ -288,9 +298,42 @@ pub(crate) fn prune_levels(
         PruningMode::Group => group_prune(levels, &q, rate, seed),
         PruningMode::Random => random_prune(levels, &q, rate, seed),
     };
+    sparse_record(levels.len(), q, pruned, rate, cfg)
+}
+
+/// [`prune_levels`] of the source's levels under pass 1's quantizer, from the checkpoints' bytes: the fused
+/// kernels for DAC (no level buffer when pass 1 kept block histograms), `levels` as the level buffer otherwise.
+fn prune_source(
+    src: &DeltaSource<'_>,
+    pass: &TensorScan,
+    name: &str,
+    rate: f64,
+    cfg: &CompressConfig,
+    levels: &mut Vec<u16>,
+) -> SparseRecord {
+    let seed = tensor_seed(cfg.seed, name);
+    let q = pass.quant;
+    let pruned = match cfg.pruning {
+        PruningMode::Group => group_prune_source(src, &q, &pass.scan, rate, seed, levels),
+        PruningMode::Random => {
+            crate::delta::resize(levels, src.len());
+            levels_source(src, &q, levels);
+            random_prune(levels, &q, rate, seed)
+        }
+    };
+    sparse_record(src.len(), q, pruned, rate, cfg)
+}
+
+fn sparse_record(
+    numel: usize,
+    q: QuantParams,
+    pruned: ultradelta_qgp::Pruned,
+    rate: f64,
+    cfg: &CompressConfig,
+) -> SparseRecord {
     let scale = rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) as f32;
     SparseRecord {
-        numel: levels.len() as u64,
+        numel: numel as u64,
         quant: q,
         scale,
         positions: pruned.positions,
@@ -399,13 +442,13 @@ fn streams_levels(cfg: &CompressConfig, want_trace: bool) -> bool {
 }
 
 /// Stage one of [`write_records`]' pipeline: the index entry and record of one tensor (`None`: dropped), and its
-/// nuclear norm when TNGR needs it. `quant` is pass 1's quantizer of a compressed tensor (UltraDelta only).
+/// nuclear norm when TNGR needs it. `pass` is pass 1's result for a compressed tensor (UltraDelta only).
 fn tensor_record_for(
     p: &Prepared<'_>,
     cfg: &CompressConfig,
     plan: &TensorPlan,
     rate: Option<(f64, Option<Tier>)>,
-    quant: Option<QuantParams>,
+    pass: Option<&TensorScan>,
     want_trace: bool,
     scratch: &mut Scratch,
 ) -> Result<(TensorEntry, Option<Record>, f64)> {
@@ -430,12 +473,13 @@ fn tensor_record_for(
             // The base's content hash (one sequential stream) runs beside the record's parallel kernels.
             let (hash, made) = rayon::join(
                 || base_view.content_hash(),
-                || match quant.filter(|_| streams_levels(cfg, want_trace)) {
-                    Some(q) => {
+                || match pass.filter(|_| streams_levels(cfg, want_trace)) {
+                    Some(pass) => {
                         // Levels straight from the bytes (no Δ buffer): the same values `compress_tensor`
                         // quantizes, with the quantizer `QuantParams::fit` gave on them in pass 1.
-                        levels_into(&base_view, &ft_view, &q, &mut scratch.levels)?;
-                        let sparse = prune_levels(&scratch.levels, q, name, rate, cfg);
+                        let sparse = with_source(&base_view, &ft_view, |src| {
+                            prune_source(src, pass, name, rate, cfg, &mut scratch.levels)
+                        })?;
                         let (rec, ci) = crate::codec::ultradelta_from_sparse(sparse, cfg);
                         Ok((rec, Some(ci)))
                     }
@@ -529,7 +573,7 @@ fn write_records(
         None => (cfg, None),
     };
     let idx = compressed_indices(p);
-    let (stats, quants) = if cfg.method == Method::Ultradelta {
+    let (stats, scans) = if cfg.method == Method::Ultradelta {
         let (s, q) = pass_one(p, cfg, progress)?;
         (Some(s), q)
     } else {
@@ -537,10 +581,10 @@ fn write_records(
     };
     let alloc = rates_for(stats.as_deref(), idx.len(), cfg)?;
     let mut rate_of = vec![None; p.plans.len()];
-    let mut quant_of = vec![None; p.plans.len()];
+    let mut scan_of: Vec<Option<&TensorScan>> = vec![None; p.plans.len()];
     for (k, &i) in idx.iter().enumerate() {
         rate_of[i] = Some((alloc.rates[k], alloc.tiers.get(k).copied().flatten()));
-        quant_of[i] = quants.get(k).copied();
+        scan_of[i] = scans.get(k);
     }
 
     let mut writer = ArchiveWriter::create_with(
@@ -598,7 +642,7 @@ fn write_records(
                 cfg,
                 plan,
                 rate_of[i],
-                quant_of[i],
+                scan_of[i],
                 want_trace,
                 &mut scratch,
             )

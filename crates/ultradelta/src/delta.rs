@@ -1,15 +1,66 @@
-//! The delta kernel: Δ = fine-tuned − base in f32, computed chunk by chunk straight from the two checkpoints' bytes
-//! into a buffer the caller reuses across tensors (no per-tensor allocation, no zero-filling, no f32 copy of
-//! either checkpoint).
+//! The delta source: Δ = fine-tuned − base in f32, read straight from the two checkpoints' bytes a range at a time
+//! (no f32 copy of either checkpoint). The fused kernels of [`ultradelta_qgp::fused`] quantize, count and prune
+//! from it block by block; [`delta_into`] materialises it for the methods that need the whole Δ.
 
 use rayon::prelude::*;
 use ultradelta_io::{DType, TensorView};
-use ultradelta_qgp::QuantParams;
+use ultradelta_qgp::fused::DeltaSource;
 
-use crate::Result;
+use crate::error::TensorMismatch;
+use crate::{Error, Result};
 
-/// Elements per parallel work unit (the f32 scratch of one unit stays in L1/L2).
+/// Entries converted at a time by the generic (non-bf16) source, and per parallel unit of [`delta_into`].
 const CHUNK: usize = 1 << 14;
+
+/// Runs `f` on the [`DeltaSource`] of the pair `ft − base`: their bf16 bytes when both are bf16 (the kernels
+/// convert in registers), otherwise a fill function that decodes both ranges to f32 and subtracts in f32.
+///
+/// # Errors
+/// A non-float dtype or unequal element counts (named by tensor and file), before `f` runs.
+pub(crate) fn with_source<R>(
+    base: &TensorView<'_>,
+    ft: &TensorView<'_>,
+    f: impl FnOnce(&DeltaSource<'_>) -> R,
+) -> Result<R> {
+    let n = ft.info().numel();
+    if base.info().numel() != n {
+        return Err(Error::Mismatch(Box::new(TensorMismatch {
+            tensor: ft.info().name.clone(),
+            base_file: base.file().to_path_buf(),
+            finetuned_file: ft.file().to_path_buf(),
+            base_dtype: base.info().dtype.name().to_string(),
+            base_shape: base.info().shape.clone(),
+            ft_dtype: ft.info().dtype.name().to_string(),
+            ft_shape: ft.info().shape.clone(),
+        })));
+    }
+    if ft.info().dtype == DType::BF16 && base.info().dtype == DType::BF16 {
+        return Ok(f(&DeltaSource::Bf16 {
+            base: base.bytes(),
+            ft: ft.bytes(),
+        }));
+    }
+    // Dtype errors surface here, once, so the fill function cannot fail.
+    ft.range_to_f32_into(0, &mut [])?;
+    base.range_to_f32_into(0, &mut [])?;
+    let fill = |start: usize, out: &mut [f32]| {
+        let mut b = [0f32; CHUNK];
+        for (k, o) in out.chunks_mut(CHUNK).enumerate() {
+            let s = start + k * CHUNK;
+            let b = &mut b[..o.len()];
+            ft.range_to_f32_into(s, o)
+                .and_then(|()| base.range_to_f32_into(s, b))
+                .expect("dtypes and lengths were checked");
+            for (o, b) in o.iter_mut().zip(b.iter()) {
+                *o -= *b;
+            }
+        }
+    };
+    Ok(f(&DeltaSource::Fill {
+        len: n,
+        fill: &fill,
+    }))
+}
 
 /// Writes `ft − base` (each converted to f32, subtracted in f32) into `out`, resized to the tensor's element count.
 ///
@@ -22,24 +73,15 @@ pub(crate) fn delta_into(
     out: &mut Vec<f32>,
 ) -> Result<()> {
     resize(out, ft.info().numel());
-    each_delta_chunk(base, ft, out, |d, o| o.copy_from_slice(d))
-}
-
-/// Writes the quantized levels of `ft − base` under `q` into `out` (resized to the tensor's element count): exactly
-/// [`delta_into`] followed by [`ultradelta_qgp::quantize`], without the f32 buffer (each chunk's Δ is quantized
-/// while it is in cache).
-pub(crate) fn levels_into(
-    base: &TensorView<'_>,
-    ft: &TensorView<'_>,
-    q: &QuantParams,
-    out: &mut Vec<u16>,
-) -> Result<()> {
-    resize(out, ft.info().numel());
-    each_delta_chunk(base, ft, out, |d, o| q.quantize_slice(d, o))
+    with_source(base, ft, |src| {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(k, o)| ultradelta_qgp::simd::wide(|| src.delta_into(k * CHUNK, o)));
+    })
 }
 
 /// Sets `v`'s length to `n`, keeping its capacity (zero-extends only when it grows).
-fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+pub(crate) fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() > n {
         v.truncate(n);
     } else {
@@ -47,59 +89,23 @@ fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// Computes Δ = ft − base chunk by chunk ([`CHUNK`] entries, in parallel) into a scratch that stays in cache and
-/// hands each chunk's Δ with the matching chunk of `out` (as long as the tensor) to `each`, compiled with AVX2
-/// when the CPU has it.
-fn each_delta_chunk<T: Send>(
-    base: &TensorView<'_>,
-    ft: &TensorView<'_>,
-    out: &mut [T],
-    each: impl Fn(&[f32], &mut [T]) + Sync,
-) -> Result<()> {
-    let n = out.len();
-    if ft.info().dtype == DType::BF16
-        && base.info().dtype == DType::BF16
-        && base.info().numel() == n
-    {
-        // bf16 → f32 is a 16-bit shift: no conversion call, one vectorisable loop.
-        let (b, f) = (base.bytes(), ft.bytes());
-        out.par_chunks_mut(CHUNK)
-            .zip(f.par_chunks(2 * CHUNK).zip(b.par_chunks(2 * CHUNK)))
-            .for_each(|(o, (f, b))| {
-                ultradelta_qgp::simd::wide(|| {
-                    let mut scratch = [0f32; CHUNK];
-                    let d = &mut scratch[..o.len()];
-                    for ((d, f), b) in d.iter_mut().zip(f.chunks_exact(2)).zip(b.chunks_exact(2)) {
-                        let f = f32::from_bits(u32::from(u16::from_le_bytes([f[0], f[1]])) << 16);
-                        let b = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
-                        *d = f - b;
-                    }
-                    each(d, o);
-                })
-            });
-        return Ok(());
-    }
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .try_for_each(|(c, o)| -> Result<()> {
-            let mut fs = [0f32; CHUNK];
-            let mut bs = [0f32; CHUNK];
-            let (fs, bs) = (&mut fs[..o.len()], &mut bs[..o.len()]);
-            ft.range_to_f32_into(c * CHUNK, fs)?;
-            base.range_to_f32_into(c * CHUNK, bs)?;
-            ultradelta_qgp::simd::wide(|| {
-                for (f, b) in fs.iter_mut().zip(bs.iter()) {
-                    *f -= *b;
-                }
-                each(fs, o);
-            });
-            Ok(())
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ultradelta_qgp::QuantParams;
+
+    /// The quantized levels of `ft − base` under `q` from the bytes (the fused kernels' level path).
+    fn levels_into(
+        base: &TensorView<'_>,
+        ft: &TensorView<'_>,
+        q: &QuantParams,
+        out: &mut Vec<u16>,
+    ) -> Result<()> {
+        resize(out, ft.info().numel());
+        with_source(base, ft, |src| {
+            ultradelta_qgp::fused::levels_source(src, q, out)
+        })
+    }
     use ultradelta_io::{Checkpoint, TensorInfo};
 
     /// Every float dtype, odd lengths (a partial last chunk), against the plain to_f32 reference.
