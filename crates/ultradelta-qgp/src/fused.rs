@@ -419,7 +419,31 @@ pub fn group_prune_source(
     seed: u64,
     levels: &mut Vec<u16>,
 ) -> Pruned {
-    group_prune_source_with(src, q, scan, rate, seed, levels, true)
+    group_prune_source_with(src, q, scan, rate, seed, levels, Vector::Auto)
+}
+
+/// Which kernels [`group_prune_source`] runs (the tests try each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vector {
+    /// The portable code.
+    Off,
+    /// The best the CPU has.
+    Auto,
+    /// AVX2 for the levels and this walk kernel (the CPU must have its instructions).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Walk(WalkKernel),
+}
+
+/// The bit-mask walk's kernels (x86-64 only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum WalkKernel {
+    /// AVX-512BW compares straight into 64-bit masks, hardware `pdep`.
+    Avx512Pdep,
+    /// AVX2 compares, hardware `pdep`.
+    Avx2Pdep,
+    /// AVX2 compares, `pdep` in software (CPUs without BMI2, or whose `pdep` is microcoded).
+    Avx2,
 }
 
 fn group_prune_source_with(
@@ -429,7 +453,7 @@ fn group_prune_source_with(
     rate: f64,
     seed: u64,
     levels: &mut Vec<u16>,
-    vector: bool,
+    vector: Vector,
 ) -> Pruned {
     let n = src.len();
     if n == 0 || scan.counts.is_empty() {
@@ -438,10 +462,16 @@ fn group_prune_source_with(
     if !scan.has_blocks() {
         levels.clear();
         levels.resize(n, 0);
-        levels_source_with(src, q, levels, vector);
+        levels_source_with(src, q, levels, vector != Vector::Off);
         return crate::group_prune(levels, q, rate, seed);
     }
-    let avx2 = use_avx2(vector);
+    let avx2 = use_avx2(vector != Vector::Off);
+    #[cfg(target_arch = "x86_64")]
+    let kernel = match vector {
+        Vector::Walk(k) => k,
+        _ if avx2 => x86::detect_walk_kernel(),
+        _ => WalkKernel::Avx2,
+    };
     let groups = scan.counts.len();
     let selections = select_groups(&scan.counts, q, rate, seed);
     // Each block's starting ordinal in every group: the histograms of the blocks before it.
@@ -477,8 +507,8 @@ fn group_prune_source_with(
                     let len = (end - s).min(SUB);
                     levels_u8(src, s, q, &mut lv[..len], &mut scratch, true);
                     lv[len..].fill(u8::MAX);
-                    // SAFETY: `use_avx2` checked the CPU.
-                    unsafe { walk.walk(&lv, len, s as u64, &mut out) };
+                    // SAFETY: `use_avx2` checked the CPU; `kernel` is detected, or forced by a test on a CPU that has it.
+                    unsafe { walk.walk(kernel, &lv, len, s as u64, &mut out) };
                 }
                 return out;
             }
@@ -516,6 +546,7 @@ mod x86 {
 
     use std::arch::x86_64::*;
 
+    use super::WalkKernel;
     use crate::{Pruned, QuantParams, Selection};
 
     /// The quantizer's constants, broadcast.
@@ -812,42 +843,119 @@ mod x86 {
         }
 
         /// Walks the first `len` entries of `levels` (padded past `len` with a level no group has, to whole
-        /// 64-entry words), the entries from position `base` on, appending the kept ones to `out`.
-        #[target_feature(enable = "avx2,popcnt,bmi1")]
-        pub(super) fn walk(
+        /// 64-entry words), the entries from position `base` on, appending the kept ones to `out`, with the best
+        /// kernel the CPU has ([`Kernel`]).
+        ///
+        /// # Safety
+        /// The CPU must have `kernel`'s instructions ([`detect_walk_kernel`] picks such a kernel).
+        pub(super) unsafe fn walk(
+            &mut self,
+            kernel: WalkKernel,
+            levels: &[u8; super::SUB],
+            len: usize,
+            base: u64,
+            out: &mut Pruned,
+        ) {
+            // SAFETY: the caller guarantees the CPU features of `kernel`.
+            unsafe {
+                match kernel {
+                    WalkKernel::Avx512Pdep => self.walk_avx512_pdep(levels, len, base, out),
+                    WalkKernel::Avx2Pdep => self.walk_avx2_pdep(levels, len, base, out),
+                    WalkKernel::Avx2 => self.walk_avx2(levels, len, base, out),
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,popcnt")]
+        fn walk_avx512_pdep(
             &mut self,
             levels: &[u8; super::SUB],
             len: usize,
             base: u64,
             out: &mut Pruned,
         ) {
+            self.walk_words(
+                levels,
+                len,
+                base,
+                out,
+                // SAFETY: w + 64 ≤ SUB.
+                |w| unsafe { _mm512_loadu_si512(levels.as_ptr().add(w).cast()) },
+                |v, g| _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(g as i8)),
+                |win, m| _pdep_u64(win, m),
+            );
+        }
+
+        #[target_feature(enable = "avx2,bmi1,bmi2,popcnt")]
+        fn walk_avx2_pdep(
+            &mut self,
+            levels: &[u8; super::SUB],
+            len: usize,
+            base: u64,
+            out: &mut Pruned,
+        ) {
+            self.walk_words(
+                levels,
+                len,
+                base,
+                out,
+                // SAFETY: w + 64 ≤ SUB.
+                |w| unsafe { load64(levels, w) },
+                |v, g| mask64(v.0, v.1, g),
+                |win, m| _pdep_u64(win, m),
+            );
+        }
+
+        #[target_feature(enable = "avx2,bmi1,popcnt")]
+        fn walk_avx2(
+            &mut self,
+            levels: &[u8; super::SUB],
+            len: usize,
+            base: u64,
+            out: &mut Pruned,
+        ) {
+            self.walk_words(
+                levels,
+                len,
+                base,
+                out,
+                // SAFETY: w + 64 ≤ SUB.
+                |w| unsafe { load64(levels, w) },
+                |v, g| mask64(v.0, v.1, g),
+                select_bits,
+            );
+        }
+
+        /// The walk, given how to load a 64-entry word, take the mask of one level in it, and select the bits
+        /// of a mask by the offsets set in a window (`pdep`). Inlined into each kernel above, so the closures
+        /// compile with its instructions.
+        #[inline(always)]
+        fn walk_words<W: Copy>(
+            &mut self,
+            levels: &[u8; super::SUB],
+            len: usize,
+            base: u64,
+            out: &mut Pruned,
+            load: impl Fn(usize) -> W,
+            mask: impl Fn(W, u8) -> u64,
+            deposit: impl Fn(u64, u64) -> u64,
+        ) {
             for w in (0..len).step_by(64) {
-                // SAFETY: w + 64 ≤ SUB (SUB is a multiple of 64).
-                let (v0, v1) = unsafe {
-                    (
-                        _mm256_loadu_si256(levels.as_ptr().add(w).cast::<__m256i>()),
-                        _mm256_loadu_si256(levels.as_ptr().add(w + 32).cast::<__m256i>()),
-                    )
-                };
+                let v = load(w);
                 let mut keep = 0u64;
                 for t in self.tracked.iter_mut() {
-                    let m = mask64(v0, v1, t.level);
+                    let m = mask(v, t.level);
                     let end = t.ordinal + u64::from(m.count_ones());
                     if t.next < end {
-                        // Pick out the listed entries: the (next − ordinal)-th set bits of m, in order.
-                        let mut sel = 0u64;
-                        let mut rest = m;
-                        let mut at = t.ordinal;
+                        // The listed ordinals inside this word, as offsets from the group's first entry in it;
+                        // depositing them into m gives the listed entries' bits.
+                        let mut win = 0u64;
                         while t.next < end {
-                            for _ in at..t.next {
-                                rest &= rest - 1;
-                            }
-                            sel |= rest & rest.wrapping_neg();
-                            rest &= rest - 1;
-                            at = t.next + 1;
+                            win |= 1 << (t.next - t.ordinal);
                             t.cursor += 1;
                             t.next = t.listed.get(t.cursor).copied().unwrap_or(u64::MAX);
                         }
+                        let sel = deposit(win, m);
                         keep |= if t.keep_listed { sel } else { m & !sel };
                     } else if !t.keep_listed {
                         keep |= m;
@@ -855,7 +963,7 @@ mod x86 {
                     t.ordinal = end;
                 }
                 for &g in &self.keep_all {
-                    keep |= mask64(v0, v1, g);
+                    keep |= mask(v, g);
                 }
                 while keep != 0 {
                     let i = keep.trailing_zeros() as usize;
@@ -865,6 +973,73 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// The 64 levels at `w` as two AVX2 vectors.
+    ///
+    /// # Safety
+    /// `w + 64 ≤ SUB`, and the CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load64(levels: &[u8; super::SUB], w: usize) -> (__m256i, __m256i) {
+        debug_assert!(w + 64 <= super::SUB);
+        // SAFETY: the caller keeps both 32-byte loads inside `levels`.
+        unsafe {
+            (
+                _mm256_loadu_si256(levels.as_ptr().add(w).cast::<__m256i>()),
+                _mm256_loadu_si256(levels.as_ptr().add(w + 32).cast::<__m256i>()),
+            )
+        }
+    }
+
+    /// `pdep` without the instruction: the bits of `m` whose rank among m's set bits is set in `win`.
+    #[inline(always)]
+    fn select_bits(win: u64, m: u64) -> u64 {
+        let (mut sel, mut rest, mut at, mut w) = (0u64, m, 0u32, win);
+        while w != 0 {
+            let k = w.trailing_zeros();
+            for _ in at..k {
+                rest &= rest - 1;
+            }
+            sel |= rest & rest.wrapping_neg();
+            rest &= rest - 1;
+            at = k + 1;
+            w &= w - 1;
+        }
+        sel
+    }
+
+    /// The walk kernel this CPU runs best, given that it has AVX2, POPCNT and BMI1 (the caller checked).
+    pub(super) fn detect_walk_kernel() -> WalkKernel {
+        let pdep = std::arch::is_x86_feature_detected!("bmi2") && pdep_is_fast();
+        if pdep
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            WalkKernel::Avx512Pdep
+        } else if pdep {
+            WalkKernel::Avx2Pdep
+        } else {
+            WalkKernel::Avx2
+        }
+    }
+
+    /// False on AMD CPUs before Zen 3 (family 0x19), whose `pdep` is microcoded and takes cycles per set bit.
+    fn pdep_is_fast() -> bool {
+        let vendor = __cpuid(0);
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let hygon = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6f67_7948, 0x6e65_476e, 0x656e_6975);
+        if !(amd || hygon) {
+            return true;
+        }
+        let eax = __cpuid(1).eax;
+        let base = (eax >> 8) & 0xF;
+        let family = if base == 0xF {
+            base + ((eax >> 20) & 0xFF)
+        } else {
+            base
+        };
+        amd && family >= 0x19
     }
 }
 
