@@ -239,6 +239,12 @@ fn scan_levels_with(src: &DeltaSource<'_>, q: &QuantParams, vector: bool) -> Lev
                 for s in (start..end).step_by(SUB) {
                     let l = &mut lv[..(end - s).min(SUB)];
                     levels_u8(src, s, q, l, &mut scratch, avx2);
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: `use_avx2` checked the CPU.
+                        unsafe { x86::count_levels(l, &mut h) };
+                        continue;
+                    }
                     count_u8(l, &mut h);
                 }
                 h
@@ -781,6 +787,41 @@ mod x86 {
             all_finite &= d.is_finite();
         }
         (lo, hi, all_finite)
+    }
+
+    /// Adds the histogram of `levels` (each below [`FUSED_GROUPS`](super::FUSED_GROUPS), at most
+    /// [`SUB`](super::SUB) of them) into `h`: per group, a byte compare of 32 levels at a time subtracted into byte
+    /// counters (−1 per match), summed with `psadbw` at the end (128 steps stay below a byte's 255).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn count_levels(levels: &[u8], h: &mut [u32; super::FUSED_GROUPS]) {
+        const _: () = assert!(super::SUB / 32 <= 255);
+        assert!(levels.len() <= super::SUB);
+        let n = levels.len();
+        let whole = n / 32 * 32;
+        let zero = _mm256_setzero_si256();
+        // Two halves of eight groups keep the counters and compare values in the sixteen registers.
+        for half in 0..2u8 {
+            let mut acc = [zero; 8];
+            let g: [__m256i; 8] =
+                std::array::from_fn(|k| _mm256_set1_epi8((8 * half + k as u8) as i8));
+            for i in (0..whole).step_by(32) {
+                // SAFETY: i + 32 ≤ n.
+                let v = unsafe { _mm256_loadu_si256(levels.as_ptr().add(i).cast::<__m256i>()) };
+                for k in 0..8 {
+                    acc[k] = _mm256_sub_epi8(acc[k], _mm256_cmpeq_epi8(v, g[k]));
+                }
+            }
+            for k in 0..8 {
+                let s = _mm256_sad_epu8(acc[k], zero);
+                let mut lanes = [0u64; 4];
+                // SAFETY: 32 bytes.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast::<__m256i>(), s) };
+                h[usize::from(8 * half) + k] += lanes.iter().sum::<u64>() as u32;
+            }
+        }
+        for &l in &levels[whole..] {
+            h[usize::from(l & 15)] += 1;
+        }
     }
 
     /// The bit mask of the 64 levels in `v0`, `v1` (entries 0–31, 32–63) equal to `level`.
