@@ -90,7 +90,7 @@ impl BitWriter {
 
 /// Reverses the order of the low `n` bits of `v` (n in 1..=64).
 #[inline]
-fn reverse_low(v: u64, n: u32) -> u64 {
+pub(crate) fn reverse_low(v: u64, n: u32) -> u64 {
     v.reverse_bits() >> (64 - n)
 }
 
@@ -132,6 +132,26 @@ impl<'a> BitReader<'a> {
             buf[..n].copy_from_slice(&tail[..n]);
         }
         u64::from_le_bytes(buf) >> shift
+    }
+
+    /// The next 64 stream bits (first stream bit into bit 0) by one unaligned load: `remaining() >= 64` is
+    /// required, so every bit belongs to the stream. For decoders' fast paths.
+    #[inline(always)]
+    pub(crate) fn peek_word(&self) -> u64 {
+        debug_assert!(self.remaining() >= 64);
+        let byte = (self.pos / 8) as usize;
+        let w: [u8; 8] = self.bytes[byte..byte + 8].try_into().expect("8 bytes");
+        // The byte holding `pos` and the next seven give at least 57 bits from `pos`; the 64th comes next.
+        let lo = u64::from_le_bytes(w) >> (self.pos % 8);
+        let hi = u64::from(self.bytes.get(byte + 8).copied().unwrap_or(0));
+        lo | (hi << 1 << (63 - self.pos % 8))
+    }
+
+    /// Consumes `n` bits already read with [`peek_word`](Self::peek_word) (`n <= remaining()`).
+    #[inline(always)]
+    pub(crate) fn skip(&mut self, n: u64) {
+        debug_assert!(n <= self.remaining());
+        self.pos += n;
     }
 
     /// Reads `n` bits (n <= 56), first stream bit into bit 0. `None` if fewer than `n` bits remain.

@@ -14,7 +14,7 @@
 //! pass `numel`, positions come out strictly increasing and below `numel`, exactly `count` codes must use exactly
 //! `bit_len` bits, and the padding bits must be zero.
 
-use crate::bits::{BitReader, BitWriter};
+use crate::bits::{reverse_low, BitReader, BitWriter};
 use crate::{Error, Result};
 
 /// `ceil(log2 m)` for `m >= 1`.
@@ -270,6 +270,18 @@ pub fn decode_positions(
     count: u64,
     numel: u64,
 ) -> Result<Vec<u64>> {
+    decode_positions_with(bytes, bit_len, m, count, numel, true)
+}
+
+/// [`decode_positions`], with or without its fast path (the tests check both give the same results and errors).
+fn decode_positions_with(
+    bytes: &[u8],
+    bit_len: u64,
+    m: u64,
+    count: u64,
+    numel: u64,
+    fast: bool,
+) -> Result<Vec<u64>> {
     let bad = |d: String| Error::stream("golomb", d);
     let needed_bytes = bit_len.div_ceil(8);
     if bytes.len() as u64 != needed_bytes {
@@ -303,7 +315,43 @@ pub fn decode_positions(
         usize::try_from(count).map_err(|_| bad(format!("count {count} too large")))?;
     let mut out = Vec::with_capacity(count_usize);
     let mut next_min = 0u64;
-    for i in 0..count {
+    // Fast path: codes read from one 64-bit word while 64 or more stream bits remain, as long as they are short
+    // and land inside the tensor. Anything else (a long unary run, a position past the end, the stream's last
+    // bits) goes to the checked loop below, which decodes the rest and reports errors.
+    let mut first = 0u64;
+    if fast && c <= 24 {
+        let k = c.saturating_sub(1);
+        let low = (1u64 << k) - 1;
+        while first < count && r.remaining() >= 64 {
+            let word = r.peek_word();
+            let q = word.trailing_ones();
+            if q > 32 {
+                break;
+            }
+            let (rem, len) = if c == 0 {
+                (0, q + 1)
+            } else {
+                let bits = (word >> (q + 1)) & low;
+                let short = if k == 0 { 0 } else { reverse_low(bits, k) };
+                if short < u {
+                    (short, q + 1 + k)
+                } else {
+                    let bit = (word >> (q + 1 + k)) & 1;
+                    (((short << 1) | bit).wrapping_sub(u), q + 1 + c)
+                }
+            };
+            let gap = u64::from(q) * m + rem;
+            if next_min >= numel || gap > numel - 1 - next_min {
+                break;
+            }
+            let pos = next_min + gap;
+            out.push(pos);
+            next_min = pos + 1;
+            r.skip(u64::from(len));
+            first += 1;
+        }
+    }
+    for i in first..count {
         if next_min >= numel {
             return Err(bad(format!(
                 "position {i} cannot fit: previous position is already the last entry ({})",
@@ -433,6 +481,47 @@ mod tests {
         let cands = candidate_parameters(positions.len() as u64, numel);
         let direct: Vec<u64> = cands.iter().map(|&m| encoded_bits(&positions, m)).collect();
         assert_eq!(candidate_costs(&positions, &cands), direct);
+    }
+
+    /// Long streams (the fast path) with long gaps (it hands over to the checked loop and back), every kind of
+    /// parameter, and corrupted copies: the fast path changes neither the positions nor the errors.
+    #[test]
+    fn fast_path_equals_the_checked_loop() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for &density in &[0.9f64, 0.5, 0.03, 0.001] {
+            let numel = 200_000u64;
+            let mut positions: Vec<u64> = (0..numel)
+                .filter(|_| (next() % 1_000_000) as f64 / 1e6 < density)
+                .collect();
+            // A few very long gaps.
+            positions.retain(|&p| !(50_000..90_000).contains(&p));
+            let (m0, _, _) = encode_positions(&positions, numel).unwrap();
+            for m in [1u64, 2, 3, 4, 5, m0, 1000, 1 << 17] {
+                let (bytes, bits) = encode_positions_with(&positions, numel, m).unwrap();
+                let k = positions.len() as u64;
+                assert_eq!(
+                    decode_positions(&bytes, bits, m, k, numel).unwrap(),
+                    positions
+                );
+                for _ in 0..20 {
+                    let mut bad = bytes.clone();
+                    if bad.is_empty() {
+                        break;
+                    }
+                    let at = (next() % bad.len() as u64) as usize;
+                    bad[at] ^= 1 << (next() % 8);
+                    let fast = decode_positions_with(&bad, bits, m, k, numel, true);
+                    let slow = decode_positions_with(&bad, bits, m, k, numel, false);
+                    assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "m {m} byte {at}");
+                }
+            }
+        }
     }
 
     #[test]

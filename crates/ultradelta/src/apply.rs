@@ -164,15 +164,19 @@ pub fn rebuild_tensor_into(
             Err(unexpected())
         }
         Policy::Compress => {
-            // The record's decoding (single-threaded) runs alongside the copy of the base bytes.
-            let (checked, (rec, ())) = rayon::join(check_base, || {
-                rayon::join(|| reader.read_record(name), || copy_par(src, out))
+            // The record's decoding (single-threaded) runs alongside the copy of the base bytes, which notes the
+            // blocks holding a NaN on the way.
+            let (checked, (rec, nan)) = rayon::join(check_base, || {
+                rayon::join(
+                    || reader.read_record(name),
+                    || copy_par_noting_nans(src, out, entry.dtype),
+                )
             });
             checked?;
             let rec = rec?;
             let gamma = reader.manifest().gamma as f32;
             if let Record::Sparse(s) = &rec {
-                if patch_sparse(&view, s, gamma, out)? {
+                if patch_sparse(&view, s, gamma, out, Some(&nan))? {
                     return Ok(());
                 }
             }
@@ -205,6 +209,37 @@ fn copy_par(src: &[u8], out: &mut [u8]) {
         .for_each(|(o, s)| o.copy_from_slice(s));
 }
 
+/// The largest bit pattern, sign cleared, among the 16-bit floats `bytes` (one vectorisable reduction): above
+/// the infinity's pattern means a NaN.
+fn top_magnitude(bytes: &[u8]) -> i16 {
+    bytes
+        .chunks_exact(2)
+        .map(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) as i16)
+        .fold(0i16, i16::max)
+}
+
+/// True when the 16-bit float block `bytes` of `dtype` holds a NaN (always false for other dtypes).
+fn has_nan16(bytes: &[u8], dtype: DType) -> bool {
+    match dtype {
+        DType::BF16 => ultradelta_qgp::simd::wide(|| top_magnitude(bytes)) > 0x7f80,
+        DType::F16 => ultradelta_qgp::simd::wide(|| top_magnitude(bytes)) > 0x7c00,
+        _ => false,
+    }
+}
+
+/// [`copy_par`] that also tells, per block of [`PAR_CHUNK`] entries of `dtype`, whether the block holds a NaN
+/// (read while the block is still in cache).
+fn copy_par_noting_nans(src: &[u8], out: &mut [u8], dtype: DType) -> Vec<bool> {
+    let bytes = PAR_CHUNK * dtype.size();
+    out.par_chunks_mut(bytes)
+        .zip(src.par_chunks(bytes))
+        .map(|(o, s)| {
+            o.copy_from_slice(s);
+            has_nan16(o, dtype)
+        })
+        .collect()
+}
+
 /// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries, in `out` (the
 /// tensor's byte size), which holds the base bytes on entry.
 ///
@@ -214,12 +249,13 @@ fn copy_par(src: &[u8], out: &mut [u8]) {
 /// copied from the base and only its kept entries are recomputed, with the same arithmetic and conversions; a
 /// block holding a NaN, before or after the addition, goes through the dense path. `false` (and `out` untouched)
 /// when this path does not apply (another dtype, or a record that does not validate: the dense path reports the
-/// error).
+/// error). `nan`, when given, says which blocks of the base hold a NaN (as [`copy_par_noting_nans`] notes them).
 fn patch_sparse(
     view: &TensorView<'_>,
     s: &SparseRecord,
     gamma: f32,
     out: &mut [u8],
+    nan: Option<&[bool]>,
 ) -> Result<bool> {
     let dtype = view.info().dtype;
     let numel = view.info().numel();
@@ -239,19 +275,11 @@ fn patch_sparse(
             let end = start + o.len() / es;
             let a = s.positions.partition_point(|&p| p < start as u64);
             let b = s.positions.partition_point(|&p| p < end as u64);
-            // Largest magnitude bit pattern of the block (one vectorisable reduction) against the first NaN's.
-            let nan_bits = |o: &[u8]| {
-                let top = o
-                    .chunks_exact(2)
-                    .map(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) as i16)
-                    .fold(0i16, i16::max);
-                match dtype {
-                    DType::BF16 => top > 0x7f80,
-                    DType::F16 => top > 0x7c00,
-                    _ => false,
-                }
+            let base_nan = match nan {
+                Some(flags) => flags[c],
+                None => has_nan16(o, dtype),
             };
-            if a < b || (dtype != DType::F32 && nan_bits(o)) {
+            if a < b || base_nan {
                 let mut vals = vec![0f32; b - a];
                 let mut gathered = Vec::with_capacity((b - a) * es);
                 for &p in &s.positions[a..b] {
@@ -262,8 +290,7 @@ fn patch_sparse(
                 for (k, v) in vals.iter_mut().enumerate() {
                     *v += s.value(a + k) * gamma;
                 }
-                let exact =
-                    dtype == DType::F32 || !(nan_bits(o) || vals.iter().any(|v| v.is_nan()));
+                let exact = dtype == DType::F32 || !(base_nan || vals.iter().any(|v| v.is_nan()));
                 if exact {
                     let mut enc = Vec::with_capacity(vals.len() * es);
                     f32_to_bytes(&vals, dtype, &mut enc)?;
@@ -487,11 +514,21 @@ mod tests {
                 };
                 let mut got = view.bytes().to_vec();
                 assert!(
-                    patch_sparse(&view, &rec, gamma, &mut got).unwrap(),
+                    patch_sparse(&view, &rec, gamma, &mut got, None).unwrap(),
                     "fast path applies"
                 );
+                // With the NaN blocks noted by the copy, as apply does.
+                let mut noted = vec![0u8; got.len()];
+                let nan = copy_par_noting_nans(view.bytes(), &mut noted, dtype);
+                assert_eq!(noted, view.bytes());
+                assert!(patch_sparse(&view, &rec, gamma, &mut noted, Some(&nan)).unwrap());
                 let want = dense(&view, &Record::Sparse(rec), gamma);
                 assert!(got == want, "{} scale {scale} gamma {gamma}", dtype.name());
+                assert!(
+                    noted == want,
+                    "{} scale {scale} gamma {gamma}",
+                    dtype.name()
+                );
             }
         }
     }
@@ -515,6 +552,6 @@ mod tests {
             positions: vec![1],
             levels: vec![3],
         };
-        assert!(!patch_sparse(&ck.view("w").unwrap(), &rec, 1.0, &mut [0u8; 32]).unwrap());
+        assert!(!patch_sparse(&ck.view("w").unwrap(), &rec, 1.0, &mut [0u8; 32], None).unwrap());
     }
 }
