@@ -78,9 +78,17 @@ struct Measured {
 }
 
 /// Runs `bin args` `repeat` times: the run with the median wall time, with the largest peak RSS of all runs.
-fn run_median(bin: &Path, args: &[&str], repeat: u32) -> Result<Measured> {
+fn run_median(
+    bin: &Path,
+    args: &[&str],
+    repeat: u32,
+    before: impl Fn() -> Result<()>,
+) -> Result<Measured> {
     let mut runs = (0..repeat)
-        .map(|_| run_measured(bin, args))
+        .map(|_| {
+            before()?;
+            run_measured(bin, args)
+        })
         .collect::<Result<Vec<_>>>()?;
     let peak = runs.iter().map(|m| m.peak_rss_bytes).max().unwrap_or(0);
     runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
@@ -289,11 +297,24 @@ fn bench_size(bin: &Path, work: &Path, shape: Shape, args: &BenchArgs) -> Result
         bin,
         &crate::demo::compress_args(b, f, a, &s, &bits),
         args.repeat,
+        || Ok(()),
     )?;
+    // Every apply run writes a new folder: the previous run's output is deleted and the disk synced first,
+    // untimed (replacing an existing output with --force would time the deletion of the old files too).
+    let fresh_output = || -> Result<()> {
+        if rebuilt.exists() {
+            std::fs::remove_dir_all(&rebuilt)
+                .with_context(|| format!("removing {}", rebuilt.display()))?;
+        }
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        Ok(())
+    };
     let apply = run_median(
         bin,
         &["apply", "--base", b, "--output", r, "--force", "--quiet", a],
         args.repeat,
+        fresh_output,
     )?;
     let archive_bytes = std::fs::metadata(&archive)?.len();
     if !args.keep_rebuilt {

@@ -86,6 +86,20 @@ pub fn rebuild_tensor_into(
     out: &mut [u8],
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
+    rebuild_with(base, reader, archive, entry, out, scratch, None)
+}
+
+/// [`rebuild_tensor_into`], given the record of a compressed tensor if it was already read (`apply` decodes the
+/// next compressed tensor's record while it rebuilds the current one).
+fn rebuild_with(
+    base: &Checkpoint,
+    reader: &ArchiveReader,
+    archive: &Path,
+    entry: &TensorEntry,
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+    record: Option<Result<Record>>,
+) -> Result<()> {
     let name = entry.name.as_str();
     let unexpected = || {
         Error::Config(format!(
@@ -164,36 +178,38 @@ pub fn rebuild_tensor_into(
             Err(unexpected())
         }
         Policy::Compress => {
-            // The record's decoding (single-threaded) runs alongside the copy of the base bytes, which notes the
-            // blocks holding a NaN on the way.
-            let (checked, (rec, nan)) = rayon::join(check_base, || {
-                rayon::join(
-                    || reader.read_record(name),
+            // The base's hash (one thread) runs beside the whole rebuilding: the record's decoding (one thread too,
+            // when not done ahead) with the copy of the base bytes, which notes the blocks holding a NaN on the
+            // way, then the patch. A hash mismatch is reported first.
+            let (checked, rebuilt) = rayon::join(check_base, || -> Result<()> {
+                let (rec, nan) = rayon::join(
+                    || record.unwrap_or_else(|| Ok(reader.read_record(name)?)),
                     || copy_par_noting_nans(src, out, entry.dtype),
-                )
+                );
+                let rec = rec?;
+                let gamma = reader.manifest().gamma as f32;
+                if let Record::Sparse(s) = &rec {
+                    if patch_sparse(&view, s, gamma, out, Some(&nan))? {
+                        return Ok(());
+                    }
+                }
+                let mut w = view.to_f32()?;
+                rec.add_delta_into(gamma, &mut w)
+                    .map_err(|source| Error::Decode {
+                        archive: archive.to_path_buf(),
+                        tensor: name.to_string(),
+                        source: Box::new(source),
+                    })?;
+                let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
+                f32_to_bytes(&w, entry.dtype, &mut bytes)?;
+                if bytes.len() != out.len() {
+                    return Err(wrong_size(bytes.len()));
+                }
+                out.copy_from_slice(&bytes);
+                Ok(())
             });
             checked?;
-            let rec = rec?;
-            let gamma = reader.manifest().gamma as f32;
-            if let Record::Sparse(s) = &rec {
-                if patch_sparse(&view, s, gamma, out, Some(&nan))? {
-                    return Ok(());
-                }
-            }
-            let mut w = view.to_f32()?;
-            rec.add_delta_into(gamma, &mut w)
-                .map_err(|source| Error::Decode {
-                    archive: archive.to_path_buf(),
-                    tensor: name.to_string(),
-                    source: Box::new(source),
-                })?;
-            let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
-            f32_to_bytes(&w, entry.dtype, &mut bytes)?;
-            if bytes.len() != out.len() {
-                return Err(wrong_size(bytes.len()));
-            }
-            out.copy_from_slice(&bytes);
-            Ok(())
+            rebuilt
         }
         Policy::New => unreachable!("handled above"),
     }
@@ -363,9 +379,9 @@ pub fn apply(
     // (each keeps the size of the largest tensor it held), and so is the decoding scratch of lossless records:
     // fresh memory for every tensor would be zeroed by the kernel and unmapped again each time.
     type Job<'a> = (&'a TensorEntry, Vec<u8>, std::ops::Range<usize>);
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Job<'_>>(0);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Job<'_>>(1);
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let _ = free_tx.send(Vec::new());
     }
     let (written, rebuilt) = std::thread::scope(|scope| {
@@ -383,7 +399,15 @@ pub fn apply(
         });
         let rebuilt = (|| -> Result<()> {
             let mut scratch = Vec::new();
-            for ((entry, &n), &offset) in manifest.tensors.iter().zip(&sizes).zip(&offsets) {
+            // The record of the tensor about to be rebuilt, when it was decoded during the previous one.
+            let mut ahead: Option<Result<Record>> = None;
+            for (k, ((entry, &n), &offset)) in manifest
+                .tensors
+                .iter()
+                .zip(&sizes)
+                .zip(&offsets)
+                .enumerate()
+            {
                 // the writer stopped on an error (reported below)
                 let Ok(mut buf) = free_rx.recv() else {
                     break;
@@ -396,20 +420,36 @@ pub fn apply(
                 let a = DIRECT_IO_ALIGN;
                 let shift = (offset as usize % a + a - buf.as_ptr() as usize % a) % a;
                 let range = shift..shift + n;
-                rebuild_tensor_into(
-                    base,
-                    &reader,
-                    archive,
-                    entry,
-                    &mut buf[range.clone()],
-                    &mut scratch,
-                )?;
-                // The base pages of this tensor are not needed again: the resident set stays the size of a
-                // tensor or two however large the checkpoint is.
-                base.release(&entry.name);
-                if full_tx.send((entry, buf, range)).is_err() {
+                // A compressed record decodes on one thread (its positions are one Golomb stream): the next
+                // tensor's is decoded beside this tensor's rebuilding.
+                let next = manifest
+                    .tensors
+                    .get(k + 1)
+                    .filter(|e| e.policy == Policy::Compress);
+                let record = ahead.take();
+                // Rebuilt, released and handed to the writer (or stopped) without waiting for the next decoding.
+                let (sent, next_record) = rayon::join(
+                    || -> Result<bool> {
+                        rebuild_with(
+                            base,
+                            &reader,
+                            archive,
+                            entry,
+                            &mut buf[range.clone()],
+                            &mut scratch,
+                            record,
+                        )?;
+                        // The base pages of this tensor are not needed again: the resident set stays the size
+                        // of a tensor or two however large the checkpoint is.
+                        base.release(&entry.name);
+                        Ok(full_tx.send((entry, buf, range)).is_ok())
+                    },
+                    || next.map(|e| Ok(reader.read_record(&e.name)?)),
+                );
+                if !sent? {
                     break;
                 }
+                ahead = next_record;
             }
             Ok(())
         })();
