@@ -373,15 +373,18 @@ pub fn apply(
         .map(|e| writer.data_offset(&e.name).unwrap_or(0))
         .collect();
     progress.begin("rebuilding", total);
-    // A two-stage pipeline: tensor k is rebuilt (on the rayon pool) while a writer thread writes tensor k - 1 out
-    // (its time is mostly waiting for the disk, so it does not hold a pool thread), through two buffers that go
-    // back and forth: at most two rebuilt tensors are in memory. The buffers are reused from tensor to tensor
-    // (each keeps the size of the largest tensor it held), and so is the decoding scratch of lossless records:
-    // fresh memory for every tensor would be zeroed by the kernel and unmapped again each time.
+    // A pipeline: tensors are rebuilt (on the rayon pool) while a writer thread writes the earlier ones out (its
+    // time is mostly waiting for the disk, so it does not hold a pool thread), through three buffers that go back
+    // and forth: one being written, one waiting in the hand-off slot, one being rebuilt — so rebuilding can run a
+    // tensor ahead when a slow-to-rebuild tensor (a lossless embedding) meets a slow-to-write one. At most three
+    // rebuilt tensors are in memory. The buffers are reused from tensor to tensor (each keeps the size of the
+    // largest tensor it held), and so is the decoding scratch of lossless records: fresh memory for every tensor
+    // would be zeroed by the kernel and unmapped again each time.
     type Job<'a> = (&'a TensorEntry, Vec<u8>, std::ops::Range<usize>);
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Job<'_>>(1);
+    const BUFFERS: usize = 3;
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..3 {
+    for _ in 0..BUFFERS {
         let _ = free_tx.send(Vec::new());
     }
     let (written, rebuilt) = std::thread::scope(|scope| {
