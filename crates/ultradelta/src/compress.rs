@@ -206,7 +206,10 @@ pub(crate) fn pass_one(
     progress.begin("analysing deltas", total);
     let mut stats = Vec::with_capacity(idx.len());
     let mut scans = Vec::with_capacity(idx.len());
-    for &i in &idx {
+    // Last tensor first: pass 2 goes first to last, so when the checkpoints are larger than the page cache the
+    // tensors it starts with are the ones this pass read most recently, still cached, instead of the ones the
+    // cache dropped first. Each tensor's result is its own, so the order changes nothing else.
+    for &i in idx.iter().rev() {
         let info = &p.plans[i].info;
         let name = info.name.as_str();
         let (base, ft) = (p.base.view(name)?, p.ft.view(name)?);
@@ -226,6 +229,8 @@ pub(crate) fn pass_one(
         progress.advance(info.numel() as u64);
     }
     progress.end();
+    stats.reverse();
+    scans.reverse();
     Ok((stats, scans))
 }
 
