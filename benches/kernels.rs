@@ -1,6 +1,8 @@
 //! Kernel benchmarks, in parameters per second: quantize, group-wise prune, Golomb
-//! position coding, the apply kernel (adding a sparse record into base weights), and the
-//! nuclear norm of a TNGR delta, exact versus estimated.
+//! position coding, the apply kernel (adding a sparse record into base weights), the fused
+//! kernels that compress runs on bf16 checkpoints (pass 1: quantizer and level histogram;
+//! pass 2: quantize and DAC-prune, straight from the bytes), and the nuclear norm of a TNGR
+//! delta, exact versus estimated.
 //!
 //! `cargo bench -p ultradelta --bench kernels`; `-- --test` runs each once (CI smoke).
 
@@ -66,6 +68,48 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
+/// A bf16 base / fine-tune pair of `n` entries whose Δ is `delta(n)` (rounded to bf16 on the way).
+fn bf16_pair(n: usize) -> (Vec<u8>, Vec<u8>) {
+    let d = delta(n);
+    let bf16 = |x: f32| ((x.to_bits() >> 16) as u16).to_le_bytes();
+    let mut base = Vec::with_capacity(2 * n);
+    let mut ft = Vec::with_capacity(2 * n);
+    for (i, dx) in d.iter().enumerate() {
+        let b = ((i as f32) * 0.618).sin() * 0.05;
+        base.extend_from_slice(&bf16(b));
+        ft.extend_from_slice(&bf16(b + dx * 10.0));
+    }
+    (base, ft)
+}
+
+/// The fused kernels of `compress` on a bf16 pair: pass 1 (quantizer and level histogram with per-block
+/// histograms) and pass 2 (quantize and DAC-prune block by block), both reading the two tensors' bytes.
+fn fused(c: &mut Criterion) {
+    use qgp::fused::{fit_source, group_prune_source, scan_levels, DeltaSource};
+    let n = 1 << 22;
+    let (base, ft) = bf16_pair(n);
+    let src = DeltaSource::Bf16 {
+        base: &base,
+        ft: &ft,
+    };
+    let q = fit_source(&src, 4).unwrap();
+    let scan = scan_levels(&src, &q);
+    let mut g = c.benchmark_group("fused_bf16");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    g.bench_function(BenchmarkId::new("pass1_fit_scan", n), |b| {
+        b.iter(|| {
+            let q = fit_source(&src, 4).unwrap();
+            scan_levels(&src, &q)
+        })
+    });
+    g.bench_function(BenchmarkId::new("pass2_dac_prune_0.97", n), |b| {
+        let mut levels = Vec::new();
+        b.iter(|| group_prune_source(&src, &q, &scan, 0.97, 1, &mut levels))
+    });
+    g.finish();
+}
+
 /// Exact (Gram matrix + eigenvalues) versus estimated (deflation + stochastic Lanczos
 /// quadrature) nuclear norm of a 768 × 3072 heavy-tailed delta (a BERT-base MLP matrix).
 /// At LLaMA sizes the gap is wider: see `examples/nuclear_norm_speed.rs` in ultradelta-rescale.
@@ -86,5 +130,5 @@ fn nuclear_norms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, nuclear_norms);
+criterion_group!(benches, kernels, fused, nuclear_norms);
 criterion_main!(benches);
