@@ -148,18 +148,18 @@ fn fit_source_with(src: &DeltaSource<'_>, bits: u8, vector: bool) -> Result<Quan
 fn source_chunk_extremes(src: &DeltaSource<'_>, c: usize, avx2: bool) -> Extremes {
     let start = c * CHUNK;
     let end = (start + CHUNK).min(src.len());
+    #[cfg(target_arch = "x86_64")]
     if let (true, DeltaSource::Bf16 { base, ft }) = (avx2, src) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: `use_avx2` checked the CPU.
-            let (lo, hi, finite) =
-                unsafe { x86::bf16_extremes(&ft[2 * start..2 * end], &base[2 * start..2 * end]) };
-            if extremes_are_settled(lo, hi, finite) {
-                return (None, lo, hi);
-            }
-            return sequential_source_extremes(src, start, end);
+        // SAFETY: `use_avx2` checked the CPU.
+        let (lo, hi, finite) =
+            unsafe { x86::bf16_extremes(&ft[2 * start..2 * end], &base[2 * start..2 * end]) };
+        if extremes_are_settled(lo, hi, finite) {
+            return (None, lo, hi);
         }
+        return sequential_source_extremes(src, start, end);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
     let mut buf = [0f32; SUB];
     let (mut lo, mut hi, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, true);
     for s in (start..end).step_by(SUB) {
@@ -207,12 +207,6 @@ impl LevelScan {
     /// True when [`group_prune_source`] can prune block by block (it has every block's histogram).
     pub fn has_blocks(&self) -> bool {
         !self.blocks.is_empty()
-    }
-
-    /// Memory held, in bytes.
-    pub fn heap_bytes(&self) -> usize {
-        self.counts.capacity() * 8
-            + self.blocks.capacity() * std::mem::size_of::<[u32; FUSED_GROUPS]>()
     }
 }
 

@@ -417,8 +417,10 @@ pub fn apply(
                 };
                 let len = n + DIRECT_IO_ALIGN;
                 if buf.len() < len {
-                    buf.reserve_exact(len - buf.len());
-                    buf.resize(len, 0);
+                    // A fresh zeroed allocation (the old contents are not needed): large ones come from the
+                    // kernel already zero, and their pages are touched by the parallel copy, instead of a
+                    // single-threaded fill here.
+                    buf = vec![0u8; len];
                 }
                 let a = DIRECT_IO_ALIGN;
                 let shift = (offset as usize % a + a - buf.as_ptr() as usize % a) % a;
