@@ -329,6 +329,7 @@ fn prune_source(
     sparse_record(src.len(), q, pruned, rate, cfg)
 }
 
+/// The record of a tensor's survivors `pruned`, with the tensor's rescale factor.
 fn sparse_record(
     numel: usize,
     q: QuantParams,
