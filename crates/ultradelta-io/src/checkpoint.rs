@@ -474,6 +474,25 @@ impl Checkpoint {
         let _ = name;
     }
 
+    /// Asks the kernel to start reading `name`'s bytes into the page cache now (`MADV_WILLNEED`), so that a pass
+    /// working on another tensor meanwhile finds them there. Only a hint: unknown names, other systems and
+    /// failures are ignored; pages already cached cost nothing.
+    pub fn prefetch(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(i) = self.position(name) {
+            let loc = self.locs[i];
+            if loc.end > loc.start {
+                let _ = self.maps[loc.file].advise_range(
+                    memmap2::Advice::WillNeed,
+                    loc.start,
+                    loc.end - loc.start,
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     /// Views of every tensor, in name order.
     pub fn views(&self) -> impl Iterator<Item = TensorView<'_>> + '_ {
         (0..self.tensors.len()).map(|i| self.view_at(i))

@@ -431,6 +431,10 @@ pub fn apply(
                     .tensors
                     .get(k + 1)
                     .filter(|e| e.policy == Policy::Compress);
+                // The disk reads the next base tensor while this one is rebuilt (when it is not cached).
+                if let Some(e) = manifest.tensors.get(k + 1) {
+                    base.prefetch(&e.name);
+                }
                 let record = ahead.take();
                 // Rebuilt, released and handed to the writer (or stopped) without waiting for the next decoding.
                 let (sent, next_record) = rayon::join(

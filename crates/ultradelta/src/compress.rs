@@ -209,9 +209,14 @@ pub(crate) fn pass_one(
     // Last tensor first: pass 2 goes first to last, so when the checkpoints are larger than the page cache the
     // tensors it starts with are the ones this pass read most recently, still cached, instead of the ones the
     // cache dropped first. Each tensor's result is its own, so the order changes nothing else.
-    for &i in idx.iter().rev() {
+    for (k, &i) in idx.iter().enumerate().rev() {
         let info = &p.plans[i].info;
         let name = info.name.as_str();
+        // The disk reads the next tensor while this one is computed (when it is not cached already).
+        if let Some(&prev) = k.checked_sub(1).and_then(|j| idx.get(j)) {
+            p.base.prefetch(&p.plans[prev].info.name);
+            p.ft.prefetch(&p.plans[prev].info.name);
+        }
         let (base, ft) = (p.base.view(name)?, p.ft.view(name)?);
         let (quant, scan) = with_source(&base, &ft, |src| {
             let q = fit_source(src, cfg.bits)?;
@@ -643,6 +648,11 @@ fn write_records(
             let Some((i, plan)) = item else {
                 return Ok(None);
             };
+            // The disk reads the next tensor while this one is computed (when it is not cached already).
+            if let Some(next) = p.plans.get(i + 1) {
+                p.base.prefetch(&next.info.name);
+                p.ft.prefetch(&next.info.name);
+            }
             tensor_record_for(
                 p,
                 cfg,
