@@ -965,6 +965,7 @@ mod x86 {
         /// of a mask by the offsets set in a window (`pdep`). Inlined into each kernel above, so the closures
         /// compile with its instructions.
         #[inline(always)]
+        #[allow(clippy::too_many_arguments)] // the walk's state plus the three per-kernel operations
         fn walk_words<W: Copy>(
             &mut self,
             levels: &[u8; super::SUB],
