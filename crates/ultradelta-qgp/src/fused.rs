@@ -232,7 +232,7 @@ fn scan_levels_with(src: &DeltaSource<'_>, q: &QuantParams, vector: bool) -> Lev
                 let (start, end) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
                 for s in (start..end).step_by(SUB) {
                     let l = &mut lv[..(end - s).min(SUB)];
-                    levels_u8(src, s, q, l, &mut scratch, avx2);
+                    levels_piece(src, s, q, l, &mut scratch, avx2);
                     #[cfg(target_arch = "x86_64")]
                     if avx2 {
                         // SAFETY: `use_avx2` checked the CPU.
@@ -261,7 +261,7 @@ fn scan_levels_with(src: &DeltaSource<'_>, q: &QuantParams, vector: bool) -> Lev
                     let (start, end) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
                     for s in (start..end).step_by(SUB) {
                         let l = &mut lv[..(end - s).min(SUB)];
-                        levels_u16(src, s, q, l, &mut scratch, avx2);
+                        levels_piece(src, s, q, l, &mut scratch, avx2);
                         crate::add_histogram(l, &mut h);
                     }
                     h
@@ -317,23 +317,50 @@ fn levels_source_with(src: &DeltaSource<'_>, q: &QuantParams, out: &mut [u16], v
     let avx2 = use_avx2(vector);
     out.par_chunks_mut(SUB).enumerate().for_each(|(k, o)| {
         let mut scratch = [0f32; SUB];
-        levels_u16(src, k * SUB, q, o, &mut scratch, avx2);
+        levels_piece(src, k * SUB, q, o, &mut scratch, avx2);
     });
 }
 
-/// Levels (at most 8 bits) of entries `start .. start + out.len()` (at most [`SUB`]).
+/// An integer type levels are written as: `u8` (at most 8 bits, the fused prune) or `u16`.
+trait LevelInt: Copy + LevelStore {
+    /// A level known to fit.
+    fn from_level(l: u16) -> Self;
+}
+
+impl LevelInt for u8 {
+    fn from_level(l: u16) -> Self {
+        l as u8
+    }
+}
+
+impl LevelInt for u16 {
+    fn from_level(l: u16) -> Self {
+        l
+    }
+}
+
+/// How the AVX2 kernels store a type's levels (nothing to require elsewhere).
+#[cfg(target_arch = "x86_64")]
+use x86::Store32 as LevelStore;
+#[cfg(not(target_arch = "x86_64"))]
+trait LevelStore {}
+#[cfg(not(target_arch = "x86_64"))]
+impl LevelStore for u8 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl LevelStore for u16 {}
+
+/// Levels of entries `start .. start + out.len()` (at most [`SUB`]; `u8` only for at most 8 bits).
 #[inline]
-fn levels_u8(
+fn levels_piece<L: LevelInt>(
     src: &DeltaSource<'_>,
     start: usize,
     q: &QuantParams,
-    out: &mut [u8],
+    out: &mut [L],
     scratch: &mut [f32; SUB],
     avx2: bool,
 ) {
-    debug_assert!(q.bits <= 8);
     if q.step == 0.0 {
-        out.fill(0);
+        out.fill(L::from_level(0));
         return;
     }
     let n = out.len();
@@ -345,12 +372,12 @@ fn levels_u8(
             match src {
                 DeltaSource::Bf16 { base, ft } => {
                     let r = 2 * start..2 * (start + n);
-                    x86::bf16_levels_u8(&ft[r.clone()], &base[r], &k, out);
+                    x86::bf16_levels(&ft[r.clone()], &base[r], &k, out);
                 }
-                DeltaSource::F32(d) => x86::f32_levels_u8(&d[start..start + n], &k, out),
+                DeltaSource::F32(d) => x86::f32_levels(&d[start..start + n], &k, out),
                 DeltaSource::Fill { fill, .. } => {
                     fill(start, &mut scratch[..n]);
-                    x86::f32_levels_u8(&scratch[..n], &k, out);
+                    x86::f32_levels(&scratch[..n], &k, out);
                 }
             }
         }
@@ -360,49 +387,11 @@ fn levels_u8(
     let d = &mut scratch[..n];
     src.delta_into(start, d);
     let (lo, step, max) = (q.lo, q.step, q.max_level());
-    for (o, &x) in out.iter_mut().zip(d.iter()) {
-        *o = level_of(x, lo, step, max) as u8;
-    }
-}
-
-/// Levels of entries `start .. start + out.len()` (at most [`SUB`]).
-#[inline]
-fn levels_u16(
-    src: &DeltaSource<'_>,
-    start: usize,
-    q: &QuantParams,
-    out: &mut [u16],
-    scratch: &mut [f32; SUB],
-    avx2: bool,
-) {
-    if q.step == 0.0 {
-        out.fill(0);
-        return;
-    }
-    let n = out.len();
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        let k = x86::Quant::new(q);
-        // SAFETY: `use_avx2` checked the CPU.
-        unsafe {
-            match src {
-                DeltaSource::Bf16 { base, ft } => {
-                    let r = 2 * start..2 * (start + n);
-                    x86::bf16_levels_u16(&ft[r.clone()], &base[r], &k, out);
-                }
-                DeltaSource::F32(d) => x86::f32_levels_u16(&d[start..start + n], &k, out),
-                DeltaSource::Fill { fill, .. } => {
-                    fill(start, &mut scratch[..n]);
-                    x86::f32_levels_u16(&scratch[..n], &k, out);
-                }
-            }
+    simd::wide(|| {
+        for (o, &x) in out.iter_mut().zip(d.iter()) {
+            *o = L::from_level(level_of(x, lo, step, max));
         }
-        return;
-    }
-    let _ = avx2;
-    let d = &mut scratch[..n];
-    src.delta_into(start, d);
-    simd::wide(|| q.quantize_slice(d, out));
+    });
 }
 
 /// DAC ([`crate::group_prune`]) of the source's Δ quantized with `scan`'s quantizer `q` at tensor rate `rate`:
@@ -505,7 +494,7 @@ fn group_prune_source_with(
                 let mut walk = x86::MaskWalker::new(&selections, &start[..groups]);
                 for s in (first..end).step_by(SUB) {
                     let len = (end - s).min(SUB);
-                    levels_u8(src, s, q, &mut lv[..len], &mut scratch, true);
+                    levels_piece(src, s, q, &mut lv[..len], &mut scratch, true);
                     lv[len..].fill(u8::MAX);
                     // SAFETY: `use_avx2` checked the CPU; `kernel` is detected, or forced by a test on a CPU that has it.
                     unsafe { walk.walk(kernel, &lv, len, s as u64, &mut out) };
@@ -516,7 +505,7 @@ fn group_prune_source_with(
             let mut walk = Walker::new(&selections, &start[..groups]);
             for s in (first..end).step_by(SUB) {
                 let len = (end - s).min(SUB);
-                levels_u8(src, s, q, &mut lv[..len], &mut scratch, false);
+                levels_piece(src, s, q, &mut lv[..len], &mut scratch, false);
                 walk.walk(&lv[..len], s as u64, &mut out);
             }
             out
@@ -659,81 +648,76 @@ mod x86 {
         crate::level_of(d, k.lo, k.step, k.max)
     }
 
-    /// Levels (≤ 8 bits) of the bf16 pairs `f`, `b` (2 bytes per entry) into `out`.
+    /// Stores 32 levels (two vectors of 16 u16 lanes, entries 0–15 and 16–31) at `out`.
+    ///
+    /// # Safety
+    /// 32 writable values at `out`; the CPU has AVX2.
+    pub(super) trait Store32: Sized {
+        unsafe fn store32(lo: __m256i, hi: __m256i, out: *mut Self);
+    }
+
+    impl Store32 for u8 {
+        #[inline(always)]
+        unsafe fn store32(lo: __m256i, hi: __m256i, out: *mut u8) {
+            // SAFETY: forwarded from the caller.
+            unsafe { _mm256_storeu_si256(out.cast(), narrow32(lo, hi)) }
+        }
+    }
+
+    impl Store32 for u16 {
+        #[inline(always)]
+        unsafe fn store32(lo: __m256i, hi: __m256i, out: *mut u16) {
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                _mm256_storeu_si256(out.cast(), lo);
+                _mm256_storeu_si256(out.add(16).cast(), hi);
+            }
+        }
+    }
+
+    /// Levels of the bf16 pairs `f`, `b` (2 bytes per entry) into `out` (`u8` only for at most 8 bits).
     #[target_feature(enable = "avx2")]
-    pub(super) fn bf16_levels_u8(f: &[u8], b: &[u8], k: &Quant, out: &mut [u8]) {
+    pub(super) fn bf16_levels<L: super::LevelInt + Store32>(
+        f: &[u8],
+        b: &[u8],
+        k: &Quant,
+        out: &mut [L],
+    ) {
         let n = out.len();
         assert!(f.len() == 2 * n && b.len() == 2 * n);
         let c = lanes(k);
         let whole = n / 32 * 32;
         for i in (0..whole).step_by(32) {
-            // SAFETY: i + 32 ≤ n, so 64 bytes are readable at 2i in f and b, and 32 writable at i in out.
+            // SAFETY: i + 32 ≤ n, so 64 bytes are readable at 2i in f and b, and 32 values writable at i in out.
             unsafe {
                 let lo = bf16_level16(f.as_ptr().add(2 * i), b.as_ptr().add(2 * i), &c);
                 let hi = bf16_level16(f.as_ptr().add(2 * i + 32), b.as_ptr().add(2 * i + 32), &c);
-                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), narrow32(lo, hi));
+                L::store32(lo, hi, out.as_mut_ptr().add(i));
             }
         }
         for i in whole..n {
-            out[i] = tail_level(super::bf16_at(&f[2 * i..]) - super::bf16_at(&b[2 * i..]), k) as u8;
+            let d = super::bf16_at(&f[2 * i..]) - super::bf16_at(&b[2 * i..]);
+            out[i] = L::from_level(tail_level(d, k));
         }
     }
 
-    /// Levels of the bf16 pairs `f`, `b` into `out`.
+    /// Levels of the f32 values `d` into `out` (`u8` only for at most 8 bits).
     #[target_feature(enable = "avx2")]
-    pub(super) fn bf16_levels_u16(f: &[u8], b: &[u8], k: &Quant, out: &mut [u16]) {
-        let n = out.len();
-        assert!(f.len() == 2 * n && b.len() == 2 * n);
-        let c = lanes(k);
-        let whole = n / 16 * 16;
-        for i in (0..whole).step_by(16) {
-            // SAFETY: i + 16 ≤ n: 32 bytes readable at 2i in f and b, 16 u16 writable at i in out.
-            unsafe {
-                let l = bf16_level16(f.as_ptr().add(2 * i), b.as_ptr().add(2 * i), &c);
-                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), l);
-            }
-        }
-        for i in whole..n {
-            out[i] = tail_level(super::bf16_at(&f[2 * i..]) - super::bf16_at(&b[2 * i..]), k);
-        }
-    }
-
-    /// Levels (≤ 8 bits) of the f32 values `d` into `out`.
-    #[target_feature(enable = "avx2")]
-    pub(super) fn f32_levels_u8(d: &[f32], k: &Quant, out: &mut [u8]) {
+    pub(super) fn f32_levels<L: super::LevelInt + Store32>(d: &[f32], k: &Quant, out: &mut [L]) {
         let n = out.len();
         assert_eq!(d.len(), n);
         let c = lanes(k);
         let whole = n / 32 * 32;
         for i in (0..whole).step_by(32) {
-            // SAFETY: i + 32 ≤ n.
+            // SAFETY: i + 32 ≤ n: 32 values readable at i in d and writable at i in out.
             unsafe {
                 let lo = f32_level16(d.as_ptr().add(i), &c);
                 let hi = f32_level16(d.as_ptr().add(i + 16), &c);
-                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), narrow32(lo, hi));
+                L::store32(lo, hi, out.as_mut_ptr().add(i));
             }
         }
         for i in whole..n {
-            out[i] = tail_level(d[i], k) as u8;
-        }
-    }
-
-    /// Levels of the f32 values `d` into `out`.
-    #[target_feature(enable = "avx2")]
-    pub(super) fn f32_levels_u16(d: &[f32], k: &Quant, out: &mut [u16]) {
-        let n = out.len();
-        assert_eq!(d.len(), n);
-        let c = lanes(k);
-        let whole = n / 16 * 16;
-        for i in (0..whole).step_by(16) {
-            // SAFETY: i + 16 ≤ n.
-            unsafe {
-                let l = f32_level16(d.as_ptr().add(i), &c);
-                _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), l);
-            }
-        }
-        for i in whole..n {
-            out[i] = tail_level(d[i], k);
+            out[i] = L::from_level(tail_level(d[i], k));
         }
     }
 
