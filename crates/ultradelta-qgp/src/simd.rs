@@ -9,6 +9,11 @@
 ///
 /// Put the whole hot loop inside `f` (an `#[inline]` kernel called from it is compiled for AVX2 too); a call per
 /// few thousand entries costs nothing measurable.
+///
+/// Caveat, measured: the closure is its own function, and it gets AVX2 code only if LLVM inlines it into the
+/// wrapper. A large closure may not be inlined and then runs baseline SSE code (the bf16 delta + quantize loop
+/// of compress did, with a scalar float-to-int conversion per entry). The hot kernels therefore use explicit
+/// intrinsics instead ([`crate::fused`]); `wide` remains for small, secondary loops.
 #[inline(always)]
 pub fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
