@@ -35,7 +35,8 @@ enum Command {
     /// fine-tunes of it, BBC News, SpamAssassin), then fine-tune the base on BBC and SpamAssassin.
     Testbed(testbed::TestbedArgs),
     /// Compress and apply synthetic pairs of growing size; print parameters/s, seconds and
-    /// peak RSS per size, and write CSV + provenance under results/.
+    /// peak RSS per size, and write CSV + provenance under results/. Each apply writes a new
+    /// folder (the previous output is deleted and the disk synced first, untimed).
     Bench(bench::BenchArgs),
     /// Run an experiment grid (methods x ratios x tasks): compress to real archives, rebuild, evaluate;
     /// write CSV, provenance, a markdown report and a plot under results/.
