@@ -5,7 +5,8 @@ fn params(bits: u8, lo: f32, step: f32) -> QuantParams {
     QuantParams { bits, lo, step }
 }
 
-fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+/// Runs `f` in a rayon pool of `threads` threads (the thread-independence tests).
+pub(crate) fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

@@ -1,5 +1,6 @@
 use super::*;
 use crate::rng::DetRng;
+use crate::tests::in_pool;
 use crate::{group_prune, quantize, quantized_counts};
 use proptest::prelude::*;
 
@@ -31,14 +32,6 @@ fn materialise(src: &DeltaSource<'_>) -> Vec<f32> {
     let mut d = vec![0f32; src.len()];
     src.delta_into(0, &mut d);
     d
-}
-
-fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
 }
 
 /// The prune kernels to try: the portable one, or every vector one this CPU has.
