@@ -3,8 +3,8 @@
 //!
 //! The slice-based functions of this crate take a materialised Δ (4 bytes per entry) and its levels (2 more);
 //! at LLaMA size that is gigabytes of memory traffic per tensor pair on top of reading the inputs. Here a
-//! [`DeltaSource`] yields Δ a few thousand entries at a time (straight from the checkpoints' bf16 bytes when it
-//! can, in AVX2 registers when the CPU has it), and:
+//! [`DeltaSource`] yields Δ a few thousand entries at a time (straight from the checkpoints' bf16 or f16 bytes
+//! when it can, in AVX2 registers when the CPU has it), and:
 //!
 //! - [`fit_source`] equals [`QuantParams::fit`] of the materialised Δ (same per-chunk ±0 and non-finite rules);
 //! - [`scan_levels`] gives the level histogram (as [`crate::quantized_counts`]) and, for `bits ≤ 4`, the
@@ -48,6 +48,13 @@ pub enum DeltaSource<'a> {
         /// The fine-tuned tensor's bytes.
         ft: &'a [u8],
     },
+    /// Both tensors stored as little-endian IEEE half precision (2 bytes per entry, equal lengths).
+    F16 {
+        /// The base tensor's bytes.
+        base: &'a [u8],
+        /// The fine-tuned tensor's bytes.
+        ft: &'a [u8],
+    },
     /// Δ already in memory.
     F32(&'a [f32]),
     /// Any other layout: `fill(start, out)` writes Δ of entries `start .. start + out.len()` (it must not fail:
@@ -64,7 +71,7 @@ impl DeltaSource<'_> {
     /// Number of entries.
     pub fn len(&self) -> usize {
         match self {
-            DeltaSource::Bf16 { ft, .. } => ft.len() / 2,
+            DeltaSource::Bf16 { ft, .. } | DeltaSource::F16 { ft, .. } => ft.len() / 2,
             DeltaSource::F32(d) => d.len(),
             DeltaSource::Fill { len, .. } => *len,
         }
@@ -76,29 +83,59 @@ impl DeltaSource<'_> {
     }
 
     /// Writes Δ of entries `start .. start + out.len()` into `out` (portable code; the vector kernels convert
-    /// bf16 in registers instead).
+    /// 16-bit floats in registers instead).
     pub fn delta_into(&self, start: usize, out: &mut [f32]) {
         match self {
-            DeltaSource::Bf16 { base, ft } => {
-                let range = 2 * start..2 * (start + out.len());
-                let (f, b) = (&ft[range.clone()], &base[range]);
-                for ((d, f), b) in out.iter_mut().zip(f.chunks_exact(2)).zip(b.chunks_exact(2)) {
-                    *d = bf16_at(f) - bf16_at(b);
-                }
-            }
+            DeltaSource::Bf16 { base, ft } => half_delta::<Bf16>(base, ft, start, out),
+            DeltaSource::F16 { base, ft } => half_delta::<F16>(base, ft, start, out),
             DeltaSource::F32(d) => out.copy_from_slice(&d[start..start + out.len()]),
             DeltaSource::Fill { fill, .. } => fill(start, out),
         }
     }
 }
 
-/// The f32 value of one little-endian bf16.
-#[inline(always)]
-fn bf16_at(b: &[u8]) -> f32 {
-    f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+/// A 16-bit float format of [`DeltaSource`]: how one value widens to f32 (exactly).
+trait Half {
+    /// The value of the bit pattern `bits`.
+    fn widen(bits: u16) -> f32;
+    /// The value of the little-endian bytes `b[0..2]`.
+    #[inline(always)]
+    fn at(b: &[u8]) -> f32 {
+        Self::widen(u16::from_le_bytes([b[0], b[1]]))
+    }
 }
 
-/// Whether the vector kernels may run: the CPU has AVX2 (and the bit-manipulation instructions the walk uses),
+/// bfloat16: the top half of an f32.
+struct Bf16;
+
+impl Half for Bf16 {
+    #[inline(always)]
+    fn widen(bits: u16) -> f32 {
+        f32::from_bits(u32::from(bits) << 16)
+    }
+}
+
+/// IEEE half precision (as `half::f16`, the conversion the checkpoint reader uses).
+struct F16;
+
+impl Half for F16 {
+    #[inline(always)]
+    fn widen(bits: u16) -> f32 {
+        half::f16::from_bits(bits).to_f32()
+    }
+}
+
+/// Δ of entries `start .. start + out.len()` of a 16-bit pair, portably.
+fn half_delta<H: Half>(base: &[u8], ft: &[u8], start: usize, out: &mut [f32]) {
+    let range = 2 * start..2 * (start + out.len());
+    let (f, b) = (&ft[range.clone()], &base[range]);
+    for ((d, f), b) in out.iter_mut().zip(f.chunks_exact(2)).zip(b.chunks_exact(2)) {
+        *d = H::at(f) - H::at(b);
+    }
+}
+
+/// Whether the vector kernels may run: the CPU has AVX2 (with F16C, which every AVX2 CPU has, and the
+/// bit-manipulation instructions the walk uses),
 /// and `allowed` (the tests turn them off to check the portable path).
 #[inline]
 fn use_avx2(allowed: bool) -> bool {
@@ -106,6 +143,7 @@ fn use_avx2(allowed: bool) -> bool {
     {
         allowed
             && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
             && std::arch::is_x86_feature_detected!("popcnt")
             && std::arch::is_x86_feature_detected!("bmi1")
     }
@@ -149,14 +187,26 @@ fn source_chunk_extremes(src: &DeltaSource<'_>, c: usize, avx2: bool) -> Extreme
     let start = c * CHUNK;
     let end = (start + CHUNK).min(src.len());
     #[cfg(target_arch = "x86_64")]
-    if let (true, DeltaSource::Bf16 { base, ft }) = (avx2, src) {
+    if avx2 {
+        let r = 2 * start..2 * end;
         // SAFETY: `use_avx2` checked the CPU.
-        let (lo, hi, finite) =
-            unsafe { x86::bf16_extremes(&ft[2 * start..2 * end], &base[2 * start..2 * end]) };
-        if extremes_are_settled(lo, hi, finite) {
-            return (None, lo, hi);
+        let vector = unsafe {
+            match src {
+                DeltaSource::Bf16 { base, ft } => {
+                    Some(x86::pair_extremes::<Bf16>(&ft[r.clone()], &base[r]))
+                }
+                DeltaSource::F16 { base, ft } => {
+                    Some(x86::pair_extremes::<F16>(&ft[r.clone()], &base[r]))
+                }
+                _ => None,
+            }
+        };
+        if let Some((lo, hi, finite)) = vector {
+            if extremes_are_settled(lo, hi, finite) {
+                return (None, lo, hi);
+            }
+            return sequential_source_extremes(src, start, end);
         }
-        return sequential_source_extremes(src, start, end);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = avx2;
@@ -372,7 +422,11 @@ fn levels_piece<L: LevelInt>(
             match src {
                 DeltaSource::Bf16 { base, ft } => {
                     let r = 2 * start..2 * (start + n);
-                    x86::bf16_levels(&ft[r.clone()], &base[r], &k, out);
+                    x86::pair_levels::<Bf16, L>(&ft[r.clone()], &base[r], &k, out);
+                }
+                DeltaSource::F16 { base, ft } => {
+                    let r = 2 * start..2 * (start + n);
+                    x86::pair_levels::<F16, L>(&ft[r.clone()], &base[r], &k, out);
                 }
                 DeltaSource::F32(d) => x86::f32_levels(&d[start..start + n], &k, out),
                 DeltaSource::Fill { fill, .. } => {
@@ -595,33 +649,75 @@ mod x86 {
         _mm256_min_epi32(_mm256_max_epi32(r, c.zero), c.max)
     }
 
-    /// Δ of 16 bf16 pairs at `f`/`b` (32 bytes each), as two f32 vectors: entries 0–3 and 8–11 in the first,
-    /// 4–7 and 12–15 in the second (the order `_mm256_packus_epi32` of the two restores).
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn bf16_delta16(f: *const u8, b: *const u8) -> (__m256, __m256) {
-        // SAFETY: the caller guarantees 32 readable bytes at each pointer.
-        let (f, b) = unsafe {
-            (
-                _mm256_loadu_si256(f.cast::<__m256i>()),
-                _mm256_loadu_si256(b.cast::<__m256i>()),
-            )
-        };
-        let z = _mm256_setzero_si256();
-        let fl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, f));
-        let fh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, f));
-        let bl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, b));
-        let bh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, b));
-        (_mm256_sub_ps(fl, bl), _mm256_sub_ps(fh, bh))
+    /// A 16-bit pair format the kernels convert in registers.
+    pub(super) trait Pair: super::Half {
+        /// Whether `_mm256_packus_epi32` of the levels of [`delta16`](Self::delta16)'s two vectors needs the
+        /// 128-bit lane permute to come out in entry order.
+        const PERMUTE: bool;
+        /// Δ of the 16 pairs at `f`/`b` (32 bytes each) as two f32 vectors.
+        ///
+        /// # Safety
+        /// 32 readable bytes at each pointer; the CPU has AVX2 and F16C.
+        unsafe fn delta16(f: *const u8, b: *const u8) -> (__m256, __m256);
     }
 
-    /// Levels of 16 bf16 pairs as 16 u16 lanes, in entry order.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn bf16_level16(f: *const u8, b: *const u8, c: &Lanes) -> __m256i {
+    impl Pair for super::Bf16 {
+        /// Entries 0–3 and 8–11 in the first vector, 4–7 and 12–15 in the second: the order
+        /// `_mm256_packus_epi32` of the two restores.
+        const PERMUTE: bool = false;
+
+        #[inline(always)]
+        unsafe fn delta16(f: *const u8, b: *const u8) -> (__m256, __m256) {
+            // SAFETY: the caller guarantees 32 readable bytes at each pointer and AVX2.
+            unsafe {
+                let (f, b) = (
+                    _mm256_loadu_si256(f.cast::<__m256i>()),
+                    _mm256_loadu_si256(b.cast::<__m256i>()),
+                );
+                // bf16 → f32 is a 16-bit shift: interleaving zeros below each value.
+                let z = _mm256_setzero_si256();
+                let fl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, f));
+                let fh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, f));
+                let bl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, b));
+                let bh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, b));
+                (_mm256_sub_ps(fl, bl), _mm256_sub_ps(fh, bh))
+            }
+        }
+    }
+
+    impl Pair for super::F16 {
+        /// Entries 0–7 in the first vector, 8–15 in the second.
+        const PERMUTE: bool = true;
+
+        #[inline(always)]
+        unsafe fn delta16(f: *const u8, b: *const u8) -> (__m256, __m256) {
+            // SAFETY: the caller guarantees 32 readable bytes at each pointer, AVX2 and F16C (`vcvtph2ps` widens
+            // every half exactly).
+            unsafe {
+                let load = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>()));
+                let (f0, f1) = (load(f), load(f.add(16)));
+                let (b0, b1) = (load(b), load(b.add(16)));
+                (_mm256_sub_ps(f0, b0), _mm256_sub_ps(f1, b1))
+            }
+        }
+    }
+
+    /// Levels of 16 pairs as 16 u16 lanes, in entry order.
+    ///
+    /// # Safety
+    /// As [`Pair::delta16`].
+    #[inline(always)]
+    unsafe fn pair_level16<H: Pair>(f: *const u8, b: *const u8, c: &Lanes) -> __m256i {
         // SAFETY: forwarded from the caller.
-        let (dl, dh) = unsafe { bf16_delta16(f, b) };
-        _mm256_packus_epi32(level8(dl, c), level8(dh, c))
+        unsafe {
+            let (x, y) = H::delta16(f, b);
+            let p = _mm256_packus_epi32(level8(x, c), level8(y, c));
+            if H::PERMUTE {
+                _mm256_permute4x64_epi64::<0b11_01_10_00>(p)
+            } else {
+                p
+            }
+        }
     }
 
     /// Levels of 16 f32 values as 16 u16 lanes, in entry order.
@@ -675,9 +771,9 @@ mod x86 {
         }
     }
 
-    /// Levels of the bf16 pairs `f`, `b` (2 bytes per entry) into `out` (`u8` only for at most 8 bits).
-    #[target_feature(enable = "avx2")]
-    pub(super) fn bf16_levels<L: super::LevelInt + Store32>(
+    /// Levels of the 16-bit pairs `f`, `b` (2 bytes per entry) into `out` (`u8` only for at most 8 bits).
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn pair_levels<H: Pair, L: super::LevelInt + Store32>(
         f: &[u8],
         b: &[u8],
         k: &Quant,
@@ -688,15 +784,17 @@ mod x86 {
         let c = lanes(k);
         let whole = n / 32 * 32;
         for i in (0..whole).step_by(32) {
-            // SAFETY: i + 32 ≤ n, so 64 bytes are readable at 2i in f and b, and 32 values writable at i in out.
+            // SAFETY: i + 32 ≤ n, so 64 bytes are readable at 2i in f and b, and 32 values writable at i in out;
+            // the CPU has AVX2 and F16C (this function's features).
             unsafe {
-                let lo = bf16_level16(f.as_ptr().add(2 * i), b.as_ptr().add(2 * i), &c);
-                let hi = bf16_level16(f.as_ptr().add(2 * i + 32), b.as_ptr().add(2 * i + 32), &c);
+                let lo = pair_level16::<H>(f.as_ptr().add(2 * i), b.as_ptr().add(2 * i), &c);
+                let hi =
+                    pair_level16::<H>(f.as_ptr().add(2 * i + 32), b.as_ptr().add(2 * i + 32), &c);
                 L::store32(lo, hi, out.as_mut_ptr().add(i));
             }
         }
         for i in whole..n {
-            let d = super::bf16_at(&f[2 * i..]) - super::bf16_at(&b[2 * i..]);
+            let d = H::at(&f[2 * i..]) - H::at(&b[2 * i..]);
             out[i] = L::from_level(tail_level(d, k));
         }
     }
@@ -721,11 +819,11 @@ mod x86 {
         }
     }
 
-    /// (min, max, all finite) of Δ over the bf16 pairs `f`, `b`. With a non-finite value the extremes are
+    /// (min, max, all finite) of Δ over the 16-bit pairs `f`, `b`. With a non-finite value the extremes are
     /// meaningless; with all values finite they are exact (a ±0 extreme's sign is left to the caller's
     /// sequential scan).
-    #[target_feature(enable = "avx2")]
-    pub(super) fn bf16_extremes(f: &[u8], b: &[u8]) -> (f32, f32, bool) {
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn pair_extremes<H: Pair>(f: &[u8], b: &[u8]) -> (f32, f32, bool) {
         let n = f.len() / 2;
         assert_eq!(b.len(), f.len());
         let (mut lo, mut hi) = (
@@ -738,7 +836,8 @@ mod x86 {
         let whole = n / 16 * 16;
         for i in (0..whole).step_by(16) {
             // SAFETY: i + 16 ≤ n: 32 bytes readable at 2i.
-            let (x, y) = unsafe { bf16_delta16(f.as_ptr().add(2 * i), b.as_ptr().add(2 * i)) };
+            // SAFETY: and the CPU has AVX2 and F16C (this function's features).
+            let (x, y) = unsafe { H::delta16(f.as_ptr().add(2 * i), b.as_ptr().add(2 * i)) };
             lo = _mm256_min_ps(lo, _mm256_min_ps(x, y));
             hi = _mm256_max_ps(hi, _mm256_max_ps(x, y));
             let fx = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(x, abs), inf);
@@ -759,7 +858,7 @@ mod x86 {
             hi = hi.max(h[k]);
         }
         for i in whole..n {
-            let d = super::bf16_at(&f[2 * i..]) - super::bf16_at(&b[2 * i..]);
+            let d = H::at(&f[2 * i..]) - H::at(&b[2 * i..]);
             lo = lo.min(d);
             hi = hi.max(d);
             all_finite &= d.is_finite();

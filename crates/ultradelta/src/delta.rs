@@ -12,8 +12,8 @@ use crate::{Error, Result};
 /// Entries converted at a time by the generic (non-bf16) source, and per parallel unit of [`delta_into`].
 const CHUNK: usize = 1 << 14;
 
-/// Runs `f` on the [`DeltaSource`] of the pair `ft − base`: their bf16 bytes when both are bf16 (the kernels
-/// convert in registers), otherwise a fill function that decodes both ranges to f32 and subtracts in f32.
+/// Runs `f` on the [`DeltaSource`] of the pair `ft − base`: their bytes when both are bf16 or both f16 (the
+/// kernels convert in registers), otherwise a fill function that decodes both ranges to f32 and subtracts in f32.
 ///
 /// # Errors
 /// A non-float dtype or unequal element counts (named by tensor and file), before `f` runs.
@@ -34,11 +34,20 @@ pub(crate) fn with_source<R>(
             ft_shape: ft.info().shape.clone(),
         })));
     }
-    if ft.info().dtype == DType::BF16 && base.info().dtype == DType::BF16 {
-        return Ok(f(&DeltaSource::Bf16 {
-            base: base.bytes(),
-            ft: ft.bytes(),
-        }));
+    match (base.info().dtype, ft.info().dtype) {
+        (DType::BF16, DType::BF16) => {
+            return Ok(f(&DeltaSource::Bf16 {
+                base: base.bytes(),
+                ft: ft.bytes(),
+            }))
+        }
+        (DType::F16, DType::F16) => {
+            return Ok(f(&DeltaSource::F16 {
+                base: base.bytes(),
+                ft: ft.bytes(),
+            }))
+        }
+        _ => {}
     }
     // Dtype errors surface here, once, so the fill function cannot fail.
     ft.range_to_f32_into(0, &mut [])?;

@@ -28,6 +28,21 @@ fn bf16_pair(n: usize, seed: u64, same: f64, signed_zero: bool) -> (Vec<u8>, Vec
     (base, ft)
 }
 
+/// The pair of [`bf16_pair`] re-encoded as IEEE half precision (round to nearest); some values become
+/// subnormal or zero at f16's range.
+fn f16_pair(n: usize, seed: u64, same: f64, signed_zero: bool) -> (Vec<u8>, Vec<u8>) {
+    let (base, ft) = bf16_pair(n, seed, same, signed_zero);
+    let re = |v: &[u8]| -> Vec<u8> {
+        v.chunks_exact(2)
+            .flat_map(|c| {
+                let x = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+                half::f16::from_f32(x * 0.01).to_bits().to_le_bytes()
+            })
+            .collect()
+    };
+    (re(&base), re(&ft))
+}
+
 fn materialise(src: &DeltaSource<'_>) -> Vec<f32> {
     let mut d = vec![0f32; src.len()];
     src.delta_into(0, &mut d);
@@ -60,16 +75,14 @@ fn vectors(on: bool) -> Vec<Vector> {
 fn check_against_reference(src: &DeltaSource<'_>, bits: u8, rate: f64, seed: u64) {
     let delta = materialise(src);
     let want_q = QuantParams::fit(&delta, bits);
+    // Bit patterns, and errors by their message (a NaN in an error is not equal to itself).
+    let key = |q: &Result<QuantParams>| match q {
+        Ok(q) => format!("{} {:08x} {:08x}", q.bits, q.lo.to_bits(), q.step.to_bits()),
+        Err(e) => format!("{e}"),
+    };
     for vector in [false, true] {
         let q = fit_source_with(src, bits, vector);
-        assert_eq!(
-            q.as_ref()
-                .map(|q| (q.bits, q.lo.to_bits(), q.step.to_bits())),
-            want_q
-                .as_ref()
-                .map(|q| (q.bits, q.lo.to_bits(), q.step.to_bits())),
-            "fit, vector {vector}"
-        );
+        assert_eq!(key(&q), key(&want_q), "fit, vector {vector}");
     }
     let Ok(q) = want_q else {
         return;
@@ -114,6 +127,47 @@ fn bf16_source_equals_the_slice_kernels() {
             }
         }
     }
+}
+
+#[test]
+fn f16_source_equals_the_slice_kernels() {
+    for (k, &n) in [0usize, 5, 64, 4097, 2 * 65_536 + 333].iter().enumerate() {
+        let (base, ft) = f16_pair(n, 40 + k as u64, 0.3, false);
+        let src = DeltaSource::F16 {
+            base: &base,
+            ft: &ft,
+        };
+        // The pair really has subnormal halves (the scale puts many values below f16's normal range).
+        if n > 4096 {
+            let subnormal = ft
+                .chunks_exact(2)
+                .filter(|c| {
+                    let v = u16::from_le_bytes([c[0], c[1]]);
+                    v & 0x7c00 == 0 && v & 0x03ff != 0
+                })
+                .count();
+            assert!(subnormal > 0);
+        }
+        for bits in [2u8, 4, 8] {
+            for rate in [0.5, 0.97] {
+                check_against_reference(&src, bits, rate, 3 + k as u64);
+            }
+        }
+    }
+    // Every Δ ≥ 0 (a ±0 minimum), and a NaN: the same quantizer or the same error as the reference.
+    let (base, mut ft) = f16_pair(70_000, 8, 0.5, true);
+    let src = DeltaSource::F16 {
+        base: &base,
+        ft: &ft,
+    };
+    check_against_reference(&src, 4, 0.9, 1);
+    ft[2 * 66_001..2 * 66_001 + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let src = DeltaSource::F16 {
+        base: &base,
+        ft: &ft,
+    };
+    check_against_reference(&src, 4, 0.9, 1);
+    assert!(fit_source(&src, 4).is_err());
 }
 
 #[test]
