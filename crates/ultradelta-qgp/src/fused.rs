@@ -19,9 +19,9 @@
 use rayon::prelude::*;
 
 use crate::{
-    chunk_extremes, combine_extremes, concat, extremes_are_settled, level_of, select_groups,
-    sequential_extremes, simd, Error, Extremes, Pruned, QuantParams, Result, Selection, Walker,
-    CHUNK, NO_EXTREMES,
+    add_counts, chunk_extremes, combine_extremes, concat, extremes_are_settled, level_of,
+    select_groups, sequential_extremes, simd, trim_counts, Error, Extremes, Pruned, QuantParams,
+    Result, Selection, Walker, CHUNK, NO_EXTREMES,
 };
 
 /// Entries per block: the unit of parallel work and of [`LevelScan`]'s per-block histograms. Equal to the
@@ -317,18 +317,9 @@ fn scan_levels_with(src: &DeltaSource<'_>, q: &QuantParams, vector: bool) -> Lev
                     h
                 },
             )
-            .reduce(
-                || vec![0u64; groups],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                    a
-                },
-            );
+            .reduce(|| vec![0u64; groups], add_counts);
     }
-    let used = counts.iter().rposition(|&c| c > 0).map_or(0, |l| l + 1);
-    counts.truncate(used);
+    trim_counts(&mut counts);
     LevelScan { counts, blocks }
 }
 

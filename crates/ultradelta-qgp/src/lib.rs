@@ -297,15 +297,7 @@ pub fn level_counts(levels: &[u16]) -> Vec<u64> {
                 h
             },
         )
-        .reduce(
-            || vec![0u64; size],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+        .reduce(|| vec![0u64; size], add_counts)
 }
 
 /// Largest level (None for empty input), in parallel vectorisable chunks.
@@ -371,18 +363,23 @@ pub fn quantized_counts(delta: &[f32], p: &QuantParams) -> Vec<u64> {
                 h
             },
         )
-        .reduce(
-            || vec![0u64; size],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+        .reduce(|| vec![0u64; size], add_counts);
+    trim_counts(&mut counts);
+    counts
+}
+
+/// Two histograms of the same length added (the combine step of the parallel counts).
+fn add_counts(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+    a
+}
+
+/// Drops a histogram's trailing zero counts (it ends at the highest level present).
+fn trim_counts(counts: &mut Vec<u64>) {
     let used = counts.iter().rposition(|&c| c > 0).map_or(0, |l| l + 1);
     counts.truncate(used);
-    counts
 }
 
 /// [`quantized_std`] from a level histogram (`counts[l]` entries at level `l`, as [`level_counts`] returns).

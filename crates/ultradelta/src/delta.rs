@@ -9,7 +9,7 @@ use ultradelta_qgp::fused::DeltaSource;
 use crate::error::TensorMismatch;
 use crate::{Error, Result};
 
-/// Entries converted at a time by the generic (non-bf16) source, and per parallel unit of [`delta_into`].
+/// Entries converted at a time by the generic (not 16-bit float) source, and per parallel unit of [`delta_into`].
 const CHUNK: usize = 1 << 14;
 
 /// Runs `f` on the [`DeltaSource`] of the pair `ft − base`: their bytes when both are bf16 or both f16 (the
