@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // wait4 (a child's peak RSS) and sync(2) through libc; each block says why it is sound.
 //! `cargo xtask bench`: how the cost of `ultradelta compress` and `apply` grows with model size.
 //!
 //! For each size it writes (or reuses) a deterministic synthetic base + fine-tune pair, builds
@@ -16,6 +17,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use ultradelta_io::{Checkpoint, DType};
 use ultradelta_synth::{parameter_count, Shape, SynthConfig};
+
+use crate::common::{build_cli, git, machine, target_dir, utc, utf8, workspace_root};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -157,70 +160,6 @@ struct Row {
     finetuned_fingerprint: String,
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// (`YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ`) of a Unix time.
-pub(crate) fn utc(secs: u64) -> (String, String) {
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    let date = format!("{y:04}-{m:02}-{d:02}");
-    let time = format!("{date}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60);
-    (date, time)
-}
-
-pub(crate) fn git(args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .current_dir(crate::demo::workspace_root())
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-pub(crate) fn machine() -> serde_json::Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .ok()
-        .map(|s| s.trim().to_string());
-    let env = |k: &str| std::env::var(k).ok();
-    serde_json::json!({
-        "cpu_model": cpu,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
-        "memory_bytes": mem_kib.map(|k| k * 1024),
-        "kernel": kernel,
-        "os": std::env::consts::OS,
-        "arch": std::env::consts::ARCH,
-        "env": {
-            "RAYON_NUM_THREADS": env("RAYON_NUM_THREADS"),
-            "OPENBLAS_NUM_THREADS": env("OPENBLAS_NUM_THREADS"),
-        },
-    })
-}
-
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
@@ -287,12 +226,7 @@ fn bench_size(bin: &Path, work: &Path, shape: Shape, args: &BenchArgs) -> Result
     };
     let (base_fingerprint, finetuned_fingerprint) = (fp(&base)?, fp(&ft)?);
     let (s, bits) = (args.sparsity.to_string(), args.bits.to_string());
-    let (b, f, a, r) = (
-        crate::demo::utf8(&base)?,
-        crate::demo::utf8(&ft)?,
-        crate::demo::utf8(&archive)?,
-        crate::demo::utf8(&rebuilt)?,
-    );
+    let (b, f, a, r) = (utf8(&base)?, utf8(&ft)?, utf8(&archive)?, utf8(&rebuilt)?);
     let compress = run_median(
         bin,
         &crate::demo::compress_args(b, f, a, &s, &bits),
@@ -345,7 +279,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if sizes.is_empty() {
         bail!("--sizes: expected at least one model shape");
     }
-    let bin = crate::demo::build_cli()?;
+    let bin = build_cli()?;
     let version = Command::new(&bin)
         .arg("--version")
         .output()
@@ -354,12 +288,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let work = args
         .work_dir
         .clone()
-        .unwrap_or_else(|| crate::demo::target_dir().join("bench"));
+        .unwrap_or_else(|| target_dir().join("bench"));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let (date, time) = utc(started);
     let out = args.out.clone().unwrap_or_else(|| {
-        crate::demo::workspace_root()
+        workspace_root()
             .join("results")
             .join(format!("{date}-bench"))
     });
@@ -471,16 +405,4 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!("results: {}", out.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(utc(0).1, "1970-01-01T00:00:00Z");
-        assert_eq!(utc(951_782_400).0, "2000-02-29");
-        assert_eq!(utc(1_795_763_045).1, "2026-11-27T07:04:05Z");
-    }
 }

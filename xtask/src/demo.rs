@@ -16,6 +16,8 @@ use anyhow::{bail, Context, Result};
 use ultradelta_io::DType;
 use ultradelta_synth::{Shape, SynthConfig};
 
+use crate::common::{build_cli, build_release, target_dir, utf8};
+
 /// Options of `cargo xtask demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -49,43 +51,6 @@ const PAIRS: [(&str, &str); 4] = [
         "I would like a pizza with extra cheese",
     ),
 ];
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-        .to_path_buf()
-}
-
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
-/// Runs `cargo build --release -p <package> <extra…>` in the workspace.
-pub(crate) fn build_release(package: &str, extra: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut args = vec!["build", "--release", "-p", package];
-    args.extend_from_slice(extra);
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let ok = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args(&args)
-        .status()?
-        .success();
-    if !ok {
-        bail!("cargo {} failed", args.join(" "));
-    }
-    Ok(())
-}
-
-/// Builds the release `ultradelta` binary and returns its path.
-pub fn build_cli() -> Result<PathBuf> {
-    crate::deps::ensure()?;
-    build_release("ultradelta-cli", &[])?;
-    Ok(target_dir().join("release").join("ultradelta"))
-}
 
 fn run_cli(bin: &Path, args: &[&str]) -> Result<String> {
     eprintln!("$ ultradelta {}", args.join(" "));
@@ -141,12 +106,6 @@ struct RoundTrip {
     inspect: serde_json::Value,
     compress_secs: f64,
     apply_secs: f64,
-}
-
-/// `p` as UTF-8 (the CLI is driven with string arguments).
-pub(crate) fn utf8(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("non-UTF-8 path {}", p.display()))
 }
 
 /// The `ultradelta compress` arguments the demo and the bench run: one pair, quiet, replacing old output.

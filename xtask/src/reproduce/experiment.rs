@@ -553,7 +553,7 @@ mod tests {
 
     #[test]
     fn shipped_experiment_files_parse_and_resolve() {
-        let root = crate::demo::workspace_root();
+        let root = crate::common::workspace_root();
         let mut files = vec![root.join("xtask/experiments/testbed.toml")];
         for e in std::fs::read_dir(root.join("docs/experiments")).unwrap() {
             let p = e.unwrap().path();
@@ -597,7 +597,7 @@ mod tests {
 
     #[test]
     fn unknown_variant_is_named() {
-        let root = crate::demo::workspace_root();
+        let root = crate::common::workspace_root();
         let f = root.join("xtask/experiments/testbed.toml");
         let mut exp = load(&f).unwrap();
         exp.grid.budget.push("nonesuch".into());

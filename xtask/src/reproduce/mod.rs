@@ -26,7 +26,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::demo::{target_dir, utf8, workspace_root};
+use crate::common::{target_dir, utf8, workspace_root};
 pub use experiment::{Resolved, Variant};
 
 /// Options of `cargo xtask reproduce`.
@@ -578,7 +578,7 @@ fn clock(secs: f64) -> String {
 
 /// Builds the release evaluator (`ultradelta-eval`) and returns its path.
 fn build_eval() -> Result<PathBuf> {
-    crate::demo::build_release("ultradelta-eval", &["--bin", "ultradelta-eval"])?;
+    crate::common::build_release("ultradelta-eval", &["--bin", "ultradelta-eval"])?;
     Ok(target_dir().join("release").join("ultradelta-eval"))
 }
 
@@ -635,7 +635,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             target_dir().join("release/ultradelta-eval"),
         )
     } else {
-        (crate::demo::build_cli()?, build_eval()?)
+        (crate::common::build_cli()?, build_eval()?)
     };
     if args.generated && !testbed.join("testbed.json").is_file() && !args.dry_run {
         eprintln!(
@@ -721,7 +721,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     }
 
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let (_, stamp) = crate::bench::utc(started);
+    let (_, stamp) = crate::common::utc(started);
     let folder = format!(
         "{}-{}{}",
         stamp.replace(':', ""),
@@ -742,10 +742,10 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let mut provenance = json!({
         "command": std::iter::once("cargo xtask reproduce".to_string())
             .chain(std::env::args().skip(2)).collect::<Vec<_>>().join(" "),
-        "git_revision": crate::bench::git(&["rev-parse", "HEAD"]),
-        "git_dirty": crate::bench::git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        "git_revision": crate::common::git(&["rev-parse", "HEAD"]),
+        "git_dirty": crate::common::git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
         "started_utc": stamp,
-        "machine": crate::bench::machine(),
+        "machine": crate::common::machine(),
         "cli": {"path": cli.display().to_string(), "version": version},
         "evaluator": eval.display().to_string(),
         "testbed": {"path": testbed.display().to_string(), "generated": args.generated, "checksum": testbed_checksum(&testbed)},
