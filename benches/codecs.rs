@@ -1,7 +1,7 @@
 //! Codec benchmarks: seeded position generation, rANS level coding, and decoding a whole tensor record of each
 //! sparse-level kind (1, 10, 11, 12) into base weights, the path `apply` takes.
 //!
-//! `cargo bench -p ultradelta --bench codecs`; `-- --test` runs each once (CI smoke).
+//! `cargo bench -p ultradelta-benches --bench codecs`; `-- --test` runs each once (CI smoke).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ultradelta::archive::{

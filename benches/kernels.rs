@@ -4,7 +4,7 @@
 //! pass 2: quantize and DAC-prune, straight from the bytes), and the nuclear norm of a TNGR
 //! delta, exact versus estimated.
 //!
-//! `cargo bench -p ultradelta --bench kernels`; `-- --test` runs each once (CI smoke).
+//! `cargo bench -p ultradelta-benches --bench kernels`; `-- --test` runs each once (CI smoke).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ultradelta::archive::{golomb, SparseRecord};
