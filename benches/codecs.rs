@@ -10,7 +10,7 @@ use ultradelta::archive::{
 };
 use ultradelta::io::DType;
 use ultradelta::qgp::seeded::{seeded_positions, seeded_prune, trial_seed};
-use ultradelta::qgp::{self, QuantParams};
+use ultradelta::qgp::{self, QuantParams, Quantizer};
 
 /// A deterministic bell-shaped delta (sum of four uniforms) with a few outliers setting the range.
 fn delta(n: usize) -> Vec<f32> {

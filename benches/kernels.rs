@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ultradelta::archive::{golomb, SparseRecord};
-use ultradelta::qgp::{self, QuantParams};
+use ultradelta::qgp::{self, QuantParams, Quantizer};
 use ultradelta::rescale::{nuclear_norm_with, EstimateConfig, NuclearNormMethod};
 
 /// A deterministic heavy-tailed delta (no RNG dependency): a scaled Cauchy-like sequence.

@@ -10,8 +10,8 @@
 //! Golomb positions with bit-packed levels are kind 1 ([`crate::SparseRecord`]); [`CodedSparseRecord::into_record`]
 //! gives that kind for that combination, so one value has one encoding.
 
-use ultradelta_qgp::seeded::{trial_seed, SeededSample};
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::seeded::{trial_seed, SeededSample};
+use ultradelta_core::QuantParams;
 
 use crate::manifest::{Limits, RecordKind};
 use crate::rans;
@@ -33,7 +33,7 @@ pub enum Positions {
     /// Stored as Golomb-coded gaps: strictly increasing, below `numel`.
     Golomb(Vec<u64>),
     /// Not stored: `SeededSample::new(numel, kept, trial_seed(seed, trial))` regenerates them
-    /// (`ultradelta_qgp::seeded`).
+    /// (`ultradelta_core::seeded`).
     Seeded {
         /// The tensor's seed.
         seed: u64,

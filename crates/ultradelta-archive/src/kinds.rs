@@ -7,7 +7,7 @@
 //! single place where a stored value is turned back into an f32.
 
 use half::f16;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::QuantParams;
 
 use crate::{bitpack, golomb, Error, Result};
 

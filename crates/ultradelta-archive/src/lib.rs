@@ -3,12 +3,13 @@
 //! ([`Manifest`]) and the trailer, specified in `docs/FORMAT.md` — and the codecs inside it ([`golomb`],
 //! [`bitpack`], byte-plane shuffled zstd). It must NOT know how deltas are computed: it never quantizes, prunes,
 //! allocates sparsity or rescales, and never opens a safetensors checkpoint; it takes finished [`Record`]s and gives
-//! them back. It uses `DType` (ultradelta-io) and `QuantParams` (ultradelta-qgp) as plain types only.
+//! them back. Its only workspace dependency is `ultradelta-core`
+//! (`DType`, `QuantParams`, the seeded position sampler), whose types it uses as plain data.
 //!
 //! ```
 //! use ultradelta_archive::{ArchiveReader, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry};
-//! use ultradelta_io::DType;
-//! use ultradelta_qgp::QuantParams;
+//! use ultradelta_core::DType;
+//! use ultradelta_core::QuantParams;
 //! # fn main() -> ultradelta_archive::Result<()> {
 //! # let dir = std::env::temp_dir().join(format!("ultradelta-archive-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir).unwrap();

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use ultradelta_io::DType;
+use ultradelta_core::DType;
 
 /// What the compressor decided for one tensor.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -148,7 +148,7 @@ pub fn dtype_from_code(code: u8) -> Option<DType> {
 /// Serde for `DType` as its safetensors name, so the index format does not depend on another crate's derive.
 mod dtype_name {
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
-    use ultradelta_io::DType;
+    use ultradelta_core::DType;
 
     pub(crate) fn serialize<S: Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(d.name())

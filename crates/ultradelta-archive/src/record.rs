@@ -4,8 +4,8 @@ use std::io::Read;
 
 use rayon::prelude::*;
 
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::coded::CodedSparseRecord;
 use crate::kinds::{

@@ -22,7 +22,7 @@ use ndarray_linalg::{JobSvd, SVDDC};
 use rayon::prelude::*;
 use ultradelta_archive::{DenseLevelsRecord, LowRankRecord, SignRecord, SparseValuesRecord};
 use ultradelta_qgp::rng::{mix, DetRng};
-use ultradelta_qgp::{quantize, QuantParams};
+use ultradelta_qgp::{quantize, QuantParams, Quantizer};
 
 /// Errors of the baseline kernels.
 #[derive(Debug, thiserror::Error)]

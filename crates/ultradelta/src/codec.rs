@@ -15,7 +15,7 @@ use ultradelta_archive::{
     SEEDED_FIXED_BYTES, SEEDED_RANS_FIXED_BYTES, SPARSE_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
 };
 use ultradelta_qgp::seeded::seeded_prune;
-use ultradelta_qgp::{quantize, tensor_seed, QuantParams};
+use ultradelta_qgp::{quantize, tensor_seed, QuantParams, Quantizer};
 use ultradelta_rescale::rescale_factor;
 
 use crate::compress::compress_tensor;

@@ -15,6 +15,7 @@ use ultradelta_qgp::fused::{
 };
 use ultradelta_qgp::{
     group_prune, quantize, quantized_std_from_counts, random_prune, tensor_seed, QuantParams,
+    Quantizer,
 };
 use ultradelta_rescale::{nuclear_norm_with, rescale_factor, tngr_gammas, TraceOn};
 

@@ -54,6 +54,7 @@
 //!
 //! ```
 //! use ultradelta::{alloc, qgp, rescale, archive};
+//! use ultradelta::qgp::Quantizer; // QuantParams::fit
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Two tensors' deltas (fine-tuned − base), here made up.
 //! let deltas: Vec<Vec<f32>> = vec![

@@ -11,8 +11,8 @@ use ultradelta_archive::{
     decode_record, encode_record, ArchiveReader, ArchiveWriter, DenseLevelsRecord, FinetunedInfo,
     Limits, LowRankRecord, Policy, Record, RecordKind, SignRecord, SparseValuesRecord, TensorEntry,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::{assert_hostile_record_bytes_never_panic, Rng};
 

@@ -6,9 +6,9 @@ use ultradelta_archive::{
     FinetunedInfo, LevelCoding, Limits, Policy, Positions, Record, RecordKind, TensorEntry,
     SEEDED_FIXED_BYTES, SEEDED_RANS_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::seeded::{seeded_positions, trial_seed};
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::seeded::{seeded_positions, trial_seed};
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::{assert_hostile_record_bytes_never_panic, random_positions, Rng};
 

@@ -5,8 +5,8 @@ use ultradelta_archive::{
     bitpack, decode_record, golomb, ArchiveReader, ArchiveWriter, Error, FinetunedInfo, Limits,
     Policy, Record, SparseRecord, TensorEntry, PREAMBLE_LEN,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::*;
 

@@ -7,8 +7,8 @@ use ultradelta_archive::{
     golomb, h2, paper_v2_ratio, paper_v3_ratio, ArchiveReader, ArchiveWriter, FinetunedInfo,
     Policy, Record, SparseRecord, TensorEntry,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::{random_positions, Rng};
 

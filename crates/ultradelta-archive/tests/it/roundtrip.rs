@@ -6,8 +6,8 @@ use ultradelta_archive::{
     bitpack, golomb, ArchiveReader, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord,
     TensorEntry, WriterOptions,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::{sample_files, sample_tensors, write_sample, Rng};
 
