@@ -127,6 +127,7 @@ pub use ultradelta_qgp as qgp;
 pub use ultradelta_rescale as rescale;
 
 mod apply;
+mod baseline_records;
 pub mod budget;
 pub mod codec;
 mod compress;
