@@ -39,15 +39,15 @@
 //! # }
 //! ```
 
-pub mod bitpack;
+mod bitpack;
 mod bits;
 mod coded;
 mod error;
-pub mod golomb;
+mod golomb;
 mod kinds;
 mod lossless;
 mod manifest;
-pub mod rans;
+mod rans;
 mod reader;
 mod record;
 mod writer;
@@ -68,16 +68,6 @@ pub use record::{
 };
 pub use ultradelta_core::{DType, QuantParams};
 pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};
-
-// Still public until the facade's codec choice uses `CodedSparseRecord::len_without_positions`.
-/// Fixed part of a `sparse-golomb` payload (`RecordKind::SparseGolomb.fixed_bytes()`).
-pub const SPARSE_FIXED_BYTES: usize = RecordKind::SparseGolomb.fixed_bytes();
-/// Fixed part of a `sparse-golomb-rans` payload before the model table.
-pub const SPARSE_RANS_FIXED_BYTES: usize = RecordKind::SparseGolombRans.fixed_bytes();
-/// Fixed part of a `sparse-seeded` payload.
-pub const SEEDED_FIXED_BYTES: usize = RecordKind::SparseSeeded.fixed_bytes();
-/// Fixed part of a `sparse-seeded-rans` payload before the model table.
-pub const SEEDED_RANS_FIXED_BYTES: usize = RecordKind::SparseSeededRans.fixed_bytes();
 
 /// First 8 bytes of every archive: `0x89 'U' 'D' 'E' 'L' 'T' 'A' '\n'`.
 pub const MAGIC: [u8; 8] = *b"\x89UDELTA\n";
