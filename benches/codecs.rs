@@ -5,12 +5,12 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ultradelta::archive::{
-    decode_record, encode_record, rans, CodedSparseRecord, LevelCoding, Limits, Positions, Record,
+    decode_record, encode_record, CodedSparseRecord, LevelCoding, Limits, Positions, Record,
     SparseRecord,
 };
 use ultradelta::io::DType;
 use ultradelta::qgp::seeded::{seeded_positions, seeded_prune, trial_seed};
-use ultradelta::qgp::{self, QuantParams};
+use ultradelta::qgp::{self, QuantParams, Quantizer};
 
 /// A deterministic bell-shaped delta (sum of four uniforms) with a few outliers setting the range.
 fn delta(n: usize) -> Vec<f32> {
@@ -38,7 +38,18 @@ fn codecs(c: &mut Criterion) {
     qgp::quantize(&d, &q, &mut levels);
     let dac = qgp::group_prune(&levels, &q, 0.97, 1);
     let kept = dac.levels.len();
-    let block = rans::encode_levels(&dac.levels).unwrap();
+    // The rANS coder is internal to the archive: measured through a kind-12 record (seeded positions, none
+    // stored, so encoding and decoding it is the levels block) holding DAC's kept levels.
+    let entropy = CodedSparseRecord {
+        numel: n as u64,
+        quant: q,
+        scale: 33.3,
+        positions: Positions::Seeded { seed: 7, trial: 0 },
+        levels: dac.levels.clone(),
+        coding: LevelCoding::Rans,
+    }
+    .into_record();
+    let entropy_bytes = encode_record(DType::F32, &[n], &entropy, 3).unwrap();
 
     let mut g = c.benchmark_group("codecs");
     g.sample_size(10);
@@ -46,13 +57,11 @@ fn codecs(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("seeded_positions_3pct", n), |b| {
         b.iter(|| seeded_positions(n as u64, kept as u64, 7))
     });
-    g.bench_function(BenchmarkId::new("rans_encode_levels", kept), |b| {
-        b.iter(|| rans::encode_levels(&dac.levels).unwrap())
+    g.bench_function(BenchmarkId::new("rans_encode_levels_record", kept), |b| {
+        b.iter(|| encode_record(DType::F32, &[n], &entropy, 3).unwrap())
     });
-    g.bench_function(BenchmarkId::new("rans_decode_levels", kept), |b| {
-        b.iter(|| {
-            rans::decode_levels(&block.symbols, &block.freqs, &block.words, kept as u64).unwrap()
-        })
+    g.bench_function(BenchmarkId::new("rans_decode_levels_record", kept), |b| {
+        b.iter(|| decode_record(&entropy_bytes, &Limits::default()).unwrap())
     });
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function(BenchmarkId::new("seeded_prune_8_trials", n), |b| {

@@ -1,5 +1,5 @@
-//! Kernel benchmarks, in parameters per second: quantize, group-wise prune, Golomb
-//! position coding, the apply kernel (adding a sparse record into base weights), the fused
+//! Kernel benchmarks, in parameters per second: quantize, group-wise prune, a kind-1 record's
+//! encoding and decoding (Golomb-coded positions and packed levels), the apply kernel (adding a sparse record into base weights), the fused
 //! kernels that compress runs on bf16 checkpoints (pass 1: quantizer and level histogram;
 //! pass 2: quantize and DAC-prune, straight from the bytes), and the nuclear norm of a TNGR
 //! delta, exact versus estimated.
@@ -7,8 +7,9 @@
 //! `cargo bench -p ultradelta-benches --bench kernels`; `-- --test` runs each once (CI smoke).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ultradelta::archive::{golomb, SparseRecord};
-use ultradelta::qgp::{self, QuantParams};
+use ultradelta::archive::{decode_record, encode_record, Limits, Record, SparseRecord};
+use ultradelta::io::DType;
+use ultradelta::qgp::{self, QuantParams, Quantizer};
 use ultradelta::rescale::{nuclear_norm_with, EstimateConfig, NuclearNormMethod};
 
 /// A deterministic heavy-tailed delta (no RNG dependency): a scaled Cauchy-like sequence.
@@ -33,7 +34,15 @@ fn kernels(c: &mut Criterion) {
     let mut levels = vec![0u16; n];
     qgp::quantize(&d, &q, &mut levels);
     let pruned = qgp::group_prune(&levels, &q, 0.97, 1);
-    let (m, bytes, bit_len) = golomb::encode_positions(&pruned.positions, n as u64).unwrap();
+    let rec = SparseRecord {
+        numel: n as u64,
+        quant: q,
+        scale: 33.3,
+        positions: pruned.positions.clone(),
+        levels: pruned.levels.clone(),
+    };
+    let record = Record::Sparse(rec.clone());
+    let bytes = encode_record(DType::F32, &[n], &record, 1).unwrap();
 
     let mut g = c.benchmark_group("kernels");
     g.throughput(Throughput::Elements(n as u64));
@@ -45,22 +54,14 @@ fn kernels(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("group_prune_0.97", n), |b| {
         b.iter(|| qgp::group_prune(&levels, &q, 0.97, 1))
     });
-    g.bench_function(BenchmarkId::new("golomb_encode", n), |b| {
-        b.iter(|| golomb::encode_positions(&pruned.positions, n as u64))
+    // The Golomb codec is internal to the archive: measured through the kind-1 record (its positions stream is
+    // most of the work; the levels are bit-packed).
+    g.bench_function(BenchmarkId::new("sparse_record_encode", n), |b| {
+        b.iter(|| encode_record(DType::F32, &[n], &record, 1).unwrap())
     });
-    g.bench_function(BenchmarkId::new("golomb_decode", n), |b| {
-        b.iter(|| {
-            golomb::decode_positions(&bytes, bit_len, m, pruned.positions.len() as u64, n as u64)
-                .unwrap()
-        })
+    g.bench_function(BenchmarkId::new("sparse_record_decode", n), |b| {
+        b.iter(|| decode_record(&bytes, &Limits::default()).unwrap())
     });
-    let rec = SparseRecord {
-        numel: n as u64,
-        quant: q,
-        scale: 33.3,
-        positions: pruned.positions.clone(),
-        levels: pruned.levels.clone(),
-    };
     g.bench_function(BenchmarkId::new("apply_add_into", n), |b| {
         let mut w = vec![0.01f32; n];
         b.iter(|| rec.add_into(1.0, &mut w))

@@ -153,4 +153,32 @@ mod tests {
         assert!(unpack(&[1], 0, 5).is_err());
         assert_eq!(unpack(&[], 0, 5).unwrap(), vec![0; 5]);
     }
+
+    #[test]
+    fn hostile_bitpack_streams() {
+        let err = unpack(&[0xFF; 3], 4, 7).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidStream {
+                    stream: "bitpack",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(unpack(&[0xFF; 3], 4, 5).is_err());
+        assert!(unpack(&[0; 3], 4, usize::MAX).is_err());
+    }
+
+    proptest::proptest! {
+    #[test]
+    fn bitpack_round_trip(bits in 0u8..=16, raw in proptest::collection::vec(proptest::prelude::any::<u16>(), 0..500)) {
+        let mask = if bits == 0 { 0 } else { ((1u32 << bits) - 1) as u16 };
+        let levels: Vec<u16> = raw.iter().map(|&v| v & mask).collect();
+        let packed = pack(&levels, bits);
+        proptest::prop_assert_eq!(packed.len() as u64, (levels.len() as u64 * u64::from(bits)).div_ceil(8));
+        proptest::prop_assert_eq!(unpack(&packed, bits, levels.len()).unwrap(), levels);
+    }
+    }
 }

@@ -1,31 +1,28 @@
-//! The coded sparse kinds (docs/FORMAT.md, kinds 10–12): UltraDelta's kept levels with seeded positions (none
+//! UltraDelta's kept levels in the coded sparse kinds (docs/FORMAT.md, kinds 10–12): seeded positions (none
 //! stored) and/or entropy-coded levels, the two ways past the paper's own bit count (ALGORITHM.md §5).
 //!
-//! | kind | positions | levels |
-//! |---|---|---|
-//! | 10 `sparse-golomb-rans` | Golomb-coded gaps, as kind 1 | rANS ([`crate::rans`]) |
-//! | 11 `sparse-seeded` | regenerated from `(seed, trial)` | bit-packed, as kind 1 |
-//! | 12 `sparse-seeded-rans` | regenerated from `(seed, trial)` | rANS |
+//! | kind | positions | levels | bytes |
+//! |---|---|---|---|
+//! | 10 `sparse-golomb-rans` | Golomb-coded gaps, as kind 1 | rANS ([`crate::rans`]) | `kinds::sparse_golomb_rans` |
+//! | 11 `sparse-seeded` | regenerated from `(seed, trial)` | bit-packed, as kind 1 | `kinds::sparse_seeded` |
+//! | 12 `sparse-seeded-rans` | regenerated from `(seed, trial)` | rANS | `kinds::sparse_seeded_rans` |
 //!
-//! Golomb positions with bit-packed levels are kind 1 ([`crate::SparseRecord`]); [`CodedSparseRecord::into_record`]
-//! gives that kind for that combination, so one value has one encoding.
+//! This module holds the one payload type of the three, [`CodedSparseRecord`], with its invariants and decoding
+//! formula; each kind's module owns its bytes. Golomb positions with bit-packed levels are kind 1
+//! ([`crate::SparseRecord`]); [`CodedSparseRecord::into_record`] gives that kind for that combination, so one
+//! value has one encoding.
 
-use ultradelta_qgp::seeded::{trial_seed, SeededSample};
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::seeded::{trial_seed, SeededSample};
+use ultradelta_core::QuantParams;
 
-use crate::manifest::{Limits, RecordKind};
-use crate::rans;
-use crate::record::{read_golomb_lengths, read_sparse_head, Cursor, Record};
-use crate::{bitpack, golomb, Error, Result, SparseRecord};
+use crate::kinds::common::{check_quantized_levels, rans_block_len, GolombStream};
+use crate::kinds::{sparse_golomb, sparse_golomb_rans, sparse_seeded, sparse_seeded_rans};
+use crate::record::{Cursor, Record};
+use crate::{golomb, rans, Error, RecordKind, Result, SparseRecord};
 
-/// Fixed part of every coded payload: kept, bits, lo, step, scale.
-const COMMON_BYTES: usize = 8 + 1 + 4 + 4 + 4;
-/// Fixed part of a `sparse-golomb-rans` payload before the model table: common, m, pos_bits, pos_len, nsym.
-pub const SPARSE_RANS_FIXED_BYTES: usize = COMMON_BYTES + 8 + 8 + 8 + 4;
-/// Fixed part of a `sparse-seeded` payload: common, seed, trial, lvl_len.
-pub const SEEDED_FIXED_BYTES: usize = COMMON_BYTES + 8 + 4 + 8;
-/// Fixed part of a `sparse-seeded-rans` payload before the model table: common, seed, trial, nsym.
-pub const SEEDED_RANS_FIXED_BYTES: usize = COMMON_BYTES + 8 + 4 + 4;
+/// Why [`Record::Coded`] cannot hold Golomb positions with packed levels.
+pub(crate) const NOT_KIND_1: &str =
+    "Golomb positions with packed levels are kind 1: use CodedSparseRecord::into_record";
 
 /// Where the kept entries are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +30,7 @@ pub enum Positions {
     /// Stored as Golomb-coded gaps: strictly increasing, below `numel`.
     Golomb(Vec<u64>),
     /// Not stored: `SeededSample::new(numel, kept, trial_seed(seed, trial))` regenerates them
-    /// (`ultradelta_qgp::seeded`).
+    /// (`ultradelta_core::seeded`).
     Seeded {
         /// The tensor's seed.
         seed: u64,
@@ -180,7 +177,7 @@ impl CodedSparseRecord {
     /// # Errors
     /// [`Error::InvalidRecord`] describing the first violation.
     pub fn validate(&self) -> Result<()> {
-        crate::kinds::check_quantized_levels(&self.quant, self.scale, &self.levels)?;
+        check_quantized_levels(&self.quant, self.scale, &self.levels)?;
         match &self.positions {
             Positions::Golomb(pos) => {
                 if pos.len() != self.levels.len() {
@@ -213,160 +210,52 @@ impl CodedSparseRecord {
         }
     }
 
-    /// Appends the payload (after the common header).
-    pub(crate) fn encode_payload(&self, out: &mut Vec<u8>) -> Result<()> {
-        self.validate()?;
-        out.extend_from_slice(&self.kept().to_le_bytes());
-        out.push(self.quant.bits);
-        out.extend_from_slice(&self.quant.lo.to_le_bytes());
-        out.extend_from_slice(&self.quant.step.to_le_bytes());
-        out.extend_from_slice(&self.scale.to_le_bytes());
-        let pos_stream = match &self.positions {
-            Positions::Golomb(pos) => {
-                let (m, bytes, bits) = golomb::encode_positions(pos, self.numel)?;
-                out.extend_from_slice(&m.to_le_bytes());
-                out.extend_from_slice(&bits.to_le_bytes());
-                out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                bytes
-            }
-            Positions::Seeded { seed, trial } => {
-                out.extend_from_slice(&seed.to_le_bytes());
-                out.extend_from_slice(&trial.to_le_bytes());
-                Vec::new()
-            }
-        };
-        match self.coding {
-            LevelCoding::Packed => {
-                let lvl = bitpack::pack(&self.levels, self.quant.bits);
-                out.extend_from_slice(&(lvl.len() as u64).to_le_bytes());
-                out.extend_from_slice(&pos_stream);
-                out.extend_from_slice(&lvl);
-            }
-            LevelCoding::Rans => {
-                let block = rans::encode_levels(&self.levels)?;
-                out.extend_from_slice(&(block.symbols.len() as u32).to_le_bytes());
-                for (&s, &f) in block.symbols.iter().zip(&block.freqs) {
-                    out.extend_from_slice(&s.to_le_bytes());
-                    out.extend_from_slice(&f.to_le_bytes());
-                }
-                out.extend_from_slice(&(block.words.len() as u64 * 2).to_le_bytes());
-                out.extend_from_slice(&pos_stream);
-                for w in &block.words {
-                    out.extend_from_slice(&w.to_le_bytes());
-                }
-            }
-        }
-        Ok(())
+    /// Whether there are levels and all are equal (no information in them).
+    fn single_level(&self) -> bool {
+        !self.levels.is_empty() && self.levels.iter().all(|&l| l == self.levels[0])
     }
 
-    /// Decodes a coded payload of `kind` for a tensor of `numel` entries.
-    pub(crate) fn decode_payload(
-        kind: RecordKind,
-        c: &mut Cursor<'_>,
-        numel: u64,
-        limits: &Limits,
-    ) -> Result<Self> {
-        let bad = |d: String| Error::stream("record", d);
-        let (kept, quant, scale) = read_sparse_head(c, numel)?;
-        let bits = quant.bits;
-        let golomb_fields = if kind == RecordKind::SparseGolombRans {
-            let (m, pos_bits, pos_len) = read_golomb_lengths(c)?;
-            if kept > pos_bits {
-                // Every Golomb code has at least one bit.
-                return Err(bad(format!(
-                    "kept {kept} exceeds the {pos_bits} position bits"
-                )));
+    /// Exact byte length of the payload of the record [`into_record`](Self::into_record) stores for these kept
+    /// entries with their levels coded as `coding`, *less its Golomb positions stream*: the part that depends on
+    /// how the levels are coded. Both codings of the same entries share that stream (and seeded positions have
+    /// none), so comparing this length for [`LevelCoding::Packed`] and [`LevelCoding::Rans`] compares the whole
+    /// records without sizing the stream. Runs the rANS coder for `Rans`; assumes a valid record (see
+    /// [`validate`](Self::validate)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] if the rANS coder fails.
+    pub fn len_without_positions(&self, coding: LevelCoding) -> Result<u64> {
+        let packed = sparse_golomb::levels_len(self.levels.len(), self.quant.bits);
+        let entropy = || -> Result<u64> { Ok(rans_block_len(&rans::encode_levels(&self.levels)?)) };
+        Ok(match (&self.positions, coding) {
+            (Positions::Golomb(_), LevelCoding::Packed) => {
+                (sparse_golomb::FIXED_BYTES as u64).saturating_add(packed)
             }
-            Some((m, pos_bits, pos_len))
-        } else {
-            None
-        };
-        let seeded = if golomb_fields.is_none() {
-            let seed = c.u64("seed")?;
-            let b = c.take(4, "trial")?;
-            let trial = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            Some((seed, trial))
-        } else {
-            None
-        };
-        let pos_len = golomb_fields.map_or(0, |g| g.2);
-        if kind == RecordKind::SparseSeeded && bits == 0 {
-            return Err(bad(
-                "seeded positions with packed levels need bits >= 1".into()
-            ));
-        }
-        if kind == RecordKind::SparseSeededRans && kept > limits.max_coded_levels {
-            return Err(bad(format!(
-                "{kept} entropy-coded levels exceed the limit {}",
-                limits.max_coded_levels
-            )));
-        }
-        let (levels, coding, pos_bytes) = if kind == RecordKind::SparseSeeded {
-            let lvl_len = c.u64("levels byte length")?;
-            let want = bitpack::packed_len(kept, bits)
-                .ok_or_else(|| bad("levels length overflows".into()))?;
-            if lvl_len != want || lvl_len != c.left() {
-                return Err(bad(format!(
-                    "levels byte length {lvl_len}, expected {want} for {kept} levels at {bits} bits, {} bytes follow",
-                    c.left()
-                )));
+            (Positions::Golomb(_), LevelCoding::Rans) => {
+                sparse_golomb_rans::FIXED_BYTES as u64 + entropy()?
             }
-            let n = usize::try_from(kept).map_err(|_| bad(format!("kept {kept} too large")))?;
-            let levels = bitpack::unpack(c.take(lvl_len, "levels stream")?, bits, n)?;
-            (levels, LevelCoding::Packed, &[][..])
-        } else {
-            let b = c.take(4, "symbol count")?;
-            let nsym = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            if nsym > 1 << 16 {
-                return Err(bad(format!("{nsym} symbols (at most 65536)")));
+            (Positions::Seeded { .. }, LevelCoding::Rans) if !self.single_level() => {
+                sparse_seeded_rans::FIXED_BYTES as u64 + entropy()?
             }
-            let table = c.take(u64::from(nsym) * 4, "model table")?;
-            let symbols: Vec<u16> = table
-                .chunks_exact(4)
-                .map(|t| u16::from_le_bytes([t[0], t[1]]))
-                .collect();
-            let freqs: Vec<u16> = table
-                .chunks_exact(4)
-                .map(|t| u16::from_le_bytes([t[2], t[3]]))
-                .collect();
-            rans::validate_model(&symbols, &freqs, bits, kept)?;
-            if kind == RecordKind::SparseSeededRans && symbols.len() == 1 {
-                return Err(bad("kind 12 needs at least two symbols".into()));
+            // Kind 11; a single level with seeded positions is stored as kind 11 whatever the coding.
+            (Positions::Seeded { .. }, LevelCoding::Packed | LevelCoding::Rans) => {
+                (sparse_seeded::FIXED_BYTES as u64).saturating_add(packed)
             }
-            let ans_len = c.u64("rANS byte length")?;
-            if ans_len % 2 != 0 {
-                return Err(bad(format!("rANS byte length {ans_len} is odd")));
-            }
-            if pos_len.checked_add(ans_len) != Some(c.left()) {
-                return Err(bad(format!(
-                    "streams of {pos_len} + {ans_len} bytes declared, {} bytes follow",
-                    c.left()
-                )));
-            }
-            let pos_bytes = c.take(pos_len, "positions stream")?;
-            let words: Vec<u16> = c
-                .take(ans_len, "rANS stream")?
-                .chunks_exact(2)
-                .map(|w| u16::from_le_bytes([w[0], w[1]]))
-                .collect();
-            let levels = rans::decode_levels(&symbols, &freqs, &words, kept)?;
-            (levels, LevelCoding::Rans, pos_bytes)
-        };
-        let positions = match (golomb_fields, seeded) {
-            (Some((m, pos_bits, _)), _) => Positions::Golomb(golomb::decode_positions(
-                pos_bytes, pos_bits, m, kept, numel,
-            )?),
-            (None, Some((seed, trial))) => Positions::Seeded { seed, trial },
-            (None, None) => unreachable!("a coded kind has Golomb or seeded positions"),
-        };
-        Ok(CodedSparseRecord {
-            numel,
-            quant,
-            scale,
-            positions,
-            levels,
-            coding,
         })
+    }
+
+    /// Exact payload length of the record this value encodes to (as [`Record::Coded`]; kind 1 for Golomb
+    /// positions with packed levels).
+    pub(crate) fn encoded_len(&self) -> Result<u64> {
+        if let (Positions::Golomb(_), LevelCoding::Packed) = (&self.positions, self.coding) {
+            return Err(Error::record(NOT_KIND_1));
+        }
+        self.validate()?;
+        let positions = match &self.positions {
+            Positions::Golomb(pos) => GolombStream::encoded_len(pos, self.numel)?,
+            Positions::Seeded { .. } => 0,
+        };
+        Ok(self.len_without_positions(self.coding)? + positions)
     }
 }
 
@@ -383,45 +272,10 @@ pub struct RecordCost {
 /// Splits an encoded record (header + payload, as [`crate::encode_record`] writes it) into position and value
 /// bits, for the sparse kinds that store levels (1, 10, 11, 12); `None` for other kinds or malformed bytes.
 pub fn record_cost(bytes: &[u8]) -> Option<RecordCost> {
-    let kind = RecordKind::from_code(*bytes.first()?)?;
-    let ndim = usize::from(*bytes.get(2)?);
-    let mut at = 4 + 8 * ndim + 8 + COMMON_BYTES;
-    let u64_at = |at: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
-    };
-    let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-    };
-    match kind {
-        RecordKind::SparseGolomb => {
-            // m, pos_bits, pos_len, lvl_len after kept/bits/lo/step/scale.
-            let pos_len = u64_at(at + 16)?;
-            let lvl_len = u64_at(at + 24)?;
-            Some(RecordCost {
-                position_bits: pos_len * 8,
-                value_bits: lvl_len * 8,
-            })
-        }
-        RecordKind::SparseSeeded => Some(RecordCost {
-            position_bits: 0,
-            value_bits: u64_at(at + 12)? * 8,
-        }),
-        RecordKind::SparseGolombRans | RecordKind::SparseSeededRans => {
-            let pos_len = if kind == RecordKind::SparseGolombRans {
-                let l = u64_at(at + 16)?;
-                at += 24;
-                l
-            } else {
-                at += 12;
-                0
-            };
-            let nsym = u64::from(u32_at(at)?);
-            let ans_len = u64_at(at + 4 + 4 * nsym as usize)?;
-            Some(RecordCost {
-                position_bits: pos_len * 8,
-                value_bits: (4 + 4 * nsym + 8 + ans_len) * 8,
-            })
-        }
-        _ => None,
-    }
+    let mut c = Cursor::new(bytes);
+    let kind = RecordKind::from_code(c.u8("kind").ok()?)?;
+    c.skip(1)?;
+    let ndim = c.u8("ndim").ok()?;
+    c.skip(1 + 8 * u64::from(ndim) + 8)?;
+    crate::kinds::payload_cost(kind, &mut c)
 }

@@ -540,4 +540,125 @@ mod tests {
         assert!(encode_positions_with(&[1], 10, 0).is_err());
         assert!(encode_positions_with(&[1], 10, 11).is_err());
     }
+
+    /// xorshift64*, for test data.
+    struct Rng(u64);
+
+    impl Rng {
+        fn new(seed: u64) -> Rng {
+            Rng(seed | 1)
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// Strictly increasing positions below `numel`, from a keep mask.
+    fn positions_strategy() -> impl Strategy<Value = (u64, Vec<u64>)> {
+        (0u64..3000, 0.0f64..1.0, any::<u64>()).prop_map(|(numel, density, seed)| {
+            let mut rng = Rng::new(seed);
+            let d = density * density; // favour sparse
+            let positions = (0..numel).filter(|_| rng.unit() < d).collect();
+            (numel, positions)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn golomb_round_trip((numel, positions) in positions_strategy()) {
+            let (m, bytes, bits) = encode_positions(&positions, numel).unwrap();
+            prop_assert_eq!(bits, encoded_bits(&positions, m));
+            prop_assert_eq!(bytes.len() as u64, bits.div_ceil(8));
+            let back = decode_positions(&bytes, bits, m, positions.len() as u64, numel).unwrap();
+            prop_assert_eq!(&back, &positions);
+            // The chosen parameter is the cheapest of the candidates.
+            for c in candidate_parameters(positions.len() as u64, numel) {
+                prop_assert!(encoded_bits(&positions, c) >= bits);
+            }
+        }
+
+        #[test]
+        fn golomb_round_trip_any_parameter((numel, positions) in positions_strategy(), m_seed in any::<u64>()) {
+            let m = 1 + m_seed % numel.max(1);
+            let (bytes, bits) = encode_positions_with(&positions, numel, m).unwrap();
+            let back = decode_positions(&bytes, bits, m, positions.len() as u64, numel).unwrap();
+            prop_assert_eq!(back, positions);
+        }
+
+        #[test]
+        fn golomb_decoder_total_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..64),
+                                           m in 0u64..100, count in 0u64..200, numel in 0u64..5000) {
+            // Must return (Ok or Err), never panic or hang; Ok output must be valid.
+            if let Ok(p) = decode_positions(&bytes, bytes.len() as u64 * 8, m, count, numel) {
+                prop_assert_eq!(p.len() as u64, count);
+                prop_assert!(p.windows(2).all(|w| w[0] < w[1]));
+                prop_assert!(p.iter().all(|&x| x < numel));
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_golomb_streams_decoded_directly() {
+        let (m, bytes, bits) = encode_positions(&[3, 10, 11, 40], 50).unwrap();
+        assert_eq!(
+            decode_positions(&bytes, bits, m, 4, 50).unwrap(),
+            [3, 10, 11, 40]
+        );
+        let fails = |b: &[u8], bits: u64, m: u64, count: u64, numel: u64| {
+            let err = decode_positions(b, bits, m, count, numel).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidStream {
+                        stream: "golomb",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        };
+        // Count too high / too low (trailing codes).
+        fails(&bytes, bits, m, 5, 50);
+        fails(&bytes, bits, m, 3, 50);
+        // Last position no longer below numel.
+        fails(&bytes, bits, m, 4, 40);
+        // Bit length claims more bytes than given, or fewer.
+        fails(&bytes, bits + 8, m, 4, 50);
+        fails(&bytes[..bytes.len() - 1], bits, m, 4, 50);
+        // Non-zero padding.
+        if bits % 8 != 0 {
+            let mut p = bytes.clone();
+            *p.last_mut().unwrap() |= 0x80;
+            fails(&p, bits, m, 4, 50);
+        }
+        // Endless unary run with a huge numel: capped by the stream end, no hang.
+        let ones = vec![0xFFu8; 4096];
+        fails(&ones, 4096 * 8, 1, 1, 1 << 40);
+        // Unary run that would pass numel.
+        fails(&ones, 4096 * 8, 1, 1, 100);
+        // More positions than bits, or than entries: refused before allocating.
+        fails(&[0u8; 2], 16, 1, 17, 1 << 40);
+        fails(&[0u8; 2], 16, 1, 1 << 39, 1 << 40);
+        fails(&[0u8; 2], 16, 1, 11, 10);
+        // Bad parameter.
+        fails(&bytes, bits, 0, 4, 50);
+        fails(&bytes, bits, 51, 4, 50);
+    }
+
+    #[test]
+    fn three_percent_density_picks_m_near_the_geometric_optimum() {
+        let mut rng = Rng::new(97);
+        let numel = 1u64 << 20;
+        let positions: Vec<u64> = (0..numel).filter(|_| rng.unit() < 0.03).collect();
+        let m = optimal_parameter(&positions, numel).unwrap();
+        assert!((20..=26).contains(&m), "m = {m}");
+    }
 }

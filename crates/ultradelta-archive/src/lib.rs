@@ -1,14 +1,18 @@
 //! The UltraDelta archive format: Golomb-coded positions, bit-packed levels, lossless records, streaming writer,
 //! random-access reader. This crate owns every byte of a `.udelta` file — the preamble, the records, the JSON index
-//! ([`Manifest`]) and the trailer, specified in `docs/FORMAT.md` — and the codecs inside it ([`golomb`],
-//! [`bitpack`], byte-plane shuffled zstd). It must NOT know how deltas are computed: it never quantizes, prunes,
-//! allocates sparsity or rescales, and never opens a safetensors checkpoint; it takes finished [`Record`]s and gives
-//! them back. It uses `DType` (ultradelta-io) and `QuantParams` (ultradelta-qgp) as plain types only.
+//! ([`Manifest`]) and the trailer, specified in `docs/FORMAT.md` — and the codecs inside it (Golomb-coded positions,
+//! bit packing, rANS, byte-plane shuffled zstd; internal). Each record kind's bytes are owned by one module (the kind
+//! table is [`RecordKind`]): its encoding, its decoding from untrusted bytes, its exact encoded length
+//! ([`Record::encoded_len`]) and, with its payload type, its decoding formula ([`Record::add_delta_into`]). It must
+//! NOT know how deltas are computed: it never quantizes, prunes, allocates sparsity or rescales, and never opens a
+//! safetensors checkpoint; it takes finished [`Record`]s and gives them back. Its only workspace dependency is
+//! `ultradelta-core` (dtype codes, [`QuantParams`], the seeded position sampler), re-exported as [`DType`] and
+//! [`QuantParams`].
 //!
 //! ```
-//! use ultradelta_archive::{ArchiveReader, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry};
-//! use ultradelta_io::DType;
-//! use ultradelta_qgp::QuantParams;
+//! use ultradelta_archive::{
+//!     ArchiveReader, ArchiveWriter, DType, FinetunedInfo, Policy, QuantParams, Record, SparseRecord, TensorEntry,
+//! };
 //! # fn main() -> ultradelta_archive::Result<()> {
 //! # let dir = std::env::temp_dir().join(format!("ultradelta-archive-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir).unwrap();
@@ -35,37 +39,34 @@
 //! # }
 //! ```
 
-pub mod bitpack;
+mod bitpack;
 mod bits;
 mod coded;
 mod error;
-pub mod golomb;
+mod golomb;
 mod kinds;
+mod lossless;
 mod manifest;
-pub mod rans;
+mod rans;
 mod reader;
 mod record;
 mod writer;
 
-pub use coded::{
-    record_cost, CodedSparseRecord, LevelCoding, Positions, RecordCost, SEEDED_FIXED_BYTES,
-    SEEDED_RANS_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
-};
+pub use coded::{record_cost, CodedSparseRecord, LevelCoding, Positions, RecordCost};
 pub use error::{Error, Result};
 pub use half;
-pub use kinds::{
-    DenseLevelsRecord, LowRankRecord, SignRecord, SparseValuesRecord, DENSE_LEVELS_FIXED_BYTES,
-    DENSE_SIGN_FIXED_BYTES, LOWRANK_FIXED_BYTES, SPARSE_F16_FIXED_BYTES, SPARSE_SIGN_FIXED_BYTES,
-};
-pub use manifest::{
-    dtype_code, dtype_from_code, FileEntry, FinetunedInfo, Limits, Manifest, Policy, RecordKind,
-    TensorEntry, DTYPE_CODES, KIND_NONE,
-};
+pub use kinds::dense_levels::DenseLevelsRecord;
+pub use kinds::lowrank_f16::LowRankRecord;
+pub use kinds::sparse_f16::SparseValuesRecord;
+pub use kinds::sparse_golomb::SparseRecord;
+pub use kinds::sparse_sign::SignRecord;
+pub use kinds::RecordKind;
+pub use manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
 pub use reader::ArchiveReader;
 pub use record::{
-    decode_header, decode_record, decode_xor_into, encode_file_record, encode_record, shuffle,
-    unshuffle, xor_bytes, Record, RecordHeader, SparseRecord, SPARSE_FIXED_BYTES, ZSTD_FRAME_BYTES,
+    decode_header, decode_record, decode_xor_into, encode_record, Record, RecordHeader,
 };
+pub use ultradelta_core::{DType, QuantParams};
 pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};
 
 /// First 8 bytes of every archive: `0x89 'U' 'D' 'E' 'L' 'T' 'A' '\n'`.

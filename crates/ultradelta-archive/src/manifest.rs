@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use ultradelta_io::DType;
+use ultradelta_core::DType;
 
 /// What the compressor decided for one tensor.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -19,136 +19,13 @@ pub enum Policy {
     New,
 }
 
-/// The record kinds of format version 1, with their codes (docs/FORMAT.md, "Record kinds").
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-pub enum RecordKind {
-    /// Golomb-coded positions + bit-packed levels.
-    SparseGolomb,
-    /// XOR with the base tensor, byte-plane shuffled, zstd.
-    XorZstd,
-    /// Whole tensor, byte-plane shuffled, zstd.
-    FullZstd,
-    /// Companion file, zstd.
-    FileZstd,
-    /// Golomb-coded positions + fp16 values + one scale (DARE, magnitude, UltraDelta without quantization).
-    SparseF16,
-    /// Golomb-coded positions + one sign bit each + one magnitude (ComPEFT).
-    SparseSign,
-    /// One sign bit per entry + one magnitude (BitDelta).
-    DenseSign,
-    /// Low-rank fp16 factors U and V.
-    LowrankF16,
-    /// Every entry's quantization level, bit-packed (quantization alone).
-    DenseLevels,
-    /// Golomb-coded positions + rANS-coded levels (UltraDelta `--values entropy`).
-    SparseGolombRans,
-    /// Seeded positions (none stored) + bit-packed levels (UltraDelta `--positions seeded`).
-    SparseSeeded,
-    /// Seeded positions (none stored) + rANS-coded levels (`--positions seeded --values entropy`).
-    SparseSeededRans,
-}
-
-impl RecordKind {
-    /// Every record kind.
-    pub const ALL: [RecordKind; 12] = [
-        RecordKind::SparseGolomb,
-        RecordKind::XorZstd,
-        RecordKind::FullZstd,
-        RecordKind::FileZstd,
-        RecordKind::SparseF16,
-        RecordKind::SparseSign,
-        RecordKind::DenseSign,
-        RecordKind::LowrankF16,
-        RecordKind::DenseLevels,
-        RecordKind::SparseGolombRans,
-        RecordKind::SparseSeeded,
-        RecordKind::SparseSeededRans,
-    ];
-
-    /// The `kind` byte of the record header.
-    pub fn code(self) -> u8 {
-        match self {
-            RecordKind::SparseGolomb => 1,
-            RecordKind::XorZstd => 2,
-            RecordKind::FullZstd => 3,
-            RecordKind::FileZstd => 4,
-            RecordKind::SparseF16 => 5,
-            RecordKind::SparseSign => 6,
-            RecordKind::DenseSign => 7,
-            RecordKind::LowrankF16 => 8,
-            RecordKind::DenseLevels => 9,
-            RecordKind::SparseGolombRans => 10,
-            RecordKind::SparseSeeded => 11,
-            RecordKind::SparseSeededRans => 12,
-        }
-    }
-
-    /// The name used in the index (`TensorEntry::kind`).
-    pub fn name(self) -> &'static str {
-        match self {
-            RecordKind::SparseGolomb => "sparse-golomb",
-            RecordKind::XorZstd => "xor-zstd",
-            RecordKind::FullZstd => "full-zstd",
-            RecordKind::FileZstd => "file-zstd",
-            RecordKind::SparseF16 => "sparse-f16",
-            RecordKind::SparseSign => "sparse-sign",
-            RecordKind::DenseSign => "dense-sign",
-            RecordKind::LowrankF16 => "lowrank-f16",
-            RecordKind::DenseLevels => "dense-levels",
-            RecordKind::SparseGolombRans => "sparse-golomb-rans",
-            RecordKind::SparseSeeded => "sparse-seeded",
-            RecordKind::SparseSeededRans => "sparse-seeded-rans",
-        }
-    }
-
-    /// Kind from its header byte.
-    pub fn from_code(code: u8) -> Option<RecordKind> {
-        RecordKind::ALL.into_iter().find(|k| k.code() == code)
-    }
-
-    /// Kind from its index name.
-    pub fn from_name(name: &str) -> Option<RecordKind> {
-        RecordKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
 /// `TensorEntry::kind` of a tensor without a record (policy `drop`).
 pub const KIND_NONE: &str = "none";
-
-/// The dtype codes of the record header (docs/FORMAT.md, "Dtype codes"), by safetensors name.
-pub const DTYPE_CODES: [(u8, &str); 10] = [
-    (1, "F64"),
-    (2, "F32"),
-    (3, "F16"),
-    (4, "BF16"),
-    (5, "I64"),
-    (6, "I32"),
-    (7, "I16"),
-    (8, "I8"),
-    (9, "U8"),
-    (10, "BOOL"),
-];
-
-/// The header code of `dtype`.
-pub fn dtype_code(dtype: DType) -> Option<u8> {
-    DTYPE_CODES
-        .iter()
-        .find(|(_, n)| *n == dtype.name())
-        .map(|&(c, _)| c)
-}
-
-/// The dtype of a header code.
-pub fn dtype_from_code(code: u8) -> Option<DType> {
-    DTYPE_CODES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .and_then(|&(_, n)| DType::parse(n))
-}
 
 /// Serde for `DType` as its safetensors name, so the index format does not depend on another crate's derive.
 mod dtype_name {
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
-    use ultradelta_io::DType;
+    use ultradelta_core::DType;
 
     pub(crate) fn serialize<S: Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(d.name())

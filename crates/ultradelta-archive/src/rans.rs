@@ -193,11 +193,6 @@ pub fn decode_levels(symbols: &[u16], freqs: &[u16], words: &[u16], kept: u64) -
     Ok(out)
 }
 
-/// Bits of an rANS block's words for `levels` if they were coded (without the table), for cost reports.
-pub fn coded_bits(levels: &[u16]) -> Result<u64> {
-    Ok(encode_levels(levels)?.words.len() as u64 * 16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::manifest::{FileEntry, Limits, Manifest, RecordKind, TensorEntry, KIND_NONE};
+use crate::manifest::{FileEntry, Limits, Manifest, TensorEntry, KIND_NONE};
 use crate::record::{decode_record, decode_xor_into, Record, RecordHeader};
 use crate::writer::is_plain_file_name;
+use crate::RecordKind;
 use crate::{
     Error, Result, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };

@@ -1,17 +1,20 @@
 //! Baseline delta-compression kernels for comparison and ablation (ALGORITHM.md §6), each turning one tensor's
-//! delta Δ = θ_finetuned − θ_base (an f32 slice) into the archive record that stores it:
+//! delta Δ = θ_finetuned − θ_base (an f32 slice) into a plain result ([`SparseValues`], [`Signs`], [`LowRank`],
+//! [`DenseLevels`]) that the facade stores as the archive record named below, field for field. This crate must not
+//! know the archive format (it does not depend on `ultradelta-archive`; the decoding formula of each result is
+//! its record kind's, in the archive crate):
 //!
-//! | function | method | record kind |
+//! | function | method | result | record kind |
 //! |---|---|---|
-//! | [`dare`] | DARE: Bernoulli drop with probability p, survivors × 1/(1 − p) | `sparse-f16` |
-//! | [`magnitude`] | magnitude pruning (TIES "trim"): top-k by \|Δ\| | `sparse-f16` |
-//! | [`bitdelta`] | BitDelta without data: sign(Δ) × mean \|Δ\| | `dense-sign` |
-//! | [`compeft`] | ComPEFT: top-k by \|Δ\|, sign × one magnitude | `sparse-sign` |
-//! | [`quant`] | uniform b-bit quantization alone | `dense-levels` |
-//! | [`lowrank`] | truncated SVD at rank r | `lowrank-f16` |
-//! | [`sparse_f16`] | any kept positions with their raw values (UltraDelta without quantization) | `sparse-f16` |
+//! | [`dare`] | DARE: Bernoulli drop with probability p, survivors × 1/(1 − p) | [`SparseValues`] | `sparse-f16` |
+//! | [`magnitude`] | magnitude pruning (TIES "trim"): top-k by \|Δ\| | [`SparseValues`] | `sparse-f16` |
+//! | [`bitdelta`] | BitDelta without data: sign(Δ) × mean \|Δ\| | [`Signs`] | `dense-sign` |
+//! | [`compeft`] | ComPEFT: top-k by \|Δ\|, sign × one magnitude | [`Signs`] | `sparse-sign` |
+//! | [`quant`] | uniform b-bit quantization alone | [`DenseLevels`] | `dense-levels` |
+//! | [`lowrank`] | truncated SVD at rank r | [`LowRank`] | `lowrank-f16` |
+//! | [`sparse_f16`] | any kept positions with their raw values (UltraDelta without quantization) | [`SparseValues`] | `sparse-f16` |
 //!
-//! No IO: slices in, records out. Every kernel is deterministic (the same input and seed give the same record,
+//! No IO: slices in, plain results out. Every kernel is deterministic (the same input and seed give the same result,
 //! whatever the rayon thread count). fp16 values are stored relative to a power-of-two scale chosen so the
 //! largest magnitude sits near 2¹⁴, which keeps tiny deltas (~10⁻⁵, subnormal in fp16) at full fp16 precision;
 //! the scale is a power of two, so dividing by it is exact.
@@ -20,9 +23,65 @@ use half::f16;
 use ndarray::Array2;
 use ndarray_linalg::{JobSvd, SVDDC};
 use rayon::prelude::*;
-use ultradelta_archive::{DenseLevelsRecord, LowRankRecord, SignRecord, SparseValuesRecord};
 use ultradelta_qgp::rng::{mix, DetRng};
-use ultradelta_qgp::{quantize, QuantParams};
+use ultradelta_qgp::{quantize, QuantParams, Quantizer};
+
+/// Kept positions with fp16 values and one scale (DARE, magnitude pruning, UltraDelta without quantization): the
+/// value at `positions[i]` is `f32(values[i]) · scale`, every other entry zero. Stored as a `sparse-f16` record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseValues {
+    /// Entries of the dense tensor.
+    pub numel: u64,
+    /// Multiplier of every stored value (e.g. DARE's 1/(1 − p), times the fp16 normalisation).
+    pub scale: f32,
+    /// Kept positions, strictly increasing, below `numel`.
+    pub positions: Vec<u64>,
+    /// Value of each kept position.
+    pub values: Vec<f16>,
+}
+
+/// Signs times one magnitude: kept positions and their signs (ComPEFT), or a sign for every entry (BitDelta,
+/// `positions` is `None`). Stored as a `sparse-sign` or `dense-sign` record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signs {
+    /// Entries of the dense tensor.
+    pub numel: u64,
+    /// The one magnitude.
+    pub magnitude: f32,
+    /// Kept positions (strictly increasing, below `numel`), or `None` when every entry is kept.
+    pub positions: Option<Vec<u64>>,
+    /// Sign of each kept entry (`true` = negative).
+    pub negative: Vec<bool>,
+}
+
+/// Low-rank fp16 factors: Δ̂ = scale · U·V with U `rows × rank`, V `rank × cols`, row-major. Stored as a
+/// `lowrank-f16` record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LowRank {
+    /// Rows of the matrix view.
+    pub rows: u64,
+    /// Columns of the matrix view.
+    pub cols: u64,
+    /// Rank `r <= min(rows, cols)`.
+    pub rank: u64,
+    /// `rows × rank`, row-major.
+    pub u: Vec<f16>,
+    /// `rank × cols`, row-major.
+    pub v: Vec<f16>,
+    /// Multiplier of every product.
+    pub scale: f32,
+}
+
+/// Every entry's quantization level (quantization alone). Stored as a `dense-levels` record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseLevels {
+    /// Quantizer.
+    pub quant: QuantParams,
+    /// Multiplier of every dequantized value.
+    pub scale: f32,
+    /// One level per entry.
+    pub levels: Vec<u16>,
+}
 
 /// Errors of the baseline kernels.
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +156,11 @@ fn to_f16(values: impl Iterator<Item = f32> + Clone) -> (Vec<f16>, f32) {
     (values.map(|x| f16::from_f32(x / norm)).collect(), norm)
 }
 
-/// A `sparse-f16` record of `delta`'s values at `positions` (strictly increasing), times `scale`.
+/// A [`SparseValues`] (`sparse-f16`) of `delta`'s values at `positions` (strictly increasing), times `scale`.
 ///
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] for a non-finite scale or a position out of range.
-pub fn sparse_f16(delta: &[f32], positions: Vec<u64>, scale: f32) -> Result<SparseValuesRecord> {
+pub fn sparse_f16(delta: &[f32], positions: Vec<u64>, scale: f32) -> Result<SparseValues> {
     check_finite(delta)?;
     if !scale.is_finite() {
         return Err(Error::Parameter(format!(
@@ -112,7 +171,7 @@ pub fn sparse_f16(delta: &[f32], positions: Vec<u64>, scale: f32) -> Result<Spar
         return Err(Error::Parameter("position beyond the delta".into()));
     }
     let (values, norm) = to_f16(positions.iter().map(|&p| delta[p as usize]));
-    Ok(SparseValuesRecord {
+    Ok(SparseValues {
         numel: delta.len() as u64,
         scale: scale * norm,
         positions,
@@ -143,12 +202,12 @@ pub fn dare_positions(delta: &[f32], p: f64, seed: u64) -> Vec<u64> {
     parts.concat()
 }
 
-/// DARE: drop each entry with probability `p`, rescale survivors by `1/(1 − p)` (stored in the record's scale,
+/// DARE: drop each entry with probability `p`, rescale survivors by `1/(1 − p)` (stored in the result's scale,
 /// the values themselves are Δ at fp16).
 ///
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] unless `0 <= p < 1`.
-pub fn dare(delta: &[f32], p: f64, seed: u64) -> Result<SparseValuesRecord> {
+pub fn dare(delta: &[f32], p: f64, seed: u64) -> Result<SparseValues> {
     check_fraction("drop probability", p)?;
     if p >= 1.0 {
         return Err(Error::Parameter("drop probability must be below 1".into()));
@@ -202,7 +261,7 @@ fn check_u32(delta: &[f32]) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] unless `0 <= density <= 1`.
-pub fn magnitude(delta: &[f32], density: f64) -> Result<SparseValuesRecord> {
+pub fn magnitude(delta: &[f32], density: f64) -> Result<SparseValues> {
     check_fraction("density", density)?;
     check_finite(delta)?;
     check_u32(delta)?;
@@ -218,7 +277,7 @@ pub fn magnitude(delta: &[f32], density: f64) -> Result<SparseValuesRecord> {
 ///
 /// # Errors
 /// [`Error::NonFinite`].
-pub fn bitdelta(delta: &[f32]) -> Result<SignRecord> {
+pub fn bitdelta(delta: &[f32]) -> Result<Signs> {
     check_finite(delta)?;
     let sum: f64 = delta.iter().map(|x| f64::from(x.abs())).sum();
     let magnitude = if delta.is_empty() {
@@ -226,7 +285,7 @@ pub fn bitdelta(delta: &[f32]) -> Result<SignRecord> {
     } else {
         (sum / delta.len() as f64) as f32
     };
-    Ok(SignRecord {
+    Ok(Signs {
         numel: delta.len() as u64,
         magnitude,
         positions: None,
@@ -240,7 +299,7 @@ pub fn bitdelta(delta: &[f32]) -> Result<SignRecord> {
 ///
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] unless `0 <= density <= 1` and `alpha` is finite and positive.
-pub fn compeft(delta: &[f32], density: f64, alpha: Option<f64>) -> Result<SignRecord> {
+pub fn compeft(delta: &[f32], density: f64, alpha: Option<f64>) -> Result<Signs> {
     check_fraction("density", density)?;
     check_finite(delta)?;
     check_u32(delta)?;
@@ -269,7 +328,7 @@ pub fn compeft(delta: &[f32], density: f64, alpha: Option<f64>) -> Result<SignRe
         }
     };
     let negative = positions.iter().map(|&p| delta[p as usize] < 0.0).collect();
-    Ok(SignRecord {
+    Ok(Signs {
         numel: delta.len() as u64,
         magnitude,
         positions: Some(positions),
@@ -281,11 +340,11 @@ pub fn compeft(delta: &[f32], density: f64, alpha: Option<f64>) -> Result<SignRe
 ///
 /// # Errors
 /// [`Error::Quant`] for bits outside 1..=16 or non-finite entries.
-pub fn quant(delta: &[f32], bits: u8) -> Result<DenseLevelsRecord> {
+pub fn quant(delta: &[f32], bits: u8) -> Result<DenseLevels> {
     let q = QuantParams::fit(delta, bits)?;
     let mut levels = vec![0u16; delta.len()];
     quantize(delta, &q, &mut levels);
-    Ok(DenseLevelsRecord {
+    Ok(DenseLevels {
         quant: q,
         scale: 1.0,
         levels,
@@ -294,7 +353,7 @@ pub fn quant(delta: &[f32], bits: u8) -> Result<DenseLevelsRecord> {
 
 /// Truncated SVD at rank `min(rank, rows, cols)`: Δ (row-major `rows × cols`) ≈ U_r·diag(S_r)·V_rᵀ, stored as
 /// fp16 factors `U_r·diag(√S_r)` and `diag(√S_r)·V_rᵀ`, each normalised by a power of two (their product is the
-/// record's scale).
+/// result's scale).
 ///
 /// Cost: an exact f64 LAPACK SVD (`dgesdd`) of the whole matrix, O(rows·cols·min(rows, cols)) time and
 /// O(rows·cols) extra memory in f64 — about a minute for a 4096×4096 matrix on one core. A randomized SVD would
@@ -302,7 +361,7 @@ pub fn quant(delta: &[f32], bits: u8) -> Result<DenseLevelsRecord> {
 ///
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`; [`Error::Svd`].
-pub fn lowrank(delta: &[f32], rows: usize, cols: usize, rank: usize) -> Result<LowRankRecord> {
+pub fn lowrank(delta: &[f32], rows: usize, cols: usize, rank: usize) -> Result<LowRank> {
     check_finite(delta)?;
     if rows.checked_mul(cols) != Some(delta.len()) {
         return Err(Error::Parameter(format!(
@@ -312,7 +371,7 @@ pub fn lowrank(delta: &[f32], rows: usize, cols: usize, rank: usize) -> Result<L
     }
     let r = rank.min(rows).min(cols);
     if r == 0 {
-        return Ok(LowRankRecord {
+        return Ok(LowRank {
             rows: rows as u64,
             cols: cols as u64,
             rank: 0,
@@ -339,7 +398,7 @@ pub fn lowrank(delta: &[f32], rows: usize, cols: usize, rank: usize) -> Result<L
         .collect();
     let (u16s, nu) = to_f16(uf.iter().copied());
     let (v16s, nv) = to_f16(vf.iter().copied());
-    Ok(LowRankRecord {
+    Ok(LowRank {
         rows: rows as u64,
         cols: cols as u64,
         rank: r as u64,

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::{
     add_counts, chunk_extremes, combine_extremes, concat, extremes_are_settled, level_of,
     select_groups, sequential_extremes, simd, trim_counts, Error, Extremes, Pruned, QuantParams,
-    Result, Selection, Walker, CHUNK, NO_EXTREMES,
+    Quantizer, Result, Selection, Walker, CHUNK, NO_EXTREMES,
 };
 
 /// Entries per block: the unit of parallel work and of [`LevelScan`]'s per-block histograms. Equal to the
@@ -175,7 +175,7 @@ fn fit_source_with(src: &DeltaSource<'_>, bits: u8, vector: bool) -> Result<Quan
         .into_par_iter()
         .map(|c| source_chunk_extremes(src, c, avx2))
         .reduce(|| NO_EXTREMES, combine_extremes);
-    QuantParams::from_extremes(scan, n, bits, |i| {
+    crate::quant_from_extremes(scan, n, bits, |i| {
         let mut v = [0f32];
         src.delta_into(i, &mut v);
         v[0]

@@ -1,10 +1,12 @@
 //! Quantize-then-group-wise-prune for UltraDelta: uniform b-bit quantization and stratified (DAC) pruning.
 //!
 //! This crate owns the per-tensor value pipeline of ALGORITHM.md §1 and §3: fitting a uniform
-//! quantizer ([`QuantParams::fit`]), mapping values to levels ([`quantize`]), the one decoding
-//! formula ([`QuantParams::dequantize`]), distribution-aware stratified pruning
+//! quantizer ([`Quantizer::fit`]), mapping values to levels ([`quantize`]), distribution-aware stratified pruning
 //! ([`group_prune`]), the DARE-style Bernoulli ablation ([`random_prune`]) and the seeds and
-//! random streams they use ([`tensor_seed`], [`rng`]). It is IO-free: slices in, buffers out.
+//! random streams they use ([`tensor_seed`], [`rng`]). What the archive format fixes byte for byte — the
+//! quantizer's parameters and decoding formula ([`QuantParams`], [`QuantParams::dequantize`]), the ChaCha8
+//! stream and seed mixing, the seeded position sampler — is `ultradelta_core`'s, re-exported here. It is IO-free:
+//! slices in, buffers out.
 //! It must not know tensor names beyond hashing one into a seed, files, archives, allocation
 //! policy, or rescaling: survivors are returned as levels, and the caller stores the rescale
 //! factor computed elsewhere.
@@ -13,7 +15,7 @@
 //! Everywhere in the project a value `x` maps to the level
 //! `((x - lo) / step).round()` computed in **f32** (round half away from zero), clamped to
 //! `[0, 2^bits - 1]`, and a level `l` decodes to `lo + (l as f32) * step` in f32. Use
-//! [`QuantParams::quantize_one`] and [`QuantParams::dequantize`]; do not re-derive them.
+//! [`Quantizer::quantize_one`] and [`QuantParams::dequantize`]; do not re-derive them.
 //!
 //! # Determinism
 //! Results depend only on the inputs and the seed, never on the rayon thread count: parallel
@@ -30,7 +32,6 @@ pub mod simd;
 use std::collections::HashMap;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::rng::{mix, DetRng};
 
@@ -68,18 +69,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Elements per parallel work unit in [`quantize`], [`QuantParams::fit`] and scans.
 const CHUNK: usize = 1 << 16;
 
-/// Uniform quantizer parameters of one tensor (ALGORITHM.md §1).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct QuantParams {
-    /// Bit width, 1..=16 when produced by [`QuantParams::fit`].
-    pub bits: u8,
-    /// Value of level 0 (the minimum of the data).
-    pub lo: f32,
-    /// Spacing between levels; `0.0` means a constant tensor (every value is level 0 = `lo`).
-    pub step: f32,
-}
+pub use ultradelta_core::QuantParams;
 
-impl QuantParams {
+/// The writer's side of [`QuantParams`] (whose decoding formula, [`QuantParams::dequantize`], is part of the
+/// archive format and lives in `ultradelta_core`): fitting a quantizer to data and mapping values to levels.
+/// Import it to call `QuantParams::fit`, `quantize_one` and `quantize_slice`.
+pub trait Quantizer: Sized {
     /// Fits `lo = min`, `hi = max`, `step = (hi - lo) / (2^bits - 1)` (computed in f64, stored as
     /// f32). A constant (or empty) tensor gets `step = 0` and keeps `bits`; an empty tensor
     /// gets `lo = 0`. A range so narrow that `step` underflows to 0 is treated as constant.
@@ -87,7 +82,20 @@ impl QuantParams {
     /// # Errors
     /// [`Error::InvalidBits`] if `bits` is 0 or above 16; [`Error::NonFinite`] at the first NaN or
     /// infinity; [`Error::RangeTooLarge`] if `hi - lo` exceeds `f32::MAX`.
-    pub fn fit(delta: &[f32], bits: u8) -> Result<QuantParams> {
+    fn fit(delta: &[f32], bits: u8) -> Result<Self>;
+
+    /// THE encoding formula: `((x - lo) / step).round()` in f32 (half away from zero), clamped to
+    /// `[0, 2^bits - 1]`; 0 when `step == 0` (constant tensor) and for NaN input.
+    fn quantize_one(&self, x: f32) -> u16;
+
+    /// [`quantize_one`](Self::quantize_one) of every value of `xs` into `out` (same length), single-threaded: the
+    /// kernel of [`quantize`], for callers that produce the values chunk by chunk and quantize each chunk while it
+    /// is in cache.
+    fn quantize_slice(&self, xs: &[f32], out: &mut [u16]);
+}
+
+impl Quantizer for QuantParams {
+    fn fit(delta: &[f32], bits: u8) -> Result<QuantParams> {
         if bits == 0 || bits > 16 {
             return Err(Error::InvalidBits { bits });
         }
@@ -97,71 +105,19 @@ impl QuantParams {
             .enumerate()
             .map(|(c, chunk)| chunk_extremes(c, chunk))
             .reduce(|| NO_EXTREMES, combine_extremes);
-        QuantParams::from_extremes(scan, delta.len(), bits, |i| delta[i])
+        quant_from_extremes(scan, delta.len(), bits, |i| delta[i])
     }
 
-    /// The quantizer of `n` values whose per-[`CHUNK`] extremes combine to `scan`; `value(i)` reads value `i`
-    /// (for the error message of a non-finite one). `bits` must already be checked.
-    fn from_extremes(
-        scan: Extremes,
-        n: usize,
-        bits: u8,
-        value: impl Fn(usize) -> f32,
-    ) -> Result<QuantParams> {
-        if let (Some(index), _, _) = scan {
-            return Err(Error::NonFinite {
-                index,
-                value: value(index),
-            });
-        }
-        let (_, lo, hi) = scan;
-        if n == 0 {
-            return Ok(QuantParams {
-                bits,
-                lo: 0.0,
-                step: 0.0,
-            });
-        }
-        let range = f64::from(hi) - f64::from(lo);
-        if range > f64::from(f32::MAX) {
-            return Err(Error::RangeTooLarge { lo, hi });
-        }
-        let top = f64::from((1u32 << bits) - 1);
-        let step = (range / top) as f32;
-        Ok(QuantParams { bits, lo, step })
-    }
-
-    /// Number of levels, `2^bits` (bits above 16 are treated as 16).
-    pub fn levels(&self) -> u32 {
-        1u32 << self.bits.min(16)
-    }
-
-    /// Highest level, `2^bits - 1`.
-    pub fn max_level(&self) -> u16 {
-        (self.levels() - 1) as u16
-    }
-
-    /// THE decoding formula, used everywhere: `lo + (level as f32) * step`, in f32.
     #[inline]
-    pub fn dequantize(&self, level: u16) -> f32 {
-        self.lo + (level as f32) * self.step
-    }
-
-    /// THE encoding formula: `((x - lo) / step).round()` in f32 (half away from zero), clamped to
-    /// `[0, 2^bits - 1]`; 0 when `step == 0` (constant tensor) and for NaN input.
-    #[inline]
-    pub fn quantize_one(&self, x: f32) -> u16 {
+    fn quantize_one(&self, x: f32) -> u16 {
         if self.step == 0.0 {
             return 0;
         }
         level_of(x, self.lo, self.step, self.max_level())
     }
 
-    /// [`quantize_one`](Self::quantize_one) of every value of `xs` into `out` (same length), single-threaded: the
-    /// kernel of [`quantize`], for callers that produce the values chunk by chunk and quantize each chunk while it
-    /// is in cache.
     #[inline]
-    pub fn quantize_slice(&self, xs: &[f32], out: &mut [u16]) {
+    fn quantize_slice(&self, xs: &[f32], out: &mut [u16]) {
         if self.step == 0.0 {
             out.fill(0);
             return;
@@ -171,6 +127,37 @@ impl QuantParams {
             *o = level_of(x, lo, step, max);
         }
     }
+}
+
+/// The quantizer of `n` values whose per-[`CHUNK`] extremes combine to `scan`; `value(i)` reads value `i`
+/// (for the error message of a non-finite one). `bits` must already be checked.
+pub(crate) fn quant_from_extremes(
+    scan: Extremes,
+    n: usize,
+    bits: u8,
+    value: impl Fn(usize) -> f32,
+) -> Result<QuantParams> {
+    if let (Some(index), _, _) = scan {
+        return Err(Error::NonFinite {
+            index,
+            value: value(index),
+        });
+    }
+    let (_, lo, hi) = scan;
+    if n == 0 {
+        return Ok(QuantParams {
+            bits,
+            lo: 0.0,
+            step: 0.0,
+        });
+    }
+    let range = f64::from(hi) - f64::from(lo);
+    if range > f64::from(f32::MAX) {
+        return Err(Error::RangeTooLarge { lo, hi });
+    }
+    let top = f64::from((1u32 << bits) - 1);
+    let step = (range / top) as f32;
+    Ok(QuantParams { bits, lo, step })
 }
 
 /// `((x - lo) / step).round().max(0.0).min(max)` (NaN maps to 0) for `step != 0`, without the libm call:
@@ -265,7 +252,7 @@ fn chunk_extremes(c: usize, chunk: &[f32]) -> Extremes {
     (bad, lo, hi)
 }
 
-/// Quantizes `delta` into `out` with [`QuantParams::quantize_one`], in parallel fixed chunks
+/// Quantizes `delta` into `out` with [`Quantizer::quantize_one`], in parallel fixed chunks
 /// (each element is independent, so the result does not depend on the thread count).
 ///
 /// # Panics
@@ -890,13 +877,7 @@ pub fn random_prune(levels: &[u16], p: &QuantParams, rate: f64, seed: u64) -> Pr
     concat(parts)
 }
 
-/// Stable per-tensor seed: `mix(global_seed, xxh3_64(tensor_name))` (see [`rng::mix`]).
-pub fn tensor_seed(global_seed: u64, tensor_name: &str) -> u64 {
-    mix(
-        global_seed,
-        xxhash_rust::xxh3::xxh3_64(tensor_name.as_bytes()),
-    )
-}
+pub use ultradelta_core::tensor_seed;
 
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,7 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use ndarray_linalg::{Eigh, UPLO};
 use serde::{Deserialize, Serialize};
-use ultradelta_qgp::rng::{mix, DetRng};
+use ultradelta_core::rng::{mix, DetRng};
 
 use crate::{Error, NuclearNorm, Result};
 

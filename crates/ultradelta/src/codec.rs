@@ -9,13 +9,11 @@
 //! codec, so the rebuilt weights are the same as with either fixed values codec.
 
 use serde::Serialize;
-use ultradelta_archive::rans;
 use ultradelta_archive::{
     CodedSparseRecord, LevelCoding, Positions, Record, RecordKind, SparseRecord,
-    SEEDED_FIXED_BYTES, SEEDED_RANS_FIXED_BYTES, SPARSE_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
 };
 use ultradelta_qgp::seeded::seeded_prune;
-use ultradelta_qgp::{quantize, tensor_seed, QuantParams};
+use ultradelta_qgp::{quantize, tensor_seed, QuantParams, Quantizer};
 use ultradelta_rescale::rescale_factor;
 
 use crate::compress::compress_tensor;
@@ -35,37 +33,16 @@ pub struct TensorCodecInfo {
 }
 
 /// The name of a sparse level kind's codec (`golomb+packed`, `golomb+entropy`, `seeded+packed`,
-/// `seeded+entropy`), `None` for other kinds.
+/// `seeded+entropy`), `None` for other kinds ([`RecordKind::codec_name`]).
 pub fn codec_name(kind: RecordKind) -> Option<&'static str> {
-    Some(match kind {
-        RecordKind::SparseGolomb => "golomb+packed",
-        RecordKind::SparseGolombRans => "golomb+entropy",
-        RecordKind::SparseSeeded => "seeded+packed",
-        RecordKind::SparseSeededRans => "seeded+entropy",
-        _ => return None,
-    })
+    kind.codec_name()
 }
 
-/// Whether entropy-coded levels make a smaller record than bit-packed ones for these kept `levels`.
-fn entropy_is_smaller(levels: &[u16], bits: u8, seeded: bool) -> bool {
-    let Ok(block) = rans::encode_levels(levels) else {
-        return false;
-    };
-    if seeded && block.symbols.len() < 2 {
-        // Kind 12 needs two distinct levels.
-        return false;
-    }
-    let packed =
-        ultradelta_archive::bitpack::packed_len(levels.len() as u64, bits).unwrap_or(u64::MAX);
-    let (packed_fixed, rans_fixed) = if seeded {
-        (SEEDED_FIXED_BYTES, SEEDED_RANS_FIXED_BYTES)
-    } else {
-        (SPARSE_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES)
-    };
-    let packed_total = packed_fixed as u64 + packed;
-    let rans_total =
-        rans_fixed as u64 + 4 * block.symbols.len() as u64 + 8 + 2 * block.words.len() as u64;
-    rans_total < packed_total
+/// Whether entropy-coded levels make a smaller record than bit-packed ones for `coded`'s kept entries (the
+/// archive's exact lengths of both records, less the positions stream they share).
+fn entropy_is_smaller(coded: &CodedSparseRecord) -> bool {
+    let len = |coding| coded.len_without_positions(coding).unwrap_or(u64::MAX);
+    len(LevelCoding::Rans) < len(LevelCoding::Packed)
 }
 
 /// UltraDelta's record for one tensor under `cfg`'s codecs, and what the codec did. With the default codecs
@@ -128,15 +105,12 @@ fn finish_coded(
     mut info: TensorCodecInfo,
     cfg: &CompressConfig,
 ) -> (Record, TensorCodecInfo) {
-    let seeded = matches!(coded.positions, Positions::Seeded { .. });
     let coding = match cfg.codec {
         CodecChoice::Fixed => match cfg.values {
             ValueCodec::Packed => LevelCoding::Packed,
             ValueCodec::Entropy => LevelCoding::Rans,
         },
-        CodecChoice::Auto if entropy_is_smaller(&coded.levels, coded.quant.bits, seeded) => {
-            LevelCoding::Rans
-        }
+        CodecChoice::Auto if entropy_is_smaller(&coded) => LevelCoding::Rans,
         CodecChoice::Auto => LevelCoding::Packed,
     };
     let record = CodedSparseRecord { coding, ..coded }.into_record();

@@ -15,9 +15,11 @@ use ultradelta_qgp::fused::{
 };
 use ultradelta_qgp::{
     group_prune, quantize, quantized_std_from_counts, random_prune, tensor_seed, QuantParams,
+    Quantizer,
 };
 use ultradelta_rescale::{nuclear_norm_with, rescale_factor, tngr_gammas, TraceOn};
 
+use crate::baseline_records::IntoRecord;
 use crate::budget::{solve_budget, BudgetReport};
 use crate::config::{AllocationMode, CompressConfig, Method, PruningMode};
 use crate::delta::{delta_into, with_source};
@@ -386,18 +388,16 @@ pub fn compress_tensor_with(
             };
             drop(levels);
             let scale = rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) as f32;
-            Record::SparseValues(baselines::sparse_f16(delta, pruned.positions, scale)?)
+            baselines::sparse_f16(delta, pruned.positions, scale)?.into_record()
         }
-        Method::Dare => {
-            Record::SparseValues(baselines::dare(delta, rate, tensor_seed(cfg.seed, name))?)
-        }
-        Method::Magnitude => Record::SparseValues(baselines::magnitude(delta, density)?),
-        Method::Bitdelta => Record::Sign(baselines::bitdelta(delta)?),
-        Method::Compeft => Record::Sign(baselines::compeft(delta, density, cfg.compeft_alpha)?),
-        Method::Quant => Record::DenseLevels(baselines::quant(delta, cfg.bits)?),
+        Method::Dare => baselines::dare(delta, rate, tensor_seed(cfg.seed, name))?.into_record(),
+        Method::Magnitude => baselines::magnitude(delta, density)?.into_record(),
+        Method::Bitdelta => baselines::bitdelta(delta)?.into_record(),
+        Method::Compeft => baselines::compeft(delta, density, cfg.compeft_alpha)?.into_record(),
+        Method::Quant => baselines::quant(delta, cfg.bits)?.into_record(),
         Method::Lowrank => {
             let (rows, cols) = matrix_view(shape);
-            Record::LowRank(baselines::lowrank(delta, rows, cols, cfg.rank)?)
+            baselines::lowrank(delta, rows, cols, cfg.rank)?.into_record()
         }
     })
 }

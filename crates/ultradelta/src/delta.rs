@@ -101,7 +101,7 @@ pub(crate) fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ultradelta_qgp::QuantParams;
+    use ultradelta_qgp::{QuantParams, Quantizer};
 
     /// The quantized levels of `ft − base` under `q` from the bytes (the fused kernels' level path).
     fn levels_into(

@@ -54,6 +54,7 @@
 //!
 //! ```
 //! use ultradelta::{alloc, qgp, rescale, archive};
+//! use ultradelta::qgp::Quantizer; // QuantParams::fit
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Two tensors' deltas (fine-tuned − base), here made up.
 //! let deltas: Vec<Vec<f32>> = vec![
@@ -126,6 +127,7 @@ pub use ultradelta_qgp as qgp;
 pub use ultradelta_rescale as rescale;
 
 mod apply;
+mod baseline_records;
 pub mod budget;
 pub mod codec;
 mod compress;

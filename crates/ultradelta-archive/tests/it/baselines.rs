@@ -11,8 +11,8 @@ use ultradelta_archive::{
     decode_record, encode_record, ArchiveReader, ArchiveWriter, DenseLevelsRecord, FinetunedInfo,
     Limits, LowRankRecord, Policy, Record, RecordKind, SignRecord, SparseValuesRecord, TensorEntry,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::{assert_hostile_record_bytes_never_panic, Rng};
 
@@ -21,7 +21,7 @@ fn h(x: f32) -> f16 {
 }
 
 /// One record of each baseline kind, with the tensor shape it belongs to.
-fn baseline_records() -> Vec<(&'static str, Vec<usize>, Record)> {
+pub fn baseline_records() -> Vec<(&'static str, Vec<usize>, Record)> {
     let mut rng = Rng::new(5);
     let pos: Vec<u64> = (0..300u64).filter(|_| rng.unit() < 0.1).collect();
     let vals: Vec<f16> = (0..pos.len()).map(|i| h(i as f32 * 0.25 - 3.0)).collect();

@@ -4,11 +4,10 @@ use proptest::prelude::*;
 use ultradelta_archive::{
     decode_record, encode_record, record_cost, ArchiveReader, ArchiveWriter, CodedSparseRecord,
     FinetunedInfo, LevelCoding, Limits, Policy, Positions, Record, RecordKind, TensorEntry,
-    SEEDED_FIXED_BYTES, SEEDED_RANS_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::seeded::{seeded_positions, trial_seed};
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::seeded::{seeded_positions, trial_seed};
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::{assert_hostile_record_bytes_never_panic, random_positions, Rng};
 
@@ -88,13 +87,13 @@ fn kinds_and_fixed_sizes() {
     );
     // Seeded + packed: header (12 + 16) + fixed part + ceil(45 * 4 / 8) level bytes, no positions.
     let b = encode_record(DType::F32, &recs[1].1, &recs[1].2, 3).unwrap();
-    assert_eq!(b.len(), 28 + SEEDED_FIXED_BYTES + 23);
+    assert_eq!(b.len(), 28 + RecordKind::SparseSeeded.fixed_bytes() + 23);
     let cost = record_cost(&b).unwrap();
     assert_eq!((cost.position_bits, cost.value_bits), (0, 23 * 8));
     // The rANS kinds: fixed part, 4 bytes per symbol, 8 bytes of stream length, the streams.
     for (i, fixed) in [
-        (0usize, SPARSE_RANS_FIXED_BYTES),
-        (2, SEEDED_RANS_FIXED_BYTES),
+        (0usize, RecordKind::SparseGolombRans.fixed_bytes()),
+        (2, RecordKind::SparseSeededRans.fixed_bytes()),
     ] {
         let b = encode_record(DType::F32, &recs[i].1, &recs[i].2, 3).unwrap();
         let nsym = u32::from_le_bytes(b[28 + fixed - 4..28 + fixed].try_into().unwrap()) as usize;
@@ -353,4 +352,55 @@ fn coded_fixture_decodes_and_is_reproduced() {
         std::fs::read(fresh).unwrap(),
         std::fs::read(coded_fixture()).unwrap()
     );
+}
+
+#[test]
+fn encoded_len_is_exactly_what_encode_record_writes() {
+    // Every record kind: the sample archive's tensors, the baselines' and the coded kinds.
+    let mut recs: Vec<(Vec<usize>, DType, Record)> = crate::common::sample_tensors()
+        .into_iter()
+        .filter_map(|t| Some((t.entry.shape, t.entry.dtype, t.record?)))
+        .collect();
+    recs.extend(
+        crate::baselines::baseline_records()
+            .into_iter()
+            .map(|(_, shape, r)| (shape, DType::F32, r)),
+    );
+    recs.extend(
+        coded_records()
+            .into_iter()
+            .map(|(_, shape, r)| (shape, DType::F32, r)),
+    );
+    let mut kinds = std::collections::BTreeSet::new();
+    for (shape, dtype, rec) in &recs {
+        for level in [1, 3] {
+            let bytes = encode_record(*dtype, shape, rec, level).unwrap();
+            assert_eq!(
+                rec.encoded_len(shape.len(), level).unwrap(),
+                bytes.len() as u64,
+                "{}",
+                rec.kind().name()
+            );
+        }
+        kinds.insert(rec.kind().code());
+    }
+    // Kind 4 (companion files) has no `Record` of its own.
+    assert_eq!(kinds.len(), RecordKind::ALL.len() - 1, "{kinds:?}");
+    // The levels-only length ranks the two codings of the same entries exactly as the whole records do.
+    for (shape, _, rec) in &recs {
+        let Record::Coded(c) = rec else { continue };
+        let with = |coding| CodedSparseRecord {
+            coding,
+            ..c.clone()
+        };
+        let whole = |coding| {
+            encode_record(DType::F32, shape, &with(coding).into_record(), 3)
+                .unwrap()
+                .len() as u64
+        };
+        let part = |coding| c.len_without_positions(coding).unwrap();
+        let (wp, wr) = (whole(LevelCoding::Packed), whole(LevelCoding::Rans));
+        let (pp, pr) = (part(LevelCoding::Packed), part(LevelCoding::Rans));
+        assert_eq!(wp as i64 - wr as i64, pp as i64 - pr as i64);
+    }
 }

@@ -7,8 +7,8 @@ use ultradelta_archive::{
     ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry, WriterOptions,
     PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// SplitMix64: tiny deterministic generator for test data.

@@ -2,11 +2,11 @@
 
 use serde_json::json;
 use ultradelta_archive::{
-    bitpack, decode_record, golomb, ArchiveReader, ArchiveWriter, Error, FinetunedInfo, Limits,
-    Policy, Record, SparseRecord, TensorEntry, PREAMBLE_LEN,
+    decode_record, ArchiveReader, ArchiveWriter, Error, FinetunedInfo, Limits, Policy, Record,
+    SparseRecord, TensorEntry, PREAMBLE_LEN,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::*;
 
@@ -363,71 +363,6 @@ fn corrupt_record_bad_lengths_and_values() {
     corrupt_q(|r| r[0] = 9);
     // Non-zero reserved byte.
     corrupt_q(|r| r[3] = 1);
-}
-
-#[test]
-fn hostile_golomb_streams_decoded_directly() {
-    let (m, bytes, bits) = golomb::encode_positions(&[3, 10, 11, 40], 50).unwrap();
-    assert_eq!(
-        golomb::decode_positions(&bytes, bits, m, 4, 50).unwrap(),
-        [3, 10, 11, 40]
-    );
-    let fails = |b: &[u8], bits: u64, m: u64, count: u64, numel: u64| {
-        let err = golomb::decode_positions(b, bits, m, count, numel).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::InvalidStream {
-                    stream: "golomb",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-    };
-    // Count too high / too low (trailing codes).
-    fails(&bytes, bits, m, 5, 50);
-    fails(&bytes, bits, m, 3, 50);
-    // Last position no longer below numel.
-    fails(&bytes, bits, m, 4, 40);
-    // Bit length claims more bytes than given, or fewer.
-    fails(&bytes, bits + 8, m, 4, 50);
-    fails(&bytes[..bytes.len() - 1], bits, m, 4, 50);
-    // Non-zero padding.
-    if bits % 8 != 0 {
-        let mut p = bytes.clone();
-        *p.last_mut().unwrap() |= 0x80;
-        fails(&p, bits, m, 4, 50);
-    }
-    // Endless unary run with a huge numel: capped by the stream end, no hang.
-    let ones = vec![0xFFu8; 4096];
-    fails(&ones, 4096 * 8, 1, 1, 1 << 40);
-    // Unary run that would pass numel.
-    fails(&ones, 4096 * 8, 1, 1, 100);
-    // More positions than bits, or than entries: refused before allocating.
-    fails(&[0u8; 2], 16, 1, 17, 1 << 40);
-    fails(&[0u8; 2], 16, 1, 1 << 39, 1 << 40);
-    fails(&[0u8; 2], 16, 1, 11, 10);
-    // Bad parameter.
-    fails(&bytes, bits, 0, 4, 50);
-    fails(&bytes, bits, 51, 4, 50);
-}
-
-#[test]
-fn hostile_bitpack_streams() {
-    let err = bitpack::unpack(&[0xFF; 3], 4, 7).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidStream {
-                stream: "bitpack",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(bitpack::unpack(&[0xFF; 3], 4, 5).is_err());
-    assert!(bitpack::unpack(&[0; 3], 4, usize::MAX).is_err());
 }
 
 #[test]

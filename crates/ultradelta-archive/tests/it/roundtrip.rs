@@ -1,68 +1,16 @@
-//! Property round trips: Golomb, bit packing, whole archives; determinism of the writer.
+//! Property round trips of whole archives; determinism of the writer. (The Golomb and bit-packing codecs are
+//! internal; their round trips are unit tests in `src/golomb.rs` and `src/bitpack.rs`.)
 
 use proptest::prelude::*;
 use serde_json::json;
 use ultradelta_archive::{
-    bitpack, golomb, ArchiveReader, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord,
-    TensorEntry, WriterOptions,
+    ArchiveReader, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry,
+    WriterOptions,
 };
-use ultradelta_io::DType;
-use ultradelta_qgp::QuantParams;
+use ultradelta_core::DType;
+use ultradelta_core::QuantParams;
 
 use crate::common::{sample_files, sample_tensors, write_sample, Rng};
-
-/// Strictly increasing positions below `numel`, from a keep mask.
-fn positions_strategy() -> impl Strategy<Value = (u64, Vec<u64>)> {
-    (0u64..3000, 0.0f64..1.0, any::<u64>()).prop_map(|(numel, density, seed)| {
-        let mut rng = Rng::new(seed);
-        let d = density * density; // favour sparse
-        let positions = (0..numel).filter(|_| rng.unit() < d).collect();
-        (numel, positions)
-    })
-}
-
-proptest! {
-    #[test]
-    fn golomb_round_trip((numel, positions) in positions_strategy()) {
-        let (m, bytes, bits) = golomb::encode_positions(&positions, numel).unwrap();
-        prop_assert_eq!(bits, golomb::encoded_bits(&positions, m));
-        prop_assert_eq!(bytes.len() as u64, bits.div_ceil(8));
-        let back = golomb::decode_positions(&bytes, bits, m, positions.len() as u64, numel).unwrap();
-        prop_assert_eq!(&back, &positions);
-        // The chosen parameter is the cheapest of the candidates.
-        for c in golomb::candidate_parameters(positions.len() as u64, numel) {
-            prop_assert!(golomb::encoded_bits(&positions, c) >= bits);
-        }
-    }
-
-    #[test]
-    fn golomb_round_trip_any_parameter((numel, positions) in positions_strategy(), m_seed in any::<u64>()) {
-        let m = 1 + m_seed % numel.max(1);
-        let (bytes, bits) = golomb::encode_positions_with(&positions, numel, m).unwrap();
-        let back = golomb::decode_positions(&bytes, bits, m, positions.len() as u64, numel).unwrap();
-        prop_assert_eq!(back, positions);
-    }
-
-    #[test]
-    fn golomb_decoder_total_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..64),
-                                       m in 0u64..100, count in 0u64..200, numel in 0u64..5000) {
-        // Must return (Ok or Err), never panic or hang; Ok output must be valid.
-        if let Ok(p) = golomb::decode_positions(&bytes, bytes.len() as u64 * 8, m, count, numel) {
-            prop_assert_eq!(p.len() as u64, count);
-            prop_assert!(p.windows(2).all(|w| w[0] < w[1]));
-            prop_assert!(p.iter().all(|&x| x < numel));
-        }
-    }
-
-    #[test]
-    fn bitpack_round_trip(bits in 0u8..=16, raw in proptest::collection::vec(any::<u16>(), 0..500)) {
-        let mask = if bits == 0 { 0 } else { ((1u32 << bits) - 1) as u16 };
-        let levels: Vec<u16> = raw.iter().map(|&v| v & mask).collect();
-        let packed = bitpack::pack(&levels, bits);
-        prop_assert_eq!(packed.len() as u64, (levels.len() as u64 * u64::from(bits)).div_ceil(8));
-        prop_assert_eq!(bitpack::unpack(&packed, bits, levels.len()).unwrap(), levels);
-    }
-}
 
 const DTYPES: [DType; 5] = [DType::F32, DType::BF16, DType::F16, DType::I64, DType::U8];
 

@@ -2,11 +2,19 @@
 //! markdown and compared with the crate's constants.
 
 use ultradelta_archive::{
-    dtype_from_code, RecordKind, DENSE_LEVELS_FIXED_BYTES, DENSE_SIGN_FIXED_BYTES, DTYPE_CODES,
-    FORMAT_VERSION, KNOWN_FLAGS, LOWRANK_FIXED_BYTES, MAGIC, PREAMBLE_LEN, SEEDED_FIXED_BYTES,
-    SEEDED_RANS_FIXED_BYTES, SPARSE_F16_FIXED_BYTES, SPARSE_FIXED_BYTES, SPARSE_RANS_FIXED_BYTES,
-    SPARSE_SIGN_FIXED_BYTES, TRAILER_LEN, TRAILER_MAGIC,
+    DType, RecordKind, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
+
+// The payload layout constants of the spec's table, as the code's kind table gives them.
+const SPARSE_FIXED_BYTES: usize = RecordKind::SparseGolomb.fixed_bytes();
+const SPARSE_F16_FIXED_BYTES: usize = RecordKind::SparseF16.fixed_bytes();
+const SPARSE_SIGN_FIXED_BYTES: usize = RecordKind::SparseSign.fixed_bytes();
+const DENSE_SIGN_FIXED_BYTES: usize = RecordKind::DenseSign.fixed_bytes();
+const LOWRANK_FIXED_BYTES: usize = RecordKind::LowrankF16.fixed_bytes();
+const DENSE_LEVELS_FIXED_BYTES: usize = RecordKind::DenseLevels.fixed_bytes();
+const SPARSE_RANS_FIXED_BYTES: usize = RecordKind::SparseGolombRans.fixed_bytes();
+const SEEDED_FIXED_BYTES: usize = RecordKind::SparseSeeded.fixed_bytes();
+const SEEDED_RANS_FIXED_BYTES: usize = RecordKind::SparseSeededRans.fixed_bytes();
 
 fn format_md() -> String {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FORMAT.md");
@@ -105,15 +113,16 @@ fn record_kinds_table_matches_code() {
 fn dtype_table_matches_code() {
     let md = format_md();
     let rows = table(&md, "### Dtype codes");
-    assert_eq!(rows.len(), DTYPE_CODES.len());
+    assert_eq!(rows.len(), DType::ALL.len());
     for r in &rows {
         let code: u8 = r[0].parse().unwrap();
-        let dtype = dtype_from_code(code).unwrap_or_else(|| panic!("dtype code {code} unknown"));
+        let dtype = DType::from_code(code).unwrap_or_else(|| panic!("dtype code {code} unknown"));
+        assert_eq!(dtype.code(), code);
         assert_eq!(dtype.name(), r[1]);
         assert_eq!(dtype.size().to_string(), r[2]);
     }
-    assert!(dtype_from_code(0).is_none());
-    assert!(dtype_from_code(11).is_none());
+    assert!(DType::from_code(0).is_none());
+    assert!(DType::from_code(11).is_none());
 }
 
 #[test]

@@ -1,7 +1,7 @@
 use super::*;
 use crate::rng::DetRng;
 use crate::tests::in_pool;
-use crate::{group_prune, quantize, quantized_counts};
+use crate::{group_prune, quantize, quantized_counts, Quantizer};
 use proptest::prelude::*;
 
 /// A bf16 base/fine-tune pair of `n` entries: base ~ ±0.05, a share `same` of the entries unchanged (Δ = 0),

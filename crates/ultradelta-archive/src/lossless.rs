@@ -1,0 +1,192 @@
+//! What the lossless kinds (2, 3, 4) share: the XOR of two tensors' bytes, the byte-plane shuffle, and zstd in
+//! fixed-size frames compressed in parallel (docs/FORMAT.md, "Kinds 2, 3, 4: zstd payloads").
+
+use std::io::Read;
+
+use rayon::prelude::*;
+
+use crate::record::Cursor;
+use crate::{Error, Result};
+
+/// Byte-plane shuffle: for elements of `size` bytes, all byte 0s, then all byte 1s, ... `bytes.len()` must be a
+/// multiple of `size`.
+pub(crate) fn shuffle(bytes: &[u8], size: usize) -> Vec<u8> {
+    if size <= 1 {
+        return bytes.to_vec();
+    }
+    let n = bytes.len() / size;
+    let mut out = vec![0u8; bytes.len()];
+    // Planes, and blocks of elements within each, in parallel (large embeddings are kept losslessly).
+    const BLOCK: usize = 1 << 16;
+    out.par_chunks_exact_mut(n.max(1))
+        .enumerate()
+        .take(size)
+        .for_each(|(j, plane)| {
+            plane
+                .par_chunks_mut(BLOCK)
+                .zip(bytes.par_chunks(BLOCK * size))
+                .for_each(|(dst, src)| {
+                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(size)) {
+                        *d = s[j];
+                    }
+                });
+        });
+    out
+}
+
+/// Inverse of [`shuffle`].
+pub(crate) fn unshuffle(planes: &[u8], size: usize) -> Vec<u8> {
+    if size <= 1 {
+        return planes.to_vec();
+    }
+    let n = planes.len() / size;
+    let mut out = vec![0u8; planes.len()];
+    for (j, plane) in planes.chunks_exact(n.max(1)).enumerate().take(size) {
+        for (i, &src) in plane.iter().enumerate() {
+            out[i * size + j] = src;
+        }
+    }
+    out
+}
+
+/// Input bytes per zstd frame. Data is cut at fixed multiples of this size and the frames are compressed in
+/// parallel, so the output does not depend on the number of threads.
+pub(crate) const ZSTD_FRAME_BYTES: usize = 16 << 20;
+
+pub(crate) fn zstd_compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    let one = |chunk: &[u8]| {
+        zstd::bulk::compress(chunk, level)
+            .map_err(|e| Error::stream("zstd", format!("compression failed: {e}")))
+    };
+    if data.len() <= ZSTD_FRAME_BYTES {
+        return one(data);
+    }
+    let frames: Vec<Vec<u8>> = data
+        .par_chunks(ZSTD_FRAME_BYTES)
+        .map(one)
+        .collect::<Result<_>>()?;
+    Ok(frames.concat())
+}
+
+/// Decompresses a zstd stream that must expand to exactly `expected` bytes. Memory grows with the actual output
+/// (never pre-allocated from a declared size beyond 64 MiB), and decoding stops one byte past `expected`.
+pub(crate) fn zstd_decompress_exact(data: &[u8], expected: u64) -> Result<Vec<u8>> {
+    let mut dec = zstd::stream::read::Decoder::with_buffer(data)
+        .map_err(|e| Error::stream("zstd", format!("cannot start decoder: {e}")))?;
+    let initial = expected.min(64 << 20) as usize;
+    let mut out = Vec::with_capacity(initial);
+    (&mut dec)
+        .take(expected.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| Error::stream("zstd", format!("{e}")))?;
+    if out.len() as u64 != expected {
+        return Err(Error::stream(
+            "zstd",
+            format!(
+                "decompressed to {}{} bytes, expected {expected}",
+                if out.len() as u64 > expected {
+                    "more than "
+                } else {
+                    ""
+                },
+                out.len()
+                    .min(usize::try_from(expected).unwrap_or(usize::MAX))
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// The zstd stream of a lossless payload: its declared compressed length must be exactly the bytes that follow.
+pub(crate) fn zstd_payload<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8]> {
+    let clen = c.u64("compressed length")?;
+    if clen != c.left() {
+        return Err(Error::stream(
+            "record",
+            format!(
+                "compressed length {clen} but {} payload bytes follow",
+                c.left()
+            ),
+        ));
+    }
+    c.take(clen, "zstd frame")
+}
+
+/// The frames of a zstd stream as (compressed byte range, declared content size) when there are several, each
+/// declares its content size and they add up to `total`; `None` otherwise (the stream is then decompressed as a
+/// whole, which also reports any error). zstd checks each frame against its declared size.
+pub(crate) fn zstd_frames(z: &[u8], total: usize) -> Option<Vec<(std::ops::Range<usize>, usize)>> {
+    let mut frames = Vec::new();
+    let (mut at, mut sum) = (0usize, 0usize);
+    while at < z.len() {
+        let rest = &z[at..];
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest).ok()?;
+        if len == 0 || len > rest.len() {
+            return None;
+        }
+        let size = zstd::zstd_safe::get_frame_content_size(&rest[..len]).ok()??;
+        let size = usize::try_from(size).ok()?;
+        sum = sum.checked_add(size).filter(|&s| s <= total)?;
+        frames.push((at..at + len, size));
+        at += len;
+    }
+    (sum == total && frames.len() > 1).then_some(frames)
+}
+
+/// Decompresses the zstd payload in `c` (its length field and frames) to exactly `expected` bytes.
+pub(crate) fn decode_zstd_payload(c: &mut Cursor<'_>, expected: u64) -> Result<Vec<u8>> {
+    zstd_decompress_exact(zstd_payload(c)?, expected)
+}
+
+/// The byte size of `numel` elements of `size` bytes, as a decoding error on overflow.
+pub(crate) fn raw_size(numel: u64, size: usize) -> Result<u64> {
+    let size = size as u64;
+    numel.checked_mul(size).ok_or_else(|| {
+        Error::stream(
+            "record",
+            format!("{numel} elements of {size} bytes overflow"),
+        )
+    })
+}
+
+/// Checks a lossless record's raw bytes against the tensor (`dtype` is the record's own), and returns them
+/// byte-plane shuffled and compressed.
+pub(crate) fn compress_tensor_bytes(
+    dtype: ultradelta_core::DType,
+    bytes: &[u8],
+    head: &crate::kinds::Head<'_>,
+    zstd_level: i32,
+) -> Result<Vec<u8>> {
+    if dtype != head.dtype {
+        return Err(Error::record(format!(
+            "record dtype {} differs from the tensor's dtype {}",
+            dtype.name(),
+            head.dtype.name()
+        )));
+    }
+    let numel = head.numel;
+    let expected = numel
+        .checked_mul(head.dtype.size() as u64)
+        .ok_or_else(|| Error::record("byte size overflows u64"))?;
+    if bytes.len() as u64 != expected {
+        return Err(Error::record(format!(
+            "{} bytes for {numel} elements of {} (expected {expected})",
+            bytes.len(),
+            head.dtype.name()
+        )));
+    }
+    zstd_compress(&shuffle(bytes, head.dtype.size()), zstd_level)
+}
+
+/// Writes the header of a `kind` record and its zstd payload `z`.
+pub(crate) fn put_zstd_record(
+    head: &crate::kinds::Head<'_>,
+    kind: crate::RecordKind,
+    z: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    head.put(out, kind)?;
+    out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+    out.extend_from_slice(z);
+    Ok(())
+}
