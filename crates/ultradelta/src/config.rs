@@ -110,7 +110,7 @@ pub enum ValueCodec {
     Entropy,
 }
 
-/// Whether the encoding is fixed by the flags or chosen per tensor.
+/// Whether the levels encoding is fixed by `values` or chosen per tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CodecChoice {
@@ -119,7 +119,8 @@ pub enum CodecChoice {
     Fixed,
     /// Per tensor, the smaller of packed and entropy-coded levels for the entries the method chose (`values` is
     /// ignored). The positions codec is part of the method's choice (seeded changes *which* entries are kept),
-    /// so auto never switches it.
+    /// so auto never switches it. Ties go to bit-packed; the rebuilt weights are the same as with either fixed
+    /// values codec.
     Auto,
 }
 
@@ -275,6 +276,13 @@ impl CompressConfig {
         }
     }
 
+    /// Whether this asks for anything but the paper's codecs (Golomb positions, packed levels, fixed).
+    pub fn uses_new_codecs(&self) -> bool {
+        self.positions != PositionCodec::Golomb
+            || self.values != ValueCodec::Packed
+            || self.codec != CodecChoice::Fixed
+    }
+
     /// Checks every value's range; the message names the option.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
@@ -313,9 +321,7 @@ impl CompressConfig {
                 return bad(format!("target ratio must be a positive number, got {r}"));
             }
         }
-        let coded = self.positions != PositionCodec::Golomb
-            || self.values != ValueCodec::Packed
-            || self.codec != CodecChoice::Fixed;
+        let coded = self.uses_new_codecs();
         if coded && self.method != Method::Ultradelta {
             return bad(format!(
                 "--positions/--values/--codec apply to --method ultradelta only, not {} ({})",

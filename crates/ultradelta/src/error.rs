@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use ultradelta_io::Checkpoint;
+
 /// Everything that can go wrong in the high-level pipeline.
 ///
 /// Each message is one line naming the file and tensor involved. Errors from the
@@ -145,3 +147,29 @@ pub struct TensorMismatch {
 
 /// Result with this crate's [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// [`Error::Quant`] for tensor `name` of `ckpt`.
+pub(crate) fn quant_err(ckpt: &Checkpoint, name: &str, source: ultradelta_qgp::Error) -> Error {
+    Error::Quant {
+        file: ckpt.file_of(name).unwrap_or(ckpt.path()).to_path_buf(),
+        tensor: name.to_string(),
+        source,
+    }
+}
+
+/// A method kernel's error for tensor `name` of `ckpt`: [`Error::Quant`] for the quantizer's, [`Error::Method`]
+/// otherwise.
+pub(crate) fn method_err(
+    ckpt: &Checkpoint,
+    name: &str,
+    source: ultradelta_baselines::Error,
+) -> Error {
+    match source {
+        ultradelta_baselines::Error::Quant(q) => quant_err(ckpt, name, q),
+        source => Error::Method {
+            file: ckpt.file_of(name).unwrap_or(ckpt.path()).to_path_buf(),
+            tensor: name.to_string(),
+            source,
+        },
+    }
+}
