@@ -262,8 +262,51 @@ impl Default for CompressConfig {
     }
 }
 
+/// A named configuration of the method (the CLI's `--preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Preset {
+    /// The paper's exact setting, [`CompressConfig::paper`].
+    Paper,
+}
+
+impl Preset {
+    /// The preset's whole configuration.
+    pub fn config(self) -> CompressConfig {
+        match self {
+            Preset::Paper => CompressConfig::paper(),
+        }
+    }
+
+    /// `cfg` under this preset. The preset decides the method and everything that changes which entries are kept
+    /// and their values: `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`, `allocation`,
+    /// `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`, `tngr.enabled` and `tngr.trace_on`.
+    /// Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`, `tngr.nuclear_norm`, `selection`, how the
+    /// choice is stored (`positions`, `values`, `codec`, `seed_trials`) and `zstd_level`.
+    pub fn apply_to(self, cfg: CompressConfig) -> CompressConfig {
+        let p = self.config();
+        CompressConfig {
+            seed: cfg.seed,
+            gamma: cfg.gamma,
+            tngr: TngrConfig {
+                clamp: cfg.tngr.clamp,
+                nuclear_norm: cfg.tngr.nuclear_norm,
+                ..p.tngr
+            },
+            selection: cfg.selection,
+            positions: cfg.positions,
+            values: cfg.values,
+            codec: cfg.codec,
+            seed_trials: cfg.seed_trials,
+            zstd_level: cfg.zstd_level,
+            ..p
+        }
+    }
+}
+
 impl CompressConfig {
-    /// The paper's exact configuration (`--preset paper`): UltraDelta, s = 0.97, b = 4, δ = 0.01, global
+    /// The paper's exact configuration ([`Preset::Paper`]): UltraDelta, s = 0.97, b = 4, δ = 0.01, global
     /// rescaling, MSA, DAC, quantization, TNGR across models, seed 0.
     pub fn paper() -> Self {
         CompressConfig {

@@ -144,7 +144,8 @@ pub use apply::{apply, check_base, rebuild_tensor, rebuild_tensor_into, ApplyOpt
 pub use budget::{BudgetReport, BUDGET_TOLERANCE};
 pub use config::{
     AllocationMode, CodecChoice, CompressConfig, EstimateConfig, Method, NuclearNormMethod,
-    PositionCodec, PruningMode, RescaleMode, TngrConfig, TraceOn, ValueCodec, DEFAULT_SEED_TRIALS,
+    PositionCodec, Preset, PruningMode, RescaleMode, TngrConfig, TraceOn, ValueCodec,
+    DEFAULT_SEED_TRIALS,
 };
 pub use error::{Error, Result, TensorMismatch};
 pub use evaluate::{eval, EvalReport, Fidelity, TensorEval};
