@@ -1,6 +1,7 @@
 //! The command line: what clap parses, and the one place where flags become library configuration
 //! ([`CompressArgs::config`]). Choices are spelled as the configuration's serde names, with a help line each
-//! ([`choice`]), so the facade's enums are used as they are (no mirrored copies).
+//! ([`choice`]), so the facade's enums are used as they are (no mirrored copies). The library's errors name
+//! configuration fields; [`flag_of`] gives the flag that sets each field, for the CLI's error line.
 
 use std::path::PathBuf;
 
@@ -305,7 +306,8 @@ impl CompressArgs {
     /// The configuration these flags describe, checked: the one place flags become configuration.
     ///
     /// # Errors
-    /// Flags that contradict each other, and [`CompressConfig::validate`]'s errors.
+    /// Flags that contradict each other, and [`CompressConfig::validate`]'s errors (which name configuration
+    /// fields; `main` adds the flag).
     pub fn config(&self) -> Result<CompressConfig> {
         let mut cfg = CompressConfig {
             method: self.method,
@@ -363,6 +365,40 @@ impl CompressArgs {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The flag that sets the configuration field `field` (as [`ultradelta::Error::InvalidConfig`] names it).
+pub fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "method" => "--method",
+        "sparsity" => "--sparsity",
+        "bits" => "--bits",
+        "step" => "--step",
+        "seed" => "--seed",
+        "gamma" => "--gamma",
+        "rescale_factor" => "--rescale-factor",
+        "rescale" => "--rescale",
+        "allocation" => "--no-msa",
+        "pruning" => "--no-dac",
+        "tngr.enabled" => "--tngr",
+        "tngr.trace_on" => "--trace-on",
+        "tngr.clamp" => "--gamma-clamp",
+        "tngr.nuclear_norm" => "--nuclear-norm",
+        "selection.compress" => "--compress",
+        "selection.keep" => "--keep",
+        "selection.drop" => "--drop",
+        "selection.family" => "--family",
+        "quantize" => "--no-quant",
+        "rank" => "--rank",
+        "compeft_alpha" => "--compeft-alpha",
+        "target_ratio" => "--target-ratio",
+        "positions" => "--positions",
+        "values" => "--values",
+        "codec" => "--codec",
+        "seed_trials" => "--seed-trials",
+        "zstd_level" => "--zstd-level",
+        _ => return None,
+    })
 }
 
 #[derive(Args, Debug)]
@@ -440,6 +476,89 @@ mod tests {
         }
         for m in Method::ALL {
             assert!(METHODS.iter().any(|(_, _, v)| *v == m), "{m}");
+        }
+    }
+
+    /// Every field a configuration error can name has a flag (one invalid value per check of `validate`).
+    #[test]
+    fn every_invalid_field_has_a_flag() {
+        let d = CompressConfig::default;
+        let invalid = [
+            CompressConfig {
+                sparsity: 1.5,
+                ..d()
+            },
+            CompressConfig { bits: 0, ..d() },
+            CompressConfig { step: 1.0, ..d() },
+            CompressConfig {
+                rescale_factor: 0.0,
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Lowrank,
+                rank: 0,
+                ..d()
+            },
+            CompressConfig {
+                compeft_alpha: Some(-1.0),
+                ..d()
+            },
+            CompressConfig {
+                target_ratio: Some(0.0),
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Dare,
+                positions: PositionCodec::Seeded,
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Quant,
+                values: ValueCodec::Entropy,
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Dare,
+                codec: CodecChoice::Auto,
+                ..d()
+            },
+            CompressConfig {
+                codec: CodecChoice::Auto,
+                quantize: false,
+                ..d()
+            },
+            CompressConfig {
+                positions: PositionCodec::Seeded,
+                pruning: PruningMode::Random,
+                ..d()
+            },
+            CompressConfig {
+                seed_trials: 0,
+                ..d()
+            },
+            CompressConfig {
+                zstd_level: 0,
+                ..d()
+            },
+            CompressConfig {
+                gamma: Some(0.0),
+                ..d()
+            },
+            CompressConfig {
+                tngr: TngrConfig {
+                    clamp: Some((2.0, 1.0)),
+                    ..TngrConfig::default()
+                },
+                ..d()
+            },
+        ];
+        for cfg in invalid {
+            match cfg.validate() {
+                Err(ultradelta::Error::InvalidConfig { field, .. }) => {
+                    assert!(flag_of(field).is_some(), "{field}")
+                }
+                other => panic!("{cfg:?}: {other:?}"),
+            }
         }
     }
 

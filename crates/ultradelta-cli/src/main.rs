@@ -38,10 +38,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e:#}{}", flag_hint(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The flag behind a library error, when the user fixes it with one: the library speaks of configuration fields
+/// and options, the command line of flags.
+fn flag_hint(e: &anyhow::Error) -> String {
+    use ultradelta::{archive, io, Error};
+    let flag = match e.downcast_ref::<Error>() {
+        Some(Error::InvalidConfig { field, .. }) => args::flag_of(field),
+        Some(Error::NotCompressible { .. }) => Some("--keep or --drop"),
+        Some(
+            Error::OutputExists { .. }
+            | Error::Archive(archive::Error::OutputExists { .. })
+            | Error::Io(io::Error::OutputExists { .. }),
+        ) => Some("--force"),
+        _ => None,
+    };
+    flag.map(|f| format!(" ({f})")).unwrap_or_default()
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -125,9 +125,10 @@ pub(crate) fn solve_budget(
     cfg: &CompressConfig,
     progress: &dyn Progress,
 ) -> Result<(CompressConfig, BudgetReport)> {
-    let target = cfg
-        .target_ratio
-        .ok_or_else(|| Error::Config("no target ratio".into()))?;
+    let target = cfg.target_ratio.ok_or_else(|| Error::InvalidConfig {
+        field: "target_ratio",
+        reason: "the budget search needs target_ratio".into(),
+    })?;
     let fail = |detail: String| Error::Budget {
         finetuned: p.ft.path().to_path_buf(),
         target,

@@ -490,7 +490,7 @@ pub fn compress_many(
 ) -> Result<Vec<CompressReport>> {
     cfg.validate()?;
     if finetuned.is_empty() {
-        return Err(Error::Config("no fine-tuned checkpoint given".into()));
+        return Err(Error::NoFinetuned);
     }
     std::fs::create_dir_all(out_dir).map_err(|source| Error::File {
         path: out_dir.to_path_buf(),
