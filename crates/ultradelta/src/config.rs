@@ -200,7 +200,7 @@ pub struct CompressConfig {
     pub tngr: TngrConfig,
     /// Which tensors are compressed, kept or dropped.
     pub selection: Selection,
-    /// UltraDelta only: quantize the kept values to `bits` (off: the ablation `--no-quant`, fp16 values, DAC
+    /// UltraDelta only: quantize the kept values to `bits` (off: the ablation with fp16 values, DAC
     /// groups still by the `bits`-bit level each value would have; ALGORITHM.md §3).
     #[serde(default = "yes")]
     pub quantize: bool,
@@ -262,7 +262,7 @@ impl Default for CompressConfig {
     }
 }
 
-/// A named configuration of the method (the CLI's `--preset`).
+/// A named configuration of the method (what the CLI's preset flag selects).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]

@@ -100,7 +100,8 @@
 //! a real archive (its own record kind, docs/FORMAT.md) that [`apply`] rebuilds through one decoding path,
 //! [`archive::Record::add_delta_into`]; [`compress_tensor`] gives the same record in memory. The ablations
 //! are fields: `allocation` (MSA), `pruning` (DAC), `quantize`, `tngr.enabled`, `rescale`.
-//! [`CompressConfig::paper`] is the paper's exact setting. With `target_ratio: Some(r)` the method's free
+//! [`CompressConfig::paper`] is the paper's exact setting ([`Preset::Paper`]; [`Preset::apply_to`] lays it over
+//! a configuration, keeping the seed, selection and storage codecs). With `target_ratio: Some(r)` the method's free
 //! parameter (sparsity, rank or bits) is searched so the archive's real ratio lands within 1 % of `r`
 //! ([`budget`]); [`export_lora`] writes a `lowrank` archive as a PEFT LoRA adapter.
 //!
@@ -113,11 +114,23 @@
 //! the bits they save buy density; [`inspect`]'s [`CodecSummary`] splits the bits per kept entry into position
 //! and value bits.
 //!
+//! ## How a compression run is organised
+//!
+//! Three layers, each calling only the ones below it. The *plan* decides everything before a record is made:
+//! pairing base and fine-tune, each tensor's policy ([`selection`]), pass 1 (UltraDelta's per-tensor quantizer,
+//! level histograms and σ) and the per-tensor rates ([`alloc`]). The *method dispatch*, [`compress_tensor`], turns
+//! one tensor's Δ into its record for every method and codec (UltraDelta's quantize → prune → rescale is
+//! written once). The *pipeline*, [`compress`] and [`compress_many`], runs pass 2: it streams each tensor's
+//! record into the archive in plan order, then γ (TNGR across fine-tunes) finishes it. The byte-budget search
+//! ([`budget`]) runs the plan and the method dispatch without writing.
+//!
 //! ## Guarantees
 //! - Same inputs, configuration and seed give the same archive bytes, whatever the number
 //!   of threads.
 //! - Writers never leave a half-written file or folder: output appears by atomic rename.
-//! - Every error is one line naming the file and tensor involved.
+//! - Every error is one line naming the file and tensor involved. [`enum@Error`] has one variant per cause;
+//!   configuration errors ([`Error::InvalidConfig`]) name the [`CompressConfig`] field to change (a front end
+//!   adds its own spelling: the CLI names the flag).
 
 pub use ultradelta_alloc as alloc;
 pub use ultradelta_archive as archive;
