@@ -261,8 +261,9 @@ pub struct CompressArgs {
     /// Fixed γ multiplier (default: 1; TNGR's γ across several fine-tunes with --tngr).
     #[arg(long, value_name = "F")]
     pub gamma: Option<f64>,
-    /// Clamp TNGR's γ to [LO,HI], e.g. 0.5,1 as the paper states.
-    #[arg(long, value_name = "LO,HI", value_parser = parse_pair)]
+    // The help is an attribute: rustdoc would read `[LO,HI]` in a doc comment as a link.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_pair,
+          help = "Clamp TNGR's γ to [LO,HI], e.g. 0.5,1 as the paper states")]
     pub gamma_clamp: Option<(f64, f64)>,
     /// Which deltas TNGR's trace norms are computed on.
     #[arg(long, value_parser = choice(TRACE_ON), default_value = "compressed")]
