@@ -7,7 +7,7 @@ use ultradelta::archive::{ArchiveReader, Policy};
 use ultradelta::io::{
     f32_to_bytes, Checkpoint, CheckpointWriter, DType, TensorInfo, WriterOptions,
 };
-use ultradelta::{compress, compress_tensor_with, CompressConfig, Method, NoProgress, Selection};
+use ultradelta::{compress, compress_tensor, CompressConfig, Method, NoProgress, Selection};
 
 use crate::support::{
     apply_cmd, compress_cmd, compressed_kinds, inspect_json, pair, s, ud_err, ud_ok,
@@ -84,7 +84,9 @@ pub(crate) fn check_apply_equals_in_memory(
         let f = ft.view(&e.name).unwrap().to_f32().unwrap();
         let delta: Vec<f32> = f.iter().zip(&b).map(|(f, b)| f - b).collect();
         let rate = e.rate.unwrap_or(cfg.sparsity);
-        let rec = compress_tensor_with(&delta, &e.name, &e.shape, rate, &cfg).unwrap();
+        let rec = compress_tensor(&delta, &e.name, &e.shape, rate, &cfg)
+            .unwrap()
+            .record;
         assert_eq!(rec.kind().name(), e.kind, "{}", e.name);
         let mut w = b.clone();
         rec.add_delta_into(m.gamma as f32, &mut w).unwrap();

@@ -3,6 +3,7 @@
 //! It parses arguments, draws progress on a terminal, prints reports (human or JSON) and
 //! turns errors into one line on stderr. It holds no compression logic of its own.
 
+mod args;
 mod progress;
 
 /// `println!` that ends the process quietly when stdout is closed (e.g. `| head`)
@@ -20,316 +21,44 @@ macro_rules! outln {
     }};
 }
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use ultradelta::archive::ArchiveReader;
 use ultradelta::io::Checkpoint;
-use ultradelta::{
-    AllocationMode, ApplyOptions, CodecChoice, CompressConfig, EstimateConfig, Family, Method,
-    NuclearNormMethod, PositionCodec, PruningMode, RescaleMode, Selection, TngrConfig, TraceOn,
-    ValueCodec, DEFAULT_SEED_TRIALS,
-};
+use ultradelta::{ApplyOptions, Method};
 
+use crate::args::{ApplyArgs, Cli, Command, CompressArgs, EvalArgs, InspectArgs};
 use crate::progress::CliProgress;
-
-/// Data-free delta compression of fine-tuned models (UltraDelta).
-#[derive(Parser, Debug)]
-#[command(name = "ultradelta", version, about, long_about = None)]
-struct Cli {
-    /// No progress bars or notes on stderr.
-    #[arg(long, short, global = true)]
-    quiet: bool,
-    /// Worker threads (default: all cores). Output bytes do not depend on it.
-    #[arg(long, global = true, value_name = "N")]
-    threads: Option<usize>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Compress fine-tuned checkpoint(s) against their base into archive(s).
-    Compress(Box<CompressArgs>),
-    /// Rebuild the fine-tuned checkpoint from the base and an archive.
-    Apply(ApplyArgs),
-    /// Show what an archive holds, its real size and the paper's nominal ratios.
-    Inspect(InspectArgs),
-    /// Compare the rebuilt model with the fine-tuned one, per tensor and overall.
-    Eval(EvalArgs),
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum RescaleArg {
-    /// 1/(1 − s) with the global target s (the paper's reference code).
-    Global,
-    /// 1/(1 − s_t) with each tensor's own rate.
-    PerTensor,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum NuclearArg {
-    /// Exact for matrices whose short side is at most 1024, estimated above.
-    Auto,
-    /// Always exact (Gram matrix + LAPACK eigenvalues).
-    Exact,
-    /// Always estimated (deflation + stochastic Lanczos quadrature, ~0.25% standard error).
-    Estimate,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum TraceArg {
-    /// Nuclear norms of the compressed deltas (reference code).
-    Compressed,
-    /// Nuclear norms of the original deltas.
-    Original,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum MethodArg {
-    /// The paper's pipeline: quantize, MSA, group-wise pruning, rescaling.
-    Ultradelta,
-    /// DARE: random drop with probability --sparsity, survivors × 1/(1−p), fp16 values.
-    Dare,
-    /// Magnitude pruning: keep the top (1 − --sparsity) by |Δ|, fp16 values.
-    Magnitude,
-    /// BitDelta (data-free): sign × mean |Δ| per tensor.
-    Bitdelta,
-    /// Truncated SVD at --rank, fp16 factors.
-    Lowrank,
-    /// ComPEFT: top (1 − --sparsity) by |Δ|, sign × one magnitude.
-    Compeft,
-    /// Uniform --bits quantization of every entry alone.
-    Quant,
-}
-
-impl From<MethodArg> for Method {
-    fn from(m: MethodArg) -> Method {
-        match m {
-            MethodArg::Ultradelta => Method::Ultradelta,
-            MethodArg::Dare => Method::Dare,
-            MethodArg::Magnitude => Method::Magnitude,
-            MethodArg::Bitdelta => Method::Bitdelta,
-            MethodArg::Lowrank => Method::Lowrank,
-            MethodArg::Compeft => Method::Compeft,
-            MethodArg::Quant => Method::Quant,
-        }
-    }
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum PositionsArg {
-    /// DAC's stratified positions, stored as Golomb-coded gaps (the paper's v3 count).
-    Golomb,
-    /// Positions drawn from a seed independently of the values; the reader regenerates them, none are stored.
-    Seeded,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum ValuesArg {
-    /// Levels bit-packed at --bits bits each.
-    Packed,
-    /// Levels rANS-coded with a per-tensor static model (about their entropy each).
-    Entropy,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum CodecArg {
-    /// Every tensor as --positions and --values say.
-    Fixed,
-    /// Per tensor, the smaller of packed and entropy-coded levels (--values is ignored; positions stay as given).
-    Auto,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum PresetArg {
-    /// The paper's exact setting: ultradelta, s 0.97, b 4, δ 0.01, global rescale, MSA, DAC, TNGR.
-    Paper,
-}
-
-#[derive(Args, Debug)]
-struct CompressArgs {
-    /// Compression method (baselines write their own record kinds; see `inspect`).
-    #[arg(long, value_enum, default_value_t = MethodArg::Ultradelta)]
-    method: MethodArg,
-    /// A named configuration; refuses flags that would contradict it.
-    #[arg(long, value_enum, conflicts_with_all = [
-        "method", "sparsity", "bits", "step", "rescale", "no_msa", "no_dac", "no_quant", "no_tngr", "tngr",
-        "target_ratio", "rescale_factor", "trace_on",
-    ])]
-    preset: Option<PresetArg>,
-    /// Rank of every compressed tensor (--method lowrank).
-    #[arg(long, default_value_t = 8)]
-    rank: usize,
-    /// ComPEFT magnitude α·σ(Δ) (default: mean |Δ| of the kept entries).
-    #[arg(long, value_name = "ALPHA")]
-    compeft_alpha: Option<f64>,
-    /// Byte budget: pick the method's free parameter (sparsity, rank, bits) so the real ratio vs 16-bit over the
-    /// compressed tensors lands within 1% of R.
-    #[arg(long, value_name = "R")]
-    target_ratio: Option<f64>,
-    /// Ablation (ultradelta): keep the pruned values at fp16 instead of quantizing them.
-    #[arg(long)]
-    no_quant: bool,
-    /// How kept positions are stored (ultradelta).
-    #[arg(long, value_enum, default_value_t = PositionsArg::Golomb)]
-    positions: PositionsArg,
-    /// How kept levels are stored (ultradelta).
-    #[arg(long, value_enum, default_value_t = ValuesArg::Packed)]
-    values: ValuesArg,
-    /// Fixed codecs, or the cheapest levels codec per tensor (ultradelta).
-    #[arg(long, value_enum, default_value_t = CodecArg::Fixed)]
-    codec: CodecArg,
-    /// Seeds tried per tensor with --positions seeded; the one whose kept levels best match DAC's counts wins.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_SEED_TRIALS)]
-    seed_trials: u32,
-    /// zstd level (1–22) of the lossless records: kept deltas, tensors only in the fine-tune, companion files.
-    /// Level 1 is the smallest and fastest on the testbed's real deltas (docs/FORMAT.md, "zstd level").
-    #[arg(long, value_name = "LEVEL", default_value_t = ultradelta::archive::DEFAULT_ZSTD_LEVEL)]
-    zstd_level: i32,
-    /// Trace-norm-guided rescaling across several fine-tunes compressed together (γᵢ = T_min/Tᵢ; the paper's
-    /// setting). Off by default: it cost quality on the testbed (README, "Choosing the defaults").
-    #[arg(long, conflicts_with = "no_tngr")]
-    tngr: bool,
-    /// No trace-norm-guided rescaling (γ = 1): the default; kept so ablation scripts can say it.
-    #[arg(long)]
-    no_tngr: bool,
-    /// Also export the low-rank factors as a PEFT LoRA adapter into DIR (--method lowrank, one fine-tune).
-    #[arg(long, value_name = "DIR")]
-    lora_out: Option<PathBuf>,
-    /// Base checkpoint: a .safetensors file or a Hugging Face model folder (sharded or not).
-    #[arg(long, value_name = "PATH")]
-    base: PathBuf,
-    /// Fine-tuned checkpoint(s) of that base. Several need --output-dir (and get TNGR with --tngr).
-    #[arg(long, value_name = "PATH", required = true)]
-    finetuned: Vec<PathBuf>,
-    /// Archive to write (one fine-tune).
-    #[arg(long, short, value_name = "FILE", conflicts_with = "output_dir")]
-    output: Option<PathBuf>,
-    /// Folder for one archive per fine-tune (several fine-tunes).
-    #[arg(long, value_name = "DIR")]
-    output_dir: Option<PathBuf>,
-    /// Target sparsity over the compressed tensors (fraction of entries dropped).
-    #[arg(long, default_value_t = 0.97)]
-    sparsity: f64,
-    /// Quantization bits per kept value.
-    #[arg(long, default_value_t = 4)]
-    bits: u8,
-    /// MSA step δ: low-variance third gets s+δ, mid s, high the remainder.
-    #[arg(long, default_value_t = 0.01)]
-    step: f64,
-    /// Seed of every random choice.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Fixed γ multiplier (default: 1; TNGR's γ across several fine-tunes with --tngr).
-    #[arg(long, value_name = "F")]
-    gamma: Option<f64>,
-    /// Clamp TNGR's γ to [LO,HI], e.g. 0.5,1 as the paper states.
-    #[arg(long, value_name = "LO,HI", value_parser = parse_pair)]
-    gamma_clamp: Option<(f64, f64)>,
-    /// Which deltas TNGR's trace norms are computed on.
-    #[arg(long, value_enum, default_value_t = TraceArg::Compressed)]
-    trace_on: TraceArg,
-    /// How TNGR's nuclear norms are computed.
-    #[arg(long, value_enum, default_value_t = NuclearArg::Auto)]
-    nuclear_norm: NuclearArg,
-    /// Extra multiplier on the rescale factor.
-    #[arg(long, default_value_t = 1.0)]
-    rescale_factor: f64,
-    /// Rescale survivors by each tensor's own rate (default, measured better) or the global target (paper).
-    #[arg(long, value_enum, default_value_t = RescaleArg::PerTensor)]
-    rescale: RescaleArg,
-    /// Ablation: same sparsity for every tensor instead of MSA.
-    #[arg(long)]
-    no_msa: bool,
-    /// Ablation: plain random drop instead of group-wise (stratified) pruning.
-    #[arg(long)]
-    no_dac: bool,
-    /// Compress tensors whose name matches this glob (`*`, `?`).
-    #[arg(long = "compress", value_name = "GLOB")]
-    compress_globs: Vec<String>,
-    /// Store these tensors' deltas without loss.
-    #[arg(long = "keep", value_name = "GLOB")]
-    keep_globs: Vec<String>,
-    /// Drop these tensors' deltas (the rebuilt model uses the base values).
-    #[arg(long = "drop", value_name = "GLOB")]
-    drop_globs: Vec<String>,
-    /// Tensor-selection preset (default: detected from config.json, then tensor names).
-    #[arg(long, value_parser = parse_family)]
-    family: Option<Family>,
-    /// Replace existing output.
-    #[arg(long)]
-    force: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args, Debug)]
-struct ApplyArgs {
-    /// Base checkpoint the archive was made against.
-    #[arg(long, value_name = "PATH")]
-    base: PathBuf,
-    /// Folder to write the rebuilt checkpoint into.
-    #[arg(long, short, value_name = "DIR")]
-    output: PathBuf,
-    /// Shard the output above this many bytes (default 5 GB, like Hugging Face).
-    #[arg(long, value_name = "BYTES")]
-    max_shard_size: Option<u64>,
-    /// Replace an existing output folder.
-    #[arg(long)]
-    force: bool,
-    /// The archive.
-    archive: PathBuf,
-}
-
-#[derive(Args, Debug)]
-struct InspectArgs {
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-    /// The archive.
-    archive: PathBuf,
-}
-
-#[derive(Args, Debug)]
-struct EvalArgs {
-    /// Base checkpoint.
-    #[arg(long, value_name = "PATH")]
-    base: PathBuf,
-    /// The fine-tuned checkpoint the archive was made from.
-    #[arg(long, value_name = "PATH")]
-    finetuned: PathBuf,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-    /// The archive.
-    archive: PathBuf,
-}
-
-fn parse_family(s: &str) -> Result<Family, String> {
-    s.parse()
-}
-
-fn parse_pair(s: &str) -> Result<(f64, f64), String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| format!("expected LO,HI, got \"{s}\""))?;
-    let p = |x: &str| x.trim().parse::<f64>().map_err(|e| format!("\"{x}\": {e}"));
-    Ok((p(a)?, p(b)?))
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e:#}{}", flag_hint(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The flag behind a library error, when the user fixes it with one: the library speaks of configuration fields
+/// and options, the command line of flags.
+fn flag_hint(e: &anyhow::Error) -> String {
+    use ultradelta::{archive, io, Error};
+    let flag = match e.downcast_ref::<Error>() {
+        Some(Error::InvalidConfig { field, .. }) => args::flag_of(field),
+        Some(Error::NotCompressible { .. }) => Some("--keep or --drop"),
+        Some(
+            Error::OutputExists { .. }
+            | Error::Archive(archive::Error::OutputExists { .. })
+            | Error::Io(io::Error::OutputExists { .. }),
+        ) => Some("--force"),
+        _ => None,
+    };
+    flag.map(|f| format!(" ({f})")).unwrap_or_default()
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -356,96 +85,7 @@ fn open(path: &Path) -> Result<Checkpoint> {
 }
 
 fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
-    let mut cfg = CompressConfig {
-        method: a.method.into(),
-        sparsity: a.sparsity,
-        bits: a.bits,
-        step: a.step,
-        seed: a.seed,
-        gamma: a.gamma,
-        rescale_factor: a.rescale_factor,
-        rescale: match a.rescale {
-            RescaleArg::Global => RescaleMode::Global,
-            RescaleArg::PerTensor => RescaleMode::PerTensor,
-        },
-        allocation: if a.no_msa {
-            AllocationMode::Uniform
-        } else {
-            AllocationMode::Msa
-        },
-        pruning: if a.no_dac {
-            PruningMode::Random
-        } else {
-            PruningMode::Group
-        },
-        tngr: TngrConfig {
-            trace_on: match a.trace_on {
-                TraceArg::Compressed => TraceOn::Compressed,
-                TraceArg::Original => TraceOn::Original,
-            },
-            clamp: a.gamma_clamp,
-            enabled: a.tngr && !a.no_tngr,
-            nuclear_norm: match a.nuclear_norm {
-                NuclearArg::Auto => NuclearNormMethod::Auto,
-                NuclearArg::Exact => NuclearNormMethod::Exact,
-                NuclearArg::Estimate => NuclearNormMethod::Estimate(EstimateConfig::default()),
-            },
-        },
-        selection: Selection {
-            compress: a.compress_globs,
-            keep: a.keep_globs,
-            drop: a.drop_globs,
-            family: a.family,
-        },
-        quantize: !a.no_quant,
-        rank: a.rank,
-        compeft_alpha: a.compeft_alpha,
-        target_ratio: a.target_ratio,
-        positions: match a.positions {
-            PositionsArg::Golomb => PositionCodec::Golomb,
-            PositionsArg::Seeded => PositionCodec::Seeded,
-        },
-        values: match a.values {
-            ValuesArg::Packed => ValueCodec::Packed,
-            ValuesArg::Entropy => ValueCodec::Entropy,
-        },
-        codec: match a.codec {
-            CodecArg::Fixed => CodecChoice::Fixed,
-            CodecArg::Auto => CodecChoice::Auto,
-        },
-        seed_trials: a.seed_trials,
-        zstd_level: a.zstd_level,
-    };
-    if let Some(PresetArg::Paper) = a.preset {
-        let p = CompressConfig::paper();
-        cfg = CompressConfig {
-            seed: cfg.seed,
-            gamma: cfg.gamma,
-            tngr: TngrConfig {
-                clamp: cfg.tngr.clamp,
-                nuclear_norm: cfg.tngr.nuclear_norm.clone(),
-                ..p.tngr
-            },
-            selection: cfg.selection,
-            // The preset fixes the method; how its choice is stored stays the user's.
-            positions: cfg.positions,
-            values: cfg.values,
-            codec: cfg.codec,
-            seed_trials: cfg.seed_trials,
-            zstd_level: cfg.zstd_level,
-            ..p
-        };
-    }
-    if cfg.tngr.clamp.is_some() && !cfg.tngr.enabled {
-        bail!("--gamma-clamp clamps TNGR's γ: add --tngr (TNGR is off by default)");
-    }
-    if a.no_quant && cfg.method != Method::Ultradelta {
-        bail!("--no-quant applies to --method ultradelta only");
-    }
-    if a.lora_out.is_some() && (cfg.method != Method::Lowrank || a.output.is_none()) {
-        bail!("--lora-out needs --method lowrank and one fine-tune (--output)");
-    }
-    cfg.validate()?;
+    let cfg = a.config()?;
     let base = open(&a.base)?;
     let reports = match (&a.output, &a.output_dir) {
         (Some(out), None) => {

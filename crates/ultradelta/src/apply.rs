@@ -65,12 +65,10 @@ pub fn rebuild_tensor(
 fn entry_nbytes(archive: &Path, entry: &TensorEntry) -> Result<usize> {
     TensorInfo::new(entry.name.clone(), entry.dtype, entry.shape.clone())
         .checked_nbytes()
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "{}: tensor \"{}\": byte size overflows",
-                archive.display(),
-                entry.name
-            ))
+        .ok_or_else(|| Error::Overflow {
+            archive: archive.to_path_buf(),
+            tensor: entry.name.clone(),
+            what: "byte size",
         })
 }
 
@@ -101,19 +99,20 @@ fn rebuild_with(
     record: Option<Result<Record>>,
 ) -> Result<()> {
     let name = entry.name.as_str();
+    let corrupt = |detail: String| Error::CorruptArchive {
+        archive: archive.to_path_buf(),
+        tensor: name.to_string(),
+        detail,
+    };
     let unexpected = || {
-        Error::Config(format!(
-            "{}: tensor \"{name}\": unexpected record kind",
-            archive.display()
+        let policy = format!("{:?}", entry.policy).to_lowercase();
+        corrupt(format!(
+            "unexpected record kind for a tensor of policy {policy}"
         ))
     };
     let expected = out.len();
-    let wrong_size = |found: usize| {
-        Error::Config(format!(
-            "{}: tensor \"{name}\": rebuilt to {found} bytes, expected {expected}",
-            archive.display()
-        ))
-    };
+    let wrong_size =
+        |found: usize| corrupt(format!("rebuilt to {found} bytes, expected {expected}"));
     let base_err = |what: String| Error::BaseTensor {
         base: base.path().to_path_buf(),
         archive: archive.to_path_buf(),

@@ -22,11 +22,11 @@ use serde::Serialize;
 use ultradelta_alloc::TensorStat;
 use ultradelta_archive::{encode_record, LowRankRecord, Record, DEFAULT_ZSTD_LEVEL};
 
-use crate::compress::{
-    compress_tensor_with, compressed_indices, delta_f32, matrix_view, method_err, rates_for,
-    tensor_stats, Prepared,
-};
 use crate::config::{CompressConfig, Method};
+use crate::delta::delta_f32;
+use crate::error::method_err;
+use crate::method::{compress_tensor, matrix_view};
+use crate::plan::{pass_one, rates, Plan};
 use crate::{Error, Progress, Result};
 
 /// Relative tolerance of the budget: the real ratio must be within 1 % of the target.
@@ -56,7 +56,7 @@ pub struct BudgetReport {
 }
 
 struct Evaluator<'p, 'a> {
-    p: &'p Prepared<'a>,
+    p: &'p Plan<'a>,
     idx: Vec<usize>,
     stats: Option<Vec<TensorStat>>,
     cache: Option<Vec<Vec<f32>>>,
@@ -68,10 +68,10 @@ impl Evaluator<'_, '_> {
     /// Real ratio vs 16 bits of the compressed tensors' records under `cfg`.
     fn ratio(&mut self, cfg: &CompressConfig) -> Result<f64> {
         self.evaluations += 1;
-        let alloc = rates_for(self.stats.as_deref(), self.idx.len(), cfg)?;
+        let alloc = rates(self.stats.as_deref(), self.idx.len(), cfg)?;
         let mut bytes = 0u64;
         for (k, &i) in self.idx.iter().enumerate() {
-            let info = &self.p.plans[i].info;
+            let info = &self.p.tensors[i].info;
             let name = info.name.as_str();
             if cfg.method == Method::Lowrank {
                 bytes += encode_record(
@@ -91,15 +91,16 @@ impl Evaluator<'_, '_> {
                     &owned
                 }
             };
-            let rec = compress_tensor_with(delta, name, &info.shape, alloc.rates[k], cfg)
-                .map_err(|e| method_err(self.p.ft, name, e))?;
+            let rec = compress_tensor(delta, name, &info.shape, alloc.rates[k], cfg)
+                .map_err(|e| method_err(self.p.ft, name, e))?
+                .record;
             bytes += encode_record(info.dtype, &info.shape, &rec, DEFAULT_ZSTD_LEVEL)?.len() as u64;
         }
         Ok(16.0 * self.numel as f64 / (8.0 * bytes.max(1) as f64))
     }
 }
 
-/// A `lowrank` record of the size `compress_tensor_with` writes for `shape` at `rank`, with zero factors: the
+/// A `lowrank` record of the size `compress_tensor` writes for `shape` at `rank`, with zero factors: the
 /// record's bytes depend only on its shape and rank (raw fp16 factors), so the rank search needs no SVD.
 fn lowrank_sized(shape: &[usize], rank: usize) -> Record {
     let (rows, cols) = matrix_view(shape);
@@ -120,34 +121,35 @@ fn rel(achieved: f64, target: f64) -> f64 {
 
 /// Solves the budget for one fine-tune: returns `cfg` with its free parameter set, and the report.
 pub(crate) fn solve_budget(
-    p: &Prepared<'_>,
+    p: &Plan<'_>,
     cfg: &CompressConfig,
     progress: &dyn Progress,
 ) -> Result<(CompressConfig, BudgetReport)> {
-    let target = cfg
-        .target_ratio
-        .ok_or_else(|| Error::Config("no target ratio".into()))?;
+    let target = cfg.target_ratio.ok_or_else(|| Error::InvalidConfig {
+        field: "target_ratio",
+        reason: "the budget search needs target_ratio".into(),
+    })?;
     let fail = |detail: String| Error::Budget {
         finetuned: p.ft.path().to_path_buf(),
         target,
         detail,
     };
-    let idx = compressed_indices(p);
+    let idx = p.compressed();
     if idx.is_empty() {
         return Err(fail(
             "no tensor is compressed, so no ratio can be met".into(),
         ));
     }
-    let numel: u64 = idx.iter().map(|&i| p.plans[i].info.numel() as u64).sum();
+    let numel: u64 = idx.iter().map(|&i| p.tensors[i].info.numel() as u64).sum();
     let stats = if cfg.method == Method::Ultradelta {
-        Some(tensor_stats(p, cfg, progress)?)
+        Some(pass_one(p, cfg, progress)?.0)
     } else {
         None
     };
     let cache = if cfg.method != Method::Lowrank && numel as usize <= CACHE_ENTRIES {
         let mut c = Vec::with_capacity(idx.len());
         for &i in &idx {
-            let name = p.plans[i].info.name.as_str();
+            let name = p.tensors[i].info.name.as_str();
             c.push(delta_f32(&p.base.view(name)?, &p.ft.view(name)?)?);
         }
         Some(c)
@@ -192,7 +194,7 @@ pub(crate) fn solve_budget(
                     .idx
                     .iter()
                     .map(|&i| {
-                        let (r, c) = matrix_view(&p.plans[i].info.shape);
+                        let (r, c) = matrix_view(&p.tensors[i].info.shape);
                         r.min(c)
                     })
                     .max()
@@ -347,7 +349,9 @@ mod tests {
                 rank,
                 ..CompressConfig::default()
             };
-            let real = compress_tensor_with(&delta, "t", &shape, 0.0, &cfg).unwrap();
+            let real = compress_tensor(&delta, "t", &shape, 0.0, &cfg)
+                .unwrap()
+                .record;
             let a = encode_record(DType::F32, &shape, &real, DEFAULT_ZSTD_LEVEL).unwrap();
             let b = encode_record(
                 DType::F32,

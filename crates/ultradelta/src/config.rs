@@ -110,7 +110,7 @@ pub enum ValueCodec {
     Entropy,
 }
 
-/// Whether the encoding is fixed by the flags or chosen per tensor.
+/// Whether the levels encoding is fixed by `values` or chosen per tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CodecChoice {
@@ -119,7 +119,8 @@ pub enum CodecChoice {
     Fixed,
     /// Per tensor, the smaller of packed and entropy-coded levels for the entries the method chose (`values` is
     /// ignored). The positions codec is part of the method's choice (seeded changes *which* entries are kept),
-    /// so auto never switches it.
+    /// so auto never switches it. Ties go to bit-packed; the rebuilt weights are the same as with either fixed
+    /// values codec.
     Auto,
 }
 
@@ -199,7 +200,7 @@ pub struct CompressConfig {
     pub tngr: TngrConfig,
     /// Which tensors are compressed, kept or dropped.
     pub selection: Selection,
-    /// UltraDelta only: quantize the kept values to `bits` (off: the ablation `--no-quant`, fp16 values, DAC
+    /// UltraDelta only: quantize the kept values to `bits` (off: the ablation with fp16 values, DAC
     /// groups still by the `bits`-bit level each value would have; ALGORITHM.md §3).
     #[serde(default = "yes")]
     pub quantize: bool,
@@ -261,8 +262,51 @@ impl Default for CompressConfig {
     }
 }
 
+/// A named configuration of the method (what the CLI's preset flag selects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Preset {
+    /// The paper's exact setting, [`CompressConfig::paper`].
+    Paper,
+}
+
+impl Preset {
+    /// The preset's whole configuration.
+    pub fn config(self) -> CompressConfig {
+        match self {
+            Preset::Paper => CompressConfig::paper(),
+        }
+    }
+
+    /// `cfg` under this preset. The preset decides the method and everything that changes which entries are kept
+    /// and their values: `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`, `allocation`,
+    /// `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`, `tngr.enabled` and `tngr.trace_on`.
+    /// Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`, `tngr.nuclear_norm`, `selection`, how the
+    /// choice is stored (`positions`, `values`, `codec`, `seed_trials`) and `zstd_level`.
+    pub fn apply_to(self, cfg: CompressConfig) -> CompressConfig {
+        let p = self.config();
+        CompressConfig {
+            seed: cfg.seed,
+            gamma: cfg.gamma,
+            tngr: TngrConfig {
+                clamp: cfg.tngr.clamp,
+                nuclear_norm: cfg.tngr.nuclear_norm,
+                ..p.tngr
+            },
+            selection: cfg.selection,
+            positions: cfg.positions,
+            values: cfg.values,
+            codec: cfg.codec,
+            seed_trials: cfg.seed_trials,
+            zstd_level: cfg.zstd_level,
+            ..p
+        }
+    }
+}
+
 impl CompressConfig {
-    /// The paper's exact configuration (`--preset paper`): UltraDelta, s = 0.97, b = 4, δ = 0.01, global
+    /// The paper's exact configuration ([`Preset::Paper`]): UltraDelta, s = 0.97, b = 4, δ = 0.01, global
     /// rescaling, MSA, DAC, quantization, TNGR across models, seed 0.
     pub fn paper() -> Self {
         CompressConfig {
@@ -275,91 +319,223 @@ impl CompressConfig {
         }
     }
 
-    /// Checks every value's range; the message names the option.
+    /// Whether this asks for anything but the paper's codecs (Golomb positions, packed levels, fixed).
+    pub fn uses_new_codecs(&self) -> bool {
+        self.positions != PositionCodec::Golomb
+            || self.values != ValueCodec::Packed
+            || self.codec != CodecChoice::Fixed
+    }
+
+    /// Checks every value's range and that the settings agree with each other.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`], naming the field to change.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config(m));
+        let bad = |field: &'static str, reason: String| Err(Error::InvalidConfig { field, reason });
         if !(self.sparsity.is_finite() && (0.0..1.0).contains(&self.sparsity)) {
-            return bad(format!("sparsity must be in [0, 1), got {}", self.sparsity));
+            return bad(
+                "sparsity",
+                format!("sparsity must be in [0, 1), got {}", self.sparsity),
+            );
         }
         let max_rate = ultradelta_alloc::MsaConfig::default().max_rate;
         if self.sparsity > max_rate {
-            return bad(format!(
-                "sparsity must be at most {}, got {}",
-                max_rate, self.sparsity
-            ));
+            return bad(
+                "sparsity",
+                format!(
+                    "sparsity must be at most {}, got {}",
+                    max_rate, self.sparsity
+                ),
+            );
         }
         if !(1..=16).contains(&self.bits) {
-            return bad(format!("bits must be in 1..=16, got {}", self.bits));
+            return bad("bits", format!("bits must be in 1..=16, got {}", self.bits));
         }
         if !(self.step.is_finite() && self.step >= 0.0 && self.step < 1.0) {
-            return bad(format!("step must be in [0, 1), got {}", self.step));
+            return bad("step", format!("step must be in [0, 1), got {}", self.step));
         }
         if !(self.rescale_factor.is_finite() && self.rescale_factor > 0.0) {
-            return bad(format!(
-                "rescale factor must be a positive number, got {}",
-                self.rescale_factor
-            ));
+            return bad(
+                "rescale_factor",
+                format!(
+                    "rescale_factor must be a positive number, got {}",
+                    self.rescale_factor
+                ),
+            );
         }
         if self.method == Method::Lowrank && self.rank == 0 && self.target_ratio.is_none() {
-            return bad("rank must be at least 1".into());
+            return bad("rank", "rank must be at least 1".into());
         }
         if let Some(a) = self.compeft_alpha {
             if !(a.is_finite() && a > 0.0) {
-                return bad(format!("compeft alpha must be a positive number, got {a}"));
+                return bad(
+                    "compeft_alpha",
+                    format!("compeft_alpha must be a positive number, got {a}"),
+                );
             }
         }
         if let Some(r) = self.target_ratio {
             if !(r.is_finite() && r > 0.0) {
-                return bad(format!("target ratio must be a positive number, got {r}"));
+                return bad(
+                    "target_ratio",
+                    format!("target_ratio must be a positive number, got {r}"),
+                );
             }
         }
-        let coded = self.positions != PositionCodec::Golomb
-            || self.values != ValueCodec::Packed
-            || self.codec != CodecChoice::Fixed;
-        if coded && self.method != Method::Ultradelta {
-            return bad(format!(
-                "--positions/--values/--codec apply to --method ultradelta only, not {} ({})",
-                self.method,
-                match self.method {
-                    Method::Dare => "its fp16 values have no seeded or entropy-coded kind",
-                    Method::Magnitude | Method::Compeft =>
-                        "its positions are chosen by magnitude, so they cannot be regenerated from a seed",
-                    _ => "it stores no sparse levels",
-                }
-            ));
-        }
-        if coded && !self.quantize {
-            return bad(
-                "--positions/--values/--codec need quantized levels; drop --no-quant".into(),
-            );
+        // The first codec setting that is not the paper's, as `field = value`.
+        let codec_setting = if self.positions != PositionCodec::Golomb {
+            Some(("positions", "seeded"))
+        } else if self.values != ValueCodec::Packed {
+            Some(("values", "entropy"))
+        } else if self.codec != CodecChoice::Fixed {
+            Some(("codec", "auto"))
+        } else {
+            None
+        };
+        if let Some((field, value)) = codec_setting {
+            if self.method != Method::Ultradelta {
+                return bad(
+                    field,
+                    format!(
+                        "{field} = {value} applies to method ultradelta only, not {} ({})",
+                        self.method,
+                        match self.method {
+                            Method::Dare => "its fp16 values have no seeded or entropy-coded kind",
+                            Method::Magnitude | Method::Compeft =>
+                                "its positions are chosen by magnitude, so they cannot be regenerated from a seed",
+                            _ => "it stores no sparse levels",
+                        }
+                    ),
+                );
+            }
+            if !self.quantize {
+                return bad(
+                    "quantize",
+                    format!("{field} = {value} needs quantized levels, but quantize is false"),
+                );
+            }
         }
         if self.positions == PositionCodec::Seeded && self.pruning == PruningMode::Random {
-            return bad("--positions seeded replaces the pruning choice; drop --no-dac".into());
+            return bad(
+                "pruning",
+                "positions = seeded replaces the pruning choice, but pruning is random".into(),
+            );
         }
         if !(1..=1024).contains(&self.seed_trials) {
-            return bad(format!(
-                "seed trials must be in 1..=1024, got {}",
-                self.seed_trials
-            ));
+            return bad(
+                "seed_trials",
+                format!("seed_trials must be in 1..=1024, got {}", self.seed_trials),
+            );
         }
         if !(1..=22).contains(&self.zstd_level) {
-            return bad(format!(
-                "zstd level must be in 1..=22, got {}",
-                self.zstd_level
-            ));
+            return bad(
+                "zstd_level",
+                format!("zstd_level must be in 1..=22, got {}", self.zstd_level),
+            );
         }
         if let Some(g) = self.gamma {
             if !(g.is_finite() && g > 0.0) {
-                return bad(format!("gamma must be a positive number, got {g}"));
+                return bad("gamma", format!("gamma must be a positive number, got {g}"));
             }
         }
         if let Some((lo, hi)) = self.tngr.clamp {
             if !(lo.is_finite() && hi.is_finite() && 0.0 < lo && lo <= hi) {
-                return bad(format!(
-                    "gamma clamp must satisfy 0 < lo <= hi, got [{lo}, {hi}]"
-                ));
+                return bad(
+                    "tngr.clamp",
+                    format!("tngr.clamp must satisfy 0 < lo <= hi, got [{lo}, {hi}]"),
+                );
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One configuration per check of [`CompressConfig::validate`].
+    fn invalid_configs() -> Vec<CompressConfig> {
+        let d = CompressConfig::default;
+        vec![
+            CompressConfig {
+                sparsity: 1.5,
+                ..d()
+            },
+            CompressConfig {
+                sparsity: 0.9999,
+                ..d()
+            },
+            CompressConfig { bits: 0, ..d() },
+            CompressConfig { step: 1.0, ..d() },
+            CompressConfig {
+                rescale_factor: 0.0,
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Lowrank,
+                rank: 0,
+                ..d()
+            },
+            CompressConfig {
+                compeft_alpha: Some(-1.0),
+                ..d()
+            },
+            CompressConfig {
+                target_ratio: Some(f64::NAN),
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Dare,
+                values: ValueCodec::Entropy,
+                ..d()
+            },
+            CompressConfig {
+                codec: CodecChoice::Auto,
+                quantize: false,
+                ..d()
+            },
+            CompressConfig {
+                positions: PositionCodec::Seeded,
+                pruning: PruningMode::Random,
+                ..d()
+            },
+            CompressConfig {
+                seed_trials: 0,
+                ..d()
+            },
+            CompressConfig {
+                zstd_level: 23,
+                ..d()
+            },
+            CompressConfig {
+                gamma: Some(0.0),
+                ..d()
+            },
+            CompressConfig {
+                tngr: TngrConfig {
+                    clamp: Some((2.0, 1.0)),
+                    ..TngrConfig::default()
+                },
+                ..d()
+            },
+        ]
+    }
+
+    /// Library messages speak of configuration fields: each names the field to change, and no flag.
+    #[test]
+    fn invalid_configurations_name_their_field() {
+        assert!(CompressConfig::default().validate().is_ok());
+        assert!(CompressConfig::paper().validate().is_ok());
+        for cfg in invalid_configs() {
+            match cfg.validate() {
+                Err(Error::InvalidConfig { field, reason }) => {
+                    let leaf = field.rsplit('.').next().unwrap();
+                    assert!(reason.contains(leaf), "{field}: {reason}");
+                    assert!(!reason.contains("--"), "{reason}");
+                }
+                other => panic!("{cfg:?}: {other:?}"),
+            }
+        }
     }
 }

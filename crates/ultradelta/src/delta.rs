@@ -89,6 +89,13 @@ pub(crate) fn delta_into(
     })
 }
 
+/// Δ = fine-tuned − base in f32 in a new buffer ([`delta_into`]).
+pub(crate) fn delta_f32(base: &TensorView<'_>, ft: &TensorView<'_>) -> Result<Vec<f32>> {
+    let mut d = Vec::new();
+    delta_into(base, ft, &mut d)?;
+    Ok(d)
+}
+
 /// Sets `v`'s length to `n`, keeping its capacity (zero-extends only when it grows).
 pub(crate) fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() > n {

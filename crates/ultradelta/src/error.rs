@@ -1,9 +1,12 @@
 use std::path::PathBuf;
 
-/// Everything that can go wrong in the high-level pipeline.
+use ultradelta_io::Checkpoint;
+
+/// Everything that can go wrong in the high-level pipeline, one variant per cause.
 ///
-/// Each message is one line naming the file and tensor involved. Errors from the
-/// member crates pass through unchanged (they already carry that context).
+/// Each message is one line naming the file and tensor involved; configuration errors name the
+/// [`CompressConfig`](crate::CompressConfig) field (a front end adds its own spelling, e.g. a flag). Errors from
+/// the member crates pass through unchanged (they already carry that context).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -71,7 +74,7 @@ pub enum Error {
         what: String,
     },
     /// A tensor selected for compression cannot be compressed (not floating point).
-    #[error("{}: tensor \"{tensor}\" has dtype {dtype}; only F64/F32/F16/BF16 tensors can be compressed (use --keep for it)", file.display())]
+    #[error("{}: tensor \"{tensor}\" has dtype {dtype}; only F64/F32/F16/BF16 tensors can be compressed (give it a keep or drop rule in the selection)", file.display())]
     NotCompressible {
         /// Fine-tuned file.
         file: PathBuf,
@@ -88,9 +91,72 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A configuration value is out of range.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A configuration value is out of range, or two settings contradict each other.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// The field to change, as [`CompressConfig`](crate::CompressConfig) spells it (`tngr.clamp` for a
+        /// nested one).
+        field: &'static str,
+        /// What is wrong, naming the fields involved and the value found.
+        reason: String,
+    },
+    /// [`compress_many`](crate::compress_many) was given no fine-tuned checkpoint.
+    #[error("no fine-tuned checkpoint given")]
+    NoFinetuned,
+    /// An output (archive, rebuilt folder, adapter folder) exists and overwriting was not requested.
+    #[error("{}: output exists (pass overwrite to replace it)", path.display())]
+    OutputExists {
+        /// The output path.
+        path: PathBuf,
+    },
+    /// An archive's records contradict its index (a record of the wrong kind or size for its tensor).
+    #[error("{}: tensor \"{tensor}\": {detail}", archive.display())]
+    CorruptArchive {
+        /// The archive.
+        archive: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// What does not fit, with the expected and found values.
+        detail: String,
+    },
+    /// A size computed from an archive's declarations does not fit in this machine's address range.
+    #[error("{}: tensor \"{tensor}\": {what} overflows", archive.display())]
+    Overflow {
+        /// The archive.
+        archive: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// The quantity that overflows (e.g. "byte size").
+        what: &'static str,
+    },
+    /// The operation does not apply to this archive (e.g. a LoRA export of an archive with no low-rank factors).
+    #[error("{}: {what}", archive.display())]
+    Unsupported {
+        /// The archive.
+        archive: PathBuf,
+        /// What was asked and why it cannot be done.
+        what: String,
+    },
+    /// The fine-tuned checkpoint given to [`eval`](crate::eval) is not the one the archive was made from.
+    #[error("{}: tensor \"{tensor}\" does not match the archive {}: {what}", finetuned.display(), archive.display())]
+    FinetunedTensor {
+        /// The fine-tuned checkpoint.
+        finetuned: PathBuf,
+        /// The archive.
+        archive: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// How it differs.
+        what: String,
+    },
+    /// The LoRA adapter could not be serialised (safetensors refused a tensor).
+    #[error("{}: LoRA adapter: {source}", dir.display())]
+    LoraExport {
+        /// The adapter folder being written.
+        dir: PathBuf,
+        /// The safetensors error.
+        source: safetensors::SafeTensorError,
+    },
     /// A baseline method's kernel failed on one tensor.
     #[error("{}: tensor \"{tensor}\": {source}", file.display())]
     Method {
@@ -145,3 +211,29 @@ pub struct TensorMismatch {
 
 /// Result with this crate's [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// [`Error::Quant`] for tensor `name` of `ckpt`.
+pub(crate) fn quant_err(ckpt: &Checkpoint, name: &str, source: ultradelta_qgp::Error) -> Error {
+    Error::Quant {
+        file: ckpt.file_of(name).unwrap_or(ckpt.path()).to_path_buf(),
+        tensor: name.to_string(),
+        source,
+    }
+}
+
+/// A method kernel's error for tensor `name` of `ckpt`: [`Error::Quant`] for the quantizer's, [`Error::Method`]
+/// otherwise.
+pub(crate) fn method_err(
+    ckpt: &Checkpoint,
+    name: &str,
+    source: ultradelta_baselines::Error,
+) -> Error {
+    match source {
+        ultradelta_baselines::Error::Quant(q) => quant_err(ckpt, name, q),
+        source => Error::Method {
+            file: ckpt.file_of(name).unwrap_or(ckpt.path()).to_path_buf(),
+            tensor: name.to_string(),
+            source,
+        },
+    }
+}

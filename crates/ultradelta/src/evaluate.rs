@@ -175,24 +175,28 @@ pub fn eval(
         let name = entry.name.as_str();
         let ft_view = finetuned.view(name)?;
         if ft_view.info().dtype != entry.dtype || ft_view.info().shape != entry.shape {
-            return Err(Error::Config(format!(
-                "{}: tensor \"{name}\" is {} {:?} but the archive {} has {} {:?}",
-                finetuned.path().display(),
-                ft_view.info().dtype.name(),
-                ft_view.info().shape,
-                archive.display(),
-                entry.dtype.name(),
-                entry.shape
-            )));
+            return Err(Error::FinetunedTensor {
+                finetuned: finetuned.path().to_path_buf(),
+                archive: archive.to_path_buf(),
+                tensor: name.to_string(),
+                what: format!(
+                    "it is {} {:?}, the archive has {} {:?}",
+                    ft_view.info().dtype.name(),
+                    ft_view.info().shape,
+                    entry.dtype.name(),
+                    entry.shape
+                ),
+            });
         }
         let rebuilt = rebuild_tensor(base, &reader, archive, entry)?;
         if !entry.dtype.is_float() {
             if rebuilt != ft_view.bytes() {
-                return Err(Error::Config(format!(
-                    "{}: tensor \"{name}\" ({}) was not rebuilt exactly",
-                    archive.display(),
-                    entry.dtype.name()
-                )));
+                return Err(Error::FinetunedTensor {
+                    finetuned: finetuned.path().to_path_buf(),
+                    archive: archive.to_path_buf(),
+                    tensor: name.to_string(),
+                    what: format!("its {} bytes are not rebuilt exactly", entry.dtype.name()),
+                });
             }
             exact_non_float.push(entry.name.clone());
             progress.advance(entry.numel);

@@ -106,7 +106,7 @@ pub fn codec_summary(reader: &ArchiveReader) -> Option<CodecSummary> {
         let Some(kind) = RecordKind::from_name(&e.kind) else {
             continue;
         };
-        let Some(name) = crate::codec::codec_name(kind) else {
+        let Some(name) = crate::method::codec::codec_name(kind) else {
             continue;
         };
         let Ok(bytes) = reader.record_bytes(&e.name) else {
@@ -178,7 +178,7 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
         .get("quantize")
         .and_then(|v| v.as_bool())
         .unwrap_or(true);
-    let paper_style = m.method == crate::METHOD && quantized;
+    let paper_style = m.method == crate::Method::Ultradelta.name() && quantized;
     let nominal = |f: fn(f64, f64) -> f64| match (bits, s) {
         (Some(b), Some(s)) if compressed_entries > 0 && paper_style => Some(f(b, 1.0 - s)),
         _ => None,

@@ -25,16 +25,19 @@ fn file_err(path: &Path, source: std::io::Error) -> Error {
 /// The folder appears by atomic rename; an existing one is replaced only with `overwrite`.
 ///
 /// # Errors
-/// [`Error::Config`] if the archive was not written by `lowrank` or holds no factors; archive and IO errors.
+/// [`Error::Unsupported`] if the archive was not written by `lowrank` or holds no factors; [`Error::OutputExists`]
+/// if `out_dir` exists and `!overwrite`; archive and IO errors.
 pub fn export_lora(archive: &Path, out_dir: &Path, overwrite: bool) -> Result<PathBuf> {
     let reader = ArchiveReader::open(archive)?;
     let m = reader.manifest();
     if m.method != Method::Lowrank.name() {
-        return Err(Error::Config(format!(
-            "{}: LoRA export needs a lowrank archive, this one is {}",
-            archive.display(),
-            m.method
-        )));
+        return Err(Error::Unsupported {
+            archive: archive.to_path_buf(),
+            what: format!(
+                "LoRA export needs a lowrank archive, this one is {}",
+                m.method
+            ),
+        });
     }
     let gamma = m.gamma as f32;
     let mut factors = Vec::new();
@@ -49,10 +52,10 @@ pub fn export_lora(archive: &Path, out_dir: &Path, overwrite: bool) -> Result<Pa
         .max()
         .unwrap_or(0);
     if r == 0 {
-        return Err(Error::Config(format!(
-            "{}: no low-rank factors to export",
-            archive.display()
-        )));
+        return Err(Error::Unsupported {
+            archive: archive.to_path_buf(),
+            what: "no low-rank factors to export".into(),
+        });
     }
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut modules = BTreeSet::new();
@@ -89,11 +92,16 @@ pub fn export_lora(archive: &Path, out_dir: &Path, overwrite: bool) -> Result<Pa
         .map(|(n, shape, b)| {
             TensorView::new(Dtype::F32, shape.clone(), b)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Config(format!("tensor \"{n}\": {e}")))
+                .map_err(|source| Error::LoraExport {
+                    dir: out_dir.to_path_buf(),
+                    source,
+                })
         })
         .collect::<Result<Vec<_>>>()?;
-    let st = serialize(views, None)
-        .map_err(|e| Error::Config(format!("serialising the adapter: {e}")))?;
+    let st = serialize(views, None).map_err(|source| Error::LoraExport {
+        dir: out_dir.to_path_buf(),
+        source,
+    })?;
     let config = serde_json::json!({
         "peft_type": "LORA",
         "r": r,
@@ -108,10 +116,9 @@ pub fn export_lora(archive: &Path, out_dir: &Path, overwrite: bool) -> Result<Pa
     });
 
     if out_dir.exists() && !overwrite {
-        return Err(Error::Config(format!(
-            "{} exists (use --force to replace it)",
-            out_dir.display()
-        )));
+        return Err(Error::OutputExists {
+            path: out_dir.to_path_buf(),
+        });
     }
     let parent = out_dir
         .parent()

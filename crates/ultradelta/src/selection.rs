@@ -232,10 +232,10 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// The user's rules plus a family preset; decides a [`Policy`] for every tensor.
 ///
-/// Precedence: `--drop` globs, then `--keep`, then `--compress` (all given by the
+/// Precedence: `drop` globs, then `keep`, then `compress` (all given by the
 /// user), then the family preset (compress its linear weights), then `keep`.
 /// Only floating-point tensors with at least two dimensions are compressed by a
-/// preset; a user `--compress` glob that names another tensor is an error at
+/// preset; a user `compress` glob that names another tensor is an error at
 /// compression time, not silently ignored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Selection {

@@ -101,9 +101,11 @@ proptest! {
                     let bv = b.view(&e.name).unwrap().to_f32().unwrap();
                     let fv = f.view(&e.name).unwrap().to_f32().unwrap();
                     let delta: Vec<f32> = fv.iter().zip(&bv).map(|(f, b)| f - b).collect();
-                    let rec = compress_tensor(&delta, &e.name, e.rate.unwrap(), &cfg).unwrap();
+                    let rec = compress_tensor(&delta, &e.name, &e.shape, e.rate.unwrap(), &cfg)
+                        .unwrap()
+                        .record;
                     let mut w = bv.clone();
-                    rec.add_into(m.gamma as f32, &mut w);
+                    rec.add_delta_into(m.gamma as f32, &mut w).unwrap();
                     prop_assert_eq!(got, bytes(&w, e.dtype), "{}", e.name);
                 }
                 _ => prop_assert_eq!(got, f.view(&e.name).unwrap().bytes().to_vec(), "{}", e.name),

@@ -1,34 +1,32 @@
-//! compress: base + fine-tuned checkpoint → archive (one model, or several with TNGR).
+//! The pipeline: pass 2 streams every tensor's record into the archive, then γ (TNGR across several fine-tunes)
+//! finishes it. It starts from the [`Plan`] (policies, pass 1, rates; a byte budget first fixes the method's free
+//! parameter, [`crate::budget`]), asks the method dispatch ([`crate::method`]) for each compressed tensor's record,
+//! and writes each tensor's index entry and record in plan order through a two-stage overlap (tensor k's record is
+//! computed while tensor k − 1's is encoded and written).
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
-use ultradelta_alloc::{Allocation, MsaConfig, TensorStat, Tier};
+use ultradelta_alloc::Tier;
 use ultradelta_archive::{
-    ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry, WriterOptions,
+    ArchiveWriter, FinetunedInfo, Policy, Record, TensorEntry, WriterOptions,
 };
-use ultradelta_baselines as baselines;
-use ultradelta_io::{pair, Checkpoint, TensorInfo, TensorView};
-use ultradelta_qgp::fused::{
-    fit_source, group_prune_source, levels_source, scan_levels, DeltaSource, LevelScan,
-};
-use ultradelta_qgp::{
-    group_prune, quantize, quantized_std_from_counts, random_prune, tensor_seed, QuantParams,
-    Quantizer,
-};
-use ultradelta_rescale::{nuclear_norm_with, rescale_factor, tngr_gammas, TraceOn};
+use ultradelta_io::{Checkpoint, TensorInfo};
+use ultradelta_qgp::tensor_seed;
+use ultradelta_rescale::{nuclear_norm_with, tngr_gammas, TraceOn};
 
-use crate::baseline_records::IntoRecord;
 use crate::budget::{solve_budget, BudgetReport};
-use crate::config::{AllocationMode, CompressConfig, Method, PruningMode};
+use crate::config::{CompressConfig, Method};
 use crate::delta::{delta_into, with_source};
-use crate::selection::{detect_family, Family, FamilySource, RuleSource};
+use crate::error::method_err;
+use crate::method::{
+    compress_source, compress_tensor, streams_from_source, uses_rate, CompressedTensor, QuantScan,
+    TensorCodecInfo,
+};
+use crate::plan::{pass_one, rates, Plan, TensorPlan};
+use crate::selection::{Family, RuleSource};
 use crate::{Error, Progress, Result};
-
-/// The method name written into archives made with the default method ([`Method::Ultradelta`]); other methods
-/// write [`Method::name`].
-pub const METHOD: &str = "ultradelta";
 
 /// What one compression run did (printed by the CLI).
 #[derive(Debug, Clone, Serialize)]
@@ -68,206 +66,6 @@ pub struct PolicyCounts {
     pub new: usize,
 }
 
-pub(crate) struct TensorPlan {
-    pub(crate) info: TensorInfo,
-    pub(crate) policy: Policy,
-    from: RuleSource,
-}
-
-/// A fine-tune matched against the base, with a policy for every tensor.
-pub(crate) struct Prepared<'a> {
-    pub(crate) base: &'a Checkpoint,
-    pub(crate) ft: &'a Checkpoint,
-    family: Family,
-    family_source: FamilySource,
-    pub(crate) plans: Vec<TensorPlan>,
-    base_only: Vec<String>,
-}
-
-fn prepare<'a>(
-    base: &'a Checkpoint,
-    ft: &'a Checkpoint,
-    cfg: &CompressConfig,
-) -> Result<Prepared<'a>> {
-    let pairing = pair(base, ft);
-    if let Some((b, f)) = pairing.mismatched.first() {
-        return Err(Error::Mismatch(Box::new(crate::error::TensorMismatch {
-            tensor: b.name.clone(),
-            base_file: base.file_of(&b.name).unwrap_or(base.path()).to_path_buf(),
-            finetuned_file: ft.file_of(&f.name).unwrap_or(ft.path()).to_path_buf(),
-            base_dtype: b.dtype.name().to_string(),
-            base_shape: b.shape.clone(),
-            ft_dtype: f.dtype.name().to_string(),
-            ft_shape: f.shape.clone(),
-        })));
-    }
-    let (family, family_source) = match cfg.selection.family {
-        Some(f) => (f, FamilySource::User),
-        None => detect_family(ft),
-    };
-    let mut plans = Vec::with_capacity(ft.tensors().len());
-    for info in ft.tensors() {
-        let (policy, from) = if base.info(&info.name).is_some() {
-            cfg.selection.policy(family, info)
-        } else {
-            (Policy::New, RuleSource::Default)
-        };
-        if policy == Policy::Compress && !info.dtype.is_float() {
-            return Err(Error::NotCompressible {
-                file: ft.file_of(&info.name).unwrap_or(ft.path()).to_path_buf(),
-                tensor: info.name.clone(),
-                dtype: info.dtype.name().to_string(),
-            });
-        }
-        plans.push(TensorPlan {
-            info: info.clone(),
-            policy,
-            from,
-        });
-    }
-    Ok(Prepared {
-        base,
-        ft,
-        family,
-        family_source,
-        plans,
-        base_only: pairing.only_base,
-    })
-}
-
-fn describe_source(family: Family, src: &FamilySource) -> String {
-    match src {
-        FamilySource::User => format!("{family} (given)"),
-        FamilySource::ModelType(t) => format!("{family} (from config.json model_type \"{t}\")"),
-        FamilySource::TensorNames => format!("{family} (guessed from tensor names)"),
-        FamilySource::Fallback => {
-            "generic (no preset matched: compressing 2-D *weight tensors except embeddings, heads and norms)"
-                .to_string()
-        }
-    }
-}
-
-/// Δ = fine-tuned − base in f32, computed in parallel chunks.
-pub(crate) fn delta_f32(base: &TensorView<'_>, ft: &TensorView<'_>) -> Result<Vec<f32>> {
-    let mut d = Vec::new();
-    delta_into(base, ft, &mut d)?;
-    Ok(d)
-}
-
-pub(crate) fn method_err(ckpt: &Checkpoint, name: &str, source: baselines::Error) -> Error {
-    match source {
-        baselines::Error::Quant(q) => quant_err(ckpt, name, q),
-        source => Error::Method {
-            file: ckpt.file_of(name).unwrap_or(ckpt.path()).to_path_buf(),
-            tensor: name.to_string(),
-            source,
-        },
-    }
-}
-
-fn quant_err(ckpt: &Checkpoint, name: &str, source: ultradelta_qgp::Error) -> Error {
-    Error::Quant {
-        file: ckpt.file_of(name).unwrap_or(ckpt.path()).to_path_buf(),
-        tensor: name.to_string(),
-        source,
-    }
-}
-
-/// Indices of the plans under policy `compress`.
-pub(crate) fn compressed_indices(p: &Prepared<'_>) -> Vec<usize> {
-    (0..p.plans.len())
-        .filter(|&i| p.plans[i].policy == Policy::Compress)
-        .collect()
-}
-
-/// Pass 1 (UltraDelta only): per-tensor σ of the quantized delta of every compressed tensor.
-pub(crate) fn tensor_stats(
-    p: &Prepared<'_>,
-    cfg: &CompressConfig,
-    progress: &dyn Progress,
-) -> Result<Vec<TensorStat>> {
-    Ok(pass_one(p, cfg, progress)?.0)
-}
-
-/// Pass 1's result for one compressed tensor: the quantizer `QuantParams::fit` gives on its Δ and the histogram
-/// of its levels (per block too, for the fused prune of pass 2).
-pub(crate) struct TensorScan {
-    quant: QuantParams,
-    scan: LevelScan,
-}
-
-/// Pass 1 with each compressed tensor's quantizer and level scan, so pass 2 can quantize and prune straight from
-/// the checkpoints' bytes. Δ is never materialised: each tensor is read twice (extremes, then levels).
-pub(crate) fn pass_one(
-    p: &Prepared<'_>,
-    cfg: &CompressConfig,
-    progress: &dyn Progress,
-) -> Result<(Vec<TensorStat>, Vec<TensorScan>)> {
-    let idx = compressed_indices(p);
-    let total: u64 = idx.iter().map(|&i| p.plans[i].info.numel() as u64).sum();
-    progress.begin("analysing deltas", total);
-    let mut stats = Vec::with_capacity(idx.len());
-    let mut scans = Vec::with_capacity(idx.len());
-    // Last tensor first: pass 2 goes first to last, so when the checkpoints are larger than the page cache the
-    // tensors it starts with are the ones this pass read most recently, still cached, instead of the ones the
-    // cache dropped first. Each tensor's result is its own, so the order changes nothing else.
-    for (k, &i) in idx.iter().enumerate().rev() {
-        let info = &p.plans[i].info;
-        let name = info.name.as_str();
-        // The disk reads the next tensor while this one is computed (when it is not cached already).
-        if let Some(&prev) = k.checked_sub(1).and_then(|j| idx.get(j)) {
-            p.base.prefetch(&p.plans[prev].info.name);
-            p.ft.prefetch(&p.plans[prev].info.name);
-        }
-        let (base, ft) = (p.base.view(name)?, p.ft.view(name)?);
-        let (quant, scan) = with_source(&base, &ft, |src| {
-            let q = fit_source(src, cfg.bits)?;
-            Ok((q, scan_levels(src, &q)))
-        })?
-        .map_err(|e| quant_err(p.ft, name, e))?;
-        stats.push(TensorStat {
-            numel: info.numel() as u64,
-            std: quantized_std_from_counts(&scan.counts, &quant),
-        });
-        scans.push(TensorScan { quant, scan });
-        // The next pass maps the tensor in again; meanwhile its pages need not count against this process.
-        p.base.release(name);
-        p.ft.release(name);
-        progress.advance(info.numel() as u64);
-    }
-    progress.end();
-    stats.reverse();
-    scans.reverse();
-    Ok((stats, scans))
-}
-
-/// Per-tensor rates of the compressed tensors: the allocation for UltraDelta (from pass-1 `stats`), the target
-/// sparsity for every tensor otherwise.
-pub(crate) fn rates_for(
-    stats: Option<&[TensorStat]>,
-    n: usize,
-    cfg: &CompressConfig,
-) -> Result<Allocation> {
-    let Some(stats) = stats else {
-        return Ok(Allocation {
-            rates: vec![cfg.sparsity; n],
-            tiers: vec![None; n],
-        });
-    };
-    let alloc = match cfg.allocation {
-        AllocationMode::Msa => ultradelta_alloc::msa(
-            stats,
-            cfg.sparsity,
-            &MsaConfig {
-                step: cfg.step,
-                ..MsaConfig::default()
-            },
-        )?,
-        AllocationMode::Uniform => ultradelta_alloc::uniform(stats, cfg.sparsity)?,
-    };
-    Ok(alloc)
-}
-
 fn tier_name(t: Tier) -> &'static str {
     match t {
         Tier::Low => "low",
@@ -278,144 +76,6 @@ fn tier_name(t: Tier) -> &'static str {
 
 fn hex(h: u64) -> String {
     format!("{h:016x}")
-}
-
-/// The sparse record for one compressed tensor, exactly as the archive stores it.
-///
-/// This is the in-memory result of the pipeline; `apply` decodes the same record
-/// from the file, so rebuilt weights are bit-identical to this.
-pub fn compress_tensor(
-    delta: &[f32],
-    name: &str,
-    rate: f64,
-    cfg: &CompressConfig,
-) -> std::result::Result<SparseRecord, ultradelta_qgp::Error> {
-    let q = QuantParams::fit(delta, cfg.bits)?;
-    let mut levels = vec![0u16; delta.len()];
-    quantize(delta, &q, &mut levels);
-    Ok(prune_levels(&levels, q, name, rate, cfg))
-}
-
-/// The sparse record from a tensor's quantized `levels` (quantized with `q`): [`compress_tensor`] after its
-/// quantization.
-fn prune_levels(
-    levels: &[u16],
-    q: QuantParams,
-    name: &str,
-    rate: f64,
-    cfg: &CompressConfig,
-) -> SparseRecord {
-    let seed = tensor_seed(cfg.seed, name);
-    let pruned = match cfg.pruning {
-        PruningMode::Group => group_prune(levels, &q, rate, seed),
-        PruningMode::Random => random_prune(levels, &q, rate, seed),
-    };
-    sparse_record(levels.len(), q, pruned, rate, cfg)
-}
-
-/// [`prune_levels`] of the source's levels under pass 1's quantizer, from the checkpoints' bytes: the fused
-/// kernels for DAC (no level buffer when pass 1 kept block histograms), `levels` as the level buffer otherwise.
-fn prune_source(
-    src: &DeltaSource<'_>,
-    pass: &TensorScan,
-    name: &str,
-    rate: f64,
-    cfg: &CompressConfig,
-    levels: &mut Vec<u16>,
-) -> SparseRecord {
-    let seed = tensor_seed(cfg.seed, name);
-    let q = pass.quant;
-    let pruned = match cfg.pruning {
-        PruningMode::Group => group_prune_source(src, &q, &pass.scan, rate, seed, levels),
-        PruningMode::Random => {
-            crate::delta::resize(levels, src.len());
-            levels_source(src, &q, levels);
-            random_prune(levels, &q, rate, seed)
-        }
-    };
-    sparse_record(src.len(), q, pruned, rate, cfg)
-}
-
-/// The record of a tensor's survivors `pruned`, with the tensor's rescale factor.
-fn sparse_record(
-    numel: usize,
-    q: QuantParams,
-    pruned: ultradelta_qgp::Pruned,
-    rate: f64,
-    cfg: &CompressConfig,
-) -> SparseRecord {
-    let scale = rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) as f32;
-    SparseRecord {
-        numel: numel as u64,
-        quant: q,
-        scale,
-        positions: pruned.positions,
-        levels: pruned.levels,
-    }
-}
-
-/// The record of one compressed tensor under `cfg.method`, exactly as the archive stores it (the in-memory
-/// result: `apply` decodes the same record from the file through [`Record::add_delta_into`], so the rebuilt
-/// weights equal `base + γ·Δ̂` computed from this record bit for bit).
-///
-/// `rate` is the tensor's sparsity (allocated for UltraDelta, the target for DARE, magnitude and ComPEFT,
-/// unused by BitDelta, low-rank and quantization); `shape` gives low-rank its matrix view
-/// (`shape[0] × rest`).
-///
-/// # Errors
-/// The kernel's error (non-finite delta, parameter out of range, LAPACK failure).
-pub fn compress_tensor_with(
-    delta: &[f32],
-    name: &str,
-    shape: &[usize],
-    rate: f64,
-    cfg: &CompressConfig,
-) -> std::result::Result<Record, baselines::Error> {
-    let density = 1.0 - rate;
-    Ok(match cfg.method {
-        Method::Ultradelta if cfg.quantize => {
-            crate::codec::ultradelta_coded(delta, name, rate, cfg)?.0
-        }
-        Method::Ultradelta => {
-            // --no-quant: prune by the DAC groups of the b-bit levels, keep the raw values at fp16.
-            let q = QuantParams::fit(delta, cfg.bits)?;
-            let mut levels = vec![0u16; delta.len()];
-            quantize(delta, &q, &mut levels);
-            let seed = tensor_seed(cfg.seed, name);
-            let pruned = match cfg.pruning {
-                PruningMode::Group => group_prune(&levels, &q, rate, seed),
-                PruningMode::Random => random_prune(&levels, &q, rate, seed),
-            };
-            drop(levels);
-            let scale = rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) as f32;
-            baselines::sparse_f16(delta, pruned.positions, scale)?.into_record()
-        }
-        Method::Dare => baselines::dare(delta, rate, tensor_seed(cfg.seed, name))?.into_record(),
-        Method::Magnitude => baselines::magnitude(delta, density)?.into_record(),
-        Method::Bitdelta => baselines::bitdelta(delta)?.into_record(),
-        Method::Compeft => baselines::compeft(delta, density, cfg.compeft_alpha)?.into_record(),
-        Method::Quant => baselines::quant(delta, cfg.bits)?.into_record(),
-        Method::Lowrank => {
-            let (rows, cols) = matrix_view(shape);
-            baselines::lowrank(delta, rows, cols, cfg.rank)?.into_record()
-        }
-    })
-}
-
-/// The matrix view of a tensor: `shape[0] × (product of the rest)`; a scalar is 1×1.
-pub fn matrix_view(shape: &[usize]) -> (usize, usize) {
-    match shape.split_first() {
-        None => (1, 1),
-        Some((&r, rest)) => (r, rest.iter().product()),
-    }
-}
-
-/// Whether the method drops entries at a rate (so the index records the tensor's rate).
-fn uses_rate(m: Method) -> bool {
-    matches!(
-        m,
-        Method::Ultradelta | Method::Dare | Method::Magnitude | Method::Compeft
-    )
 }
 
 fn new_entry(info: &TensorInfo, policy: Policy) -> TensorEntry {
@@ -443,23 +103,37 @@ struct Scratch {
     levels: Vec<u16>,
 }
 
-/// Whether pass 2 can quantize straight from the checkpoints' bytes with pass 1's quantizer: UltraDelta with
-/// quantized levels and Golomb positions, unless TNGR needs the original Δ.
-fn streams_levels(cfg: &CompressConfig, want_trace: bool) -> bool {
-    cfg.method == Method::Ultradelta
-        && cfg.quantize
-        && cfg.positions == crate::config::PositionCodec::Golomb
-        && !(want_trace && cfg.tngr.trace_on == TraceOn::Original)
+/// Whether pass 2 makes UltraDelta's records straight from the checkpoints' bytes with pass 1's quantizer
+/// ([`compress_source`]), unless TNGR needs the original Δ.
+fn streams(cfg: &CompressConfig, want_trace: bool) -> bool {
+    streams_from_source(cfg) && !(want_trace && cfg.tngr.trace_on == TraceOn::Original)
+}
+
+/// Writes a tensor's codec report into its index entry's `extra` (`codec`, and for seeded positions
+/// `seed_trial`, `hist_l1`, `hist_l1_first`).
+fn annotate(entry: &mut TensorEntry, info: &TensorCodecInfo) {
+    entry
+        .extra
+        .insert("codec".into(), info.codec.clone().into());
+    if let Some(t) = info.seed_trial {
+        entry.extra.insert("seed_trial".into(), t.into());
+    }
+    if let Some(d) = info.hist_l1 {
+        entry.extra.insert("hist_l1".into(), d.into());
+    }
+    if let Some(d) = info.hist_l1_first {
+        entry.extra.insert("hist_l1_first".into(), d.into());
+    }
 }
 
 /// Stage one of [`write_records`]' pipeline: the index entry and record of one tensor (`None`: dropped), and its
 /// nuclear norm when TNGR needs it. `pass` is pass 1's result for a compressed tensor (UltraDelta only).
-fn tensor_record_for(
-    p: &Prepared<'_>,
+fn tensor_entry(
+    p: &Plan<'_>,
     cfg: &CompressConfig,
     plan: &TensorPlan,
     rate: Option<(f64, Option<Tier>)>,
-    pass: Option<&TensorScan>,
+    pass: Option<&QuantScan>,
     want_trace: bool,
     scratch: &mut Scratch,
 ) -> Result<(TensorEntry, Option<Record>, f64)> {
@@ -484,28 +158,25 @@ fn tensor_record_for(
             // The base's content hash (one sequential stream) runs beside the record's parallel kernels.
             let (hash, made) = rayon::join(
                 || base_view.content_hash(),
-                || match pass.filter(|_| streams_levels(cfg, want_trace)) {
-                    Some(pass) => {
-                        // Levels straight from the bytes (no Δ buffer): the same values `compress_tensor`
-                        // quantizes, with the quantizer `QuantParams::fit` gave on them in pass 1.
-                        let sparse = with_source(&base_view, &ft_view, |src| {
-                            prune_source(src, pass, name, rate, cfg, &mut scratch.levels)
-                        })?;
-                        let (rec, ci) = crate::codec::ultradelta_from_sparse(sparse, cfg);
-                        Ok((rec, Some(ci)))
-                    }
-                    None => {
-                        delta_into(&base_view, &ft_view, &mut scratch.delta)?;
-                        crate::codec::tensor_record(&scratch.delta, name, &info.shape, rate, cfg)
-                            .map_err(|e| method_err(p.ft, name, e))
+                || -> Result<CompressedTensor> {
+                    match pass.filter(|_| streams(cfg, want_trace)) {
+                        // Levels straight from the bytes (no Δ buffer).
+                        Some(pass) => with_source(&base_view, &ft_view, |src| {
+                            compress_source(src, pass, name, rate, cfg, &mut scratch.levels)
+                        }),
+                        None => {
+                            delta_into(&base_view, &ft_view, &mut scratch.delta)?;
+                            compress_tensor(&scratch.delta, name, &info.shape, rate, cfg)
+                                .map_err(|e| method_err(p.ft, name, e))
+                        }
                     }
                 },
             );
             entry.base_hash = Some(hex(hash));
-            let (rec, codec_info) = made?;
+            let CompressedTensor { record: rec, codec } = made?;
             let delta = &scratch.delta;
-            if let Some(ci) = codec_info.filter(|_| crate::codec::uses_new_codecs(cfg)) {
-                crate::codec::annotate(&mut entry, &ci);
+            if let Some(ci) = codec.filter(|_| cfg.uses_new_codecs()) {
+                annotate(&mut entry, &ci);
             }
             if want_trace && info.shape.len() >= 2 {
                 let rows = info.shape[0];
@@ -562,7 +233,7 @@ fn tensor_record_for(
 
 /// Pass 2: writes every record of one fine-tune. Returns the open archive (γ not yet known).
 fn write_records(
-    p: &Prepared<'_>,
+    p: &Plan<'_>,
     cfg: &CompressConfig,
     out: &Path,
     overwrite: bool,
@@ -572,7 +243,7 @@ fn write_records(
     progress.note(&format!(
         "{}: tensor selection {}",
         p.ft.path().display(),
-        describe_source(p.family, &p.family_source)
+        p.family_source()
     ));
     let solved;
     let (cfg, budget) = match cfg.target_ratio {
@@ -583,16 +254,16 @@ fn write_records(
         }
         None => (cfg, None),
     };
-    let idx = compressed_indices(p);
+    let idx = p.compressed();
     let (stats, scans) = if cfg.method == Method::Ultradelta {
         let (s, q) = pass_one(p, cfg, progress)?;
         (Some(s), q)
     } else {
         (None, Vec::new())
     };
-    let alloc = rates_for(stats.as_deref(), idx.len(), cfg)?;
-    let mut rate_of = vec![None; p.plans.len()];
-    let mut scan_of: Vec<Option<&TensorScan>> = vec![None; p.plans.len()];
+    let alloc = rates(stats.as_deref(), idx.len(), cfg)?;
+    let mut rate_of = vec![None; p.tensors.len()];
+    let mut scan_of: Vec<Option<&QuantScan>> = vec![None; p.tensors.len()];
     for (k, &i) in idx.iter().enumerate() {
         rate_of[i] = Some((alloc.rates[k], alloc.tiers.get(k).copied().flatten()));
         scan_of[i] = scans.get(k);
@@ -606,7 +277,7 @@ fn write_records(
             zstd_level: cfg.zstd_level,
         },
     )?;
-    let total: u64 = p.plans.iter().map(|t| t.info.numel() as u64).sum();
+    let total: u64 = p.tensors.iter().map(|t| t.info.numel() as u64).sum();
     progress.begin("compressing", total);
     let mut counts = PolicyCounts::default();
     let mut trace = 0f64;
@@ -616,7 +287,7 @@ fn write_records(
     // coding, byte shuffling and zstd of lossless records) and its input pages are released. Records are written
     // in plan order, so the archive's bytes do not change; at most two tensors' records are alive.
     let mut ready: Option<(TensorEntry, Option<Record>)> = None;
-    for item in p.plans.iter().enumerate().map(Some).chain([None]) {
+    for item in p.tensors.iter().enumerate().map(Some).chain([None]) {
         // Two large lossless tensors in a row (a LLaMA head and embedding) are not overlapped: encoding one
         // (its XOR and byte-shuffled copies) beside the other's XOR and mapped inputs would hold about five
         // embedding-sized buffers at once.
@@ -649,11 +320,11 @@ fn write_records(
                 return Ok(None);
             };
             // The disk reads the next tensor while this one is computed (when it is not cached already).
-            if let Some(next) = p.plans.get(i + 1) {
+            if let Some(next) = p.tensors.get(i + 1) {
                 p.base.prefetch(&next.info.name);
                 p.ft.prefetch(&next.info.name);
             }
-            tensor_record_for(
+            tensor_entry(
                 p,
                 cfg,
                 plan,
@@ -718,7 +389,7 @@ fn write_records(
         report: CompressReport {
             output: out.to_path_buf(),
             family: p.family,
-            family_source: describe_source(p.family, &p.family_source),
+            family_source: p.family_source(),
             counts,
             base_only: p.base_only.clone(),
             gamma: 1.0,
@@ -770,8 +441,8 @@ pub fn compress(
     progress: &dyn Progress,
 ) -> Result<CompressReport> {
     cfg.validate()?;
-    let prepared = prepare(base, finetuned, cfg)?;
-    let pending = write_records(&prepared, cfg, output, overwrite, false, progress)?;
+    let plan = Plan::new(base, finetuned, cfg)?;
+    let pending = write_records(&plan, cfg, output, overwrite, false, progress)?;
     pending.finish(cfg.gamma.unwrap_or(1.0))
 }
 
@@ -819,7 +490,7 @@ pub fn compress_many(
 ) -> Result<Vec<CompressReport>> {
     cfg.validate()?;
     if finetuned.is_empty() {
-        return Err(Error::Config("no fine-tuned checkpoint given".into()));
+        return Err(Error::NoFinetuned);
     }
     std::fs::create_dir_all(out_dir).map_err(|source| Error::File {
         path: out_dir.to_path_buf(),
@@ -839,9 +510,9 @@ pub fn compress_many(
     let want_trace = cfg.gamma.is_none() && cfg.tngr.enabled;
     let mut pending = Vec::with_capacity(finetuned.len());
     for (ft, name) in finetuned.iter().zip(&names) {
-        let prepared = prepare(base, ft, cfg)?;
+        let plan = Plan::new(base, ft, cfg)?;
         pending.push(write_records(
-            &prepared,
+            &plan,
             cfg,
             &out_dir.join(name),
             overwrite,

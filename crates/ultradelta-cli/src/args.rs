@@ -1,0 +1,603 @@
+//! The command line: what clap parses, and the one place where flags become library configuration
+//! ([`CompressArgs::config`]). Choices are spelled as the configuration's serde names, with a help line each
+//! ([`choice`]), so the facade's enums are used as they are (no mirrored copies). The library's errors name
+//! configuration fields; [`flag_of`] gives the flag that sets each field, for the CLI's error line.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+use ultradelta::{
+    AllocationMode, CodecChoice, CompressConfig, EstimateConfig, Family, Method, NuclearNormMethod,
+    PositionCodec, Preset, PruningMode, RescaleMode, Selection, TngrConfig, TraceOn, ValueCodec,
+    DEFAULT_SEED_TRIALS,
+};
+
+/// Data-free delta compression of fine-tuned models (UltraDelta).
+#[derive(Parser, Debug)]
+#[command(name = "ultradelta", version, about, long_about = None)]
+pub struct Cli {
+    /// No progress bars or notes on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Worker threads (default: all cores). Output bytes do not depend on it.
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Compress fine-tuned checkpoint(s) against their base into archive(s).
+    Compress(Box<CompressArgs>),
+    /// Rebuild the fine-tuned checkpoint from the base and an archive.
+    Apply(ApplyArgs),
+    /// Show what an archive holds, its real size and the paper's nominal ratios.
+    Inspect(InspectArgs),
+    /// Compare the rebuilt model with the fine-tuned one, per tensor and overall.
+    Eval(EvalArgs),
+}
+
+/// The values of one configuration enum on the command line: (spelling, help line, value).
+type Choices<T> = &'static [(&'static str, &'static str, T)];
+
+/// A clap parser accepting exactly the spellings of `values` (listed with their help in `--help`).
+fn choice<T: Clone + Send + Sync + 'static>(
+    values: Choices<T>,
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(
+        values
+            .iter()
+            .map(|&(name, help, _)| PossibleValue::new(name).help(help)),
+    )
+    .map(move |s| {
+        values
+            .iter()
+            .find(|(name, ..)| *name == s)
+            .expect("clap accepts only the listed values")
+            .2
+            .clone()
+    })
+}
+
+const METHODS: Choices<Method> = &[
+    (
+        "ultradelta",
+        "The paper's pipeline: quantize, MSA, group-wise pruning, rescaling",
+        Method::Ultradelta,
+    ),
+    (
+        "dare",
+        "DARE: random drop with probability --sparsity, survivors × 1/(1−p), fp16 values",
+        Method::Dare,
+    ),
+    (
+        "magnitude",
+        "Magnitude pruning: keep the top (1 − --sparsity) by |Δ|, fp16 values",
+        Method::Magnitude,
+    ),
+    (
+        "bitdelta",
+        "BitDelta (data-free): sign × mean |Δ| per tensor",
+        Method::Bitdelta,
+    ),
+    (
+        "lowrank",
+        "Truncated SVD at --rank, fp16 factors",
+        Method::Lowrank,
+    ),
+    (
+        "compeft",
+        "ComPEFT: top (1 − --sparsity) by |Δ|, sign × one magnitude",
+        Method::Compeft,
+    ),
+    (
+        "quant",
+        "Uniform --bits quantization of every entry alone",
+        Method::Quant,
+    ),
+];
+
+const PRESETS: Choices<Preset> = &[(
+    "paper",
+    "The paper's exact setting: ultradelta, s 0.97, b 4, δ 0.01, global rescale, MSA, DAC, TNGR",
+    Preset::Paper,
+)];
+
+const POSITIONS: Choices<PositionCodec> = &[
+    ("golomb", "DAC's stratified positions, stored as Golomb-coded gaps (the paper's v3 count)", PositionCodec::Golomb),
+    (
+        "seeded",
+        "Positions drawn from a seed independently of the values; the reader regenerates them, none are stored",
+        PositionCodec::Seeded,
+    ),
+];
+
+const VALUES: Choices<ValueCodec> = &[
+    (
+        "packed",
+        "Levels bit-packed at --bits bits each",
+        ValueCodec::Packed,
+    ),
+    (
+        "entropy",
+        "Levels rANS-coded with a per-tensor static model (about their entropy each)",
+        ValueCodec::Entropy,
+    ),
+];
+
+const CODECS: Choices<CodecChoice> = &[
+    ("fixed", "Every tensor as --positions and --values say", CodecChoice::Fixed),
+    (
+        "auto",
+        "Per tensor, the smaller of packed and entropy-coded levels (--values is ignored; positions stay as given)",
+        CodecChoice::Auto,
+    ),
+];
+
+const RESCALES: Choices<RescaleMode> = &[
+    (
+        "global",
+        "1/(1 − s) with the global target s (the paper's reference code)",
+        RescaleMode::Global,
+    ),
+    (
+        "per-tensor",
+        "1/(1 − s_t) with each tensor's own rate",
+        RescaleMode::PerTensor,
+    ),
+];
+
+const TRACE_ON: Choices<TraceOn> = &[
+    (
+        "compressed",
+        "Nuclear norms of the compressed deltas (reference code)",
+        TraceOn::Compressed,
+    ),
+    (
+        "original",
+        "Nuclear norms of the original deltas",
+        TraceOn::Original,
+    ),
+];
+
+/// How TNGR's nuclear norms are computed (a function: the estimate's settings are not a constant).
+type NuclearNorm = fn() -> NuclearNormMethod;
+
+const NUCLEAR_NORMS: Choices<NuclearNorm> = &[
+    (
+        "auto",
+        "Exact for matrices whose short side is at most 1024, estimated above",
+        || NuclearNormMethod::Auto,
+    ),
+    (
+        "exact",
+        "Always exact (Gram matrix + LAPACK eigenvalues)",
+        || NuclearNormMethod::Exact,
+    ),
+    (
+        "estimate",
+        "Always estimated (deflation + stochastic Lanczos quadrature, ~0.25% standard error)",
+        || NuclearNormMethod::Estimate(EstimateConfig::default()),
+    ),
+];
+
+#[derive(Args, Debug)]
+pub struct CompressArgs {
+    /// Compression method (baselines write their own record kinds; see `inspect`).
+    #[arg(long, value_parser = choice(METHODS), default_value = "ultradelta")]
+    pub method: Method,
+    /// A named configuration; refuses flags that would contradict it.
+    #[arg(long, value_parser = choice(PRESETS), conflicts_with_all = [
+        "method", "sparsity", "bits", "step", "rescale", "no_msa", "no_dac", "no_quant", "no_tngr", "tngr",
+        "target_ratio", "rescale_factor", "trace_on",
+    ])]
+    pub preset: Option<Preset>,
+    /// Rank of every compressed tensor (--method lowrank).
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// ComPEFT magnitude α·σ(Δ) (default: mean |Δ| of the kept entries).
+    #[arg(long, value_name = "ALPHA")]
+    pub compeft_alpha: Option<f64>,
+    /// Byte budget: pick the method's free parameter (sparsity, rank, bits) so the real ratio vs 16-bit over the
+    /// compressed tensors lands within 1% of R.
+    #[arg(long, value_name = "R")]
+    pub target_ratio: Option<f64>,
+    /// Ablation (ultradelta): keep the pruned values at fp16 instead of quantizing them.
+    #[arg(long)]
+    pub no_quant: bool,
+    /// How kept positions are stored (ultradelta).
+    #[arg(long, value_parser = choice(POSITIONS), default_value = "golomb")]
+    pub positions: PositionCodec,
+    /// How kept levels are stored (ultradelta).
+    #[arg(long, value_parser = choice(VALUES), default_value = "packed")]
+    pub values: ValueCodec,
+    /// Fixed codecs, or the cheapest levels codec per tensor (ultradelta).
+    #[arg(long, value_parser = choice(CODECS), default_value = "fixed")]
+    pub codec: CodecChoice,
+    /// Seeds tried per tensor with --positions seeded; the one whose kept levels best match DAC's counts wins.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SEED_TRIALS)]
+    pub seed_trials: u32,
+    /// zstd level (1–22) of the lossless records: kept deltas, tensors only in the fine-tune, companion files.
+    /// Level 1 is the smallest and fastest on the testbed's real deltas (docs/FORMAT.md, "zstd level").
+    #[arg(long, value_name = "LEVEL", default_value_t = ultradelta::archive::DEFAULT_ZSTD_LEVEL)]
+    pub zstd_level: i32,
+    /// Trace-norm-guided rescaling across several fine-tunes compressed together (γᵢ = T_min/Tᵢ; the paper's
+    /// setting). Off by default: it cost quality on the testbed (README, "Choosing the defaults").
+    #[arg(long, conflicts_with = "no_tngr")]
+    pub tngr: bool,
+    /// No trace-norm-guided rescaling (γ = 1): the default; kept so ablation scripts can say it.
+    #[arg(long)]
+    pub no_tngr: bool,
+    /// Also export the low-rank factors as a PEFT LoRA adapter into DIR (--method lowrank, one fine-tune).
+    #[arg(long, value_name = "DIR")]
+    pub lora_out: Option<PathBuf>,
+    /// Base checkpoint: a .safetensors file or a Hugging Face model folder (sharded or not).
+    #[arg(long, value_name = "PATH")]
+    pub base: PathBuf,
+    /// Fine-tuned checkpoint(s) of that base. Several need --output-dir (and get TNGR with --tngr).
+    #[arg(long, value_name = "PATH", required = true)]
+    pub finetuned: Vec<PathBuf>,
+    /// Archive to write (one fine-tune).
+    #[arg(long, short, value_name = "FILE", conflicts_with = "output_dir")]
+    pub output: Option<PathBuf>,
+    /// Folder for one archive per fine-tune (several fine-tunes).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Target sparsity over the compressed tensors (fraction of entries dropped).
+    #[arg(long, default_value_t = 0.97)]
+    pub sparsity: f64,
+    /// Quantization bits per kept value.
+    #[arg(long, default_value_t = 4)]
+    pub bits: u8,
+    /// MSA step δ: low-variance third gets s+δ, mid s, high the remainder.
+    #[arg(long, default_value_t = 0.01)]
+    pub step: f64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fixed γ multiplier (default: 1; TNGR's γ across several fine-tunes with --tngr).
+    #[arg(long, value_name = "F")]
+    pub gamma: Option<f64>,
+    // The help is an attribute: rustdoc would read `[LO,HI]` in a doc comment as a link.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_pair,
+          help = "Clamp TNGR's γ to [LO,HI], e.g. 0.5,1 as the paper states")]
+    pub gamma_clamp: Option<(f64, f64)>,
+    /// Which deltas TNGR's trace norms are computed on.
+    #[arg(long, value_parser = choice(TRACE_ON), default_value = "compressed")]
+    pub trace_on: TraceOn,
+    /// How TNGR's nuclear norms are computed.
+    #[arg(long, value_parser = choice(NUCLEAR_NORMS), default_value = "auto")]
+    pub nuclear_norm: NuclearNorm,
+    /// Extra multiplier on the rescale factor.
+    #[arg(long, default_value_t = 1.0)]
+    pub rescale_factor: f64,
+    /// Rescale survivors by each tensor's own rate (default, measured better) or the global target (paper).
+    #[arg(long, value_parser = choice(RESCALES), default_value = "per-tensor")]
+    pub rescale: RescaleMode,
+    /// Ablation: same sparsity for every tensor instead of MSA.
+    #[arg(long)]
+    pub no_msa: bool,
+    /// Ablation: plain random drop instead of group-wise (stratified) pruning.
+    #[arg(long)]
+    pub no_dac: bool,
+    /// Compress tensors whose name matches this glob (`*`, `?`).
+    #[arg(long = "compress", value_name = "GLOB")]
+    pub compress_globs: Vec<String>,
+    /// Store these tensors' deltas without loss.
+    #[arg(long = "keep", value_name = "GLOB")]
+    pub keep_globs: Vec<String>,
+    /// Drop these tensors' deltas (the rebuilt model uses the base values).
+    #[arg(long = "drop", value_name = "GLOB")]
+    pub drop_globs: Vec<String>,
+    /// Tensor-selection preset (default: detected from config.json, then tensor names).
+    #[arg(long, value_parser = parse_family)]
+    pub family: Option<Family>,
+    /// Replace existing output.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CompressArgs {
+    /// The configuration these flags describe, checked: the one place flags become configuration.
+    ///
+    /// # Errors
+    /// Flags that contradict each other, and [`CompressConfig::validate`]'s errors (which name configuration
+    /// fields; `main` adds the flag).
+    pub fn config(&self) -> Result<CompressConfig> {
+        let mut cfg = CompressConfig {
+            method: self.method,
+            sparsity: self.sparsity,
+            bits: self.bits,
+            step: self.step,
+            seed: self.seed,
+            gamma: self.gamma,
+            rescale_factor: self.rescale_factor,
+            rescale: self.rescale,
+            allocation: if self.no_msa {
+                AllocationMode::Uniform
+            } else {
+                AllocationMode::Msa
+            },
+            pruning: if self.no_dac {
+                PruningMode::Random
+            } else {
+                PruningMode::Group
+            },
+            tngr: TngrConfig {
+                trace_on: self.trace_on,
+                clamp: self.gamma_clamp,
+                enabled: self.tngr && !self.no_tngr,
+                nuclear_norm: (self.nuclear_norm)(),
+            },
+            selection: Selection {
+                compress: self.compress_globs.clone(),
+                keep: self.keep_globs.clone(),
+                drop: self.drop_globs.clone(),
+                family: self.family,
+            },
+            quantize: !self.no_quant,
+            rank: self.rank,
+            compeft_alpha: self.compeft_alpha,
+            target_ratio: self.target_ratio,
+            positions: self.positions,
+            values: self.values,
+            codec: self.codec,
+            seed_trials: self.seed_trials,
+            zstd_level: self.zstd_level,
+        };
+        if let Some(preset) = self.preset {
+            cfg = preset.apply_to(cfg);
+        }
+        if cfg.tngr.clamp.is_some() && !cfg.tngr.enabled {
+            bail!("--gamma-clamp clamps TNGR's γ: add --tngr (TNGR is off by default)");
+        }
+        if self.no_quant && cfg.method != Method::Ultradelta {
+            bail!("--no-quant applies to --method ultradelta only");
+        }
+        if self.lora_out.is_some() && (cfg.method != Method::Lowrank || self.output.is_none()) {
+            bail!("--lora-out needs --method lowrank and one fine-tune (--output)");
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// The flag that sets the configuration field `field` (as [`ultradelta::Error::InvalidConfig`] names it).
+pub fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "method" => "--method",
+        "sparsity" => "--sparsity",
+        "bits" => "--bits",
+        "step" => "--step",
+        "seed" => "--seed",
+        "gamma" => "--gamma",
+        "rescale_factor" => "--rescale-factor",
+        "rescale" => "--rescale",
+        "allocation" => "--no-msa",
+        "pruning" => "--no-dac",
+        "tngr.enabled" => "--tngr",
+        "tngr.trace_on" => "--trace-on",
+        "tngr.clamp" => "--gamma-clamp",
+        "tngr.nuclear_norm" => "--nuclear-norm",
+        "selection.compress" => "--compress",
+        "selection.keep" => "--keep",
+        "selection.drop" => "--drop",
+        "selection.family" => "--family",
+        "quantize" => "--no-quant",
+        "rank" => "--rank",
+        "compeft_alpha" => "--compeft-alpha",
+        "target_ratio" => "--target-ratio",
+        "positions" => "--positions",
+        "values" => "--values",
+        "codec" => "--codec",
+        "seed_trials" => "--seed-trials",
+        "zstd_level" => "--zstd-level",
+        _ => return None,
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// Base checkpoint the archive was made against.
+    #[arg(long, value_name = "PATH")]
+    pub base: PathBuf,
+    /// Folder to write the rebuilt checkpoint into.
+    #[arg(long, short, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Shard the output above this many bytes (default 5 GB, like Hugging Face).
+    #[arg(long, value_name = "BYTES")]
+    pub max_shard_size: Option<u64>,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub force: bool,
+    /// The archive.
+    pub archive: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The archive.
+    pub archive: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Base checkpoint.
+    #[arg(long, value_name = "PATH")]
+    pub base: PathBuf,
+    /// The fine-tuned checkpoint the archive was made from.
+    #[arg(long, value_name = "PATH")]
+    pub finetuned: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The archive.
+    pub archive: PathBuf,
+}
+
+fn parse_family(s: &str) -> Result<Family, String> {
+    s.parse()
+}
+
+fn parse_pair(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected LO,HI, got \"{s}\""))?;
+    let p = |x: &str| x.trim().parse::<f64>().map_err(|e| format!("\"{x}\": {e}"));
+    Ok((p(a)?, p(b)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each choice is spelled as the configuration (and the archive's params) spell its value.
+    #[test]
+    fn spellings_are_the_configuration_names() {
+        macro_rules! check {
+            ($($values:expr),*) => {$(
+                for (name, _, value) in $values {
+                    assert_eq!(serde_json::to_value(value).unwrap(), *name);
+                }
+            )*};
+        }
+        check!(METHODS, PRESETS, POSITIONS, VALUES, CODECS, RESCALES, TRACE_ON);
+        for (name, _, value) in NUCLEAR_NORMS {
+            let v = serde_json::to_value(value()).unwrap();
+            assert!(v == *name || v.get(name).is_some(), "{name}: {v}");
+        }
+        for m in Method::ALL {
+            assert!(METHODS.iter().any(|(_, _, v)| *v == m), "{m}");
+        }
+    }
+
+    /// Every field a configuration error can name has a flag (one invalid value per check of `validate`).
+    #[test]
+    fn every_invalid_field_has_a_flag() {
+        let d = CompressConfig::default;
+        let invalid = [
+            CompressConfig {
+                sparsity: 1.5,
+                ..d()
+            },
+            CompressConfig { bits: 0, ..d() },
+            CompressConfig { step: 1.0, ..d() },
+            CompressConfig {
+                rescale_factor: 0.0,
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Lowrank,
+                rank: 0,
+                ..d()
+            },
+            CompressConfig {
+                compeft_alpha: Some(-1.0),
+                ..d()
+            },
+            CompressConfig {
+                target_ratio: Some(0.0),
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Dare,
+                positions: PositionCodec::Seeded,
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Quant,
+                values: ValueCodec::Entropy,
+                ..d()
+            },
+            CompressConfig {
+                method: Method::Dare,
+                codec: CodecChoice::Auto,
+                ..d()
+            },
+            CompressConfig {
+                codec: CodecChoice::Auto,
+                quantize: false,
+                ..d()
+            },
+            CompressConfig {
+                positions: PositionCodec::Seeded,
+                pruning: PruningMode::Random,
+                ..d()
+            },
+            CompressConfig {
+                seed_trials: 0,
+                ..d()
+            },
+            CompressConfig {
+                zstd_level: 0,
+                ..d()
+            },
+            CompressConfig {
+                gamma: Some(0.0),
+                ..d()
+            },
+            CompressConfig {
+                tngr: TngrConfig {
+                    clamp: Some((2.0, 1.0)),
+                    ..TngrConfig::default()
+                },
+                ..d()
+            },
+        ];
+        for cfg in invalid {
+            match cfg.validate() {
+                Err(ultradelta::Error::InvalidConfig { field, .. }) => {
+                    assert!(flag_of(field).is_some(), "{field}")
+                }
+                other => panic!("{cfg:?}: {other:?}"),
+            }
+        }
+    }
+
+    fn parse(extra: &[&str]) -> CompressArgs {
+        let mut argv = vec![
+            "ultradelta",
+            "compress",
+            "--base",
+            "b",
+            "--finetuned",
+            "f",
+            "-o",
+            "a",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Compress(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn default_flags_are_the_default_configuration() {
+        assert_eq!(parse(&[]).config().unwrap(), CompressConfig::default());
+    }
+
+    #[test]
+    fn the_paper_preset_keeps_what_is_not_the_method() {
+        let cfg = parse(&["--preset", "paper", "--seed", "7", "--positions", "seeded"])
+            .config()
+            .unwrap();
+        assert_eq!(
+            cfg,
+            CompressConfig {
+                seed: 7,
+                positions: PositionCodec::Seeded,
+                ..CompressConfig::paper()
+            }
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The plan of a compression run: everything decided before any record is made. A fine-tune is paired with its
+//! base and every tensor gets a policy (the tensor selection); for UltraDelta, pass 1 reads every compressed
+//! tensor once for its quantizer, level histograms and σ; the sparsity allocation turns those into per-tensor
+//! rates. The pipeline (pass 2) and the budget search both start from here.
+
+use ultradelta_alloc::{Allocation, MsaConfig, TensorStat};
+use ultradelta_archive::Policy;
+use ultradelta_io::{pair, Checkpoint, TensorInfo};
+
+use crate::config::{AllocationMode, CompressConfig};
+use crate::delta::with_source;
+use crate::error::{quant_err, TensorMismatch};
+use crate::method::QuantScan;
+use crate::selection::{detect_family, Family, FamilySource, RuleSource};
+use crate::{Error, Progress, Result};
+
+/// One tensor of the fine-tune and what happens to it.
+pub(crate) struct TensorPlan {
+    pub(crate) info: TensorInfo,
+    pub(crate) policy: Policy,
+    /// Whether a user rule or the preset decided the policy.
+    pub(crate) from: RuleSource,
+}
+
+/// A fine-tune matched against the base, with a policy for every tensor.
+pub(crate) struct Plan<'a> {
+    pub(crate) base: &'a Checkpoint,
+    pub(crate) ft: &'a Checkpoint,
+    pub(crate) family: Family,
+    family_source: FamilySource,
+    /// The fine-tune's tensors in file order: the order records are written in.
+    pub(crate) tensors: Vec<TensorPlan>,
+    /// Tensors only in the base (absent from the rebuilt model, like in the fine-tune).
+    pub(crate) base_only: Vec<String>,
+}
+
+impl<'a> Plan<'a> {
+    /// Pairs `ft` with `base` and decides every tensor's policy under `cfg.selection`.
+    ///
+    /// # Errors
+    /// A tensor whose shape or dtype differs between the two; a compressed tensor that is not floating point.
+    pub(crate) fn new(
+        base: &'a Checkpoint,
+        ft: &'a Checkpoint,
+        cfg: &CompressConfig,
+    ) -> Result<Plan<'a>> {
+        let pairing = pair(base, ft);
+        if let Some((b, f)) = pairing.mismatched.first() {
+            return Err(Error::Mismatch(Box::new(TensorMismatch {
+                tensor: b.name.clone(),
+                base_file: base.file_of(&b.name).unwrap_or(base.path()).to_path_buf(),
+                finetuned_file: ft.file_of(&f.name).unwrap_or(ft.path()).to_path_buf(),
+                base_dtype: b.dtype.name().to_string(),
+                base_shape: b.shape.clone(),
+                ft_dtype: f.dtype.name().to_string(),
+                ft_shape: f.shape.clone(),
+            })));
+        }
+        let (family, family_source) = match cfg.selection.family {
+            Some(f) => (f, FamilySource::User),
+            None => detect_family(ft),
+        };
+        let mut tensors = Vec::with_capacity(ft.tensors().len());
+        for info in ft.tensors() {
+            let (policy, from) = if base.info(&info.name).is_some() {
+                cfg.selection.policy(family, info)
+            } else {
+                (Policy::New, RuleSource::Default)
+            };
+            if policy == Policy::Compress && !info.dtype.is_float() {
+                return Err(Error::NotCompressible {
+                    file: ft.file_of(&info.name).unwrap_or(ft.path()).to_path_buf(),
+                    tensor: info.name.clone(),
+                    dtype: info.dtype.name().to_string(),
+                });
+            }
+            tensors.push(TensorPlan {
+                info: info.clone(),
+                policy,
+                from,
+            });
+        }
+        Ok(Plan {
+            base,
+            ft,
+            family,
+            family_source,
+            tensors,
+            base_only: pairing.only_base,
+        })
+    }
+
+    /// How the tensor-selection family was decided (human-readable).
+    pub(crate) fn family_source(&self) -> String {
+        let family = self.family;
+        match &self.family_source {
+            FamilySource::User => format!("{family} (given)"),
+            FamilySource::ModelType(t) => format!("{family} (from config.json model_type \"{t}\")"),
+            FamilySource::TensorNames => format!("{family} (guessed from tensor names)"),
+            FamilySource::Fallback => {
+                "generic (no preset matched: compressing 2-D *weight tensors except embeddings, heads and norms)"
+                    .to_string()
+            }
+        }
+    }
+
+    /// Indices of the tensors under policy `compress`.
+    pub(crate) fn compressed(&self) -> Vec<usize> {
+        (0..self.tensors.len())
+            .filter(|&i| self.tensors[i].policy == Policy::Compress)
+            .collect()
+    }
+}
+
+/// Pass 1 (UltraDelta only): every compressed tensor's σ of its quantized delta (for the allocation) and its
+/// quantizer and level scan (so pass 2 can quantize and prune straight from the checkpoints' bytes), in the order
+/// of [`Plan::compressed`]. Δ is never materialised: each tensor is read twice (extremes, then levels).
+pub(crate) fn pass_one(
+    p: &Plan<'_>,
+    cfg: &CompressConfig,
+    progress: &dyn Progress,
+) -> Result<(Vec<TensorStat>, Vec<QuantScan>)> {
+    let idx = p.compressed();
+    let total: u64 = idx.iter().map(|&i| p.tensors[i].info.numel() as u64).sum();
+    progress.begin("analysing deltas", total);
+    let mut stats = Vec::with_capacity(idx.len());
+    let mut scans = Vec::with_capacity(idx.len());
+    // Last tensor first: pass 2 goes first to last, so when the checkpoints are larger than the page cache the
+    // tensors it starts with are the ones this pass read most recently, still cached, instead of the ones the
+    // cache dropped first. Each tensor's result is its own, so the order changes nothing else.
+    for (k, &i) in idx.iter().enumerate().rev() {
+        let info = &p.tensors[i].info;
+        let name = info.name.as_str();
+        // The disk reads the next tensor while this one is computed (when it is not cached already).
+        if let Some(&prev) = k.checked_sub(1).and_then(|j| idx.get(j)) {
+            p.base.prefetch(&p.tensors[prev].info.name);
+            p.ft.prefetch(&p.tensors[prev].info.name);
+        }
+        let (base, ft) = (p.base.view(name)?, p.ft.view(name)?);
+        let scan = with_source(&base, &ft, |src| QuantScan::of(src, cfg.bits))?
+            .map_err(|e| quant_err(p.ft, name, e))?;
+        stats.push(scan.stat(info.numel()));
+        scans.push(scan);
+        // The next pass maps the tensor in again; meanwhile its pages need not count against this process.
+        p.base.release(name);
+        p.ft.release(name);
+        progress.advance(info.numel() as u64);
+    }
+    progress.end();
+    stats.reverse();
+    scans.reverse();
+    Ok((stats, scans))
+}
+
+/// Per-tensor rates of the `n` compressed tensors: the allocation for UltraDelta (from pass 1's `stats`), the
+/// target sparsity for every tensor otherwise (`stats` is `None`).
+pub(crate) fn rates(
+    stats: Option<&[TensorStat]>,
+    n: usize,
+    cfg: &CompressConfig,
+) -> Result<Allocation> {
+    let Some(stats) = stats else {
+        return Ok(Allocation {
+            rates: vec![cfg.sparsity; n],
+            tiers: vec![None; n],
+        });
+    };
+    let alloc = match cfg.allocation {
+        AllocationMode::Msa => ultradelta_alloc::msa(
+            stats,
+            cfg.sparsity,
+            &MsaConfig {
+                step: cfg.step,
+                ..MsaConfig::default()
+            },
+        )?,
+        AllocationMode::Uniform => ultradelta_alloc::uniform(stats, cfg.sparsity)?,
+    };
+    Ok(alloc)
+}
