@@ -1,4 +1,19 @@
 //! apply: base checkpoint + archive → the rebuilt fine-tuned checkpoint folder.
+//!
+//! Tensors are rebuilt on the rayon pool while a writer thread writes the earlier ones out: three buffers go back
+//! and forth (one being written, one in the one-slot hand-off, one being rebuilt), so at most three rebuilt tensors
+//! are in memory, and they are reused from tensor to tensor (with the scratch an `xor-zstd` record is decompressed
+//! into), because fresh memory per tensor meant the kernel zeroing and unmapping pages for every tensor. The next
+//! compressed tensor's record is decoded while the current tensor is rebuilt; within a tensor, the base tensor's
+//! hash check runs beside the parallel copy of the base bytes (which notes the blocks holding a NaN) and the
+//! patch; `xor-zstd` records are unshuffled and XORed into the base in one parallel pass. The writer opens shard
+//! files with `O_DIRECT` when it can (`WriterOptions::direct_io`; ordinary writes where the filesystem refuses):
+//! each tensor is rebuilt at an address aligned like its offset in the file, so its bytes go to the disk from the
+//! buffer without a copy into fresh page-cache pages. The folder is written under a temp name, fsynced and
+//! renamed into place. A sparse record's tensor is the base bytes with only the kept entries recomputed (same f32
+//! arithmetic and conversions as the dense path; a conversion block holding a NaN takes the dense path), so the
+//! output is byte-identical to `to_f32` + `Record::add_delta_into` + `f32_to_bytes`; other record kinds use that
+//! dense path.
 
 use std::path::{Path, PathBuf};
 

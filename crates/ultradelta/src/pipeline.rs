@@ -3,6 +3,18 @@
 //! parameter, [`crate::budget`]), asks the method dispatch ([`crate::method`]) for each compressed tensor's record,
 //! and writes each tensor's index entry and record in plan order through a two-stage overlap (tensor k's record is
 //! computed while tensor k − 1's is encoded and written).
+//!
+//! Compression reads each tensor pair twice: pass 1 ([`crate::plan`]) computes the quantized delta's σ for the
+//! sparsity allocation (MSA needs every tensor's σ before any rate is known) and keeps each tensor's quantizer and
+//! level histograms; pass 2 (here) quantizes, prunes, encodes and streams the record to the archive. Pass 1 goes
+//! last tensor first, so that when the checkpoints are larger than the page cache pass 2 (first to last) starts on
+//! the tensors pass 1 read most recently. In pass 2, tensor k's record is computed while tensor k − 1's is encoded
+//! (Golomb gaps, byte-plane shuffle, zstd), written and its input pages released (`Checkpoint::release`,
+//! MADV_DONTNEED: the data stays in the page cache), so at most two tensors' records are alive and the resident
+//! set is bounded by the largest tensors, not the model; records are written in plan order, so the bytes do not
+//! depend on the overlap. For UltraDelta neither pass materialises Δ or its levels: the fused kernels of
+//! `ultradelta_qgp::fused` read a `DeltaSource` (the two tensors' bf16 or f16 bytes; other dtypes through a fill
+//! function, `delta.rs`) a few thousand entries at a time (see that module's documentation for the kernels).
 
 use std::path::{Path, PathBuf};
 
