@@ -20,6 +20,8 @@ macro_rules! outln {
     }};
 }
 
+mod batch;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -59,6 +61,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Compare the rebuilt model with the fine-tuned one, per tensor and overall.
     Eval(EvalArgs),
+    /// Run the compress jobs of a JSON Lines manifest (or this array task's share of them); `--report` gathers results.
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -348,6 +352,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Apply(a) => cmd_apply(a, &progress),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Eval(a) => cmd_eval(a, &progress),
+        Command::Batch(a) => batch::run(a, cli.quiet),
     }
 }
 
@@ -355,7 +360,8 @@ fn open(path: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint::open(path)?)
 }
 
-fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
+/// The configuration `compress`'s flags describe, checked (also each `batch` job's).
+fn compress_config(a: &CompressArgs) -> Result<CompressConfig> {
     let mut cfg = CompressConfig {
         method: a.method.into(),
         sparsity: a.sparsity,
@@ -392,9 +398,9 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             },
         },
         selection: Selection {
-            compress: a.compress_globs,
-            keep: a.keep_globs,
-            drop: a.drop_globs,
+            compress: a.compress_globs.clone(),
+            keep: a.keep_globs.clone(),
+            drop: a.drop_globs.clone(),
             family: a.family,
         },
         quantize: !a.no_quant,
@@ -446,6 +452,11 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
         bail!("--lora-out needs --method lowrank and one fine-tune (--output)");
     }
     cfg.validate()?;
+    Ok(cfg)
+}
+
+fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
+    let cfg = compress_config(&a)?;
     let base = open(&a.base)?;
     let reports = match (&a.output, &a.output_dir) {
         (Some(out), None) => {
