@@ -261,6 +261,10 @@ fn batch_archives_equal_compress_and_reruns_skip_what_is_done() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("3 done, 0 skipped"), "{}", stdout(&o));
 
+    // the same manifest named by a relative path from its folder: the same jobs, all done
+    let o = batch_in(Some(dir.path()), &["hub.jsonl"], &[]);
+    assert!(stdout(&o).contains("0 done, 3 skipped"), "{}", stdout(&o));
+
     // byte-identical to compress with the same options
     let reference = dir.path().join("reference.udelta");
     let extra = [

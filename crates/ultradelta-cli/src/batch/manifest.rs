@@ -35,6 +35,8 @@ pub struct Job {
     pub output: PathBuf,
     /// The `options` object as given, keys spelled like the flags (`zstd_level` → `zstd-level`).
     pub options: Map<String, Value>,
+    /// `base` and `finetuned` as written in the manifest (what [`Job::spec`] compares).
+    pub written: (String, String),
     /// The options parsed by `compress`'s parser (paths resolved).
     pub args: Box<CompressArgs>,
     /// The configuration they describe, checked.
@@ -42,12 +44,13 @@ pub struct Job {
 }
 
 impl Job {
-    /// What decides this job's output: its paths and options. A result record made for a different spec
-    /// belongs to an earlier version of the line.
+    /// What decides this job's output: its inputs and options, as the line writes them (so the same manifest
+    /// named by another path, or mounted elsewhere on another node, is the same spec). A result record made for a
+    /// different spec belongs to an earlier version of the line.
     pub fn spec(&self) -> Value {
         serde_json::json!({
-            "base": self.base.to_string_lossy(),
-            "finetuned": self.finetuned.to_string_lossy(),
+            "base": self.written.0,
+            "finetuned": self.written.1,
             "options": Value::Object(self.options.clone()),
         })
     }
@@ -106,6 +109,12 @@ fn parse_line(raw: &str, dir: &Path, index: usize, line: usize) -> Result<Job> {
     if let Some(k) = obj.keys().find(|k| !LINE_KEYS.contains(&k.as_str())) {
         bail!("unknown key \"{k}\" (expected base, finetuned, output and optionally options)");
     }
+    let written = |key: &str| {
+        obj.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let path_of = |key: &str| -> Result<PathBuf> {
         match obj.get(key) {
             Some(Value::String(s)) if !s.is_empty() => Ok(resolve(dir, s)),
@@ -144,6 +153,7 @@ fn parse_line(raw: &str, dir: &Path, index: usize, line: usize) -> Result<Job> {
         finetuned,
         output,
         options,
+        written: (written("base"), written("finetuned")),
         args,
         config,
     })
