@@ -7,7 +7,9 @@
 #            are skipped);
 #   checks:  every task's exit code; `batch --report` (10 done, totals equal to the records and the files);
 #            every archive verifies (a local rerun skips all 10: each archive opened, every record decoded, its
-#            base fingerprint checked) and applies; one archive byte-identical to `ultradelta compress`'s.
+#            base fingerprint checked) and applies; one archive byte-identical to `ultradelta compress`'s;
+#   then `cargo xtask reproduce --generated --quick --engine slurm` (one array task per grid point) when the
+#            evaluator is built, its measurements compared with the local run's in target/ci-results.
 # The daemons it started are stopped on every exit (trap). Needs root (installs slurm-wlm and munge from Debian
 # when missing; slurmd runs jobs as root). Run by .ci/run under a time limit; about 1 minute here once built.
 #
@@ -245,3 +247,33 @@ done
 "$BIN" compress --quiet --base "$H/base" --finetuned "$H/ft-2" --output "$WORK/ft-2.udelta" --sparsity 0.95 >/dev/null
 cmp "$WORK/ft-2.udelta" "$H/deltas/ft-2.udelta" || fail "batch and compress wrote different bytes"
 log "all 10 archives verify and apply; ft-2's equals compress's byte for byte"
+
+# --- cargo xtask reproduce --engine slurm: one array task per grid point of the --quick grid on the generated
+# testbed, gathered into the usual report; its metrics must equal the local engine's (CI's earlier run).
+if [ -x "$ROOT/target/release/ultradelta-eval" ] || [ "${UD_SLURM_REPRODUCE:-0}" = 1 ]; then
+    log "cargo xtask reproduce --generated --quick --engine slurm"
+    cargo xtask reproduce --generated --quick --engine slurm --out "$WORK/results" --work-dir "$WORK/rwork" \
+        >"$WORK/reproduce.txt" 2>&1 || fail "reproduce --engine slurm: $(tail -3 "$WORK/reproduce.txt")"
+    res=$(ls -d "$WORK"/results/*/ | head -1)
+    grep -q '"status": "complete"' "$res/provenance.json" || fail "reproduce: provenance status is not complete"
+    grep -q '"engine": "slurm"' "$res/provenance.json" || fail "reproduce: provenance does not say slurm"
+    [ -s "$res/report.md" ] || fail "reproduce: no report.md"
+    points=$(ls "$res"/slurm/point-*.json | wc -l)
+    [ "$points" -gt 1 ] && [ "$points" = "$(ls "$res"/slurm/task-*.out | wc -l)" ] || fail "reproduce: $points points"
+    # point, variant, task, real ratio, archive bytes, metric, value, error: everything but the timings (the
+    # evaluator's own `seconds` too)
+    measured() {
+        perl -MText::ParseWords -ne 'next if $. == 1; chomp; my @f = parse_line(",", 1, $_);
+            next if $f[19] =~ /seconds/; print join(",", @f[0, 2, 5, 6, 9, 19, 20, 22]), "\n"' "$1" | sort
+    }
+    local_csv=$(ls -t "$ROOT"/target/ci-results/*-quick/results.csv 2>/dev/null | head -1 || true)
+    if [ -n "$local_csv" ]; then
+        diff <(measured "$local_csv") <(measured "$res/results.csv") >"$WORK/reproduce.diff" ||
+            fail "reproduce --engine slurm measured something else than the local run $local_csv: $(head -5 "$WORK/reproduce.diff")"
+        log "reproduce --engine slurm: $points array tasks, $(($(wc -l <"$res/results.csv") - 1)) rows, equal to the local run's"
+    else
+        log "reproduce --engine slurm: $points array tasks, report written (no local run in target/ci-results to compare)"
+    fi
+else
+    log "skipped reproduce --engine slurm: no target/release/ultradelta-eval (CI builds it first; or UD_SLURM_REPRODUCE=1)"
+fi
