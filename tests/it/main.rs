@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cli_batch;
 mod cli_codecs;
 mod cli_errors;
 mod cli_methods;

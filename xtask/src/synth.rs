@@ -24,6 +24,10 @@ pub struct SynthArgs {
     /// Seed: every value is a function of (seed, tensor name, position).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Seed of the fine-tune's delta (default: --seed). The base depends on --seed alone, so runs with one --seed
+    /// and different --delta-seed values write several fine-tunes of one byte-identical base.
+    #[arg(long, value_name = "N")]
+    pub delta_seed: Option<u64>,
     /// Replace existing OUT/base and OUT/finetuned folders.
     #[arg(long)]
     pub force: bool,
@@ -62,6 +66,7 @@ pub fn run(args: SynthArgs) -> Result<()> {
         rel_scale: args.rel_scale,
         max_shard_bytes: args.max_shard_bytes,
         overwrite: args.force,
+        delta_seed: args.delta_seed,
         ..SynthConfig::new(args.shape)
     };
     let bytes = 2 * cfg.checkpoint_bytes();

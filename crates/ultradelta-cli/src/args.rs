@@ -38,6 +38,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Compare the rebuilt model with the fine-tuned one, per tensor and overall.
     Eval(EvalArgs),
+    /// Run the compress jobs of a JSON Lines manifest (or this array task's share of them); `--report` gathers results.
+    Batch(crate::batch::BatchArgs),
 }
 
 /// The values of one configuration enum on the command line: (spelling, help line, value).

@@ -21,6 +21,9 @@ macro_rules! outln {
     }};
 }
 
+// After `outln!`, which it uses.
+mod batch;
+
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Apply(a) => cmd_apply(a, &progress),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Eval(a) => cmd_eval(a, &progress),
+        Command::Batch(a) => batch::run(a, cli.quiet),
     }
 }
 

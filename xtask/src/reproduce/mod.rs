@@ -15,6 +15,7 @@
 
 mod experiment;
 mod report;
+mod slurm;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -73,6 +74,30 @@ pub struct ReproduceArgs {
     /// List the known variants and exit.
     #[arg(long)]
     pub list: bool,
+    /// Where the grid points run: here, one after another (`local`), or one Slurm array task per point
+    /// (`slurm`: `sbatch --array --wait`, results gathered into the usual report; the work folder, the
+    /// results and the testbed must be on a filesystem the nodes share).
+    #[arg(long, value_enum, default_value_t = Engine::Local)]
+    pub engine: Engine,
+    /// An extra `sbatch` option for --engine slurm (repeatable), e.g. --sbatch-arg=--partition=cpu.
+    #[arg(long = "sbatch-arg", value_name = "OPTION", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+    /// Internal (one array task of --engine slurm): run only grid point N, write its outcomes into --point-out.
+    #[arg(long, hide = true, value_name = "N", requires = "point_out")]
+    pub point: Option<usize>,
+    /// Internal: the folder the array tasks write their points' outcomes into.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub point_out: Option<PathBuf>,
+}
+
+/// Where `reproduce` runs its grid points.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// In this process, point after point.
+    Local,
+    /// One Slurm array task per grid point.
+    Slurm,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -173,7 +198,7 @@ pub fn plan(r: &Resolved) -> Vec<Point> {
 }
 
 /// What one archive (one task at one point) measured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Measured {
     pub real_ratio: Option<f64>,
     pub paper_v3: Option<f64>,
@@ -193,7 +218,7 @@ pub struct Measured {
 }
 
 /// One row of results: a point on a task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub point: usize,
     pub task: String,
@@ -629,7 +654,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         .unwrap_or_else(|| target_dir().join("reproduce").join("work"));
 
     // Binaries first (their paths are placeholders), unless only the plan is wanted.
-    let (cli, eval) = if args.dry_run {
+    // An array task uses the binaries the submitting run built.
+    let (cli, eval) = if args.dry_run || args.point.is_some() {
         (
             target_dir().join("release/ultradelta"),
             target_dir().join("release/ultradelta-eval"),
@@ -637,7 +663,11 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     } else {
         (crate::common::build_cli()?, build_eval()?)
     };
-    if args.generated && !testbed.join("testbed.json").is_file() && !args.dry_run {
+    if args.generated
+        && !testbed.join("testbed.json").is_file()
+        && !args.dry_run
+        && args.point.is_none()
+    {
         eprintln!(
             "xtask: writing the generated testbed to {}",
             testbed.display()
@@ -682,6 +712,9 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         );
     }
     let points = plan(&r);
+    if let (Some(index), Some(dir)) = (args.point, &args.point_out) {
+        return slurm::run_task(&r, cli, work, args.keep_files, &points, index, dir);
+    }
     let evaluations = points.len() * r.tasks.len();
     eprintln!(
         "reproduce: experiment {} ({}), {} tasks, {} points, {} evaluations{}",
@@ -753,6 +786,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         "experiment": exp,
         "resolved": r,
         "quick": args.quick,
+        "engine": args.engine,
         "status": "running",
     });
     let write_prov = |p: &Value| -> Result<()> {
@@ -777,8 +811,16 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         done: 0,
     };
     let mut outcomes = Vec::new();
-    for (i, p) in points.iter().enumerate() {
-        outcomes.extend(runner.run_point(i, p, &mut progress)?);
+    match args.engine {
+        Engine::Local => {
+            for (i, p) in points.iter().enumerate() {
+                outcomes.extend(runner.run_point(i, p, &mut progress)?);
+            }
+        }
+        Engine::Slurm => {
+            let task = slurm::task_args(&args, &exp_file, &testbed, &work);
+            outcomes = slurm::run_array(&args, task, &points, &out, &mut runner, &mut progress)?;
+        }
     }
     let seconds = progress.started.elapsed().as_secs_f64();
 
