@@ -30,11 +30,11 @@ pub struct BenchArgs {
     /// CI smoke run: the tiny shape only (seconds); overrides --sizes.
     #[arg(long)]
     pub smoke: bool,
-    /// Where the synthetic pairs, archives and rebuilt checkpoints go (default: <target>/bench).
+    /// Where the synthetic pairs, archives and rebuilt checkpoints go (default: TARGET/bench, TARGET being the cargo target folder).
     /// Pairs already there are reused.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Results folder (default: results/<UTC date>-bench in the workspace).
+    /// Results folder (default: results/DATE-bench in the workspace, DATE the UTC date).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Target sparsity passed to `ultradelta compress`.

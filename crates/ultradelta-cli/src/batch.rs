@@ -52,7 +52,7 @@ pub struct BatchArgs {
     /// List the jobs this process would run, and run none.
     #[arg(long, conflicts_with = "report")]
     dry_run: bool,
-    /// Run nothing: gather every job's result record into <manifest>-report.csv and .json and print a summary.
+    /// Run nothing: gather every job's result record into STEM-report.csv and STEM-report.json (STEM: the manifest's file name without its extension) and print a summary.
     /// Exits with failure unless every job is done.
     #[arg(long)]
     report: bool,
