@@ -21,7 +21,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The output path already exists and overwriting was not requested.
-    #[error("{path}: output exists (pass overwrite to replace it)")]
+    #[error("{path}: output exists")]
     OutputExists {
         /// The existing path.
         path: PathBuf,

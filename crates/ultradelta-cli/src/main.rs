@@ -41,10 +41,25 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}{}", flag_hint(&e));
+            eprintln!("error: {}{}", error_line(&e), flag_hint(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: library errors already name their source in their own
+/// text (`file: open: No such file…`), so a cause the line already says is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if line.is_empty() {
+            line = cause;
+        } else if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 /// The flag behind a library error, when the user fixes it with one: the library speaks of configuration fields
@@ -53,15 +68,15 @@ fn flag_hint(e: &anyhow::Error) -> String {
     use ultradelta::{archive, io, Error};
     let flag = match e.downcast_ref::<Error>() {
         Some(Error::InvalidConfig { field, .. }) => args::flag_of(field),
-        Some(Error::NotCompressible { .. }) => Some("--keep or --drop"),
+        Some(Error::NotCompressible { .. }) => Some("--keep, --drop"),
         Some(
             Error::OutputExists { .. }
             | Error::Archive(archive::Error::OutputExists { .. })
             | Error::Io(io::Error::OutputExists { .. }),
-        ) => Some("--force"),
+        ) => return "; --force replaces it".into(),
         _ => None,
     };
-    flag.map(|f| format!(" ({f})")).unwrap_or_default()
+    flag.map(|f| format!(" (set by {f})")).unwrap_or_default()
 }
 
 fn run(cli: Cli) -> Result<()> {

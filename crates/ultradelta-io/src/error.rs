@@ -189,7 +189,7 @@ pub enum Error {
     },
 
     /// The writer's output already exists and overwrite was not requested.
-    #[error("{}: output already exists (pass overwrite to replace it)", path.display())]
+    #[error("{}: output exists", path.display())]
     OutputExists {
         /// The output folder.
         path: PathBuf,

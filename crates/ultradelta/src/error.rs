@@ -104,7 +104,7 @@ pub enum Error {
     #[error("no fine-tuned checkpoint given")]
     NoFinetuned,
     /// An output (archive, rebuilt folder, adapter folder) exists and overwriting was not requested.
-    #[error("{}: output exists (pass overwrite to replace it)", path.display())]
+    #[error("{}: output exists", path.display())]
     OutputExists {
         /// The output path.
         path: PathBuf,
