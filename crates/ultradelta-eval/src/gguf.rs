@@ -534,16 +534,35 @@ pub fn config_json(hp: &LlamaHparams, tok: &GgufTokenizer, tied: bool) -> Json {
     })
 }
 
+/// A hidden temporary name next to `path`: files are written there, then renamed into place, so a reader never
+/// sees half a file.
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+fn rename_into_place(tmp: &Path, path: &Path) -> Result<()> {
+    fs::rename(tmp, path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        op: "rename into place",
+        source,
+    })
+}
+
 fn write_json(path: &Path, v: &Json) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Llama {
         path: path.to_path_buf(),
         reason: format!("cannot serialise: {e}"),
     })? + "\n";
-    fs::write(path, text).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
+    let tmp = tmp_path(path);
+    fs::write(&tmp, text).map_err(|source| Error::Io {
+        path: tmp.clone(),
         op: "write",
         source,
-    })
+    })?;
+    rename_into_place(&tmp, path)
 }
 
 /// Converts the llama.cpp GGUF `gguf` into a Hugging Face `LlamaForCausalLM` folder `out` (created; files in it
@@ -679,10 +698,12 @@ pub fn convert_gguf(gguf: &Path, out: &Path, opts: ConvertOptions) -> Result<Con
     })?;
     let weights = out.join("model.safetensors");
     let n_tensors = tensors.len();
-    candle_core::safetensors::save(&tensors, &weights).map_err(|e| Error::Llama {
-        path: weights.clone(),
+    let tmp = tmp_path(&weights);
+    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::Llama {
+        path: tmp.clone(),
         reason: format!("cannot write: {e}"),
     })?;
+    rename_into_place(&tmp, &weights)?;
     let mut files = vec![weights];
     let mut gen = serde_json::Map::new();
     gen.insert("bos_token_id".into(), json!(tok.bos));
