@@ -333,7 +333,8 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--max-tokens", type=int, default=256, help="pairs are cut to this many tokens")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dry-run", action="store_true", help="train --steps steps, report times, write nothing")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="train --steps steps, report times, losses and a hash of the weights; write nothing")
     ap.add_argument("--no-base-eval", action="store_true", help="skip the base model's held-out perplexity")
     ap.add_argument("--compare-logits", help="JSON printed by `ultradelta-eval logits` (with --logits-bin, --model)")
     ap.add_argument("--logits-bin", help="the logits file `ultradelta-eval logits --out` wrote")
@@ -408,7 +409,9 @@ def main():
                       f"{el / step:.1f} s/step, ~{el / step * (total - step):.0f} s left")
     train_seconds, train_cpu = time.time() - t_train, time.process_time() - cpu_train
     if args.dry_run:
-        log(task, f"dry run: {total} steps in {train_seconds:.1f} s ({train_seconds / total:.2f} s/step)")
+        digest = hashlib.sha256(safetensors_bf16_bytes(torch, model.state_dict())).hexdigest()
+        log(task, f"dry run: {total} steps in {train_seconds:.1f} s ({train_seconds / total:.2f} s/step); "
+                  f"losses {' '.join(f'{v:.6f}' for v in losses)}; sha256 of the bf16 weights {digest}")
         return
 
     t = time.time()
