@@ -456,3 +456,76 @@ fn gguf_conversion_undoes_the_rotary_permutation() {
         std::fs::read(again.join("model.safetensors")).expect("read")
     );
 }
+
+/// The `perplexity` subcommand on a tiny testbed: retention 1 and no drift for a model identical to the
+/// fine-tune, the same numbers from the cache.
+#[cfg(feature = "cli")]
+#[test]
+fn perplexity_subcommand_reports_retention_and_drift() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path();
+    write_hf(&root.join("base"), &weights(0, true));
+    write_hf(&root.join("ft"), &weights(9, false));
+    let data = root.join("llama/data");
+    std::fs::create_dir_all(data.join("mood")).expect("mkdir");
+    std::fs::create_dir_all(data.join("moby-dick")).expect("mkdir");
+    let pairs = [
+        serde_json::json!({"ids": [1, 70, 71, 2, 1, 80, 81, 82, 2], "prompt_len": 5}),
+        serde_json::json!({"ids": [1, 90, 2, 1, 100, 101, 2], "prompt_len": 4}),
+    ];
+    let lines: Vec<String> = pairs.iter().map(|p| p.to_string()).collect();
+    std::fs::write(data.join("mood/test.jsonl"), lines.join("\n") + "\n").expect("write");
+    std::fs::write(
+        data.join("moby-dick/heldout.jsonl"),
+        serde_json::json!({"chapter": 1, "ids": [40, 41, 42, 43, 44, 45]}).to_string() + "\n",
+    )
+    .expect("write");
+    let run = || -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ultradelta-eval"))
+            .arg("perplexity")
+            .arg("--testbed")
+            .arg(root)
+            .args(["--task", "mood", "--model"])
+            .arg(root.join("ft"))
+            .arg("--finetuned")
+            .arg(root.join("ft"))
+            .arg("--base")
+            .arg(root.join("base"))
+            .arg("--cache")
+            .arg(root.join("cache"))
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON object")
+    };
+    let first = run();
+    // 4 + 3 response tokens, 5 general tokens (all but the first).
+    assert_eq!(first["response_tokens"], 7);
+    assert_eq!(first["general_tokens"], 5);
+    assert!((first["retention"].as_f64().expect("retention") - 1.0).abs() < 1e-9);
+    assert!((first["general_drift"].as_f64().expect("drift") - 1.0).abs() < 1e-9);
+    assert!(
+        (first["response_ppl_base"].as_f64().expect("base") - vocab() as f64).abs()
+            < 1e-6 * vocab() as f64
+    );
+    assert!(
+        std::fs::read_dir(root.join("cache"))
+            .expect("cache")
+            .count()
+            >= 2
+    );
+    let second = run();
+    for k in [
+        "response_ppl",
+        "retention",
+        "general_drift",
+        "response_ppl_base",
+        "general_ppl",
+    ] {
+        assert_eq!(first[k], second[k], "{k}");
+    }
+}

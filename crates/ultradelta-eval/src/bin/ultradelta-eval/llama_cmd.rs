@@ -88,6 +88,10 @@ pub struct PerplexityArgs {
     /// Score the first N Moby Dick windows only (0: skip the general text).
     #[arg(long)]
     general_limit: Option<usize>,
+    /// Folder caching the reference models' scores (--base, --finetuned), keyed by weights file (path, size,
+    /// modification time), data file and limits.
+    #[arg(long)]
+    cache: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -325,6 +329,63 @@ fn score_model(
     })
 }
 
+/// Identity of a file for a cache key: canonical path, size and modification time.
+fn file_key(path: &Path) -> AnyResult<String> {
+    let md = fs::metadata(path).map_err(|e| format!("{}: cannot stat: {e}", path.display()))?;
+    let mtime = md
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(format!(
+        "{}\n{}\n{mtime}\n",
+        fs::canonicalize(path)?.display(),
+        md.len()
+    ))
+}
+
+/// [`score_model`] through a cache (reference models do not change during a run).
+fn score_cached(
+    cache: Option<&Path>,
+    dir: &Path,
+    key_data: &str,
+    task: Option<&[(Vec<u32>, usize)]>,
+    general: Option<&[(Vec<u32>, usize)]>,
+) -> AnyResult<Scores> {
+    let Some(cache) = cache else {
+        return score_model(dir, task, general);
+    };
+    let key = format!(
+        "llama-ppl\n{}{key_data}{}\n{}\n",
+        file_key(&dir.join("model.safetensors"))?,
+        task.is_some(),
+        general.is_some()
+    );
+    let file = cache.join(format!("ppl-{:016x}.json", crate::fnv1a(key.as_bytes())));
+    let pair = |v: &Value| -> Option<(f64, usize)> {
+        Some((v.get(0)?.as_f64()?, v.get(1)?.as_u64()? as usize))
+    };
+    if let Ok(text) = fs::read_to_string(&file) {
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            let (t, g) = (pair(&v["task"]), pair(&v["general"]));
+            if t.is_some() == task.is_some() && g.is_some() == general.is_some() {
+                return Ok(Scores {
+                    task: t,
+                    general: g,
+                });
+            }
+        }
+    }
+    let s = score_model(dir, task, general)?;
+    fs::create_dir_all(cache).map_err(|e| format!("{}: cannot create: {e}", cache.display()))?;
+    let v = json!({"task": s.task.map(|(a, b)| json!([a, b])), "general": s.general.map(|(a, b)| json!([a, b]))});
+    // Write then rename: a concurrent or interrupted run never sees half a file.
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, v.to_string())?;
+    fs::rename(&tmp, &file)?;
+    Ok(s)
+}
+
 fn log_ppl(s: Option<(f64, usize)>) -> Option<f64> {
     s.map(|(sum, n)| sum / n as f64)
 }
@@ -347,6 +408,15 @@ pub fn perplexity_cmd(a: PerplexityArgs) -> AnyResult<Value> {
         )?)
     };
     let (task, general) = (task.as_deref(), general.as_deref());
+    let mut key_data = String::new();
+    if let Some(t) = &a.task {
+        key_data += &file_key(&data.join(t).join("test.jsonl"))?;
+    }
+    if general.is_some() {
+        key_data += &file_key(&data.join("moby-dick/heldout.jsonl"))?;
+    }
+    key_data += &format!("{:?}\n{:?}\n", a.limit, a.general_limit);
+    let cache = a.cache.as_deref();
     let me = score_model(&a.model, task, general)?;
     let mut out = serde_json::Map::new();
     if let Some((sum, n)) = me.task {
@@ -360,7 +430,7 @@ pub fn perplexity_cmd(a: PerplexityArgs) -> AnyResult<Value> {
         out.insert("general_tokens".into(), json!(n));
     }
     if let Some(ft_dir) = &a.finetuned {
-        let ft = score_model(ft_dir, task, general)?;
+        let ft = score_cached(cache, ft_dir, &key_data, task, general)?;
         if let (Some(f), Some(g)) = (log_ppl(ft.general), log_ppl(me.general)) {
             out.insert("general_ppl_finetuned".into(), json!(f.exp()));
             // Perplexity relative to the fine-tune's: 1 = no drift.
@@ -370,7 +440,7 @@ pub fn perplexity_cmd(a: PerplexityArgs) -> AnyResult<Value> {
             out.insert("response_ppl_finetuned".into(), json!(f.exp()));
         }
         if let Some(base_dir) = &a.base {
-            let base = score_model(base_dir, task, None)?;
+            let base = score_cached(cache, base_dir, &key_data, task, None)?;
             if let (Some(b), Some(f), Some(m)) =
                 (log_ppl(base.task), log_ppl(ft.task), log_ppl(me.task))
             {

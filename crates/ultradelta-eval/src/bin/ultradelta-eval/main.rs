@@ -11,7 +11,7 @@
 //! ultradelta-eval make-testbed --out DIR [--force]
 //! ultradelta-eval convert-gguf --gguf FILE --out DIR [--keep-rope-permutation]
 //! ultradelta-eval llama-data   --model DIR --moods DIR --mood a,b --moby DIR --out DIR [--max-tokens N]
-//! ultradelta-eval perplexity   --testbed DIR [--task MOOD] --model DIR [--base DIR --finetuned DIR] [--limit N]
+//! ultradelta-eval perplexity   --testbed DIR [--task MOOD] --model DIR [--base DIR --finetuned DIR] [--limit N] [--cache DIR]
 //! ultradelta-eval generate     --model DIR --prompt TEXT [--prompt TEXT ...] [--max-new N] [--raw]
 //! ultradelta-eval logits       --model DIR --text TEXT [--text TEXT ...] --out FILE
 //! ```
