@@ -274,7 +274,8 @@ pub(super) fn build(
         let jobs = jobs.unwrap_or(cores).clamp(1, todo.len());
         println!(
             "finetune: training {} with {python} ({jobs} process(es) at a time, one thread each); \
-             about 12-16 min per mood per core on a 2-core machine",
+             about 9-11 CPU-minutes per mood (about 20 min for all four on an idle 2-core machine, \
+             longer when other work shares it); progress lines follow",
             todo.join(", ")
         );
         for task in &todo {
