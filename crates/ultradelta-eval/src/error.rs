@@ -121,6 +121,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// A GGUF file cannot be converted: unreadable, another architecture, or missing metadata or tensors.
+    #[error("{}: cannot convert GGUF: {reason}", path.display())]
+    Gguf {
+        /// The GGUF file.
+        path: PathBuf,
+        /// What was found and what was expected.
+        reason: String,
+    },
+
+    /// A LLaMA model folder cannot be loaded or run (config, weights, tokenizer or chat template).
+    #[error("{}: {reason}", path.display())]
+    Llama {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// What was found and what was expected.
+        reason: String,
+    },
+
     /// An option or argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -8,6 +8,10 @@
 //! `config.json`, tokenizer and task files from folders the caller names; it knows nothing about delta
 //! compression, archives or how the checkpoints were produced, and never downloads anything.
 //!
+//! For decoder models it converts a llama.cpp GGUF into a Hugging Face LLaMA folder ([`gguf::convert_gguf`]),
+//! runs a LLaMA causal LM for perplexity and greedy generation ([`llama::CausalLm`]) and formats
+//! prompt/response pairs in the model's ChatML chat template ([`chat`]).
+//!
 //! ```no_run
 //! use std::path::Path;
 //! use ultradelta_eval::{fidelity, retention, SentenceEncoder};
@@ -22,9 +26,12 @@
 //! # }
 //! ```
 
+pub mod chat;
 mod encoder;
 mod error;
+pub mod gguf;
 mod head;
+pub mod llama;
 mod metrics;
 mod task;
 

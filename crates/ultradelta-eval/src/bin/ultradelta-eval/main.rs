@@ -9,6 +9,11 @@
 //! ultradelta-eval embedding --testbed DIR --probe-task bbc --model DIR --finetuned DIR --base DIR
 //!                           [--train-per-class K] [--limit N] [--max-tokens M] [--cache DIR]
 //! ultradelta-eval make-testbed --out DIR [--force]
+//! ultradelta-eval convert-gguf --gguf FILE --out DIR [--keep-rope-permutation]
+//! ultradelta-eval llama-data   --model DIR --moods DIR --mood a,b --moby DIR --out DIR [--max-tokens N]
+//! ultradelta-eval perplexity   --testbed DIR [--task MOOD] --model DIR [--base DIR --finetuned DIR] [--limit N] [--cache DIR]
+//! ultradelta-eval generate     --model DIR --prompt TEXT [--prompt TEXT ...] [--max-new N] [--raw]
+//! ultradelta-eval logits       --model DIR --text TEXT [--text TEXT ...] --out FILE
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use ultradelta_eval::{
 };
 
 mod generate;
+mod llama_cmd;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +50,19 @@ enum Cmd {
     /// Write a small generated testbed (tiny BERT, four fine-tunes, labelled generated texts) with the real
     /// testbed's layout, for CI and tests: the same code path in seconds instead of an hour.
     MakeTestbed(MakeTestbedArgs),
+    /// Convert a llama.cpp GGUF (LLaMA architecture) into a Hugging Face LlamaForCausalLM folder: bf16
+    /// safetensors, config, tokenizer.json from the GGUF's tokenizer, the chat template.
+    ConvertGguf(llama_cmd::ConvertArgs),
+    /// Tokenize the LLaMA family's data once for training and evaluation: mood prompt/response pairs in the
+    /// chat template (fixed train/test split) and held-out Moby Dick windows.
+    LlamaData(llama_cmd::DataArgs),
+    /// Perplexity of a LLaMA model folder on a mood task's held-out responses and on held-out general text;
+    /// with --base and --finetuned, task retention in log-perplexity and general drift.
+    Perplexity(llama_cmd::PerplexityArgs),
+    /// Greedy continuations of a few prompts (an illustration for reports).
+    Generate(llama_cmd::GenerateArgs),
+    /// Write the logits of a few texts to a binary file (to compare with another implementation).
+    Logits(llama_cmd::LogitsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -111,6 +130,11 @@ fn main() -> ExitCode {
         Cmd::Classify(a) => classify(a),
         Cmd::Embedding(a) => embedding(a),
         Cmd::MakeTestbed(a) => generate::make_testbed(&a.out, a.force),
+        Cmd::ConvertGguf(a) => llama_cmd::convert(a),
+        Cmd::LlamaData(a) => llama_cmd::data(a),
+        Cmd::Perplexity(a) => llama_cmd::perplexity_cmd(a),
+        Cmd::Generate(a) => llama_cmd::generate(a),
+        Cmd::Logits(a) => llama_cmd::logits(a),
     };
     match result {
         Ok(v) => {
