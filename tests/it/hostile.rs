@@ -249,7 +249,7 @@ fn regenerate() {
     let mut hdr =
         br#"{"w":{"dtype":"F32","shape":[1048576,1048576],"data_offsets":[0,4398046511104]}}"#
             .to_vec();
-    while hdr.len() % 8 != 0 {
+    while !hdr.len().is_multiple_of(8) {
         hdr.push(b' ');
     }
     let mut ck = (hdr.len() as u64).to_le_bytes().to_vec();
