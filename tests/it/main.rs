@@ -6,5 +6,7 @@ mod support;
 mod cli_batch;
 mod cli_codecs;
 mod cli_errors;
+mod cli_harden;
 mod cli_methods;
 mod cli_roundtrip;
+mod hostile;

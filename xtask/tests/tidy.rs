@@ -304,7 +304,7 @@ fn library_text_does_not_spell_flags() {
 /// The modules that may contain `unsafe` code, and why. Everything else inherits the workspace's
 /// `unsafe_code = "deny"`; clippy's `undocumented_unsafe_blocks` (a workspace lint, denied in CI) makes every
 /// block in these modules carry a `// SAFETY:` comment.
-const UNSAFE_MODULES: [(&str, &str); 6] = [
+const UNSAFE_MODULES: [(&str, &str); 7] = [
     (
         "crates/ultradelta-qgp/src/lib.rs",
         "declares the two kernel modules below",
@@ -320,6 +320,10 @@ const UNSAFE_MODULES: [(&str, &str); 6] = [
     (
         "crates/ultradelta-io/src/checkpoint.rs",
         "memory-maps checkpoints and advises the kernel on their pages",
+    ),
+    (
+        "crates/ultradelta-io/src/exchange.rs",
+        "renameat2(RENAME_EXCHANGE) through libc: an output folder replaced atomically",
     ),
     (
         "crates/ultradelta-eval/src/encoder.rs",

@@ -20,6 +20,15 @@ pub enum Error {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The archive path is not a regular file (nor a symlink to one): a FIFO, a device, a socket or a folder. It
+    /// is refused without being opened, so a FIFO cannot block the reader.
+    #[error("{path}: is a {kind}, not a regular file (an archive must be a regular file or a symlink to one)")]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is (`FIFO`, `character device`, `block device`, `socket`, `folder`).
+        kind: &'static str,
+    },
     /// The output path already exists and overwriting was not requested.
     #[error("{path}: output exists")]
     OutputExists {

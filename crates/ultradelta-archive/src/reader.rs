@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, Limits, Manifest, TensorEntry, KIND_NONE};
-use crate::record::{decode_record, decode_xor_into, Record, RecordHeader};
+use crate::record::{decode_record_expecting, decode_xor_into, Record, RecordHeader};
 use crate::writer::is_plain_file_name;
 use crate::RecordKind;
 use crate::{
@@ -27,6 +27,34 @@ pub struct ArchiveReader {
     manifest: Manifest,
     tensors: HashMap<String, usize>,
     files: HashMap<String, usize>,
+}
+
+/// [`Error::NotARegularFile`] unless `meta` describes a regular file.
+fn not_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    let kind = if meta.is_dir() {
+        "folder"
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            "FIFO"
+        } else if t.is_char_device() {
+            "character device"
+        } else if t.is_block_device() {
+            "block device"
+        } else if t.is_socket() {
+            "socket"
+        } else {
+            "special file"
+        }
+    };
+    Err(Error::NotARegularFile {
+        path: path.to_path_buf(),
+        kind,
+    })
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -62,11 +90,13 @@ impl ArchiveReader {
     /// [`Error::EntryOutOfRange`], [`Error::EntryOverlap`].
     pub fn open_with_limits(path: impl AsRef<Path>, limits: Limits) -> Result<ArchiveReader> {
         let path = path.as_ref().to_path_buf();
+        // Before opening: opening a FIFO for reading blocks until a writer appears.
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, "open", e))?;
+        not_regular(&path, &meta)?;
         let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io(&path, "stat", e))?
-            .len();
+        let meta = file.metadata().map_err(|e| Error::io(&path, "stat", e))?;
+        not_regular(&path, &meta)?;
+        let size = meta.len();
         let truncated = |what: &'static str, needed: u64| Error::Truncated {
             path: path.clone(),
             what,
@@ -270,12 +300,24 @@ impl ArchiveReader {
     /// [`Error::UnknownTensor`], [`Error::NotStored`], [`Error::RecordChecksum`], [`Error::CorruptRecord`] (the
     /// record contradicts its index entry or its streams are invalid), [`Error::Io`].
     pub fn read_record(&self, name: &str) -> Result<Record> {
-        let bytes = self.record_bytes(name)?;
         let e = self.entry(name).ok_or_else(|| Error::UnknownTensor {
             path: self.path.clone(),
             name: name.to_string(),
         })?;
-        let (header, record) = decode_record(&bytes, &self.limits)
+        let bytes = self.record_bytes(name)?;
+        // The header and every declared count are checked against the index entry before the payload is
+        // decoded: a record cannot make the reader decode or allocate more than its entry declares.
+        let kind = RecordKind::from_name(&e.kind)
+            .ok_or_else(|| self.corrupt(name, format!("unknown record kind {}", e.kind)))?;
+        let expected = RecordHeader {
+            kind,
+            dtype: e.dtype,
+            shape: e.shape.iter().map(|&d| d as u64).collect(),
+            numel: e.numel,
+        };
+        let lossless = matches!(kind, RecordKind::XorZstd | RecordKind::FullZstd);
+        let kept = (!lossless).then_some(e.kept);
+        let (header, record) = decode_record_expecting(&bytes, &self.limits, &expected, kept)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         self.check_header(name, e, &header)?;
         if let Some(kept) = record.kept() {
@@ -360,7 +402,14 @@ impl ArchiveReader {
             name: name.to_string(),
         })?;
         let bytes = self.read_checked(name, f.offset, f.length, &f.checksum)?;
-        let (header, record) = decode_record(&bytes, &self.limits)
+        // The header must declare the entry's size before anything is decompressed.
+        let expected = RecordHeader {
+            kind: RecordKind::FileZstd,
+            dtype: crate::DType::U8,
+            shape: vec![f.size],
+            numel: f.size,
+        };
+        let (header, record) = decode_record_expecting(&bytes, &self.limits, &expected, None)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         match record {
             Record::Full { bytes, .. }
@@ -397,10 +446,14 @@ impl ArchiveReader {
     }
 }
 
+/// The most bytes zstd can decompress from one byte of input: every block of up to 128 KiB of output takes at
+/// least 4 bytes (a 3-byte block header and the byte of an RLE block), so no frame expands more than 32768-fold.
+pub const MAX_ZSTD_EXPANSION: u64 = 1 << 15;
+
 type NameMaps = (HashMap<String, usize>, HashMap<String, usize>);
 
 /// Checks every index entry against the format's invariants and the records area `[PREAMBLE_LEN, records_end)`.
-fn validate_manifest(
+pub(crate) fn validate_manifest(
     path: &Path,
     m: &Manifest,
     limits: &Limits,
@@ -416,8 +469,11 @@ fn validate_manifest(
             m.format_version
         )));
     }
-    if !m.gamma.is_finite() {
-        return Err(invalid(format!("non-finite gamma {}", m.gamma)));
+    if !m.gamma.is_finite() || !(m.gamma as f32).is_finite() {
+        return Err(invalid(format!(
+            "gamma {} is not finite in 32-bit floats",
+            m.gamma
+        )));
     }
     let is_hex16 = |s: &str| {
         s.len() == 16
@@ -507,6 +563,18 @@ fn validate_manifest(
             )));
         }
         check_range(&e.name, e.offset, e.length)?;
+        if matches!(e.kind.as_str(), "xor-zstd" | "full-zstd") {
+            // zstd expands at most MAX_ZSTD_EXPANSION-fold: a size no record of this length can hold is refused
+            // before anything is allocated for it.
+            let raw = numel.saturating_mul(e.dtype.size() as u64);
+            let most = e.length.saturating_mul(MAX_ZSTD_EXPANSION);
+            if raw > most {
+                return Err(shape_err(format!(
+                    "{raw} bytes cannot come from a {}-byte zstd record (at most {most})",
+                    e.length
+                )));
+            }
+        }
         ranges.push((e.offset, e.length, &e.name));
     }
 
@@ -537,6 +605,12 @@ fn validate_manifest(
             )));
         }
         check_range(&f.name, f.offset, f.length)?;
+        if f.size > f.length.saturating_mul(MAX_ZSTD_EXPANSION) {
+            return Err(invalid(format!(
+                "companion file \"{}\" size {} cannot come from a {}-byte zstd record",
+                f.name, f.size, f.length
+            )));
+        }
         ranges.push((f.offset, f.length, &f.name));
     }
 

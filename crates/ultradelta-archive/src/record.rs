@@ -261,11 +261,29 @@ pub(crate) fn encode_file_record(bytes: &[u8], zstd_level: i32) -> Result<Vec<u8
 pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// The kept count the index entry declares, when decoding for an entry: a payload declaring another count
+    /// is refused before anything sized from it is allocated or decoded.
+    pub(crate) expect_kept: Option<u64>,
 }
 
 impl<'a> Cursor<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Cursor<'a> {
-        Cursor { bytes, pos: 0 }
+        Cursor {
+            bytes,
+            pos: 0,
+            expect_kept: None,
+        }
+    }
+
+    /// Refuses a payload's declared `kept` that differs from the index entry's (when decoding for one).
+    pub(crate) fn check_kept(&self, kept: u64) -> Result<()> {
+        match self.expect_kept {
+            Some(want) if want != kept => Err(Error::stream(
+                "record",
+                format!("record keeps {kept} entries, index says {want}"),
+            )),
+            _ => Ok(()),
+        }
     }
     pub(crate) fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         let left = (self.bytes.len() - self.pos) as u64;
@@ -370,6 +388,52 @@ pub(crate) fn decode_header_at(c: &mut Cursor<'_>, limits: &Limits) -> Result<Re
 pub fn decode_record(bytes: &[u8], limits: &Limits) -> Result<(RecordHeader, Record)> {
     let mut c = Cursor::new(bytes);
     let header = decode_header_at(&mut c, limits)?;
+    let record = kinds::decode_payload(&mut c, &header, limits)?;
+    Ok((header, record))
+}
+
+/// Decodes a record for a known tensor: the common header is parsed first and must equal `expected` (kind,
+/// dtype, shape, numel) and, when `kept` is given, the payload's declared kept count must equal it, both checked
+/// before the payload is decoded — so a record cannot make the reader allocate or decode more than its index
+/// entry declares (docs/FORMAT.md, "Reading and validation order").
+///
+/// # Errors
+/// As [`decode_record`]; [`Error::InvalidStream`] (stream `"record"`) when the header or a declared count
+/// differs from what is expected.
+pub fn decode_record_expecting(
+    bytes: &[u8],
+    limits: &Limits,
+    expected: &RecordHeader,
+    kept: Option<u64>,
+) -> Result<(RecordHeader, Record)> {
+    let mut c = Cursor::new(bytes);
+    let header = decode_header_at(&mut c, limits)?;
+    if header.kind != expected.kind {
+        return Err(Error::stream(
+            "record",
+            format!(
+                "record kind {} but the index says {}",
+                header.kind.name(),
+                expected.kind.name()
+            ),
+        ));
+    }
+    if header.dtype != expected.dtype
+        || header.shape != expected.shape
+        || header.numel != expected.numel
+    {
+        return Err(Error::stream(
+            "record",
+            format!(
+                "record has dtype {} shape {:?}, index says dtype {} shape {:?}",
+                header.dtype.name(),
+                header.shape,
+                expected.dtype.name(),
+                expected.shape
+            ),
+        ));
+    }
+    c.expect_kept = kept;
     let record = kinds::decode_payload(&mut c, &header, limits)?;
     Ok((header, record))
 }

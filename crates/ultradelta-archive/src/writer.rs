@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::manifest::{FileEntry, FinetunedInfo, Manifest, Policy, TensorEntry, KIND_NONE};
+use crate::manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
+use crate::reader::validate_manifest;
 use crate::record::{encode_file_record, encode_record, Record};
 use crate::{Error, Result, FORMAT_VERSION, MAGIC, PREAMBLE_LEN, TRAILER_MAGIC};
 
@@ -92,6 +93,7 @@ impl ArchiveWriter {
         if !opts.overwrite && path.exists() {
             return Err(Error::OutputExists { path });
         }
+        remove_leftovers(&path, &name);
         let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
         let file = OpenOptions::new()
             .write(true)
@@ -165,9 +167,31 @@ impl ArchiveWriter {
                 return Err(self.invalid(&entry.name, format!("non-finite rate {r}")));
             }
         }
-        entry
-            .shape_numel()
-            .ok_or_else(|| self.invalid(&entry.name, format!("shape {:?} overflows", entry.shape)))
+        // The reader's limits (docs/FORMAT.md, "Limits"): nothing is written that a reader would refuse.
+        let limits = Limits::default();
+        if entry.shape.len() > limits.max_ndim {
+            return Err(self.invalid(
+                &entry.name,
+                format!(
+                    "{} dimensions (the format's limit is {})",
+                    entry.shape.len(),
+                    limits.max_ndim
+                ),
+            ));
+        }
+        let numel = entry.shape_numel().ok_or_else(|| {
+            self.invalid(&entry.name, format!("shape {:?} overflows", entry.shape))
+        })?;
+        if numel > limits.max_numel {
+            return Err(self.invalid(
+                &entry.name,
+                format!(
+                    "{numel} elements (the format's limit is {})",
+                    limits.max_numel
+                ),
+            ));
+        }
+        Ok(numel)
     }
 
     /// Encodes and appends `record` for `entry`; fills `entry.kind/offset/length/checksum/numel/kept/sparsity`.
@@ -234,6 +258,16 @@ impl ArchiveWriter {
                 name: name.to_string(),
             });
         }
+        let limit = Limits::default().max_file_bytes;
+        if bytes.len() as u64 > limit {
+            return Err(self.invalid(
+                name,
+                format!(
+                    "{} bytes (the format's limit for a companion file is {limit})",
+                    bytes.len()
+                ),
+            ));
+        }
         let rec = encode_file_record(bytes, self.opts.zstd_level)
             .map_err(|e| self.invalid(name, e.to_string()))?;
         let entry = FileEntry {
@@ -262,8 +296,8 @@ impl ArchiveWriter {
         base_fingerprint: &str,
         finetuned: FinetunedInfo,
     ) -> Result<PathBuf> {
-        if !gamma.is_finite() {
-            return Err(self.invalid("", format!("non-finite gamma {gamma}")));
+        if !gamma.is_finite() || !(gamma as f32).is_finite() {
+            return Err(self.invalid("", format!("gamma {gamma} is not finite in 32-bit floats")));
         }
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
@@ -279,6 +313,19 @@ impl ArchiveWriter {
         let index = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| self.invalid("", format!("cannot serialize the index: {e}")))?;
         let index_offset = self.offset;
+        // Exactly the reader's checks of the index, before anything is published.
+        let limits = Limits::default();
+        if index.len() as u64 > limits.max_index_bytes {
+            return Err(self.invalid(
+                "",
+                format!(
+                    "index of {} bytes exceeds the format's limit of {}",
+                    index.len(),
+                    limits.max_index_bytes
+                ),
+            ));
+        }
+        validate_manifest(&self.path, &manifest, &limits, index_offset)?;
         let mut trailer = Vec::with_capacity(32);
         trailer.extend_from_slice(&index_offset.to_le_bytes());
         trailer.extend_from_slice(&(index.len() as u64).to_le_bytes());
@@ -353,6 +400,35 @@ impl Drop for ArchiveWriter {
         self.out.take();
         if !self.tmp.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Removes the temp files `.<name>.partial-<pid>` that killed runs (processes no longer running; Linux only, where
+/// `/proc` tells) left beside the output `path`. Best effort.
+fn remove_leftovers(path: &Path, name: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let prefix = format!(".{name}.partial-");
+    for entry in rd.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

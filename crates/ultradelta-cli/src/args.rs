@@ -36,6 +36,9 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Show what an archive holds, its real size and the paper's nominal ratios.
     Inspect(InspectArgs),
+    /// Check an archive without writing anything: decode every record, check every checksum and limit, and with
+    /// --base that it applies to that base. Exit status: 0 verified, 3 corrupt archive, 4 wrong base, 1 I/O error.
+    Verify(VerifyArgs),
     /// Compare the rebuilt model with the fine-tuned one, per tensor and overall.
     Eval(EvalArgs),
     /// Run the compress jobs of a JSON Lines manifest (or this array task's share of them); `--report` gathers results.
@@ -424,6 +427,18 @@ pub struct ApplyArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The archive.
+    pub archive: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Also check that the archive applies to this base checkpoint (rebuilds every tensor in memory).
+    #[arg(long, value_name = "PATH")]
+    pub base: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -91,7 +91,7 @@ pub fn run(a: BatchArgs, quiet: bool) -> Result<()> {
         bail!("--jobs must be at least 1");
     }
     if !quiet {
-        eprintln!(
+        errln!(
             "batch {}: {} of {} jobs ({}), {} at a time",
             a.manifest.display(),
             mine.len(),

@@ -6,19 +6,34 @@
 mod args;
 mod progress;
 
-/// `println!` that ends the process quietly when stdout is closed (e.g. `| head`)
-/// instead of panicking on a broken pipe.
+/// `println!` that never panics: when stdout is closed (e.g. `| head`) the process ends quietly with status 0,
+/// on any other write error (e.g. `> /dev/full`) with one error line on stderr and status 1.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
-        if let Err(e) = writeln!(out, $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            panic!("writing to stdout: {e}");
+        if let Err(e) = writeln!(out, $($arg)*).and_then(|()| out.flush()) {
+            $crate::stdout_failed(e);
         }
     }};
+}
+
+/// `eprintln!` that never panics: a closed or full stderr is ignored (there is nowhere left to report to).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// Ends the process after a failed write to stdout: status 0 for a closed pipe (the reader has what it wanted),
+/// otherwise an error line (if stderr still takes one) and status 1.
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    errln!("error: writing to stdout: {e}");
+    std::process::exit(1);
 }
 
 // After `outln!`, which it uses.
@@ -33,17 +48,72 @@ use ultradelta::archive::ArchiveReader;
 use ultradelta::io::Checkpoint;
 use ultradelta::{ApplyOptions, Method};
 
-use crate::args::{ApplyArgs, Cli, Command, CompressArgs, EvalArgs, InspectArgs};
+use crate::args::{ApplyArgs, Cli, Command, CompressArgs, EvalArgs, InspectArgs, VerifyArgs};
 use crate::progress::CliProgress;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's own printing (help, version, usage errors) panics on a closed stdout/stderr.
+            let code = e.exit_code();
+            let written = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    use std::io::IsTerminal as _;
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    let text = e.render();
+                    if out.is_terminal() {
+                        write!(out, "{}", text.ansi())
+                    } else {
+                        write!(out, "{text}")
+                    }
+                    .and_then(|()| out.flush())
+                }
+                _ => {
+                    use std::io::IsTerminal as _;
+                    use std::io::Write as _;
+                    let mut err = std::io::stderr().lock();
+                    let text = e.render();
+                    let _ = if err.is_terminal() {
+                        write!(err, "{}", text.ansi())
+                    } else {
+                        write!(err, "{text}")
+                    };
+                    Ok(())
+                }
+            };
+            if let Err(w) = written {
+                stdout_failed(w);
+            }
+            return ExitCode::from(u8::try_from(code).unwrap_or(2));
+        }
+    };
+    let verifying = matches!(cli.command, Command::Verify(_));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}{}", error_line(&e), flag_hint(&e));
-            ExitCode::FAILURE
+            errln!("error: {}{}", error_line(&e), flag_hint(&e));
+            if verifying {
+                verify_exit_code(&e)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+/// `verify`'s exit status: 3 for a corrupt archive, 4 for a wrong base, 1 for I/O and everything else.
+fn verify_exit_code(e: &anyhow::Error) -> ExitCode {
+    use ultradelta::VerifyFailure;
+    // cmd_verify returns the facade's errors only (see there).
+    let failure = e
+        .downcast_ref::<ultradelta::Error>()
+        .map_or(VerifyFailure::Io, ultradelta::verify_failure);
+    match failure {
+        VerifyFailure::Corrupt => ExitCode::from(3),
+        VerifyFailure::WrongBase => ExitCode::from(4),
+        VerifyFailure::Io => ExitCode::FAILURE,
     }
 }
 
@@ -94,6 +164,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compress(a) => cmd_compress(*a, &progress),
         Command::Apply(a) => cmd_apply(a, &progress),
         Command::Inspect(a) => cmd_inspect(a),
+        Command::Verify(a) => cmd_verify(a, &progress),
         Command::Eval(a) => cmd_eval(a, &progress),
         Command::Batch(a) => batch::run(a, cli.quiet),
     }
@@ -354,6 +425,66 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         outln!("\nfiles: {}", ins.files.join(", "));
     }
     Ok(())
+}
+
+fn cmd_verify(a: VerifyArgs, progress: &CliProgress) -> Result<()> {
+    // Every error here is the facade's, so that main can tell corrupt archive, wrong base and I/O apart.
+    let base = match &a.base {
+        Some(p) => Some(Checkpoint::open(p).map_err(ultradelta::Error::from)?),
+        None => None,
+    };
+    let report = ultradelta::verify(&a.archive, base.as_ref(), progress)?;
+    let sha = sha256_file(&a.archive).map_err(|source| ultradelta::Error::File {
+        path: a.archive.clone(),
+        source,
+    })?;
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "archive": a.archive,
+                "ok": true,
+                "report": report,
+                "sha256": sha,
+                "base": a.base,
+            }))?
+        );
+        return Ok(());
+    }
+    outln!(
+        "{}: OK: {} records decoded ({} tensors), {} companion files, every checksum and limit checked{}",
+        a.archive.display(),
+        report.records,
+        report.tensors,
+        report.files,
+        match &a.base {
+            Some(b) => format!(
+                "; applies to {} ({} tensors rebuilt in memory)",
+                b.display(),
+                report.rebuilt
+            ),
+            None => String::new(),
+        }
+    );
+    outln!("sha256 of the file: {sha}");
+    Ok(())
+}
+
+/// SHA-256 of a file's bytes, as 64 lowercase hex digits (read in 1 MiB blocks).
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn cmd_eval(a: EvalArgs, progress: &CliProgress) -> Result<()> {

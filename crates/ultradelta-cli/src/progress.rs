@@ -53,7 +53,10 @@ impl Progress for CliProgress {
         }
         match self.bar.lock().expect("progress lock").as_ref() {
             Some(b) => b.println(message),
-            None => eprintln!("{message}"),
+            None => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr().lock(), "{message}");
+            }
         }
     }
 

@@ -89,11 +89,18 @@ struct IndexJson {
 
 /// Memory-maps `path` after checking it can hold a safetensors prefix.
 fn map_file(path: &Path) -> Result<Mmap> {
+    // Before opening: opening a FIFO for reading blocks until a writer appears.
+    crate::error::check_regular_file(path)?;
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
+    let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if let Some(kind) = crate::error::non_regular_kind(&meta) {
+        // replaced between the check and the open
+        return Err(Error::NotARegularFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let len = meta.len();
     if len < header::PREFIX_LEN as u64 {
         // also avoids mapping an empty file, which fails on some platforms
         return Err(Error::HeaderTooSmall {
@@ -268,9 +275,7 @@ impl Checkpoint {
             file: index_path.to_path_buf(),
             reason,
         };
-        let index_len = std::fs::metadata(index_path)
-            .map_err(|e| Error::io(index_path, "stat", e))?
-            .len();
+        let index_len = crate::error::check_regular_file(index_path)?.len();
         if index_len > MAX_HEADER_BYTES {
             return Err(bad(format!(
                 "file is {index_len} bytes, over the {MAX_HEADER_BYTES}-byte limit"
@@ -520,15 +525,33 @@ impl Checkpoint {
     /// `config.json`; otherwise the list is empty (a lone file in, say, a downloads folder has no companions).
     /// An unreadable folder gives an empty list.
     pub fn companion_files(&self) -> Vec<PathBuf> {
+        self.companions().0
+    }
+
+    /// [`companion_files`](Self::companion_files), and the candidates left out because they resolve outside the
+    /// model folder (a symlinked `tokenizer.json -> /etc/passwd`), each with the reason. A companion is read only
+    /// if its resolved path lies inside the model folder's resolved path; for a Hugging Face cache snapshot
+    /// (`…/models--org--name/snapshots/REV/`) the model folder is the repository folder `models--org--name`,
+    /// whose `blobs/` the snapshot's symlinks point into.
+    pub fn companions(&self) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
         // A lone .safetensors file in an arbitrary folder (say, Downloads) has no companions:
         // only a model folder (opened as a folder, or holding a config.json) does.
         if self.path.is_file() && !self.dir.join("config.json").is_file() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
+        let root = self.dir.canonicalize().ok().map(|d| {
+            let snapshot = d
+                .parent()
+                .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+                .and_then(Path::parent)
+                .map(Path::to_path_buf);
+            snapshot.unwrap_or(d)
+        });
         let mut out: Vec<(String, PathBuf)> = Vec::new();
+        let mut skipped = Vec::new();
         for entry in rd.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
@@ -538,12 +561,27 @@ impl Checkpoint {
             }
             let path = entry.path();
             match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() && m.len() <= MAX_COMPANION_BYTES => out.push((name, path)),
+                Ok(m) if m.is_file() && m.len() <= MAX_COMPANION_BYTES => {
+                    let resolved = path.canonicalize().ok();
+                    let inside = match (&root, &resolved) {
+                        (Some(root), Some(r)) => r.starts_with(root),
+                        _ => false,
+                    };
+                    if inside {
+                        out.push((name, path));
+                    } else {
+                        let to = resolved
+                            .map(|r| r.display().to_string())
+                            .unwrap_or_else(|| "an unresolvable path".into());
+                        skipped.push((path, format!("resolves to {to}, outside the model folder")));
+                    }
+                }
                 _ => {}
             }
         }
         out.sort();
-        out.into_iter().map(|(_, p)| p).collect()
+        skipped.sort();
+        (out.into_iter().map(|(_, p)| p).collect(), skipped)
     }
 
     /// The parsed `config.json` beside the weights, if it exists, is at most [`MAX_COMPANION_BYTES`] and is valid JSON.

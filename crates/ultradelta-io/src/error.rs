@@ -272,6 +272,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// An input is not a regular file (nor a symlink to one): a FIFO, a device, a socket or a folder where a file
+    /// is expected. It is refused without being opened, so a FIFO cannot block the reader.
+    #[error("{}: is a {kind}, not a regular file (inputs must be regular files or symlinks to them)", path.display())]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is (`FIFO`, `character device`, `block device`, `socket`, `folder`).
+        kind: &'static str,
+    },
+
     /// The header the writer would produce exceeds the limit readers accept.
     #[error("{}: safetensors header would be {len} bytes, over the {limit}-byte limit readers accept", file.display())]
     HeaderTooLargeToWrite {
@@ -286,6 +296,50 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of non-regular file `m` describes (`None` for a regular file).
+pub fn non_regular_kind(m: &std::fs::Metadata) -> Option<&'static str> {
+    if m.is_file() {
+        return None;
+    }
+    if m.is_dir() {
+        return Some("folder");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = m.file_type();
+        if t.is_fifo() {
+            return Some("FIFO");
+        }
+        if t.is_char_device() {
+            return Some("character device");
+        }
+        if t.is_block_device() {
+            return Some("block device");
+        }
+        if t.is_socket() {
+            return Some("socket");
+        }
+    }
+    Some("special file")
+}
+
+/// Checks that `path` is a regular file (symlinks followed) without opening it, so that a FIFO or a device is
+/// refused instead of blocking or streaming forever.
+///
+/// # Errors
+/// [`Error::Io`] (op `open`) if it cannot be found; [`Error::NotARegularFile`] otherwise.
+pub fn check_regular_file(path: &std::path::Path) -> Result<std::fs::Metadata> {
+    let m = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
+    match non_regular_kind(&m) {
+        None => Ok(m),
+        Some(kind) => Err(Error::NotARegularFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
+    }
+}
 
 impl Error {
     /// Wraps an [`std::io::Error`] with the path and operation.

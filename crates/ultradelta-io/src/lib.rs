@@ -29,6 +29,7 @@ mod checkpoint;
 mod convert;
 mod dtype;
 mod error;
+mod exchange;
 mod header;
 mod writer;
 
@@ -40,6 +41,8 @@ pub use checkpoint::{
 };
 pub use convert::{bytes_to_f32, f32_to_bytes, PAR_CHUNK};
 pub use dtype::{DType, TensorInfo};
-pub use error::{Error, Result};
+pub use error::{check_regular_file, Error, Result};
 pub use header::MAX_HEADER_BYTES;
-pub use writer::{write_checkpoint, CheckpointWriter, WriterOptions, DIRECT_IO_ALIGN};
+pub use writer::{
+    recover_leftovers, write_checkpoint, CheckpointWriter, WriterOptions, DIRECT_IO_ALIGN,
+};

@@ -1100,3 +1100,113 @@ proptest! {
         }
     }
 }
+
+/// Issue 15, item 8: a companion that resolves outside the model folder is skipped and reported; one inside the
+/// repository folder of a Hugging Face cache snapshot is read.
+#[cfg(unix)]
+#[test]
+fn companions_resolving_outside_the_model_folder_are_skipped() {
+    let t = tmp();
+    let tensors = sample_tensors(DType::F32);
+    let dir = write_checkpoint(t.path().join("m"), &tensors, WriterOptions::default()).unwrap();
+    std::fs::write(t.path().join("passwd"), b"root:x:0:0").unwrap();
+    std::os::unix::fs::symlink(t.path().join("passwd"), dir.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("config.json"), b"{}").unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    let (kept, skipped) = ck.companions();
+    let names: Vec<_> = kept
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["config.json"]);
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].0.ends_with("tokenizer.json"));
+    assert!(
+        skipped[0].1.contains("outside the model folder"),
+        "{}",
+        skipped[0].1
+    );
+    // A Hugging Face cache snapshot: symlinks into the repository's blobs/ are inside.
+    let repo = t.path().join("models--org--name");
+    let snap = repo.join("snapshots").join("abc123");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    write_checkpoint(&snap, &tensors, WriterOptions::default()).unwrap();
+    std::fs::write(repo.join("blobs").join("f00d"), b"{}").unwrap();
+    std::os::unix::fs::symlink("../../blobs/f00d", snap.join("config.json")).unwrap();
+    let (kept, skipped) = Checkpoint::open(&snap).unwrap().companions();
+    assert_eq!(kept.len(), 1, "{kept:?} {skipped:?}");
+    assert!(skipped.is_empty());
+}
+
+/// Issue 15, item 5: FIFOs as weight files or indexes are refused without being opened (which would block).
+#[cfg(unix)]
+#[test]
+fn fifos_are_refused_without_blocking() {
+    let t = tmp();
+    let fifo = t.path().join("model.safetensors");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let err = Checkpoint::open(&fifo).unwrap_err();
+    assert!(
+        matches!(err, Error::NotARegularFile { kind: "FIFO", .. }),
+        "{err}"
+    );
+    // In a folder, a FIFO is not a weight file at all.
+    let err = Checkpoint::open(t.path()).unwrap_err();
+    assert!(matches!(err, Error::NotACheckpoint { .. }), "{err}");
+    let err = check_regular_file(Path::new("/dev/null")).unwrap_err();
+    assert!(err.to_string().contains("is a character device"), "{err}");
+}
+
+/// Issue 15, item 9: an existing output folder is replaced completely, and leftovers of killed runs are
+/// recovered by the next run on the same output.
+#[test]
+fn replacing_an_output_and_recovering_leftovers() {
+    let t = tmp();
+    let tensors = sample_tensors(DType::F32);
+    let out = t.path().join("out");
+    write_checkpoint(&out, &tensors, WriterOptions::default()).unwrap();
+    std::fs::write(out.join("stale"), b"x").unwrap();
+    let opts = WriterOptions {
+        overwrite: true,
+        ..WriterOptions::default()
+    };
+    write_checkpoint(&out, &tensors, opts.clone()).unwrap();
+    assert!(!out.join("stale").exists());
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(t.path()), ["out"], "nothing left beside the output");
+    // Killed between the two renames of the fallback: the old folder aside, nothing at the output.
+    std::fs::rename(&out, t.path().join(".out.old-4194400-0")).unwrap();
+    std::fs::create_dir(t.path().join(".out.partial-4194400-1")).unwrap();
+    std::fs::create_dir(t.path().join(".other.partial-4194400-1")).unwrap();
+    let done = recover_leftovers(&out);
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        out.join("model.safetensors").exists(),
+        "the old output is back"
+    );
+    assert_eq!(names(t.path()), [".other.partial-4194400-1", "out"]);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn exchange_swaps_two_folders_or_says_it_cannot() {
+    let t = tmp();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    std::fs::write(a.join("x"), b"a").unwrap();
+    if crate::exchange::exchange(&a, &b).unwrap() {
+        assert!(b.join("x").exists() && !a.join("x").exists());
+    }
+}

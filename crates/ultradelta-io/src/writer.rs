@@ -353,6 +353,8 @@ impl CheckpointWriter {
         opts: WriterOptions,
     ) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
+        // A killed earlier run on this output: its temp folder removed, its moved-aside old output put back.
+        recover_leftovers(&dir);
         check_target(&dir, opts.overwrite)?;
         let Some(dir_name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             return Err(Error::InvalidFileName {
@@ -615,12 +617,27 @@ impl CheckpointWriter {
         Ok(self.dir.clone())
     }
 
-    /// Renames the finished temp folder into place.
+    /// Renames the finished temp folder into place. An existing output (with `overwrite`) is replaced by an atomic
+    /// exchange where the system has one (Linux `renameat2`), so the final path always holds a complete folder;
+    /// otherwise the old folder is moved aside to `.<name>.old-<pid>-<n>` just before the new one is renamed in,
+    /// and a run killed between the two renames is recovered by the next run on the same output
+    /// ([`recover_leftovers`]).
     fn install(&self) -> Result<()> {
         let parent = self.temp.parent().unwrap_or(Path::new(".")).to_path_buf();
         check_target(&self.dir, self.overwrite)?;
         if std::fs::symlink_metadata(&self.dir).is_ok() {
-            // overwrite: move the old folder aside, put the new one in, then delete the old one
+            match crate::exchange::exchange(&self.temp, &self.dir) {
+                Ok(true) => {
+                    // The temp name now holds the old folder.
+                    sync_dir(&parent)?;
+                    std::fs::remove_dir_all(&self.temp)
+                        .map_err(|e| Error::io(&self.temp, "remove old output", e))?;
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => return Err(Error::io(&self.dir, "exchange into place", e)),
+            }
+            // No exchange: move the old folder aside, put the new one in, then delete the old one.
             let name = self
                 .dir
                 .file_name()
@@ -648,6 +665,69 @@ impl CheckpointWriter {
         }
         Ok(())
     }
+}
+
+/// Whether process `pid` is running (Linux: `/proc/<pid>` exists). Elsewhere every process counts as running,
+/// so nothing of another process is touched.
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+/// The pid in a leftover name `.<name>.<tag>-<pid>-<n>`, if `file` is one for output `name`.
+fn leftover_pid(file: &str, name: &str, tag: &str) -> Option<u32> {
+    let rest = file.strip_prefix(&format!(".{name}.{tag}-"))?;
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Cleans what killed runs left beside output folder `dir` (in `parent`): temp folders `.<name>.partial-<pid>-<n>`
+/// and moved-aside old outputs `.<name>.old-<pid>-<n>` of processes no longer running. An old output is put back
+/// at `dir` when nothing is there (the run was killed between its two renames), and removed otherwise.
+/// Returns what it removed or restored. Best effort: errors leave the entry for a later run.
+pub fn recover_leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut done = Vec::new();
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return done;
+    };
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Ok(rd) = std::fs::read_dir(&parent) else {
+        return done;
+    };
+    let mut olds = Vec::new();
+    for entry in rd.flatten() {
+        let Some(file) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let path = entry.path();
+        if let Some(pid) = leftover_pid(&file, name, "partial") {
+            if !process_alive(pid) && std::fs::remove_dir_all(&path).is_ok() {
+                done.push(path);
+            }
+        } else if let Some(pid) = leftover_pid(&file, name, "old") {
+            if !process_alive(pid) {
+                olds.push(path);
+            }
+        }
+    }
+    olds.sort();
+    for old in olds {
+        if std::fs::symlink_metadata(dir).is_err() {
+            if std::fs::rename(&old, dir).is_ok() {
+                done.push(old);
+            }
+        } else if std::fs::remove_dir_all(&old).is_ok() {
+            done.push(old);
+        }
+    }
+    done
 }
 
 impl Drop for CheckpointWriter {

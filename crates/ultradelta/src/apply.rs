@@ -24,6 +24,7 @@ use ultradelta_io::{
     DIRECT_IO_ALIGN, PAR_CHUNK,
 };
 
+use crate::guard::{check_output, Input};
 use crate::{Error, Progress, Result};
 
 /// Options of [`apply`].
@@ -55,6 +56,41 @@ pub fn check_base(base: &Checkpoint, reader: &ArchiveReader, archive: &Path) -> 
             expected: expected.clone(),
             found,
         });
+    }
+    Ok(())
+}
+
+/// Checks that the base has `entry`'s tensor with the entry's shape and dtype (every policy but `new`, whose
+/// tensor has no base counterpart). `apply` checks every entry this way before it sizes any buffer, so an index
+/// entry cannot make it allocate more than the base's own tensors.
+///
+/// # Errors
+/// [`Error::BaseTensor`] naming the tensor and what was expected.
+pub fn check_entry_against_base(
+    base: &Checkpoint,
+    archive: &Path,
+    entry: &TensorEntry,
+) -> Result<()> {
+    if entry.policy == Policy::New {
+        return Ok(());
+    }
+    let base_err = |what: String| Error::BaseTensor {
+        base: base.path().to_path_buf(),
+        archive: archive.to_path_buf(),
+        tensor: entry.name.clone(),
+        what,
+    };
+    let Some(info) = base.info(&entry.name) else {
+        return Err(base_err("is missing".into()));
+    };
+    if info.shape != entry.shape || info.dtype != entry.dtype {
+        return Err(base_err(format!(
+            "is {} {:?}, expected {} {:?}",
+            info.dtype.name(),
+            info.shape,
+            entry.dtype.name(),
+            entry.shape
+        )));
     }
     Ok(())
 }
@@ -128,12 +164,6 @@ fn rebuild_with(
     let expected = out.len();
     let wrong_size =
         |found: usize| corrupt(format!("rebuilt to {found} bytes, expected {expected}"));
-    let base_err = |what: String| Error::BaseTensor {
-        base: base.path().to_path_buf(),
-        archive: archive.to_path_buf(),
-        tensor: name.to_string(),
-        what,
-    };
     if entry.policy == Policy::New {
         return match reader.read_record(name)? {
             Record::Full { bytes, .. } if bytes.len() == out.len() => {
@@ -144,18 +174,7 @@ fn rebuild_with(
             _ => Err(unexpected()),
         };
     }
-    let Some(info) = base.info(name) else {
-        return Err(base_err("is missing".into()));
-    };
-    if info.shape != entry.shape || info.dtype != entry.dtype {
-        return Err(base_err(format!(
-            "is {} {:?}, expected {} {:?}",
-            info.dtype.name(),
-            info.shape,
-            entry.dtype.name(),
-            entry.shape
-        )));
-    }
+    check_entry_against_base(base, archive, entry)?;
     let view = base.view(name)?;
     let src = view.bytes();
     if src.len() != out.len() {
@@ -223,10 +242,51 @@ fn rebuild_with(
                 Ok(())
             });
             checked?;
-            rebuilt
+            rebuilt?;
+            if let Some(index) = first_new_non_finite(src, out, entry.dtype) {
+                return Err(Error::NonFiniteOutput {
+                    archive: archive.to_path_buf(),
+                    tensor: name.to_string(),
+                    index,
+                    dtype: entry.dtype.name().to_string(),
+                });
+            }
+            Ok(())
         }
         Policy::New => unreachable!("handled above"),
     }
+}
+
+/// Whether the float of `dtype` in `b` (its little-endian bytes) is Inf or NaN; `None` for non-float dtypes.
+fn non_finite(b: &[u8], dtype: DType) -> Option<bool> {
+    Some(match dtype {
+        DType::F64 => {
+            u64::from_le_bytes(b.try_into().ok()?) & 0x7fff_ffff_ffff_ffff >= 0x7ff0_0000_0000_0000
+        }
+        DType::F32 => u32::from_le_bytes(b.try_into().ok()?) & 0x7fff_ffff >= 0x7f80_0000,
+        DType::F16 => u16::from_le_bytes(b.try_into().ok()?) & 0x7fff >= 0x7c00,
+        DType::BF16 => u16::from_le_bytes(b.try_into().ok()?) & 0x7fff >= 0x7f80,
+        _ => return None,
+    })
+}
+
+/// The first entry that is non-finite in `out` but finite in `base` (both the tensor's bytes in `dtype`), if any:
+/// one parallel scan, so `apply` never writes an Inf or NaN the fine-tune did not have (its delta was finite).
+fn first_new_non_finite(base: &[u8], out: &[u8], dtype: DType) -> Option<usize> {
+    let es = dtype.size();
+    non_finite(&base[..es.min(base.len())], dtype)?;
+    let chunk = PAR_CHUNK * es;
+    out.par_chunks(chunk)
+        .zip(base.par_chunks(chunk))
+        .enumerate()
+        .find_map_first(|(c, (o, b))| {
+            o.chunks_exact(es)
+                .zip(b.chunks_exact(es))
+                .position(|(o, b)| {
+                    non_finite(o, dtype) == Some(true) && non_finite(b, dtype) == Some(false)
+                })
+                .map(|i| c * PAR_CHUNK + i)
+        })
 }
 
 /// Bytes per parallel work unit of the plain copies.
@@ -355,9 +415,16 @@ pub fn apply(
     opts: &ApplyOptions,
     progress: &dyn Progress,
 ) -> Result<PathBuf> {
+    let mut inputs = Input::checkpoint(base, "base checkpoint");
+    inputs.push(Input::path(archive, "archive"));
+    check_output(out_dir, &inputs)?;
     let reader = ArchiveReader::open(archive)?;
     check_base(base, &reader, archive)?;
     let manifest = reader.manifest();
+    // Every entry against the base before anything is sized from the index (issue 15, item 1).
+    for e in &manifest.tensors {
+        check_entry_against_base(base, archive, e)?;
+    }
     let infos: Vec<TensorInfo> = manifest
         .tensors
         .iter()

@@ -446,6 +446,43 @@ impl CompressConfig {
                 );
             }
         }
+        // The decoding arithmetic is f32 (docs/FORMAT.md): every multiplier must stay finite there, alone and
+        // composed (γ · rescale factor · the largest rescale 1/(1 − s) MSA can give).
+        let f32_finite = |x: f64| x.is_finite() && (x as f32).is_finite();
+        for (field, value) in [
+            ("rescale_factor", Some(self.rescale_factor)),
+            ("gamma", self.gamma),
+            ("compeft_alpha", self.compeft_alpha),
+            ("target_ratio", self.target_ratio),
+            ("tngr.clamp", self.tngr.clamp.map(|(_, hi)| hi)),
+        ] {
+            if let Some(v) = value {
+                if !f32_finite(v) {
+                    return bad(
+                        field,
+                        format!(
+                            "{field} must be finite in 32-bit floats (at most {:e}), got {v}",
+                            f32::MAX
+                        ),
+                    );
+                }
+            }
+        }
+        let largest_rescale = 1.0 / (1.0 - max_rate);
+        let gamma = self
+            .gamma
+            .unwrap_or(1.0)
+            .max(self.tngr.clamp.map_or(1.0, |(_, hi)| hi));
+        let composed = gamma * self.rescale_factor * largest_rescale;
+        if !f32_finite(composed) {
+            return bad(
+                if self.gamma.is_some() { "gamma" } else { "rescale_factor" },
+                format!(
+                    "gamma {gamma} times rescale_factor {} times the largest rescale {largest_rescale} is {composed:e}, not finite in 32-bit floats",
+                    self.rescale_factor
+                ),
+            );
+        }
         Ok(())
     }
 }

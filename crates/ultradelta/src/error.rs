@@ -119,6 +119,31 @@ pub enum Error {
         /// What does not fit, with the expected and found values.
         detail: String,
     },
+    /// Rebuilding would write a non-finite value (Inf or NaN) where the base value is finite: the archive's values
+    /// overflow the tensor's dtype. The fine-tune had no such value (its delta was finite), so nothing is written.
+    #[error("{}: tensor \"{tensor}\": entry {index} rebuilds to a non-finite value where the base is finite (the archive's values overflow {dtype}); nothing written", archive.display())]
+    NonFiniteOutput {
+        /// The archive.
+        archive: PathBuf,
+        /// Tensor name.
+        tensor: String,
+        /// Index of the first such entry.
+        index: usize,
+        /// The tensor's dtype.
+        dtype: String,
+    },
+    /// An output path is, contains or lies inside one of the command's inputs: writing it would destroy that input.
+    #[error("{}: the output {relation} the input {} ({role}); choose another output path (overwriting is never allowed here)", output.display(), input.display())]
+    OutputIsInput {
+        /// The output path given.
+        output: PathBuf,
+        /// The input it collides with.
+        input: PathBuf,
+        /// What the input is (`base checkpoint`, `fine-tuned checkpoint`, `archive`).
+        role: &'static str,
+        /// `is`, `contains`, `is the same file as`.
+        relation: &'static str,
+    },
     /// A size computed from an archive's declarations does not fit in this machine's address range.
     #[error("{}: tensor \"{tensor}\": {what} overflows", archive.display())]
     Overflow {

@@ -147,6 +147,7 @@ mod config;
 mod delta;
 mod error;
 mod evaluate;
+pub mod guard;
 mod inspect;
 mod lora;
 mod method;
@@ -154,8 +155,11 @@ mod pipeline;
 mod plan;
 mod progress;
 pub mod selection;
+mod verify;
 
-pub use apply::{apply, check_base, rebuild_tensor, rebuild_tensor_into, ApplyOptions};
+pub use apply::{
+    apply, check_base, check_entry_against_base, rebuild_tensor, rebuild_tensor_into, ApplyOptions,
+};
 pub use budget::{BudgetReport, BUDGET_TOLERANCE};
 pub use config::{
     AllocationMode, CodecChoice, CompressConfig, EstimateConfig, Method, NuclearNormMethod,
@@ -170,3 +174,4 @@ pub use method::{compress_tensor, matrix_view, CompressedTensor, TensorCodecInfo
 pub use pipeline::{archive_name_for, compress, compress_many, CompressReport, PolicyCounts};
 pub use progress::{NoProgress, Progress};
 pub use selection::{detect_family, Family, FamilySource, Selection};
+pub use verify::{verify, verify_failure, VerifyFailure, VerifyReport};

@@ -28,6 +28,7 @@ fn file_err(path: &Path, source: std::io::Error) -> Error {
 /// [`Error::Unsupported`] if the archive was not written by `lowrank` or holds no factors; [`Error::OutputExists`]
 /// if `out_dir` exists and `!overwrite`; archive and IO errors.
 pub fn export_lora(archive: &Path, out_dir: &Path, overwrite: bool) -> Result<PathBuf> {
+    crate::guard::check_output(out_dir, &[crate::guard::Input::path(archive, "archive")])?;
     let reader = ArchiveReader::open(archive)?;
     let m = reader.manifest();
     if m.method != Method::Lowrank.name() {

@@ -32,6 +32,7 @@ use crate::budget::{solve_budget, BudgetReport};
 use crate::config::{CompressConfig, Method};
 use crate::delta::{delta_into, with_source};
 use crate::error::method_err;
+use crate::guard::{check_output, Input};
 use crate::method::{
     compress_source, compress_tensor, streams_from_source, uses_rate, CompressedTensor, QuantScan,
     TensorCodecInfo,
@@ -366,7 +367,14 @@ fn write_records(
         }
     }
     progress.end();
-    for file in p.ft.companion_files() {
+    let (companions, skipped) = p.ft.companions();
+    for (file, why) in &skipped {
+        progress.note(&format!(
+            "skipping companion file {}: {why}",
+            file.display()
+        ));
+    }
+    for file in companions {
         let bytes = std::fs::read(&file).map_err(|source| Error::File {
             path: file.clone(),
             source,
@@ -453,6 +461,9 @@ pub fn compress(
     progress: &dyn Progress,
 ) -> Result<CompressReport> {
     cfg.validate()?;
+    let mut inputs = Input::checkpoint(base, "base checkpoint");
+    inputs.extend(Input::checkpoint(finetuned, "fine-tuned checkpoint"));
+    check_output(output, &inputs)?;
     let plan = Plan::new(base, finetuned, cfg)?;
     let pending = write_records(&plan, cfg, output, overwrite, false, progress)?;
     pending.finish(cfg.gamma.unwrap_or(1.0))
@@ -518,6 +529,13 @@ pub fn compress_many(
             k += 1;
         }
         names.push(name);
+    }
+    let mut inputs = Input::checkpoint(base, "base checkpoint");
+    for ft in finetuned {
+        inputs.extend(Input::checkpoint(ft, "fine-tuned checkpoint"));
+    }
+    for name in &names {
+        check_output(&out_dir.join(name), &inputs)?;
     }
     let want_trace = cfg.gamma.is_none() && cfg.tngr.enabled;
     let mut pending = Vec::with_capacity(finetuned.len());

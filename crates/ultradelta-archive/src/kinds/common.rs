@@ -85,6 +85,7 @@ pub(crate) fn read_sparse_head(c: &mut Cursor<'_>, numel: u64) -> Result<(u64, Q
     if kept > numel {
         return Err(bad(format!("kept {kept} exceeds numel {numel}")));
     }
+    c.check_kept(kept)?;
     if bits > 16 {
         return Err(bad(format!("bit width {bits} above 16")));
     }
@@ -366,6 +367,7 @@ pub(crate) fn read_kept_scale(c: &mut Cursor<'_>, numel: u64) -> Result<(u64, f3
     if kept > numel {
         return Err(bad(format!("kept {kept} exceeds numel {numel}")));
     }
+    c.check_kept(kept)?;
     if !scale.is_finite() {
         return Err(bad(format!("non-finite scale {scale}")));
     }

@@ -65,11 +65,7 @@ pub(crate) fn encoded_len(r: &DenseLevelsRecord) -> Result<u64> {
     Ok(FIXED_BYTES as u64 + super::sparse_golomb::levels_len(r.levels.len(), r.quant.bits))
 }
 
-pub(crate) fn decode(
-    c: &mut Cursor<'_>,
-    header: &RecordHeader,
-    _limits: &Limits,
-) -> Result<Record> {
+pub(crate) fn decode(c: &mut Cursor<'_>, header: &RecordHeader, limits: &Limits) -> Result<Record> {
     let bad = |d: String| Error::stream("record", d);
     let numel = header.numel;
     let bits = c.u8("bits")?;
@@ -82,6 +78,14 @@ pub(crate) fn decode(
     if !lo.is_finite() || !step.is_finite() || !scale.is_finite() {
         return Err(bad(format!(
             "non-finite lo {lo}, step {step} or scale {scale}"
+        )));
+    }
+    // With 0 bits the levels take no bytes, so a few bytes could declare any number of them: capped like kind
+    // 12's levels (the reference writer never writes 0 bits here).
+    if bits == 0 && numel > limits.max_coded_levels {
+        return Err(bad(format!(
+            "{numel} zero-bit levels exceed the limit {}",
+            limits.max_coded_levels
         )));
     }
     let want =

@@ -5,6 +5,7 @@ mod coded;
 mod common;
 mod compat;
 mod errors;
+mod hostile;
 mod ratio;
 mod roundtrip;
 mod spec;

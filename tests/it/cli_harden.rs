@@ -1,0 +1,308 @@
+//! Issue 15's fault classes, at the command line: non-regular inputs, output errors, out-of-range parameters,
+//! outputs that are inputs, companions from outside the model, atomic replacement, and `verify`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ultradelta::io::{write_checkpoint, DType, TensorInfo, WriterOptions};
+
+use crate::support::{apply_cmd, compress_cmd, inspect_json, listing, pair, s, ud, ud_err, ud_ok};
+
+/// Runs `ultradelta args` with stdout/stderr redirected to the given files; fails the test (and kills the child)
+/// if it runs longer than 60 s (a FIFO that blocks).
+fn run_with(args: &[&str], stdout: Stdio, stderr: Stdio) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ultradelta"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("the ultradelta binary runs");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ultradelta {} blocked for 60 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mkfifo(p: &Path) {
+    let ok = Command::new("mkfifo").arg(p).status().expect("mkfifo runs");
+    assert!(ok.success());
+}
+
+fn compressed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (base, ft) = pair(&dir.join("pair"), DType::F32, false, 7);
+    let archive = dir.join("ft.udelta");
+    ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
+    (base, ft, archive)
+}
+
+#[test]
+fn fifos_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _ft, archive) = compressed(dir.path());
+    let fifo = dir.path().join("model.safetensors");
+    mkfifo(&fifo);
+    let out = dir.path().join("out.udelta");
+    for args in [
+        compress_cmd(&base, &fifo, &out, &[]),
+        vec![
+            "eval",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fifo),
+            s(&archive),
+        ],
+        apply_cmd(&base, &fifo, &dir.path().join("rebuilt"), &[]),
+        vec!["inspect", s(&fifo)],
+        vec!["verify", s(&fifo)],
+    ] {
+        let o = run_with(&args, Stdio::piped(), Stdio::piped());
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("is a FIFO, not a regular file"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    assert!(!out.exists());
+    assert!(!dir.path().join("rebuilt").exists());
+}
+
+#[test]
+fn full_or_closed_stdout_and_stderr_do_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft, archive) = compressed(dir.path());
+    let full = || Stdio::from(std::fs::File::create("/dev/full").unwrap());
+    // inspect > /dev/full: one error line, status 1, no panic.
+    let o = run_with(&["inspect", s(&archive)], full(), Stdio::piped());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.starts_with("error: writing to stdout:"), "{err}");
+    // compress 2> /dev/full (notes and progress go to stderr): it still succeeds.
+    let out = dir.path().join("again.udelta");
+    let args = [
+        "compress",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&out),
+    ];
+    let o = run_with(&args, Stdio::piped(), full());
+    assert_eq!(o.status.code(), Some(0));
+    assert!(out.exists());
+    // apply > /dev/full after the folder was written: status 1, the folder is complete.
+    let rebuilt = dir.path().join("rebuilt");
+    let o = run_with(
+        &apply_cmd(&base, &archive, &rebuilt, &[]),
+        full(),
+        Stdio::piped(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(rebuilt.join("model.safetensors").exists());
+    // A closed pipe: status 0, nothing on stderr.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ultradelta"))
+        .args(["inspect", s(&archive)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+    assert!(o.status.code() == Some(0), "{o:?}");
+    // Help and usage errors to a full stdout.
+    let o = run_with(&["--help"], full(), Stdio::piped());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+}
+
+#[test]
+fn numeric_options_must_be_finite_in_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(&dir.path().join("pair"), DType::F32, false, 7);
+    let out = dir.path().join("x.udelta");
+    for (flag, value) in [
+        ("--gamma", "1e39"),
+        ("--rescale-factor", "1e39"),
+        ("--gamma", "1e36"), // finite alone, Inf times the largest rescale factor 1000
+    ] {
+        let line = ud_err(&compress_cmd(&base, &ft, &out, &[flag, value]));
+        assert!(line.contains("32-bit floats"), "{flag} {value}: {line}");
+        assert!(line.contains(&format!("(set by {flag})")), "{line}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_even_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft, archive) = compressed(dir.path());
+    let weights = ft.join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let link = dir.path().join("link.udelta");
+    std::os::unix::fs::symlink(&weights, &link).unwrap();
+    let hard = dir.path().join("hard.udelta");
+    std::fs::hard_link(&weights, &hard).unwrap();
+    for out in [
+        &weights,
+        &ft,
+        &link,
+        &hard,
+        &base,
+        &dir.path().to_path_buf(),
+    ] {
+        let line = ud_err(&compress_cmd(&base, &ft, out, &["--force"]));
+        assert!(line.contains("choose another output path"), "{line}");
+    }
+    for out in [
+        &base,
+        &archive,
+        &base.join("model.safetensors"),
+        &base.join("sub"),
+    ] {
+        let line = ud_err(&apply_cmd(&base, &archive, out, &["--force"]));
+        assert!(line.contains("choose another output path"), "{line}");
+    }
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    assert!(archive.is_file());
+    assert!(base.join("model.safetensors").is_file());
+    assert!(listing(&base).iter().all(|n| !n.contains("partial")));
+}
+
+#[test]
+fn companions_resolving_outside_the_model_folder_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(&dir.path().join("pair"), DType::F32, false, 7);
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, b"not part of the model").unwrap();
+    std::os::unix::fs::symlink(&secret, ft.join("tokenizer.json")).unwrap();
+    let out = dir.path().join("ft.udelta");
+    let o = ud(&[
+        "compress",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&out),
+    ]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("skipping companion file") && err.contains("outside the model folder"),
+        "{err}"
+    );
+    let files = inspect_json(&out)["files"].clone();
+    assert!(!files.to_string().contains("tokenizer.json"), "{files}");
+}
+
+#[test]
+fn apply_force_replaces_atomically_and_recovers_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft, archive) = compressed(dir.path());
+    let out = dir.path().join("rebuilt");
+    ud_ok(&apply_cmd(&base, &archive, &out, &[]));
+    let first = std::fs::read(out.join("model.safetensors")).unwrap();
+    std::fs::write(out.join("stale.txt"), b"old").unwrap();
+    ud_ok(&apply_cmd(&base, &archive, &out, &["--force"]));
+    assert!(!out.join("stale.txt").exists(), "replaced");
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), first);
+    // A run killed between moving the old folder aside and renaming the new one in (pids above Linux's
+    // pid_max are never running): the next run puts the old folder back, removes the temp folder, then replaces.
+    std::fs::rename(&out, dir.path().join(".rebuilt.old-4194400-0")).unwrap();
+    std::fs::create_dir(dir.path().join(".rebuilt.partial-4194400-1")).unwrap();
+    std::fs::write(dir.path().join(".ft.udelta.partial-4194401"), b"half").unwrap();
+    let line = ud_err(&apply_cmd(&base, &archive, &out, &[]));
+    assert!(
+        line.contains("output exists"),
+        "the old output is back: {line}"
+    );
+    assert!(out.join("model.safetensors").exists());
+    ud_ok(&apply_cmd(&base, &archive, &out, &["--force"]));
+    let left: Vec<String> = listing(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with(".rebuilt."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The archive writer cleans its own leftovers on the next run on the same output.
+    ud_ok(&compress_cmd(&base, &ft, &archive, &["--force"]));
+    assert!(!dir.path().join(".ft.udelta.partial-4194401").exists());
+}
+
+#[test]
+fn nine_dimensional_tensor_is_refused_before_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = |name: &str, shape: &[usize], fill: u8| {
+        let info = TensorInfo::new(name, DType::F32, shape.to_vec());
+        let bytes = vec![fill; info.nbytes()];
+        (info, bytes)
+    };
+    let base = dir.path().join("base");
+    let ft = dir.path().join("ft");
+    write_checkpoint(&base, &[t("w", &[4, 4], 0)], WriterOptions::default()).unwrap();
+    write_checkpoint(
+        &ft,
+        &[
+            t("w", &[4, 4], 1),
+            t("nine", &[1, 1, 1, 1, 1, 1, 1, 1, 2], 1),
+        ],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    let out = dir.path().join("x.udelta");
+    let line = ud_err(&compress_cmd(&base, &ft, &out, &[]));
+    assert!(line.contains("\"nine\""), "{line}");
+    assert!(
+        line.contains("9 dimensions (the format's limit is 8)"),
+        "{line}"
+    );
+    assert!(!out.exists());
+    assert!(listing(dir.path()).iter().all(|n| !n.contains(".partial")));
+}
+
+#[test]
+fn verify_decodes_everything_and_tells_failures_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _ft, archive) = compressed(dir.path());
+    let before = listing(dir.path());
+    let out = ud_ok(&["verify", s(&archive)]);
+    assert!(out.contains(": OK: "), "{out}");
+    let sha = Command::new("sha256sum").arg(&archive).output().unwrap();
+    let sha = String::from_utf8_lossy(&sha.stdout);
+    let sha = sha.split_whitespace().next().unwrap();
+    assert!(out.contains(&format!("sha256 of the file: {sha}")), "{out}");
+    let out = ud_ok(&["verify", "--base", s(&base), s(&archive)]);
+    assert!(out.contains("applies to"), "{out}");
+    assert_eq!(listing(dir.path()), before, "verify writes nothing");
+    // Corrupt: one byte of the first record flipped (its checksum no longer matches).
+    let mut bytes = std::fs::read(&archive).unwrap();
+    bytes[20] ^= 0x40;
+    let bad = dir.path().join("bad.udelta");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = ud(&["verify", s(&bad)]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    // Wrong base.
+    let (other, _) = pair(&dir.path().join("other"), DType::F32, false, 8);
+    let o = ud(&["verify", "--base", s(&other), s(&archive)]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different base"));
+    // I/O: a missing archive.
+    let o = ud(&["verify", s(&dir.path().join("missing.udelta"))]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+}
