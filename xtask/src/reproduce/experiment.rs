@@ -37,6 +37,30 @@ pub struct Experiment {
     /// Method variants beyond the built-in ones.
     #[serde(default, rename = "variant")]
     pub variants: Vec<Variant>,
+    /// The testbed manifest whose checksum goes into the provenance, relative to `{testbed}` (default
+    /// `testbed.json`).
+    #[serde(default)]
+    pub manifest: Option<String>,
+    /// Text generations shown side by side in the report (an illustration, not a measurement).
+    #[serde(default)]
+    pub illustration: Option<Illustration>,
+}
+
+/// `[illustration]`: a command that prints continuations of a few prompts for a model folder, run on the base,
+/// on the fine-tunes and on their rebuilt models at one grid point. Its JSON output must have
+/// `continuations: [{prompt, continuation}, ...]` (as `ultradelta-eval generate` prints).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Illustration {
+    /// The command (`{model}` is the folder); each prompt is appended as `--prompt TEXT`.
+    pub command: Vec<String>,
+    /// The prompts.
+    pub prompts: Vec<String>,
+    /// Whose rebuilt models are shown: this variant at its first point of the grid.
+    pub variant: String,
+    /// The tasks shown (default: every task).
+    #[serde(default)]
+    pub tasks: Vec<String>,
 }
 
 /// One fine-tune and how to measure it.
@@ -293,6 +317,10 @@ pub struct Resolved {
     pub fixed: Vec<Variant>,
     pub ablation: Vec<Variant>,
     pub vars: BTreeMap<String, String>,
+    /// The testbed manifest (a file under `{testbed}`).
+    pub manifest: String,
+    /// The illustration, its command resolved except for `{model}`.
+    pub illustration: Option<Illustration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -495,6 +523,38 @@ pub fn resolve(exp: &Experiment, file: &Path, o: &ResolveOptions<'_>) -> Result<
     if tasks.is_empty() {
         bail!("{}: no task left to run", file.display());
     }
+    let illustration = match &exp.illustration {
+        None => None,
+        Some(il) => {
+            if !il.command.iter().any(|a| a.contains("{model}")) {
+                bail!(
+                    "{}: illustration: the command never names {{model}}",
+                    file.display()
+                );
+            }
+            if let Some(t) = il
+                .tasks
+                .iter()
+                .find(|t| !exp.tasks.iter().any(|x| &x.name == *t))
+            {
+                bail!("{}: illustration: no task {t:?}", file.display());
+            }
+            Some(Illustration {
+                command: il
+                    .command
+                    .iter()
+                    .map(|a| substitute(a, &with_late, file))
+                    .collect::<Result<_>>()?,
+                prompts: il.prompts.clone(),
+                variant: il.variant.clone(),
+                tasks: tasks
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .filter(|n| il.tasks.is_empty() || il.tasks.contains(n))
+                    .collect(),
+            })
+        }
+    };
     Ok(Resolved {
         name: exp.name.clone(),
         description: exp.description.clone(),
@@ -511,6 +571,11 @@ pub fn resolve(exp: &Experiment, file: &Path, o: &ResolveOptions<'_>) -> Result<
         fixed,
         ablation,
         vars,
+        manifest: exp
+            .manifest
+            .clone()
+            .unwrap_or_else(|| "testbed.json".into()),
+        illustration,
     })
 }
 

@@ -227,8 +227,8 @@ pub fn markdown(
     }
     if generated {
         s.push_str(
-            "> **Generated testbed.** The models and texts of this run are generated (a tiny random BERT and \
-             pseudo-words); it checks the harness's code path and says nothing about the method's quality.\n\n",
+            "> **Generated testbed.** The models and texts of this run are generated (tiny random models, \
+             generated texts); it checks the harness's code path and says nothing about the method's quality.\n\n",
         );
     }
     let _ = writeln!(
@@ -667,6 +667,140 @@ pub fn svg(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> String {
     out
 }
 
+/// The illustration of a run: continuations of a few prompts by the base, the fine-tunes and their rebuilt
+/// models at one point.
+pub struct Shown {
+    pub prompts: Vec<String>,
+    /// The point whose rebuilt models are shown.
+    pub point: usize,
+    pub base: Vec<String>,
+    pub tasks: Vec<ShownTask>,
+}
+
+/// One shown task: the fine-tune's and the rebuilt model's continuations, in prompt order.
+pub struct ShownTask {
+    pub task: String,
+    pub finetuned: Vec<String>,
+    pub rebuilt: Vec<String>,
+}
+
+/// A continuation as one table cell.
+fn md_cell(s: &str) -> String {
+    let t = s.trim().replace('|', "\\|").replace('\n', " ↵ ");
+    if t.is_empty() {
+        "*(empty)*".into()
+    } else {
+        t
+    }
+}
+
+/// The report's illustration section: per prompt, base, fine-tune and rebuilt side by side.
+pub fn illustration(r: &Resolved, points: &[Point], outcomes: &[Outcome], sh: &Shown) -> String {
+    let p = &points[sh.point];
+    let at = p.target.map(|t| format!(" at {t}×")).unwrap_or_default();
+    let real = real_ratio(outcomes, sh.point)
+        .map(|x| format!(" (real {})", fmt_ratio(Some(x))))
+        .unwrap_or_default();
+    let mut s = String::from("## Greedy continuations (an illustration, not a measurement)\n\n");
+    let _ = writeln!(
+        s,
+        "Greedy decoding of a few chat prompts by the base, each shown fine-tune, and its model rebuilt from \
+         **{}**{at}{real}. One sample each: it shows what the numbers above mean for text, it measures \
+         nothing.\n",
+        p.variant.label
+    );
+    for (i, prompt) in sh.prompts.iter().enumerate() {
+        let _ = writeln!(s, "**Prompt:** {}\n", md_cell(prompt));
+        s.push_str("| model | continuation |\n|---|---|\n");
+        let get = |v: &[String]| v.get(i).map_or_else(|| "—".into(), |c| md_cell(c));
+        let _ = writeln!(s, "| base | {} |", get(&sh.base));
+        for t in &sh.tasks {
+            let _ = writeln!(s, "| {} fine-tune | {} |", t.task, get(&t.finetuned));
+            let _ = writeln!(s, "| {} rebuilt | {} |", t.task, get(&t.rebuilt));
+        }
+        s.push('\n');
+    }
+    let _ = r;
+    s
+}
+
+/// Shifts every markdown heading one level down (`#` → `##`).
+fn demote(md: &str) -> String {
+    md.lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("#{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The report of a run over several families: a short head, the combined plot, then each family's report
+/// (headings one level down, its plot from its folder).
+pub fn combined_markdown(
+    sections: &[(String, String)],
+    generated: bool,
+    seconds: f64,
+    stamp: &str,
+) -> String {
+    let mut s = String::from("# Reproduction report: every testbed family\n\n");
+    if generated {
+        s.push_str(
+            "> **Generated testbed.** Every model and text of this run is generated (a tiny random BERT and a \
+             tiny random LLaMA); it checks the harness's code path and says nothing about the method's \
+             quality.\n\n",
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Run {stamp}, {} families in {:.1} min. Each family has its own folder (`results.csv`, \
+         `provenance.json`, `report.md`, plot); `results.csv` here holds every row with a `family` column.\n",
+        sections.len(),
+        seconds / 60.0
+    );
+    for (name, _) in sections {
+        let _ = writeln!(s, "- [{name}]({name}/report.md)");
+    }
+    s.push_str("\n![quality against real ratio, one panel per family](quality-vs-ratio.svg)\n\n");
+    for (name, md) in sections {
+        let md = md.replace(
+            "](quality-vs-ratio.svg)",
+            &format!("]({name}/quality-vs-ratio.svg)"),
+        );
+        s.push_str(&demote(&md));
+        s.push_str("\n\n");
+    }
+    s
+}
+
+/// The families' plots side by side in one SVG, each under its name.
+pub fn combined_svg(panels: &[(String, String)]) -> String {
+    let (w, h, title) = (760.0, 460.0, 28.0);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        w * panels.len() as f64,
+        h + title
+    );
+    for (k, (name, svg)) in panels.iter().enumerate() {
+        let x = w * k as f64;
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">{}</text>",
+            x + w / 2.0,
+            esc(name)
+        );
+        // The panel's own <svg> element, placed by x/y.
+        let inner = svg.replacen("<svg ", &format!("<svg x=\"{x}\" y=\"{title}\" "), 1);
+        out.push_str(&inner);
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,6 +838,8 @@ mod tests {
             fixed: vec![],
             ablation: vec![],
             vars: Default::default(),
+            manifest: "testbed.json".into(),
+            illustration: None,
         };
         let points = crate::reproduce::plan(&r);
         (r, points)
