@@ -216,9 +216,19 @@ fn llama(args: DemoArgs) -> Result<()> {
     }
     let (s, bits) = (args.sparsity, args.bits);
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    // A generated testbed says so in its manifest: its models are tiny and random.
+    let generated = std::fs::read(testbed.join("llama/testbed.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["generated"] == true);
+    let model = if generated {
+        "the generated tiny LLaMA (random weights; not a real model)"
+    } else {
+        "SmolLM2-135M-Instruct (LLaMA, tied embeddings)"
+    };
     println!();
     println!(
-        "UltraDelta demo: the \"{}\" fine-tune of SmolLM2-135M-Instruct (LLaMA, tied embeddings), s = {s}, b = {bits}",
+        "UltraDelta demo: the \"{}\" fine-tune of {model}, s = {s}, b = {bits}",
         args.task
     );
     println!(

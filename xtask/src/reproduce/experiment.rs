@@ -617,9 +617,63 @@ mod tests {
     }
 
     #[test]
+    fn llama_experiment_resolves_its_illustration_and_manifest() {
+        let root = crate::common::workspace_root();
+        let f = root.join("xtask/experiments/llama.toml");
+        let exp = load(&f).unwrap();
+        let mut builtins = BTreeMap::new();
+        for k in ["testbed", "eval", "ultradelta", "cache", "workspace"] {
+            builtins.insert(k.to_string(), format!("/{k}"));
+        }
+        let opts = |only_tasks: &'static [String]| ResolveOptions {
+            quick: true,
+            builtins: builtins.clone(),
+            overrides: &[],
+            only_variants: &[],
+            only_ratios: &[],
+            only_tasks,
+        };
+        let r = resolve(&exp, &f, &opts(&[])).unwrap();
+        assert_eq!(r.manifest, "llama/testbed.json");
+        assert_eq!(r.base, PathBuf::from("/testbed/llama/models/base"));
+        let names: Vec<&str> = r.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["drunk", "childish", "zen", "scared"]);
+        // The quick grid's vars reach the evaluator; TNGR runs across the four fine-tunes.
+        let ev = r.tasks[0].evaluator.join(" ");
+        assert!(
+            ev.starts_with("/eval perplexity --testbed /testbed --task drunk --model {model}"),
+            "{ev}"
+        );
+        assert!(ev.contains("--limit 8 --general-limit 2"), "{ev}");
+        assert!(r
+            .ablation
+            .iter()
+            .any(|v| v.name == "abl-tngr" && v.together));
+        let il = r.illustration.as_ref().unwrap();
+        assert_eq!(
+            il.command[..2],
+            ["/eval".to_string(), "generate".to_string()]
+        );
+        assert_eq!(il.tasks, ["drunk", "zen"]);
+        // A task selection narrows the shown tasks too.
+        static ZEN: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["zen".into()]);
+        let r = resolve(&exp, &f, &opts(&ZEN)).unwrap();
+        assert_eq!(r.illustration.unwrap().tasks, ["zen"]);
+        // Other experiment files keep the default manifest and have no illustration.
+        let t = root.join("xtask/experiments/testbed.toml");
+        let r = resolve(&load(&t).unwrap(), &t, &opts(&[])).unwrap();
+        assert_eq!(r.manifest, "testbed.json");
+        assert!(r.illustration.is_none());
+    }
+
+    #[test]
     fn shipped_experiment_files_parse_and_resolve() {
         let root = crate::common::workspace_root();
-        let mut files = vec![root.join("xtask/experiments/testbed.toml")];
+        let mut files = vec![
+            root.join("xtask/experiments/testbed.toml"),
+            root.join("xtask/experiments/llama.toml"),
+        ];
         for e in std::fs::read_dir(root.join("docs/experiments")).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {

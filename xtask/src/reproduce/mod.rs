@@ -1190,3 +1190,100 @@ fn write_combined(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReproduceArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ReproduceArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("reproduce").chain(argv.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn both_families_by_default_and_family_selects() {
+        let root = Path::new("/ws");
+        let files = |argv: &[&str]| experiment_files(&parse(argv).unwrap(), root);
+        assert_eq!(
+            files(&[]),
+            [
+                root.join("xtask/experiments/testbed.toml"),
+                root.join("xtask/experiments/llama.toml")
+            ]
+        );
+        assert_eq!(
+            files(&["--family", "llama"]),
+            [root.join("xtask/experiments/llama.toml")]
+        );
+        assert_eq!(
+            files(&["--family", "minilm"]),
+            [root.join("xtask/experiments/testbed.toml")]
+        );
+        assert_eq!(
+            files(&["--experiment", "x.toml"]),
+            [PathBuf::from("x.toml")]
+        );
+        assert!(parse(&["--family", "llama", "--experiment", "x.toml"]).is_err());
+        assert!(parse(&["--family", "gpt"]).is_err());
+    }
+
+    #[test]
+    fn the_illustration_shows_the_first_point_of_its_variant() {
+        let root = crate::common::workspace_root();
+        let f = root.join("xtask/experiments/llama.toml");
+        let exp = experiment::load(&f).unwrap();
+        let r = experiment::resolve(
+            &exp,
+            &f,
+            &experiment::ResolveOptions {
+                quick: false,
+                builtins: ["testbed", "eval", "ultradelta", "cache", "workspace"]
+                    .iter()
+                    .map(|k| (k.to_string(), format!("/{k}")))
+                    .collect(),
+                overrides: &[],
+                only_variants: &[],
+                only_ratios: &[],
+                only_tasks: &[],
+            },
+        )
+        .unwrap();
+        let points = plan(&r);
+        let at = illustration_point(&r, &points).unwrap();
+        assert_eq!(points[at].variant.name, "ultradelta");
+        assert_eq!(points[at].target, Some(r.ratios[0]));
+    }
+
+    #[test]
+    fn illustrate_reads_continuations_and_reports_failures() {
+        let il = experiment::Illustration {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                r#"echo log; echo '{"continuations":[{"prompt":"a","continuation":"x y"},{"prompt":"b","continuation":"z"}]}'; : {model}"#.into(),
+            ],
+            prompts: vec!["a".into(), "b".into()],
+            variant: "ultradelta".into(),
+            tasks: vec![],
+        };
+        assert_eq!(illustrate(&il, Path::new("/m")), ["x y", "z"]);
+        let bad = experiment::Illustration {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo boom >&2; exit 3; : {model}".into(),
+            ],
+            ..il
+        };
+        let out = illustrate(&bad, Path::new("/m"));
+        assert_eq!(out.len(), 2);
+        assert!(out[0].contains("generation failed: boom"), "{out:?}");
+    }
+}

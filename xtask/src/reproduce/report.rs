@@ -918,4 +918,61 @@ mod tests {
                 && svg.trim_end().ends_with("</svg>")
         );
     }
+
+    #[test]
+    fn combined_report_has_a_section_per_family_and_a_panel_each() {
+        let (r, points) = setup();
+        let o = outcomes(&points, 0.8);
+        let c = checks(&r, &points, &o);
+        let md = markdown(&r, &points, &o, &c, false, false, 60.0, "now");
+        let sections = vec![
+            ("testbed".to_string(), md.clone()),
+            ("llama".to_string(), md),
+        ];
+        let all = combined_markdown(&sections, true, 120.0, "now");
+        assert!(all.starts_with("# Reproduction report: every testbed family"));
+        assert!(all.contains("Generated testbed"));
+        assert_eq!(
+            all.matches("\n## Reproduction report: t\n").count(),
+            2,
+            "{all}"
+        );
+        assert!(all.contains("### Quality at each ratio"));
+        assert!(
+            all.contains("](testbed/quality-vs-ratio.svg)")
+                && all.contains("](llama/quality-vs-ratio.svg)")
+        );
+        let one = svg(&r, &points, &o);
+        let both = combined_svg(&[("testbed".into(), one.clone()), ("llama".into(), one)]);
+        assert_eq!(both.matches("<svg ").count(), 3);
+        assert!(both.contains("<svg x=\"760\" y=\"28\" "), "{both}");
+        assert!(both.contains(">llama</text>") && both.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn illustration_section_puts_models_side_by_side() {
+        let (r, points) = setup();
+        let o = outcomes(&points, 0.8);
+        let at = points
+            .iter()
+            .position(|p| p.variant.name == "ultradelta")
+            .unwrap();
+        let sh = Shown {
+            prompts: vec!["Hi | there".into()],
+            point: at,
+            base: vec!["hello".into()],
+            tasks: vec![ShownTask {
+                task: "a".into(),
+                finetuned: vec!["line one\nline two".into()],
+                rebuilt: vec![],
+            }],
+        };
+        let s = illustration(&r, &points, &o, &sh);
+        assert!(s.contains("an illustration, not a measurement"));
+        assert!(s.contains("**ULTRADELTA** at 50.9× (real 51.0×)"), "{s}");
+        assert!(s.contains("**Prompt:** Hi \\| there"), "{s}");
+        assert!(s.contains("| base | hello |"));
+        assert!(s.contains("| a fine-tune | line one ↵ line two |"));
+        assert!(s.contains("| a rebuilt | — |"));
+    }
 }
