@@ -12,7 +12,8 @@
 #            evaluator is built, its measurements compared with the local run's in target/ci-results.
 # The daemons it started are stopped on every exit (trap). Needs root (installs slurm-wlm and munge from Debian
 # when missing; slurmd runs jobs as root). Run by .ci/run under a time limit: 115 s here
-# (16 s the batch rounds, 58 s the reproduce stage; the rest release rebuilds of binaries already built).
+# (16 s the batch rounds, 58 s the reproduce stage; the rest release rebuilds of binaries already built), measured
+# when the generated testbed had the MiniLM family only; the reproduce stage now runs one array per family.
 #
 # Environment: UD_BIN (default: target/release/ultradelta, built when missing), KEEP=1 keeps the temp folder.
 set -euo pipefail
