@@ -99,6 +99,25 @@ fn real_ratio(outcomes: &[Outcome], point: usize) -> Option<(f64, f64, f64)> {
     Some((v.iter().sum::<f64>() / v.len() as f64, lo, hi))
 }
 
+/// Mean whole-archive ratio (the archive file against the fine-tune's folder) over the point's archives.
+fn whole_ratio(outcomes: &[Outcome], point: usize) -> Option<f64> {
+    let v: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.point == point)
+        .filter_map(|o| o.m.whole_ratio)
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// "real R×" over the compressed tensors, and the whole files' ratio when measured.
+fn fmt_bytes(outcomes: &[Outcome], point: usize) -> String {
+    let mut s = format!("real {}", fmt_ratio(real_ratio(outcomes, point)));
+    if let Some(w) = whole_ratio(outcomes, point) {
+        let _ = write!(s, "; whole archive file {w:.1}×");
+    }
+    s
+}
+
 fn fmt_ratio(x: Option<(f64, f64, f64)>) -> String {
     match x {
         None => "—".into(),
@@ -181,8 +200,8 @@ fn comparisons(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> Vec<Stri
                 continue;
             };
             let mut s = format!(
-                "At {ratio}× (real {}): {} averages **{ua:.2}**",
-                fmt_ratio(real_ratio(outcomes, u)),
+                "At {ratio}× ({}): {} averages **{ua:.2}**",
+                fmt_bytes(outcomes, u),
                 points[u].variant.label
             );
             if let Some(f) = ft {
@@ -193,8 +212,8 @@ fn comparisons(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> Vec<Stri
                     Some(da) => {
                         let _ = write!(
                             s,
-                            "; DARE at the same real bytes (real {}) {da:.2} ({:+.2} for UltraDelta)",
-                            fmt_ratio(real_ratio(outcomes, d)),
+                            "; DARE at the same real bytes ({}) {da:.2} ({:+.2} for UltraDelta)",
+                            fmt_bytes(outcomes, d),
                             ua - da
                         );
                     }
@@ -246,8 +265,10 @@ pub fn markdown(
     s.push_str(
         "\nEvery compressed model is a real archive written by `ultradelta compress` and rebuilt by \
          `ultradelta apply`; *real ratio* is its measured size against 16-bit over the compressed tensors \
-         (mean over the tasks' archives, range when they differ by more than 1%). Budget rows were compressed \
-         with `--target-ratio`, so methods in one block cost the same bytes.\n\n",
+         (mean over the tasks' archives, range when they differ by more than 1%); the *whole archive file* \
+         ratio (the archive file against the fine-tune's folder, tensors kept losslessly included) is in the \
+         sentences below the table and in the ablation table. Budget rows were compressed with \
+         `--target-ratio`, so methods in one block cost the same bytes.\n\n",
     );
 
     let _ = writeln!(
