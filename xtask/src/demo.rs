@@ -244,7 +244,7 @@ fn llama(args: DemoArgs) -> Result<()> {
         ins["compressed_entries"], ins["compressed_bytes"], ratio(ins, "real"), ratio(ins, "paper_v3")
     );
     println!(
-        "  kept losslessly (embedding, norms)        : {} entries",
+        "  kept losslessly (embedding, norms)        : {} changed entries",
         ins["kept_entries"]
     );
     println!(
