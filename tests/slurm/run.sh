@@ -12,7 +12,8 @@
 #            evaluator is built, its measurements compared with the local run's in target/ci-results.
 # The daemons it started are stopped on every exit (trap). Needs root (installs slurm-wlm and munge from Debian
 # when missing; slurmd runs jobs as root). Run by .ci/run under a time limit: 115 s here
-# (16 s the batch rounds, 58 s the reproduce stage; the rest release rebuilds of binaries already built).
+# (16 s the batch rounds, 58 s the reproduce stage; the rest release rebuilds of binaries already built), measured
+# when the generated testbed had the MiniLM family only; the reproduce stage now runs one array per family.
 #
 # Environment: UD_BIN (default: target/release/ultradelta, built when missing), KEEP=1 keeps the temp folder.
 set -euo pipefail
@@ -255,17 +256,19 @@ if [ -x "$ROOT/target/release/ultradelta-eval" ] || [ "${UD_SLURM_REPRODUCE:-0}"
     log "cargo xtask reproduce --generated --quick --engine slurm"
     cargo xtask reproduce --generated --quick --engine slurm --out "$WORK/results" --work-dir "$WORK/rwork" \
         >"$WORK/reproduce.txt" 2>&1 || fail "reproduce --engine slurm: $(tail -3 "$WORK/reproduce.txt")"
-    res=$(ls -d "$WORK"/results/*/ | head -1)
+    res=$(ls -d "$WORK"/results/*/ | head -1)   # the combined folder of both families
     grep -q '"status": "complete"' "$res/provenance.json" || fail "reproduce: provenance status is not complete"
     grep -q '"engine": "slurm"' "$res/provenance.json" || fail "reproduce: provenance does not say slurm"
     [ -s "$res/report.md" ] || fail "reproduce: no report.md"
-    points=$(ls "$res"/slurm/point-*.json | wc -l)
-    [ "$points" -gt 1 ] && [ "$points" = "$(ls "$res"/slurm/task-*.out | wc -l)" ] || fail "reproduce: $points points"
-    # point, variant, task, real ratio, archive bytes, metric, value, error: everything but the timings (the
-    # evaluator's own `seconds` too)
+    # One array per testbed family, each in its family's folder (<results>/<family>/slurm/).
+    points=$(find "$res" -path '*/slurm/point-*.json' | wc -l)
+    [ "$points" -gt 1 ] && [ "$points" = "$(find "$res" -path '*/slurm/task-*.out' | wc -l)" ] ||
+        fail "reproduce: $points points"
+    # point, variant, task, real ratio, archive bytes, metric, value, error, family: everything but the timings
+    # (the evaluator's own `seconds` too)
     measured() {
         perl -MText::ParseWords -ne 'next if $. == 1; chomp; my @f = parse_line(",", 1, $_);
-            next if $f[19] =~ /seconds/; print join(",", @f[0, 2, 5, 6, 9, 19, 20, 22]), "\n"' "$1" | sort
+            next if $f[19] =~ /seconds/; print join(",", @f[0, 2, 5, 6, 9, 19, 20, 22, 23]), "\n"' "$1" | sort
     }
     local_csv=$(ls -t "$ROOT"/target/ci-results/*-quick/results.csv 2>/dev/null | head -1 || true)
     if [ -n "$local_csv" ]; then

@@ -31,8 +31,22 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4)]
     pub bits: u8,
     /// Use a generated pair instead of downloading the real models (no network).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "family")]
     pub synthetic: bool,
+    /// Which testbed family: `minilm` (default; the "sre" fine-tune of all-MiniLM-L6-v2, downloaded if
+    /// missing) or `llama` (a mood fine-tune of SmolLM2-135M-Instruct; needs `cargo xtask testbed --family
+    /// llama` first).
+    #[arg(long, value_enum)]
+    pub family: Option<crate::testbed::Family>,
+    /// Testbed folder of `--family llama` (default: target/testbed; target/testbed-generated works too).
+    #[arg(long, value_name = "DIR")]
+    pub testbed: Option<PathBuf>,
+    /// The LLaMA fine-tune shown (drunk, childish, zen, scared).
+    #[arg(long, default_value = "zen")]
+    pub task: String,
+    /// The prompt whose greedy continuation `--family llama` shows.
+    #[arg(long, default_value = "What is the capital of France?")]
+    pub prompt: String,
 }
 
 /// Sentence pairs whose similarity the "sre" fine-tune changed (and one unrelated pair).
@@ -87,9 +101,178 @@ fn mib(b: u64) -> String {
 pub fn run(args: DemoArgs) -> Result<()> {
     if args.synthetic {
         synthetic(args)
+    } else if args.family == Some(crate::testbed::Family::Llama) {
+        llama(args)
     } else {
         real(args)
     }
+}
+
+/// Builds the release evaluator (`ultradelta-eval`) and returns its path.
+fn build_eval() -> Result<PathBuf> {
+    build_release("ultradelta-eval", &["--bin", "ultradelta-eval"])?;
+    Ok(target_dir().join("release").join("ultradelta-eval"))
+}
+
+/// Runs the evaluator and returns the JSON object it prints.
+fn run_eval(eval: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    eprintln!("$ ultradelta-eval {}", args.join(" "));
+    let out = Command::new(eval)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", eval.display()))?;
+    if !out.status.success() {
+        bail!(
+            "ultradelta-eval {} failed: {}",
+            args.first().copied().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Held-out pairs the LLaMA demo scores (the first N of the task's test split).
+const LLAMA_DEMO_PAIRS: &str = "8";
+
+/// The first line of a continuation, cut for a terminal.
+fn one_line(s: &str, max: usize) -> String {
+    let flat = s.trim().replace('\n', " ↵ ");
+    if flat.chars().count() > max {
+        format!("{}…", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+/// `--family llama`: compress one mood fine-tune of SmolLM2-135M-Instruct, rebuild it, show sizes, ratios, the
+/// task retention on a few held-out responses and one prompt's continuation from base, fine-tune and rebuilt.
+fn llama(args: DemoArgs) -> Result<()> {
+    let testbed = args
+        .testbed
+        .clone()
+        .unwrap_or_else(|| target_dir().join("testbed"));
+    let base = testbed.join("llama/models/base");
+    let ft = testbed.join("llama/models").join(&args.task);
+    for m in [&base, &ft] {
+        if !m.join("model.safetensors").is_file() {
+            bail!(
+                "{}: no model.safetensors; build the LLaMA testbed first: cargo xtask testbed --family llama \
+                 (or pass --testbed DIR)",
+                m.display()
+            );
+        }
+    }
+    let bin = build_cli()?;
+    let eval = build_eval()?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| target_dir().join("demo-llama"));
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let archive = dir.join(format!("{}.udelta", args.task));
+    let rebuilt = dir.join(format!("{}-rebuilt", args.task));
+    let rt = round_trip(&bin, &base, &ft, &archive, &rebuilt, &args)?;
+    let ins = &rt.inspect;
+    let (b, f, r, t) = (utf8(&base)?, utf8(&ft)?, utf8(&rebuilt)?, utf8(&testbed)?);
+    let ppl = run_eval(
+        &eval,
+        &[
+            "perplexity",
+            "--testbed",
+            t,
+            "--task",
+            &args.task,
+            "--model",
+            r,
+            "--base",
+            b,
+            "--finetuned",
+            f,
+            "--limit",
+            LLAMA_DEMO_PAIRS,
+            "--general-limit",
+            "0",
+        ],
+    )?;
+    let mut continuations = Vec::new();
+    for (label, m) in [("base", b), ("fine-tuned", f), ("rebuilt", r)] {
+        let g = run_eval(
+            &eval,
+            &[
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                &args.prompt,
+                "--max-new",
+                "40",
+            ],
+        )?;
+        let c = g["continuations"][0]["continuation"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        continuations.push((label, c));
+    }
+    let (s, bits) = (args.sparsity, args.bits);
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    // A generated testbed says so in its manifest: its models are tiny and random.
+    let generated = std::fs::read(testbed.join("llama/testbed.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["generated"] == true);
+    let model = if generated {
+        "the generated tiny LLaMA (random weights; not a real model)"
+    } else {
+        "SmolLM2-135M-Instruct (LLaMA, tied embeddings)"
+    };
+    println!();
+    println!(
+        "UltraDelta demo: the \"{}\" fine-tune of {model}, s = {s}, b = {bits}",
+        args.task
+    );
+    println!(
+        "  fine-tuned checkpoint (model.safetensors) : {:>10}",
+        mib(dir_size(&ft.join("model.safetensors"))?)
+    );
+    println!(
+        "  delta archive (whole file)                : {:>10}",
+        mib(dir_size(&archive)?)
+    );
+    println!(
+        "  compressed linear weights                 : {} entries -> {} bytes, real {} vs 16-bit (paper's v3 count {})",
+        ins["compressed_entries"], ins["compressed_bytes"], ratio(ins, "real"), ratio(ins, "paper_v3")
+    );
+    println!(
+        "  kept losslessly (embedding, norms)        : {} changed entries",
+        ins["kept_entries"]
+    );
+    println!(
+        "  whole archive vs fine-tuned folder        : {} smaller",
+        ratio(ins, "whole_checkpoint")
+    );
+    println!(
+        "  compress {:.1} s, apply {:.1} s",
+        rt.compress_secs, rt.apply_secs
+    );
+    println!(
+        "  held-out {} responses (first {LLAMA_DEMO_PAIRS}): perplexity base {:.3}, fine-tuned {:.3}, rebuilt {:.3}; task retention {:.3}",
+        args.task,
+        num(&ppl, "response_ppl_base"),
+        num(&ppl, "response_ppl_finetuned"),
+        num(&ppl, "response_ppl"),
+        num(&ppl, "retention")
+    );
+    println!();
+    println!(
+        "  greedy continuation of \"{}\" (an illustration):",
+        args.prompt
+    );
+    for (label, c) in &continuations {
+        println!("  {label:>10}: {}", one_line(c, 160));
+    }
+    println!("  files in {}", dir.display());
+    Ok(())
 }
 
 /// Builds the release `similarity` example of `ultradelta-eval` and returns its path.

@@ -25,7 +25,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Compress the real fine-tune "sre" of all-MiniLM-L6-v2 ~50x, rebuild it, compare sentence
-    /// similarities (`--synthetic`: a generated pair, no download).
+    /// similarities (`--synthetic`: a generated pair, no download; `--family llama`: a mood fine-tune of
+    /// SmolLM2-135M-Instruct, its sizes, ratios, retention and a prompt's continuation).
     Demo(demo::DemoArgs),
     /// Install system packages if missing, then run the whole test suite.
     Test(test::TestArgs),

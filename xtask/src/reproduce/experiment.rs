@@ -37,6 +37,30 @@ pub struct Experiment {
     /// Method variants beyond the built-in ones.
     #[serde(default, rename = "variant")]
     pub variants: Vec<Variant>,
+    /// The testbed manifest whose checksum goes into the provenance, relative to `{testbed}` (default
+    /// `testbed.json`).
+    #[serde(default)]
+    pub manifest: Option<String>,
+    /// Text generations shown side by side in the report (an illustration, not a measurement).
+    #[serde(default)]
+    pub illustration: Option<Illustration>,
+}
+
+/// `[illustration]`: a command that prints continuations of a few prompts for a model folder, run on the base,
+/// on the fine-tunes and on their rebuilt models at one grid point. Its JSON output must have
+/// `continuations: [{prompt, continuation}, ...]` (as `ultradelta-eval generate` prints).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Illustration {
+    /// The command (`{model}` is the folder); each prompt is appended as `--prompt TEXT`.
+    pub command: Vec<String>,
+    /// The prompts.
+    pub prompts: Vec<String>,
+    /// Whose rebuilt models are shown: this variant at its first point of the grid.
+    pub variant: String,
+    /// The tasks shown (default: every task).
+    #[serde(default)]
+    pub tasks: Vec<String>,
 }
 
 /// One fine-tune and how to measure it.
@@ -293,6 +317,10 @@ pub struct Resolved {
     pub fixed: Vec<Variant>,
     pub ablation: Vec<Variant>,
     pub vars: BTreeMap<String, String>,
+    /// The testbed manifest (a file under `{testbed}`).
+    pub manifest: String,
+    /// The illustration, its command resolved except for `{model}`.
+    pub illustration: Option<Illustration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -495,6 +523,38 @@ pub fn resolve(exp: &Experiment, file: &Path, o: &ResolveOptions<'_>) -> Result<
     if tasks.is_empty() {
         bail!("{}: no task left to run", file.display());
     }
+    let illustration = match &exp.illustration {
+        None => None,
+        Some(il) => {
+            if !il.command.iter().any(|a| a.contains("{model}")) {
+                bail!(
+                    "{}: illustration: the command never names {{model}}",
+                    file.display()
+                );
+            }
+            if let Some(t) = il
+                .tasks
+                .iter()
+                .find(|t| !exp.tasks.iter().any(|x| &x.name == *t))
+            {
+                bail!("{}: illustration: no task {t:?}", file.display());
+            }
+            Some(Illustration {
+                command: il
+                    .command
+                    .iter()
+                    .map(|a| substitute(a, &with_late, file))
+                    .collect::<Result<_>>()?,
+                prompts: il.prompts.clone(),
+                variant: il.variant.clone(),
+                tasks: tasks
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .filter(|n| il.tasks.is_empty() || il.tasks.contains(n))
+                    .collect(),
+            })
+        }
+    };
     Ok(Resolved {
         name: exp.name.clone(),
         description: exp.description.clone(),
@@ -511,6 +571,11 @@ pub fn resolve(exp: &Experiment, file: &Path, o: &ResolveOptions<'_>) -> Result<
         fixed,
         ablation,
         vars,
+        manifest: exp
+            .manifest
+            .clone()
+            .unwrap_or_else(|| "testbed.json".into()),
+        illustration,
     })
 }
 
@@ -552,9 +617,63 @@ mod tests {
     }
 
     #[test]
+    fn llama_experiment_resolves_its_illustration_and_manifest() {
+        let root = crate::common::workspace_root();
+        let f = root.join("xtask/experiments/llama.toml");
+        let exp = load(&f).unwrap();
+        let mut builtins = BTreeMap::new();
+        for k in ["testbed", "eval", "ultradelta", "cache", "workspace"] {
+            builtins.insert(k.to_string(), format!("/{k}"));
+        }
+        let opts = |only_tasks: &'static [String]| ResolveOptions {
+            quick: true,
+            builtins: builtins.clone(),
+            overrides: &[],
+            only_variants: &[],
+            only_ratios: &[],
+            only_tasks,
+        };
+        let r = resolve(&exp, &f, &opts(&[])).unwrap();
+        assert_eq!(r.manifest, "llama/testbed.json");
+        assert_eq!(r.base, PathBuf::from("/testbed/llama/models/base"));
+        let names: Vec<&str> = r.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["drunk", "childish", "zen", "scared"]);
+        // The quick grid's vars reach the evaluator; TNGR runs across the four fine-tunes.
+        let ev = r.tasks[0].evaluator.join(" ");
+        assert!(
+            ev.starts_with("/eval perplexity --testbed /testbed --task drunk --model {model}"),
+            "{ev}"
+        );
+        assert!(ev.contains("--limit 8 --general-limit 2"), "{ev}");
+        assert!(r
+            .ablation
+            .iter()
+            .any(|v| v.name == "abl-tngr" && v.together));
+        let il = r.illustration.as_ref().unwrap();
+        assert_eq!(
+            il.command[..2],
+            ["/eval".to_string(), "generate".to_string()]
+        );
+        assert_eq!(il.tasks, ["drunk", "zen"]);
+        // A task selection narrows the shown tasks too.
+        static ZEN: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["zen".into()]);
+        let r = resolve(&exp, &f, &opts(&ZEN)).unwrap();
+        assert_eq!(r.illustration.unwrap().tasks, ["zen"]);
+        // Other experiment files keep the default manifest and have no illustration.
+        let t = root.join("xtask/experiments/testbed.toml");
+        let r = resolve(&load(&t).unwrap(), &t, &opts(&[])).unwrap();
+        assert_eq!(r.manifest, "testbed.json");
+        assert!(r.illustration.is_none());
+    }
+
+    #[test]
     fn shipped_experiment_files_parse_and_resolve() {
         let root = crate::common::workspace_root();
-        let mut files = vec![root.join("xtask/experiments/testbed.toml")];
+        let mut files = vec![
+            root.join("xtask/experiments/testbed.toml"),
+            root.join("xtask/experiments/llama.toml"),
+        ];
         for e in std::fs::read_dir(root.join("docs/experiments")).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {

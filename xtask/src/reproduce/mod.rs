@@ -28,20 +28,24 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::common::{target_dir, utf8, workspace_root};
+pub use crate::testbed::Family;
 pub use experiment::{Resolved, Variant};
 
 /// Options of `cargo xtask reproduce`.
 #[derive(clap::Args, Debug)]
 pub struct ReproduceArgs {
-    /// Experiment file (default: xtask/experiments/testbed.toml, the real testbed).
-    #[arg(long, value_name = "FILE")]
+    /// Experiment file (default: the testbed families' files, xtask/experiments/{testbed,llama}.toml).
+    #[arg(long, value_name = "FILE", conflicts_with = "family")]
     pub experiment: Option<PathBuf>,
+    /// Only these testbed families (comma-separated; default: both, MiniLM then LLaMA, one report section each).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub family: Vec<Family>,
     /// Testbed folder, the `{testbed}` of the experiment file (default: target/testbed, or
     /// target/testbed-generated with --generated).
     #[arg(long, value_name = "DIR")]
     pub testbed: Option<PathBuf>,
-    /// Use a small generated testbed (tiny BERT, generated texts; made in seconds) instead of the real one:
-    /// the same code path, for CI. Not a measurement of anything real.
+    /// Use a small generated testbed (tiny BERT and tiny LLaMA, generated texts; made in seconds) instead of
+    /// the real one: the same code path, for CI. Not a measurement of anything real.
     #[arg(long)]
     pub generated: bool,
     /// Results go to a dated folder under this one.
@@ -215,6 +219,9 @@ pub struct Measured {
     /// Every numeric field the evaluator printed.
     pub metrics: BTreeMap<String, f64>,
     pub error: Option<String>,
+    /// The illustration's continuations of the rebuilt model (only at the point it shows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub illustration: Vec<String>,
 }
 
 /// One row of results: a point on a task.
@@ -231,6 +238,8 @@ struct Runner<'a> {
     work: PathBuf,
     keep_files: bool,
     csv: std::fs::File,
+    /// The point whose rebuilt models the illustration shows.
+    shown: Option<usize>,
 }
 
 const CSV_HEADER: &str =
@@ -502,6 +511,14 @@ impl Runner<'_> {
                 let (metrics, secs) = self.evaluate(task, &model)?;
                 m.metrics = metrics;
                 m.eval_seconds = Some(secs);
+                if let Some(il) = self
+                    .r
+                    .illustration
+                    .as_ref()
+                    .filter(|il| self.shown == Some(index) && il.tasks.contains(&task.name))
+                {
+                    m.illustration = illustrate(il, &model);
+                }
                 if model != task.finetuned && !self.keep_files {
                     let _ = std::fs::remove_dir_all(&model);
                 }
@@ -607,16 +624,17 @@ fn build_eval() -> Result<PathBuf> {
     Ok(target_dir().join("release").join("ultradelta-eval"))
 }
 
-/// sha256 of the testbed's manifest (which lists every file's sha256), or None.
-fn testbed_checksum(testbed: &Path) -> Value {
+/// sha256 of a testbed manifest (`manifest`, relative to the testbed; it lists every file's sha256), or null.
+fn testbed_checksum(testbed: &Path, manifest: &str) -> Value {
     use sha2::{Digest, Sha256};
-    match std::fs::read(testbed.join("testbed.json")) {
+    let path = testbed.join(manifest);
+    match std::fs::read(&path) {
         Ok(bytes) => {
             let files = serde_json::from_slice::<Value>(&bytes)
                 .ok()
                 .and_then(|v| v["files"].as_array().map(Vec::len));
             json!({
-                "manifest": testbed.join("testbed.json").display().to_string(),
+                "manifest": path.display().to_string(),
                 "manifest_sha256": Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>(),
                 "files_listed": files,
             })
@@ -625,18 +643,289 @@ fn testbed_checksum(testbed: &Path) -> Value {
     }
 }
 
+/// The experiment file of a testbed family.
+pub fn family_experiment(root: &Path, family: Family) -> PathBuf {
+    root.join(match family {
+        Family::Minilm => "xtask/experiments/testbed.toml",
+        Family::Llama => "xtask/experiments/llama.toml",
+    })
+}
+
+/// The experiment files a run covers: `--experiment`, else the `--family` ones (default: every family).
+fn experiment_files(args: &ReproduceArgs, root: &Path) -> Vec<PathBuf> {
+    if let Some(e) = &args.experiment {
+        return vec![e.clone()];
+    }
+    let families = if args.family.is_empty() {
+        vec![Family::Minilm, Family::Llama]
+    } else {
+        let mut f = args.family.clone();
+        f.dedup();
+        f
+    };
+    families
+        .into_iter()
+        .map(|f| family_experiment(root, f))
+        .collect()
+}
+
+/// The plan position of the point whose rebuilt models the illustration shows.
+fn illustration_point(r: &Resolved, points: &[Point]) -> Option<usize> {
+    let il = r.illustration.as_ref()?;
+    points
+        .iter()
+        .position(|p| p.group != Group::Reference && p.variant.name == il.variant)
+}
+
+/// Runs an illustration command on a model folder: the continuations, in prompt order, or one error line
+/// per prompt.
+fn illustrate(il: &experiment::Illustration, model: &Path) -> Vec<String> {
+    let mut args: Vec<String> = il
+        .command
+        .iter()
+        .map(|a| a.replace("{model}", &model.display().to_string()))
+        .collect();
+    for p in &il.prompts {
+        args.extend(["--prompt".to_string(), p.clone()]);
+    }
+    let fail = |e: String| vec![format!("(generation failed: {e})"); il.prompts.len()];
+    let out = match Command::new(&args[0]).args(&args[1..]).output() {
+        Ok(o) => o,
+        Err(e) => return fail(format!("cannot run {}: {e}", args[0])),
+    };
+    if !out.status.success() {
+        return fail(last_line(&out.stderr));
+    }
+    let v = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok());
+    let Some(list) = v.as_ref().and_then(|v| v["continuations"].as_array()) else {
+        return fail("no \"continuations\" list in its output".into());
+    };
+    il.prompts
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            list.get(i)
+                .and_then(|c| c["continuation"].as_str())
+                .map_or_else(|| "(no continuation)".into(), str::to_string)
+        })
+        .collect()
+}
+
+/// What the run needs besides the experiment: binaries, folders, the selection.
+struct RunContext<'a> {
+    args: &'a ReproduceArgs,
+    cli: PathBuf,
+    eval: PathBuf,
+    testbed: PathBuf,
+    stamp: String,
+    started: u64,
+}
+
+/// One experiment's (family's) run.
+struct FamilyRun {
+    r: Resolved,
+    out: PathBuf,
+    seconds: f64,
+    evaluations: usize,
+    summary: String,
+    markdown: String,
+    svg: String,
+    failures: Vec<String>,
+    keep_all: Option<String>,
+    status: &'static str,
+}
+
+/// Runs one resolved experiment into `out` (results.csv, provenance.json, report.md, the plot).
+fn run_family(
+    ctx: &RunContext<'_>,
+    exp: &experiment::Experiment,
+    exp_file: &Path,
+    r: Resolved,
+    out: &Path,
+    work: &Path,
+) -> Result<FamilyRun> {
+    let args = ctx.args;
+    let points = plan(&r);
+    let evaluations = points.len() * r.tasks.len();
+    eprintln!(
+        "reproduce: experiment {} ({}), {} tasks, {} points, {} evaluations{}",
+        r.name,
+        exp_file.display(),
+        r.tasks.len(),
+        points.len(),
+        evaluations,
+        if args.quick { " (quick)" } else { "" }
+    );
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let mut csv = std::fs::File::create(out.join("results.csv"))
+        .with_context(|| out.join("results.csv").display().to_string())?;
+    writeln!(csv, "{CSV_HEADER}")?;
+    let version = Command::new(&ctx.cli)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let mut provenance = json!({
+        "command": std::iter::once("cargo xtask reproduce".to_string())
+            .chain(std::env::args().skip(2)).collect::<Vec<_>>().join(" "),
+        "git_revision": crate::common::git(&["rev-parse", "HEAD"]),
+        "git_dirty": crate::common::git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        "started_utc": ctx.stamp,
+        "machine": crate::common::machine(),
+        "cli": {"path": ctx.cli.display().to_string(), "version": version},
+        "evaluator": ctx.eval.display().to_string(),
+        "testbed": {"path": ctx.testbed.display().to_string(), "generated": args.generated,
+                    "checksum": testbed_checksum(&ctx.testbed, &r.manifest)},
+        "experiment_file": exp_file.display().to_string(),
+        "experiment": exp,
+        "resolved": r,
+        "quick": args.quick,
+        "engine": args.engine,
+        "status": "running",
+    });
+    let write_prov = |p: &Value| -> Result<()> {
+        std::fs::write(
+            out.join("provenance.json"),
+            serde_json::to_string_pretty(p)? + "\n",
+        )
+        .with_context(|| out.join("provenance.json").display().to_string())
+    };
+    write_prov(&provenance)?;
+
+    let mut runner = Runner {
+        r: &r,
+        cli: ctx.cli.clone(),
+        work: work.to_path_buf(),
+        keep_files: args.keep_files,
+        csv,
+        shown: illustration_point(&r, &points),
+    };
+    let mut progress = Progress {
+        started: Instant::now(),
+        total: evaluations,
+        done: 0,
+    };
+    let mut outcomes = Vec::new();
+    match args.engine {
+        Engine::Local => {
+            for (i, p) in points.iter().enumerate() {
+                outcomes.extend(runner.run_point(i, p, &mut progress)?);
+            }
+        }
+        Engine::Slurm => {
+            let task = slurm::task_args(args, exp_file, &ctx.testbed, work);
+            outcomes = slurm::run_array(args, task, &points, out, &mut runner, &mut progress)?;
+        }
+    }
+    // The illustration's references: the base once, each shown fine-tune as it is.
+    let shown = match (&r.illustration, runner.shown) {
+        (Some(il), Some(at)) => {
+            eprintln!(
+                "reproduce: illustration: {} prompts on the base and {} fine-tunes",
+                il.prompts.len(),
+                il.tasks.len()
+            );
+            let base = illustrate(il, &r.base);
+            let tasks = il
+                .tasks
+                .iter()
+                .filter_map(|name| {
+                    let t = r.tasks.iter().find(|t| &t.name == name)?;
+                    let rebuilt = outcomes
+                        .iter()
+                        .find(|o| o.point == at && &o.task == name)
+                        .map(|o| o.m.illustration.clone())
+                        .unwrap_or_default();
+                    Some(report::ShownTask {
+                        task: name.clone(),
+                        finetuned: illustrate(il, &t.finetuned),
+                        rebuilt,
+                    })
+                })
+                .collect();
+            Some(report::Shown {
+                prompts: il.prompts.clone(),
+                point: at,
+                base,
+                tasks,
+            })
+        }
+        _ => None,
+    };
+    let seconds = progress.started.elapsed().as_secs_f64();
+
+    let checks = report::checks(&r, &points, &outcomes);
+    let mut md = report::markdown(
+        &r,
+        &points,
+        &outcomes,
+        &checks,
+        args.quick,
+        args.generated,
+        seconds,
+        &ctx.stamp,
+    );
+    if let Some(sh) = &shown {
+        let section = report::illustration(&r, &points, &outcomes, sh);
+        match md.find("## Every metric, per task") {
+            Some(at) => md.insert_str(at, &section),
+            None => md.push_str(&section),
+        }
+    }
+    std::fs::write(out.join("report.md"), &md)?;
+    let svg = report::svg(&r, &points, &outcomes);
+    std::fs::write(out.join("quality-vs-ratio.svg"), &svg)?;
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| {
+            o.m.error
+                .as_ref()
+                .map(|e| format!("{} / {}: {e}", points[o.point].variant.name, o.task))
+        })
+        .collect();
+    let status = if failures.is_empty() && checks.keep_all_exact {
+        "complete"
+    } else {
+        "complete with failures"
+    };
+    provenance["status"] = json!(status);
+    provenance["seconds"] = json!(seconds);
+    provenance["failures"] = json!(failures);
+    provenance["keep_all_reproduces_finetuned"] = json!(checks.keep_all_exact);
+    write_prov(&provenance)?;
+    let summary = report::summary(&r, &points, &outcomes, &checks);
+    Ok(FamilyRun {
+        out: out.to_path_buf(),
+        seconds,
+        evaluations,
+        summary,
+        markdown: md,
+        svg,
+        failures,
+        keep_all: (!checks.keep_all_exact).then(|| checks.keep_all_detail.join("; ")),
+        status,
+        r,
+    })
+}
+
 pub fn run(args: ReproduceArgs) -> Result<()> {
     let root = workspace_root();
-    let exp_file = args
-        .experiment
-        .clone()
-        .unwrap_or_else(|| root.join("xtask/experiments/testbed.toml"));
-    let exp = experiment::load(&exp_file)?;
+    let files = experiment_files(&args, &root);
+    let mut exps = Vec::new();
+    for f in &files {
+        exps.push((f.clone(), experiment::load(f)?));
+    }
     if args.list {
         let mut known = experiment::builtin_variants();
-        known.extend(exp.variants.iter().cloned());
+        for (_, exp) in &exps {
+            known.extend(exp.variants.iter().cloned());
+        }
         for v in known {
-            println!("{:<16} {}  [{}]", v.name, v.label, v.args.join(" "));
+            println!("{:<20} {}  [{}]", v.name, v.label, v.args.join(" "));
         }
         return Ok(());
     }
@@ -663,8 +952,9 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     } else {
         (crate::common::build_cli()?, build_eval()?)
     };
+    // The generated testbed holds both families (an older one without the LLaMA family is remade).
     if args.generated
-        && !testbed.join("testbed.json").is_file()
+        && !(testbed.join("testbed.json").is_file() && testbed.join("llama/testbed.json").is_file())
         && !args.dry_run
         && args.point.is_none()
     {
@@ -685,198 +975,315 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     builtins.insert("ultradelta".to_string(), cli.display().to_string());
     builtins.insert("cache".to_string(), cache.display().to_string());
     builtins.insert("workspace".to_string(), root.display().to_string());
-    let r = experiment::resolve(
-        &exp,
-        &exp_file,
-        &experiment::ResolveOptions {
-            quick: args.quick,
-            builtins,
-            overrides: &args.vars,
-            only_variants: &args.methods,
-            only_ratios: &args.ratios,
-            only_tasks: &args.tasks,
-        },
-    )?;
-    let missing = experiment::missing_checkpoints(&r);
-    if !missing.is_empty() {
-        let hint = if args.generated || exp.missing_hint.is_empty() {
-            String::new()
-        } else {
-            format!("\n{}", exp.missing_hint)
-        };
-        bail!(
-            "experiment {} ({}): {}{hint}",
-            r.name,
-            exp_file.display(),
-            missing.join("; ")
-        );
-    }
-    let points = plan(&r);
-    if let (Some(index), Some(dir)) = (args.point, &args.point_out) {
-        return slurm::run_task(&r, cli, work, args.keep_files, &points, index, dir);
-    }
-    let evaluations = points.len() * r.tasks.len();
-    eprintln!(
-        "reproduce: experiment {} ({}), {} tasks, {} points, {} evaluations{}",
-        r.name,
-        exp_file.display(),
-        r.tasks.len(),
-        points.len(),
-        evaluations,
-        if args.quick { " (quick)" } else { "" }
-    );
-    if args.dry_run {
-        for (i, p) in points.iter().enumerate() {
-            println!(
-                "{i:>3} {:<10} {:<16} {:<8} compress {}{}",
-                p.group.name(),
-                p.variant.name,
-                p.target
-                    .map(|t| format!("{t}x"))
-                    .unwrap_or_else(|| "-".into()),
-                p.variant.args.join(" "),
-                if p.variant.together {
-                    " (fine-tunes together)"
-                } else {
-                    ""
-                }
-            );
+    let mut resolved = Vec::new();
+    let mut missing_all = Vec::new();
+    for (file, exp) in &exps {
+        let r = experiment::resolve(
+            exp,
+            file,
+            &experiment::ResolveOptions {
+                quick: args.quick,
+                builtins: builtins.clone(),
+                overrides: &args.vars,
+                only_variants: &args.methods,
+                only_ratios: &args.ratios,
+                only_tasks: &args.tasks,
+            },
+        )?;
+        let missing = experiment::missing_checkpoints(&r);
+        if !missing.is_empty() {
+            let hint = if args.generated || exp.missing_hint.is_empty() {
+                String::new()
+            } else {
+                format!("\n{}", exp.missing_hint)
+            };
+            missing_all.push(format!(
+                "experiment {} ({}): {}{hint}",
+                r.name,
+                file.display(),
+                missing.join("; ")
+            ));
         }
-        for t in &r.tasks {
+        resolved.push(r);
+    }
+    if !missing_all.is_empty() {
+        bail!("{}", missing_all.join("\n"));
+    }
+    if let (Some(index), Some(dir)) = (args.point, &args.point_out) {
+        let [r] = resolved.as_slice() else {
+            bail!("--point runs one experiment: pass --experiment FILE");
+        };
+        let points = plan(r);
+        return slurm::run_task(r, cli, work, args.keep_files, &points, index, dir);
+    }
+    if args.dry_run {
+        for r in &resolved {
+            let points = plan(r);
             println!(
-                "task {}: {} ; evaluator: {}",
-                t.name,
-                t.finetuned.display(),
-                t.evaluator.join(" ")
+                "experiment {} ({}): {} tasks, {} points, {} evaluations",
+                r.name,
+                r.file.display(),
+                r.tasks.len(),
+                points.len(),
+                points.len() * r.tasks.len()
             );
+            for (i, p) in points.iter().enumerate() {
+                println!(
+                    "{i:>3} {:<10} {:<18} {:<8} compress {}{}",
+                    p.group.name(),
+                    p.variant.name,
+                    p.target
+                        .map(|t| format!("{t}x"))
+                        .unwrap_or_else(|| "-".into()),
+                    p.variant.args.join(" "),
+                    if p.variant.together {
+                        " (fine-tunes together)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            for t in &r.tasks {
+                println!(
+                    "task {}: {} ; evaluator: {}",
+                    t.name,
+                    t.finetuned.display(),
+                    t.evaluator.join(" ")
+                );
+            }
         }
         return Ok(());
     }
 
     let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let (_, stamp) = crate::common::utc(started);
+    let names: Vec<&str> = resolved.iter().map(|r| r.name.as_str()).collect();
     let folder = format!(
         "{}-{}{}",
         stamp.replace(':', ""),
-        r.name,
+        names.join("+"),
         if args.quick { "-quick" } else { "" }
     );
     let out = args.out.join(folder);
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let mut csv = std::fs::File::create(out.join("results.csv"))
-        .with_context(|| out.join("results.csv").display().to_string())?;
-    writeln!(csv, "{CSV_HEADER}")?;
-    let version = Command::new(&cli)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let mut provenance = json!({
-        "command": std::iter::once("cargo xtask reproduce".to_string())
-            .chain(std::env::args().skip(2)).collect::<Vec<_>>().join(" "),
-        "git_revision": crate::common::git(&["rev-parse", "HEAD"]),
-        "git_dirty": crate::common::git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
-        "started_utc": stamp,
-        "machine": crate::common::machine(),
-        "cli": {"path": cli.display().to_string(), "version": version},
-        "evaluator": eval.display().to_string(),
-        "testbed": {"path": testbed.display().to_string(), "generated": args.generated, "checksum": testbed_checksum(&testbed)},
-        "experiment_file": exp_file.display().to_string(),
-        "experiment": exp,
-        "resolved": r,
-        "quick": args.quick,
-        "engine": args.engine,
-        "status": "running",
-    });
-    let write_prov = |p: &Value| -> Result<()> {
-        std::fs::write(
-            out.join("provenance.json"),
-            serde_json::to_string_pretty(p)? + "\n",
-        )
-        .with_context(|| out.join("provenance.json").display().to_string())
-    };
-    write_prov(&provenance)?;
-
-    let mut runner = Runner {
-        r: &r,
+    let several = resolved.len() > 1;
+    let ctx = RunContext {
+        args: &args,
         cli,
-        work: work.clone(),
-        keep_files: args.keep_files,
-        csv,
+        eval,
+        testbed: testbed.clone(),
+        stamp: stamp.clone(),
+        started,
     };
-    let mut progress = Progress {
-        started: Instant::now(),
-        total: evaluations,
-        done: 0,
-    };
-    let mut outcomes = Vec::new();
-    match args.engine {
-        Engine::Local => {
-            for (i, p) in points.iter().enumerate() {
-                outcomes.extend(runner.run_point(i, p, &mut progress)?);
-            }
-        }
-        Engine::Slurm => {
-            let task = slurm::task_args(&args, &exp_file, &testbed, &work);
-            outcomes = slurm::run_array(&args, task, &points, &out, &mut runner, &mut progress)?;
-        }
+    let t0 = Instant::now();
+    let mut runs = Vec::new();
+    for ((file, exp), r) in exps.iter().zip(resolved) {
+        // Several families: one sub-folder each (and its own work folder), the combined report on top.
+        let (fam_out, fam_work) = if several {
+            (out.join(&r.name), work.join(&r.name))
+        } else {
+            (out.clone(), work.clone())
+        };
+        runs.push(run_family(&ctx, exp, file, r, &fam_out, &fam_work)?);
     }
-    let seconds = progress.started.elapsed().as_secs_f64();
+    let seconds = t0.elapsed().as_secs_f64();
+    if several {
+        write_combined(&ctx, &out, &runs, seconds)?;
+    }
 
-    let checks = report::checks(&r, &points, &outcomes);
-    let md = report::markdown(
-        &r,
-        &points,
-        &outcomes,
-        &checks,
-        args.quick,
-        args.generated,
-        seconds,
-        &stamp,
-    );
-    std::fs::write(out.join("report.md"), &md)?;
-    std::fs::write(
-        out.join("quality-vs-ratio.svg"),
-        report::svg(&r, &points, &outcomes),
-    )?;
-    let failures: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| {
-            o.m.error
-                .as_ref()
-                .map(|e| format!("{} / {}: {e}", points[o.point].variant.name, o.task))
-        })
-        .collect();
-    provenance["status"] = json!(if failures.is_empty() && checks.keep_all_exact {
-        "complete"
-    } else {
-        "complete with failures"
-    });
-    provenance["seconds"] = json!(seconds);
-    provenance["failures"] = json!(failures);
-    provenance["keep_all_reproduces_finetuned"] = json!(checks.keep_all_exact);
-    write_prov(&provenance)?;
-
-    println!("{}", report::summary(&r, &points, &outcomes, &checks));
+    for fr in &runs {
+        println!("\n== {} ({})", fr.r.name, fr.out.display());
+        println!("{}", fr.summary);
+        println!(
+            "reproduce: {}: {} evaluations in {}",
+            fr.r.name,
+            fr.evaluations,
+            clock(fr.seconds)
+        );
+    }
     println!(
-        "reproduce: {} evaluations in {}; results in {}",
-        evaluations,
+        "reproduce: {} in all; results in {}",
         clock(seconds),
         out.display()
     );
-    if !checks.keep_all_exact {
-        bail!(
-            "keep everything did not reproduce the fine-tuned metrics exactly: {}",
-            checks.keep_all_detail.join("; ")
-        );
+    let mut problems = Vec::new();
+    for fr in &runs {
+        if let Some(d) = &fr.keep_all {
+            problems.push(format!(
+                "{}: keep everything did not reproduce the fine-tuned metrics exactly: {d}",
+                fr.r.name
+            ));
+        }
+        if !fr.failures.is_empty() {
+            problems.push(format!(
+                "{}: {} evaluations failed (see report.md): {}",
+                fr.r.name,
+                fr.failures.len(),
+                fr.failures.join("; ")
+            ));
+        }
     }
-    if !failures.is_empty() {
-        bail!(
-            "{} evaluations failed (see report.md): {}",
-            failures.len(),
-            failures.join("; ")
-        );
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
     }
     Ok(())
+}
+
+/// The combined files of a run over several families: `report.md` (one section per family), the plot (one
+/// panel per family), `results.csv` (every family's rows, a `family` column added) and `provenance.json`.
+fn write_combined(
+    ctx: &RunContext<'_>,
+    out: &Path,
+    runs: &[FamilyRun],
+    seconds: f64,
+) -> Result<()> {
+    let names: Vec<&str> = runs.iter().map(|f| f.r.name.as_str()).collect();
+    let mut csv = format!("{CSV_HEADER},family\n");
+    for fr in runs {
+        let text = std::fs::read_to_string(fr.out.join("results.csv"))
+            .with_context(|| fr.out.join("results.csv").display().to_string())?;
+        for line in text.lines().skip(1) {
+            let _ = writeln!(csv, "{line},{}", fr.r.name);
+        }
+    }
+    std::fs::write(out.join("results.csv"), csv)?;
+    let panels: Vec<(String, String)> = runs
+        .iter()
+        .map(|fr| (fr.r.name.clone(), fr.svg.clone()))
+        .collect();
+    std::fs::write(
+        out.join("quality-vs-ratio.svg"),
+        report::combined_svg(&panels),
+    )?;
+    let sections: Vec<(String, String)> = runs
+        .iter()
+        .map(|fr| (fr.r.name.clone(), fr.markdown.clone()))
+        .collect();
+    std::fs::write(
+        out.join("report.md"),
+        report::combined_markdown(&sections, ctx.args.generated, seconds, &ctx.stamp),
+    )?;
+    let all_ok = runs.iter().all(|f| f.status == "complete");
+    let provenance = json!({
+        "command": std::iter::once("cargo xtask reproduce".to_string())
+            .chain(std::env::args().skip(2)).collect::<Vec<_>>().join(" "),
+        "git_revision": crate::common::git(&["rev-parse", "HEAD"]),
+        "started_utc": ctx.stamp,
+        "started_unix": ctx.started,
+        "machine": crate::common::machine(),
+        "families": runs.iter().map(|fr| json!({
+            "experiment": fr.r.name,
+            "folder": fr.out.display().to_string(),
+            "status": fr.status,
+            "seconds": fr.seconds,
+            "evaluations": fr.evaluations,
+        })).collect::<Vec<_>>(),
+        "experiments": names,
+        "quick": ctx.args.quick,
+        "generated": ctx.args.generated,
+        "engine": ctx.args.engine,
+        "seconds": seconds,
+        "status": if all_ok { "complete" } else { "complete with failures" },
+    });
+    std::fs::write(
+        out.join("provenance.json"),
+        serde_json::to_string_pretty(&provenance)? + "\n",
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReproduceArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ReproduceArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("reproduce").chain(argv.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn both_families_by_default_and_family_selects() {
+        let root = Path::new("/ws");
+        let files = |argv: &[&str]| experiment_files(&parse(argv).unwrap(), root);
+        assert_eq!(
+            files(&[]),
+            [
+                root.join("xtask/experiments/testbed.toml"),
+                root.join("xtask/experiments/llama.toml")
+            ]
+        );
+        assert_eq!(
+            files(&["--family", "llama"]),
+            [root.join("xtask/experiments/llama.toml")]
+        );
+        assert_eq!(
+            files(&["--family", "minilm"]),
+            [root.join("xtask/experiments/testbed.toml")]
+        );
+        assert_eq!(
+            files(&["--experiment", "x.toml"]),
+            [PathBuf::from("x.toml")]
+        );
+        assert!(parse(&["--family", "llama", "--experiment", "x.toml"]).is_err());
+        assert!(parse(&["--family", "gpt"]).is_err());
+    }
+
+    #[test]
+    fn the_illustration_shows_the_first_point_of_its_variant() {
+        let root = crate::common::workspace_root();
+        let f = root.join("xtask/experiments/llama.toml");
+        let exp = experiment::load(&f).unwrap();
+        let r = experiment::resolve(
+            &exp,
+            &f,
+            &experiment::ResolveOptions {
+                quick: false,
+                builtins: ["testbed", "eval", "ultradelta", "cache", "workspace"]
+                    .iter()
+                    .map(|k| (k.to_string(), format!("/{k}")))
+                    .collect(),
+                overrides: &[],
+                only_variants: &[],
+                only_ratios: &[],
+                only_tasks: &[],
+            },
+        )
+        .unwrap();
+        let points = plan(&r);
+        let at = illustration_point(&r, &points).unwrap();
+        assert_eq!(points[at].variant.name, "ultradelta");
+        assert_eq!(points[at].target, Some(r.ratios[0]));
+    }
+
+    #[test]
+    fn illustrate_reads_continuations_and_reports_failures() {
+        let il = experiment::Illustration {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                r#"echo log; echo '{"continuations":[{"prompt":"a","continuation":"x y"},{"prompt":"b","continuation":"z"}]}'; : {model}"#.into(),
+            ],
+            prompts: vec!["a".into(), "b".into()],
+            variant: "ultradelta".into(),
+            tasks: vec![],
+        };
+        assert_eq!(illustrate(&il, Path::new("/m")), ["x y", "z"]);
+        let bad = experiment::Illustration {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo boom >&2; exit 3; : {model}".into(),
+            ],
+            ..il
+        };
+        let out = illustrate(&bad, Path::new("/m"));
+        assert_eq!(out.len(), 2);
+        assert!(out[0].contains("generation failed: boom"), "{out:?}");
+    }
 }

@@ -99,6 +99,25 @@ fn real_ratio(outcomes: &[Outcome], point: usize) -> Option<(f64, f64, f64)> {
     Some((v.iter().sum::<f64>() / v.len() as f64, lo, hi))
 }
 
+/// Mean whole-archive ratio (the archive file against the fine-tune's folder) over the point's archives.
+fn whole_ratio(outcomes: &[Outcome], point: usize) -> Option<f64> {
+    let v: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.point == point)
+        .filter_map(|o| o.m.whole_ratio)
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// "real R×" over the compressed tensors, and the whole files' ratio when measured.
+fn fmt_bytes(outcomes: &[Outcome], point: usize) -> String {
+    let mut s = format!("real {}", fmt_ratio(real_ratio(outcomes, point)));
+    if let Some(w) = whole_ratio(outcomes, point) {
+        let _ = write!(s, "; whole archive file {w:.1}×");
+    }
+    s
+}
+
 fn fmt_ratio(x: Option<(f64, f64, f64)>) -> String {
     match x {
         None => "—".into(),
@@ -181,8 +200,8 @@ fn comparisons(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> Vec<Stri
                 continue;
             };
             let mut s = format!(
-                "At {ratio}× (real {}): {} averages **{ua:.2}**",
-                fmt_ratio(real_ratio(outcomes, u)),
+                "At {ratio}× ({}): {} averages **{ua:.2}**",
+                fmt_bytes(outcomes, u),
                 points[u].variant.label
             );
             if let Some(f) = ft {
@@ -193,8 +212,8 @@ fn comparisons(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> Vec<Stri
                     Some(da) => {
                         let _ = write!(
                             s,
-                            "; DARE at the same real bytes (real {}) {da:.2} ({:+.2} for UltraDelta)",
-                            fmt_ratio(real_ratio(outcomes, d)),
+                            "; DARE at the same real bytes ({}) {da:.2} ({:+.2} for UltraDelta)",
+                            fmt_bytes(outcomes, d),
                             ua - da
                         );
                     }
@@ -227,8 +246,8 @@ pub fn markdown(
     }
     if generated {
         s.push_str(
-            "> **Generated testbed.** The models and texts of this run are generated (a tiny random BERT and \
-             pseudo-words); it checks the harness's code path and says nothing about the method's quality.\n\n",
+            "> **Generated testbed.** The models and texts of this run are generated (tiny random models, \
+             generated texts); it checks the harness's code path and says nothing about the method's quality.\n\n",
         );
     }
     let _ = writeln!(
@@ -246,8 +265,10 @@ pub fn markdown(
     s.push_str(
         "\nEvery compressed model is a real archive written by `ultradelta compress` and rebuilt by \
          `ultradelta apply`; *real ratio* is its measured size against 16-bit over the compressed tensors \
-         (mean over the tasks' archives, range when they differ by more than 1%). Budget rows were compressed \
-         with `--target-ratio`, so methods in one block cost the same bytes.\n\n",
+         (mean over the tasks' archives, range when they differ by more than 1%); the *whole archive file* \
+         ratio (the archive file against the fine-tune's folder, tensors kept losslessly included) is in the \
+         sentences below the table and in the ablation table. Budget rows were compressed with \
+         `--target-ratio`, so methods in one block cost the same bytes.\n\n",
     );
 
     let _ = writeln!(
@@ -667,6 +688,140 @@ pub fn svg(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> String {
     out
 }
 
+/// The illustration of a run: continuations of a few prompts by the base, the fine-tunes and their rebuilt
+/// models at one point.
+pub struct Shown {
+    pub prompts: Vec<String>,
+    /// The point whose rebuilt models are shown.
+    pub point: usize,
+    pub base: Vec<String>,
+    pub tasks: Vec<ShownTask>,
+}
+
+/// One shown task: the fine-tune's and the rebuilt model's continuations, in prompt order.
+pub struct ShownTask {
+    pub task: String,
+    pub finetuned: Vec<String>,
+    pub rebuilt: Vec<String>,
+}
+
+/// A continuation as one table cell.
+fn md_cell(s: &str) -> String {
+    let t = s.trim().replace('|', "\\|").replace('\n', " ↵ ");
+    if t.is_empty() {
+        "*(empty)*".into()
+    } else {
+        t
+    }
+}
+
+/// The report's illustration section: per prompt, base, fine-tune and rebuilt side by side.
+pub fn illustration(r: &Resolved, points: &[Point], outcomes: &[Outcome], sh: &Shown) -> String {
+    let p = &points[sh.point];
+    let at = p.target.map(|t| format!(" at {t}×")).unwrap_or_default();
+    let real = real_ratio(outcomes, sh.point)
+        .map(|x| format!(" (real {})", fmt_ratio(Some(x))))
+        .unwrap_or_default();
+    let mut s = String::from("## Greedy continuations (an illustration, not a measurement)\n\n");
+    let _ = writeln!(
+        s,
+        "Greedy decoding of a few chat prompts by the base, each shown fine-tune, and its model rebuilt from \
+         **{}**{at}{real}. One sample each: it shows what the numbers above mean for text, it measures \
+         nothing.\n",
+        p.variant.label
+    );
+    for (i, prompt) in sh.prompts.iter().enumerate() {
+        let _ = writeln!(s, "**Prompt:** {}\n", md_cell(prompt));
+        s.push_str("| model | continuation |\n|---|---|\n");
+        let get = |v: &[String]| v.get(i).map_or_else(|| "—".into(), |c| md_cell(c));
+        let _ = writeln!(s, "| base | {} |", get(&sh.base));
+        for t in &sh.tasks {
+            let _ = writeln!(s, "| {} fine-tune | {} |", t.task, get(&t.finetuned));
+            let _ = writeln!(s, "| {} rebuilt | {} |", t.task, get(&t.rebuilt));
+        }
+        s.push('\n');
+    }
+    let _ = r;
+    s
+}
+
+/// Shifts every markdown heading one level down (`#` → `##`).
+fn demote(md: &str) -> String {
+    md.lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("#{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The report of a run over several families: a short head, the combined plot, then each family's report
+/// (headings one level down, its plot from its folder).
+pub fn combined_markdown(
+    sections: &[(String, String)],
+    generated: bool,
+    seconds: f64,
+    stamp: &str,
+) -> String {
+    let mut s = String::from("# Reproduction report: every testbed family\n\n");
+    if generated {
+        s.push_str(
+            "> **Generated testbed.** Every model and text of this run is generated (a tiny random BERT and a \
+             tiny random LLaMA); it checks the harness's code path and says nothing about the method's \
+             quality.\n\n",
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Run {stamp}, {} families in {:.1} min. Each family has its own folder (`results.csv`, \
+         `provenance.json`, `report.md`, plot); `results.csv` here holds every row with a `family` column.\n",
+        sections.len(),
+        seconds / 60.0
+    );
+    for (name, _) in sections {
+        let _ = writeln!(s, "- [{name}]({name}/report.md)");
+    }
+    s.push_str("\n![quality against real ratio, one panel per family](quality-vs-ratio.svg)\n\n");
+    for (name, md) in sections {
+        let md = md.replace(
+            "](quality-vs-ratio.svg)",
+            &format!("]({name}/quality-vs-ratio.svg)"),
+        );
+        s.push_str(&demote(&md));
+        s.push_str("\n\n");
+    }
+    s
+}
+
+/// The families' plots side by side in one SVG, each under its name.
+pub fn combined_svg(panels: &[(String, String)]) -> String {
+    let (w, h, title) = (760.0, 460.0, 28.0);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        w * panels.len() as f64,
+        h + title
+    );
+    for (k, (name, svg)) in panels.iter().enumerate() {
+        let x = w * k as f64;
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">{}</text>",
+            x + w / 2.0,
+            esc(name)
+        );
+        // The panel's own <svg> element, placed by x/y.
+        let inner = svg.replacen("<svg ", &format!("<svg x=\"{x}\" y=\"{title}\" "), 1);
+        out.push_str(&inner);
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,6 +859,8 @@ mod tests {
             fixed: vec![],
             ablation: vec![],
             vars: Default::default(),
+            manifest: "testbed.json".into(),
+            illustration: None,
         };
         let points = crate::reproduce::plan(&r);
         (r, points)
@@ -781,5 +938,62 @@ mod tests {
                 && svg.contains("polyline")
                 && svg.trim_end().ends_with("</svg>")
         );
+    }
+
+    #[test]
+    fn combined_report_has_a_section_per_family_and_a_panel_each() {
+        let (r, points) = setup();
+        let o = outcomes(&points, 0.8);
+        let c = checks(&r, &points, &o);
+        let md = markdown(&r, &points, &o, &c, false, false, 60.0, "now");
+        let sections = vec![
+            ("testbed".to_string(), md.clone()),
+            ("llama".to_string(), md),
+        ];
+        let all = combined_markdown(&sections, true, 120.0, "now");
+        assert!(all.starts_with("# Reproduction report: every testbed family"));
+        assert!(all.contains("Generated testbed"));
+        assert_eq!(
+            all.matches("\n## Reproduction report: t\n").count(),
+            2,
+            "{all}"
+        );
+        assert!(all.contains("### Quality at each ratio"));
+        assert!(
+            all.contains("](testbed/quality-vs-ratio.svg)")
+                && all.contains("](llama/quality-vs-ratio.svg)")
+        );
+        let one = svg(&r, &points, &o);
+        let both = combined_svg(&[("testbed".into(), one.clone()), ("llama".into(), one)]);
+        assert_eq!(both.matches("<svg ").count(), 3);
+        assert!(both.contains("<svg x=\"760\" y=\"28\" "), "{both}");
+        assert!(both.contains(">llama</text>") && both.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn illustration_section_puts_models_side_by_side() {
+        let (r, points) = setup();
+        let o = outcomes(&points, 0.8);
+        let at = points
+            .iter()
+            .position(|p| p.variant.name == "ultradelta")
+            .unwrap();
+        let sh = Shown {
+            prompts: vec!["Hi | there".into()],
+            point: at,
+            base: vec!["hello".into()],
+            tasks: vec![ShownTask {
+                task: "a".into(),
+                finetuned: vec!["line one\nline two".into()],
+                rebuilt: vec![],
+            }],
+        };
+        let s = illustration(&r, &points, &o, &sh);
+        assert!(s.contains("an illustration, not a measurement"));
+        assert!(s.contains("**ULTRADELTA** at 50.9× (real 51.0×)"), "{s}");
+        assert!(s.contains("**Prompt:** Hi \\| there"), "{s}");
+        assert!(s.contains("| base | hello |"));
+        assert!(s.contains("| a fine-tune | line one ↵ line two |"));
+        assert!(s.contains("| a rebuilt | — |"));
     }
 }

@@ -110,6 +110,7 @@ pub fn run_task(
         work,
         keep_files,
         csv,
+        shown: super::illustration_point(r, points),
     };
     let mut progress = Progress {
         started: Instant::now(),

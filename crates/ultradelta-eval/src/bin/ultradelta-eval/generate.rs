@@ -1,5 +1,8 @@
 //! `ultradelta-eval make-testbed`: a small generated testbed with the real testbed's layout.
 //!
+//! Both families: the MiniLM one below, the LLaMA one (`llama/`, a tiny LLaMA and four fine-tunes) in
+//! `generate_llama.rs`.
+//!
 //! A tiny BERT base (ultradelta-synth's `tiny` shape, f32) and four fine-tunes of it named like the real ones
 //! (`bbc`, `spam` with a classification head, `sre`, `jobs` without), a generated WordPiece vocabulary, and
 //! labelled texts whose classes differ in their word distributions. The heads are nearest-centroid heads
@@ -66,26 +69,26 @@ const TASKS: [GenTask; 4] = [
 ];
 
 /// SplitMix64: a tiny deterministic generator for the texts (no platform or crate-version drift).
-struct Mix(u64);
+pub(crate) struct Mix(pub(crate) u64);
 
 impl Mix {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
 /// `n` distinct lowercase pseudo-words of two or three syllables ("bado", "kelumi", ...).
-fn words(n: usize) -> Vec<String> {
+pub(crate) fn words(n: usize) -> Vec<String> {
     const C: &[u8] = b"bdfgklmnprstvz";
     const V: &[u8] = b"aeiou";
     let syll: Vec<String> = C
@@ -202,7 +205,7 @@ fn fit_head(
     Ok((correct, test.len()))
 }
 
-fn list_files(root: &Path, dir: &Path, out: &mut Vec<Value>) -> AnyResult<()> {
+pub(crate) fn list_files(root: &Path, dir: &Path, out: &mut Vec<Value>) -> AnyResult<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -346,5 +349,6 @@ fn build(root: &Path) -> AnyResult<Value> {
         root.join("testbed.json"),
         serde_json::to_vec_pretty(&manifest)?,
     )?;
-    Ok(json!({ "generated": true, "test_accuracy": accuracies }))
+    let llama = crate::generate_llama::build_llama(root)?;
+    Ok(json!({ "generated": true, "test_accuracy": accuracies, "llama_perplexity": llama }))
 }

@@ -27,6 +27,7 @@ use ultradelta_eval::{
 };
 
 mod generate;
+mod generate_llama;
 mod llama_cmd;
 
 #[derive(Parser, Debug)]
@@ -47,8 +48,9 @@ enum Cmd {
     /// Fidelity and retention against the uncompressed fine-tune, and a nearest-centroid probe, for an
     /// embedding fine-tune that comes without its own evaluation data.
     Embedding(EmbeddingArgs),
-    /// Write a small generated testbed (tiny BERT, four fine-tunes, labelled generated texts) with the real
-    /// testbed's layout, for CI and tests: the same code path in seconds instead of an hour.
+    /// Write a small generated testbed with the real testbed's layout, both families: a tiny BERT with four
+    /// fine-tunes and labelled generated texts, and a tiny LLaMA (`llama/`) with four fine-tunes and texts
+    /// sampled from them; for CI and tests: the same code path in seconds instead of an hour.
     MakeTestbed(MakeTestbedArgs),
     /// Convert a llama.cpp GGUF (LLaMA architecture) into a Hugging Face LlamaForCausalLM folder: bf16
     /// safetensors, config, tokenizer.json from the GGUF's tokenizer, the chat template.
