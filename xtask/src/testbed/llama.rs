@@ -183,8 +183,8 @@ pub(super) fn build(
     jobs: Option<usize>,
 ) -> Result<BTreeMap<String, String>> {
     let bin = {
-        crate::demo::build_release("ultradelta-eval", &["--bin", "ultradelta-eval"])?;
-        crate::demo::target_dir()
+        crate::common::build_release("ultradelta-eval", &["--bin", "ultradelta-eval"])?;
+        crate::common::target_dir()
             .join("release")
             .join("ultradelta-eval")
     };
