@@ -16,6 +16,7 @@
 mod experiment;
 mod report;
 mod slurm;
+mod synthetic;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,8 +43,13 @@ pub struct ReproduceArgs {
     pub testbed: Option<PathBuf>,
     /// Use a small generated testbed (tiny BERT, generated texts; made in seconds) instead of the real one:
     /// the same code path, for CI. Not a measurement of anything real.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "synthetic")]
     pub generated: bool,
+    /// Run the experiment file on generated checkpoints with its family's real tensor names and shapes (the
+    /// file's `[synthetic]` table: shape, layers, a weight-fidelity evaluator), written once under
+    /// target/synth-experiments/<name>/. Exercises the family's preset end to end; not a quality measurement.
+    #[arg(long)]
+    pub synthetic: bool,
     /// Results go to a dated folder under this one.
     #[arg(long, value_name = "DIR", default_value = "results")]
     pub out: PathBuf,
@@ -685,21 +691,34 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     builtins.insert("ultradelta".to_string(), cli.display().to_string());
     builtins.insert("cache".to_string(), cache.display().to_string());
     builtins.insert("workspace".to_string(), root.display().to_string());
+    let mut overrides = args.vars.clone();
+    let synth_models = synthetic::models_dir(&exp);
+    if args.synthetic {
+        overrides.push(("models".into(), synth_models.display().to_string()));
+    }
     let r = experiment::resolve(
         &exp,
         &exp_file,
         &experiment::ResolveOptions {
             quick: args.quick,
             builtins,
-            overrides: &args.vars,
+            overrides: &overrides,
+            synthetic: args.synthetic,
             only_variants: &args.methods,
             only_ratios: &args.ratios,
             only_tasks: &args.tasks,
         },
     )?;
-    let missing = experiment::missing_checkpoints(&r);
+    if args.synthetic && !args.dry_run && args.point.is_none() {
+        synthetic::ensure_pairs(&exp, &r, &synth_models)?;
+    }
+    let missing = if args.synthetic && args.dry_run {
+        Vec::new()
+    } else {
+        experiment::missing_checkpoints(&r)
+    };
     if !missing.is_empty() {
-        let hint = if args.generated || exp.missing_hint.is_empty() {
+        let hint = if args.generated || args.synthetic || exp.missing_hint.is_empty() {
             String::new()
         } else {
             format!("\n{}", exp.missing_hint)
@@ -782,6 +801,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         "cli": {"path": cli.display().to_string(), "version": version},
         "evaluator": eval.display().to_string(),
         "testbed": {"path": testbed.display().to_string(), "generated": args.generated, "checksum": testbed_checksum(&testbed)},
+        "synthetic": r.synthetic,
         "experiment_file": exp_file.display().to_string(),
         "experiment": exp,
         "resolved": r,
