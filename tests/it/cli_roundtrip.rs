@@ -328,7 +328,8 @@ fn zstd_level_changes_only_the_lossless_records_bytes() {
     ]);
     // The library names the configuration field, the CLI adds the flag.
     assert!(
-        line.contains("zstd_level must be in 1..=22, got 0") && line.contains("(set by --zstd-level)"),
+        line.contains("zstd_level must be in 1..=22, got 0")
+            && line.contains("(set by --zstd-level)"),
         "{line}"
     );
     assert!(!dir.path().join("bad.udelta").exists());

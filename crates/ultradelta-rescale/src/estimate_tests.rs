@@ -291,3 +291,74 @@ fn llama_mlp_size() {
     let a = low_rank_plus_noise(&mut g, rows, cols, 64, 0.01);
     assert_close("rank-64 + 1% noise", &a, rows, cols);
 }
+
+/// `U·diag(σ)·Vᵀ` (`rows × cols`, `rows <= cols`) with Haar-like orthonormal `U`, `V` (QR of Gaussians, in
+/// f64), rounded to f32: a matrix whose nuclear norm is `Σσ` (to f32 rounding, ~1e-7 relative).
+fn with_singular_values(g: &mut Gauss, rows: usize, cols: usize, sigma: &[f64]) -> Vec<f32> {
+    use ndarray_linalg::QR;
+    assert!(rows <= cols && sigma.len() == rows);
+    let gaussian =
+        |g: &mut Gauss, r: usize, c: usize| Array2::from_shape_fn((r, c), |_| g.normal());
+    let (u, _) = gaussian(g, rows, rows).qr().unwrap();
+    let (v, _) = gaussian(g, cols, rows).qr().unwrap();
+    assert_eq!((u.dim(), v.dim()), ((rows, rows), (cols, rows)));
+    let us = u * &ndarray::Array1::from(sigma.to_vec());
+    us.dot(&v.t())
+        .mapv(|x| x as f32)
+        .into_raw_vec_and_offset()
+        .0
+}
+
+#[test]
+fn known_singular_values_within_the_bound() {
+    let mut g = Gauss(23);
+    // A fine-tune-like spectrum: eight spikes over a decaying bulk, on a rectangular matrix.
+    let (rows, cols) = (400, 1000);
+    let spiky: Vec<f64> = (0..rows)
+        .map(|i| {
+            if i < 8 {
+                20.0 - i as f64
+            } else {
+                1.0 / (1.0 + i as f64 / 40.0)
+            }
+        })
+        .collect();
+    // The hard case for quadrature: a square matrix whose singular values fall linearly to 0.
+    let n = 384;
+    let linear: Vec<f64> = (0..n).map(|i| 1.0 - i as f64 / n as f64).collect();
+    for (what, rows, cols, sigma) in [
+        ("spikes + decaying bulk", rows, cols, spiky),
+        ("linear to zero, square", n, n, linear),
+    ] {
+        let a = with_singular_values(&mut g, rows, cols, &sigma);
+        let truth: f64 = sigma.iter().sum();
+        let exact = nuclear_norm(&a, rows, cols).unwrap();
+        assert!(
+            rel(exact, truth) < 1e-4,
+            "{what}: exact {exact} vs Σσ {truth}"
+        );
+        for seed in [3u64, 4] {
+            let est = estimate(&a, rows, cols, seed);
+            let err = (est.value - truth).abs();
+            eprintln!(
+                "{what}: estimate {:.6} vs Σσ {truth:.6} ({:+.4}%, std. error {:.4}%)",
+                est.value,
+                100.0 * (est.value - truth) / truth,
+                100.0 * est.std_error / truth
+            );
+            assert!(est.estimated, "{what}");
+            assert!(
+                err < BUDGET * truth,
+                "{what} seed {seed}: {} vs {truth}",
+                est.value
+            );
+            // The error is the Hutchinson part's noise plus the quadrature's bias (lanczos_tol per form):
+            // within four standard errors plus 0.2%.
+            assert!(
+                err <= 4.0 * est.std_error + 0.002 * truth,
+                "{what} seed {seed}: error {err} vs std. error {}",
+                est.std_error
+            );
+        }
+    }
+}

@@ -702,7 +702,13 @@ fn clip_specs(out: &mut Vec<TensorSpec>, d: ClipDims) {
         None,
     );
     norm(out, "vision_model.pre_layrnorm", vh, None);
-    tower(out, "vision_model", d.vision_layers, vh, d.vision_intermediate);
+    tower(
+        out,
+        "vision_model",
+        d.vision_layers,
+        vh,
+        d.vision_intermediate,
+    );
     norm(out, "vision_model.post_layernorm", vh, None);
     push(
         out,
@@ -725,7 +731,12 @@ fn clip_specs(out: &mut Vec<TensorSpec>, d: ClipDims) {
 fn beit3_specs(out: &mut Vec<TensorSpec>, d: Beit3Dims) {
     let h = d.hidden;
     let patches = (d.image_size / d.patch_size).pow(2);
-    push(out, "beit3.text_embed.weight".into(), vec![d.vocab, h], None);
+    push(
+        out,
+        "beit3.text_embed.weight".into(),
+        vec![d.vocab, h],
+        None,
+    );
     push(
         out,
         "beit3.vision_embed.mask_token".into(),
@@ -1147,31 +1158,107 @@ mod tests {
         };
         use Shape::*;
         for (shape, name, want) in [
-            (RobertaBase, "roberta.embeddings.word_embeddings.weight", vec![50265, 768]),
-            (RobertaBase, "roberta.embeddings.position_embeddings.weight", vec![514, 768]),
-            (RobertaBase, "roberta.embeddings.token_type_embeddings.weight", vec![1, 768]),
-            (RobertaBase, "roberta.encoder.layer.11.attention.self.value.weight", vec![768, 768]),
-            (RobertaBase, "roberta.encoder.layer.0.output.dense.weight", vec![768, 3072]),
+            (
+                RobertaBase,
+                "roberta.embeddings.word_embeddings.weight",
+                vec![50265, 768],
+            ),
+            (
+                RobertaBase,
+                "roberta.embeddings.position_embeddings.weight",
+                vec![514, 768],
+            ),
+            (
+                RobertaBase,
+                "roberta.embeddings.token_type_embeddings.weight",
+                vec![1, 768],
+            ),
+            (
+                RobertaBase,
+                "roberta.encoder.layer.11.attention.self.value.weight",
+                vec![768, 768],
+            ),
+            (
+                RobertaBase,
+                "roberta.encoder.layer.0.output.dense.weight",
+                vec![768, 3072],
+            ),
             (RobertaBase, "lm_head.bias", vec![50265]),
-            (ClipVitB32, "text_model.embeddings.token_embedding.weight", vec![49408, 512]),
-            (ClipVitB32, "text_model.encoder.layers.11.mlp.fc1.weight", vec![2048, 512]),
-            (ClipVitB32, "vision_model.embeddings.patch_embedding.weight", vec![768, 3, 32, 32]),
-            (ClipVitB32, "vision_model.embeddings.position_embedding.weight", vec![50, 768]),
-            (ClipVitB32, "vision_model.encoder.layers.0.self_attn.out_proj.weight", vec![768, 768]),
+            (
+                ClipVitB32,
+                "text_model.embeddings.token_embedding.weight",
+                vec![49408, 512],
+            ),
+            (
+                ClipVitB32,
+                "text_model.encoder.layers.11.mlp.fc1.weight",
+                vec![2048, 512],
+            ),
+            (
+                ClipVitB32,
+                "vision_model.embeddings.patch_embedding.weight",
+                vec![768, 3, 32, 32],
+            ),
+            (
+                ClipVitB32,
+                "vision_model.embeddings.position_embedding.weight",
+                vec![50, 768],
+            ),
+            (
+                ClipVitB32,
+                "vision_model.encoder.layers.0.self_attn.out_proj.weight",
+                vec![768, 768],
+            ),
             (ClipVitB32, "vision_model.pre_layrnorm.weight", vec![768]),
             (ClipVitB32, "visual_projection.weight", vec![512, 768]),
             (ClipVitB32, "logit_scale", vec![]),
             (Beit3Base, "beit3.text_embed.weight", vec![64010, 768]),
-            (Beit3Base, "beit3.vision_embed.proj.weight", vec![768, 3, 16, 16]),
-            (Beit3Base, "beit3.encoder.embed_positions.A.weight", vec![199, 768]),
-            (Beit3Base, "beit3.encoder.layers.11.self_attn.q_proj.B.weight", vec![768, 768]),
-            (Beit3Base, "beit3.encoder.layers.0.ffn.A.fc1.weight", vec![3072, 768]),
-            (Beit3Base, "beit3.encoder.layers.0.ffn.B.ffn_layernorm.weight", vec![3072]),
+            (
+                Beit3Base,
+                "beit3.vision_embed.proj.weight",
+                vec![768, 3, 16, 16],
+            ),
+            (
+                Beit3Base,
+                "beit3.encoder.embed_positions.A.weight",
+                vec![199, 768],
+            ),
+            (
+                Beit3Base,
+                "beit3.encoder.layers.11.self_attn.q_proj.B.weight",
+                vec![768, 768],
+            ),
+            (
+                Beit3Base,
+                "beit3.encoder.layers.0.ffn.A.fc1.weight",
+                vec![3072, 768],
+            ),
+            (
+                Beit3Base,
+                "beit3.encoder.layers.0.ffn.B.ffn_layernorm.weight",
+                vec![3072],
+            ),
             (T5Base, "shared.weight", vec![32128, 768]),
-            (T5Base, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", vec![32, 12]),
-            (T5Base, "decoder.block.11.layer.1.EncDecAttention.o.weight", vec![768, 768]),
-            (T5Base, "decoder.block.5.layer.2.DenseReluDense.wi.weight", vec![3072, 768]),
-            (T5Base, "encoder.block.3.layer.1.DenseReluDense.wo.weight", vec![768, 3072]),
+            (
+                T5Base,
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                vec![32, 12],
+            ),
+            (
+                T5Base,
+                "decoder.block.11.layer.1.EncDecAttention.o.weight",
+                vec![768, 768],
+            ),
+            (
+                T5Base,
+                "decoder.block.5.layer.2.DenseReluDense.wi.weight",
+                vec![3072, 768],
+            ),
+            (
+                T5Base,
+                "encoder.block.3.layer.1.DenseReluDense.wo.weight",
+                vec![768, 3072],
+            ),
         ] {
             assert_eq!(shape_of(shape, name), want, "{shape}: {name}");
         }
@@ -1183,7 +1270,9 @@ mod tests {
                 .count(),
             2
         );
-        assert!(t5.iter().all(|s| !s.name.ends_with(".bias") || s.name.contains("relative")));
+        assert!(t5
+            .iter()
+            .all(|s| !s.name.ends_with(".bias") || s.name.contains("relative")));
     }
 
     #[test]
@@ -1261,8 +1350,15 @@ mod tests {
         ] {
             assert_eq!(config_json(shape, DType::BF16)["model_type"], ty);
         }
-        let t5 = arch_config_json(Shape::T5Base, Shape::T5Base.arch().with_layers(2), DType::F32);
-        assert_eq!((t5["num_layers"].as_u64(), t5["num_decoder_layers"].as_u64()), (Some(2), Some(2)));
+        let t5 = arch_config_json(
+            Shape::T5Base,
+            Shape::T5Base.arch().with_layers(2),
+            DType::F32,
+        );
+        assert_eq!(
+            (t5["num_layers"].as_u64(), t5["num_decoder_layers"].as_u64()),
+            (Some(2), Some(2))
+        );
         let c = config_json(Shape::Llama1b, DType::BF16);
         assert_eq!(c["model_type"], "llama");
         assert_eq!(c["num_key_value_heads"], 4);

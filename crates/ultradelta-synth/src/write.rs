@@ -56,7 +56,8 @@ pub fn write_pair(
         .filter(|p| p.in_finetuned)
         .map(|p| TensorInfo::new(p.spec.name.clone(), cfg.dtype, p.spec.shape.clone()))
         .collect();
-    let config = serde_json::to_vec_pretty(&arch_config_json(cfg.shape, cfg.arch(), cfg.dtype)).unwrap_or_default();
+    let config = serde_json::to_vec_pretty(&arch_config_json(cfg.shape, cfg.arch(), cfg.dtype))
+        .unwrap_or_default();
 
     let mut base_w = CheckpointWriter::create(dir.join("base"), base_infos, writer_options(cfg))?;
     let mut ft_w = CheckpointWriter::create(dir.join("finetuned"), ft_infos, writer_options(cfg))?;

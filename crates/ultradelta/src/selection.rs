@@ -376,11 +376,25 @@ mod tests {
                 })
                 .map(|t| t.name.as_str())
                 .collect();
-            assert_eq!(compressed.len(), per_layer * shape.layers(), "{shape}: {compressed:?}");
+            assert_eq!(
+                compressed.len(),
+                per_layer * shape.layers(),
+                "{shape}: {compressed:?}"
+            );
             for name in &compressed {
                 let spec = specs.iter().find(|t| &t.name == name).unwrap();
-                assert!(spec.layer.is_some() && spec.shape.len() == 2, "{shape}: {name}");
-                for not in ["embed", "norm", "_ln", "lm_head", "relative_attention", "pooler"] {
+                assert!(
+                    spec.layer.is_some() && spec.shape.len() == 2,
+                    "{shape}: {name}"
+                );
+                for not in [
+                    "embed",
+                    "norm",
+                    "_ln",
+                    "lm_head",
+                    "relative_attention",
+                    "pooler",
+                ] {
                     assert!(!name.contains(not), "{shape}: {name}");
                 }
             }

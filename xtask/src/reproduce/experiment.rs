@@ -640,11 +640,21 @@ mod tests {
                 )
                 .unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
                 if let (true, Some(spec)) = (synthetic, &exp.synthetic) {
-                    assert!(spec.shape.parse::<ultradelta_synth::Shape>().is_ok(), "{}", f.display());
+                    assert!(
+                        spec.shape.parse::<ultradelta_synth::Shape>().is_ok(),
+                        "{}",
+                        f.display()
+                    );
                     for t in &r.tasks {
                         assert_eq!(t.metric, spec.metric);
-                        assert!(t.evaluator.iter().all(|a| !a.contains("{base}") && !a.contains("{finetuned}")));
-                        assert!(t.evaluator.iter().any(|a| a == &r.base.display().to_string()));
+                        assert!(t
+                            .evaluator
+                            .iter()
+                            .all(|a| !a.contains("{base}") && !a.contains("{finetuned}")));
+                        assert!(t
+                            .evaluator
+                            .iter()
+                            .any(|a| a == &r.base.display().to_string()));
                     }
                 }
                 assert!(

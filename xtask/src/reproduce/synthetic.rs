@@ -61,11 +61,7 @@ pub fn ensure_pairs(exp: &Experiment, r: &Resolved, models: &Path) -> Result<()>
         .tasks
         .iter()
         .map(|t| {
-            let i = exp
-                .tasks
-                .iter()
-                .position(|x| x.name == t.name)
-                .unwrap_or(0);
+            let i = exp.tasks.iter().position(|x| x.name == t.name).unwrap_or(0);
             (t.name.clone(), t.finetuned.clone(), 1 + i as u64)
         })
         .collect();

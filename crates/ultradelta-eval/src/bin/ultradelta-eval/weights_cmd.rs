@@ -77,11 +77,18 @@ pub fn delta_fidelity(a: FidelityArgs) -> AnyResult<Value> {
         if !info.dtype.is_float() {
             continue;
         }
-        let same = |c: &Checkpoint| c.info(&info.name).is_some_and(|i| i.shape == info.shape && i.dtype.is_float());
+        let same = |c: &Checkpoint| {
+            c.info(&info.name)
+                .is_some_and(|i| i.shape == info.shape && i.dtype.is_float())
+        };
         if !same(&base) || !same(&model) {
             continue;
         }
-        let (bv, fv, mv) = (base.view(&info.name)?, ft.view(&info.name)?, model.view(&info.name)?);
+        let (bv, fv, mv) = (
+            base.view(&info.name)?,
+            ft.view(&info.name)?,
+            model.view(&info.name)?,
+        );
         let n = info.numel();
         let mut sums = Sums::default();
         let mut start = 0;
