@@ -362,3 +362,35 @@ fn known_singular_values_within_the_bound() {
         }
     }
 }
+
+#[test]
+fn auto_picks_the_measured_faster_route() {
+    // (rows, cols, estimated): the shapes of the families' linear layers, both orientations.
+    for (rows, cols, want) in [
+        (768, 768, false),   // BERT-base attention: exact is ~2-5x faster
+        (3072, 768, true),   // BERT-base MLP: the estimate is ~2x faster
+        (1024, 1024, false), // exact 1.7-5x faster
+        (1024, 2752, true),  // estimate ~5x faster
+        (1536, 1536, true),  // about even
+        (256, 2048, false),  // LLaMA-1B / SmolLM2 grouped K/V: small, exact
+        (2048, 2048, true),  // LLaMA-1B attention: estimate 1.4-1.5x faster
+        (5632, 2048, true),  // LLaMA-1B MLP: estimate 7.5-9x faster
+        (4096, 4096, true),  // LLaMA-7B attention
+        (4096, 11008, true), // LLaMA-7B MLP
+        (576, 1536, false),  // SmolLM2-135M MLP: short side below 768
+        (700, 3000, false),
+    ] {
+        assert_eq!(auto_estimates(rows, cols), want, "{rows}x{cols}");
+        assert_eq!(auto_estimates(cols, rows), want, "{cols}x{rows}");
+    }
+    // Auto follows the rule on both sides of the aspect boundary (768 x 1920 is 2.5).
+    let mut g = Gauss(29);
+    let a = g.matrix(768, 1800, 1.0);
+    let auto = nuclear_norm_with(&a, 768, 1800, &NuclearNormMethod::Auto, 0).unwrap();
+    assert!(!auto.estimated && !auto_estimates(768, 1800));
+    assert_eq!(auto.value, nuclear_norm(&a, 768, 1800).unwrap());
+    let b = g.matrix(768, 1921, 1.0);
+    let est = nuclear_norm_with(&b, 768, 1921, &NuclearNormMethod::Auto, 0).unwrap();
+    assert!(est.estimated && auto_estimates(768, 1921));
+    assert!(rel(est.value, nuclear_norm(&b, 768, 1921).unwrap()) < BUDGET);
+}
