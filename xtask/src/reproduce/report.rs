@@ -713,6 +713,7 @@ mod tests {
             fixed: vec![],
             ablation: vec![],
             vars: Default::default(),
+            synthetic: None,
         };
         let points = crate::reproduce::plan(&r);
         (r, points)
