@@ -12,9 +12,14 @@ use ultradelta_synth::{Shape, SynthConfig};
 /// Arguments of `cargo xtask synth`.
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
-    /// Model shape: tiny, bert-mini, bert-base, llama-1b, llama-7b or llama-13b.
+    /// Model shape: tiny, bert-mini, bert-base, roberta-base, clip-vit-b32, beit3-base, t5-base, llama-1b,
+    /// llama-7b or llama-13b (real Hugging Face tensor names and shapes; beit3-base in torchscale's naming).
     #[arg(long, value_parser = parse_shape)]
     pub shape: Shape,
+    /// Layers of every stack instead of the real count (CLIP's two towers, T5's encoder and decoder); each
+    /// layer keeps its real tensor names and shapes. For small pairs in tests and CI.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub layers: Option<u64>,
     /// Storage dtype of the float tensors: f32, f16 or bf16.
     #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
     pub dtype: DType,
@@ -67,12 +72,16 @@ pub fn run(args: SynthArgs) -> Result<()> {
         max_shard_bytes: args.max_shard_bytes,
         overwrite: args.force,
         delta_seed: args.delta_seed,
+        layers: args.layers.map(|n| n as usize),
         ..SynthConfig::new(args.shape)
     };
     let bytes = 2 * cfg.checkpoint_bytes();
     eprintln!(
-        "xtask: writing a synthetic {} pair ({}, seed {}, {:.2} GB) into {}",
+        "xtask: writing a synthetic {}{} pair ({}, seed {}, {:.2} GB) into {}",
         args.shape,
+        args.layers
+            .map(|n| format!(" ({n} layers per stack)"))
+            .unwrap_or_default(),
         args.dtype.name(),
         args.seed,
         bytes as f64 / 1e9,

@@ -174,7 +174,7 @@ type NuclearNorm = fn() -> NuclearNormMethod;
 const NUCLEAR_NORMS: Choices<NuclearNorm> = &[
     (
         "auto",
-        "Exact for matrices whose short side is at most 1024, estimated above",
+        "The faster route by shape: estimated from a short side of 1536, or of 768 when the long side is 2.5x it; else exact",
         || NuclearNormMethod::Auto,
     ),
     (

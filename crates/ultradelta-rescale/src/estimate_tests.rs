@@ -291,3 +291,106 @@ fn llama_mlp_size() {
     let a = low_rank_plus_noise(&mut g, rows, cols, 64, 0.01);
     assert_close("rank-64 + 1% noise", &a, rows, cols);
 }
+
+/// `U·diag(σ)·Vᵀ` (`rows × cols`, `rows <= cols`) with Haar-like orthonormal `U`, `V` (QR of Gaussians, in
+/// f64), rounded to f32: a matrix whose nuclear norm is `Σσ` (to f32 rounding, ~1e-7 relative).
+fn with_singular_values(g: &mut Gauss, rows: usize, cols: usize, sigma: &[f64]) -> Vec<f32> {
+    use ndarray_linalg::QR;
+    assert!(rows <= cols && sigma.len() == rows);
+    let gaussian =
+        |g: &mut Gauss, r: usize, c: usize| Array2::from_shape_fn((r, c), |_| g.normal());
+    let (u, _) = gaussian(g, rows, rows).qr().unwrap();
+    let (v, _) = gaussian(g, cols, rows).qr().unwrap();
+    assert_eq!((u.dim(), v.dim()), ((rows, rows), (cols, rows)));
+    let us = u * &ndarray::Array1::from(sigma.to_vec());
+    us.dot(&v.t())
+        .mapv(|x| x as f32)
+        .into_raw_vec_and_offset()
+        .0
+}
+
+#[test]
+fn known_singular_values_within_the_bound() {
+    let mut g = Gauss(23);
+    // A fine-tune-like spectrum: eight spikes over a decaying bulk, on a rectangular matrix.
+    let (rows, cols) = (400, 1000);
+    let spiky: Vec<f64> = (0..rows)
+        .map(|i| {
+            if i < 8 {
+                20.0 - i as f64
+            } else {
+                1.0 / (1.0 + i as f64 / 40.0)
+            }
+        })
+        .collect();
+    // The hard case for quadrature: a square matrix whose singular values fall linearly to 0.
+    let n = 384;
+    let linear: Vec<f64> = (0..n).map(|i| 1.0 - i as f64 / n as f64).collect();
+    for (what, rows, cols, sigma) in [
+        ("spikes + decaying bulk", rows, cols, spiky),
+        ("linear to zero, square", n, n, linear),
+    ] {
+        let a = with_singular_values(&mut g, rows, cols, &sigma);
+        let truth: f64 = sigma.iter().sum();
+        let exact = nuclear_norm(&a, rows, cols).unwrap();
+        assert!(
+            rel(exact, truth) < 1e-4,
+            "{what}: exact {exact} vs Σσ {truth}"
+        );
+        for seed in [3u64, 4] {
+            let est = estimate(&a, rows, cols, seed);
+            let err = (est.value - truth).abs();
+            eprintln!(
+                "{what}: estimate {:.6} vs Σσ {truth:.6} ({:+.4}%, std. error {:.4}%)",
+                est.value,
+                100.0 * (est.value - truth) / truth,
+                100.0 * est.std_error / truth
+            );
+            assert!(est.estimated, "{what}");
+            assert!(
+                err < BUDGET * truth,
+                "{what} seed {seed}: {} vs {truth}",
+                est.value
+            );
+            // The error is the Hutchinson part's noise plus the quadrature's bias (lanczos_tol per form):
+            // within four standard errors plus 0.2%.
+            assert!(
+                err <= 4.0 * est.std_error + 0.002 * truth,
+                "{what} seed {seed}: error {err} vs std. error {}",
+                est.std_error
+            );
+        }
+    }
+}
+
+#[test]
+fn auto_picks_the_measured_faster_route() {
+    // (rows, cols, estimated): the shapes of the families' linear layers, both orientations.
+    for (rows, cols, want) in [
+        (768, 768, false),   // BERT-base attention: exact is ~2-5x faster
+        (3072, 768, true),   // BERT-base MLP: the estimate is ~2x faster
+        (1024, 1024, false), // exact 1.7-5x faster
+        (1024, 2752, true),  // estimate ~5x faster
+        (1536, 1536, true),  // about even
+        (256, 2048, false),  // LLaMA-1B / SmolLM2 grouped K/V: small, exact
+        (2048, 2048, true),  // LLaMA-1B attention: estimate 1.4-1.5x faster
+        (5632, 2048, true),  // LLaMA-1B MLP: estimate 7.5-9x faster
+        (4096, 4096, true),  // LLaMA-7B attention
+        (4096, 11008, true), // LLaMA-7B MLP
+        (576, 1536, false),  // SmolLM2-135M MLP: short side below 768
+        (700, 3000, false),
+    ] {
+        assert_eq!(auto_estimates(rows, cols), want, "{rows}x{cols}");
+        assert_eq!(auto_estimates(cols, rows), want, "{cols}x{rows}");
+    }
+    // Auto follows the rule on both sides of the aspect boundary (768 x 1920 is 2.5).
+    let mut g = Gauss(29);
+    let a = g.matrix(768, 1800, 1.0);
+    let auto = nuclear_norm_with(&a, 768, 1800, &NuclearNormMethod::Auto, 0).unwrap();
+    assert!(!auto.estimated && !auto_estimates(768, 1800));
+    assert_eq!(auto.value, nuclear_norm(&a, 768, 1800).unwrap());
+    let b = g.matrix(768, 1921, 1.0);
+    let est = nuclear_norm_with(&b, 768, 1921, &NuclearNormMethod::Auto, 0).unwrap();
+    assert!(est.estimated && auto_estimates(768, 1921));
+    assert!(rel(est.value, nuclear_norm(&b, 768, 1921).unwrap()) < BUDGET);
+}

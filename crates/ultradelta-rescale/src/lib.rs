@@ -275,18 +275,40 @@ pub enum NuclearNormMethod {
     /// The randomized estimate: deflation of the top singular directions plus stochastic
     /// Lanczos quadrature of the remainder (within 1% of exact on every delta kind tested).
     Estimate(EstimateConfig),
-    /// Exact when `min(rows, cols) <= AUTO_EXACT_MAX_SHORT_SIDE`, else the estimate with the
-    /// default [`EstimateConfig`] (the default).
+    /// Whichever route [`auto_estimates`] says is faster at the matrix's shape: the estimate
+    /// with the default [`EstimateConfig`], or exact (the default).
     #[default]
     Auto,
 }
 
-/// Largest short side for which [`NuclearNormMethod::Auto`] computes the exact norm.
+/// From this short side on, [`NuclearNormMethod::Auto`] estimates every matrix.
+pub const AUTO_ESTIMATE_MIN_SHORT_SIDE: usize = 1536;
+
+/// From this short side on, [`NuclearNormMethod::Auto`] estimates elongated matrices (long side at
+/// least [`AUTO_ELONGATED_ASPECT`] times the short side).
+pub const AUTO_ESTIMATE_MIN_SHORT_SIDE_ELONGATED: usize = 768;
+
+/// Long side over short side from which a matrix counts as elongated for [`auto_estimates`].
+pub const AUTO_ELONGATED_ASPECT: f64 = 2.5;
+
+/// Whether [`NuclearNormMethod::Auto`] estimates a `rows × cols` matrix (else it is exact).
 ///
-/// The exact route costs `O(min² · max)` plus an eigenvalue solve of size `min`; the
-/// estimate costs `O(min · max)` times a few hundred products, so the estimate wins above a
-/// short side of about this size (measured on 2 cores with OpenBLAS; see the crate README).
-pub const AUTO_EXACT_MAX_SHORT_SIDE: usize = 1024;
+/// The exact route costs `O(min² · max)` (the Gram product) plus an eigenvalue solve of size
+/// `min`; the estimate costs `O(min · max)` per matrix-vector product, and how many products it
+/// needs depends on the shape: square matrices have singular values near 0, where `√λ` is hard
+/// for Lanczos quadrature, and need 2,900–5,900 products (more probes to reach the 0.25%
+/// standard error, longer chains), elongated ones 600–1,000. Measured on the 2-core machine
+/// (crate README, `examples/nuclear_norm_speed.rs`): square matrices up to 1024 are 1.6–6.5×
+/// faster exact, the two routes are about even at 1536, the estimate is 1.4–1.5× faster at
+/// 2048 and 1.3–1.9× at 4096; elongated (MLP-shaped) matrices are about 2× faster estimated
+/// at 768×3072, 5× at 1024×2752, 7.5–9× at 2048×5632 and 5–7× at 4096×11008. Below a short
+/// side of 768 the exact route takes well under a second and wins at every aspect.
+pub fn auto_estimates(rows: usize, cols: usize) -> bool {
+    let (short, long) = (rows.min(cols), rows.max(cols));
+    short >= AUTO_ESTIMATE_MIN_SHORT_SIDE
+        || (short >= AUTO_ESTIMATE_MIN_SHORT_SIDE_ELONGATED
+            && long as f64 >= AUTO_ELONGATED_ASPECT * short as f64)
+}
 
 /// Nuclear norm of a row-major `rows × cols` f32 matrix by the chosen method.
 ///
@@ -311,7 +333,7 @@ pub fn nuclear_norm_with(
     let default_cfg;
     let cfg = match method {
         NuclearNormMethod::Exact => return nuclear_norm_detailed(data, rows, cols),
-        NuclearNormMethod::Auto if rows.min(cols) <= AUTO_EXACT_MAX_SHORT_SIDE => {
+        NuclearNormMethod::Auto if !auto_estimates(rows, cols) => {
             return nuclear_norm_detailed(data, rows, cols)
         }
         NuclearNormMethod::Auto => {

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use ultradelta_io::DType;
 
 use crate::math::{self, StreamRole};
-use crate::shapes::{detailed_specs, Role, Shape, TensorSpec};
+use crate::shapes::{arch_specs, Role, Shape, TensorSpec};
 use crate::{Error, Result, SynthConfig};
 
 /// Elements per generation block. Every block has its own RNG stream, so the bytes depend only on
@@ -64,8 +64,9 @@ fn kind_offset(name: &str) -> f64 {
 
 /// The plan of every tensor of `cfg.shape`, in model order.
 pub fn plan(cfg: &SynthConfig) -> Vec<TensorPlan> {
-    let layers = cfg.shape.layers();
-    detailed_specs(cfg.shape)
+    let arch = cfg.arch();
+    let layers = arch.layers();
+    arch_specs(arch)
         .into_iter()
         .map(|spec| plan_one(spec, layers, cfg))
         .collect()

@@ -37,8 +37,8 @@ pub use generate::{
 };
 pub use math::STUDENT_T_DOF;
 pub use shapes::{
-    config_json, detailed_specs, parameter_count, tensor_specs, Arch, BertDims, LlamaDims, Role,
-    Shape, TensorSpec,
+    arch_config_json, arch_specs, config_json, detailed_specs, parameter_count, tensor_specs, Arch,
+    Beit3Dims, BertDims, ClipDims, LlamaDims, Role, Shape, T5Dims, TensorSpec,
 };
 pub use write::write_pair;
 
@@ -47,7 +47,7 @@ pub use write::write_pair;
 #[non_exhaustive]
 pub enum Error {
     /// A shape name that is not one of [`Shape::ALL`].
-    #[error("unknown shape \"{name}\": expected one of tiny, bert-mini, bert-base, llama-1b, llama-7b, llama-13b")]
+    #[error("unknown shape \"{name}\": expected one of tiny, bert-mini, bert-base, roberta-base, clip-vit-b32, beit3-base, t5-base, llama-1b, llama-7b, llama-13b")]
     UnknownShape {
         /// The name given.
         name: String,
@@ -60,6 +60,9 @@ pub enum Error {
         /// The dtype requested.
         dtype: DType,
     },
+    /// `layers` is zero.
+    #[error("layers is 0: expected at least one layer")]
+    InvalidLayers,
     /// `rel_scale` is negative, NaN or infinite.
     #[error("rel_scale {value} is invalid: expected a finite number >= 0")]
     InvalidRelScale {
@@ -118,6 +121,10 @@ pub struct SynthConfig {
     /// The base depends on `seed` alone, so pairs with the same `seed` and different `delta_seed`s
     /// are several fine-tunes of one byte-identical base.
     pub delta_seed: Option<u64>,
+    /// Layers of every stack when it should differ from the real model's (default `None`: the real
+    /// count). Each layer keeps its real tensor names and shapes, so a 2-layer `t5-base` is a small
+    /// pair with t5-base's exact per-layer tensor set, for tests and CI.
+    pub layers: Option<usize>,
 }
 
 impl SynthConfig {
@@ -131,6 +138,15 @@ impl SynthConfig {
             max_shard_bytes: 5_000_000_000,
             overwrite: false,
             delta_seed: None,
+            layers: None,
+        }
+    }
+
+    /// The architecture generated: the shape's, with `layers` applied.
+    pub fn arch(&self) -> Arch {
+        match self.layers {
+            Some(n) => self.shape.arch().with_layers(n),
+            None => self.shape.arch(),
         }
     }
 
@@ -150,12 +166,20 @@ impl SynthConfig {
         if self.max_shard_bytes == 0 {
             return Err(Error::InvalidShardSize);
         }
+        if self.layers == Some(0) {
+            return Err(Error::InvalidLayers);
+        }
         Ok(())
     }
 
     /// Total bytes of the float tensors of one checkpoint (what each folder's weights weigh, about).
     pub fn checkpoint_bytes(&self) -> u64 {
-        parameter_count(self.shape) * self.dtype.size() as u64
+        generate::plan(self)
+            .iter()
+            .filter(|p| p.spec.role != Role::PositionIds)
+            .map(|p| p.spec.numel() as u64)
+            .sum::<u64>()
+            * self.dtype.size() as u64
     }
 }
 

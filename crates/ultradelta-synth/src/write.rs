@@ -6,7 +6,7 @@ use std::sync::mpsc;
 
 use ultradelta_io::{CheckpointWriter, TensorInfo, WriterOptions};
 
-use crate::{config_json, dtype_of, plan, render_into, Error, Result, SynthConfig};
+use crate::{arch_config_json, dtype_of, plan, render_into, Error, Result, SynthConfig};
 
 fn writer_options(cfg: &SynthConfig) -> WriterOptions {
     let mut metadata = BTreeMap::new();
@@ -56,7 +56,8 @@ pub fn write_pair(
         .filter(|p| p.in_finetuned)
         .map(|p| TensorInfo::new(p.spec.name.clone(), cfg.dtype, p.spec.shape.clone()))
         .collect();
-    let config = serde_json::to_vec_pretty(&config_json(cfg.shape, cfg.dtype)).unwrap_or_default();
+    let config = serde_json::to_vec_pretty(&arch_config_json(cfg.shape, cfg.arch(), cfg.dtype))
+        .unwrap_or_default();
 
     let mut base_w = CheckpointWriter::create(dir.join("base"), base_infos, writer_options(cfg))?;
     let mut ft_w = CheckpointWriter::create(dir.join("finetuned"), ft_infos, writer_options(cfg))?;

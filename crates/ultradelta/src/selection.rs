@@ -340,6 +340,67 @@ mod tests {
         assert!(!glob_match("", "a"));
     }
 
+    /// Every family preset on the real tensor names and shapes of its reference checkpoint (the synthetic
+    /// shapes of `ultradelta-synth`): detected from the names, and compressing exactly the attention and MLP
+    /// matrices of every layer (`per_layer` of them), nothing else.
+    #[test]
+    fn presets_on_the_real_tensor_sets() {
+        use ultradelta_synth::{detailed_specs, Shape};
+        let s = Selection::default();
+        for (shape, family, per_layer) in [
+            (Shape::BertBase, Family::Bert, 6),
+            (Shape::RobertaBase, Family::Roberta, 6),
+            // Both towers: q, k, v, out_proj, fc1, fc2 per layer of each.
+            (Shape::ClipVitB32, Family::ClipVit, 12),
+            // Multiway: every projection and FFN matrix twice (experts A and B).
+            (Shape::Beit3Base, Family::Beit3, 12),
+            // Encoder q, k, v, o, wi, wo; decoder adds the cross-attention's four.
+            (Shape::T5Base, Family::T5, 16),
+            (Shape::Llama7b, Family::Llama, 7),
+        ] {
+            let specs = detailed_specs(shape);
+            assert_eq!(
+                Family::from_tensor_names(specs.iter().map(|t| t.name.as_str())),
+                Some(family),
+                "{shape}"
+            );
+            let compressed: Vec<&str> = specs
+                .iter()
+                .filter(|t| {
+                    let i = TensorInfo {
+                        name: t.name.clone(),
+                        dtype: DType::BF16,
+                        shape: t.shape.clone(),
+                    };
+                    s.policy(family, &i).0 == Policy::Compress
+                })
+                .map(|t| t.name.as_str())
+                .collect();
+            assert_eq!(
+                compressed.len(),
+                per_layer * shape.layers(),
+                "{shape}: {compressed:?}"
+            );
+            for name in &compressed {
+                let spec = specs.iter().find(|t| &t.name == name).unwrap();
+                assert!(
+                    spec.layer.is_some() && spec.shape.len() == 2,
+                    "{shape}: {name}"
+                );
+                for not in [
+                    "embed",
+                    "norm",
+                    "_ln",
+                    "lm_head",
+                    "relative_attention",
+                    "pooler",
+                ] {
+                    assert!(!name.contains(not), "{shape}: {name}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn bert_preset() {
         let s = Selection::default();

@@ -44,6 +44,10 @@ pub struct Experiment {
     /// Text generations shown side by side in the report (an illustration, not a measurement).
     #[serde(default)]
     pub illustration: Option<Illustration>,
+    /// How `--synthetic` runs this file without the real checkpoints: generated pairs with the family's real
+    /// tensor names and shapes, and a weight-fidelity evaluator instead of the tasks' own.
+    #[serde(default)]
+    pub synthetic: Option<Synthetic>,
 }
 
 /// `[illustration]`: a command that prints continuations of a few prompts for a model folder, run on the base,
@@ -61,6 +65,27 @@ pub struct Illustration {
     /// The tasks shown (default: every task).
     #[serde(default)]
     pub tasks: Vec<String>,
+}
+
+/// The `[synthetic]` table of an experiment file (see docs/REPRODUCE.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Synthetic {
+    /// `cargo xtask synth`'s shape (`roberta-base`, `clip-vit-b32`, `beit3-base`, `t5-base`, ...).
+    pub shape: String,
+    /// Layers per stack (each with the real per-layer tensors); default: the real model's count.
+    #[serde(default)]
+    pub layers: Option<usize>,
+    /// Delta std relative to the base RMS (default: the synth crate's 1e-3).
+    #[serde(default)]
+    pub rel_scale: Option<f64>,
+    /// Evaluator run on every model in place of each task's (`{base}`, `{finetuned}`, `{model}` available).
+    pub evaluator: Vec<String>,
+    /// Its headline key.
+    pub metric: String,
+    /// Multiplier of the metric in the tables.
+    #[serde(default = "one")]
+    pub scale: f64,
 }
 
 /// One fine-tune and how to measure it.
@@ -321,6 +346,8 @@ pub struct Resolved {
     pub manifest: String,
     /// The illustration, its command resolved except for `{model}`.
     pub illustration: Option<Illustration>,
+    /// `--synthetic`: the generated shape (and layer count) the checkpoints are.
+    pub synthetic: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -371,6 +398,8 @@ pub struct ResolveOptions<'a> {
     pub only_variants: &'a [String],
     pub only_ratios: &'a [f64],
     pub only_tasks: &'a [String],
+    /// `--synthetic`: every task is measured by the file's `[synthetic]` evaluator.
+    pub synthetic: bool,
 }
 
 pub fn load(path: &Path) -> Result<Experiment> {
@@ -479,19 +508,32 @@ pub fn resolve(exp: &Experiment, file: &Path, o: &ResolveOptions<'_>) -> Result<
         "ablation",
     )?;
 
+    let synthetic = match (&exp.synthetic, o.synthetic) {
+        (Some(s), true) => Some(s),
+        (None, true) => bail!(
+            "{}: --synthetic needs a [synthetic] table (shape, evaluator, metric)",
+            file.display()
+        ),
+        (_, false) => None,
+    };
+    let base = path_of(&exp.base)?;
     let mut tasks = Vec::new();
     for t in &exp.tasks {
         if !(o.only_tasks.is_empty() || o.only_tasks.contains(&t.name)) {
             continue;
         }
-        if t.evaluator.is_empty() {
+        let (evaluator, metric, scale) = match synthetic {
+            Some(s) => (&s.evaluator, &s.metric, s.scale),
+            None => (&t.evaluator, &t.metric, t.scale),
+        };
+        if evaluator.is_empty() {
             bail!(
                 "{}: task {}: empty evaluator command",
                 file.display(),
                 t.name
             );
         }
-        if !t.evaluator.iter().any(|a| a.contains("{model}")) {
+        if !evaluator.iter().any(|a| a.contains("{model}")) {
             bail!(
                 "{}: task {}: the evaluator command never names {{model}}, the folder to evaluate",
                 file.display(),
@@ -501,18 +543,18 @@ pub fn resolve(exp: &Experiment, file: &Path, o: &ResolveOptions<'_>) -> Result<
         tasks.push(ResolvedTask {
             name: t.name.clone(),
             finetuned: path_of(&t.finetuned)?,
-            evaluator: t
-                .evaluator
+            evaluator: evaluator
                 .iter()
                 .map(|a| {
                     let mut v = with_late.clone();
                     v.insert("finetuned".into(), substitute(&t.finetuned, &vars, file)?);
+                    v.insert("base".into(), base.display().to_string());
                     v.insert("task".into(), t.name.clone());
                     substitute(a, &v, file)
                 })
                 .collect::<Result<_>>()?,
-            metric: t.metric.clone(),
-            scale: t.scale,
+            metric: metric.clone(),
+            scale,
         });
     }
     for name in o.only_tasks {
@@ -559,7 +601,7 @@ pub fn resolve(exp: &Experiment, file: &Path, o: &ResolveOptions<'_>) -> Result<
         name: exp.name.clone(),
         description: exp.description.clone(),
         file: file.to_path_buf(),
-        base: path_of(&exp.base)?,
+        base,
         compress_args: exp
             .compress_args
             .iter()
@@ -576,6 +618,10 @@ pub fn resolve(exp: &Experiment, file: &Path, o: &ResolveOptions<'_>) -> Result<
             .clone()
             .unwrap_or_else(|| "testbed.json".into()),
         illustration,
+        synthetic: synthetic.map(|s| match s.layers {
+            Some(n) => format!("{}, {n} layers per stack", s.shape),
+            None => s.shape.clone(),
+        }),
     })
 }
 
@@ -629,6 +675,7 @@ mod tests {
             quick: true,
             builtins: builtins.clone(),
             overrides: &[],
+            synthetic: false,
             only_variants: &[],
             only_ratios: &[],
             only_tasks,
@@ -685,9 +732,19 @@ mod tests {
         for k in ["testbed", "eval", "ultradelta", "cache", "workspace"] {
             builtins.insert(k.to_string(), format!("/{k}"));
         }
+        let mut synthetic_files = 0;
         for f in files {
             let exp = load(&f).unwrap();
-            for quick in [false, true] {
+            synthetic_files += usize::from(exp.synthetic.is_some());
+            let modes: &[bool] = if exp.synthetic.is_some() {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for (quick, synthetic) in [false, true]
+                .into_iter()
+                .flat_map(|q| modes.iter().map(move |&s| (q, s)))
+            {
                 let r = resolve(
                     &exp,
                     &f,
@@ -698,9 +755,28 @@ mod tests {
                         only_variants: &[],
                         only_ratios: &[],
                         only_tasks: &[],
+                        synthetic,
                     },
                 )
                 .unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+                if let (true, Some(spec)) = (synthetic, &exp.synthetic) {
+                    assert!(
+                        spec.shape.parse::<ultradelta_synth::Shape>().is_ok(),
+                        "{}",
+                        f.display()
+                    );
+                    for t in &r.tasks {
+                        assert_eq!(t.metric, spec.metric);
+                        assert!(t
+                            .evaluator
+                            .iter()
+                            .all(|a| !a.contains("{base}") && !a.contains("{finetuned}")));
+                        assert!(t
+                            .evaluator
+                            .iter()
+                            .any(|a| a == &r.base.display().to_string()));
+                    }
+                }
                 assert!(
                     !r.tasks.is_empty() && !r.ratios.is_empty(),
                     "{}",
@@ -712,6 +788,8 @@ mod tests {
                 }
             }
         }
+        // RoBERTa, CLIP ViT-B/32, BEiT-3 and T5 run on synthetic pairs in CI.
+        assert!(synthetic_files >= 4, "{synthetic_files}");
     }
 
     #[test]
@@ -734,6 +812,7 @@ mod tests {
                 only_variants: &[],
                 only_ratios: &[],
                 only_tasks: &[],
+                synthetic: false,
             },
         )
         .unwrap_err()

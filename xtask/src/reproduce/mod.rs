@@ -16,6 +16,7 @@
 mod experiment;
 mod report;
 mod slurm;
+mod synthetic;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,8 +47,13 @@ pub struct ReproduceArgs {
     pub testbed: Option<PathBuf>,
     /// Use a small generated testbed (tiny BERT and tiny LLaMA, generated texts; made in seconds) instead of
     /// the real one: the same code path, for CI. Not a measurement of anything real.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "synthetic")]
     pub generated: bool,
+    /// Run the experiment file on generated checkpoints with its family's real tensor names and shapes (the
+    /// file's `[synthetic]` table: shape, layers, a weight-fidelity evaluator), written once under
+    /// target/synth-experiments/<name>/. Exercises the family's preset end to end; not a quality measurement.
+    #[arg(long)]
+    pub synthetic: bool,
     /// Results go to a dated folder under this one.
     #[arg(long, value_name = "DIR", default_value = "results")]
     pub out: PathBuf,
@@ -780,6 +786,7 @@ fn run_family(
         "evaluator": ctx.eval.display().to_string(),
         "testbed": {"path": ctx.testbed.display().to_string(), "generated": args.generated,
                     "checksum": testbed_checksum(&ctx.testbed, &r.manifest)},
+        "synthetic": r.synthetic,
         "experiment_file": exp_file.display().to_string(),
         "experiment": exp,
         "resolved": r,
@@ -978,21 +985,34 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     let mut resolved = Vec::new();
     let mut missing_all = Vec::new();
     for (file, exp) in &exps {
+        let mut overrides = args.vars.clone();
+        let synth_models = synthetic::models_dir(exp);
+        if args.synthetic {
+            overrides.push(("models".into(), synth_models.display().to_string()));
+        }
         let r = experiment::resolve(
             exp,
             file,
             &experiment::ResolveOptions {
                 quick: args.quick,
                 builtins: builtins.clone(),
-                overrides: &args.vars,
+                overrides: &overrides,
+                synthetic: args.synthetic,
                 only_variants: &args.methods,
                 only_ratios: &args.ratios,
                 only_tasks: &args.tasks,
             },
         )?;
-        let missing = experiment::missing_checkpoints(&r);
+        if args.synthetic && !args.dry_run && args.point.is_none() {
+            synthetic::ensure_pairs(exp, &r, &synth_models)?;
+        }
+        let missing = if args.synthetic && args.dry_run {
+            Vec::new()
+        } else {
+            experiment::missing_checkpoints(&r)
+        };
         if !missing.is_empty() {
-            let hint = if args.generated || exp.missing_hint.is_empty() {
+            let hint = if args.generated || args.synthetic || exp.missing_hint.is_empty() {
                 String::new()
             } else {
                 format!("\n{}", exp.missing_hint)
@@ -1249,6 +1269,7 @@ mod tests {
                     .map(|k| (k.to_string(), format!("/{k}")))
                     .collect(),
                 overrides: &[],
+                synthetic: false,
                 only_variants: &[],
                 only_ratios: &[],
                 only_tasks: &[],

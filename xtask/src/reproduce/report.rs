@@ -244,6 +244,15 @@ pub fn markdown(
     if !r.description.is_empty() {
         let _ = writeln!(s, "{}\n", r.description);
     }
+    if let Some(shape) = &r.synthetic {
+        let _ = writeln!(
+            s,
+            "> **Synthetic pairs.** The base and fine-tunes of this run are generated ({shape}: the real \
+             model's tensor names and shapes, random values with a partly low-rank delta), and every task is \
+             measured by the weight-fidelity evaluator, not by the task's own data. It exercises the family's \
+             preset and the whole pipeline on real names; it says nothing about quality on the real models.\n"
+        );
+    }
     if generated {
         s.push_str(
             "> **Generated testbed.** The models and texts of this run are generated (tiny random models, \
@@ -861,6 +870,7 @@ mod tests {
             vars: Default::default(),
             manifest: "testbed.json".into(),
             illustration: None,
+            synthetic: None,
         };
         let points = crate::reproduce::plan(&r);
         (r, points)

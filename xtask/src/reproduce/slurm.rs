@@ -46,6 +46,9 @@ pub fn task_args(
     if args.generated {
         a.push("--generated".into());
     }
+    if args.synthetic {
+        a.push("--synthetic".into());
+    }
     if args.quick {
         a.push("--quick".into());
     }

@@ -14,6 +14,7 @@
 //! ultradelta-eval perplexity   --testbed DIR [--task MOOD] --model DIR [--base DIR --finetuned DIR] [--limit N] [--cache DIR]
 //! ultradelta-eval generate     --model DIR --prompt TEXT [--prompt TEXT ...] [--max-new N] [--raw]
 //! ultradelta-eval logits       --model DIR --text TEXT [--text TEXT ...] --out FILE
+//! ultradelta-eval delta-fidelity --base DIR --finetuned DIR --model DIR
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use ultradelta_eval::{
 mod generate;
 mod generate_llama;
 mod llama_cmd;
+mod weights_cmd;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,6 +67,9 @@ enum Cmd {
     Generate(llama_cmd::GenerateArgs),
     /// Write the logits of a few texts to a binary file (to compare with another implementation).
     Logits(llama_cmd::LogitsArgs),
+    /// How much of the fine-tune's weight change a model folder keeps, from the weights alone (cosine and
+    /// relative error of its delta against the fine-tune's); the evaluator of the synthetic family pairs.
+    DeltaFidelity(weights_cmd::FidelityArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
         Cmd::Perplexity(a) => llama_cmd::perplexity_cmd(a),
         Cmd::Generate(a) => llama_cmd::generate(a),
         Cmd::Logits(a) => llama_cmd::logits(a),
+        Cmd::DeltaFidelity(a) => weights_cmd::delta_fidelity(a),
     };
     match result {
         Ok(v) => {
