@@ -51,7 +51,7 @@ pub struct ReproduceArgs {
     pub generated: bool,
     /// Run the experiment file on generated checkpoints with its family's real tensor names and shapes (the
     /// file's `[synthetic]` table: shape, layers, a weight-fidelity evaluator), written once under
-    /// target/synth-experiments/<name>/. Exercises the family's preset end to end; not a quality measurement.
+    /// target/synth-experiments/NAME/. Exercises the family's preset end to end; not a quality measurement.
     #[arg(long)]
     pub synthetic: bool,
     /// Results go to a dated folder under this one.
