@@ -265,10 +265,15 @@ if [ -x "$ROOT/target/release/ultradelta-eval" ] || [ "${UD_SLURM_REPRODUCE:-0}"
     [ "$points" -gt 1 ] && [ "$points" = "$(find "$res" -path '*/slurm/task-*.out' | wc -l)" ] ||
         fail "reproduce: $points points"
     # point, variant, task, real ratio, archive bytes, metric, value, error, family: everything but the timings
-    # (the evaluator's own `seconds` too)
+    # (the evaluator's own `seconds` too). Values to 12 significant digits: candle's CPU matmuls split their work
+    # by the thread count, which differs between a Slurm task (1 CPU) and the local run, so the LLaMA perplexities
+    # can differ in the last bit (seen: 7.431298273446655 vs ...652, and the base's retention 0 vs -5.9e-16); the
+    # archives are compared byte for byte above.
     measured() {
         perl -MText::ParseWords -ne 'next if $. == 1; chomp; my @f = parse_line(",", 1, $_);
-            next if $f[19] =~ /seconds/; print join(",", @f[0, 2, 5, 6, 9, 19, 20, 22, 23]), "\n"' "$1" | sort
+            next if $f[19] =~ /seconds/;
+            $f[20] = sprintf("%.12g", abs($f[20]) < 1e-12 ? 0 : $f[20]) if $f[20] =~ /^-?[0-9.]+(e[-+]?[0-9]+)?$/i;
+            print join(",", @f[0, 2, 5, 6, 9, 19, 20, 22, 23]), "\n"' "$1" | sort
     }
     local_csv=$(ls -t "$ROOT"/target/ci-results/*-quick/results.csv 2>/dev/null | head -1 || true)
     if [ -n "$local_csv" ]; then
