@@ -253,7 +253,7 @@ pub fn encode_record(
 ///
 /// # Errors
 /// [`Error::InvalidStream`] if zstd fails.
-pub(crate) fn encode_file_record(bytes: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
+pub fn encode_file_record(bytes: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
     file_zstd::encode(bytes, zstd_level)
 }
 

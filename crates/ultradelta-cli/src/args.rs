@@ -197,7 +197,7 @@ pub struct CompressArgs {
     /// A named configuration; refuses flags that would contradict it.
     #[arg(long, value_parser = choice(PRESETS), conflicts_with_all = [
         "method", "sparsity", "bits", "step", "rescale", "no_msa", "no_dac", "no_quant", "no_tngr", "tngr",
-        "target_ratio", "rescale_factor", "trace_on",
+        "target_ratio", "target_size", "rescale_factor", "trace_on",
     ])]
     pub preset: Option<Preset>,
     /// Rank of every compressed tensor (--method lowrank).
@@ -206,10 +206,17 @@ pub struct CompressArgs {
     /// ComPEFT magnitude α·σ(Δ) (default: mean |Δ| of the kept entries).
     #[arg(long, value_name = "ALPHA")]
     pub compeft_alpha: Option<f64>,
-    /// Byte budget: pick the method's free parameter (sparsity, rank, bits) so the real ratio vs 16-bit over the
-    /// compressed tensors lands within 1% of R.
-    #[arg(long, value_name = "R")]
+    /// Byte budget over the compressed tensors, a ceiling: pick the method's free parameter (sparsity, rank, bits)
+    /// so the real ratio vs 16-bit over the compressed tensors is at least R (sparsity: within 1% above R; rank,
+    /// bits: the largest that fits).
+    #[arg(long, value_name = "R", conflicts_with = "target_size")]
     pub target_ratio: Option<f64>,
+    /// Byte budget over the whole archive file, a ceiling: pick the method's free parameter so the archive
+    /// (records, lossless deltas, companion files, index, everything) takes at most BYTES (sparsity: within 1%
+    /// under it). BYTES is a count with an optional suffix: K, M, G, T are powers of 1000 (also KB, MB, GB, TB),
+    /// KiB, MiB, GiB, TiB powers of 1024; e.g. 12M = 12000000, 1.5GiB = 1610612736.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub target_size: Option<u64>,
     /// Ablation (ultradelta): keep the pruned values at fp16 instead of quantizing them.
     #[arg(long)]
     pub no_quant: bool,
@@ -350,6 +357,7 @@ impl CompressArgs {
             rank: self.rank,
             compeft_alpha: self.compeft_alpha,
             target_ratio: self.target_ratio,
+            target_size: self.target_size,
             positions: self.positions,
             values: self.values,
             codec: self.codec,
@@ -398,6 +406,7 @@ pub fn flag_of(field: &str) -> Option<&'static str> {
         "rank" => "--rank",
         "compeft_alpha" => "--compeft-alpha",
         "target_ratio" => "--target-ratio",
+        "target_size" => "--target-size",
         "positions" => "--positions",
         "values" => "--values",
         "codec" => "--codec",
@@ -465,6 +474,46 @@ fn parse_family(s: &str) -> Result<Family, String> {
     s.parse()
 }
 
+/// A byte count with an optional unit: none or `B` (bytes), `K`/`KB`, `M`/`MB`, `G`/`GB`, `T`/`TB` (powers of
+/// 1000), `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024); letters in any case, a fraction allowed (`1.5GiB`), rounded
+/// down to whole bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("expected a byte count such as 12000000, 12M (10^6) or 1.5GiB (2^30), got \"{s}\"")
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let scale: f64 = match unit.as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024f64.powi(2),
+        "gi" | "gib" => 1024f64.powi(3),
+        "ti" | "tib" => 1024f64.powi(4),
+        _ => return Err(bad()),
+    };
+    if num.is_empty() {
+        return Err(bad());
+    }
+    // Whole numbers without a unit stay exact integers.
+    if scale == 1.0 && !num.contains('.') {
+        return num.parse::<u64>().map_err(|_| bad());
+    }
+    let x: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = (x * scale).floor();
+    if !(bytes.is_finite() && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 fn parse_pair(s: &str) -> Result<(f64, f64), String> {
     let (a, b) = s
         .split_once(',')
@@ -476,6 +525,29 @@ fn parse_pair(s: &str) -> Result<(f64, f64), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_take_decimal_and_binary_units() {
+        for (text, bytes) in [
+            ("12000000", 12_000_000u64),
+            ("12M", 12_000_000),
+            ("12mb", 12_000_000),
+            ("1.5GiB", 1_610_612_736),
+            ("1.5 gib", 1_610_612_736),
+            ("64KiB", 65_536),
+            ("3k", 3_000),
+            ("2T", 2_000_000_000_000),
+            ("100B", 100),
+            ("2.5", 2),
+            ("18446744073709551615", u64::MAX),
+        ] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+        }
+        for text in ["", "M", "12X", "-3M", "1.2.3K", "12 MiBs", "1e9"] {
+            let err = parse_bytes(text).unwrap_err();
+            assert!(err.contains("byte count") && err.contains(text), "{text}: {err}");
+        }
+    }
 
     /// Each choice is spelled as the configuration (and the archive's params) spell its value.
     #[test]
@@ -523,6 +595,10 @@ mod tests {
             },
             CompressConfig {
                 target_ratio: Some(0.0),
+                ..d()
+            },
+            CompressConfig {
+                target_size: Some(0),
                 ..d()
             },
             CompressConfig {

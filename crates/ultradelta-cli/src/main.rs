@@ -230,19 +230,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                 outln!("  {}", codec_line(c));
             }
             if let Some(b) = &r.budget {
-                outln!(
-                    "  budget: target {}x, achieved {:.3}x with {} = {}{} ({} passes)",
-                    b.target,
-                    b.achieved,
-                    b.parameter,
-                    b.value,
-                    if b.within {
-                        ""
-                    } else {
-                        " (closest achievable, outside 1%)"
-                    },
-                    b.evaluations
-                );
+                outln!("  {}", budget_line(b));
             }
             if !r.base_only.is_empty() {
                 outln!(
@@ -310,6 +298,35 @@ fn method_params(method: &str, p: &serde_json::Value) -> String {
     s
 }
 
+/// What the budget search chose, in one line.
+fn budget_line(b: &ultradelta::BudgetReport) -> String {
+    let fits = match b.fixed_bytes {
+        Some(f) => format!(
+            "archive at most {} bytes ({} fixed + {} compressed-record bytes)",
+            f + b.record_bytes,
+            f,
+            b.record_bytes
+        ),
+        None => format!(
+            "{} of at most {} compressed-record bytes",
+            b.record_bytes, b.record_budget
+        ),
+    };
+    format!(
+        "budget: {} (a ceiling): {} = {}, {:.3}x over the compressed tensors, {fits}{} ({} passes)",
+        b.describe(),
+        b.parameter,
+        b.value,
+        b.achieved,
+        if b.within {
+            ""
+        } else {
+            "; more than 1% of the budget unused (the largest setting that fits)"
+        },
+        b.evaluations
+    )
+}
+
 fn fmt_ratio(r: Option<f64>) -> String {
     r.map(|r| format!("{r:.1}x"))
         .unwrap_or_else(|| "n/a".into())
@@ -317,11 +334,13 @@ fn fmt_ratio(r: Option<f64>) -> String {
 
 fn ratio_line(ins: &ultradelta::Inspection) -> String {
     format!(
-        "ratio vs 16-bit over compressed tensors: real {} (paper v3 count {}, v2 count {}); whole checkpoint {:.1}x",
+        "whole file {:.1}x (fine-tune's weight files and shard index, {} bytes, over this archive's {} bytes); compressed tensors {} real vs 16-bit (paper v3 count {}, v2 count {})",
+        ins.ratio.whole_checkpoint,
+        ins.ratio.finetuned_bytes,
+        ins.bytes,
         fmt_ratio(ins.ratio.real),
         fmt_ratio(ins.ratio.paper_v3),
         fmt_ratio(ins.ratio.paper_v2),
-        ins.ratio.whole_checkpoint
     )
 }
 
@@ -378,6 +397,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         ins.method,
         ins.bytes
     );
+    outln!("{}", ratio_line(&ins));
     outln!("method params: {}", method_params(&ins.method, &ins.params));
     outln!("params: {}", serde_json::to_string(&ins.params)?);
     outln!(
@@ -392,7 +412,6 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         100.0 * ins.kept_entries as f64 / ins.compressed_entries.max(1) as f64,
         ins.compressed_bytes
     );
-    outln!("{}", ratio_line(&ins));
     if let Some(c) = &ins.codec {
         outln!("{}", codec_line(c));
     }

@@ -1,35 +1,54 @@
-//! Compression to a byte budget: choose a method's free parameter so the real ratio lands on a target.
+//! Compression to a byte budget: choose a method's free parameter so the archive fits a ceiling.
 //!
-//! The ratio is the one `inspect` reports as `real`: 16 bits × (entries of the compressed tensors) over the
-//! bytes of their records, exactly as the writer encodes them (every record kind's size is a deterministic
-//! function of its content, so the search is deterministic too). Each evaluation is one full compression pass
-//! over the compressed tensors without writing (the deltas are cached in memory when they total at most 64 M
-//! entries, otherwise re-read from the mapped checkpoints).
+//! Two budgets, both ceilings (the archive never takes more bytes than asked):
+//!
+//! - `target_ratio: Some(R)` bounds the compressed tensors: the real ratio `inspect` reports as `real`, 16 bits ×
+//!   (entries of the compressed tensors) over the bytes of their records, is at least R, i.e. those records take at
+//!   most ⌊2 · entries / R⌋ bytes.
+//! - `target_size: Some(B)` bounds the whole archive file: preamble, every record (compressed tensors, deltas kept
+//!   without loss, tensors only in the fine-tune, companion files), the JSON index and the trailer take at most B
+//!   bytes. Everything but the compressed tensors' records is computed first (the lossless and companion records
+//!   are encoded exactly as the writer encodes them; the index is bounded from above by serialising it with every
+//!   number the search can still change at its widest), and the rest of B is the compressed records' ceiling. If
+//!   that fixed part alone reaches B, the run fails saying how many bytes it takes.
+//!
+//! Record sizes are a deterministic function of their content, so the search is deterministic too. Each evaluation
+//! is one full compression pass over the compressed tensors without writing (the deltas are cached in memory when
+//! they total at most 64 M entries, otherwise re-read from the mapped checkpoints).
 //!
 //! | method | free parameter | search |
 //! |---|---|---|
-//! | ultradelta, dare, magnitude, compeft | sparsity s ∈ [0, 0.999] | Illinois (regula falsi) on ln ratio vs ln(1 − s), to within 0.2 % |
-//! | lowrank | rank r ∈ 1..=max min(rows, cols) | bisection on the integer, then the closer neighbour (sizes from the shapes: no SVD) |
-//! | quant | bits b ∈ 1..=16 | as lowrank |
+//! | ultradelta, dare, magnitude, compeft | sparsity s ∈ [0, 0.999] | Illinois (regula falsi) on ln bytes vs ln(1 − s); the largest feasible point found, to within 0.2 % under the ceiling |
+//! | lowrank | rank r ∈ 1..=max min(rows, cols) | bisection: the largest rank that fits (sizes from the shapes: no SVD) |
+//! | quant | bits b ∈ 1..=16 | as lowrank: the most bits that fit |
 //! | bitdelta | none | checked once |
 //!
-//! Continuous parameters must land within 1 % of the target, or the run fails. Integer parameters take the
-//! closest achievable ratio, which may be more than 1 % away for small matrices (the report's `within` says
-//! so). A target outside the method's achievable range fails with the range in the message.
+//! Tolerance ([`BUDGET_TOLERANCE`], 1 %): the ceiling is never exceeded. A continuous parameter must also land
+//! within 1 % under it — ratio in [R, 1.01 · R], whole file in [0.99 · B, B] — or the run fails. An integer
+//! parameter takes the largest setting that fits, which may leave more than 1 % of the budget unused when its steps
+//! are coarse (the report's `within` says so). If even the method's smallest setting (sparsity 0.999, rank 1, 1
+//! bit, or BitDelta's only one) exceeds the budget, the run fails naming the method, the budget and what that
+//! smallest setting takes. If its largest setting (sparsity 0, the full rank, 16 bits) fits, it is taken and
+//! `within` is false: the budget is not used up.
 
 use half::f16;
 use serde::Serialize;
 use ultradelta_alloc::TensorStat;
-use ultradelta_archive::{encode_record, LowRankRecord, Record, DEFAULT_ZSTD_LEVEL};
+use ultradelta_archive::{
+    encode_file_record, encode_record, FileEntry, FinetunedInfo, LowRankRecord, Manifest, Policy,
+    Record, TensorEntry, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN, TRAILER_LEN,
+};
 
 use crate::config::{CompressConfig, Method};
 use crate::delta::delta_f32;
 use crate::error::method_err;
-use crate::method::{compress_tensor, matrix_view};
+use crate::method::{compress_tensor, matrix_view, uses_rate};
 use crate::plan::{pass_one, rates, Plan};
+use crate::selection::RuleSource;
 use crate::{Error, Progress, Result};
 
-/// Relative tolerance of the budget: the real ratio must be within 1 % of the target.
+/// Relative tolerance of the budget: a continuous parameter lands at most 1 % under the ceiling (ratio at most
+/// 1 % above `target_ratio`; archive at least 99 % of `target_size`). The ceiling itself is exact.
 pub const BUDGET_TOLERANCE: f64 = 0.01;
 
 /// Largest sparsity the search tries.
@@ -41,18 +60,45 @@ const CACHE_ENTRIES: usize = 64 << 20;
 /// What the byte-budget search chose.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BudgetReport {
-    /// Requested ratio.
+    /// Which budget: `ratio` (`target_ratio`, over the compressed tensors) or `size` (`target_size`, the whole
+    /// archive file).
+    pub kind: String,
+    /// Requested ratio (`ratio`) or bytes of the whole archive (`size`).
     pub target: f64,
-    /// Real ratio of the chosen parameter.
+    /// Real ratio of the chosen parameter over the compressed tensors (16 bits × entries over their records'
+    /// bytes).
     pub achieved: f64,
+    /// Ceiling on the bytes of the compressed tensors' records the search used.
+    pub record_budget: u64,
+    /// Bytes of the compressed tensors' records at the chosen parameter (at most `record_budget`).
+    pub record_bytes: u64,
+    /// `size` only: bytes of the archive outside the compressed tensors' records (the index counted at its
+    /// upper bound); the archive takes at most `fixed_bytes + record_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_bytes: Option<u64>,
     /// Name of the free parameter (`sparsity`, `rank`, `bits`, or `none`).
     pub parameter: String,
     /// Its chosen value.
     pub value: f64,
-    /// Whether `achieved` is within 1 % of `target`.
+    /// Whether the chosen parameter uses the budget to within 1 % (it never exceeds it).
     pub within: bool,
     /// Compression passes evaluated.
     pub evaluations: usize,
+}
+
+impl BudgetReport {
+    /// The budget as a user asked for it, e.g. `target ratio 40x` or `target size 1200000 bytes`.
+    pub fn describe(&self) -> String {
+        describe(&self.kind, self.target)
+    }
+}
+
+fn describe(kind: &str, target: f64) -> String {
+    if kind == "size" {
+        format!("target size {} bytes", target as u64)
+    } else {
+        format!("target ratio {target}x")
+    }
 }
 
 struct Evaluator<'p, 'a> {
@@ -60,13 +106,12 @@ struct Evaluator<'p, 'a> {
     idx: Vec<usize>,
     stats: Option<Vec<TensorStat>>,
     cache: Option<Vec<Vec<f32>>>,
-    numel: u64,
     evaluations: usize,
 }
 
 impl Evaluator<'_, '_> {
-    /// Real ratio vs 16 bits of the compressed tensors' records under `cfg`.
-    fn ratio(&mut self, cfg: &CompressConfig) -> Result<f64> {
+    /// Bytes of the compressed tensors' records under `cfg`, exactly as the writer encodes them.
+    fn bytes(&mut self, cfg: &CompressConfig) -> Result<u64> {
         self.evaluations += 1;
         let alloc = rates(self.stats.as_deref(), self.idx.len(), cfg)?;
         let mut bytes = 0u64;
@@ -78,7 +123,7 @@ impl Evaluator<'_, '_> {
                     info.dtype,
                     &info.shape,
                     &lowrank_sized(&info.shape, cfg.rank),
-                    DEFAULT_ZSTD_LEVEL,
+                    cfg.zstd_level,
                 )?
                 .len() as u64;
                 continue;
@@ -94,9 +139,9 @@ impl Evaluator<'_, '_> {
             let rec = compress_tensor(delta, name, &info.shape, alloc.rates[k], cfg)
                 .map_err(|e| method_err(self.p.ft, name, e))?
                 .record;
-            bytes += encode_record(info.dtype, &info.shape, &rec, DEFAULT_ZSTD_LEVEL)?.len() as u64;
+            bytes += encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
         }
-        Ok(16.0 * self.numel as f64 / (8.0 * bytes.max(1) as f64))
+        Ok(bytes.max(1))
     }
 }
 
@@ -115,8 +160,184 @@ fn lowrank_sized(shape: &[usize], rank: usize) -> Record {
     })
 }
 
-fn rel(achieved: f64, target: f64) -> f64 {
-    (achieved / target - 1.0).abs()
+/// The widest JSON number of an `f64` (24 characters: `-2.2250738585072014e-308`): every float the search can
+/// still change is serialised as this when the index is bounded.
+const WIDEST_F64: f64 = -f64::MIN_POSITIVE;
+
+/// The archive's bytes outside the compressed tensors' records, for a whole-file budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FixedPart {
+    /// Records of the deltas kept without loss and of the tensors only in the fine-tune.
+    pub(crate) lossless: u64,
+    /// Companion files' records.
+    pub(crate) companions: u64,
+    /// Upper bound of the JSON index.
+    pub(crate) index: u64,
+}
+
+impl FixedPart {
+    /// Preamble, lossless and companion records, index bound and trailer.
+    pub(crate) fn total(&self) -> u64 {
+        PREAMBLE_LEN + self.lossless + self.companions + self.index + TRAILER_LEN
+    }
+}
+
+/// The archive's bytes outside the compressed tensors' records when `p` is written under `cfg` with a whole-file
+/// budget of `budget` bytes (which bounds every offset in a file that fits it). The lossless and companion records
+/// are encoded as the writer encodes them; the index is the writer's index with the compressed tensors' numbers,
+/// every offset, γ and the solved parameters at their widest, so no choice of the free parameter makes it longer.
+pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Result<FixedPart> {
+    let hex16 = || "0".repeat(16);
+    let mut lossless = 0u64;
+    let mut entries = Vec::with_capacity(p.tensors.len());
+    for plan in &p.tensors {
+        let info = &plan.info;
+        let name = info.name.as_str();
+        let mut e = TensorEntry::new(name, info.shape.clone(), info.dtype, plan.policy);
+        let numel = e.numel;
+        if plan.from == RuleSource::User {
+            e.extra.insert("rule".into(), "user".into());
+        }
+        if plan.policy != Policy::New {
+            e.base_hash = Some(hex16());
+        }
+        e.offset = budget;
+        e.checksum = hex16();
+        match plan.policy {
+            Policy::Compress => {
+                // Every number at its widest; the longest record kind name the method can write.
+                e.kind = match cfg.method {
+                    Method::Ultradelta => "sparse-golomb-rans",
+                    Method::Dare | Method::Magnitude => "sparse-f16",
+                    Method::Compeft => "sparse-sign",
+                    Method::Bitdelta => "dense-sign",
+                    Method::Lowrank => "lowrank-f16",
+                    Method::Quant => "dense-levels",
+                }
+                .into();
+                e.length = budget;
+                e.kept = numel;
+                e.sparsity = WIDEST_F64;
+                if uses_rate(cfg.method) {
+                    e.rate = Some(WIDEST_F64);
+                }
+                if cfg.method == Method::Ultradelta {
+                    e.tier = Some("high".into());
+                }
+                if cfg.uses_new_codecs() {
+                    e.extra.insert("codec".into(), "seeded+entropy".into());
+                    e.extra.insert("seed_trial".into(), u32::MAX.into());
+                    e.extra.insert("hist_l1".into(), u64::MAX.into());
+                    e.extra.insert("hist_l1_first".into(), u64::MAX.into());
+                }
+            }
+            Policy::Keep | Policy::New => {
+                let rec = if plan.policy == Policy::Keep {
+                    let (b, f) = (p.base.view(name)?, p.ft.view(name)?);
+                    let xor_bytes = f.bytes().iter().zip(b.bytes()).map(|(f, b)| f ^ b).collect();
+                    Record::XorDelta {
+                        dtype: info.dtype,
+                        xor_bytes,
+                    }
+                } else {
+                    Record::Full {
+                        dtype: info.dtype,
+                        bytes: p.ft.view(name)?.bytes().to_vec(),
+                    }
+                };
+                p.base.release(name);
+                p.ft.release(name);
+                let len = encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
+                lossless += len;
+                let kept = rec.kept().unwrap_or(numel);
+                e.kind = rec.kind().name().to_string();
+                e.length = len;
+                e.kept = kept;
+                e.sparsity = if numel == 0 {
+                    0.0
+                } else {
+                    1.0 - kept as f64 / numel as f64
+                };
+            }
+            Policy::Drop => {
+                e.kind = KIND_NONE.to_string();
+                e.offset = 0;
+                e.checksum = String::new();
+                e.sparsity = 1.0;
+            }
+        }
+        entries.push(e);
+    }
+    let mut companions = 0u64;
+    let mut files = Vec::new();
+    for file in p.ft.companions().0 {
+        let bytes = std::fs::read(&file).map_err(|source| Error::File {
+            path: file.clone(),
+            source,
+        })?;
+        let rec = encode_file_record(&bytes, cfg.zstd_level)?;
+        companions += rec.len() as u64;
+        files.push(FileEntry {
+            name: file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string(),
+            offset: budget,
+            length: rec.len() as u64,
+            checksum: hex16(),
+            size: bytes.len() as u64,
+        });
+    }
+    // The parameters as the pipeline writes them, with the solved ones and the report at their widest.
+    let widest_cfg = CompressConfig {
+        sparsity: WIDEST_F64,
+        rank: usize::MAX,
+        bits: u8::MAX,
+        ..cfg.clone()
+    };
+    let widest_report = BudgetReport {
+        kind: "ratio".into(),
+        target: WIDEST_F64,
+        achieved: WIDEST_F64,
+        record_budget: u64::MAX,
+        record_bytes: u64::MAX,
+        fixed_bytes: Some(u64::MAX),
+        parameter: "sparsity".into(),
+        value: WIDEST_F64,
+        within: false,
+        evaluations: usize::MAX,
+    };
+    let mut params = crate::pipeline::params_json(p, &widest_cfg, Some(&widest_report));
+    if let serde_json::Value::Object(m) = &mut params {
+        m.insert("gamma".into(), serde_json::json!(WIDEST_F64));
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        method: cfg.method.name().to_string(),
+        params,
+        gamma: WIDEST_F64,
+        base_fingerprint: p.base.fingerprint(),
+        finetuned: FinetunedInfo {
+            size_on_disk: p.ft.size_on_disk(),
+            metadata: p.ft.metadata().clone(),
+            source: p.ft.path().display().to_string(),
+        },
+        tensors: entries,
+        files,
+        created_by: crate::pipeline::CREATED_BY.to_string(),
+    };
+    let index = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::InvalidConfig {
+            field: "target_size",
+            reason: format!("cannot size the index: {e}"),
+        })?
+        .len() as u64;
+    Ok(FixedPart {
+        lossless,
+        companions,
+        index,
+    })
 }
 
 /// Solves the budget for one fine-tune: returns `cfg` with its free parameter set, and the report.
@@ -125,22 +346,58 @@ pub(crate) fn solve_budget(
     cfg: &CompressConfig,
     progress: &dyn Progress,
 ) -> Result<(CompressConfig, BudgetReport)> {
-    let target = cfg.target_ratio.ok_or_else(|| Error::InvalidConfig {
-        field: "target_ratio",
-        reason: "the budget search needs target_ratio".into(),
-    })?;
+    let (kind, target) = match (cfg.target_ratio, cfg.target_size) {
+        (Some(r), None) => ("ratio", r),
+        (None, Some(b)) => ("size", b as f64),
+        _ => {
+            return Err(Error::InvalidConfig {
+                field: "target_ratio",
+                reason: "the budget search needs exactly one of target_ratio and target_size".into(),
+            })
+        }
+    };
+    let asked = describe(kind, target);
     let fail = |detail: String| Error::Budget {
         finetuned: p.ft.path().to_path_buf(),
-        target,
+        budget: asked.clone(),
         detail,
     };
     let idx = p.compressed();
     if idx.is_empty() {
         return Err(fail(
-            "no tensor is compressed, so no ratio can be met".into(),
+            "no tensor is compressed, so no parameter changes the archive's size".into(),
         ));
     }
     let numel: u64 = idx.iter().map(|&i| p.tensors[i].info.numel() as u64).sum();
+    let ratio_of = |bytes: u64| 2.0 * numel as f64 / bytes.max(1) as f64;
+    // The ceiling on the compressed records' bytes, and the floor of "within tolerance".
+    let (fixed, ceiling, floor) = match cfg.target_size {
+        Some(budget) => {
+            let f = fixed_part(p, cfg, budget)?;
+            let total = f.total();
+            if total >= budget {
+                return Err(fail(format!(
+                    "the part of the archive no parameter changes already takes {total} bytes (lossless tensor records {}, companion files {}, index at most {}, preamble and trailer {}), so nothing is left for the {} compressed tensors",
+                    f.lossless,
+                    f.companions,
+                    f.index,
+                    PREAMBLE_LEN + TRAILER_LEN,
+                    idx.len()
+                )));
+            }
+            let floor = ((1.0 - BUDGET_TOLERANCE) * budget as f64).ceil() as u64;
+            (Some(total), budget - total, floor.saturating_sub(total))
+        }
+        None => {
+            let mut hi = (2.0 * numel as f64 / target).floor() as u64;
+            // Ratio ≥ target exactly as it is computed in floating point.
+            while hi > 0 && ratio_of(hi) < target {
+                hi -= 1;
+            }
+            let lo = (2.0 * numel as f64 / (target * (1.0 + BUDGET_TOLERANCE))).ceil() as u64;
+            (None, hi, lo.min(hi))
+        }
+    };
     let stats = if cfg.method == Method::Ultradelta {
         Some(pass_one(p, cfg, progress)?.0)
     } else {
@@ -161,32 +418,62 @@ pub(crate) fn solve_budget(
         idx,
         stats,
         cache,
-        numel,
         evaluations: 0,
     };
     progress.note(&format!(
-        "{}: searching the {} parameter for ratio {target}x",
+        "{}: searching the {} parameter for {asked} (compressed records at most {ceiling} bytes)",
         p.ft.path().display(),
         cfg.method
     ));
+    // What the smallest setting takes, for the error when it does not fit.
+    let over = |setting: String, bytes: u64| -> Error {
+        let takes = match fixed {
+            Some(f) => format!(
+                "an archive of at least {} bytes ({} compressed-record bytes, {:.2}x over the compressed tensors)",
+                f + bytes,
+                bytes,
+                ratio_of(bytes)
+            ),
+            None => format!(
+                "{:.2}x over the compressed tensors ({bytes} bytes of records, ceiling {ceiling})",
+                ratio_of(bytes)
+            ),
+        };
+        fail(format!(
+            "the budget is a ceiling and even {}'s smallest setting ({setting}) exceeds it: it reaches only {takes}",
+            cfg.method
+        ))
+    };
     let mut out = cfg.clone();
-    let report = |achieved: f64, parameter: &str, value: f64, evaluations: usize| BudgetReport {
+    let report = |bytes: u64, parameter: &str, value: f64, evaluations: usize| BudgetReport {
+        kind: kind.into(),
         target,
-        achieved,
+        achieved: ratio_of(bytes),
+        record_budget: ceiling,
+        record_bytes: bytes,
+        fixed_bytes: fixed,
         parameter: parameter.into(),
         value,
-        within: rel(achieved, target) <= BUDGET_TOLERANCE,
+        within: bytes <= ceiling && bytes >= floor,
         evaluations,
+    };
+    let unused = |setting: String, bytes: u64| {
+        if bytes < floor {
+            progress.note(&format!(
+                "{}: {}'s largest setting ({setting}) fits the {asked} with room to spare ({bytes} of {ceiling} compressed-record bytes)",
+                p.ft.path().display(),
+                cfg.method
+            ));
+        }
     };
     match cfg.method {
         Method::Bitdelta => {
-            let r = ev.ratio(cfg)?;
-            if rel(r, target) > BUDGET_TOLERANCE {
-                return Err(fail(format!(
-                    "bitdelta has no free parameter; its ratio here is fixed at {r:.2}x"
-                )));
+            let b = ev.bytes(cfg)?;
+            if b > ceiling {
+                return Err(over("bitdelta has no free parameter".into(), b));
             }
-            Ok((out, report(r, "none", 0.0, ev.evaluations)))
+            unused("its only one".into(), b);
+            Ok((out, report(b, "none", 0.0, ev.evaluations)))
         }
         Method::Lowrank | Method::Quant => {
             let (name, kmax) = if cfg.method == Method::Lowrank {
@@ -204,80 +491,75 @@ pub(crate) fn solve_budget(
             } else {
                 ("bits", 16)
             };
-            let mut eval = |k: usize| -> Result<f64> {
+            let mut eval = |k: usize| -> Result<u64> {
                 let mut c = cfg.clone();
                 if cfg.method == Method::Lowrank {
                     c.rank = k;
                 } else {
                     c.bits = k as u8;
                 }
-                ev.ratio(&c)
+                ev.bytes(&c)
             };
-            // The ratio decreases as k grows.
-            let (r1, rmax) = (eval(1)?, eval(kmax)?);
-            if target > r1 * (1.0 + BUDGET_TOLERANCE) || target < rmax * (1.0 - BUDGET_TOLERANCE) {
-                return Err(fail(format!(
-                    "{} reaches {rmax:.2}x ({name} {kmax}) to {r1:.2}x ({name} 1)",
-                    cfg.method
-                )));
+            // The bytes grow with k: the largest k whose records fit under the ceiling.
+            let b1 = eval(1)?;
+            if b1 > ceiling {
+                return Err(over(format!("{name} 1"), b1));
             }
-            // Smallest k with ratio(k) <= target, in (lo, hi].
-            let (mut lo, mut hi, mut r_hi) = (1usize, kmax, rmax);
-            let mut r_lo = r1;
-            if r1 <= target {
-                hi = 1;
-                r_hi = r1;
-            }
-            while hi - lo > 1 {
-                let mid = lo + (hi - lo) / 2;
-                let r = eval(mid)?;
-                if r <= target {
-                    hi = mid;
-                    r_hi = r;
-                } else {
-                    lo = mid;
-                    r_lo = r;
-                }
-            }
-            let (k, r) = if hi == 1 || rel(r_hi, target) <= rel(r_lo, target) {
-                (hi, r_hi)
+            let bmax = eval(kmax)?;
+            let (k, b) = if bmax <= ceiling {
+                unused(format!("{name} {kmax}"), bmax);
+                (kmax, bmax)
             } else {
-                (lo, r_lo)
+                // Invariant: lo fits, hi does not.
+                let (mut lo, mut hi, mut b_lo) = (1usize, kmax, b1);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    let b = eval(mid)?;
+                    if b <= ceiling {
+                        lo = mid;
+                        b_lo = b;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                (lo, b_lo)
             };
             if cfg.method == Method::Lowrank {
                 out.rank = k;
             } else {
                 out.bits = k as u8;
             }
-            Ok((out, report(r, name, k as f64, ev.evaluations)))
+            Ok((out, report(b, name, k as f64, ev.evaluations)))
         }
         Method::Ultradelta | Method::Dare | Method::Magnitude | Method::Compeft => {
-            // x = ln(density); g(x) = ln ratio(x) − ln target decreases in x.
-            let mut at = |x: f64| -> Result<(f64, f64)> {
+            // x = ln(density); g(x) = ln ceiling − ln bytes(x) decreases in x; g ≥ 0 fits.
+            let mut at = |x: f64| -> Result<(f64, u64)> {
                 let mut c = cfg.clone();
                 c.sparsity = (1.0 - x.exp()).clamp(0.0, MAX_SPARSITY);
-                let r = ev.ratio(&c)?;
-                Ok((c.sparsity, r))
+                let b = ev.bytes(&c)?;
+                Ok((c.sparsity, b))
             };
-            let lt = target.ln();
+            let lc = (ceiling as f64).ln();
             let (mut a, mut b) = ((1.0 - MAX_SPARSITY).ln(), 0.0f64);
-            let (sa, ra) = at(a)?;
-            let (sb, rb) = at(b)?;
-            if target > ra * (1.0 + BUDGET_TOLERANCE) || target < rb * (1.0 - BUDGET_TOLERANCE) {
-                return Err(fail(format!(
-                    "{} reaches {rb:.2}x (sparsity 0) to {ra:.2}x (sparsity {MAX_SPARSITY})",
-                    cfg.method
-                )));
+            let (sa, ba) = at(a)?;
+            if ba > ceiling {
+                return Err(over(format!("sparsity {MAX_SPARSITY}"), ba));
             }
-            let mut best = if rel(ra, target) <= rel(rb, target) {
-                (sa, ra)
-            } else {
-                (sb, rb)
-            };
-            let (mut ga, mut gb) = (ra.ln() - lt, rb.ln() - lt);
+            let (sb, bb) = at(b)?;
+            if bb <= ceiling {
+                unused("sparsity 0".into(), bb);
+                out.sparsity = sb;
+                return Ok((out, report(bb, "sparsity", sb, ev.evaluations)));
+            }
+            // The largest fitting point so far, and the least bytes seen over the ceiling (for the error).
+            let mut best = (sa, ba);
+            let mut above = (sb, bb);
+            // Stop once the fitting point uses all but a fifth of the tolerance band.
+            let stop = ceiling - (ceiling - floor) / 5;
+            let (mut ga, mut gb) = (lc - (ba as f64).ln(), lc - (bb as f64).ln());
             let mut side = 0i8;
             for _ in 0..40 {
-                if rel(best.1, target) <= BUDGET_TOLERANCE / 5.0 || ga <= 0.0 || gb >= 0.0 {
+                if best.1 >= stop {
                     break;
                 }
                 let x = if (ga - gb).abs() > 1e-12 {
@@ -290,12 +572,16 @@ pub(crate) fn solve_budget(
                 } else {
                     0.5 * (a + b)
                 };
-                let (s, r) = at(x)?;
-                if rel(r, target) < rel(best.1, target) {
-                    best = (s, r);
+                let (s, bytes) = at(x)?;
+                if bytes <= ceiling {
+                    if bytes > best.1 {
+                        best = (s, bytes);
+                    }
+                } else if bytes < above.1 {
+                    above = (s, bytes);
                 }
-                let g = r.ln() - lt;
-                if g > 0.0 {
+                let g = lc - (bytes as f64).ln();
+                if g >= 0.0 {
                     a = x;
                     ga = g;
                     if side == 1 {
@@ -314,10 +600,14 @@ pub(crate) fn solve_budget(
                     break;
                 }
             }
-            if rel(best.1, target) > BUDGET_TOLERANCE {
+            if best.1 < floor {
                 return Err(fail(format!(
-                    "the closest achievable ratio is {:.2}x (sparsity {:.6}); the ratio moves in steps too coarse here",
-                    best.1, best.0
+                    "the bytes move in steps too coarse here: the largest setting found under the ceiling is sparsity {:.6} ({:.2}x, {} of {ceiling} compressed-record bytes), the next found is sparsity {:.6} ({} bytes, over it)",
+                    best.0,
+                    ratio_of(best.1),
+                    best.1,
+                    above.0,
+                    above.1
                 )));
             }
             out.sparsity = best.0;

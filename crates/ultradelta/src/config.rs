@@ -210,10 +210,17 @@ pub struct CompressConfig {
     /// ComPEFT only: the magnitude is `alpha · σ(Δ)` when given, else the mean |Δ| of the kept entries.
     #[serde(default)]
     pub compeft_alpha: Option<f64>,
-    /// Byte budget: the method's free parameter is searched so the real ratio vs 16 bits over the compressed
-    /// tensors lands within 1% of this (see [`crate::budget`]).
+    /// Byte budget over the compressed tensors: the method's free parameter is searched so the real ratio vs 16
+    /// bits over the compressed tensors is at least this (a ceiling on their records' bytes), and for sparsity
+    /// within 1 % above it (see [`crate::budget`]). Excludes `target_size`.
     #[serde(default)]
     pub target_ratio: Option<f64>,
+    /// Byte budget over the whole archive file: the method's free parameter is searched so the archive's total
+    /// bytes (preamble, every record — compressed, lossless, companion files — the index and the trailer) are at
+    /// most this, and for sparsity within 1 % below it (see [`crate::budget`]). Excludes `target_ratio`. Not
+    /// written into `params` when `None`, so archives without it are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<u64>,
     /// UltraDelta only: how kept positions are stored (Golomb gaps, or seeded and not stored).
     #[serde(default)]
     pub positions: PositionCodec,
@@ -253,6 +260,7 @@ impl Default for CompressConfig {
             rank: default_rank(),
             compeft_alpha: None,
             target_ratio: None,
+            target_size: None,
             positions: PositionCodec::Golomb,
             values: ValueCodec::Packed,
             codec: CodecChoice::Fixed,
@@ -281,7 +289,8 @@ impl Preset {
 
     /// `cfg` under this preset. The preset decides the method and everything that changes which entries are kept
     /// and their values: `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`, `allocation`,
-    /// `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`, `tngr.enabled` and `tngr.trace_on`.
+    /// `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`, `target_size`, `tngr.enabled` and
+    /// `tngr.trace_on`.
     /// Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`, `tngr.nuclear_norm`, `selection`, how the
     /// choice is stored (`positions`, `values`, `codec`, `seed_trials`) and `zstd_level`.
     pub fn apply_to(self, cfg: CompressConfig) -> CompressConfig {
@@ -317,6 +326,11 @@ impl CompressConfig {
             },
             ..CompressConfig::default()
         }
+    }
+
+    /// Whether a byte budget (`target_ratio` or `target_size`) decides the method's free parameter.
+    pub fn has_budget(&self) -> bool {
+        self.target_ratio.is_some() || self.target_size.is_some()
     }
 
     /// Whether this asks for anything but the paper's codecs (Golomb positions, packed levels, fixed).
@@ -363,7 +377,7 @@ impl CompressConfig {
                 ),
             );
         }
-        if self.method == Method::Lowrank && self.rank == 0 && self.target_ratio.is_none() {
+        if self.method == Method::Lowrank && self.rank == 0 && !self.has_budget() {
             return bad("rank", "rank must be at least 1".into());
         }
         if let Some(a) = self.compeft_alpha {
@@ -379,6 +393,20 @@ impl CompressConfig {
                 return bad(
                     "target_ratio",
                     format!("target_ratio must be a positive number, got {r}"),
+                );
+            }
+        }
+        if let Some(b) = self.target_size {
+            if b == 0 {
+                return bad(
+                    "target_size",
+                    "target_size must be a positive number of bytes, got 0".into(),
+                );
+            }
+            if self.target_ratio.is_some() {
+                return bad(
+                    "target_size",
+                    "target_size (a budget on the whole archive file) and target_ratio (a budget on the compressed tensors) exclude each other: give one".into(),
                 );
             }
         }
@@ -520,6 +548,15 @@ mod tests {
             },
             CompressConfig {
                 target_ratio: Some(f64::NAN),
+                ..d()
+            },
+            CompressConfig {
+                target_size: Some(0),
+                ..d()
+            },
+            CompressConfig {
+                target_ratio: Some(20.0),
+                target_size: Some(1 << 20),
                 ..d()
             },
             CompressConfig {

@@ -203,12 +203,12 @@ pub enum Error {
         source: Box<ultradelta_archive::Error>,
     },
     /// The byte budget cannot be met.
-    #[error("{}: target ratio {target}x: {detail}", finetuned.display())]
+    #[error("{}: {budget}: {detail}", finetuned.display())]
     Budget {
         /// The fine-tuned checkpoint.
         finetuned: PathBuf,
-        /// The requested ratio.
-        target: f64,
+        /// The budget as asked (`target ratio 40x`, `target size 1200000 bytes`).
+        budget: String,
         /// Why it is unreachable, with the achievable range.
         detail: String,
     },

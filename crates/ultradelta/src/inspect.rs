@@ -30,9 +30,15 @@ pub struct TensorSummary {
     pub bytes: u64,
 }
 
-/// Compression ratios of an archive.
+/// Compression ratios of an archive, the whole file first.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
+    /// The whole file: the fine-tuned checkpoint as stored on disk (its `.safetensors` weight files plus, when
+    /// sharded, the shard index `model.safetensors.index.json`; companion files such as `config.json` and the
+    /// tokenizer are not counted) over the whole archive file (every byte of it: records, companion files, index).
+    pub whole_checkpoint: f64,
+    /// Bytes of the fine-tuned checkpoint counted by `whole_checkpoint` (as recorded at compression).
+    pub finetuned_bytes: u64,
     /// Compressed tensors' size at 16 bits per entry over their records' real bytes.
     pub real: Option<f64>,
     /// The paper's v2 count 16/(b·d) for the configured sparsity and bits. `None` (JSON null) unless the archive
@@ -40,8 +46,6 @@ pub struct Ratios {
     pub paper_v2: Option<f64>,
     /// The paper's v3 count 16/(b·d + H₂(d)) for the configured sparsity and bits (`None` as for `paper_v2`).
     pub paper_v3: Option<f64>,
-    /// The fine-tuned checkpoint's size on disk over the whole archive file.
-    pub whole_checkpoint: f64,
 }
 
 /// Everything `ultradelta inspect` prints.
@@ -197,11 +201,12 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
         tensors,
         files: m.files.iter().map(|f| f.name.clone()).collect(),
         ratio: Ratios {
+            whole_checkpoint: m.finetuned.size_on_disk as f64 / bytes.max(1) as f64,
+            finetuned_bytes: m.finetuned.size_on_disk,
             real: (compressed_bytes > 0)
                 .then(|| 2.0 * compressed_entries as f64 / compressed_bytes as f64),
             paper_v2: nominal(paper_v2_ratio),
             paper_v3: nominal(paper_v3_ratio),
-            whole_checkpoint: m.finetuned.size_on_disk as f64 / bytes.max(1) as f64,
         },
         codec: codec_summary(reader),
     }

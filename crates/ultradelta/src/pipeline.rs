@@ -62,7 +62,7 @@ pub struct CompressReport {
     pub archive_bytes: u64,
     /// Method used.
     pub method: Method,
-    /// What the byte-budget search chose (with `target_ratio`).
+    /// What the byte-budget search chose (with `target_ratio` or `target_size`).
     pub budget: Option<BudgetReport>,
 }
 
@@ -244,6 +244,36 @@ fn tensor_entry(
     Ok((entry, rec, trace))
 }
 
+/// The `created_by` of every archive this crate writes.
+pub(crate) const CREATED_BY: &str = concat!("ultradelta ", env!("CARGO_PKG_VERSION"));
+
+/// The index's `params` for `p` written under `cfg` (γ is added when the archive is finished): the configuration,
+/// the tensor-selection family, the tensors only in the base and the budget search's report.
+pub(crate) fn params_json(
+    p: &Plan<'_>,
+    cfg: &CompressConfig,
+    budget: Option<&BudgetReport>,
+) -> serde_json::Value {
+    let mut params = serde_json::to_value(cfg).expect("config serialises");
+    if let serde_json::Value::Object(m) = &mut params {
+        m.insert(
+            "family".into(),
+            serde_json::Value::String(p.family.name().into()),
+        );
+        m.insert(
+            "base_only_tensors".into(),
+            serde_json::to_value(&p.base_only).expect("strings"),
+        );
+        if let Some(b) = budget {
+            m.insert(
+                "budget".into(),
+                serde_json::to_value(b).expect("budget report serialises"),
+            );
+        }
+    }
+    params
+}
+
 /// Pass 2: writes every record of one fine-tune. Returns the open archive (γ not yet known).
 fn write_records(
     p: &Plan<'_>,
@@ -259,13 +289,13 @@ fn write_records(
         p.family_source()
     ));
     let solved;
-    let (cfg, budget) = match cfg.target_ratio {
-        Some(_) => {
+    let (cfg, budget) = match cfg.has_budget() {
+        true => {
             let (c, b) = solve_budget(p, cfg, progress)?;
             solved = c;
             (&solved, Some(b))
         }
-        None => (cfg, None),
+        false => (cfg, None),
     };
     let idx = p.compressed();
     let (stats, scans) = if cfg.method == Method::Ultradelta {
@@ -286,7 +316,7 @@ fn write_records(
         out,
         WriterOptions {
             overwrite,
-            created_by: concat!("ultradelta ", env!("CARGO_PKG_VERSION")).to_string(),
+            created_by: CREATED_BY.to_string(),
             zstd_level: cfg.zstd_level,
         },
     )?;
@@ -300,6 +330,8 @@ fn write_records(
     // coding, byte shuffling and zstd of lossless records) and its input pages are released. Records are written
     // in plan order, so the archive's bytes do not change; at most two tensors' records are alive.
     let mut ready: Option<(TensorEntry, Option<Record>)> = None;
+    // Bytes of the compressed tensors' records as written (checked against the budget's ceiling).
+    let mut record_bytes = 0u64;
     for item in p.tensors.iter().enumerate().map(Some).chain([None]) {
         // Two large lossless tensors in a row (a LLaMA head and embedding) are not overlapped: encoding one
         // (its XOR and byte-shuffled copies) beside the other's XOR and mapped inputs would hold about five
@@ -317,7 +349,11 @@ fn write_records(
             let (name, numel) = (entry.name.clone(), entry.numel);
             match rec {
                 Some(rec) => {
-                    writer.write_tensor(entry, &rec)?;
+                    let compressed = entry.policy == Policy::Compress;
+                    let n = writer.write_tensor(entry, &rec)?;
+                    if compressed {
+                        record_bytes += n;
+                    }
                 }
                 None => writer.write_dropped(entry)?,
             }
@@ -367,6 +403,19 @@ fn write_records(
         }
     }
     progress.end();
+    if let Some(b) = &budget {
+        // The search sized these records without writing them; the writer must agree.
+        if record_bytes > b.record_budget {
+            return Err(Error::Budget {
+                finetuned: p.ft.path().to_path_buf(),
+                budget: b.describe(),
+                detail: format!(
+                    "internal error: the compressed tensors' records took {record_bytes} bytes, over the {} the search allowed",
+                    b.record_budget
+                ),
+            });
+        }
+    }
     let (companions, skipped) = p.ft.companions();
     for (file, why) in &skipped {
         progress.note(&format!(
@@ -386,23 +435,7 @@ fn write_records(
             .to_string();
         writer.add_file(&fname, &bytes)?;
     }
-    let mut params = serde_json::to_value(cfg).expect("config serialises");
-    if let serde_json::Value::Object(m) = &mut params {
-        m.insert(
-            "family".into(),
-            serde_json::Value::String(p.family.name().into()),
-        );
-        m.insert(
-            "base_only_tensors".into(),
-            serde_json::to_value(&p.base_only).expect("strings"),
-        );
-        if let Some(b) = &budget {
-            m.insert(
-                "budget".into(),
-                serde_json::to_value(b).expect("budget report serialises"),
-            );
-        }
-    }
+    let params = params_json(p, cfg, budget.as_ref());
     Ok(Pending {
         method: cfg.method,
         writer,
@@ -430,6 +463,7 @@ fn write_records(
 
 impl Pending {
     fn finish(mut self, gamma: f64) -> Result<CompressReport> {
+        let source = PathBuf::from(&self.finetuned.source);
         if let serde_json::Value::Object(m) = &mut self.params {
             m.insert("gamma".into(), serde_json::json!(gamma));
         }
@@ -442,6 +476,20 @@ impl Pending {
         )?;
         self.report.gamma = gamma;
         self.report.archive_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if let Some(b) = self.report.budget.as_ref().filter(|b| b.kind == "size") {
+            // The index bound makes this impossible; a file over a whole-file budget is never left behind.
+            if self.report.archive_bytes > b.target as u64 {
+                let _ = std::fs::remove_file(&path);
+                return Err(Error::Budget {
+                    finetuned: source,
+                    budget: b.describe(),
+                    detail: format!(
+                        "internal error: the archive took {} bytes; nothing was written",
+                        self.report.archive_bytes
+                    ),
+                });
+            }
+        }
         self.report.output = path;
         Ok(self.report)
     }
