@@ -346,7 +346,10 @@ fn budget_is_a_ceiling_for_every_method() {
                 b.achieved
             );
             // The ceiling holds for every method, integer parameters included.
-            assert!(real >= target, "{method}: {real} under the target {target}x ({b:?})");
+            assert!(
+                real >= target,
+                "{method}: {real} under the target {target}x ({b:?})"
+            );
             (real, b)
         };
         for (method, target) in [
@@ -412,8 +415,14 @@ fn budget_is_a_ceiling_for_every_method() {
             )
             .unwrap_err()
             .to_string();
-            assert!(err.contains("bitdelta") && err.contains("no free parameter"), "{err}");
-            assert!(err.contains("smallest setting") && err.contains(&format!("{target}x")), "{err}");
+            assert!(
+                err.contains("bitdelta") && err.contains("no free parameter"),
+                "{err}"
+            );
+            assert!(
+                err.contains("smallest setting") && err.contains(&format!("{target}x")),
+                "{err}"
+            );
             assert!(!out.exists());
         }
         // Unreachable targets name the method, the budget and the smallest setting's ratio.
@@ -428,7 +437,9 @@ fn budget_is_a_ceiling_for_every_method() {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("ultradelta") && err.contains("1000000x") && err.contains("sparsity 0.999"),
+            err.contains("ultradelta")
+                && err.contains("1000000x")
+                && err.contains("sparsity 0.999"),
             "{err}"
         );
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -466,10 +477,16 @@ fn target_size_bounds_the_whole_file_for_every_method() {
         assert_eq!(b.kind, "size");
         // The whole file fits; the report's bound is an upper bound, and a tight one (the index's numbers the
         // search can change are counted at their widest: a few dozen bytes per compressed tensor).
-        assert!(bytes <= budget, "{name}: {bytes} bytes for a budget of {budget} ({b:?})");
+        assert!(
+            bytes <= budget,
+            "{name}: {bytes} bytes for a budget of {budget} ({b:?})"
+        );
         let bound = b.fixed_bytes.unwrap() + b.record_bytes;
         let slack = 64 * (rep.counts.compress as u64 + 1);
-        assert!(bytes <= bound && bound - bytes < slack, "{name}: {bytes} vs bound {bound}");
+        assert!(
+            bytes <= bound && bound - bytes < slack,
+            "{name}: {bytes} vs bound {bound}"
+        );
         if b.within {
             assert!(bound as f64 >= 0.99 * budget as f64, "{name}: {b:?}");
         }
@@ -593,18 +610,32 @@ fn budget_through_the_cli_and_lora_export() {
         &base,
         &ft,
         &sized,
-        &["--method", "dare", "--target-size", &format!("{}.{}K", budget / 1000, budget % 1000 / 100)],
+        &[
+            "--method",
+            "dare",
+            "--target-size",
+            &format!("{}.{}K", budget / 1000, budget % 1000 / 100),
+        ],
     ));
     assert!(out.contains("budget: target size"), "{out}");
     let bytes = std::fs::metadata(&sized).unwrap().len();
-    assert!(bytes <= budget / 100 * 100 && bytes as f64 >= 0.99 * (budget / 100 * 100) as f64, "{bytes} {budget}");
+    assert!(
+        bytes <= budget / 100 * 100 && bytes as f64 >= 0.99 * (budget / 100 * 100) as f64,
+        "{bytes} {budget}"
+    );
     let ins = ud_ok(&["inspect", s(&sized)]);
     let second = ins.lines().nth(1).unwrap();
-    assert!(second.starts_with("whole file ") && second.contains(&format!("{bytes} bytes")), "{ins}");
+    assert!(
+        second.starts_with("whole file ") && second.contains(&format!("{bytes} bytes")),
+        "{ins}"
+    );
     let js = inspect_json(&sized);
     let whole = js["ratio"]["whole_checkpoint"].as_f64().unwrap();
     let ft_bytes = js["ratio"]["finetuned_bytes"].as_f64().unwrap();
-    assert!((whole - ft_bytes / bytes as f64).abs() < 1e-9 * whole, "{js}");
+    assert!(
+        (whole - ft_bytes / bytes as f64).abs() < 1e-9 * whole,
+        "{js}"
+    );
     // The JSON, as printed, leads its ratios with the whole file.
     let raw = ud_ok(&["inspect", "--json", s(&sized)]);
     let at = |k: &str| raw.find(k).unwrap_or_else(|| panic!("{k}: {raw}"));
@@ -616,9 +647,20 @@ fn budget_through_the_cli_and_lora_export() {
         &sized,
         &["--target-size", "1M", "--target-ratio", "20", "--force"],
     ));
-    assert!(err.contains("--target-size") && err.contains("--target-ratio"), "{err}");
-    let err = ud_err(&compress_cmd(&base, &ft, &sized, &["--target-size", "12X", "--force"]));
-    assert!(err.contains("--target-size") && err.contains("byte count"), "{err}");
+    assert!(
+        err.contains("--target-size") && err.contains("--target-ratio"),
+        "{err}"
+    );
+    let err = ud_err(&compress_cmd(
+        &base,
+        &ft,
+        &sized,
+        &["--target-size", "12X", "--force"],
+    ));
+    assert!(
+        err.contains("--target-size") && err.contains("byte count"),
+        "{err}"
+    );
     let ins = ud_ok(&["inspect", s(&archive)]);
     assert!(ins.contains("drop probability"), "{ins}");
 

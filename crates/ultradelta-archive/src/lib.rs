@@ -65,8 +65,7 @@ pub use manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEnt
 pub use reader::{ArchiveReader, MAX_ZSTD_EXPANSION};
 pub use record::{
     decode_header, decode_record, decode_record_expecting, decode_xor_into, encode_file_record,
-    encode_record, Record,
-    RecordHeader,
+    encode_record, Record, RecordHeader,
 };
 pub use ultradelta_core::{DType, QuantParams};
 pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};

@@ -545,7 +545,10 @@ mod tests {
         }
         for text in ["", "M", "12X", "-3M", "1.2.3K", "12 MiBs", "1e9"] {
             let err = parse_bytes(text).unwrap_err();
-            assert!(err.contains("byte count") && err.contains(text), "{text}: {err}");
+            assert!(
+                err.contains("byte count") && err.contains(text),
+                "{text}: {err}"
+            );
         }
     }
 

@@ -234,7 +234,12 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
             Policy::Keep | Policy::New => {
                 let rec = if plan.policy == Policy::Keep {
                     let (b, f) = (p.base.view(name)?, p.ft.view(name)?);
-                    let xor_bytes = f.bytes().iter().zip(b.bytes()).map(|(f, b)| f ^ b).collect();
+                    let xor_bytes = f
+                        .bytes()
+                        .iter()
+                        .zip(b.bytes())
+                        .map(|(f, b)| f ^ b)
+                        .collect();
                     Record::XorDelta {
                         dtype: info.dtype,
                         xor_bytes,
@@ -247,7 +252,8 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
                 };
                 p.base.release(name);
                 p.ft.release(name);
-                let len = encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
+                let len =
+                    encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
                 lossless += len;
                 let kept = rec.kept().unwrap_or(numel);
                 e.kind = rec.kind().name().to_string();
@@ -352,7 +358,8 @@ pub(crate) fn solve_budget(
         _ => {
             return Err(Error::InvalidConfig {
                 field: "target_ratio",
-                reason: "the budget search needs exactly one of target_ratio and target_size".into(),
+                reason: "the budget search needs exactly one of target_ratio and target_size"
+                    .into(),
             })
         }
     };
@@ -619,6 +626,7 @@ pub(crate) fn solve_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ultradelta_archive::DEFAULT_ZSTD_LEVEL;
     use ultradelta_io::DType;
 
     #[test]

@@ -103,8 +103,9 @@
 //! are fields: `allocation` (MSA), `pruning` (DAC), `quantize`, `tngr.enabled`, `rescale`.
 //! [`CompressConfig::paper`] is the paper's exact setting ([`Preset::Paper`]; [`Preset::apply_to`] lays it over
 //! a configuration, keeping the seed, selection and storage codecs). With `target_ratio: Some(r)` the method's free
-//! parameter (sparsity, rank or bits) is searched so the archive's real ratio lands within 1 % of `r`
-//! ([`budget`]); [`export_lora`] writes a `lowrank` archive as a PEFT LoRA adapter.
+//! parameter (sparsity, rank or bits) is searched so the real ratio over the compressed tensors is at least `r`;
+//! with `target_size: Some(bytes)` so the whole archive file takes at most `bytes` ([`budget`]; both are ceilings,
+//! and sparsity lands within 1 % of them); [`export_lora`] writes a `lowrank` archive as a PEFT LoRA adapter.
 //!
 //! ## Codecs past the paper's count
 //!
