@@ -315,7 +315,11 @@ fn issue_17_companion_tree_is_carried_and_hostile_names_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(&dir.path().join("pair"), DType::F32, false, 7);
     std::fs::create_dir_all(ft.join("1_Pooling")).unwrap();
-    std::fs::write(ft.join("1_Pooling/config.json"), b"{\"pooling_mode_mean_tokens\": true}").unwrap();
+    std::fs::write(
+        ft.join("1_Pooling/config.json"),
+        b"{\"pooling_mode_mean_tokens\": true}",
+    )
+    .unwrap();
     std::fs::write(ft.join("modules.json"), b"[]").unwrap();
     std::fs::create_dir_all(ft.join("onnx")).unwrap();
     std::fs::write(ft.join("onnx/model.onnx"), b"weights again").unwrap();
@@ -334,7 +338,9 @@ fn issue_17_companion_tree_is_carried_and_hostile_names_refused() {
     assert!(!out.join("onnx").exists());
 
     // Hostile archives: names the format allows but a model folder may not hold.
-    let fingerprint = ultradelta::io::Checkpoint::open(&base).unwrap().fingerprint();
+    let fingerprint = ultradelta::io::Checkpoint::open(&base)
+        .unwrap()
+        .fingerprint();
     for name in [".git/config", "x/model.safetensors", "a/.hidden"] {
         let bad = dir.path().join("bad.udelta");
         let mut w = ultradelta::archive::ArchiveWriter::create_with(
@@ -356,7 +362,10 @@ fn issue_17_companion_tree_is_carried_and_hostile_names_refused() {
         .unwrap();
         let out = dir.path().join("hostile");
         let err = ud_err(&apply_cmd(&base, &bad, &out, &[]));
-        assert!(err.contains("cannot be rebuilt") && err.contains(name), "{name}: {err}");
+        assert!(
+            err.contains("cannot be rebuilt") && err.contains(name),
+            "{name}: {err}"
+        );
         assert!(!out.exists(), "{name}: nothing written");
         let o = ud(&["verify", "--quiet", s(&bad)]);
         assert_eq!(o.status.code(), Some(3), "{name}: verify says corrupt");

@@ -37,8 +37,8 @@ mod writer;
 mod tests;
 
 pub use checkpoint::{
-    pair, Checkpoint, Pairing, TensorView, INDEX_FILE_NAME, MAX_COMPANION_BYTES, MAX_COMPANION_COUNT,
-    MAX_COMPANION_DEPTH, SINGLE_FILE_NAME,
+    pair, Checkpoint, Pairing, TensorView, INDEX_FILE_NAME, MAX_COMPANION_BYTES,
+    MAX_COMPANION_COUNT, MAX_COMPANION_DEPTH, SINGLE_FILE_NAME,
 };
 pub use convert::{bytes_to_f32, f32_to_bytes, PAR_CHUNK};
 pub use dtype::{DType, TensorInfo};

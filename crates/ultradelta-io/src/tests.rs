@@ -970,7 +970,12 @@ fn companion_files_and_config() {
     #[cfg(not(unix))]
     assert_eq!(
         names,
-        ["1_Pooling/config.json", "config.json", "tokenizer.json", "vocab.txt"]
+        [
+            "1_Pooling/config.json",
+            "config.json",
+            "tokenizer.json",
+            "vocab.txt"
+        ]
     );
     assert!(ck.companion_files().iter().all(|p| p.starts_with(&dir)));
     assert_eq!(ck.config().unwrap()["model_type"], "bert");

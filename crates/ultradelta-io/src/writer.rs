@@ -616,7 +616,8 @@ impl CheckpointWriter {
             } else {
                 (file_name, f.as_str())
             };
-            long.strip_prefix(short).is_some_and(|rest| rest.starts_with('/'))
+            long.strip_prefix(short)
+                .is_some_and(|rest| rest.starts_with('/'))
         });
         if clash {
             return Err(reject(

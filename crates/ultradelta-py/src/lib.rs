@@ -114,9 +114,7 @@ fn option_hint(e: &ultradelta::Error) -> String {
         | Error::Io(io::Error::OutputExists { .. }) => return "; force=True replaces it".into(),
         _ => None,
     };
-    option
-        .map(|o| format!(" (set by {o})"))
-        .unwrap_or_default()
+    option.map(|o| format!(" (set by {o})")).unwrap_or_default()
 }
 
 /// The keyword option that sets configuration field `field`.

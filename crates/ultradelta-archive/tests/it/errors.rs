@@ -603,8 +603,11 @@ fn issue_17_companion_paths_with_subfolders() {
     let p = dir.path().join("s.udelta");
     let mut w = ArchiveWriter::create(&p).unwrap();
     w.add_file("config.json", b"{}").unwrap();
-    w.add_file("1_Pooling/config.json", b"{\"pooling_mode_mean_tokens\": true}")
-        .unwrap();
+    w.add_file(
+        "1_Pooling/config.json",
+        b"{\"pooling_mode_mean_tokens\": true}",
+    )
+    .unwrap();
     w.add_file("a/b/c/d.txt", b"deep").unwrap();
     for clash in ["config.json/x", "a/b", "a"] {
         let e = w.add_file(clash, b"").unwrap_err();
@@ -618,7 +621,10 @@ fn issue_17_companion_paths_with_subfolders() {
         .unwrap();
     let r = ArchiveReader::open(&p).unwrap();
     let names: Vec<&str> = r.manifest().files.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["config.json", "1_Pooling/config.json", "a/b/c/d.txt"]);
+    assert_eq!(
+        names,
+        ["config.json", "1_Pooling/config.json", "a/b/c/d.txt"]
+    );
     assert_eq!(
         r.read_file("1_Pooling/config.json").unwrap(),
         b"{\"pooling_mode_mean_tokens\": true}"
