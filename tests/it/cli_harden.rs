@@ -324,7 +324,16 @@ fn issue_17_companion_tree_is_carried_and_hostile_names_refused() {
     std::fs::create_dir_all(ft.join("onnx")).unwrap();
     std::fs::write(ft.join("onnx/model.onnx"), b"weights again").unwrap();
     let archive = dir.path().join("ft.udelta");
-    let o = ud(&compress_cmd(&base, &ft, &archive, &[]));
+    // Not --quiet: the note about the skipped weight file is the point.
+    let o = ud(&[
+        "compress",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&archive),
+    ]);
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("weight file in a subfolder"), "{err}");
