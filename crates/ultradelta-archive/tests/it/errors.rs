@@ -601,7 +601,7 @@ fn non_finite_gamma_refused() {
 fn issue_17_companion_paths_with_subfolders() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("s.udelta");
-    let mut w = ArchiveWriter::create(&p).unwrap();
+    let mut w = ArchiveWriter::create(&p, false).unwrap();
     w.add_file("config.json", b"{}").unwrap();
     w.add_file(
         "1_Pooling/config.json",
