@@ -306,3 +306,77 @@ fn verify_decodes_everything_and_tells_failures_apart() {
     let o = ud(&["verify", s(&dir.path().join("missing.udelta"))]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
 }
+
+/// Issue 17: `apply` carries the model folder's whole companion tree (sentence-transformers' `1_Pooling/`), never
+/// weights from a subfolder; an archive whose companion names would write a hidden file or weights is refused
+/// before anything is written.
+#[test]
+fn issue_17_companion_tree_is_carried_and_hostile_names_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(&dir.path().join("pair"), DType::F32, false, 7);
+    std::fs::create_dir_all(ft.join("1_Pooling")).unwrap();
+    std::fs::write(
+        ft.join("1_Pooling/config.json"),
+        b"{\"pooling_mode_mean_tokens\": true}",
+    )
+    .unwrap();
+    std::fs::write(ft.join("modules.json"), b"[]").unwrap();
+    std::fs::create_dir_all(ft.join("onnx")).unwrap();
+    std::fs::write(ft.join("onnx/model.onnx"), b"weights again").unwrap();
+    let archive = dir.path().join("ft.udelta");
+    // Not --quiet: the note about the skipped weight file is the point.
+    let o = ud(&[
+        "compress",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&archive),
+    ]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("weight file in a subfolder"), "{err}");
+    let out = dir.path().join("rebuilt");
+    ud_ok(&apply_cmd(&base, &archive, &out, &[]));
+    assert_eq!(
+        std::fs::read(out.join("1_Pooling/config.json")).unwrap(),
+        b"{\"pooling_mode_mean_tokens\": true}"
+    );
+    assert!(out.join("modules.json").is_file());
+    assert!(!out.join("onnx").exists());
+
+    // Hostile archives: names the format allows but a model folder may not hold.
+    let fingerprint = ultradelta::io::Checkpoint::open(&base)
+        .unwrap()
+        .fingerprint();
+    for name in [".git/config", "x/model.safetensors", "a/.hidden"] {
+        let bad = dir.path().join("bad.udelta");
+        let mut w = ultradelta::archive::ArchiveWriter::create_with(
+            &bad,
+            ultradelta::archive::WriterOptions {
+                overwrite: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        w.add_file(name, b"x").unwrap();
+        w.finish(
+            "ultradelta",
+            serde_json::json!({}),
+            1.0,
+            &fingerprint,
+            ultradelta::archive::FinetunedInfo::default(),
+        )
+        .unwrap();
+        let out = dir.path().join("hostile");
+        let err = ud_err(&apply_cmd(&base, &bad, &out, &[]));
+        assert!(
+            err.contains("cannot be rebuilt") && err.contains(name),
+            "{name}: {err}"
+        );
+        assert!(!out.exists(), "{name}: nothing written");
+        let o = ud(&["verify", "--quiet", s(&bad)]);
+        assert_eq!(o.status.code(), Some(3), "{name}: verify says corrupt");
+    }
+}

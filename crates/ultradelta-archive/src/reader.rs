@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, Limits, Manifest, TensorEntry, KIND_NONE};
 use crate::record::{decode_record_expecting, decode_xor_into, Record, RecordHeader};
-use crate::writer::is_plain_file_name;
+use crate::writer::is_companion_path;
 use crate::RecordKind;
 use crate::{
     Error, Result, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
@@ -580,9 +580,9 @@ pub(crate) fn validate_manifest(
 
     let mut files = HashMap::with_capacity(m.files.len());
     for (i, f) in m.files.iter().enumerate() {
-        if !is_plain_file_name(&f.name) {
+        if !is_companion_path(&f.name) {
             return Err(invalid(format!(
-                "companion file {i} name {:?} is not a plain file name",
+                "companion file {i} name {:?} is not a relative path of plain file names joined by `/`",
                 f.name
             )));
         }
@@ -612,6 +612,19 @@ pub(crate) fn validate_manifest(
             )));
         }
         ranges.push((f.offset, f.length, &f.name));
+    }
+
+    // No companion path is also the folder of another ("a" and "a/b"): no output folder can hold both.
+    for f in &m.files {
+        for (k, _) in f.name.match_indices('/') {
+            if files.contains_key(&f.name[..k]) {
+                return Err(invalid(format!(
+                    "companion file \"{}\" is also the folder of companion file \"{}\"",
+                    &f.name[..k],
+                    f.name
+                )));
+            }
+        }
     }
 
     ranges.sort_unstable_by_key(|&(o, l, _)| (o, l));

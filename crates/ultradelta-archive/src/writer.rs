@@ -243,14 +243,32 @@ impl ArchiveWriter {
         Ok(())
     }
 
-    /// Appends a zstd-compressed companion file (`config.json`, tokenizer files, ...). `name` must be a plain file
-    /// name: no `/`, `\`, NUL, and not `.` or `..`.
+    /// Appends a zstd-compressed companion file (`config.json`, tokenizer files, `1_Pooling/config.json`, ...).
+    /// `name` is its path relative to the model folder: plain file names (no `\`, NUL, not `.` or `..`, at most 255
+    /// bytes) joined by `/`, at most 4096 bytes, not a folder of an earlier file's path nor a file in one.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a bad name; [`Error::DuplicateName`]; [`Error::Io`].
     pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        if !is_plain_file_name(name) {
-            return Err(self.invalid(name, "companion file name must be a plain file name"));
+        if !is_companion_path(name) {
+            return Err(self.invalid(
+                name,
+                "companion file name must be a relative path of plain file names joined by `/`",
+            ));
+        }
+        let nested = |short: &str, long: &str| {
+            long.strip_prefix(short)
+                .is_some_and(|rest| rest.starts_with('/'))
+        };
+        if let Some(other) = self
+            .file_names
+            .iter()
+            .find(|f| nested(f, name) || nested(name, f))
+        {
+            return Err(self.invalid(
+                name,
+                format!("it and \"{other}\" would need the same path as a file and as a folder"),
+            ));
         }
         if self.file_names.contains(name) {
             return Err(Error::DuplicateName {
@@ -440,4 +458,11 @@ pub(crate) fn is_plain_file_name(name: &str) -> bool {
         && name != ".."
         && !name.contains(['/', '\\', '\0'])
         && name.len() <= 255
+}
+
+/// True if `name` is a companion file's path relative to the model folder: at most 4096 bytes, one or more plain
+/// file names (see [`is_plain_file_name`]) joined by `/` — so no leading or trailing `/`, no empty, `.` or `..`
+/// component, no `\`: rebuilt under an output folder it stays inside it.
+pub(crate) fn is_companion_path(name: &str) -> bool {
+    name.len() <= 4096 && name.split('/').all(is_plain_file_name)
 }

@@ -20,6 +20,11 @@ pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
 /// Companion files larger than this are not reported by [`Checkpoint::companion_files`] (64 MiB).
 pub const MAX_COMPANION_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Subfolder levels below the model folder that [`Checkpoint::companion_files`] walks (`1_Pooling/` is one).
+pub const MAX_COMPANION_DEPTH: usize = 8;
+/// Companion files [`Checkpoint::companion_files`] lists at most.
+pub const MAX_COMPANION_COUNT: usize = 4096;
+
 /// File extensions that hold weights (never companion files).
 const WEIGHT_EXTENSIONS: [&str; 9] = [
     "safetensors",
@@ -146,6 +151,88 @@ pub(crate) fn is_weight_file_name(name: &str) -> bool {
     lower
         .strip_suffix(".index.json")
         .is_some_and(has_weight_ext)
+}
+
+/// The walk of a model folder behind [`Checkpoint::companions`].
+struct CompanionWalk {
+    /// Resolved folder every companion must lie in.
+    root: PathBuf,
+    /// Resolved folders already walked (a symlink back to a parent folder is not entered again).
+    visited: Vec<PathBuf>,
+    /// (companion name, path) of the files kept.
+    out: Vec<(String, PathBuf)>,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+impl CompanionWalk {
+    /// Adds the companions of `dir` (whose name relative to the model folder is `prefix`, `""` at the top, else
+    /// ending in `/`), `depth` levels below the model folder.
+    fn folder(&mut self, dir: &Path, prefix: &str, depth: usize) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<(String, PathBuf)> = rd
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), e.path())))
+            .collect();
+        entries.sort();
+        for (name, path) in entries {
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_dir() && !meta.is_file() {
+                continue;
+            }
+            let resolved = path.canonicalize().ok();
+            match &resolved {
+                Some(r) if r.starts_with(&self.root) => {}
+                _ => {
+                    let to = resolved
+                        .map(|r| r.display().to_string())
+                        .unwrap_or_else(|| "an unresolvable path".into());
+                    self.skipped
+                        .push((path, format!("resolves to {to}, outside the model folder")));
+                    continue;
+                }
+            }
+            if meta.is_dir() {
+                let resolved = resolved.unwrap_or_default();
+                if self.visited.iter().any(|v| v == &resolved) {
+                    continue;
+                }
+                if depth + 1 > MAX_COMPANION_DEPTH {
+                    self.skipped.push((
+                        path,
+                        format!("deeper than {MAX_COMPANION_DEPTH} folders below the model folder"),
+                    ));
+                    continue;
+                }
+                self.visited.push(resolved);
+                self.folder(&path, &format!("{prefix}{name}/"), depth + 1);
+            } else if is_weight_file_name(&name) {
+                // The checkpoint's own weights (and indexes) at the top are not companions; weights in a subfolder
+                // are another copy of a model (an ONNX export, a trainer checkpoint) and are not carried either.
+                if depth > 0 {
+                    self.skipped.push((
+                        path,
+                        "a weight file in a subfolder (weights are never carried as companion files)".into(),
+                    ));
+                }
+            } else if meta.len() > MAX_COMPANION_BYTES {
+                continue;
+            } else if self.out.len() >= MAX_COMPANION_COUNT {
+                self.skipped.push((
+                    path,
+                    format!("more than {MAX_COMPANION_COUNT} companion files"),
+                ));
+            } else {
+                self.out.push((format!("{prefix}{name}"), path));
+            }
+        }
+    }
 }
 
 fn is_regular_file(p: &Path) -> bool {
@@ -514,13 +601,17 @@ impl Checkpoint {
         &self.metadata
     }
 
-    /// Small non-weight files beside the weights (`config.json`, tokenizer files, `generation_config.json`, ...),
-    /// as full paths sorted by file name.
+    /// Small non-weight files of the model folder (`config.json`, tokenizer files, `generation_config.json`, and
+    /// the files of its subfolders such as sentence-transformers' `1_Pooling/config.json`), as full paths sorted by
+    /// their [`companion_name`](Self::companion_name).
     ///
-    /// Lists the entries of [`dir`](Self::dir) that are regular files (symlinks are followed, as in the Hugging Face
-    /// cache), not hidden (name starting with `.`), at most [`MAX_COMPANION_BYTES`], and not weights: not
-    /// `*.safetensors`, `*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.h5`, `*.msgpack`, `*.onnx`, `*.gguf`, nor an index of
-    /// those (`*.safetensors.index.json`, `*.bin.index.json`, ...). Names that are not UTF-8 are skipped. When the
+    /// Walks [`dir`](Self::dir) and its subfolders (at most [`MAX_COMPANION_DEPTH`] levels down, at most
+    /// [`MAX_COMPANION_COUNT`] files) and lists the regular files (symlinks are followed, as in the Hugging Face
+    /// cache) that are not hidden (no path component starting with `.`, so `.git/` and `.cache/` are not entered),
+    /// at most [`MAX_COMPANION_BYTES`], and not weights: not `*.safetensors`, `*.bin`, `*.pt`, `*.pth`, `*.ckpt`,
+    /// `*.h5`, `*.msgpack`, `*.onnx`, `*.gguf`, nor an index of those (`*.safetensors.index.json`,
+    /// `*.bin.index.json`, ...), in the folder or in any subfolder (an `onnx/` export or a trainer's
+    /// `checkpoint-500/` holds another copy of the weights). Names that are not UTF-8 are skipped. When the
     /// checkpoint was opened from a single file, the folder counts as a model folder only if it holds a
     /// `config.json`; otherwise the list is empty (a lone file in, say, a downloads folder has no companions).
     /// An unreadable folder gives an empty list.
@@ -528,60 +619,58 @@ impl Checkpoint {
         self.companions().0
     }
 
-    /// [`companion_files`](Self::companion_files), and the candidates left out because they resolve outside the
-    /// model folder (a symlinked `tokenizer.json -> /etc/passwd`), each with the reason. A companion is read only
-    /// if its resolved path lies inside the model folder's resolved path; for a Hugging Face cache snapshot
+    /// [`companion_files`](Self::companion_files), and the candidates left out with the reason: files or
+    /// subfolders that resolve outside the model folder (a symlinked `tokenizer.json -> /etc/passwd`), weight files
+    /// in subfolders, and anything past the depth and count limits. A companion is read only if its resolved path
+    /// lies inside the model folder's resolved path; for a Hugging Face cache snapshot
     /// (`…/models--org--name/snapshots/REV/`) the model folder is the repository folder `models--org--name`,
-    /// whose `blobs/` the snapshot's symlinks point into.
+    /// whose `blobs/` the snapshot's symlinks point into. A subfolder is entered once (a symlink back to a parent
+    /// folder does not loop).
     pub fn companions(&self) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
         // A lone .safetensors file in an arbitrary folder (say, Downloads) has no companions:
         // only a model folder (opened as a folder, or holding a config.json) does.
         if self.path.is_file() && !self.dir.join("config.json").is_file() {
             return (Vec::new(), Vec::new());
         }
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+        let Ok(top) = self.dir.canonicalize() else {
             return (Vec::new(), Vec::new());
         };
-        let root = self.dir.canonicalize().ok().map(|d| {
-            let snapshot = d
-                .parent()
-                .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
-                .and_then(Path::parent)
-                .map(Path::to_path_buf);
-            snapshot.unwrap_or(d)
-        });
-        let mut out: Vec<(String, PathBuf)> = Vec::new();
-        let mut skipped = Vec::new();
-        for entry in rd.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if name.starts_with('.') || is_weight_file_name(&name) {
-                continue;
-            }
-            let path = entry.path();
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() && m.len() <= MAX_COMPANION_BYTES => {
-                    let resolved = path.canonicalize().ok();
-                    let inside = match (&root, &resolved) {
-                        (Some(root), Some(r)) => r.starts_with(root),
-                        _ => false,
-                    };
-                    if inside {
-                        out.push((name, path));
-                    } else {
-                        let to = resolved
-                            .map(|r| r.display().to_string())
-                            .unwrap_or_else(|| "an unresolvable path".into());
-                        skipped.push((path, format!("resolves to {to}, outside the model folder")));
-                    }
-                }
-                _ => {}
-            }
-        }
+        let snapshot = top
+            .parent()
+            .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        let root = snapshot.unwrap_or_else(|| top.clone());
+        let mut walk = CompanionWalk {
+            root,
+            visited: vec![top],
+            out: Vec::new(),
+            skipped: Vec::new(),
+        };
+        walk.folder(&self.dir, "", 0);
+        let CompanionWalk {
+            mut out,
+            mut skipped,
+            ..
+        } = walk;
         out.sort();
         skipped.sort();
         (out.into_iter().map(|(_, p)| p).collect(), skipped)
+    }
+
+    /// The name a companion file at `path` (one of [`companion_files`](Self::companion_files)) is stored and
+    /// rebuilt under: its path relative to [`dir`](Self::dir), components joined by `/` (`config.json`,
+    /// `1_Pooling/config.json`). `None` when `path` is not inside the folder or not UTF-8.
+    pub fn companion_name(&self, path: &Path) -> Option<String> {
+        let rel = path.strip_prefix(&self.dir).ok()?;
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(n) => parts.push(n.to_str()?),
+                _ => return None,
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join("/"))
     }
 
     /// The parsed `config.json` beside the weights, if it exists, is at most [`MAX_COMPANION_BYTES`] and is valid JSON.

@@ -37,12 +37,14 @@ mod writer;
 mod tests;
 
 pub use checkpoint::{
-    pair, Checkpoint, Pairing, TensorView, INDEX_FILE_NAME, MAX_COMPANION_BYTES, SINGLE_FILE_NAME,
+    pair, Checkpoint, Pairing, TensorView, INDEX_FILE_NAME, MAX_COMPANION_BYTES,
+    MAX_COMPANION_COUNT, MAX_COMPANION_DEPTH, SINGLE_FILE_NAME,
 };
 pub use convert::{bytes_to_f32, f32_to_bytes, PAR_CHUNK};
 pub use dtype::{DType, TensorInfo};
 pub use error::{check_regular_file, Error, Result};
 pub use header::MAX_HEADER_BYTES;
 pub use writer::{
-    recover_leftovers, write_checkpoint, CheckpointWriter, WriterOptions, DIRECT_IO_ALIGN,
+    check_companion_name, recover_leftovers, write_checkpoint, CheckpointWriter, WriterOptions,
+    DIRECT_IO_ALIGN,
 };

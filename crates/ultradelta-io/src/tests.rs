@@ -916,7 +916,12 @@ fn companion_files_and_config() {
     w.add_file("tokenizer.json", b"{}").unwrap();
     for bad in [
         "../x",
-        "a/b",
+        "/etc/x",
+        "a/../x",
+        "a//b",
+        "a/",
+        "sub/.hidden",
+        "onnx/model.onnx",
         ".hidden",
         "model.safetensors",
         INDEX_FILE_NAME,
@@ -925,6 +930,12 @@ fn companion_files_and_config() {
     ] {
         let e = w.add_file(bad, b"x").unwrap_err();
         assert!(matches!(e, Error::InvalidFileName { .. }), "{bad:?}: {e}");
+    }
+    // Issue 17: a file in a subfolder; a path that would be a file and a folder at once is refused.
+    w.add_file("1_Pooling/config.json", b"{}").unwrap();
+    for clash in ["vocab.txt/x", "1_Pooling"] {
+        let e = w.add_file(clash, b"x").unwrap_err();
+        assert!(e.to_string().contains("folder"), "{clash}: {e}");
     }
     let e = w.add_file("vocab.txt", b"again").unwrap_err();
     assert!(
@@ -943,15 +954,29 @@ fn companion_files_and_config() {
     let names: Vec<String> = ck
         .companion_files()
         .iter()
-        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .map(|p| ck.companion_name(p).unwrap())
         .collect();
     #[cfg(unix)]
     assert_eq!(
         names,
-        ["config.json", "merges.txt", "tokenizer.json", "vocab.txt"]
+        [
+            "1_Pooling/config.json",
+            "config.json",
+            "merges.txt",
+            "tokenizer.json",
+            "vocab.txt"
+        ]
     );
     #[cfg(not(unix))]
-    assert_eq!(names, ["config.json", "tokenizer.json", "vocab.txt"]);
+    assert_eq!(
+        names,
+        [
+            "1_Pooling/config.json",
+            "config.json",
+            "tokenizer.json",
+            "vocab.txt"
+        ]
+    );
     assert!(ck.companion_files().iter().all(|p| p.starts_with(&dir)));
     assert_eq!(ck.config().unwrap()["model_type"], "bert");
     std::fs::write(dir.join("config.json"), b"{broken").unwrap();
@@ -1208,5 +1233,65 @@ fn exchange_swaps_two_folders_or_says_it_cannot() {
     std::fs::write(a.join("x"), b"a").unwrap();
     if crate::exchange::exchange(&a, &b).unwrap() {
         assert!(b.join("x").exists() && !a.join("x").exists());
+    }
+}
+
+/// Issue 17: the companion walk enters subfolders (sentence-transformers' `1_Pooling/`, `2_Normalize/`), skips
+/// hidden ones, reports weights in subfolders and subfolders resolving outside the model folder, does not loop on a
+/// symlink to a parent folder, and stops at the depth limit.
+#[cfg(unix)]
+#[test]
+fn issue_17_companion_tree() {
+    let t = tmp();
+    let tensors = sample_tensors(DType::F32);
+    let dir = write_checkpoint(t.path().join("m"), &tensors, WriterOptions::default()).unwrap();
+    let put = |rel: &str, bytes: &[u8]| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    put("config.json", b"{}");
+    put("modules.json", b"[]");
+    put("1_Pooling/config.json", b"{}");
+    put("2_Normalize/.keep", b"");
+    put(".git/config", b"x");
+    put("onnx/model.onnx", b"x");
+    put("onnx/config.json", b"{}");
+    put("checkpoint-5/model.safetensors", b"x");
+    std::fs::create_dir_all(t.path().join("elsewhere")).unwrap();
+    std::fs::write(t.path().join("elsewhere/secret.txt"), b"x").unwrap();
+    std::os::unix::fs::symlink(t.path().join("elsewhere"), dir.join("linked")).unwrap();
+    std::os::unix::fs::symlink("..", dir.join("1_Pooling/up")).unwrap();
+    let mut deep = String::new();
+    for i in 0..=MAX_COMPANION_DEPTH {
+        deep.push_str(&format!("d{i}/"));
+    }
+    put(&format!("{deep}too-deep.txt"), b"x");
+    let ck = Checkpoint::open(&dir).unwrap();
+    let (kept, skipped) = ck.companions();
+    let names: Vec<String> = kept.iter().map(|p| ck.companion_name(p).unwrap()).collect();
+    let want = [
+        "1_Pooling/config.json",
+        "config.json",
+        "modules.json",
+        "onnx/config.json",
+    ];
+    assert_eq!(names, want, "skipped: {skipped:?}");
+    let why = |needle: &str| {
+        skipped
+            .iter()
+            .find(|(p, _)| p.to_string_lossy().contains(needle))
+            .map(|(_, w)| w.clone())
+            .unwrap_or_else(|| panic!("{needle} not reported: {skipped:?}"))
+    };
+    assert!(why("onnx/model.onnx").contains("weight file in a subfolder"));
+    assert!(why("checkpoint-5/model.safetensors").contains("weight file in a subfolder"));
+    assert!(why("/linked").contains("outside the model folder"));
+    let deepest = format!("d{}/d{}", MAX_COMPANION_DEPTH - 1, MAX_COMPANION_DEPTH);
+    assert!(why(&deepest).contains("deeper than"));
+    assert_eq!(skipped.len(), 4, "{skipped:?}");
+    // Every kept name is one the writer takes.
+    for n in &names {
+        crate::check_companion_name(n).unwrap();
     }
 }

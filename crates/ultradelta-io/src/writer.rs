@@ -333,6 +333,48 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks the name of a companion file as [`CheckpointWriter::add_file`] takes it: a relative path of at most
+/// 4096 bytes and 9 components (the file in at most [`MAX_COMPANION_DEPTH`](crate::MAX_COMPANION_DEPTH)
+/// subfolders) joined by `/`, each component a plain non-empty name of at most 255 bytes that is not `.` or `..`,
+/// does not start with `.` (hidden) and holds no `\` or NUL, the last one not a weight or weight-index name. So a
+/// name from an untrusted archive cannot leave the output folder (`../x`, `/etc/x`, `a/../../x`) nor write weights.
+///
+/// # Errors
+/// Why the name is refused, for [`Error::InvalidFileName`].
+pub fn check_companion_name(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("the name is empty");
+    }
+    if name.len() > 4096 {
+        return Err("longer than 4096 bytes");
+    }
+    if name.starts_with('/') {
+        return Err("an absolute path (expected a path relative to the model folder)");
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > crate::MAX_COMPANION_DEPTH + 1 {
+        return Err("too many folders");
+    }
+    for part in &parts {
+        if part.is_empty() {
+            return Err("an empty path component (`//` or a trailing `/`)");
+        }
+        if *part == "." || *part == ".." {
+            return Err("a `.` or `..` path component");
+        }
+        if part.starts_with('.') {
+            return Err("hidden names are not allowed");
+        }
+        if part.len() > 255 || !is_plain_file_name(part) {
+            return Err("a path component that is not a plain file name");
+        }
+    }
+    if crate::checkpoint::is_weight_file_name(parts[parts.len() - 1]) {
+        return Err("the name is reserved for weights");
+    }
+    Ok(())
+}
+
 fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(path).map_err(|e| Error::io(path, "create", e))?;
     f.write_all(bytes)
@@ -551,30 +593,48 @@ impl CheckpointWriter {
         Ok(())
     }
 
-    /// Adds a companion file (`config.json`, tokenizer files, ...) to the folder. `file_name` must be a plain,
-    /// non-hidden file name, not a weight or index name, and not added before.
+    /// Adds a companion file (`config.json`, tokenizer files, ...) to the folder. `file_name` is its path relative
+    /// to the folder, components joined by `/` (`1_Pooling/config.json`); it must pass [`check_companion_name`],
+    /// must not be a shard's or the index's name, nor a folder of (or a file in) another companion's path, and must
+    /// not have been added before. Subfolders are created inside the folder being written, never outside it.
     pub fn add_file(&mut self, file_name: &str, bytes: &[u8]) -> Result<()> {
         let reject = |reason: &str| Error::InvalidFileName {
             dir: self.dir.clone(),
             name: file_name.to_string(),
             reason: reason.to_string(),
         };
-        if !is_plain_file_name(file_name) {
-            return Err(reject("expected a plain file name without folders"));
+        if let Err(reason) = check_companion_name(file_name) {
+            return Err(reject(reason));
         }
-        if file_name.starts_with('.') {
-            return Err(reject("hidden names are not allowed"));
-        }
-        if file_name == INDEX_FILE_NAME
-            || self.shards.iter().any(|s| s.file_name == file_name)
-            || crate::checkpoint::is_weight_file_name(file_name)
-        {
+        if file_name == INDEX_FILE_NAME || self.shards.iter().any(|s| s.file_name == file_name) {
             return Err(reject("the name is reserved for weights"));
+        }
+        // "a" and "a/b" cannot both exist: one would have to be a file and a folder.
+        let clash = self.extra_files.iter().any(|f| {
+            let (short, long) = if f.len() < file_name.len() {
+                (f.as_str(), file_name)
+            } else {
+                (file_name, f.as_str())
+            };
+            long.strip_prefix(short)
+                .is_some_and(|rest| rest.starts_with('/'))
+        });
+        if clash {
+            return Err(reject(
+                "another companion file's path uses it as a folder, or it as a file",
+            ));
         }
         if !self.extra_files.insert(file_name.to_string()) {
             return Err(reject("added twice"));
         }
-        write_file_synced(&self.temp.join(file_name), bytes)
+        let mut path = self.temp.clone();
+        for part in file_name.split('/') {
+            path.push(part);
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, "create folder", e))?;
+        }
+        write_file_synced(&path, bytes)
     }
 
     /// Checks every declared tensor was written, closes and fsyncs the files, writes the index (when sharded), and

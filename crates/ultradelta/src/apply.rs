@@ -405,6 +405,23 @@ fn patch_sparse(
     Ok(true)
 }
 
+/// Checks that every companion file of the archive can be written inside an output folder under its name
+/// ([`ultradelta_io::check_companion_name`]: a relative path without `.`/`..` components, hidden names or weight
+/// names). The archive reader already refused absolute paths and `..`; this adds what a model folder may not hold.
+///
+/// # Errors
+/// [`Error::CompanionName`] for the first name refused.
+pub fn check_companion_names(reader: &ArchiveReader, archive: &Path) -> Result<()> {
+    for f in &reader.manifest().files {
+        ultradelta_io::check_companion_name(&f.name).map_err(|reason| Error::CompanionName {
+            archive: archive.to_path_buf(),
+            name: f.name.clone(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
 /// Rebuilds the fine-tuned checkpoint from `base` and the archive at `archive` into the
 /// folder `out_dir` (safetensors, sharded when large, with the fine-tune's metadata and
 /// companion files). The folder appears only when complete.
@@ -425,6 +442,8 @@ pub fn apply(
     for e in &manifest.tensors {
         check_entry_against_base(base, archive, e)?;
     }
+    // Every companion name before anything is written (issue 17: names may hold subfolders).
+    check_companion_names(&reader, archive)?;
     let infos: Vec<TensorInfo> = manifest
         .tensors
         .iter()

@@ -119,6 +119,17 @@ pub enum Error {
         /// What does not fit, with the expected and found values.
         detail: String,
     },
+    /// A companion file's name in the archive cannot be rebuilt inside an output folder (a hidden or weight name;
+    /// path escapes such as `../x` or `/etc/x` are refused when the archive is opened).
+    #[error("{}: companion file {name:?} cannot be rebuilt: {reason}", archive.display())]
+    CompanionName {
+        /// The archive.
+        archive: PathBuf,
+        /// The name in the archive's index.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// Rebuilding would write a non-finite value (Inf or NaN) where the base value is finite: the archive's values
     /// overflow the tensor's dtype. The fine-tune had no such value (its delta was finite), so nothing is written.
     #[error("{}: tensor \"{tensor}\": entry {index} rebuilds to a non-finite value where the base is finite (the archive's values overflow {dtype}); nothing written", archive.display())]

@@ -159,7 +159,8 @@ pub mod selection;
 mod verify;
 
 pub use apply::{
-    apply, check_base, check_entry_against_base, rebuild_tensor, rebuild_tensor_into, ApplyOptions,
+    apply, check_base, check_companion_names, check_entry_against_base, rebuild_tensor,
+    rebuild_tensor_into, ApplyOptions,
 };
 pub use budget::{BudgetReport, BUDGET_TOLERANCE};
 pub use config::{

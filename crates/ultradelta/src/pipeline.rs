@@ -428,11 +428,8 @@ fn write_records(
             path: file.clone(),
             source,
         })?;
-        let fname = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+        // `config.json`, or `1_Pooling/config.json` for a file in a subfolder.
+        let fname = p.ft.companion_name(&file).unwrap_or_default();
         writer.add_file(&fname, &bytes)?;
     }
     let params = params_json(p, cfg, budget.as_ref());

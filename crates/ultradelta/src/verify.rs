@@ -106,6 +106,7 @@ pub fn verify(
         progress.advance(e.numel);
     }
     progress.end();
+    crate::apply::check_companion_names(&reader, archive)?;
     for f in &m.files {
         reader.read_file(&f.name)?;
     }

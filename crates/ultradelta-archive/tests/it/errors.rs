@@ -214,6 +214,17 @@ fn index_invalid() {
         Box::new(|v| v["tensors"][0]["kind"] = json!("file-zstd")),
         Box::new(|v| v["tensors"][0]["checksum"] = json!("XYZ")),
         Box::new(|v| v["files"][0]["name"] = json!("../etc/passwd")),
+        // Issue 17: companion names may hold subfolders, never an escape from the output folder.
+        Box::new(|v| v["files"][0]["name"] = json!("/etc/passwd")),
+        Box::new(|v| v["files"][0]["name"] = json!("1_Pooling/../../x")),
+        Box::new(|v| v["files"][0]["name"] = json!("1_Pooling/./config.json")),
+        Box::new(|v| v["files"][0]["name"] = json!("1_Pooling//config.json")),
+        Box::new(|v| v["files"][0]["name"] = json!("1_Pooling/")),
+        Box::new(|v| v["files"][0]["name"] = json!("1_Pooling\\..\\x")),
+        Box::new(|v| v["files"][0]["name"] = json!("a\u{0}b")),
+        Box::new(|v| v["files"][0]["name"] = json!("x".repeat(4097))),
+        // "config.json" and "config.json/x": one path would be a file and a folder.
+        Box::new(|v| v["files"][1]["name"] = json!("config.json/x")),
         Box::new(|v| v["files"][1]["name"] = v["files"][0]["name"].clone()),
         Box::new(|v| v["files"][0]["size"] = json!(1u64 << 40)),
         Box::new(|v| {
@@ -554,8 +565,10 @@ fn invalid_input_refused_by_writer() {
     assert!(w
         .write_tensor(e, &sparse(vec![1], vec![1], 4, 1.0))
         .is_err());
-    // Bad companion file names.
-    for name in ["", ".", "..", "a/b", "a\\b"] {
+    // Bad companion file names (issue 17: relative paths with subfolders are fine, escapes are not).
+    for name in [
+        "", ".", "..", "a\\b", "/a", "a/", "a//b", "a/../b", "../a", "a/./b", "a/..",
+    ] {
         assert!(matches!(
             w.add_file(name, b"").unwrap_err(),
             Error::InvalidInput { .. }
@@ -580,4 +593,41 @@ fn non_finite_gamma_refused() {
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     assert!(!p.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// Issue 17: companion files in subfolders (`1_Pooling/config.json`) are stored under their relative path and read
+/// back; a name that would be both a file and a folder is refused by the writer.
+#[test]
+fn issue_17_companion_paths_with_subfolders() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.udelta");
+    let mut w = ArchiveWriter::create(&p, false).unwrap();
+    w.add_file("config.json", b"{}").unwrap();
+    w.add_file(
+        "1_Pooling/config.json",
+        b"{\"pooling_mode_mean_tokens\": true}",
+    )
+    .unwrap();
+    w.add_file("a/b/c/d.txt", b"deep").unwrap();
+    for clash in ["config.json/x", "a/b", "a"] {
+        let e = w.add_file(clash, b"").unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidInput { .. }) && e.to_string().contains("folder"),
+            "{clash}: {e}"
+        );
+    }
+    let p = w
+        .finish("m", json!({}), 1.0, "", FinetunedInfo::default())
+        .unwrap();
+    let r = ArchiveReader::open(&p).unwrap();
+    let names: Vec<&str> = r.manifest().files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["config.json", "1_Pooling/config.json", "a/b/c/d.txt"]
+    );
+    assert_eq!(
+        r.read_file("1_Pooling/config.json").unwrap(),
+        b"{\"pooling_mode_mean_tokens\": true}"
+    );
+    r.verify().unwrap();
 }
