@@ -142,6 +142,7 @@ fn option_of(field: &str) -> Option<&'static str> {
         "rank" => "rank=",
         "compeft_alpha" => "compeft_alpha=",
         "target_ratio" => "target_ratio=",
+        "target_size" => "target_size=",
         "positions" => "positions=",
         "values" => "values=",
         "codec" => "codec=",
@@ -173,6 +174,7 @@ const OPTIONS: &[&str] = &[
     "rank",
     "compeft_alpha",
     "target_ratio",
+    "target_size",
     "no_quant",
     "positions",
     "values",
@@ -212,6 +214,7 @@ const PRESET_CONFLICTS: &[&str] = &[
     "no_tngr",
     "tngr",
     "target_ratio",
+    "target_size",
     "rescale_factor",
     "trace_on",
 ];
@@ -384,6 +387,9 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         rank: get("rank").map_or(Ok(8), |v| value("rank", v, "a non-negative integer"))?,
         compeft_alpha: opt_num("compeft_alpha")?,
         target_ratio: opt_num("target_ratio")?,
+        target_size: get("target_size")
+            .map(|v| value("target_size", v, "a whole number of bytes"))
+            .transpose()?,
         positions: get("positions")
             .map(|v| choice("positions", v, &["golomb", "seeded"]))
             .transpose()?
@@ -403,6 +409,11 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
             value("zstd_level", v, "an integer")
         })?,
     };
+    if cfg.target_ratio.is_some() && cfg.target_size.is_some() {
+        return Err(invalid(
+            "options target_ratio and target_size are two budgets: give one".into(),
+        ));
+    }
     if let Some(preset) = preset {
         cfg = preset.apply_to(cfg);
     }

@@ -32,6 +32,7 @@ def compress(
     rank: Optional[int] = ...,
     compeft_alpha: Optional[float] = ...,
     target_ratio: Optional[float] = ...,
+    target_size: Optional[int] = ...,
     no_quant: Optional[bool] = ...,
     positions: Optional[Literal["golomb", "seeded"]] = ...,
     values: Optional[Literal["packed", "entropy"]] = ...,
