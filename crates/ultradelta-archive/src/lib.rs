@@ -64,8 +64,8 @@ pub use kinds::RecordKind;
 pub use manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
 pub use reader::{ArchiveReader, MAX_ZSTD_EXPANSION};
 pub use record::{
-    decode_header, decode_record, decode_record_expecting, decode_xor_into, encode_record, Record,
-    RecordHeader,
+    decode_full_into, decode_header, decode_record, decode_record_expecting, decode_xor_into,
+    encode_record, Record, RecordHeader,
 };
 pub use ultradelta_core::{DType, QuantParams};
 pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, Limits, Manifest, TensorEntry, KIND_NONE};
-use crate::record::{decode_record_expecting, decode_xor_into, Record, RecordHeader};
+use crate::record::{decode_expecting, decode_full_into, decode_xor_into, Record, RecordHeader};
 use crate::writer::is_plain_file_name;
 use crate::RecordKind;
 use crate::{
@@ -362,6 +362,21 @@ impl ArchiveReader {
     /// [`Error::UnknownTensor`], [`Error::NotStored`], [`Error::RecordChecksum`], [`Error::CorruptRecord`] (the
     /// record contradicts its index entry or its streams are invalid), [`Error::Io`].
     pub fn read_record(&self, name: &str) -> Result<Record> {
+        self.decode_entry(name, false)
+    }
+
+    /// Every check of [`read_record`](Self::read_record) on tensor `name`'s record, without keeping the decoded
+    /// record: the levels of a kind-12 record (rANS, which can code many levels in few bytes) and of a zero-bit
+    /// kind-9 record are decoded and checked but never materialized, so the memory this takes is bounded by the
+    /// record's bytes (every other kind's decoded size is). What `verify` without a base uses.
+    ///
+    /// # Errors
+    /// As [`read_record`](Self::read_record).
+    pub fn check_record(&self, name: &str) -> Result<()> {
+        self.decode_entry(name, true).map(drop)
+    }
+
+    fn decode_entry(&self, name: &str, check_only: bool) -> Result<Record> {
         let e = self.entry(name).ok_or_else(|| Error::UnknownTensor {
             path: self.path.clone(),
             name: name.to_string(),
@@ -379,10 +394,17 @@ impl ArchiveReader {
         };
         let lossless = matches!(kind, RecordKind::XorZstd | RecordKind::FullZstd);
         let kept = (!lossless).then_some(e.kept);
-        let (header, record) = decode_record_expecting(&bytes, &self.limits, &expected, kept)
+        let (header, record) = decode_expecting(&bytes, &self.limits, &expected, kept, check_only)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         self.check_header(name, e, &header)?;
-        if let Some(kept) = record.kept() {
+        // A check-only decode keeps no levels of kinds 9 and 12: kind 12's kept count was checked against the
+        // index's before decoding; kind 9 keeps numel entries (its header's, equal to the index's).
+        let kept = match kind {
+            RecordKind::SparseSeededRans if check_only => None,
+            RecordKind::DenseLevels if check_only => Some(header.numel),
+            _ => record.kept(),
+        };
+        if let Some(kept) = kept {
             if kept != e.kept {
                 return Err(self.corrupt(
                     name,
@@ -416,6 +438,28 @@ impl ArchiveReader {
         }
         let bytes = self.record_bytes(name)?;
         let header = decode_xor_into(&bytes, &self.limits, base, out, planes)
+            .map_err(|err| self.corrupt(name, err.to_string()))?;
+        self.check_header(name, e, &header)?;
+        Ok(true)
+    }
+
+    /// For tensor `name` stored as `full-zstd`: decodes its bytes straight into `out` (exactly the record's byte
+    /// size) with [`decode_full_into`]: the same bytes as [`read_record`](Self::read_record)'s [`Record::Full`],
+    /// without a second buffer of the tensor's size. `Ok(false)`, and `out` untouched, when the index has another
+    /// kind.
+    ///
+    /// # Errors
+    /// As [`read_record`](Self::read_record); [`Error::CorruptRecord`] also when `out` is not the record's size.
+    pub fn read_full_into(&self, name: &str, out: &mut [u8]) -> Result<bool> {
+        let e = self.entry(name).ok_or_else(|| Error::UnknownTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        if e.kind != RecordKind::FullZstd.name() {
+            return Ok(false);
+        }
+        let bytes = self.record_bytes(name)?;
+        let header = decode_full_into(&bytes, &self.limits, out)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         self.check_header(name, e, &header)?;
         Ok(true)
@@ -471,7 +515,7 @@ impl ArchiveReader {
             shape: vec![f.size],
             numel: f.size,
         };
-        let (header, record) = decode_record_expecting(&bytes, &self.limits, &expected, None)
+        let (header, record) = decode_expecting(&bytes, &self.limits, &expected, None, false)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         match record {
             Record::Full { bytes, .. }
@@ -500,7 +544,7 @@ impl ArchiveReader {
     pub fn verify(&self) -> Result<()> {
         for e in &self.manifest.tensors {
             if e.kind != KIND_NONE {
-                self.read_record(&e.name)?;
+                self.check_record(&e.name)?;
             }
         }
         for f in &self.manifest.files {

@@ -378,6 +378,10 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         ins.method,
         ins.bytes
     );
+    match &ins.content_sha256 {
+        Some(d) => outln!("content sha256: {d} (as stored; `ultradelta verify` checks it)"),
+        None => outln!("content sha256: none (format v1 archives store none)"),
+    }
     outln!("method params: {}", method_params(&ins.method, &ins.params));
     outln!("params: {}", serde_json::to_string(&ins.params)?);
     outln!(
@@ -466,6 +470,10 @@ fn cmd_verify(a: VerifyArgs, progress: &CliProgress) -> Result<()> {
             None => String::new(),
         }
     );
+    match &report.content_sha256 {
+        Some(d) => outln!("content sha256: {d} (checked: the archive's content hashes to it)"),
+        None => outln!("content sha256: none (format v1 archives store none)"),
+    }
     outln!("sha256 of the file: {sha}");
     Ok(())
 }
