@@ -287,6 +287,46 @@ fn verify_decodes_everything_and_tells_failures_apart() {
     let sha = String::from_utf8_lossy(&sha.stdout);
     let sha = sha.split_whitespace().next().unwrap();
     assert!(out.contains(&format!("sha256 of the file: {sha}")), "{out}");
+    // The content SHA-256 stored in the trailer: the SHA-256 of every byte but the last 40 (the digest and the
+    // trailer magic); verify checks and prints it, inspect prints it as stored (text and JSON).
+    let bytes = std::fs::read(&archive).unwrap();
+    let content = dir.path().join("content.bin");
+    std::fs::write(&content, &bytes[..bytes.len() - 40]).unwrap();
+    let csha = Command::new("sha256sum").arg(&content).output().unwrap();
+    std::fs::remove_file(&content).unwrap();
+    let csha = String::from_utf8_lossy(&csha.stdout);
+    let csha = csha.split_whitespace().next().unwrap().to_string();
+    assert_ne!(csha, sha);
+    assert!(
+        out.contains(&format!("content sha256: {csha} (checked")),
+        "{out}"
+    );
+    let ins = ud_ok(&["inspect", s(&archive)]);
+    assert!(
+        ins.contains(&format!("content sha256: {csha} (as stored")),
+        "{ins}"
+    );
+    let ins = ud_ok(&["inspect", "--json", s(&archive)]);
+    let ins: serde_json::Value = serde_json::from_str(&ins).unwrap();
+    assert_eq!(ins["content_sha256"], csha.as_str());
+    let vj = ud_ok(&["verify", "--json", s(&archive)]);
+    let vj: serde_json::Value = serde_json::from_str(&vj).unwrap();
+    assert_eq!(vj["report"]["content_sha256"], csha.as_str());
+    // A changed digest: every record still checks, the content does not hash to it: corrupt (3), one line.
+    let mut tampered = bytes.clone();
+    let n = tampered.len();
+    tampered[n - 20] ^= 0x01;
+    let tp = dir.path().join("tampered.udelta");
+    std::fs::write(&tp, &tampered).unwrap();
+    let o = ud(&["verify", s(&tp)]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("tampered.udelta: content SHA-256 mismatch: the trailer says"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    std::fs::remove_file(&tp).unwrap();
     let out = ud_ok(&["verify", "--base", s(&base), s(&archive)]);
     assert!(out.contains("applies to"), "{out}");
     assert_eq!(listing(dir.path()), before, "verify writes nothing");

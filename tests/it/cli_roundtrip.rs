@@ -71,7 +71,8 @@ fn roundtrip(dtype: DType, sharded: bool) {
     assert!(out.contains("tensors compressed"), "{out}");
 
     let ins: serde_json::Value = inspect_json(&archive);
-    assert_eq!(ins["format_version"], 1);
+    assert_eq!(ins["format_version"], 2);
+    assert_eq!(ins["content_sha256"].as_str().map(str::len), Some(64));
     assert_eq!(ins["method"], "ultradelta");
     for k in ["sparsity", "bits", "step", "seed", "gamma"] {
         assert!(

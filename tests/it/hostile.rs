@@ -55,6 +55,32 @@ fn every_hostile_file_gives_its_exact_error() {
     assert!(n >= 8, "{n} cases");
 }
 
+/// Issue 15, item 2: records whose declared counts are consistent but far larger than their bytes — a kind-12
+/// record of 81 bytes declaring 2^30 rANS levels with an empty stream, a 37 KB archive holding a 1 GiB new tensor
+/// of zeros — are checked by `verify` without materializing them: it passes under a 512 MiB address-space limit
+/// (before the fix it decoded 2^30 levels into 2 GiB, and the new tensor into two buffers of its size).
+#[test]
+fn verify_without_base_is_bounded_by_the_bytes_present() {
+    let dir = hostile_dir();
+    for f in ["rans-many-levels.udelta", "new-tensor-1gib.udelta"] {
+        let o = Command::new("bash")
+            .current_dir(&dir)
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v 524288 && exec '{}' verify {f}",
+                env!("CARGO_BIN_EXE_ultradelta")
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "verify {f} under 512 MiB: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains(": OK: "));
+    }
+}
+
 // ---- recipes -------------------------------------------------------------------------------------------------
 
 fn tensor(name: &str, shape: &[usize], seed: u32) -> (TensorInfo, Vec<u8>) {
@@ -70,9 +96,14 @@ fn tensor(name: &str, shape: &[usize], seed: u32) -> (TensorInfo, Vec<u8>) {
     (info, bytes)
 }
 
+/// Bytes of the trailer of archive `b`: 32 in format version 1, 64 (with the content SHA-256) from version 2.
+fn trailer_len(b: &[u8]) -> usize {
+    ultradelta::archive::trailer_len(u32::from_le_bytes(b[8..12].try_into().unwrap())) as usize
+}
+
 /// (offset, length) of the index, from the trailer.
 fn index_range(b: &[u8]) -> (usize, usize) {
-    let t = b.len() - 32;
+    let t = b.len() - trailer_len(b);
     let off = u64::from_le_bytes(b[t..t + 8].try_into().unwrap()) as usize;
     let len = u64::from_le_bytes(b[t + 8..t + 16].try_into().unwrap()) as usize;
     (off, len)
@@ -92,6 +123,11 @@ fn with_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
     out.extend_from_slice(&(off as u64).to_le_bytes());
     out.extend_from_slice(&(new.len() as u64).to_le_bytes());
     out.extend_from_slice(&xxh3_64(&new).to_le_bytes());
+    if trailer_len(b) == 64 {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(&out);
+        out.extend_from_slice(&d);
+    }
     out.extend_from_slice(b"UDELTAIX");
     out
 }

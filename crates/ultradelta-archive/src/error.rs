@@ -68,13 +68,13 @@ pub enum Error {
         found: [u8; 8],
     },
     /// The archive was written in a format version this reader does not know.
-    #[error("{path}: unsupported archive format version {found} (this reader supports version {supported})")]
+    #[error("{path}: unsupported archive format version {found} (this reader supports versions 1 to {supported})")]
     UnsupportedVersion {
         /// Archive file.
         path: PathBuf,
         /// Version found in the preamble.
         found: u32,
-        /// Version this reader supports.
+        /// Newest version this reader supports (it reads every version from 1 up to it).
         supported: u32,
     },
     /// The preamble sets flag bits this reader does not know.
@@ -128,6 +128,16 @@ pub enum Error {
         expected: u64,
         /// Checksum of the bytes read.
         found: u64,
+    },
+    /// The archive's content does not hash to the SHA-256 stored in its trailer (format version 2 and later).
+    #[error("{path}: content SHA-256 mismatch: the trailer says {expected}, the archive's content hashes to {found}")]
+    ContentSha256 {
+        /// Archive file.
+        path: PathBuf,
+        /// Digest stored in the trailer (hex).
+        expected: String,
+        /// Digest of the bytes read (hex).
+        found: String,
     },
     /// The index is not valid JSON of the expected shape.
     #[error("{path}: index is not a valid manifest: {detail}")]

@@ -64,8 +64,8 @@ pub use kinds::RecordKind;
 pub use manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
 pub use reader::{ArchiveReader, MAX_ZSTD_EXPANSION};
 pub use record::{
-    decode_header, decode_record, decode_record_expecting, decode_xor_into, encode_file_record,
-    encode_record, Record, RecordHeader,
+    decode_full_into, decode_header, decode_record, decode_record_expecting, decode_xor_into,
+    encode_file_record, encode_record, Record, RecordHeader,
 };
 pub use ultradelta_core::{DType, QuantParams};
 pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};
@@ -73,8 +73,12 @@ pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};
 /// First 8 bytes of every archive: `0x89 'U' 'D' 'E' 'L' 'T' 'A' '\n'`.
 pub const MAGIC: [u8; 8] = *b"\x89UDELTA\n";
 
-/// Format version written after the magic (u32 little-endian). Readers refuse any other value.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written after the magic (u32 little-endian). Readers read every version from
+/// [`OLDEST_FORMAT_VERSION`] up to this one and refuse any other. Version 2 added the content SHA-256 to the trailer.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version a reader still reads (version 1: the 32-byte trailer without a SHA-256).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Preamble flag bits this version understands (none: the flags word must be 0).
 pub const KNOWN_FLAGS: u32 = 0;
@@ -85,8 +89,25 @@ pub const TRAILER_MAGIC: [u8; 8] = *b"UDELTAIX";
 /// Bytes before the first record: magic (8), version (4), flags (4).
 pub const PREAMBLE_LEN: u64 = 16;
 
-/// Bytes of the trailer: index offset (8), index length (8), index xxh3-64 (8), trailer magic (8).
-pub const TRAILER_LEN: u64 = 32;
+/// Bytes of the trailer: index offset (8), index length (8), index xxh3-64 (8), content SHA-256 (32), trailer
+/// magic (8). The SHA-256 covers every byte of the file before it (`[0, size - 40)`).
+pub const TRAILER_LEN: u64 = 64;
+
+/// Bytes of a format-version-1 trailer: index offset (8), index length (8), index xxh3-64 (8), trailer magic (8).
+pub const TRAILER_LEN_V1: u64 = 32;
+
+/// Bytes of the trailer of an archive of format `version` (1 or 2).
+pub const fn trailer_len(version: u32) -> u64 {
+    if version == 1 {
+        TRAILER_LEN_V1
+    } else {
+        TRAILER_LEN
+    }
+}
+
+/// Bytes at the end of a version-2 archive that its content SHA-256 does not cover: the digest itself and the
+/// trailer magic.
+pub const SHA256_TAIL: u64 = 40;
 
 /// Binary entropy `H2(d) = -d log2 d - (1-d) log2 (1-d)` in bits (0 at d = 0 and d = 1).
 pub fn h2(d: f64) -> f64 {

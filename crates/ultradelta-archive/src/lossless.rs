@@ -98,6 +98,59 @@ pub(crate) fn zstd_decompress_exact(data: &[u8], expected: u64) -> Result<Vec<u8
 }
 
 /// The zstd stream of a lossless payload: its declared compressed length must be exactly the bytes that follow.
+/// Streams the zstd frames of `data`, which must decompress to exactly `expected` bytes, through `sink(at,
+/// chunk)` in 64 KiB pieces: memory is the piece, whatever the frames declare.
+pub(crate) fn zstd_stream_exact(
+    data: &[u8],
+    expected: u64,
+    mut sink: impl FnMut(u64, &[u8]),
+) -> Result<()> {
+    let mut dec = zstd::stream::read::Decoder::with_buffer(data)
+        .map_err(|e| Error::stream("zstd", format!("cannot start decoder: {e}")))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0u64;
+    loop {
+        let n = dec
+            .read(&mut buf)
+            .map_err(|e| Error::stream("zstd", format!("{e}")))?;
+        if n == 0 {
+            break;
+        }
+        if at + n as u64 > expected {
+            return Err(Error::stream(
+                "zstd",
+                format!("decompressed to more than {expected} bytes, expected {expected}"),
+            ));
+        }
+        sink(at, &buf[..n]);
+        at += n as u64;
+    }
+    if at != expected {
+        return Err(Error::stream(
+            "zstd",
+            format!("decompressed to {at} bytes, expected {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Decompresses byte-plane-shuffled `data` (elements of `size` bytes) straight into `out` (exactly the raw
+/// size), unshuffling each piece as it arrives: no buffer of the tensor's size besides `out`.
+pub(crate) fn zstd_unshuffle_into(data: &[u8], size: usize, out: &mut [u8]) -> Result<()> {
+    let n = (out.len() / size.max(1)) as u64;
+    zstd_stream_exact(data, out.len() as u64, |at, chunk| {
+        if size <= 1 {
+            out[at as usize..at as usize + chunk.len()].copy_from_slice(chunk);
+            return;
+        }
+        for (k, &b) in chunk.iter().enumerate() {
+            let p = at + k as u64;
+            let (j, i) = (p / n, p % n);
+            out[(i * size as u64 + j) as usize] = b;
+        }
+    })
+}
+
 pub(crate) fn zstd_payload<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8]> {
     let clen = c.u64("compressed length")?;
     if clen != c.left() {

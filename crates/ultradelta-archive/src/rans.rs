@@ -162,8 +162,36 @@ pub fn validate_model(symbols: &[u16], freqs: &[u16], bits: u8, kept: u64) -> Re
 /// # Errors
 /// [`Error::InvalidStream`] (stream `"rans"`).
 pub fn decode_levels(symbols: &[u16], freqs: &[u16], words: &[u16], kept: u64) -> Result<Vec<u16>> {
+    let n = usize::try_from(kept)
+        .map_err(|_| Error::stream("rans", format!("{kept} levels too many")))?;
+    // Grow with what is actually decoded, not with the declared count.
+    let mut out = Vec::with_capacity(n.min(1 << 20));
+    decode_with(symbols, freqs, words, kept, |s, times| {
+        out.extend(std::iter::repeat_n(s, times as usize))
+    })?;
+    Ok(out)
+}
+
+/// [`decode_levels`]'s checks without keeping the levels: memory is the words alone, whatever `kept` declares.
+///
+/// # Errors
+/// As [`decode_levels`].
+pub fn check_levels(symbols: &[u16], freqs: &[u16], words: &[u16], kept: u64) -> Result<()> {
+    decode_with(symbols, freqs, words, kept, |_, _| {})
+}
+
+/// Decodes `kept` levels, handing each run to `sink(level, times)`. Once the coder is empty (state 0, no words
+/// left) every further symbol is the model's first at state 0 again (the decoder's fixed point), so the rest is
+/// handed over as one run: a stream cannot make this loop run longer than its words can pay for.
+fn decode_with(
+    symbols: &[u16],
+    freqs: &[u16],
+    words: &[u16],
+    kept: u64,
+    mut sink: impl FnMut(u16, u64),
+) -> Result<()> {
     let bad = |d: String| Error::stream("rans", d);
-    let n = usize::try_from(kept).map_err(|_| bad(format!("{kept} levels too many")))?;
+    usize::try_from(kept).map_err(|_| bad(format!("{kept} levels too many")))?;
     if symbols.len() <= 1 {
         if !words.is_empty() {
             return Err(bad(format!(
@@ -171,18 +199,28 @@ pub fn decode_levels(symbols: &[u16], freqs: &[u16], words: &[u16], kept: u64) -
                 words.len()
             )));
         }
-        return Ok(symbols.first().map_or_else(Vec::new, |&s| vec![s; n]));
+        if let Some(&s) = symbols.first() {
+            sink(s, kept);
+        }
+        return Ok(());
     }
     let model = DecModel::from_nonzero_fixed_point_probabilities(freqs, false)
         .map_err(|()| bad("frequencies do not form a model".into()))?;
     let mut coder = Coder::from_compressed(words.to_vec())
         .map_err(|_| bad("the stream ends with a zero word".into()))?;
-    // Grow with what is actually decoded, not with the declared count.
-    let mut out = Vec::with_capacity(n.min(1 << 20));
-    for i in coder.decode_iid_symbols(n, &model) {
-        let i = i.map_err(|e| bad(format!("decoding failed: {e:?}")))?;
+    let mut done = 0u64;
+    while done < kept {
+        if coder.is_empty() && coder.bulk().is_empty() {
+            // Quantile 0 gives the first symbol and leaves the state at 0, with nothing to refill from.
+            sink(symbols[0], kept - done);
+            break;
+        }
+        let i = coder
+            .decode_symbol(&model)
+            .map_err(|e| bad(format!("decoding failed: {e:?}")))?;
         // The lookup model only yields indices below its symbol count.
-        out.push(symbols.get(i).copied().unwrap_or(0));
+        sink(symbols.get(i).copied().unwrap_or(0), 1);
+        done += 1;
     }
     // Both checks: a hostile stream can reach state 0 with words left.
     if !coder.is_empty() || !coder.bulk().is_empty() {
@@ -190,7 +228,7 @@ pub fn decode_levels(symbols: &[u16], freqs: &[u16], words: &[u16], kept: u64) -
             "stream not exhausted after {kept} levels (corrupt or truncated)"
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -253,6 +291,65 @@ mod tests {
         let mut w = block.words.clone();
         w.pop();
         assert!(decode_levels(&block.symbols, &block.freqs, &w, levels.len() as u64).is_err());
+    }
+
+    #[test]
+    fn empty_coder_fixed_point_is_handed_over_as_one_run() {
+        // Two symbols and no words: state 0 decodes the first symbol and stays 0, so every level is that symbol;
+        // constriction's own per-symbol loop agrees with the run.
+        let (s, f) = ([3u16, 9], [30000u16, 35536]);
+        let model = DecModel::from_nonzero_fixed_point_probabilities(&f, false).unwrap();
+        let mut coder = Coder::from_compressed(Vec::new()).unwrap();
+        let slow: Vec<u16> = coder
+            .decode_iid_symbols(1000, &model)
+            .map(|i| s[i.unwrap()])
+            .collect();
+        assert_eq!(decode_levels(&s, &f, &[], 1000).unwrap(), slow);
+        // 2^30 declared levels (what an 81-byte kind-12 record can declare) cost no time and no memory to check.
+        let t = std::time::Instant::now();
+        check_levels(&s, &f, &[], 1 << 30).unwrap();
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+        // A real stream whose last-decoded levels are runs of the first symbol decodes to what was encoded.
+        let mut levels = vec![1u16, 5, 1, 1, 5];
+        levels.extend(std::iter::repeat_n(1, 100));
+        levels.extend([5, 1]);
+        levels.extend(std::iter::repeat_n(1, 1000));
+        let b = encode_levels(&levels).unwrap();
+        let n = levels.len() as u64;
+        assert_eq!(
+            decode_levels(&b.symbols, &b.freqs, &b.words, n).unwrap(),
+            levels
+        );
+        check_levels(&b.symbols, &b.freqs, &b.words, n).unwrap();
+        // Damaged streams: the run shortcut gives exactly what constriction's per-symbol loop gives (the decoder
+        // before the shortcut), levels or refusal.
+        let slow = |words: &[u16]| -> Option<Vec<u16>> {
+            let model = DecModel::from_nonzero_fixed_point_probabilities(&b.freqs, false).ok()?;
+            let mut coder = Coder::from_compressed(words.to_vec()).ok()?;
+            let out: Vec<u16> = coder
+                .decode_iid_symbols(n as usize, &model)
+                .map(|i| i.map(|i| b.symbols[i]))
+                .collect::<std::result::Result<_, _>>()
+                .ok()?;
+            (coder.is_empty() && coder.bulk().is_empty()).then_some(out)
+        };
+        let mut damaged = vec![b.words[..b.words.len() - 1].to_vec()];
+        for k in 0..b.words.len() {
+            let mut w = b.words.clone();
+            w[k] ^= 0x0101;
+            damaged.push(w);
+        }
+        let mut refused = 0;
+        for w in &damaged {
+            let want = slow(w);
+            assert_eq!(decode_levels(&b.symbols, &b.freqs, w, n).ok(), want);
+            assert_eq!(
+                check_levels(&b.symbols, &b.freqs, w, n).is_ok(),
+                want.is_some()
+            );
+            refused += usize::from(want.is_none());
+        }
+        assert!(refused > 0, "no damaged stream was refused");
     }
 
     #[test]

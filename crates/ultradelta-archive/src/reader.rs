@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, Limits, Manifest, TensorEntry, KIND_NONE};
-use crate::record::{decode_record_expecting, decode_xor_into, Record, RecordHeader};
+use crate::record::{decode_expecting, decode_full_into, decode_xor_into, Record, RecordHeader};
 use crate::writer::is_companion_path;
 use crate::RecordKind;
 use crate::{
-    Error, Result, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
+    trailer_len, Error, Result, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, OLDEST_FORMAT_VERSION,
+    PREAMBLE_LEN, SHA256_TAIL, TRAILER_MAGIC,
 };
 
 /// Reads an archive. Opening validates the preamble, trailer and index (see docs/FORMAT.md, "Reading and
@@ -23,6 +24,8 @@ pub struct ArchiveReader {
     path: PathBuf,
     file: File,
     size: u64,
+    version: u32,
+    content_sha256: Option<[u8; 32]>,
     limits: Limits,
     manifest: Manifest,
     tensors: HashMap<String, usize>,
@@ -129,7 +132,7 @@ impl ArchiveReader {
             return Err(truncated("preamble", PREAMBLE_LEN));
         }
         let version = u32_at(&pre, 8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion {
                 path,
                 found: version,
@@ -144,15 +147,17 @@ impl ArchiveReader {
                 known: KNOWN_FLAGS,
             });
         }
-        // 3. Trailer magic.
-        let min_size = PREAMBLE_LEN + TRAILER_LEN;
+        // 3. Trailer magic (the trailer is 32 bytes in version 1, 64 from version 2 on).
+        let tlen = trailer_len(version);
+        let min_size = PREAMBLE_LEN + tlen;
         if size < min_size {
             return Err(truncated("preamble and trailer", min_size));
         }
-        let mut trailer = [0u8; TRAILER_LEN as usize];
-        read_at(&mut trailer, size - TRAILER_LEN)?;
+        let mut trailer = [0u8; 64];
+        let trailer = &mut trailer[..tlen as usize];
+        read_at(trailer, size - tlen)?;
         let mut tmagic = [0u8; 8];
-        tmagic.copy_from_slice(&trailer[24..32]);
+        tmagic.copy_from_slice(&trailer[tlen as usize - 8..]);
         if tmagic != TRAILER_MAGIC {
             return Err(Error::BadTrailer {
                 path,
@@ -160,9 +165,14 @@ impl ArchiveReader {
                 found: tmagic,
             });
         }
-        let index_offset = u64_at(&trailer, 0);
-        let index_len = u64_at(&trailer, 8);
-        let index_hash = u64_at(&trailer, 16);
+        let index_offset = u64_at(trailer, 0);
+        let index_len = u64_at(trailer, 8);
+        let index_hash = u64_at(trailer, 16);
+        let content_sha256 = (version >= 2).then(|| {
+            let mut d = [0u8; 32];
+            d.copy_from_slice(&trailer[24..56]);
+            d
+        });
         // 4. Index length: limit, then exact fit between the records and the trailer.
         if index_len > limits.max_index_bytes {
             return Err(Error::IndexTooLarge {
@@ -174,7 +184,7 @@ impl ArchiveReader {
         let fits = index_offset >= PREAMBLE_LEN
             && index_offset
                 .checked_add(index_len)
-                .and_then(|e| e.checked_add(TRAILER_LEN))
+                .and_then(|e| e.checked_add(tlen))
                 == Some(size);
         if !fits {
             return Err(Error::IndexOutOfRange {
@@ -202,11 +212,13 @@ impl ArchiveReader {
         })?;
         drop(index);
         // 7. Entries.
-        let (tensors, files) = validate_manifest(&path, &manifest, &limits, index_offset)?;
+        let (tensors, files) = validate_manifest(&path, &manifest, &limits, index_offset, version)?;
         Ok(ArchiveReader {
             path,
             file,
             size,
+            version,
+            content_sha256,
             limits,
             manifest,
             tensors,
@@ -227,6 +239,56 @@ impl ArchiveReader {
     /// Size of the archive file in bytes.
     pub fn file_size(&self) -> u64 {
         self.size
+    }
+
+    /// The archive's format version (from its preamble): 1 or 2.
+    pub fn format_version(&self) -> u32 {
+        self.version
+    }
+
+    /// The content SHA-256 stored in the trailer (format version 2 and later; `None` for version 1), as read: it
+    /// is not checked against the content until [`check_content_sha256`](Self::check_content_sha256).
+    pub fn content_sha256(&self) -> Option<[u8; 32]> {
+        self.content_sha256
+    }
+
+    /// [`content_sha256`](Self::content_sha256) as 64 lowercase hex digits.
+    pub fn content_sha256_hex(&self) -> Option<String> {
+        self.content_sha256.map(|d| hex(&d))
+    }
+
+    /// Hashes the archive's content (every byte before the stored digest, `[0, size - 40)`) in 1 MiB reads and
+    /// compares it with the stored SHA-256. `Ok(None)` for a version-1 archive (it stores none); `Ok(Some(hex))`
+    /// when they agree.
+    ///
+    /// # Errors
+    /// [`Error::ContentSha256`] when they differ; [`Error::Io`].
+    pub fn check_content_sha256(&self) -> Result<Option<String>> {
+        use sha2::Digest as _;
+        let Some(expected) = self.content_sha256 else {
+            return Ok(None);
+        };
+        let end = self.size - SHA256_TAIL;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(|e| Error::io(&self.path, "read", e))?;
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        let found: [u8; 32] = h.finalize().into();
+        if found != expected {
+            return Err(Error::ContentSha256 {
+                path: self.path.clone(),
+                expected: hex(&expected),
+                found: hex(&found),
+            });
+        }
+        Ok(Some(hex(&found)))
     }
 
     /// The limits this reader enforces.
@@ -300,6 +362,21 @@ impl ArchiveReader {
     /// [`Error::UnknownTensor`], [`Error::NotStored`], [`Error::RecordChecksum`], [`Error::CorruptRecord`] (the
     /// record contradicts its index entry or its streams are invalid), [`Error::Io`].
     pub fn read_record(&self, name: &str) -> Result<Record> {
+        self.decode_entry(name, false)
+    }
+
+    /// Every check of [`read_record`](Self::read_record) on tensor `name`'s record, without keeping the decoded
+    /// record: the levels of a kind-12 record (rANS, which can code many levels in few bytes) and of a zero-bit
+    /// kind-9 record are decoded and checked but never materialized, so the memory this takes is bounded by the
+    /// record's bytes (every other kind's decoded size is). What `verify` without a base uses.
+    ///
+    /// # Errors
+    /// As [`read_record`](Self::read_record).
+    pub fn check_record(&self, name: &str) -> Result<()> {
+        self.decode_entry(name, true).map(drop)
+    }
+
+    fn decode_entry(&self, name: &str, check_only: bool) -> Result<Record> {
         let e = self.entry(name).ok_or_else(|| Error::UnknownTensor {
             path: self.path.clone(),
             name: name.to_string(),
@@ -317,10 +394,17 @@ impl ArchiveReader {
         };
         let lossless = matches!(kind, RecordKind::XorZstd | RecordKind::FullZstd);
         let kept = (!lossless).then_some(e.kept);
-        let (header, record) = decode_record_expecting(&bytes, &self.limits, &expected, kept)
+        let (header, record) = decode_expecting(&bytes, &self.limits, &expected, kept, check_only)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         self.check_header(name, e, &header)?;
-        if let Some(kept) = record.kept() {
+        // A check-only decode keeps no levels of kinds 9 and 12: kind 12's kept count was checked against the
+        // index's before decoding; kind 9 keeps numel entries (its header's, equal to the index's).
+        let kept = match kind {
+            RecordKind::SparseSeededRans if check_only => None,
+            RecordKind::DenseLevels if check_only => Some(header.numel),
+            _ => record.kept(),
+        };
+        if let Some(kept) = kept {
             if kept != e.kept {
                 return Err(self.corrupt(
                     name,
@@ -354,6 +438,28 @@ impl ArchiveReader {
         }
         let bytes = self.record_bytes(name)?;
         let header = decode_xor_into(&bytes, &self.limits, base, out, planes)
+            .map_err(|err| self.corrupt(name, err.to_string()))?;
+        self.check_header(name, e, &header)?;
+        Ok(true)
+    }
+
+    /// For tensor `name` stored as `full-zstd`: decodes its bytes straight into `out` (exactly the record's byte
+    /// size) with [`decode_full_into`]: the same bytes as [`read_record`](Self::read_record)'s [`Record::Full`],
+    /// without a second buffer of the tensor's size. `Ok(false)`, and `out` untouched, when the index has another
+    /// kind.
+    ///
+    /// # Errors
+    /// As [`read_record`](Self::read_record); [`Error::CorruptRecord`] also when `out` is not the record's size.
+    pub fn read_full_into(&self, name: &str, out: &mut [u8]) -> Result<bool> {
+        let e = self.entry(name).ok_or_else(|| Error::UnknownTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        if e.kind != RecordKind::FullZstd.name() {
+            return Ok(false);
+        }
+        let bytes = self.record_bytes(name)?;
+        let header = decode_full_into(&bytes, &self.limits, out)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         self.check_header(name, e, &header)?;
         Ok(true)
@@ -409,7 +515,7 @@ impl ArchiveReader {
             shape: vec![f.size],
             numel: f.size,
         };
-        let (header, record) = decode_record_expecting(&bytes, &self.limits, &expected, None)
+        let (header, record) = decode_expecting(&bytes, &self.limits, &expected, None, false)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         match record {
             Record::Full { bytes, .. }
@@ -429,21 +535,35 @@ impl ArchiveReader {
         }
     }
 
-    /// Reads and decodes every record and companion file, verifying checksums and contents.
+    /// Reads and decodes every record and companion file, verifying checksums and contents, then the content
+    /// SHA-256 (version 2 and later).
     ///
     /// # Errors
-    /// The first error of [`ArchiveReader::read_record`] / [`ArchiveReader::read_file`].
+    /// The first error of [`ArchiveReader::read_record`] / [`ArchiveReader::read_file`]; then
+    /// [`ArchiveReader::check_content_sha256`]'s.
     pub fn verify(&self) -> Result<()> {
         for e in &self.manifest.tensors {
             if e.kind != KIND_NONE {
-                self.read_record(&e.name)?;
+                self.check_record(&e.name)?;
             }
         }
         for f in &self.manifest.files {
             self.read_file(&f.name)?;
         }
+        self.check_content_sha256()?;
         Ok(())
     }
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// The most bytes zstd can decompress from one byte of input: every block of up to 128 KiB of output takes at
@@ -458,14 +578,15 @@ pub(crate) fn validate_manifest(
     m: &Manifest,
     limits: &Limits,
     records_end: u64,
+    version: u32,
 ) -> Result<NameMaps> {
     let invalid = |detail: String| Error::IndexInvalid {
         path: path.to_path_buf(),
         detail,
     };
-    if m.format_version != FORMAT_VERSION {
+    if m.format_version != version {
         return Err(invalid(format!(
-            "manifest format_version {} differs from the preamble's {FORMAT_VERSION}",
+            "manifest format_version {} differs from the preamble's {version}",
             m.format_version
         )));
     }

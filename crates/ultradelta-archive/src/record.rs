@@ -15,6 +15,7 @@ use crate::{
     SparseRecord, SparseValuesRecord,
 };
 
+pub use crate::kinds::full_zstd::decode_full_into;
 pub use crate::kinds::xor_zstd::decode_xor_into;
 
 /// A record's payload, as a codec produces it and a reader returns it.
@@ -264,6 +265,10 @@ pub(crate) struct Cursor<'a> {
     /// The kept count the index entry declares, when decoding for an entry: a payload declaring another count
     /// is refused before anything sized from it is allocated or decoded.
     pub(crate) expect_kept: Option<u64>,
+    /// Validate without materializing what few bytes can declare a lot of (kind 12's rANS levels, kind 9's
+    /// zero-bit levels): those payloads decode with every check but an empty levels vector
+    /// ([`ArchiveReader::check_record`](crate::ArchiveReader::check_record)).
+    pub(crate) check_only: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -272,6 +277,7 @@ impl<'a> Cursor<'a> {
             bytes,
             pos: 0,
             expect_kept: None,
+            check_only: false,
         }
     }
 
@@ -406,6 +412,18 @@ pub fn decode_record_expecting(
     expected: &RecordHeader,
     kept: Option<u64>,
 ) -> Result<(RecordHeader, Record)> {
+    decode_expecting(bytes, limits, expected, kept, false)
+}
+
+/// [`decode_record_expecting`], or with `check_only` every check without materializing the levels of a kind-12
+/// record or of a zero-bit kind-9 record (their record then holds no levels).
+pub(crate) fn decode_expecting(
+    bytes: &[u8],
+    limits: &Limits,
+    expected: &RecordHeader,
+    kept: Option<u64>,
+    check_only: bool,
+) -> Result<(RecordHeader, Record)> {
     let mut c = Cursor::new(bytes);
     let header = decode_header_at(&mut c, limits)?;
     if header.kind != expected.kind {
@@ -434,6 +452,7 @@ pub fn decode_record_expecting(
         ));
     }
     c.expect_kept = kept;
+    c.check_only = check_only;
     let record = kinds::decode_payload(&mut c, &header, limits)?;
     Ok((header, record))
 }

@@ -47,6 +47,8 @@ pub struct ArchiveWriter {
     tmp: PathBuf,
     out: Option<BufWriter<File>>,
     offset: u64,
+    /// SHA-256 of every byte written so far (the content digest of the trailer).
+    sha: sha2::Sha256,
     opts: WriterOptions,
     tensors: Vec<TensorEntry>,
     files: Vec<FileEntry>,
@@ -106,6 +108,7 @@ impl ArchiveWriter {
             tmp,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             offset: 0,
+            sha: sha2::Digest::new(),
             opts,
             tensors: Vec::new(),
             files: Vec::new(),
@@ -140,6 +143,7 @@ impl ArchiveWriter {
         })?;
         out.write_all(bytes)
             .map_err(|e| Error::io(&self.tmp, "write", e))?;
+        sha2::Digest::update(&mut self.sha, bytes);
         self.offset += bytes.len() as u64;
         Ok(())
     }
@@ -343,14 +347,17 @@ impl ArchiveWriter {
                 ),
             ));
         }
-        validate_manifest(&self.path, &manifest, &limits, index_offset)?;
-        let mut trailer = Vec::with_capacity(32);
+        validate_manifest(&self.path, &manifest, &limits, index_offset, FORMAT_VERSION)?;
+        let mut trailer = Vec::with_capacity(24);
         trailer.extend_from_slice(&index_offset.to_le_bytes());
         trailer.extend_from_slice(&(index.len() as u64).to_le_bytes());
         trailer.extend_from_slice(&xxh3_64(&index).to_le_bytes());
-        trailer.extend_from_slice(&TRAILER_MAGIC);
         self.put(&index)?;
         self.put(&trailer)?;
+        // The content digest covers every byte before it: preamble, records, index and the trailer's first 24.
+        let digest: [u8; 32] = sha2::Digest::finalize(self.sha.clone()).into();
+        self.put(&digest)?;
+        self.put(&TRAILER_MAGIC)?;
         let out = self.out.take().ok_or_else(|| {
             Error::io(
                 &self.tmp,

@@ -398,6 +398,10 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         ins.bytes
     );
     outln!("{}", ratio_line(&ins));
+    match &ins.content_sha256 {
+        Some(d) => outln!("content sha256: {d} (as stored; `ultradelta verify` checks it)"),
+        None => outln!("content sha256: none (format v1 archives store none)"),
+    }
     outln!("method params: {}", method_params(&ins.method, &ins.params));
     outln!("params: {}", serde_json::to_string(&ins.params)?);
     outln!(
@@ -485,6 +489,10 @@ fn cmd_verify(a: VerifyArgs, progress: &CliProgress) -> Result<()> {
             None => String::new(),
         }
     );
+    match &report.content_sha256 {
+        Some(d) => outln!("content sha256: {d} (checked: the archive's content hashes to it)"),
+        None => outln!("content sha256: none (format v1 archives store none)"),
+    }
     outln!("sha256 of the file: {sha}");
     Ok(())
 }

@@ -165,6 +165,12 @@ fn rebuild_with(
     let wrong_size =
         |found: usize| corrupt(format!("rebuilt to {found} bytes, expected {expected}"));
     if entry.policy == Policy::New {
+        // Straight into `out`: no second buffer of the tensor's size (issue 15, item 2).
+        if entry.numel.checked_mul(entry.dtype.size() as u64) == Some(out.len() as u64)
+            && reader.read_full_into(name, out)?
+        {
+            return Ok(());
+        }
         return match reader.read_record(name)? {
             Record::Full { bytes, .. } if bytes.len() == out.len() => {
                 out.copy_from_slice(&bytes);

@@ -61,6 +61,9 @@ pub struct Inspection {
     pub gamma: f64,
     /// File size in bytes.
     pub bytes: u64,
+    /// SHA-256 of the archive's content as stored in its trailer (format version 2 and later; `None` for version
+    /// 1), 64 hex digits: read, not checked (`verify` checks it). The value to publish beside a download.
+    pub content_sha256: Option<String>,
     /// Base checkpoint fingerprint.
     pub base_fingerprint: String,
     /// Entries of the compressed tensors (the paper's denominator).
@@ -194,6 +197,7 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
         params: m.params.clone(),
         gamma: m.gamma,
         bytes,
+        content_sha256: reader.content_sha256_hex(),
         base_fingerprint: m.base_fingerprint.clone(),
         compressed_entries,
         kept_entries,

@@ -22,6 +22,9 @@ pub struct VerifyReport {
     pub rebuilt: usize,
     /// Archive size in bytes.
     pub bytes: u64,
+    /// The content SHA-256 stored in the archive, checked against its bytes (format version 2 and later; `None`
+    /// for version 1, which stores none).
+    pub content_sha256: Option<String>,
 }
 
 /// Why a verification failed, for a front end's exit status.
@@ -50,7 +53,7 @@ pub fn verify_failure(e: &Error) -> VerifyFailure {
 }
 
 /// Opens `archive` (validating preamble, trailer and index), reads and decodes every record and companion file
-/// (checksums, declared sizes against the index, every limit), and with `base` checks its fingerprint, every
+/// (checksums, declared sizes against the index, every limit), checks the content SHA-256 (format version 2), and with `base` checks its fingerprint, every
 /// entry's shape against it, and rebuilds every tensor in memory, one at a time (base tensor hashes, no
 /// non-finite output where the base is finite). Nothing is written.
 ///
@@ -80,7 +83,8 @@ pub fn verify(
         if e.kind != KIND_NONE {
             records += 1;
             if base.is_none() {
-                reader.read_record(&e.name)?;
+                // Without a base nothing bounds a record's decoded size but its bytes: check, keep nothing.
+                reader.check_record(&e.name)?;
             }
         }
         if let Some(base) = base {
@@ -110,7 +114,10 @@ pub fn verify(
     for f in &m.files {
         reader.read_file(&f.name)?;
     }
+    // Last, so that damage a record checksum catches is reported with the record's name.
+    let content_sha256 = reader.check_content_sha256()?;
     Ok(VerifyReport {
+        content_sha256,
         records,
         tensors: m.tensors.len(),
         files: m.files.len(),

@@ -245,12 +245,21 @@ pub(crate) fn read_rans_fields(
 impl RansBlock {
     /// Reads the stream (`ans_len` bytes) and decodes `kept` levels.
     pub(crate) fn decode_levels(&self, c: &mut Cursor<'_>, kept: u64) -> Result<Vec<u16>> {
-        let words: Vec<u16> = c
-            .take(self.ans_len, "rANS stream")?
+        let words = self.words(c)?;
+        rans::decode_levels(&self.symbols, &self.freqs, &words, kept)
+    }
+
+    /// Reads the stream and checks that it decodes to exactly `kept` levels, without keeping them.
+    pub(crate) fn check_levels(&self, c: &mut Cursor<'_>, kept: u64) -> Result<()> {
+        let words = self.words(c)?;
+        rans::check_levels(&self.symbols, &self.freqs, &words, kept)
+    }
+
+    fn words(&self, c: &mut Cursor<'_>) -> Result<Vec<u16>> {
+        Ok(c.take(self.ans_len, "rANS stream")?
             .chunks_exact(2)
             .map(|w| u16::from_le_bytes([w[0], w[1]]))
-            .collect();
-        rans::decode_levels(&self.symbols, &self.freqs, &words, kept)
+            .collect())
     }
 }
 

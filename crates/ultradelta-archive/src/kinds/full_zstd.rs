@@ -32,6 +32,14 @@ pub(crate) fn decode(
     _limits: &Limits,
 ) -> Result<Record> {
     let raw = raw_size(header.numel, header.dtype.size())?;
+    if c.check_only {
+        // Every check (frames, exact size), nothing kept: memory is a 64 KiB piece.
+        crate::lossless::zstd_stream_exact(crate::lossless::zstd_payload(c)?, raw, |_, _| {})?;
+        return Ok(Record::Full {
+            dtype: header.dtype,
+            bytes: Vec::new(),
+        });
+    }
     let planes = decode_zstd_payload(c, raw)?;
     Ok(Record::Full {
         dtype: header.dtype,
@@ -41,4 +49,34 @@ pub(crate) fn decode(
 
 pub(crate) fn cost(_c: &mut Cursor<'_>) -> Option<RecordCost> {
     None
+}
+
+/// Decodes a `full-zstd` record straight into `out`, which must be the record's byte size (`numel` times the
+/// dtype size, checked before anything is decompressed): the bytes [`decode_record`](crate::decode_record) returns
+/// as [`Record::Full`], streamed from zstd and unshuffled piece by piece, so no buffer of the tensor's size is
+/// allocated besides `out` (what `apply` uses for a tensor only the fine-tune has).
+///
+/// # Errors
+/// [`crate::Error::InvalidStream`] for a record of another kind, a size that disagrees, or a damaged payload.
+pub fn decode_full_into(bytes: &[u8], limits: &Limits, out: &mut [u8]) -> Result<RecordHeader> {
+    let bad = |d: String| crate::Error::stream("record", d);
+    let mut c = Cursor::new(bytes);
+    let header = crate::record::decode_header_at(&mut c, limits)?;
+    if header.kind != RecordKind::FullZstd {
+        return Err(bad(format!(
+            "expected a {} record, found {}",
+            RecordKind::FullZstd.name(),
+            header.kind.name()
+        )));
+    }
+    let size = header.dtype.size();
+    if header.numel.checked_mul(size as u64) != Some(out.len() as u64) {
+        return Err(bad(format!(
+            "record holds {} elements of {size} bytes, the output is {} bytes",
+            header.numel,
+            out.len()
+        )));
+    }
+    crate::lossless::zstd_unshuffle_into(crate::lossless::zstd_payload(&mut c)?, size, out)?;
+    Ok(header)
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ultradelta_archive::{
-    ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry, WriterOptions,
-    PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
+    trailer_len, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry,
+    WriterOptions, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
 use ultradelta_core::DType;
 use ultradelta_core::QuantParams;
@@ -212,9 +212,14 @@ pub fn sample_bytes() -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-/// (index_offset, index_len) from an archive's trailer.
+/// The format version in an archive's preamble.
+pub fn version_of(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+}
+
+/// (index_offset, index_len) from an archive's trailer (32 bytes in version 1, 64 from version 2).
 pub fn index_range(bytes: &[u8]) -> (usize, usize) {
-    let t = bytes.len() - TRAILER_LEN as usize;
+    let t = bytes.len() - trailer_len(version_of(bytes)) as usize;
     let off = u64::from_le_bytes(bytes[t..t + 8].try_into().unwrap()) as usize;
     let len = u64::from_le_bytes(bytes[t + 8..t + 16].try_into().unwrap()) as usize;
     (off, len)
@@ -226,7 +231,8 @@ pub fn index_json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(&bytes[off..off + len]).unwrap()
 }
 
-/// Replaces the index with `new_index` and writes a consistent trailer (valid offset, length, checksum).
+/// Replaces the index with `new_index` and writes a consistent trailer (valid offset, length, checksum and, from
+/// version 2, content SHA-256).
 pub fn with_index_bytes(bytes: &[u8], new_index: &[u8]) -> Vec<u8> {
     let (off, _) = index_range(bytes);
     let mut out = bytes[..off].to_vec();
@@ -234,8 +240,20 @@ pub fn with_index_bytes(bytes: &[u8], new_index: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&(off as u64).to_le_bytes());
     out.extend_from_slice(&(new_index.len() as u64).to_le_bytes());
     out.extend_from_slice(&xxh3_64(new_index).to_le_bytes());
+    if version_of(bytes) >= 2 {
+        reseal_sha256(&mut out);
+        return out;
+    }
     out.extend_from_slice(&TRAILER_MAGIC);
     out
+}
+
+/// Appends the content SHA-256 of `out` (everything so far) and the trailer magic: the end of a version-2 archive.
+pub fn reseal_sha256(out: &mut Vec<u8>) {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(&out[..]);
+    out.extend_from_slice(&d);
+    out.extend_from_slice(&TRAILER_MAGIC);
 }
 
 /// Applies `edit` to the parsed index and rewrites it consistently.
@@ -287,7 +305,7 @@ pub fn put(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 fn sample_is_well_formed() {
     let b = sample_bytes();
     assert!(b.len() as u64 > PREAMBLE_LEN + TRAILER_LEN);
-    assert_eq!(index_json(&b)["format_version"], 1);
+    assert_eq!(index_json(&b)["format_version"], 2);
 }
 
 /// Every truncation of `bytes` (one encoded record) fails to decode, a trailing byte is refused, and three random

@@ -1,8 +1,10 @@
 //! Archives written by released format versions stay in `tests/data/` and must keep decoding to the same values.
 //!
-//! `tests/data/v1-small.udelta` was written by `write_sample` (tests/it/common.rs) with format version 1. Regenerate
-//! it only when the fixture itself must change (never for a format change: add a new file for a new version):
-//! `cargo test -p ultradelta-archive --test it -- --ignored regenerate_v1_fixture`.
+//! `tests/data/v1-small.udelta` was written by `write_sample` (tests/it/common.rs) with format version 1; the writer
+//! now writes version 2, so it can no longer be regenerated (nor should it be: it is what version-1 writers made).
+//! `tests/data/v2-small.udelta` is the same sample written with format version 2 (the content SHA-256 in the
+//! trailer). Regenerate it only when the fixture itself must change (never for a format change: add a new file for
+//! a new version): `cargo test -p ultradelta-archive --test it -- --ignored regenerate_v2_fixture`.
 
 use std::path::PathBuf;
 
@@ -12,16 +14,64 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::common::{sample_files, sample_tensors, write_sample};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/v1-small.udelta"
-    ))
+    data("v1-small.udelta")
+}
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")).join(name)
 }
 
 #[test]
 #[ignore = "rewrites the committed fixture"]
-fn regenerate_v1_fixture() {
-    write_sample(&fixture());
+fn regenerate_v2_fixture() {
+    write_sample(&data("v2-small.udelta"));
+}
+
+/// The SHA-256 of `v2-small.udelta`'s content, pinned as a literal (also what `inspect` and `verify` print).
+const V2_SMALL_SHA256: &str = "a204eb404310af8727f01b0e63dbd5bb5ce05a931298cb52eb290b3f78d5d03f";
+
+#[test]
+fn v2_fixture_decodes_and_its_content_sha256_checks() {
+    let r = ArchiveReader::open(data("v2-small.udelta")).expect("committed v2 fixture must open");
+    assert_eq!(r.format_version(), 2);
+    assert_eq!(r.manifest().format_version, 2);
+    assert_eq!(r.content_sha256_hex().as_deref(), Some(V2_SMALL_SHA256));
+    assert_eq!(
+        r.check_content_sha256().unwrap().as_deref(),
+        Some(V2_SMALL_SHA256)
+    );
+    r.verify().unwrap();
+    // The digest covers every byte before it: the whole file minus its last 40 bytes.
+    let bytes = std::fs::read(data("v2-small.udelta")).unwrap();
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(&bytes[..bytes.len() - 40]);
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, V2_SMALL_SHA256);
+    // Same values as the version-1 fixture: only the trailer and the version differ.
+    let v1 = ArchiveReader::open(fixture()).unwrap();
+    for e in &v1.manifest().tensors {
+        if e.kind != "none" {
+            assert_eq!(
+                r.read_record(&e.name).unwrap(),
+                v1.read_record(&e.name).unwrap()
+            );
+        }
+    }
+    // And it still matches the helper that made it, byte for byte.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = std::fs::read(write_sample(&dir.path().join("s.udelta"))).unwrap();
+    assert_eq!(
+        fresh, bytes,
+        "write_sample no longer writes v2-small.udelta's bytes"
+    );
+}
+
+#[test]
+fn v1_fixture_has_no_content_sha256() {
+    let r = ArchiveReader::open(fixture()).unwrap();
+    assert_eq!(r.format_version(), 1);
+    assert_eq!(r.content_sha256(), None);
+    assert_eq!(r.check_content_sha256().unwrap(), None);
 }
 
 /// xxh3-64 of a decoded record's values (sparse: dense f32 LE bytes with gamma 1; lossless: raw bytes).

@@ -3,7 +3,7 @@
 use serde_json::json;
 use ultradelta_archive::{
     decode_record, ArchiveReader, ArchiveWriter, Error, FinetunedInfo, Limits, Policy, Record,
-    SparseRecord, TensorEntry, PREAMBLE_LEN,
+    SparseRecord, TensorEntry, PREAMBLE_LEN, TRAILER_LEN,
 };
 use ultradelta_core::DType;
 use ultradelta_core::QuantParams;
@@ -56,20 +56,22 @@ fn bad_magic() {
 #[test]
 fn unsupported_version() {
     let mut b = sample_bytes();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let err = open_err(&b);
-    assert!(
-        matches!(
-            err,
-            Error::UnsupportedVersion {
-                found: 2,
-                supported: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(err.to_string().contains("version 2"), "{err}");
+    for v in [0u32, 3] {
+        b[8..12].copy_from_slice(&v.to_le_bytes());
+        let err = open_err(&b);
+        assert!(
+            matches!(
+                err,
+                Error::UnsupportedVersion {
+                    found,
+                    supported: 2,
+                    ..
+                } if found == v
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("version {v}")), "{err}");
+    }
 }
 
 #[test]
@@ -149,7 +151,7 @@ fn index_too_large() {
     );
     // A hostile length of 2^64 - 1 with default limits: refused before any allocation.
     let mut b = b;
-    let t = b.len() - 32;
+    let t = b.len() - TRAILER_LEN as usize;
     b[t + 8..t + 16].copy_from_slice(&u64::MAX.to_le_bytes());
     let err = open_err(&b);
     assert!(matches!(err, Error::IndexTooLarge { .. }), "{err}");
@@ -158,7 +160,7 @@ fn index_too_large() {
 #[test]
 fn index_out_of_range() {
     let b = sample_bytes();
-    let t = b.len() - 32;
+    let t = b.len() - TRAILER_LEN as usize;
     for offset in [0u64, 15, 17 + b.len() as u64, u64::MAX - 3] {
         let mut c = b.clone();
         c[t..t + 8].copy_from_slice(&offset.to_le_bytes());
@@ -173,6 +175,39 @@ fn index_out_of_range() {
     let len = u64::from_le_bytes(c[t + 8..t + 16].try_into().unwrap());
     c[t + 8..t + 16].copy_from_slice(&(len - 1).to_le_bytes());
     assert!(matches!(open_err(&c), Error::IndexOutOfRange { .. }));
+}
+
+/// A record changed and its xxh3 and the index hash fixed (what a tamperer, or a tool unaware of version 2, would
+/// do) opens and decodes, but `verify` refuses it: the content no longer hashes to the trailer's SHA-256. The
+/// digest's own bytes changed alone are refused the same way.
+#[test]
+fn content_sha256_mismatch() {
+    let b = sample_bytes();
+    let name = "enc.layer0.attn.q.weight";
+    let mut edited = edit_record(&b, name, |r| {
+        let last = r.len() - 1;
+        r[last] ^= 0x01;
+    });
+    // edit_record reseals the SHA-256 too; put the original digest back, as a tamperer without it would leave it.
+    let n = edited.len();
+    edited[n - 40..n - 8].copy_from_slice(&b[b.len() - 40..b.len() - 8]);
+    let (_dir, r) = open_bytes(&edited);
+    let r = r.expect("the index and the record checksums are consistent");
+    let err = r.verify().unwrap_err();
+    assert!(matches!(err, Error::ContentSha256 { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("t.udelta") && !msg.contains('\n'), "{msg}");
+    let mut flipped = b.clone();
+    let n = flipped.len();
+    flipped[n - 20] ^= 0x80;
+    let (_dir, r) = open_bytes(&flipped);
+    let err = r.unwrap().check_content_sha256().unwrap_err();
+    assert!(matches!(err, Error::ContentSha256 { .. }), "{err}");
+    // Untouched: the stored digest is the content's.
+    let (_dir, r) = open_bytes(&b);
+    let r = r.unwrap();
+    assert_eq!(r.check_content_sha256().unwrap(), r.content_sha256_hex());
+    assert!(r.content_sha256_hex().is_some());
 }
 
 #[test]
@@ -207,7 +242,8 @@ fn index_parse_error() {
 fn index_invalid() {
     let b = sample_bytes();
     let cases: Vec<IndexEdit> = vec![
-        Box::new(|v| v["format_version"] = json!(2)),
+        Box::new(|v| v["format_version"] = json!(1)),
+        Box::new(|v| v["format_version"] = json!(3)),
         Box::new(|v| v["tensors"][1]["name"] = v["tensors"][0]["name"].clone()),
         Box::new(|v| v["tensors"][0]["name"] = json!("")),
         Box::new(|v| v["tensors"][0]["kind"] = json!("lz4")),

@@ -2,7 +2,8 @@
 //! markdown and compared with the crate's constants.
 
 use ultradelta_archive::{
-    DType, RecordKind, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
+    DType, RecordKind, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, OLDEST_FORMAT_VERSION, PREAMBLE_LEN,
+    TRAILER_LEN, TRAILER_LEN_V1, TRAILER_MAGIC,
 };
 
 // The payload layout constants of the spec's table, as the code's kind table gives them.
@@ -75,6 +76,11 @@ fn constants_table_matches_code() {
     assert_eq!(parse_u64(&get("KNOWN_FLAGS")), u64::from(KNOWN_FLAGS));
     assert_eq!(parse_u64(&get("PREAMBLE_LEN")), PREAMBLE_LEN);
     assert_eq!(parse_u64(&get("TRAILER_LEN")), TRAILER_LEN);
+    assert_eq!(parse_u64(&get("TRAILER_LEN_V1")), TRAILER_LEN_V1);
+    assert_eq!(
+        parse_u64(&get("OLDEST_FORMAT_VERSION")),
+        u64::from(OLDEST_FORMAT_VERSION)
+    );
     assert_eq!(
         parse_u64(&get("SPARSE_FIXED_BYTES")),
         SPARSE_FIXED_BYTES as u64
@@ -93,7 +99,7 @@ fn constants_table_matches_code() {
     }
     assert_eq!(
         rows.len(),
-        15,
+        17,
         "constants table has rows the test does not check"
     );
 }
@@ -136,12 +142,13 @@ fn preamble_and_trailer_tables_match_written_bytes() {
         .map(|r| (parse_u64(&r[0]), parse_u64(&r[1])))
         .collect();
     assert_eq!(offsets, [(0, 8), (8, 4), (12, 4)]);
-    let tr = table(&md, "## Trailer (last 32 bytes)");
+    let tr = table(&md, "## Trailer (last 64 bytes)");
     let offsets: Vec<(u64, u64)> = tr
         .iter()
         .map(|r| (parse_u64(&r[0]), parse_u64(&r[1])))
         .collect();
-    assert_eq!(offsets, [(0, 8), (8, 8), (16, 8), (24, 8)]);
+    assert_eq!(offsets, [(0, 8), (8, 8), (16, 8), (24, 32), (56, 8)]);
+    assert_eq!(offsets.iter().map(|o| o.1).sum::<u64>(), TRAILER_LEN);
     // The bytes of a real archive agree.
     let b = crate::common::sample_bytes();
     assert_eq!(b[..8], MAGIC);
