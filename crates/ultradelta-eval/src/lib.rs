@@ -3,7 +3,8 @@
 //! This crate owns the *measurement* side of the experiments on real models: a CPU sentence encoder for BERT
 //! checkpoints of the all-MiniLM-L6-v2 architecture ([`SentenceEncoder`], candle + a `tokenizers` WordPiece
 //! pipeline), the metrics that say how much of a fine-tune a compressed delta keeps ([`fidelity`],
-//! [`retention`], [`centroid_probe`], [`LinearHead`]), and the testbed's fine-tuned classification tasks
+//! [`retention`], [`centroid_probe`], [`LinearHead`], [`pair_retrieval`] on the committed in-domain pairs of
+//! [`read_pairs`]), and the testbed's fine-tuned classification tasks
 //! ([`Task`]: labels, fixed splits, the training stack's reference outputs). It reads safetensors checkpoints,
 //! `config.json`, tokenizer and task files from folders the caller names; it knows nothing about delta
 //! compression, archives or how the checkpoints were produced, and never downloads anything.
