@@ -41,8 +41,8 @@ pub use encoder::{SentenceEncoder, DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS};
 pub use error::{Error, Result};
 pub use head::LinearHead;
 pub use metrics::{
-    argmax, centroid_probe, cosine, distance, fidelity, gain_retention, pair_cosine, pair_retrieval,
-    retention, Retrieval,
+    argmax, centroid_probe, cosine, distance, fidelity, gain_retention, pair_cosine,
+    pair_retrieval, retention, Retrieval,
 };
 pub use pairs::{indomain_data_dir, parse_pairs, read_pairs, TextPair, PAIRS_HEADER};
 pub use task::{read_examples, Example, ReferenceOutput, Task};

@@ -87,10 +87,7 @@ pub fn parse_pairs(text: &str, path: &Path) -> Result<Vec<TextPair>> {
             (right, &mut seen_right, "right"),
         ] {
             if let Some(first) = seen.insert(normalized(text), n) {
-                return Err(bad(
-                    n,
-                    format!("{side} text {text:?} repeats line {first}"),
-                ));
+                return Err(bad(n, format!("{side} text {text:?} repeats line {first}")));
             }
         }
         out.push(TextPair {

@@ -141,12 +141,18 @@ fn embedding_reports_indomain_measures() {
     let f = run(&ft);
     let i = &f["indomain"];
     assert_eq!(i["pairs"].as_u64(), Some(n as u64));
-    assert!((i["retention"].as_f64().unwrap() - 1.0).abs() < 1e-12, "{i}");
+    assert!(
+        (i["retention"].as_f64().unwrap() - 1.0).abs() < 1e-12,
+        "{i}"
+    );
     assert!((i["fidelity"].as_f64().unwrap() - 1.0).abs() < 1e-6, "{i}");
     for k in ["recall_at_1", "mrr", "pair_cosine"] {
         assert_eq!(i[k], i["finetuned"][k], "{k}: {i}");
     }
-    assert!((f["retention"].as_f64().unwrap() - 1.0).abs() < 1e-12, "{f}");
+    assert!(
+        (f["retention"].as_f64().unwrap() - 1.0).abs() < 1e-12,
+        "{f}"
+    );
     let b = run(&base);
     let i = &b["indomain"];
     assert!(i["retention"].as_f64().unwrap().abs() < 1e-12, "{i}");
