@@ -112,7 +112,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// A task description (`task.json`), its examples file or its reference outputs are malformed.
+    /// A task description (`task.json`), its examples file, its reference outputs or an in-domain pair file is
+    /// malformed.
     #[error("{}: invalid task file: {reason}", path.display())]
     Task {
         /// The file.

@@ -3,7 +3,8 @@
 //! This crate owns the *measurement* side of the experiments on real models: a CPU sentence encoder for BERT
 //! checkpoints of the all-MiniLM-L6-v2 architecture ([`SentenceEncoder`], candle + a `tokenizers` WordPiece
 //! pipeline), the metrics that say how much of a fine-tune a compressed delta keeps ([`fidelity`],
-//! [`retention`], [`centroid_probe`], [`LinearHead`]), and the testbed's fine-tuned classification tasks
+//! [`retention`], [`centroid_probe`], [`LinearHead`], [`pair_retrieval`] on the committed in-domain pairs of
+//! [`read_pairs`]), and the testbed's fine-tuned classification tasks
 //! ([`Task`]: labels, fixed splits, the training stack's reference outputs). It reads safetensors checkpoints,
 //! `config.json`, tokenizer and task files from folders the caller names; it knows nothing about delta
 //! compression, archives or how the checkpoints were produced, and never downloads anything.
@@ -33,10 +34,15 @@ pub mod gguf;
 mod head;
 pub mod llama;
 mod metrics;
+mod pairs;
 mod task;
 
 pub use encoder::{SentenceEncoder, DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS};
 pub use error::{Error, Result};
 pub use head::LinearHead;
-pub use metrics::{argmax, centroid_probe, cosine, distance, fidelity, retention};
+pub use metrics::{
+    argmax, centroid_probe, cosine, distance, fidelity, gain_retention, pair_cosine,
+    pair_retrieval, retention, Retrieval,
+};
+pub use pairs::{indomain_data_dir, parse_pairs, read_pairs, TextPair, PAIRS_HEADER};
 pub use task::{read_examples, Example, ReferenceOutput, Task};

@@ -108,6 +108,94 @@ pub fn retention(compressed: &[Vec<f32>], finetuned: &[Vec<f32>], base: &[Vec<f3
     }
 }
 
+/// Retrieval among pairs: recall@1 and mean reciprocal rank, in `[0, 1]`, NaN for no pairs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retrieval {
+    /// Share of queries whose own partner ranks first.
+    pub recall_at_1: f64,
+    /// Mean over queries of `1 / rank` of the own partner.
+    pub mrr: f64,
+}
+
+/// Retrieval among `n` pairs `(left[i], right[i])`, in both directions: each left text ranks all right texts by
+/// cosine and each right text ranks all left texts, `2n` queries in all. The rank of a query's partner is
+/// `1 + #{other candidates whose cosine is at least the partner's}` (ties count against the partner, so a
+/// model that embeds everything alike ranks last, not first). Both directions count because one direction
+/// alone can be won by a "hub" text that is close to everything.
+///
+/// # Panics
+/// If the slices, or vectors, differ in length.
+pub fn pair_retrieval(left: &[Vec<f32>], right: &[Vec<f32>]) -> Retrieval {
+    assert_eq!(
+        left.len(),
+        right.len(),
+        "pair_retrieval: {} left and {} right embeddings",
+        left.len(),
+        right.len()
+    );
+    let n = left.len();
+    if n == 0 {
+        return Retrieval {
+            recall_at_1: f64::NAN,
+            mrr: f64::NAN,
+        };
+    }
+    // sim[i][j] = cos(left i, right j)
+    let sim: Vec<Vec<f32>> = left
+        .iter()
+        .map(|l| right.iter().map(|r| cosine(l, r)).collect())
+        .collect();
+    let (mut hits, mut rr) = (0usize, 0f64);
+    for i in 0..n {
+        let own = sim[i][i];
+        let by_left = 1 + (0..n).filter(|&j| j != i && sim[i][j] >= own).count();
+        let by_right = 1 + (0..n).filter(|&j| j != i && sim[j][i] >= own).count();
+        for rank in [by_left, by_right] {
+            hits += usize::from(rank == 1);
+            rr += 1.0 / rank as f64;
+        }
+    }
+    Retrieval {
+        recall_at_1: hits as f64 / (2 * n) as f64,
+        mrr: rr / (2 * n) as f64,
+    }
+}
+
+/// Mean cosine of each pair's two texts (how close the model puts the texts it should put together). NaN for
+/// no pairs.
+///
+/// # Panics
+/// If the slices, or vectors, differ in length.
+pub fn pair_cosine(left: &[Vec<f32>], right: &[Vec<f32>]) -> f64 {
+    assert_eq!(
+        left.len(),
+        right.len(),
+        "pair_cosine: {} left and {} right embeddings",
+        left.len(),
+        right.len()
+    );
+    if left.is_empty() {
+        return f64::NAN;
+    }
+    left.iter()
+        .zip(right)
+        .map(|(l, r)| f64::from(cosine(l, r)))
+        .sum::<f64>()
+        / left.len() as f64
+}
+
+/// Gain retention of a score: `(model - base) / (finetuned - base)`, the share of the fine-tune's change of
+/// the score that the model keeps (1: as the fine-tune, 0: as the base; below 0 or above 1 possible). NaN when
+/// the fine-tune did not change the score.
+pub fn gain_retention(model: f64, finetuned: f64, base: f64) -> f64 {
+    let gain = finetuned - base;
+    if gain == 0.0 {
+        f64::NAN
+    } else {
+        (model - base) / gain
+    }
+}
+
 /// Nearest-class-centroid probe: the centroid of each class is the mean of its training embeddings; each test
 /// embedding is assigned the class of the nearest centroid (Euclidean distance; ties go to the smaller class
 /// index; classes without training examples are never predicted). Returns the accuracy on the test set in
@@ -279,5 +367,38 @@ mod tests {
         assert_eq!(argmax(&[f32::NAN, 0.5, 0.2]), 1);
         assert_eq!(argmax(&[]), 0);
         assert!((distance(&[0.0, 3.0], &[4.0, 0.0]) - 5.0).abs() < 1e-12);
+    }
+    #[test]
+    fn pair_retrieval_by_hand() {
+        // Three pairs in 2-D. cos(l_i, r_j):
+        //          r0=(1,0)  r1=(0,1)  r2=(1,1)/√2
+        // l0=(1,0)   1         0         0.7071
+        // l1=(1,2)   0.4472    0.8944    0.9487
+        // l2=(1,1)   0.7071    0.7071    1
+        // left→right: l0 rank 1, l1 rank 2 (r2 beats r1), l2 rank 1.
+        // right→left: r0 rank 1, r1 rank 1 (l1 0.8944 > l2 0.7071), r2 rank 1 (l2 1 > l1 0.9487).
+        let left = vec![vec![1.0, 0.0], vec![1.0, 2.0], vec![1.0, 1.0]];
+        let right = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 1.0]];
+        let r = pair_retrieval(&left, &right);
+        assert!((r.recall_at_1 - 5.0 / 6.0).abs() < 1e-12);
+        assert!((r.mrr - 5.5 / 6.0).abs() < 1e-12);
+        // Ties count against the partner: identical embeddings everywhere rank every partner last (rank 3).
+        let same = vec![vec![1.0, 1.0]; 3];
+        let r = pair_retrieval(&same, &same);
+        assert_eq!(r.recall_at_1, 0.0);
+        assert!((r.mrr - 1.0 / 3.0).abs() < 1e-12);
+        assert!(pair_retrieval(&[], &[]).mrr.is_nan());
+    }
+
+    #[test]
+    fn pair_cosine_and_gain_retention_by_hand() {
+        let left = vec![vec![1.0, 0.0], vec![3.0, 4.0]];
+        let right = vec![vec![0.0, 1.0], vec![4.0, 0.0]];
+        assert!((pair_cosine(&left, &right) - 0.3).abs() < 1e-7);
+        assert!(pair_cosine(&[], &[]).is_nan());
+        assert!((gain_retention(0.7, 0.9, 0.5) - 0.5).abs() < 1e-12);
+        assert!((gain_retention(0.9, 0.9, 0.5) - 1.0).abs() < 1e-12);
+        assert!((gain_retention(0.3, 0.9, 0.5) + 0.5).abs() < 1e-12);
+        assert!(gain_retention(0.3, 0.5, 0.5).is_nan());
     }
 }

@@ -107,3 +107,58 @@ fn generated_testbed_has_a_tiny_llama_with_the_real_names() {
     ]);
     assert_eq!(g["continuations"].as_array().map(Vec::len), Some(1));
 }
+
+/// `embedding --pairs`: the in-domain measures on the generated testbed's sre fine-tune. The fine-tune itself
+/// keeps everything (retention and fidelity 1, its scores equal to the `finetuned.*` references); the base keeps
+/// nothing (retention 0, its scores equal to the `base.*` references).
+#[test]
+fn embedding_reports_indomain_measures() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tb = tmp.path().join("tb");
+    eval(&["make-testbed", "--out", s(&tb)]);
+    let pairs = ultradelta_eval::indomain_data_dir().join("sre.tsv");
+    let (ft, base) = (tb.join("models/sre"), tb.join("models/base"));
+    let run = |model: &Path| {
+        eval(&[
+            "embedding",
+            "--testbed",
+            s(&tb),
+            "--model",
+            s(model),
+            "--finetuned",
+            s(&ft),
+            "--base",
+            s(&base),
+            "--limit",
+            "20",
+            "--train-per-class",
+            "5",
+            "--pairs",
+            s(&pairs),
+        ])
+    };
+    let n = ultradelta_eval::read_pairs(&pairs).expect("pairs").len();
+    let f = run(&ft);
+    let i = &f["indomain"];
+    assert_eq!(i["pairs"].as_u64(), Some(n as u64));
+    assert!(
+        (i["retention"].as_f64().unwrap() - 1.0).abs() < 1e-12,
+        "{i}"
+    );
+    assert!((i["fidelity"].as_f64().unwrap() - 1.0).abs() < 1e-6, "{i}");
+    for k in ["recall_at_1", "mrr", "pair_cosine"] {
+        assert_eq!(i[k], i["finetuned"][k], "{k}: {i}");
+    }
+    assert!(
+        (f["retention"].as_f64().unwrap() - 1.0).abs() < 1e-12,
+        "{f}"
+    );
+    let b = run(&base);
+    let i = &b["indomain"];
+    assert!(i["retention"].as_f64().unwrap().abs() < 1e-12, "{i}");
+    for k in ["recall_at_1", "mrr", "pair_cosine"] {
+        assert_eq!(i[k], i["base"][k], "{k}: {i}");
+    }
+    let g = i["pair_cosine_gain_retention"].as_f64().unwrap();
+    assert!(g.abs() < 1e-12, "{i}");
+}

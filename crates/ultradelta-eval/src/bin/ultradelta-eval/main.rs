@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! ultradelta-eval classify  --testbed DIR --task bbc --model DIR [--limit N]
-//! ultradelta-eval embedding --testbed DIR --probe-task bbc --model DIR --finetuned DIR --base DIR
-//!                           [--train-per-class K] [--limit N] [--max-tokens M] [--cache DIR]
+//! ultradelta-eval embedding --testbed DIR --probe-task bbc|none --model DIR --finetuned DIR --base DIR
+//!                           [--train-per-class K] [--limit N] [--max-tokens M] [--cache DIR] [--pairs FILE]
 //! ultradelta-eval make-testbed --out DIR [--force]
 //! ultradelta-eval convert-gguf --gguf FILE --out DIR [--keep-rope-permutation]
 //! ultradelta-eval llama-data   --model DIR --moods DIR --mood a,b --moby DIR --out DIR [--max-tokens N]
@@ -24,7 +24,8 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use ultradelta_eval::{
-    centroid_probe, fidelity, retention, Example, LinearHead, SentenceEncoder, Task,
+    centroid_probe, fidelity, gain_retention, pair_cosine, pair_retrieval, read_pairs, retention,
+    Example, LinearHead, SentenceEncoder, Task,
 };
 
 mod generate;
@@ -48,7 +49,8 @@ enum Cmd {
     /// Test accuracy of a classification fine-tune (encoder + the `classifier.*` head stored in the model).
     Classify(ClassifyArgs),
     /// Fidelity and retention against the uncompressed fine-tune, and a nearest-centroid probe, for an
-    /// embedding fine-tune that comes without its own evaluation data.
+    /// embedding fine-tune, on a labelled task's held-out texts; with --pairs, also on in-domain text pairs
+    /// (retention, fidelity, retrieval among the pairs: `indomain.*`).
     Embedding(EmbeddingArgs),
     /// Write a small generated testbed with the real testbed's layout, both families: a tiny BERT with four
     /// fine-tunes and labelled generated texts, and a tiny LLaMA (`llama/`) with four fine-tunes and texts
@@ -93,7 +95,8 @@ struct EmbeddingArgs {
     /// Testbed folder (holds the probe task's task.json and data).
     #[arg(long)]
     testbed: PathBuf,
-    /// Labelled task whose texts serve as held-out texts and as the centroid probe.
+    /// Labelled task whose texts serve as held-out texts and as the centroid probe; `none`: no probe, only
+    /// the in-domain measures of --pairs.
     #[arg(long, default_value = "bbc")]
     probe_task: String,
     /// Model folder to evaluate.
@@ -117,6 +120,10 @@ struct EmbeddingArgs {
     /// Folder caching the reference models' embeddings (keyed by weights path, size and mtime).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// In-domain pair file (`kind<TAB>left<TAB>right`, e.g. crates/ultradelta-eval/data/indomain/sre.tsv):
+    /// adds `indomain.*` metrics measured on its texts.
+    #[arg(long)]
+    pairs: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -290,6 +297,29 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 fn embedding(a: EmbeddingArgs) -> AnyResult<Value> {
     let t0 = Instant::now();
+    let cache = a.cache.as_deref();
+    let enc = SentenceEncoder::load_dir(&a.model)?.with_max_tokens(a.max_tokens)?;
+    let mut out = if a.probe_task == "none" {
+        if a.pairs.is_none() {
+            return Err("--probe-task none measures nothing without --pairs".into());
+        }
+        json!({ "max_tokens": a.max_tokens })
+    } else {
+        probe_measures(&enc, &a, cache)?
+    };
+    if let Some(path) = &a.pairs {
+        out["indomain"] = indomain(&enc, path, &a, cache)?;
+    }
+    out["seconds"] = json!(t0.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// Fidelity, retention and the nearest-centroid probe on the probe task's held-out texts.
+fn probe_measures(
+    enc: &SentenceEncoder,
+    a: &EmbeddingArgs,
+    cache: Option<&Path>,
+) -> AnyResult<Value> {
     let task = Task::load(&a.testbed, &a.probe_task)?;
     let train = per_class(task.train()?, task.n_classes(), a.train_per_class);
     let mut test = task.test()?;
@@ -306,21 +336,61 @@ fn embedding(a: EmbeddingArgs) -> AnyResult<Value> {
     // The held-out texts go through every model in the same call (same batches), so a model identical to
     // the fine-tune scores fidelity and retention of exactly 1.
     let (held_out_texts, train_texts) = (texts(&test), texts(&train));
-    let cache = a.cache.as_deref();
-    let enc = SentenceEncoder::load_dir(&a.model)?.with_max_tokens(a.max_tokens)?;
     let held_out = enc.embed(&held_out_texts)?;
     let probe_train = enc.embed(&train_texts)?;
     let ft = embed_cached(cache, &a.finetuned, &held_out_texts, a.max_tokens)?;
     let base = embed_cached(cache, &a.base, &held_out_texts, a.max_tokens)?;
     let probe = centroid_probe(&probe_train, &labels(&train), &held_out, &labels(&test));
-    let n_test = test.len();
     Ok(json!({
         "fidelity": fidelity(&held_out, &ft),
         "retention": retention(&held_out, &ft, &base),
         "probe_accuracy": probe,
-        "n": n_test,
+        "n": test.len(),
         "probe_train": train.len(),
         "max_tokens": a.max_tokens,
-        "seconds": t0.elapsed().as_secs_f64(),
+    }))
+}
+
+/// The in-domain measures on a pair file's texts (README, "Testbed"; docs/REPRODUCE.md):
+///
+/// - `retention`, `fidelity`: the same formulas as on the held-out texts, over every left and right text;
+/// - `recall_at_1`, `mrr`, `pair_cosine`: retrieval among the pairs in both directions and the mean cosine of
+///   a pair's two texts, for the model, and under `base.*` and `finetuned.*` for the two references;
+/// - `mrr_gain_retention`, `pair_cosine_gain_retention`: (model − base) / (fine-tune − base) of those scores.
+fn indomain(
+    enc: &SentenceEncoder,
+    path: &Path,
+    a: &EmbeddingArgs,
+    cache: Option<&Path>,
+) -> AnyResult<Value> {
+    let pairs = read_pairs(path)?;
+    let n = pairs.len();
+    // Left texts first, then right texts, in one call per model (same batches for every model).
+    let all: Vec<&str> = pairs
+        .iter()
+        .map(|p| p.left.as_str())
+        .chain(pairs.iter().map(|p| p.right.as_str()))
+        .collect();
+    let model = enc.embed(&all)?;
+    let ft = embed_cached(cache, &a.finetuned, &all, a.max_tokens)?;
+    let base = embed_cached(cache, &a.base, &all, a.max_tokens)?;
+    let scores = |e: &[Vec<f32>]| {
+        let (l, r) = e.split_at(n);
+        let ret = pair_retrieval(l, r);
+        (ret.recall_at_1, ret.mrr, pair_cosine(l, r))
+    };
+    let (m, f, b) = (scores(&model), scores(&ft), scores(&base));
+    let refs = |s: (f64, f64, f64)| json!({"recall_at_1": s.0, "mrr": s.1, "pair_cosine": s.2});
+    Ok(json!({
+        "retention": retention(&model, &ft, &base),
+        "fidelity": fidelity(&model, &ft),
+        "recall_at_1": m.0,
+        "mrr": m.1,
+        "pair_cosine": m.2,
+        "mrr_gain_retention": gain_retention(m.1, f.1, b.1),
+        "pair_cosine_gain_retention": gain_retention(m.2, f.2, b.2),
+        "base": refs(b),
+        "finetuned": refs(f),
+        "pairs": n,
     }))
 }
