@@ -298,7 +298,7 @@ mod tests {
         // Two symbols and no words: state 0 decodes the first symbol and stays 0, so every level is that symbol;
         // constriction's own per-symbol loop agrees with the run.
         let (s, f) = ([3u16, 9], [30000u16, 35536]);
-        let model = DecModel::from_nonzero_fixed_point_probabilities(&f, false).unwrap();
+        let model = DecModel::from_nonzero_fixed_point_probabilities(f, false).unwrap();
         let mut coder = Coder::from_compressed(Vec::new()).unwrap();
         let slow: Vec<u16> = coder
             .decode_iid_symbols(1000, &model)

@@ -146,10 +146,18 @@ pub fn pair_retrieval(left: &[Vec<f32>], right: &[Vec<f32>]) -> Retrieval {
         .map(|l| right.iter().map(|r| cosine(l, r)).collect())
         .collect();
     let (mut hits, mut rr) = (0usize, 0f64);
-    for i in 0..n {
-        let own = sim[i][i];
-        let by_left = 1 + (0..n).filter(|&j| j != i && sim[i][j] >= own).count();
-        let by_right = 1 + (0..n).filter(|&j| j != i && sim[j][i] >= own).count();
+    for (i, row) in sim.iter().enumerate() {
+        let own = row[i];
+        let by_left = 1 + row
+            .iter()
+            .enumerate()
+            .filter(|&(j, &v)| j != i && v >= own)
+            .count();
+        let by_right = 1 + sim
+            .iter()
+            .enumerate()
+            .filter(|&(j, r)| j != i && r[i] >= own)
+            .count();
         for rank in [by_left, by_right] {
             hits += usize::from(rank == 1);
             rr += 1.0 / rank as f64;
