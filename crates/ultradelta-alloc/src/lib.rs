@@ -209,6 +209,37 @@ pub fn msa(stats: &[TensorStat], sparsity: f64, cfg: &MsaConfig) -> Result<Alloc
         });
     }
 
+    let (tiers, n_low, n_mid, n_high) = tiers_by_std(stats, total);
+
+    let (nf, n_low_f, n_mid_f, n_high_f) =
+        (total as f64, n_low as f64, n_mid as f64, n_high as f64);
+    let s = sparsity;
+    let s_high = (s * nf - s * n_mid_f - (s + delta) * n_low_f) / n_high_f;
+    let raw: Vec<f64> = tiers
+        .iter()
+        .map(|t| match t {
+            Tier::Low => s + delta,
+            Tier::Mid => s,
+            Tier::High => s_high,
+        })
+        .collect();
+
+    let rates = if raw.iter().all(|&r| (0.0..=max_rate).contains(&r)) {
+        raw
+    } else {
+        let weights: Vec<f64> = stats.iter().map(|t| t.numel as f64).collect();
+        redistribute(&raw, &weights, s * nf, max_rate)
+    };
+
+    Ok(Allocation {
+        rates,
+        tiers: tiers.into_iter().map(Some).collect(),
+    })
+}
+
+/// The MSA tiers of `stats` (see [`msa`]) and the element counts of the low, mid and high tiers. `total` is the
+/// element count of `stats`, greater than 0.
+fn tiers_by_std(stats: &[TensorStat], total: u128) -> (Vec<Tier>, u128, u128, u128) {
     // Stable order: std ascending, ties by index.
     let mut order: Vec<usize> = (0..stats.len()).collect();
     order.sort_by(|&a, &b| match stats[a].std.total_cmp(&stats[b].std) {
@@ -237,30 +268,152 @@ pub fn msa(stats: &[TensorStat], sparsity: f64, cfg: &MsaConfig) -> Result<Alloc
     // The last tensor in the walk has running == total > 2N/3, so the high tier holds at
     // least one element whenever total > 0.
     debug_assert!(n_high > 0);
+    (tiers, n_low, n_mid, n_high)
+}
 
+/// Checks what every allocation checks: `0 < max_rate < 1`, `0 <= sparsity <= max_rate`, every std finite.
+fn check_common(stats: &[TensorStat], sparsity: f64, max_rate: f64) -> Result<()> {
+    if !(max_rate > 0.0 && max_rate < 1.0) {
+        return Err(Error::InvalidMaxRate(max_rate));
+    }
+    if !(0.0..=max_rate).contains(&sparsity) {
+        return Err(Error::InvalidSparsity {
+            value: sparsity,
+            max: max_rate,
+        });
+    }
+    if let Some((index, t)) = stats.iter().enumerate().find(|(_, t)| !t.std.is_finite()) {
+        return Err(Error::InvalidStat { index, std: t.std });
+    }
+    Ok(())
+}
+
+/// MSA with tiers as multiples of the density `d = 1 − s` instead of an additive step: the low-σ third keeps
+/// `d·(1 − spread)`, the middle third `d`, the high-σ third the remainder (`d·(1 + spread)` when the thirds are
+/// equal), so the element-weighted mean density is exactly `d`. With `spread = δ / (1 − s)` this is [`msa`]'s
+/// allocation at that `s`; the paper's δ = 0.01 at s = 0.97 is `spread = 1/3`. Unlike the additive step it
+/// never collapses at high ratios: at s = 0.995 the low tier keeps a third less than the others rather than
+/// being pushed to the cap (δ = 0.01 asks for s + δ = 1.005 there). Rates outside `[0, max_rate]` are brought
+/// in and the excess redistributed as in [`msa`].
+///
+/// # Errors
+/// As [`msa`]; [`Error::InvalidStep`] unless `0 <= spread < 1`.
+pub fn msa_relative(
+    stats: &[TensorStat],
+    sparsity: f64,
+    spread: f64,
+    max_rate: f64,
+) -> Result<Allocation> {
+    check_common(stats, sparsity, max_rate)?;
+    if !(spread.is_finite() && (0.0..1.0).contains(&spread)) {
+        return Err(Error::InvalidStep(spread));
+    }
+    if stats.is_empty() {
+        return Ok(Allocation {
+            rates: Vec::new(),
+            tiers: Vec::new(),
+        });
+    }
+    let total: u128 = stats.iter().map(|t| u128::from(t.numel)).sum();
+    if total == 0 {
+        return Ok(Allocation {
+            rates: vec![sparsity; stats.len()],
+            tiers: vec![Some(Tier::Mid); stats.len()],
+        });
+    }
+    let (tiers, n_low, n_mid, n_high) = tiers_by_std(stats, total);
     let (nf, n_low_f, n_mid_f, n_high_f) =
         (total as f64, n_low as f64, n_mid as f64, n_high as f64);
-    let s = sparsity;
-    let s_high = (s * nf - s * n_mid_f - (s + delta) * n_low_f) / n_high_f;
+    let d = 1.0 - sparsity;
+    let d_low = d * (1.0 - spread);
+    let d_high = (d * nf - d * n_mid_f - d_low * n_low_f) / n_high_f;
     let raw: Vec<f64> = tiers
         .iter()
         .map(|t| match t {
-            Tier::Low => s + delta,
-            Tier::Mid => s,
-            Tier::High => s_high,
+            Tier::Low => 1.0 - d_low,
+            Tier::Mid => sparsity,
+            Tier::High => 1.0 - d_high,
         })
         .collect();
-
     let rates = if raw.iter().all(|&r| (0.0..=max_rate).contains(&r)) {
         raw
     } else {
         let weights: Vec<f64> = stats.iter().map(|t| t.numel as f64).collect();
-        redistribute(&raw, &weights, s * nf, max_rate)
+        redistribute(&raw, &weights, sparsity * nf, max_rate)
     };
-
     Ok(Allocation {
         rates,
         tiers: tiers.into_iter().map(Some).collect(),
+    })
+}
+
+/// Data-free rate–distortion allocation: each tensor keeps a density proportional to `std^power`, clipped to
+/// `[1 − max_rate, 1]`, scaled so that the element-weighted mean density is `1 − sparsity`.
+///
+/// Why `power = 1` is the rate–distortion optimum of a simple model: dropping entries of a tensor at random
+/// with keep probability `p` and rescaling the survivors by `1/p` leaves an unbiased delta whose squared error
+/// is `n·σ²·(1 − p)/p` (σ² the mean square of the entries); with the same bits per kept entry everywhere,
+/// minimising `Σ n_t σ_t² / p_t` under `Σ n_t p_t = D` gives `σ_t² / p_t² = λ`, so `p_t ∝ σ_t`. `power = 0` is
+/// the uniform allocation; powers between trade the two. Tiers are `None`. The scale is found by bisection
+/// (a fixed number of steps, so the result is deterministic); the weighted mean is then within `1e-9` of
+/// `sparsity`.
+///
+/// # Errors
+/// As [`msa`]; [`Error::InvalidStep`] unless `power` is finite and in `[0, 4]`.
+pub fn proportional(
+    stats: &[TensorStat],
+    sparsity: f64,
+    power: f64,
+    max_rate: f64,
+) -> Result<Allocation> {
+    check_common(stats, sparsity, max_rate)?;
+    if !(power.is_finite() && (0.0..=4.0).contains(&power)) {
+        return Err(Error::InvalidStep(power));
+    }
+    let total: f64 = stats.iter().map(|t| t.numel as f64).sum();
+    if stats.is_empty() || total == 0.0 {
+        return uniform(stats, sparsity);
+    }
+    let floor = 1.0 - max_rate;
+    let target = (1.0 - sparsity) * total;
+    // Weight of each tensor: std^power, relative to the largest so that the scale stays in a sane range.
+    let max_std = stats.iter().map(|t| t.std).fold(0.0f64, f64::max);
+    if max_std == 0.0 || power == 0.0 {
+        return uniform(stats, sparsity);
+    }
+    let w: Vec<f64> = stats
+        .iter()
+        .map(|t| (t.std / max_std).powf(power))
+        .collect();
+    let mass = |c: f64| -> f64 {
+        stats
+            .iter()
+            .zip(&w)
+            .map(|(t, &wi)| t.numel as f64 * (c * wi).clamp(floor, 1.0))
+            .sum()
+    };
+    // mass is non-decreasing in c; mass(0) = floor·N <= target (sparsity <= max_rate) and mass(c) = N for c
+    // large enough (every tensor with w > 0 at 1; those with w = 0 stay at the floor).
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while mass(hi) < target && hi < 1e300 {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mass(mid) < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let rates = stats
+        .iter()
+        .zip(&w)
+        .map(|(_, &wi)| 1.0 - (hi * wi).clamp(floor, 1.0))
+        .collect();
+    Ok(Allocation {
+        rates,
+        tiers: vec![None; stats.len()],
     })
 }
 
@@ -542,6 +695,57 @@ mod tests {
         let one = msa(&[st(50, 1.0)], 0.9, &cfg).unwrap();
         assert_eq!(one.tiers, vec![Some(Tier::High)]);
         assert!((one.rates[0] - 0.9).abs() < 1e-15);
+    }
+
+    #[test]
+    fn relative_tiers_equal_additive_at_the_papers_point() {
+        // spread = δ / (1 − s): the same rates as the additive step, to rounding.
+        let stats: Vec<TensorStat> = (0..9)
+            .map(|i| st(100 + 10 * i, 0.1 * (i as f64 + 1.0)))
+            .collect();
+        let add = msa(&stats, 0.97, &MsaConfig::default()).unwrap();
+        let rel = msa_relative(&stats, 0.97, 0.01 / 0.03, 0.999).unwrap();
+        assert_eq!(add.tiers, rel.tiers);
+        for (a, r) in add.rates.iter().zip(&rel.rates) {
+            assert!((a - r).abs() < 1e-12, "{a} vs {r}");
+        }
+    }
+
+    #[test]
+    fn relative_tiers_do_not_collapse_at_high_sparsity() {
+        // Equal thirds, s = 0.995 (d = 0.005): the additive δ = 0.01 caps the low third at 0.999 (its survivors
+        // rescaled by 1000); relative tiers keep d·(2/3), d, d·(4/3).
+        let stats = [st(100, 0.1), st(100, 0.2), st(100, 0.3)];
+        let add = msa(&stats, 0.995, &MsaConfig::default()).unwrap();
+        assert!((add.rates[0] - 0.999).abs() < 1e-12);
+        let rel = msa_relative(&stats, 0.995, 1.0 / 3.0, 0.999).unwrap();
+        let d: Vec<f64> = rel.rates.iter().map(|r| 1.0 - r).collect();
+        for (got, want) in d.iter().zip([0.005 * 2.0 / 3.0, 0.005, 0.005 * 4.0 / 3.0]) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        assert!((rel.weighted_mean(&stats) - 0.995).abs() < 1e-12);
+        assert!(msa_relative(&stats, 0.5, 1.0, 0.999).is_err());
+        assert!(msa_relative(&stats, 0.5, f64::NAN, 0.999).is_err());
+    }
+
+    #[test]
+    fn proportional_density_follows_std() {
+        // Densities ∝ std: 1 : 2 : 3 with mean density 0.04 over equal sizes → 0.02, 0.04, 0.06.
+        let stats = [st(100, 0.1), st(100, 0.2), st(100, 0.3)];
+        let a = proportional(&stats, 0.96, 1.0, 0.999).unwrap();
+        for (r, want) in a.rates.iter().zip([0.98, 0.96, 0.94]) {
+            assert!((r - want).abs() < 1e-9, "{r} vs {want}");
+        }
+        assert!((a.weighted_mean(&stats) - 0.96).abs() < 1e-9);
+        // Power 0 is uniform; clipping at density 1 moves the mass to the others; the floor holds.
+        let u = proportional(&stats, 0.96, 0.0, 0.999).unwrap();
+        assert!(u.rates.iter().all(|&r| r == 0.96));
+        let big = [st(10, 100.0), st(1000, 1.0), st(1000, 0.0)];
+        let c = proportional(&big, 0.9, 1.0, 0.999).unwrap();
+        assert_eq!(c.rates[0], 0.0);
+        assert!((c.rates[2] - 0.999).abs() < 1e-12);
+        assert!((c.weighted_mean(&big) - 0.9).abs() < 1e-9);
+        assert!(proportional(&stats, 0.5, -1.0, 0.999).is_err());
     }
 
     #[test]

@@ -155,6 +155,29 @@ const RESCALES: Choices<RescaleMode> = &[
     ),
 ];
 
+const ALLOCATIONS: Choices<AllocationMode> = &[
+    (
+        "msa",
+        "MSA with the paper's additive step: low/mid/high-σ thirds at s + δ, s, remainder",
+        AllocationMode::Msa,
+    ),
+    (
+        "msa-relative",
+        "MSA with tiers as multiples of the density d = 1 − s: d·(1 − F), d, remainder (F = --tier-spread)",
+        AllocationMode::MsaRelative,
+    ),
+    (
+        "uniform",
+        "the same sparsity for every tensor",
+        AllocationMode::Uniform,
+    ),
+    (
+        "rate-distortion",
+        "each tensor's density ∝ σ^P (P = --rd-power), the squared-error optimum for P = 1",
+        AllocationMode::RateDistortion,
+    ),
+];
+
 const TRACE_ON: Choices<TraceOn> = &[
     (
         "compressed",
@@ -196,8 +219,8 @@ pub struct CompressArgs {
     pub method: Method,
     /// A named configuration; refuses flags that would contradict it.
     #[arg(long, value_parser = choice(PRESETS), conflicts_with_all = [
-        "method", "sparsity", "bits", "step", "rescale", "no_msa", "no_dac", "no_quant", "no_tngr", "tngr",
-        "target_ratio", "target_size", "rescale_factor", "trace_on",
+        "method", "sparsity", "bits", "step", "rescale", "no_msa", "allocation", "tier_spread", "rd_power",
+        "no_dac", "no_quant", "no_tngr", "tngr", "target_ratio", "target_size", "rescale_factor", "trace_on",
     ])]
     pub preset: Option<Preset>,
     /// Rank of every compressed tensor (--method lowrank).
@@ -289,9 +312,18 @@ pub struct CompressArgs {
     /// Rescale survivors by each tensor's own rate (default, measured better) or the global target (paper).
     #[arg(long, value_parser = choice(RESCALES), default_value = "per-tensor")]
     pub rescale: RescaleMode,
-    /// Ablation: same sparsity for every tensor instead of MSA.
-    #[arg(long)]
+    /// Ablation: same sparsity for every tensor instead of MSA (`--allocation uniform`).
+    #[arg(long, conflicts_with = "allocation")]
     pub no_msa: bool,
+    /// How the target sparsity is spread over the tensors (ultradelta).
+    #[arg(long, value_parser = choice(ALLOCATIONS), default_value = "msa")]
+    pub allocation: AllocationMode,
+    /// --allocation msa-relative: tiers at (1 ∓ F)× the density (1/3 is the paper's δ = 0.01 at s = 0.97).
+    #[arg(long, value_name = "F", default_value_t = ultradelta::DEFAULT_TIER_SPREAD)]
+    pub tier_spread: f64,
+    /// --allocation rate-distortion: density ∝ σ^P (0 is uniform, 1 the squared-error optimum).
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    pub rd_power: f64,
     /// Ablation: plain random drop instead of group-wise (stratified) pruning.
     #[arg(long)]
     pub no_dac: bool,
@@ -334,8 +366,10 @@ impl CompressArgs {
             allocation: if self.no_msa {
                 AllocationMode::Uniform
             } else {
-                AllocationMode::Msa
+                self.allocation
             },
+            tier_spread: self.tier_spread,
+            rd_power: self.rd_power,
             pruning: if self.no_dac {
                 PruningMode::Random
             } else {
@@ -392,7 +426,9 @@ pub fn flag_of(field: &str) -> Option<&'static str> {
         "gamma" => "--gamma",
         "rescale_factor" => "--rescale-factor",
         "rescale" => "--rescale",
-        "allocation" => "--no-msa",
+        "allocation" => "--allocation",
+        "tier_spread" => "--tier-spread",
+        "rd_power" => "--rd-power",
         "pruning" => "--no-dac",
         "tngr.enabled" => "--tngr",
         "tngr.trace_on" => "--trace-on",

@@ -271,7 +271,13 @@ fn method_params(method: &str, p: &serde_json::Value) -> String {
             g("sparsity"),
             g("bits"),
             g("step"),
-            flag("allocation", "msa", "MSA", "uniform allocation"),
+            match p.get("allocation").and_then(|v| v.as_str()) {
+                Some("msa") => "MSA".to_string(),
+                Some("msa-relative") => format!("MSA, relative tiers ±{}", g("tier_spread")),
+                Some("rate-distortion") =>
+                    format!("rate-distortion allocation, σ^{}", g("rd_power")),
+                _ => "uniform allocation".to_string(),
+            },
             flag("pruning", "group", "DAC", "random drop"),
             g("rescale"),
             if p.get("quantize").and_then(|v| v.as_bool()) == Some(false) {

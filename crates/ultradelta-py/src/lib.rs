@@ -128,7 +128,7 @@ fn option_of(field: &str) -> Option<&'static str> {
         "gamma" => "gamma=",
         "rescale_factor" => "rescale_factor=",
         "rescale" => "rescale=",
-        "allocation" => "no_msa=",
+        "allocation" => "allocation=",
         "pruning" => "no_dac=",
         "tngr.enabled" => "tngr=",
         "tngr.trace_on" => "trace_on=",
@@ -143,6 +143,8 @@ fn option_of(field: &str) -> Option<&'static str> {
         "compeft_alpha" => "compeft_alpha=",
         "target_ratio" => "target_ratio=",
         "target_size" => "target_size=",
+        "tier_spread" => "tier_spread=",
+        "rd_power" => "rd_power=",
         "positions" => "positions=",
         "values" => "values=",
         "codec" => "codec=",
@@ -194,6 +196,9 @@ const OPTIONS: &[&str] = &[
     "rescale_factor",
     "rescale",
     "no_msa",
+    "allocation",
+    "tier_spread",
+    "rd_power",
     "no_dac",
     "compress",
     "keep",
@@ -209,6 +214,9 @@ const PRESET_CONFLICTS: &[&str] = &[
     "step",
     "rescale",
     "no_msa",
+    "allocation",
+    "tier_spread",
+    "rd_power",
     "no_dac",
     "no_quant",
     "no_tngr",
@@ -357,10 +365,26 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
             .transpose()?
             .unwrap_or(RescaleMode::PerTensor),
         allocation: if flag("no_msa")? {
+            if get("allocation").is_some() {
+                return Err(invalid(
+                    "options no_msa and allocation contradict each other".into(),
+                ));
+            }
             AllocationMode::Uniform
         } else {
-            AllocationMode::Msa
+            get("allocation")
+                .map(|v| {
+                    choice(
+                        "allocation",
+                        v,
+                        &["msa", "msa-relative", "uniform", "rate-distortion"],
+                    )
+                })
+                .transpose()?
+                .unwrap_or(AllocationMode::Msa)
         },
+        tier_spread: num("tier_spread", ultradelta::DEFAULT_TIER_SPREAD)?,
+        rd_power: num("rd_power", 1.0)?,
         pruning: if flag("no_dac")? {
             PruningMode::Random
         } else {

@@ -12,8 +12,16 @@ use crate::{Error, Result};
 pub enum AllocationMode {
     /// Variance-based mixed sparsity (the paper's MSA): low/mid/high-σ thirds get s+δ, s, remainder.
     Msa,
+    /// MSA with tiers as multiples of the density d = 1 − s: the low-σ third keeps d·(1 − spread), the middle d,
+    /// the high-σ third the remainder (`tier_spread`; 1/3 is the paper's δ = 0.01 at s = 0.97). Does not
+    /// collapse at high ratios, where s + δ reaches the cap.
+    MsaRelative,
     /// Every tensor gets the target sparsity.
     Uniform,
+    /// Data-free rate–distortion allocation: each tensor's density ∝ σ^`rd_power` (σ its quantized delta's
+    /// standard deviation), the squared-error optimum of random drop + rescaling for `rd_power` = 1
+    /// (`ultradelta_alloc::proportional`).
+    RateDistortion,
 }
 
 /// How entries are dropped inside one tensor (ALGORITHM.md §3).
@@ -194,6 +202,12 @@ pub struct CompressConfig {
     pub rescale: RescaleMode,
     /// Sparsity allocation.
     pub allocation: AllocationMode,
+    /// [`AllocationMode::MsaRelative`]: the tiers' spread around the density (in `[0, 1)`).
+    #[serde(default = "default_tier_spread")]
+    pub tier_spread: f64,
+    /// [`AllocationMode::RateDistortion`]: density ∝ σ^rd_power (in `[0, 4]`; 0 is uniform).
+    #[serde(default = "default_rd_power")]
+    pub rd_power: f64,
     /// Pruning inside a tensor.
     pub pruning: PruningMode,
     /// TNGR settings (used when several fine-tunes are compressed together).
@@ -238,6 +252,17 @@ pub struct CompressConfig {
     pub zstd_level: i32,
 }
 
+/// The relative MSA tiers' default spread: 1/3, the paper's δ = 0.01 at its s = 0.97.
+pub const DEFAULT_TIER_SPREAD: f64 = 1.0 / 3.0;
+
+fn default_tier_spread() -> f64 {
+    DEFAULT_TIER_SPREAD
+}
+
+fn default_rd_power() -> f64 {
+    1.0
+}
+
 impl Default for CompressConfig {
     /// The project's default, chosen by measurement on the testbed (README, "Choosing the defaults"): the paper's
     /// s = 0.97, b = 4, δ = 0.01, MSA + DAC + quantization, but survivors rescaled by each tensor's own rate
@@ -253,6 +278,8 @@ impl Default for CompressConfig {
             rescale_factor: 1.0,
             rescale: RescaleMode::PerTensor,
             allocation: AllocationMode::Msa,
+            tier_spread: default_tier_spread(),
+            rd_power: default_rd_power(),
             pruning: PruningMode::Group,
             tngr: TngrConfig::default(),
             selection: Selection::default(),
@@ -367,6 +394,18 @@ impl CompressConfig {
         }
         if !(self.step.is_finite() && self.step >= 0.0 && self.step < 1.0) {
             return bad("step", format!("step must be in [0, 1), got {}", self.step));
+        }
+        if !(self.tier_spread.is_finite() && (0.0..1.0).contains(&self.tier_spread)) {
+            return bad(
+                "tier_spread",
+                format!("tier_spread must be in [0, 1), got {}", self.tier_spread),
+            );
+        }
+        if !(self.rd_power.is_finite() && (0.0..=4.0).contains(&self.rd_power)) {
+            return bad(
+                "rd_power",
+                format!("rd_power must be in [0, 4], got {}", self.rd_power),
+            );
         }
         if !(self.rescale_factor.is_finite() && self.rescale_factor > 0.0) {
             return bad(

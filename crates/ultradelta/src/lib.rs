@@ -166,7 +166,7 @@ pub use budget::{BudgetReport, BUDGET_TOLERANCE};
 pub use config::{
     AllocationMode, CodecChoice, CompressConfig, EstimateConfig, Method, NuclearNormMethod,
     PositionCodec, Preset, PruningMode, RescaleMode, TngrConfig, TraceOn, ValueCodec,
-    DEFAULT_SEED_TRIALS,
+    DEFAULT_SEED_TRIALS, DEFAULT_TIER_SPREAD,
 };
 pub use error::{Error, Result, TensorMismatch};
 pub use evaluate::{eval, EvalReport, Fidelity, TensorEval};

@@ -174,7 +174,19 @@ pub(crate) fn rates(
                 ..MsaConfig::default()
             },
         )?,
+        AllocationMode::MsaRelative => ultradelta_alloc::msa_relative(
+            stats,
+            cfg.sparsity,
+            cfg.tier_spread,
+            MsaConfig::default().max_rate,
+        )?,
         AllocationMode::Uniform => ultradelta_alloc::uniform(stats, cfg.sparsity)?,
+        AllocationMode::RateDistortion => ultradelta_alloc::proportional(
+            stats,
+            cfg.sparsity,
+            cfg.rd_power,
+            MsaConfig::default().max_rate,
+        )?,
     };
     Ok(alloc)
 }
