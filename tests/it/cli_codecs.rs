@@ -33,12 +33,12 @@ fn every_codec_round_trips_through_apply() {
     let cases: [(&str, &[&str], &[&str]); 5] = [
         (
             "golomb-entropy",
-            &["--values", "entropy"],
+            &["--positions", "golomb", "--values", "entropy"],
             &["sparse-golomb-rans"],
         ),
         (
             "seeded-packed",
-            &["--positions", "seeded"],
+            &["--positions", "seeded", "--values", "packed"],
             &["sparse-seeded"],
         ),
         (
@@ -55,7 +55,7 @@ fn every_codec_round_trips_through_apply() {
         ),
         (
             "auto",
-            &["--codec", "auto"],
+            &["--positions", "golomb", "--codec", "auto"],
             &["sparse-golomb", "sparse-golomb-rans"],
         ),
         (
@@ -168,8 +168,8 @@ fn budget_with_new_codecs_lands_on_target_and_keeps_more() {
         assert!((real / 20.0 - 1.0).abs() <= 0.01, "{flags:?}: {real}");
         ins.codec.unwrap().density
     };
-    let paper = density(&[]);
-    let seeded = density(&["--positions", "seeded"]);
+    let paper = density(&["--positions", "golomb", "--values", "packed"]);
+    let seeded = density(&["--positions", "seeded", "--values", "packed"]);
     let both = density(&["--positions", "seeded", "--values", "entropy"]);
     assert!(seeded > 1.5 * paper, "{seeded} vs {paper}");
     assert!(both > seeded, "{both} vs {seeded}");
@@ -211,5 +211,14 @@ fn params_without_codec_fields_still_deserialize() {
         v.as_object_mut().unwrap().remove(k);
     }
     let cfg: CompressConfig = serde_json::from_value(v).unwrap();
-    assert_eq!(cfg, CompressConfig::default());
+    // An archive's params without codec fields were written before the codecs existed: Golomb positions and
+    // packed levels, whatever today's default is.
+    assert_eq!(
+        cfg,
+        CompressConfig {
+            positions: ultradelta::PositionCodec::Golomb,
+            values: ultradelta::ValueCodec::Packed,
+            ..CompressConfig::default()
+        }
+    );
 }

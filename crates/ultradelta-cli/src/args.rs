@@ -220,7 +220,8 @@ pub struct CompressArgs {
     /// A named configuration; refuses flags that would contradict it.
     #[arg(long, value_parser = choice(PRESETS), conflicts_with_all = [
         "method", "sparsity", "bits", "step", "rescale", "no_msa", "allocation", "tier_spread", "rd_power",
-        "no_dac", "no_quant", "no_tngr", "tngr", "target_ratio", "target_size", "rescale_factor", "trace_on",
+        "positions", "values", "codec", "no_dac", "no_quant", "no_tngr", "tngr", "target_ratio", "target_size",
+        "rescale_factor", "trace_on",
     ])]
     pub preset: Option<Preset>,
     /// Rank of every compressed tensor (--method lowrank).
@@ -243,12 +244,12 @@ pub struct CompressArgs {
     /// Ablation (ultradelta): keep the pruned values at fp16 instead of quantizing them.
     #[arg(long)]
     pub no_quant: bool,
-    /// How kept positions are stored (ultradelta).
-    #[arg(long, value_parser = choice(POSITIONS), default_value = "golomb")]
-    pub positions: PositionCodec,
-    /// How kept levels are stored (ultradelta).
-    #[arg(long, value_parser = choice(VALUES), default_value = "packed")]
-    pub values: ValueCodec,
+    /// How kept positions are stored (ultradelta) [default: seeded; golomb with --no-dac or --no-quant].
+    #[arg(long, value_parser = choice(POSITIONS))]
+    pub positions: Option<PositionCodec>,
+    /// How kept levels are stored (ultradelta) [default: entropy; packed with --no-quant].
+    #[arg(long, value_parser = choice(VALUES))]
+    pub values: Option<ValueCodec>,
     /// Fixed codecs, or the cheapest levels codec per tensor (ultradelta).
     #[arg(long, value_parser = choice(CODECS), default_value = "fixed")]
     pub codec: CodecChoice,
@@ -316,7 +317,7 @@ pub struct CompressArgs {
     #[arg(long, conflicts_with = "allocation")]
     pub no_msa: bool,
     /// How the target sparsity is spread over the tensors (ultradelta).
-    #[arg(long, value_parser = choice(ALLOCATIONS), default_value = "msa")]
+    #[arg(long, value_parser = choice(ALLOCATIONS), default_value = "msa-relative")]
     pub allocation: AllocationMode,
     /// --allocation msa-relative: tiers at (1 ∓ F)× the density (1/3 is the paper's δ = 0.01 at s = 0.97).
     #[arg(long, value_name = "F", default_value_t = ultradelta::DEFAULT_TIER_SPREAD)]
@@ -392,12 +393,29 @@ impl CompressArgs {
             compeft_alpha: self.compeft_alpha,
             target_ratio: self.target_ratio,
             target_size: self.target_size,
-            positions: self.positions,
-            values: self.values,
+            // Filled in below, once the method and the ablations are known.
+            positions: PositionCodec::Golomb,
+            values: ValueCodec::Packed,
             codec: self.codec,
             seed_trials: self.seed_trials,
             zstd_level: self.zstd_level,
         };
+        // The codecs' defaults are the project's (seeded positions, rANS levels) where they apply: ultradelta with
+        // quantized levels, and for seeded positions group-wise pruning. Elsewhere the paper's, which every
+        // method and ablation can write; a codec the user names is checked by `validate` as given.
+        let quantized = cfg.method == Method::Ultradelta && cfg.quantize;
+        cfg.positions =
+            self.positions
+                .unwrap_or(if quantized && cfg.pruning == PruningMode::Group {
+                    PositionCodec::Seeded
+                } else {
+                    PositionCodec::Golomb
+                });
+        cfg.values = self.values.unwrap_or(if quantized {
+            ValueCodec::Entropy
+        } else {
+            ValueCodec::Packed
+        });
         if let Some(preset) = self.preset {
             cfg = preset.apply_to(cfg);
         }
@@ -720,16 +738,39 @@ mod tests {
 
     #[test]
     fn the_paper_preset_keeps_what_is_not_the_method() {
-        let cfg = parse(&["--preset", "paper", "--seed", "7", "--positions", "seeded"])
+        let cfg = parse(&["--preset", "paper", "--seed", "7", "--zstd-level", "3"])
             .config()
             .unwrap();
         assert_eq!(
             cfg,
             CompressConfig {
                 seed: 7,
-                positions: PositionCodec::Seeded,
+                zstd_level: 3,
                 ..CompressConfig::paper()
             }
         );
+        // The paper's codecs are part of the preset: seeded positions change which entries are kept.
+        assert_eq!(cfg.positions, PositionCodec::Golomb);
+        assert_eq!(cfg.values, ValueCodec::Packed);
+        for flags in [
+            ["--positions", "seeded"],
+            ["--values", "entropy"],
+            ["--codec", "auto"],
+        ] {
+            let mut args = vec!["--preset", "paper"];
+            args.extend(flags);
+            let mut argv = vec![
+                "ultradelta",
+                "compress",
+                "--base",
+                "b",
+                "--finetuned",
+                "f",
+                "-o",
+                "a",
+            ];
+            argv.extend(args);
+            assert!(Cli::try_parse_from(argv).is_err(), "{flags:?}");
+        }
     }
 }

@@ -209,6 +209,9 @@ const OPTIONS: &[&str] = &[
 /// Options a preset sets itself (the command line refuses the flags with `--preset`).
 const PRESET_CONFLICTS: &[&str] = &[
     "method",
+    "positions",
+    "values",
+    "codec",
     "sparsity",
     "bits",
     "step",
@@ -381,7 +384,7 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
                     )
                 })
                 .transpose()?
-                .unwrap_or(AllocationMode::Msa)
+                .unwrap_or(AllocationMode::MsaRelative)
         },
         tier_spread: num("tier_spread", ultradelta::DEFAULT_TIER_SPREAD)?,
         rd_power: num("rd_power", 1.0)?,
@@ -414,14 +417,9 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         target_size: get("target_size")
             .map(|v| value("target_size", v, "a whole number of bytes"))
             .transpose()?,
-        positions: get("positions")
-            .map(|v| choice("positions", v, &["golomb", "seeded"]))
-            .transpose()?
-            .unwrap_or(PositionCodec::Golomb),
-        values: get("values")
-            .map(|v| choice("values", v, &["packed", "entropy"]))
-            .transpose()?
-            .unwrap_or(ValueCodec::Packed),
+        // Filled in below, once the method and the ablations are known (as the command line does).
+        positions: PositionCodec::Golomb,
+        values: ValueCodec::Packed,
         codec: get("codec")
             .map(|v| choice("codec", v, &["fixed", "auto"]))
             .transpose()?
@@ -433,6 +431,24 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
             value("zstd_level", v, "an integer")
         })?,
     };
+    // The codecs' defaults are the project's (seeded positions, rANS levels) where they apply, else the paper's.
+    let quantized = cfg.method == Method::Ultradelta && cfg.quantize;
+    cfg.positions = get("positions")
+        .map(|v| choice("positions", v, &["golomb", "seeded"]))
+        .transpose()?
+        .unwrap_or(if quantized && cfg.pruning == PruningMode::Group {
+            PositionCodec::Seeded
+        } else {
+            PositionCodec::Golomb
+        });
+    cfg.values = get("values")
+        .map(|v| choice("values", v, &["packed", "entropy"]))
+        .transpose()?
+        .unwrap_or(if quantized {
+            ValueCodec::Entropy
+        } else {
+            ValueCodec::Packed
+        });
     if cfg.target_ratio.is_some() && cfg.target_size.is_some() {
         return Err(invalid(
             "options target_ratio and target_size are two budgets: give one".into(),

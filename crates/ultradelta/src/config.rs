@@ -277,7 +277,7 @@ impl Default for CompressConfig {
             gamma: None,
             rescale_factor: 1.0,
             rescale: RescaleMode::PerTensor,
-            allocation: AllocationMode::Msa,
+            allocation: AllocationMode::MsaRelative,
             tier_spread: default_tier_spread(),
             rd_power: default_rd_power(),
             pruning: PruningMode::Group,
@@ -288,8 +288,8 @@ impl Default for CompressConfig {
             compeft_alpha: None,
             target_ratio: None,
             target_size: None,
-            positions: PositionCodec::Golomb,
-            values: ValueCodec::Packed,
+            positions: PositionCodec::Seeded,
+            values: ValueCodec::Entropy,
             codec: CodecChoice::Fixed,
             seed_trials: DEFAULT_SEED_TRIALS,
             zstd_level: default_zstd_level(),
@@ -314,12 +314,12 @@ impl Preset {
         }
     }
 
-    /// `cfg` under this preset. The preset decides the method and everything that changes which entries are kept
-    /// and their values: `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`, `allocation`,
-    /// `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`, `target_size`, `tngr.enabled` and
-    /// `tngr.trace_on`.
-    /// Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`, `tngr.nuclear_norm`, `selection`, how the
-    /// choice is stored (`positions`, `values`, `codec`, `seed_trials`) and `zstd_level`.
+    /// `cfg` under this preset. The preset decides the method, everything that changes which entries are kept
+    /// and their values, and the codecs (seeded positions change which entries are kept; the paper counts Golomb
+    /// positions and packed levels): `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`,
+    /// `allocation`, `tier_spread`, `rd_power`, `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`,
+    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values` and `codec`. Everything else stays
+    /// `cfg`'s: `seed`, `gamma`, `tngr.clamp`, `tngr.nuclear_norm`, `selection`, `seed_trials` and `zstd_level`.
     pub fn apply_to(self, cfg: CompressConfig) -> CompressConfig {
         let p = self.config();
         CompressConfig {
@@ -331,9 +331,6 @@ impl Preset {
                 ..p.tngr
             },
             selection: cfg.selection,
-            positions: cfg.positions,
-            values: cfg.values,
-            codec: cfg.codec,
             seed_trials: cfg.seed_trials,
             zstd_level: cfg.zstd_level,
             ..p
@@ -347,6 +344,10 @@ impl CompressConfig {
     pub fn paper() -> Self {
         CompressConfig {
             rescale: RescaleMode::Global,
+            allocation: AllocationMode::Msa,
+            positions: PositionCodec::Golomb,
+            values: ValueCodec::Packed,
+            codec: CodecChoice::Fixed,
             tngr: TngrConfig {
                 enabled: true,
                 ..TngrConfig::default()
@@ -358,6 +359,23 @@ impl CompressConfig {
     /// Whether a byte budget (`target_ratio` or `target_size`) decides the method's free parameter.
     pub fn has_budget(&self) -> bool {
         self.target_ratio.is_some() || self.target_size.is_some()
+    }
+
+    /// The default configuration for `method`: the project's codecs (seeded positions, rANS levels) where they
+    /// apply, i.e. for UltraDelta; the paper's Golomb positions and packed levels for every other method, which
+    /// has no seeded or entropy-coded record kind. (`CompressConfig { method: Method::Dare, ..Default::default() }`
+    /// keeps the seeded default and is refused by [`validate`](Self::validate).)
+    pub fn for_method(method: Method) -> Self {
+        let d = CompressConfig::default();
+        if method == Method::Ultradelta {
+            return d;
+        }
+        CompressConfig {
+            method,
+            positions: PositionCodec::Golomb,
+            values: ValueCodec::Packed,
+            ..d
+        }
     }
 
     /// Whether this asks for anything but the paper's codecs (Golomb positions, packed levels, fixed).

@@ -173,9 +173,16 @@ fn variant(name: &str, label: &str, args: &[&str], together: bool, plot: bool) -
 /// the paper's whatever the CLI's defaults become.
 pub fn builtin_variants() -> Vec<Variant> {
     const PAPER: [&str; 4] = ["--sparsity", "0.97", "--bits", "4"];
+    // The paper's codecs (Golomb positions, packed levels) and additive MSA, spelled out: the project's defaults
+    // differ (seeded positions, rANS levels, relative tiers).
+    const PAPER_CODECS: [&str; 4] = ["--positions", "golomb", "--values", "packed"];
     fn ladder<'a>(extra: &[&'a str]) -> Vec<&'a str> {
         let mut v: Vec<&'a str> = PAPER.to_vec();
+        v.extend_from_slice(&PAPER_CODECS);
         v.extend_from_slice(&["--rescale", "global"]);
+        if !extra.contains(&"--no-msa") {
+            v.extend_from_slice(&["--allocation", "msa"]);
+        }
         v.extend_from_slice(extra);
         v
     }
@@ -199,6 +206,12 @@ pub fn builtin_variants() -> Vec<Variant> {
                 "--rescale",
                 "global",
                 "--tngr",
+                "--allocation",
+                "msa",
+                "--positions",
+                "golomb",
+                "--values",
+                "packed",
             ],
             true,
             true,
@@ -207,8 +220,8 @@ pub fn builtin_variants() -> Vec<Variant> {
             ratios: Some(vec![50.9, 132.5]),
             ..variant(
                 "ud-entropy",
-                "UltraDelta, rANS-coded levels",
-                &["--values", "entropy"],
+                "UltraDelta, Golomb positions + rANS-coded levels",
+                &["--positions", "golomb", "--values", "entropy"],
                 true,
                 true,
             )
@@ -216,9 +229,16 @@ pub fn builtin_variants() -> Vec<Variant> {
         Variant {
             ratios: Some(vec![50.9, 132.5]),
             ..variant(
-                "ud-seeded",
-                "UltraDelta, seeded positions + rANS levels",
-                &["--positions", "seeded", "--values", "entropy"],
+                "ud-golomb",
+                "UltraDelta, Golomb positions + packed levels, additive MSA (the default before 2026-12-03)",
+                &[
+                    "--positions",
+                    "golomb",
+                    "--values",
+                    "packed",
+                    "--allocation",
+                    "msa",
+                ],
                 true,
                 true,
             )
@@ -290,6 +310,12 @@ pub fn builtin_variants() -> Vec<Variant> {
                 "0.97",
                 "--bits",
                 "4",
+                "--positions",
+                "golomb",
+                "--values",
+                "packed",
+                "--allocation",
+                "msa",
                 "--rescale",
                 "per-tensor",
                 "--no-tngr",

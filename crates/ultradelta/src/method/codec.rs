@@ -128,12 +128,15 @@ mod tests {
         }
     }
 
-    /// The default codecs write the paper's kind-1 record: quantize, DAC, rescale, step by step.
+    /// The paper's codecs write its kind-1 record: quantize, DAC, rescale, step by step.
     #[test]
-    fn default_codecs_write_the_papers_record() {
+    fn papers_codecs_write_the_papers_record() {
         use ultradelta_qgp::{group_prune, quantize, tensor_seed, QuantParams};
         let d = delta(5000, 9);
-        let cfg = CompressConfig::default();
+        let cfg = CompressConfig {
+            rescale: crate::RescaleMode::PerTensor,
+            ..CompressConfig::paper()
+        };
         let (r, info) = coded(&d, 0.97, &cfg);
         let q = QuantParams::fit(&d, cfg.bits).unwrap();
         let mut levels = vec![0u16; d.len()];
@@ -150,5 +153,7 @@ mod tests {
         assert_eq!(r, Record::Sparse(want));
         assert_eq!(info.codec, "golomb+packed");
         assert!(!cfg.uses_new_codecs());
+        // The project's default stores the same choice's levels seeded and rANS-coded.
+        assert!(CompressConfig::default().uses_new_codecs());
     }
 }
