@@ -195,46 +195,60 @@ pub fn msa(stats: &[TensorStat], sparsity: f64, cfg: &MsaConfig) -> Result<Alloc
     if let Some((index, t)) = stats.iter().enumerate().find(|(_, t)| !t.std.is_finite()) {
         return Err(Error::InvalidStat { index, std: t.std });
     }
+    let s = sparsity;
+    Ok(tiered(stats, s, max_rate, |nf, n_low, n_mid, n_high| {
+        [
+            s + delta,
+            s,
+            (s * nf - s * n_mid - (s + delta) * n_low) / n_high,
+        ]
+    }))
+}
+
+/// The tiered allocation of [`msa`] and [`msa_relative`] on checked inputs: `raw(N, N_low, N_mid, N_high)` gives
+/// the low, mid and high tiers' rates; rates outside `[0, max_rate]` are brought in and the excess redistributed
+/// (element-weighted mean `sparsity`). Empty `stats` give an empty allocation; zero elements give every tensor
+/// `sparsity` and tier mid.
+fn tiered(
+    stats: &[TensorStat],
+    sparsity: f64,
+    max_rate: f64,
+    raw: impl FnOnce(f64, f64, f64, f64) -> [f64; 3],
+) -> Allocation {
     if stats.is_empty() {
-        return Ok(Allocation {
+        return Allocation {
             rates: Vec::new(),
             tiers: Vec::new(),
-        });
+        };
     }
     let total: u128 = stats.iter().map(|t| u128::from(t.numel)).sum();
     if total == 0 {
-        return Ok(Allocation {
+        return Allocation {
             rates: vec![sparsity; stats.len()],
             tiers: vec![Some(Tier::Mid); stats.len()],
-        });
+        };
     }
-
     let (tiers, n_low, n_mid, n_high) = tiers_by_std(stats, total);
-
-    let (nf, n_low_f, n_mid_f, n_high_f) =
-        (total as f64, n_low as f64, n_mid as f64, n_high as f64);
-    let s = sparsity;
-    let s_high = (s * nf - s * n_mid_f - (s + delta) * n_low_f) / n_high_f;
+    let nf = total as f64;
+    let [low, mid, high] = raw(nf, n_low as f64, n_mid as f64, n_high as f64);
     let raw: Vec<f64> = tiers
         .iter()
         .map(|t| match t {
-            Tier::Low => s + delta,
-            Tier::Mid => s,
-            Tier::High => s_high,
+            Tier::Low => low,
+            Tier::Mid => mid,
+            Tier::High => high,
         })
         .collect();
-
     let rates = if raw.iter().all(|&r| (0.0..=max_rate).contains(&r)) {
         raw
     } else {
         let weights: Vec<f64> = stats.iter().map(|t| t.numel as f64).collect();
-        redistribute(&raw, &weights, s * nf, max_rate)
+        redistribute(&raw, &weights, sparsity * nf, max_rate)
     };
-
-    Ok(Allocation {
+    Allocation {
         rates,
         tiers: tiers.into_iter().map(Some).collect(),
-    })
+    }
 }
 
 /// The MSA tiers of `stats` (see [`msa`]) and the element counts of the low, mid and high tiers. `total` is the
@@ -308,43 +322,17 @@ pub fn msa_relative(
     if !(spread.is_finite() && (0.0..1.0).contains(&spread)) {
         return Err(Error::InvalidStep(spread));
     }
-    if stats.is_empty() {
-        return Ok(Allocation {
-            rates: Vec::new(),
-            tiers: Vec::new(),
-        });
-    }
-    let total: u128 = stats.iter().map(|t| u128::from(t.numel)).sum();
-    if total == 0 {
-        return Ok(Allocation {
-            rates: vec![sparsity; stats.len()],
-            tiers: vec![Some(Tier::Mid); stats.len()],
-        });
-    }
-    let (tiers, n_low, n_mid, n_high) = tiers_by_std(stats, total);
-    let (nf, n_low_f, n_mid_f, n_high_f) =
-        (total as f64, n_low as f64, n_mid as f64, n_high as f64);
     let d = 1.0 - sparsity;
     let d_low = d * (1.0 - spread);
-    let d_high = (d * nf - d * n_mid_f - d_low * n_low_f) / n_high_f;
-    let raw: Vec<f64> = tiers
-        .iter()
-        .map(|t| match t {
-            Tier::Low => 1.0 - d_low,
-            Tier::Mid => sparsity,
-            Tier::High => 1.0 - d_high,
-        })
-        .collect();
-    let rates = if raw.iter().all(|&r| (0.0..=max_rate).contains(&r)) {
-        raw
-    } else {
-        let weights: Vec<f64> = stats.iter().map(|t| t.numel as f64).collect();
-        redistribute(&raw, &weights, sparsity * nf, max_rate)
-    };
-    Ok(Allocation {
-        rates,
-        tiers: tiers.into_iter().map(Some).collect(),
-    })
+    Ok(tiered(
+        stats,
+        sparsity,
+        max_rate,
+        |nf, n_low, n_mid, n_high| {
+            let d_high = (d * nf - d * n_mid - d_low * n_low) / n_high;
+            [1.0 - d_low, sparsity, 1.0 - d_high]
+        },
+    ))
 }
 
 /// Data-free rate–distortion allocation: each tensor keeps a density proportional to `std^power`, clipped to

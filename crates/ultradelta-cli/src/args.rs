@@ -713,7 +713,7 @@ mod tests {
         }
     }
 
-    fn parse(extra: &[&str]) -> CompressArgs {
+    fn try_parse(extra: &[&str]) -> Result<Cli, clap::Error> {
         let mut argv = vec![
             "ultradelta",
             "compress",
@@ -725,7 +725,11 @@ mod tests {
             "a",
         ];
         argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).unwrap().command {
+        Cli::try_parse_from(argv)
+    }
+
+    fn parse(extra: &[&str]) -> CompressArgs {
+        match try_parse(extra).unwrap().command {
             Command::Compress(a) => *a,
             _ => unreachable!(),
         }
@@ -759,18 +763,7 @@ mod tests {
         ] {
             let mut args = vec!["--preset", "paper"];
             args.extend(flags);
-            let mut argv = vec![
-                "ultradelta",
-                "compress",
-                "--base",
-                "b",
-                "--finetuned",
-                "f",
-                "-o",
-                "a",
-            ];
-            argv.extend(args);
-            assert!(Cli::try_parse_from(argv).is_err(), "{flags:?}");
+            assert!(try_parse(&args).is_err(), "{flags:?}");
         }
     }
 }
