@@ -179,21 +179,10 @@ pub fn uniform(stats: &[TensorStat], sparsity: f64) -> Result<Allocation> {
 /// [`Error::InvalidStat`] if a standard deviation is not finite.
 pub fn msa(stats: &[TensorStat], sparsity: f64, cfg: &MsaConfig) -> Result<Allocation> {
     let max_rate = cfg.max_rate;
-    if !(max_rate > 0.0 && max_rate < 1.0) {
-        return Err(Error::InvalidMaxRate(max_rate));
-    }
-    if !(0.0..=max_rate).contains(&sparsity) {
-        return Err(Error::InvalidSparsity {
-            value: sparsity,
-            max: max_rate,
-        });
-    }
+    check_common(stats, sparsity, max_rate)?;
     let delta = cfg.step;
     if !(delta.is_finite() && delta >= 0.0) {
         return Err(Error::InvalidStep(delta));
-    }
-    if let Some((index, t)) = stats.iter().enumerate().find(|(_, t)| !t.std.is_finite()) {
-        return Err(Error::InvalidStat { index, std: t.std });
     }
     let s = sparsity;
     Ok(tiered(stats, s, max_rate, |nf, n_low, n_mid, n_high| {
