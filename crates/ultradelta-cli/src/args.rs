@@ -400,22 +400,11 @@ impl CompressArgs {
             seed_trials: self.seed_trials,
             zstd_level: self.zstd_level,
         };
-        // The codecs' defaults are the project's (seeded positions, rANS levels) where they apply: ultradelta with
-        // quantized levels, and for seeded positions group-wise pruning. Elsewhere the paper's, which every
-        // method and ablation can write; a codec the user names is checked by `validate` as given.
-        let quantized = cfg.method == Method::Ultradelta && cfg.quantize;
-        cfg.positions =
-            self.positions
-                .unwrap_or(if quantized && cfg.pruning == PruningMode::Group {
-                    PositionCodec::Seeded
-                } else {
-                    PositionCodec::Golomb
-                });
-        cfg.values = self.values.unwrap_or(if quantized {
-            ValueCodec::Entropy
-        } else {
-            ValueCodec::Packed
-        });
+        // Unnamed codecs: the project's where they apply, else the paper's (`CompressConfig::default_codecs`); a
+        // codec the user names is checked by `validate` as given.
+        let (positions, values) = cfg.default_codecs();
+        cfg.positions = self.positions.unwrap_or(positions);
+        cfg.values = self.values.unwrap_or(values);
         if let Some(preset) = self.preset {
             cfg = preset.apply_to(cfg);
         }

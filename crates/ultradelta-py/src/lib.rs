@@ -432,23 +432,15 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         })?,
     };
     // The codecs' defaults are the project's (seeded positions, rANS levels) where they apply, else the paper's.
-    let quantized = cfg.method == Method::Ultradelta && cfg.quantize;
+    let (positions, values) = cfg.default_codecs();
     cfg.positions = get("positions")
         .map(|v| choice("positions", v, &["golomb", "seeded"]))
         .transpose()?
-        .unwrap_or(if quantized && cfg.pruning == PruningMode::Group {
-            PositionCodec::Seeded
-        } else {
-            PositionCodec::Golomb
-        });
+        .unwrap_or(positions);
     cfg.values = get("values")
         .map(|v| choice("values", v, &["packed", "entropy"]))
         .transpose()?
-        .unwrap_or(if quantized {
-            ValueCodec::Entropy
-        } else {
-            ValueCodec::Packed
-        });
+        .unwrap_or(values);
     if cfg.target_ratio.is_some() && cfg.target_size.is_some() {
         return Err(invalid(
             "options target_ratio and target_size are two budgets: give one".into(),

@@ -366,16 +366,31 @@ impl CompressConfig {
     /// has no seeded or entropy-coded record kind. (`CompressConfig { method: Method::Dare, ..Default::default() }`
     /// keeps the seeded default and is refused by [`validate`](Self::validate).)
     pub fn for_method(method: Method) -> Self {
-        let d = CompressConfig::default();
-        if method == Method::Ultradelta {
-            return d;
-        }
-        CompressConfig {
+        let mut cfg = CompressConfig {
             method,
-            positions: PositionCodec::Golomb,
-            values: ValueCodec::Packed,
-            ..d
-        }
+            ..CompressConfig::default()
+        };
+        (cfg.positions, cfg.values) = cfg.default_codecs();
+        cfg
+    }
+
+    /// The codecs this configuration gets when none is named: the project's (seeded positions, rANS levels) where
+    /// they apply — UltraDelta with quantized levels, and for seeded positions group-wise pruning — else the
+    /// paper's Golomb positions and packed levels, which every method and ablation can write. The command line
+    /// and the Python binding fill unnamed codecs with this.
+    pub fn default_codecs(&self) -> (PositionCodec, ValueCodec) {
+        let quantized = self.method == Method::Ultradelta && self.quantize;
+        let positions = if quantized && self.pruning == PruningMode::Group {
+            PositionCodec::Seeded
+        } else {
+            PositionCodec::Golomb
+        };
+        let values = if quantized {
+            ValueCodec::Entropy
+        } else {
+            ValueCodec::Packed
+        };
+        (positions, values)
     }
 
     /// Whether this asks for anything but the paper's codecs (Golomb positions, packed levels, fixed).
