@@ -130,6 +130,16 @@ impl CodedSparseRecord {
         self.levels.len() as u64
     }
 
+    /// Value of kept entry `i` before γ: `dequantize(levels[i]) * scale` (what [`CodedSparseRecord::add_into`]
+    /// adds, times γ, at the entry's position).
+    ///
+    /// # Panics
+    /// If `i >= self.kept()`.
+    #[inline]
+    pub fn value(&self, i: usize) -> f32 {
+        self.quant.dequantize(self.levels[i]) * self.scale
+    }
+
     /// The kept positions, increasing (regenerated for seeded records).
     ///
     /// # Panics

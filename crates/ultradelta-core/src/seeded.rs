@@ -105,6 +105,48 @@ impl SeededSample {
         })
     }
 
+    /// Number of 64-entry words of the sample ([`SeededSample::kept_word`]).
+    pub fn words(&self) -> usize {
+        self.marks.len()
+    }
+
+    /// Word `w` of the kept mask: bit `b` is set when position `64·w + b` is kept (never set past `numel`).
+    ///
+    /// # Panics
+    /// If `w >= self.words()`.
+    #[inline]
+    pub fn kept_word(&self, w: usize) -> u64 {
+        let mut word = self.marks[w];
+        if self.inverted {
+            word = !word;
+        }
+        let tail = self.numel % 64;
+        if w + 1 == self.marks.len() && tail != 0 {
+            word &= (1u64 << tail) - 1;
+        }
+        word
+    }
+
+    /// Calls `f` on every kept position in increasing order (the same positions as [`SeededSample::iter`], in a
+    /// plain loop over the bitmap's words: the form for hot loops).
+    #[inline]
+    pub fn for_each(&self, mut f: impl FnMut(u64)) {
+        let last = self.marks.len().saturating_sub(1);
+        let tail = self.numel % 64;
+        let flip = if self.inverted { u64::MAX } else { 0 };
+        for (w, &word) in self.marks.iter().enumerate() {
+            let mut word = word ^ flip;
+            if w == last && tail != 0 {
+                word &= (1u64 << tail) - 1;
+            }
+            let base = (w as u64) * 64;
+            while word != 0 {
+                f(base + u64::from(word.trailing_zeros()));
+                word &= word - 1;
+            }
+        }
+    }
+
     /// The kept positions in increasing order, collected.
     pub fn to_vec(&self) -> Vec<u64> {
         let mut v = Vec::with_capacity(usize::try_from(self.kept).unwrap_or(0));
@@ -145,6 +187,13 @@ mod tests {
             assert!(v.iter().all(|&p| p < n));
             let s = SeededSample::new(n, k, 42);
             assert!(v.iter().all(|&p| s.contains(p)));
+            let mut each = Vec::new();
+            s.for_each(|p| each.push(p));
+            assert_eq!(each, v, "n {n} k {k}");
+            let ones: u64 = (0..s.words())
+                .map(|w| u64::from(s.kept_word(w).count_ones()))
+                .sum();
+            assert_eq!(ones, k, "n {n} k {k}");
             assert_eq!((0..n).filter(|&p| s.contains(p)).count() as u64, k);
         }
     }

@@ -14,14 +14,21 @@
 
 pub use ultradelta_core::seeded::{seeded_positions, trial_seed, SeededSample};
 
+use rayon::prelude::*;
+
 use crate::{dac_drop_count, dac_group_rate, level_counts, QuantParams};
 
 /// DAC's exact kept count per level for `levels` at target sparsity `rate` ([`crate::group_prune`]): levels whose
 /// dequantized value is exactly 0 keep nothing, every other level `g` of size `n_g` keeps
 /// `n_g − round(n_g · r)`. Indexed by level; the sum is the number of entries DAC keeps.
 pub fn dac_kept_counts(levels: &[u16], p: &QuantParams, rate: f64) -> Vec<u64> {
-    let counts = level_counts(levels);
-    let n = levels.len() as u64;
+    dac_kept_from_counts(&level_counts(levels), p, rate)
+}
+
+/// [`dac_kept_counts`] from the levels' histogram (`counts[l]` = entries at level `l`, as [`level_counts`] or a
+/// pass-1 scan gives it) instead of the levels themselves.
+pub fn dac_kept_from_counts(counts: &[u64], p: &QuantParams, rate: f64) -> Vec<u64> {
+    let n: u64 = counts.iter().sum();
     let zero: u64 = counts
         .iter()
         .enumerate()
@@ -70,34 +77,77 @@ pub fn seeded_prune(
     seed: u64,
     trials: u32,
 ) -> SeededPruned {
-    let target = dac_kept_counts(levels, p, rate);
+    seeded_prune_to(levels, &dac_kept_counts(levels, p, rate), seed, trials)
+}
+
+/// Words of the kept masks per chunk of [`seeded_prune_to`]'s scan: 2^18 entries, whose levels (512 KiB) stay in
+/// cache while every trial's histogram takes them.
+const SCAN_WORDS: usize = 4096;
+
+/// [`seeded_prune`] towards given per-level kept counts `target` (DAC's, from [`dac_kept_from_counts`] when the
+/// levels' histogram is already known).
+///
+/// Every trial's sample is drawn first (in parallel), then one pass over `levels`, chunk by chunk, takes every
+/// trial's kept-level histogram while the chunk is in cache (the levels are read once, not once per trial). The
+/// winner is the smallest `(distance, trial)`; the histograms are integer sums, so nothing depends on the thread
+/// count.
+///
+/// # Panics
+/// If a level of `levels` is not an index of `target` (`target` must come from these levels' histogram).
+pub fn seeded_prune_to(levels: &[u16], target: &[u64], seed: u64, trials: u32) -> SeededPruned {
     let kept: u64 = target.iter().sum();
     let numel = levels.len() as u64;
-    let mut best: Option<(u64, u32)> = None;
-    let mut first = 0;
-    let mut hist = vec![0u64; target.len()];
-    for t in 0..trials.max(1) {
-        let sample = SeededSample::new(numel, kept, trial_seed(seed, t));
-        hist.iter_mut().for_each(|h| *h = 0);
-        for pos in sample.iter() {
-            hist[usize::from(levels[pos as usize])] += 1;
-        }
-        let d: u64 = hist.iter().zip(&target).map(|(&h, &g)| h.abs_diff(g)).sum();
-        if t == 0 {
-            first = d;
-        }
-        if best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, t));
-        }
-    }
-    let (distance, trial) = best.unwrap_or((0, 0));
-    let sample = SeededSample::new(numel, kept, trial_seed(seed, trial));
-    let levels_kept = sample.iter().map(|pos| levels[pos as usize]).collect();
+    let samples: Vec<SeededSample> = (0..trials.max(1))
+        .into_par_iter()
+        .map(|t| SeededSample::new(numel, kept, trial_seed(seed, t)))
+        .collect();
+    let groups = target.len();
+    let words = samples[0].words();
+    let hists = (0..words.div_ceil(SCAN_WORDS))
+        .into_par_iter()
+        .fold(
+            || vec![0u64; samples.len() * groups],
+            |mut h, c| {
+                let ws = c * SCAN_WORDS..((c + 1) * SCAN_WORDS).min(words);
+                for (sample, h) in samples.iter().zip(h.chunks_exact_mut(groups)) {
+                    for w in ws.clone() {
+                        let mut word = sample.kept_word(w);
+                        let base = w * 64;
+                        while word != 0 {
+                            h[usize::from(levels[base + word.trailing_zeros() as usize])] += 1;
+                            word &= word - 1;
+                        }
+                    }
+                }
+                h
+            },
+        )
+        .reduce(
+            || vec![0u64; samples.len() * groups],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    let distances: Vec<u64> = hists
+        .chunks_exact(groups.max(1))
+        .map(|h| h.iter().zip(target).map(|(&h, &g)| h.abs_diff(g)).sum())
+        .chain(std::iter::repeat(0))
+        .take(samples.len())
+        .collect();
+    let (distance, trial) = distances
+        .iter()
+        .enumerate()
+        .map(|(t, &d)| (d, t))
+        .min()
+        .expect("at least one trial");
+    let mut levels_kept = Vec::with_capacity(usize::try_from(kept).unwrap_or(0));
+    samples[trial].for_each(|pos| levels_kept.push(levels[pos as usize]));
     SeededPruned {
-        trial,
+        trial: trial as u32,
         levels: levels_kept,
         distance,
-        distance_first: first,
+        distance_first: distances[0],
     }
 }
 
@@ -131,5 +181,67 @@ mod tests {
         );
         let again: Vec<u16> = pos.iter().map(|&p| levels[p as usize]).collect();
         assert_eq!(again, many.levels);
+    }
+    /// The plain algorithm: every trial drawn, histogrammed and compared one after the other.
+    fn reference(levels: &[u16], target: &[u64], seed: u64, trials: u32) -> SeededPruned {
+        let kept: u64 = target.iter().sum();
+        let mut all = Vec::new();
+        for t in 0..trials.max(1) {
+            let pos = seeded_positions(levels.len() as u64, kept, trial_seed(seed, t));
+            let mut h = vec![0u64; target.len()];
+            for &p in &pos {
+                h[usize::from(levels[p as usize])] += 1;
+            }
+            let d: u64 = h.iter().zip(target).map(|(&h, &g)| h.abs_diff(g)).sum();
+            all.push((d, t, pos));
+        }
+        let first = all[0].0;
+        let (d, t, pos) = all.into_iter().min_by_key(|(d, t, _)| (*d, *t)).unwrap();
+        SeededPruned {
+            trial: t,
+            levels: pos.iter().map(|&p| levels[p as usize]).collect(),
+            distance: d,
+            distance_first: first,
+        }
+    }
+
+    #[test]
+    fn blocked_scan_equals_the_plain_algorithm_whatever_the_threads() {
+        let q = QuantParams {
+            bits: 4,
+            lo: -1.0,
+            step: 0.125,
+        };
+        // Sizes across the scan's chunk (2^18 entries) and a partial last word; sparse and dense (complement) draws.
+        for &(n, rate) in &[
+            (1usize, 0.5),
+            (1000, 0.9),
+            (300_001, 0.97),
+            (270_000, 0.2),
+            (65, 0.0),
+        ] {
+            let levels: Vec<u16> = (0..n as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 28) as u16)
+                .collect();
+            let target = dac_kept_counts(&levels, &q, rate);
+            let want = reference(&levels, &target, 9, 8);
+            assert_eq!(
+                seeded_prune_to(&levels, &target, 9, 8),
+                want,
+                "n {n} rate {rate}"
+            );
+            let one = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            assert_eq!(
+                one.install(|| seeded_prune_to(&levels, &target, 9, 8)),
+                want
+            );
+            assert_eq!(
+                dac_kept_from_counts(&level_counts(&levels), &q, rate),
+                target
+            );
+        }
     }
 }

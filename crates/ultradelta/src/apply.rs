@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use ultradelta_archive::{ArchiveReader, Policy, Record, SparseRecord, TensorEntry};
+use ultradelta_archive::{ArchiveReader, Policy, Record, TensorEntry};
 use ultradelta_io::{
     f32_to_bytes, Checkpoint, CheckpointWriter, DType, TensorInfo, TensorView, WriterOptions,
     DIRECT_IO_ALIGN, PAR_CHUNK,
@@ -227,10 +227,8 @@ fn rebuild_with(
                 );
                 let rec = rec?;
                 let gamma = reader.manifest().gamma as f32;
-                if let Record::Sparse(s) = &rec {
-                    if patch_sparse(&view, s, gamma, out, Some(&nan))? {
-                        return Ok(());
-                    }
+                if patch_sparse(&view, &rec, gamma, out, Some(&nan))? {
+                    return Ok(());
                 }
                 let mut w = view.to_f32()?;
                 rec.add_delta_into(gamma, &mut w)
@@ -346,22 +344,45 @@ fn copy_par_noting_nans(src: &[u8], out: &mut [u8], dtype: DType) -> Vec<bool> {
 /// block holding a NaN, before or after the addition, goes through the dense path. `false` (and `out` untouched)
 /// when this path does not apply (another dtype, or a record that does not validate: the dense path reports the
 /// error). `nan`, when given, says which blocks of the base hold a NaN (as [`copy_par_noting_nans`] notes them).
+/// Patches the base's bytes in `out` (already a copy of them) with a sparse record's values at its positions,
+/// touching only the blocks that hold a kept entry (or a NaN, `nan` as noted by the copy): the result is byte for
+/// byte the dense path's (the whole tensor to f32, [`Record::add_delta_into`], back to the dtype). Applies to
+/// Golomb-listed records and to the coded ones (seeded positions are regenerated); `Ok(false)` for any other
+/// record or dtype, and for a record that does not validate (the dense path then reports it).
 fn patch_sparse(
     view: &TensorView<'_>,
-    s: &SparseRecord,
+    rec: &Record,
+    gamma: f32,
+    out: &mut [u8],
+    nan: Option<&[bool]>,
+) -> Result<bool> {
+    let numel = view.info().numel() as u64;
+    match rec {
+        Record::Sparse(s) if s.numel == numel && s.validate().is_ok() => {
+            patch_positions(view, &s.positions, |k| s.value(k), gamma, out, nan)
+        }
+        Record::Coded(c) if c.numel == numel && c.validate().is_ok() => {
+            let positions = c.positions();
+            patch_positions(view, &positions, |k| c.value(k), gamma, out, nan)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// [`patch_sparse`] for increasing `positions` (validated, all below the tensor's entries) and their values before
+/// γ, `value(k)` for `positions[k]`.
+fn patch_positions(
+    view: &TensorView<'_>,
+    positions: &[u64],
+    value: impl Fn(usize) -> f32 + Sync,
     gamma: f32,
     out: &mut [u8],
     nan: Option<&[bool]>,
 ) -> Result<bool> {
     let dtype = view.info().dtype;
-    let numel = view.info().numel();
     let es = dtype.size();
     let base = view.bytes();
-    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-        || s.numel != numel as u64
-        || base.len() != out.len()
-        || s.validate().is_err()
-    {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) || base.len() != out.len() {
         return Ok(false);
     }
     out.par_chunks_mut(PAR_CHUNK * es)
@@ -369,8 +390,8 @@ fn patch_sparse(
         .try_for_each(|(c, o)| -> Result<()> {
             let start = c * PAR_CHUNK;
             let end = start + o.len() / es;
-            let a = s.positions.partition_point(|&p| p < start as u64);
-            let b = s.positions.partition_point(|&p| p < end as u64);
+            let a = positions.partition_point(|&p| p < start as u64);
+            let b = positions.partition_point(|&p| p < end as u64);
             let base_nan = match nan {
                 Some(flags) => flags[c],
                 None => has_nan16(o, dtype),
@@ -378,19 +399,19 @@ fn patch_sparse(
             if a < b || base_nan {
                 let mut vals = vec![0f32; b - a];
                 let mut gathered = Vec::with_capacity((b - a) * es);
-                for &p in &s.positions[a..b] {
+                for &p in &positions[a..b] {
                     let i = p as usize - start;
                     gathered.extend_from_slice(&o[i * es..(i + 1) * es]);
                 }
                 ultradelta_io::bytes_to_f32(&gathered, dtype, &mut vals)?;
                 for (k, v) in vals.iter_mut().enumerate() {
-                    *v += s.value(a + k) * gamma;
+                    *v += value(a + k) * gamma;
                 }
                 let exact = dtype == DType::F32 || !(base_nan || vals.iter().any(|v| v.is_nan()));
                 if exact {
                     let mut enc = Vec::with_capacity(vals.len() * es);
                     f32_to_bytes(&vals, dtype, &mut enc)?;
-                    for (&p, e) in s.positions[a..b].iter().zip(enc.chunks_exact(es)) {
+                    for (&p, e) in positions[a..b].iter().zip(enc.chunks_exact(es)) {
                         let i = p as usize - start;
                         o[i * es..(i + 1) * es].copy_from_slice(e);
                     }
@@ -399,7 +420,7 @@ fn patch_sparse(
                     let mut w = vec![0f32; o.len() / es];
                     view.range_to_f32_into(start, &mut w)?;
                     for k in a..b {
-                        w[s.positions[k] as usize - start] += s.value(k) * gamma;
+                        w[positions[k] as usize - start] += value(k) * gamma;
                     }
                     let mut enc = Vec::with_capacity(o.len());
                     f32_to_bytes(&w, dtype, &mut enc)?;
@@ -587,6 +608,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ultradelta_archive::SparseRecord;
     use ultradelta_qgp::QuantParams;
 
     /// The dense path `patch_sparse` must reproduce byte for byte.
@@ -667,6 +689,7 @@ mod tests {
                     positions: positions.clone(),
                     levels: levels.clone(),
                 };
+                let rec = Record::Sparse(rec);
                 let mut got = view.bytes().to_vec();
                 assert!(
                     patch_sparse(&view, &rec, gamma, &mut got, None).unwrap(),
@@ -677,13 +700,59 @@ mod tests {
                 let nan = copy_par_noting_nans(view.bytes(), &mut noted, dtype);
                 assert_eq!(noted, view.bytes());
                 assert!(patch_sparse(&view, &rec, gamma, &mut noted, Some(&nan)).unwrap());
-                let want = dense(&view, &Record::Sparse(rec), gamma);
+                let want = dense(&view, &rec, gamma);
                 assert!(got == want, "{} scale {scale} gamma {gamma}", dtype.name());
                 assert!(
                     noted == want,
                     "{} scale {scale} gamma {gamma}",
                     dtype.name()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn patch_sparse_equals_the_dense_path_for_coded_records() {
+        use ultradelta_archive::{CodedSparseRecord, LevelCoding, Positions};
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3 * PAR_CHUNK + 17;
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let vals: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.377).cos() * 0.03).collect();
+            let mut bytes = Vec::new();
+            f32_to_bytes(&vals, dtype, &mut bytes).unwrap();
+            let info = TensorInfo::new("w", dtype, vec![n]);
+            let path = dir.path().join(dtype.name());
+            ultradelta_io::write_checkpoint(&path, &[(info, bytes)], Default::default()).unwrap();
+            let ck = Checkpoint::open(&path).unwrap();
+            let view = ck.view("w").unwrap();
+            let kept = n / 37;
+            let levels: Vec<u16> = (0..kept).map(|k| (k * 7 % 16) as u16).collect();
+            let listed: Vec<u64> = (0..kept as u64).map(|k| k * 37 + 5).collect();
+            for (positions, coding) in [
+                (Positions::Seeded { seed: 11, trial: 3 }, LevelCoding::Rans),
+                (
+                    Positions::Seeded { seed: 12, trial: 0 },
+                    LevelCoding::Packed,
+                ),
+                (Positions::Golomb(listed), LevelCoding::Rans),
+            ] {
+                let rec = Record::Coded(CodedSparseRecord {
+                    numel: n as u64,
+                    quant: QuantParams {
+                        bits: 4,
+                        lo: -0.02,
+                        step: 0.0029,
+                    },
+                    scale: 7.5,
+                    positions,
+                    levels: levels.clone(),
+                    coding,
+                });
+                let want = dense(&view, &rec, 0.8);
+                let mut got = vec![0u8; want.len()];
+                let nan = copy_par_noting_nans(view.bytes(), &mut got, dtype);
+                assert!(patch_sparse(&view, &rec, 0.8, &mut got, Some(&nan)).unwrap());
+                assert!(got == want, "{} {:?}", dtype.name(), rec.kind());
             }
         }
     }
@@ -707,6 +776,7 @@ mod tests {
             positions: vec![1],
             levels: vec![3],
         };
+        let rec = Record::Sparse(rec);
         assert!(!patch_sparse(&ck.view("w").unwrap(), &rec, 1.0, &mut [0u8; 32], None).unwrap());
     }
 }

@@ -15,7 +15,7 @@ use ultradelta_baselines as baselines;
 use ultradelta_qgp::fused::{
     fit_source, group_prune_source, levels_source, scan_levels, DeltaSource, LevelScan,
 };
-use ultradelta_qgp::seeded::seeded_prune;
+use ultradelta_qgp::seeded::{dac_kept_from_counts, seeded_prune, seeded_prune_to, SeededPruned};
 use ultradelta_qgp::{
     group_prune, quantize, quantized_std_from_counts, random_prune, tensor_seed, Pruned,
     QuantParams, Quantizer,
@@ -91,7 +91,7 @@ pub(crate) fn uses_rate(m: Method) -> bool {
 /// Whether [`compress_source`] can make `cfg`'s record from the checkpoints' bytes: UltraDelta with quantized
 /// levels and Golomb positions (seeded positions and the fp16 ablation need the whole Δ).
 pub(crate) fn streams_from_source(cfg: &CompressConfig) -> bool {
-    cfg.method == Method::Ultradelta && cfg.quantize && cfg.positions == PositionCodec::Golomb
+    cfg.method == Method::Ultradelta && cfg.quantize
 }
 
 /// UltraDelta's pass-1 result for one tensor: the quantizer `QuantParams::fit` gives on its Δ and the histogram
@@ -170,30 +170,50 @@ fn ultradelta(
             codec: None,
         });
     }
-    let mut info = TensorCodecInfo::default();
-    let (positions, kept) = match cfg.positions {
-        PositionCodec::Golomb => {
-            let pruned = prune_listed(&levels, &q, rate, seed, cfg);
-            (Positions::Golomb(pruned.positions), pruned.levels)
-        }
-        PositionCodec::Seeded => {
-            let pruned = seeded_prune(&levels, &q, rate, seed, cfg.seed_trials);
-            info.seed_trial = Some(pruned.trial);
-            info.hist_l1 = Some(pruned.distance);
-            info.hist_l1_first = Some(pruned.distance_first);
-            let trial = pruned.trial;
-            (Positions::Seeded { seed, trial }, pruned.levels)
-        }
-    };
+    if cfg.positions == PositionCodec::Seeded {
+        let pruned = seeded_prune(&levels, &q, rate, seed, cfg.seed_trials);
+        return Ok(seeded_record(delta.len(), q, pruned, seed, rate, cfg));
+    }
+    let pruned = prune_listed(&levels, &q, rate, seed, cfg);
     let coded = CodedSparseRecord {
         numel: delta.len() as u64,
         quant: q,
         scale: scale(rate, cfg),
-        positions,
-        levels: kept,
+        positions: Positions::Golomb(pruned.positions),
+        levels: pruned.levels,
         coding: LevelCoding::Packed,
     };
-    Ok(codec::finish(coded, info, cfg))
+    Ok(codec::finish(coded, TensorCodecInfo::default(), cfg))
+}
+
+/// UltraDelta's record with seeded positions, from [`seeded_prune`]'s survivors; the trial and histogram
+/// distances go into the codec report.
+fn seeded_record(
+    numel: usize,
+    quant: QuantParams,
+    pruned: SeededPruned,
+    seed: u64,
+    rate: f64,
+    cfg: &CompressConfig,
+) -> CompressedTensor {
+    let info = TensorCodecInfo {
+        seed_trial: Some(pruned.trial),
+        hist_l1: Some(pruned.distance),
+        hist_l1_first: Some(pruned.distance_first),
+        ..TensorCodecInfo::default()
+    };
+    let coded = CodedSparseRecord {
+        numel: numel as u64,
+        quant,
+        scale: scale(rate, cfg),
+        positions: Positions::Seeded {
+            seed,
+            trial: pruned.trial,
+        },
+        levels: pruned.levels,
+        coding: LevelCoding::Packed,
+    };
+    codec::finish(coded, info, cfg)
 }
 
 /// [`compress_tensor`] for UltraDelta when [`streams_from_source`]: the levels straight from the checkpoints'
@@ -210,6 +230,15 @@ pub(crate) fn compress_source(
 ) -> CompressedTensor {
     let seed = tensor_seed(cfg.seed, name);
     let q = pass.quant;
+    if cfg.positions == PositionCodec::Seeded {
+        // The trials read the levels at random-looking positions: they need the whole level buffer, but not Δ,
+        // and DAC's kept counts come from pass 1's histogram.
+        crate::delta::resize(levels, src.len());
+        levels_source(src, &q, levels);
+        let target = dac_kept_from_counts(&pass.scan.counts, &q, rate);
+        let pruned = seeded_prune_to(levels, &target, seed, cfg.seed_trials);
+        return seeded_record(src.len(), q, pruned, seed, rate, cfg);
+    }
     let pruned = match cfg.pruning {
         PruningMode::Group => group_prune_source(src, &q, &pass.scan, rate, seed, levels),
         PruningMode::Random => {
