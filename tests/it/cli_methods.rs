@@ -210,6 +210,8 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
             "golomb",
             "--values",
             "packed",
+            "--embeddings",
+            "keep",
         ],
     ));
     ud_ok(&[
@@ -225,7 +227,7 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
         s(&b),
     ]);
     // The paper's setting is the default pipeline with global rescaling, TNGR (one fine-tune: γ = 1), additive
-    // MSA and the paper's codecs.
+    // MSA, the paper's codecs and the linear layers only.
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let d = CompressConfig::default();
     let paper_like = CompressConfig {
@@ -237,6 +239,10 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
         allocation: ultradelta::AllocationMode::Msa,
         positions: ultradelta::PositionCodec::Golomb,
         values: ultradelta::ValueCodec::Packed,
+        selection: ultradelta::Selection {
+            embeddings: ultradelta::EmbeddingPolicy::Keep,
+            ..d.selection.clone()
+        },
         ..d.clone()
     };
     assert_eq!(CompressConfig::paper(), paper_like);
@@ -246,20 +252,28 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
     assert_eq!(d.allocation, ultradelta::AllocationMode::MsaRelative);
     assert_eq!(d.positions, ultradelta::PositionCodec::Seeded);
     assert_eq!(d.values, ultradelta::ValueCodec::Entropy);
-    let out = crate::support::ud(&[
-        "compress",
-        "--preset",
-        "paper",
-        "--no-msa",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&dir.path().join("c.udelta")),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-msa"));
+    assert_eq!(
+        d.selection.embeddings,
+        ultradelta::EmbeddingPolicy::Compress
+    );
+    for conflict in [&["--no-msa"][..], &["--embeddings", "compress"][..]] {
+        let c = dir.path().join("c.udelta");
+        let mut args = vec![
+            "compress",
+            "--preset",
+            "paper",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&ft),
+            "--output",
+            s(&c),
+        ];
+        args.extend_from_slice(conflict);
+        let out = crate::support::ud(&args);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(conflict[0]));
+    }
 }
 
 #[test]

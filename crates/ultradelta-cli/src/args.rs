@@ -9,9 +9,9 @@ use anyhow::{bail, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use ultradelta::{
-    AllocationMode, CodecChoice, CompressConfig, EstimateConfig, Family, Method, NuclearNormMethod,
-    PositionCodec, Preset, PruningMode, RescaleMode, Selection, TngrConfig, TraceOn, ValueCodec,
-    DEFAULT_SEED_TRIALS,
+    AllocationMode, CodecChoice, CompressConfig, EmbeddingPolicy, EstimateConfig, Family, Method,
+    NuclearNormMethod, PositionCodec, Preset, PruningMode, RescaleMode, Selection, TngrConfig,
+    TraceOn, ValueCodec, DEFAULT_SEED_TRIALS,
 };
 
 /// Data-free delta compression of fine-tuned models (UltraDelta).
@@ -110,6 +110,24 @@ const PRESETS: Choices<Preset> = &[(
     "The paper's exact setting: ultradelta, s 0.97, b 4, δ 0.01, global rescale, MSA, DAC, TNGR",
     Preset::Paper,
 )];
+
+const EMBEDDINGS: Choices<EmbeddingPolicy> = &[
+    (
+        "compress",
+        "Compress the token embeddings and an untied LM head with the linear layers",
+        EmbeddingPolicy::Compress,
+    ),
+    (
+        "keep",
+        "Store their deltas without loss",
+        EmbeddingPolicy::Keep,
+    ),
+    (
+        "drop",
+        "Drop their deltas (the rebuilt model uses the base's)",
+        EmbeddingPolicy::Drop,
+    ),
+];
 
 const POSITIONS: Choices<PositionCodec> = &[
     ("golomb", "DAC's stratified positions, stored as Golomb-coded gaps (the paper's v3 count)", PositionCodec::Golomb),
@@ -221,7 +239,7 @@ pub struct CompressArgs {
     #[arg(long, value_parser = choice(PRESETS), conflicts_with_all = [
         "method", "sparsity", "bits", "step", "rescale", "no_msa", "allocation", "tier_spread", "rd_power",
         "positions", "values", "codec", "no_dac", "no_quant", "no_tngr", "tngr", "target_ratio", "target_size",
-        "rescale_factor", "trace_on",
+        "rescale_factor", "trace_on", "embeddings",
     ])]
     pub preset: Option<Preset>,
     /// Rank of every compressed tensor (--method lowrank).
@@ -340,6 +358,10 @@ pub struct CompressArgs {
     /// Tensor-selection preset (default: detected from config.json, then tensor names).
     #[arg(long, value_parser = parse_family)]
     pub family: Option<Family>,
+    /// The family's token embeddings and untied LM head (LLaMA `embed_tokens`, `lm_head`; BERT/RoBERTa
+    /// `word_embeddings`), unless a --compress/--keep/--drop glob names them.
+    #[arg(long, value_parser = choice(EMBEDDINGS), default_value = "compress")]
+    pub embeddings: EmbeddingPolicy,
     /// Replace existing output.
     #[arg(long)]
     pub force: bool,
@@ -387,6 +409,7 @@ impl CompressArgs {
                 keep: self.keep_globs.clone(),
                 drop: self.drop_globs.clone(),
                 family: self.family,
+                embeddings: self.embeddings,
             },
             quantize: !self.no_quant,
             rank: self.rank,
@@ -445,6 +468,7 @@ pub fn flag_of(field: &str) -> Option<&'static str> {
         "selection.keep" => "--keep",
         "selection.drop" => "--drop",
         "selection.family" => "--family",
+        "selection.embeddings" => "--embeddings",
         "quantize" => "--no-quant",
         "rank" => "--rank",
         "compeft_alpha" => "--compeft-alpha",
@@ -605,7 +629,7 @@ mod tests {
                 }
             )*};
         }
-        check!(METHODS, PRESETS, POSITIONS, VALUES, CODECS, RESCALES, TRACE_ON);
+        check!(METHODS, PRESETS, EMBEDDINGS, POSITIONS, VALUES, CODECS, RESCALES, TRACE_ON);
         for (name, _, value) in NUCLEAR_NORMS {
             let v = serde_json::to_value(value()).unwrap();
             assert!(v == *name || v.get(name).is_some(), "{name}: {v}");

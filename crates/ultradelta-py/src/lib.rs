@@ -17,9 +17,9 @@ use pyo3::types::{PyByteArray, PyDict, PyList, PyString, PyType};
 use ultradelta::archive::{ArchiveReader, TensorEntry};
 use ultradelta::io::Checkpoint;
 use ultradelta::{
-    AllocationMode, ApplyOptions, CodecChoice, CompressConfig, EstimateConfig, Family, Method,
-    NoProgress, NuclearNormMethod, PositionCodec, Preset, PruningMode, RescaleMode, Selection,
-    TraceOn, ValueCodec,
+    AllocationMode, ApplyOptions, CodecChoice, CompressConfig, EmbeddingPolicy, EstimateConfig,
+    Family, Method, NoProgress, NuclearNormMethod, PositionCodec, Preset, PruningMode, RescaleMode,
+    Selection, TraceOn, ValueCodec,
 };
 
 /// The Python exception classes, defined in `ultradelta/_errors.py` (so that they can also derive from
@@ -138,6 +138,7 @@ fn option_of(field: &str) -> Option<&'static str> {
         "selection.keep" => "keep=",
         "selection.drop" => "drop=",
         "selection.family" => "family=",
+        "selection.embeddings" => "embeddings=",
         "quantize" => "no_quant=",
         "rank" => "rank=",
         "compeft_alpha" => "compeft_alpha=",
@@ -204,6 +205,7 @@ const OPTIONS: &[&str] = &[
     "keep",
     "drop",
     "family",
+    "embeddings",
 ];
 
 /// Options a preset sets itself (the command line refuses the flags with `--preset`).
@@ -228,6 +230,7 @@ const PRESET_CONFLICTS: &[&str] = &[
     "target_size",
     "rescale_factor",
     "trace_on",
+    "embeddings",
 ];
 
 /// Reads one keyword option's value as `T`, naming the option and the expected type when it is not one.
@@ -348,6 +351,12 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         ),
         None => None,
     };
+    let embeddings: EmbeddingPolicy = match get("embeddings") {
+        Some(v) => value::<String>("embeddings", v, "a string")?
+            .parse()
+            .map_err(|e: String| invalid(format!("option embeddings: {e}")))?,
+        None => EmbeddingPolicy::default(),
+    };
     let num = |name: &str, default: f64| -> PyResult<f64> {
         get(name).map_or(Ok(default), |v| value(name, v, "a number"))
     };
@@ -409,6 +418,7 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
             keep: get("keep").map_or(Ok(vec![]), |v| globs("keep", v))?,
             drop: get("drop").map_or(Ok(vec![]), |v| globs("drop", v))?,
             family,
+            embeddings,
         },
         quantize: !no_quant,
         rank: get("rank").map_or(Ok(8), |v| value("rank", v, "a non-negative integer"))?,

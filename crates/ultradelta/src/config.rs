@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 pub use ultradelta_rescale::{EstimateConfig, NuclearNormMethod, RescaleMode, TraceOn};
 
-use crate::selection::Selection;
+use crate::selection::{EmbeddingPolicy, Selection};
 use crate::{Error, Result};
 
 /// How per-tensor sparsity is allocated (ALGORITHM.md §2).
@@ -318,8 +318,9 @@ impl Preset {
     /// and their values, and the codecs (seeded positions change which entries are kept; the paper counts Golomb
     /// positions and packed levels): `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`,
     /// `allocation`, `tier_spread`, `rd_power`, `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`,
-    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values` and `codec`. Everything else stays
-    /// `cfg`'s: `seed`, `gamma`, `tngr.clamp`, `tngr.nuclear_norm`, `selection`, `seed_trials` and `zstd_level`.
+    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec` and `selection.embeddings`
+    /// (the paper compresses the linear layers only). Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`,
+    /// `tngr.nuclear_norm`, the rest of `selection`, `seed_trials` and `zstd_level`.
     pub fn apply_to(self, cfg: CompressConfig) -> CompressConfig {
         let p = self.config();
         CompressConfig {
@@ -330,7 +331,10 @@ impl Preset {
                 nuclear_norm: cfg.tngr.nuclear_norm,
                 ..p.tngr
             },
-            selection: cfg.selection,
+            selection: Selection {
+                embeddings: p.selection.embeddings,
+                ..cfg.selection
+            },
             seed_trials: cfg.seed_trials,
             zstd_level: cfg.zstd_level,
             ..p
@@ -340,9 +344,14 @@ impl Preset {
 
 impl CompressConfig {
     /// The paper's exact configuration ([`Preset::Paper`]): UltraDelta, s = 0.97, b = 4, δ = 0.01, global
-    /// rescaling, MSA, DAC, quantization, TNGR across models, seed 0.
+    /// rescaling, MSA, DAC, quantization, TNGR across models, seed 0; the linear layers only (embedding deltas
+    /// kept without loss).
     pub fn paper() -> Self {
         CompressConfig {
+            selection: Selection {
+                embeddings: EmbeddingPolicy::Keep,
+                ..Selection::default()
+            },
             rescale: RescaleMode::Global,
             allocation: AllocationMode::Msa,
             positions: PositionCodec::Golomb,

@@ -175,5 +175,5 @@ pub use lora::export_lora;
 pub use method::{compress_tensor, matrix_view, CompressedTensor, TensorCodecInfo};
 pub use pipeline::{archive_name_for, compress, compress_many, CompressReport, PolicyCounts};
 pub use progress::{NoProgress, Progress};
-pub use selection::{detect_family, Family, FamilySource, Selection};
+pub use selection::{detect_family, EmbeddingPolicy, Family, FamilySource, Selection};
 pub use verify::{verify, verify_failure, VerifyFailure, VerifyReport};

@@ -107,6 +107,17 @@ impl Family {
         }
     }
 
+    /// Glob patterns of this family's large tensors outside the linear layers: the token (word) embeddings and an
+    /// untied LM head. [`Selection::embeddings`] decides their policy (compressed by default). Empty for the
+    /// families whose embeddings were not measured (T5, the vision families, generic): theirs stay lossless.
+    pub fn embedding_patterns(self) -> &'static [&'static str] {
+        match self {
+            Family::Llama => &["*embed_tokens.weight", "lm_head.weight"],
+            Family::Bert | Family::Roberta => &["*word_embeddings.weight"],
+            Family::T5 | Family::ClipVit | Family::Beit3 | Family::Generic => &[],
+        }
+    }
+
     /// Maps a Hugging Face `config.json` `model_type` to a family.
     pub fn from_model_type(model_type: &str) -> Option<Family> {
         let t = model_type.to_ascii_lowercase();
@@ -230,10 +241,66 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     pi == p.len()
 }
 
+/// What the family presets do with the token embeddings and an untied LM head ([`Family::embedding_patterns`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmbeddingPolicy {
+    /// Compressed with the linear layers (the default since 2026-12-03: measured better per whole-file byte on
+    /// both real families, README "Choosing the defaults").
+    #[default]
+    Compress,
+    /// Their deltas stored without loss (the default before; the paper's preset).
+    Keep,
+    /// Their deltas dropped (the rebuilt model uses the base's).
+    Drop,
+}
+
+impl EmbeddingPolicy {
+    /// The CLI names, in order.
+    pub const NAMES: [&'static str; 3] = ["compress", "keep", "drop"];
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            EmbeddingPolicy::Compress => "compress",
+            EmbeddingPolicy::Keep => "keep",
+            EmbeddingPolicy::Drop => "drop",
+        }
+    }
+
+    fn policy(self) -> Policy {
+        match self {
+            EmbeddingPolicy::Compress => Policy::Compress,
+            EmbeddingPolicy::Keep => Policy::Keep,
+            EmbeddingPolicy::Drop => Policy::Drop,
+        }
+    }
+}
+
+impl FromStr for EmbeddingPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            EmbeddingPolicy::Compress,
+            EmbeddingPolicy::Keep,
+            EmbeddingPolicy::Drop,
+        ]
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            format!(
+                "unknown embedding policy \"{s}\" (expected one of: {})",
+                EmbeddingPolicy::NAMES.join(", ")
+            )
+        })
+    }
+}
+
 /// The user's rules plus a family preset; decides a [`Policy`] for every tensor.
 ///
 /// Precedence: `drop` globs, then `keep`, then `compress` (all given by the
-/// user), then the family preset (compress its linear weights), then `keep`.
+/// user), then the family preset (compress its linear weights; its embedding
+/// tensors get [`Selection::embeddings`]), then `keep`.
 /// Only floating-point tensors with at least two dimensions are compressed by a
 /// preset; a user `compress` glob that names another tensor is an error at
 /// compression time, not silently ignored.
@@ -247,6 +314,9 @@ pub struct Selection {
     pub drop: Vec<String>,
     /// Preset family; `None` means detect it from the checkpoint.
     pub family: Option<Family>,
+    /// The policy of the family's embedding tensors ([`Family::embedding_patterns`]) when no user glob names them.
+    #[serde(default)]
+    pub embeddings: EmbeddingPolicy,
 }
 
 /// Why a policy was chosen (recorded in the archive for `inspect`).
@@ -284,6 +354,13 @@ impl Selection {
             };
             if hit {
                 return (Policy::Compress, RuleSource::Preset);
+            }
+            if family
+                .embedding_patterns()
+                .iter()
+                .any(|p| glob_match(p, name))
+            {
+                return (self.embeddings.policy(), RuleSource::Preset);
             }
         }
         (Policy::Keep, RuleSource::Default)
@@ -346,7 +423,11 @@ mod tests {
     #[test]
     fn presets_on_the_real_tensor_sets() {
         use ultradelta_synth::{detailed_specs, Shape};
-        let s = Selection::default();
+        // The linear preset alone; the embedding tensors are checked below (`embedding_policy`).
+        let s = Selection {
+            embeddings: EmbeddingPolicy::Keep,
+            ..Selection::default()
+        };
         for (shape, family, per_layer) in [
             (Shape::BertBase, Family::Bert, 6),
             (Shape::RobertaBase, Family::Roberta, 6),
@@ -421,7 +502,8 @@ mod tests {
             ("encoder.layer.5.output.dense.weight", Policy::Compress),
             ("encoder.layer.5.output.dense.bias", Policy::Keep),
             ("pooler.dense.weight", Policy::Keep),
-            ("embeddings.word_embeddings.weight", Policy::Keep),
+            ("embeddings.word_embeddings.weight", Policy::Compress),
+            ("embeddings.position_embeddings.weight", Policy::Keep),
         ] {
             let shape: &[usize] = if name.ends_with("bias") {
                 &[4]
@@ -433,12 +515,90 @@ mod tests {
     }
 
     #[test]
+    fn embedding_policy() {
+        use ultradelta_synth::{detailed_specs, Shape};
+        for (shape, family, want) in [
+            (
+                Shape::Llama7b,
+                Family::Llama,
+                &["model.embed_tokens.weight", "lm_head.weight"][..],
+            ),
+            (
+                Shape::BertBase,
+                Family::Bert,
+                &["embeddings.word_embeddings.weight"][..],
+            ),
+            (
+                Shape::RobertaBase,
+                Family::Roberta,
+                &["roberta.embeddings.word_embeddings.weight"][..],
+            ),
+            (Shape::T5Base, Family::T5, &[][..]),
+        ] {
+            let specs = detailed_specs(shape);
+            for (emb, policy) in [
+                (EmbeddingPolicy::Compress, Policy::Compress),
+                (EmbeddingPolicy::Keep, Policy::Keep),
+                (EmbeddingPolicy::Drop, Policy::Drop),
+            ] {
+                let s = Selection {
+                    embeddings: emb,
+                    ..Selection::default()
+                };
+                let linear = Selection {
+                    embeddings: EmbeddingPolicy::Keep,
+                    ..Selection::default()
+                };
+                let mut named: Vec<&str> = Vec::new();
+                for t in &specs {
+                    let i = TensorInfo {
+                        name: t.name.clone(),
+                        dtype: DType::BF16,
+                        shape: t.shape.clone(),
+                    };
+                    let (p, _) = s.policy(family, &i);
+                    if p != linear.policy(family, &i).0 {
+                        named.push(t.name.as_str());
+                        assert_eq!(p, policy, "{shape}: {}", t.name);
+                    }
+                }
+                if emb == EmbeddingPolicy::Keep {
+                    assert!(named.is_empty());
+                } else {
+                    named.sort_unstable();
+                    let mut want = want.to_vec();
+                    want.sort_unstable();
+                    assert_eq!(named, want, "{shape} {emb:?}");
+                }
+            }
+        }
+        // A user glob still decides, and 1-D tensors are never compressed by the preset.
+        let s = Selection {
+            keep: vec!["*embed_tokens*".into()],
+            ..Selection::default()
+        };
+        let emb = info("model.embed_tokens.weight", &[8, 4]);
+        assert_eq!(
+            s.policy(Family::Llama, &emb),
+            (Policy::Keep, RuleSource::User)
+        );
+        let flat = info("lm_head.weight", &[32]);
+        assert_eq!(
+            Selection::default().policy(Family::Llama, &flat).0,
+            Policy::Keep
+        );
+        assert_eq!("Drop".parse::<EmbeddingPolicy>(), Ok(EmbeddingPolicy::Drop));
+        assert!("lossless".parse::<EmbeddingPolicy>().is_err());
+    }
+
+    #[test]
     fn user_rules_take_precedence() {
         let s = Selection {
             compress: vec!["*pooler*".into()],
             keep: vec!["*layer.0.*".into()],
             drop: vec!["*layer.0.attention.self.key*".into()],
             family: None,
+            embeddings: EmbeddingPolicy::Compress,
         };
         let f = Family::Bert;
         assert_eq!(

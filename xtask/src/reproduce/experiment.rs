@@ -175,7 +175,15 @@ pub fn builtin_variants() -> Vec<Variant> {
     const PAPER: [&str; 4] = ["--sparsity", "0.97", "--bits", "4"];
     // The paper's codecs (Golomb positions, packed levels) and additive MSA, spelled out: the project's defaults
     // differ (seeded positions, rANS levels, relative tiers).
-    const PAPER_CODECS: [&str; 4] = ["--positions", "golomb", "--values", "packed"];
+    // And the paper's tensor selection: the linear layers only (the project compresses the embeddings too).
+    const PAPER_CODECS: [&str; 6] = [
+        "--positions",
+        "golomb",
+        "--values",
+        "packed",
+        "--embeddings",
+        "keep",
+    ];
     fn ladder<'a>(extra: &[&'a str]) -> Vec<&'a str> {
         let mut v: Vec<&'a str> = PAPER.to_vec();
         v.extend_from_slice(&PAPER_CODECS);
@@ -212,6 +220,8 @@ pub fn builtin_variants() -> Vec<Variant> {
                 "golomb",
                 "--values",
                 "packed",
+                "--embeddings",
+                "keep",
             ],
             true,
             true,
@@ -230,7 +240,7 @@ pub fn builtin_variants() -> Vec<Variant> {
             ratios: Some(vec![50.9, 132.5]),
             ..variant(
                 "ud-golomb",
-                "UltraDelta, Golomb positions + packed levels, additive MSA (the default before 2026-12-03)",
+                "UltraDelta, Golomb positions + packed levels, additive MSA, embeddings kept (the default before 2026-12-03)",
                 &[
                     "--positions",
                     "golomb",
@@ -238,6 +248,8 @@ pub fn builtin_variants() -> Vec<Variant> {
                     "packed",
                     "--allocation",
                     "msa",
+                    "--embeddings",
+                    "keep",
                 ],
                 true,
                 true,
@@ -338,9 +350,9 @@ pub fn builtin_variants() -> Vec<Variant> {
             false,
         ),
         variant(
-            "emb-compress",
-            "Project default, word-embedding delta compressed too",
-            &["--compress", "*word_embeddings*"],
+            "emb-keep",
+            "Project default, embedding deltas kept without loss (the default before 2026-12-03)",
+            &["--embeddings", "keep"],
             false,
             false,
         ),

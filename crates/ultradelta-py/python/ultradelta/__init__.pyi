@@ -60,6 +60,7 @@ def compress(
     keep: Union[str, Sequence[str], None] = ...,
     drop: Union[str, Sequence[str], None] = ...,
     family: Optional[str] = ...,
+    embeddings: Optional[Literal["compress", "keep", "drop"]] = ...,
 ) -> Dict[str, Any]: ...
 def apply(
     base: PathLike,
