@@ -240,11 +240,11 @@ fn llama(args: DemoArgs) -> Result<()> {
         mib(dir_size(&archive)?)
     );
     println!(
-        "  compressed linear weights                 : {} entries -> {} bytes, real {} vs 16-bit (paper's v3 count {})",
+        "  compressed (linear weights, embeddings)   : {} entries -> {} bytes, real {} vs 16-bit (paper's v3 count {})",
         ins["compressed_entries"], ins["compressed_bytes"], ratio(ins, "real"), ratio(ins, "paper_v3")
     );
     println!(
-        "  kept losslessly (embedding, norms)        : {} changed entries",
+        "  kept losslessly (norms, biases)           : {} changed entries",
         ins["kept_entries"]
     );
     println!(
@@ -409,7 +409,7 @@ fn real(args: DemoArgs) -> Result<()> {
         mib(dir_size(&archive)?)
     );
     println!(
-        "  compressed linear weights                 : {} entries -> {} bytes, real {} vs 16-bit (paper's v3 count {})",
+        "  compressed (linear weights, embeddings)   : {} entries -> {} bytes, real {} vs 16-bit (paper's v3 count {})",
         ins["compressed_entries"], ins["compressed_bytes"], ratio(ins, "real"), ratio(ins, "paper_v3")
     );
     println!(
