@@ -214,18 +214,7 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
             "keep",
         ],
     ));
-    ud_ok(&[
-        "compress",
-        "--quiet",
-        "--preset",
-        "paper",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&b),
-    ]);
+    ud_ok(&compress_cmd(&base, &ft, &b, &["--preset", "paper"]));
     // The paper's setting is the default pipeline with global rescaling, TNGR (one fine-tune: γ = 1), additive
     // MSA, the paper's codecs and the linear layers only.
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
@@ -258,18 +247,12 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
     );
     for conflict in [&["--no-msa"][..], &["--embeddings", "compress"][..]] {
         let c = dir.path().join("c.udelta");
-        let mut args = vec![
-            "compress",
-            "--preset",
-            "paper",
-            "--base",
-            s(&base),
-            "--finetuned",
-            s(&ft),
-            "--output",
-            s(&c),
-        ];
-        args.extend_from_slice(conflict);
+        let args = compress_cmd(
+            &base,
+            &ft,
+            &c,
+            &[&["--preset", "paper"][..], conflict].concat(),
+        );
         let out = crate::support::ud(&args);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains(conflict[0]));

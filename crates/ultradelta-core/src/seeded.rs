@@ -86,13 +86,8 @@ impl SeededSample {
 
     /// The kept positions in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        let last = self.marks.len().saturating_sub(1);
-        let tail = self.numel % 64;
-        self.marks.iter().enumerate().flat_map(move |(w, &word)| {
-            let mut word = if self.inverted { !word } else { word };
-            if w == last && tail != 0 {
-                word &= (1u64 << tail) - 1;
-            }
+        (0..self.words()).flat_map(move |w| {
+            let mut word = self.kept_word(w);
             let base = (w as u64) * 64;
             std::iter::from_fn(move || {
                 if word == 0 {
@@ -130,15 +125,19 @@ impl SeededSample {
     /// Calls `f` on every kept position in increasing order (the same positions as [`SeededSample::iter`], in a
     /// plain loop over the bitmap's words: the form for hot loops).
     #[inline]
-    pub fn for_each(&self, mut f: impl FnMut(u64)) {
-        let last = self.marks.len().saturating_sub(1);
-        let tail = self.numel % 64;
-        let flip = if self.inverted { u64::MAX } else { 0 };
-        for (w, &word) in self.marks.iter().enumerate() {
-            let mut word = word ^ flip;
-            if w == last && tail != 0 {
-                word &= (1u64 << tail) - 1;
-            }
+    pub fn for_each(&self, f: impl FnMut(u64)) {
+        self.for_each_in(0..self.words(), f);
+    }
+
+    /// [`SeededSample::for_each`] for the kept positions of words `words` only (positions `64·words.start ..
+    /// 64·words.end`).
+    ///
+    /// # Panics
+    /// If `words.end > self.words()`.
+    #[inline]
+    pub fn for_each_in(&self, words: std::ops::Range<usize>, mut f: impl FnMut(u64)) {
+        for w in words {
+            let mut word = self.kept_word(w);
             let base = (w as u64) * 64;
             while word != 0 {
                 f(base + u64::from(word.trailing_zeros()));

@@ -110,14 +110,7 @@ pub fn seeded_prune_to(levels: &[u16], target: &[u64], seed: u64, trials: u32) -
             |mut h, c| {
                 let ws = c * SCAN_WORDS..((c + 1) * SCAN_WORDS).min(words);
                 for (sample, h) in samples.iter().zip(h.chunks_exact_mut(groups)) {
-                    for w in ws.clone() {
-                        let mut word = sample.kept_word(w);
-                        let base = w * 64;
-                        while word != 0 {
-                            h[usize::from(levels[base + word.trailing_zeros() as usize])] += 1;
-                            word &= word - 1;
-                        }
-                    }
+                    sample.for_each_in(ws.clone(), |p| h[usize::from(levels[p as usize])] += 1);
                 }
                 h
             },
