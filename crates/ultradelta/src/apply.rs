@@ -284,6 +284,9 @@ fn first_new_non_finite(base: &[u8], out: &[u8], dtype: DType) -> Option<usize> 
         .zip(base.par_chunks(chunk))
         .enumerate()
         .find_map_first(|(c, (o, b))| {
+            if !any_non_finite(o, dtype) {
+                return None;
+            }
             o.chunks_exact(es)
                 .zip(b.chunks_exact(es))
                 .position(|(o, b)| {
@@ -291,6 +294,27 @@ fn first_new_non_finite(base: &[u8], out: &[u8], dtype: DType) -> Option<usize> 
                 })
                 .map(|i| c * PAR_CHUNK + i)
         })
+}
+
+/// Whether the floats of `dtype` in `bytes` hold an Inf or NaN: one vectorisable reduction over the magnitudes'
+/// bit patterns (an entry is non-finite exactly when its pattern, sign cleared, reaches the infinity's). The
+/// fast test before [`first_new_non_finite`]'s entry-by-entry scan, which then runs only on a block that has one.
+fn any_non_finite(bytes: &[u8], dtype: DType) -> bool {
+    use ultradelta_qgp::simd::wide;
+    match dtype {
+        DType::BF16 => wide(|| top_magnitude(bytes)) >= 0x7f80,
+        DType::F16 => wide(|| top_magnitude(bytes)) >= 0x7c00,
+        DType::F32 => {
+            wide(|| {
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff)
+                    .fold(0u32, u32::max)
+            }) >= 0x7f80_0000
+        }
+        // Rare enough in checkpoints not to need a fast path: the scan decides.
+        _ => true,
+    }
 }
 
 /// Bytes per parallel work unit of the plain copies.
@@ -618,6 +642,42 @@ mod tests {
         let mut out = Vec::new();
         f32_to_bytes(&w, view.info().dtype, &mut out).unwrap();
         out
+    }
+
+    /// The block test in front of the entry scan must not hide a new Inf/NaN in any float dtype, nor report one
+    /// the base already had.
+    #[test]
+    fn first_new_non_finite_finds_the_first_in_every_dtype() {
+        let n = 3 * PAR_CHUNK + 17;
+        let enc = |dtype: DType, v: &[f32]| {
+            let mut b = Vec::new();
+            f32_to_bytes(v, dtype, &mut b).unwrap();
+            b
+        };
+        for dtype in [DType::BF16, DType::F16, DType::F32, DType::F64] {
+            let base: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            assert_eq!(
+                first_new_non_finite(&enc(dtype, &base), &enc(dtype, &base), dtype),
+                None
+            );
+            for (at, bad) in [
+                (2 * PAR_CHUNK + 5, f32::INFINITY),
+                (n - 1, f32::NAN),
+                (3, f32::NEG_INFINITY),
+            ] {
+                let mut out = base.clone();
+                out[at] = bad;
+                out[n - 2] = f32::INFINITY;
+                let got = first_new_non_finite(&enc(dtype, &base), &enc(dtype, &out), dtype);
+                assert_eq!(got, Some(at.min(n - 2)), "{dtype:?} at {at}");
+                // The same entries non-finite in the base too: nothing new.
+                assert_eq!(
+                    first_new_non_finite(&enc(dtype, &out), &enc(dtype, &out), dtype),
+                    None
+                );
+            }
+        }
+        assert_eq!(first_new_non_finite(&[1, 2], &[3, 4], DType::I16), None);
     }
 
     #[test]
