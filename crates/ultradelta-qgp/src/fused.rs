@@ -106,6 +106,76 @@ impl DeltaSource<'_> {
     }
 }
 
+impl DeltaSource<'_> {
+    /// Δ of entry `i` (the value [`DeltaSource::delta_into`] writes for it).
+    #[inline]
+    pub fn delta_at(&self, i: usize) -> f32 {
+        match self {
+            DeltaSource::Bf16 { base, ft } => Bf16::at(&ft[2 * i..]) - Bf16::at(&base[2 * i..]),
+            DeltaSource::F16 { base, ft } => F16::at(&ft[2 * i..]) - F16::at(&base[2 * i..]),
+            DeltaSource::F32(d) => d[i],
+            DeltaSource::Fill { fill, .. } => {
+                let mut one = [0f32];
+                fill(i, &mut one);
+                one[0]
+            }
+        }
+    }
+}
+
+/// Words of a seeded sample's mask per parallel work unit of [`levels_at_sample`] (2^18 entries).
+const SAMPLE_WORDS: usize = 4096;
+
+/// The levels of the source's Δ under `q` at `sample`'s kept positions, in increasing position order: what
+/// [`levels_source`] followed by picking the kept entries gives, without the tensor-sized level buffer (one Δ
+/// and [`Quantizer::quantize_one`], the formula every kernel implements, per kept entry; in parallel over
+/// blocks of the sample's words, each writing its own slice of the result).
+///
+/// # Panics
+/// If `sample` is not over the source's entries (`sample.numel() != src.len()`).
+pub fn levels_at_sample(
+    src: &DeltaSource<'_>,
+    q: &QuantParams,
+    sample: &ultradelta_core::seeded::SeededSample,
+) -> Vec<u16> {
+    assert_eq!(
+        sample.numel(),
+        src.len() as u64,
+        "levels_at_sample: the sample is over another number of entries"
+    );
+    let words = sample.words();
+    let blocks: Vec<std::ops::Range<usize>> = (0..words.div_ceil(SAMPLE_WORDS))
+        .map(|b| b * SAMPLE_WORDS..((b + 1) * SAMPLE_WORDS).min(words))
+        .collect();
+    let counts: Vec<usize> = blocks
+        .par_iter()
+        .map(|ws| {
+            ws.clone()
+                .map(|w| sample.kept_word(w).count_ones() as usize)
+                .sum()
+        })
+        .collect();
+    let mut out = vec![0u16; counts.iter().sum()];
+    let mut slices = Vec::with_capacity(blocks.len());
+    let mut rest = out.as_mut_slice();
+    for &c in &counts {
+        let (head, tail) = rest.split_at_mut(c);
+        slices.push(head);
+        rest = tail;
+    }
+    slices
+        .into_par_iter()
+        .zip(blocks.into_par_iter())
+        .for_each(|(o, ws)| {
+            let mut k = 0;
+            sample.for_each_in(ws, |p| {
+                o[k] = q.quantize_one(src.delta_at(p as usize));
+                k += 1;
+            });
+        });
+    out
+}
+
 /// A 16-bit float format of [`DeltaSource`]: how one value widens to f32 (exactly).
 trait Half {
     /// The value of the bit pattern `bits`.

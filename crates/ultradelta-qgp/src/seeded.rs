@@ -80,6 +80,23 @@ pub fn seeded_prune(
     seeded_prune_to(levels, &dac_kept_counts(levels, p, rate), seed, trials)
 }
 
+/// Positions drawn over all the trials of one tensor, at most ([`trials_for`]): 2^19.
+pub const TRIAL_DRAW_BUDGET: u64 = 1 << 19;
+
+/// The trials a tensor keeping `kept` entries is given when `trials` are asked for: all of them while they draw
+/// at most [`TRIAL_DRAW_BUDGET`] positions in total, fewer above (`TRIAL_DRAW_BUDGET / kept`), and one from
+/// 2^19 kept entries up.
+///
+/// Why: a trial's kept-level histogram misses DAC's counts by about `sqrt(t_g)` per level (sampling noise), a
+/// relative error of order `1 / sqrt(kept)`: a fraction of a percent for a tensor keeping hundreds of thousands
+/// of entries, where choosing among seeds changes nothing measurable, while every trial costs a full draw of
+/// `kept` positions (most of the compression time on LLaMA-sized tensors with 8 trials). Small tensors, where
+/// the noise is large, keep every trial. Any trial count yields a valid archive: the chosen trial is stored.
+pub fn trials_for(kept: u64, trials: u32) -> u32 {
+    let afford = TRIAL_DRAW_BUDGET / kept.max(1);
+    trials.min(u32::try_from(afford).unwrap_or(u32::MAX)).max(1)
+}
+
 /// Words of the kept masks per chunk of [`seeded_prune_to`]'s scan: 2^18 entries, whose levels (512 KiB) stay in
 /// cache while every trial's histogram takes them.
 const SCAN_WORDS: usize = 4096;
@@ -144,6 +161,34 @@ pub fn seeded_prune_to(levels: &[u16], target: &[u64], seed: u64, trials: u32) -
     }
 }
 
+/// [`seeded_prune_to`] with one trial, straight from the checkpoints' bytes: the sample is drawn, and only its
+/// kept entries are quantized ([`crate::fused::levels_at_sample`]), so no tensor-sized level buffer is needed.
+/// The same result as [`crate::fused::levels_source`] then `seeded_prune_to(levels, target, seed, 1)`.
+///
+/// # Panics
+/// If a kept level is not an index of `target` (`target` must come from these levels' histogram under `q`).
+pub fn seeded_prune_source(
+    src: &crate::fused::DeltaSource<'_>,
+    q: &QuantParams,
+    target: &[u64],
+    seed: u64,
+) -> SeededPruned {
+    let kept: u64 = target.iter().sum();
+    let sample = SeededSample::new(src.len() as u64, kept, trial_seed(seed, 0));
+    let levels = crate::fused::levels_at_sample(src, q, &sample);
+    let mut h = vec![0u64; target.len()];
+    for &l in &levels {
+        h[usize::from(l)] += 1;
+    }
+    let distance = h.iter().zip(target).map(|(&h, &g)| h.abs_diff(g)).sum();
+    SeededPruned {
+        trial: 0,
+        levels,
+        distance,
+        distance_first: distance,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +220,78 @@ mod tests {
         let again: Vec<u16> = pos.iter().map(|&p| levels[p as usize]).collect();
         assert_eq!(again, many.levels);
     }
+    #[test]
+    fn one_trial_from_the_source_equals_the_level_buffer_path() {
+        use crate::fused::{fit_source, levels_source, DeltaSource};
+        let n = 300_001usize;
+        let x = |i: usize, k: u32| ((i as u32).wrapping_mul(k) >> 20) as f32 / 4096.0 - 0.5;
+        let base: Vec<f32> = (0..n).map(|i| x(i, 2_654_435_761)).collect();
+        let ft: Vec<f32> = (0..n).map(|i| base[i] + 0.01 * x(i, 40_503)).collect();
+        let half = |v: &[f32], bf: bool| -> Vec<u8> {
+            v.iter()
+                .flat_map(|&f| {
+                    if bf {
+                        half::bf16::from_f32(f).to_le_bytes()
+                    } else {
+                        half::f16::from_f32(f).to_le_bytes()
+                    }
+                })
+                .collect()
+        };
+        let (bb, fb, bh, fh) = (
+            half(&base, true),
+            half(&ft, true),
+            half(&base, false),
+            half(&ft, false),
+        );
+        let delta: Vec<f32> = base.iter().zip(&ft).map(|(b, f)| f - b).collect();
+        let fill =
+            |start: usize, out: &mut [f32]| out.copy_from_slice(&delta[start..start + out.len()]);
+        let sources = [
+            DeltaSource::Bf16 { base: &bb, ft: &fb },
+            DeltaSource::F16 { base: &bh, ft: &fh },
+            DeltaSource::F32(&delta),
+            DeltaSource::Fill {
+                len: n,
+                fill: &fill,
+            },
+        ];
+        for src in &sources {
+            for (bits, rate) in [(4u8, 0.97), (4, 0.3), (2, 0.9)] {
+                let q = fit_source(src, bits).unwrap();
+                let mut levels = vec![0u16; n];
+                levels_source(src, &q, &mut levels);
+                let target = dac_kept_counts(&levels, &q, rate);
+                let want = seeded_prune_to(&levels, &target, 11, 1);
+                assert_eq!(
+                    seeded_prune_source(src, &q, &target, 11),
+                    want,
+                    "bits {bits} rate {rate}"
+                );
+                let one = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap();
+                assert_eq!(
+                    one.install(|| seeded_prune_source(src, &q, &target, 11)),
+                    want
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trials_shrink_with_the_kept_count() {
+        assert_eq!(trials_for(0, 8), 8);
+        assert_eq!(trials_for(1, 0), 1);
+        assert_eq!(trials_for(65_536, 8), 8);
+        assert_eq!(trials_for(65_537, 8), 7);
+        assert_eq!(trials_for(131_072, 8), 4);
+        assert_eq!(trials_for(1 << 19, 8), 1);
+        assert_eq!(trials_for(1 << 30, 8), 1);
+        assert_eq!(trials_for(100, 1024), 1024);
+    }
+
     /// The plain algorithm: every trial drawn, histogrammed and compared one after the other.
     fn reference(levels: &[u16], target: &[u64], seed: u64, trials: u32) -> SeededPruned {
         let kept: u64 = target.iter().sum();

@@ -15,7 +15,10 @@ use ultradelta_baselines as baselines;
 use ultradelta_qgp::fused::{
     fit_source, group_prune_source, levels_source, scan_levels, DeltaSource, LevelScan,
 };
-use ultradelta_qgp::seeded::{dac_kept_from_counts, seeded_prune, seeded_prune_to, SeededPruned};
+use ultradelta_qgp::seeded::{
+    dac_kept_counts, dac_kept_from_counts, seeded_prune_source, seeded_prune_to, trials_for,
+    SeededPruned,
+};
 use ultradelta_qgp::{
     group_prune, quantize, quantized_std_from_counts, random_prune, tensor_seed, Pruned,
     QuantParams, Quantizer,
@@ -171,7 +174,9 @@ fn ultradelta(
         });
     }
     if cfg.positions == PositionCodec::Seeded {
-        let pruned = seeded_prune(&levels, &q, rate, seed, cfg.seed_trials);
+        let target = dac_kept_counts(&levels, &q, rate);
+        let trials = trials_for(target.iter().sum(), cfg.seed_trials);
+        let pruned = seeded_prune_to(&levels, &target, seed, trials);
         return Ok(seeded_record(delta.len(), q, pruned, seed, rate, cfg));
     }
     let pruned = prune_listed(&levels, &q, rate, seed, cfg);
@@ -186,8 +191,8 @@ fn ultradelta(
     Ok(codec::finish(coded, TensorCodecInfo::default(), cfg))
 }
 
-/// UltraDelta's record with seeded positions, from [`seeded_prune`]'s survivors; the trial and histogram
-/// distances go into the codec report.
+/// UltraDelta's record with seeded positions, from [`ultradelta_qgp::seeded::seeded_prune`]'s survivors; the
+/// trial and histogram distances go into the codec report.
 fn seeded_record(
     numel: usize,
     quant: QuantParams,
@@ -231,12 +236,18 @@ pub(crate) fn compress_source(
     let seed = tensor_seed(cfg.seed, name);
     let q = pass.quant;
     if cfg.positions == PositionCodec::Seeded {
-        // The trials read the levels at random-looking positions: they need the whole level buffer, but not Δ,
-        // and DAC's kept counts come from pass 1's histogram.
-        crate::delta::resize(levels, src.len());
-        levels_source(src, &q, levels);
+        // DAC's kept counts come from pass 1's histogram. Several trials read the levels at random-looking
+        // positions: they need the whole level buffer (not Δ); a single trial (every large tensor,
+        // `trials_for`) quantizes only its kept entries.
         let target = dac_kept_from_counts(&pass.scan.counts, &q, rate);
-        let pruned = seeded_prune_to(levels, &target, seed, cfg.seed_trials);
+        let trials = trials_for(target.iter().sum(), cfg.seed_trials);
+        let pruned = if trials == 1 {
+            seeded_prune_source(src, &q, &target, seed)
+        } else {
+            crate::delta::resize(levels, src.len());
+            levels_source(src, &q, levels);
+            seeded_prune_to(levels, &target, seed, trials)
+        };
         return seeded_record(src.len(), q, pruned, seed, rate, cfg);
     }
     let pruned = match cfg.pruning {
