@@ -18,11 +18,12 @@
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use ultradelta_archive::{ArchiveReader, Policy, Record, TensorEntry};
+use ultradelta_archive::{ArchiveReader, Policy, Positions, Record, TensorEntry};
 use ultradelta_io::{
     f32_to_bytes, Checkpoint, CheckpointWriter, DType, TensorInfo, TensorView, WriterOptions,
     DIRECT_IO_ALIGN, PAR_CHUNK,
 };
+use ultradelta_qgp::seeded::{trial_seed, SeededSample};
 
 use crate::guard::{check_output, Input};
 use crate::{Error, Progress, Result};
@@ -382,22 +383,98 @@ fn patch_sparse(
 ) -> Result<bool> {
     let numel = view.info().numel() as u64;
     match rec {
-        Record::Sparse(s) if s.numel == numel && s.validate().is_ok() => {
-            patch_positions(view, &s.positions, |k| s.value(k), gamma, out, nan)
-        }
-        Record::Coded(c) if c.numel == numel && c.validate().is_ok() => {
-            let positions = c.positions();
-            patch_positions(view, &positions, |k| c.value(k), gamma, out, nan)
-        }
+        Record::Sparse(s) if s.numel == numel && s.validate().is_ok() => patch_positions(
+            view,
+            &Kept::Listed(&s.positions),
+            |k| s.value(k),
+            gamma,
+            out,
+            nan,
+        ),
+        Record::Coded(c) if c.numel == numel && c.validate().is_ok() => match &c.positions {
+            Positions::Golomb(p) => {
+                patch_positions(view, &Kept::Listed(p), |k| c.value(k), gamma, out, nan)
+            }
+            Positions::Seeded { seed, trial } => {
+                let sample = SeededSample::new(numel, c.kept(), trial_seed(*seed, *trial));
+                patch_positions(
+                    view,
+                    &Kept::Seeded(&sample),
+                    |k| c.value(k),
+                    gamma,
+                    out,
+                    nan,
+                )
+            }
+        },
         _ => Ok(false),
     }
 }
 
-/// [`patch_sparse`] for increasing `positions` (validated, all below the tensor's entries) and their values before
-/// γ, `value(k)` for `positions[k]`.
+/// A sparse record's kept positions, increasing: listed (Golomb records, decoded) or a seeded sample (regenerated,
+/// never written out as a list: [`patch_positions`] walks its bitmap block by block).
+enum Kept<'a> {
+    Listed(&'a [u64]),
+    Seeded(&'a SeededSample),
+}
+
+impl Kept<'_> {
+    /// For every block of [`PAR_CHUNK`] entries of a tensor of `numel` entries, the ordinal of its first kept
+    /// entry (plus the total at the end).
+    fn block_starts(&self, numel: usize) -> Vec<usize> {
+        let blocks = numel.div_ceil(PAR_CHUNK);
+        let mut starts: Vec<usize> = match self {
+            Kept::Listed(p) => (0..blocks)
+                .into_par_iter()
+                .map(|c| p.partition_point(|&x| x < (c * PAR_CHUNK) as u64))
+                .collect(),
+            Kept::Seeded(s) => {
+                const WORDS: usize = PAR_CHUNK / 64;
+                let counts: Vec<usize> = (0..blocks)
+                    .into_par_iter()
+                    .map(|c| {
+                        (c * WORDS..((c + 1) * WORDS).min(s.words()))
+                            .map(|w| s.kept_word(w).count_ones() as usize)
+                            .sum()
+                    })
+                    .collect();
+                let mut acc = 0;
+                counts
+                    .iter()
+                    .map(|&n| {
+                        let at = acc;
+                        acc += n;
+                        at
+                    })
+                    .collect()
+            }
+        };
+        starts.push(match self {
+            Kept::Listed(p) => p.len(),
+            Kept::Seeded(s) => s.kept() as usize,
+        });
+        starts
+    }
+
+    /// The kept positions of block `c` (entries `c·PAR_CHUNK ..`), into `buf` for a seeded sample.
+    fn block<'b>(&'b self, c: usize, a: usize, b: usize, buf: &'b mut Vec<u64>) -> &'b [u64] {
+        match self {
+            Kept::Listed(p) => &p[a..b],
+            Kept::Seeded(s) => {
+                const WORDS: usize = PAR_CHUNK / 64;
+                buf.clear();
+                s.for_each_in(c * WORDS..((c + 1) * WORDS).min(s.words()), |p| buf.push(p));
+                buf
+            }
+        }
+    }
+}
+
+/// [`patch_sparse`] for increasing kept positions (validated, all below the tensor's entries) and their values
+/// before γ, `value(k)` for the `k`-th kept position.
 fn patch_positions(
     view: &TensorView<'_>,
-    positions: &[u64],
+    kept: &Kept<'_>,
     value: impl Fn(usize) -> f32 + Sync,
     gamma: f32,
     out: &mut [u8],
@@ -409,13 +486,14 @@ fn patch_positions(
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) || base.len() != out.len() {
         return Ok(false);
     }
+    let starts = kept.block_starts(out.len() / es);
     out.par_chunks_mut(PAR_CHUNK * es)
         .enumerate()
-        .try_for_each(|(c, o)| -> Result<()> {
+        .try_for_each_init(Vec::new, |buf, (c, o)| -> Result<()> {
             let start = c * PAR_CHUNK;
-            let end = start + o.len() / es;
-            let a = positions.partition_point(|&p| p < start as u64);
-            let b = positions.partition_point(|&p| p < end as u64);
+            let (a, b) = (starts[c], starts[c + 1]);
+            let positions = kept.block(c, a, b, buf);
+            debug_assert_eq!(positions.len(), b - a);
             let base_nan = match nan {
                 Some(flags) => flags[c],
                 None => has_nan16(o, dtype),
@@ -423,7 +501,7 @@ fn patch_positions(
             if a < b || base_nan {
                 let mut vals = vec![0f32; b - a];
                 let mut gathered = Vec::with_capacity((b - a) * es);
-                for &p in &positions[a..b] {
+                for &p in positions {
                     let i = p as usize - start;
                     gathered.extend_from_slice(&o[i * es..(i + 1) * es]);
                 }
@@ -435,7 +513,7 @@ fn patch_positions(
                 if exact {
                     let mut enc = Vec::with_capacity(vals.len() * es);
                     f32_to_bytes(&vals, dtype, &mut enc)?;
-                    for (&p, e) in positions[a..b].iter().zip(enc.chunks_exact(es)) {
+                    for (&p, e) in positions.iter().zip(enc.chunks_exact(es)) {
                         let i = p as usize - start;
                         o[i * es..(i + 1) * es].copy_from_slice(e);
                     }
@@ -443,8 +521,8 @@ fn patch_positions(
                     // The dense path on this block.
                     let mut w = vec![0f32; o.len() / es];
                     view.range_to_f32_into(start, &mut w)?;
-                    for k in a..b {
-                        w[positions[k] as usize - start] += value(k) * gamma;
+                    for (k, &p) in positions.iter().enumerate() {
+                        w[p as usize - start] += value(a + k) * gamma;
                     }
                     let mut enc = Vec::with_capacity(o.len());
                     f32_to_bytes(&w, dtype, &mut enc)?;
