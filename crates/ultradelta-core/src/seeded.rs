@@ -122,6 +122,18 @@ impl SeededSample {
         word
     }
 
+    /// Number of kept positions in words `words` (positions `64·words.start .. 64·words.end`): the popcount of
+    /// [`SeededSample::kept_word`] over them, e.g. where a block's kept entries start when blocks are handled in
+    /// parallel.
+    ///
+    /// # Panics
+    /// If `words.end > self.words()`.
+    pub fn kept_in(&self, words: std::ops::Range<usize>) -> u64 {
+        words
+            .map(|w| u64::from(self.kept_word(w).count_ones()))
+            .sum()
+    }
+
     /// Calls `f` on every kept position in increasing order (the same positions as [`SeededSample::iter`], in a
     /// plain loop over the bitmap's words: the form for hot loops).
     #[inline]

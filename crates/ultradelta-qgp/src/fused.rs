@@ -149,11 +149,7 @@ pub fn levels_at_sample(
         .collect();
     let counts: Vec<usize> = blocks
         .par_iter()
-        .map(|ws| {
-            ws.clone()
-                .map(|w| sample.kept_word(w).count_ones() as usize)
-                .sum()
-        })
+        .map(|ws| sample.kept_in(ws.clone()) as usize)
         .collect();
     let mut out = vec![0u16; counts.iter().sum()];
     let mut slices = Vec::with_capacity(blocks.len());

@@ -141,7 +141,7 @@ pub fn seeded_prune_to(levels: &[u16], target: &[u64], seed: u64, trials: u32) -
         );
     let distances: Vec<u64> = hists
         .chunks_exact(groups.max(1))
-        .map(|h| h.iter().zip(target).map(|(&h, &g)| h.abs_diff(g)).sum())
+        .map(|h| l1_distance(h, target))
         .chain(std::iter::repeat(0))
         .take(samples.len())
         .collect();
@@ -159,6 +159,11 @@ pub fn seeded_prune_to(levels: &[u16], target: &[u64], seed: u64, trials: u32) -
         distance,
         distance_first: distances[0],
     }
+}
+
+/// `Σ_g |h_g − t_g|`: how far a trial's kept-level histogram `h` is from DAC's kept counts `t`.
+fn l1_distance(h: &[u64], target: &[u64]) -> u64 {
+    h.iter().zip(target).map(|(&h, &g)| h.abs_diff(g)).sum()
 }
 
 /// [`seeded_prune_to`] with one trial, straight from the checkpoints' bytes: the sample is drawn, and only its
@@ -180,7 +185,7 @@ pub fn seeded_prune_source(
     for &l in &levels {
         h[usize::from(l)] += 1;
     }
-    let distance = h.iter().zip(target).map(|(&h, &g)| h.abs_diff(g)).sum();
+    let distance = l1_distance(&h, target);
     SeededPruned {
         trial: 0,
         levels,

@@ -432,11 +432,7 @@ impl Kept<'_> {
                 const WORDS: usize = PAR_CHUNK / 64;
                 let counts: Vec<usize> = (0..blocks)
                     .into_par_iter()
-                    .map(|c| {
-                        (c * WORDS..((c + 1) * WORDS).min(s.words()))
-                            .map(|w| s.kept_word(w).count_ones() as usize)
-                            .sum()
-                    })
+                    .map(|c| s.kept_in(c * WORDS..((c + 1) * WORDS).min(s.words())) as usize)
                     .collect();
                 let mut acc = 0;
                 counts
