@@ -271,8 +271,8 @@ pub struct CompressArgs {
     /// Fixed codecs, or the cheapest levels codec per tensor (ultradelta).
     #[arg(long, value_parser = choice(CODECS), default_value = "fixed")]
     pub codec: CodecChoice,
-    /// Seeds tried per tensor with --positions seeded (at most; fewer when a tensor keeps over 2^16 entries, one
-    /// from 2^19 up); the one whose kept levels best match DAC's counts wins.
+    /// Seeds tried per tensor with --positions seeded (at most: fewer when N draws would exceed 2^19 positions,
+    /// one from 2^19 kept entries up); the one whose kept levels best match DAC's counts wins.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SEED_TRIALS)]
     pub seed_trials: u32,
     /// zstd level (1–22) of the lossless records: kept deltas, tensors only in the fine-tune, companion files.
