@@ -40,9 +40,9 @@ pub struct BenchArgs {
     /// Target sparsity passed to `ultradelta compress`.
     #[arg(long, default_value_t = 0.97)]
     pub sparsity: f64,
-    /// Bits passed to `ultradelta compress`.
-    #[arg(long, default_value_t = 4)]
-    pub bits: u8,
+    /// Bits passed to `ultradelta compress` [default: none passed, the model family's].
+    #[arg(long)]
+    pub bits: Option<u8>,
     /// Storage dtype of the synthetic checkpoints: f32, f16 or bf16.
     #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
     pub dtype: DType,
@@ -229,11 +229,11 @@ fn bench_size(bin: &Path, work: &Path, shape: Shape, args: &BenchArgs) -> Result
             .fingerprint())
     };
     let (base_fingerprint, finetuned_fingerprint) = (fp(&base)?, fp(&ft)?);
-    let (s, bits) = (args.sparsity.to_string(), args.bits.to_string());
+    let (s, bits) = (args.sparsity.to_string(), args.bits.map(|b| b.to_string()));
     let (b, f, a, r) = (utf8(&base)?, utf8(&ft)?, utf8(&archive)?, utf8(&rebuilt)?);
     let compress = run_median(
         bin,
-        &crate::demo::compress_args(b, f, a, &s, &bits),
+        &crate::demo::compress_args(b, f, a, &s, bits.as_deref()),
         args.repeat,
         || Ok(()),
     )?;
@@ -357,8 +357,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "repeat": args.repeat,
             "rel_scale": SynthConfig::new(Shape::Tiny).rel_scale,
             "work_dir": work.display().to_string(),
-            "compress_args": ["compress", "--base", "<base>", "--finetuned", "<finetuned>", "--output", "<archive>",
-                              "--sparsity", args.sparsity.to_string(), "--bits", args.bits.to_string(), "--force", "--quiet"],
+            "compress_args": crate::demo::compress_args("<base>", "<finetuned>", "<archive>",
+                &args.sparsity.to_string(), args.bits.map(|b| b.to_string()).as_deref()),
             "apply_args": ["apply", "--base", "<base>", "--output", "<rebuilt>", "--force", "--quiet", "<archive>"],
             "measurement": "wall time of the child process, the run with the median wall time of `repeat` runs; CPU seconds = wait4 rusage user + system time of that run; peak RSS = the largest wait4 rusage ru_maxrss of the runs",
         },
@@ -379,7 +379,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "ultradelta compress / apply on synthetic pairs ({}, s = {}, b = {})",
         args.dtype.name(),
         args.sparsity,
-        args.bits
+        crate::demo::bits_label(args.bits)
     );
     println!(
         "{:<10} {:>14} | {:>9} {:>7} {:>12} {:>10} | {:>9} {:>7} {:>12} {:>10} | {:>11}",

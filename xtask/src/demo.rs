@@ -27,9 +27,9 @@ pub struct DemoArgs {
     /// Target sparsity passed to `ultradelta compress`.
     #[arg(long, default_value_t = 0.97)]
     pub sparsity: f64,
-    /// Bits passed to `ultradelta compress`.
-    #[arg(long, default_value_t = 4)]
-    pub bits: u8,
+    /// Bits passed to `ultradelta compress` [default: none passed, the model family's].
+    #[arg(long)]
+    pub bits: Option<u8>,
     /// Use a generated pair instead of downloading the real models (no network).
     #[arg(long, conflicts_with = "family")]
     pub synthetic: bool,
@@ -214,7 +214,7 @@ fn llama(args: DemoArgs) -> Result<()> {
             .to_string();
         continuations.push((label, c));
     }
-    let (s, bits) = (args.sparsity, args.bits);
+    let (s, bits) = (args.sparsity, quantizer_label(ins));
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     // A generated testbed says so in its manifest: its models are tiny and random.
     let generated = std::fs::read(testbed.join("llama/testbed.json"))
@@ -297,9 +297,9 @@ pub(crate) fn compress_args<'a>(
     ft: &'a str,
     archive: &'a str,
     sparsity: &'a str,
-    bits: &'a str,
-) -> [&'a str; 13] {
-    [
+    bits: Option<&'a str>,
+) -> Vec<&'a str> {
+    let mut args = vec![
         "compress",
         "--base",
         base,
@@ -309,11 +309,29 @@ pub(crate) fn compress_args<'a>(
         archive,
         "--sparsity",
         sparsity,
-        "--bits",
-        bits,
         "--force",
         "--quiet",
-    ]
+    ];
+    if let Some(b) = bits {
+        args.extend(["--bits", b]);
+    }
+    args
+}
+
+/// `b` as given, or "the model family's" when `--bits` is not given (the bench's header).
+pub(crate) fn bits_label(bits: Option<u8>) -> String {
+    bits.map_or("the model family's".into(), |b| b.to_string())
+}
+
+/// The quantizer the archive used, from `inspect --json`'s params: `4`, or `4 (levels: mse-unbiased)` when the
+/// levels are not the paper's range fit.
+fn quantizer_label(inspect: &serde_json::Value) -> String {
+    let p = &inspect["params"];
+    let bits = p["bits"].as_u64().map_or("?".into(), |b| b.to_string());
+    match p["quant_fit"].as_str() {
+        Some(fit) if fit != "range" => format!("{bits} (levels: {fit})"),
+        _ => bits,
+    }
 }
 
 /// Runs `ultradelta compress`, `inspect --json` and `apply` on one pair.
@@ -326,9 +344,9 @@ fn round_trip(
     args: &DemoArgs,
 ) -> Result<RoundTrip> {
     let (b, f, a, r) = (utf8(base)?, utf8(ft)?, utf8(archive)?, utf8(rebuilt)?);
-    let (s, bits) = (args.sparsity.to_string(), args.bits.to_string());
+    let (s, bits) = (args.sparsity.to_string(), args.bits.map(|b| b.to_string()));
     let t = std::time::Instant::now();
-    run_cli(bin, &compress_args(b, f, a, &s, &bits))?;
+    run_cli(bin, &compress_args(b, f, a, &s, bits.as_deref()))?;
     let compress_secs = t.elapsed().as_secs_f64();
     let inspect = serde_json::from_str(&run_cli(bin, &["inspect", "--json", a])?)?;
     let t = std::time::Instant::now();
@@ -365,7 +383,7 @@ fn real(args: DemoArgs) -> Result<()> {
     let rt = round_trip(&bin, &base, &ft, &archive, &rebuilt, &args)?;
     let (b, f, r) = (utf8(&base)?, utf8(&ft)?, utf8(&rebuilt)?);
     let ins = &rt.inspect;
-    let (s, bits) = (args.sparsity, args.bits);
+    let (s, bits) = (args.sparsity, quantizer_label(ins));
 
     let input: String = PAIRS.iter().map(|(x, y)| format!("{x}\t{y}\n")).collect();
     let mut child = Command::new(&sim)
@@ -466,7 +484,7 @@ fn synthetic(args: DemoArgs) -> Result<()> {
     let rt = round_trip(&bin, &base, &ft, &archive, &rebuilt, &args)?;
     let ins = &rt.inspect;
     let (b, f, a) = (utf8(&base)?, utf8(&ft)?, utf8(&archive)?);
-    let (s, bits) = (args.sparsity, args.bits);
+    let (s, bits) = (args.sparsity, quantizer_label(ins));
     let ev: serde_json::Value = serde_json::from_str(&run_cli(
         &bin,
         &[

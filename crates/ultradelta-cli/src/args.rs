@@ -10,8 +10,8 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use ultradelta::{
     AllocationMode, CodecChoice, CompressConfig, EmbeddingPolicy, EstimateConfig, Family, Method,
-    NuclearNormMethod, PositionCodec, Preset, PruningMode, RescaleMode, Selection, TngrConfig,
-    TraceOn, ValueCodec, DEFAULT_SEED_TRIALS,
+    NuclearNormMethod, PositionCodec, Preset, PruningMode, QuantFit, RescaleMode, Selection,
+    TngrConfig, TraceOn, ValueCodec, DEFAULT_SEED_TRIALS,
 };
 
 /// Data-free delta compression of fine-tuned models (UltraDelta).
@@ -151,6 +151,20 @@ const VALUES: Choices<ValueCodec> = &[
     ),
 ];
 
+const QUANT_FITS: Choices<QuantFit> = &[
+    ("range", "Levels from the delta's minimum to its maximum (the paper's)", QuantFit::Range),
+    (
+        "mse",
+        "Levels centred on the mean, step minimising the squared error on a sample; outliers clamp to the end levels",
+        QuantFit::Mse,
+    ),
+    (
+        "mse-unbiased",
+        "As mse, and the rescale factor times the gain that restores the delta's projection onto itself",
+        QuantFit::MseUnbiased,
+    ),
+];
+
 const CODECS: Choices<CodecChoice> = &[
     ("fixed", "Every tensor as --positions and --values say", CodecChoice::Fixed),
     (
@@ -239,7 +253,7 @@ pub struct CompressArgs {
     #[arg(long, value_parser = choice(PRESETS), conflicts_with_all = [
         "method", "sparsity", "bits", "step", "rescale", "no_msa", "allocation", "tier_spread", "rd_power",
         "positions", "values", "codec", "no_dac", "no_quant", "no_tngr", "tngr", "target_ratio", "target_size",
-        "rescale_factor", "trace_on", "embeddings",
+        "rescale_factor", "trace_on", "embeddings", "quant_fit",
     ])]
     pub preset: Option<Preset>,
     /// Rank of every compressed tensor (--method lowrank).
@@ -268,6 +282,10 @@ pub struct CompressArgs {
     /// How kept levels are stored (ultradelta) [default: entropy; packed with --no-quant].
     #[arg(long, value_parser = choice(VALUES))]
     pub values: Option<ValueCodec>,
+    /// How the quantizer's levels are placed (ultradelta) [default: the model family's, measured: mse-unbiased
+    /// for LLaMA, range otherwise].
+    #[arg(long, value_parser = choice(QUANT_FITS))]
+    pub quant_fit: Option<QuantFit>,
     /// Fixed codecs, or the cheapest levels codec per tensor (ultradelta).
     #[arg(long, value_parser = choice(CODECS), default_value = "fixed")]
     pub codec: CodecChoice,
@@ -304,9 +322,10 @@ pub struct CompressArgs {
     /// Target sparsity over the compressed tensors (fraction of entries dropped).
     #[arg(long, default_value_t = 0.97)]
     pub sparsity: f64,
-    /// Quantization bits per kept value.
-    #[arg(long, default_value_t = 4)]
-    pub bits: u8,
+    /// Quantization bits per kept value [default: the model family's, measured: 3 for BERT and LLaMA, 4 otherwise;
+    /// 4 for the baselines].
+    #[arg(long)]
+    pub bits: Option<u8>,
     /// MSA step δ: low-variance third gets s+δ, mid s, high the remainder.
     #[arg(long, default_value_t = 0.01)]
     pub step: f64,
@@ -423,6 +442,7 @@ impl CompressArgs {
             codec: self.codec,
             seed_trials: self.seed_trials,
             zstd_level: self.zstd_level,
+            quant_fit: self.quant_fit,
         };
         // Unnamed codecs: the project's where they apply, else the paper's (`CompressConfig::default_codecs`); a
         // codec the user names is checked by `validate` as given.
@@ -480,6 +500,7 @@ pub fn flag_of(field: &str) -> Option<&'static str> {
         "codec" => "--codec",
         "seed_trials" => "--seed-trials",
         "zstd_level" => "--zstd-level",
+        "quant_fit" => "--quant-fit",
         _ => return None,
     })
 }
@@ -649,7 +670,10 @@ mod tests {
                 sparsity: 1.5,
                 ..d()
             },
-            CompressConfig { bits: 0, ..d() },
+            CompressConfig {
+                bits: Some(0),
+                ..d()
+            },
             CompressConfig { step: 1.0, ..d() },
             CompressConfig {
                 rescale_factor: 0.0,

@@ -151,6 +151,7 @@ fn option_of(field: &str) -> Option<&'static str> {
         "codec" => "codec=",
         "seed_trials" => "seed_trials=",
         "zstd_level" => "zstd_level=",
+        "quant_fit" => "quant_fit=",
         _ => return None,
     })
 }
@@ -184,6 +185,7 @@ const OPTIONS: &[&str] = &[
     "codec",
     "seed_trials",
     "zstd_level",
+    "quant_fit",
     "tngr",
     "no_tngr",
     "sparsity",
@@ -231,6 +233,7 @@ const PRESET_CONFLICTS: &[&str] = &[
     "rescale_factor",
     "trace_on",
     "embeddings",
+    "quant_fit",
 ];
 
 /// Reads one keyword option's value as `T`, naming the option and the expected type when it is not one.
@@ -367,7 +370,9 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
     let mut cfg = CompressConfig {
         method,
         sparsity: num("sparsity", 0.97)?,
-        bits: get("bits").map_or(Ok(4), |v| value("bits", v, "an integer 0-255"))?,
+        bits: get("bits")
+            .map(|v| value("bits", v, "an integer 0-255"))
+            .transpose()?,
         step: num("step", 0.01)?,
         seed: get("seed").map_or(Ok(0), |v| value("seed", v, "a non-negative integer"))?,
         gamma: opt_num("gamma")?,
@@ -440,6 +445,9 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         zstd_level: get("zstd_level").map_or(Ok(ultradelta::archive::DEFAULT_ZSTD_LEVEL), |v| {
             value("zstd_level", v, "an integer")
         })?,
+        quant_fit: get("quant_fit")
+            .map(|v| choice("quant_fit", v, &["range", "mse", "mse-unbiased"]))
+            .transpose()?,
     };
     // The codecs' defaults are the project's (seeded positions, rANS levels) where they apply, else the paper's.
     let (positions, values) = cfg.default_codecs();

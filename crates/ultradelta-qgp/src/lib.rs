@@ -22,6 +22,7 @@
 //! work is split into fixed blocks or per-level groups, each with its own random stream
 //! derived by [`rng::mix`], and results are assembled in index order.
 
+pub mod fit;
 #[allow(unsafe_code)] // AVX2 intrinsics behind a run-time CPU check; see the module.
 pub mod fused;
 pub mod rng;
@@ -165,7 +166,7 @@ pub(crate) fn quant_from_extremes(
 /// "fraction >= 0.5" is rounding half away from zero (`v - trunc(v)` is exact). Branch-free, so loops over it
 /// vectorise.
 #[inline(always)]
-fn level_of(x: f32, lo: f32, step: f32, max: u16) -> u16 {
+pub(crate) fn level_of(x: f32, lo: f32, step: f32, max: u16) -> u16 {
     let v = ((x - lo) / step).max(-1.0).min(f32::from(max) + 1.0);
     let t = v as i32;
     let r = t + i32::from(v - t as f32 >= 0.5);

@@ -299,7 +299,7 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
     let widest_cfg = CompressConfig {
         sparsity: WIDEST_F64,
         rank: usize::MAX,
-        bits: u8::MAX,
+        bits: Some(u8::MAX),
         ..cfg.clone()
     };
     let widest_report = BudgetReport {
@@ -503,7 +503,7 @@ pub(crate) fn solve_budget(
                 if cfg.method == Method::Lowrank {
                     c.rank = k;
                 } else {
-                    c.bits = k as u8;
+                    c.bits = Some(k as u8);
                 }
                 ev.bytes(&c)
             };
@@ -534,7 +534,7 @@ pub(crate) fn solve_budget(
             if cfg.method == Method::Lowrank {
                 out.rank = k;
             } else {
-                out.bits = k as u8;
+                out.bits = Some(k as u8);
             }
             Ok((out, report(b, name, k as f64, ev.evaluations)))
         }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 pub use ultradelta_rescale::{EstimateConfig, NuclearNormMethod, RescaleMode, TraceOn};
 
-use crate::selection::{EmbeddingPolicy, Selection};
+use crate::selection::{EmbeddingPolicy, Family, Selection};
 use crate::{Error, Result};
 
 /// How per-tensor sparsity is allocated (ALGORITHM.md §2).
@@ -133,6 +133,32 @@ pub enum CodecChoice {
     Auto,
 }
 
+/// How UltraDelta's uniform b-bit quantizer places its levels (ALGORITHM.md §1). Every variant writes the
+/// archive's uniform levels `lo + l · step`, so readers decode them unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuantFit {
+    /// The paper's: the levels span the tensor's delta from its minimum to its maximum.
+    #[default]
+    Range,
+    /// Levels centred on the delta's mean with the step that minimises the squared quantization error of a
+    /// strided sample ([`ultradelta_qgp::fit::fit_mse`]); outliers clamp to the end levels.
+    Mse,
+    /// [`QuantFit::Mse`], and the record's rescale factor multiplied by the gain that gives the quantized delta
+    /// back its projection onto Δ ([`ultradelta_qgp::fit::projection_gain`]).
+    MseUnbiased,
+}
+
+fn range_fit() -> Option<QuantFit> {
+    Some(QuantFit::Range)
+}
+
+/// The paper's range fit is not written into an archive's `params`, so its archives stay as before the field
+/// existed.
+fn is_range_fit(f: &Option<QuantFit>) -> bool {
+    *f == Some(QuantFit::Range)
+}
+
 /// Default number of seeds tried per tensor with seeded positions (see README, "Seeded positions").
 pub const DEFAULT_SEED_TRIALS: u32 = 8;
 
@@ -189,8 +215,9 @@ pub struct CompressConfig {
     pub method: Method,
     /// Target sparsity s over all compressed tensors, element-weighted (fraction of entries zeroed).
     pub sparsity: f64,
-    /// Quantization bit width b.
-    pub bits: u8,
+    /// Quantization bit width b; `None`: the model family's ([`Family::quantizer`], resolved by `compress` once
+    /// the family is known; the archive's `params` hold the value used).
+    pub bits: Option<u8>,
     /// MSA step δ.
     pub step: f64,
     /// Seed of every random choice; the same seed gives the same archive bytes.
@@ -252,6 +279,11 @@ pub struct CompressConfig {
     /// zstd level of the lossless records (kept deltas, tensors only in the fine-tune, companion files).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// UltraDelta only: how the quantizer's levels are placed; `None`: the model family's
+    /// ([`Family::quantizer`], resolved like `bits`). Not written into `params` when it is the paper's range fit
+    /// (archives from before the field existed read as `Some(Range)`).
+    #[serde(default = "range_fit", skip_serializing_if = "is_range_fit")]
+    pub quant_fit: Option<QuantFit>,
 }
 
 /// The relative MSA tiers' default spread: 1/3, the paper's δ = 0.01 at its s = 0.97.
@@ -273,7 +305,7 @@ impl Default for CompressConfig {
         CompressConfig {
             method: Method::Ultradelta,
             sparsity: 0.97,
-            bits: 4,
+            bits: None,
             step: 0.01,
             seed: 0,
             gamma: None,
@@ -295,6 +327,7 @@ impl Default for CompressConfig {
             codec: CodecChoice::Fixed,
             seed_trials: DEFAULT_SEED_TRIALS,
             zstd_level: default_zstd_level(),
+            quant_fit: None,
         }
     }
 }
@@ -320,7 +353,7 @@ impl Preset {
     /// and their values, and the codecs (seeded positions change which entries are kept; the paper counts Golomb
     /// positions and packed levels): `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`,
     /// `allocation`, `tier_spread`, `rd_power`, `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`,
-    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec` and `selection.embeddings`
+    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec`, `quant_fit` and `selection.embeddings`
     /// (the paper compresses the linear layers only). Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`,
     /// `tngr.nuclear_norm`, the rest of `selection`, `seed_trials` and `zstd_level`.
     pub fn apply_to(self, cfg: CompressConfig) -> CompressConfig {
@@ -359,11 +392,42 @@ impl CompressConfig {
             positions: PositionCodec::Golomb,
             values: ValueCodec::Packed,
             codec: CodecChoice::Fixed,
+            bits: Some(4),
+            quant_fit: Some(QuantFit::Range),
             tngr: TngrConfig {
                 enabled: true,
                 ..TngrConfig::default()
             },
             ..CompressConfig::default()
+        }
+    }
+
+    /// The bit width and level placement in effect: the ones given, else those of a model of unknown family
+    /// ([`Family::Generic`]'s; `compress` resolves them for the model's own family first, [`Self::for_family`]).
+    pub fn quantizer(&self) -> (u8, QuantFit) {
+        let (bits, fit) = Family::Generic.quantizer();
+        (self.bits.unwrap_or(bits), self.quant_fit.unwrap_or(fit))
+    }
+
+    /// The bit width in effect ([`Self::quantizer`]).
+    pub fn bits(&self) -> u8 {
+        self.quantizer().0
+    }
+
+    /// This configuration with the quantizer settings left to the family (`None`) filled in from
+    /// [`Family::quantizer`] for UltraDelta, from [`Family::Generic`]'s for the other methods (the baselines'
+    /// bits, e.g. `--method quant`, do not follow the family).
+    pub fn for_family(&self, family: Family) -> CompressConfig {
+        let f = if self.method == Method::Ultradelta {
+            family
+        } else {
+            Family::Generic
+        };
+        let (bits, fit) = f.quantizer();
+        CompressConfig {
+            bits: Some(self.bits.unwrap_or(bits)),
+            quant_fit: Some(self.quant_fit.unwrap_or(fit)),
+            ..self.clone()
         }
     }
 
@@ -433,8 +497,8 @@ impl CompressConfig {
                 ),
             );
         }
-        if !(1..=16).contains(&self.bits) {
-            return bad("bits", format!("bits must be in 1..=16, got {}", self.bits));
+        if let Some(b) = self.bits.filter(|b| !(1..=16).contains(b)) {
+            return bad("bits", format!("bits must be in 1..=16, got {b}"));
         }
         if !(self.step.is_finite() && self.step >= 0.0 && self.step < 1.0) {
             return bad("step", format!("step must be in [0, 1), got {}", self.step));
@@ -614,7 +678,10 @@ mod tests {
                 sparsity: 0.9999,
                 ..d()
             },
-            CompressConfig { bits: 0, ..d() },
+            CompressConfig {
+                bits: Some(0),
+                ..d()
+            },
             CompressConfig { step: 1.0, ..d() },
             CompressConfig {
                 rescale_factor: 0.0,
@@ -694,5 +761,54 @@ mod tests {
                 other => panic!("{cfg:?}: {other:?}"),
             }
         }
+    }
+
+    /// The quantizer settings left unset are the family's; given ones stay; the baselines and the paper's preset
+    /// do not follow the family; params written after resolution read back the same.
+    #[test]
+    fn the_family_decides_only_what_is_left_unset() {
+        let d = CompressConfig::default();
+        assert_eq!((d.bits, d.quant_fit), (None, None));
+        assert_eq!(d.quantizer(), (4, QuantFit::Range));
+        let bert = d.for_family(Family::Bert);
+        assert_eq!(
+            (bert.bits, bert.quant_fit),
+            (Some(3), Some(QuantFit::Range))
+        );
+        let llama = d.for_family(Family::Llama);
+        assert_eq!(
+            (llama.bits, llama.quant_fit),
+            (Some(3), Some(QuantFit::MseUnbiased))
+        );
+        let given = CompressConfig {
+            bits: Some(2),
+            ..d.clone()
+        }
+        .for_family(Family::Llama);
+        assert_eq!(given.quantizer(), (2, QuantFit::MseUnbiased));
+        let given = CompressConfig {
+            quant_fit: Some(QuantFit::Mse),
+            ..d.clone()
+        }
+        .for_family(Family::Bert);
+        assert_eq!(given.quantizer(), (3, QuantFit::Mse));
+        let quant = CompressConfig::for_method(Method::Quant).for_family(Family::Bert);
+        assert_eq!(quant.quantizer(), (4, QuantFit::Range));
+        for f in Family::ALL {
+            let paper = CompressConfig::paper().for_family(f);
+            assert_eq!(paper, CompressConfig::paper(), "{f}");
+        }
+        // The range fit is not written; an archive's params without the field read as the range fit.
+        let json = serde_json::to_value(&bert).unwrap();
+        assert_eq!(json["bits"], 3);
+        assert!(json.get("quant_fit").is_none());
+        let back: CompressConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, bert);
+        let json = serde_json::to_value(&llama).unwrap();
+        assert_eq!(json["quant_fit"], "mse-unbiased");
+        assert_eq!(
+            serde_json::from_value::<CompressConfig>(json).unwrap(),
+            llama
+        );
     }
 }

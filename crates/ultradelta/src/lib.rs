@@ -31,8 +31,9 @@
 //! let base = Checkpoint::open(&base_dir)?;
 //! let finetuned = Checkpoint::open(&ft_dir)?;
 //!
-//! // 97% sparsity, 4-bit levels (the project's defaults; `CompressConfig::paper()` is the paper's exact setting).
-//! let config = CompressConfig { sparsity: 0.97, bits: 4, ..CompressConfig::default() };
+//! // 97% sparsity (the project's default; `CompressConfig::paper()` is the paper's exact setting); the bits and
+//! // the levels' placement left to the model family (`bits: Some(4)` fixes them).
+//! let config = CompressConfig { sparsity: 0.97, bits: None, ..CompressConfig::default() };
 //! let archive = dir.path().join("ft.udelta");
 //! let report = compress(&base, &finetuned, &config, &archive, false, &NoProgress)?;
 //! println!("{} tensors compressed, {} bytes", report.counts.compress, report.archive_bytes);
@@ -165,7 +166,7 @@ pub use apply::{
 pub use budget::{BudgetReport, BUDGET_TOLERANCE};
 pub use config::{
     AllocationMode, CodecChoice, CompressConfig, EstimateConfig, Method, NuclearNormMethod,
-    PositionCodec, Preset, PruningMode, RescaleMode, TngrConfig, TraceOn, ValueCodec,
+    PositionCodec, Preset, PruningMode, QuantFit, RescaleMode, TngrConfig, TraceOn, ValueCodec,
     DEFAULT_SEED_TRIALS, DEFAULT_TIER_SPREAD,
 };
 pub use error::{Error, Result, TensorMismatch};

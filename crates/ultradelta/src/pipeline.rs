@@ -510,6 +510,8 @@ pub fn compress(
     inputs.extend(Input::checkpoint(finetuned, "fine-tuned checkpoint"));
     check_output(output, &inputs)?;
     let plan = Plan::new(base, finetuned, cfg)?;
+    // The quantizer settings left to the family, now that it is known; the archive's params hold these.
+    let cfg = &cfg.for_family(plan.family);
     let pending = write_records(&plan, cfg, output, overwrite, false, progress)?;
     pending.finish(cfg.gamma.unwrap_or(1.0))
 }
@@ -588,7 +590,7 @@ pub fn compress_many(
         let plan = Plan::new(base, ft, cfg)?;
         pending.push(write_records(
             &plan,
-            cfg,
+            &cfg.for_family(plan.family),
             &out_dir.join(name),
             overwrite,
             want_trace,

@@ -137,7 +137,7 @@ pub(crate) fn pass_one(
             p.ft.prefetch(&p.tensors[prev].info.name);
         }
         let (base, ft) = (p.base.view(name)?, p.ft.view(name)?);
-        let scan = with_source(&base, &ft, |src| QuantScan::of(src, cfg.bits))?
+        let scan = with_source(&base, &ft, |src| QuantScan::of(src, cfg))?
             .map_err(|e| quant_err(p.ft, name, e))?;
         stats.push(scan.stat(info.numel()));
         scans.push(scan);

@@ -83,7 +83,7 @@ proptest! {
 
         let cfg = CompressConfig {
             sparsity,
-            bits,
+            bits: Some(bits),
             seed,
             selection: Selection { compress: vec!["*.weight".into()], ..Selection::default() },
             ..CompressConfig::default()
@@ -146,7 +146,7 @@ fn apply_failing_mid_way_leaves_nothing() {
     );
     let cfg = CompressConfig {
         sparsity: 0.9,
-        bits: 4,
+        bits: Some(4),
         selection: Selection {
             compress: vec!["*.weight".into()],
             ..Selection::default()

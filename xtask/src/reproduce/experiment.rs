@@ -172,7 +172,7 @@ fn variant(name: &str, label: &str, args: &[&str], together: bool, plot: bool) -
 /// The variants every experiment knows. The ablation ladder spells out the paper's setting so that it stays
 /// the paper's whatever the CLI's defaults become.
 pub fn builtin_variants() -> Vec<Variant> {
-    const PAPER: [&str; 4] = ["--sparsity", "0.97", "--bits", "4"];
+    const PAPER: [&str; 6] = ["--sparsity", "0.97", "--bits", "4", "--quant-fit", "range"];
     // The paper's codecs (Golomb positions, packed levels) and additive MSA, spelled out: the project's defaults
     // differ (seeded positions, rANS levels, relative tiers).
     // And the paper's tensor selection: the linear layers only (the project compresses the embeddings too).
@@ -210,6 +210,8 @@ pub fn builtin_variants() -> Vec<Variant> {
                 &[
                     "--bits",
                     "4",
+                    "--quant-fit",
+                    "range",
                     "--step",
                     "0.01",
                     "--rescale",
@@ -311,6 +313,8 @@ pub fn builtin_variants() -> Vec<Variant> {
                 "0.97",
                 "--bits",
                 "4",
+                "--quant-fit",
+                "range",
                 "--positions",
                 "golomb",
                 "--values",

@@ -138,7 +138,7 @@ mod tests {
             ..CompressConfig::paper()
         };
         let (r, info) = coded(&d, 0.97, &cfg);
-        let q = QuantParams::fit(&d, cfg.bits).unwrap();
+        let q = QuantParams::fit(&d, cfg.bits()).unwrap();
         let mut levels = vec![0u16; d.len()];
         quantize(&d, &q, &mut levels);
         let kept = group_prune(&levels, &q, 0.97, tensor_seed(cfg.seed, "t"));

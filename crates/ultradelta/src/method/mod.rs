@@ -12,6 +12,7 @@ pub(crate) mod codec;
 use ultradelta_alloc::TensorStat;
 use ultradelta_archive::{CodedSparseRecord, LevelCoding, Positions, Record};
 use ultradelta_baselines as baselines;
+use ultradelta_qgp::fit::{fit_mse, projection_gain, strided_sample};
 use ultradelta_qgp::fused::{
     fit_source, group_prune_source, levels_source, scan_levels, DeltaSource, LevelScan,
 };
@@ -28,7 +29,7 @@ use ultradelta_rescale::rescale_factor;
 pub use codec::TensorCodecInfo;
 
 use crate::baseline_records::IntoRecord;
-use crate::config::{CompressConfig, Method, PositionCodec, PruningMode};
+use crate::config::{CompressConfig, Method, PositionCodec, PruningMode, QuantFit};
 
 /// One compressed tensor as the archive stores it: its record, and what UltraDelta's codec did.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +64,7 @@ pub fn compress_tensor(
         Method::Magnitude => baselines::magnitude(delta, density)?.into_record(),
         Method::Bitdelta => baselines::bitdelta(delta)?.into_record(),
         Method::Compeft => baselines::compeft(delta, density, cfg.compeft_alpha)?.into_record(),
-        Method::Quant => baselines::quant(delta, cfg.bits)?.into_record(),
+        Method::Quant => baselines::quant(delta, cfg.bits())?.into_record(),
         Method::Lowrank => {
             let (rows, cols) = matrix_view(shape);
             baselines::lowrank(delta, rows, cols, cfg.rank)?.into_record()
@@ -101,15 +102,23 @@ pub(crate) fn streams_from_source(cfg: &CompressConfig) -> bool {
 /// of its levels (per block too, for the fused prune of [`compress_source`]).
 pub(crate) struct QuantScan {
     quant: QuantParams,
+    /// The factor on the record's rescale factor that [`QuantFit::MseUnbiased`] asks for (1 otherwise).
+    gain: f32,
     scan: LevelScan,
 }
 
 impl QuantScan {
-    /// Two sweeps over the source: the extremes (the quantizer), then the levels and their histograms.
-    pub(crate) fn of(src: &DeltaSource<'_>, bits: u8) -> Result<QuantScan, ultradelta_qgp::Error> {
-        let quant = fit_source(src, bits)?;
+    /// Two sweeps over the source: the extremes (the quantizer, refit under `cfg.quant_fit`), then the levels and
+    /// their histograms.
+    pub(crate) fn of(
+        src: &DeltaSource<'_>,
+        cfg: &CompressConfig,
+    ) -> Result<QuantScan, ultradelta_qgp::Error> {
+        let (bits, fit) = cfg.quantizer();
+        let range = fit_source(src, bits)?;
+        let (quant, gain) = refit(range, fit, src.len(), |i| src.delta_at(i));
         let scan = scan_levels(src, &quant);
-        Ok(QuantScan { quant, scan })
+        Ok(QuantScan { quant, gain, scan })
     }
 
     /// The tensor's statistic for the sparsity allocation: σ of its quantized delta.
@@ -121,15 +130,37 @@ impl QuantScan {
     }
 }
 
-/// UltraDelta, step 1: the b-bit quantizer of Δ and every entry's level.
+/// The quantizer `fit` asks for, from the range fit of a tensor of `n` entries (read by `value`, finite: the
+/// range fit has checked), and the gain on the record's rescale factor that goes with it.
+fn refit(
+    range: QuantParams,
+    fit: QuantFit,
+    n: usize,
+    value: impl Fn(usize) -> f32,
+) -> (QuantParams, f32) {
+    if fit == QuantFit::Range {
+        return (range, 1.0);
+    }
+    let sample = strided_sample(n, value);
+    let q = fit_mse(&sample, range);
+    let gain = match fit {
+        QuantFit::MseUnbiased => projection_gain(&sample, q),
+        _ => 1.0,
+    };
+    (q, gain)
+}
+
+/// UltraDelta, step 1: the b-bit quantizer of Δ (and its gain, [`refit`]) and every entry's level.
 fn quantize_delta(
     delta: &[f32],
-    bits: u8,
-) -> Result<(QuantParams, Vec<u16>), ultradelta_qgp::Error> {
-    let q = QuantParams::fit(delta, bits)?;
+    cfg: &CompressConfig,
+) -> Result<(QuantParams, f32, Vec<u16>), ultradelta_qgp::Error> {
+    let (bits, fit) = cfg.quantizer();
+    let range = QuantParams::fit(delta, bits)?;
+    let (q, gain) = refit(range, fit, delta.len(), |i| delta[i]);
     let mut levels = vec![0u16; delta.len()];
     quantize(delta, &q, &mut levels);
-    Ok((q, levels))
+    Ok((q, gain, levels))
 }
 
 /// UltraDelta, step 2 with listed positions: the survivors at `rate`, DAC's exact per-level counts (or the plain
@@ -147,9 +178,9 @@ fn prune_listed(
     }
 }
 
-/// UltraDelta, step 3: the survivors' rescale factor.
-fn scale(rate: f64, cfg: &CompressConfig) -> f32 {
-    rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) as f32
+/// UltraDelta, step 3: the survivors' rescale factor (times the quantizer's `gain`, [`refit`]).
+fn scale(rate: f64, gain: f32, cfg: &CompressConfig) -> f32 {
+    (rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) * f64::from(gain)) as f32
 }
 
 /// UltraDelta's record from the whole Δ: quantize, prune (listed or seeded positions), rescale, then the values
@@ -160,14 +191,14 @@ fn ultradelta(
     rate: f64,
     cfg: &CompressConfig,
 ) -> Result<CompressedTensor, baselines::Error> {
-    let (q, levels) = quantize_delta(delta, cfg.bits)?;
+    let (q, gain, levels) = quantize_delta(delta, cfg)?;
     let seed = tensor_seed(cfg.seed, name);
     if !cfg.quantize {
         // The ablation: prune by the DAC groups of the b-bit levels, keep the raw values at fp16.
         let pruned = prune_listed(&levels, &q, rate, seed, cfg);
         drop(levels);
         let record =
-            baselines::sparse_f16(delta, pruned.positions, scale(rate, cfg))?.into_record();
+            baselines::sparse_f16(delta, pruned.positions, scale(rate, gain, cfg))?.into_record();
         return Ok(CompressedTensor {
             record,
             codec: None,
@@ -177,13 +208,20 @@ fn ultradelta(
         let target = dac_kept_counts(&levels, &q, rate);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = seeded_prune_to(&levels, &target, seed, trials);
-        return Ok(seeded_record(delta.len(), q, pruned, seed, rate, cfg));
+        return Ok(seeded_record(
+            delta.len(),
+            (q, gain),
+            pruned,
+            seed,
+            rate,
+            cfg,
+        ));
     }
     let pruned = prune_listed(&levels, &q, rate, seed, cfg);
     let coded = CodedSparseRecord {
         numel: delta.len() as u64,
         quant: q,
-        scale: scale(rate, cfg),
+        scale: scale(rate, gain, cfg),
         positions: Positions::Golomb(pruned.positions),
         levels: pruned.levels,
         coding: LevelCoding::Packed,
@@ -195,7 +233,7 @@ fn ultradelta(
 /// trial and histogram distances go into the codec report.
 fn seeded_record(
     numel: usize,
-    quant: QuantParams,
+    (quant, gain): (QuantParams, f32),
     pruned: SeededPruned,
     seed: u64,
     rate: f64,
@@ -210,7 +248,7 @@ fn seeded_record(
     let coded = CodedSparseRecord {
         numel: numel as u64,
         quant,
-        scale: scale(rate, cfg),
+        scale: scale(rate, gain, cfg),
         positions: Positions::Seeded {
             seed,
             trial: pruned.trial,
@@ -248,7 +286,7 @@ pub(crate) fn compress_source(
             levels_source(src, &q, levels);
             seeded_prune_to(levels, &target, seed, trials)
         };
-        return seeded_record(src.len(), q, pruned, seed, rate, cfg);
+        return seeded_record(src.len(), (q, pass.gain), pruned, seed, rate, cfg);
     }
     let pruned = match cfg.pruning {
         PruningMode::Group => group_prune_source(src, &q, &pass.scan, rate, seed, levels),
@@ -261,7 +299,7 @@ pub(crate) fn compress_source(
     let coded = CodedSparseRecord {
         numel: src.len() as u64,
         quant: q,
-        scale: scale(rate, cfg),
+        scale: scale(rate, pass.gain, cfg),
         positions: Positions::Golomb(pruned.positions),
         levels: pruned.levels,
         coding: LevelCoding::Packed,
