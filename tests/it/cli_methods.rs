@@ -405,7 +405,7 @@ fn budget_is_a_ceiling_for_every_method() {
         let quant_at = |bits: u8| -> f64 {
             let mut cfg = budget_cfg(Method::Quant, 1.0);
             cfg.target_ratio = None;
-            cfg.bits = bits;
+            cfg.bits = Some(bits);
             let out = dir.path().join(format!("q{si}-{bits}.udelta"));
             compress(&base, &ft, &cfg, &out, true, &NoProgress).unwrap();
             real_ratio(&out)
@@ -552,7 +552,7 @@ fn target_size_bounds_the_whole_file_for_every_method() {
     assert_eq!(b.value, 3.0, "{b:?}");
     // Quantization alone: the most bits that fit.
     let q = |bits: u8| CompressConfig {
-        bits,
+        bits: Some(bits),
         ..CompressConfig::for_method(Method::Quant)
     };
     let (q5, _) = size_at(&q(5), "q5");
