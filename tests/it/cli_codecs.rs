@@ -222,3 +222,41 @@ fn params_without_codec_fields_still_deserialize() {
         }
     );
 }
+
+/// `--bits` and `--quant-fit` left out are the model family's (BERT: 3 bits, range fit); given ones stay; the
+/// archive's params record what was used (the paper's preset refusing `--quant-fit`: cli_methods).
+#[test]
+fn the_quantizer_left_out_is_the_familys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 5);
+    let params = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("{name}.udelta"));
+        ud_ok(&compress_args(s(&base), s(&ft), s(&out), extra));
+        inspect_json(&out)["params"].clone()
+    };
+    let fit = |p: &serde_json::Value| p["quant_fit"].as_str().unwrap_or("range").to_string();
+    let p = params("family", &[]);
+    assert_eq!(
+        (p["bits"].as_u64(), fit(&p)),
+        (Some(3), "range".into()),
+        "{p}"
+    );
+    let p = params("bits4", &["--bits", "4"]);
+    assert_eq!(
+        (p["bits"].as_u64(), fit(&p)),
+        (Some(4), "range".into()),
+        "{p}"
+    );
+    let p = params("mse", &["--quant-fit", "mse-unbiased"]);
+    assert_eq!(
+        (p["bits"].as_u64(), fit(&p)),
+        (Some(3), "mse-unbiased".into()),
+        "{p}"
+    );
+    let p = params("generic", &["--family", "generic"]);
+    assert_eq!(
+        (p["bits"].as_u64(), fit(&p)),
+        (Some(4), "range".into()),
+        "{p}"
+    );
+}

@@ -212,11 +212,15 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
             "packed",
             "--embeddings",
             "keep",
+            "--bits",
+            "4",
+            "--quant-fit",
+            "range",
         ],
     ));
     ud_ok(&compress_cmd(&base, &ft, &b, &["--preset", "paper"]));
     // The paper's setting is the default pipeline with global rescaling, TNGR (one fine-tune: γ = 1), additive
-    // MSA, the paper's codecs and the linear layers only.
+    // MSA, the paper's codecs, its 4-bit range-fit quantizer and the linear layers only.
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let d = CompressConfig::default();
     let paper_like = CompressConfig {
@@ -228,6 +232,8 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
         allocation: ultradelta::AllocationMode::Msa,
         positions: ultradelta::PositionCodec::Golomb,
         values: ultradelta::ValueCodec::Packed,
+        bits: Some(4),
+        quant_fit: Some(ultradelta::QuantFit::Range),
         selection: ultradelta::Selection {
             embeddings: ultradelta::EmbeddingPolicy::Keep,
             ..d.selection.clone()
@@ -245,7 +251,11 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
         d.selection.embeddings,
         ultradelta::EmbeddingPolicy::Compress
     );
-    for conflict in [&["--no-msa"][..], &["--embeddings", "compress"][..]] {
+    for conflict in [
+        &["--no-msa"][..],
+        &["--embeddings", "compress"][..],
+        &["--quant-fit", "mse"][..],
+    ] {
         let c = dir.path().join("c.udelta");
         let args = compress_cmd(
             &base,

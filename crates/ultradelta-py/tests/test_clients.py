@@ -180,7 +180,7 @@ def test_transformers_causal_lm_generated_llama(tmp_path, llama, report):
     # Every delta kept losslessly: transformers gives the original's logits bit for bit from the rebuilt folder.
     l_rb, l_ft = _causal_check(tmp_path / "lossless", llama["base"], llama["drunk"], report, keep=["*"])
     assert torch.equal(l_rb, l_ft)
-    # The defaults (97% sparsity, 4 bits): the folder loads and runs; the in-memory route gives its exact logits
+    # The defaults (97% sparsity, the family's bits): the folder loads and runs; the in-memory route gives its exact logits
     # (checked inside). The tiny random LLaMA's deltas are noise-like, so no closeness is claimed here; the real
     # testbed's numbers are measured by test_real_llama.
     _causal_check(tmp_path / "default", llama["base"], llama["drunk"], report)

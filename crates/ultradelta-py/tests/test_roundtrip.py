@@ -29,8 +29,9 @@ def _normalise_report(report: dict) -> dict:
         ({"preset": "paper"}, ["--preset", "paper"]),
         ({"method": "dare", "sparsity": 0.8}, ["--method", "dare", "--sparsity", "0.8"]),
         ({"positions": "seeded", "codec": "auto"}, ["--positions", "seeded", "--codec", "auto"]),
+        ({"bits": 2, "quant_fit": "mse-unbiased"}, ["--bits", "2", "--quant-fit", "mse-unbiased"]),
     ],
-    ids=["defaults", "options", "preset", "dare", "codecs"],
+    ids=["defaults", "options", "preset", "dare", "codecs", "quantizer"],
 )
 def test_compress_writes_the_clis_bytes_and_report(tmp_path, bert, cli, options, flags):
     py_out = tmp_path / "py.udelta"

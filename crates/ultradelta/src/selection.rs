@@ -41,9 +41,9 @@ impl Family {
 
     /// UltraDelta's default quantizer for this family, (bits, level placement), chosen by measurement on the real
     /// testbeds at equal bytes (README, "Choosing the defaults"; 2026-12-04). Both measured families gain from 3
-    /// bits at a higher density, but not from the same levels: BERT encoders keep the paper's range fit (+1 to
-    /// +4 points of in-domain retention over 4 bits on MiniLM at every ratio of the grid; levels fit by squared
-    /// error lose 3–8), LLaMA decoders place the levels by squared error with the projection gain (+1.4 to +1.8
+    /// bits at a higher density, but not from the same levels: BERT encoders keep the paper's range fit (+0.9 to
+    /// +4.3 points of in-domain retention over 4 bits on MiniLM at every ratio of the grid; levels fit by squared
+    /// error lose 2.7–7.7), LLaMA decoders place the levels by squared error with the projection gain (+1.4 to +1.8
     /// points of log-perplexity retention on SmolLM2's four fine-tunes at 132.5× and 224.6×; the range fit at 3
     /// bits loses ~1). The families not measured on real fine-tunes keep the paper's 4-bit range fit.
     pub fn quantizer(self) -> (u8, crate::QuantFit) {

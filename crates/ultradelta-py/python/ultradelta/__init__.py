@@ -90,7 +90,8 @@ def compress(
     """Compresses ``finetuned`` against ``base`` into the archive ``output``.
 
     ``options`` are the command line's ``compress`` flags in snake_case, with the same defaults and checks
-    (:data:`COMPRESS_OPTIONS`): ``sparsity=0.97``, ``bits=4``, ``seed=0``, ``method="ultradelta"``,
+    (:data:`COMPRESS_OPTIONS`): ``sparsity=0.97``, ``bits=3`` (default: the model family's), ``quant_fit="mse"``,
+    ``seed=0``, ``method="ultradelta"``,
     ``preset="paper"``, ``no_msa=True``, ``keep=["*.embeddings.*"]``, ``target_ratio=50.0``, ... A glob option
     takes a string or a list of strings; ``None`` means "not given". The archive is byte-identical to the one
     ``ultradelta compress`` writes with the same flags.
