@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use crate::fused::{levels_source, DeltaSource};
 use crate::{level_of, QuantParams};
 
 /// At most this many entries, evenly strided over the tensor, make the sample of [`fit_mse`] and [`projection_gain`].
@@ -23,15 +24,25 @@ pub fn strided_sample(n: usize, value: impl Fn(usize) -> f32) -> Vec<f32> {
         .collect()
 }
 
-/// Squared error of `q` on `xs` (f64, in order).
-fn sq_error(xs: &[f32], lo: f32, step: f32, max: u16) -> f64 {
-    xs.iter()
-        .map(|&x| {
-            let l = level_of(x, lo, step, max);
-            let e = f64::from(lo + f32::from(l) * step) - f64::from(x);
-            e * e
-        })
-        .sum()
+/// Squared error of the quantizer (`bits`, `lo`, `step`) on `xs`: the f64 sum in index order (`Iterator::sum`'s
+/// fold from −0.0). The levels come from the vectorised kernel ([`levels_source`], the same levels as
+/// `quantize_one`), the errors a block at a time, then added in order: the same bits as one scalar fold.
+fn sq_error(xs: &[f32], bits: u8, lo: f32, step: f32) -> f64 {
+    const BLOCK: usize = 1024;
+    let q = QuantParams { bits, lo, step };
+    let mut levels = vec![0u16; xs.len()];
+    levels_source(&DeltaSource::F32(xs), &q, &mut levels);
+    let mut errs = [0f64; BLOCK];
+    let mut acc = -0.0f64;
+    for (chunk, lv) in xs.chunks(BLOCK).zip(levels.chunks(BLOCK)) {
+        let errs = &mut errs[..chunk.len()];
+        for ((e, &x), &l) in errs.iter_mut().zip(chunk).zip(lv) {
+            let d = f64::from(lo + f32::from(l) * step) - f64::from(x);
+            *e = d * d;
+        }
+        acc = errs.iter().fold(acc, |a, &e| a + e);
+    }
+    acc
 }
 
 /// The lowest level of a quantizer with `levels` levels of spacing `step` centred on `centre`.
@@ -41,7 +52,8 @@ fn lo_for(centre: f64, step: f64, max: u16) -> f32 {
 
 /// The squared-error fit of a uniform `range.bits`-bit quantizer on `sample` (finite values, as
 /// [`strided_sample`] reads them from a tensor `range` was fit on): levels centred on the sample's mean, the step
-/// searched on a geometric grid (2^(1/2) apart from rms/256, then 2^(1/16) apart around the best) and never wider
+/// searched on a geometric grid (2^(1/2) apart from rms/2^min(bits + 3, 8), then 2^(1/16) apart around the best) and
+/// never wider
 /// than `range.step` (the range fit, which clamps nothing); `range` itself wins when nothing on the grid has a
 /// smaller error on the sample. A constant or empty tensor keeps `range`.
 /// Deterministic: sequential sums over the sample.
@@ -73,7 +85,7 @@ pub fn fit_mse(sample: &[f32], range: QuantParams) -> QuantParams {
     let best_of = |cands: &[(f32, f32)]| -> (f64, f32, f32) {
         cands
             .par_iter()
-            .map(|&(lo, s)| (sq_error(sample, lo, s, max), lo, s))
+            .map(|&(lo, s)| (sq_error(sample, range.bits, lo, s), lo, s))
             .collect::<Vec<_>>()
             .into_iter()
             .fold((f64::INFINITY, range.lo, range.step), |b, c| {
@@ -84,10 +96,11 @@ pub fn fit_mse(sample: &[f32], range: QuantParams) -> QuantParams {
                 }
             })
     };
-    // Coarse: the range fit itself first (so the fit is never worse than it on the sample), then rms/256 up to
-    // the range fit's step, 2^(1/2) apart.
+    // Coarse: the range fit itself first (so the fit is never worse than it on the sample), then from
+    // rms/2^min(bits + 3, 8) (far below the optimum of a normal delta, ~rms·2^(1−bits)) up to the range fit's step,
+    // 2^(1/2) apart: points of one grid whatever the bits.
     let mut coarse = vec![(range.lo, range.step)];
-    let mut step = rms / 256.0;
+    let mut step = rms / f64::from(1u32 << (u32::from(range.bits) + 3).min(8));
     while step < widest {
         coarse.extend(candidate(step));
         step *= std::f64::consts::SQRT_2;
