@@ -240,8 +240,12 @@ pub fn builtin_variants() -> Vec<Variant> {
             ratios: Some(vec![50.9, 132.5]),
             ..variant(
                 "ud-golomb",
-                "UltraDelta, Golomb positions + packed levels, additive MSA, embeddings kept (the default before 2026-12-03)",
-                &[&PAPER_CODECS[..], &["--allocation", "msa"]].concat(),
+                "UltraDelta, Golomb positions + packed levels, additive MSA, embeddings kept, 4-bit range fit (the default before 2026-12-03)",
+                &[
+                    &PAPER_CODECS[..],
+                    &["--allocation", "msa", "--bits", "4", "--quant-fit", "range"],
+                ]
+                .concat(),
                 true,
                 true,
             )
