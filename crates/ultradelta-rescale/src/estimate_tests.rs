@@ -51,7 +51,8 @@ fn assert_close(what: &str, data: &[f32], rows: usize, cols: usize) -> NuclearNo
 fn product(a: &[f32], b: &[f32], rows: usize, k: usize, cols: usize) -> Vec<f32> {
     let a = Array2::from_shape_vec((rows, k), a.to_vec()).unwrap();
     let b = Array2::from_shape_vec((k, cols), b.to_vec()).unwrap();
-    a.dot(&b).into_raw_vec_and_offset().0
+    // Test helpers call BLAS too: under the same lock as the library (tests run in parallel; see blas.rs).
+    blas::serialized(|| a.dot(&b)).into_raw_vec_and_offset().0
 }
 
 fn low_rank(g: &mut Gauss, rows: usize, cols: usize, rank: usize) -> Vec<f32> {
@@ -299,11 +300,11 @@ fn with_singular_values(g: &mut Gauss, rows: usize, cols: usize, sigma: &[f64]) 
     assert!(rows <= cols && sigma.len() == rows);
     let gaussian =
         |g: &mut Gauss, r: usize, c: usize| Array2::from_shape_fn((r, c), |_| g.normal());
-    let (u, _) = gaussian(g, rows, rows).qr().unwrap();
-    let (v, _) = gaussian(g, cols, rows).qr().unwrap();
+    let (u, _) = blas::serialized(|| gaussian(g, rows, rows).qr()).unwrap();
+    let (v, _) = blas::serialized(|| gaussian(g, cols, rows).qr()).unwrap();
     assert_eq!((u.dim(), v.dim()), ((rows, rows), (cols, rows)));
     let us = u * &ndarray::Array1::from(sigma.to_vec());
-    us.dot(&v.t())
+    blas::serialized(|| us.dot(&v.t()))
         .mapv(|x| x as f32)
         .into_raw_vec_and_offset()
         .0

@@ -15,6 +15,7 @@ use ndarray_linalg::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod blas;
 mod estimate;
 
 pub use estimate::EstimateConfig;
@@ -154,6 +155,17 @@ fn gram_eigenvalues<T>(a: ArrayView2<'_, T>, rows: usize, cols: usize) -> Result
 where
     T: Lapack + ndarray::LinalgScalar,
 {
+    blas::serialized(|| gram_eigenvalues_locked(a, rows, cols))
+}
+
+fn gram_eigenvalues_locked<T>(
+    a: ArrayView2<'_, T>,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<T::Real>>
+where
+    T: Lapack + ndarray::LinalgScalar,
+{
     let v = if rows <= cols { a } else { a.t() };
     let mut g: Array2<T> = v.dot(&v.t());
     let lapack = |e: ndarray_linalg::error::LinalgError| Error::Lapack {
@@ -242,6 +254,10 @@ impl NuclearNorm {
 /// # Errors
 /// As [`nuclear_norm`].
 pub fn nuclear_norm_detailed(data: &[f32], rows: usize, cols: usize) -> Result<NuclearNorm> {
+    blas::serialized(|| nuclear_norm_detailed_locked(data, rows, cols))
+}
+
+fn nuclear_norm_detailed_locked(data: &[f32], rows: usize, cols: usize) -> Result<NuclearNorm> {
     check(data, rows, cols)?;
     let done = |value| Ok(NuclearNorm::exact(value, false));
     if rows == 0 || cols == 0 {
@@ -330,6 +346,16 @@ pub fn nuclear_norm_with(
     method: &NuclearNormMethod,
     seed: u64,
 ) -> Result<NuclearNorm> {
+    blas::serialized(|| nuclear_norm_with_locked(data, rows, cols, method, seed))
+}
+
+fn nuclear_norm_with_locked(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    method: &NuclearNormMethod,
+    seed: u64,
+) -> Result<NuclearNorm> {
     let default_cfg;
     let cfg = match method {
         NuclearNormMethod::Exact => return nuclear_norm_detailed(data, rows, cols),
@@ -393,6 +419,10 @@ fn needs_f64(ev: &[f32]) -> bool {
 /// # Errors
 /// As [`nuclear_norm`].
 pub fn nuclear_norm_reference(data: &[f32], rows: usize, cols: usize) -> Result<f64> {
+    blas::serialized(|| nuclear_norm_reference_locked(data, rows, cols))
+}
+
+fn nuclear_norm_reference_locked(data: &[f32], rows: usize, cols: usize) -> Result<f64> {
     check(data, rows, cols)?;
     if rows == 0 || cols == 0 {
         return Ok(0.0);
