@@ -382,8 +382,8 @@ pub fn lowrank(delta: &[f32], rows: usize, cols: usize, rank: usize) -> Result<L
     }
     let a = Array2::from_shape_fn((rows, cols), |(i, j)| f64::from(delta[i * cols + j]));
     let svd_err = |detail: String| Error::Svd { rows, cols, detail };
-    // One OpenBLAS call at a time per process (ultradelta_rescale::blas explains why).
-    let (u, s, vt) = ultradelta_rescale::blas::serialized(|| a.svddc(JobSvd::Some))
+    // One OpenBLAS call at a time per process (ultradelta_core::blas explains why).
+    let (u, s, vt) = ultradelta_core::blas::serialized(|| a.svddc(JobSvd::Some))
         .map_err(|e| svd_err(e.to_string()))?;
     let (u, vt) = match (u, vt) {
         (Some(u), Some(vt)) => (u, vt),

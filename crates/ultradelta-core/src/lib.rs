@@ -5,7 +5,9 @@
 //! [`trial_seed`]). It must NOT know how deltas are computed or stored: no quantizer fitting, pruning, trial
 //! search, record layouts, files or IO live here (those are `ultradelta-qgp` and `ultradelta-archive`). It depends
 //! on no other workspace crate, so the format crate and the compute crates can share these definitions without
-//! depending on each other.
+//! depending on each other. One thing here is not the format's: [`blas::serialized`], the process-wide lock
+//! around OpenBLAS that the compute crates (`ultradelta-rescale`, `ultradelta-baselines`) share, because they must
+//! not depend on each other and Debian 12's OpenBLAS is unsafe to call from two threads at once.
 //!
 //! ```
 //! use ultradelta_core::{seeded_positions, trial_seed, DType, QuantParams};
@@ -18,6 +20,7 @@
 //! assert_eq!(positions.len(), 5);
 //! ```
 
+pub mod blas;
 pub mod dtype;
 pub mod quant;
 pub mod rng;

@@ -15,8 +15,10 @@ use ndarray_linalg::{
 };
 use serde::{Deserialize, Serialize};
 
-pub mod blas;
 mod estimate;
+
+/// The process-wide OpenBLAS lock every BLAS/LAPACK call of this crate runs under ([`ultradelta_core::blas`]).
+pub use ultradelta_core::blas;
 
 pub use estimate::EstimateConfig;
 

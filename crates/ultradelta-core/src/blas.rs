@@ -1,13 +1,13 @@
 //! One OpenBLAS/LAPACK call at a time per process.
 //!
 //! Debian 12's OpenBLAS (0.3.21, pthread build) returns wrong results when two threads of one process call it at
-//! the same time: run in parallel, this crate's tests saw `ssyev` fail to converge on well-conditioned Gram
-//! matrices ("return_code = 399" of 400) and estimates off by far more than their bound, a different test each
-//! run; with one test thread, or `OPENBLAS_NUM_THREADS=1`, every run passed (measured on the 2-core machine,
+//! the same time: run in parallel, `ultradelta-rescale`'s tests saw `ssyev` fail to converge on well-conditioned
+//! Gram matrices ("return_code = 399" of 400) and estimates off by far more than their bound, a different test
+//! each run; with one test thread, or `OPENBLAS_NUM_THREADS=1`, every run passed (measured on the 2-core machine,
 //! 2026-12-04). Long-standing upstream reports describe the same class of race (OpenMathLib/OpenBLAS #1755,
 //! #2126, #5825). The compressor calls BLAS from one thread at a time, but library users, the Python binding and
-//! test harnesses need not: every BLAS- or LAPACK-using function of this workspace (this crate's nuclear norms,
-//! `ultradelta-baselines`' low-rank SVD) runs inside [`serialized`], so concurrent callers queue instead of
+//! test harnesses need not: every BLAS- or LAPACK-using function of this workspace (`ultradelta-rescale`'s nuclear
+//! norms, `ultradelta-baselines`' low-rank SVD) runs inside [`serialized`], so concurrent callers queue instead of
 //! corrupting each other. OpenBLAS keeps its own threads inside each call.
 //!
 //! The lock is re-entrant per thread (a locked function may call another), and a panic inside releases it.
