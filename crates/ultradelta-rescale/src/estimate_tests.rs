@@ -51,7 +51,7 @@ fn assert_close(what: &str, data: &[f32], rows: usize, cols: usize) -> NuclearNo
 fn product(a: &[f32], b: &[f32], rows: usize, k: usize, cols: usize) -> Vec<f32> {
     let a = Array2::from_shape_vec((rows, k), a.to_vec()).unwrap();
     let b = Array2::from_shape_vec((k, cols), b.to_vec()).unwrap();
-    // Test helpers call BLAS too: under the same lock as the library (tests run in parallel; see blas.rs).
+    // Test helpers call BLAS too: under the same lock as the library (tests run in parallel; see ultradelta_core::blas).
     blas::serialized(|| a.dot(&b)).into_raw_vec_and_offset().0
 }
 

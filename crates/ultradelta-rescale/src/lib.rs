@@ -152,19 +152,9 @@ fn vector_norm(data: &[f32]) -> f64 {
 }
 
 /// Eigenvalues (ascending) of the Gram matrix of `a` on its short side, `A·Aᵀ` or `Aᵀ·A`,
-/// computed in `T` with BLAS gemm and LAPACK `?syev` (JOBZ = 'N', values only).
+/// computed in `T` with BLAS gemm and LAPACK `?syev` (JOBZ = 'N', values only). The caller holds the BLAS lock
+/// ([`blas::serialized`]).
 fn gram_eigenvalues<T>(a: ArrayView2<'_, T>, rows: usize, cols: usize) -> Result<Vec<T::Real>>
-where
-    T: Lapack + ndarray::LinalgScalar,
-{
-    blas::serialized(|| gram_eigenvalues_locked(a, rows, cols))
-}
-
-fn gram_eigenvalues_locked<T>(
-    a: ArrayView2<'_, T>,
-    rows: usize,
-    cols: usize,
-) -> Result<Vec<T::Real>>
 where
     T: Lapack + ndarray::LinalgScalar,
 {

@@ -175,7 +175,7 @@ fn exactly_low_rank_matches_reference() {
     assert!(rel(fast, exact) < 1e-4, "{fast} vs {exact}");
     // Without the fallback the f32 spectrum is visibly off: the guard is needed.
     let view = ndarray::ArrayView2::from_shape((rows, cols), &a[..]).unwrap();
-    let ev = gram_eigenvalues::<f32>(view, rows, cols).unwrap();
+    let ev = blas::serialized(|| gram_eigenvalues::<f32>(view, rows, cols)).unwrap();
     let f32_only = sum_sqrt(ev.into_iter().map(f64::from));
     assert!(
         rel(f32_only, exact) > 1e-4,
@@ -316,7 +316,7 @@ fn rank_deficient_6x11_falls_back_to_f64() {
 
 #[test]
 fn concurrent_callers_agree_with_sequential() {
-    // Debian 12's OpenBLAS gives wrong results to concurrent callers (blas.rs); with the lock, four threads
+    // Debian 12's OpenBLAS gives wrong results to concurrent callers (ultradelta_core::blas); with the lock, four threads
     // computing exact, estimated and reference norms at once get exactly the sequential values. Without it
     // this failed in most runs on the 2-core machine.
     let mut g = Gauss(41);
