@@ -420,3 +420,109 @@ fn issue_17_companion_tree_is_carried_and_hostile_names_refused() {
         assert_eq!(o.status.code(), Some(3), "{name}: verify says corrupt");
     }
 }
+
+/// A tokenizer-sized file of distinct lines (a general-purpose compressor shrinks it about 3-fold).
+fn vocab_file(lines: usize, salt: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut x = salt;
+    for i in 0..lines {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(format!("\"tok{i}_{:x}\": {i},\n", x >> 17).as_bytes());
+    }
+    out
+}
+
+/// Companion files the base model also has are stored against the base's file of the same name (kind
+/// `file-zstd-base`): a copy costs a few hundred bytes, an edited copy little more; `apply` rebuilds them byte for
+/// byte, and refuses, before writing anything, a base whose file is missing or different; `--self-contained`
+/// stores them whole and then applies without the base's files.
+#[test]
+fn companion_files_are_stored_against_the_base_and_checked_on_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(&dir.path().join("pair"), DType::F32, false, 11);
+    let vocab = vocab_file(20_000, 1);
+    let mut edited = vocab.clone();
+    edited.splice(5000..5000, b"\"[NEW]\": 20000,\n".iter().copied());
+    for (d, tok) in [(&base, &vocab), (&ft, &edited)] {
+        std::fs::write(d.join("vocab.txt"), &vocab).unwrap();
+        std::fs::write(d.join("tokenizer.json"), tok).unwrap();
+    }
+    std::fs::write(ft.join("only_in_ft.txt"), vocab_file(50, 2)).unwrap();
+    let archive = dir.path().join("ft.udelta");
+    let whole = dir.path().join("whole.udelta");
+    ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
+    ud_ok(&compress_cmd(&base, &ft, &whole, &["--self-contained"]));
+    let files = |a: &Path| {
+        let r = ultradelta::archive::ArchiveReader::open(a).unwrap();
+        r.manifest()
+            .files
+            .iter()
+            .map(|f| (f.name.clone(), (f.length, f.base.is_some())))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (against, plain) = (files(&archive), files(&whole));
+    assert!(
+        against["vocab.txt"].1 && against["vocab.txt"].0 < 300,
+        "{against:?}"
+    );
+    assert!(
+        against["tokenizer.json"].1 && against["tokenizer.json"].0 < 600,
+        "{against:?}"
+    );
+    assert!(!against["only_in_ft.txt"].1, "{against:?}");
+    assert!(plain.values().all(|&(_, b)| !b), "{plain:?}");
+    assert!(plain["vocab.txt"].0 > 100_000, "{plain:?}");
+    let saved =
+        std::fs::metadata(&whole).unwrap().len() - std::fs::metadata(&archive).unwrap().len();
+    assert!(saved > 200_000, "{saved}");
+
+    // Rebuilt byte for byte; verify with the base reads them, without it checks them.
+    let out = dir.path().join("rebuilt");
+    ud_ok(&apply_cmd(&base, &archive, &out, &[]));
+    for f in [
+        "vocab.txt",
+        "tokenizer.json",
+        "only_in_ft.txt",
+        "config.json",
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(ft.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    ud_ok(&["verify", "--quiet", s(&archive)]);
+    ud_ok(&["verify", "--quiet", "--base", s(&base), s(&archive)]);
+
+    // The base's file changed, or missing: refused before anything is written, naming the file; verify --base
+    // says wrong base (exit 4).
+    let changed = dir.path().join("changed");
+    std::fs::create_dir_all(&changed).unwrap();
+    for e in std::fs::read_dir(&base).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), changed.join(e.file_name())).unwrap();
+    }
+    let mut v = vocab.clone();
+    v[100] ^= 1;
+    std::fs::write(changed.join("vocab.txt"), &v).unwrap();
+    let out2 = dir.path().join("out2");
+    let err = ud_err(&apply_cmd(&changed, &archive, &out2, &[]));
+    assert!(
+        err.contains("\"vocab.txt\"")
+            && err.contains("has xxh3")
+            && err.contains("--self-contained"),
+        "{err}"
+    );
+    assert!(!out2.exists());
+    let o = ud(&["verify", "--quiet", "--base", s(&changed), s(&archive)]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    std::fs::remove_file(changed.join("vocab.txt")).unwrap();
+    let err = ud_err(&apply_cmd(&changed, &archive, &out2, &[]));
+    assert!(err.contains("no such companion file"), "{err}");
+    assert!(!out2.exists());
+    // The self-contained archive applies with the same base.
+    ud_ok(&apply_cmd(&changed, &whole, &out2, &[]));
+    assert_eq!(std::fs::read(out2.join("vocab.txt")).unwrap(), vocab);
+}

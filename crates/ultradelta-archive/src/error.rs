@@ -229,6 +229,38 @@ pub enum Error {
         /// Name asked for.
         name: String,
     },
+    /// The companion file is stored against the base model's file of the same name, and was read without it.
+    #[error(
+        "{path}: companion file \"{name}\" is stored as a difference from the base model's \"{name}\" ({size} bytes, xxh3 {xxh3}); read it with that file"
+    )]
+    NeedsBaseFile {
+        /// Archive file.
+        path: PathBuf,
+        /// Companion file name.
+        name: String,
+        /// Size of the base file it needs.
+        size: u64,
+        /// xxh3-64 of the base file it needs.
+        xxh3: String,
+    },
+    /// The base file given for a companion file stored against the base is not the one it was compressed against.
+    #[error(
+        "{path}: companion file \"{name}\" was compressed against a base file of {expected_size} bytes with xxh3 {expected_xxh3}, given {found_size} bytes with xxh3 {found_xxh3}"
+    )]
+    BaseFileMismatch {
+        /// Archive file.
+        path: PathBuf,
+        /// Companion file name.
+        name: String,
+        /// Size the index names.
+        expected_size: u64,
+        /// xxh3-64 the index names.
+        expected_xxh3: String,
+        /// Size of the bytes given.
+        found_size: u64,
+        /// xxh3-64 of the bytes given.
+        found_xxh3: String,
+    },
     /// The tensor is listed in the index but has no record (policy `drop`).
     #[error("{path}: tensor \"{name}\" has no stored record (policy drop)")]
     NotStored {

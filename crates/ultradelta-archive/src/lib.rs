@@ -61,11 +61,14 @@ pub use kinds::sparse_f16::SparseValuesRecord;
 pub use kinds::sparse_golomb::SparseRecord;
 pub use kinds::sparse_sign::SignRecord;
 pub use kinds::RecordKind;
-pub use manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
+pub use manifest::{
+    BaseFile, FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE,
+};
 pub use reader::{ArchiveReader, MAX_ZSTD_EXPANSION};
 pub use record::{
-    decode_full_into, decode_header, decode_record, decode_record_expecting, decode_xor_into,
-    encode_file_record, encode_record, Record, RecordHeader,
+    companion_zstd_level, decode_full_into, decode_header, decode_record, decode_record_expecting,
+    decode_xor_into, encode_file_record, encode_file_record_against, encode_record, BaseFileRef,
+    Record, RecordHeader,
 };
 pub use ultradelta_core::{DType, QuantParams};
 pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};

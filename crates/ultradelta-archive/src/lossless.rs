@@ -243,3 +243,100 @@ pub(crate) fn put_zstd_record(
     out.extend_from_slice(z);
     Ok(())
 }
+
+/// Writes the header of a `kind` record, the payload's `fixed` fields, then the zstd payload `z` (its length
+/// field and frames).
+pub(crate) fn put_zstd_record_after(
+    head: &crate::kinds::Head<'_>,
+    kind: crate::RecordKind,
+    fixed: &[u8],
+    z: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    head.put(out, kind)?;
+    out.extend_from_slice(fixed);
+    out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+    out.extend_from_slice(z);
+    Ok(())
+}
+
+/// zstd with raw content that both sides hold (a prefix in zstd's terms: the frame may copy from it as if it
+/// came just before the data). One frame per payload, with its content checksum.
+pub(crate) struct ZstdDict<'a> {
+    prefix: &'a [u8],
+}
+
+fn zstd_err(what: &str, code: usize) -> Error {
+    Error::stream(
+        "zstd",
+        format!("{what}: {}", zstd::zstd_safe::get_error_name(code)),
+    )
+}
+
+impl<'a> ZstdDict<'a> {
+    pub(crate) fn new(prefix: &'a [u8]) -> Self {
+        ZstdDict { prefix }
+    }
+
+    /// One frame of `data` at `level`, referencing the prefix.
+    pub(crate) fn compress(&self, data: &[u8], level: i32) -> Result<Vec<u8>> {
+        use zstd::zstd_safe::{CCtx, CParameter};
+        let mut cctx = CCtx::create();
+        cctx.set_parameter(CParameter::CompressionLevel(level))
+            .map_err(|c| zstd_err("cannot set the level", c))?;
+        cctx.set_parameter(CParameter::ChecksumFlag(true))
+            .map_err(|c| zstd_err("cannot set the checksum flag", c))?;
+        cctx.ref_prefix(self.prefix)
+            .map_err(|c| zstd_err("cannot reference the base file", c))?;
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+        cctx.compress2(&mut out, data)
+            .map_err(|c| zstd_err("compression failed", c))?;
+        Ok(out)
+    }
+
+    /// Decompresses `z`, exactly one frame made with this prefix, to exactly `expected` bytes. Memory grows with
+    /// the actual output (never pre-allocated from `expected` beyond 64 MiB); decoding stops as soon as the
+    /// output would pass `expected`.
+    pub(crate) fn decompress_exact(&self, z: &[u8], expected: u64) -> Result<Vec<u8>> {
+        use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer};
+        let mut dctx = DCtx::create();
+        dctx.ref_prefix(self.prefix)
+            .map_err(|c| zstd_err("cannot reference the base file", c))?;
+        let mut out: Vec<u8> = Vec::with_capacity(expected.min(64 << 20) as usize);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut input = InBuffer::around(z);
+        loop {
+            let mut ob = OutBuffer::around(&mut buf[..]);
+            let hint = dctx
+                .decompress_stream(&mut ob, &mut input)
+                .map_err(|c| zstd_err("decompression failed", c))?;
+            let n = ob.pos();
+            if out.len() as u64 + n as u64 > expected {
+                return Err(Error::stream(
+                    "zstd",
+                    format!("decompressed to more than {expected} bytes, expected {expected}"),
+                ));
+            }
+            out.extend_from_slice(&buf[..n]);
+            if hint == 0 {
+                break;
+            }
+            if n == 0 && input.pos() == z.len() {
+                return Err(Error::stream("zstd", "the frame ends early"));
+            }
+        }
+        if input.pos() != z.len() {
+            return Err(Error::stream(
+                "zstd",
+                format!("{} bytes follow the frame", z.len() - input.pos()),
+            ));
+        }
+        if out.len() as u64 != expected {
+            return Err(Error::stream(
+                "zstd",
+                format!("decompressed to {} bytes, expected {expected}", out.len()),
+            ));
+        }
+        Ok(out)
+    }
+}

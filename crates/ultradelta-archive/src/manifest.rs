@@ -115,7 +115,7 @@ impl TensorEntry {
 /// A companion file (config.json, tokenizer files, ...) stored in the archive.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 pub struct FileEntry {
-    /// Plain file name (no folders).
+    /// Path relative to the model folder (`config.json`, `1_Pooling/config.json`).
     pub name: String,
     /// Absolute byte offset of its record.
     pub offset: u64,
@@ -125,6 +125,28 @@ pub struct FileEntry {
     pub checksum: String,
     /// Size of the file itself (decompressed).
     pub size: u64,
+    /// The base model's file of the same name its record (kind `file-zstd-base`) was compressed against; `None`
+    /// (and absent from the index) for a file stored whole (kind `file-zstd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseFile>,
+}
+
+/// The base model's companion file a `file-zstd-base` record needs, as the index names it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct BaseFile {
+    /// Its size in bytes.
+    pub size: u64,
+    /// xxh3-64 of its bytes, 16 lowercase hex digits.
+    pub xxh3: String,
+}
+
+impl From<crate::BaseFileRef> for BaseFile {
+    fn from(r: crate::BaseFileRef) -> Self {
+        BaseFile {
+            size: r.size,
+            xxh3: format!("{:016x}", r.xxh3),
+        }
+    }
 }
 
 /// What is known about the fine-tuned checkpoint the archive was made from.

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, Limits, Manifest, TensorEntry, KIND_NONE};
-use crate::record::{decode_expecting, decode_full_into, decode_xor_into, Record, RecordHeader};
+use crate::record::{
+    decode_expecting, decode_file_against, decode_full_into, decode_xor_into, BaseFileRef, Record,
+    RecordHeader,
+};
 use crate::writer::is_companion_path;
 use crate::RecordKind;
 use crate::{
@@ -502,11 +505,52 @@ impl ArchiveReader {
     ///
     /// # Errors
     /// [`Error::UnknownFile`], [`Error::RecordChecksum`], [`Error::CorruptRecord`], [`Error::Io`].
+    /// A file stored against the base model's file of the same name (index field `base`) needs that file:
+    /// [`read_file_with_base`](Self::read_file_with_base).
+    ///
+    /// # Errors
+    /// [`Error::UnknownFile`], [`Error::NeedsBaseFile`], [`Error::RecordChecksum`], [`Error::CorruptRecord`],
+    /// [`Error::Io`].
     pub fn read_file(&self, name: &str) -> Result<Vec<u8>> {
+        self.read_file_with_base(name, None)
+    }
+
+    /// Reads, verifies and decompresses companion file `name`; `base` is the base model's file of the same name,
+    /// needed (and only used) when the index names one (`base`, kind `file-zstd-base`). Its size and xxh3-64 are
+    /// compared with the index's before anything is decompressed.
+    ///
+    /// # Errors
+    /// As [`read_file`](Self::read_file); [`Error::BaseFileMismatch`] when `base` is not the file named.
+    pub fn read_file_with_base(&self, name: &str, base: Option<&[u8]>) -> Result<Vec<u8>> {
         let f = self.file_entry(name).ok_or_else(|| Error::UnknownFile {
             path: self.path.clone(),
             name: name.to_string(),
         })?;
+        if let Some(want) = &f.base {
+            let Some(base) = base else {
+                return Err(Error::NeedsBaseFile {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    size: want.size,
+                    xxh3: want.xxh3.clone(),
+                });
+            };
+            let got = BaseFileRef::of(base);
+            let got_xxh3 = format!("{:016x}", got.xxh3);
+            if got.size != want.size || got_xxh3 != want.xxh3 {
+                return Err(Error::BaseFileMismatch {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    expected_size: want.size,
+                    expected_xxh3: want.xxh3.clone(),
+                    found_size: got.size,
+                    found_xxh3: got_xxh3,
+                });
+            }
+            return self
+                .file_against(f, Some(base))
+                .map(|b| b.unwrap_or_default());
+        }
         let bytes = self.read_checked(name, f.offset, f.length, &f.checksum)?;
         // The header must declare the entry's size before anything is decompressed.
         let expected = RecordHeader {
@@ -535,6 +579,49 @@ impl ArchiveReader {
         }
     }
 
+    /// Checks companion file `name` without the base model's files: a file stored whole is read and
+    /// decompressed as [`read_file`](Self::read_file) does; one stored against the base has its checksum, header
+    /// and fields checked (it cannot be decompressed without the base's file), and must name the base file the
+    /// index names.
+    ///
+    /// # Errors
+    /// As [`read_file`](Self::read_file), but never [`Error::NeedsBaseFile`].
+    pub fn check_file(&self, name: &str) -> Result<()> {
+        let f = self.file_entry(name).ok_or_else(|| Error::UnknownFile {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        if f.base.is_some() {
+            self.file_against(f, None).map(drop)
+        } else {
+            self.read_file(name).map(drop)
+        }
+    }
+
+    /// The kind-13 record of `f` (which has a `base`), decoded with `base` or, without it, checked.
+    fn file_against(&self, f: &FileEntry, base: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+        let bytes = self.read_checked(&f.name, f.offset, f.length, &f.checksum)?;
+        let expected = RecordHeader {
+            kind: RecordKind::FileZstdBase,
+            dtype: crate::DType::U8,
+            shape: vec![f.size],
+            numel: f.size,
+        };
+        let (named, out) = decode_file_against(&bytes, &self.limits, &expected, base)
+            .map_err(|err| self.corrupt(&f.name, err.to_string()))?;
+        let want = f.base.as_ref().map(|b| (b.size, b.xxh3.as_str()));
+        if want != Some((named.size, format!("{:016x}", named.xxh3).as_str())) {
+            return Err(self.corrupt(
+                &f.name,
+                format!(
+                    "the record names a base file of {} bytes with xxh3 {:016x}, the index another",
+                    named.size, named.xxh3
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Reads and decodes every record and companion file, verifying checksums and contents, then the content
     /// SHA-256 (version 2 and later).
     ///
@@ -548,7 +635,7 @@ impl ArchiveReader {
             }
         }
         for f in &self.manifest.files {
-            self.read_file(&f.name)?;
+            self.check_file(&f.name)?;
         }
         self.check_content_sha256()?;
         Ok(())
@@ -724,6 +811,14 @@ pub(crate) fn validate_manifest(
                 "companion file \"{}\" checksum \"{}\" is not 16 lowercase hex digits",
                 f.name, f.checksum
             )));
+        }
+        if let Some(b) = &f.base {
+            if b.size > limits.max_file_bytes || !is_hex16(&b.xxh3) {
+                return Err(invalid(format!(
+                    "companion file \"{}\" names a base file of size {} with xxh3 \"{}\" (at most {} bytes, 16 lowercase hex digits)",
+                    f.name, b.size, b.xxh3, limits.max_file_bytes
+                )));
+            }
         }
         check_range(&f.name, f.offset, f.length)?;
         if f.size > f.length.saturating_mul(MAX_ZSTD_EXPANSION) {

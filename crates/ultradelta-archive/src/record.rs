@@ -6,8 +6,9 @@ use ultradelta_core::DType;
 
 use crate::coded::CodedSparseRecord;
 use crate::kinds::{
-    self, dense_levels, file_zstd, full_zstd, lowrank_f16, sparse_f16, sparse_golomb,
-    sparse_golomb_rans, sparse_seeded, sparse_seeded_rans, sparse_sign, xor_zstd, Head,
+    self, dense_levels, file_zstd, file_zstd_base, full_zstd, lowrank_f16, sparse_f16,
+    sparse_golomb, sparse_golomb_rans, sparse_seeded, sparse_seeded_rans, sparse_sign, xor_zstd,
+    Head,
 };
 use crate::lossless::{shuffle, zstd_compress};
 use crate::{
@@ -15,6 +16,7 @@ use crate::{
     SparseRecord, SparseValuesRecord,
 };
 
+pub use crate::kinds::file_zstd_base::BaseFileRef;
 pub use crate::kinds::full_zstd::decode_full_into;
 pub use crate::kinds::xor_zstd::decode_xor_into;
 
@@ -258,6 +260,42 @@ pub fn encode_file_record(bytes: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
     file_zstd::encode(bytes, zstd_level)
 }
 
+/// The zstd level companion files are compressed at, given the archive's level for lossless tensor records:
+/// at least 19 for files up to 8 MiB (tokenizers and vocabularies: about 20 % smaller than at level 1, and zstd
+/// finds the base file's copies only from level 9 or so), at least 9 above.
+pub fn companion_zstd_level(size: usize, zstd_level: i32) -> i32 {
+    zstd_level.max(if size <= 8 << 20 { 19 } else { 9 })
+}
+
+/// Encodes a companion-file record, against `base` (the base model's file of the same name) when given: the
+/// smaller of kind `file-zstd-base` (zstd with `base` as dictionary) and kind `file-zstd`, with the base file's
+/// reference when the first is kept; kind `file-zstd-base` without trying the other when it is at most 1/64 of
+/// the file. A file the base does not help is stored whole, exactly as [`encode_file_record`] would. Both at
+/// `zstd_level` (the writer passes [`companion_zstd_level`]).
+///
+/// # Errors
+/// [`Error::InvalidStream`] if zstd fails.
+pub fn encode_file_record_against(
+    bytes: &[u8],
+    base: Option<&[u8]>,
+    zstd_level: i32,
+) -> Result<(Vec<u8>, Option<BaseFileRef>)> {
+    let Some(base) = base else {
+        return Ok((file_zstd::encode(bytes, zstd_level)?, None));
+    };
+    let against = file_zstd_base::encode(bytes, base, zstd_level)?;
+    if against.len() <= bytes.len() / 64 {
+        // A copy of the base's file or close to it: no compressor gets near this without the base; skip the try.
+        return Ok((against, Some(BaseFileRef::of(base))));
+    }
+    let whole = file_zstd::encode(bytes, zstd_level)?;
+    Ok(if against.len() < whole.len() {
+        (against, Some(BaseFileRef::of(base)))
+    } else {
+        (whole, None)
+    })
+}
+
 /// Little-endian cursor over untrusted bytes; every read is bounds-checked.
 pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
@@ -424,6 +462,20 @@ pub(crate) fn decode_expecting(
     kept: Option<u64>,
     check_only: bool,
 ) -> Result<(RecordHeader, Record)> {
+    let (header, mut c) = header_expecting(bytes, limits, expected)?;
+    c.expect_kept = kept;
+    c.check_only = check_only;
+    let record = kinds::decode_payload(&mut c, &header, limits)?;
+    Ok((header, record))
+}
+
+/// The common header of `bytes`, which must equal `expected` (kind, dtype, shape, numel), and a cursor at the
+/// payload.
+fn header_expecting<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+    expected: &RecordHeader,
+) -> Result<(RecordHeader, Cursor<'a>)> {
     let mut c = Cursor::new(bytes);
     let header = decode_header_at(&mut c, limits)?;
     if header.kind != expected.kind {
@@ -451,10 +503,25 @@ pub(crate) fn decode_expecting(
             ),
         ));
     }
-    c.expect_kept = kept;
-    c.check_only = check_only;
-    let record = kinds::decode_payload(&mut c, &header, limits)?;
-    Ok((header, record))
+    Ok((header, c))
+}
+
+/// Decodes a kind-13 companion-file record whose header must equal `expected`, with `base`, the base model's
+/// file it names; or, without `base`, checks its fields and returns the base file it names and no bytes.
+pub(crate) fn decode_file_against(
+    bytes: &[u8],
+    limits: &Limits,
+    expected: &RecordHeader,
+    base: Option<&[u8]>,
+) -> Result<(BaseFileRef, Option<Vec<u8>>)> {
+    let (header, mut c) = header_expecting(bytes, limits, expected)?;
+    match base {
+        Some(base) => {
+            let out = file_zstd_base::decode_with_base(&mut c, &header, base)?;
+            Ok((BaseFileRef::of(base), Some(out)))
+        }
+        None => Ok((file_zstd_base::check(&mut c)?, None)),
+    }
 }
 
 #[cfg(test)]

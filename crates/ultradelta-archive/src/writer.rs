@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
 use crate::reader::validate_manifest;
-use crate::record::{encode_file_record, encode_record, Record};
+use crate::record::{companion_zstd_level, encode_file_record_against, encode_record, Record};
 use crate::{Error, Result, FORMAT_VERSION, MAGIC, PREAMBLE_LEN, TRAILER_MAGIC};
 
 /// Default zstd level of lossless records and companion files (see docs/FORMAT.md for the measurement).
@@ -254,6 +254,21 @@ impl ArchiveWriter {
     /// # Errors
     /// [`Error::InvalidInput`] for a bad name; [`Error::DuplicateName`]; [`Error::Io`].
     pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.add_file_against(name, bytes, None)
+    }
+
+    /// [`add_file`](Self::add_file), compressed against `base` (the base model's file of the same name) when that
+    /// is smaller ([`encode_file_record_against`]); the index then names the base file by size and xxh3-64, and
+    /// the file is read back only with it ([`crate::ArchiveReader::read_file_with_base`]).
+    ///
+    /// # Errors
+    /// As [`add_file`](Self::add_file); [`Error::InvalidInput`] for a base file over the format's size limit.
+    pub fn add_file_against(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        base: Option<&[u8]>,
+    ) -> Result<()> {
         if !is_companion_path(name) {
             return Err(self.invalid(
                 name,
@@ -290,7 +305,17 @@ impl ArchiveWriter {
                 ),
             ));
         }
-        let rec = encode_file_record(bytes, self.opts.zstd_level)
+        if let Some(b) = base.filter(|b| b.len() as u64 > limit) {
+            return Err(self.invalid(
+                name,
+                format!(
+                    "the base's file is {} bytes (the format's limit for a companion file is {limit})",
+                    b.len()
+                ),
+            ));
+        }
+        let level = companion_zstd_level(bytes.len(), self.opts.zstd_level);
+        let (rec, base_ref) = encode_file_record_against(bytes, base, level)
             .map_err(|e| self.invalid(name, e.to_string()))?;
         let entry = FileEntry {
             name: name.to_string(),
@@ -298,6 +323,7 @@ impl ArchiveWriter {
             length: rec.len() as u64,
             checksum: format!("{:016x}", xxh3_64(&rec)),
             size: bytes.len() as u64,
+            base: base_ref.map(Into::into),
         };
         self.put(&rec)?;
         self.file_names.insert(name.to_string());

@@ -293,10 +293,16 @@ pub struct CompressArgs {
     /// one from 2^19 kept entries up); the one whose kept levels best match DAC's counts wins.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SEED_TRIALS)]
     pub seed_trials: u32,
-    /// zstd level (1–22) of the lossless records: kept deltas, tensors only in the fine-tune, companion files.
-    /// Level 1 is the smallest and fastest on the testbed's real deltas (docs/FORMAT.md, "zstd level").
+    /// zstd level (1–22) of the lossless records: kept deltas, tensors only in the fine-tune (companion files:
+    /// at least 19). Level 1 is the smallest and fastest on the testbed's real deltas (docs/FORMAT.md, "zstd
+    /// level").
     #[arg(long, value_name = "LEVEL", default_value_t = ultradelta::archive::DEFAULT_ZSTD_LEVEL)]
     pub zstd_level: i32,
+    /// Store every companion file (tokenizer, config) whole. By default one the base model also has is stored as
+    /// a difference from the base's (a copy costs ~200 bytes), and `apply` then needs the base model's folder
+    /// with that file unchanged.
+    #[arg(long)]
+    pub self_contained: bool,
     /// Trace-norm-guided rescaling across several fine-tunes compressed together (γᵢ = T_min/Tᵢ; the paper's
     /// setting). Off by default: it cost quality on the testbed (README, "Choosing the defaults").
     #[arg(long, conflicts_with = "no_tngr")]
@@ -442,6 +448,7 @@ impl CompressArgs {
             codec: self.codec,
             seed_trials: self.seed_trials,
             zstd_level: self.zstd_level,
+            self_contained: self.self_contained,
             quant_fit: self.quant_fit,
         };
         // Unnamed codecs: the project's where they apply, else the paper's (`CompressConfig::default_codecs`); a

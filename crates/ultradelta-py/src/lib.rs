@@ -151,6 +151,7 @@ fn option_of(field: &str) -> Option<&'static str> {
         "codec" => "codec=",
         "seed_trials" => "seed_trials=",
         "zstd_level" => "zstd_level=",
+        "self_contained" => "self_contained=",
         "quant_fit" => "quant_fit=",
         _ => return None,
     })
@@ -160,10 +161,6 @@ fn option_of(field: &str) -> Option<&'static str> {
 fn to_py(e: ultradelta::Error) -> PyErr {
     let message = format!("{}{}", error_line(&e), option_hint(&e));
     py_err(cause_of(&e), message)
-}
-
-fn archive_err(e: ultradelta::archive::Error) -> PyErr {
-    to_py(ultradelta::Error::from(e))
 }
 
 fn invalid(message: String) -> PyErr {
@@ -185,6 +182,7 @@ const OPTIONS: &[&str] = &[
     "codec",
     "seed_trials",
     "zstd_level",
+    "self_contained",
     "quant_fit",
     "tngr",
     "no_tngr",
@@ -445,6 +443,7 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         zstd_level: get("zstd_level").map_or(Ok(ultradelta::archive::DEFAULT_ZSTD_LEVEL), |v| {
             value("zstd_level", v, "an integer")
         })?,
+        self_contained: flag("self_contained")?,
         quant_fit: get("quant_fit")
             .map(|v| choice("quant_fit", v, &["range", "mse", "mse-unbiased"]))
             .transpose()?,
@@ -574,6 +573,8 @@ struct Loader {
     base: Checkpoint,
     reader: ArchiveReader,
     archive: PathBuf,
+    /// The base's files companion files were stored against, checked at open.
+    base_files: std::collections::HashMap<String, PathBuf>,
 }
 
 impl Loader {
@@ -606,10 +607,12 @@ impl Loader {
                 ultradelta::check_entry_against_base(&base, &archive, e)?;
             }
             ultradelta::check_companion_names(&reader, &archive)?;
+            let base_files = ultradelta::check_base_files(&base, &reader, &archive)?;
             Ok(Loader {
                 base,
                 reader,
                 archive,
+                base_files,
             })
         })
         .map_err(to_py)
@@ -653,8 +656,8 @@ impl Loader {
     /// The bytes of companion file `name`.
     fn read_file<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyByteArray>> {
         let bytes = py
-            .detach(|| self.reader.read_file(name))
-            .map_err(archive_err)?;
+            .detach(|| ultradelta::read_companion(&self.reader, name, &self.base_files))
+            .map_err(to_py)?;
         Ok(PyByteArray::new(py, &bytes))
     }
 

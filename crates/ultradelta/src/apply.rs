@@ -569,6 +569,8 @@ pub fn apply(
     }
     // Every companion name before anything is written (issue 17: names may hold subfolders).
     check_companion_names(&reader, archive)?;
+    // The base's files that companion files were stored against, before anything is written.
+    let base_files = crate::companions::check_base_files(base, &reader, archive)?;
     let infos: Vec<TensorInfo> = manifest
         .tensors
         .iter()
@@ -697,7 +699,7 @@ pub fn apply(
     rebuilt?;
     progress.end();
     for f in &manifest.files {
-        let bytes = reader.read_file(&f.name)?;
+        let bytes = crate::companions::read_companion(&reader, &f.name, &base_files)?;
         writer.add_file(&f.name, &bytes)?;
     }
     Ok(writer.finish()?)

@@ -35,8 +35,9 @@ use half::f16;
 use serde::Serialize;
 use ultradelta_alloc::TensorStat;
 use ultradelta_archive::{
-    encode_file_record, encode_record, FileEntry, FinetunedInfo, LowRankRecord, Manifest, Policy,
-    Record, TensorEntry, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN, TRAILER_LEN,
+    companion_zstd_level, encode_file_record_against, encode_record, FileEntry, FinetunedInfo,
+    LowRankRecord, Manifest, Policy, Record, TensorEntry, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN,
+    TRAILER_LEN,
 };
 
 use crate::config::{CompressConfig, Method};
@@ -276,25 +277,21 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
     }
     let mut companions = 0u64;
     let mut files = Vec::new();
-    for file in p.ft.companions().0 {
-        let bytes = std::fs::read(&file).map_err(|source| Error::File {
-            path: file.clone(),
-            source,
-        })?;
-        let rec = encode_file_record(&bytes, cfg.zstd_level)?;
+    crate::companions::for_each(p.ft, p.base, cfg.self_contained, |name, bytes, base| {
+        // Exactly the record the writer will make (same choice of kind, same level).
+        let level = companion_zstd_level(bytes.len(), cfg.zstd_level);
+        let (rec, base_ref) = encode_file_record_against(bytes, base, level)?;
         companions += rec.len() as u64;
         files.push(FileEntry {
-            name: file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string(),
+            name: name.to_string(),
             offset: budget,
             length: rec.len() as u64,
             checksum: hex16(),
             size: bytes.len() as u64,
+            base: base_ref.map(Into::into),
         });
-    }
+        Ok(())
+    })?;
     // The parameters as the pipeline writes them, with the solved ones and the report at their widest.
     let widest_cfg = CompressConfig {
         sparsity: WIDEST_F64,

@@ -276,9 +276,16 @@ pub struct CompressConfig {
     /// [`ultradelta_qgp::seeded::trials_for`]; the one whose kept-level histogram is closest to DAC's wins).
     #[serde(default = "default_seed_trials")]
     pub seed_trials: u32,
-    /// zstd level of the lossless records (kept deltas, tensors only in the fine-tune, companion files).
+    /// zstd level of the lossless records (kept deltas, tensors only in the fine-tune); companion files get at
+    /// least 19 ([`ultradelta_archive::companion_zstd_level`]).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// Every companion file stored whole (kind `file-zstd`). Off: a companion file the base model also has under
+    /// the same name is stored as a difference from the base's (kind `file-zstd-base`) when that is smaller, and
+    /// the archive then applies only with the base model's folder (docs/FORMAT.md, "Kind 13"). Not written into
+    /// `params` when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_contained: bool,
     /// UltraDelta only: how the quantizer's levels are placed; `None`: the model family's
     /// ([`Family::quantizer`], resolved like `bits`). Not written into `params` when it is the paper's range fit
     /// (archives from before the field existed read as `Some(Range)`).
@@ -327,6 +334,7 @@ impl Default for CompressConfig {
             codec: CodecChoice::Fixed,
             seed_trials: DEFAULT_SEED_TRIALS,
             zstd_level: default_zstd_level(),
+            self_contained: false,
             quant_fit: None,
         }
     }
@@ -355,7 +363,7 @@ impl Preset {
     /// `allocation`, `tier_spread`, `rd_power`, `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`,
     /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec`, `quant_fit` and `selection.embeddings`
     /// (the paper compresses the linear layers only). Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`,
-    /// `tngr.nuclear_norm`, the rest of `selection`, `seed_trials` and `zstd_level`.
+    /// `tngr.nuclear_norm`, the rest of `selection`, `seed_trials`, `zstd_level` and `self_contained`.
     pub fn apply_to(self, cfg: CompressConfig) -> CompressConfig {
         let p = self.config();
         CompressConfig {
@@ -372,6 +380,7 @@ impl Preset {
             },
             seed_trials: cfg.seed_trials,
             zstd_level: cfg.zstd_level,
+            self_contained: cfg.self_contained,
             ..p
         }
     }

@@ -44,6 +44,21 @@ pub enum Error {
         /// Fingerprint of the given base.
         found: String,
     },
+    /// A companion file stored against the base model's file of the same name cannot be rebuilt: the base's file
+    /// is missing or differs from the one it was compressed against.
+    #[error("{}: companion file {name:?} is stored as a difference from the base model's {name:?} ({size} bytes, xxh3 {xxh3}), but {problem}; give the base model's folder as it was at compress time, or compress with --self-contained", archive.display())]
+    BaseFile {
+        /// Archive path.
+        archive: PathBuf,
+        /// Companion file name.
+        name: String,
+        /// Size of the base file the archive needs.
+        size: u64,
+        /// Its xxh3-64.
+        xxh3: String,
+        /// What is wrong with the base's file.
+        problem: String,
+    },
     /// One base tensor's content differs from the one the archive was made against.
     #[error("{}: tensor \"{tensor}\" differs from the base the archive {} was made against (content hash {found}, expected {expected})", file.display(), archive.display())]
     BaseTensorChanged {

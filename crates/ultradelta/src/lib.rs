@@ -145,6 +145,7 @@ pub use ultradelta_rescale as rescale;
 mod apply;
 mod baseline_records;
 pub mod budget;
+mod companions;
 mod config;
 mod delta;
 mod error;
@@ -164,6 +165,7 @@ pub use apply::{
     rebuild_tensor_into, ApplyOptions,
 };
 pub use budget::{BudgetReport, BUDGET_TOLERANCE};
+pub use companions::{check_base_files, read_companion};
 pub use config::{
     AllocationMode, CodecChoice, CompressConfig, EstimateConfig, Method, NuclearNormMethod,
     PositionCodec, Preset, PruningMode, QuantFit, RescaleMode, TngrConfig, TraceOn, ValueCodec,

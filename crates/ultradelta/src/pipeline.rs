@@ -423,15 +423,10 @@ fn write_records(
             file.display()
         ));
     }
-    for file in companions {
-        let bytes = std::fs::read(&file).map_err(|source| Error::File {
-            path: file.clone(),
-            source,
-        })?;
-        // `config.json`, or `1_Pooling/config.json` for a file in a subfolder.
-        let fname = p.ft.companion_name(&file).unwrap_or_default();
-        writer.add_file(&fname, &bytes)?;
-    }
+    drop(companions);
+    crate::companions::for_each(p.ft, p.base, cfg.self_contained, |name, bytes, base| {
+        Ok(writer.add_file_against(name, bytes, base)?)
+    })?;
     let params = params_json(p, cfg, budget.as_ref());
     Ok(Pending {
         method: cfg.method,

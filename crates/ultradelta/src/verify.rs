@@ -47,7 +47,12 @@ pub fn verify_failure(e: &Error) -> VerifyFailure {
         | Error::File { .. } => VerifyFailure::Io,
         // A base whose fingerprint matches but whose tensor shapes contradict the index means the index lies
         // (the fingerprint covers names, shapes and dtypes): that is a corrupt archive, not a wrong base.
-        Error::WrongBase { .. } | Error::BaseTensorChanged { .. } => VerifyFailure::WrongBase,
+        Error::WrongBase { .. }
+        | Error::BaseTensorChanged { .. }
+        | Error::BaseFile { .. }
+        | Error::Archive(A::BaseFileMismatch { .. } | A::NeedsBaseFile { .. }) => {
+            VerifyFailure::WrongBase
+        }
         _ => VerifyFailure::Corrupt,
     }
 }
@@ -111,8 +116,19 @@ pub fn verify(
     }
     progress.end();
     crate::apply::check_companion_names(&reader, archive)?;
-    for f in &m.files {
-        reader.read_file(&f.name)?;
+    match base {
+        Some(base) => {
+            // Files stored against the base's are read with them, after the base's files are checked.
+            let base_files = crate::companions::check_base_files(base, &reader, archive)?;
+            for f in &m.files {
+                crate::companions::read_companion(&reader, &f.name, &base_files)?;
+            }
+        }
+        None => {
+            for f in &m.files {
+                reader.check_file(&f.name)?;
+            }
+        }
     }
     // Last, so that damage a record checksum catches is reported with the record's name.
     let content_sha256 = reader.check_content_sha256()?;

@@ -21,6 +21,7 @@ pub(crate) mod common;
 pub(crate) mod dense_levels;
 pub(crate) mod dense_sign;
 pub(crate) mod file_zstd;
+pub(crate) mod file_zstd_base;
 pub(crate) mod full_zstd;
 pub(crate) mod lowrank_f16;
 pub(crate) mod sparse_f16;
@@ -118,6 +119,8 @@ record_kinds! {
     SparseSeeded = 11, "sparse-seeded", sparse_seeded;
     /// Seeded positions (none stored) + rANS-coded levels (`--positions seeded --values entropy`).
     SparseSeededRans = 12, "sparse-seeded-rans", sparse_seeded_rans;
+    /// Companion file, zstd with the base model's file of the same name as the dictionary.
+    FileZstdBase = 13, "file-zstd-base", file_zstd_base;
 }
 
 impl RecordKind {
@@ -143,6 +146,7 @@ impl RecordKind {
             RecordKind::XorZstd
             | RecordKind::FullZstd
             | RecordKind::FileZstd
+            | RecordKind::FileZstdBase
             | RecordKind::SparseF16
             | RecordKind::SparseSign
             | RecordKind::DenseSign

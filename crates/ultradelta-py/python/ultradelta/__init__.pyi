@@ -39,6 +39,7 @@ def compress(
     codec: Optional[Literal["fixed", "auto"]] = ...,
     seed_trials: Optional[int] = ...,
     zstd_level: Optional[int] = ...,
+    self_contained: Optional[bool] = ...,
     quant_fit: Optional[Literal["range", "mse", "mse-unbiased"]] = ...,
     tngr: Optional[bool] = ...,
     no_tngr: Optional[bool] = ...,
