@@ -452,6 +452,12 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     }
     if !ins.files.is_empty() {
         outln!("\nfiles: {}", ins.files.join(", "));
+        if !ins.files_against_base.is_empty() {
+            outln!(
+                "stored as differences from the base model's files of the same name (apply needs them unchanged): {}",
+                ins.files_against_base.join(", ")
+            );
+        }
     }
     Ok(())
 }

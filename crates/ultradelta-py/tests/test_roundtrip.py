@@ -104,7 +104,11 @@ def test_rebuilder_reads_one_tensor_and_the_companions(tmp_path, bert):
     last = names[-1]
     assert np.array_equal(r[last], loaded[last])
     assert "config.json" in r.files()
-    assert r.read_file("config.json") == (Path(bert["sre"]) / "config.json").read_bytes()
+    # Every companion file reads back as the fine-tune's, those stored against the base's files included.
+    for name in r.files():
+        assert r.read_file(name) == (Path(bert["sre"]) / name).read_bytes(), name
+    against = ultradelta.inspect(a)["files_against_base"]
+    assert against, "the generated testbed's fine-tune shares companion files with its base"
     with pytest.raises(KeyError, match="no tensor named"):
         r["no.such.tensor"]
 

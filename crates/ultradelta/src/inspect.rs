@@ -76,6 +76,9 @@ pub struct Inspection {
     pub tensors: Vec<TensorSummary>,
     /// Companion files stored (config, tokenizer…).
     pub files: Vec<String>,
+    /// Those of [`files`](Self::files) stored as differences from the base model's file of the same name (kind
+    /// `file-zstd-base`): `apply` needs the base model's folder with these files unchanged.
+    pub files_against_base: Vec<String>,
     /// The ratios.
     pub ratio: Ratios,
     /// Where the bytes of the compressed tensors' sparse levels go (UltraDelta records: kinds 1, 10–12).
@@ -204,6 +207,12 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
         compressed_bytes,
         tensors,
         files: m.files.iter().map(|f| f.name.clone()).collect(),
+        files_against_base: m
+            .files
+            .iter()
+            .filter(|f| f.base.is_some())
+            .map(|f| f.name.clone())
+            .collect(),
         ratio: Ratios {
             whole_checkpoint: m.finetuned.size_on_disk as f64 / bytes.max(1) as f64,
             finetuned_bytes: m.finetuned.size_on_disk,
