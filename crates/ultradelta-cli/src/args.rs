@@ -514,7 +514,8 @@ pub fn flag_of(field: &str) -> Option<&'static str> {
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
-    /// Base checkpoint the archive was made against.
+    /// Base checkpoint the archive was made against: its folder, or a weight file in it (companion files stored
+    /// as differences from the base's, `inspect` lists them, are read from that folder).
     #[arg(long, value_name = "PATH")]
     pub base: PathBuf,
     /// Folder to write the rebuilt checkpoint into.

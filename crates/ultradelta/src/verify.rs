@@ -78,6 +78,10 @@ pub fn verify(
             check_entry_against_base(base, archive, e)?;
         }
     }
+    // The base's files that companion files were stored against, with the other cheap checks.
+    let base_files = base
+        .map(|base| crate::companions::check_base_files(base, &reader, archive))
+        .transpose()?;
     let total: u64 = m.tensors.iter().map(|e| e.numel).sum();
     progress.begin("verifying", total);
     let mut records = 0;
@@ -116,12 +120,10 @@ pub fn verify(
     }
     progress.end();
     crate::apply::check_companion_names(&reader, archive)?;
-    match base {
-        Some(base) => {
-            // Files stored against the base's are read with them, after the base's files are checked.
-            let base_files = crate::companions::check_base_files(base, &reader, archive)?;
+    match &base_files {
+        Some(base_files) => {
             for f in &m.files {
-                crate::companions::read_companion(&reader, &f.name, &base_files)?;
+                crate::companions::read_companion(&reader, &f.name, base_files)?;
             }
         }
         None => {
