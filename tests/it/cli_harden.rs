@@ -520,7 +520,7 @@ fn companion_files_are_stored_against_the_base_and_checked_on_apply() {
     assert_eq!(o.status.code(), Some(4), "{o:?}");
     std::fs::remove_file(changed.join("vocab.txt")).unwrap();
     let err = ud_err(&apply_cmd(&changed, &archive, &out2, &[]));
-    assert!(err.contains("no such companion file"), "{err}");
+    assert!(err.contains("has no companion file of that name"), "{err}");
     assert!(!out2.exists());
     // The self-contained archive applies with the same base.
     ud_ok(&apply_cmd(&changed, &whole, &out2, &[]));

@@ -296,3 +296,54 @@ fn regenerate() {
     std::fs::create_dir_all(&hc).unwrap();
     std::fs::write(hc.join("model.safetensors"), ck).unwrap();
 }
+
+/// Kind 13 (companion files against the base's): `base-file-missing.udelta` stores `vocab.txt` against a base
+/// `vocab.txt` that `base/` does not have; `file-base-bomb.udelta` is the same archive with the file's index size
+/// 1 GiB. Writes only these two files: `cargo test --test it hostile::regenerate_kind_13 -- --ignored`.
+#[test]
+#[ignore = "rewrites two files of tests/hostile/"]
+fn regenerate_kind_13() {
+    let dir = hostile_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let vocab: Vec<u8> = (0..4000)
+        .flat_map(|i| {
+            format!(
+                "token{i}_{:x}\n",
+                (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            )
+            .into_bytes()
+        })
+        .collect();
+    let (base, ft) = (tmp.path().join("base"), tmp.path().join("ft"));
+    for (from, to) in [("base", &base), ("finetuned", &ft)] {
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::copy(
+            dir.join(from).join("model.safetensors"),
+            to.join("model.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(to.join("vocab.txt"), &vocab).unwrap();
+    }
+    let out = tmp.path().join("a.udelta");
+    let args = [
+        "compress",
+        "--quiet",
+        "--base",
+        base.to_str().unwrap(),
+        "--finetuned",
+        ft.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let r = ud_in(&dir, &args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let a = std::fs::read(&out).unwrap();
+    let mut v = index(&a);
+    assert!(
+        v["files"][0]["base"].is_object(),
+        "vocab.txt is stored against the base's"
+    );
+    std::fs::write(dir.join("base-file-missing.udelta"), &a).unwrap();
+    v["files"][0]["size"] = serde_json::json!(1u64 << 30);
+    std::fs::write(dir.join("file-base-bomb.udelta"), with_index(&a, &v)).unwrap();
+}

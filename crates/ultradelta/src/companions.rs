@@ -81,7 +81,7 @@ pub fn check_base_files(
         };
         let Some(path) = have.get(&f.name) else {
             return Err(err(format!(
-                "the base {} has no such companion file",
+                "{} has no companion file of that name",
                 base.path().display()
             )));
         };
