@@ -270,8 +270,9 @@ pub fn companion_zstd_level(size: usize, zstd_level: i32) -> i32 {
 /// Encodes a companion-file record, against `base` (the base model's file of the same name) when given: the
 /// smaller of kind `file-zstd-base` (zstd with `base` as dictionary) and kind `file-zstd`, with the base file's
 /// reference when the first is kept; kind `file-zstd-base` without trying the other when it is at most 1/64 of
-/// the file. A file the base does not help is stored whole, exactly as [`encode_file_record`] would. Both at
-/// `zstd_level` (the writer passes [`companion_zstd_level`]).
+/// the file. A file the base does not help is stored whole. `zstd_level` is the archive's level for lossless
+/// tensor records: both kinds are compressed at [`companion_zstd_level`] of it and of the larger of the file and
+/// the base's file (a large prefix makes the slow levels slower).
 ///
 /// # Errors
 /// [`Error::InvalidStream`] if zstd fails.
@@ -280,6 +281,8 @@ pub fn encode_file_record_against(
     base: Option<&[u8]>,
     zstd_level: i32,
 ) -> Result<(Vec<u8>, Option<BaseFileRef>)> {
+    let size = bytes.len().max(base.map_or(0, <[u8]>::len));
+    let zstd_level = companion_zstd_level(size, zstd_level);
     let Some(base) = base else {
         return Ok((file_zstd::encode(bytes, zstd_level)?, None));
     };

@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
 use crate::reader::validate_manifest;
-use crate::record::{companion_zstd_level, encode_file_record_against, encode_record, Record};
+use crate::record::{encode_file_record_against, encode_record, Record};
 use crate::{Error, Result, FORMAT_VERSION, MAGIC, PREAMBLE_LEN, TRAILER_MAGIC};
 
 /// Default zstd level of lossless records and companion files (see docs/FORMAT.md for the measurement).
@@ -314,8 +314,7 @@ impl ArchiveWriter {
                 ),
             ));
         }
-        let level = companion_zstd_level(bytes.len(), self.opts.zstd_level);
-        let (rec, base_ref) = encode_file_record_against(bytes, base, level)
+        let (rec, base_ref) = encode_file_record_against(bytes, base, self.opts.zstd_level)
             .map_err(|e| self.invalid(name, e.to_string()))?;
         let entry = FileEntry {
             name: name.to_string(),

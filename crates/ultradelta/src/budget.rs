@@ -35,9 +35,8 @@ use half::f16;
 use serde::Serialize;
 use ultradelta_alloc::TensorStat;
 use ultradelta_archive::{
-    companion_zstd_level, encode_file_record_against, encode_record, FileEntry, FinetunedInfo,
-    LowRankRecord, Manifest, Policy, Record, TensorEntry, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN,
-    TRAILER_LEN,
+    encode_file_record_against, encode_record, FileEntry, FinetunedInfo, LowRankRecord, Manifest,
+    Policy, Record, TensorEntry, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN, TRAILER_LEN,
 };
 
 use crate::config::{CompressConfig, Method};
@@ -279,8 +278,7 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
     let mut files = Vec::new();
     crate::companions::for_each(p.ft, p.base, cfg.self_contained, |name, bytes, base| {
         // Exactly the record the writer will make (same choice of kind, same level).
-        let level = companion_zstd_level(bytes.len(), cfg.zstd_level);
-        let (rec, base_ref) = encode_file_record_against(bytes, base, level)?;
+        let (rec, base_ref) = encode_file_record_against(bytes, base, cfg.zstd_level)?;
         companions += rec.len() as u64;
         files.push(FileEntry {
             name: name.to_string(),
