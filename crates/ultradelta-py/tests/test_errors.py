@@ -64,6 +64,23 @@ def test_wrong_base(tmp_path, archive, bert, cli):
     assert run_cli(cli, "verify", archive, "--base", bert["jobs"], check=False).returncode == 4
 
 
+def test_changed_base_companion_file(tmp_path, archive, bert, cli):
+    """A companion file stored against the base's (the generated testbed's vocab.txt is the base's) needs that file
+    unchanged: a base folder whose copy differs is a wrong base, with the command line's message."""
+    assert "vocab.txt" in ultradelta.inspect(archive)["files_against_base"]
+    base = tmp_path / "base"
+    shutil.copytree(bert["base"], base)
+    with open(base / "vocab.txt", "ab") as f:
+        f.write(b"extra\n")
+    with pytest.raises(ultradelta.WrongBaseError) as e:
+        ultradelta.Rebuilder(base, archive)
+    r = run_cli(cli, "apply", "--base", base, archive, "-o", tmp_path / "x", check=False)
+    assert r.returncode != 0 and not (tmp_path / "x").exists()
+    assert str(e.value) == cli_error_line(r)
+    assert '"vocab.txt"' in str(e.value) and "--self-contained" in str(e.value)
+    assert run_cli(cli, "verify", archive, "--base", base, check=False).returncode == 4
+
+
 @pytest.mark.parametrize(
     "options,needle",
     [
