@@ -501,12 +501,8 @@ impl ArchiveReader {
         Ok(())
     }
 
-    /// Reads, verifies and decompresses companion file `name`.
-    ///
-    /// # Errors
-    /// [`Error::UnknownFile`], [`Error::RecordChecksum`], [`Error::CorruptRecord`], [`Error::Io`].
-    /// A file stored against the base model's file of the same name (index field `base`) needs that file:
-    /// [`read_file_with_base`](Self::read_file_with_base).
+    /// Reads, verifies and decompresses companion file `name`. A file stored against the base model's file of
+    /// the same name (index field `base`) needs that file: [`read_file_with_base`](Self::read_file_with_base).
     ///
     /// # Errors
     /// [`Error::UnknownFile`], [`Error::NeedsBaseFile`], [`Error::RecordChecksum`], [`Error::CorruptRecord`],

@@ -26,6 +26,23 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// The first `most` bytes of `path` at most (a base file that grew since it was checked cannot make a reader
+/// hold more than the archive says it needs, plus one byte to tell that it differs).
+fn read_at_most(path: &Path, most: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let err = |source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(most)
+        .read_to_end(&mut out)
+        .map_err(err)?;
+    Ok(out)
+}
+
 /// Calls `each(name, bytes, base)` for every companion file of `ft`, in its order: `bytes` the file's, `base` the
 /// base model's file of the same name if it has one and `self_contained` is off. One pair in memory at a time.
 pub(crate) fn for_each(
@@ -92,7 +109,7 @@ pub fn check_base_files(
             })?
             .len();
         let got = if len == want.size {
-            BaseFileRef::of(&read(path)?)
+            BaseFileRef::of(&read_at_most(path, want.size.saturating_add(1))?)
         } else {
             BaseFileRef { size: len, xxh3: 0 }
         };
@@ -119,6 +136,13 @@ pub fn read_companion(
     name: &str,
     base_files: &HashMap<String, PathBuf>,
 ) -> Result<Vec<u8>> {
-    let base = base_files.get(name).map(|p| read(p)).transpose()?;
+    let most = reader
+        .file_entry(name)
+        .and_then(|f| f.base.as_ref())
+        .map_or(0, |b| b.size.saturating_add(1));
+    let base = base_files
+        .get(name)
+        .map(|p| read_at_most(p, most))
+        .transpose()?;
     Ok(reader.read_file_with_base(name, base.as_deref())?)
 }
