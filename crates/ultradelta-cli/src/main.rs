@@ -144,6 +144,9 @@ fn flag_hint(e: &anyhow::Error) -> String {
             | Error::Archive(archive::Error::OutputExists { .. })
             | Error::Io(io::Error::OutputExists { .. }),
         ) => return "; --force replaces it".into(),
+        Some(Error::BaseFile { .. }) => {
+            return " (compress --self-contained stores companion files whole)".into()
+        }
         _ => None,
     };
     flag.map(|f| format!(" (set by {f})")).unwrap_or_default()

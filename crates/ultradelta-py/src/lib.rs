@@ -112,6 +112,9 @@ fn option_hint(e: &ultradelta::Error) -> String {
         Error::OutputExists { .. }
         | Error::Archive(archive::Error::OutputExists { .. })
         | Error::Io(io::Error::OutputExists { .. }) => return "; force=True replaces it".into(),
+        Error::BaseFile { .. } => {
+            return " (compress with self_contained=True stores companion files whole)".into()
+        }
         _ => None,
     };
     option.map(|o| format!(" (set by {o})")).unwrap_or_default()

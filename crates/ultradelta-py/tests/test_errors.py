@@ -76,8 +76,10 @@ def test_changed_base_companion_file(tmp_path, archive, bert, cli):
         ultradelta.Rebuilder(base, archive)
     r = run_cli(cli, "apply", "--base", base, archive, "-o", tmp_path / "x", check=False)
     assert r.returncode != 0 and not (tmp_path / "x").exists()
-    assert str(e.value) == cli_error_line(r)
-    assert '"vocab.txt"' in str(e.value) and "--self-contained" in str(e.value)
+    line = cli_error_line(r)
+    assert line.endswith(" (compress --self-contained stores companion files whole)")
+    assert str(e.value) == line.replace("compress --self-contained", "compress with self_contained=True")
+    assert '"vocab.txt"' in str(e.value)
     assert run_cli(cli, "verify", archive, "--base", base, check=False).returncode == 4
 
 

@@ -46,7 +46,7 @@ pub enum Error {
     },
     /// A companion file stored against the base model's file of the same name cannot be rebuilt: the base's file
     /// is missing or differs from the one it was compressed against.
-    #[error("{}: companion file {name:?} is stored as a difference from the base model's {name:?} ({size} bytes, xxh3 {xxh3}), but {problem}; give the base model's folder as it was at compress time, or compress with --self-contained", archive.display())]
+    #[error("{}: companion file {name:?} is stored as a difference from the base model's {name:?} ({size} bytes, xxh3 {xxh3}), but {problem}; give the base model's folder as it was at compress time", archive.display())]
     BaseFile {
         /// Archive path.
         archive: PathBuf,
