@@ -286,14 +286,14 @@ pub fn encode_file_record_against(
     let Some(base) = base else {
         return Ok((file_zstd::encode(bytes, zstd_level)?, None));
     };
-    let against = file_zstd_base::encode(bytes, base, zstd_level)?;
+    let (against, reference) = file_zstd_base::encode(bytes, base, zstd_level)?;
     if against.len() <= bytes.len() / 64 {
         // A copy of the base's file or close to it: no compressor gets near this without the base; skip the try.
-        return Ok((against, Some(BaseFileRef::of(base))));
+        return Ok((against, Some(reference)));
     }
     let whole = file_zstd::encode(bytes, zstd_level)?;
     Ok(if against.len() < whole.len() {
-        (against, Some(BaseFileRef::of(base)))
+        (against, Some(reference))
     } else {
         (whole, None)
     })
@@ -510,7 +510,8 @@ fn header_expecting<'a>(
 }
 
 /// Decodes a kind-13 companion-file record whose header must equal `expected`, with `base`, the base model's
-/// file it names; or, without `base`, checks its fields and returns the base file it names and no bytes.
+/// file it names; or, without `base`, checks its fields. Returns the base file the record names, and the bytes
+/// when decoded.
 pub(crate) fn decode_file_against(
     bytes: &[u8],
     limits: &Limits,
@@ -520,8 +521,8 @@ pub(crate) fn decode_file_against(
     let (header, mut c) = header_expecting(bytes, limits, expected)?;
     match base {
         Some(base) => {
-            let out = file_zstd_base::decode_with_base(&mut c, &header, base)?;
-            Ok((BaseFileRef::of(base), Some(out)))
+            let (named, out) = file_zstd_base::decode_with_base(&mut c, &header, base)?;
+            Ok((named, Some(out)))
         }
         None => Ok((file_zstd_base::check(&mut c)?, None)),
     }

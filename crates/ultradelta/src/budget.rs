@@ -276,20 +276,26 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
     }
     let mut companions = 0u64;
     let mut files = Vec::new();
-    crate::companions::for_each(p.ft, p.base, cfg.self_contained, |name, bytes, base| {
-        // Exactly the record the writer will make (same choice of kind, same level).
-        let (rec, base_ref) = encode_file_record_against(bytes, base, cfg.zstd_level)?;
-        companions += rec.len() as u64;
-        files.push(FileEntry {
-            name: name.to_string(),
-            offset: budget,
-            length: rec.len() as u64,
-            checksum: hex16(),
-            size: bytes.len() as u64,
-            base: base_ref.map(Into::into),
-        });
-        Ok(())
-    })?;
+    crate::companions::for_each(
+        p.ft,
+        p.ft.companions().0,
+        p.base,
+        cfg.self_contained,
+        |name, bytes, base| {
+            // Exactly the record the writer will make (same choice of kind, same level).
+            let (rec, base_ref) = encode_file_record_against(bytes, base, cfg.zstd_level)?;
+            companions += rec.len() as u64;
+            files.push(FileEntry {
+                name: name.to_string(),
+                offset: budget,
+                length: rec.len() as u64,
+                checksum: hex16(),
+                size: bytes.len() as u64,
+                base: base_ref.map(Into::into),
+            });
+            Ok(())
+        },
+    )?;
     // The parameters as the pipeline writes them, with the solved ones and the report at their widest.
     let widest_cfg = CompressConfig {
         sparsity: WIDEST_F64,

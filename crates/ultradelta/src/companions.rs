@@ -43,10 +43,12 @@ fn read_at_most(path: &Path, most: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Calls `each(name, bytes, base)` for every companion file of `ft`, in its order: `bytes` the file's, `base` the
-/// base model's file of the same name if it has one and `self_contained` is off. One pair in memory at a time.
+/// Calls `each(name, bytes, base)` for every one of `files`, companion files of `ft` as
+/// [`Checkpoint::companions`] lists them, in order: `bytes` the file's, `base` the base model's file of the same
+/// name if it has one and `self_contained` is off. One pair in memory at a time.
 pub(crate) fn for_each(
     ft: &Checkpoint,
+    files: Vec<PathBuf>,
     base: &Checkpoint,
     self_contained: bool,
     mut each: impl FnMut(&str, &[u8], Option<&[u8]>) -> Result<()>,
@@ -56,7 +58,7 @@ pub(crate) fn for_each(
     } else {
         by_name(base)
     };
-    for file in ft.companions().0 {
+    for file in files {
         let bytes = read(&file)?;
         // `config.json`, or `1_Pooling/config.json` for a file in a subfolder.
         let name = ft.companion_name(&file).unwrap_or_default();

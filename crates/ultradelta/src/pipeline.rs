@@ -423,10 +423,13 @@ fn write_records(
             file.display()
         ));
     }
-    drop(companions);
-    crate::companions::for_each(p.ft, p.base, cfg.self_contained, |name, bytes, base| {
-        Ok(writer.add_file_against(name, bytes, base)?)
-    })?;
+    crate::companions::for_each(
+        p.ft,
+        companions,
+        p.base,
+        cfg.self_contained,
+        |name, bytes, base| Ok(writer.add_file_against(name, bytes, base)?),
+    )?;
     let params = params_json(p, cfg, budget.as_ref());
     Ok(Pending {
         method: cfg.method,

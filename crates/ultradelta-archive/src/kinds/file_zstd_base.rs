@@ -35,9 +35,10 @@ impl BaseFileRef {
     }
 }
 
-/// Encodes companion file `bytes` against the base's file `base` (header + payload). The zstd frame carries its
-/// content checksum, so a dictionary that is not the one compressed against is caught even past the hash.
-pub(crate) fn encode(bytes: &[u8], base: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
+/// Encodes companion file `bytes` against the base's file `base` (header + payload), and returns the base file's
+/// reference with it. The zstd frame carries its content checksum, so a dictionary that is not the one compressed
+/// against is caught even past the hash.
+pub(crate) fn encode(bytes: &[u8], base: &[u8], zstd_level: i32) -> Result<(Vec<u8>, BaseFileRef)> {
     let n = bytes.len() as u64;
     // zstd treats a prefix that overlaps the data as part of the data's own window and finds nothing in it:
     // the same buffer passed twice gets a copy.
@@ -65,7 +66,7 @@ pub(crate) fn encode(bytes: &[u8], base: &[u8], zstd_level: i32) -> Result<Vec<u
     fixed.extend_from_slice(&reference.size.to_le_bytes());
     fixed.extend_from_slice(&reference.xxh3.to_le_bytes());
     put_zstd_record_after(&head, RecordKind::FileZstdBase, &fixed, &z, &mut out)?;
-    Ok(out)
+    Ok((out, reference))
 }
 
 /// The base file a payload needs (its first 16 bytes).
@@ -77,12 +78,13 @@ pub(crate) fn base_ref(c: &mut Cursor<'_>) -> Result<BaseFileRef> {
 }
 
 /// Decodes the payload with `base`, the bytes of the base model's file it names: `base` must have the declared
-/// size and xxh3-64, and the frame must expand to exactly `header.numel` bytes.
+/// size and xxh3-64, and the frame must expand to exactly `header.numel` bytes. Returns the reference the record
+/// names with the bytes.
 pub(crate) fn decode_with_base(
     c: &mut Cursor<'_>,
     header: &RecordHeader,
     base: &[u8],
-) -> Result<Vec<u8>> {
+) -> Result<(BaseFileRef, Vec<u8>)> {
     let want = base_ref(c)?;
     let got = BaseFileRef::of(base);
     if want != got {
@@ -95,7 +97,7 @@ pub(crate) fn decode_with_base(
         ));
     }
     let z = zstd_payload(c)?;
-    ZstdDict::new(base).decompress_exact(z, header.numel)
+    Ok((want, ZstdDict::new(base).decompress_exact(z, header.numel)?))
 }
 
 /// Without the base's file the payload cannot be decoded: its fields and frame are checked, nothing expanded.
