@@ -33,7 +33,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// `data` with every checksum recomputed: each index entry's xxh3 over the byte range it names (when inside
 /// the file), `base_fingerprint` replaced when given, the index re-serialized and the trailer rewritten with its
-/// hash (and, for format version 2, the content SHA-256). `None` when `data` has no trailer or its index is not a
+/// hash (and, for format version 2, the content SHA-256); a compressed index is compressed again. `None` when `data` has no trailer or its index is not a
 /// JSON object in range.
 pub fn reseal(data: &[u8], base_fingerprint: Option<&str>) -> Option<Vec<u8>> {
     use sha2::Digest as _;
@@ -51,7 +51,13 @@ pub fn reseal(data: &[u8], base_fingerprint: Option<&str>) -> Option<Vec<u8>> {
     if off < 16 || off.checked_add(len)? != t {
         return None;
     }
-    let mut index: serde_json::Value = serde_json::from_slice(&data[off..t]).ok()?;
+    // A compressed index (preamble flag bit 0) is decompressed (bounded), edited and compressed again.
+    let zstd_index = u32::from_le_bytes(data[12..16].try_into().unwrap()) & 1 != 0;
+    let mut index: serde_json::Value = if zstd_index {
+        serde_json::from_slice(&zstd::bulk::decompress(&data[off..t], 64 << 20).ok()?).ok()?
+    } else {
+        serde_json::from_slice(&data[off..t]).ok()?
+    };
     let obj = index.as_object_mut()?;
     if let Some(fp) = base_fingerprint {
         obj.insert("base_fingerprint".into(), fp.into());
@@ -72,7 +78,10 @@ pub fn reseal(data: &[u8], base_fingerprint: Option<&str>) -> Option<Vec<u8>> {
             }
         }
     }
-    let new_index = serde_json::to_vec(&index).ok()?;
+    let mut new_index = serde_json::to_vec(&index).ok()?;
+    if zstd_index {
+        new_index = zstd::bulk::compress(&new_index, 3).ok()?;
+    }
     let mut out = Vec::with_capacity(off + new_index.len() + tlen);
     out.extend_from_slice(&data[..off]);
     out.extend_from_slice(&new_index);

@@ -109,20 +109,39 @@ fn index_range(b: &[u8]) -> (usize, usize) {
     (off, len)
 }
 
-fn index(b: &[u8]) -> serde_json::Value {
-    let (off, len) = index_range(b);
-    serde_json::from_slice(&b[off..off + len]).unwrap()
+/// Whether the archive's index is compressed (preamble flag bit 0).
+fn index_zstd(b: &[u8]) -> bool {
+    u32::from_le_bytes(b[12..16].try_into().unwrap()) & ultradelta::archive::FLAG_INDEX_ZSTD != 0
 }
 
-/// The archive with its index replaced by `v` and a consistent trailer.
+fn index(b: &[u8]) -> serde_json::Value {
+    let (off, len) = index_range(b);
+    let stored = &b[off..off + len];
+    if index_zstd(b) {
+        serde_json::from_slice(&zstd::bulk::decompress(stored, 1 << 30).unwrap()).unwrap()
+    } else {
+        serde_json::from_slice(stored).unwrap()
+    }
+}
+
+/// The archive with its index replaced by `v` (stored as the archive stores its index) and a consistent trailer.
 fn with_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
+    let stored = if index_zstd(b) {
+        ultradelta::archive::compress_index(&serde_json::to_vec(v).unwrap(), 3).unwrap()
+    } else {
+        serde_json::to_vec_pretty(v).unwrap()
+    };
+    with_stored_index(b, &stored)
+}
+
+/// The archive with the index's stored bytes replaced by `new` as they are, and a consistent trailer.
+fn with_stored_index(b: &[u8], new: &[u8]) -> Vec<u8> {
     let (off, _) = index_range(b);
-    let new = serde_json::to_vec_pretty(v).unwrap();
     let mut out = b[..off].to_vec();
-    out.extend_from_slice(&new);
+    out.extend_from_slice(new);
     out.extend_from_slice(&(off as u64).to_le_bytes());
     out.extend_from_slice(&(new.len() as u64).to_le_bytes());
-    out.extend_from_slice(&xxh3_64(&new).to_le_bytes());
+    out.extend_from_slice(&xxh3_64(new).to_le_bytes());
     if trailer_len(b) == 64 {
         use sha2::Digest as _;
         let d = sha2::Sha256::digest(&out);
@@ -295,6 +314,48 @@ fn regenerate() {
     let _ = std::fs::remove_dir_all(&hc);
     std::fs::create_dir_all(&hc).unwrap();
     std::fs::write(hc.join("model.safetensors"), ck).unwrap();
+}
+
+/// The compressed index of 2026-12-04 (preamble flag bit 0): `index-zstd.udelta` is `valid.udelta`'s archive as
+/// today's writer writes it (it must verify and apply); `index-zstd-bomb.udelta` is it with the index's zstd frame
+/// re-headed to declare 200 MiB (within the index limit, far more than its bytes can hold). Writes only these two
+/// files: `cargo test --test it hostile::regenerate_index_zstd -- --ignored`.
+#[test]
+#[ignore = "rewrites two files of tests/hostile/"]
+fn regenerate_index_zstd() {
+    let dir = hostile_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a.udelta");
+    let args = [
+        "compress",
+        "--quiet",
+        "--base",
+        "base",
+        "--finetuned",
+        "finetuned",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let r = ud_in(&dir, &args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let a = std::fs::read(&out).unwrap();
+    assert!(index_zstd(&a));
+    std::fs::write(dir.join("index-zstd.udelta"), &a).unwrap();
+    let (off, len) = index_range(&a);
+    let frame = &a[off..off + len];
+    // Frame header: magic (4), descriptor (1), then (single segment) the content size in 1/2/4/8 bytes.
+    let fhd = frame[4];
+    assert_eq!(fhd & 0x20, 0x20, "a single-segment frame");
+    let fcs_len = [1usize, 2, 4, 8][(fhd >> 6) as usize];
+    let mut bomb = frame[..4].to_vec();
+    bomb.push((fhd & 0x3F) | 0xC0);
+    bomb.extend_from_slice(&(200u64 << 20).to_le_bytes());
+    bomb.extend_from_slice(&frame[5 + fcs_len..]);
+    std::fs::write(
+        dir.join("index-zstd-bomb.udelta"),
+        with_stored_index(&a, &bomb),
+    )
+    .unwrap();
 }
 
 /// Kind 13 (companion files against the base's): `base-file-missing.udelta` stores `vocab.txt` against a base

@@ -71,7 +71,7 @@ pub use record::{
     Record, RecordHeader,
 };
 pub use ultradelta_core::{DType, QuantParams};
-pub use writer::{ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};
+pub use writer::{compress_index, ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};
 
 /// First 8 bytes of every archive: `0x89 'U' 'D' 'E' 'L' 'T' 'A' '\n'`.
 pub const MAGIC: [u8; 8] = *b"\x89UDELTA\n";
@@ -83,8 +83,13 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version a reader still reads (version 1: the 32-byte trailer without a SHA-256).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
-/// Preamble flag bits this version understands (none: the flags word must be 0).
-pub const KNOWN_FLAGS: u32 = 0;
+/// Preamble flag bit 0: the index is one zstd frame (declaring its content size) of the compact JSON index, not
+/// the JSON itself. Written by default since 2026-12-04; a reader that predates it refuses the archive with
+/// [`Error::UnsupportedFlags`]. The trailer's index length and xxh3-64 are those of the stored (compressed) bytes.
+pub const FLAG_INDEX_ZSTD: u32 = 1;
+
+/// Preamble flag bits this version understands: [`FLAG_INDEX_ZSTD`].
+pub const KNOWN_FLAGS: u32 = FLAG_INDEX_ZSTD;
 
 /// Last 8 bytes of every finished archive: `'U' 'D' 'E' 'L' 'T' 'A' 'I' 'X'`.
 pub const TRAILER_MAGIC: [u8; 8] = *b"UDELTAIX";

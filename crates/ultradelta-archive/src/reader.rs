@@ -15,8 +15,8 @@ use crate::record::{
 use crate::writer::is_companion_path;
 use crate::RecordKind;
 use crate::{
-    trailer_len, Error, Result, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, OLDEST_FORMAT_VERSION,
-    PREAMBLE_LEN, SHA256_TAIL, TRAILER_MAGIC,
+    trailer_len, Error, Result, FLAG_INDEX_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC,
+    OLDEST_FORMAT_VERSION, PREAMBLE_LEN, SHA256_TAIL, TRAILER_MAGIC,
 };
 
 /// Reads an archive. Opening validates the preamble, trailer and index (see docs/FORMAT.md, "Reading and
@@ -85,7 +85,9 @@ impl ArchiveReader {
     }
 
     /// Opens `path` and validates, in this order: magic, version, flags, trailer magic, index length (against
-    /// `limits` and the file size, checked arithmetic), index checksum, JSON parse, manifest version, then every
+    /// `limits` and the file size, checked arithmetic), index checksum, for a compressed index (flag
+    /// [`FLAG_INDEX_ZSTD`](crate::FLAG_INDEX_ZSTD)) its one zstd frame's declared size (against `limits` and
+    /// [`MAX_ZSTD_EXPANSION`]) and its decoding, JSON parse, manifest version, then every
     /// entry (names, kinds, shapes and numel with checked multiplication against `limits`, byte ranges inside the
     /// records area and non-overlapping). Nothing sized from the file is allocated before its check.
     ///
@@ -208,13 +210,18 @@ impl ArchiveReader {
                 found,
             });
         }
-        // 6. JSON.
+        // 6. A compressed index: one zstd frame whose declared content size is within the limit and what its
+        // length can hold, decoded to exactly that size (memory bounded by the limit, whatever the frame says).
+        if flags & FLAG_INDEX_ZSTD != 0 {
+            index = decompress_index(&path, &index, &limits)?;
+        }
+        // 7. JSON.
         let manifest: Manifest = serde_json::from_slice(&index).map_err(|e| Error::IndexParse {
             path: path.clone(),
             detail: e.to_string(),
         })?;
         drop(index);
-        // 7. Entries.
+        // 8. Entries.
         let (tensors, files) = validate_manifest(&path, &manifest, &limits, index_offset, version)?;
         Ok(ArchiveReader {
             path,
@@ -652,6 +659,44 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// The most bytes zstd can decompress from one byte of input: every block of up to 128 KiB of output takes at
 /// least 4 bytes (a 3-byte block header and the byte of an RLE block), so no frame expands more than 32768-fold.
 pub const MAX_ZSTD_EXPANSION: u64 = 1 << 15;
+
+/// Decodes a compressed index (`stored`: the bytes the trailer names, checksum already checked): exactly one zstd
+/// frame, declaring a content size of at most `limits.max_index_bytes` and [`MAX_ZSTD_EXPANSION`] times its
+/// length, that decodes to exactly that size.
+fn decompress_index(path: &Path, stored: &[u8], limits: &Limits) -> Result<Vec<u8>> {
+    let bad = |detail: String| Error::IndexParse {
+        path: path.to_path_buf(),
+        detail: format!("the compressed index (preamble flag {FLAG_INDEX_ZSTD:#x}) {detail}"),
+    };
+    let frame = zstd::zstd_safe::find_frame_compressed_size(stored)
+        .map_err(|_| bad("is not a zstd frame".into()))?;
+    if frame != stored.len() {
+        return Err(bad(format!(
+            "is not one zstd frame: its first frame takes {frame} of its {} bytes",
+            stored.len()
+        )));
+    }
+    let size = match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) => n,
+        _ => return Err(bad("does not declare its decompressed size".into())),
+    };
+    if size > limits.max_index_bytes {
+        return Err(Error::IndexTooLarge {
+            path: path.to_path_buf(),
+            length: size,
+            limit: limits.max_index_bytes,
+        });
+    }
+    let most = (stored.len() as u64).saturating_mul(MAX_ZSTD_EXPANSION);
+    if size > most {
+        return Err(bad(format!(
+            "declares {size} bytes, more than its {} bytes can hold (at most {most})",
+            stored.len()
+        )));
+    }
+    crate::lossless::zstd_decompress_exact(stored, size)
+        .map_err(|e| bad(format!("does not decode: {e}")))
+}
 
 type NameMaps = (HashMap<String, usize>, HashMap<String, usize>);
 

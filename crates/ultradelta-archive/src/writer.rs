@@ -10,7 +10,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
 use crate::reader::validate_manifest;
 use crate::record::{encode_file_record_against, encode_record, Record};
-use crate::{Error, Result, FORMAT_VERSION, MAGIC, PREAMBLE_LEN, TRAILER_MAGIC};
+use crate::{
+    Error, Result, FLAG_INDEX_ZSTD, FORMAT_VERSION, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
+};
 
 /// Default zstd level of lossless records and companion files (see docs/FORMAT.md for the measurement).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
@@ -24,6 +26,9 @@ pub struct WriterOptions {
     pub zstd_level: i32,
     /// Stored as `Manifest::created_by` (default `"ultradelta-archive <version>"`).
     pub created_by: String,
+    /// Store the index as one zstd frame of its compact JSON (preamble flag [`FLAG_INDEX_ZSTD`]; default true).
+    /// False writes the pretty JSON index of the archives before 2026-12-04, which older readers also read.
+    pub index_zstd: bool,
 }
 
 impl Default for WriterOptions {
@@ -32,6 +37,7 @@ impl Default for WriterOptions {
             overwrite: false,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             created_by: concat!("ultradelta-archive ", env!("CARGO_PKG_VERSION")).to_string(),
+            index_zstd: true,
         }
     }
 }
@@ -118,7 +124,12 @@ impl ArchiveWriter {
         let mut pre = Vec::with_capacity(PREAMBLE_LEN as usize);
         pre.extend_from_slice(&MAGIC);
         pre.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        pre.extend_from_slice(&0u32.to_le_bytes());
+        let flags = if w.opts.index_zstd {
+            FLAG_INDEX_ZSTD
+        } else {
+            0
+        };
+        pre.extend_from_slice(&flags.to_le_bytes());
         w.put(&pre)?;
         Ok(w)
     }
@@ -357,21 +368,26 @@ impl ArchiveWriter {
             files: std::mem::take(&mut self.files),
             created_by: self.opts.created_by.clone(),
         };
-        let index = serde_json::to_vec_pretty(&manifest)
+        let json = index_json(&manifest, self.opts.index_zstd)
             .map_err(|e| self.invalid("", format!("cannot serialize the index: {e}")))?;
         let index_offset = self.offset;
         // Exactly the reader's checks of the index, before anything is published.
         let limits = Limits::default();
-        if index.len() as u64 > limits.max_index_bytes {
+        if json.len() as u64 > limits.max_index_bytes {
             return Err(self.invalid(
                 "",
                 format!(
                     "index of {} bytes exceeds the format's limit of {}",
-                    index.len(),
+                    json.len(),
                     limits.max_index_bytes
                 ),
             ));
         }
+        let index = if self.opts.index_zstd {
+            compress_index(&json, self.opts.zstd_level)?
+        } else {
+            json
+        };
         validate_manifest(&self.path, &manifest, &limits, index_offset, FORMAT_VERSION)?;
         let mut trailer = Vec::with_capacity(24);
         trailer.extend_from_slice(&index_offset.to_le_bytes());
@@ -398,6 +414,40 @@ impl ArchiveWriter {
         drop(file);
         self.publish()?;
         Ok(self.path.clone())
+    }
+
+    /// The size the archive will have when [`finish`](Self::finish) is called with these arguments (records written
+    /// so far, the index as `finish` stores it, the trailer), without finishing it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the index cannot be serialised.
+    pub fn size_if_finished(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+        gamma: f64,
+        base_fingerprint: &str,
+        finetuned: FinetunedInfo,
+    ) -> Result<u64> {
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            method: method.to_string(),
+            params,
+            gamma,
+            base_fingerprint: base_fingerprint.to_string(),
+            finetuned,
+            tensors: self.tensors.clone(),
+            files: self.files.clone(),
+            created_by: self.opts.created_by.clone(),
+        };
+        let json = index_json(&manifest, self.opts.index_zstd)
+            .map_err(|e| self.invalid("", format!("cannot serialize the index: {e}")))?;
+        let index = if self.opts.index_zstd {
+            compress_index(&json, self.opts.zstd_level)?.len()
+        } else {
+            json.len()
+        };
+        Ok(self.offset + index as u64 + TRAILER_LEN)
     }
 
     /// Moves the finished temp file to `path`.
@@ -497,4 +547,21 @@ pub(crate) fn is_plain_file_name(name: &str) -> bool {
 /// component, no `\`: rebuilt under an output folder it stays inside it.
 pub(crate) fn is_companion_path(name: &str) -> bool {
     name.len() <= 4096 && name.split('/').all(is_plain_file_name)
+}
+
+/// The index's JSON: compact when it is to be compressed, pretty (as before 2026-12-04) when stored as is.
+pub(crate) fn index_json(manifest: &Manifest, compact: bool) -> serde_json::Result<Vec<u8>> {
+    if compact {
+        serde_json::to_vec(manifest)
+    } else {
+        serde_json::to_vec_pretty(manifest)
+    }
+}
+
+/// The stored form of a compressed index: one zstd frame (content size declared) at the companion files' level
+/// for its size ([`crate::companion_zstd_level`]: ≥ 19 up to 8 MiB).
+pub fn compress_index(json: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
+    let level = crate::companion_zstd_level(json.len(), zstd_level);
+    zstd::bulk::compress(json, level)
+        .map_err(|e| Error::stream("zstd", format!("index compression failed: {e}")))
 }

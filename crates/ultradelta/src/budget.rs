@@ -35,8 +35,9 @@ use half::f16;
 use serde::Serialize;
 use ultradelta_alloc::TensorStat;
 use ultradelta_archive::{
-    encode_file_record_against, encode_record, FileEntry, FinetunedInfo, LowRankRecord, Manifest,
-    Policy, Record, TensorEntry, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN, TRAILER_LEN,
+    compress_index, encode_file_record_against, encode_record, FileEntry, FinetunedInfo,
+    LowRankRecord, Manifest, Policy, Record, TensorEntry, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN,
+    TRAILER_LEN,
 };
 
 use crate::config::{CompressConfig, Method};
@@ -171,7 +172,7 @@ pub(crate) struct FixedPart {
     pub(crate) lossless: u64,
     /// Companion files' records.
     pub(crate) companions: u64,
-    /// Upper bound of the JSON index.
+    /// The compressed index's estimated size (see [`fixed_part`]).
     pub(crate) index: u64,
 }
 
@@ -334,17 +335,85 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
         files,
         created_by: crate::pipeline::CREATED_BY.to_string(),
     };
-    let index = serde_json::to_vec_pretty(&manifest)
+    // The writer stores the index as one zstd frame of its compact JSON. Its compressed size is estimated from the
+    // widest index with every number and checksum the search can change replaced by pseudo-random ones of the
+    // same width (more entropy than real offsets and sparsities have), plus the plan's slack: the pipeline checks
+    // the real size before finishing and, in the rare case it is over the budget, writes again with more slack.
+    let cannot = |e: serde_json::Error| Error::InvalidConfig {
+        field: "target_size",
+        reason: format!("cannot size the index: {e}"),
+    };
+    let mut value = serde_json::to_value(&manifest).map_err(cannot)?;
+    fill_widest(&mut value, budget, &mut 0x5DEE_CE66_D1CE_4E5Bu64);
+    let json = serde_json::to_vec(&value).map_err(cannot)?;
+    let estimate = compress_index(&json, cfg.zstd_level)
         .map_err(|e| Error::InvalidConfig {
             field: "target_size",
             reason: format!("cannot size the index: {e}"),
         })?
-        .len() as u64;
+        .len() as i64;
+    let index = estimate.saturating_add(p.index_slack).max(0) as u64;
     Ok(FixedPart {
         lossless,
         companions,
         index,
     })
+}
+
+/// SplitMix64 step.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A pseudo-random integer with exactly `digits` decimal digits (1 ≤ digits ≤ 19; 20 gives a 20-digit u64).
+fn random_width(digits: usize, state: &mut u64) -> u64 {
+    match digits {
+        0 | 1 => splitmix(state) % 10,
+        20.. => 10_000_000_000_000_000_000 + splitmix(state) % 8_000_000_000_000_000_000,
+        d => {
+            let lo = 10u64.pow(d as u32 - 1);
+            lo + splitmix(state) % (9 * lo)
+        }
+    }
+}
+
+/// Replaces, in the serialised widest index, every value the search can still change by a pseudo-random one of
+/// the same printed width: 16-digit hex checksums, the widest float, offsets and lengths (`budget`), the widest
+/// integers, and the kept counts of compressed tensors (their numel's width).
+fn fill_widest(v: &mut serde_json::Value, budget: u64, state: &mut u64) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.len() == 16 && s.bytes().all(|b| b == b'0') => {
+            *s = format!("{:016x}", splitmix(state));
+        }
+        Value::Number(n) => {
+            if n.as_f64() == Some(WIDEST_F64) && n.is_f64() {
+                let u = (splitmix(state) >> 11) as f64 / (1u64 << 53) as f64;
+                *v = serde_json::json!(-f64::MIN_POSITIVE * (1.0 + u));
+            } else if let Some(x) = n.as_u64() {
+                if x == budget || x == u64::MAX || x == u64::from(u32::MAX) {
+                    *v = serde_json::json!(random_width(x.to_string().len(), state));
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| fill_widest(x, budget, state)),
+        Value::Object(m) => {
+            let compressed = m.get("policy").and_then(Value::as_str) == Some("compress");
+            for (k, x) in m.iter_mut() {
+                match (k.as_str(), x.as_u64()) {
+                    ("kept", Some(kept)) if compressed => {
+                        *x = serde_json::json!(random_width(kept.to_string().len(), state));
+                    }
+                    _ => fill_widest(x, budget, state),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Solves the budget for one fine-tune: returns `cfg` with its free parameter set, and the report.

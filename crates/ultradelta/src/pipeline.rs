@@ -318,6 +318,7 @@ fn write_records(
             overwrite,
             created_by: CREATED_BY.to_string(),
             zstd_level: cfg.zstd_level,
+            ..WriterOptions::default()
         },
     )?;
     let total: u64 = p.tensors.iter().map(|t| t.info.numel() as u64).sum();
@@ -456,7 +457,31 @@ fn write_records(
     })
 }
 
+/// How many times an archive is written again when it came out over its whole-file budget (the compressed
+/// index's size is estimated before the records are chosen; see `budget::fixed_part`).
+const BUDGET_RETRIES: usize = 3;
+
 impl Pending {
+    /// By how many bytes the finished archive would exceed its whole-file budget with `gamma` (`None` when it fits or
+    /// there is no whole-file budget). Serialises and compresses the index once, without finishing.
+    fn overshoot(&self, gamma: f64) -> Result<Option<u64>> {
+        let Some(b) = self.report.budget.as_ref().filter(|b| b.kind == "size") else {
+            return Ok(None);
+        };
+        let mut params = self.params.clone();
+        if let serde_json::Value::Object(m) = &mut params {
+            m.insert("gamma".into(), serde_json::json!(gamma));
+        }
+        let size = self.writer.size_if_finished(
+            self.method.name(),
+            params,
+            gamma,
+            &self.fingerprint,
+            self.finetuned.clone(),
+        )?;
+        Ok((size > b.target as u64).then(|| size - b.target as u64))
+    }
+
     fn finish(mut self, gamma: f64) -> Result<CompressReport> {
         let source = PathBuf::from(&self.finetuned.source);
         if let serde_json::Value::Object(m) = &mut self.params {
@@ -472,7 +497,7 @@ impl Pending {
         self.report.gamma = gamma;
         self.report.archive_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if let Some(b) = self.report.budget.as_ref().filter(|b| b.kind == "size") {
-            // The index bound makes this impossible; a file over a whole-file budget is never left behind.
+            // `overshoot` was checked before; a file over a whole-file budget is never left behind.
             if self.report.archive_bytes > b.target as u64 {
                 let _ = std::fs::remove_file(&path);
                 return Err(Error::Budget {
@@ -507,11 +532,56 @@ pub fn compress(
     let mut inputs = Input::checkpoint(base, "base checkpoint");
     inputs.extend(Input::checkpoint(finetuned, "fine-tuned checkpoint"));
     check_output(output, &inputs)?;
-    let plan = Plan::new(base, finetuned, cfg)?;
+    compress_planned(
+        Plan::new(base, finetuned, cfg)?,
+        cfg,
+        output,
+        overwrite,
+        progress,
+    )
+}
+
+/// [`compress`] of a plan made.
+fn compress_planned(
+    mut plan: Plan<'_>,
+    cfg: &CompressConfig,
+    output: &Path,
+    overwrite: bool,
+    progress: &dyn Progress,
+) -> Result<CompressReport> {
     // The quantizer settings left to the family, now that it is known; the archive's params hold these.
     let cfg = &cfg.for_family(plan.family);
-    let pending = write_records(&plan, cfg, output, overwrite, false, progress)?;
-    pending.finish(cfg.gamma.unwrap_or(1.0))
+    let gamma = cfg.gamma.unwrap_or(1.0);
+    let mut pending = write_records(&plan, cfg, output, overwrite, false, progress)?;
+    for _ in 0..BUDGET_RETRIES {
+        let Some(over) = pending.overshoot(gamma)? else {
+            break;
+        };
+        pending = rewrite_over_budget(&mut plan, pending, over, cfg, overwrite, false, progress)?;
+    }
+    pending.finish(gamma)
+}
+
+/// Drops `pending` (its temporary file goes with it), which came out `over` bytes over its whole-file budget, and
+/// writes its records again with that much more room kept for the index.
+fn rewrite_over_budget(
+    plan: &mut Plan<'_>,
+    pending: Pending,
+    over: u64,
+    cfg: &CompressConfig,
+    overwrite: bool,
+    want_trace: bool,
+    progress: &dyn Progress,
+) -> Result<Pending> {
+    let out = pending.writer.path().to_path_buf();
+    drop(pending);
+    plan.index_slack = plan.index_slack.saturating_add(over as i64);
+    progress.note(&format!(
+        "{}: the compressed index took {over} bytes more than estimated, over the budget; writing again with {} bytes kept for it",
+        out.display(),
+        plan.index_slack
+    ));
+    write_records(plan, cfg, &out, overwrite, want_trace, progress)
 }
 
 /// γ rounded to 6 significant digits. Trace norms carry the last-bit noise of the BLAS
@@ -584,6 +654,7 @@ pub fn compress_many(
     }
     let want_trace = cfg.gamma.is_none() && cfg.tngr.enabled;
     let mut pending = Vec::with_capacity(finetuned.len());
+    let mut plans = Vec::with_capacity(finetuned.len());
     for (ft, name) in finetuned.iter().zip(&names) {
         let plan = Plan::new(base, ft, cfg)?;
         pending.push(write_records(
@@ -594,6 +665,7 @@ pub fn compress_many(
             want_trace,
             progress,
         )?);
+        plans.push(plan);
     }
     let gammas = match cfg.gamma {
         Some(g) => vec![g; pending.len()],
@@ -612,6 +684,20 @@ pub fn compress_many(
     for (p, g) in pending.iter().zip(&gammas) {
         progress.note(&format!("{}: gamma {:.6}", p.report.output.display(), g));
     }
+    // Every archive is checked against its whole-file budget before any is finished; one written again keeps the γ
+    // computed above (its records change by the few bytes the index needed).
+    let mut checked = Vec::with_capacity(pending.len());
+    for ((mut p, plan), &g) in pending.into_iter().zip(plans.iter_mut()).zip(&gammas) {
+        for _ in 0..BUDGET_RETRIES {
+            let Some(over) = p.overshoot(g)? else {
+                break;
+            };
+            let c = cfg.for_family(plan.family);
+            p = rewrite_over_budget(plan, p, over, &c, overwrite, want_trace, progress)?;
+        }
+        checked.push(p);
+    }
+    let pending = checked;
     pending
         .into_iter()
         .zip(gammas)
@@ -622,6 +708,64 @@ pub fn compress_many(
 #[cfg(test)]
 mod tests {
     use super::round_gamma;
+
+    /// An archive that comes out over its whole-file budget (here: the index's estimate made 4 KB too small) is
+    /// written again with room for the index, and the final file fits the budget.
+    #[test]
+    fn an_archive_over_its_whole_file_budget_is_written_again() {
+        use std::sync::Mutex;
+        struct Notes(Mutex<Vec<String>>);
+        impl crate::Progress for Notes {
+            fn note(&self, msg: &str) {
+                self.0.lock().unwrap().push(msg.to_string());
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let synth = ultradelta_synth::SynthConfig {
+            dtype: ultradelta_io::DType::F32,
+            ..ultradelta_synth::SynthConfig::new(ultradelta_synth::Shape::Tiny)
+        };
+        let (b, f) = ultradelta_synth::write_pair(dir.path(), &synth, |_, _| {}).unwrap();
+        let (base, ft) = (
+            ultradelta_io::Checkpoint::open(&b).unwrap(),
+            ultradelta_io::Checkpoint::open(&f).unwrap(),
+        );
+        let plain = crate::CompressConfig {
+            positions: crate::PositionCodec::Golomb,
+            values: crate::ValueCodec::Packed,
+            ..crate::CompressConfig::default()
+        };
+        let out = dir.path().join("a.udelta");
+        let free = super::compress(&base, &ft, &plain, &out, true, &crate::NoProgress).unwrap();
+        let budget = free.archive_bytes * 9 / 10;
+        let cfg = crate::CompressConfig {
+            target_size: Some(budget),
+            ..plain
+        };
+        let mut plan = super::Plan::new(&base, &ft, &cfg).unwrap();
+        plan.index_slack = -4096;
+        let notes = Notes(Mutex::new(Vec::new()));
+        let rep = super::compress_planned(plan, &cfg, &out, true, &notes).unwrap();
+        let bytes = std::fs::metadata(&out).unwrap().len();
+        assert!(bytes <= budget, "{bytes} > {budget}");
+        assert_eq!(bytes, rep.archive_bytes);
+        let notes = notes.0.into_inner().unwrap();
+        assert!(
+            notes.iter().any(|n| n.contains("writing again")),
+            "{notes:?}"
+        );
+        crate::archive::ArchiveReader::open(&out)
+            .unwrap()
+            .verify()
+            .unwrap();
+        // Nothing but the archive is left in the folder.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("a.udelta"))
+            .collect();
+        assert_eq!(left, ["a.udelta"]);
+    }
 
     #[test]
     fn gamma_is_rounded_to_six_significant_digits() {

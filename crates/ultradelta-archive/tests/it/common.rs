@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ultradelta_archive::{
-    trailer_len, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord, TensorEntry,
-    WriterOptions, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
+    compress_index, trailer_len, ArchiveWriter, FinetunedInfo, Policy, Record, SparseRecord,
+    TensorEntry, WriterOptions, FLAG_INDEX_ZSTD, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
 use ultradelta_core::DType;
 use ultradelta_core::QuantParams;
@@ -169,13 +169,19 @@ pub fn sample_files() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// Writes the sample archive to `path` (overwriting).
+/// Writes the sample archive to `path` (overwriting), with today's default compressed index.
 pub fn write_sample(path: &Path) -> PathBuf {
+    write_sample_with(path, true)
+}
+
+/// Writes the sample archive to `path` (overwriting), its index compressed or (as before 2026-12-04) plain JSON.
+pub fn write_sample_with(path: &Path, index_zstd: bool) -> PathBuf {
     let mut w = ArchiveWriter::create_with(
         path,
         WriterOptions {
             overwrite: true,
             created_by: "ultradelta-archive test fixture".into(),
+            index_zstd,
             ..WriterOptions::default()
         },
     )
@@ -225,21 +231,46 @@ pub fn index_range(bytes: &[u8]) -> (usize, usize) {
     (off, len)
 }
 
-/// The parsed JSON index of an archive.
-pub fn index_json(bytes: &[u8]) -> serde_json::Value {
-    let (off, len) = index_range(bytes);
-    serde_json::from_slice(&bytes[off..off + len]).unwrap()
+/// The preamble's flags word of an archive.
+pub fn flags_of(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes(bytes[12..16].try_into().unwrap())
 }
 
-/// Replaces the index with `new_index` and writes a consistent trailer (valid offset, length, checksum and, from
-/// version 2, content SHA-256).
+/// The index's JSON bytes: the stored bytes, decompressed when the archive's index is compressed.
+pub fn index_plain(bytes: &[u8]) -> Vec<u8> {
+    let (off, len) = index_range(bytes);
+    let stored = &bytes[off..off + len];
+    if flags_of(bytes) & FLAG_INDEX_ZSTD != 0 {
+        zstd::bulk::decompress(stored, 1 << 30).unwrap()
+    } else {
+        stored.to_vec()
+    }
+}
+
+/// The parsed JSON index of an archive.
+pub fn index_json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(&index_plain(bytes)).unwrap()
+}
+
+/// Replaces the index with the JSON `new_index`, stored as the archive stores its index (compressed when its
+/// preamble says so), and writes a consistent trailer.
 pub fn with_index_bytes(bytes: &[u8], new_index: &[u8]) -> Vec<u8> {
+    if flags_of(bytes) & FLAG_INDEX_ZSTD != 0 {
+        with_stored_index(bytes, &compress_index(new_index, 3).unwrap())
+    } else {
+        with_stored_index(bytes, new_index)
+    }
+}
+
+/// Replaces the index's stored bytes with `stored` as they are and writes a consistent trailer (valid offset,
+/// length, checksum and, from version 2, content SHA-256).
+pub fn with_stored_index(bytes: &[u8], stored: &[u8]) -> Vec<u8> {
     let (off, _) = index_range(bytes);
     let mut out = bytes[..off].to_vec();
-    out.extend_from_slice(new_index);
+    out.extend_from_slice(stored);
     out.extend_from_slice(&(off as u64).to_le_bytes());
-    out.extend_from_slice(&(new_index.len() as u64).to_le_bytes());
-    out.extend_from_slice(&xxh3_64(new_index).to_le_bytes());
+    out.extend_from_slice(&(stored.len() as u64).to_le_bytes());
+    out.extend_from_slice(&xxh3_64(stored).to_le_bytes());
     if version_of(bytes) >= 2 {
         reseal_sha256(&mut out);
         return out;

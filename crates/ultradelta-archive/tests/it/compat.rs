@@ -5,13 +5,16 @@
 //! `tests/data/v2-small.udelta` is the same sample written with format version 2 (the content SHA-256 in the
 //! trailer). Regenerate it only when the fixture itself must change (never for a format change: add a new file for
 //! a new version): `cargo test -p ultradelta-archive --test it -- --ignored regenerate_v2_fixture`.
+//! `tests/data/v2-index-zstd.udelta` is the same sample with the compressed index of 2026-12-04 (preamble flag
+//! `FLAG_INDEX_ZSTD`), made by `write_sample` with today's defaults
+//! (`cargo test -p ultradelta-archive --test it -- --ignored regenerate_index_zstd_fixture`).
 
 use std::path::PathBuf;
 
 use ultradelta_archive::{ArchiveReader, Policy, Record};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::common::{sample_files, sample_tensors, write_sample};
+use crate::common::{sample_files, sample_tensors, write_sample, write_sample_with};
 
 fn fixture() -> PathBuf {
     data("v1-small.udelta")
@@ -24,7 +27,53 @@ fn data(name: &str) -> PathBuf {
 #[test]
 #[ignore = "rewrites the committed fixture"]
 fn regenerate_v2_fixture() {
-    write_sample(&data("v2-small.udelta"));
+    write_sample_with(&data("v2-small.udelta"), false);
+}
+
+#[test]
+#[ignore = "rewrites the committed fixture"]
+fn regenerate_index_zstd_fixture() {
+    write_sample(&data("v2-index-zstd.udelta"));
+}
+
+/// The archive with the compressed index decodes to the same index and records as the plain one, is what today's
+/// writer writes byte for byte, and its index is smaller.
+#[test]
+fn index_zstd_fixture_decodes_like_the_plain_one() {
+    let z = ArchiveReader::open(data("v2-index-zstd.udelta")).expect("committed fixture must open");
+    let plain = ArchiveReader::open(data("v2-small.udelta")).unwrap();
+    z.verify().unwrap();
+    z.check_content_sha256().unwrap().unwrap();
+    assert_eq!(
+        serde_json::to_value(z.manifest()).unwrap(),
+        serde_json::to_value(plain.manifest()).unwrap()
+    );
+    for e in &plain.manifest().tensors {
+        if e.kind != "none" {
+            assert_eq!(
+                z.read_record(&e.name).unwrap(),
+                plain.read_record(&e.name).unwrap()
+            );
+        }
+    }
+    for f in &plain.manifest().files {
+        assert_eq!(
+            z.read_file(&f.name).unwrap(),
+            plain.read_file(&f.name).unwrap()
+        );
+    }
+    let bytes = std::fs::read(data("v2-index-zstd.udelta")).unwrap();
+    let plain_bytes = std::fs::read(data("v2-small.udelta")).unwrap();
+    assert_eq!(bytes[12..16], [1, 0, 0, 0]);
+    let (_, zl) = crate::common::index_range(&bytes);
+    let (_, pl) = crate::common::index_range(&plain_bytes);
+    assert!(zl * 2 < pl, "compressed index {zl} bytes, plain {pl}");
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = std::fs::read(write_sample(&dir.path().join("z.udelta"))).unwrap();
+    assert!(
+        fresh == bytes,
+        "write_sample no longer writes v2-index-zstd.udelta's bytes"
+    );
 }
 
 /// The SHA-256 of `v2-small.udelta`'s content, pinned as a literal (also what `inspect` and `verify` print).
@@ -59,7 +108,7 @@ fn v2_fixture_decodes_and_its_content_sha256_checks() {
     }
     // And it still matches the helper that made it, byte for byte.
     let dir = tempfile::tempdir().unwrap();
-    let fresh = std::fs::read(write_sample(&dir.path().join("s.udelta"))).unwrap();
+    let fresh = std::fs::read(write_sample_with(&dir.path().join("s.udelta"), false)).unwrap();
     assert_eq!(
         fresh, bytes,
         "write_sample no longer writes v2-small.udelta's bytes"

@@ -77,10 +77,18 @@ fn unsupported_version() {
 #[test]
 fn unsupported_flags() {
     let mut b = sample_bytes();
-    b[12..16].copy_from_slice(&1u32.to_le_bytes());
+    // Bit 0 (compressed index) is known; bit 1 is not.
+    b[12..16].copy_from_slice(&3u32.to_le_bytes());
     let err = open_err(&b);
     assert!(
-        matches!(err, Error::UnsupportedFlags { found: 1, .. }),
+        matches!(
+            err,
+            Error::UnsupportedFlags {
+                found: 3,
+                known: 1,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -236,6 +244,74 @@ fn index_parse_error() {
     // Unknown dtype name.
     let c = edit_index(&b, |v| v["tensors"][0]["dtype"] = json!("F8"));
     assert!(matches!(open_err(&c), Error::IndexParse { .. }));
+}
+
+/// A compressed index (preamble flag bit 0) that is not exactly one zstd frame declaring a size within the limits
+/// and what its bytes can hold, or that does not decode to that size, is refused with one line naming the file;
+/// nothing sized from the frame is allocated before those checks.
+#[test]
+fn compressed_index_must_be_one_bounded_frame() {
+    let b = sample_bytes();
+    assert_eq!(flags_of(&b), 1);
+    let json = index_plain(&b);
+    let frame = ultradelta_archive::compress_index(&json, 3).unwrap();
+    let parse = |stored: &[u8], want: &str| {
+        let err = open_err(&with_stored_index(&b, stored));
+        let msg = err.to_string();
+        assert!(matches!(err, Error::IndexParse { .. }), "{msg}");
+        assert!(
+            msg.contains("compressed index") && msg.contains(want),
+            "want {want:?}: {msg}"
+        );
+    };
+    parse(&json, "is not a zstd frame");
+    parse(b"", "is not a zstd frame");
+    parse(&frame[..frame.len() - 1], "is not a zstd frame");
+    parse(
+        &[frame.clone(), frame.clone()].concat(),
+        "is not one zstd frame",
+    );
+    // A streamed frame does not declare its size.
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.include_contentsize(false).unwrap();
+    std::io::Write::write_all(&mut enc, &json).unwrap();
+    parse(
+        &enc.finish().unwrap(),
+        "does not declare its decompressed size",
+    );
+    // The same frame re-headed to declare `size` bytes (8-byte content-size field, single segment).
+    let redeclare = |size: u64| {
+        let fhd = frame[4];
+        assert_eq!(fhd & 0x20, 0x20, "bulk frames are single-segment");
+        let fcs_len = [1usize, 2, 4, 8][(fhd >> 6) as usize];
+        let mut out = frame[..4].to_vec();
+        out.push((fhd & 0x3F) | 0xC0);
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&frame[5 + fcs_len..]);
+        out
+    };
+    // The unchanged frame re-headed with its own size still opens (the surgery is sound).
+    let dir = tempfile::tempdir().unwrap();
+    let p = put(
+        dir.path(),
+        "t.udelta",
+        &with_stored_index(&b, &redeclare(json.len() as u64)),
+    );
+    ArchiveReader::open(&p).unwrap();
+    let most = redeclare(0).len() as u64 * ultradelta_archive::MAX_ZSTD_EXPANSION;
+    parse(&redeclare(most + 1), "more than its");
+    parse(&redeclare(json.len() as u64 + 1), "does not decode");
+    parse(&redeclare(json.len() as u64 - 1), "does not decode");
+    // Over the index limit (the stored bytes are within it): the decompressed size is what is limited.
+    let p = put(dir.path(), "t.udelta", &b);
+    let limits = Limits {
+        max_index_bytes: json.len() as u64 - 1,
+        ..Limits::default()
+    };
+    assert!((frame.len() as u64) < limits.max_index_bytes);
+    let err = ArchiveReader::open_with_limits(&p, limits).unwrap_err();
+    assert!(matches!(err, Error::IndexTooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("t.udelta"), "{err}");
 }
 
 #[test]

@@ -84,6 +84,8 @@ fn write_archive(
         overwrite: true,
         zstd_level: 3,
         created_by: "proptest".into(),
+        // Both index forms: compressed (the default) and the plain JSON of earlier archives.
+        index_zstd: tensors.len().is_multiple_of(2),
     };
     let mut w = ArchiveWriter::create_with(path, opts).unwrap();
     for (i, (e, r)) in tensors.iter().enumerate() {

@@ -2,8 +2,8 @@
 //! markdown and compared with the crate's constants.
 
 use ultradelta_archive::{
-    DType, RecordKind, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, OLDEST_FORMAT_VERSION, PREAMBLE_LEN,
-    TRAILER_LEN, TRAILER_LEN_V1, TRAILER_MAGIC,
+    DType, RecordKind, FLAG_INDEX_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, OLDEST_FORMAT_VERSION,
+    PREAMBLE_LEN, TRAILER_LEN, TRAILER_LEN_V1, TRAILER_MAGIC,
 };
 
 // The payload layout constants of the spec's table, as the code's kind table gives them.
@@ -74,6 +74,10 @@ fn constants_table_matches_code() {
     assert_eq!(hex_bytes(&get("TRAILER_MAGIC")), TRAILER_MAGIC);
     assert_eq!(parse_u64(&get("FORMAT_VERSION")), u64::from(FORMAT_VERSION));
     assert_eq!(parse_u64(&get("KNOWN_FLAGS")), u64::from(KNOWN_FLAGS));
+    assert_eq!(
+        parse_u64(&get("FLAG_INDEX_ZSTD")),
+        u64::from(FLAG_INDEX_ZSTD)
+    );
     assert_eq!(parse_u64(&get("PREAMBLE_LEN")), PREAMBLE_LEN);
     assert_eq!(parse_u64(&get("TRAILER_LEN")), TRAILER_LEN);
     assert_eq!(parse_u64(&get("TRAILER_LEN_V1")), TRAILER_LEN_V1);
@@ -99,7 +103,7 @@ fn constants_table_matches_code() {
     }
     assert_eq!(
         rows.len(),
-        17,
+        18,
         "constants table has rows the test does not check"
     );
 }
@@ -153,7 +157,13 @@ fn preamble_and_trailer_tables_match_written_bytes() {
     let b = crate::common::sample_bytes();
     assert_eq!(b[..8], MAGIC);
     assert_eq!(b[8..12], FORMAT_VERSION.to_le_bytes());
-    assert_eq!(b[12..16], [0, 0, 0, 0]);
+    assert_eq!(b[12..16], FLAG_INDEX_ZSTD.to_le_bytes());
+    let plain = std::fs::read(crate::common::write_sample_with(
+        &tempfile::tempdir().unwrap().path().join("p.udelta"),
+        false,
+    ))
+    .unwrap();
+    assert_eq!(plain[12..16], [0, 0, 0, 0]);
     assert_eq!(b[b.len() - 8..], TRAILER_MAGIC);
 }
 
