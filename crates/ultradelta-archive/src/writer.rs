@@ -357,38 +357,27 @@ impl ArchiveWriter {
         if !gamma.is_finite() || !(gamma as f32).is_finite() {
             return Err(self.invalid("", format!("gamma {gamma} is not finite in 32-bit floats")));
         }
-        let manifest = Manifest {
-            format_version: FORMAT_VERSION,
-            method: method.to_string(),
+        let tensors = std::mem::take(&mut self.tensors);
+        let files = std::mem::take(&mut self.files);
+        let manifest = self.manifest(
+            method,
             params,
             gamma,
-            base_fingerprint: base_fingerprint.to_string(),
+            base_fingerprint,
             finetuned,
-            tensors: std::mem::take(&mut self.tensors),
-            files: std::mem::take(&mut self.files),
-            created_by: self.opts.created_by.clone(),
-        };
-        let json = index_json(&manifest, self.opts.index_zstd)
-            .map_err(|e| self.invalid("", format!("cannot serialize the index: {e}")))?;
+            tensors,
+            files,
+        );
         let index_offset = self.offset;
         // Exactly the reader's checks of the index, before anything is published.
-        let limits = Limits::default();
-        if json.len() as u64 > limits.max_index_bytes {
-            return Err(self.invalid(
-                "",
-                format!(
-                    "index of {} bytes exceeds the format's limit of {}",
-                    json.len(),
-                    limits.max_index_bytes
-                ),
-            ));
-        }
-        let index = if self.opts.index_zstd {
-            compress_index(&json, self.opts.zstd_level)?
-        } else {
-            json
-        };
-        validate_manifest(&self.path, &manifest, &limits, index_offset, FORMAT_VERSION)?;
+        let index = self.stored_index(&manifest)?;
+        validate_manifest(
+            &self.path,
+            &manifest,
+            &Limits::default(),
+            index_offset,
+            FORMAT_VERSION,
+        )?;
         let mut trailer = Vec::with_capacity(24);
         trailer.extend_from_slice(&index_offset.to_le_bytes());
         trailer.extend_from_slice(&(index.len() as u64).to_le_bytes());
@@ -429,25 +418,63 @@ impl ArchiveWriter {
         base_fingerprint: &str,
         finetuned: FinetunedInfo,
     ) -> Result<u64> {
-        let manifest = Manifest {
+        let (tensors, files) = (self.tensors.clone(), self.files.clone());
+        let manifest = self.manifest(
+            method,
+            params,
+            gamma,
+            base_fingerprint,
+            finetuned,
+            tensors,
+            files,
+        );
+        Ok(self.offset + self.stored_index(&manifest)?.len() as u64 + TRAILER_LEN)
+    }
+
+    /// The index of this archive with the given fields.
+    #[allow(clippy::too_many_arguments)]
+    fn manifest(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+        gamma: f64,
+        base_fingerprint: &str,
+        finetuned: FinetunedInfo,
+        tensors: Vec<TensorEntry>,
+        files: Vec<FileEntry>,
+    ) -> Manifest {
+        Manifest {
             format_version: FORMAT_VERSION,
             method: method.to_string(),
             params,
             gamma,
             base_fingerprint: base_fingerprint.to_string(),
             finetuned,
-            tensors: self.tensors.clone(),
-            files: self.files.clone(),
+            tensors,
+            files,
             created_by: self.opts.created_by.clone(),
-        };
-        let json = index_json(&manifest, self.opts.index_zstd)
+        }
+    }
+
+    /// The index's bytes as stored: its JSON within the format's limit, compressed unless `index_zstd` is off.
+    fn stored_index(&self, manifest: &Manifest) -> Result<Vec<u8>> {
+        let json = index_json(manifest, self.opts.index_zstd)
             .map_err(|e| self.invalid("", format!("cannot serialize the index: {e}")))?;
-        let index = if self.opts.index_zstd {
-            compress_index(&json, self.opts.zstd_level)?.len()
+        let limit = Limits::default().max_index_bytes;
+        if json.len() as u64 > limit {
+            return Err(self.invalid(
+                "",
+                format!(
+                    "index of {} bytes exceeds the format's limit of {limit}",
+                    json.len()
+                ),
+            ));
+        }
+        if self.opts.index_zstd {
+            compress_index(&json, self.opts.zstd_level)
         } else {
-            json.len()
-        };
-        Ok(self.offset + index as u64 + TRAILER_LEN)
+            Ok(json)
+        }
     }
 
     /// Moves the finished temp file to `path`.
