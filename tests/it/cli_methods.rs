@@ -212,6 +212,8 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
             "packed",
             "--embeddings",
             "keep",
+            "--position-embeddings",
+            "keep",
             "--bits",
             "4",
             "--quant-fit",
@@ -236,6 +238,7 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
         quant_fit: Some(ultradelta::QuantFit::Range),
         selection: ultradelta::Selection {
             embeddings: ultradelta::EmbeddingPolicy::Keep,
+            position_embeddings: ultradelta::EmbeddingPolicy::Keep,
             ..d.selection.clone()
         },
         ..d.clone()
@@ -251,9 +254,14 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
         d.selection.embeddings,
         ultradelta::EmbeddingPolicy::Compress
     );
+    assert_eq!(
+        d.selection.position_embeddings,
+        ultradelta::EmbeddingPolicy::Drop
+    );
     for conflict in [
         &["--no-msa"][..],
         &["--embeddings", "compress"][..],
+        &["--position-embeddings", "drop"][..],
         &["--quant-fit", "mse"][..],
     ] {
         let c = dir.path().join("c.udelta");

@@ -129,6 +129,24 @@ const EMBEDDINGS: Choices<EmbeddingPolicy> = &[
     ),
 ];
 
+const POSITION_EMBEDDINGS: Choices<EmbeddingPolicy> = &[
+    (
+        "drop",
+        "Drop its delta (the rebuilt model uses the base's table)",
+        EmbeddingPolicy::Drop,
+    ),
+    (
+        "compress",
+        "Compress it with the linear layers",
+        EmbeddingPolicy::Compress,
+    ),
+    (
+        "keep",
+        "Store its delta without loss",
+        EmbeddingPolicy::Keep,
+    ),
+];
+
 const POSITIONS: Choices<PositionCodec> = &[
     ("golomb", "DAC's stratified positions, stored as Golomb-coded gaps (the paper's v3 count)", PositionCodec::Golomb),
     (
@@ -253,7 +271,7 @@ pub struct CompressArgs {
     #[arg(long, value_parser = choice(PRESETS), conflicts_with_all = [
         "method", "sparsity", "bits", "step", "rescale", "no_msa", "allocation", "tier_spread", "rd_power",
         "positions", "values", "codec", "no_dac", "no_quant", "no_tngr", "tngr", "target_ratio", "target_size",
-        "rescale_factor", "trace_on", "embeddings", "quant_fit",
+        "rescale_factor", "trace_on", "embeddings", "position_embeddings", "quant_fit",
     ])]
     pub preset: Option<Preset>,
     /// Rank of every compressed tensor (--method lowrank).
@@ -388,6 +406,10 @@ pub struct CompressArgs {
     /// `word_embeddings`), unless a --compress/--keep/--drop glob names them.
     #[arg(long, value_parser = choice(EMBEDDINGS), default_value = "compress")]
     pub embeddings: EmbeddingPolicy,
+    /// The family's learned position-embedding table (BERT/RoBERTa `position_embeddings`), unless a
+    /// --compress/--keep/--drop glob names it.
+    #[arg(long, value_parser = choice(POSITION_EMBEDDINGS), default_value = "drop")]
+    pub position_embeddings: EmbeddingPolicy,
     /// Replace existing output.
     #[arg(long)]
     pub force: bool,
@@ -436,6 +458,7 @@ impl CompressArgs {
                 drop: self.drop_globs.clone(),
                 family: self.family,
                 embeddings: self.embeddings,
+                position_embeddings: self.position_embeddings,
             },
             quantize: !self.no_quant,
             rank: self.rank,
@@ -497,6 +520,7 @@ pub fn flag_of(field: &str) -> Option<&'static str> {
         "selection.drop" => "--drop",
         "selection.family" => "--family",
         "selection.embeddings" => "--embeddings",
+        "selection.position_embeddings" => "--position-embeddings",
         "quantize" => "--no-quant",
         "rank" => "--rank",
         "compeft_alpha" => "--compeft-alpha",

@@ -142,6 +142,7 @@ fn option_of(field: &str) -> Option<&'static str> {
         "selection.drop" => "drop=",
         "selection.family" => "family=",
         "selection.embeddings" => "embeddings=",
+        "selection.position_embeddings" => "position_embeddings=",
         "quantize" => "no_quant=",
         "rank" => "rank=",
         "compeft_alpha" => "compeft_alpha=",
@@ -209,6 +210,7 @@ const OPTIONS: &[&str] = &[
     "drop",
     "family",
     "embeddings",
+    "position_embeddings",
 ];
 
 /// Options a preset sets itself (the command line refuses the flags with `--preset`).
@@ -234,6 +236,7 @@ const PRESET_CONFLICTS: &[&str] = &[
     "rescale_factor",
     "trace_on",
     "embeddings",
+    "position_embeddings",
     "quant_fit",
 ];
 
@@ -361,6 +364,12 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
             .map_err(|e: String| invalid(format!("option embeddings: {e}")))?,
         None => EmbeddingPolicy::default(),
     };
+    let position_embeddings: EmbeddingPolicy = match get("position_embeddings") {
+        Some(v) => value::<String>("position_embeddings", v, "a string")?
+            .parse()
+            .map_err(|e: String| invalid(format!("option position_embeddings: {e}")))?,
+        None => Selection::default().position_embeddings,
+    };
     let num = |name: &str, default: f64| -> PyResult<f64> {
         get(name).map_or(Ok(default), |v| value(name, v, "a number"))
     };
@@ -425,6 +434,7 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
             drop: get("drop").map_or(Ok(vec![]), |v| globs("drop", v))?,
             family,
             embeddings,
+            position_embeddings,
         },
         quantize: !no_quant,
         rank: get("rank").map_or(Ok(8), |v| value("rank", v, "a non-negative integer"))?,

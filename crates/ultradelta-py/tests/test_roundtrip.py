@@ -30,8 +30,12 @@ def _normalise_report(report: dict) -> dict:
         ({"method": "dare", "sparsity": 0.8}, ["--method", "dare", "--sparsity", "0.8"]),
         ({"positions": "seeded", "codec": "auto"}, ["--positions", "seeded", "--codec", "auto"]),
         ({"bits": 2, "quant_fit": "mse-unbiased"}, ["--bits", "2", "--quant-fit", "mse-unbiased"]),
+        (
+            {"embeddings": "keep", "position_embeddings": "compress"},
+            ["--embeddings", "keep", "--position-embeddings", "compress"],
+        ),
     ],
-    ids=["defaults", "options", "preset", "dare", "codecs", "quantizer"],
+    ids=["defaults", "options", "preset", "dare", "codecs", "quantizer", "selection"],
 )
 def test_compress_writes_the_clis_bytes_and_report(tmp_path, bert, cli, options, flags):
     py_out = tmp_path / "py.udelta"

@@ -8,9 +8,12 @@
 //! - `target_size: Some(B)` bounds the whole archive file: preamble, every record (compressed tensors, deltas kept
 //!   without loss, tensors only in the fine-tune, companion files), the JSON index and the trailer take at most B
 //!   bytes. Everything but the compressed tensors' records is computed first (the lossless and companion records
-//!   are encoded exactly as the writer encodes them; the index is bounded from above by serialising it with every
-//!   number the search can still change at its widest), and the rest of B is the compressed records' ceiling. If
-//!   that fixed part alone reaches B, the run fails saying how many bytes it takes.
+//!   are encoded exactly as the writer encodes them; the compressed index is estimated by compressing it with every
+//!   number and checksum the search can still change replaced by a pseudo-random one of its widest width), and the
+//!   rest of B is the compressed records' ceiling. If that fixed part alone reaches B, the run fails saying how
+//!   many bytes it takes. The estimate is not a proof (zstd sizes are not monotone), so the pipeline computes the
+//!   finished archive's exact size before publishing it and, if it is over B, writes the records again with the
+//!   overshoot kept for the index (at most 3 times); a file over B is never left behind.
 //!
 //! Record sizes are a deterministic function of their content, so the search is deterministic too. Each evaluation
 //! is one full compression pass over the compressed tensors without writing (the deltas are cached in memory when

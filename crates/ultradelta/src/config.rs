@@ -361,7 +361,8 @@ impl Preset {
     /// and their values, and the codecs (seeded positions change which entries are kept; the paper counts Golomb
     /// positions and packed levels): `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`,
     /// `allocation`, `tier_spread`, `rd_power`, `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`,
-    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec`, `quant_fit` and `selection.embeddings`
+    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec`, `quant_fit`, `selection.embeddings` and
+    /// `selection.position_embeddings`
     /// (the paper compresses the linear layers only). Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`,
     /// `tngr.nuclear_norm`, the rest of `selection`, `seed_trials`, `zstd_level` and `self_contained`.
     pub fn apply_to(self, cfg: CompressConfig) -> CompressConfig {
@@ -376,6 +377,7 @@ impl Preset {
             },
             selection: Selection {
                 embeddings: p.selection.embeddings,
+                position_embeddings: p.selection.position_embeddings,
                 ..cfg.selection
             },
             seed_trials: cfg.seed_trials,
@@ -394,6 +396,7 @@ impl CompressConfig {
         CompressConfig {
             selection: Selection {
                 embeddings: EmbeddingPolicy::Keep,
+                position_embeddings: EmbeddingPolicy::Keep,
                 ..Selection::default()
             },
             rescale: RescaleMode::Global,

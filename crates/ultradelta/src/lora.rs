@@ -43,6 +43,10 @@ pub fn export_lora(archive: &Path, out_dir: &Path, overwrite: bool) -> Result<Pa
     let gamma = m.gamma as f32;
     let mut factors = Vec::new();
     for e in &m.tensors {
+        // A dropped delta (no record) has nothing to export; the base's tensor stands.
+        if e.kind == ultradelta_archive::KIND_NONE {
+            continue;
+        }
         if let Record::LowRank(r) = reader.read_record(&e.name)? {
             factors.push((e.name.clone(), r));
         }

@@ -175,13 +175,16 @@ pub fn builtin_variants() -> Vec<Variant> {
     const PAPER: [&str; 6] = ["--sparsity", "0.97", "--bits", "4", "--quant-fit", "range"];
     // The paper's codecs (Golomb positions, packed levels) and additive MSA, spelled out: the project's defaults
     // differ (seeded positions, rANS levels, relative tiers).
-    // And the paper's tensor selection: the linear layers only (the project compresses the embeddings too).
-    const PAPER_CODECS: [&str; 6] = [
+    // And the paper's tensor selection: the linear layers only (the project compresses the token embeddings too,
+    // and drops BERT's position-embedding delta).
+    const PAPER_CODECS: [&str; 8] = [
         "--positions",
         "golomb",
         "--values",
         "packed",
         "--embeddings",
+        "keep",
+        "--position-embeddings",
         "keep",
     ];
     fn ladder<'a>(extra: &[&'a str]) -> Vec<&'a str> {
@@ -350,6 +353,13 @@ pub fn builtin_variants() -> Vec<Variant> {
             "emb-keep",
             "Project default, embedding deltas kept without loss (the default before 2026-12-03)",
             &["--embeddings", "keep"],
+            false,
+            false,
+        ),
+        variant(
+            "pos-keep",
+            "Project default, position-embedding delta kept without loss (the default before 2026-12-04)",
+            &["--position-embeddings", "keep"],
             false,
             false,
         ),

@@ -63,6 +63,7 @@ def compress(
     drop: Union[str, Sequence[str], None] = ...,
     family: Optional[str] = ...,
     embeddings: Optional[Literal["compress", "keep", "drop"]] = ...,
+    position_embeddings: Optional[Literal["drop", "compress", "keep"]] = ...,
 ) -> Dict[str, Any]: ...
 def apply(
     base: PathLike,
