@@ -43,6 +43,8 @@ use ultradelta_archive::{
     TRAILER_LEN,
 };
 
+use ultradelta_qgp::rng::DetRng;
+
 use crate::config::{CompressConfig, Method};
 use crate::delta::delta_f32;
 use crate::error::method_err;
@@ -342,19 +344,16 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
     // widest index with every number and checksum the search can change replaced by pseudo-random ones of the
     // same width (more entropy than real offsets and sparsities have), plus the plan's slack: the pipeline checks
     // the real size before finishing and, in the rare case it is over the budget, writes again with more slack.
-    let cannot = |e: serde_json::Error| Error::InvalidConfig {
-        field: "target_size",
-        reason: format!("cannot size the index: {e}"),
-    };
-    let mut value = serde_json::to_value(&manifest).map_err(cannot)?;
-    fill_widest(&mut value, budget, &mut 0x5DEE_CE66_D1CE_4E5Bu64);
-    let json = serde_json::to_vec(&value).map_err(cannot)?;
-    let estimate = compress_index(&json, cfg.zstd_level)
-        .map_err(|e| Error::InvalidConfig {
+    fn cannot(e: impl std::fmt::Display) -> Error {
+        Error::InvalidConfig {
             field: "target_size",
             reason: format!("cannot size the index: {e}"),
-        })?
-        .len() as i64;
+        }
+    }
+    let mut value = serde_json::to_value(&manifest).map_err(cannot)?;
+    fill_widest(&mut value, budget, &mut DetRng::new(0x5DEE_CE66_D1CE_4E5B));
+    let json = serde_json::to_vec(&value).map_err(cannot)?;
+    let estimate = compress_index(&json, cfg.zstd_level).map_err(cannot)?.len() as i64;
     let index = estimate.saturating_add(p.index_slack).max(0) as u64;
     Ok(FixedPart {
         lossless,
@@ -363,23 +362,14 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
     })
 }
 
-/// SplitMix64 step.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// A pseudo-random integer with exactly `digits` decimal digits (1 ≤ digits ≤ 19; 20 gives a 20-digit u64).
-fn random_width(digits: usize, state: &mut u64) -> u64 {
+fn random_width(digits: usize, rng: &mut DetRng) -> u64 {
     match digits {
-        0 | 1 => splitmix(state) % 10,
-        20.. => 10_000_000_000_000_000_000 + splitmix(state) % 8_000_000_000_000_000_000,
+        0 | 1 => rng.below(10),
+        20.. => 10_000_000_000_000_000_000 + rng.below(8_000_000_000_000_000_000),
         d => {
             let lo = 10u64.pow(d as u32 - 1);
-            lo + splitmix(state) % (9 * lo)
+            lo + rng.below(9 * lo)
         }
     }
 }
@@ -387,31 +377,30 @@ fn random_width(digits: usize, state: &mut u64) -> u64 {
 /// Replaces, in the serialised widest index, every value the search can still change by a pseudo-random one of
 /// the same printed width: 16-digit hex checksums, the widest float, offsets and lengths (`budget`), the widest
 /// integers, and the kept counts of compressed tensors (their numel's width).
-fn fill_widest(v: &mut serde_json::Value, budget: u64, state: &mut u64) {
+fn fill_widest(v: &mut serde_json::Value, budget: u64, rng: &mut DetRng) {
     use serde_json::Value;
     match v {
         Value::String(s) if s.len() == 16 && s.bytes().all(|b| b == b'0') => {
-            *s = format!("{:016x}", splitmix(state));
+            *s = format!("{:016x}", rng.next_u64());
         }
         Value::Number(n) => {
             if n.as_f64() == Some(WIDEST_F64) && n.is_f64() {
-                let u = (splitmix(state) >> 11) as f64 / (1u64 << 53) as f64;
-                *v = serde_json::json!(-f64::MIN_POSITIVE * (1.0 + u));
+                *v = serde_json::json!(-f64::MIN_POSITIVE * (1.0 + rng.unit_f64()));
             } else if let Some(x) = n.as_u64() {
                 if x == budget || x == u64::MAX || x == u64::from(u32::MAX) {
-                    *v = serde_json::json!(random_width(x.to_string().len(), state));
+                    *v = serde_json::json!(random_width(x.to_string().len(), rng));
                 }
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|x| fill_widest(x, budget, state)),
+        Value::Array(a) => a.iter_mut().for_each(|x| fill_widest(x, budget, rng)),
         Value::Object(m) => {
             let compressed = m.get("policy").and_then(Value::as_str) == Some("compress");
             for (k, x) in m.iter_mut() {
                 match (k.as_str(), x.as_u64()) {
                     ("kept", Some(kept)) if compressed => {
-                        *x = serde_json::json!(random_width(kept.to_string().len(), state));
+                        *x = serde_json::json!(random_width(kept.to_string().len(), rng));
                     }
-                    _ => fill_widest(x, budget, state),
+                    _ => fill_widest(x, budget, rng),
                 }
             }
         }
