@@ -457,6 +457,14 @@ fn write_records(
     })
 }
 
+/// The archive's parameters with the γ it is finished with.
+fn with_gamma(mut params: serde_json::Value, gamma: f64) -> serde_json::Value {
+    if let serde_json::Value::Object(m) = &mut params {
+        m.insert("gamma".into(), serde_json::json!(gamma));
+    }
+    params
+}
+
 /// How many times an archive is written again when it came out over its whole-file budget (the compressed
 /// index's size is estimated before the records are chosen; see `budget::fixed_part`).
 const BUDGET_RETRIES: usize = 3;
@@ -468,13 +476,9 @@ impl Pending {
         let Some(b) = self.report.budget.as_ref().filter(|b| b.kind == "size") else {
             return Ok(None);
         };
-        let mut params = self.params.clone();
-        if let serde_json::Value::Object(m) = &mut params {
-            m.insert("gamma".into(), serde_json::json!(gamma));
-        }
         let size = self.writer.size_if_finished(
             self.method.name(),
-            params,
+            with_gamma(self.params.clone(), gamma),
             gamma,
             &self.fingerprint,
             self.finetuned.clone(),
@@ -484,12 +488,9 @@ impl Pending {
 
     fn finish(mut self, gamma: f64) -> Result<CompressReport> {
         let source = PathBuf::from(&self.finetuned.source);
-        if let serde_json::Value::Object(m) = &mut self.params {
-            m.insert("gamma".into(), serde_json::json!(gamma));
-        }
         let path = self.writer.finish(
             self.method.name(),
-            self.params,
+            with_gamma(self.params, gamma),
             gamma,
             &self.fingerprint,
             self.finetuned,
@@ -552,36 +553,37 @@ fn compress_planned(
     // The quantizer settings left to the family, now that it is known; the archive's params hold these.
     let cfg = &cfg.for_family(plan.family);
     let gamma = cfg.gamma.unwrap_or(1.0);
-    let mut pending = write_records(&plan, cfg, output, overwrite, false, progress)?;
-    for _ in 0..BUDGET_RETRIES {
-        let Some(over) = pending.overshoot(gamma)? else {
-            break;
-        };
-        pending = rewrite_over_budget(&mut plan, pending, over, cfg, overwrite, false, progress)?;
-    }
-    pending.finish(gamma)
+    let pending = write_records(&plan, cfg, output, overwrite, false, progress)?;
+    within_budget(&mut plan, pending, gamma, cfg, overwrite, false, progress)?.finish(gamma)
 }
 
-/// Drops `pending` (its temporary file goes with it), which came out `over` bytes over its whole-file budget, and
-/// writes its records again with that much more room kept for the index.
-fn rewrite_over_budget(
+/// `pending`, or, while it would come out over its whole-file budget finished with `gamma` (at most
+/// [`BUDGET_RETRIES`] times), its records written again with the overshoot kept for the index (the dropped
+/// `pending` takes its temporary file with it).
+fn within_budget(
     plan: &mut Plan<'_>,
-    pending: Pending,
-    over: u64,
+    mut pending: Pending,
+    gamma: f64,
     cfg: &CompressConfig,
     overwrite: bool,
     want_trace: bool,
     progress: &dyn Progress,
 ) -> Result<Pending> {
-    let out = pending.writer.path().to_path_buf();
-    drop(pending);
-    plan.index_slack = plan.index_slack.saturating_add(over as i64);
-    progress.note(&format!(
-        "{}: the compressed index took {over} bytes more than estimated, over the budget; writing again with {} bytes kept for it",
-        out.display(),
-        plan.index_slack
-    ));
-    write_records(plan, cfg, &out, overwrite, want_trace, progress)
+    for _ in 0..BUDGET_RETRIES {
+        let Some(over) = pending.overshoot(gamma)? else {
+            break;
+        };
+        let out = pending.writer.path().to_path_buf();
+        drop(pending);
+        plan.index_slack = plan.index_slack.saturating_add(over as i64);
+        progress.note(&format!(
+            "{}: the compressed index took {over} bytes more than estimated, over the budget; writing again with {} bytes kept for it",
+            out.display(),
+            plan.index_slack
+        ));
+        pending = write_records(plan, cfg, &out, overwrite, want_trace, progress)?;
+    }
+    Ok(pending)
 }
 
 /// γ rounded to 6 significant digits. Trace norms carry the last-bit noise of the BLAS
@@ -687,15 +689,11 @@ pub fn compress_many(
     // Every archive is checked against its whole-file budget before any is finished; one written again keeps the γ
     // computed above (its records change by the few bytes the index needed).
     let mut checked = Vec::with_capacity(pending.len());
-    for ((mut p, plan), &g) in pending.into_iter().zip(plans.iter_mut()).zip(&gammas) {
-        for _ in 0..BUDGET_RETRIES {
-            let Some(over) = p.overshoot(g)? else {
-                break;
-            };
-            let c = cfg.for_family(plan.family);
-            p = rewrite_over_budget(plan, p, over, &c, overwrite, want_trace, progress)?;
-        }
-        checked.push(p);
+    for ((p, plan), &g) in pending.into_iter().zip(plans.iter_mut()).zip(&gammas) {
+        let c = cfg.for_family(plan.family);
+        checked.push(within_budget(
+            plan, p, g, &c, overwrite, want_trace, progress,
+        )?);
     }
     let pending = checked;
     pending
