@@ -357,17 +357,7 @@ impl ArchiveWriter {
         if !gamma.is_finite() || !(gamma as f32).is_finite() {
             return Err(self.invalid("", format!("gamma {gamma} is not finite in 32-bit floats")));
         }
-        let tensors = std::mem::take(&mut self.tensors);
-        let files = std::mem::take(&mut self.files);
-        let manifest = self.manifest(
-            method,
-            params,
-            gamma,
-            base_fingerprint,
-            finetuned,
-            tensors,
-            files,
-        );
+        let manifest = self.manifest(method, params, gamma, base_fingerprint, finetuned);
         let index_offset = self.offset;
         // Exactly the reader's checks of the index, before anything is published.
         let index = self.stored_index(&manifest)?;
@@ -418,21 +408,11 @@ impl ArchiveWriter {
         base_fingerprint: &str,
         finetuned: FinetunedInfo,
     ) -> Result<u64> {
-        let (tensors, files) = (self.tensors.clone(), self.files.clone());
-        let manifest = self.manifest(
-            method,
-            params,
-            gamma,
-            base_fingerprint,
-            finetuned,
-            tensors,
-            files,
-        );
+        let manifest = self.manifest(method, params, gamma, base_fingerprint, finetuned);
         Ok(self.offset + self.stored_index(&manifest)?.len() as u64 + TRAILER_LEN)
     }
 
-    /// The index of this archive with the given fields.
-    #[allow(clippy::too_many_arguments)]
+    /// The index of this archive with the given fields and the entries added so far.
     fn manifest(
         &self,
         method: &str,
@@ -440,8 +420,6 @@ impl ArchiveWriter {
         gamma: f64,
         base_fingerprint: &str,
         finetuned: FinetunedInfo,
-        tensors: Vec<TensorEntry>,
-        files: Vec<FileEntry>,
     ) -> Manifest {
         Manifest {
             format_version: FORMAT_VERSION,
@@ -450,8 +428,8 @@ impl ArchiveWriter {
             gamma,
             base_fingerprint: base_fingerprint.to_string(),
             finetuned,
-            tensors,
-            files,
+            tensors: self.tensors.clone(),
+            files: self.files.clone(),
             created_by: self.opts.created_by.clone(),
         }
     }

@@ -358,18 +358,17 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         ),
         None => None,
     };
-    let embeddings: EmbeddingPolicy = match get("embeddings") {
-        Some(v) => value::<String>("embeddings", v, "a string")?
-            .parse()
-            .map_err(|e: String| invalid(format!("option embeddings: {e}")))?,
-        None => EmbeddingPolicy::default(),
+    let policy = |name: &str, default: EmbeddingPolicy| -> PyResult<EmbeddingPolicy> {
+        match get(name) {
+            Some(v) => value::<String>(name, v, "a string")?
+                .parse()
+                .map_err(|e: String| invalid(format!("option {name}: {e}"))),
+            None => Ok(default),
+        }
     };
-    let position_embeddings: EmbeddingPolicy = match get("position_embeddings") {
-        Some(v) => value::<String>("position_embeddings", v, "a string")?
-            .parse()
-            .map_err(|e: String| invalid(format!("option position_embeddings: {e}")))?,
-        None => Selection::default().position_embeddings,
-    };
+    let defaults = Selection::default();
+    let embeddings = policy("embeddings", defaults.embeddings)?;
+    let position_embeddings = policy("position_embeddings", defaults.position_embeddings)?;
     let num = |name: &str, default: f64| -> PyResult<f64> {
         get(name).map_or(Ok(default), |v| value(name, v, "a number"))
     };
