@@ -450,6 +450,15 @@ fn companion_files_are_stored_against_the_base_and_checked_on_apply() {
         std::fs::write(d.join("tokenizer.json"), tok).unwrap();
     }
     std::fs::write(ft.join("only_in_ft.txt"), vocab_file(50, 2)).unwrap();
+    // The base's JSON written compact, the fine-tune's the same pretty-printed (kind 14).
+    let compact: Vec<u8> = std::iter::once(b'{')
+        .chain(vocab.strip_suffix(b",\n").unwrap().iter().copied())
+        .chain(*b"}")
+        .filter(|b| !b" \n".contains(b))
+        .collect();
+    let pretty = ultradelta::archive::json_layout::relayout(&compact, 2, u64::MAX).unwrap();
+    std::fs::write(base.join("layout.json"), &compact).unwrap();
+    std::fs::write(ft.join("layout.json"), &pretty).unwrap();
     let archive = dir.path().join("ft.udelta");
     let whole = dir.path().join("whole.udelta");
     ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
@@ -472,6 +481,10 @@ fn companion_files_are_stored_against_the_base_and_checked_on_apply() {
         "{against:?}"
     );
     assert!(!against["only_in_ft.txt"].1, "{against:?}");
+    assert!(
+        against["layout.json"].1 && against["layout.json"].0 < 600,
+        "{against:?}"
+    );
     assert!(plain.values().all(|&(_, b)| !b), "{plain:?}");
     assert!(plain["vocab.txt"].0 > 100_000, "{plain:?}");
     let saved =
@@ -486,6 +499,7 @@ fn companion_files_are_stored_against_the_base_and_checked_on_apply() {
         "tokenizer.json",
         "only_in_ft.txt",
         "config.json",
+        "layout.json",
     ] {
         assert_eq!(
             std::fs::read(out.join(f)).unwrap(),

@@ -408,3 +408,56 @@ fn regenerate_kind_13() {
     v["files"][0]["size"] = serde_json::json!(1u64 << 30);
     std::fs::write(dir.join("file-base-bomb.udelta"), with_index(&a, &v)).unwrap();
 }
+
+/// Kind 14 (a JSON companion file against the base's re-laid out): `json-layout-mismatch.udelta` stores
+/// `layout.json`, pretty-printed, against `base/layout.json`, compact, with the record's declared size of the
+/// re-laid-out base set to the 1 GiB limit (checksums fixed up). Writes only this file:
+/// `cargo test --test it hostile::regenerate_kind_14 -- --ignored`.
+#[test]
+#[ignore = "rewrites a file of tests/hostile/"]
+fn regenerate_kind_14() {
+    let dir = hostile_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let compact = std::fs::read(dir.join("base").join("layout.json")).unwrap();
+    let pretty = ultradelta::archive::json_layout::relayout(&compact, 2, u64::MAX).unwrap();
+    let (base, ft) = (tmp.path().join("base"), tmp.path().join("ft"));
+    for (from, to, json) in [("base", &base, &compact), ("finetuned", &ft, &pretty)] {
+        std::fs::create_dir_all(to).unwrap();
+        std::fs::copy(
+            dir.join(from).join("model.safetensors"),
+            to.join("model.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(to.join("layout.json"), json).unwrap();
+    }
+    let out = tmp.path().join("a.udelta");
+    let args = [
+        "compress",
+        "--quiet",
+        "--base",
+        base.to_str().unwrap(),
+        "--finetuned",
+        ft.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let r = ud_in(&dir, &args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let mut a = std::fs::read(&out).unwrap();
+    let mut v = index(&a);
+    let f = &mut v["files"][0];
+    assert!(
+        f["base"].is_object(),
+        "layout.json is stored against the base's"
+    );
+    let (off, len) = (
+        f["offset"].as_u64().unwrap() as usize,
+        f["length"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(a[off], 14, "kind 14");
+    // Header: 12 bytes and one 8-byte dimension; the declared size sits at payload offset 17.
+    let at = off + 20 + 17;
+    a[at..at + 8].copy_from_slice(&(1u64 << 30).to_le_bytes());
+    f["checksum"] = serde_json::json!(format!("{:016x}", xxh3_64(&a[off..off + len])));
+    std::fs::write(dir.join("json-layout-mismatch.udelta"), with_index(&a, &v)).unwrap();
+}

@@ -44,6 +44,7 @@ mod bits;
 mod coded;
 mod error;
 mod golomb;
+pub mod json_layout;
 mod kinds;
 mod lossless;
 mod manifest;

@@ -601,7 +601,7 @@ impl ArchiveReader {
         }
     }
 
-    /// The kind-13 record of `f` (which has a `base`), decoded with `base` or, without it, checked.
+    /// The kind-13 or kind-14 record of `f` (which has a `base`), decoded with `base` or, without it, checked.
     fn file_against(&self, f: &FileEntry, base: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
         let bytes = self.read_checked(&f.name, f.offset, f.length, &f.checksum)?;
         let expected = RecordHeader {

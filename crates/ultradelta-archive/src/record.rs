@@ -6,9 +6,9 @@ use ultradelta_core::DType;
 
 use crate::coded::CodedSparseRecord;
 use crate::kinds::{
-    self, dense_levels, file_zstd, file_zstd_base, full_zstd, lowrank_f16, sparse_f16,
-    sparse_golomb, sparse_golomb_rans, sparse_seeded, sparse_seeded_rans, sparse_sign, xor_zstd,
-    Head,
+    self, dense_levels, file_zstd, file_zstd_base, file_zstd_base_json, full_zstd, lowrank_f16,
+    sparse_f16, sparse_golomb, sparse_golomb_rans, sparse_seeded, sparse_seeded_rans, sparse_sign,
+    xor_zstd, Head,
 };
 use crate::lossless::{shuffle, zstd_compress};
 use crate::{
@@ -268,11 +268,13 @@ pub fn companion_zstd_level(size: usize, zstd_level: i32) -> i32 {
 }
 
 /// Encodes a companion-file record, against `base` (the base model's file of the same name) when given: the
-/// smaller of kind `file-zstd-base` (zstd with `base` as dictionary) and kind `file-zstd`, with the base file's
-/// reference when the first is kept; kind `file-zstd-base` without trying the other when it is at most 1/64 of
-/// the file. A file the base does not help is stored whole. `zstd_level` is the archive's level for lossless
-/// tensor records: both kinds are compressed at [`companion_zstd_level`] of it and of the larger of the file and
-/// the base's file (a large prefix makes the slow levels slower).
+/// smallest of kind `file-zstd-base-json` (zstd with `base` re-laid out like `bytes` as dictionary, tried only when
+/// both look like JSON and their layouts differ: [`crate::json_layout`]), kind `file-zstd-base` (zstd with `base`
+/// as dictionary) and kind `file-zstd`, with the base file's reference when one of the first two is kept. A record
+/// against the base that is at most 1/64 of the file is kept without trying the others. A file the base does not
+/// help is stored whole. `zstd_level` is the archive's level for lossless tensor records: every kind is compressed
+/// at [`companion_zstd_level`] of it and of the larger of the file and the base's file (a large prefix makes the
+/// slow levels slower).
 ///
 /// # Errors
 /// [`Error::InvalidStream`] if zstd fails.
@@ -286,8 +288,31 @@ pub fn encode_file_record_against(
     let Some(base) = base else {
         return Ok((file_zstd::encode(bytes, zstd_level)?, None));
     };
+    let small = |rec: &Vec<u8>| rec.len() <= bytes.len() / 64;
+    let mut best: Option<(Vec<u8>, BaseFileRef)> = None;
+    if let Some(indent) = crate::json_layout::detect_indent(bytes)
+        .filter(|&i| crate::json_layout::detect_indent(base).is_some_and(|j| j != i))
+    {
+        // The dictionary is worth it only about as long as the file; a layout that would make the base much
+        // longer than that is not the file's.
+        let max_len = (bytes.len() as u64)
+            .saturating_mul(2)
+            .max(base.len() as u64)
+            .min(Limits::default().max_file_bytes);
+        best = file_zstd_base_json::encode(bytes, base, indent, max_len, zstd_level)?;
+        if let Some((rec, r)) = best.take_if(|(rec, _)| small(rec)) {
+            return Ok((rec, Some(r)));
+        }
+    }
     let (against, reference) = file_zstd_base::encode(bytes, base, zstd_level)?;
-    if against.len() <= bytes.len() / 64 {
+    if best
+        .as_ref()
+        .is_none_or(|(rec, _)| against.len() < rec.len())
+    {
+        best = Some((against, reference));
+    }
+    let (against, reference) = best.expect("set above");
+    if small(&against) {
         // A copy of the base's file or close to it: no compressor gets near this without the base; skip the try.
         return Ok((against, Some(reference)));
     }
@@ -509,23 +534,39 @@ fn header_expecting<'a>(
     Ok((header, c))
 }
 
-/// Decodes a kind-13 companion-file record whose header must equal `expected`, with `base`, the base model's
-/// file it names; or, without `base`, checks its fields. Returns the base file the record names, and the bytes
-/// when decoded.
+/// Decodes a companion-file record stored against the base's file (kind 13 or 14), whose header must equal
+/// `expected` but for the kind, with `base`, the base model's file it names; or, without `base`, checks its fields.
+/// Returns the base file the record names, and the bytes when decoded.
 pub(crate) fn decode_file_against(
     bytes: &[u8],
     limits: &Limits,
     expected: &RecordHeader,
     base: Option<&[u8]>,
 ) -> Result<(BaseFileRef, Option<Vec<u8>>)> {
-    let (header, mut c) = header_expecting(bytes, limits, expected)?;
-    match base {
-        Some(base) => {
+    let json = bytes.first() == Some(&RecordKind::FileZstdBaseJson.code());
+    let expected = RecordHeader {
+        kind: if json {
+            RecordKind::FileZstdBaseJson
+        } else {
+            RecordKind::FileZstdBase
+        },
+        ..expected.clone()
+    };
+    let (header, mut c) = header_expecting(bytes, limits, &expected)?;
+    let (named, out) = match (json, base) {
+        (false, Some(base)) => {
             let (named, out) = file_zstd_base::decode_with_base(&mut c, &header, base)?;
-            Ok((named, Some(out)))
+            (named, Some(out))
         }
-        None => Ok((file_zstd_base::check(&mut c)?, None)),
-    }
+        (true, Some(base)) => {
+            let (named, out) =
+                file_zstd_base_json::decode_with_base(&mut c, &header, limits, base)?;
+            (named, Some(out))
+        }
+        (false, None) => (file_zstd_base::check(&mut c)?, None),
+        (true, None) => (file_zstd_base_json::check(&mut c, limits)?, None),
+    };
+    Ok((named, out))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Companion files stored against the base model's (docs/FORMAT.md, "Kind 13"): at compress time, the base's file
+//! Companion files stored against the base model's (docs/FORMAT.md, "Kind 13", "Kind 14"): at compress time, the base's file
 //! of the same name each of the fine-tune's companion files may be compressed against; at apply time, finding
 //! those files in the base model's folder and checking them before anything is written.
 

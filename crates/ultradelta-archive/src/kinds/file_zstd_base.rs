@@ -77,14 +77,8 @@ pub(crate) fn base_ref(c: &mut Cursor<'_>) -> Result<BaseFileRef> {
     })
 }
 
-/// Decodes the payload with `base`, the bytes of the base model's file it names: `base` must have the declared
-/// size and xxh3-64, and the frame must expand to exactly `header.numel` bytes. Returns the reference the record
-/// names with the bytes.
-pub(crate) fn decode_with_base(
-    c: &mut Cursor<'_>,
-    header: &RecordHeader,
-    base: &[u8],
-) -> Result<(BaseFileRef, Vec<u8>)> {
+/// Reads the base file's reference and checks `base` against it: declared size and xxh3-64.
+pub(crate) fn check_base(c: &mut Cursor<'_>, base: &[u8]) -> Result<BaseFileRef> {
     let want = base_ref(c)?;
     let got = BaseFileRef::of(base);
     if want != got {
@@ -96,6 +90,18 @@ pub(crate) fn decode_with_base(
             ),
         ));
     }
+    Ok(want)
+}
+
+/// Decodes the payload with `base`, the bytes of the base model's file it names: `base` must have the declared
+/// size and xxh3-64, and the frame must expand to exactly `header.numel` bytes. Returns the reference the record
+/// names with the bytes.
+pub(crate) fn decode_with_base(
+    c: &mut Cursor<'_>,
+    header: &RecordHeader,
+    base: &[u8],
+) -> Result<(BaseFileRef, Vec<u8>)> {
+    let want = check_base(c, base)?;
     let z = zstd_payload(c)?;
     Ok((want, ZstdDict::new(base).decompress_exact(z, header.numel)?))
 }

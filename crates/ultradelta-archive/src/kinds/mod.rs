@@ -22,6 +22,7 @@ pub(crate) mod dense_levels;
 pub(crate) mod dense_sign;
 pub(crate) mod file_zstd;
 pub(crate) mod file_zstd_base;
+pub(crate) mod file_zstd_base_json;
 pub(crate) mod full_zstd;
 pub(crate) mod lowrank_f16;
 pub(crate) mod sparse_f16;
@@ -121,6 +122,9 @@ record_kinds! {
     SparseSeededRans = 12, "sparse-seeded-rans", sparse_seeded_rans;
     /// Companion file, zstd with the base model's file of the same name as the dictionary.
     FileZstdBase = 13, "file-zstd-base", file_zstd_base;
+    /// JSON companion file, zstd with the base model's file of the same name re-laid out like it as the
+    /// dictionary.
+    FileZstdBaseJson = 14, "file-zstd-base-json", file_zstd_base_json;
 }
 
 impl RecordKind {
@@ -147,6 +151,7 @@ impl RecordKind {
             | RecordKind::FullZstd
             | RecordKind::FileZstd
             | RecordKind::FileZstdBase
+            | RecordKind::FileZstdBaseJson
             | RecordKind::SparseF16
             | RecordKind::SparseSign
             | RecordKind::DenseSign

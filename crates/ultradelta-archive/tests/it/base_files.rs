@@ -236,3 +236,108 @@ fn damaged_kind_13_records_and_index_fields_are_refused() {
         Error::CorruptRecord { .. }
     ));
 }
+
+/// A tokenizer-like JSON document written compact, as a base model's `tokenizer.json` often is.
+fn json_vocab(rng: &mut Rng, words: usize) -> Vec<u8> {
+    let mut out =
+        br#"{"version":"1.0","truncation":{"max_length":128},"added_tokens":[],"model":{"vocab":{"#
+            .to_vec();
+    for i in 0..words {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("\"w{i}_{:x}\":{i}", rng.next_u64() >> 40).as_bytes());
+    }
+    out.extend_from_slice(b"}}}");
+    out
+}
+
+/// Kind 14: the fine-tune's file is the base's JSON pretty-printed, with one value changed. Against the base as it
+/// is (kind 13) zstd finds only short matches; against the base re-laid out like it, the record is tiny, reads back
+/// byte for byte with the base, and not without it.
+#[test]
+fn a_json_file_laid_out_otherwise_is_stored_against_the_base_re_laid_out() {
+    use ultradelta_archive::json_layout::relayout;
+    let mut rng = Rng::new(14);
+    let base = json_vocab(&mut rng, 20_000);
+    let pretty = relayout(&base, 2, u64::MAX).unwrap();
+    let ft = String::from_utf8(pretty)
+        .unwrap()
+        .replace("\"max_length\": 128", "\"max_length\": 256")
+        .into_bytes();
+    let (rec, r) = encode_file_record_against(&ft, Some(&base), 3).unwrap();
+    assert_eq!(rec[0], 14, "kind");
+    assert_eq!(r, Some(BaseFileRef::of(&base)));
+    assert!(rec.len() < 400, "{} bytes", rec.len());
+    let whole = encode_file_record(&ft, 3).unwrap().len();
+    assert!(whole > 100 * rec.len(), "kind 4 takes {whole}");
+    // The same layout both sides: kind 14 is not tried (kind 13 is already a copy).
+    let (same, _) = encode_file_record_against(&base, Some(&base), 3).unwrap();
+    assert_eq!(same[0], 13);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, p) = write(dir.path(), &[("tokenizer.json", &ft, Some(&base))]);
+    let r = ArchiveReader::open(&p).unwrap();
+    assert_eq!(
+        r.read_file_with_base("tokenizer.json", Some(&base))
+            .unwrap(),
+        ft
+    );
+    r.verify().unwrap();
+    r.check_file("tokenizer.json").unwrap();
+    let e = r.read_file("tokenizer.json").unwrap_err();
+    assert!(matches!(e, Error::NeedsBaseFile { .. }), "{e}");
+    // A base file with the same size and hash cannot be forged here; a record whose declared re-laid-out size or
+    // hash is not what the base gives is refused naming the file, nothing returned.
+    let v = index_json(&bytes);
+    let (off, len) = (
+        v["files"][0]["offset"].as_u64().unwrap() as usize,
+        v["files"][0]["length"].as_u64().unwrap() as usize,
+    );
+    // The payload starts after the 12-byte header prefix and the one-dimension shape (8 bytes).
+    let payload = off + 20;
+    for (at, what) in [
+        (16, "indent"),
+        (17, "dictionary size"),
+        (25, "dictionary xxh3"),
+    ] {
+        let mut b = bytes.clone();
+        b[payload + at] ^= 1;
+        let sum = format!("{:016x}", xxh3_64(&b[off..off + len]));
+        let b = edit_index(&b, |v| v["files"][0]["checksum"] = json!(sum));
+        let r = ArchiveReader::open(put(dir.path(), "k.udelta", &b)).unwrap();
+        let e = r
+            .read_file_with_base("tokenizer.json", Some(&base))
+            .unwrap_err();
+        assert!(matches!(e, Error::CorruptRecord { .. }), "{what}: {e}");
+        let s = e.to_string();
+        assert!(
+            s.contains("tokenizer.json") && s.contains("re-laid out"),
+            "{what}: {s}"
+        );
+    }
+    // An indent above the format's bound, and a declared size above the companion-file limit, are refused even
+    // without the base.
+    for (at, byte) in [(16usize, 17u8), (24, 0x7f)] {
+        let mut b = bytes.clone();
+        b[payload + at] = byte;
+        let sum = format!("{:016x}", xxh3_64(&b[off..off + len]));
+        let b = edit_index(&b, |v| v["files"][0]["checksum"] = json!(sum));
+        let r = ArchiveReader::open(put(dir.path(), "l.udelta", &b)).unwrap();
+        let e = r.check_file("tokenizer.json").unwrap_err();
+        assert!(e.to_string().contains("tokenizer.json"), "{e}");
+    }
+}
+
+/// Kind 14 never decodes without the base, whatever its bytes.
+#[test]
+fn hostile_kind_14_bytes_never_panic_without_the_base() {
+    let mut rng = Rng::new(98);
+    let base = json_vocab(&mut rng, 200);
+    let ft = ultradelta_archive::json_layout::relayout(&base, 4, u64::MAX).unwrap();
+    let (rec, r) = encode_file_record_against(&ft, Some(&base), 3).unwrap();
+    assert!(r.is_some());
+    assert_eq!(rec[0], 14);
+    assert!(decode_record(&rec, &Limits::default()).is_err());
+    assert_hostile_record_bytes_never_panic("file-zstd-base-json", &rec, &mut rng);
+}
