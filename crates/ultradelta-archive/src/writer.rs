@@ -60,6 +60,9 @@ pub struct ArchiveWriter {
     files: Vec<FileEntry>,
     tensor_names: HashSet<String>,
     file_names: HashSet<String>,
+    /// The last index compressed, JSON and stored bytes: [`size_if_finished`](Self::size_if_finished) then
+    /// [`finish`](Self::finish) with the same arguments compress it once (level ≥ 19: tens of milliseconds).
+    last_index: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl ArchiveWriter {
@@ -120,6 +123,7 @@ impl ArchiveWriter {
             files: Vec::new(),
             tensor_names: HashSet::new(),
             file_names: HashSet::new(),
+            last_index: std::sync::Mutex::new(None),
         };
         let mut pre = Vec::with_capacity(PREAMBLE_LEN as usize);
         pre.extend_from_slice(&MAGIC);
@@ -448,11 +452,17 @@ impl ArchiveWriter {
                 ),
             ));
         }
-        if self.opts.index_zstd {
-            compress_index(&json, self.opts.zstd_level)
-        } else {
-            Ok(json)
+        if !self.opts.index_zstd {
+            return Ok(json);
         }
+        // A poisoned lock only loses the cache.
+        let mut last = self.last_index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, stored)) = last.as_ref().filter(|(j, _)| *j == json) {
+            return Ok(stored.clone());
+        }
+        let stored = compress_index(&json, self.opts.zstd_level)?;
+        *last = Some((json, stored.clone()));
+        Ok(stored)
     }
 
     /// Moves the finished temp file to `path`.

@@ -197,18 +197,31 @@ pub fn write_sample_with(path: &Path, index_zstd: bool) -> PathBuf {
     for (name, bytes) in sample_files() {
         w.add_file(name, &bytes).unwrap();
     }
-    w.finish(
-        "ultradelta",
-        serde_json::json!({"sparsity": 0.97, "bits": 4, "seed": 42, "rescale": "global"}),
-        0.875,
-        "0123456789abcdef",
-        FinetunedInfo {
-            size_on_disk: 12345,
-            metadata: BTreeMap::from([("format".to_string(), "pt".to_string())]),
-            source: "synthetic/tiny".into(),
-        },
-    )
-    .unwrap()
+    let params = serde_json::json!({"sparsity": 0.97, "bits": 4, "seed": 42, "rescale": "global"});
+    let finetuned = FinetunedInfo {
+        size_on_disk: 12345,
+        metadata: BTreeMap::from([("format".to_string(), "pt".to_string())]),
+        source: "synthetic/tiny".into(),
+    };
+    // The size announced before finishing is the finished file's (the compressed index made once for both).
+    let size = w
+        .size_if_finished(
+            "ultradelta",
+            params.clone(),
+            0.875,
+            "0123456789abcdef",
+            finetuned.clone(),
+        )
+        .unwrap();
+    let p = w
+        .finish("ultradelta", params, 0.875, "0123456789abcdef", finetuned)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().len(),
+        size,
+        "size_if_finished"
+    );
+    p
 }
 
 /// The sample archive's bytes (written to a temp dir).
