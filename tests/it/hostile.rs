@@ -358,32 +358,19 @@ fn regenerate_index_zstd() {
     .unwrap();
 }
 
-/// Kind 13 (companion files against the base's): `base-file-missing.udelta` stores `vocab.txt` against a base
-/// `vocab.txt` that `base/` does not have; `file-base-bomb.udelta` is the same archive with the file's index size
-/// 1 GiB. Writes only these two files: `cargo test --test it hostile::regenerate_kind_13 -- --ignored`.
-#[test]
-#[ignore = "rewrites two files of tests/hostile/"]
-fn regenerate_kind_13() {
-    let dir = hostile_dir();
+/// The archive `ultradelta compress` writes for `base/` and `finetuned/`'s weights with companion file `name`
+/// holding `base_bytes` on the base's side and `ft_bytes` on the fine-tune's (copies in a temporary folder).
+fn compress_with_companion(dir: &Path, name: &str, base_bytes: &[u8], ft_bytes: &[u8]) -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
-    let vocab: Vec<u8> = (0..4000)
-        .flat_map(|i| {
-            format!(
-                "token{i}_{:x}\n",
-                (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            )
-            .into_bytes()
-        })
-        .collect();
     let (base, ft) = (tmp.path().join("base"), tmp.path().join("ft"));
-    for (from, to) in [("base", &base), ("finetuned", &ft)] {
+    for (from, to, bytes) in [("base", &base, base_bytes), ("finetuned", &ft, ft_bytes)] {
         std::fs::create_dir_all(to).unwrap();
         std::fs::copy(
             dir.join(from).join("model.safetensors"),
             to.join("model.safetensors"),
         )
         .unwrap();
-        std::fs::write(to.join("vocab.txt"), &vocab).unwrap();
+        std::fs::write(to.join(name), bytes).unwrap();
     }
     let out = tmp.path().join("a.udelta");
     let args = [
@@ -396,9 +383,28 @@ fn regenerate_kind_13() {
         "--output",
         out.to_str().unwrap(),
     ];
-    let r = ud_in(&dir, &args);
+    let r = ud_in(dir, &args);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let a = std::fs::read(&out).unwrap();
+    std::fs::read(&out).unwrap()
+}
+
+/// Kind 13 (companion files against the base's): `base-file-missing.udelta` stores `vocab.txt` against a base
+/// `vocab.txt` that `base/` does not have; `file-base-bomb.udelta` is the same archive with the file's index size
+/// 1 GiB. Writes only these two files: `cargo test --test it hostile::regenerate_kind_13 -- --ignored`.
+#[test]
+#[ignore = "rewrites two files of tests/hostile/"]
+fn regenerate_kind_13() {
+    let dir = hostile_dir();
+    let vocab: Vec<u8> = (0..4000)
+        .flat_map(|i| {
+            format!(
+                "token{i}_{:x}\n",
+                (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            )
+            .into_bytes()
+        })
+        .collect();
+    let a = compress_with_companion(&dir, "vocab.txt", &vocab, &vocab);
     let mut v = index(&a);
     assert!(
         v["files"][0]["base"].is_object(),
@@ -417,33 +423,9 @@ fn regenerate_kind_13() {
 #[ignore = "rewrites a file of tests/hostile/"]
 fn regenerate_kind_14() {
     let dir = hostile_dir();
-    let tmp = tempfile::tempdir().unwrap();
     let compact = std::fs::read(dir.join("base").join("layout.json")).unwrap();
     let pretty = ultradelta::archive::json_layout::relayout(&compact, 2, u64::MAX).unwrap();
-    let (base, ft) = (tmp.path().join("base"), tmp.path().join("ft"));
-    for (from, to, json) in [("base", &base, &compact), ("finetuned", &ft, &pretty)] {
-        std::fs::create_dir_all(to).unwrap();
-        std::fs::copy(
-            dir.join(from).join("model.safetensors"),
-            to.join("model.safetensors"),
-        )
-        .unwrap();
-        std::fs::write(to.join("layout.json"), json).unwrap();
-    }
-    let out = tmp.path().join("a.udelta");
-    let args = [
-        "compress",
-        "--quiet",
-        "--base",
-        base.to_str().unwrap(),
-        "--finetuned",
-        ft.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    let r = ud_in(&dir, &args);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let mut a = std::fs::read(&out).unwrap();
+    let mut a = compress_with_companion(&dir, "layout.json", &compact, &pretty);
     let mut v = index(&a);
     let f = &mut v["files"][0];
     assert!(

@@ -18,20 +18,12 @@ pub fn detect_indent(bytes: &[u8]) -> Option<u8> {
     if !matches!(first, b'{' | b'[') {
         return None;
     }
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = Strings::default();
     for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if b == b'\n' {
+        if strings.inside(b) {
+            continue;
+        }
+        if b == b'\n' {
             let spaces = bytes[i + 1..].iter().take_while(|&&c| c == b' ').count();
             return u8::try_from(spaces)
                 .ok()
@@ -39,6 +31,33 @@ pub fn detect_indent(bytes: &[u8]) -> Option<u8> {
         }
     }
     Some(0)
+}
+
+/// Where a left-to-right scan stands with respect to strings: a string runs from a `"` outside a string to the
+/// next `"` not escaped by a `\`.
+#[derive(Default)]
+struct Strings {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    /// Whether `b`, the next byte, belongs to a string (its quotes included).
+    fn inside(&mut self, b: u8) -> bool {
+        if self.inside {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.inside = false;
+            }
+            true
+        } else {
+            self.inside = b == b'"';
+            self.inside
+        }
+    }
 }
 
 fn is_space(b: u8) -> bool {
@@ -61,8 +80,7 @@ pub fn relayout(bytes: &[u8], indent: u8, max_len: u64) -> Option<Vec<u8>> {
     let mut depth = 0usize;
     // A line break is owed after an opening bracket, unless the next token closes it.
     let mut owed = false;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = Strings::default();
     let over = |out: &Vec<u8>| out.len() as u64 > max_len;
     let line = |out: &mut Vec<u8>, depth: usize| {
         if pretty {
@@ -77,15 +95,9 @@ pub fn relayout(bytes: &[u8], indent: u8, max_len: u64) -> Option<Vec<u8>> {
         }
     };
     for &b in bytes {
-        if in_string {
+        let opens = b == b'"' && !strings.inside;
+        if strings.inside(b) && !opens {
             out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
         } else if is_space(b) {
             continue;
         } else if matches!(b, b'}' | b']') {
@@ -100,7 +112,6 @@ pub fn relayout(bytes: &[u8], indent: u8, max_len: u64) -> Option<Vec<u8>> {
             }
             out.push(b);
             match b {
-                b'"' => in_string = true,
                 b'{' | b'[' => {
                     depth += 1;
                     owed = true;
