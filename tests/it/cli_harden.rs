@@ -490,6 +490,37 @@ fn companion_files_are_stored_against_the_base_and_checked_on_apply() {
     let saved =
         std::fs::metadata(&whole).unwrap().len() - std::fs::metadata(&archive).unwrap().len();
     assert!(saved > 200_000, "{saved}");
+    // inspect says where every byte of the file goes.
+    let ins: serde_json::Value =
+        serde_json::from_str(&ud_ok(&["inspect", "--json", s(&archive)])).unwrap();
+    let b = &ins["breakdown"];
+    let part = |k: &str| b[k].as_u64().unwrap();
+    let parts = [
+        "compressed_tensors",
+        "kept_tensors",
+        "new_tensors",
+        "companion_files",
+        "index_and_framing",
+    ];
+    assert_eq!(
+        parts.iter().map(|k| part(k)).sum::<u64>(),
+        std::fs::metadata(&archive).unwrap().len(),
+        "{b}"
+    );
+    assert_eq!(
+        part("companion_files"),
+        against.values().map(|&(l, _)| l).sum::<u64>(),
+        "{b}"
+    );
+    assert!(
+        part("compressed_tensors") > 0 && part("index_and_framing") > 80,
+        "{b}"
+    );
+    let human = ud_ok(&["inspect", s(&archive)]);
+    assert!(
+        human.contains(&format!("{} companion files", part("companion_files"))),
+        "{human}"
+    );
 
     // Rebuilt byte for byte; verify with the base reads them, without it checks them.
     let out = dir.path().join("rebuilt");

@@ -428,6 +428,16 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     if let Some(c) = &ins.codec {
         outln!("{}", codec_line(c));
     }
+    let b = &ins.breakdown;
+    outln!(
+        "file bytes: {} compressed tensors, {} kept without loss ({} tensors), {} stored whole, {} companion files, {} index, preamble and trailer",
+        b.compressed_tensors,
+        b.kept_tensors,
+        b.kept_count,
+        b.new_tensors,
+        b.companion_files,
+        b.index_and_framing
+    );
     outln!();
     outln!(
         "{:<60} {:<8} {:<18} {:>9} {:>12}  shape",

@@ -81,8 +81,27 @@ pub struct Inspection {
     pub files_against_base: Vec<String>,
     /// The ratios.
     pub ratio: Ratios,
+    /// Where the file's bytes go.
+    pub breakdown: ByteBreakdown,
     /// Where the bytes of the compressed tensors' sparse levels go (UltraDelta records: kinds 1, 10–12).
     pub codec: Option<CodecSummary>,
+}
+
+/// Where an archive's bytes go: every byte of the file is in exactly one of these.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ByteBreakdown {
+    /// Records of the compressed tensors (policy `compress`): what the paper's count is about.
+    pub compressed_tensors: u64,
+    /// Records of the deltas kept without loss (policy `keep`: norms, biases, …).
+    pub kept_tensors: u64,
+    /// How many tensors are kept without loss.
+    pub kept_count: usize,
+    /// Records of the tensors only the fine-tune has, stored whole (policy `new`).
+    pub new_tensors: u64,
+    /// Records of the companion files (config, tokenizer, …).
+    pub companion_files: u64,
+    /// The rest: the index, the preamble and the trailer.
+    pub index_and_framing: u64,
 }
 
 /// Bits per kept entry of an archive's sparse-level records, split into positions and values, and the density
@@ -194,6 +213,20 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
         _ => None,
     };
     let bytes = reader.file_size();
+    let of = |p: Policy| m.tensors.iter().filter(move |e| e.policy == p);
+    let kept_tensors: u64 = of(Policy::Keep).map(|e| e.length).sum();
+    let new_tensors: u64 = of(Policy::New).map(|e| e.length).sum();
+    let companion_files: u64 = m.files.iter().map(|f| f.length).sum();
+    let breakdown = ByteBreakdown {
+        compressed_tensors: compressed_bytes,
+        kept_tensors,
+        kept_count: of(Policy::Keep).count(),
+        new_tensors,
+        companion_files,
+        // The reader checked that every record and file lies before the index, without overlap.
+        index_and_framing: bytes
+            .saturating_sub(compressed_bytes + kept_tensors + new_tensors + companion_files),
+    };
     Inspection {
         format_version: m.format_version,
         method: m.method.clone(),
@@ -222,5 +255,6 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
             paper_v3: nominal(paper_v3_ratio),
         },
         codec: codec_summary(reader),
+        breakdown,
     }
 }
