@@ -289,7 +289,7 @@ pub fn encode_file_record_against(
         return Ok((file_zstd::encode(bytes, zstd_level)?, None));
     };
     let small = |rec: &Vec<u8>| rec.len() <= bytes.len() / 64;
-    let mut best: Option<(Vec<u8>, BaseFileRef)> = None;
+    let mut json = None;
     if let Some(indent) = crate::json_layout::detect_indent(bytes)
         .filter(|&i| crate::json_layout::detect_indent(base).is_some_and(|j| j != i))
     {
@@ -299,19 +299,17 @@ pub fn encode_file_record_against(
             .saturating_mul(2)
             .max(base.len() as u64)
             .min(Limits::default().max_file_bytes);
-        best = file_zstd_base_json::encode(bytes, base, indent, max_len, zstd_level)?;
-        if let Some((rec, r)) = best.take_if(|(rec, _)| small(rec)) {
+        json = file_zstd_base_json::encode(bytes, base, indent, max_len, zstd_level)?;
+        if let Some((rec, r)) = json.take_if(|(rec, _)| small(rec)) {
             return Ok((rec, Some(r)));
         }
     }
-    let (against, reference) = file_zstd_base::encode(bytes, base, zstd_level)?;
-    if best
-        .as_ref()
-        .is_none_or(|(rec, _)| against.len() < rec.len())
-    {
-        best = Some((against, reference));
-    }
-    let (against, reference) = best.expect("set above");
+    let plain = file_zstd_base::encode(bytes, base, zstd_level)?;
+    // Kind 14 when it is no larger than kind 13.
+    let (against, reference) = match json {
+        Some(j) if j.0.len() <= plain.0.len() => j,
+        _ => plain,
+    };
     if small(&against) {
         // A copy of the base's file or close to it: no compressor gets near this without the base; skip the try.
         return Ok((against, Some(reference)));
@@ -553,20 +551,13 @@ pub(crate) fn decode_file_against(
         ..expected.clone()
     };
     let (header, mut c) = header_expecting(bytes, limits, &expected)?;
-    let (named, out) = match (json, base) {
-        (false, Some(base)) => {
-            let (named, out) = file_zstd_base::decode_with_base(&mut c, &header, base)?;
-            (named, Some(out))
-        }
-        (true, Some(base)) => {
-            let (named, out) =
-                file_zstd_base_json::decode_with_base(&mut c, &header, limits, base)?;
-            (named, Some(out))
-        }
-        (false, None) => (file_zstd_base::check(&mut c)?, None),
-        (true, None) => (file_zstd_base_json::check(&mut c, limits)?, None),
+    let decoded = match (json, base) {
+        (false, Some(base)) => file_zstd_base::decode_with_base(&mut c, &header, base)?,
+        (true, Some(base)) => file_zstd_base_json::decode_with_base(&mut c, &header, limits, base)?,
+        (false, None) => return Ok((file_zstd_base::check(&mut c)?, None)),
+        (true, None) => return Ok((file_zstd_base_json::check(&mut c, limits)?, None)),
     };
-    Ok((named, out))
+    Ok((decoded.0, Some(decoded.1)))
 }
 
 #[cfg(test)]

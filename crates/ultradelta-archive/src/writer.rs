@@ -62,7 +62,7 @@ pub struct ArchiveWriter {
     file_names: HashSet<String>,
     /// The last index compressed, JSON and stored bytes: [`size_if_finished`](Self::size_if_finished) then
     /// [`finish`](Self::finish) with the same arguments compress it once (level ≥ 19: tens of milliseconds).
-    last_index: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    last_index: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl ArchiveWriter {
@@ -123,7 +123,7 @@ impl ArchiveWriter {
             files: Vec::new(),
             tensor_names: HashSet::new(),
             file_names: HashSet::new(),
-            last_index: std::sync::Mutex::new(None),
+            last_index: None,
         };
         let mut pre = Vec::with_capacity(PREAMBLE_LEN as usize);
         pre.extend_from_slice(&MAGIC);
@@ -405,7 +405,7 @@ impl ArchiveWriter {
     /// # Errors
     /// [`Error::InvalidInput`] when the index cannot be serialised.
     pub fn size_if_finished(
-        &self,
+        &mut self,
         method: &str,
         params: serde_json::Value,
         gamma: f64,
@@ -439,7 +439,7 @@ impl ArchiveWriter {
     }
 
     /// The index's bytes as stored: its JSON within the format's limit, compressed unless `index_zstd` is off.
-    fn stored_index(&self, manifest: &Manifest) -> Result<Vec<u8>> {
+    fn stored_index(&mut self, manifest: &Manifest) -> Result<Vec<u8>> {
         let json = index_json(manifest, self.opts.index_zstd)
             .map_err(|e| self.invalid("", format!("cannot serialize the index: {e}")))?;
         let limit = Limits::default().max_index_bytes;
@@ -455,13 +455,11 @@ impl ArchiveWriter {
         if !self.opts.index_zstd {
             return Ok(json);
         }
-        // A poisoned lock only loses the cache.
-        let mut last = self.last_index.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, stored)) = last.as_ref().filter(|(j, _)| *j == json) {
+        if let Some((_, stored)) = self.last_index.as_ref().filter(|(j, _)| *j == json) {
             return Ok(stored.clone());
         }
         let stored = compress_index(&json, self.opts.zstd_level)?;
-        *last = Some((json, stored.clone()));
+        self.last_index = Some((json, stored.clone()));
         Ok(stored)
     }
 

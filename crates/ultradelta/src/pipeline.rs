@@ -472,7 +472,7 @@ const BUDGET_RETRIES: usize = 3;
 impl Pending {
     /// By how many bytes the finished archive would exceed its whole-file budget with `gamma` (`None` when it fits or
     /// there is no whole-file budget). Serialises and compresses the index once, without finishing.
-    fn overshoot(&self, gamma: f64) -> Result<Option<u64>> {
+    fn overshoot(&mut self, gamma: f64) -> Result<Option<u64>> {
         let Some(b) = self.report.budget.as_ref().filter(|b| b.kind == "size") else {
             return Ok(None);
         };

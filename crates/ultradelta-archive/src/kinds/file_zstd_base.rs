@@ -55,18 +55,32 @@ pub(crate) fn encode(bytes: &[u8], base: &[u8], zstd_level: i32) -> Result<(Vec<
     };
     let z = ZstdDict::new(base_ref).compress(bytes, zstd_level)?;
     let reference = BaseFileRef::of(base);
-    let mut out = Vec::with_capacity(12 + 8 + FIXED_BYTES + z.len());
+    let out = put_against(RecordKind::FileZstdBase, n, reference, &[], &z)?;
+    Ok((out, reference))
+}
+
+/// A record of a companion file of `n` bytes stored against the base's file `reference` (kinds 13 and 14): header,
+/// the reference, the kind's `extra` fixed fields, then the zstd payload `z`.
+pub(crate) fn put_against(
+    kind: RecordKind,
+    n: u64,
+    reference: BaseFileRef,
+    extra: &[u8],
+    z: &[u8],
+) -> Result<Vec<u8>> {
     let head = Head {
         dtype: DType::U8,
         shape: &[],
         dims: &[n],
         numel: n,
     };
-    let mut fixed = Vec::with_capacity(16);
+    let mut fixed = Vec::with_capacity(16 + extra.len());
     fixed.extend_from_slice(&reference.size.to_le_bytes());
     fixed.extend_from_slice(&reference.xxh3.to_le_bytes());
-    put_zstd_record_after(&head, RecordKind::FileZstdBase, &fixed, &z, &mut out)?;
-    Ok((out, reference))
+    fixed.extend_from_slice(extra);
+    let mut out = Vec::with_capacity(12 + 8 + fixed.len() + 8 + z.len());
+    put_zstd_record_after(&head, kind, &fixed, z, &mut out)?;
+    Ok(out)
 }
 
 /// The base file a payload needs (its first 16 bytes).

@@ -4,14 +4,12 @@
 //! finds only short matches (158 KB of MiniLM's 712 KB), this kind a few hundred bytes. Like kind 13, the payload
 //! names the base file by size and xxh3-64 and decodes only with those exact bytes.
 
-use ultradelta_core::DType;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::common::Head;
-use super::file_zstd_base::{base_ref, check_base, BaseFileRef};
+use super::file_zstd_base::{base_ref, check_base, put_against, BaseFileRef};
 use crate::coded::RecordCost;
 use crate::json_layout::{relayout, MAX_INDENT};
-use crate::lossless::{put_zstd_record_after, zstd_payload, ZstdDict};
+use crate::lossless::{zstd_payload, ZstdDict};
 use crate::record::{Cursor, RecordHeader};
 use crate::{Error, Limits, Record, RecordKind, Result};
 
@@ -40,21 +38,16 @@ pub(crate) fn encode(
     };
     let z = ZstdDict::new(&dict).compress(bytes, zstd_level)?;
     let reference = BaseFileRef::of(base);
-    let n = bytes.len() as u64;
-    let head = Head {
-        dtype: DType::U8,
-        shape: &[],
-        dims: &[n],
-        numel: n,
-    };
-    let mut fixed = Vec::with_capacity(FIXED_BYTES - 8);
-    fixed.extend_from_slice(&reference.size.to_le_bytes());
-    fixed.extend_from_slice(&reference.xxh3.to_le_bytes());
-    fixed.push(indent);
-    fixed.extend_from_slice(&(dict.len() as u64).to_le_bytes());
-    fixed.extend_from_slice(&xxh3_64(&dict).to_le_bytes());
-    let mut out = Vec::with_capacity(12 + 8 + FIXED_BYTES + z.len());
-    put_zstd_record_after(&head, RecordKind::FileZstdBaseJson, &fixed, &z, &mut out)?;
+    let mut extra = vec![indent];
+    extra.extend_from_slice(&(dict.len() as u64).to_le_bytes());
+    extra.extend_from_slice(&xxh3_64(&dict).to_le_bytes());
+    let out = put_against(
+        RecordKind::FileZstdBaseJson,
+        bytes.len() as u64,
+        reference,
+        &extra,
+        &z,
+    )?;
     Ok(Some((out, reference)))
 }
 
