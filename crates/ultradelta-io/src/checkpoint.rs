@@ -585,6 +585,26 @@ impl Checkpoint {
         let _ = name;
     }
 
+    /// Maps `name`'s bytes into this process now (`MADV_POPULATE_READ`, reading them from the disk first if they
+    /// are not cached), so that the pass that reads them next takes no page fault per page: done on a thread with
+    /// time to spare, it moves that cost off the pass. Only a hint, like [`Checkpoint::prefetch`]: unknown names,
+    /// kernels before Linux 5.14, other systems and failures are ignored.
+    pub fn populate(&self, name: &str) {
+        #[cfg(target_os = "linux")]
+        if let Some(i) = self.position(name) {
+            let loc = self.locs[i];
+            if loc.end > loc.start {
+                let _ = self.maps[loc.file].advise_range(
+                    memmap2::Advice::PopulateRead,
+                    loc.start,
+                    loc.end - loc.start,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = name;
+    }
+
     /// Views of every tensor, in name order.
     pub fn views(&self) -> impl Iterator<Item = TensorView<'_>> + '_ {
         (0..self.tensors.len()).map(|i| self.view_at(i))

@@ -139,6 +139,32 @@ pub fn rebuild_tensor_into(
     rebuild_with(base, reader, archive, entry, out, scratch, None)
 }
 
+/// A compressed tensor's record read ahead of its rebuilding, with its seeded position sample already drawn
+/// when it has one: the draw is sequential (a few tens of milliseconds for a LLaMA embedding matrix), so `apply`
+/// does it beside the previous tensor's rebuilding rather than on the rebuilding's critical path.
+struct Decoded {
+    record: Record,
+    sample: Option<SeededSample>,
+}
+
+/// Reads `entry`'s record and, for coded records with seeded positions that agree with the entry's size, draws
+/// the sample ([`patch_sparse`] checks the record before using it, and draws it itself when it is not given).
+fn decode_ahead(reader: &ArchiveReader, entry: &TensorEntry) -> Result<Decoded> {
+    let record = reader.read_record(&entry.name)?;
+    let sample = match &record {
+        Record::Coded(c) if c.numel == entry.numel && c.kept() <= c.numel => match c.positions {
+            Positions::Seeded { seed, trial } => Some(SeededSample::new(
+                c.numel,
+                c.kept(),
+                trial_seed(seed, trial),
+            )),
+            Positions::Golomb(_) => None,
+        },
+        _ => None,
+    };
+    Ok(Decoded { record, sample })
+}
+
 /// [`rebuild_tensor_into`], given the record of a compressed tensor if it was already read (`apply` decodes the
 /// next compressed tensor's record while it rebuilds the current one).
 fn rebuild_with(
@@ -148,7 +174,7 @@ fn rebuild_with(
     entry: &TensorEntry,
     out: &mut [u8],
     scratch: &mut Vec<u8>,
-    record: Option<Result<Record>>,
+    record: Option<Result<Decoded>>,
 ) -> Result<()> {
     let name = entry.name.as_str();
     let corrupt = |detail: String| Error::CorruptArchive {
@@ -218,19 +244,22 @@ fn rebuild_with(
             Err(unexpected())
         }
         Policy::Compress => {
-            // The base's hash (one thread) runs beside the whole rebuilding: the record's decoding (one thread too,
-            // when not done ahead) with the copy of the base bytes, which notes the blocks holding a NaN on the
+            // The base's hash (one thread) runs beside the whole rebuilding: the record's decoding and sample draw
+            // (one thread too, when not done ahead) with the copy of the base bytes, which notes the blocks holding a NaN on the
             // way, then the patch. A hash mismatch is reported first.
             let (checked, rebuilt) = rayon::join(check_base, || -> Result<Option<usize>> {
-                let (rec, nan) = rayon::join(
-                    || record.unwrap_or_else(|| Ok(reader.read_record(name)?)),
+                let (decoded, nan) = rayon::join(
+                    || record.unwrap_or_else(|| decode_ahead(reader, entry)),
                     || copy_par_noting_nans(src, out, entry.dtype),
                 );
-                let rec = rec?;
+                let Decoded {
+                    record: rec,
+                    sample,
+                } = decoded?;
                 let gamma = reader.manifest().gamma as f32;
                 if let Patch::Done {
                     first_new_non_finite,
-                } = patch_sparse(&view, &rec, gamma, out, Some(&nan))?
+                } = patch_sparse(&view, &rec, sample.as_ref(), gamma, out, Some(&nan))?
                 {
                     return Ok(first_new_non_finite);
                 }
@@ -386,6 +415,7 @@ fn copy_par_noting_nans(src: &[u8], out: &mut [u8], dtype: DType) -> Vec<bool> {
 fn patch_sparse(
     view: &TensorView<'_>,
     rec: &Record,
+    sample: Option<&SeededSample>,
     gamma: f32,
     out: &mut [u8],
     nan: Option<&[bool]>,
@@ -405,15 +435,15 @@ fn patch_sparse(
                 patch_positions(view, &Kept::Listed(p), |k| c.value(k), gamma, out, nan)
             }
             Positions::Seeded { seed, trial } => {
-                let sample = SeededSample::new(numel, c.kept(), trial_seed(*seed, *trial));
-                patch_positions(
-                    view,
-                    &Kept::Seeded(&sample),
-                    |k| c.value(k),
-                    gamma,
-                    out,
-                    nan,
-                )
+                let drawn;
+                let sample = match sample {
+                    Some(s) if s.numel() == numel && s.kept() == c.kept() => s,
+                    _ => {
+                        drawn = SeededSample::new(numel, c.kept(), trial_seed(*seed, *trial));
+                        &drawn
+                    }
+                };
+                patch_positions(view, &Kept::Seeded(sample), |k| c.value(k), gamma, out, nan)
             }
         },
         _ => Ok(Patch::Declined),
@@ -656,7 +686,7 @@ pub fn apply(
         let rebuilt = (|| -> Result<()> {
             let mut scratch = Vec::new();
             // The record of the tensor about to be rebuilt, when it was decoded during the previous one.
-            let mut ahead: Option<Result<Record>> = None;
+            let mut ahead: Option<Result<Decoded>> = None;
             for (k, ((entry, &n), &offset)) in manifest
                 .tensors
                 .iter()
@@ -678,8 +708,8 @@ pub fn apply(
                 let a = DIRECT_IO_ALIGN;
                 let shift = (offset as usize % a + a - buf.as_ptr() as usize % a) % a;
                 let range = shift..shift + n;
-                // A compressed record decodes on one thread (its positions are one Golomb stream): the next
-                // tensor's is decoded beside this tensor's rebuilding.
+                // A compressed record decodes on one thread (its positions are one Golomb stream, or one seeded
+                // draw): the next tensor's is decoded, and its sample drawn, beside this tensor's rebuilding.
                 let next = manifest
                     .tensors
                     .get(k + 1)
@@ -706,7 +736,13 @@ pub fn apply(
                         base.release(&entry.name);
                         Ok(full_tx.send((entry, buf, range)).is_ok())
                     },
-                    || next.map(|e| Ok(reader.read_record(&e.name)?)),
+                    || {
+                        let decoded = next.map(|e| decode_ahead(&reader, e));
+                        if let Some(e) = manifest.tensors.get(k + 1) {
+                            base.populate(&e.name);
+                        }
+                        decoded
+                    },
                 );
                 if !sent? {
                     break;
@@ -757,7 +793,7 @@ mod tests {
     ) -> Option<usize> {
         let Patch::Done {
             first_new_non_finite: got,
-        } = patch_sparse(view, rec, gamma, out, nan).unwrap()
+        } = patch_sparse(view, rec, None, gamma, out, nan).unwrap()
         else {
             panic!("the fast path declined {:?}", rec.kind());
         };
@@ -968,7 +1004,15 @@ mod tests {
         };
         let rec = Record::Sparse(rec);
         assert_eq!(
-            patch_sparse(&ck.view("w").unwrap(), &rec, 1.0, &mut [0u8; 32], None).unwrap(),
+            patch_sparse(
+                &ck.view("w").unwrap(),
+                &rec,
+                None,
+                1.0,
+                &mut [0u8; 32],
+                None
+            )
+            .unwrap(),
             Patch::Declined
         );
     }
