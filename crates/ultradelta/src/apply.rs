@@ -500,17 +500,48 @@ impl Kept<'_> {
         starts
     }
 
-    /// The kept positions of block `c` (entries `c·PAR_CHUNK ..`), into `buf` for a seeded sample.
-    fn block<'b>(&'b self, c: usize, a: usize, b: usize, buf: &'b mut Vec<u64>) -> &'b [u64] {
+    /// Calls `f(k, p)` for the kept positions `p` of block `c` (entries `c·PAR_CHUNK ..`) in increasing order,
+    /// `k` the ordinal of `p` among all kept positions (`a..b`, from [`Kept::block_starts`]). A seeded sample is
+    /// walked on its bitmap, never listed.
+    fn for_each_in_block(&self, c: usize, a: usize, b: usize, mut f: impl FnMut(usize, usize)) {
         match self {
-            Kept::Listed(p) => &p[a..b],
+            Kept::Listed(p) => {
+                for (k, &p) in (a..b).zip(&p[a..b]) {
+                    f(k, p as usize);
+                }
+            }
             Kept::Seeded(s) => {
                 const WORDS: usize = PAR_CHUNK / 64;
-                buf.clear();
-                s.for_each_in(c * WORDS..((c + 1) * WORDS).min(s.words()), |p| buf.push(p));
-                buf
+                let mut k = a;
+                s.for_each_in(c * WORDS..((c + 1) * WORDS).min(s.words()), |p| {
+                    f(k, p as usize);
+                    k += 1;
+                });
+                debug_assert_eq!(k, b);
             }
         }
+    }
+}
+
+/// One entry of a float `dtype` (F32, F16 or BF16) in little-endian bytes to f32, exactly as
+/// [`ultradelta_io::bytes_to_f32`] converts it.
+#[inline(always)]
+fn load(dtype: DType, b: &[u8]) -> f32 {
+    match dtype {
+        DType::BF16 => half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        DType::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    }
+}
+
+/// `v` into one entry of `dtype` (F32, F16 or BF16), exactly as [`f32_to_bytes`] converts it (for every value
+/// but NaN, whose payload the callers never write through here).
+#[inline(always)]
+fn store(dtype: DType, v: f32, b: &mut [u8]) {
+    match dtype {
+        DType::BF16 => b[..2].copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes()),
+        DType::F16 => b[..2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()),
+        _ => b[..4].copy_from_slice(&v.to_le_bytes()),
     }
 }
 
@@ -534,11 +565,9 @@ fn patch_positions(
     let first_new_non_finite = out
         .par_chunks_mut(PAR_CHUNK * es)
         .enumerate()
-        .map_init(Vec::new, |buf, (c, o)| -> Result<Option<usize>> {
+        .map(|(c, o)| -> Result<Option<usize>> {
             let start = c * PAR_CHUNK;
             let (a, b) = (starts[c], starts[c + 1]);
-            let positions = kept.block(c, a, b, buf);
-            debug_assert_eq!(positions.len(), b - a);
             let base_nan = match nan {
                 Some(flags) => flags[c],
                 None => has_nan16(o, dtype),
@@ -546,39 +575,41 @@ fn patch_positions(
             if a == b && !base_nan {
                 return Ok(None);
             }
-            let mut vals = vec![0f32; b - a];
-            let mut gathered = Vec::with_capacity((b - a) * es);
-            for &p in positions {
-                let i = p as usize - start;
-                gathered.extend_from_slice(&o[i * es..(i + 1) * es]);
-            }
-            ultradelta_io::bytes_to_f32(&gathered, dtype, &mut vals)?;
-            for (k, v) in vals.iter_mut().enumerate() {
-                *v += value(a + k) * gamma;
-            }
-            let exact = dtype == DType::F32 || !(base_nan || vals.iter().any(|v| v.is_nan()));
-            if exact {
-                let mut enc = Vec::with_capacity(vals.len() * es);
-                f32_to_bytes(&vals, dtype, &mut enc)?;
-                for (&p, e) in positions.iter().zip(enc.chunks_exact(es)) {
-                    let i = p as usize - start;
-                    o[i * es..(i + 1) * es].copy_from_slice(e);
+            let bb = &base[start * es..start * es + o.len()];
+            if !base_nan {
+                // In place, entry by entry: the base's value plus the record's, converted back. A NaN made by the
+                // addition (16-bit dtypes: the conversion may rewrite its payload) sends the block to the dense
+                // path below, which rewrites every entry of it from the base.
+                let mut first = None;
+                let mut nan_made = false;
+                kept.for_each_in_block(c, a, b, |k, p| {
+                    let i = (p - start) * es;
+                    let v = load(dtype, &bb[i..i + es]) + value(k) * gamma;
+                    if v.is_nan() && dtype != DType::F32 {
+                        nan_made = true;
+                        return;
+                    }
+                    let e = &mut o[i..i + es];
+                    store(dtype, v, e);
+                    if first.is_none()
+                        && non_finite(e, dtype) == Some(true)
+                        && non_finite(&bb[i..i + es], dtype) == Some(false)
+                    {
+                        first = Some(p);
+                    }
+                });
+                if !nan_made {
+                    return Ok(first);
                 }
-                // Positions increase: the first patched entry that became non-finite is the block's first.
-                Ok(first_new_in(&enc, &gathered, dtype).map(|k| positions[k] as usize))
-            } else {
-                // The dense path on this block, then the block scanned whole against the base's.
-                let mut w = vec![0f32; o.len() / es];
-                view.range_to_f32_into(start, &mut w)?;
-                for (k, &p) in positions.iter().enumerate() {
-                    w[p as usize - start] += value(a + k) * gamma;
-                }
-                let mut enc = Vec::with_capacity(o.len());
-                f32_to_bytes(&w, dtype, &mut enc)?;
-                o.copy_from_slice(&enc);
-                let b = &base[start * es..start * es + o.len()];
-                Ok(first_new_in(o, b, dtype).map(|i| start + i))
             }
+            // The dense path on this block, then the block scanned whole against the base's.
+            let mut w = vec![0f32; o.len() / es];
+            view.range_to_f32_into(start, &mut w)?;
+            kept.for_each_in_block(c, a, b, |k, p| w[p - start] += value(k) * gamma);
+            let mut enc = Vec::with_capacity(o.len());
+            f32_to_bytes(&w, dtype, &mut enc)?;
+            o.copy_from_slice(&enc);
+            Ok(first_new_in(o, bb, dtype).map(|i| start + i))
         })
         .try_reduce(|| None, |x, y| Ok(x.into_iter().chain(y).min()))?;
     Ok(Patch::Done {
