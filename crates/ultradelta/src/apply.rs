@@ -245,39 +245,42 @@ fn rebuild_with(
         }
         Policy::Compress => {
             // The base's hash (one thread) runs beside the whole rebuilding: the record's decoding and sample draw
-            // (one thread too, when not done ahead) with the copy of the base bytes, which notes the blocks holding a NaN on the
-            // way, then the patch. A hash mismatch is reported first.
-            let (checked, rebuilt) = rayon::join(check_base, || -> Result<Option<usize>> {
-                let (decoded, nan) = rayon::join(
-                    || record.unwrap_or_else(|| decode_ahead(reader, entry)),
-                    || copy_par_noting_nans(src, out, entry.dtype),
-                );
-                let Decoded {
-                    record: rec,
-                    sample,
-                } = decoded?;
-                let gamma = reader.manifest().gamma as f32;
-                if let Patch::Done {
-                    first_new_non_finite,
-                } = patch_sparse(&view, &rec, sample.as_ref(), gamma, out, Some(&nan))?
-                {
-                    return Ok(first_new_non_finite);
-                }
-                let mut w = view.to_f32()?;
-                rec.add_delta_into(gamma, &mut w)
-                    .map_err(|source| Error::Decode {
-                        archive: archive.to_path_buf(),
-                        tensor: name.to_string(),
-                        source: Box::new(source),
-                    })?;
-                let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
-                f32_to_bytes(&w, entry.dtype, &mut bytes)?;
-                if bytes.len() != out.len() {
-                    return Err(wrong_size(bytes.len()));
-                }
-                out.copy_from_slice(&bytes);
-                Ok(first_new_non_finite(src, out, entry.dtype))
-            });
+            // (one thread too, when not done ahead; started first, as the longest) with the copy of the base bytes,
+            // which notes the blocks holding a NaN on the way, then the patch. A hash mismatch is reported first.
+            let (rebuilt, checked) = rayon::join(
+                || -> Result<Option<usize>> {
+                    let (decoded, nan) = rayon::join(
+                        || record.unwrap_or_else(|| decode_ahead(reader, entry)),
+                        || copy_par_noting_nans(src, out, entry.dtype),
+                    );
+                    let Decoded {
+                        record: rec,
+                        sample,
+                    } = decoded?;
+                    let gamma = reader.manifest().gamma as f32;
+                    if let Patch::Done {
+                        first_new_non_finite,
+                    } = patch_sparse(&view, &rec, sample.as_ref(), gamma, out, Some(&nan))?
+                    {
+                        return Ok(first_new_non_finite);
+                    }
+                    let mut w = view.to_f32()?;
+                    rec.add_delta_into(gamma, &mut w)
+                        .map_err(|source| Error::Decode {
+                            archive: archive.to_path_buf(),
+                            tensor: name.to_string(),
+                            source: Box::new(source),
+                        })?;
+                    let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
+                    f32_to_bytes(&w, entry.dtype, &mut bytes)?;
+                    if bytes.len() != out.len() {
+                        return Err(wrong_size(bytes.len()));
+                    }
+                    out.copy_from_slice(&bytes);
+                    Ok(first_new_non_finite(src, out, entry.dtype))
+                },
+                check_base,
+            );
             checked?;
             if let Some(index) = rebuilt? {
                 return Err(Error::NonFiniteOutput {
@@ -741,10 +744,13 @@ pub fn apply(
                 let range = shift..shift + n;
                 // A compressed record decodes on one thread (its positions are one Golomb stream, or one seeded
                 // draw): the next tensor's is decoded, and its sample drawn, beside this tensor's rebuilding.
+                // Not beside the first tensor: nothing was decoded ahead for it, so its own decoding is on the
+                // critical path to the first write and needs the core the next one's would take (the second
+                // tensor decodes its record itself, beside its copy).
                 let next = manifest
                     .tensors
                     .get(k + 1)
-                    .filter(|e| e.policy == Policy::Compress);
+                    .filter(|e| k > 0 && e.policy == Policy::Compress);
                 // The disk reads the next base tensor while this one is rebuilt (when it is not cached).
                 if let Some(e) = manifest.tensors.get(k + 1) {
                     base.prefetch(&e.name);
