@@ -67,7 +67,7 @@ pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<PathBuf>,
     index: Option<PathBuf>,
-    maps: Vec<Mmap>,
+    maps: Vec<Mapped>,
     /// Sorted by name.
     tensors: Vec<TensorInfo>,
     /// Parallel to `tensors`.
@@ -93,7 +93,20 @@ struct IndexJson {
 }
 
 /// Memory-maps `path` after checking it can hold a safetensors prefix.
-fn map_file(path: &Path) -> Result<Mmap> {
+/// A weight file's memory map and its open handle (for positioned reads that touch no page of the map).
+struct Mapped {
+    map: Mmap,
+    file: File,
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = Mmap;
+    fn deref(&self) -> &Mmap {
+        &self.map
+    }
+}
+
+fn map_file(path: &Path) -> Result<Mapped> {
     // Before opening: opening a FIFO for reading blocks until a writer appears.
     crate::error::check_regular_file(path)?;
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
@@ -123,7 +136,7 @@ fn map_file(path: &Path) -> Result<Mmap> {
     // Tensors are processed front to back; this is only a hint, so its failure is not an error.
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Sequential);
-    Ok(map)
+    Ok(Mapped { map, file })
 }
 
 /// True if `name` is one plain file name (no separators, not `.` or `..`).
@@ -445,7 +458,7 @@ impl Checkpoint {
         dir: PathBuf,
         files: Vec<PathBuf>,
         index: Option<PathBuf>,
-        maps: Vec<Mmap>,
+        maps: Vec<Mapped>,
         mut tensors: Vec<(TensorInfo, Loc)>,
         metadata: BTreeMap<String, String>,
         size_on_disk: u64,
@@ -538,6 +551,8 @@ impl Checkpoint {
             info: &self.tensors[i],
             bytes: &self.maps[loc.file][loc.start..loc.end],
             file: &self.files[loc.file],
+            handle: &self.maps[loc.file].file,
+            offset: loc.start as u64,
         }
     }
 
@@ -582,26 +597,6 @@ impl Checkpoint {
             }
         }
         #[cfg(not(unix))]
-        let _ = name;
-    }
-
-    /// Maps `name`'s bytes into this process now (`MADV_POPULATE_READ`, reading them from the disk first if they
-    /// are not cached), so that the pass that reads them next takes no page fault per page: done on a thread with
-    /// time to spare, it moves that cost off the pass. Only a hint, like [`Checkpoint::prefetch`]: unknown names,
-    /// kernels before Linux 5.14, other systems and failures are ignored.
-    pub fn populate(&self, name: &str) {
-        #[cfg(target_os = "linux")]
-        if let Some(i) = self.position(name) {
-            let loc = self.locs[i];
-            if loc.end > loc.start {
-                let _ = self.maps[loc.file].advise_range(
-                    memmap2::Advice::PopulateRead,
-                    loc.start,
-                    loc.end - loc.start,
-                );
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
         let _ = name;
     }
 
@@ -792,6 +787,11 @@ pub struct TensorView<'a> {
     info: &'a TensorInfo,
     bytes: &'a [u8],
     file: &'a Path,
+    /// The open weight file and the tensor's offset in it, for [`TensorView::read_hashed_into`].
+    #[cfg_attr(not(unix), allow(dead_code))]
+    handle: &'a File,
+    #[cfg_attr(not(unix), allow(dead_code))]
+    offset: u64,
 }
 
 impl fmt::Debug for TensorView<'_> {
@@ -887,6 +887,46 @@ impl<'a> TensorView<'a> {
     /// xxh3-64 of [`bytes`](Self::bytes).
     pub fn content_hash(&self) -> u64 {
         xxh3_64(self.bytes)
+    }
+
+    /// Copies the tensor's bytes into `out` (exactly their length) and returns their xxh3-64 (the value of
+    /// [`content_hash`](Self::content_hash)), in one pass: positioned reads from the file of `chunk` bytes (the
+    /// last one shorter), each hashed and handed to `each(offset, bytes)` while it is still in cache. The reads
+    /// touch no page of the memory map, so a tensor read this way costs no page faults and its pages need no
+    /// [`Checkpoint::release`]; on systems without positioned reads the bytes are copied from the map.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] if `out` is not the tensor's byte size or `chunk` is 0; [`Error::Io`] (naming the
+    /// weight file) if a read fails or the file got shorter than its header says.
+    pub fn read_hashed_into(
+        &self,
+        out: &mut [u8],
+        chunk: usize,
+        mut each: impl FnMut(usize, &[u8]),
+    ) -> Result<u64> {
+        if out.len() != self.bytes.len() || chunk == 0 {
+            return Err(Error::LengthMismatch {
+                context: format!("reading the bytes of tensor {}", self.info.name),
+                expected: self.bytes.len(),
+                found: out.len(),
+            });
+        }
+        let mut hasher = Xxh3::new();
+        for (k, part) in out.chunks_mut(chunk).enumerate() {
+            let at = k * chunk;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::FileExt;
+                self.handle
+                    .read_exact_at(part, self.offset + at as u64)
+                    .map_err(|e| Error::io(self.file, "read", e))?;
+            }
+            #[cfg(not(unix))]
+            part.copy_from_slice(&self.bytes[at..at + part.len()]);
+            hasher.update(part);
+            each(at, part);
+        }
+        Ok(hasher.digest())
     }
 }
 

@@ -1295,3 +1295,35 @@ fn issue_17_companion_tree() {
         crate::check_companion_name(n).unwrap();
     }
 }
+
+/// `read_hashed_into` gives every tensor's bytes and their hash, across shards, whatever the chunk size, and hands
+/// over the chunks in order; a wrong-sized output is refused.
+#[test]
+fn read_hashed_into_equals_the_mapped_bytes() {
+    let dir = tmp();
+    let tensors = sample_tensors(DType::BF16);
+    let max = (tensors[0].1.len() + tensors[1].1.len()) as u64;
+    let out = write_checkpoint(dir.path().join("ck"), &tensors, sharded_opts(max)).unwrap();
+    let ck = Checkpoint::open(&out).unwrap();
+    assert!(ck.weight_files().len() > 1);
+    for v in ck.views() {
+        for chunk in [1, 7, 64, 1 << 20] {
+            let mut out = vec![0xA5u8; v.bytes().len()];
+            let mut seen = Vec::new();
+            let h = v
+                .read_hashed_into(&mut out, chunk, |at, part| {
+                    assert_eq!(at, seen.len());
+                    seen.extend_from_slice(part);
+                })
+                .unwrap();
+            assert_eq!(out, v.bytes(), "{} chunk {chunk}", v.info().name);
+            assert_eq!(seen, v.bytes());
+            assert_eq!(h, v.content_hash());
+        }
+        let mut short = vec![0u8; v.bytes().len() + 1];
+        assert!(v.read_hashed_into(&mut short, 64, |_, _| {}).is_err());
+        assert!(v
+            .read_hashed_into(&mut vec![0u8; v.bytes().len()], 0, |_, _| {})
+            .is_err());
+    }
+}

@@ -214,9 +214,10 @@ fn rebuild_with(
         return Err(wrong_size(src.len()));
     }
     // The base tensor's hash (single-threaded) is checked alongside the rebuilding; its error comes first.
-    let check_base = || -> Result<()> {
+    // The base tensor's hash against the one the archive recorded (when it did).
+    let compare = |hash: u64| -> Result<()> {
         if let Some(expected) = &entry.base_hash {
-            let found = format!("{:016x}", view.content_hash());
+            let found = format!("{hash:016x}");
             if &found != expected {
                 return Err(Error::BaseTensorChanged {
                     archive: archive.to_path_buf(),
@@ -228,6 +229,10 @@ fn rebuild_with(
             }
         }
         Ok(())
+    };
+    let check_base = || match entry.base_hash {
+        Some(_) => compare(view.content_hash()),
+        None => Ok(()),
     };
     match entry.policy {
         Policy::Drop => {
@@ -244,44 +249,50 @@ fn rebuild_with(
             Err(unexpected())
         }
         Policy::Compress => {
-            // The base's hash (one thread) runs beside the whole rebuilding: the record's decoding and sample draw
-            // (one thread too, when not done ahead; started first, as the longest) with the copy of the base bytes,
-            // which notes the blocks holding a NaN on the way, then the patch. A hash mismatch is reported first.
-            let (rebuilt, checked) = rayon::join(
-                || -> Result<Option<usize>> {
-                    let (decoded, nan) = rayon::join(
-                        || record.unwrap_or_else(|| decode_ahead(reader, entry)),
-                        || copy_par_noting_nans(src, out, entry.dtype),
-                    );
-                    let Decoded {
-                        record: rec,
-                        sample,
-                    } = decoded?;
-                    let gamma = reader.manifest().gamma as f32;
-                    if let Patch::Done {
-                        first_new_non_finite,
-                    } = patch_sparse(&view, &rec, sample.as_ref(), gamma, out, Some(&nan))?
-                    {
-                        return Ok(first_new_non_finite);
-                    }
-                    let mut w = view.to_f32()?;
-                    rec.add_delta_into(gamma, &mut w)
-                        .map_err(|source| Error::Decode {
-                            archive: archive.to_path_buf(),
-                            tensor: name.to_string(),
-                            source: Box::new(source),
-                        })?;
-                    let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
-                    f32_to_bytes(&w, entry.dtype, &mut bytes)?;
-                    if bytes.len() != out.len() {
-                        return Err(wrong_size(bytes.len()));
-                    }
-                    out.copy_from_slice(&bytes);
-                    Ok(first_new_non_finite(src, out, entry.dtype))
+            // The record's decoding and sample draw (one thread, when not done ahead: started first, as the
+            // longest) beside one pass over the base tensor's bytes: read from the file into `out` chunk by chunk,
+            // each chunk hashed and checked for NaN while in cache (the memory map is not touched, so there are no
+            // page faults). Then the hash is compared (a mismatch is reported first) and the record patched in.
+            let chunk = PAR_CHUNK * entry.dtype.size().max(1);
+            let (decoded, read) = rayon::join(
+                || record.unwrap_or_else(|| decode_ahead(reader, entry)),
+                || -> Result<(u64, Vec<bool>)> {
+                    let mut nan = Vec::with_capacity(out.len().div_ceil(chunk));
+                    let hash = view.read_hashed_into(out, chunk, |_, part| {
+                        nan.push(has_nan16(part, entry.dtype))
+                    })?;
+                    Ok((hash, nan))
                 },
-                check_base,
             );
-            checked?;
+            let (hash, nan) = read?;
+            compare(hash)?;
+            let rebuilt = (|| -> Result<Option<usize>> {
+                let Decoded {
+                    record: rec,
+                    sample,
+                } = decoded?;
+                let gamma = reader.manifest().gamma as f32;
+                if let Patch::Done {
+                    first_new_non_finite,
+                } = patch_sparse(&view, &rec, sample.as_ref(), gamma, out, Some(&nan))?
+                {
+                    return Ok(first_new_non_finite);
+                }
+                let mut w = view.to_f32()?;
+                rec.add_delta_into(gamma, &mut w)
+                    .map_err(|source| Error::Decode {
+                        archive: archive.to_path_buf(),
+                        tensor: name.to_string(),
+                        source: Box::new(source),
+                    })?;
+                let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
+                f32_to_bytes(&w, entry.dtype, &mut bytes)?;
+                if bytes.len() != out.len() {
+                    return Err(wrong_size(bytes.len()));
+                }
+                out.copy_from_slice(&bytes);
+                Ok(first_new_non_finite(src, out, entry.dtype))
+            })();
             if let Some(index) = rebuilt? {
                 return Err(Error::NonFiniteOutput {
                     archive: archive.to_path_buf(),
@@ -387,6 +398,7 @@ fn has_nan16(bytes: &[u8], dtype: DType) -> bool {
 
 /// [`copy_par`] that also tells, per block of [`PAR_CHUNK`] entries of `dtype`, whether the block holds a NaN
 /// (read while the block is still in cache).
+#[cfg(test)]
 fn copy_par_noting_nans(src: &[u8], out: &mut [u8], dtype: DType) -> Vec<bool> {
     let bytes = PAR_CHUNK * dtype.size();
     out.par_chunks_mut(bytes)
@@ -407,7 +419,7 @@ fn copy_par_noting_nans(src: &[u8], out: &mut [u8], dtype: DType) -> Vec<bool> {
 /// copied from the base and only its kept entries are recomputed, with the same arithmetic and conversions; a
 /// block holding a NaN, before or after the addition, goes through the dense path. `false` (and `out` untouched)
 /// when this path does not apply (another dtype, or a record that does not validate: the dense path reports the
-/// error). `nan`, when given, says which blocks of the base hold a NaN (as [`copy_par_noting_nans`] notes them).
+/// error). `nan`, when given, says which blocks of the base hold a NaN (as the read of the base bytes notes them).
 /// Patches the base's bytes in `out` (already a copy of them) with a sparse record's values at its positions,
 /// touching only the blocks that hold a kept entry (or a NaN, `nan` as noted by the copy): the result is byte for
 /// byte the dense path's (the whole tensor to f32, [`Record::add_delta_into`], back to the dtype). Applies to
@@ -578,7 +590,7 @@ fn patch_positions(
             if a == b && !base_nan {
                 return Ok(None);
             }
-            let bb = &base[start * es..start * es + o.len()];
+            let i_of = |p: usize| (p - start) * es;
             if !base_nan {
                 // In place, entry by entry: the base's value plus the record's, converted back. A NaN made by the
                 // addition (16-bit dtypes: the conversion may rewrite its payload) sends the block to the dense
@@ -586,18 +598,18 @@ fn patch_positions(
                 let mut first = None;
                 let mut nan_made = false;
                 kept.for_each_in_block(c, a, b, |k, p| {
-                    let i = (p - start) * es;
-                    let v = load(dtype, &bb[i..i + es]) + value(k) * gamma;
+                    if nan_made {
+                        return;
+                    }
+                    let e = &mut o[i_of(p)..i_of(p) + es];
+                    let v = load(dtype, e) + value(k) * gamma;
                     if v.is_nan() && dtype != DType::F32 {
                         nan_made = true;
                         return;
                     }
-                    let e = &mut o[i..i + es];
+                    let was_finite = non_finite(e, dtype) == Some(false);
                     store(dtype, v, e);
-                    if first.is_none()
-                        && non_finite(e, dtype) == Some(true)
-                        && non_finite(&bb[i..i + es], dtype) == Some(false)
-                    {
+                    if first.is_none() && was_finite && non_finite(e, dtype) == Some(true) {
                         first = Some(p);
                     }
                 });
@@ -612,6 +624,7 @@ fn patch_positions(
             let mut enc = Vec::with_capacity(o.len());
             f32_to_bytes(&w, dtype, &mut enc)?;
             o.copy_from_slice(&enc);
+            let bb = &base[start * es..start * es + o.len()];
             Ok(first_new_in(o, bb, dtype).map(|i| start + i))
         })
         .try_reduce(|| None, |x, y| Ok(x.into_iter().chain(y).min()))?;
@@ -773,13 +786,7 @@ pub fn apply(
                         base.release(&entry.name);
                         Ok(full_tx.send((entry, buf, range)).is_ok())
                     },
-                    || {
-                        let decoded = next.map(|e| decode_ahead(&reader, e));
-                        if let Some(e) = manifest.tensors.get(k + 1) {
-                            base.populate(&e.name);
-                        }
-                        decoded
-                    },
+                    || next.map(|e| decode_ahead(&reader, e)),
                 );
                 if !sent? {
                     break;
