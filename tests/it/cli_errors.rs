@@ -268,3 +268,47 @@ fn bad_arguments_are_one_line() {
     ]);
     assert!(line.contains("nope"), "{line}");
 }
+
+/// A base tensor changed where the checkpoint's fingerprint does not look (it samples 64 windows of a large tensor)
+/// is caught by the tensor's own hash while `apply` reads it: one line naming the base file, the tensor and the
+/// archive, and no output folder.
+#[test]
+fn base_tensor_changed_outside_the_fingerprint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "layer.0.attention.self.query.weight";
+    let ck = |path: &Path, values: &[f32]| {
+        let info = TensorInfo {
+            name: name.to_string(),
+            dtype: DType::F32,
+            shape: vec![64, 64],
+        };
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_checkpoint(path, &[(info, bytes)], WriterOptions::default()).unwrap();
+    };
+    let base: Vec<f32> = (0..4096).map(|i| ((i as f32) * 0.37).sin() * 0.05).collect();
+    let ft: Vec<f32> = base
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + ((i as f32) * 1.3).cos() * 0.01)
+        .collect();
+    let (b, f, archive) = (
+        dir.path().join("b"),
+        dir.path().join("f"),
+        dir.path().join("ft.udelta"),
+    );
+    ck(&b, &base);
+    ck(&f, &ft);
+    compress(&b, &f, &archive);
+    // Entry 25 (bytes 100..104) lies between the fingerprint's first two windows (0..64 and 259..323).
+    let mut changed = base.clone();
+    changed[25] += 1.0;
+    ck(&dir.path().join("b2"), &changed);
+    let out = dir.path().join("rebuilt");
+    let line = ud_err(&apply_cmd(&dir.path().join("b2"), &archive, &out, &[]));
+    assert!(
+        line.contains(name) && line.contains("differs from the base") && line.contains("ft.udelta"),
+        "{line}"
+    );
+    assert!(line.contains("model.safetensors"), "{line}");
+    assert!(!out.exists(), "{:?}", listing(dir.path()));
+}
