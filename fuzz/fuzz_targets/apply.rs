@@ -1,7 +1,7 @@
 //! Apply onto a small base, in memory, at the archive level: for every stored tensor whose index entry matches the
 //! base tensor's dtype and shape (as `apply` requires before sizing anything), the record is read, decoded and
-//! added onto the base's values with [`Record::add_delta_into`] (the decoding formula `apply` uses), or XOR-ed onto
-//! the base's bytes for `xor-zstd`. The base is tests/hostile/base (or $ULTRADELTA_FUZZ_BASE); each input is tried
+//! added onto the base's values with [`Record::add_delta_into`] (the decoding formula `apply` uses), or combined
+//! with the base's bytes for the lossless deltas (`xor-zstd`, `diff-zstd`). The base is tests/hostile/base (or $ULTRADELTA_FUZZ_BASE); each input is tried
 //! as given and resealed, so mutated records are decoded and applied rather than refused by a checksum.
 #![no_main]
 
@@ -46,9 +46,9 @@ fn check(bytes: &[u8]) {
         if info.shape != e.shape || info.dtype.name() != e.dtype.name() {
             continue;
         }
-        if e.kind == "xor-zstd" {
+        if e.kind == "xor-zstd" || e.kind == "diff-zstd" {
             let mut out = vec![0u8; view.bytes().len()];
-            let _ = r.read_xor_into(&e.name, view.bytes(), &mut out, &mut planes);
+            let _ = r.read_lossless_into(&e.name, view.bytes(), &mut out, &mut planes);
             continue;
         }
         let Ok(record) = r.read_record(&e.name) else {

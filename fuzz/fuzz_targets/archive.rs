@@ -19,12 +19,12 @@ fn check(bytes: &[u8]) {
             continue;
         }
         let _ = r.read_record(&e.name);
-        if e.kind == "xor-zstd" {
+        if e.kind == "xor-zstd" || e.kind == "diff-zstd" {
             // Sizes come from the validated index entry, bounded by the zstd expansion limit at open.
             let n = (e.numel as usize).saturating_mul(e.dtype.size());
             let base = vec![0x5au8; n];
             let mut out = vec![0u8; n];
-            let _ = r.read_xor_into(&e.name, &base, &mut out, &mut planes);
+            let _ = r.read_lossless_into(&e.name, &base, &mut out, &mut planes);
         }
     }
     for f in &r.manifest().files {

@@ -285,7 +285,9 @@ fn base_tensor_changed_outside_the_fingerprint_is_refused() {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         write_checkpoint(path, &[(info, bytes)], WriterOptions::default()).unwrap();
     };
-    let base: Vec<f32> = (0..4096).map(|i| ((i as f32) * 0.37).sin() * 0.05).collect();
+    let base: Vec<f32> = (0..4096)
+        .map(|i| ((i as f32) * 0.37).sin() * 0.05)
+        .collect();
     let ft: Vec<f32> = base
         .iter()
         .enumerate()

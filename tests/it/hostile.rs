@@ -443,3 +443,65 @@ fn regenerate_kind_14() {
     f["checksum"] = serde_json::json!(format!("{:016x}", xxh3_64(&a[off..off + len])));
     std::fs::write(dir.join("json-layout-mismatch.udelta"), with_index(&a, &v)).unwrap();
 }
+
+/// Kind 15 (a kept tensor stored as the bit difference from the base's): `diff-zstd.udelta` is an archive
+/// against `base/` of a fine-tune whose bias is the base's moved by a few hundred units in the last place (so the
+/// writer stores it as kind 15); `diff-zstd-damaged.udelta` is it with one byte of that record's zstd data changed
+/// (checksum fixed up); `diff-zstd-bomb.udelta` is it with the bias's index entry declaring 2^30 entries. Writes
+/// only these three files: `cargo test --test it hostile::regenerate_kind_15 -- --ignored`.
+#[test]
+#[ignore = "rewrites three files of tests/hostile/"]
+fn regenerate_kind_15() {
+    let dir = hostile_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = ultradelta::io::Checkpoint::open(dir.join("base")).unwrap();
+    let moved: Vec<u8> = base
+        .view(B)
+        .unwrap()
+        .bytes()
+        .chunks_exact(4)
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let bits = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            bits.wrapping_add(300 + 7 * i as u32).to_le_bytes()
+        })
+        .collect();
+    let ft = tmp.path().join("ft");
+    write_checkpoint(
+        &ft,
+        &[
+            tensor(W, &[64, 64], 3),
+            (TensorInfo::new(B, DType::F32, vec![16]), moved),
+        ],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    let out = tmp.path().join("a.udelta");
+    let args = [
+        "compress",
+        "--quiet",
+        "--base",
+        "base",
+        "--finetuned",
+        ft.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let r = ud_in(&dir, &args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let a = std::fs::read(&out).unwrap();
+    let mut v = index(&a);
+    assert_eq!(entry(&mut v, B)["kind"], "diff-zstd");
+    std::fs::write(dir.join("diff-zstd.udelta"), &a).unwrap();
+    // The last bytes of the record are zstd data (the frame's last block).
+    let damaged = edit_record(&a, B, |r| {
+        let n = r.len();
+        r[n - 6] ^= 0x40;
+    });
+    std::fs::write(dir.join("diff-zstd-damaged.udelta"), damaged).unwrap();
+    let e = entry(&mut v, B);
+    e["shape"] = serde_json::json!([1u64 << 30]);
+    e["numel"] = serde_json::json!(1u64 << 30);
+    e["kept"] = serde_json::json!(1u64 << 30);
+    std::fs::write(dir.join("diff-zstd-bomb.udelta"), with_index(&a, &v)).unwrap();
+}

@@ -62,14 +62,15 @@ pub use kinds::sparse_f16::SparseValuesRecord;
 pub use kinds::sparse_golomb::SparseRecord;
 pub use kinds::sparse_sign::SignRecord;
 pub use kinds::RecordKind;
+pub use lossless::{tensor_zstd_level, SMALL_LOSSLESS_BYTES};
 pub use manifest::{
     BaseFile, FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE,
 };
 pub use reader::{ArchiveReader, MAX_ZSTD_EXPANSION};
 pub use record::{
-    companion_zstd_level, decode_full_into, decode_header, decode_record, decode_record_expecting,
-    decode_xor_into, encode_file_record, encode_file_record_against, encode_record, BaseFileRef,
-    Record, RecordHeader,
+    companion_zstd_level, decode_diff_into, decode_full_into, decode_header, decode_record,
+    decode_record_expecting, decode_xor_into, diff_bytes, encode_file_record,
+    encode_file_record_against, encode_record, BaseFileRef, Record, RecordHeader,
 };
 pub use ultradelta_core::{DType, QuantParams};
 pub use writer::{compress_index, ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};

@@ -9,8 +9,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, Limits, Manifest, TensorEntry, KIND_NONE};
 use crate::record::{
-    decode_expecting, decode_file_against, decode_full_into, decode_xor_into, BaseFileRef, Record,
-    RecordHeader,
+    decode_diff_into, decode_expecting, decode_file_against, decode_full_into, decode_xor_into,
+    BaseFileRef, Record, RecordHeader,
 };
 use crate::writer::is_companion_path;
 use crate::RecordKind;
@@ -402,7 +402,10 @@ impl ArchiveReader {
             shape: e.shape.iter().map(|&d| d as u64).collect(),
             numel: e.numel,
         };
-        let lossless = matches!(kind, RecordKind::XorZstd | RecordKind::FullZstd);
+        let lossless = matches!(
+            kind,
+            RecordKind::XorZstd | RecordKind::DiffZstd | RecordKind::FullZstd
+        );
         let kept = (!lossless).then_some(e.kept);
         let (header, record) = decode_expecting(&bytes, &self.limits, &expected, kept, check_only)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
@@ -425,14 +428,14 @@ impl ArchiveReader {
         Ok(record)
     }
 
-    /// For tensor `name` stored as `xor-zstd`: `out = base XOR` its stored bits, the bytes
-    /// [`read_record`](Self::read_record)'s [`Record::XorDelta`] gives, with [`decode_xor_into`] (`planes` is
-    /// working memory kept between calls). `Ok(false)`, and `out` untouched, when the index has another kind.
+    /// For tensor `name` stored as a lossless delta, `xor-zstd` or `diff-zstd`: its fine-tuned bytes into `out`,
+    /// from `base` and the stored bits ([`decode_xor_into`], [`decode_diff_into`]; `planes` is working memory kept
+    /// between calls). `Ok(false)`, and `out` untouched, when the index has another kind.
     ///
     /// # Errors
     /// As [`read_record`](Self::read_record); [`Error::CorruptRecord`] also when `base` or `out` is not the
     /// record's byte size.
-    pub fn read_xor_into(
+    pub fn read_lossless_into(
         &self,
         name: &str,
         base: &[u8],
@@ -443,11 +446,15 @@ impl ArchiveReader {
             path: self.path.clone(),
             name: name.to_string(),
         })?;
-        if e.kind != RecordKind::XorZstd.name() {
+        let decode = if e.kind == RecordKind::XorZstd.name() {
+            decode_xor_into
+        } else if e.kind == RecordKind::DiffZstd.name() {
+            decode_diff_into
+        } else {
             return Ok(false);
-        }
+        };
         let bytes = self.record_bytes(name)?;
-        let header = decode_xor_into(&bytes, &self.limits, base, out, planes)
+        let header = decode(&bytes, &self.limits, base, out, planes)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         self.check_header(name, e, &header)?;
         Ok(true)

@@ -2,20 +2,22 @@
 //! (docs/FORMAT.md, "Records"). Every kind's bytes are owned by its module under `kinds/`; this module writes and
 //! reads the common header and dispatches.
 
+use rayon::prelude::*;
 use ultradelta_core::DType;
 
 use crate::coded::CodedSparseRecord;
 use crate::kinds::{
-    self, dense_levels, file_zstd, file_zstd_base, file_zstd_base_json, full_zstd, lowrank_f16,
-    sparse_f16, sparse_golomb, sparse_golomb_rans, sparse_seeded, sparse_seeded_rans, sparse_sign,
-    xor_zstd, Head,
+    self, dense_levels, diff_zstd, file_zstd, file_zstd_base, file_zstd_base_json, full_zstd,
+    lowrank_f16, sparse_f16, sparse_golomb, sparse_golomb_rans, sparse_seeded, sparse_seeded_rans,
+    sparse_sign, xor_zstd, Head,
 };
-use crate::lossless::{shuffle, zstd_compress};
+use crate::lossless::compress_planes;
 use crate::{
     DenseLevelsRecord, Error, Limits, LowRankRecord, Positions, RecordKind, Result, SignRecord,
     SparseRecord, SparseValuesRecord,
 };
 
+pub use crate::kinds::diff_zstd::{decode_diff_into, diff_bytes};
 pub use crate::kinds::file_zstd_base::BaseFileRef;
 pub use crate::kinds::full_zstd::decode_full_into;
 pub use crate::kinds::xor_zstd::decode_xor_into;
@@ -32,6 +34,16 @@ pub enum Record {
         dtype: DType,
         /// `finetuned[i] ^ base[i]` for every byte.
         xor_bytes: Vec<u8>,
+    },
+    /// Lossless delta: for every element, the fine-tuned element's bits minus the base element's as integers of
+    /// the element's width (wrapping), zigzag-mapped, little-endian (kind `diff-zstd`,
+    /// [`crate::kinds::diff_zstd::diff_bytes`]). Stored byte-plane shuffled and zstd-compressed; `diff_bytes` here
+    /// is the plain (unshuffled) form.
+    DiffDelta {
+        /// Dtype of both tensors.
+        dtype: DType,
+        /// The zigzag-mapped differences, one element of `dtype`'s size each.
+        diff_bytes: Vec<u8>,
     },
     /// Whole fine-tuned tensor (no base counterpart): its raw little-endian bytes.
     Full {
@@ -58,6 +70,7 @@ impl Record {
         match self {
             Record::Sparse(_) => RecordKind::SparseGolomb,
             Record::XorDelta { .. } => RecordKind::XorZstd,
+            Record::DiffDelta { .. } => RecordKind::DiffZstd,
             Record::Full { .. } => RecordKind::FullZstd,
             Record::SparseValues(_) => RecordKind::SparseF16,
             Record::Sign(r) if r.positions.is_some() => RecordKind::SparseSign,
@@ -68,9 +81,53 @@ impl Record {
         }
     }
 
-    /// Whether this record is a lossy delta (every kind except the lossless `xor-zstd` and `full-zstd`).
+    /// The lossless delta of a tensor from its base: the smaller of [`Record::XorDelta`] and
+    /// [`Record::DiffDelta`] as encoded at `zstd_level` (the XOR on a tie: older readers read it). `base` and
+    /// `finetuned` are the two tensors' raw bytes, both of `dtype`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] if the two lengths differ or are not whole elements; [`Error::InvalidStream`] if
+    /// zstd fails.
+    pub fn lossless_delta(
+        dtype: DType,
+        base: &[u8],
+        finetuned: &[u8],
+        zstd_level: i32,
+    ) -> Result<Record> {
+        let diff = diff_bytes(dtype, base, finetuned)?;
+        let mut xor = vec![0u8; finetuned.len()];
+        xor.par_chunks_mut(1 << 16)
+            .zip(finetuned.par_chunks(1 << 16).zip(base.par_chunks(1 << 16)))
+            .for_each(|(o, (f, b))| {
+                for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
+                    *o = f ^ b;
+                }
+            });
+        let size = dtype.size();
+        let (x, d) = rayon::join(
+            || compress_planes(&xor, size, zstd_level).map(|z| z.len()),
+            || compress_planes(&diff, size, zstd_level).map(|z| z.len()),
+        );
+        Ok(if d? < x? {
+            Record::DiffDelta {
+                dtype,
+                diff_bytes: diff,
+            }
+        } else {
+            Record::XorDelta {
+                dtype,
+                xor_bytes: xor,
+            }
+        })
+    }
+
+    /// Whether this record is a lossy delta (every kind except the lossless `xor-zstd`, `diff-zstd` and
+    /// `full-zstd`).
     pub fn is_delta(&self) -> bool {
-        !matches!(self, Record::XorDelta { .. } | Record::Full { .. })
+        !matches!(
+            self,
+            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. }
+        )
     }
 
     /// Entries the record stores a value for: kept positions of sparse kinds, `numel` for dense ones (low-rank
@@ -83,7 +140,7 @@ impl Record {
             Record::LowRank(r) => Some(r.numel()),
             Record::DenseLevels(d) => Some(d.levels.len() as u64),
             Record::Coded(c) => Some(c.kept()),
-            Record::XorDelta { .. } | Record::Full { .. } => None,
+            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => None,
         }
     }
 
@@ -102,7 +159,7 @@ impl Record {
             Record::LowRank(r) => r.validate()?,
             Record::DenseLevels(d) => d.validate()?,
             Record::Coded(c) => c.validate()?,
-            Record::XorDelta { .. } | Record::Full { .. } => {}
+            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {}
         }
         let numel = match self {
             Record::Sparse(s) => s.numel,
@@ -111,7 +168,7 @@ impl Record {
             Record::LowRank(r) => r.numel(),
             Record::DenseLevels(d) => d.levels.len() as u64,
             Record::Coded(c) => c.numel,
-            Record::XorDelta { .. } | Record::Full { .. } => {
+            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {
                 return Err(Error::record(format!(
                     "a {} record is not a delta",
                     self.kind().name()
@@ -131,7 +188,7 @@ impl Record {
             Record::LowRank(r) => r.add_into(gamma, out),
             Record::DenseLevels(d) => d.add_into(gamma, out),
             Record::Coded(c) => c.add_into(gamma, out),
-            Record::XorDelta { .. } | Record::Full { .. } => {}
+            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {}
         }
         Ok(())
     }
@@ -151,11 +208,18 @@ impl Record {
                 xor_bytes: bytes,
             } => {
                 xor_zstd::FIXED_BYTES as u64
-                    + zstd_compress(&shuffle(bytes, dtype.size()), zstd_level)?.len() as u64
+                    + compress_planes(bytes, dtype.size(), zstd_level)?.len() as u64
+            }
+            Record::DiffDelta {
+                dtype,
+                diff_bytes: bytes,
+            } => {
+                diff_zstd::FIXED_BYTES as u64
+                    + compress_planes(bytes, dtype.size(), zstd_level)?.len() as u64
             }
             Record::Full { dtype, bytes } => {
                 full_zstd::FIXED_BYTES as u64
-                    + zstd_compress(&shuffle(bytes, dtype.size()), zstd_level)?.len() as u64
+                    + compress_planes(bytes, dtype.size(), zstd_level)?.len() as u64
             }
             Record::SparseValues(r) => sparse_f16::encoded_len(r)?,
             Record::Sign(r) => sparse_sign::encoded_len(r)?,
@@ -224,6 +288,10 @@ pub fn encode_record(
             dtype: d,
             xor_bytes: bytes,
         } => xor_zstd::encode(*d, bytes, &head, zstd_level, &mut out)?,
+        Record::DiffDelta {
+            dtype: d,
+            diff_bytes: bytes,
+        } => diff_zstd::encode(*d, bytes, &head, zstd_level, &mut out)?,
         Record::Full { dtype: d, bytes } => {
             full_zstd::encode(*d, bytes, &head, zstd_level, &mut out)?
         }
@@ -563,7 +631,7 @@ pub(crate) fn decode_file_against(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lossless::{unshuffle, ZSTD_FRAME_BYTES};
+    use crate::lossless::{shuffle, unshuffle, ZSTD_FRAME_BYTES};
     use ultradelta_core::QuantParams;
 
     #[test]
@@ -621,6 +689,10 @@ mod tests {
             Record::XorDelta {
                 dtype: DType::BF16,
                 xor_bytes: bytes.clone(),
+            },
+            Record::DiffDelta {
+                dtype: DType::BF16,
+                diff_bytes: bytes.clone(),
             },
             Record::Full {
                 dtype: DType::BF16,
@@ -713,6 +785,144 @@ mod tests {
         assert!(
             decode_xor_into(&enc, &Limits::default(), &[0; 3], &mut [0; 3], &mut planes).is_err()
         );
+    }
+
+    #[test]
+    fn decode_diff_into_rebuilds_the_fine_tuned_bytes() {
+        use crate::kinds::diff_zstd::undiff_into;
+        let mut planes = vec![0x5au8; 1000];
+        for (dtype, numel) in [
+            (DType::BF16, ZSTD_FRAME_BYTES + 777),
+            (DType::F32, (1 << 16) * 3 + 5),
+            (DType::U8, 4099),
+            (DType::F64, 3),
+            (DType::F32, 0),
+        ] {
+            let es = dtype.size();
+            let base: Vec<u8> = (0..numel * es).map(|i| (i * 7 % 241) as u8).collect();
+            let ft: Vec<u8> = base
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| {
+                    if i % 5 == 0 {
+                        b.wrapping_add((i % 3) as u8)
+                    } else {
+                        b ^ (i % 11) as u8
+                    }
+                })
+                .collect();
+            let rec = Record::DiffDelta {
+                dtype,
+                diff_bytes: diff_bytes(dtype, &base, &ft).unwrap(),
+            };
+            let enc = encode_record(dtype, &[numel], &rec, 1).unwrap();
+            assert_eq!(decode_record(&enc, &Limits::default()).unwrap().1, rec);
+            let mut out = vec![0xa5u8; numel * es];
+            let h =
+                decode_diff_into(&enc, &Limits::default(), &base, &mut out, &mut planes).unwrap();
+            assert_eq!(h.kind, RecordKind::DiffZstd);
+            assert!(out == ft, "{} {numel}", dtype.name());
+            // damaged payloads: refused by both, or the same bytes from both
+            for k in (1..6).filter(|_| enc.len() > 64) {
+                let mut bad = enc.clone();
+                let at = bad.len() - 1 - (bad.len() - 40) * k / 6;
+                bad[at] ^= 0x11;
+                let serial = decode_record(&bad, &Limits::default());
+                let mut out2 = vec![0u8; numel * es];
+                let fused =
+                    decode_diff_into(&bad, &Limits::default(), &base, &mut out2, &mut planes);
+                match (serial, fused) {
+                    (Ok((_, Record::DiffDelta { diff_bytes, .. })), Ok(_)) => {
+                        let mut want = vec![0u8; numel * es];
+                        undiff_into(dtype, &base, &diff_bytes, &mut want);
+                        assert!(out2 == want, "{} flip at {at}", dtype.name());
+                    }
+                    (Err(_), Err(_)) => {}
+                    (a, b) => panic!(
+                        "{} flip at {at}: {:?} vs {:?}",
+                        dtype.name(),
+                        a.is_ok(),
+                        b.is_ok()
+                    ),
+                }
+            }
+            if numel > 0 {
+                let mut short = vec![0u8; numel * es - 1];
+                let r = decode_diff_into(
+                    &enc,
+                    &Limits::default(),
+                    &base[1..],
+                    &mut short,
+                    &mut planes,
+                );
+                assert!(r.is_err());
+                // an xor-zstd record is not read as a diff-zstd one, nor the other way round
+                let mut o = vec![0u8; numel * es];
+                assert!(
+                    decode_xor_into(&enc, &Limits::default(), &base, &mut o, &mut planes).is_err()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lossless_delta_keeps_the_smaller_kind() {
+        // Floats close to the base's: the bit difference is small where the XOR is not.
+        let base: Vec<f32> = (0..4096).map(|i| 1.0 + (i as f32) * 1e-4).collect();
+        let ft: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + ((i % 7) as f32 - 3.0) * 1e-7)
+            .collect();
+        let (b, f): (Vec<u8>, Vec<u8>) = (
+            base.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ft.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        );
+        let rec = Record::lossless_delta(DType::F32, &b, &f, 1).unwrap();
+        assert_eq!(rec.kind(), RecordKind::DiffZstd);
+        let x = Record::XorDelta {
+            dtype: DType::F32,
+            xor_bytes: b.iter().zip(&f).map(|(a, c)| a ^ c).collect(),
+        };
+        assert!(rec.encoded_len(1, 1).unwrap() < x.encoded_len(1, 1).unwrap());
+        // Equal sizes (identical tensors): the XOR, which older readers read.
+        let same = Record::lossless_delta(DType::F32, &b, &b, 1).unwrap();
+        assert_eq!(same.kind(), RecordKind::XorZstd);
+        assert!(Record::lossless_delta(DType::F32, &b, &f[4..], 1).is_err());
+    }
+
+    #[test]
+    fn larger_lossless_records_follow_the_level() {
+        let n = crate::SMALL_LOSSLESS_BYTES + 4096;
+        let bytes: Vec<u8> = (0..n)
+            .map(|i| ((i * i) % 251) as u8 ^ (i >> 9) as u8)
+            .collect();
+        let rec = Record::Full {
+            dtype: DType::U8,
+            bytes,
+        };
+        let l1 = encode_record(DType::U8, &[n], &rec, 1).unwrap();
+        let l19 = encode_record(DType::U8, &[n], &rec, 19).unwrap();
+        assert_ne!(l1, l19);
+        let small = Record::Full {
+            dtype: DType::U8,
+            bytes: (0..4096u32).map(|i| ((i * i) % 251) as u8).collect(),
+        };
+        assert_eq!(
+            encode_record(DType::U8, &[4096], &small, 1).unwrap(),
+            encode_record(DType::U8, &[4096], &small, 19).unwrap()
+        );
+    }
+
+    #[test]
+    fn small_lossless_records_get_level_19() {
+        assert_eq!(crate::tensor_zstd_level(100, 1), 19);
+        assert_eq!(crate::tensor_zstd_level(crate::SMALL_LOSSLESS_BYTES, 3), 19);
+        assert_eq!(
+            crate::tensor_zstd_level(crate::SMALL_LOSSLESS_BYTES + 1, 3),
+            3
+        );
+        assert_eq!(crate::tensor_zstd_level(10, 22), 22);
     }
 
     #[test]

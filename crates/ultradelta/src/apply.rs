@@ -240,8 +240,9 @@ fn rebuild_with(
             checked
         }
         Policy::Keep => {
-            let (checked, done) =
-                rayon::join(check_base, || reader.read_xor_into(name, src, out, scratch));
+            let (checked, done) = rayon::join(check_base, || {
+                reader.read_lossless_into(name, src, out, scratch)
+            });
             checked?;
             if done? {
                 return Ok(());

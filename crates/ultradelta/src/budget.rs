@@ -240,16 +240,7 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
             Policy::Keep | Policy::New => {
                 let rec = if plan.policy == Policy::Keep {
                     let (b, f) = (p.base.view(name)?, p.ft.view(name)?);
-                    let xor_bytes = f
-                        .bytes()
-                        .iter()
-                        .zip(b.bytes())
-                        .map(|(f, b)| f ^ b)
-                        .collect();
-                    Record::XorDelta {
-                        dtype: info.dtype,
-                        xor_bytes,
-                    }
+                    Record::lossless_delta(info.dtype, b.bytes(), f.bytes(), cfg.zstd_level)?
                 } else {
                     Record::Full {
                         dtype: info.dtype,

@@ -18,7 +18,6 @@
 
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use serde::Serialize;
 use ultradelta_alloc::Tier;
 use ultradelta_archive::{
@@ -216,21 +215,12 @@ fn tensor_entry(
             let b = base_view.expect("kept tensors are in the base");
             entry.base_hash = Some(hex(b.content_hash()));
             let f = p.ft.view(name)?.bytes();
-            let mut xor = vec![0u8; f.len()];
-            xor.par_chunks_mut(1 << 16)
-                .zip(f.par_chunks(1 << 16).zip(b.bytes().par_chunks(1 << 16)))
-                .for_each(|(o, (f, b))| {
-                    for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
-                        *o = f ^ b;
-                    }
-                });
-            // The inputs' pages are not needed while the XOR is encoded (large embeddings).
+            // The smaller of the XOR and the bit difference (kinds xor-zstd and diff-zstd).
+            let rec = Record::lossless_delta(info.dtype, b.bytes(), f, cfg.zstd_level)?;
+            // The inputs' pages are not needed while the delta is encoded (large embeddings).
             p.base.release(name);
             p.ft.release(name);
-            Some(Record::XorDelta {
-                dtype: info.dtype,
-                xor_bytes: xor,
-            })
+            Some(rec)
         }
         Policy::Drop => {
             entry.base_hash = base_view.map(|v| hex(v.content_hash()));
@@ -338,7 +328,7 @@ fn write_records(
         // (its XOR and byte-shuffled copies) beside the other's XOR and mapped inputs would hold about five
         // embedding-sized buffers at once.
         let serial = ready.as_ref().is_some_and(|(_, rec)| {
-            matches!(rec, Some(Record::XorDelta { xor_bytes: b, .. } | Record::Full { bytes: b, .. })
+            matches!(rec, Some(Record::XorDelta { xor_bytes: b, .. } | Record::DiffDelta { diff_bytes: b, .. } | Record::Full { bytes: b, .. })
                 if b.len() > LARGE_LOSSLESS)
         }) && item.is_some_and(|(_, plan)| {
             matches!(plan.policy, Policy::Keep | Policy::New) && plan.info.nbytes() > LARGE_LOSSLESS

@@ -20,6 +20,7 @@ use crate::{Limits, Record, Result};
 pub(crate) mod common;
 pub(crate) mod dense_levels;
 pub(crate) mod dense_sign;
+pub(crate) mod diff_zstd;
 pub(crate) mod file_zstd;
 pub(crate) mod file_zstd_base;
 pub(crate) mod file_zstd_base_json;
@@ -125,6 +126,8 @@ record_kinds! {
     /// JSON companion file, zstd with the base model's file of the same name re-laid out like it as the
     /// dictionary.
     FileZstdBaseJson = 14, "file-zstd-base-json", file_zstd_base_json;
+    /// Lossless delta: the zigzag-mapped integer difference of each element's bits, byte-plane shuffled, zstd.
+    DiffZstd = 15, "diff-zstd", diff_zstd;
 }
 
 impl RecordKind {
@@ -148,6 +151,7 @@ impl RecordKind {
             RecordKind::SparseSeeded => Some("seeded+packed"),
             RecordKind::SparseSeededRans => Some("seeded+entropy"),
             RecordKind::XorZstd
+            | RecordKind::DiffZstd
             | RecordKind::FullZstd
             | RecordKind::FileZstd
             | RecordKind::FileZstdBase

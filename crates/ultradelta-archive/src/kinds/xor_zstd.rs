@@ -53,29 +53,25 @@ pub(crate) fn cost(_c: &mut Cursor<'_>) -> Option<RecordCost> {
     None
 }
 
-/// Decodes an `xor-zstd` record straight into `out`: `out = base XOR bits`, with the bits
-/// [`decode_record`](crate::decode_record) returns as [`Record::XorDelta`], without allocating per record: the shuffled planes are decompressed into `planes`
-/// (working memory the caller keeps between calls; grown as needed, any contents) and unshuffled on the fly, in
-/// parallel. `base` and `out` must both be the record's byte size (`numel` times the dtype size), which is checked
-/// before anything is allocated. Returns the record's header.
-///
-/// # Errors
-/// [`Error::InvalidStream`] (streams `"record"`, `"zstd"`): another kind, a size other than `out`'s, or a payload
-/// that does not decompress to exactly that size.
-pub fn decode_xor_into(
+/// What the lossless delta kinds' straight-into-`out` decoders share ([`decode_xor_into`],
+/// [`super::diff_zstd::decode_diff_into`]): the record's header checked to be of `kind` and of `out`'s byte size
+/// (`base` too) before anything is allocated, then its zstd payload decompressed into the first `out.len()` bytes
+/// of `planes` (grown as needed; frames that declare their sizes, as the writer's do, in parallel).
+pub(crate) fn decompress_planes_into(
     bytes: &[u8],
     limits: &Limits,
+    kind: RecordKind,
     base: &[u8],
-    out: &mut [u8],
+    out: &[u8],
     planes: &mut Vec<u8>,
 ) -> Result<RecordHeader> {
     let bad = |d: String| Error::stream("record", d);
     let mut c = Cursor::new(bytes);
     let header = decode_header_at(&mut c, limits)?;
-    if header.kind != RecordKind::XorZstd {
+    if header.kind != kind {
         return Err(bad(format!(
             "expected an {} record, found {}",
-            RecordKind::XorZstd.name(),
+            kind.name(),
             header.kind.name()
         )));
     }
@@ -122,6 +118,28 @@ pub fn decode_xor_into(
         }
         None => decompress(z, planes)?,
     }
+    Ok(header)
+}
+
+/// Decodes an `xor-zstd` record straight into `out`: `out = base XOR bits`, with the bits
+/// [`decode_record`](crate::decode_record) returns as [`Record::XorDelta`], without allocating per record: the shuffled planes are decompressed into `planes`
+/// (working memory the caller keeps between calls; grown as needed, any contents) and unshuffled on the fly, in
+/// parallel. `base` and `out` must both be the record's byte size (`numel` times the dtype size), which is checked
+/// before anything is allocated. Returns the record's header.
+///
+/// # Errors
+/// [`Error::InvalidStream`] (streams `"record"`, `"zstd"`): another kind, a size other than `out`'s, or a payload
+/// that does not decompress to exactly that size.
+pub fn decode_xor_into(
+    bytes: &[u8],
+    limits: &Limits,
+    base: &[u8],
+    out: &mut [u8],
+    planes: &mut Vec<u8>,
+) -> Result<RecordHeader> {
+    let header = decompress_planes_into(bytes, limits, RecordKind::XorZstd, base, out, planes)?;
+    let planes = &planes[..out.len()];
+    let size = header.dtype.size();
     let numel = out.len() / size.max(1);
     // out[i * size + j] = base[i * size + j] ^ planes[j * numel + i], as `unshuffle` then XOR
     const UNIT: usize = 1 << 16;

@@ -382,6 +382,15 @@ fn encoded_len_is_exactly_what_encode_record_writes() {
             .into_iter()
             .map(|(_, shape, r)| (shape, DType::F32, r)),
     );
+    // Kind 15 (not in the committed sample archive, whose bytes a fixture pins).
+    recs.push((
+        vec![4, 6],
+        DType::BF16,
+        Record::DiffDelta {
+            dtype: DType::BF16,
+            diff_bytes: (0..48u32).map(|i| (i * 29 % 256) as u8).collect(),
+        },
+    ));
     let mut kinds = std::collections::BTreeSet::new();
     for (shape, dtype, rec) in &recs {
         for level in [1, 3] {

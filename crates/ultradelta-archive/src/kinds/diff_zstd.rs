@@ -1,0 +1,237 @@
+//! Kind 15, `diff-zstd`: a lossless delta stored as the difference of each element's bits, the fine-tuned
+//! element minus the base element as integers of the element's width (wrapping), zigzag-mapped so that small
+//! differences of either sign are small numbers, byte-plane shuffled, zstd (docs/FORMAT.md, "Kinds 2, 3, 4, 15").
+//! [`crate::Record::DiffDelta`] holds it; [`decode_diff_into`] decodes it straight into the rebuilt tensor.
+//!
+//! For floats whose fine-tuned value is close to the base's (same sign and exponent), the integer difference of
+//! their bit patterns is small where their XOR is not (a carry across the mantissa sets every bit it crosses), so
+//! the difference's high byte planes are nearly constant: on the testbed's norms and biases it compresses 5–7 %
+//! smaller than kind 2's XOR.
+
+use rayon::prelude::*;
+use ultradelta_core::DType;
+
+use super::common::Head;
+use super::xor_zstd::decompress_planes_into;
+use crate::coded::RecordCost;
+use crate::lossless::{
+    compress_tensor_bytes, decode_zstd_payload, put_zstd_record, raw_size, unshuffle,
+};
+use crate::record::{Cursor, RecordHeader};
+use crate::{Error, Limits, Record, RecordKind, Result};
+
+/// Fixed part of a zstd payload: the compressed length.
+pub(crate) const FIXED_BYTES: usize = 8;
+
+/// The mask of an element of `size` bytes (1, 2, 4 or 8) in a `u64`.
+fn mask(size: usize) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * size)) - 1
+    }
+}
+
+/// An element of `size` bytes, little-endian, as a `u64`.
+#[inline]
+fn load(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w[..b.len()].copy_from_slice(b);
+    u64::from_le_bytes(w)
+}
+
+/// `ft − base` of `size`-byte elements (wrapping), zigzag-mapped: the difference read as a signed integer `d` of
+/// the element's width becomes `2d` for `d ≥ 0` and `−2d − 1` for `d < 0`.
+#[inline]
+fn zigzag_diff(ft: u64, base: u64, size: usize) -> u64 {
+    let bits = 8 * size as u32;
+    let d = ft.wrapping_sub(base) & mask(size);
+    // sign-extended to 64 bits
+    let d = ((d << (64 - bits)) as i64) >> (64 - bits);
+    (((d << 1) ^ (d >> 63)) as u64) & mask(size)
+}
+
+/// The inverse of [`zigzag_diff`]: the fine-tuned element from the base element and the stored value.
+#[inline]
+fn undo(z: u64, base: u64, size: usize) -> u64 {
+    let d = (z >> 1) ^ 0u64.wrapping_sub(z & 1);
+    base.wrapping_add(d) & mask(size)
+}
+
+/// The bytes a `diff-zstd` record stores before shuffling: for every element of `dtype`, the zigzag-mapped
+/// wrapping difference of the fine-tuned element's bits and the base element's, little-endian. `base` and
+/// `finetuned` are the two tensors' raw bytes (same dtype and length).
+///
+/// # Errors
+/// [`Error::InvalidRecord`] if the lengths differ or are not whole elements.
+pub fn diff_bytes(dtype: DType, base: &[u8], finetuned: &[u8]) -> Result<Vec<u8>> {
+    let size = dtype.size();
+    if base.len() != finetuned.len() || !base.len().is_multiple_of(size) {
+        return Err(Error::record(format!(
+            "base of {} bytes and fine-tune of {} bytes are not the same whole number of {} elements",
+            base.len(),
+            finetuned.len(),
+            dtype.name()
+        )));
+    }
+    let mut out = vec![0u8; base.len()];
+    const UNIT: usize = 1 << 16;
+    out.par_chunks_mut(UNIT * size)
+        .zip(
+            base.par_chunks(UNIT * size)
+                .zip(finetuned.par_chunks(UNIT * size)),
+        )
+        .for_each(|(o, (b, f))| {
+            for ((o, b), f) in o
+                .chunks_exact_mut(size)
+                .zip(b.chunks_exact(size))
+                .zip(f.chunks_exact(size))
+            {
+                let z = zigzag_diff(load(f), load(b), size);
+                o.copy_from_slice(&z.to_le_bytes()[..size]);
+            }
+        });
+    Ok(out)
+}
+
+/// The fine-tuned bytes from the base's and the stored (unshuffled) differences, [`diff_bytes`]'s inverse, into
+/// `out` (all three the same whole number of `dtype` elements; the caller checks).
+#[cfg(test)]
+pub(crate) fn undiff_into(dtype: DType, base: &[u8], diff: &[u8], out: &mut [u8]) {
+    let size = dtype.size();
+    for ((o, b), z) in out
+        .chunks_exact_mut(size)
+        .zip(base.chunks_exact(size))
+        .zip(diff.chunks_exact(size))
+    {
+        o.copy_from_slice(&undo(load(z), load(b), size).to_le_bytes()[..size]);
+    }
+}
+
+/// Writes header and payload of a `diff-zstd` record of `diff` (the bytes of [`diff_bytes`], of `dtype`).
+pub(crate) fn encode(
+    dtype: DType,
+    diff: &[u8],
+    head: &Head<'_>,
+    zstd_level: i32,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let z = compress_tensor_bytes(dtype, diff, head, zstd_level)?;
+    put_zstd_record(head, RecordKind::DiffZstd, &z, out)
+}
+
+pub(crate) fn decode(
+    c: &mut Cursor<'_>,
+    header: &RecordHeader,
+    _limits: &Limits,
+) -> Result<Record> {
+    let raw = raw_size(header.numel, header.dtype.size())?;
+    if c.check_only {
+        crate::lossless::zstd_stream_exact(crate::lossless::zstd_payload(c)?, raw, |_, _| {})?;
+        return Ok(Record::DiffDelta {
+            dtype: header.dtype,
+            diff_bytes: Vec::new(),
+        });
+    }
+    let planes = decode_zstd_payload(c, raw)?;
+    Ok(Record::DiffDelta {
+        dtype: header.dtype,
+        diff_bytes: unshuffle(&planes, header.dtype.size()),
+    })
+}
+
+pub(crate) fn cost(_c: &mut Cursor<'_>) -> Option<RecordCost> {
+    None
+}
+
+/// Decodes a `diff-zstd` record straight into `out`: the fine-tuned bytes from `base` and the differences
+/// [`decode_record`](crate::decode_record) returns as [`Record::DiffDelta`], without allocating per record (the
+/// shuffled planes are decompressed into `planes`, working memory the caller keeps between calls, and read in
+/// place, in parallel). `base` and `out` must both be the record's byte size, which is checked before anything is
+/// allocated. Returns the record's header.
+///
+/// # Errors
+/// [`Error::InvalidStream`] (streams `"record"`, `"zstd"`): another kind, a size other than `out`'s, or a payload
+/// that does not decompress to exactly that size.
+pub fn decode_diff_into(
+    bytes: &[u8],
+    limits: &Limits,
+    base: &[u8],
+    out: &mut [u8],
+    planes: &mut Vec<u8>,
+) -> Result<RecordHeader> {
+    let header = decompress_planes_into(bytes, limits, RecordKind::DiffZstd, base, out, planes)?;
+    let planes = &planes[..out.len()];
+    let size = header.dtype.size();
+    let numel = out.len() / size.max(1);
+    // element i's stored bytes are planes[j * numel + i] for j < size, as `unshuffle` lays them out
+    const UNIT: usize = 1 << 16;
+    out.par_chunks_mut(UNIT * size)
+        .zip(base.par_chunks(UNIT * size))
+        .enumerate()
+        .for_each(|(u, (o, b))| {
+            let i0 = u * UNIT;
+            for (k, (o, b)) in o
+                .chunks_exact_mut(size)
+                .zip(b.chunks_exact(size))
+                .enumerate()
+            {
+                let mut z = 0u64;
+                for j in 0..size {
+                    z |= u64::from(planes[j * numel + i0 + k]) << (8 * j);
+                }
+                o.copy_from_slice(&undo(z, load(b), size).to_le_bytes()[..size]);
+            }
+        });
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zigzag_difference_round_trips_at_every_width() {
+        let words: [u64; 9] = [
+            0,
+            1,
+            0x7f,
+            0x80,
+            0xff,
+            0x7fff,
+            0x8000_0001,
+            0xffff_ffff,
+            u64::MAX,
+        ];
+        for size in [1usize, 2, 4, 8] {
+            for &a in &words {
+                for &b in &words {
+                    let (a, b) = (a & mask(size), b & mask(size));
+                    let z = zigzag_diff(a, b, size);
+                    assert!(z <= mask(size));
+                    assert_eq!(undo(z, b, size), a, "size {size} ft {a:#x} base {b:#x}");
+                }
+            }
+        }
+        // Small differences of either sign are small numbers.
+        assert_eq!(zigzag_diff(5, 5, 4), 0);
+        assert_eq!(zigzag_diff(6, 5, 4), 2);
+        assert_eq!(zigzag_diff(4, 5, 4), 1);
+        assert_eq!(zigzag_diff(0, 1, 2), 1);
+    }
+
+    #[test]
+    fn diff_bytes_of_floats_invert() {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64, DType::I8] {
+            let size = dtype.size();
+            let base: Vec<u8> = (0..size * 1000).map(|i| (i * 37 % 251) as u8).collect();
+            let ft: Vec<u8> = (0..size * 1000).map(|i| (i * 91 % 241) as u8).collect();
+            let d = diff_bytes(dtype, &base, &ft).unwrap();
+            let mut back = vec![0u8; ft.len()];
+            undiff_into(dtype, &base, &d, &mut back);
+            assert_eq!(back, ft, "{}", dtype.name());
+        }
+        assert!(diff_bytes(DType::F32, &[0; 8], &[0; 4]).is_err());
+        assert!(diff_bytes(DType::F32, &[0; 6], &[0; 6]).is_err());
+    }
+}
