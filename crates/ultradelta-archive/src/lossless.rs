@@ -5,7 +5,7 @@ use std::io::Read;
 
 use rayon::prelude::*;
 
-use crate::record::Cursor;
+use crate::record::{Cursor, RecordHeader};
 use crate::{Error, Result};
 
 /// Byte-plane shuffle: for elements of `size` bytes, all byte 0s, then all byte 1s, ... `bytes.len()` must be a
@@ -281,6 +281,33 @@ pub(crate) fn put_zstd_record_after(
     out.extend_from_slice(&(z.len() as u64).to_le_bytes());
     out.extend_from_slice(z);
     Ok(())
+}
+
+/// Writes a whole `kind` record of a tensor's raw lossless bytes (kinds 2, 3, 15): `bytes` checked against the
+/// tensor ([`compress_tensor_bytes`]), byte-plane shuffled, zstd, after the record's header and length field.
+pub(crate) fn put_shuffled_record(
+    kind: crate::RecordKind,
+    dtype: ultradelta_core::DType,
+    bytes: &[u8],
+    head: &crate::kinds::Head<'_>,
+    zstd_level: i32,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let z = compress_tensor_bytes(dtype, bytes, head, zstd_level)?;
+    put_zstd_record(head, kind, &z, out)
+}
+
+/// Reads the payload of a byte-plane shuffled zstd record (kinds 2, 3, 15): the tensor's raw bytes, unshuffled.
+/// When the cursor only checks, every check is made (frames, exact size) and nothing is kept: the bytes returned
+/// are empty and memory is a 64 KiB piece.
+pub(crate) fn read_shuffled_payload(c: &mut Cursor<'_>, header: &RecordHeader) -> Result<Vec<u8>> {
+    let raw = raw_size(header.numel, header.dtype.size())?;
+    if c.check_only {
+        zstd_stream_exact(zstd_payload(c)?, raw, |_, _| {})?;
+        return Ok(Vec::new());
+    }
+    let planes = decode_zstd_payload(c, raw)?;
+    Ok(unshuffle(&planes, header.dtype.size()))
 }
 
 /// zstd with raw content that both sides hold (a prefix in zstd's terms: the frame may copy from it as if it

@@ -14,9 +14,7 @@ use ultradelta_core::DType;
 use super::common::Head;
 use super::xor_zstd::decompress_planes_into;
 use crate::coded::RecordCost;
-use crate::lossless::{
-    compress_tensor_bytes, decode_zstd_payload, put_zstd_record, raw_size, unshuffle,
-};
+use crate::lossless::{put_shuffled_record, read_shuffled_payload};
 use crate::record::{Cursor, RecordHeader};
 use crate::{Error, Limits, Record, RecordKind, Result};
 
@@ -116,8 +114,7 @@ pub(crate) fn encode(
     zstd_level: i32,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let z = compress_tensor_bytes(dtype, diff, head, zstd_level)?;
-    put_zstd_record(head, RecordKind::DiffZstd, &z, out)
+    put_shuffled_record(RecordKind::DiffZstd, dtype, diff, head, zstd_level, out)
 }
 
 pub(crate) fn decode(
@@ -125,18 +122,9 @@ pub(crate) fn decode(
     header: &RecordHeader,
     _limits: &Limits,
 ) -> Result<Record> {
-    let raw = raw_size(header.numel, header.dtype.size())?;
-    if c.check_only {
-        crate::lossless::zstd_stream_exact(crate::lossless::zstd_payload(c)?, raw, |_, _| {})?;
-        return Ok(Record::DiffDelta {
-            dtype: header.dtype,
-            diff_bytes: Vec::new(),
-        });
-    }
-    let planes = decode_zstd_payload(c, raw)?;
     Ok(Record::DiffDelta {
         dtype: header.dtype,
-        diff_bytes: unshuffle(&planes, header.dtype.size()),
+        diff_bytes: read_shuffled_payload(c, header)?,
     })
 }
 

@@ -5,9 +5,7 @@ use ultradelta_core::DType;
 
 use super::common::Head;
 use crate::coded::RecordCost;
-use crate::lossless::{
-    compress_tensor_bytes, decode_zstd_payload, put_zstd_record, raw_size, unshuffle,
-};
+use crate::lossless::{put_shuffled_record, read_shuffled_payload};
 use crate::record::{Cursor, RecordHeader};
 use crate::{Limits, Record, RecordKind, Result};
 
@@ -22,8 +20,7 @@ pub(crate) fn encode(
     zstd_level: i32,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let z = compress_tensor_bytes(dtype, bytes, head, zstd_level)?;
-    put_zstd_record(head, RecordKind::FullZstd, &z, out)
+    put_shuffled_record(RecordKind::FullZstd, dtype, bytes, head, zstd_level, out)
 }
 
 pub(crate) fn decode(
@@ -31,19 +28,9 @@ pub(crate) fn decode(
     header: &RecordHeader,
     _limits: &Limits,
 ) -> Result<Record> {
-    let raw = raw_size(header.numel, header.dtype.size())?;
-    if c.check_only {
-        // Every check (frames, exact size), nothing kept: memory is a 64 KiB piece.
-        crate::lossless::zstd_stream_exact(crate::lossless::zstd_payload(c)?, raw, |_, _| {})?;
-        return Ok(Record::Full {
-            dtype: header.dtype,
-            bytes: Vec::new(),
-        });
-    }
-    let planes = decode_zstd_payload(c, raw)?;
     Ok(Record::Full {
         dtype: header.dtype,
-        bytes: unshuffle(&planes, header.dtype.size()),
+        bytes: read_shuffled_payload(c, header)?,
     })
 }
 

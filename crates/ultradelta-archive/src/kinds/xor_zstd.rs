@@ -7,10 +7,7 @@ use ultradelta_core::DType;
 
 use super::common::Head;
 use crate::coded::RecordCost;
-use crate::lossless::{
-    compress_tensor_bytes, decode_zstd_payload, put_zstd_record, raw_size, unshuffle, zstd_frames,
-    zstd_payload,
-};
+use crate::lossless::{put_shuffled_record, read_shuffled_payload, zstd_frames, zstd_payload};
 use crate::record::{decode_header_at, Cursor, RecordHeader};
 use crate::{Error, Limits, Record, RecordKind, Result};
 
@@ -25,8 +22,7 @@ pub(crate) fn encode(
     zstd_level: i32,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let z = compress_tensor_bytes(dtype, xor_bytes, head, zstd_level)?;
-    put_zstd_record(head, RecordKind::XorZstd, &z, out)
+    put_shuffled_record(RecordKind::XorZstd, dtype, xor_bytes, head, zstd_level, out)
 }
 
 pub(crate) fn decode(
@@ -34,18 +30,9 @@ pub(crate) fn decode(
     header: &RecordHeader,
     _limits: &Limits,
 ) -> Result<Record> {
-    let raw = raw_size(header.numel, header.dtype.size())?;
-    if c.check_only {
-        crate::lossless::zstd_stream_exact(crate::lossless::zstd_payload(c)?, raw, |_, _| {})?;
-        return Ok(Record::XorDelta {
-            dtype: header.dtype,
-            xor_bytes: Vec::new(),
-        });
-    }
-    let planes = decode_zstd_payload(c, raw)?;
     Ok(Record::XorDelta {
         dtype: header.dtype,
-        xor_bytes: unshuffle(&planes, header.dtype.size()),
+        xor_bytes: read_shuffled_payload(c, header)?,
     })
 }
 
