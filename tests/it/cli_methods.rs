@@ -657,12 +657,12 @@ fn budget_through_the_cli_and_lora_export() {
     ));
     assert!(out.contains("budget: target size"), "{out}");
     let bytes = std::fs::metadata(&sized).unwrap().len();
-    // A ceiling, approached within 1.5 %: the search reserves the compressed index's size estimated from its
-    // widest form (every offset, checksum and count at full width), which overshoots the real index by a few
-    // hundred bytes, about 1 % of this 34 KB archive (33,755 of 34,100 bytes since the lossless records shrank
-    // on 2026-12-05).
+    // A ceiling, approached within 1 %: the search reserves the compressed index's size estimated from its
+    // widest form (every offset, checksum and count at full width), a few hundred bytes more than the real index,
+    // about 1 % of this 34 KB archive; when that leaves the file more than 1 % under, the records are written again
+    // with most of the difference.
     assert!(
-        bytes <= budget / 100 * 100 && bytes as f64 >= 0.985 * (budget / 100 * 100) as f64,
+        bytes <= budget / 100 * 100 && bytes as f64 >= 0.99 * (budget / 100 * 100) as f64,
         "{bytes} {budget}"
     );
     let ins = ud_ok(&["inspect", s(&sized)]);
