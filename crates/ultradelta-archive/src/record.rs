@@ -707,6 +707,32 @@ mod tests {
         }
     }
 
+    /// Damages the lossless record `enc` (of `len` rebuilt bytes) at five places and checks that the serial
+    /// decoder and a fused one agree: both refuse it, or the bytes the serial one's record rebuilds (`rebuild`)
+    /// are the bytes the fused one wrote (`fused` returns whether it accepted).
+    fn damaged_payloads_agree(
+        enc: &[u8],
+        len: usize,
+        dtype: DType,
+        rebuild: impl Fn(Record) -> Vec<u8>,
+        mut fused: impl FnMut(&[u8], &mut [u8]) -> bool,
+    ) {
+        for k in (1..6).filter(|_| enc.len() > 64) {
+            let mut bad = enc.to_vec();
+            let at = bad.len() - 1 - (bad.len() - 40) * k / 6;
+            bad[at] ^= 0x11;
+            let serial = decode_record(&bad, &Limits::default());
+            let mut out = vec![0u8; len];
+            match (serial, fused(&bad, &mut out)) {
+                (Ok((_, rec)), true) => {
+                    assert!(out == rebuild(rec), "{} flip at {at}", dtype.name())
+                }
+                (Err(_), false) => {}
+                (a, b) => panic!("{} flip at {at}: {:?} vs {b:?}", dtype.name(), a.is_ok()),
+            }
+        }
+    }
+
     #[test]
     fn decode_xor_into_equals_decode_record_then_xor() {
         // Several frames, odd element counts, every element size; a dirty scratch buffer, reused and too small.
@@ -739,30 +765,20 @@ mod tests {
                 decode_xor_into(&enc, &Limits::default(), &base, &mut out, &mut planes).unwrap();
             assert_eq!(h.kind, RecordKind::XorZstd);
             assert!(out == want, "{} {numel}", dtype.name());
-            // damaged payloads: refused by both, or the same bytes from both
-            for k in (1..6).filter(|_| enc.len() > 64) {
-                let mut bad = enc.clone();
-                let at = bad.len() - 1 - (bad.len() - 40) * k / 6;
-                bad[at] ^= 0x11;
-                let serial = decode_record(&bad, &Limits::default());
-                let mut out2 = vec![0u8; numel * es];
-                let fused =
-                    decode_xor_into(&bad, &Limits::default(), &base, &mut out2, &mut planes);
-                match (serial, fused) {
-                    (Ok((_, Record::XorDelta { xor_bytes, .. })), Ok(_)) => {
-                        let want: Vec<u8> =
-                            base.iter().zip(&xor_bytes).map(|(a, b)| a ^ b).collect();
-                        assert!(out2 == want, "{} flip at {at}", dtype.name());
+            damaged_payloads_agree(
+                &enc,
+                numel * es,
+                dtype,
+                |rec| match rec {
+                    Record::XorDelta { xor_bytes, .. } => {
+                        base.iter().zip(&xor_bytes).map(|(a, b)| a ^ b).collect()
                     }
-                    (Err(_), Err(_)) => {}
-                    (a, b) => panic!(
-                        "{} flip at {at}: {:?} vs {:?}",
-                        dtype.name(),
-                        a.is_ok(),
-                        b.is_ok()
-                    ),
-                }
-            }
+                    other => panic!("kind {other:?}"),
+                },
+                |bad, out| {
+                    decode_xor_into(bad, &Limits::default(), &base, out, &mut planes).is_ok()
+                },
+            );
             // the wrong size is refused before decompressing
             if numel > 0 {
                 let mut short = vec![0u8; numel * es - 1];
@@ -822,30 +838,22 @@ mod tests {
                 decode_diff_into(&enc, &Limits::default(), &base, &mut out, &mut planes).unwrap();
             assert_eq!(h.kind, RecordKind::DiffZstd);
             assert!(out == ft, "{} {numel}", dtype.name());
-            // damaged payloads: refused by both, or the same bytes from both
-            for k in (1..6).filter(|_| enc.len() > 64) {
-                let mut bad = enc.clone();
-                let at = bad.len() - 1 - (bad.len() - 40) * k / 6;
-                bad[at] ^= 0x11;
-                let serial = decode_record(&bad, &Limits::default());
-                let mut out2 = vec![0u8; numel * es];
-                let fused =
-                    decode_diff_into(&bad, &Limits::default(), &base, &mut out2, &mut planes);
-                match (serial, fused) {
-                    (Ok((_, Record::DiffDelta { diff_bytes, .. })), Ok(_)) => {
+            damaged_payloads_agree(
+                &enc,
+                numel * es,
+                dtype,
+                |rec| match rec {
+                    Record::DiffDelta { diff_bytes, .. } => {
                         let mut want = vec![0u8; numel * es];
                         undiff_into(dtype, &base, &diff_bytes, &mut want);
-                        assert!(out2 == want, "{} flip at {at}", dtype.name());
+                        want
                     }
-                    (Err(_), Err(_)) => {}
-                    (a, b) => panic!(
-                        "{} flip at {at}: {:?} vs {:?}",
-                        dtype.name(),
-                        a.is_ok(),
-                        b.is_ok()
-                    ),
-                }
-            }
+                    other => panic!("kind {other:?}"),
+                },
+                |bad, out| {
+                    decode_diff_into(bad, &Limits::default(), &base, out, &mut planes).is_ok()
+                },
+            );
             if numel > 0 {
                 let mut short = vec![0u8; numel * es - 1];
                 let r = decode_diff_into(
