@@ -254,16 +254,9 @@ fn rebuild_with(
             // longest) beside one pass over the base tensor's bytes: read from the file into `out` chunk by chunk,
             // each chunk hashed and checked for NaN while in cache (the memory map is not touched, so there are no
             // page faults). Then the hash is compared (a mismatch is reported first) and the record patched in.
-            let chunk = PAR_CHUNK * entry.dtype.size().max(1);
             let (decoded, read) = rayon::join(
                 || record.unwrap_or_else(|| decode_ahead(reader, entry)),
-                || -> Result<(u64, Vec<bool>)> {
-                    let mut nan = Vec::with_capacity(out.len().div_ceil(chunk));
-                    let hash = view.read_hashed_into(out, chunk, |_, part| {
-                        nan.push(has_nan16(part, entry.dtype))
-                    })?;
-                    Ok((hash, nan))
-                },
+                || read_base_noting_nans(&view, out),
             );
             let (hash, nan) = read?;
             compare(hash)?;
@@ -397,18 +390,15 @@ fn has_nan16(bytes: &[u8], dtype: DType) -> bool {
     }
 }
 
-/// [`copy_par`] that also tells, per block of [`PAR_CHUNK`] entries of `dtype`, whether the block holds a NaN
-/// (read while the block is still in cache).
-#[cfg(test)]
-fn copy_par_noting_nans(src: &[u8], out: &mut [u8], dtype: DType) -> Vec<bool> {
-    let bytes = PAR_CHUNK * dtype.size();
-    out.par_chunks_mut(bytes)
-        .zip(src.par_chunks(bytes))
-        .map(|(o, s)| {
-            o.copy_from_slice(s);
-            has_nan16(o, dtype)
-        })
-        .collect()
+/// The base tensor's bytes read from its file into `out` (its byte size) in blocks of [`PAR_CHUNK`] entries,
+/// each block hashed and checked for a NaN while in cache ([`TensorView::read_hashed_into`]): the bytes' xxh3-64
+/// (as [`TensorView::content_hash`]) and, per block, whether it holds a NaN.
+fn read_base_noting_nans(view: &TensorView<'_>, out: &mut [u8]) -> Result<(u64, Vec<bool>)> {
+    let dtype = view.info().dtype;
+    let chunk = PAR_CHUNK * dtype.size().max(1);
+    let mut nan = Vec::with_capacity(out.len().div_ceil(chunk));
+    let hash = view.read_hashed_into(out, chunk, |_, part| nan.push(has_nan16(part, dtype)))?;
+    Ok((hash, nan))
 }
 
 /// `base + γ·Δ̂` for a sparse record, in the tensor's bytes, touching only the kept entries, in `out` (the
@@ -966,10 +956,11 @@ mod tests {
                 if dtype == DType::F16 && scale > 1.0 {
                     assert!(bad.is_some(), "F16 scale {scale} gamma {gamma}");
                 }
-                // With the NaN blocks noted by the copy, as apply does.
+                // With the NaN blocks noted by the read of the base bytes, as apply does.
                 let mut noted = vec![0u8; got.len()];
-                let nan = copy_par_noting_nans(view.bytes(), &mut noted, dtype);
+                let (hash, nan) = read_base_noting_nans(&view, &mut noted).unwrap();
                 assert_eq!(noted, view.bytes());
+                assert_eq!(hash, view.content_hash());
                 patched(&view, &rec, gamma, &mut noted, Some(&nan));
                 let want = dense(&view, &rec, gamma);
                 assert!(got == want, "{} scale {scale} gamma {gamma}", dtype.name());
@@ -1021,7 +1012,7 @@ mod tests {
                 });
                 let want = dense(&view, &rec, 0.8);
                 let mut got = vec![0u8; want.len()];
-                let nan = copy_par_noting_nans(view.bytes(), &mut got, dtype);
+                let (_, nan) = read_base_noting_nans(&view, &mut got).unwrap();
                 patched(&view, &rec, 0.8, &mut got, Some(&nan));
                 assert!(got == want, "{} {:?}", dtype.name(), rec.kind());
             }
