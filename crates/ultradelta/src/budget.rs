@@ -59,6 +59,12 @@ use crate::{Error, Progress, Result};
 /// 1 % above `target_ratio`; archive at least 99 % of `target_size`). The ceiling itself is exact.
 pub const BUDGET_TOLERANCE: f64 = 0.01;
 
+/// The fewest bytes a whole-file budget of `budget` bytes must take with a continuous parameter: 1 %
+/// ([`BUDGET_TOLERANCE`]) under it, rounded up.
+pub(crate) fn size_floor(budget: u64) -> u64 {
+    ((1.0 - BUDGET_TOLERANCE) * budget as f64).ceil() as u64
+}
+
 /// Largest sparsity the search tries.
 const MAX_SPARSITY: f64 = 0.999;
 
@@ -447,8 +453,11 @@ pub(crate) fn solve_budget(
                     idx.len()
                 )));
             }
-            let floor = ((1.0 - BUDGET_TOLERANCE) * budget as f64).ceil() as u64;
-            (Some(total), budget - total, floor.saturating_sub(total))
+            (
+                Some(total),
+                budget - total,
+                size_floor(budget).saturating_sub(total),
+            )
         }
         None => {
             let mut hi = (2.0 * numel as f64 / target).floor() as u64;

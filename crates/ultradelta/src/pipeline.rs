@@ -27,7 +27,7 @@ use ultradelta_io::{Checkpoint, TensorInfo};
 use ultradelta_qgp::tensor_seed;
 use ultradelta_rescale::{nuclear_norm_with, tngr_gammas, TraceOn};
 
-use crate::budget::{solve_budget, BudgetReport, BUDGET_TOLERANCE};
+use crate::budget::{size_floor, solve_budget, BudgetReport};
 use crate::config::{CompressConfig, Method};
 use crate::delta::{delta_into, with_source};
 use crate::error::method_err;
@@ -571,7 +571,7 @@ fn within_budget(
         };
         let out = pending.writer.path().to_path_buf();
         let target = b.target as u64;
-        let floor = ((1.0 - BUDGET_TOLERANCE) * b.target).ceil() as u64;
+        let floor = size_floor(target);
         let reserved = b.fixed_bytes.unwrap_or(0) + b.record_bytes;
         let change = if size > target {
             let over = size - target;
