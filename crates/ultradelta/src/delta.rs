@@ -53,7 +53,17 @@ pub(crate) fn with_source<R>(
     ft.range_to_f32_into(0, &mut [])?;
     base.range_to_f32_into(0, &mut [])?;
     let fill = |start: usize, out: &mut [f32]| {
-        let mut b = [0f32; CHUNK];
+        // The base's values beside the fine-tune's: a few entries at a time when a seeded sample reads Δ entry by
+        // entry (`DeltaSource::delta_at`), so the scratch is only as long as the call needs (zeroing a whole
+        // chunk per entry was most of the time of a budgeted compression of an f32 checkpoint).
+        let mut short = [0f32; 64];
+        let mut long = Vec::new();
+        let b: &mut [f32] = if out.len() <= short.len() {
+            &mut short
+        } else {
+            long.resize(out.len().min(CHUNK), 0f32);
+            &mut long
+        };
         for (k, o) in out.chunks_mut(CHUNK).enumerate() {
             let s = start + k * CHUNK;
             let b = &mut b[..o.len()];
