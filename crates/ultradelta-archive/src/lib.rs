@@ -70,7 +70,7 @@ pub use reader::{ArchiveReader, MAX_ZSTD_EXPANSION};
 pub use record::{
     companion_zstd_level, decode_diff_into, decode_full_into, decode_header, decode_record,
     decode_record_expecting, decode_xor_into, diff_bytes, encode_file_record,
-    encode_file_record_against, encode_record, BaseFileRef, Record, RecordHeader,
+    encode_file_record_against, encode_record, BaseFileRef, EncodedRecord, Record, RecordHeader,
 };
 pub use ultradelta_core::{DType, QuantParams};
 pub use writer::{compress_index, ArchiveWriter, WriterOptions, DEFAULT_ZSTD_LEVEL};

@@ -94,31 +94,7 @@ impl Record {
         finetuned: &[u8],
         zstd_level: i32,
     ) -> Result<Record> {
-        let diff = diff_bytes(dtype, base, finetuned)?;
-        let mut xor = vec![0u8; finetuned.len()];
-        xor.par_chunks_mut(1 << 16)
-            .zip(finetuned.par_chunks(1 << 16).zip(base.par_chunks(1 << 16)))
-            .for_each(|(o, (f, b))| {
-                for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
-                    *o = f ^ b;
-                }
-            });
-        let size = dtype.size();
-        let (x, d) = rayon::join(
-            || compress_planes(&xor, size, zstd_level).map(|z| z.len()),
-            || compress_planes(&diff, size, zstd_level).map(|z| z.len()),
-        );
-        Ok(if d? < x? {
-            Record::DiffDelta {
-                dtype,
-                diff_bytes: diff,
-            }
-        } else {
-            Record::XorDelta {
-                dtype,
-                xor_bytes: xor,
-            }
-        })
+        Ok(smaller_lossless(dtype, base, finetuned, zstd_level)?.0)
     }
 
     /// Whether this record is a lossy delta (every kind except the lossless `xor-zstd`, `diff-zstd` and
@@ -318,6 +294,154 @@ pub fn encode_record(
         }
     }
     Ok(out)
+}
+
+/// The smaller of a tensor's XOR and bit-difference lossless deltas ([`Record::lossless_delta`]), and its stored
+/// payload (byte-plane shuffled, zstd at [`crate::tensor_zstd_level`]): both forms are compressed to compare them,
+/// so the winner's compressed bytes come with it.
+fn smaller_lossless(
+    dtype: DType,
+    base: &[u8],
+    finetuned: &[u8],
+    zstd_level: i32,
+) -> Result<(Record, Vec<u8>)> {
+    let diff = diff_bytes(dtype, base, finetuned)?;
+    let mut xor = vec![0u8; finetuned.len()];
+    xor.par_chunks_mut(1 << 16)
+        .zip(finetuned.par_chunks(1 << 16).zip(base.par_chunks(1 << 16)))
+        .for_each(|(o, (f, b))| {
+            for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
+                *o = f ^ b;
+            }
+        });
+    let size = dtype.size();
+    let (x, d) = rayon::join(
+        || compress_planes(&xor, size, zstd_level),
+        || compress_planes(&diff, size, zstd_level),
+    );
+    let (x, d) = (x?, d?);
+    Ok(if d.len() < x.len() {
+        (
+            Record::DiffDelta {
+                dtype,
+                diff_bytes: diff,
+            },
+            d,
+        )
+    } else {
+        (
+            Record::XorDelta {
+                dtype,
+                xor_bytes: xor,
+            },
+            x,
+        )
+    })
+}
+
+/// One tensor's record, encoded (common header and payload) for a tensor of a given dtype and shape: what
+/// [`crate::ArchiveWriter::write_encoded`] appends as it is. A record encoded once can be measured
+/// ([`EncodedRecord::len`]) and written without encoding it again (lossless deltas are compressed to be chosen,
+/// [`EncodedRecord::lossless_delta`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedRecord {
+    kind: RecordKind,
+    dtype: DType,
+    shape: Vec<usize>,
+    kept: Option<u64>,
+    bytes: Vec<u8>,
+}
+
+impl EncodedRecord {
+    /// `record` encoded for a tensor of `dtype` and `shape` ([`encode_record`]).
+    ///
+    /// # Errors
+    /// As [`encode_record`].
+    pub fn new(dtype: DType, shape: &[usize], record: &Record, zstd_level: i32) -> Result<Self> {
+        Ok(EncodedRecord {
+            kind: record.kind(),
+            dtype,
+            shape: shape.to_vec(),
+            kept: record.kept(),
+            bytes: encode_record(dtype, shape, record, zstd_level)?,
+        })
+    }
+
+    /// The lossless delta of a tensor of `dtype` and `shape` from its base, encoded: the record
+    /// [`Record::lossless_delta`] chooses, byte for byte what [`encode_record`] writes for it, with each form
+    /// compressed once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] if the two byte lengths differ or do not hold the shape's elements of `dtype`;
+    /// [`Error::InvalidStream`] if zstd fails.
+    pub fn lossless_delta(
+        dtype: DType,
+        shape: &[usize],
+        base: &[u8],
+        finetuned: &[u8],
+        zstd_level: i32,
+    ) -> Result<Self> {
+        let (dims, numel) = shape_numel(shape)?;
+        let expected = numel.checked_mul(dtype.size() as u64);
+        if expected != Some(finetuned.len() as u64) {
+            return Err(Error::record(format!(
+                "{} bytes for {numel} elements of {}",
+                finetuned.len(),
+                dtype.name()
+            )));
+        }
+        let (record, z) = smaller_lossless(dtype, base, finetuned, zstd_level)?;
+        let head = Head {
+            dtype,
+            shape,
+            dims: &dims,
+            numel,
+        };
+        let mut bytes = Vec::with_capacity(Head::len(shape.len()) as usize + 8 + z.len());
+        crate::lossless::put_zstd_record(&head, record.kind(), &z, &mut bytes)?;
+        Ok(EncodedRecord {
+            kind: record.kind(),
+            dtype,
+            shape: shape.to_vec(),
+            kept: None,
+            bytes,
+        })
+    }
+
+    /// The record's kind.
+    pub fn kind(&self) -> RecordKind {
+        self.kind
+    }
+
+    /// The tensor's dtype the record was encoded for.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The tensor's shape the record was encoded for.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Entries the record stores a value for ([`Record::kept`]); `None` for lossless records.
+    pub fn kept(&self) -> Option<u64> {
+        self.kept
+    }
+
+    /// The encoded bytes: common header and payload.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Byte length of the encoded record.
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Whether the encoding is empty (never, for a record this type makes).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
 }
 
 /// Encodes a companion-file record (kind `file-zstd`, dtype `U8`, shape `[len]`).
@@ -897,6 +1021,58 @@ mod tests {
         let same = Record::lossless_delta(DType::F32, &b, &b, 1).unwrap();
         assert_eq!(same.kind(), RecordKind::XorZstd);
         assert!(Record::lossless_delta(DType::F32, &b, &f[4..], 1).is_err());
+    }
+
+    #[test]
+    fn an_encoded_lossless_delta_is_the_record_encode_record_writes() {
+        // Both winners: a bit difference (floats near the base's) and an XOR (identical tensors).
+        let base: Vec<u8> = (0..6000u32)
+            .flat_map(|i| (1.0f32 + i as f32 * 1e-4).to_le_bytes())
+            .collect();
+        let near: Vec<u8> = base
+            .chunks_exact(4)
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let v = f32::from_le_bytes(c.try_into().unwrap());
+                (v + ((i % 5) as f32 - 2.0) * 1e-7).to_le_bytes()
+            })
+            .collect();
+        for (ft, kind) in [(&near, RecordKind::DiffZstd), (&base, RecordKind::XorZstd)] {
+            for level in [1, 3] {
+                let shape = [40, 150];
+                let enc =
+                    EncodedRecord::lossless_delta(DType::F32, &shape, &base, ft, level).unwrap();
+                let rec = Record::lossless_delta(DType::F32, &base, ft, level).unwrap();
+                assert_eq!(enc.kind(), kind);
+                assert_eq!(rec.kind(), kind);
+                assert_eq!(
+                    enc.bytes(),
+                    encode_record(DType::F32, &shape, &rec, level).unwrap()
+                );
+                assert_eq!(enc.len(), rec.encoded_len(2, level).unwrap());
+                assert_eq!(
+                    (enc.kept(), enc.shape(), enc.dtype()),
+                    (None, &shape[..], DType::F32)
+                );
+            }
+        }
+        // A shape that does not hold the bytes, and tensors of different lengths.
+        let err = EncodedRecord::lossless_delta(DType::F32, &[7, 7], &base, &near, 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("24000 bytes for 49 elements of F32"),
+            "{err}"
+        );
+        assert!(
+            EncodedRecord::lossless_delta(DType::F32, &[5999], &base[4..], &near[4..], 1).is_ok()
+        );
+        assert!(
+            EncodedRecord::lossless_delta(DType::F32, &[5999], &base[..23996], &near[4..], 1)
+                .is_ok()
+        );
+        assert!(
+            EncodedRecord::lossless_delta(DType::F32, &[5999], &base[8..], &near[4..], 1).is_err()
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::manifest::{FileEntry, FinetunedInfo, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
 use crate::reader::validate_manifest;
-use crate::record::{encode_file_record_against, encode_record, Record};
+use crate::record::{encode_file_record_against, EncodedRecord, Record};
 use crate::{
     Error, Result, FLAG_INDEX_ZSTD, FORMAT_VERSION, MAGIC, PREAMBLE_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
@@ -220,26 +220,50 @@ impl ArchiveWriter {
     /// [`Error::DuplicateName`]; [`Error::InvalidInput`] if the record does not match the entry's dtype/shape or
     /// is invalid (positions not strictly increasing, level out of range, non-finite parameters, ...);
     /// [`Error::Io`].
-    pub fn write_tensor(&mut self, mut entry: TensorEntry, record: &Record) -> Result<u64> {
-        let numel = self.check_entry(&entry)?;
-        let bytes = encode_record(entry.dtype, &entry.shape, record, self.opts.zstd_level)
+    pub fn write_tensor(&mut self, entry: TensorEntry, record: &Record) -> Result<u64> {
+        self.check_entry(&entry)?;
+        let encoded = EncodedRecord::new(entry.dtype, &entry.shape, record, self.opts.zstd_level)
             .map_err(|e| self.invalid(&entry.name, e.to_string()))?;
-        let kept = record.kept().unwrap_or(numel);
+        self.write_encoded(entry, &encoded)
+    }
+
+    /// Appends a record encoded beforehand ([`EncodedRecord`]) for `entry`, as [`ArchiveWriter::write_tensor`]
+    /// does after encoding: the bytes are written as they are, so a record measured or chosen by its encoded
+    /// size is not encoded twice.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateName`]; [`Error::InvalidInput`] if the record was encoded for another dtype or shape
+    /// than the entry's; [`Error::Io`].
+    pub fn write_encoded(&mut self, mut entry: TensorEntry, record: &EncodedRecord) -> Result<u64> {
+        let numel = self.check_entry(&entry)?;
+        if record.dtype() != entry.dtype || record.shape() != entry.shape.as_slice() {
+            return Err(self.invalid(
+                &entry.name,
+                format!(
+                    "a record encoded for a {} tensor of shape {:?}, not {} {:?}",
+                    record.dtype().name(),
+                    record.shape(),
+                    entry.dtype.name(),
+                    entry.shape
+                ),
+            ));
+        }
+        let bytes = record.bytes();
         entry.kind = record.kind().name().to_string();
         entry.offset = self.offset;
-        entry.length = bytes.len() as u64;
-        entry.checksum = format!("{:016x}", xxh3_64(&bytes));
+        entry.length = record.len();
+        entry.checksum = format!("{:016x}", xxh3_64(bytes));
         entry.numel = numel;
-        entry.kept = kept;
+        entry.kept = record.kept().unwrap_or(numel);
         entry.sparsity = if numel == 0 {
             0.0
         } else {
-            1.0 - kept as f64 / numel as f64
+            1.0 - entry.kept as f64 / numel as f64
         };
-        self.put(&bytes)?;
+        self.put(bytes)?;
         self.tensor_names.insert(entry.name.clone());
         self.tensors.push(entry);
-        Ok(bytes.len() as u64)
+        Ok(record.len())
     }
 
     /// Records a tensor whose delta is dropped (index entry only: kind `none`, no bytes). Sets policy `drop`,

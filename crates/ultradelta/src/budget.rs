@@ -246,19 +246,11 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
                 }
             }
             Policy::Keep | Policy::New => {
-                let rec = if plan.policy == Policy::Keep {
-                    let (b, f) = (p.base.view(name)?, p.ft.view(name)?);
-                    Record::lossless_delta(info.dtype, b.bytes(), f.bytes(), cfg.zstd_level)?
-                } else {
-                    Record::Full {
-                        dtype: info.dtype,
-                        bytes: p.ft.view(name)?.bytes().to_vec(),
-                    }
-                };
+                // Exactly the record the writer will write (kept for the pipeline while the run's cache has room).
+                let rec = p.lossless_record(plan, cfg.zstd_level)?;
                 p.base.release(name);
                 p.ft.release(name);
-                let len =
-                    encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
+                let len = rec.len();
                 lossless += len;
                 let kept = rec.kept().unwrap_or(numel);
                 e.kind = rec.kind().name().to_string();

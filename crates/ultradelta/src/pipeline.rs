@@ -17,11 +17,12 @@
 //! function, `delta.rs`) a few thousand entries at a time (see that module's documentation for the kernels).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use ultradelta_alloc::Tier;
 use ultradelta_archive::{
-    ArchiveWriter, FinetunedInfo, Policy, Record, TensorEntry, WriterOptions,
+    ArchiveWriter, EncodedRecord, FinetunedInfo, Policy, Record, TensorEntry, WriterOptions,
 };
 use ultradelta_io::{Checkpoint, TensorInfo};
 use ultradelta_qgp::tensor_seed;
@@ -104,10 +105,6 @@ struct Pending {
     params: serde_json::Value,
 }
 
-/// Lossless records above this many bytes are not encoded beside the next large lossless tensor's computation
-/// (see [`write_records`]).
-const LARGE_LOSSLESS: usize = 64 << 20;
-
 /// The run's reusable per-tensor buffers.
 #[derive(Default)]
 struct Scratch {
@@ -138,6 +135,14 @@ fn annotate(entry: &mut TensorEntry, info: &TensorCodecInfo) {
     }
 }
 
+/// A tensor's record as stage one of [`write_records`]' pipeline leaves it: a lossy record, encoded by the writer
+/// stage, or a lossless one, which is encoded to be chosen (the smaller of two forms) and may have been encoded
+/// already by the budget's fixed part or an earlier pass ([`Plan::lossless_record`]).
+enum Staged {
+    Record(Record),
+    Encoded(Arc<EncodedRecord>),
+}
+
 /// Stage one of [`write_records`]' pipeline: the index entry and record of one tensor (`None`: dropped), and its
 /// nuclear norm when TNGR needs it. `pass` is pass 1's result for a compressed tensor (UltraDelta only).
 fn tensor_entry(
@@ -148,7 +153,7 @@ fn tensor_entry(
     pass: Option<&QuantScan>,
     want_trace: bool,
     scratch: &mut Scratch,
-) -> Result<(TensorEntry, Option<Record>, f64)> {
+) -> Result<(TensorEntry, Option<Staged>, f64)> {
     let info = &plan.info;
     let name = info.name.as_str();
     let mut entry = new_entry(info, plan.policy);
@@ -209,27 +214,22 @@ fn tensor_entry(
                 entry.rate = Some(rate);
             }
             entry.tier = tier.map(|t| tier_name(t).to_string());
-            Some(rec)
+            Some(Staged::Record(rec))
         }
         Policy::Keep => {
             let b = base_view.expect("kept tensors are in the base");
             entry.base_hash = Some(hex(b.content_hash()));
-            let f = p.ft.view(name)?.bytes();
-            // The smaller of the XOR and the bit difference (kinds xor-zstd and diff-zstd).
-            let rec = Record::lossless_delta(info.dtype, b.bytes(), f, cfg.zstd_level)?;
-            // The inputs' pages are not needed while the delta is encoded (large embeddings).
+            let rec = p.lossless_record(plan, cfg.zstd_level)?;
+            // The inputs' pages are not needed while the next tensor is computed (large embeddings).
             p.base.release(name);
             p.ft.release(name);
-            Some(rec)
+            Some(Staged::Encoded(rec))
         }
         Policy::Drop => {
             entry.base_hash = base_view.map(|v| hex(v.content_hash()));
             None
         }
-        Policy::New => Some(Record::Full {
-            dtype: info.dtype,
-            bytes: p.ft.view(name)?.bytes().to_vec(),
-        }),
+        Policy::New => Some(Staged::Encoded(p.lossless_record(plan, cfg.zstd_level)?)),
     };
     Ok((entry, rec, trace))
 }
@@ -318,33 +318,28 @@ fn write_records(
     // Δ (or its quantized levels) of the current compressed tensor; one buffer each for the whole run.
     let mut scratch = Scratch::default();
     // A two-stage pipeline: tensor k's record is computed while tensor k − 1's is encoded and written (Golomb
-    // coding, byte shuffling and zstd of lossless records) and its input pages are released. Records are written
-    // in plan order, so the archive's bytes do not change; at most two tensors' records are alive.
-    let mut ready: Option<(TensorEntry, Option<Record>)> = None;
+    // coding, rANS) and its input pages are released. Records are written in plan order, so the archive's bytes
+    // do not change; at most two tensors' records are alive. Lossless records arrive encoded (their kind is
+    // chosen by compressing both forms), so writing one is a copy.
+    let mut ready: Option<(TensorEntry, Option<Staged>)> = None;
     // Bytes of the compressed tensors' records as written (checked against the budget's ceiling).
     let mut record_bytes = 0u64;
     for item in p.tensors.iter().enumerate().map(Some).chain([None]) {
-        // Two large lossless tensors in a row (a LLaMA head and embedding) are not overlapped: encoding one
-        // (its XOR and byte-shuffled copies) beside the other's XOR and mapped inputs would hold about five
-        // embedding-sized buffers at once.
-        let serial = ready.as_ref().is_some_and(|(_, rec)| {
-            matches!(rec, Some(Record::XorDelta { xor_bytes: b, .. } | Record::DiffDelta { diff_bytes: b, .. } | Record::Full { bytes: b, .. })
-                if b.len() > LARGE_LOSSLESS)
-        }) && item.is_some_and(|(_, plan)| {
-            matches!(plan.policy, Policy::Keep | Policy::New) && plan.info.nbytes() > LARGE_LOSSLESS
-        });
-        let mut write = || -> Result<()> {
+        let write = || -> Result<()> {
             let Some((entry, rec)) = ready.take() else {
                 return Ok(());
             };
             let (name, numel) = (entry.name.clone(), entry.numel);
             match rec {
-                Some(rec) => {
+                Some(Staged::Record(rec)) => {
                     let compressed = entry.policy == Policy::Compress;
                     let n = writer.write_tensor(entry, &rec)?;
                     if compressed {
                         record_bytes += n;
                     }
+                }
+                Some(Staged::Encoded(rec)) => {
+                    writer.write_encoded(entry, &rec)?;
                 }
                 None => writer.write_dropped(entry)?,
             }
@@ -355,7 +350,7 @@ fn write_records(
             progress.advance(numel);
             Ok(())
         };
-        let mut compute = || -> Result<Option<(TensorEntry, Option<Record>, f64)>> {
+        let compute = || -> Result<Option<(TensorEntry, Option<Staged>, f64)>> {
             let Some((i, plan)) = item else {
                 return Ok(None);
             };
@@ -375,12 +370,7 @@ fn write_records(
             )
             .map(Some)
         };
-        let (written, next) = if serial {
-            let written = write();
-            (written, compute())
-        } else {
-            rayon::join(write, compute)
-        };
+        let (written, next) = rayon::join(write, compute);
         written?;
         if let Some((entry, rec, t)) = next? {
             match entry.policy {

@@ -3,8 +3,11 @@
 //! tensor once for its quantizer, level histograms and σ; the sparsity allocation turns those into per-tensor
 //! rates. The pipeline (pass 2) and the budget search both start from here.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use ultradelta_alloc::{Allocation, MsaConfig, TensorStat};
-use ultradelta_archive::Policy;
+use ultradelta_archive::{EncodedRecord, Policy, Record};
 use ultradelta_io::{pair, Checkpoint, TensorInfo};
 
 use crate::config::{AllocationMode, CompressConfig};
@@ -35,7 +38,20 @@ pub(crate) struct Plan<'a> {
     /// Bytes added to the whole-file budget's estimate of the compressed index (0; raised by the pipeline when an
     /// archive came out over the budget, see `budget::fixed_part`; negative only in tests of that path).
     pub(crate) index_slack: i64,
+    /// Lossless records encoded so far in this run ([`Plan::lossless_record`]).
+    lossless: Mutex<LosslessCache>,
 }
+
+/// Encoded lossless records of one run, by tensor name and zstd level, at most [`LOSSLESS_CACHE_BYTES`] of them.
+#[derive(Default)]
+struct LosslessCache {
+    records: HashMap<(String, i32), Arc<EncodedRecord>>,
+    bytes: u64,
+}
+
+/// Bytes of encoded lossless records a run keeps for reuse: every norm, bias and small table, and a kept
+/// embedding delta of a small model (MiniLM's, 15 MB compressed); larger ones are compressed again when needed.
+const LOSSLESS_CACHE_BYTES: u64 = 64 << 20;
 
 impl<'a> Plan<'a> {
     /// Pairs `ft` with `base` and decides every tensor's policy under `cfg.selection`.
@@ -91,6 +107,7 @@ impl<'a> Plan<'a> {
             tensors,
             base_only: pairing.only_base,
             index_slack: 0,
+            lossless: Mutex::default(),
         })
     }
 
@@ -106,6 +123,57 @@ impl<'a> Plan<'a> {
                     .to_string()
             }
         }
+    }
+
+    /// The encoded record of a tensor under policy `keep` (its lossless delta, [`EncodedRecord::lossless_delta`])
+    /// or `new` (its whole bytes): made once per run and zstd level while the cache has room, since the budget's
+    /// fixed part sizes it and every pass of the pipeline writes it, and a lossless record is only chosen by
+    /// compressing it.
+    ///
+    /// # Errors
+    /// A tensor that cannot be read, or a record that cannot be encoded.
+    pub(crate) fn lossless_record(
+        &self,
+        tensor: &TensorPlan,
+        zstd_level: i32,
+    ) -> Result<Arc<EncodedRecord>> {
+        let info = &tensor.info;
+        let name = info.name.as_str();
+        let key = (info.name.clone(), zstd_level);
+        if let Some(r) = self.lossless.lock().expect("cache lock").records.get(&key) {
+            return Ok(Arc::clone(r));
+        }
+        let rec = Arc::new(match tensor.policy {
+            Policy::Keep => {
+                let (b, f) = (self.base.view(name)?, self.ft.view(name)?);
+                // The smaller of the XOR and the bit difference (kinds xor-zstd and diff-zstd).
+                EncodedRecord::lossless_delta(
+                    info.dtype,
+                    &info.shape,
+                    b.bytes(),
+                    f.bytes(),
+                    zstd_level,
+                )?
+            }
+            policy => {
+                debug_assert_eq!(policy, Policy::New, "{name}: not a lossless tensor");
+                EncodedRecord::new(
+                    info.dtype,
+                    &info.shape,
+                    &Record::Full {
+                        dtype: info.dtype,
+                        bytes: self.ft.view(name)?.bytes().to_vec(),
+                    },
+                    zstd_level,
+                )?
+            }
+        });
+        let mut cache = self.lossless.lock().expect("cache lock");
+        if cache.bytes + rec.len() <= LOSSLESS_CACHE_BYTES {
+            cache.bytes += rec.len();
+            cache.records.insert(key, Arc::clone(&rec));
+        }
+        Ok(rec)
     }
 
     /// Indices of the tensors under policy `compress`.
@@ -193,4 +261,48 @@ pub(crate) fn rates(
         )?,
     };
     Ok(alloc)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ultradelta_archive::{encode_record, Policy, Record};
+
+    /// A kept tensor's lossless record is made once per run and level: the budget's fixed part and every pass of
+    /// the pipeline get the same record, which is the one `Record::lossless_delta` chooses, encoded.
+    #[test]
+    fn a_kept_tensors_record_is_made_once_per_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let synth = ultradelta_synth::SynthConfig {
+            dtype: ultradelta_io::DType::F32,
+            ..ultradelta_synth::SynthConfig::new(ultradelta_synth::Shape::Tiny)
+        };
+        let (b, f) = ultradelta_synth::write_pair(dir.path(), &synth, |_, _| {}).unwrap();
+        let (base, ft) = (
+            ultradelta_io::Checkpoint::open(&b).unwrap(),
+            ultradelta_io::Checkpoint::open(&f).unwrap(),
+        );
+        let plan = super::Plan::new(&base, &ft, &crate::CompressConfig::default()).unwrap();
+        let kept: Vec<_> = plan
+            .tensors
+            .iter()
+            .filter(|t| t.policy == Policy::Keep)
+            .collect();
+        assert!(!kept.is_empty());
+        for t in kept {
+            let info = &t.info;
+            let first = plan.lossless_record(t, 3).unwrap();
+            assert!(Arc::ptr_eq(&first, &plan.lossless_record(t, 3).unwrap()));
+            let other = plan.lossless_record(t, 1).unwrap();
+            assert!(!Arc::ptr_eq(&first, &other));
+            for (level, made) in [(3, &first), (1, &other)] {
+                let (bb, fb) = (base.view(&info.name).unwrap(), ft.view(&info.name).unwrap());
+                let rec =
+                    Record::lossless_delta(info.dtype, bb.bytes(), fb.bytes(), level).unwrap();
+                let want = encode_record(info.dtype, &info.shape, &rec, level).unwrap();
+                assert_eq!(made.bytes(), want, "{}", info.name);
+            }
+        }
+    }
 }

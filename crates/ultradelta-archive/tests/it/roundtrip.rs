@@ -208,3 +208,75 @@ fn sparse_add_into_applies_gamma_last() {
     assert_eq!(out, [1.0 + v0 * 0.5, 1.0, 1.0, 1.0 + v3 * 0.5]);
     assert_eq!(s.to_dense(1.0), [v0, 0.0, 0.0, v3]);
 }
+
+#[test]
+fn records_encoded_beforehand_write_the_same_archive() {
+    // The sample archive with every record encoded first (`EncodedRecord::new` + `write_encoded`) is the
+    // sample archive byte for byte.
+    let dir = tempfile::tempdir().unwrap();
+    let want = std::fs::read(write_sample(&dir.path().join("s.udelta"))).unwrap();
+    let path = dir.path().join("e.udelta");
+    let mut w = ArchiveWriter::create_with(
+        &path,
+        WriterOptions {
+            overwrite: true,
+            created_by: "ultradelta-archive test fixture".into(),
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    for t in sample_tensors() {
+        match &t.record {
+            Some(r) => {
+                let e = ultradelta_archive::EncodedRecord::new(
+                    t.entry.dtype,
+                    &t.entry.shape,
+                    r,
+                    ultradelta_archive::DEFAULT_ZSTD_LEVEL,
+                )
+                .unwrap();
+                assert_eq!(w.write_encoded(t.entry, &e).unwrap(), e.len());
+            }
+            None => w.write_dropped(t.entry).unwrap(),
+        }
+    }
+    for (name, bytes) in sample_files() {
+        w.add_file(name, &bytes).unwrap();
+    }
+    let finetuned = FinetunedInfo {
+        size_on_disk: 12345,
+        metadata: std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]),
+        source: "synthetic/tiny".into(),
+    };
+    let params = json!({"sparsity": 0.97, "bits": 4, "seed": 42, "rescale": "global"});
+    let p = w
+        .finish("ultradelta", params, 0.875, "0123456789abcdef", finetuned)
+        .unwrap();
+    assert_eq!(std::fs::read(p).unwrap(), want);
+}
+
+#[test]
+fn a_record_encoded_for_another_tensor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ArchiveWriter::create(dir.path().join("x.udelta"), true).unwrap();
+    let rec = Record::XorDelta {
+        dtype: DType::F32,
+        xor_bytes: vec![0; 24],
+    };
+    let e = ultradelta_archive::EncodedRecord::new(DType::F32, &[2, 3], &rec, 3).unwrap();
+    for (dtype, shape) in [
+        (DType::F32, vec![3, 2]),
+        (DType::F32, vec![6]),
+        (DType::I32, vec![2, 3]),
+    ] {
+        let entry = TensorEntry::new("w", shape, dtype, Policy::Keep);
+        let err = w.write_encoded(entry, &e).unwrap_err().to_string();
+        assert!(
+            err.contains("w") && err.contains("a record encoded for a F32 tensor of shape [2, 3]"),
+            "{err}"
+        );
+    }
+    // Nothing was written for them; the right entry still can be.
+    let entry = TensorEntry::new("w", vec![2, 3], DType::F32, Policy::Keep);
+    assert_eq!(w.write_encoded(entry, &e).unwrap(), e.len());
+}
