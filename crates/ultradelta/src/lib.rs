@@ -158,6 +158,8 @@ mod pipeline;
 mod plan;
 mod progress;
 pub mod selection;
+#[cfg(test)]
+mod test_pairs;
 mod verify;
 
 pub use apply::{

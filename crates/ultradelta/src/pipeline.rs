@@ -724,15 +724,7 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let synth = ultradelta_synth::SynthConfig {
-            dtype: ultradelta_io::DType::F32,
-            ..ultradelta_synth::SynthConfig::new(ultradelta_synth::Shape::Tiny)
-        };
-        let (b, f) = ultradelta_synth::write_pair(dir.path(), &synth, |_, _| {}).unwrap();
-        let (base, ft) = (
-            ultradelta_io::Checkpoint::open(&b).unwrap(),
-            ultradelta_io::Checkpoint::open(&f).unwrap(),
-        );
+        let (base, ft) = crate::test_pairs::tiny_f32(dir.path());
         let plain = crate::CompressConfig {
             positions: crate::PositionCodec::Golomb,
             values: crate::ValueCodec::Packed,

@@ -274,15 +274,7 @@ mod tests {
     #[test]
     fn a_kept_tensors_record_is_made_once_per_level() {
         let dir = tempfile::tempdir().unwrap();
-        let synth = ultradelta_synth::SynthConfig {
-            dtype: ultradelta_io::DType::F32,
-            ..ultradelta_synth::SynthConfig::new(ultradelta_synth::Shape::Tiny)
-        };
-        let (b, f) = ultradelta_synth::write_pair(dir.path(), &synth, |_, _| {}).unwrap();
-        let (base, ft) = (
-            ultradelta_io::Checkpoint::open(&b).unwrap(),
-            ultradelta_io::Checkpoint::open(&f).unwrap(),
-        );
+        let (base, ft) = crate::test_pairs::tiny_f32(dir.path());
         let plan = super::Plan::new(&base, &ft, &crate::CompressConfig::default()).unwrap();
         let kept: Vec<_> = plan
             .tensors
