@@ -225,14 +225,13 @@ pub(crate) fn compress_planes(bytes: &[u8], size: usize, zstd_level: i32) -> Res
     )
 }
 
-/// Checks a lossless record's raw bytes against the tensor (`dtype` is the record's own), and returns them
-/// byte-plane shuffled and compressed.
-pub(crate) fn compress_tensor_bytes(
+/// Checks a lossless record's raw bytes against the tensor (`dtype` is the record's own): the same dtype, and
+/// exactly the tensor's elements.
+pub(crate) fn check_tensor_bytes(
     dtype: ultradelta_core::DType,
     bytes: &[u8],
     head: &crate::kinds::Head<'_>,
-    zstd_level: i32,
-) -> Result<Vec<u8>> {
+) -> Result<()> {
     if dtype != head.dtype {
         return Err(Error::record(format!(
             "record dtype {} differs from the tensor's dtype {}",
@@ -251,6 +250,18 @@ pub(crate) fn compress_tensor_bytes(
             head.dtype.name()
         )));
     }
+    Ok(())
+}
+
+/// Checks a lossless record's raw bytes against the tensor ([`check_tensor_bytes`]), and returns them byte-plane
+/// shuffled and compressed.
+pub(crate) fn compress_tensor_bytes(
+    dtype: ultradelta_core::DType,
+    bytes: &[u8],
+    head: &crate::kinds::Head<'_>,
+    zstd_level: i32,
+) -> Result<Vec<u8>> {
+    check_tensor_bytes(dtype, bytes, head)?;
     compress_planes(bytes, head.dtype.size(), zstd_level)
 }
 

@@ -382,21 +382,14 @@ impl EncodedRecord {
         zstd_level: i32,
     ) -> Result<Self> {
         let (dims, numel) = shape_numel(shape)?;
-        let expected = numel.checked_mul(dtype.size() as u64);
-        if expected != Some(finetuned.len() as u64) {
-            return Err(Error::record(format!(
-                "{} bytes for {numel} elements of {}",
-                finetuned.len(),
-                dtype.name()
-            )));
-        }
-        let (record, z) = smaller_lossless(dtype, base, finetuned, zstd_level)?;
         let head = Head {
             dtype,
             shape,
             dims: &dims,
             numel,
         };
+        crate::lossless::check_tensor_bytes(dtype, finetuned, &head)?;
+        let (record, z) = smaller_lossless(dtype, base, finetuned, zstd_level)?;
         let mut bytes = Vec::with_capacity(Head::len(shape.len()) as usize + 8 + z.len());
         crate::lossless::put_zstd_record(&head, record.kind(), &z, &mut bytes)?;
         Ok(EncodedRecord {

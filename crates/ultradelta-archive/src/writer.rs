@@ -221,10 +221,10 @@ impl ArchiveWriter {
     /// is invalid (positions not strictly increasing, level out of range, non-finite parameters, ...);
     /// [`Error::Io`].
     pub fn write_tensor(&mut self, entry: TensorEntry, record: &Record) -> Result<u64> {
-        self.check_entry(&entry)?;
+        let numel = self.check_entry(&entry)?;
         let encoded = EncodedRecord::new(entry.dtype, &entry.shape, record, self.opts.zstd_level)
             .map_err(|e| self.invalid(&entry.name, e.to_string()))?;
-        self.write_encoded(entry, &encoded)
+        self.append(entry, numel, &encoded)
     }
 
     /// Appends a record encoded beforehand ([`EncodedRecord`]) for `entry`, as [`ArchiveWriter::write_tensor`]
@@ -234,7 +234,7 @@ impl ArchiveWriter {
     /// # Errors
     /// [`Error::DuplicateName`]; [`Error::InvalidInput`] if the record was encoded for another dtype or shape
     /// than the entry's; [`Error::Io`].
-    pub fn write_encoded(&mut self, mut entry: TensorEntry, record: &EncodedRecord) -> Result<u64> {
+    pub fn write_encoded(&mut self, entry: TensorEntry, record: &EncodedRecord) -> Result<u64> {
         let numel = self.check_entry(&entry)?;
         if record.dtype() != entry.dtype || record.shape() != entry.shape.as_slice() {
             return Err(self.invalid(
@@ -248,6 +248,16 @@ impl ArchiveWriter {
                 ),
             ));
         }
+        self.append(entry, numel, record)
+    }
+
+    /// Appends `record`, encoded for `entry` (checked, of `numel` elements), and fills the entry's record fields.
+    fn append(
+        &mut self,
+        mut entry: TensorEntry,
+        numel: u64,
+        record: &EncodedRecord,
+    ) -> Result<u64> {
         let bytes = record.bytes();
         entry.kind = record.kind().name().to_string();
         entry.offset = self.offset;
