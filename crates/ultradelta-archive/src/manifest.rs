@@ -194,7 +194,8 @@ pub struct Limits {
     pub max_numel: u64,
     /// Largest companion file (decompressed) accepted (default 1 GiB).
     pub max_file_bytes: u64,
-    /// Most levels an entropy-coded levels block with seeded positions (kind 12) may declare (default 2^30):
+    /// Most levels an entropy-coded levels block with seeded positions (kind 12, also as kind 16's residual) or of
+    /// kind 16's factors may declare (default 2^30):
     /// such a block can decode many levels from few bytes, so this caps what a hostile record can make the
     /// reader allocate.
     pub max_coded_levels: u64,

@@ -376,8 +376,9 @@ impl ArchiveReader {
     }
 
     /// Every check of [`read_record`](Self::read_record) on tensor `name`'s record, without keeping the decoded
-    /// record: the levels of a kind-12 record (rANS, which can code many levels in few bytes) and of a zero-bit
-    /// kind-9 record are decoded and checked but never materialized, so the memory this takes is bounded by the
+    /// record: the levels of a kind-12 record (rANS, which can code many levels in few bytes), of a kind-16
+    /// record (factor levels, and its residual's when kind 12) and of a zero-bit kind-9 record are decoded and
+    /// checked but never materialized, so the memory this takes is bounded by the
     /// record's bytes (every other kind's decoded size is). What `verify` without a base uses.
     ///
     /// # Errors

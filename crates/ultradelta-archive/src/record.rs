@@ -8,13 +8,13 @@ use ultradelta_core::DType;
 use crate::coded::CodedSparseRecord;
 use crate::kinds::{
     self, dense_levels, diff_zstd, file_zstd, file_zstd_base, file_zstd_base_json, full_zstd,
-    lowrank_f16, sparse_f16, sparse_golomb, sparse_golomb_rans, sparse_seeded, sparse_seeded_rans,
-    sparse_sign, xor_zstd, Head,
+    lowrank_f16, lowrank_seeded_rans, sparse_f16, sparse_golomb, sparse_golomb_rans, sparse_seeded,
+    sparse_seeded_rans, sparse_sign, xor_zstd, Head,
 };
 use crate::lossless::compress_planes;
 use crate::{
-    DenseLevelsRecord, Error, Limits, LowRankRecord, Positions, RecordKind, Result, SignRecord,
-    SparseRecord, SparseValuesRecord,
+    DenseLevelsRecord, Error, Limits, LowRankRecord, LowRankSparseRecord, Positions, RecordKind,
+    Result, SignRecord, SparseRecord, SparseValuesRecord,
 };
 
 pub use crate::kinds::diff_zstd::{decode_diff_into, diff_bytes};
@@ -62,6 +62,8 @@ pub enum Record {
     DenseLevels(DenseLevelsRecord),
     /// UltraDelta levels with seeded positions and/or rANS-coded levels (kinds 10–12).
     Coded(CodedSparseRecord),
+    /// Low-rank part with quantized factors plus a sparse residual (kind `lowrank-seeded-rans`).
+    LowRankSparse(LowRankSparseRecord),
 }
 
 impl Record {
@@ -78,6 +80,7 @@ impl Record {
             Record::LowRank(_) => RecordKind::LowrankF16,
             Record::DenseLevels(_) => RecordKind::DenseLevels,
             Record::Coded(c) => c.kind(),
+            Record::LowRankSparse(_) => RecordKind::LowrankSeededRans,
         }
     }
 
@@ -106,8 +109,9 @@ impl Record {
         )
     }
 
-    /// Entries the record stores a value for: kept positions of sparse kinds, `numel` for dense ones (low-rank
-    /// and lossless records included). `None` for lossless records, whose size the caller knows.
+    /// Entries the record stores a value for: kept positions of sparse kinds, `numel` for dense ones (both
+    /// low-rank kinds included: a `lowrank-seeded-rans` record gives every entry a value, and its residual's kept
+    /// count is [`LowRankSparseRecord::residual`]'s). `None` for lossless records, whose size the caller knows.
     pub fn kept(&self) -> Option<u64> {
         match self {
             Record::Sparse(s) => Some(s.positions.len() as u64),
@@ -116,6 +120,7 @@ impl Record {
             Record::LowRank(r) => Some(r.numel()),
             Record::DenseLevels(d) => Some(d.levels.len() as u64),
             Record::Coded(c) => Some(c.kept()),
+            Record::LowRankSparse(r) => Some(r.numel()),
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => None,
         }
     }
@@ -135,6 +140,7 @@ impl Record {
             Record::LowRank(r) => r.validate()?,
             Record::DenseLevels(d) => d.validate()?,
             Record::Coded(c) => c.validate()?,
+            Record::LowRankSparse(r) => r.validate()?,
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {}
         }
         let numel = match self {
@@ -144,6 +150,7 @@ impl Record {
             Record::LowRank(r) => r.numel(),
             Record::DenseLevels(d) => d.levels.len() as u64,
             Record::Coded(c) => c.numel,
+            Record::LowRankSparse(r) => r.numel(),
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {
                 return Err(Error::record(format!(
                     "a {} record is not a delta",
@@ -164,6 +171,7 @@ impl Record {
             Record::LowRank(r) => r.add_into(gamma, out),
             Record::DenseLevels(d) => d.add_into(gamma, out),
             Record::Coded(c) => c.add_into(gamma, out),
+            Record::LowRankSparse(r) => r.add_into(gamma, out),
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {}
         }
         Ok(())
@@ -202,6 +210,7 @@ impl Record {
             Record::LowRank(r) => lowrank_f16::encoded_len(r)?,
             Record::DenseLevels(r) => dense_levels::encoded_len(r)?,
             Record::Coded(r) => r.encoded_len()?,
+            Record::LowRankSparse(r) => lowrank_seeded_rans::encoded_len(r)?,
         };
         Ok(Head::len(ndim) + payload)
     }
@@ -275,6 +284,7 @@ pub fn encode_record(
         Record::Sign(r) => sparse_sign::encode(r, &head, &mut out)?,
         Record::LowRank(r) => lowrank_f16::encode(r, &head, &mut out)?,
         Record::DenseLevels(r) => dense_levels::encode(r, &head, &mut out)?,
+        Record::LowRankSparse(r) => lowrank_seeded_rans::encode(r, &head, &mut out)?,
         Record::Coded(r) => {
             head.check_numel("coded sparse", r.numel)?;
             match (&r.positions, r.coding) {
@@ -514,8 +524,8 @@ pub(crate) struct Cursor<'a> {
     /// The kept count the index entry declares, when decoding for an entry: a payload declaring another count
     /// is refused before anything sized from it is allocated or decoded.
     pub(crate) expect_kept: Option<u64>,
-    /// Validate without materializing what few bytes can declare a lot of (kind 12's rANS levels, kind 9's
-    /// zero-bit levels): those payloads decode with every check but an empty levels vector
+    /// Validate without materializing what few bytes can declare a lot of (kind 12's rANS levels, kind 16's
+    /// factor levels and kind-12 residual, kind 9's zero-bit levels): those payloads decode with every check but an empty levels vector
     /// ([`ArchiveReader::check_record`](crate::ArchiveReader::check_record)).
     pub(crate) check_only: bool,
 }
@@ -665,7 +675,8 @@ pub fn decode_record_expecting(
 }
 
 /// [`decode_record_expecting`], or with `check_only` every check without materializing the levels of a kind-12
-/// record or of a zero-bit kind-9 record (their record then holds no levels).
+/// record, of a kind-16 record (factor levels; its residual's as kind 12) or of a zero-bit kind-9 record (their
+/// record then holds no levels).
 pub(crate) fn decode_expecting(
     bytes: &[u8],
     limits: &Limits,

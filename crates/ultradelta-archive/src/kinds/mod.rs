@@ -26,6 +26,7 @@ pub(crate) mod file_zstd_base;
 pub(crate) mod file_zstd_base_json;
 pub(crate) mod full_zstd;
 pub(crate) mod lowrank_f16;
+pub(crate) mod lowrank_seeded_rans;
 pub(crate) mod sparse_f16;
 pub(crate) mod sparse_golomb;
 pub(crate) mod sparse_golomb_rans;
@@ -65,7 +66,7 @@ macro_rules! record_kinds {
 
             /// Bytes of the fixed part of this kind's payload, after the common header (docs/FORMAT.md,
             /// "Constants": `SPARSE_FIXED_BYTES`, …; 8 for the zstd kinds' length field). For kinds 10 and 12 the
-            /// part before the model table.
+            /// part before the model table, for kind 16 the part before the factor scales.
             pub const fn fixed_bytes(self) -> usize {
                 match self {
                     $(RecordKind::$variant => $module::FIXED_BYTES,)*
@@ -128,6 +129,8 @@ record_kinds! {
     FileZstdBaseJson = 14, "file-zstd-base-json", file_zstd_base_json;
     /// Lossless delta: the zigzag-mapped integer difference of each element's bits, byte-plane shuffled, zstd.
     DiffZstd = 15, "diff-zstd", diff_zstd;
+    /// Low-rank part with quantized, rANS-coded factors + a sparse residual stored as kind 11 or 12 (2-D tensors).
+    LowrankSeededRans = 16, "lowrank-seeded-rans", lowrank_seeded_rans;
 }
 
 impl RecordKind {
@@ -160,6 +163,7 @@ impl RecordKind {
             | RecordKind::SparseSign
             | RecordKind::DenseSign
             | RecordKind::LowrankF16
+            | RecordKind::LowrankSeededRans
             | RecordKind::DenseLevels => None,
         }
     }

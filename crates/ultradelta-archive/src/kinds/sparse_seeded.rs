@@ -37,6 +37,16 @@ pub(crate) fn encode(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     head.put(out, RecordKind::SparseSeeded)?;
+    put_payload(r, (seed, trial), out)
+}
+
+/// Writes the payload of `r` (no header), whose positions are seeded by `(seed, trial)`: what [`encode`] writes
+/// after the common header, and what kind 16 stores as its residual.
+pub(crate) fn put_payload(
+    r: &CodedSparseRecord,
+    (seed, trial): (u64, u32),
+    out: &mut Vec<u8>,
+) -> Result<()> {
     r.validate()?;
     put_sparse_head(out, r.kept(), &r.quant, r.scale);
     put_seed_trial(out, seed, trial);

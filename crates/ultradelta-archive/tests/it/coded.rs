@@ -3,7 +3,8 @@
 use proptest::prelude::*;
 use ultradelta_archive::{
     decode_record, encode_record, record_cost, ArchiveReader, ArchiveWriter, CodedSparseRecord,
-    FinetunedInfo, LevelCoding, Limits, Policy, Positions, Record, RecordKind, TensorEntry,
+    FinetunedInfo, LevelCoding, Limits, LowRankSparseRecord, Policy, Positions, Record, RecordKind,
+    TensorEntry,
 };
 use ultradelta_core::seeded::{seeded_positions, trial_seed};
 use ultradelta_core::DType;
@@ -391,6 +392,28 @@ fn encoded_len_is_exactly_what_encode_record_writes() {
             diff_bytes: (0..48u32).map(|i| (i * 29 % 256) as u8).collect(),
         },
     ));
+    // Kind 16, with each residual kind.
+    for coding in [LevelCoding::Packed, LevelCoding::Rans] {
+        recs.push((
+            vec![3, 4],
+            DType::F32,
+            Record::LowRankSparse(LowRankSparseRecord {
+                rows: 3,
+                cols: 4,
+                factor_bits: 3,
+                scales: vec![(1.0, 0.25), (0.5, 1.0)],
+                levels: vec![4, 3, 2, 5, 3, 3, 1, 6, 3, 0, 3, 4, 2, 3],
+                residual: CodedSparseRecord {
+                    numel: 12,
+                    quant: Q,
+                    scale: 1.0,
+                    positions: Positions::Seeded { seed: 5, trial: 0 },
+                    levels: vec![1, 3, 2],
+                    coding,
+                },
+            }),
+        ));
+    }
     let mut kinds = std::collections::BTreeSet::new();
     for (shape, dtype, rec) in &recs {
         for level in [1, 3] {

@@ -7,6 +7,7 @@ mod common;
 mod compat;
 mod errors;
 mod hostile;
+mod lowrank_sparse;
 mod ratio;
 mod roundtrip;
 mod spec;

@@ -16,6 +16,7 @@ const DENSE_LEVELS_FIXED_BYTES: usize = RecordKind::DenseLevels.fixed_bytes();
 const SPARSE_RANS_FIXED_BYTES: usize = RecordKind::SparseGolombRans.fixed_bytes();
 const SEEDED_FIXED_BYTES: usize = RecordKind::SparseSeeded.fixed_bytes();
 const SEEDED_RANS_FIXED_BYTES: usize = RecordKind::SparseSeededRans.fixed_bytes();
+const LOWRANK_SEEDED_RANS_FIXED_BYTES: usize = RecordKind::LowrankSeededRans.fixed_bytes();
 
 /// The format specification. `FORMAT.md` in this crate is a link to the workspace's docs/FORMAT.md, so the
 /// published package carries the spec (and this test) with it.
@@ -98,12 +99,16 @@ fn constants_table_matches_code() {
         ("SPARSE_RANS_FIXED_BYTES", SPARSE_RANS_FIXED_BYTES),
         ("SEEDED_FIXED_BYTES", SEEDED_FIXED_BYTES),
         ("SEEDED_RANS_FIXED_BYTES", SEEDED_RANS_FIXED_BYTES),
+        (
+            "LOWRANK_SEEDED_RANS_FIXED_BYTES",
+            LOWRANK_SEEDED_RANS_FIXED_BYTES,
+        ),
     ] {
         assert_eq!(parse_u64(&get(name)), v as u64, "{name}");
     }
     assert_eq!(
         rows.len(),
-        18,
+        19,
         "constants table has rows the test does not check"
     );
 }
@@ -239,6 +244,16 @@ fn coded_payload_tables_match_layout() {
         }
         assert_eq!(expect, fixed as u64, "{heading}");
     }
+    // Kind 16: rank and factor bits, then the scales (8 per rank).
+    let rows = table(&md, "### Kind 16: lowrank-seeded-rans payload");
+    let mut expect = 0u64;
+    for r in rows.iter().take(2) {
+        assert_eq!(parse_u64(&r[0]), expect, "kind 16: field {}", r[2]);
+        expect += parse_u64(&r[1]);
+    }
+    assert_eq!(expect, LOWRANK_SEEDED_RANS_FIXED_BYTES as u64);
+    assert_eq!(rows[2][0], "5");
+    assert_eq!(rows[2][1], "8·r");
     // The common prefix of the coded kinds is 21 bytes.
     let rows = table(&md, "### Kinds 10, 11, 12: coded sparse levels");
     assert_eq!(rows.len(), 3, "the kinds overview table");
