@@ -6,7 +6,7 @@ use ultradelta::archive::ArchiveReader;
 use ultradelta::io::DType;
 use ultradelta::{CompressConfig, Method};
 
-use crate::cli_methods::check_apply_equals_in_memory;
+use crate::cli_methods::{check_apply_equals_in_memory, matrix_pair};
 use crate::support::{apply_cmd, compressed_kinds, inspect_json, pair, s, ud_err, ud_ok};
 
 fn compress_args<'a>(base: &'a str, ft: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -258,5 +258,66 @@ fn the_quantizer_left_out_is_the_familys() {
         (p["bits"].as_u64(), fit(&p)),
         (Some(4), "range".into()),
         "{p}"
+    );
+}
+
+#[test]
+fn lowrank_part_writes_kind_16_that_applies_as_in_memory_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two matrices whose deltas are mostly rank 2 (plus noise a tenth of their size).
+    let (base, ft) = matrix_pair(dir.path(), &[(96, 80), (120, 64)], 5, |(i, j), u| {
+        let (i, j) = (i as f32, j as f32);
+        1e-3 * ((i * 0.3).sin() * (j * 0.17).cos()
+            + 0.5 * (i * 0.07).cos() * (j * 0.41).sin()
+            + 0.1 * u)
+    });
+    let archive = dir.path().join("lr.udelta");
+    let mut args = compress_args(
+        s(&base),
+        s(&ft),
+        s(&archive),
+        &["--lowrank-part", "--compress", "*"],
+    );
+    // 70 % sparsity: these small matrices at 90 % leave too few bytes for a part's fixed fields.
+    let at = args.iter().position(|a| *a == "0.9").unwrap();
+    args[at] = "0.7";
+    ud_ok(&args);
+    let ins = inspect_json(&archive);
+    assert_eq!(
+        compressed_kinds(&ins),
+        vec!["lowrank-seeded-rans"; 2],
+        "{ins}"
+    );
+    assert_eq!(ins["params"]["lowrank_part"], true);
+    let rebuilt = dir.path().join("rebuilt");
+    ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
+    check_apply_equals_in_memory(&base, &ft, &archive, &rebuilt, Method::Ultradelta);
+    ud_ok(&["verify", "--quiet", "--base", s(&base), s(&archive)]);
+    // Same bytes whatever the thread count.
+    let again = dir.path().join("lr1.udelta");
+    let mut one = compress_args(
+        s(&base),
+        s(&ft),
+        s(&again),
+        &["--lowrank-part", "--compress", "*"],
+    );
+    one[at] = "0.7";
+    one.insert(0, "1");
+    one.insert(0, "--threads");
+    ud_ok(&one);
+    assert_eq!(
+        std::fs::read(&archive).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+    // It needs seeded positions: refused in one line naming the flag.
+    let err = ud_err(&compress_args(
+        s(&base),
+        s(&ft),
+        s(&dir.path().join("x.udelta")),
+        &["--lowrank-part", "--positions", "golomb"],
+    ));
+    assert!(
+        err.contains("--lowrank-part") && err.lines().count() == 1,
+        "{err}"
     );
 }

@@ -16,6 +16,20 @@ use crate::support::{
 
 /// A base/fine-tune pair of generated matrices of several shapes (all compressed with `--compress '*'`).
 fn shaped_pair(dir: &Path, shapes: &[(usize, usize)], seed: u64) -> (PathBuf, PathBuf) {
+    matrix_pair(dir, shapes, seed, |(r, c), u| {
+        // Heavy-ish tailed delta: u³ plus a small low-rank part.
+        u * u * u * 8e-4 + ((r % 5) as f32 - 2.0) * ((c % 3) as f32 - 1.0) * 2e-5
+    })
+}
+
+/// A base/fine-tune pair of F32 matrices `layer.{i}.weight` of the given shapes: the base a fixed pattern, the
+/// fine-tune the base plus `delta((row, col), u)`, with `u` a pseudo-random number in [-0.5, 0.5) drawn from `seed`.
+pub(crate) fn matrix_pair(
+    dir: &Path,
+    shapes: &[(usize, usize)],
+    seed: u64,
+    delta: impl Fn((usize, usize), f32) -> f32,
+) -> (PathBuf, PathBuf) {
     let infos: Vec<TensorInfo> = shapes
         .iter()
         .enumerate()
@@ -40,13 +54,10 @@ fn shaped_pair(dir: &Path, shapes: &[(usize, usize)], seed: u64) -> (PathBuf, Pa
                         .wrapping_add(1442695040888963407);
                     let u = ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
                     let base = ((j * 7919 % 1009) as f32 - 504.0) * 4e-5;
-                    // Heavy-ish tailed delta: u³ plus a small low-rank part.
-                    let (r, c) = (j / info.shape[1], j % info.shape[1]);
-                    let low = ((r % 5) as f32 - 2.0) * ((c % 3) as f32 - 1.0) * 2e-5;
                     if which == 0 {
                         base
                     } else {
-                        base + u * u * u * 8e-4 + low
+                        base + delta((j / info.shape[1], j % info.shape[1]), u)
                     }
                 })
                 .collect();

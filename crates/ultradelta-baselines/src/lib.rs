@@ -351,6 +351,18 @@ pub fn quant(delta: &[f32], bits: u8) -> Result<DenseLevels> {
     })
 }
 
+/// A finite `rows × cols` matrix of `delta.len()` entries.
+fn check_matrix(delta: &[f32], rows: usize, cols: usize) -> Result<()> {
+    check_finite(delta)?;
+    if rows.checked_mul(cols) != Some(delta.len()) {
+        return Err(Error::Parameter(format!(
+            "{rows}x{cols} does not match {} entries",
+            delta.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Truncated SVD at rank `min(rank, rows, cols)`: Δ (row-major `rows × cols`) ≈ U_r·diag(S_r)·V_rᵀ, stored as
 /// fp16 factors `U_r·diag(√S_r)` and `diag(√S_r)·V_rᵀ`, each normalised by a power of two (their product is the
 /// result's scale).
@@ -362,13 +374,7 @@ pub fn quant(delta: &[f32], bits: u8) -> Result<DenseLevels> {
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`; [`Error::Svd`].
 pub fn lowrank(delta: &[f32], rows: usize, cols: usize, rank: usize) -> Result<LowRank> {
-    check_finite(delta)?;
-    if rows.checked_mul(cols) != Some(delta.len()) {
-        return Err(Error::Parameter(format!(
-            "{rows}x{cols} does not match {} entries",
-            delta.len()
-        )));
-    }
+    check_matrix(delta, rows, cols)?;
     let r = rank.min(rows).min(cols);
     if r == 0 {
         return Ok(LowRank {
@@ -409,6 +415,100 @@ pub fn lowrank(delta: &[f32], rows: usize, cols: usize, rank: usize) -> Result<L
         scale: nu * nv,
     })
 }
+
+/// The top `k` singular triplets of a `rows × cols` matrix: `u` holds `k` columns of `rows` entries (component
+/// after component), `s` the singular values in decreasing order, `v` `k` rows of `cols` entries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopSingular {
+    /// `k × rows`: the left singular vectors, one after the other.
+    pub u: Vec<f32>,
+    /// The `k` largest singular values, decreasing.
+    pub s: Vec<f32>,
+    /// `k × cols`: the right singular vectors, one after the other.
+    pub v: Vec<f32>,
+}
+
+/// Columns added to the random sketch of [`top_singular`] beyond the `k` it returns.
+const SKETCH_OVERSAMPLING: usize = 8;
+/// Power iterations of [`top_singular`]'s sketch (each one a product with Δᵀ and Δ).
+const SKETCH_POWER_STEPS: usize = 2;
+
+/// The top `k` (at most `min(rows, cols)`) singular triplets of the row-major `rows × cols` matrix `delta`.
+///
+/// A randomized range finder (Halko, Martinsson and Tropp, 2011): a Gaussian sketch of `k + 8` columns drawn
+/// from `seed`, two power iterations with re-orthonormalisation (QR), then the exact SVD of the small projected
+/// matrix; when `k + 8` reaches `min(rows, cols)`, the exact SVD of the whole matrix instead. f64 throughout;
+/// O(rows·cols·(k + 8)) time, so large tensors cost a few matrix products, not a full decomposition. The same
+/// inputs and seed give the same result (one BLAS call at a time, [`ultradelta_core::blas::serialized`]).
+///
+/// # Errors
+/// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`; [`Error::Svd`].
+pub fn top_singular(
+    delta: &[f32],
+    rows: usize,
+    cols: usize,
+    k: usize,
+    seed: u64,
+) -> Result<TopSingular> {
+    use ndarray::{s, Axis};
+    use ndarray_linalg::QR;
+    check_matrix(delta, rows, cols)?;
+    let k = k.min(rows).min(cols);
+    if k == 0 {
+        return Ok(TopSingular {
+            u: Vec::new(),
+            s: Vec::new(),
+            v: Vec::new(),
+        });
+    }
+    let svd_err = |detail: String| Error::Svd { rows, cols, detail };
+    let a = Array2::from_shape_fn((rows, cols), |(i, j)| f64::from(delta[i * cols + j]));
+    let width = k + SKETCH_OVERSAMPLING;
+    let (u, sv, vt) = ultradelta_core::blas::serialized(|| -> Result<_> {
+        let (q, small) = if width >= rows.min(cols) {
+            (None, a.clone())
+        } else {
+            let mut rng = DetRng::new(mix(seed, SKETCH_DOMAIN));
+            let mut normal = || {
+                // Box–Muller from two uniforms in (0, 1].
+                let (x, y) = (1.0 - rng.unit_f64(), rng.unit_f64());
+                (-2.0 * x.ln()).sqrt() * (std::f64::consts::TAU * y).cos()
+            };
+            let omega = Array2::from_shape_fn((cols, width), |_| normal());
+            let orth = |m: Array2<f64>| m.qr().map(|(q, _)| q).map_err(|e| svd_err(e.to_string()));
+            let mut q = orth(a.dot(&omega))?;
+            for _ in 0..SKETCH_POWER_STEPS {
+                let z = orth(a.t().dot(&q))?;
+                q = orth(a.dot(&z))?;
+            }
+            let small = q.t().dot(&a);
+            (Some(q), small)
+        };
+        let (u, sv, vt) = small
+            .svddc(JobSvd::Some)
+            .map_err(|e| svd_err(e.to_string()))?;
+        let (u, vt) = match (u, vt) {
+            (Some(u), Some(vt)) => (u, vt),
+            _ => return Err(svd_err("LAPACK returned no singular vectors".into())),
+        };
+        let u = match q {
+            Some(q) => q.dot(&u),
+            None => u,
+        };
+        Ok((u, sv, vt))
+    })?;
+    let u = u.slice(s![.., ..k]);
+    Ok(TopSingular {
+        u: u.axis_iter(Axis(1))
+            .flat_map(|c| c.iter().map(|&x| x as f32).collect::<Vec<_>>())
+            .collect(),
+        s: sv.iter().take(k).map(|&x| x as f32).collect(),
+        v: vt.slice(s![..k, ..]).iter().map(|&x| x as f32).collect(),
+    })
+}
+
+/// Domain of [`top_singular`]'s sketch stream.
+const SKETCH_DOMAIN: u64 = 0x534b_4554_4348_5356; // "SKETCHSV"
 
 #[cfg(test)]
 mod tests;

@@ -173,3 +173,58 @@ fn lowrank_full_rank_is_nearly_exact() {
         .fold(0f32, f32::max);
     assert!(err < 2e-7, "max error {err}");
 }
+
+/// A `rows × cols` matrix with singular values `sigma` (decreasing) on pseudo-random orthonormal directions, plus
+/// a deterministic noise of size `noise` per entry.
+fn spectrum_matrix(rows: usize, cols: usize, sigma: &[f64], noise: f64) -> Vec<f32> {
+    use ndarray_linalg::QR;
+    let mut rng = DetRng::new(7);
+    let mut g = |r: usize, c: usize| Array2::from_shape_fn((r, c), |_| rng.unit_f64() - 0.5);
+    let k = sigma.len();
+    let (u, _) = g(rows, k).qr().unwrap();
+    let (v, _) = g(cols, k).qr().unwrap();
+    let us = u * &ndarray::Array1::from(sigma.to_vec());
+    let a = us.dot(&v.t()) + g(rows, cols) * noise;
+    a.iter().map(|&x| x as f32).collect()
+}
+
+#[test]
+fn top_singular_finds_the_leading_triplets_by_sketch_and_exactly() {
+    let sigma = [5.0, 3.0, 2.0, 1.0, 0.5];
+    // 120 × 90 with k = 3: the sketch path (3 + 8 < 90); 12 × 9: the exact path.
+    for (rows, cols) in [(120, 90), (12, 9)] {
+        let d = spectrum_matrix(rows, cols, &sigma, 1e-4);
+        let t = top_singular(&d, rows, cols, 3, 11).unwrap();
+        assert_eq!((t.u.len(), t.s.len(), t.v.len()), (3 * rows, 3, 3 * cols));
+        for (got, want) in t.s.iter().zip(&sigma) {
+            assert!(
+                (f64::from(*got) - want).abs() < 1e-2 * want,
+                "{rows}x{cols}: σ {got} vs {want}"
+            );
+        }
+        // u_k·σ_k·v_kᵀ summed over the three is the best rank-3 approximation: its error is the rest's energy.
+        let mut err = 0.0f64;
+        for i in 0..rows {
+            for j in 0..cols {
+                let approx: f32 = (0..3)
+                    .map(|c| t.u[c * rows + i] * t.s[c] * t.v[c * cols + j])
+                    .sum();
+                err += f64::from(d[i * cols + j] - approx).powi(2);
+            }
+        }
+        let rest: f64 = sigma[3..].iter().map(|x| x * x).sum();
+        assert!(
+            (err - rest).abs() < 0.05 * rest,
+            "{rows}x{cols}: residual energy {err} vs {rest}"
+        );
+    }
+    // Same seed, same result; k is capped by the shape; a wrong shape is refused.
+    let d = spectrum_matrix(120, 90, &sigma, 1e-4);
+    assert_eq!(
+        top_singular(&d, 120, 90, 3, 11).unwrap(),
+        top_singular(&d, 120, 90, 3, 11).unwrap()
+    );
+    assert_eq!(top_singular(&d[..12 * 9], 12, 9, 40, 1).unwrap().s.len(), 9);
+    assert!(top_singular(&d, 121, 90, 3, 1).is_err());
+    assert_eq!(top_singular(&d, 120, 90, 0, 1).unwrap().s.len(), 0);
+}

@@ -157,6 +157,7 @@ fn option_of(field: &str) -> Option<&'static str> {
         "zstd_level" => "zstd_level=",
         "self_contained" => "self_contained=",
         "quant_fit" => "quant_fit=",
+        "lowrank_part" => "lowrank_part=",
         _ => return None,
     })
 }
@@ -188,6 +189,7 @@ const OPTIONS: &[&str] = &[
     "zstd_level",
     "self_contained",
     "quant_fit",
+    "lowrank_part",
     "tngr",
     "no_tngr",
     "sparsity",
@@ -459,6 +461,7 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         quant_fit: get("quant_fit")
             .map(|v| choice("quant_fit", v, &["range", "mse", "mse-unbiased"]))
             .transpose()?,
+        lowrank_part: flag("lowrank_part")?,
     };
     // The codecs' defaults are the project's (seeded positions, rANS levels) where they apply, else the paper's.
     let (positions, values) = cfg.default_codecs();

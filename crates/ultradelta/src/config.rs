@@ -291,6 +291,12 @@ pub struct CompressConfig {
     /// (archives from before the field existed read as `Some(Range)`).
     #[serde(default = "range_fit", skip_serializing_if = "is_range_fit")]
     pub quant_fit: Option<QuantFit>,
+    /// UltraDelta with seeded positions only: give each compressed matrix a low-rank part with 4-bit factors when
+    /// its Δ is predicted to pay for it (rank 0..=16 per tensor, chosen from Δ alone), the seeded sample coding
+    /// the rest (record kind `lowrank-seeded-rans`; docs/results/2026-12-05-lowrank-residual-study). Off by
+    /// default; not written into `params` when off, so archives without it are unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lowrank_part: bool,
 }
 
 /// The relative MSA tiers' default spread: 1/3, the paper's δ = 0.01 at its s = 0.97.
@@ -336,6 +342,7 @@ impl Default for CompressConfig {
             zstd_level: default_zstd_level(),
             self_contained: false,
             quant_fit: None,
+            lowrank_part: false,
         }
     }
 }
@@ -361,7 +368,7 @@ impl Preset {
     /// and their values, and the codecs (seeded positions change which entries are kept; the paper counts Golomb
     /// positions and packed levels): `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`,
     /// `allocation`, `tier_spread`, `rd_power`, `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`,
-    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec`, `quant_fit`, `selection.embeddings` and
+    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec`, `quant_fit`, `lowrank_part`, `selection.embeddings` and
     /// `selection.position_embeddings`
     /// (the paper compresses the linear layers only). Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`,
     /// `tngr.nuclear_norm`, the rest of `selection`, `seed_trials`, `zstd_level` and `self_contained`.
@@ -601,6 +608,16 @@ impl CompressConfig {
                     format!("{field} = {value} needs quantized levels, but quantize is false"),
                 );
             }
+        }
+        if self.lowrank_part
+            && !(self.method == Method::Ultradelta
+                && self.quantize
+                && self.positions == PositionCodec::Seeded)
+        {
+            return bad(
+                "lowrank_part",
+                "lowrank_part needs method ultradelta with quantized levels and seeded positions (its residual is a seeded sample)".into(),
+            );
         }
         if self.positions == PositionCodec::Seeded && self.pruning == PruningMode::Random {
             return bad(

@@ -133,6 +133,9 @@ fn annotate(entry: &mut TensorEntry, info: &TensorCodecInfo) {
     if let Some(d) = info.hist_l1_first {
         entry.extra.insert("hist_l1_first".into(), d.into());
     }
+    if let Some(r) = info.lowrank_rank {
+        entry.extra.insert("lowrank_rank".into(), r.into());
+    }
 }
 
 /// A tensor's record as stage one of [`write_records`]' pipeline leaves it: a lossy record, encoded by the writer

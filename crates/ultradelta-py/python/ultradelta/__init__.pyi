@@ -41,6 +41,7 @@ def compress(
     zstd_level: Optional[int] = ...,
     self_contained: Optional[bool] = ...,
     quant_fit: Optional[Literal["range", "mse", "mse-unbiased"]] = ...,
+    lowrank_part: Optional[bool] = ...,
     tngr: Optional[bool] = ...,
     no_tngr: Optional[bool] = ...,
     sparsity: Optional[float] = ...,

@@ -26,6 +26,8 @@ pub struct TensorCodecInfo {
     pub hist_l1: Option<u64>,
     /// Seeded positions: the same distance for trial 0 alone.
     pub hist_l1_first: Option<u64>,
+    /// `--lowrank-part`: the rank of the tensor's low-rank part (`None`: no part, a plain seeded record).
+    pub lowrank_rank: Option<u32>,
 }
 
 /// The name of a sparse level kind's codec (`golomb+packed`, `golomb+entropy`, `seeded+packed`,

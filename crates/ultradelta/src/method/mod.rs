@@ -8,9 +8,10 @@
 //! none of them.
 
 pub(crate) mod codec;
+pub(crate) mod lowrank_part;
 
 use ultradelta_alloc::TensorStat;
-use ultradelta_archive::{CodedSparseRecord, LevelCoding, Positions, Record};
+use ultradelta_archive::{CodedSparseRecord, LevelCoding, LowRankSparseRecord, Positions, Record};
 use ultradelta_baselines as baselines;
 use ultradelta_qgp::fit::{fit_mse, projection_gain, strided_sample};
 use ultradelta_qgp::fused::{
@@ -59,7 +60,7 @@ pub fn compress_tensor(
 ) -> Result<CompressedTensor, baselines::Error> {
     let density = 1.0 - rate;
     let record = match cfg.method {
-        Method::Ultradelta => return ultradelta(delta, name, rate, cfg),
+        Method::Ultradelta => return ultradelta(delta, name, shape, rate, cfg),
         Method::Dare => baselines::dare(delta, rate, tensor_seed(cfg.seed, name))?.into_record(),
         Method::Magnitude => baselines::magnitude(delta, density)?.into_record(),
         Method::Bitdelta => baselines::bitdelta(delta)?.into_record(),
@@ -93,9 +94,10 @@ pub(crate) fn uses_rate(m: Method) -> bool {
 }
 
 /// Whether [`compress_source`] can make `cfg`'s record from the checkpoints' bytes: UltraDelta with quantized
-/// levels and Golomb positions (seeded positions and the fp16 ablation need the whole Δ).
+/// levels and Golomb positions (seeded positions and the fp16 ablation need the whole Δ), and no low-rank part
+/// (its singular directions need the whole Δ).
 pub(crate) fn streams_from_source(cfg: &CompressConfig) -> bool {
-    cfg.method == Method::Ultradelta && cfg.quantize
+    cfg.method == Method::Ultradelta && cfg.quantize && !cfg.lowrank_part
 }
 
 /// UltraDelta's pass-1 result for one tensor: the quantizer `QuantParams::fit` gives on its Δ and the histogram
@@ -188,11 +190,20 @@ fn scale(rate: f64, gain: f32, cfg: &CompressConfig) -> f32 {
 fn ultradelta(
     delta: &[f32],
     name: &str,
+    shape: &[usize],
     rate: f64,
     cfg: &CompressConfig,
 ) -> Result<CompressedTensor, baselines::Error> {
-    let (q, gain, levels) = quantize_delta(delta, cfg)?;
     let seed = tensor_seed(cfg.seed, name);
+    if cfg.lowrank_part && cfg.quantize && cfg.positions == PositionCodec::Seeded {
+        if let &[rows, cols] = shape {
+            if let Some(split) = lowrank_part::split(delta, (rows, cols), rate, seed, cfg)? {
+                let residual = ultradelta(&split.residual, name, &[], split.rate, cfg)?;
+                return Ok(with_part(residual, split.part));
+            }
+        }
+    }
+    let (q, gain, levels) = quantize_delta(delta, cfg)?;
     if !cfg.quantize {
         // The ablation: prune by the DAC groups of the b-bit levels, keep the raw values at fp16.
         let pruned = prune_listed(&levels, &q, rate, seed, cfg);
@@ -227,6 +238,33 @@ fn ultradelta(
         coding: LevelCoding::Packed,
     };
     Ok(codec::finish(coded, TensorCodecInfo::default(), cfg))
+}
+
+/// The record of a low-rank part beside `residual`'s seeded sample (kind `lowrank-seeded-rans`), and the rank in
+/// the codec report.
+fn with_part(residual: CompressedTensor, part: lowrank_part::LowRankPart) -> CompressedTensor {
+    let CompressedTensor { record, codec } = residual;
+    match record {
+        Record::Coded(residual) => {
+            let info = codec.map(|info| TensorCodecInfo {
+                lowrank_rank: Some(part.rank() as u32),
+                ..info
+            });
+            CompressedTensor {
+                record: Record::LowRankSparse(LowRankSparseRecord {
+                    rows: part.rows as u64,
+                    cols: part.cols as u64,
+                    factor_bits: lowrank_part::FACTOR_BITS,
+                    scales: part.scales,
+                    levels: part.levels,
+                    residual,
+                }),
+                codec: info,
+            }
+        }
+        // Seeded positions always give a coded record; anything else is returned as it is.
+        record => CompressedTensor { record, codec },
+    }
 }
 
 /// UltraDelta's record with seeded positions, from [`ultradelta_qgp::seeded::seeded_prune`]'s survivors; the

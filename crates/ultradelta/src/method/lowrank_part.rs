@@ -1,0 +1,378 @@
+//! UltraDelta's optional low-rank part (`--lowrank-part`): a few singular directions of a tensor's Δ with 4-bit
+//! factors, and the seeded sample of what they leave.
+//!
+//! A seeded sample of density p rescaled by 1/p is unbiased, and its error is the variance of the sample, which
+//! is proportional to the energy of what is sampled. Fine-tunes' deltas hold much of their energy in a few
+//! directions (docs/results/2026-12-05-lowrank-residual-study: 15–54 % in one direction on MiniLM's jobs
+//! fine-tune), so a rank-r part costing r·(rows + cols) small levels can take more variance out of the sample
+//! than the entries its bytes would have kept. Which r pays is decided per tensor from Δ alone (data-free): the
+//! r in 0..=[`MAX_RANK`] that minimises the sample's predicted squared error, `‖R‖²·(1/p_r − 1) + ‖Q(R) − R‖²/p_r`
+//! for the residual R = Δ − L̂_r at the density p_r the record's bytes leave after the factors. The bytes are
+//! those of the plain record at the allocated rate, so the byte-budget search sees the same bytes per rate.
+
+use ultradelta_baselines::{self as baselines, top_singular};
+use ultradelta_qgp::{level_counts, QuantParams};
+
+use super::quantize_delta;
+use crate::config::CompressConfig;
+
+/// Highest rank the low-rank part tries.
+pub(crate) const MAX_RANK: usize = 16;
+/// Bits per factor entry: levels `0..=2L`, `L = 2^(b−1) − 1`, symmetric around level L (zero).
+pub(crate) const FACTOR_BITS: u8 = 4;
+/// The factor levels' zero, `L`.
+const FACTOR_ZERO: u16 = (1 << (FACTOR_BITS - 1)) - 1;
+/// Bits of the part's fixed fields beyond its levels: rank, bits, the levels' rANS model table (at most 2L + 1
+/// symbols) and stream length, the residual's kind.
+const PART_FIXED_BITS: f64 =
+    8.0 * (4.0 + 1.0 + 4.0 + 4.0 * (2 * FACTOR_ZERO as usize + 1) as f64 + 8.0 + 1.0);
+/// Bits per component beyond its levels: two f32 scales.
+const COMPONENT_BITS: f64 = 64.0;
+/// The residual's density is never planned below this share of the plain record's.
+const MIN_DENSITY_SHARE: f64 = 0.05;
+
+/// The chosen low-rank part of one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LowRankPart {
+    /// Rows of the matrix view.
+    pub rows: usize,
+    /// Columns of the matrix view.
+    pub cols: usize,
+    /// `(su_k, sv_k)`: each component's two factor scales.
+    pub scales: Vec<(f32, f32)>,
+    /// Levels of u_1 (rows), v_1 (cols), u_2, v_2, …, each in `0..=2·FACTOR_ZERO`.
+    pub levels: Vec<u16>,
+}
+
+impl LowRankPart {
+    /// The rank.
+    pub fn rank(&self) -> usize {
+        self.scales.len()
+    }
+}
+
+/// A tensor split into a low-rank part and the residual the seeded sample codes, at the residual's rate.
+pub(crate) struct Split {
+    pub part: LowRankPart,
+    pub residual: Vec<f32>,
+    pub rate: f64,
+}
+
+/// Symmetric `FACTOR_BITS`-bit levels of `v` and their scale (`max |v| / L`; 0 for a zero vector, whose levels
+/// are all zero).
+fn factor_levels(v: &[f32]) -> (Vec<u16>, f32) {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if max == 0.0 {
+        return (vec![FACTOR_ZERO; v.len()], 0.0);
+    }
+    let scale = max / f32::from(FACTOR_ZERO);
+    let levels = v
+        .iter()
+        .map(|x| {
+            ((x / scale).round() as i32 + i32::from(FACTOR_ZERO))
+                .clamp(0, 2 * i32::from(FACTOR_ZERO)) as u16
+        })
+        .collect();
+    (levels, scale)
+}
+
+/// The value of factor level `l` at `scale`.
+#[inline]
+pub(crate) fn factor_value(l: u16, scale: f32) -> f32 {
+    (f32::from(l) - f32::from(FACTOR_ZERO)) * scale
+}
+
+/// Entropy in bits of a histogram's whole content (what an entropy coder reaches, its table aside).
+fn entropy_bits(counts: &[u64]) -> f64 {
+    let n: u64 = counts.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let n = n as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let c = c as f64;
+            -c * (c / n).log2()
+        })
+        .sum()
+}
+
+/// What the seeded sample of `x` at density `p` is predicted to cost in squared error, with its levels' entropy
+/// per entry: `(energy, quantization error, bits per level)`.
+fn sample_terms(x: &[f32], cfg: &CompressConfig) -> Result<(f64, f64, f64), baselines::Error> {
+    let (q, _, levels) = quantize_delta(x, cfg)?;
+    let (energy, qerr) = terms(x, &levels, &q);
+    let h = entropy_bits(&level_counts(&levels)) / x.len().max(1) as f64;
+    Ok((energy, qerr, h))
+}
+
+fn terms(x: &[f32], levels: &[u16], q: &QuantParams) -> (f64, f64) {
+    x.iter().zip(levels).fold((0.0, 0.0), |(e, r), (&v, &l)| {
+        let back = q.lo + f32::from(l) * q.step;
+        (
+            e + f64::from(v) * f64::from(v),
+            r + f64::from(back - v).powi(2),
+        )
+    })
+}
+
+fn predicted(energy: f64, qerr: f64, p: f64) -> f64 {
+    energy * (1.0 / p - 1.0) + qerr / p
+}
+
+/// The low-rank part worth its bytes for the `rows × cols` tensor `delta` at the allocated `rate`, with the
+/// residual and its rate; `None` when rank 0 is predicted best (or the tensor is a vector or too small).
+///
+/// # Errors
+/// The kernels' errors (non-finite Δ, LAPACK failure).
+pub(crate) fn split(
+    delta: &[f32],
+    (rows, cols): (usize, usize),
+    rate: f64,
+    seed: u64,
+    cfg: &CompressConfig,
+) -> Result<Option<Split>, baselines::Error> {
+    let numel = delta.len();
+    let density = 1.0 - rate;
+    if rows < 2 || cols < 2 || numel == 0 || density <= 0.0 || density >= 1.0 {
+        return Ok(None);
+    }
+    let (energy, qerr, h) = sample_terms(delta, cfg)?;
+    if h == 0.0 {
+        return Ok(None);
+    }
+    // The level bits of the plain record at `rate`, which the split keeps.
+    let budget = density * numel as f64 * h;
+    let mut best = (predicted(energy, qerr, density), 0usize, density);
+    let t = top_singular(delta, rows, cols, MAX_RANK, seed)?;
+    let mut lhat = vec![0f32; numel];
+    let mut residual = vec![0f32; numel];
+    let mut levels: Vec<u16> = Vec::new();
+    let mut scales = Vec::new();
+    let mut counts = vec![0u64; 2 * FACTOR_ZERO as usize + 1];
+    for k in 0..t.s.len() {
+        let root = t.s[k].max(0.0).sqrt();
+        let u: Vec<f32> = t.u[k * rows..(k + 1) * rows]
+            .iter()
+            .map(|x| x * root)
+            .collect();
+        let v: Vec<f32> = t.v[k * cols..(k + 1) * cols]
+            .iter()
+            .map(|x| x * root)
+            .collect();
+        let (lu, su) = factor_levels(&u);
+        let (lv, sv) = factor_levels(&v);
+        for &l in lu.iter().chain(&lv) {
+            counts[usize::from(l)] += 1;
+        }
+        for (i, &a) in lu.iter().enumerate() {
+            let a = factor_value(a, su);
+            let row = &mut lhat[i * cols..(i + 1) * cols];
+            for (o, &b) in row.iter_mut().zip(&lv) {
+                *o += a * factor_value(b, sv);
+            }
+        }
+        levels.extend_from_slice(&lu);
+        levels.extend_from_slice(&lv);
+        scales.push((su, sv));
+        let part_bits =
+            PART_FIXED_BITS + COMPONENT_BITS * scales.len() as f64 + entropy_bits(&counts);
+        for ((r, &d), &l) in residual.iter_mut().zip(delta).zip(&lhat) {
+            *r = d - l;
+        }
+        let (energy, qerr, h) = sample_terms(&residual, cfg)?;
+        let p = (budget - part_bits) / (numel as f64 * h.max(1e-9));
+        if p < MIN_DENSITY_SHARE * density {
+            break;
+        }
+        let p = p.min(1.0);
+        let v = predicted(energy, qerr, p);
+        if v < best.0 {
+            best = (v, k + 1, p);
+        }
+    }
+    let (_, rank, p) = best;
+    if rank == 0 {
+        return Ok(None);
+    }
+    // Rebuild the chosen rank's residual (the loop may have gone past it).
+    let per = rows + cols;
+    let levels = levels[..rank * per].to_vec();
+    let scales = scales[..rank].to_vec();
+    lhat.iter_mut().for_each(|x| *x = 0.0);
+    for (k, &(su, sv)) in scales.iter().enumerate() {
+        let (lu, lv) = levels[k * per..(k + 1) * per].split_at(rows);
+        for (i, &a) in lu.iter().enumerate() {
+            let a = factor_value(a, su);
+            for (o, &b) in lhat[i * cols..(i + 1) * cols].iter_mut().zip(lv) {
+                *o += a * factor_value(b, sv);
+            }
+        }
+    }
+    for ((r, &d), &l) in residual.iter_mut().zip(delta).zip(&lhat) {
+        *r = d - l;
+    }
+    Ok(Some(Split {
+        part: LowRankPart {
+            rows,
+            cols,
+            scales,
+            levels,
+        },
+        residual,
+        rate: 1.0 - p,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CompressConfig;
+
+    /// A 64 × 48 delta: a strong rank-2 part plus pseudo-random noise of relative size `noise`.
+    fn low_rank_delta(noise: f32) -> Vec<f32> {
+        let mut x = 0x1234_5678u64;
+        let mut next = || {
+            x = ultradelta_qgp::rng::splitmix64(x);
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let (rows, cols) = (64, 48);
+        let a: Vec<f32> = (0..rows).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..cols).map(|j| ((j as f32) * 0.21).cos()).collect();
+        let c: Vec<f32> = (0..rows).map(|i| ((i as f32) * 0.11).cos()).collect();
+        let d: Vec<f32> = (0..cols).map(|j| ((j as f32) * 0.53).sin()).collect();
+        (0..rows * cols)
+            .map(|n| {
+                let (i, j) = (n / cols, n % cols);
+                1e-3 * (a[i] * b[j] + 0.6 * c[i] * d[j] + noise * next())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_low_rank_delta_gets_a_part_and_noise_does_not() {
+        let cfg = CompressConfig::default();
+        let d = low_rank_delta(0.2);
+        // At 60 % sparsity (a 64 × 48 tensor at 90 % keeps too few bytes for the part's fixed fields).
+        let s = split(&d, (64, 48), 0.6, 5, &cfg)
+            .unwrap()
+            .expect("a rank-2 delta pays for a part");
+        assert!((1..=4).contains(&s.part.rank()), "rank {}", s.part.rank());
+        assert_eq!(s.part.levels.len(), s.part.rank() * (64 + 48));
+        assert!(
+            s.rate > 0.6 && s.rate < 1.0,
+            "the residual is sampled more sparsely: {}",
+            s.rate
+        );
+        // The residual is Δ minus the part as decoded.
+        let mut back = s.residual.clone();
+        let per = 64 + 48;
+        for (k, &(su, sv)) in s.part.scales.iter().enumerate() {
+            let (lu, lv) = s.part.levels[k * per..(k + 1) * per].split_at(64);
+            for i in 0..64 {
+                for j in 0..48 {
+                    back[i * 48 + j] += factor_value(lu[i], su) * factor_value(lv[j], sv);
+                }
+            }
+        }
+        for (b, x) in back.iter().zip(&d) {
+            assert!((b - x).abs() <= 1e-9 + x.abs() * 1e-5, "{b} vs {x}");
+        }
+        let energy = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
+        assert!(energy(&s.residual) < 0.2 * energy(&d));
+        // Pure noise has no direction worth its bytes; nor does a vector.
+        let noise: Vec<f32> = low_rank_delta(1e4).iter().map(|x| x * 1e-4).collect();
+        assert!(split(&noise, (64, 48), 0.6, 5, &cfg).unwrap().is_none());
+        assert!(split(&d[..48], (1, 48), 0.6, 5, &cfg).unwrap().is_none());
+        // Deterministic.
+        let again = split(&d, (64, 48), 0.6, 5, &cfg).unwrap().unwrap();
+        assert_eq!((again.part, again.rate), (s.part, s.rate));
+    }
+
+    #[test]
+    fn factor_levels_are_symmetric_and_bounded() {
+        let (l, s) = factor_levels(&[0.0, 0.7, -0.7, 0.3]);
+        assert_eq!(l, vec![7, 14, 0, 10]);
+        assert!((s - 0.1).abs() < 1e-7);
+        assert!((factor_value(14, s) - 0.7).abs() < 1e-6);
+        let (l, s) = factor_levels(&[0.0, 0.0]);
+        assert_eq!((l, s), (vec![7, 7], 0.0));
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use crate::config::CompressConfig;
+    use crate::method::compress_tensor;
+    use ultradelta_archive::{decode_record, encode_record, Limits, Record};
+    use ultradelta_io::DType;
+
+    /// A 96 × 80 delta: rank 2 plus noise a tenth of its size.
+    fn delta() -> Vec<f32> {
+        let mut x = 99u64;
+        (0..96 * 80)
+            .map(|n| {
+                x = ultradelta_qgp::rng::splitmix64(x);
+                let noise = (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let (i, j) = ((n / 80) as f32, (n % 80) as f32);
+                1e-3 * ((i * 0.3).sin() * (j * 0.17).cos()
+                    + 0.5 * (i * 0.07).cos() * (j * 0.41).sin()
+                    + 0.1 * noise)
+            })
+            .collect()
+    }
+
+    fn sq_err(rec: &Record, d: &[f32]) -> f64 {
+        let back = rec.delta_to_dense(d.len(), 1.0).unwrap();
+        back.iter()
+            .zip(d)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum()
+    }
+
+    #[test]
+    fn the_part_writes_a_kind_16_record_that_decodes_to_itself_and_errs_less_in_the_same_bytes() {
+        let d = delta();
+        let plain_cfg = CompressConfig::default();
+        let cfg = CompressConfig {
+            lowrank_part: true,
+            ..CompressConfig::default()
+        };
+        let plain = compress_tensor(&d, "t", &[96, 80], 0.7, &plain_cfg).unwrap();
+        let made = compress_tensor(&d, "t", &[96, 80], 0.7, &cfg).unwrap();
+        let Record::LowRankSparse(r) = &made.record else {
+            panic!(
+                "expected a low-rank part, got {}",
+                made.record.kind().name()
+            )
+        };
+        assert_eq!(
+            made.codec.as_ref().unwrap().lowrank_rank,
+            Some(r.rank() as u32)
+        );
+        // What the archive stores decodes to the record the pipeline applied.
+        let bytes = encode_record(DType::F32, &[96, 80], &made.record, 1).unwrap();
+        let (_, back) = decode_record(&bytes, &Limits::default()).unwrap();
+        assert_eq!(back, made.record);
+        // About the plain record's bytes at the same rate (the budget search relies on it) ...
+        let plain_len = encode_record(DType::F32, &[96, 80], &plain.record, 1)
+            .unwrap()
+            .len() as f64;
+        let len = bytes.len() as f64;
+        assert!(
+            (0.7..1.3).contains(&(len / plain_len)),
+            "{len} vs {plain_len} bytes"
+        );
+        // ... and far closer to Δ: the sample carries only the noise.
+        let (e_plain, e_part) = (sq_err(&plain.record, &d), sq_err(&made.record, &d));
+        assert!(
+            e_part < 0.3 * e_plain,
+            "squared error {e_part} vs plain {e_plain}"
+        );
+        // Off, vectors and other codecs are untouched.
+        let v = compress_tensor(&d[..80], "v", &[80], 0.7, &cfg).unwrap();
+        assert!(!matches!(v.record, Record::LowRankSparse(_)));
+    }
+}
