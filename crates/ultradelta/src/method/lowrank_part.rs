@@ -122,30 +122,82 @@ fn predicted(energy: f64, qerr: f64, p: f64) -> f64 {
     energy * (1.0 / p - 1.0) + qerr / p
 }
 
-/// The low-rank part worth its bytes for the `rows × cols` tensor `delta` at the allocated `rate`, with the
-/// residual and its rate; `None` when rank 0 is predicted best (or the tensor is a vector or too small).
-///
-/// # Errors
-/// The kernels' errors (non-finite Δ, LAPACK failure).
-pub(crate) fn split(
+/// What the rank choice needs of one rank `r` (0: no part), none of it depending on the rate: the part's bits,
+/// and the residual's energy, quantization error and entropy per level.
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    bits: f64,
+    energy: f64,
+    qerr: f64,
+    h: f64,
+}
+
+/// Every rank's [`Trial`] for one tensor, with the factors of the highest (a lower rank's are a prefix).
+#[derive(Debug)]
+struct Table {
+    trials: Vec<Trial>,
+    scales: Vec<(f32, f32)>,
+    levels: Vec<u16>,
+}
+
+/// The tables of the tensors seen lately: the byte-budget search compresses every tensor once per pass at another
+/// rate, and the table (a truncated SVD and a trial quantization per rank) does not depend on the rate. Keyed by
+/// the content hash of Δ, its matrix view, the seed and the quantizer, so a table is only reused for the same
+/// inputs (the result is the same as without the memo).
+type Key = (u64, usize, usize, u64, u8, crate::QuantFit);
+static TABLES: std::sync::Mutex<Vec<(Key, std::sync::Arc<Table>)>> =
+    std::sync::Mutex::new(Vec::new());
+/// Tables kept at most (each holds at most `MAX_RANK · (rows + cols)` levels).
+const TABLES_KEPT: usize = 1024;
+
+fn table(
     delta: &[f32],
     (rows, cols): (usize, usize),
-    rate: f64,
     seed: u64,
     cfg: &CompressConfig,
-) -> Result<Option<Split>, baselines::Error> {
+) -> Result<std::sync::Arc<Table>, baselines::Error> {
+    // The hash of Δ's bits, in chunks (no copy of the tensor).
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for chunk in delta.chunks(1 << 14) {
+        let mut buf = [0u8; 4 << 14];
+        for (o, x) in buf.chunks_exact_mut(4).zip(chunk) {
+            o.copy_from_slice(&x.to_bits().to_le_bytes());
+        }
+        hasher.update(&buf[..4 * chunk.len()]);
+    }
+    let (bits, fit) = cfg.quantizer();
+    let key: Key = (hasher.digest(), rows, cols, seed, bits, fit);
+    let lock = || {
+        TABLES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some((_, t)) = lock().iter().find(|(k, _)| *k == key) {
+        return Ok(t.clone());
+    }
+    let made = std::sync::Arc::new(make_table(delta, (rows, cols), seed, cfg)?);
+    let mut tables = lock();
+    if tables.len() >= TABLES_KEPT {
+        tables.remove(0);
+    }
+    tables.push((key, made.clone()));
+    Ok(made)
+}
+
+fn make_table(
+    delta: &[f32],
+    (rows, cols): (usize, usize),
+    seed: u64,
+    cfg: &CompressConfig,
+) -> Result<Table, baselines::Error> {
     let numel = delta.len();
-    let density = 1.0 - rate;
-    if rows < 2 || cols < 2 || numel == 0 || density <= 0.0 || density >= 1.0 {
-        return Ok(None);
-    }
     let (energy, qerr, h) = sample_terms(delta, cfg)?;
-    if h == 0.0 {
-        return Ok(None);
-    }
-    // The level bits of the plain record at `rate`, which the split keeps.
-    let budget = density * numel as f64 * h;
-    let mut best = (predicted(energy, qerr, density), 0usize, density);
+    let mut trials = vec![Trial {
+        bits: 0.0,
+        energy,
+        qerr,
+        h,
+    }];
     let t = top_singular(delta, rows, cols, MAX_RANK, seed)?;
     let mut lhat = vec![0f32; numel];
     let mut residual = vec![0f32; numel];
@@ -167,53 +219,91 @@ pub(crate) fn split(
         for &l in lu.iter().chain(&lv) {
             counts[usize::from(l)] += 1;
         }
-        for (i, &a) in lu.iter().enumerate() {
-            let a = factor_value(a, su);
-            let row = &mut lhat[i * cols..(i + 1) * cols];
-            for (o, &b) in row.iter_mut().zip(&lv) {
-                *o += a * factor_value(b, sv);
-            }
-        }
+        add_component(&mut lhat, cols, (&lu, su), (&lv, sv));
         levels.extend_from_slice(&lu);
         levels.extend_from_slice(&lv);
         scales.push((su, sv));
-        let part_bits =
-            PART_FIXED_BITS + COMPONENT_BITS * scales.len() as f64 + entropy_bits(&counts);
         for ((r, &d), &l) in residual.iter_mut().zip(delta).zip(&lhat) {
             *r = d - l;
         }
         let (energy, qerr, h) = sample_terms(&residual, cfg)?;
-        let p = (budget - part_bits) / (numel as f64 * h.max(1e-9));
+        trials.push(Trial {
+            bits: PART_FIXED_BITS + COMPONENT_BITS * scales.len() as f64 + entropy_bits(&counts),
+            energy,
+            qerr,
+            h,
+        });
+    }
+    Ok(Table {
+        trials,
+        scales,
+        levels,
+    })
+}
+
+/// `out[i·cols + j] += u[i]·v[j]` for one component's factor levels and scales (the decoder's arithmetic).
+fn add_component(out: &mut [f32], cols: usize, (lu, su): (&[u16], f32), (lv, sv): (&[u16], f32)) {
+    for (i, &a) in lu.iter().enumerate() {
+        let a = factor_value(a, su);
+        for (o, &b) in out[i * cols..(i + 1) * cols].iter_mut().zip(lv) {
+            *o += a * factor_value(b, sv);
+        }
+    }
+}
+
+/// The low-rank part worth its bytes for the `rows × cols` tensor `delta` at the allocated `rate`, with the
+/// residual and its rate; `None` when rank 0 is predicted best (or the tensor is a vector or too small).
+///
+/// # Errors
+/// The kernels' errors (non-finite Δ, LAPACK failure).
+pub(crate) fn split(
+    delta: &[f32],
+    (rows, cols): (usize, usize),
+    rate: f64,
+    seed: u64,
+    cfg: &CompressConfig,
+) -> Result<Option<Split>, baselines::Error> {
+    let numel = delta.len();
+    let density = 1.0 - rate;
+    if rows < 2 || cols < 2 || numel == 0 || density <= 0.0 || density >= 1.0 {
+        return Ok(None);
+    }
+    let table = table(delta, (rows, cols), seed, cfg)?;
+    let plain = table.trials[0];
+    if plain.h == 0.0 {
+        return Ok(None);
+    }
+    // The level bits of the plain record at `rate`, which the split keeps.
+    let budget = density * numel as f64 * plain.h;
+    let mut best = (
+        predicted(plain.energy, plain.qerr, density),
+        0usize,
+        density,
+    );
+    for (rank, t) in table.trials.iter().enumerate().skip(1) {
+        let p = (budget - t.bits) / (numel as f64 * t.h.max(1e-9));
         if p < MIN_DENSITY_SHARE * density {
             break;
         }
         let p = p.min(1.0);
-        let v = predicted(energy, qerr, p);
+        let v = predicted(t.energy, t.qerr, p);
         if v < best.0 {
-            best = (v, k + 1, p);
+            best = (v, rank, p);
         }
     }
     let (_, rank, p) = best;
     if rank == 0 {
         return Ok(None);
     }
-    // Rebuild the chosen rank's residual (the loop may have gone past it).
     let per = rows + cols;
-    let levels = levels[..rank * per].to_vec();
-    let scales = scales[..rank].to_vec();
-    lhat.iter_mut().for_each(|x| *x = 0.0);
+    let levels = table.levels[..rank * per].to_vec();
+    let scales = table.scales[..rank].to_vec();
+    let mut lhat = vec![0f32; numel];
     for (k, &(su, sv)) in scales.iter().enumerate() {
         let (lu, lv) = levels[k * per..(k + 1) * per].split_at(rows);
-        for (i, &a) in lu.iter().enumerate() {
-            let a = factor_value(a, su);
-            for (o, &b) in lhat[i * cols..(i + 1) * cols].iter_mut().zip(lv) {
-                *o += a * factor_value(b, sv);
-            }
-        }
+        add_component(&mut lhat, cols, (lu, su), (lv, sv));
     }
-    for ((r, &d), &l) in residual.iter_mut().zip(delta).zip(&lhat) {
-        *r = d - l;
-    }
+    let residual = delta.iter().zip(&lhat).map(|(d, l)| d - l).collect();
     Ok(Some(Split {
         part: LowRankPart {
             rows,
@@ -289,6 +379,46 @@ mod tests {
         // Deterministic.
         let again = split(&d, (64, 48), 0.6, 5, &cfg).unwrap().unwrap();
         assert_eq!((again.part, again.rate), (s.part, s.rate));
+    }
+
+    #[test]
+    fn a_tensors_table_is_made_once_per_content_seed_and_quantizer() {
+        let cfg = CompressConfig::default();
+        let d = low_rank_delta(0.3);
+        let a = table(&d, (64, 48), 17, &cfg).unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            &a,
+            &table(&d, (64, 48), 17, &cfg).unwrap()
+        ));
+        assert_eq!(a.trials.len(), 1 + MAX_RANK);
+        // Another seed, another quantizer or another Δ is another table.
+        assert!(!std::sync::Arc::ptr_eq(
+            &a,
+            &table(&d, (64, 48), 18, &cfg).unwrap()
+        ));
+        let three = CompressConfig {
+            bits: Some(3),
+            ..CompressConfig::default()
+        };
+        assert!(!std::sync::Arc::ptr_eq(
+            &a,
+            &table(&d, (64, 48), 17, &three).unwrap()
+        ));
+        let mut e = d.clone();
+        e[5] += 1e-6;
+        assert!(!std::sync::Arc::ptr_eq(
+            &a,
+            &table(&e, (64, 48), 17, &cfg).unwrap()
+        ));
+        // The split at every rate is what a fresh table gives (the memo changes no result).
+        let fresh = std::sync::Arc::new(make_table(&d, (64, 48), 17, &cfg).unwrap());
+        for (x, y) in a.trials.iter().zip(&fresh.trials) {
+            assert_eq!(
+                (x.bits, x.energy, x.qerr, x.h),
+                (y.bits, y.energy, y.qerr, y.h)
+            );
+        }
+        assert_eq!((&a.scales, &a.levels), (&fresh.scales, &fresh.levels));
     }
 
     #[test]
