@@ -253,6 +253,13 @@ pub fn builtin_variants() -> Vec<Variant> {
                 true,
             )
         },
+        variant(
+            "ud-lowrank",
+            "UltraDelta + a low-rank part with 4-bit factors per matrix (--lowrank-part)",
+            &["--lowrank-part"],
+            true,
+            true,
+        ),
         variant("dare", "DARE", &["--method", "dare"], false, true),
         variant(
             "magnitude",
