@@ -323,7 +323,7 @@ pub struct CompressArgs {
     pub self_contained: bool,
     /// Give each compressed matrix a low-rank part with 4-bit factors (rank 0–16, chosen per tensor from its delta:
     /// the rank that leaves the seeded sample the least predicted error in the same bytes), the seeded sample
-    /// coding the rest. Measured +1.6 to +5 points of in-domain retention at 132.5× on the MiniLM testbed
+    /// coding the rest. Measured +1.0 to +4.9 points of in-domain retention across the MiniLM testbed's grid
     /// (README, "Choosing the defaults"). Needs seeded positions; off by default; `apply` needs this version.
     #[arg(long)]
     pub lowrank_part: bool,
