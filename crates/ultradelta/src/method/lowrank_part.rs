@@ -99,8 +99,8 @@ fn entropy_bits(counts: &[u64]) -> f64 {
         .sum()
 }
 
-/// What the seeded sample of `x` at density `p` is predicted to cost in squared error, with its levels' entropy
-/// per entry: `(energy, quantization error, bits per level)`.
+/// What predicts the error of a seeded sample of `x` at any density ([`predicted`]): its energy, its quantization
+/// error under `cfg`'s quantizer and its levels' entropy per entry, `(energy, quantization error, bits per level)`.
 fn sample_terms(x: &[f32], cfg: &CompressConfig) -> Result<(f64, f64, f64), baselines::Error> {
     let (q, _, levels) = quantize_delta(x, cfg)?;
     let (energy, qerr) = terms(x, &levels, &q);
@@ -110,7 +110,7 @@ fn sample_terms(x: &[f32], cfg: &CompressConfig) -> Result<(f64, f64, f64), base
 
 fn terms(x: &[f32], levels: &[u16], q: &QuantParams) -> (f64, f64) {
     x.iter().zip(levels).fold((0.0, 0.0), |(e, r), (&v, &l)| {
-        let back = q.lo + f32::from(l) * q.step;
+        let back = q.dequantize(l);
         (
             e + f64::from(v) * f64::from(v),
             r + f64::from(back - v).powi(2),

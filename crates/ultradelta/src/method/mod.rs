@@ -198,6 +198,7 @@ fn ultradelta(
     if cfg.lowrank_part && cfg.quantize && cfg.positions == PositionCodec::Seeded {
         if let &[rows, cols] = shape {
             if let Some(split) = lowrank_part::split(delta, (rows, cols), rate, seed, cfg)? {
+                // No shape for the residual: it is sampled as a plain seeded record, never split again.
                 let residual = ultradelta(&split.residual, name, &[], split.rate, cfg)?;
                 return Ok(with_part(residual, split.part));
             }
