@@ -7,7 +7,7 @@ use ultradelta::io::DType;
 use ultradelta::{CompressConfig, Method};
 
 use crate::cli_methods::{check_apply_equals_in_memory, matrix_pair};
-use crate::support::{apply_cmd, compressed_kinds, inspect_json, pair, s, ud_err, ud_ok};
+use crate::support::{apply_cmd, compressed_kinds, inspect_json, pair, s, ud, ud_err, ud_ok};
 
 fn compress_args<'a>(base: &'a str, ft: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
@@ -309,6 +309,28 @@ fn lowrank_part_writes_kind_16_that_applies_as_in_memory_and_verifies() {
         std::fs::read(&archive).unwrap(),
         std::fs::read(&again).unwrap()
     );
+    // inspect reports the sparse residual's sparsity and kept entries, the part's rank, and the part's bits in the
+    // codec line (not a dense record of every entry).
+    for t in ins["tensors"].as_array().unwrap() {
+        let sparsity = t["sparsity"].as_f64().unwrap();
+        assert!(
+            t["lowrank_rank"].as_u64().unwrap() >= 1 && (0.6..0.8).contains(&sparsity),
+            "{t}"
+        );
+    }
+    let kept = ins["kept_entries"].as_u64().unwrap();
+    assert!(
+        kept < ins["compressed_entries"].as_u64().unwrap() / 2,
+        "{ins}"
+    );
+    assert_eq!(ins["codec"]["lowrank_records"], 2, "{ins}");
+    assert_eq!(ins["codec"]["kept_entries"].as_u64(), Some(kept));
+    assert!(ins["codec"]["lowrank_bits_per_kept"].as_f64().unwrap() > 0.0);
+    let text = ud_ok(&["inspect", s(&archive)]);
+    assert!(
+        text.contains("low-rank (2 matrices with a part)") && text.contains("low-rank part, rank "),
+        "{text}"
+    );
     // It needs seeded positions: refused in one line naming the flag.
     let err = ud_err(&compress_args(
         s(&base),
@@ -320,4 +342,71 @@ fn lowrank_part_writes_kind_16_that_applies_as_in_memory_and_verifies() {
         err.contains("--lowrank-part") && err.lines().count() == 1,
         "{err}"
     );
+}
+
+/// The low-rank part is the BERT family's default and off for the others; `--no-lowrank-part` turns it off, and
+/// the default gives way silently to codecs it cannot go with (only the flag is refused there).
+#[test]
+fn lowrank_part_is_the_bert_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = matrix_pair(dir.path(), &[(96, 80), (120, 64)], 5, |(i, j), u| {
+        let (i, j) = (i as f32, j as f32);
+        1e-3 * ((i * 0.3).sin() * (j * 0.17).cos() + 0.1 * u)
+    });
+    let run = |name: &str, extra: &[&str]| {
+        let archive = dir.path().join(format!("{name}.udelta"));
+        let mut flags = vec!["--compress", "*"];
+        flags.extend_from_slice(extra);
+        let mut args = compress_args(s(&base), s(&ft), s(&archive), &flags);
+        let at = args.iter().position(|a| *a == "0.9").unwrap();
+        args[at] = "0.7";
+        ud_ok(&args);
+        inspect_json(&archive)
+    };
+    let ins = run("bert", &["--family", "bert"]);
+    assert_eq!(
+        compressed_kinds(&ins),
+        vec!["lowrank-seeded-rans"; 2],
+        "{ins}"
+    );
+    assert_eq!(ins["params"]["lowrank_part"], true);
+    for (name, extra) in [
+        ("bert-off", &["--family", "bert", "--no-lowrank-part"][..]),
+        ("llama", &["--family", "llama"][..]),
+        ("generic", &["--family", "generic"][..]),
+        (
+            "bert-golomb",
+            &["--family", "bert", "--positions", "golomb"][..],
+        ),
+    ] {
+        let ins = run(name, extra);
+        assert!(
+            !compressed_kinds(&ins).contains(&"lowrank-seeded-rans"),
+            "{name}: {ins}"
+        );
+        assert!(ins["params"].get("lowrank_part").is_none(), "{name}: {ins}");
+    }
+    let ins = run("generic-on", &["--family", "generic", "--lowrank-part"]);
+    assert_eq!(
+        compressed_kinds(&ins),
+        vec!["lowrank-seeded-rans"; 2],
+        "{ins}"
+    );
+    // The paper's preset decides it: the flags are refused beside it.
+    for flag in ["--lowrank-part", "--no-lowrank-part"] {
+        let out = ud(&[
+            "compress",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&ft),
+            "-o",
+            s(&dir.path().join("p.udelta")),
+            "--preset",
+            "paper",
+            flag,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(flag), "{err}");
+    }
 }

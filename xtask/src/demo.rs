@@ -324,13 +324,17 @@ pub(crate) fn bits_label(bits: Option<u8>) -> String {
 }
 
 /// The quantizer the archive used, from `inspect --json`'s params: `4`, or `4 (levels: mse-unbiased)` when the
-/// levels are not the paper's range fit.
+/// levels are not the paper's range fit; `, low-rank parts on N matrices` after it when the archive has them.
 fn quantizer_label(inspect: &serde_json::Value) -> String {
     let p = &inspect["params"];
     let bits = p["bits"].as_u64().map_or("?".into(), |b| b.to_string());
-    match p["quant_fit"].as_str() {
+    let label = match p["quant_fit"].as_str() {
         Some(fit) if fit != "range" => format!("{bits} (levels: {fit})"),
         _ => bits,
+    };
+    match inspect["codec"]["lowrank_records"].as_u64() {
+        Some(n) if n > 0 => format!("{label}, low-rank parts on {n} matrices"),
+        _ => label,
     }
 }
 

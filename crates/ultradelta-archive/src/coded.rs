@@ -269,18 +269,29 @@ impl CodedSparseRecord {
     }
 }
 
-/// Bytes of a coded record's parts, for cost reports: positions stream, levels (stream and model table), and
-/// the rest (header and fixed fields).
+/// Bits of a coded record's parts, for cost reports: positions stream, levels (stream and model table), a
+/// low-rank part, and the rest (header and fixed fields).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordCost {
     /// Bits of the positions stream (0 for seeded positions).
     pub position_bits: u64,
-    /// Bits of the levels: packed stream, or rANS words plus the model table.
+    /// Bits of the sparse levels: packed stream, or rANS words plus the model table.
     pub value_bits: u64,
+    /// Bits of a low-rank part (kind 16: rank, factor bits, scales, the factor levels' table and stream; 0 for
+    /// the other kinds).
+    pub lowrank_bits: u64,
+    /// The sparse part's kept entries when the index's `kept` counts something else (kind 16, whose index
+    /// entry counts every entry: the low-rank part sets them all); `None` for the sparse kinds.
+    pub sparse_kept: Option<u64>,
+    /// Rank of the low-rank part (kind 16), 0 for the other kinds.
+    pub rank: u64,
+    /// Kind of the sparse residual's payload (kind 16: 11 or 12), `None` for the other kinds.
+    pub residual_kind: Option<RecordKind>,
 }
 
-/// Splits an encoded record (header + payload, as [`crate::encode_record`] writes it) into position and value
-/// bits, for the sparse kinds that store levels (1, 10, 11, 12); `None` for other kinds or malformed bytes.
+/// Splits an encoded record (header + payload, as [`crate::encode_record`] writes it) into position, value and
+/// low-rank bits, for the kinds that store sparse levels (1, 10, 11, 12, and 16 beside its low-rank part); `None`
+/// for other kinds or malformed bytes.
 pub fn record_cost(bytes: &[u8]) -> Option<RecordCost> {
     let mut c = Cursor::new(bytes);
     let kind = RecordKind::from_code(c.u8("kind").ok()?)?;

@@ -518,6 +518,7 @@ pub fn encode_file_record_against(
 }
 
 /// Little-endian cursor over untrusted bytes; every read is bounds-checked.
+#[derive(Clone)]
 pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,

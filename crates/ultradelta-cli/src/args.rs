@@ -271,7 +271,8 @@ pub struct CompressArgs {
     #[arg(long, value_parser = choice(PRESETS), conflicts_with_all = [
         "method", "sparsity", "bits", "step", "rescale", "no_msa", "allocation", "tier_spread", "rd_power",
         "positions", "values", "codec", "no_dac", "no_quant", "no_tngr", "tngr", "target_ratio", "target_size",
-        "rescale_factor", "trace_on", "embeddings", "position_embeddings", "quant_fit",
+        "rescale_factor", "trace_on", "embeddings", "position_embeddings", "quant_fit", "lowrank_part",
+        "no_lowrank_part",
     ])]
     pub preset: Option<Preset>,
     /// Rank of every compressed tensor (--method lowrank).
@@ -323,10 +324,14 @@ pub struct CompressArgs {
     pub self_contained: bool,
     /// Give each compressed matrix a low-rank part with 4-bit factors (rank 0–16, chosen per tensor from its delta:
     /// the rank that leaves the seeded sample the least predicted error in the same bytes), the seeded sample
-    /// coding the rest. Measured +1.0 to +4.9 points of in-domain retention across the MiniLM testbed's grid
-    /// (README, "Choosing the defaults"). Needs seeded positions; off by default; `apply` needs this version.
-    #[arg(long)]
+    /// coding the rest (record kind 16, which builds before 2026-12-05 cannot apply). Needs seeded positions. [default: the
+    /// model family's, measured: on for BERT (+1.0 to +4.9 points of in-domain retention across the MiniLM
+    /// testbed's grid), off for LLaMA and the families not measured; README, "Choosing the defaults"]
+    #[arg(long, conflicts_with = "no_lowrank_part")]
     pub lowrank_part: bool,
+    /// No low-rank part, whatever the model family (the BERT default before 2026-12-05).
+    #[arg(long)]
+    pub no_lowrank_part: bool,
     /// Trace-norm-guided rescaling across several fine-tunes compressed together (γᵢ = T_min/Tᵢ; the paper's
     /// setting). Off by default: it cost quality on the testbed (README, "Choosing the defaults").
     #[arg(long, conflicts_with = "no_tngr")]
@@ -479,7 +484,11 @@ impl CompressArgs {
             zstd_level: self.zstd_level,
             self_contained: self.self_contained,
             quant_fit: self.quant_fit,
-            lowrank_part: self.lowrank_part,
+            lowrank_part: match (self.lowrank_part, self.no_lowrank_part) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
         };
         // Unnamed codecs: the project's where they apply, else the paper's (`CompressConfig::default_codecs`); a
         // codec the user names is checked by `validate` as given.

@@ -381,8 +381,16 @@ fn codec_line(c: &ultradelta::CodecSummary) -> String {
     } else {
         String::new()
     };
+    let lowrank = if c.lowrank_records > 0 {
+        format!(
+            " + {:.2} low-rank ({} matrices with a part)",
+            c.lowrank_bits_per_kept, c.lowrank_records
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "codec {}{mixed}: {:.2} bits per kept entry = {:.2} position + {:.2} value + {:.2} overhead; density {:.3}% ({} kept)",
+        "codec {}{mixed}: {:.2} bits per kept entry = {:.2} position + {:.2} value{lowrank} + {:.2} overhead; density {:.3}% ({} kept)",
         c.codec,
         c.bits_per_kept,
         c.position_bits_per_kept,
@@ -452,8 +460,13 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        // A low-rank part's rank follows the dtype; the sparsity is then its sparse residual's.
+        let rank = t
+            .lowrank_rank
+            .map(|r| format!("  low-rank part, rank {r}"))
+            .unwrap_or_default();
         outln!(
-            "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}",
+            "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}{rank}",
             t.name,
             policy,
             t.kind,

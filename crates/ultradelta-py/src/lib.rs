@@ -240,6 +240,7 @@ const PRESET_CONFLICTS: &[&str] = &[
     "embeddings",
     "position_embeddings",
     "quant_fit",
+    "lowrank_part",
 ];
 
 /// Reads one keyword option's value as `T`, naming the option and the expected type when it is not one.
@@ -461,7 +462,10 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         quant_fit: get("quant_fit")
             .map(|v| choice("quant_fit", v, &["range", "mse", "mse-unbiased"]))
             .transpose()?,
-        lowrank_part: flag("lowrank_part")?,
+        // Not given (or None): the model family's, resolved by `compress` (`Family::lowrank_part`).
+        lowrank_part: get("lowrank_part")
+            .map(|v| value("lowrank_part", v, "True or False"))
+            .transpose()?,
     };
     // The codecs' defaults are the project's (seeded positions, rANS levels) where they apply, else the paper's.
     let (positions, values) = cfg.default_codecs();

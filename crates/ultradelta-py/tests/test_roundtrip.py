@@ -34,8 +34,10 @@ def _normalise_report(report: dict) -> dict:
             {"embeddings": "keep", "position_embeddings": "compress"},
             ["--embeddings", "keep", "--position-embeddings", "compress"],
         ),
+        ({"lowrank_part": False}, ["--no-lowrank-part"]),
+        ({"lowrank_part": True, "sparsity": 0.8}, ["--lowrank-part", "--sparsity", "0.8"]),
     ],
-    ids=["defaults", "options", "preset", "dare", "codecs", "quantizer", "selection"],
+    ids=["defaults", "options", "preset", "dare", "codecs", "quantizer", "selection", "no-lowrank", "lowrank"],
 )
 def test_compress_writes_the_clis_bytes_and_report(tmp_path, bert, cli, options, flags):
     py_out = tmp_path / "py.udelta"

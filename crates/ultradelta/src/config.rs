@@ -159,6 +159,18 @@ fn is_range_fit(f: &Option<QuantFit>) -> bool {
     *f == Some(QuantFit::Range)
 }
 
+/// An archive's `params` without `lowrank_part` were written without a low-rank part (the field is written only
+/// when on).
+fn lowrank_off() -> Option<bool> {
+    Some(false)
+}
+
+/// `lowrank_part` off is not written into an archive's `params`, so archives without it stay as before (an
+/// archive's params are resolved, never `None`; a configuration left to the family writes `null`).
+fn is_lowrank_off(v: &Option<bool>) -> bool {
+    *v == Some(false)
+}
+
 /// Default number of seeds tried per tensor with seeded positions (see README, "Seeded positions").
 pub const DEFAULT_SEED_TRIALS: u32 = 8;
 
@@ -293,10 +305,12 @@ pub struct CompressConfig {
     pub quant_fit: Option<QuantFit>,
     /// UltraDelta with seeded positions only: give each compressed matrix a low-rank part with 4-bit factors when
     /// its Δ is predicted to pay for it (rank 0..=16 per tensor, chosen from Δ alone), the seeded sample coding
-    /// the rest (record kind `lowrank-seeded-rans`; docs/results/2026-12-05-lowrank-residual-study). Off by
-    /// default; not written into `params` when off, so archives without it are unchanged.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub lowrank_part: bool,
+    /// the rest (record kind `lowrank-seeded-rans`; docs/results/2026-12-05-lowrank-residual-study). `None`: the
+    /// model family's ([`Family::lowrank_part`], on for BERT encoders, resolved like `bits` and only where the
+    /// method and codecs allow it); `Some(true)` where they do not is refused by [`Self::validate`]. Not written
+    /// into `params` when off, so archives without it are unchanged (and read back as off).
+    #[serde(default = "lowrank_off", skip_serializing_if = "is_lowrank_off")]
+    pub lowrank_part: Option<bool>,
 }
 
 /// The relative MSA tiers' default spread: 1/3, the paper's δ = 0.01 at its s = 0.97.
@@ -342,7 +356,7 @@ impl Default for CompressConfig {
             zstd_level: default_zstd_level(),
             self_contained: false,
             quant_fit: None,
-            lowrank_part: false,
+            lowrank_part: None,
         }
     }
 }
@@ -413,6 +427,7 @@ impl CompressConfig {
             codec: CodecChoice::Fixed,
             bits: Some(4),
             quant_fit: Some(QuantFit::Range),
+            lowrank_part: Some(false),
             tngr: TngrConfig {
                 enabled: true,
                 ..TngrConfig::default()
@@ -433,9 +448,24 @@ impl CompressConfig {
         self.quantizer().0
     }
 
-    /// This configuration with the quantizer settings left to the family (`None`) filled in from
+    /// Whether the low-rank part is on: as given, else off (a model of unknown family's; `compress` resolves it
+    /// for the model's own family first, [`Self::for_family`]).
+    pub fn lowrank_part_on(&self) -> bool {
+        self.lowrank_part == Some(true)
+    }
+
+    /// Whether this configuration can carry a low-rank part: UltraDelta with quantized levels and seeded positions
+    /// (its residual is a seeded sample).
+    pub fn allows_lowrank_part(&self) -> bool {
+        self.method == Method::Ultradelta
+            && self.quantize
+            && self.positions == PositionCodec::Seeded
+    }
+
+    /// This configuration with the settings left to the family (`None`) filled in: the quantizer from
     /// [`Family::quantizer`] for UltraDelta, from [`Family::Generic`]'s for the other methods (the baselines'
-    /// bits, e.g. `--method quant`, do not follow the family).
+    /// bits, e.g. `--method quant`, do not follow the family); the low-rank part from [`Family::lowrank_part`]
+    /// where [`Self::allows_lowrank_part`], else off.
     pub fn for_family(&self, family: Family) -> CompressConfig {
         let f = if self.method == Method::Ultradelta {
             family
@@ -443,9 +473,13 @@ impl CompressConfig {
             Family::Generic
         };
         let (bits, fit) = f.quantizer();
+        let lowrank = self
+            .lowrank_part
+            .unwrap_or(f.lowrank_part() && self.allows_lowrank_part());
         CompressConfig {
             bits: Some(self.bits.unwrap_or(bits)),
             quant_fit: Some(self.quant_fit.unwrap_or(fit)),
+            lowrank_part: Some(lowrank),
             ..self.clone()
         }
     }
@@ -609,11 +643,7 @@ impl CompressConfig {
                 );
             }
         }
-        if self.lowrank_part
-            && !(self.method == Method::Ultradelta
-                && self.quantize
-                && self.positions == PositionCodec::Seeded)
-        {
+        if self.lowrank_part_on() && !self.allows_lowrank_part() {
             return bad(
                 "lowrank_part",
                 "lowrank_part needs method ultradelta with quantized levels and seeded positions (its residual is a seeded sample)".into(),
@@ -827,6 +857,33 @@ mod tests {
             let paper = CompressConfig::paper().for_family(f);
             assert_eq!(paper, CompressConfig::paper(), "{f}");
         }
+        // The low-rank part: BERT's default where the codecs allow it, off for the other families, the baselines
+        // and the paper; given, it stays as given (validate refuses it on codecs it cannot go with).
+        assert_eq!(d.lowrank_part, None);
+        assert!(!d.lowrank_part_on());
+        assert_eq!(bert.lowrank_part, Some(true));
+        assert_eq!(llama.lowrank_part, Some(false));
+        assert_eq!(quant.lowrank_part, Some(false));
+        let golomb = CompressConfig {
+            positions: PositionCodec::Golomb,
+            ..d.clone()
+        };
+        assert_eq!(golomb.for_family(Family::Bert).lowrank_part, Some(false));
+        let on = CompressConfig {
+            lowrank_part: Some(true),
+            ..golomb.clone()
+        };
+        assert!(on.for_family(Family::Llama).lowrank_part_on());
+        assert!(matches!(on.validate(), Err(Error::InvalidConfig { .. })));
+        let off = CompressConfig {
+            lowrank_part: Some(false),
+            ..d.clone()
+        };
+        assert_eq!(off.for_family(Family::Bert).lowrank_part, Some(false));
+        let json = serde_json::to_value(&bert).unwrap();
+        assert_eq!(json["lowrank_part"], true);
+        let json = serde_json::to_value(&llama).unwrap();
+        assert!(json.get("lowrank_part").is_none());
         // The range fit is not written; an archive's params without the field read as the range fit.
         let json = serde_json::to_value(&bert).unwrap();
         assert_eq!(json["bits"], 3);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use ultradelta_archive::{
-    paper_v2_ratio, paper_v3_ratio, record_cost, ArchiveReader, Policy, RecordKind,
+    paper_v2_ratio, paper_v3_ratio, record_cost, ArchiveReader, Policy, RecordCost, RecordKind,
 };
 
 /// One tensor as `inspect` reports it.
@@ -20,8 +20,11 @@ pub struct TensorSummary {
     pub policy: Policy,
     /// Record kind in the file.
     pub kind: String,
-    /// Achieved sparsity (fraction of the delta's entries not stored); 0 for lossless records.
+    /// Achieved sparsity (fraction of the delta's entries not stored); 0 for lossless records; for a record with a
+    /// low-rank part (kind 16), its sparse residual's.
     pub sparsity: f64,
+    /// Rank of the tensor's low-rank part (kind 16), `None` for the other kinds.
+    pub lowrank_rank: Option<u64>,
     /// Allocated sparsity rate (compressed tensors).
     pub rate: Option<f64>,
     /// MSA tier (compressed tensors, under MSA).
@@ -68,7 +71,8 @@ pub struct Inspection {
     pub base_fingerprint: String,
     /// Entries of the compressed tensors (the paper's denominator).
     pub compressed_entries: u64,
-    /// Entries kept (non-zero) in the compressed tensors.
+    /// Entries kept (non-zero) in the compressed tensors' sparse records: for a record with a low-rank part (kind
+    /// 16), its sparse residual's; every entry of a dense low-rank record (kind 8).
     pub kept_entries: u64,
     /// Bytes of the compressed tensors' records.
     pub compressed_bytes: u64,
@@ -83,7 +87,7 @@ pub struct Inspection {
     pub ratio: Ratios,
     /// Where the file's bytes go.
     pub breakdown: ByteBreakdown,
-    /// Where the bytes of the compressed tensors' sparse levels go (UltraDelta records: kinds 1, 10–12).
+    /// Where the bytes of the compressed tensors' sparse levels go (UltraDelta records: kinds 1, 10–12 and 16).
     pub codec: Option<CodecSummary>,
 }
 
@@ -104,8 +108,10 @@ pub struct ByteBreakdown {
     pub index_and_framing: u64,
 }
 
-/// Bits per kept entry of an archive's sparse-level records, split into positions and values, and the density
-/// they buy: with seeded positions or entropy-coded levels the same bytes keep more entries.
+/// Bits per kept entry of an archive's sparse-level records, split into positions, values and low-rank parts, and
+/// the density they buy: with seeded positions or entropy-coded levels the same bytes keep more entries. A record
+/// with a low-rank part (kind 16) counts as its residual's codec, its kept entries are the residual's, and its
+/// factors' bits are `lowrank_bits_per_kept`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CodecSummary {
     /// Codec of the records (`golomb+packed`, `seeded+entropy`, …; `mixed` if they differ, e.g. under auto).
@@ -120,36 +126,70 @@ pub struct CodecSummary {
     pub position_bits_per_kept: f64,
     /// Bits of the levels (packed stream, or rANS words and model table) per kept entry.
     pub value_bits_per_kept: f64,
+    /// Bits of the low-rank parts (kind 16: factor levels, scales, their model table) per kept entry.
+    pub lowrank_bits_per_kept: f64,
+    /// Records with a low-rank part (kind 16), counted in `records` under their residual's codec.
+    pub lowrank_records: usize,
     /// Headers and fixed fields per kept entry.
     pub overhead_bits_per_kept: f64,
-    /// All record bits per kept entry (the sum of the three above).
+    /// All record bits per kept entry (the sum of the four above).
     pub bits_per_kept: f64,
 }
 
-/// Reads the sparse-level records of an archive and splits their bits (see [`CodecSummary`]). Records that
-/// cannot be read are left out (`verify` reports them).
-pub fn codec_summary(reader: &ArchiveReader) -> Option<CodecSummary> {
-    let mut records = BTreeMap::new();
-    let (mut numel, mut kept, mut pos, mut val, mut total) = (0u64, 0u64, 0u64, 0u64, 0u64);
+/// The cost of every compressed tensor's record whose bits [`record_cost`] splits, by tensor name, with the
+/// codec it counts as and its length in bytes. Records that cannot be read are left out (`verify` reports them).
+fn record_costs(reader: &ArchiveReader) -> BTreeMap<String, (&'static str, RecordCost, u64)> {
+    let mut out = BTreeMap::new();
     for e in &reader.manifest().tensors {
         let Some(kind) = RecordKind::from_name(&e.kind) else {
             continue;
         };
-        let Some(name) = crate::method::codec::codec_name(kind) else {
+        if crate::method::codec::codec_name(kind).is_none() && kind != RecordKind::LowrankSeededRans
+        {
             continue;
-        };
+        }
         let Ok(bytes) = reader.record_bytes(&e.name) else {
             continue;
         };
         let Some(cost) = record_cost(&bytes) else {
             continue;
         };
+        // Kind 16 counts as its residual's codec.
+        let Some(name) = crate::method::codec::codec_name(cost.residual_kind.unwrap_or(kind))
+        else {
+            continue;
+        };
+        out.insert(e.name.clone(), (name, cost, bytes.len() as u64));
+    }
+    out
+}
+
+/// Reads the sparse-level records of an archive and splits their bits (see [`CodecSummary`]). Records that
+/// cannot be read are left out (`verify` reports them).
+pub fn codec_summary(reader: &ArchiveReader) -> Option<CodecSummary> {
+    summarise(reader, &record_costs(reader))
+}
+
+fn summarise(
+    reader: &ArchiveReader,
+    costs: &BTreeMap<String, (&'static str, RecordCost, u64)>,
+) -> Option<CodecSummary> {
+    let mut records = BTreeMap::new();
+    let (mut numel, mut kept, mut pos, mut val, mut low, mut total) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut lowrank_records = 0;
+    for e in &reader.manifest().tensors {
+        let Some((name, cost, len)) = costs.get(&e.name) else {
+            continue;
+        };
         *records.entry(name.to_string()).or_insert(0) += 1;
+        lowrank_records += usize::from(cost.sparse_kept.is_some());
         numel += e.numel;
-        kept += e.kept;
+        kept += cost.sparse_kept.unwrap_or(e.kept);
         pos += cost.position_bits;
         val += cost.value_bits;
-        total += 8 * bytes.len() as u64;
+        low += cost.lowrank_bits;
+        total += 8 * len;
     }
     if records.is_empty() {
         return None;
@@ -166,7 +206,9 @@ pub fn codec_summary(reader: &ArchiveReader) -> Option<CodecSummary> {
         kept_entries: kept,
         position_bits_per_kept: per(pos),
         value_bits_per_kept: per(val),
-        overhead_bits_per_kept: per(total - pos - val),
+        lowrank_bits_per_kept: per(low),
+        lowrank_records,
+        overhead_bits_per_kept: per(total.saturating_sub(pos + val + low)),
         bits_per_kept: per(total),
     })
 }
@@ -174,6 +216,7 @@ pub fn codec_summary(reader: &ArchiveReader) -> Option<CodecSummary> {
 /// Summarises an opened archive.
 pub fn inspect(reader: &ArchiveReader) -> Inspection {
     let m = reader.manifest();
+    let costs = record_costs(reader);
     let mut compressed_entries = 0u64;
     let mut kept_entries = 0u64;
     let mut compressed_bytes = 0u64;
@@ -181,9 +224,12 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
         .tensors
         .iter()
         .map(|e| {
+            let part = costs
+                .get(&e.name)
+                .and_then(|(_, c, _)| c.sparse_kept.map(|k| (k, c.rank)));
             if e.policy == Policy::Compress {
                 compressed_entries += e.numel;
-                kept_entries += e.kept;
+                kept_entries += part.map_or(e.kept, |(k, _)| k);
                 compressed_bytes += e.length;
             }
             TensorSummary {
@@ -192,7 +238,8 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
                 dtype: e.dtype.name().to_string(),
                 policy: e.policy,
                 kind: e.kind.clone(),
-                sparsity: e.sparsity,
+                sparsity: part.map_or(e.sparsity, |(k, _)| 1.0 - k as f64 / e.numel.max(1) as f64),
+                lowrank_rank: part.map(|(_, r)| r),
                 rate: e.rate,
                 tier: e.tier.clone(),
                 bytes: e.length,
@@ -254,7 +301,7 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
             paper_v2: nominal(paper_v2_ratio),
             paper_v3: nominal(paper_v3_ratio),
         },
-        codec: codec_summary(reader),
+        codec: summarise(reader, &costs),
         breakdown,
     }
 }

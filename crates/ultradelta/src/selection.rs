@@ -57,6 +57,17 @@ impl Family {
         }
     }
 
+    /// Whether UltraDelta gives this family's matrices a low-rank part by default (`--lowrank-part`), chosen by
+    /// measurement on the real testbeds at equal bytes (README, "Choosing the defaults"; 2026-12-05). BERT
+    /// encoders: on, +1.0 to +4.9 points of in-domain retention on MiniLM's two embedding fine-tunes at every ratio
+    /// of the grid, the BBC probe +2 to +5, the classifiers equal within one test text. LLaMA decoders: off, the
+    /// rank rule gives rank 0 to most of SmolLM2's linears and the rest moved log-perplexity retention by −0.20 ±
+    /// 0.04 at 132.5× (docs/results/2026-12-05-lowrank-residual-study/llama). The families not measured on real
+    /// fine-tunes: off.
+    pub fn lowrank_part(self) -> bool {
+        matches!(self, Family::Bert)
+    }
+
     /// The CLI name (`llama`, `bert`, `roberta`, `t5`, `clip-vit`, `beit3`, `generic`).
     pub fn name(self) -> &'static str {
         match self {

@@ -255,8 +255,15 @@ pub fn builtin_variants() -> Vec<Variant> {
         },
         variant(
             "ud-lowrank",
-            "UltraDelta + a low-rank part with 4-bit factors per matrix (--lowrank-part)",
+            "UltraDelta + a low-rank part with 4-bit factors per matrix (--lowrank-part; BERT's default since 2026-12-05)",
             &["--lowrank-part"],
+            true,
+            true,
+        ),
+        variant(
+            "ud-no-lowrank",
+            "UltraDelta without the low-rank part (--no-lowrank-part; BERT's default before 2026-12-05)",
+            &["--no-lowrank-part"],
             true,
             true,
         ),

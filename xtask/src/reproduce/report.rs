@@ -228,6 +228,116 @@ fn comparisons(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> Vec<Stri
     out
 }
 
+/// Variants that are baselines (other methods), against which the project default is checked on every task.
+const BASELINES: [&str; 6] = [
+    "dare",
+    "magnitude",
+    "lowrank",
+    "compeft",
+    "bitdelta",
+    "quant-1bit",
+];
+
+/// Where a baseline does better than the project default (`ultradelta`) on a task at no more real bytes: at each
+/// ratio of the grid for the budget rows, and for a fixed-ratio baseline at the largest ratio of the grid its own
+/// real ratio reaches (one it does not reach is said so, not compared). One sentence per case, then one line on
+/// which baselines and ratios were checked; empty without a default or a baseline in the run.
+fn baseline_shortfalls(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut checked = Vec::new();
+    let one_example = |task: &str| -> String {
+        let t = r.tasks.iter().find(|t| t.name == task);
+        let n = outcomes
+            .iter()
+            .find(|o| o.task == task)
+            .and_then(|o| o.m.metrics.get("n"));
+        match (t, n) {
+            (Some(t), Some(&n)) if t.metric == "accuracy" && n > 0.0 => {
+                format!("; one of its {n} test examples is {:.2}", t.scale / n)
+            }
+            _ => String::new(),
+        }
+    };
+    let compare = |at: f64, d: usize, b: usize, note: &str| -> Vec<String> {
+        let mut lines = Vec::new();
+        for t in &r.tasks {
+            let (Some(dv), Some(bv)) = (
+                headline(r, outcomes, d, &t.name),
+                headline(r, outcomes, b, &t.name),
+            ) else {
+                continue;
+            };
+            if bv > dv + 1e-9 {
+                lines.push(format!(
+                    "At {at}×, {}: {}{note} {bv:.2} against the project default's {dv:.2} ({:+.2}{}).",
+                    t.name,
+                    points[b].variant.label,
+                    dv - bv,
+                    one_example(&t.name)
+                ));
+            }
+        }
+        lines
+    };
+    for (b, p) in points.iter().enumerate() {
+        if !BASELINES.contains(&p.variant.name.as_str()) {
+            continue;
+        }
+        match (p.group, p.target) {
+            (Group::Budget, Some(ratio)) => {
+                if let Some(d) = find(points, Group::Budget, "ultradelta", Some(ratio)) {
+                    out.extend(compare(ratio, d, b, ""));
+                    if !checked.contains(&p.variant.label) {
+                        checked.push(p.variant.label.clone());
+                    }
+                }
+            }
+            (Group::Fixed, _) => {
+                let Some((own, _, _)) = real_ratio(outcomes, b) else {
+                    continue;
+                };
+                let at = r
+                    .ratios
+                    .iter()
+                    .copied()
+                    .filter(|&x| x <= own * 1.01)
+                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+                match at.and_then(|x| find(points, Group::Budget, "ultradelta", Some(x)).map(|d| (x, d))) {
+                    Some((x, d)) => {
+                        out.extend(compare(x, d, b, &format!(" (its own {own:.1}× real)")));
+                        if !checked.contains(&p.variant.label) {
+                            checked.push(p.variant.label.clone());
+                        }
+                    }
+                    None => out.push(format!(
+                        "{} ({own:.1}× real) takes more bytes than the project default at every ratio of the \
+                         grid: not compared.",
+                        p.variant.label
+                    )),
+                }
+            }
+            _ => {}
+        }
+    }
+    if checked.is_empty() {
+        return out;
+    }
+    let shortfalls = out.iter().filter(|l| l.starts_with("At ")).count();
+    out.push(if shortfalls == 0 {
+        format!(
+            "At every ratio of the grid the project default is at least as good as every baseline checked ({}) \
+             on every task.",
+            checked.join(", ")
+        )
+    } else {
+        format!(
+            "Baselines checked: {}; elsewhere the project default is at least as good on every task.",
+            checked.join(", ")
+        )
+    });
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn markdown(
     r: &Resolved,
@@ -337,6 +447,14 @@ pub fn markdown(
     if !cmp.is_empty() {
         s.push_str("### UltraDelta against the fine-tunes and DARE at equal real bytes\n\n");
         for c in cmp {
+            let _ = writeln!(s, "- {c}");
+        }
+        s.push('\n');
+    }
+    let short = baseline_shortfalls(r, points, outcomes);
+    if !short.is_empty() {
+        s.push_str("### The project default against every baseline, task by task, at no more real bytes\n\n");
+        for c in short {
             let _ = writeln!(s, "- {c}");
         }
         s.push('\n');
@@ -948,6 +1066,42 @@ mod tests {
                 && svg.contains("polyline")
                 && svg.trim_end().ends_with("</svg>")
         );
+    }
+
+    /// A baseline that beats the default on a task is named with both numbers; none: one sentence says so.
+    #[test]
+    fn baselines_beating_the_default_are_listed_task_by_task() {
+        let (r, points) = setup();
+        let mut o = outcomes(&points, 0.8);
+        let lines = baseline_shortfalls(&r, &points, &o);
+        assert_eq!(
+            lines,
+            vec![
+                "At every ratio of the grid the project default is at least as good as every baseline checked \
+                 (DARE) on every task."
+                    .to_string()
+            ]
+        );
+        let dare = points
+            .iter()
+            .position(|p| p.variant.name == "dare")
+            .unwrap();
+        for x in o.iter_mut().filter(|x| x.point == dare && x.task == "b") {
+            x.m.metrics.insert("acc".into(), 0.795);
+        }
+        let lines = baseline_shortfalls(&r, &points, &o);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "At 50.9×, b: DARE 79.50 against the project default's 79.00 (-0.50)."
+        );
+        assert!(
+            lines[1].starts_with("Baselines checked: DARE;"),
+            "{lines:?}"
+        );
+        let c = checks(&r, &points, &o);
+        let md = markdown(&r, &points, &o, &c, false, false, 60.0, "now");
+        assert!(md.contains("- At 50.9×, b: DARE 79.50"), "{md}");
     }
 
     #[test]

@@ -357,6 +357,32 @@ pub(crate) fn decode(c: &mut Cursor<'_>, header: &RecordHeader, limits: &Limits)
     }))
 }
 
-pub(crate) fn cost(_c: &mut Cursor<'_>) -> Option<RecordCost> {
-    None
+/// The factor block's bits as `lowrank_bits`, the residual's position and value bits as its own kind counts them,
+/// and the residual's kept count (the first field of its payload).
+pub(crate) fn cost(c: &mut Cursor<'_>) -> Option<RecordCost> {
+    let rank = c.u32("rank").ok()?;
+    c.skip(1 + SCALE_PAIR_BYTES * u64::from(rank))?;
+    let nsym = c.u32("symbol count").ok()?;
+    c.skip(4 * u64::from(nsym))?;
+    let ans_len = c.u64("rANS byte length").ok()?;
+    c.skip(ans_len)?;
+    let lowrank_bytes = (FIXED_BYTES as u64)
+        .checked_add(SCALE_PAIR_BYTES.checked_mul(u64::from(rank))?)?
+        .checked_add(4 + 4 * u64::from(nsym) + 8)?
+        .checked_add(ans_len)?;
+    let kind = RecordKind::from_code(c.u8("residual kind").ok()?)?;
+    let kept = c.clone().u64("kept").ok()?;
+    let residual = match kind {
+        RecordKind::SparseSeeded => sparse_seeded::cost(c)?,
+        RecordKind::SparseSeededRans => sparse_seeded_rans::cost(c)?,
+        _ => return None,
+    };
+    Some(RecordCost {
+        // The residual's kind byte counts as overhead, like the header.
+        lowrank_bits: lowrank_bytes.checked_mul(8)?,
+        sparse_kept: Some(kept),
+        rank: u64::from(rank),
+        residual_kind: Some(kind),
+        ..residual
+    })
 }

@@ -184,5 +184,6 @@ pub(crate) fn cost(c: &mut Cursor<'_>) -> Option<RecordCost> {
     Some(RecordCost {
         position_bits: pos_len * 8,
         value_bits: lvl_len * 8,
+        ..RecordCost::default()
     })
 }

@@ -75,5 +75,6 @@ pub(crate) fn cost(c: &mut Cursor<'_>) -> Option<RecordCost> {
     Some(RecordCost {
         position_bits: pos_len * 8,
         value_bits: (4 + 4 * u64::from(nsym) + 8 + ans_len).checked_mul(8)?,
+        ..RecordCost::default()
     })
 }

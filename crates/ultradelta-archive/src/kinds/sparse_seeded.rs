@@ -98,5 +98,6 @@ pub(crate) fn cost(c: &mut Cursor<'_>) -> Option<RecordCost> {
     Some(RecordCost {
         position_bits: 0,
         value_bits: lvl_len.checked_mul(8)?,
+        ..RecordCost::default()
     })
 }

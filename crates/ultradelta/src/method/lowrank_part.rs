@@ -467,7 +467,7 @@ mod record_tests {
         let d = delta();
         let plain_cfg = CompressConfig::default();
         let cfg = CompressConfig {
-            lowrank_part: true,
+            lowrank_part: Some(true),
             ..CompressConfig::default()
         };
         let plain = compress_tensor(&d, "t", &[96, 80], 0.7, &plain_cfg).unwrap();

@@ -97,7 +97,7 @@ pub(crate) fn uses_rate(m: Method) -> bool {
 /// levels and Golomb positions (seeded positions and the fp16 ablation need the whole Δ), and no low-rank part
 /// (its singular directions need the whole Δ).
 pub(crate) fn streams_from_source(cfg: &CompressConfig) -> bool {
-    cfg.method == Method::Ultradelta && cfg.quantize && !cfg.lowrank_part
+    cfg.method == Method::Ultradelta && cfg.quantize && !cfg.lowrank_part_on()
 }
 
 /// UltraDelta's pass-1 result for one tensor: the quantizer `QuantParams::fit` gives on its Δ and the histogram
@@ -195,7 +195,7 @@ fn ultradelta(
     cfg: &CompressConfig,
 ) -> Result<CompressedTensor, baselines::Error> {
     let seed = tensor_seed(cfg.seed, name);
-    if cfg.lowrank_part && cfg.quantize && cfg.positions == PositionCodec::Seeded {
+    if cfg.lowrank_part_on() && cfg.allows_lowrank_part() {
         if let &[rows, cols] = shape {
             if let Some(split) = lowrank_part::split(delta, (rows, cols), rate, seed, cfg)? {
                 // No shape for the residual: it is sampled as a plain seeded record, never split again.
