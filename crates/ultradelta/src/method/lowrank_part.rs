@@ -10,8 +10,9 @@
 //! for the residual R = Δ − L̂_r at the density p_r the record's bytes leave after the factors. The bytes are
 //! those of the plain record at the allocated rate, so the byte-budget search sees the same bytes per rate.
 
+use rayon::prelude::*;
 use ultradelta_baselines::{self as baselines, top_singular};
-use ultradelta_qgp::{level_counts, QuantParams};
+use ultradelta_qgp::QuantParams;
 
 use super::quantize_delta;
 use crate::config::CompressConfig;
@@ -103,19 +104,43 @@ fn entropy_bits(counts: &[u64]) -> f64 {
 /// error under `cfg`'s quantizer and its levels' entropy per entry, `(energy, quantization error, bits per level)`.
 fn sample_terms(x: &[f32], cfg: &CompressConfig) -> Result<(f64, f64, f64), baselines::Error> {
     let (q, _, levels) = quantize_delta(x, cfg)?;
-    let (energy, qerr) = terms(x, &levels, &q);
-    let h = entropy_bits(&level_counts(&levels)) / x.len().max(1) as f64;
+    let (energy, qerr, counts) = terms(x, &levels, &q);
+    let h = entropy_bits(&counts) / x.len().max(1) as f64;
     Ok((energy, qerr, h))
 }
 
-fn terms(x: &[f32], levels: &[u16], q: &QuantParams) -> (f64, f64) {
-    x.iter().zip(levels).fold((0.0, 0.0), |(e, r), (&v, &l)| {
-        let back = q.dequantize(l);
-        (
-            e + f64::from(v) * f64::from(v),
-            r + f64::from(back - v).powi(2),
-        )
-    })
+/// Entries per block of [`terms`]' parallel pass.
+const TERMS_BLOCK: usize = 1 << 16;
+
+/// `Σ x²`, `Σ (Q(x) − x)²` (f64) and the levels' histogram. The sums are made per block of [`TERMS_BLOCK`]
+/// entries and the blocks' sums added in order: the same bits whatever the thread count.
+fn terms(x: &[f32], levels: &[u16], q: &QuantParams) -> (f64, f64, Vec<u64>) {
+    let size = usize::from(q.max_level()) + 1;
+    let blocks: Vec<(f64, f64, Vec<u64>)> = x
+        .par_chunks(TERMS_BLOCK)
+        .zip(levels.par_chunks(TERMS_BLOCK))
+        .map(|(xs, ls)| {
+            let mut counts = vec![0u64; size];
+            let (mut e, mut r) = (0f64, 0f64);
+            for (&v, &l) in xs.iter().zip(ls) {
+                let back = q.dequantize(l);
+                e += f64::from(v) * f64::from(v);
+                r += f64::from(back - v).powi(2);
+                counts[usize::from(l).min(size - 1)] += 1;
+            }
+            (e, r, counts)
+        })
+        .collect();
+    let mut counts = vec![0u64; size];
+    let (mut energy, mut qerr) = (0f64, 0f64);
+    for (e, r, c) in blocks {
+        energy += e;
+        qerr += r;
+        for (a, b) in counts.iter_mut().zip(c) {
+            *a += b;
+        }
+    }
+    (energy, qerr, counts)
 }
 
 fn predicted(energy: f64, qerr: f64, p: f64) -> f64 {
@@ -219,13 +244,23 @@ fn make_table(
         for &l in lu.iter().chain(&lv) {
             counts[usize::from(l)] += 1;
         }
-        add_component(&mut lhat, cols, (&lu, su), (&lv, sv));
+        // The decoder's part so far (`add_component`'s arithmetic) and what it leaves, row by row in parallel: each
+        // entry is computed alone, so the values are the same whatever the thread count.
+        lhat.par_chunks_mut(cols)
+            .zip(residual.par_chunks_mut(cols))
+            .zip(delta.par_chunks(cols))
+            .zip(lu.par_iter())
+            .with_min_len(64)
+            .for_each(|(((lrow, rrow), drow), &a)| {
+                let a = factor_value(a, su);
+                for ((o, r), (&d, &b)) in lrow.iter_mut().zip(rrow).zip(drow.iter().zip(&lv)) {
+                    *o += a * factor_value(b, sv);
+                    *r = d - *o;
+                }
+            });
         levels.extend_from_slice(&lu);
         levels.extend_from_slice(&lv);
         scales.push((su, sv));
-        for ((r, &d), &l) in residual.iter_mut().zip(delta).zip(&lhat) {
-            *r = d - l;
-        }
         let (energy, qerr, h) = sample_terms(&residual, cfg)?;
         trials.push(Trial {
             bits: PART_FIXED_BITS + COMPONENT_BITS * scales.len() as f64 + entropy_bits(&counts),
@@ -379,6 +414,29 @@ mod tests {
         // Deterministic.
         let again = split(&d, (64, 48), 0.6, 5, &cfg).unwrap().unwrap();
         assert_eq!((again.part, again.rate), (s.part, s.rate));
+    }
+
+    /// The trial sums are the same bits on one thread as on many, and the histogram counts every entry.
+    #[test]
+    fn terms_do_not_depend_on_the_thread_count() {
+        let x: Vec<f32> = (0..3 * TERMS_BLOCK + 123)
+            .map(|i| ((i as f32) * 0.618).sin() * 1e-3)
+            .collect();
+        let cfg = CompressConfig::default();
+        let (q, _, levels) = quantize_delta(&x, &cfg).unwrap();
+        let many = terms(&x, &levels, &q);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| terms(&x, &levels, &q));
+        assert_eq!(
+            (many.0.to_bits(), many.1.to_bits(), &many.2),
+            (one.0.to_bits(), one.1.to_bits(), &one.2)
+        );
+        assert_eq!(many.2.iter().sum::<u64>(), x.len() as u64);
+        let energy: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        assert!((many.0 - energy).abs() <= 1e-12 * energy);
     }
 
     #[test]
