@@ -279,19 +279,16 @@ fn baseline_shortfalls(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> 
         }
         lines
     };
+    let mut shortfalls = 0;
     for (b, p) in points.iter().enumerate() {
         if !BASELINES.contains(&p.variant.name.as_str()) {
             continue;
         }
-        match (p.group, p.target) {
-            (Group::Budget, Some(ratio)) => {
-                if let Some(d) = find(points, Group::Budget, "ultradelta", Some(ratio)) {
-                    out.extend(compare(ratio, d, b, ""));
-                    if !checked.contains(&p.variant.label) {
-                        checked.push(p.variant.label.clone());
-                    }
-                }
-            }
+        // The default's point to compare with: at the same ratio (budget rows), or at the largest ratio of the
+        // grid the baseline's own real ratio reaches (fixed rows).
+        let against = match (p.group, p.target) {
+            (Group::Budget, Some(ratio)) => find(points, Group::Budget, "ultradelta", Some(ratio))
+                .map(|d| (ratio, d, String::new())),
             (Group::Fixed, _) => {
                 let Some((own, _, _)) = real_ratio(outcomes, b) else {
                     continue;
@@ -301,28 +298,34 @@ fn baseline_shortfalls(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> 
                     .iter()
                     .copied()
                     .filter(|&x| x <= own * 1.01)
-                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-                match at.and_then(|x| find(points, Group::Budget, "ultradelta", Some(x)).map(|d| (x, d))) {
-                    Some((x, d)) => {
-                        out.extend(compare(x, d, b, &format!(" (its own {own:.1}× real)")));
-                        if !checked.contains(&p.variant.label) {
-                            checked.push(p.variant.label.clone());
-                        }
-                    }
-                    None => out.push(format!(
+                    .reduce(f64::max)
+                    .and_then(|x| {
+                        find(points, Group::Budget, "ultradelta", Some(x)).map(|d| (x, d))
+                    });
+                if at.is_none() {
+                    out.push(format!(
                         "{} ({own:.1}× real) takes more bytes than the project default at every ratio of the \
                          grid: not compared.",
                         p.variant.label
-                    )),
+                    ));
                 }
+                at.map(|(x, d)| (x, d, format!(" (its own {own:.1}× real)")))
             }
-            _ => {}
+            _ => None,
+        };
+        let Some((at, d, note)) = against else {
+            continue;
+        };
+        let lines = compare(at, d, b, &note);
+        shortfalls += lines.len();
+        out.extend(lines);
+        if !checked.contains(&p.variant.label) {
+            checked.push(p.variant.label.clone());
         }
     }
     if checked.is_empty() {
         return out;
     }
-    let shortfalls = out.iter().filter(|l| l.starts_with("At ")).count();
     out.push(if shortfalls == 0 {
         format!(
             "At every ratio of the grid the project default is at least as good as every baseline checked ({}) \
