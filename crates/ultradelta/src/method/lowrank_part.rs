@@ -244,18 +244,17 @@ fn make_table(
         for &l in lu.iter().chain(&lv) {
             counts[usize::from(l)] += 1;
         }
-        // The decoder's part so far (`add_component`'s arithmetic) and what it leaves, row by row in parallel: each
-        // entry is computed alone, so the values are the same whatever the thread count.
+        // The decoder's part so far and what it leaves, row by row in parallel: each entry is computed alone, so
+        // the values are the same whatever the thread count.
         lhat.par_chunks_mut(cols)
             .zip(residual.par_chunks_mut(cols))
             .zip(delta.par_chunks(cols))
             .zip(lu.par_iter())
             .with_min_len(64)
             .for_each(|(((lrow, rrow), drow), &a)| {
-                let a = factor_value(a, su);
-                for ((o, r), (&d, &b)) in lrow.iter_mut().zip(rrow).zip(drow.iter().zip(&lv)) {
-                    *o += a * factor_value(b, sv);
-                    *r = d - *o;
+                add_row(lrow, factor_value(a, su), (&lv, sv));
+                for ((r, &d), &o) in rrow.iter_mut().zip(drow).zip(lrow.iter()) {
+                    *r = d - o;
                 }
             });
         levels.extend_from_slice(&lu);
@@ -276,13 +275,19 @@ fn make_table(
     })
 }
 
-/// `out[i·cols + j] += u[i]·v[j]` for one component's factor levels and scales (the decoder's arithmetic).
+/// `out[i·cols + j] += u[i]·v[j]` for one component's factor levels and scales (the decoder's arithmetic), row by
+/// row in parallel.
 fn add_component(out: &mut [f32], cols: usize, (lu, su): (&[u16], f32), (lv, sv): (&[u16], f32)) {
-    for (i, &a) in lu.iter().enumerate() {
-        let a = factor_value(a, su);
-        for (o, &b) in out[i * cols..(i + 1) * cols].iter_mut().zip(lv) {
-            *o += a * factor_value(b, sv);
-        }
+    out.par_chunks_mut(cols)
+        .zip(lu.par_iter())
+        .with_min_len(64)
+        .for_each(|(row, &a)| add_row(row, factor_value(a, su), (lv, sv)));
+}
+
+/// `row[j] += a·v[j]`: one row of [`add_component`].
+fn add_row(row: &mut [f32], a: f32, (lv, sv): (&[u16], f32)) {
+    for (o, &b) in row.iter_mut().zip(lv) {
+        *o += a * factor_value(b, sv);
     }
 }
 
