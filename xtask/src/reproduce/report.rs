@@ -341,6 +341,18 @@ fn baseline_shortfalls(r: &Resolved, points: &[Point], outcomes: &[Outcome]) -> 
     out
 }
 
+/// A `###` section of one bullet per line, nothing when there are no lines.
+fn bullets(s: &mut String, heading: &str, lines: Vec<String>) {
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "### {heading}\n");
+    for l in lines {
+        let _ = writeln!(s, "- {l}");
+    }
+    s.push('\n');
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn markdown(
     r: &Resolved,
@@ -446,22 +458,16 @@ pub fn markdown(
         }
     }
     s.push('\n');
-    let cmp = comparisons(r, points, outcomes);
-    if !cmp.is_empty() {
-        s.push_str("### UltraDelta against the fine-tunes and DARE at equal real bytes\n\n");
-        for c in cmp {
-            let _ = writeln!(s, "- {c}");
-        }
-        s.push('\n');
-    }
-    let short = baseline_shortfalls(r, points, outcomes);
-    if !short.is_empty() {
-        s.push_str("### The project default against every baseline, task by task, at no more real bytes\n\n");
-        for c in short {
-            let _ = writeln!(s, "- {c}");
-        }
-        s.push('\n');
-    }
+    bullets(
+        &mut s,
+        "UltraDelta against the fine-tunes and DARE at equal real bytes",
+        comparisons(r, points, outcomes),
+    );
+    bullets(
+        &mut s,
+        "The project default against every baseline, task by task, at no more real bytes",
+        baseline_shortfalls(r, points, outcomes),
+    );
     s.push_str("![quality against real ratio](quality-vs-ratio.svg)\n\n");
 
     if points.iter().any(|p| p.group == Group::Ablation) {
