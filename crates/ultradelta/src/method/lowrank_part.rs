@@ -157,30 +157,147 @@ struct Trial {
     h: f64,
 }
 
-/// Every rank's [`Trial`] for one tensor, with the factors of the highest (a lower rank's are a prefix).
+/// The ranks' [`Trial`]s for one tensor, made lazily: rank 0's at once, the truncated SVD when a rank above 0 is
+/// first asked for, and each higher rank's trial only when [`split`] reaches it (it stops at the first rank whose
+/// part leaves too few bytes for the residual, so the ranks after that are never made at that rate). A lower
+/// rank's factors are a prefix of a higher's, so a table grows without changing what it holds: a split reads the
+/// same trials however far the table had grown before.
 #[derive(Debug)]
 struct Table {
+    rows: usize,
+    cols: usize,
     trials: Vec<Trial>,
+    /// The top [`MAX_RANK`] singular triplets, made with the first rank above 0.
+    svd: Option<baselines::TopSingular>,
+    /// The factors of the ranks made so far.
     scales: Vec<(f32, f32)>,
     levels: Vec<u16>,
+    /// The histogram of `levels`.
+    counts: Vec<u64>,
+}
+
+impl Table {
+    fn new(
+        delta: &[f32],
+        (rows, cols): (usize, usize),
+        cfg: &CompressConfig,
+    ) -> Result<Self, baselines::Error> {
+        let (energy, qerr, h) = sample_terms(delta, cfg)?;
+        Ok(Table {
+            rows,
+            cols,
+            trials: vec![Trial {
+                bits: 0.0,
+                energy,
+                qerr,
+                h,
+            }],
+            svd: None,
+            scales: Vec::new(),
+            levels: Vec::new(),
+            counts: vec![0u64; 2 * FACTOR_ZERO as usize + 1],
+        })
+    }
+
+    /// The trial of `rank`, made (with every rank below it) if it is not yet; `None` above the highest rank the
+    /// matrix has. `lhat` is the caller's scratch for the part of the ranks made so far: empty, it is rebuilt from
+    /// the stored factors (the same additions in the same order, so the same bits as when they were first made).
+    fn trial(
+        &mut self,
+        rank: usize,
+        delta: &[f32],
+        seed: u64,
+        cfg: &CompressConfig,
+        lhat: &mut Vec<f32>,
+    ) -> Result<Option<Trial>, baselines::Error> {
+        let (rows, cols) = (self.rows, self.cols);
+        if self.svd.is_none() {
+            self.svd = Some(top_singular(delta, rows, cols, MAX_RANK, seed)?);
+        }
+        let available = self.svd.as_ref().map_or(0, |t| t.s.len());
+        if rank > available {
+            return Ok(None);
+        }
+        if rank < self.trials.len() {
+            return Ok(Some(self.trials[rank]));
+        }
+        let per = rows + cols;
+        if lhat.is_empty() {
+            lhat.resize(delta.len(), 0.0);
+            for (k, &(su, sv)) in self.scales.iter().enumerate() {
+                let (lu, lv) = self.levels[k * per..(k + 1) * per].split_at(rows);
+                add_component(lhat, cols, (lu, su), (lv, sv));
+            }
+        }
+        let mut residual = vec![0f32; delta.len()];
+        while self.trials.len() <= rank {
+            let k = self.trials.len() - 1;
+            let t = self.svd.as_ref().expect("made above");
+            let root = t.s[k].max(0.0).sqrt();
+            let u: Vec<f32> = t.u[k * rows..(k + 1) * rows]
+                .iter()
+                .map(|x| x * root)
+                .collect();
+            let v: Vec<f32> = t.v[k * cols..(k + 1) * cols]
+                .iter()
+                .map(|x| x * root)
+                .collect();
+            let (lu, su) = factor_levels(&u);
+            let (lv, sv) = factor_levels(&v);
+            for &l in lu.iter().chain(&lv) {
+                self.counts[usize::from(l)] += 1;
+            }
+            // The decoder's part so far and what it leaves, row by row in parallel: each entry is computed alone,
+            // so the values are the same whatever the thread count.
+            lhat.par_chunks_mut(cols)
+                .zip(residual.par_chunks_mut(cols))
+                .zip(delta.par_chunks(cols))
+                .zip(lu.par_iter())
+                .with_min_len(64)
+                .for_each(|(((lrow, rrow), drow), &a)| {
+                    add_row(lrow, factor_value(a, su), (&lv, sv));
+                    for ((r, &d), &o) in rrow.iter_mut().zip(drow).zip(lrow.iter()) {
+                        *r = d - o;
+                    }
+                });
+            self.levels.extend_from_slice(&lu);
+            self.levels.extend_from_slice(&lv);
+            self.scales.push((su, sv));
+            let (energy, qerr, h) = sample_terms(&residual, cfg)?;
+            self.trials.push(Trial {
+                bits: PART_FIXED_BITS
+                    + COMPONENT_BITS * self.scales.len() as f64
+                    + entropy_bits(&self.counts),
+                energy,
+                qerr,
+                h,
+            });
+        }
+        Ok(Some(self.trials[rank]))
+    }
 }
 
 /// The tables of the tensors seen lately: the byte-budget search compresses every tensor once per pass at another
-/// rate, and the table (a truncated SVD and a trial quantization per rank) does not depend on the rate. Keyed by
-/// the content hash of Δ, its matrix view, the seed and the quantizer, so a table is only reused for the same
-/// inputs (the result is the same as without the memo).
+/// rate, and a table (a truncated SVD and a trial quantization per rank) does not depend on the rate. Keyed by the
+/// content hash of Δ, its matrix view, the seed and the quantizer, so a table is only reused for the same inputs
+/// (the result is the same as without the memo).
 type Key = (u64, usize, usize, u64, u8, crate::QuantFit);
-static TABLES: std::sync::Mutex<Vec<(Key, std::sync::Arc<Table>)>> =
-    std::sync::Mutex::new(Vec::new());
-/// Tables kept at most (each holds at most `MAX_RANK · (rows + cols)` levels).
+type Shared = std::sync::Arc<std::sync::Mutex<Table>>;
+static TABLES: std::sync::Mutex<Vec<(Key, Shared)>> = std::sync::Mutex::new(Vec::new());
+/// Tables kept at most (each holds at most `MAX_RANK · (rows + cols)` levels and as many f32 singular vectors).
 const TABLES_KEPT: usize = 1024;
+
+/// A poisoned lock's content is still whole here (a table only grows by complete trials), so it is used as is.
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn table(
     delta: &[f32],
     (rows, cols): (usize, usize),
     seed: u64,
     cfg: &CompressConfig,
-) -> Result<std::sync::Arc<Table>, baselines::Error> {
+) -> Result<Shared, baselines::Error> {
     // The hash of Δ's bits, in chunks (no copy of the tensor).
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for chunk in delta.chunks(1 << 14) {
@@ -192,87 +309,16 @@ fn table(
     }
     let (bits, fit) = cfg.quantizer();
     let key: Key = (hasher.digest(), rows, cols, seed, bits, fit);
-    let lock = || {
-        TABLES
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
-    if let Some((_, t)) = lock().iter().find(|(k, _)| *k == key) {
+    if let Some((_, t)) = locked(&TABLES).iter().find(|(k, _)| *k == key) {
         return Ok(t.clone());
     }
-    let made = std::sync::Arc::new(make_table(delta, (rows, cols), seed, cfg)?);
-    let mut tables = lock();
+    let made = std::sync::Arc::new(std::sync::Mutex::new(Table::new(delta, (rows, cols), cfg)?));
+    let mut tables = locked(&TABLES);
     if tables.len() >= TABLES_KEPT {
         tables.remove(0);
     }
     tables.push((key, made.clone()));
     Ok(made)
-}
-
-fn make_table(
-    delta: &[f32],
-    (rows, cols): (usize, usize),
-    seed: u64,
-    cfg: &CompressConfig,
-) -> Result<Table, baselines::Error> {
-    let numel = delta.len();
-    let (energy, qerr, h) = sample_terms(delta, cfg)?;
-    let mut trials = vec![Trial {
-        bits: 0.0,
-        energy,
-        qerr,
-        h,
-    }];
-    let t = top_singular(delta, rows, cols, MAX_RANK, seed)?;
-    let mut lhat = vec![0f32; numel];
-    let mut residual = vec![0f32; numel];
-    let mut levels: Vec<u16> = Vec::new();
-    let mut scales = Vec::new();
-    let mut counts = vec![0u64; 2 * FACTOR_ZERO as usize + 1];
-    for k in 0..t.s.len() {
-        let root = t.s[k].max(0.0).sqrt();
-        let u: Vec<f32> = t.u[k * rows..(k + 1) * rows]
-            .iter()
-            .map(|x| x * root)
-            .collect();
-        let v: Vec<f32> = t.v[k * cols..(k + 1) * cols]
-            .iter()
-            .map(|x| x * root)
-            .collect();
-        let (lu, su) = factor_levels(&u);
-        let (lv, sv) = factor_levels(&v);
-        for &l in lu.iter().chain(&lv) {
-            counts[usize::from(l)] += 1;
-        }
-        // The decoder's part so far and what it leaves, row by row in parallel: each entry is computed alone, so
-        // the values are the same whatever the thread count.
-        lhat.par_chunks_mut(cols)
-            .zip(residual.par_chunks_mut(cols))
-            .zip(delta.par_chunks(cols))
-            .zip(lu.par_iter())
-            .with_min_len(64)
-            .for_each(|(((lrow, rrow), drow), &a)| {
-                add_row(lrow, factor_value(a, su), (&lv, sv));
-                for ((r, &d), &o) in rrow.iter_mut().zip(drow).zip(lrow.iter()) {
-                    *r = d - o;
-                }
-            });
-        levels.extend_from_slice(&lu);
-        levels.extend_from_slice(&lv);
-        scales.push((su, sv));
-        let (energy, qerr, h) = sample_terms(&residual, cfg)?;
-        trials.push(Trial {
-            bits: PART_FIXED_BITS + COMPONENT_BITS * scales.len() as f64 + entropy_bits(&counts),
-            energy,
-            qerr,
-            h,
-        });
-    }
-    Ok(Table {
-        trials,
-        scales,
-        levels,
-    })
 }
 
 /// `out[i·cols + j] += u[i]·v[j]` for one component's factor levels and scales (the decoder's arithmetic), row by
@@ -308,7 +354,8 @@ pub(crate) fn split(
     if rows < 2 || cols < 2 || numel == 0 || density <= 0.0 || density >= 1.0 {
         return Ok(None);
     }
-    let table = table(delta, (rows, cols), seed, cfg)?;
+    let shared = table(delta, (rows, cols), seed, cfg)?;
+    let mut table = locked(&shared);
     let plain = table.trials[0];
     if plain.h == 0.0 {
         return Ok(None);
@@ -320,7 +367,11 @@ pub(crate) fn split(
         0usize,
         density,
     );
-    for (rank, t) in table.trials.iter().enumerate().skip(1) {
+    let mut lhat = Vec::new();
+    for rank in 1..=MAX_RANK {
+        let Some(t) = table.trial(rank, delta, seed, cfg, &mut lhat)? else {
+            break;
+        };
         let p = (budget - t.bits) / (numel as f64 * t.h.max(1e-9));
         if p < MIN_DENSITY_SHARE * density {
             break;
@@ -331,6 +382,7 @@ pub(crate) fn split(
             best = (v, rank, p);
         }
     }
+    drop(lhat);
     let (_, rank, p) = best;
     if rank == 0 {
         return Ok(None);
@@ -446,42 +498,95 @@ mod tests {
 
     #[test]
     fn a_tensors_table_is_made_once_per_content_seed_and_quantizer() {
+        use std::sync::Arc;
         let cfg = CompressConfig::default();
         let d = low_rank_delta(0.3);
         let a = table(&d, (64, 48), 17, &cfg).unwrap();
-        assert!(std::sync::Arc::ptr_eq(
-            &a,
-            &table(&d, (64, 48), 17, &cfg).unwrap()
-        ));
-        assert_eq!(a.trials.len(), 1 + MAX_RANK);
+        assert!(Arc::ptr_eq(&a, &table(&d, (64, 48), 17, &cfg).unwrap()));
         // Another seed, another quantizer or another Δ is another table.
-        assert!(!std::sync::Arc::ptr_eq(
-            &a,
-            &table(&d, (64, 48), 18, &cfg).unwrap()
-        ));
+        assert!(!Arc::ptr_eq(&a, &table(&d, (64, 48), 18, &cfg).unwrap()));
         let three = CompressConfig {
             bits: Some(3),
             ..CompressConfig::default()
         };
-        assert!(!std::sync::Arc::ptr_eq(
-            &a,
-            &table(&d, (64, 48), 17, &three).unwrap()
-        ));
+        assert!(!Arc::ptr_eq(&a, &table(&d, (64, 48), 17, &three).unwrap()));
         let mut e = d.clone();
         e[5] += 1e-6;
-        assert!(!std::sync::Arc::ptr_eq(
-            &a,
-            &table(&e, (64, 48), 17, &cfg).unwrap()
-        ));
-        // The split at every rate is what a fresh table gives (the memo changes no result).
-        let fresh = std::sync::Arc::new(make_table(&d, (64, 48), 17, &cfg).unwrap());
-        for (x, y) in a.trials.iter().zip(&fresh.trials) {
+        assert!(!Arc::ptr_eq(&a, &table(&e, (64, 48), 17, &cfg).unwrap()));
+    }
+
+    /// A table grown a few ranks at a time (as splits at rising densities grow it, each rebuilding the part from
+    /// the stored factors) holds the same bits as one grown to the top at once, and a split reads the same result
+    /// from either: laziness changes no archive.
+    #[test]
+    fn a_lazily_grown_table_is_the_table_made_at_once() {
+        let cfg = CompressConfig::default();
+        let d = low_rank_delta(0.3);
+        let mut whole = Table::new(&d, (64, 48), &cfg).unwrap();
+        whole
+            .trial(MAX_RANK, &d, 23, &cfg, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(whole.trials.len(), 1 + MAX_RANK);
+        let mut grown = Table::new(&d, (64, 48), &cfg).unwrap();
+        for step in [1, 3, 4, 9, MAX_RANK] {
+            let t = grown
+                .trial(step, &d, 23, &cfg, &mut Vec::new())
+                .unwrap()
+                .unwrap();
             assert_eq!(
-                (x.bits, x.energy, x.qerr, x.h),
-                (y.bits, y.energy, y.qerr, y.h)
+                grown.trials.len(),
+                step + 1,
+                "no rank beyond the one asked for"
             );
+            assert_eq!(t.energy.to_bits(), whole.trials[step].energy.to_bits());
         }
-        assert_eq!((&a.scales, &a.levels), (&fresh.scales, &fresh.levels));
+        assert!(grown
+            .trial(MAX_RANK + 1, &d, 23, &cfg, &mut Vec::new())
+            .unwrap()
+            .is_none());
+        let bits = |t: &Table| -> Vec<[u64; 4]> {
+            t.trials
+                .iter()
+                .map(|x| {
+                    [
+                        x.bits.to_bits(),
+                        x.energy.to_bits(),
+                        x.qerr.to_bits(),
+                        x.h.to_bits(),
+                    ]
+                })
+                .collect()
+        };
+        assert_eq!(bits(&grown), bits(&whole));
+        assert_eq!(
+            (&grown.scales, &grown.levels, &grown.counts),
+            (&whole.scales, &whole.levels, &whole.counts)
+        );
+        // Splits at several rates through the memo (which grows its table as they need) agree with splits made
+        // after the memo's table is already whole.
+        let rates = [0.9, 0.6, 0.3, 0.75];
+        let first: Vec<_> = rates
+            .iter()
+            .map(|&r| {
+                split(&d, (64, 48), r, 29, &cfg)
+                    .unwrap()
+                    .map(|s| (s.part, s.rate, s.residual))
+            })
+            .collect();
+        locked(&table(&d, (64, 48), 29, &cfg).unwrap())
+            .trial(MAX_RANK, &d, 29, &cfg, &mut Vec::new())
+            .unwrap();
+        let again: Vec<_> = rates
+            .iter()
+            .map(|&r| {
+                split(&d, (64, 48), r, 29, &cfg)
+                    .unwrap()
+                    .map(|s| (s.part, s.rate, s.residual))
+            })
+            .collect();
+        assert_eq!(first, again);
+        assert!(first.iter().any(Option::is_some));
     }
 
     #[test]
