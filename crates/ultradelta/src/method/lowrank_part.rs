@@ -12,9 +12,9 @@
 
 use rayon::prelude::*;
 use ultradelta_baselines::{self as baselines, top_singular};
-use ultradelta_qgp::QuantParams;
+use ultradelta_qgp::{quantize, QuantParams};
 
-use super::quantize_delta;
+use super::quantizer_of;
 use crate::config::CompressConfig;
 
 /// Highest rank the low-rank part tries.
@@ -103,8 +103,8 @@ fn entropy_bits(counts: &[u64]) -> f64 {
 /// What predicts the error of a seeded sample of `x` at any density ([`predicted`]): its energy, its quantization
 /// error under `cfg`'s quantizer and its levels' entropy per entry, `(energy, quantization error, bits per level)`.
 fn sample_terms(x: &[f32], cfg: &CompressConfig) -> Result<(f64, f64, f64), baselines::Error> {
-    let (q, _, levels) = quantize_delta(x, cfg)?;
-    let (energy, qerr, counts) = terms(x, &levels, &q);
+    let (q, _) = quantizer_of(x, cfg)?;
+    let (energy, qerr, counts) = terms(x, &q);
     let h = entropy_bits(&counts) / x.len().max(1) as f64;
     Ok((energy, qerr, h))
 }
@@ -112,17 +112,19 @@ fn sample_terms(x: &[f32], cfg: &CompressConfig) -> Result<(f64, f64, f64), base
 /// Entries per block of [`terms`]' parallel pass.
 const TERMS_BLOCK: usize = 1 << 16;
 
-/// `Σ x²`, `Σ (Q(x) − x)²` (f64) and the levels' histogram. The sums are made per block of [`TERMS_BLOCK`]
-/// entries and the blocks' sums added in order: the same bits whatever the thread count.
-fn terms(x: &[f32], levels: &[u16], q: &QuantParams) -> (f64, f64, Vec<u64>) {
+/// `Σ x²`, `Σ (Q(x) − x)²` (f64) and the histogram of the levels of `x` under `q`, each block of [`TERMS_BLOCK`]
+/// entries quantized on its own (no tensor of levels is held). The sums are made per block and the blocks' sums
+/// added in order: the same bits whatever the thread count.
+fn terms(x: &[f32], q: &QuantParams) -> (f64, f64, Vec<u64>) {
     let size = usize::from(q.max_level()) + 1;
     let blocks: Vec<(f64, f64, Vec<u64>)> = x
         .par_chunks(TERMS_BLOCK)
-        .zip(levels.par_chunks(TERMS_BLOCK))
-        .map(|(xs, ls)| {
+        .map(|xs| {
+            let mut ls = vec![0u16; xs.len()];
+            quantize(xs, q, &mut ls);
             let mut counts = vec![0u64; size];
             let (mut e, mut r) = (0f64, 0f64);
-            for (&v, &l) in xs.iter().zip(ls) {
+            for (&v, &l) in xs.iter().zip(&ls) {
                 let back = q.dequantize(l);
                 e += f64::from(v) * f64::from(v);
                 r += f64::from(back - v).powi(2);
@@ -200,15 +202,13 @@ impl Table {
     }
 
     /// The trial of `rank`, made (with every rank below it) if it is not yet; `None` above the highest rank the
-    /// matrix has. `lhat` is the caller's scratch for the part of the ranks made so far: empty, it is rebuilt from
-    /// the stored factors (the same additions in the same order, so the same bits as when they were first made).
+    /// matrix has.
     fn trial(
         &mut self,
         rank: usize,
         delta: &[f32],
         seed: u64,
         cfg: &CompressConfig,
-        lhat: &mut Vec<f32>,
     ) -> Result<Option<Trial>, baselines::Error> {
         let (rows, cols) = (self.rows, self.cols);
         if self.svd.is_none() {
@@ -220,14 +220,6 @@ impl Table {
         }
         if rank < self.trials.len() {
             return Ok(Some(self.trials[rank]));
-        }
-        let per = rows + cols;
-        if lhat.is_empty() {
-            lhat.resize(delta.len(), 0.0);
-            for (k, &(su, sv)) in self.scales.iter().enumerate() {
-                let (lu, lv) = self.levels[k * per..(k + 1) * per].split_at(rows);
-                add_component(lhat, cols, (lu, su), (lv, sv));
-            }
         }
         let mut residual = vec![0f32; delta.len()];
         while self.trials.len() <= rank {
@@ -247,22 +239,16 @@ impl Table {
             for &l in lu.iter().chain(&lv) {
                 self.counts[usize::from(l)] += 1;
             }
-            // The decoder's part so far and what it leaves, row by row in parallel: each entry is computed alone,
-            // so the values are the same whatever the thread count.
-            lhat.par_chunks_mut(cols)
-                .zip(residual.par_chunks_mut(cols))
-                .zip(delta.par_chunks(cols))
-                .zip(lu.par_iter())
-                .with_min_len(64)
-                .for_each(|(((lrow, rrow), drow), &a)| {
-                    add_row(lrow, factor_value(a, su), (&lv, sv));
-                    for ((r, &d), &o) in rrow.iter_mut().zip(drow).zip(lrow.iter()) {
-                        *r = d - o;
-                    }
-                });
             self.levels.extend_from_slice(&lu);
             self.levels.extend_from_slice(&lv);
             self.scales.push((su, sv));
+            residual_into(
+                &mut residual,
+                delta,
+                (rows, cols),
+                &self.scales,
+                &self.levels,
+            );
             let (energy, qerr, h) = sample_terms(&residual, cfg)?;
             self.trials.push(Trial {
                 bits: PART_FIXED_BITS
@@ -321,20 +307,48 @@ fn table(
     Ok(made)
 }
 
-/// `out[i·cols + j] += u[i]·v[j]` for one component's factor levels and scales (the decoder's arithmetic), row by
-/// row in parallel.
-fn add_component(out: &mut [f32], cols: usize, (lu, su): (&[u16], f32), (lv, sv): (&[u16], f32)) {
+/// `out = Δ − L̂` for the part `L̂` of the components in `scales` (levels `levels`, `u_1, v_1, u_2, …`), its
+/// entries made as the decoder makes them: per entry, from 0, `+= u_k·v_k` for k = 1, 2, … in order, in f32 (so the
+/// residual plus the decoded part is Δ to the bit the decoder's arithmetic allows). Row by row in parallel, each
+/// row's part made in a scratch row: only Δ and the residual are whole tensors, and the values do not depend on
+/// the thread count.
+fn residual_into(
+    out: &mut [f32],
+    delta: &[f32],
+    (rows, cols): (usize, usize),
+    scales: &[(f32, f32)],
+    levels: &[u16],
+) {
+    let per = rows + cols;
+    let vs: Vec<Vec<f32>> = scales
+        .iter()
+        .enumerate()
+        .map(|(k, &(_, sv))| {
+            levels[k * per + rows..(k + 1) * per]
+                .iter()
+                .map(|&b| factor_value(b, sv))
+                .collect()
+        })
+        .collect();
     out.par_chunks_mut(cols)
-        .zip(lu.par_iter())
+        .zip(delta.par_chunks(cols))
+        .enumerate()
         .with_min_len(64)
-        .for_each(|(row, &a)| add_row(row, factor_value(a, su), (lv, sv)));
-}
-
-/// `row[j] += a·v[j]`: one row of [`add_component`].
-fn add_row(row: &mut [f32], a: f32, (lv, sv): (&[u16], f32)) {
-    for (o, &b) in row.iter_mut().zip(lv) {
-        *o += a * factor_value(b, sv);
-    }
+        .for_each_init(
+            || vec![0f32; cols],
+            |part, (i, (rrow, drow))| {
+                part.fill(0.0);
+                for (k, (&(su, _), v)) in scales.iter().zip(&vs).enumerate() {
+                    let a = factor_value(levels[k * per + i], su);
+                    for (o, &b) in part.iter_mut().zip(v) {
+                        *o += a * b;
+                    }
+                }
+                for ((r, &d), &o) in rrow.iter_mut().zip(drow).zip(part.iter()) {
+                    *r = d - o;
+                }
+            },
+        );
 }
 
 /// The low-rank part worth its bytes for the `rows × cols` tensor `delta` at the allocated `rate`, with the
@@ -367,9 +381,8 @@ pub(crate) fn split(
         0usize,
         density,
     );
-    let mut lhat = Vec::new();
     for rank in 1..=MAX_RANK {
-        let Some(t) = table.trial(rank, delta, seed, cfg, &mut lhat)? else {
+        let Some(t) = table.trial(rank, delta, seed, cfg)? else {
             break;
         };
         let p = (budget - t.bits) / (numel as f64 * t.h.max(1e-9));
@@ -382,7 +395,6 @@ pub(crate) fn split(
             best = (v, rank, p);
         }
     }
-    drop(lhat);
     let (_, rank, p) = best;
     if rank == 0 {
         return Ok(None);
@@ -390,12 +402,8 @@ pub(crate) fn split(
     let per = rows + cols;
     let levels = table.levels[..rank * per].to_vec();
     let scales = table.scales[..rank].to_vec();
-    let mut lhat = vec![0f32; numel];
-    for (k, &(su, sv)) in scales.iter().enumerate() {
-        let (lu, lv) = levels[k * per..(k + 1) * per].split_at(rows);
-        add_component(&mut lhat, cols, (lu, su), (lv, sv));
-    }
-    let residual = delta.iter().zip(&lhat).map(|(d, l)| d - l).collect();
+    let mut residual = vec![0f32; numel];
+    residual_into(&mut residual, delta, (rows, cols), &scales, &levels);
     Ok(Some(Split {
         part: LowRankPart {
             rows,
@@ -480,18 +488,24 @@ mod tests {
             .map(|i| ((i as f32) * 0.618).sin() * 1e-3)
             .collect();
         let cfg = CompressConfig::default();
-        let (q, _, levels) = quantize_delta(&x, &cfg).unwrap();
-        let many = terms(&x, &levels, &q);
+        let (q, _) = quantizer_of(&x, &cfg).unwrap();
+        let many = terms(&x, &q);
         let one = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap()
-            .install(|| terms(&x, &levels, &q));
+            .install(|| terms(&x, &q));
         assert_eq!(
             (many.0.to_bits(), many.1.to_bits(), &many.2),
             (one.0.to_bits(), one.1.to_bits(), &one.2)
         );
-        assert_eq!(many.2.iter().sum::<u64>(), x.len() as u64);
+        // The histogram is that of the whole tensor's levels (each block quantized alone is the same).
+        let (_, _, levels) = crate::method::quantize_delta(&x, &cfg).unwrap();
+        let mut whole = vec![0u64; many.2.len()];
+        for &l in &levels {
+            whole[usize::from(l)] += 1;
+        }
+        assert_eq!(many.2, whole);
         let energy: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
         assert!((many.0 - energy).abs() <= 1e-12 * energy);
     }
@@ -523,17 +537,11 @@ mod tests {
         let cfg = CompressConfig::default();
         let d = low_rank_delta(0.3);
         let mut whole = Table::new(&d, (64, 48), &cfg).unwrap();
-        whole
-            .trial(MAX_RANK, &d, 23, &cfg, &mut Vec::new())
-            .unwrap()
-            .unwrap();
+        whole.trial(MAX_RANK, &d, 23, &cfg).unwrap().unwrap();
         assert_eq!(whole.trials.len(), 1 + MAX_RANK);
         let mut grown = Table::new(&d, (64, 48), &cfg).unwrap();
         for step in [1, 3, 4, 9, MAX_RANK] {
-            let t = grown
-                .trial(step, &d, 23, &cfg, &mut Vec::new())
-                .unwrap()
-                .unwrap();
+            let t = grown.trial(step, &d, 23, &cfg).unwrap().unwrap();
             assert_eq!(
                 grown.trials.len(),
                 step + 1,
@@ -541,10 +549,7 @@ mod tests {
             );
             assert_eq!(t.energy.to_bits(), whole.trials[step].energy.to_bits());
         }
-        assert!(grown
-            .trial(MAX_RANK + 1, &d, 23, &cfg, &mut Vec::new())
-            .unwrap()
-            .is_none());
+        assert!(grown.trial(MAX_RANK + 1, &d, 23, &cfg).unwrap().is_none());
         let bits = |t: &Table| -> Vec<[u64; 4]> {
             t.trials
                 .iter()
@@ -575,7 +580,7 @@ mod tests {
             })
             .collect();
         locked(&table(&d, (64, 48), 29, &cfg).unwrap())
-            .trial(MAX_RANK, &d, 29, &cfg, &mut Vec::new())
+            .trial(MAX_RANK, &d, 29, &cfg)
             .unwrap();
         let again: Vec<_> = rates
             .iter()

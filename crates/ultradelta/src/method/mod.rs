@@ -152,14 +152,22 @@ fn refit(
     (q, gain)
 }
 
+/// UltraDelta, step 1: the b-bit quantizer of Δ and its gain ([`refit`]).
+fn quantizer_of(
+    delta: &[f32],
+    cfg: &CompressConfig,
+) -> Result<(QuantParams, f32), ultradelta_qgp::Error> {
+    let (bits, fit) = cfg.quantizer();
+    let range = QuantParams::fit(delta, bits)?;
+    Ok(refit(range, fit, delta.len(), |i| delta[i]))
+}
+
 /// UltraDelta, step 1: the b-bit quantizer of Δ (and its gain, [`refit`]) and every entry's level.
 fn quantize_delta(
     delta: &[f32],
     cfg: &CompressConfig,
 ) -> Result<(QuantParams, f32, Vec<u16>), ultradelta_qgp::Error> {
-    let (bits, fit) = cfg.quantizer();
-    let range = QuantParams::fit(delta, bits)?;
-    let (q, gain) = refit(range, fit, delta.len(), |i| delta[i]);
+    let (q, gain) = quantizer_of(delta, cfg)?;
     let mut levels = vec![0u16; delta.len()];
     quantize(delta, &q, &mut levels);
     Ok((q, gain, levels))
