@@ -437,9 +437,11 @@ const SKETCH_POWER_STEPS: usize = 2;
 ///
 /// A randomized range finder (Halko, Martinsson and Tropp, 2011): a Gaussian sketch of `k + 8` columns drawn
 /// from `seed`, two power iterations with re-orthonormalisation (QR), then the exact SVD of the small projected
-/// matrix; when `k + 8` reaches `min(rows, cols)`, the exact SVD of the whole matrix instead. f64 throughout;
-/// O(rows·cols·(k + 8)) time, so large tensors cost a few matrix products, not a full decomposition. The same
-/// inputs and seed give the same result (one BLAS call at a time, [`ultradelta_core::blas::serialized`]).
+/// matrix; when `k + 8` reaches `min(rows, cols)`, the exact SVD of the whole matrix instead. Single precision,
+/// on `delta` in place (no copy of the matrix: its products are the cost, and a word embedding's double-precision
+/// copy was the largest allocation of a compress); O(rows·cols·(k + 8)) time, so large tensors cost a few matrix
+/// products, not a full decomposition. The same inputs and seed give the same result (one BLAS call at a time,
+/// [`ultradelta_core::blas::serialized`]).
 ///
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`; [`Error::Svd`].
@@ -462,20 +464,21 @@ pub fn top_singular(
         });
     }
     let svd_err = |detail: String| Error::Svd { rows, cols, detail };
-    let a = Array2::from_shape_fn((rows, cols), |(i, j)| f64::from(delta[i * cols + j]));
+    let a =
+        ndarray::ArrayView2::from_shape((rows, cols), delta).map_err(|e| svd_err(e.to_string()))?;
     let width = k + SKETCH_OVERSAMPLING;
     let (u, sv, vt) = ultradelta_core::blas::serialized(|| -> Result<_> {
         let (q, small) = if width >= rows.min(cols) {
-            (None, a.clone())
+            (None, a.to_owned())
         } else {
             let mut rng = DetRng::new(mix(seed, SKETCH_DOMAIN));
             let mut normal = || {
                 // Box–Muller from two uniforms in (0, 1].
                 let (x, y) = (1.0 - rng.unit_f64(), rng.unit_f64());
-                (-2.0 * x.ln()).sqrt() * (std::f64::consts::TAU * y).cos()
+                ((-2.0 * x.ln()).sqrt() * (std::f64::consts::TAU * y).cos()) as f32
             };
             let omega = Array2::from_shape_fn((cols, width), |_| normal());
-            let orth = |m: Array2<f64>| m.qr().map(|(q, _)| q).map_err(|e| svd_err(e.to_string()));
+            let orth = |m: Array2<f32>| m.qr().map(|(q, _)| q).map_err(|e| svd_err(e.to_string()));
             let mut q = orth(a.dot(&omega))?;
             for _ in 0..SKETCH_POWER_STEPS {
                 let z = orth(a.t().dot(&q))?;
@@ -499,11 +502,9 @@ pub fn top_singular(
     })?;
     let u = u.slice(s![.., ..k]);
     Ok(TopSingular {
-        u: u.axis_iter(Axis(1))
-            .flat_map(|c| c.iter().map(|&x| x as f32).collect::<Vec<_>>())
-            .collect(),
-        s: sv.iter().take(k).map(|&x| x as f32).collect(),
-        v: vt.slice(s![..k, ..]).iter().map(|&x| x as f32).collect(),
+        u: u.axis_iter(Axis(1)).flat_map(|c| c.to_vec()).collect(),
+        s: sv.iter().take(k).copied().collect(),
+        v: vt.slice(s![..k, ..]).iter().copied().collect(),
     })
 }
 
