@@ -304,7 +304,7 @@ fn library_text_does_not_spell_flags() {
 /// The modules that may contain `unsafe` code, and why. Everything else inherits the workspace's
 /// `unsafe_code = "deny"`; clippy's `undocumented_unsafe_blocks` (a workspace lint, denied in CI) makes every
 /// block in these modules carry a `// SAFETY:` comment.
-const UNSAFE_MODULES: [(&str, &str); 7] = [
+const UNSAFE_MODULES: [(&str, &str); 8] = [
     (
         "crates/ultradelta-qgp/src/lib.rs",
         "declares the two kernel modules below",
@@ -328,6 +328,10 @@ const UNSAFE_MODULES: [(&str, &str); 7] = [
     (
         "crates/ultradelta-eval/src/encoder.rs",
         "candle's memory-mapped safetensors loader is an unsafe fn",
+    ),
+    (
+        "crates/ultradelta-baselines/src/openblas.rs",
+        "OpenBLAS's thread count, pinned to one around the low-rank part's SVD",
     ),
     (
         "xtask/src/bench.rs",

@@ -26,6 +26,8 @@ use rayon::prelude::*;
 use ultradelta_qgp::rng::{mix, DetRng};
 use ultradelta_qgp::{quantize, QuantParams, Quantizer};
 
+mod openblas;
+
 /// Kept positions with fp16 values and one scale (DARE, magnitude pruning, UltraDelta without quantization): the
 /// value at `positions[i]` is `f32(values[i]) · scale`, every other entry zero. Stored as a `sparse-f16` record.
 #[derive(Clone, Debug, PartialEq)]
@@ -437,11 +439,13 @@ const SKETCH_POWER_STEPS: usize = 2;
 ///
 /// A randomized range finder (Halko, Martinsson and Tropp, 2011): a Gaussian sketch of `k + 8` columns drawn
 /// from `seed`, two power iterations with re-orthonormalisation (QR), then the exact SVD of the small projected
-/// matrix; when `k + 8` reaches `min(rows, cols)`, the exact SVD of the whole matrix instead. Single precision,
-/// on `delta` in place (no copy of the matrix: its products are the cost, and a word embedding's double-precision
-/// copy was the largest allocation of a compress); O(rows·cols·(k + 8)) time, so large tensors cost a few matrix
-/// products, not a full decomposition. The same inputs and seed give the same result (one BLAS call at a time,
-/// [`ultradelta_core::blas::serialized`]).
+/// matrix; when `k + 8` reaches `min(rows, cols)`, the exact SVD of the whole matrix instead. f64 throughout, but
+/// `delta` is converted a block at a time for each product (a word embedding's whole double-precision copy was the
+/// largest allocation of a compress); O(rows·cols·(k + 8)) time, so large tensors cost a few matrix products, not a
+/// full decomposition. The same inputs and seed give the same result, whatever the thread counts: one BLAS call at
+/// a time ([`ultradelta_core::blas::serialized`]), OpenBLAS on one thread inside. (Single precision was tried,
+/// 2026-12-05: 25 % faster, but the factors' 4-bit levels then depended on which OpenBLAS kernel the CPU selects,
+/// and so did the archive's bytes; in double precision they did not, on the settings checked.)
 ///
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`; [`Error::Svd`].
@@ -464,27 +468,26 @@ pub fn top_singular(
         });
     }
     let svd_err = |detail: String| Error::Svd { rows, cols, detail };
-    let a =
-        ndarray::ArrayView2::from_shape((rows, cols), delta).map_err(|e| svd_err(e.to_string()))?;
     let width = k + SKETCH_OVERSAMPLING;
-    let (u, sv, vt) = ultradelta_core::blas::serialized(|| -> Result<_> {
+    let (u, sv, vt) = openblas::one_thread(|| -> Result<_> {
         let (q, small) = if width >= rows.min(cols) {
-            (None, a.to_owned())
+            (None, f64_block(delta, cols, 0..rows, 0..cols))
         } else {
             let mut rng = DetRng::new(mix(seed, SKETCH_DOMAIN));
             let mut normal = || {
                 // Box–Muller from two uniforms in (0, 1].
                 let (x, y) = (1.0 - rng.unit_f64(), rng.unit_f64());
-                ((-2.0 * x.ln()).sqrt() * (std::f64::consts::TAU * y).cos()) as f32
+                (-2.0 * x.ln()).sqrt() * (std::f64::consts::TAU * y).cos()
             };
             let omega = Array2::from_shape_fn((cols, width), |_| normal());
-            let orth = |m: Array2<f32>| m.qr().map(|(q, _)| q).map_err(|e| svd_err(e.to_string()));
-            let mut q = orth(a.dot(&omega))?;
+            let orth = |m: Array2<f64>| m.qr().map(|(q, _)| q).map_err(|e| svd_err(e.to_string()));
+            let mut q = orth(times(delta, rows, cols, &omega))?;
             for _ in 0..SKETCH_POWER_STEPS {
-                let z = orth(a.t().dot(&q))?;
-                q = orth(a.dot(&z))?;
+                let z = transposed_times(delta, rows, cols, &q).reversed_axes();
+                let z = orth(z.as_standard_layout().into_owned())?;
+                q = orth(times(delta, rows, cols, &z))?;
             }
-            let small = q.t().dot(&a);
+            let small = transposed_times(delta, rows, cols, &q);
             (Some(q), small)
         };
         let (u, sv, vt) = small
@@ -502,10 +505,75 @@ pub fn top_singular(
     })?;
     let u = u.slice(s![.., ..k]);
     Ok(TopSingular {
-        u: u.axis_iter(Axis(1)).flat_map(|c| c.to_vec()).collect(),
-        s: sv.iter().take(k).copied().collect(),
-        v: vt.slice(s![..k, ..]).iter().copied().collect(),
+        u: u.axis_iter(Axis(1))
+            .flat_map(|c| c.iter().map(|&x| x as f32).collect::<Vec<_>>())
+            .collect(),
+        s: sv.iter().take(k).map(|&x| x as f32).collect(),
+        v: vt.slice(s![..k, ..]).iter().map(|&x| x as f32).collect(),
     })
+}
+
+/// Entries of Δ converted to f64 at a time by [`times`] and [`transposed_times`] (8 MiB) ...
+const PRODUCT_BLOCK: usize = 1 << 20;
+/// ... but never fewer than this many rows (columns): a product of one or a few lines may take another route
+/// through BLAS (a matrix-vector product) with other rounding.
+const PRODUCT_MIN_LINES: usize = 64;
+
+/// `Δ[rows, cols]` of the row-major `delta` (`cols` wide) as an f64 matrix.
+fn f64_block(
+    delta: &[f32],
+    width: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Array2<f64> {
+    let c0 = cols.start;
+    Array2::from_shape_fn((rows.len(), cols.len()), |(i, j)| {
+        f64::from(delta[(rows.start + i) * width + c0 + j])
+    })
+}
+
+/// `Δ·m` in f64 for the row-major `rows × cols` Δ, converted a block of whole rows at a time: no f64 copy of Δ.
+/// Each block's rows of the product are one BLAS product over all of Δ's columns. The blocks are fixed by the
+/// shape, so the result is deterministic; it may differ from the whole matrix's product in the last bits (OpenBLAS
+/// rounds a product's edge blocks otherwise), which did not reach the factors' 4-bit levels: archives were
+/// byte-identical to those of the whole-matrix products on the 20 MiniLM grid settings and the BERT-base pair.
+fn times(delta: &[f32], rows: usize, cols: usize, m: &Array2<f64>) -> Array2<f64> {
+    times_in(delta, rows, cols, m, PRODUCT_BLOCK)
+}
+
+fn times_in(delta: &[f32], rows: usize, cols: usize, m: &Array2<f64>, block: usize) -> Array2<f64> {
+    let step = (block / cols.max(1)).max(PRODUCT_MIN_LINES);
+    let mut out = Array2::zeros((rows, m.ncols()));
+    for r0 in (0..rows).step_by(step) {
+        let r1 = (r0 + step).min(rows);
+        let block = f64_block(delta, cols, r0..r1, 0..cols);
+        out.slice_mut(ndarray::s![r0..r1, ..]).assign(&block.dot(m));
+    }
+    out
+}
+
+/// `qᵀ·Δ` in f64 (`q.ncols() × cols`), Δ converted a block of whole columns at a time: each block's columns of
+/// the product are one BLAS product over all of Δ's rows.
+fn transposed_times(delta: &[f32], rows: usize, cols: usize, q: &Array2<f64>) -> Array2<f64> {
+    transposed_times_in(delta, rows, cols, q, PRODUCT_BLOCK)
+}
+
+fn transposed_times_in(
+    delta: &[f32],
+    rows: usize,
+    cols: usize,
+    q: &Array2<f64>,
+    block: usize,
+) -> Array2<f64> {
+    let step = (block / rows.max(1)).max(PRODUCT_MIN_LINES);
+    let mut out = Array2::zeros((q.ncols(), cols));
+    for c0 in (0..cols).step_by(step) {
+        let c1 = (c0 + step).min(cols);
+        let block = f64_block(delta, cols, 0..rows, c0..c1);
+        out.slice_mut(ndarray::s![.., c0..c1])
+            .assign(&q.t().dot(&block));
+    }
+    out
 }
 
 /// Domain of [`top_singular`]'s sketch stream.

@@ -228,3 +228,37 @@ fn top_singular_finds_the_leading_triplets_by_sketch_and_exactly() {
     assert!(top_singular(&d, 121, 90, 3, 1).is_err());
     assert_eq!(top_singular(&d, 120, 90, 0, 1).unwrap().s.len(), 0);
 }
+
+/// The SVD's products, made a block of Δ at a time (of rows for Δ·m, of columns for qᵀ·Δ), are the products of
+/// the whole f64 matrix up to rounding, for blocks that split Δ unevenly as for one block, and the same bits each
+/// time.
+#[test]
+fn blockwise_products_are_the_whole_matrix_products() {
+    // 150 × 130: blocks of 64 lines split both sides unevenly (64 + 64 + 22, 64 + 64 + 2).
+    let (rows, cols, w) = (150, 130, 5);
+    let d = spectrum_matrix(rows, cols, &[4.0, 2.0, 1.0], 0.3);
+    let m = Array2::from_shape_fn((cols, w), |(i, j)| ((i * 7 + j * 3) as f64 * 0.37).sin());
+    let q = Array2::from_shape_fn((rows, w), |(i, j)| ((i * 5 + j * 11) as f64 * 0.23).cos());
+    let whole = crate::f64_block(&d, cols, 0..rows, 0..cols);
+    let (dm, qd) = ultradelta_core::blas::serialized(|| (whole.dot(&m), q.t().dot(&whole)));
+    let close = |a: &Array2<f64>, b: &Array2<f64>| {
+        a.shape() == b.shape()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-12 * (1.0 + y.abs()))
+    };
+    for block in [1, 100 * cols, 1 << 20] {
+        let run = || {
+            ultradelta_core::blas::serialized(|| {
+                (
+                    crate::times_in(&d, rows, cols, &m, block),
+                    crate::transposed_times_in(&d, rows, cols, &q, block),
+                )
+            })
+        };
+        let (got_dm, got_qd) = run();
+        assert!(close(&got_dm, &dm), "Δ·m in blocks of {block}");
+        assert!(close(&got_qd, &qd), "qᵀ·Δ in blocks of {block}");
+        assert_eq!(run(), (got_dm, got_qd), "the same bits again");
+    }
+}
