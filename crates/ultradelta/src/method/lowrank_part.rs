@@ -570,27 +570,21 @@ mod tests {
         );
         // Splits at several rates through the memo (which grows its table as they need) agree with splits made
         // after the memo's table is already whole.
-        let rates = [0.9, 0.6, 0.3, 0.75];
-        let first: Vec<_> = rates
-            .iter()
-            .map(|&r| {
-                split(&d, (64, 48), r, 29, &cfg)
-                    .unwrap()
-                    .map(|s| (s.part, s.rate, s.residual))
-            })
-            .collect();
+        let splits = || -> Vec<_> {
+            [0.9, 0.6, 0.3, 0.75]
+                .iter()
+                .map(|&r| {
+                    split(&d, (64, 48), r, 29, &cfg)
+                        .unwrap()
+                        .map(|s| (s.part, s.rate, s.residual))
+                })
+                .collect()
+        };
+        let first = splits();
         locked(&table(&d, (64, 48), 29, &cfg).unwrap())
             .trial(MAX_RANK, &d, 29, &cfg)
             .unwrap();
-        let again: Vec<_> = rates
-            .iter()
-            .map(|&r| {
-                split(&d, (64, 48), r, 29, &cfg)
-                    .unwrap()
-                    .map(|s| (s.part, s.rate, s.residual))
-            })
-            .collect();
-        assert_eq!(first, again);
+        assert_eq!(first, splits());
         assert!(first.iter().any(Option::is_some));
     }
 
