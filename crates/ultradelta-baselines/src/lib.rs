@@ -439,13 +439,15 @@ const SKETCH_POWER_STEPS: usize = 2;
 ///
 /// A randomized range finder (Halko, Martinsson and Tropp, 2011): a Gaussian sketch of `k + 8` columns drawn
 /// from `seed`, two power iterations with re-orthonormalisation (QR), then the exact SVD of the small projected
-/// matrix; when `k + 8` reaches `min(rows, cols)`, the exact SVD of the whole matrix instead. f64 throughout, but
-/// `delta` is converted a block at a time for each product (a word embedding's whole double-precision copy was the
-/// largest allocation of a compress); O(rows·cols·(k + 8)) time, so large tensors cost a few matrix products, not a
-/// full decomposition. The same inputs and seed give the same result, whatever the thread counts: one BLAS call at
-/// a time ([`ultradelta_core::blas::serialized`]), OpenBLAS on one thread inside. (Single precision was tried,
-/// 2026-12-05: 25 % faster, but the factors' 4-bit levels then depended on which OpenBLAS kernel the CPU selects,
-/// and so did the archive's bytes; in double precision they did not, on the settings checked.)
+/// matrix; when `k + 8` reaches `min(rows, cols)`, the exact SVD of the whole matrix instead. f64 throughout;
+/// O(rows·cols·(k + 8)) time, so large tensors cost a few matrix products, not a full decomposition. The products
+/// with Δ, nearly all the work, are this crate's own loops (`times`, `transposed_times`): Δ is read as it is,
+/// with no double-precision copy (a word embedding's was the largest allocation of a compress), in parallel, and
+/// every entry summed in a fixed order, so they give the same bits on any CPU and thread count and take no lock.
+/// Only the small QR factorizations (rows × (k + 8)) and the SVD of the projected matrix are LAPACK's, one call
+/// at a time ([`ultradelta_core::blas::serialized`]) with OpenBLAS on one thread. (Single precision was tried,
+/// 2026-12-05: faster, but the factors' 4-bit levels then depended on which OpenBLAS kernel the CPU selects, and
+/// so did the archive's bytes; in double precision they did not, on the settings checked.)
 ///
 /// # Errors
 /// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`; [`Error::Svd`].
@@ -469,27 +471,31 @@ pub fn top_singular(
     }
     let svd_err = |detail: String| Error::Svd { rows, cols, detail };
     let width = k + SKETCH_OVERSAMPLING;
-    let (u, sv, vt) = openblas::one_thread(|| -> Result<_> {
-        let (q, small) = if width >= rows.min(cols) {
-            (None, f64_block(delta, cols, 0..rows, 0..cols))
-        } else {
-            let mut rng = DetRng::new(mix(seed, SKETCH_DOMAIN));
-            let mut normal = || {
-                // Box–Muller from two uniforms in (0, 1].
-                let (x, y) = (1.0 - rng.unit_f64(), rng.unit_f64());
-                (-2.0 * x.ln()).sqrt() * (std::f64::consts::TAU * y).cos()
-            };
-            let omega = Array2::from_shape_fn((cols, width), |_| normal());
-            let orth = |m: Array2<f64>| m.qr().map(|(q, _)| q).map_err(|e| svd_err(e.to_string()));
-            let mut q = orth(times(delta, rows, cols, &omega))?;
-            for _ in 0..SKETCH_POWER_STEPS {
-                let z = transposed_times(delta, rows, cols, &q).reversed_axes();
-                let z = orth(z.as_standard_layout().into_owned())?;
-                q = orth(times(delta, rows, cols, &z))?;
-            }
-            let small = transposed_times(delta, rows, cols, &q);
-            (Some(q), small)
+    let (q, small) = if width >= rows.min(cols) {
+        (
+            None,
+            Array2::from_shape_fn((rows, cols), |(i, j)| f64::from(delta[i * cols + j])),
+        )
+    } else {
+        let mut rng = DetRng::new(mix(seed, SKETCH_DOMAIN));
+        let mut normal = || {
+            // Box–Muller from two uniforms in (0, 1].
+            let (x, y) = (1.0 - rng.unit_f64(), rng.unit_f64());
+            (-2.0 * x.ln()).sqrt() * (std::f64::consts::TAU * y).cos()
         };
+        let omega = Array2::from_shape_fn((cols, width), |_| normal());
+        let orth = |m: Array2<f64>| {
+            openblas::one_thread(|| m.qr().map(|(q, _)| q).map_err(|e| svd_err(e.to_string())))
+        };
+        let mut q = orth(times(delta, cols, &omega))?;
+        for _ in 0..SKETCH_POWER_STEPS {
+            let z = orth(transposed_times(delta, cols, &q))?;
+            q = orth(times(delta, cols, &z))?;
+        }
+        let small = transposed_times(delta, cols, &q).reversed_axes();
+        (Some(q), small.as_standard_layout().into_owned())
+    };
+    let (u, sv, vt) = openblas::one_thread(|| -> Result<_> {
         let (u, sv, vt) = small
             .svddc(JobSvd::Some)
             .map_err(|e| svd_err(e.to_string()))?;
@@ -513,68 +519,118 @@ pub fn top_singular(
     })
 }
 
-/// Entries of Δ converted to f64 at a time by [`times`] and [`transposed_times`] (8 MiB) ...
-const PRODUCT_BLOCK: usize = 1 << 20;
-/// ... but never fewer than this many rows (columns): a product of one or a few lines may take another route
-/// through BLAS (a matrix-vector product) with other rounding.
-const PRODUCT_MIN_LINES: usize = 64;
-
-/// `Δ[rows, cols]` of the row-major `delta` (`cols` wide) as an f64 matrix.
-fn f64_block(
-    delta: &[f32],
-    width: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-) -> Array2<f64> {
-    let c0 = cols.start;
-    Array2::from_shape_fn((rows.len(), cols.len()), |(i, j)| {
-        f64::from(delta[(rows.start + i) * width + c0 + j])
-    })
+/// `Δ·m` (`rows × w`) for the row-major Δ (`cols` wide) and `m` (`cols × w`), in f64, rows in parallel: each entry
+/// summed over j in order (`+= Δ[i, j]·m[j, k]`, no fused multiply-add), so the bits depend on neither the thread
+/// count nor the CPU.
+fn times(delta: &[f32], cols: usize, m: &Array2<f64>) -> Array2<f64> {
+    let w = m.ncols();
+    let m = m.as_standard_layout();
+    let ms = m.as_slice().expect("standard layout");
+    let rows = delta.len() / cols.max(1);
+    let mut out = vec![0f64; rows * w];
+    out.par_chunks_mut(w)
+        .zip(delta.par_chunks(cols))
+        .with_min_len(16)
+        .for_each(|(o, drow)| ultradelta_qgp::simd::wide(|| row_sums(o, drow, ms)));
+    Array2::from_shape_vec((rows, w), out).expect("rows × w")
 }
 
-/// `Δ·m` in f64 for the row-major `rows × cols` Δ, converted a block of whole rows at a time: no f64 copy of Δ.
-/// Each block's rows of the product are one BLAS product over all of Δ's columns. The blocks are fixed by the
-/// shape, so the result is deterministic; it may differ from the whole matrix's product in the last bits (OpenBLAS
-/// rounds a product's edge blocks otherwise), which did not reach the factors' 4-bit levels: archives were
-/// byte-identical to those of the whole-matrix products on the 20 MiniLM grid settings and the BERT-base pair.
-fn times(delta: &[f32], rows: usize, cols: usize, m: &Array2<f64>) -> Array2<f64> {
-    times_in(delta, rows, cols, m, PRODUCT_BLOCK)
-}
-
-fn times_in(delta: &[f32], rows: usize, cols: usize, m: &Array2<f64>, block: usize) -> Array2<f64> {
-    let step = (block / cols.max(1)).max(PRODUCT_MIN_LINES);
-    let mut out = Array2::zeros((rows, m.ncols()));
-    for r0 in (0..rows).step_by(step) {
-        let r1 = (r0 + step).min(rows);
-        let block = f64_block(delta, cols, r0..r1, 0..cols);
-        out.slice_mut(ndarray::s![r0..r1, ..]).assign(&block.dot(m));
+/// `out += Σ_j drow[j]·m[j, ·]`, j in order (one row of [`times`]); registers-sized sums at the sketch's usual
+/// width, as in [`column_sums`].
+#[inline(always)]
+fn row_sums(out: &mut [f64], drow: &[f32], ms: &[f64]) {
+    const W: usize = MAX_SKETCH_WIDTH;
+    if out.len() == W {
+        let mut r = [0f64; W];
+        r.copy_from_slice(out);
+        for (&a, mrow) in drow.iter().zip(ms.chunks_exact(W)) {
+            let a = f64::from(a);
+            let mrow: &[f64; W] = mrow.try_into().expect("W wide");
+            for (v, &b) in r.iter_mut().zip(mrow) {
+                *v += a * b;
+            }
+        }
+        out.copy_from_slice(&r);
+    } else {
+        let w = out.len();
+        for (&a, mrow) in drow.iter().zip(ms.chunks_exact(w)) {
+            axpy(out, f64::from(a), mrow);
+        }
     }
-    out
 }
 
-/// `qᵀ·Δ` in f64 (`q.ncols() × cols`), Δ converted a block of whole columns at a time: each block's columns of
-/// the product are one BLAS product over all of Δ's rows.
-fn transposed_times(delta: &[f32], rows: usize, cols: usize, q: &Array2<f64>) -> Array2<f64> {
-    transposed_times_in(delta, rows, cols, q, PRODUCT_BLOCK)
+/// `y += a·x`, entry by entry (a multiply, then an add: the same bits at any vector width).
+#[inline(always)]
+fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
+    for (v, &b) in y.iter_mut().zip(x) {
+        *v += a * b;
+    }
 }
 
-fn transposed_times_in(
+/// Columns of Δ per block of [`transposed_times`] (a block's sums stay in the first-level cache) ...
+const COLUMN_BLOCK: usize = 64;
+/// ... and rows per pass over the block (that many rows of `q` stay in cache while each column's sums stay in
+/// registers).
+const ROW_CHUNK: usize = 256;
+
+/// `Δᵀ·q` (`cols × w`) for the row-major Δ (`cols` wide) and `q` (`rows × w`), in f64, blocks of columns in
+/// parallel: each entry summed over i in order, so the bits depend on neither the thread count nor the CPU.
+fn transposed_times(delta: &[f32], cols: usize, q: &Array2<f64>) -> Array2<f64> {
+    let w = q.ncols();
+    let q = q.as_standard_layout();
+    let qs = q.as_slice().expect("standard layout");
+    let rows = delta.len() / cols.max(1);
+    let mut out = vec![0f64; cols * w];
+    out.par_chunks_mut(COLUMN_BLOCK * w)
+        .enumerate()
+        .for_each(|(b, acc)| {
+            let c0 = b * COLUMN_BLOCK;
+            ultradelta_qgp::simd::wide(|| {
+                for i0 in (0..rows).step_by(ROW_CHUNK) {
+                    let i1 = (i0 + ROW_CHUNK).min(rows);
+                    for (jj, accj) in acc.chunks_exact_mut(w).enumerate() {
+                        column_sums(accj, delta, cols, c0 + jj, i0..i1, qs);
+                    }
+                }
+            })
+        });
+    Array2::from_shape_vec((cols, w), out).expect("cols × w")
+}
+
+/// `acc += Σ_{i in rows} Δ[i, j]·q[i, ·]`, i in order: with the sketch's usual width the sums are a fixed-size
+/// array the compiler keeps in registers, otherwise the same additions on the slice.
+#[inline(always)]
+fn column_sums(
+    acc: &mut [f64],
     delta: &[f32],
-    rows: usize,
     cols: usize,
-    q: &Array2<f64>,
-    block: usize,
-) -> Array2<f64> {
-    let step = (block / rows.max(1)).max(PRODUCT_MIN_LINES);
-    let mut out = Array2::zeros((q.ncols(), cols));
-    for c0 in (0..cols).step_by(step) {
-        let c1 = (c0 + step).min(cols);
-        let block = f64_block(delta, cols, 0..rows, c0..c1);
-        out.slice_mut(ndarray::s![.., c0..c1])
-            .assign(&q.t().dot(&block));
+    j: usize,
+    rows: std::ops::Range<usize>,
+    qs: &[f64],
+) {
+    const W: usize = MAX_SKETCH_WIDTH;
+    let w = acc.len();
+    if w == W {
+        let mut r = [0f64; W];
+        r.copy_from_slice(acc);
+        for i in rows {
+            let a = f64::from(delta[i * cols + j]);
+            let qrow: &[f64; W] = qs[i * W..(i + 1) * W].try_into().expect("W wide");
+            for (v, &b) in r.iter_mut().zip(qrow) {
+                *v += a * b;
+            }
+        }
+        acc.copy_from_slice(&r);
+    } else {
+        for i in rows {
+            axpy(acc, f64::from(delta[i * cols + j]), &qs[i * w..(i + 1) * w]);
+        }
     }
-    out
 }
+
+/// The sketch width of the low-rank part's SVD (its 16 ranks and the oversampling), for which
+/// [`transposed_times`] has registers-sized sums.
+const MAX_SKETCH_WIDTH: usize = 24;
 
 /// Domain of [`top_singular`]'s sketch stream.
 const SKETCH_DOMAIN: u64 = 0x534b_4554_4348_5356; // "SKETCHSV"

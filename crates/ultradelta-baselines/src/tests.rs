@@ -229,36 +229,41 @@ fn top_singular_finds_the_leading_triplets_by_sketch_and_exactly() {
     assert_eq!(top_singular(&d, 120, 90, 0, 1).unwrap().s.len(), 0);
 }
 
-/// The SVD's products, made a block of Δ at a time (of rows for Δ·m, of columns for qᵀ·Δ), are the products of
-/// the whole f64 matrix up to rounding, for blocks that split Δ unevenly as for one block, and the same bits each
-/// time.
+/// The SVD's products are the plain sums — each entry summed in index order, a multiply then an add — to the bit,
+/// at the sketch's usual width (the registers-sized path) and at another, on column blocks and row chunks that do
+/// not divide the matrix, and on one thread as on many.
 #[test]
-fn blockwise_products_are_the_whole_matrix_products() {
-    // 150 × 130: blocks of 64 lines split both sides unevenly (64 + 64 + 22, 64 + 64 + 2).
-    let (rows, cols, w) = (150, 130, 5);
+fn sketch_products_are_the_plain_sums_on_any_thread_count() {
+    // 300 rows (a row chunk of 256 and the rest), 150 columns (blocks of 64, 64 and 22).
+    let (rows, cols) = (300, 150);
     let d = spectrum_matrix(rows, cols, &[4.0, 2.0, 1.0], 0.3);
-    let m = Array2::from_shape_fn((cols, w), |(i, j)| ((i * 7 + j * 3) as f64 * 0.37).sin());
-    let q = Array2::from_shape_fn((rows, w), |(i, j)| ((i * 5 + j * 11) as f64 * 0.23).cos());
-    let whole = crate::f64_block(&d, cols, 0..rows, 0..cols);
-    let (dm, qd) = ultradelta_core::blas::serialized(|| (whole.dot(&m), q.t().dot(&whole)));
-    let close = |a: &Array2<f64>, b: &Array2<f64>| {
-        a.shape() == b.shape()
-            && a.iter()
-                .zip(b)
-                .all(|(x, y)| (x - y).abs() <= 1e-12 * (1.0 + y.abs()))
-    };
-    for block in [1, 100 * cols, 1 << 20] {
+    for w in [crate::MAX_SKETCH_WIDTH, 11] {
+        let m = Array2::from_shape_fn((cols, w), |(i, j)| ((i * 7 + j * 3) as f64 * 0.37).sin());
+        let q = Array2::from_shape_fn((rows, w), |(i, j)| ((i * 5 + j * 11) as f64 * 0.23).cos());
+        let mut dm = Array2::<f64>::zeros((rows, w));
+        let mut dq = Array2::<f64>::zeros((cols, w));
+        for i in 0..rows {
+            for j in 0..cols {
+                let a = f64::from(d[i * cols + j]);
+                for k in 0..w {
+                    dm[[i, k]] += a * m[[j, k]];
+                    dq[[j, k]] += a * q[[i, k]];
+                }
+            }
+        }
         let run = || {
-            ultradelta_core::blas::serialized(|| {
-                (
-                    crate::times_in(&d, rows, cols, &m, block),
-                    crate::transposed_times_in(&d, rows, cols, &q, block),
-                )
-            })
+            (
+                crate::times(&d, cols, &m),
+                crate::transposed_times(&d, cols, &q),
+            )
         };
-        let (got_dm, got_qd) = run();
-        assert!(close(&got_dm, &dm), "Δ·m in blocks of {block}");
-        assert!(close(&got_qd, &qd), "qᵀ·Δ in blocks of {block}");
-        assert_eq!(run(), (got_dm, got_qd), "the same bits again");
+        let many = run();
+        assert_eq!(many, (dm, dq), "width {w}");
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(run);
+        assert_eq!(one, many, "width {w}, one thread");
     }
 }
