@@ -531,30 +531,31 @@ fn times(delta: &[f32], cols: usize, m: &Array2<f64>) -> Array2<f64> {
     out.par_chunks_mut(w)
         .zip(delta.par_chunks(cols))
         .with_min_len(16)
-        .for_each(|(o, drow)| ultradelta_qgp::simd::wide(|| row_sums(o, drow, ms)));
+        .for_each(|(o, drow)| {
+            ultradelta_qgp::simd::wide(|| {
+                add_products(o, drow.iter().copied().zip(ms.chunks_exact(w)))
+            })
+        });
     Array2::from_shape_vec((rows, w), out).expect("rows × w")
 }
 
-/// `out += Σ_j drow[j]·m[j, ·]`, j in order (one row of [`times`]); registers-sized sums at the sketch's usual
-/// width, as in [`column_sums`].
+/// `acc += Σ_t a_t·x_t` over `terms` in order, each `x_t` as wide as `acc` (a row of [`times`], a column of
+/// [`transposed_times`]). At the sketch's usual width the sums are a fixed-size array the compiler keeps in
+/// registers; otherwise the same additions on the slice.
 #[inline(always)]
-fn row_sums(out: &mut [f64], drow: &[f32], ms: &[f64]) {
+fn add_products<'a>(acc: &mut [f64], terms: impl Iterator<Item = (f32, &'a [f64])>) {
     const W: usize = MAX_SKETCH_WIDTH;
-    if out.len() == W {
+    if acc.len() == W {
         let mut r = [0f64; W];
-        r.copy_from_slice(out);
-        for (&a, mrow) in drow.iter().zip(ms.chunks_exact(W)) {
-            let a = f64::from(a);
-            let mrow: &[f64; W] = mrow.try_into().expect("W wide");
-            for (v, &b) in r.iter_mut().zip(mrow) {
-                *v += a * b;
-            }
+        r.copy_from_slice(acc);
+        for (a, x) in terms {
+            let x: &[f64; W] = x.try_into().expect("as wide as the sums");
+            axpy(&mut r, f64::from(a), x);
         }
-        out.copy_from_slice(&r);
+        acc.copy_from_slice(&r);
     } else {
-        let w = out.len();
-        for (&a, mrow) in drow.iter().zip(ms.chunks_exact(w)) {
-            axpy(out, f64::from(a), mrow);
+        for (a, x) in terms {
+            axpy(acc, f64::from(a), x);
         }
     }
 }
@@ -589,7 +590,11 @@ fn transposed_times(delta: &[f32], cols: usize, q: &Array2<f64>) -> Array2<f64> 
                 for i0 in (0..rows).step_by(ROW_CHUNK) {
                     let i1 = (i0 + ROW_CHUNK).min(rows);
                     for (jj, accj) in acc.chunks_exact_mut(w).enumerate() {
-                        column_sums(accj, delta, cols, c0 + jj, i0..i1, qs);
+                        let j = c0 + jj;
+                        add_products(
+                            accj,
+                            (i0..i1).map(|i| (delta[i * cols + j], &qs[i * w..(i + 1) * w])),
+                        );
                     }
                 }
             })
@@ -597,39 +602,8 @@ fn transposed_times(delta: &[f32], cols: usize, q: &Array2<f64>) -> Array2<f64> 
     Array2::from_shape_vec((cols, w), out).expect("cols × w")
 }
 
-/// `acc += Σ_{i in rows} Δ[i, j]·q[i, ·]`, i in order: with the sketch's usual width the sums are a fixed-size
-/// array the compiler keeps in registers, otherwise the same additions on the slice.
-#[inline(always)]
-fn column_sums(
-    acc: &mut [f64],
-    delta: &[f32],
-    cols: usize,
-    j: usize,
-    rows: std::ops::Range<usize>,
-    qs: &[f64],
-) {
-    const W: usize = MAX_SKETCH_WIDTH;
-    let w = acc.len();
-    if w == W {
-        let mut r = [0f64; W];
-        r.copy_from_slice(acc);
-        for i in rows {
-            let a = f64::from(delta[i * cols + j]);
-            let qrow: &[f64; W] = qs[i * W..(i + 1) * W].try_into().expect("W wide");
-            for (v, &b) in r.iter_mut().zip(qrow) {
-                *v += a * b;
-            }
-        }
-        acc.copy_from_slice(&r);
-    } else {
-        for i in rows {
-            axpy(acc, f64::from(delta[i * cols + j]), &qs[i * w..(i + 1) * w]);
-        }
-    }
-}
-
 /// The sketch width of the low-rank part's SVD (its 16 ranks and the oversampling), for which
-/// [`transposed_times`] has registers-sized sums.
+/// [`add_products`] keeps its sums in registers.
 const MAX_SKETCH_WIDTH: usize = 24;
 
 /// Domain of [`top_singular`]'s sketch stream.
