@@ -326,7 +326,7 @@ pub struct CompressArgs {
     /// the rank that leaves the seeded sample the least predicted error in the same bytes), the seeded sample
     /// coding the rest (record kind 16, which builds before 2026-12-05 cannot apply). Needs seeded positions. [default: the
     /// model family's, measured: on for BERT (+1.0 to +4.9 points of in-domain retention across the MiniLM
-    /// testbed's grid; compress is slower, MiniLM 0.4 s → 2 s, BERT-base 0.5 s → 5.6 s), off for LLaMA and the
+    /// testbed's grid; compress is slower, MiniLM 0.4 s → 1.5 s, BERT-base 0.5 s → 3.6 s), off for LLaMA and the
     /// families not measured; README, "Choosing the defaults"]
     #[arg(long, conflicts_with = "no_lowrank_part")]
     pub lowrank_part: bool,
