@@ -1,4 +1,5 @@
-# sim.py TASK SCHEME OUTDIR [SEED] [RATIO]  (SCHEME det | sr | vq; env BC=oracle, VQK, VQD, GAIN=exact|row, CB=gauss|pm, LAM): rebuild a model folder with every 2-D weight delta (linear layers +
+# sim.py TASK SCHEME OUTDIR [SEED] [RATIO]  (SCHEME det | sr | vq; env BC=oracle, VQK, VQD, GAIN=exact|row, CB=gauss|pm, LAM,
+# LAYW=w0,...,w5 density weights per encoder layer, total bits unchanged): rebuild a model folder with every 2-D weight delta (linear layers +
 # word embeddings) replaced by a seeded uniform sample + 3-bit range levels, density set so that the levels' entropy
 # matches 132.5x (0.1208 bits per entry over all compressed entries); position embeddings' delta dropped.
 import numpy as np, json, struct, sys, shutil
@@ -35,7 +36,10 @@ for k in keys:
     D = (F[k] - B[k]).astype(np.float64)
     l, lo, step = levels(D, scheme, np.random.default_rng(seed + 1000))
     H[k] = ent(l); Q[k] = (l, lo, step)
-p = tot_bits / sum(B[k].size * H[k] for k in keys)
+LW = [float(x) for x in os.environ.get('LAYW', '1,1,1,1,1,1').split(',')]
+def lw(k):
+    return LW[int(k.split('.')[2])] if k.startswith('encoder.layer.') else 1.0
+p = tot_bits / sum(B[k].size * H[k] * lw(k) for k in keys)
 print(task, scheme, 'density %.4f' % p, 'mean bits/kept %.3f' % (sum(B[k].size * H[k] for k in keys) / sum(B[k].size for k in keys)), file=sys.stderr)
 shutil.rmtree(out, ignore_errors=True); shutil.copytree(f'{T}/{task}', out)
 pth = f'{out}/model.safetensors'; f = open(pth, 'r+b')
@@ -55,8 +59,8 @@ def vq(D, r):
     return float(os.environ.get('LAM', '1')) * (Xh / alpha).reshape(m, nn) * sg
 for k in keys:
     l, lo, step = Q[k]
-    keep = rng.random(l.shape) < p
-    Dh = np.where(keep, (lo + l * step) / p, 0.0)
+    pk_ = min(1.0, p * lw(k)); keep = rng.random(l.shape) < pk_
+    Dh = np.where(keep, (lo + l * step) / pk_, 0.0)
     if scheme == 'vq' and 'word_embeddings' not in k:
         Dh = vq((F[k] - B[k]).astype(np.float64), rng)
     put(k, B[k] + Dh)
