@@ -330,10 +330,6 @@ const UNSAFE_MODULES: [(&str, &str); 8] = [
         "candle's memory-mapped safetensors loader is an unsafe fn",
     ),
     (
-        "crates/ultradelta-baselines/src/openblas.rs",
-        "OpenBLAS's thread count, pinned to one around the low-rank part's SVD",
-    ),
-    (
         "xtask/src/bench.rs",
         "wait4 (a child's peak RSS) and sync through libc",
     ),

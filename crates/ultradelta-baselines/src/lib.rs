@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use ultradelta_qgp::rng::{mix, DetRng};
 use ultradelta_qgp::{quantize, QuantParams, Quantizer};
 
-mod openblas;
+mod small;
 
 /// Kept positions with fp16 values and one scale (DARE, magnitude pruning, UltraDelta without quantization): the
 /// value at `positions[i]` is `f32(values[i]) · scale`, every other entry zero. Stored as a `sparse-f16` record.
@@ -437,20 +437,21 @@ const SKETCH_POWER_STEPS: usize = 2;
 
 /// The top `k` (at most `min(rows, cols)`) singular triplets of the row-major `rows × cols` matrix `delta`.
 ///
-/// A randomized range finder (Halko, Martinsson and Tropp, 2011): a Gaussian sketch of `k + 8` columns drawn
-/// from `seed`, two power iterations with re-orthonormalisation (QR), then the exact SVD of the small projected
+/// A randomized range finder (Halko, Martinsson and Tropp, 2011): a Rademacher (±1) sketch of `k + 8` columns
+/// drawn from `seed`, two power iterations with re-orthonormalisation, then the exact SVD of the small projected
 /// matrix; when `k + 8` reaches `min(rows, cols)`, the exact SVD of the whole matrix instead. f64 throughout;
 /// O(rows·cols·(k + 8)) time, so large tensors cost a few matrix products, not a full decomposition. The products
 /// with Δ, nearly all the work, are this crate's own loops (`times`, `transposed_times`): Δ is read as it is,
 /// with no double-precision copy (a word embedding's was the largest allocation of a compress), in parallel, and
-/// every entry summed in a fixed order, so they give the same bits on any CPU and thread count and take no lock.
-/// Only the small QR factorizations (rows × (k + 8)) and the SVD of the projected matrix are LAPACK's, one call
-/// at a time ([`ultradelta_core::blas::serialized`]) with OpenBLAS on one thread. (Single precision was tried,
-/// 2026-12-05: faster, but the factors' 4-bit levels then depended on which OpenBLAS kernel the CPU selects, and
-/// so did the archive's bytes; in double precision they did not, on the settings checked.)
+/// every entry summed in a fixed order. The small factorizations are this crate's too (`small`: Gram–Schmidt
+/// twice for the orthonormal bases, one-sided Jacobi for the SVDs, each singular pair's sign fixed by its right
+/// vector), sequential and in a fixed order. So the result is the same bits on any CPU, OpenBLAS kernel, libm and
+/// thread count, and takes no lock. (Until 2026-12-05 evening the QR and the small SVD were LAPACK's, on one
+/// OpenBLAS thread, and the sketch Gaussian by Box–Muller; single precision was tried the same day and rejected:
+/// the factors' 4-bit levels then depended on the OpenBLAS kernel the CPU selects.)
 ///
 /// # Errors
-/// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`; [`Error::Svd`].
+/// [`Error::NonFinite`]; [`Error::Parameter`] if `rows · cols != delta.len()`.
 pub fn top_singular(
     delta: &[f32],
     rows: usize,
@@ -459,7 +460,6 @@ pub fn top_singular(
     seed: u64,
 ) -> Result<TopSingular> {
     use ndarray::{s, Axis};
-    use ndarray_linalg::QR;
     check_matrix(delta, rows, cols)?;
     let k = k.min(rows).min(cols);
     if k == 0 {
@@ -469,46 +469,41 @@ pub fn top_singular(
             v: Vec::new(),
         });
     }
-    let svd_err = |detail: String| Error::Svd { rows, cols, detail };
     let width = k + SKETCH_OVERSAMPLING;
-    let (q, small) = if width >= rows.min(cols) {
-        (
-            None,
-            Array2::from_shape_fn((rows, cols), |(i, j)| f64::from(delta[i * cols + j])),
-        )
-    } else {
-        let mut rng = DetRng::new(mix(seed, SKETCH_DOMAIN));
-        let mut normal = || {
-            // Box–Muller from two uniforms in (0, 1].
-            let (x, y) = (1.0 - rng.unit_f64(), rng.unit_f64());
-            (-2.0 * x.ln()).sqrt() * (std::f64::consts::TAU * y).cos()
-        };
-        let omega = Array2::from_shape_fn((cols, width), |_| normal());
-        let orth = |m: Array2<f64>| {
-            openblas::one_thread(|| m.qr().map(|(q, _)| q).map_err(|e| svd_err(e.to_string())))
-        };
-        let mut q = orth(times(delta, cols, &omega))?;
-        for _ in 0..SKETCH_POWER_STEPS {
-            let z = orth(transposed_times(delta, cols, &q))?;
-            q = orth(times(delta, cols, &z))?;
+    let (u, sv, vt) = if width >= rows.min(cols) {
+        let whole = Array2::from_shape_fn((rows, cols), |(i, j)| f64::from(delta[i * cols + j]));
+        if cols <= rows {
+            small::thin_svd(whole.view())
+        } else {
+            // Δᵀ = U'·S·V'ᵀ, so Δ = V'·S·U'ᵀ.
+            let (ut, sv, vtt) = small::thin_svd(whole.t());
+            (vtt.reversed_axes(), sv, ut.reversed_axes())
         }
-        let small = transposed_times(delta, cols, &q).reversed_axes();
-        (Some(q), small.as_standard_layout().into_owned())
+    } else {
+        // A Rademacher sketch (±1 from the seed's stream): exact in f64, and no libm function whose last bits
+        // could differ between machines.
+        let mut rng = DetRng::new(mix(seed, SKETCH_DOMAIN));
+        let omega = Array2::from_shape_fn((cols, width), |_| {
+            if rng.next_u64() >> 63 == 0 {
+                1.0
+            } else {
+                -1.0
+            }
+        });
+        let mut q = small::orthonormal_columns(&times(delta, cols, &omega));
+        for _ in 0..SKETCH_POWER_STEPS {
+            let z = small::orthonormal_columns(&transposed_times(delta, cols, &q));
+            q = small::orthonormal_columns(&times(delta, cols, &z));
+        }
+        // B = Qᵀ·Δ (width × cols); Bᵀ = Δᵀ·Q = U'·S·V'ᵀ, so B = V'·S·U'ᵀ and Δ ≈ (Q·V')·S·U'ᵀ.
+        let bt = transposed_times(delta, cols, &q);
+        let (ub, sv, vb) = small::thin_svd(bt.view());
+        (
+            small::product(&q, &vb.reversed_axes()),
+            sv,
+            ub.reversed_axes(),
+        )
     };
-    let (u, sv, vt) = openblas::one_thread(|| -> Result<_> {
-        let (u, sv, vt) = small
-            .svddc(JobSvd::Some)
-            .map_err(|e| svd_err(e.to_string()))?;
-        let (u, vt) = match (u, vt) {
-            (Some(u), Some(vt)) => (u, vt),
-            _ => return Err(svd_err("LAPACK returned no singular vectors".into())),
-        };
-        let u = match q {
-            Some(q) => q.dot(&u),
-            None => u,
-        };
-        Ok((u, sv, vt))
-    })?;
     let u = u.slice(s![.., ..k]);
     Ok(TopSingular {
         u: u.axis_iter(Axis(1))
