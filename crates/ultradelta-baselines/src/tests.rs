@@ -191,8 +191,9 @@ fn spectrum_matrix(rows: usize, cols: usize, sigma: &[f64], noise: f64) -> Vec<f
 #[test]
 fn top_singular_finds_the_leading_triplets_by_sketch_and_exactly() {
     let sigma = [5.0, 3.0, 2.0, 1.0, 0.5];
-    // 120 × 90 with k = 3: the sketch path (3 + 8 < 90); 12 × 9: the exact path.
-    for (rows, cols) in [(120, 90), (12, 9)] {
+    // k = 3: the sketch path (3 + 8 < min(rows, cols)) on tall and wide matrices; the exact path on a tall and a
+    // wide one (min(rows, cols) ≤ 11).
+    for (rows, cols) in [(120, 90), (90, 120), (12, 9), (9, 40)] {
         let d = spectrum_matrix(rows, cols, &sigma, 1e-4);
         let t = top_singular(&d, rows, cols, 3, 11).unwrap();
         assert_eq!((t.u.len(), t.s.len(), t.v.len()), (3 * rows, 3, 3 * cols));
@@ -227,6 +228,23 @@ fn top_singular_finds_the_leading_triplets_by_sketch_and_exactly() {
     assert_eq!(top_singular(&d[..12 * 9], 12, 9, 40, 1).unwrap().s.len(), 9);
     assert!(top_singular(&d, 121, 90, 3, 1).is_err());
     assert_eq!(top_singular(&d, 120, 90, 0, 1).unwrap().s.len(), 0);
+}
+
+/// The whole SVD, not only its products with Δ, gives the same bits on one thread as on many: the small
+/// factorizations are sequential and every sum has a fixed order.
+#[test]
+fn top_singular_is_the_same_bits_on_any_thread_count() {
+    let d = spectrum_matrix(300, 150, &[4.0, 2.0, 1.0, 0.5], 0.3);
+    for (rows, cols) in [(300, 150), (150, 300)] {
+        let run = || top_singular(&d, rows, cols, 16, 5).unwrap();
+        let many = run();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(run);
+        assert_eq!(one, many, "{rows}x{cols}");
+    }
 }
 
 /// The SVD's products are the plain sums — each entry summed in index order, a multiply then an add — to the bit,
