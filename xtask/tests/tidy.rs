@@ -304,7 +304,7 @@ fn library_text_does_not_spell_flags() {
 /// The modules that may contain `unsafe` code, and why. Everything else inherits the workspace's
 /// `unsafe_code = "deny"`; clippy's `undocumented_unsafe_blocks` (a workspace lint, denied in CI) makes every
 /// block in these modules carry a `// SAFETY:` comment.
-const UNSAFE_MODULES: [(&str, &str); 8] = [
+const UNSAFE_MODULES: [(&str, &str); 7] = [
     (
         "crates/ultradelta-qgp/src/lib.rs",
         "declares the two kernel modules below",

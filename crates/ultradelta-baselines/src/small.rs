@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn orthonormal_columns_zero_a_dependent_column() {
         let mut y = matrix(50, 4, 2);
-        let c = &y.column(0) * 2.0 - &y.column(1);
+        let c = &y.column(0) * 2.0 - y.column(1);
         y.column_mut(2).assign(&c);
         let q = orthonormal_columns(&y);
         assert!(q.column(2).iter().all(|&x| x == 0.0));
