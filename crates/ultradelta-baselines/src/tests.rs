@@ -230,6 +230,15 @@ fn top_singular_finds_the_leading_triplets_by_sketch_and_exactly() {
     assert_eq!(top_singular(&d, 120, 90, 0, 1).unwrap().s.len(), 0);
 }
 
+/// `f` run inside a rayon pool of one thread.
+fn on_one_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 /// The whole SVD, not only its products with Δ, gives the same bits on one thread as on many: the small
 /// factorizations are sequential and every sum has a fixed order.
 #[test]
@@ -238,11 +247,7 @@ fn top_singular_is_the_same_bits_on_any_thread_count() {
     for (rows, cols) in [(300, 150), (150, 300)] {
         let run = || top_singular(&d, rows, cols, 16, 5).unwrap();
         let many = run();
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap()
-            .install(run);
+        let one = on_one_thread(run);
         assert_eq!(one, many, "{rows}x{cols}");
     }
 }
@@ -277,11 +282,7 @@ fn sketch_products_are_the_plain_sums_on_any_thread_count() {
         };
         let many = run();
         assert_eq!(many, (dm, dq), "width {w}");
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap()
-            .install(run);
+        let one = on_one_thread(run);
         assert_eq!(one, many, "width {w}, one thread");
     }
 }
