@@ -42,12 +42,17 @@ pth = f'{out}/model.safetensors'; f = open(pth, 'r+b')
 def put(k, W):
     e = h[k]; f.seek(8 + n + e['data_offsets'][0]); f.write(np.ascontiguousarray(W, dtype=np.float32).tobytes())
 tot_b = tot_used = 0
+LW = [float(x) for x in os.environ.get('LAYW', '1,1,1,1,1,1').split(',')]
+def lw(k):
+    return LW[int(k.split('.')[2])] if k.startswith('encoder.layer.') else 1.0
+lin = [k for k in info if 'word_embeddings' not in k]
+norm = sum(8 * info[k][0] - 320 for k in lin) / sum((8 * info[k][0] - 320) * lw(k) for k in lin)
 for k, (nbytes, rank) in info.items():
     D = (F[k] - B[k]).astype(np.float64)
     if 'word_embeddings' in k:
         lo, hi = D.min(), D.max(); step = (hi - lo) / 7; l = np.clip(np.round((D - lo) / step), 0, 7)
         Dh = np.where(r.random(D.shape) < dens, (lo + l * step) / dens, 0.0); put(k, B[k] + Dh); continue
-    bits = 8 * nbytes - 8 * 40   # record header, roughly
+    bits = (8 * nbytes - 8 * 40) * lw(k) * norm   # record header, roughly; LAYW moves bits between layers
     L = np.zeros_like(D); fbits = 0
     if mode == 'lr' and rank > 0:
         U, s, Vt = np.linalg.svd(D, full_matrices=False)
