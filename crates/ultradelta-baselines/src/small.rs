@@ -71,14 +71,25 @@ pub(crate) fn product(a: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
     })
 }
 
-/// Thin SVD of `a` (`m × n`, `n ≤ m`) by one-sided Jacobi rotations (Hestenes): the columns are rotated in pairs
-/// until every pair is orthogonal to working precision, then the singular values are the columns' norms. Returns
-/// `(u, s, vt)` with `u` `m × n`, `s` decreasing, `vt` `n × n`, and each pair's sign fixed so that the
-/// largest-magnitude entry of its right vector is positive (the first such entry on a tie): the result does not
-/// depend on how the rotations happened to leave the signs. A zero singular value gets a zero left vector.
+/// Thin SVD of `a` (`m × n`, `n ≤ m`): an orthonormal basis `Q` of the columns ([`orthonormal_columns`]), the
+/// `n × n` matrix `R = Qᵀ·a`, whose SVD by one-sided Jacobi rotations (Hestenes) is cheap, and `u = Q·u_R`. Jacobi
+/// rotates the columns in pairs until every pair is orthogonal to working precision; the singular values are then
+/// the columns' norms. Returns `(u, s, vt)` with `u` `m × n`, `s` decreasing, `vt` `n × n`, and each pair's sign
+/// fixed so that the largest-magnitude entry of its right vector is positive (the first such entry on a tie): the
+/// result does not depend on how the rotations happened to leave the signs. A zero singular value gets a zero left
+/// vector.
 pub(crate) fn thin_svd(a: ArrayView2<'_, f64>) -> (Array2<f64>, Array1<f64>, Array2<f64>) {
+    let q = orthonormal_columns(&a.to_owned());
+    let r = product(&q.t().to_owned(), &a.to_owned());
+    let (ur, s, vt) = jacobi_svd(r.view());
+    (product(&q, &ur), s, vt)
+}
+
+/// One-sided Jacobi SVD of `a` (`m × n`, `n ≤ m`), as [`thin_svd`] describes; costs O(sweeps · n² · m), so
+/// [`thin_svd`] gives it the square `R`.
+fn jacobi_svd(a: ArrayView2<'_, f64>) -> (Array2<f64>, Array1<f64>, Array2<f64>) {
     let (m, n) = a.dim();
-    debug_assert!(n <= m, "thin_svd wants at most as many columns as rows");
+    debug_assert!(n <= m, "jacobi_svd wants at most as many columns as rows");
     let mut w = columns(a);
     // v's columns, one vector each, start as the identity.
     let mut v: Vec<Vec<f64>> = (0..n)
