@@ -490,19 +490,15 @@ pub fn top_singular(
                 -1.0
             }
         });
-        let mut q = small::orthonormal_columns(&times(delta, cols, &omega));
+        let mut q = small::orthonormal_columns(times(delta, cols, &omega).view());
         for _ in 0..SKETCH_POWER_STEPS {
-            let z = small::orthonormal_columns(&transposed_times(delta, cols, &q));
-            q = small::orthonormal_columns(&times(delta, cols, &z));
+            let z = small::orthonormal_columns(transposed_times(delta, cols, &q).view());
+            q = small::orthonormal_columns(times(delta, cols, &z).view());
         }
         // B = Qᵀ·Δ (width × cols); Bᵀ = Δᵀ·Q = U'·S·V'ᵀ, so B = V'·S·U'ᵀ and Δ ≈ (Q·V')·S·U'ᵀ.
         let bt = transposed_times(delta, cols, &q);
         let (ub, sv, vb) = small::thin_svd(bt.view());
-        (
-            small::product(&q, &vb.reversed_axes()),
-            sv,
-            ub.reversed_axes(),
-        )
+        (small::product(q.view(), vb.t()), sv, ub.reversed_axes())
     };
     let u = u.slice(s![.., ..k]);
     Ok(TopSingular {

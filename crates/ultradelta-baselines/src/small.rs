@@ -15,13 +15,6 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     s
 }
 
-/// `dst -= c · src`, entry by entry.
-fn sub_scaled(dst: &mut [f64], c: f64, src: &[f64]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d -= c * s;
-    }
-}
-
 /// Columns of `a` (`m × n`) as `n` contiguous vectors of `m` entries.
 fn columns(a: ArrayView2<'_, f64>) -> Vec<Vec<f64>> {
     a.axis_iter(Axis(1)).map(|c| c.to_vec()).collect()
@@ -36,17 +29,18 @@ fn from_columns(cols: &[Vec<f64>], m: usize) -> Array2<f64> {
 /// ("twice is enough": the second pass removes what rounding left of the first), columns in order. A column that
 /// the earlier ones already span (its norm falls below 1e-12 of what it was) becomes zero, so the result has
 /// orthonormal or zero columns and spans the same space; the range finder only needs the space.
-pub(crate) fn orthonormal_columns(y: &Array2<f64>) -> Array2<f64> {
+pub(crate) fn orthonormal_columns(y: ArrayView2<'_, f64>) -> Array2<f64> {
     let m = y.nrows();
-    let mut q = columns(y.view());
+    let mut q = columns(y);
     for j in 0..q.len() {
         let (done, rest) = q.split_at_mut(j);
         let col = &mut rest[0];
         let before = dot(col, col).sqrt();
         for _pass in 0..2 {
             for prev in done.iter() {
+                // col −= c·prev (adding −c·prev is the same bits).
                 let c = dot(prev, col);
-                sub_scaled(col, c, prev);
+                super::axpy(col, -c, prev);
             }
         }
         let norm = dot(col, col).sqrt();
@@ -60,7 +54,7 @@ pub(crate) fn orthonormal_columns(y: &Array2<f64>) -> Array2<f64> {
 }
 
 /// `a · b` (`m × k` times `k × n`), each entry summed over k in order.
-pub(crate) fn product(a: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+pub(crate) fn product(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -> Array2<f64> {
     debug_assert_eq!(a.ncols(), b.nrows());
     Array2::from_shape_fn((a.nrows(), b.ncols()), |(i, j)| {
         let mut s = 0.0;
@@ -79,10 +73,10 @@ pub(crate) fn product(a: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
 /// result does not depend on how the rotations happened to leave the signs. A zero singular value gets a zero left
 /// vector.
 pub(crate) fn thin_svd(a: ArrayView2<'_, f64>) -> (Array2<f64>, Array1<f64>, Array2<f64>) {
-    let q = orthonormal_columns(&a.to_owned());
-    let r = product(&q.t().to_owned(), &a.to_owned());
+    let q = orthonormal_columns(a);
+    let r = product(q.t(), a);
     let (ur, s, vt) = jacobi_svd(r.view());
-    (product(&q, &ur), s, vt)
+    (product(q.view(), ur.view()), s, vt)
 }
 
 /// One-sided Jacobi SVD of `a` (`m × n`, `n ≤ m`), as [`thin_svd`] describes; costs O(sweeps · n² · m), so
@@ -184,7 +178,7 @@ mod tests {
     #[test]
     fn orthonormal_columns_span_the_input_and_are_orthonormal() {
         let y = matrix(200, 12, 1);
-        let q = orthonormal_columns(&y);
+        let q = orthonormal_columns(y.view());
         let gram = q.t().dot(&q);
         let off = max_abs(&(gram - Array2::<f64>::eye(12)));
         assert!(off < 1e-13, "{off}");
@@ -198,7 +192,7 @@ mod tests {
         let mut y = matrix(50, 4, 2);
         let c = &y.column(0) * 2.0 - y.column(1);
         y.column_mut(2).assign(&c);
-        let q = orthonormal_columns(&y);
+        let q = orthonormal_columns(y.view());
         assert!(q.column(2).iter().all(|&x| x == 0.0));
         let gram = q.t().dot(&q);
         for (i, j) in [(0, 0), (1, 1), (3, 3)] {
