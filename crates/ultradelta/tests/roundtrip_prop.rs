@@ -24,17 +24,25 @@ fn tensor() -> impl Strategy<Value = T> {
         1usize..12,
         1usize..24,
         prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)],
-        0u8..4,
+        0u8..5,
     )
         .prop_flat_map(|(rows, cols, dtype, kind)| {
             let n = rows * cols;
             let base = prop::collection::vec(-0.1f32..0.1, n);
-            // kind 0: zero delta, 1: constant delta, 2/3: random delta of two scales.
+            // kind 0: zero delta, 1: constant delta, 2/3: random delta of two scales, 4: a sparse delta (about
+            // half its entries exactly zero: the seeded codec's zero level).
             let delta = match kind {
                 0 => Just(vec![0.0f32; n]).boxed(),
                 1 => (-0.01f32..0.01).prop_map(move |c| vec![c; n]).boxed(),
                 2 => prop::collection::vec(-1e-3f32..1e-3, n).boxed(),
-                _ => prop::collection::vec(-0.05f32..0.05, n).boxed(),
+                3 => prop::collection::vec(-0.05f32..0.05, n).boxed(),
+                _ => prop::collection::vec((any::<bool>(), -0.05f32..0.05), n)
+                    .prop_map(|v| {
+                        v.into_iter()
+                            .map(|(z, x)| if z { 0.0 } else { x })
+                            .collect()
+                    })
+                    .boxed(),
             };
             (Just(rows), Just(cols), Just(dtype), base, delta)
         })

@@ -18,12 +18,11 @@ use ultradelta_qgp::fused::{
     fit_source, group_prune_source, levels_source, scan_levels, DeltaSource, LevelScan,
 };
 use ultradelta_qgp::seeded::{
-    dac_kept_counts, dac_kept_from_counts, seeded_prune_source, seeded_prune_to, trials_for,
-    SeededPruned,
+    dac_kept_from_counts, seeded_prune_source, seeded_prune_to, trials_for, SeededPruned,
 };
 use ultradelta_qgp::{
-    group_prune, quantize, quantized_std_from_counts, random_prune, tensor_seed, Pruned,
-    QuantParams, Quantizer,
+    dac_drop_count, group_prune, level_counts, quantize, quantized_std_from_counts, random_prune,
+    tensor_seed, Pruned, QuantParams, Quantizer,
 };
 use ultradelta_rescale::rescale_factor;
 
@@ -106,6 +105,8 @@ pub(crate) struct QuantScan {
     quant: QuantParams,
     /// The factor on the record's rescale factor that [`QuantFit::MseUnbiased`] asks for (1 otherwise).
     gain: f32,
+    /// Whether the quantizer has a level at exactly zero for a sparse Δ ([`keeps_zeros`]).
+    zero_level: bool,
     scan: LevelScan,
 }
 
@@ -118,9 +119,15 @@ impl QuantScan {
     ) -> Result<QuantScan, ultradelta_qgp::Error> {
         let (bits, fit) = cfg.quantizer();
         let range = fit_source(src, bits)?;
-        let (quant, gain) = refit(range, fit, src.len(), |i| src.delta_at(i));
+        let zero_level = keeps_zeros(src.len(), |i| src.delta_at(i), cfg);
+        let (quant, gain) = refit(range, fit, src.len(), |i| src.delta_at(i), zero_level);
         let scan = scan_levels(src, &quant);
-        Ok(QuantScan { quant, gain, scan })
+        Ok(QuantScan {
+            quant,
+            gain,
+            zero_level,
+            scan,
+        })
     }
 
     /// The tensor's statistic for the sparsity allocation: σ of its quantized delta.
@@ -133,18 +140,30 @@ impl QuantScan {
 }
 
 /// The quantizer `fit` asks for, from the range fit of a tensor of `n` entries (read by `value`, finite: the
-/// range fit has checked), and the gain on the record's rescale factor that goes with it.
+/// range fit has checked), and the gain on the record's rescale factor that goes with it; with `zero_level`, the
+/// quantizer [`zero_aligned`] (after the MSE fit, before its gain).
 fn refit(
     range: QuantParams,
     fit: QuantFit,
     n: usize,
     value: impl Fn(usize) -> f32,
+    zero_level: bool,
 ) -> (QuantParams, f32) {
     if fit == QuantFit::Range {
-        return (range, 1.0);
+        return (
+            if zero_level {
+                zero_aligned(range)
+            } else {
+                range
+            },
+            1.0,
+        );
     }
     let sample = strided_sample(n, value);
-    let q = fit_mse(&sample, range);
+    let mut q = fit_mse(&sample, range);
+    if zero_level {
+        q = zero_aligned(q);
+    }
     let gain = match fit {
         QuantFit::MseUnbiased => projection_gain(&sample, q),
         _ => 1.0,
@@ -153,13 +172,85 @@ fn refit(
 }
 
 /// UltraDelta, step 1: the b-bit quantizer of Δ and its gain ([`refit`]).
+///
+/// With seeded positions, a Δ of many exact zeros ([`keeps_zeros`]) gets its quantizer moved so that one level is
+/// exactly zero ([`zero_aligned`]): its zeros then rebuild as zeros, where the plain range grid would
+/// turn each into the small value of the level nearest zero, times the rescale factor, everywhere.
 fn quantizer_of(
     delta: &[f32],
     cfg: &CompressConfig,
 ) -> Result<(QuantParams, f32), ultradelta_qgp::Error> {
     let (bits, fit) = cfg.quantizer();
     let range = QuantParams::fit(delta, bits)?;
-    Ok(refit(range, fit, delta.len(), |i| delta[i]))
+    let zero_level = keeps_zeros(delta.len(), |i| delta[i], cfg);
+    Ok(refit(range, fit, delta.len(), |i| delta[i], zero_level))
+}
+
+/// Share of exact zeros from which a Δ is coded as sparse ([`keeps_zeros`]). Dense fine-tunes stored in f32 have
+/// almost none (MiniLM's four: at most 2.4e-6 of an embedding's entries); a delta trimmed to its largest entries
+/// (TIES, DARE, sparse fine-tuning, a partly frozen tensor) has most of its entries exactly zero, and so has a
+/// fine-tune stored in bf16 whose updates were below the weights' last bit (the LLaMA testbed's: 51–53 % of a
+/// linear layer's entries, 23–27 % of the embeddings').
+const SPARSE_ZERO_SHARE: f64 = 0.05;
+
+/// Whether UltraDelta's seeded codec codes a Δ of `n` entries (read by `value`) as sparse: seeded positions,
+/// quantized levels, and at least [`SPARSE_ZERO_SHARE`] exact zeros (±0) in the strided sample the MSE fit reads
+/// ([`strided_sample`], every entry of a tensor of up to 32,768): the same decision from the whole Δ and from the
+/// checkpoints' bytes. The Golomb codecs (the paper's) are left as they are.
+fn keeps_zeros(n: usize, value: impl Fn(usize) -> f32, cfg: &CompressConfig) -> bool {
+    if cfg.positions != PositionCodec::Seeded || !cfg.quantize || n == 0 {
+        return false;
+    }
+    let sample = strided_sample(n, value);
+    let zeros = sample.iter().filter(|&&x| x == 0.0).count();
+    zeros as f64 >= SPARSE_ZERO_SHARE * sample.len() as f64
+}
+
+/// The kept count per level for seeded positions: DAC's ([`dac_kept_from_counts`]: none of a zero level, the rest at the
+/// group rate) for a dense Δ; for a sparse one (`zero_level`) every level at `rate`, its zero level too. Seeded
+/// positions are drawn whatever the values, so each entry is kept with probability 1 − rate and the rescale
+/// 1/(1 − rate) stays unbiased; DAC's rule would cap the sample at the non-zero entries' count and bias it.
+fn seeded_targets(counts: &[u64], q: &QuantParams, rate: f64, zero_level: bool) -> Vec<u64> {
+    if zero_level {
+        counts
+            .iter()
+            .map(|&c| c - dac_drop_count(c, rate))
+            .collect()
+    } else {
+        dac_kept_from_counts(counts, q, rate)
+    }
+}
+
+/// The range quantizer `q` moved so that level `k` (the one nearest zero) is exactly zero in the decoding formula:
+/// `lo = −(k·step)` in f32, so `lo + k·step = 0`; the step grows just enough for the levels to span the range
+/// and zero (with 1 bit and values on both sides, one side clamps). A constant quantizer (`step = 0`) is returned as is.
+fn zero_aligned(q: QuantParams) -> QuantParams {
+    if q.step == 0.0 {
+        return q;
+    }
+    let top = q.max_level();
+    let max = f32::from(top);
+    let lo = q.lo.min(0.0);
+    let hi = (q.lo + max * q.step).max(0.0);
+    // Level k is zero: at least 1 when there are negatives, at most top − 1 when there are positives (so both
+    // sides keep a level; a 1-bit quantizer with both has only one side, the other clamps).
+    let first: f32 = if lo < 0.0 { 1.0 } else { 0.0 };
+    let last = if hi > 0.0 { max - 1.0 } else { max };
+    let k = ((-lo / (hi - lo)) * max)
+        .round()
+        .clamp(first.min(last), last.max(first)) as u16;
+    let mut step = 0f32;
+    if k > 0 {
+        step = step.max(-lo / f32::from(k));
+    }
+    if k < top {
+        step = step.max(hi / f32::from(top - k));
+    }
+    QuantParams {
+        bits: q.bits,
+        lo: -(f32::from(k) * step),
+        step,
+    }
 }
 
 /// UltraDelta, step 1: the b-bit quantizer of Δ (and its gain, [`refit`]) and every entry's level.
@@ -225,7 +316,8 @@ fn ultradelta(
         });
     }
     if cfg.positions == PositionCodec::Seeded {
-        let target = dac_kept_counts(&levels, &q, rate);
+        let zero_level = keeps_zeros(delta.len(), |i| delta[i], cfg);
+        let target = seeded_targets(&level_counts(&levels), &q, rate, zero_level);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = seeded_prune_to(&levels, &target, seed, trials);
         return Ok(seeded_record(
@@ -324,7 +416,7 @@ pub(crate) fn compress_source(
         // DAC's kept counts come from pass 1's histogram. Several trials read the levels at random-looking
         // positions: they need the whole level buffer (not Δ); a single trial (every large tensor,
         // `trials_for`) quantizes only its kept entries.
-        let target = dac_kept_from_counts(&pass.scan.counts, &q, rate);
+        let target = seeded_targets(&pass.scan.counts, &q, rate, pass.zero_level);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = if trials == 1 {
             seeded_prune_source(src, &q, &target, seed)
@@ -352,4 +444,138 @@ pub(crate) fn compress_source(
         coding: LevelCoding::Packed,
     };
     codec::finish(coded, TensorCodecInfo::default(), cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_aligned_has_a_level_at_exactly_zero_and_spans_the_range() {
+        for (lo, hi) in [
+            (-0.3f32, 0.7f32),
+            (0.0, 1.0),
+            (-1.0, 0.0),
+            (-0.013, 0.0021),
+            (-0.0, 0.5),
+            (-2.5e-4, 3.1e-2),
+        ] {
+            for bits in [2u8, 3, 4, 8] {
+                let a = zero_aligned(QuantParams::fit(&[lo, hi, 0.0], bits).unwrap());
+                let zero = a.quantize_one(0.0);
+                assert_eq!(a.dequantize(zero), 0.0, "{lo} {hi} {bits}: {a:?}");
+                assert!(a.dequantize(0) <= lo, "{lo} {hi} {bits}: {a:?}");
+                let top = a.dequantize(a.max_level());
+                assert!(top >= hi * (1.0 - 1e-6), "{lo} {hi} {bits}: {a:?}");
+            }
+        }
+        let constant = QuantParams::fit(&[0.0; 8], 3).unwrap();
+        assert_eq!(zero_aligned(constant), constant);
+    }
+
+    /// A Δ with 60 % exact zeros, the rest spread over [−1e-3, 1.5e-3] (a range whose grid has no level at zero).
+    fn sparse_delta() -> Vec<f32> {
+        let mut x = 0x9e37_79b9u64;
+        (0..64 * 64)
+            .map(|i| {
+                x = ultradelta_qgp::rng::splitmix64(x);
+                if i % 5 < 3 {
+                    0.0
+                } else {
+                    ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.5e-3 - 1e-3
+                }
+            })
+            .collect()
+    }
+
+    fn rebuilt(delta: &[f32], rate: f64, cfg: &CompressConfig) -> Vec<f32> {
+        let rec = compress_tensor(delta, "w", &[64, 64], rate, cfg).unwrap();
+        let mut w = vec![0f32; delta.len()];
+        rec.record.add_delta_into(1.0, &mut w).unwrap();
+        w
+    }
+
+    #[test]
+    fn a_sparse_delta_rebuilds_its_zeros_as_zeros() {
+        let cfg = CompressConfig::default();
+        let d = sparse_delta();
+        for rate in [0.0, 0.5, 0.9] {
+            let w = rebuilt(&d, rate, &cfg);
+            for (i, (&x, &y)) in d.iter().zip(&w).enumerate() {
+                if x == 0.0 {
+                    assert_eq!(y, 0.0, "rate {rate}: entry {i} is zero in Δ, {y} rebuilt");
+                }
+            }
+            let kept = w.iter().filter(|&&y| y != 0.0).count();
+            assert!(kept > 0, "rate {rate}: nothing kept");
+        }
+        // Nothing dropped: every entry within half a step of Δ.
+        let q = zero_aligned(QuantParams::fit(&d, cfg.quantizer().0).unwrap());
+        let w = rebuilt(&d, 0.0, &cfg);
+        for (&x, &y) in d.iter().zip(&w) {
+            assert!((x - y).abs() <= 0.5 * q.step * 1.0001, "{x} rebuilt as {y}");
+        }
+    }
+
+    #[test]
+    fn a_sparse_bf16_delta_gets_the_same_record_from_the_bytes_as_from_the_whole_delta() {
+        // A bf16 fine-tune whose updates were below the weights' last bit in about 60 % of the entries.
+        let cfg = CompressConfig::default().for_family(crate::Family::Llama);
+        assert!(streams_from_source(&cfg));
+        let d = sparse_delta();
+        let bf16 = |x: f32| ((x.to_bits() + 0x7fff + ((x.to_bits() >> 16) & 1)) >> 16) as u16;
+        let (mut base, mut ft) = (Vec::new(), Vec::new());
+        let mut whole = Vec::new();
+        for (i, &x) in d.iter().enumerate() {
+            let b = bf16(0.02 + (i % 7) as f32 * 0.01);
+            let f = if x == 0.0 {
+                b
+            } else {
+                bf16(f32::from_bits(u32::from(b) << 16) + 40.0 * x)
+            };
+            base.extend_from_slice(&b.to_le_bytes());
+            ft.extend_from_slice(&f.to_le_bytes());
+            whole.push(f32::from_bits(u32::from(f) << 16) - f32::from_bits(u32::from(b) << 16));
+        }
+        let src = DeltaSource::Bf16 {
+            base: &base,
+            ft: &ft,
+        };
+        assert!(keeps_zeros(whole.len(), |i| whole[i], &cfg));
+        let pass = QuantScan::of(&src, &cfg).unwrap();
+        assert!(pass.zero_level);
+        assert_eq!(pass.quant.dequantize(pass.quant.quantize_one(0.0)), 0.0);
+        for rate in [0.0, 0.5, 0.95] {
+            let streamed = compress_source(&src, &pass, "w", rate, &cfg, &mut Vec::new());
+            let made = compress_tensor(&whole, "w", &[64, 64], rate, &cfg).unwrap();
+            assert_eq!(streamed.record, made.record, "rate {rate}");
+        }
+    }
+
+    #[test]
+    fn a_sparse_delta_keeps_its_share_of_entries_whatever_their_level() {
+        // Each entry is kept with probability 1 − rate, zeros included, so the 1/(1 − rate) rescale is unbiased:
+        // the survivors' sum estimates Δ's sum.
+        let cfg = CompressConfig::default();
+        let d = sparse_delta();
+        let rec = compress_tensor(&d, "w", &[64, 64], 0.75, &cfg).unwrap();
+        let Record::Coded(c) = &rec.record else {
+            panic!("expected a coded record, got {:?}", rec.record.kind());
+        };
+        let kept = c.levels.len() as f64;
+        assert!(
+            (kept / d.len() as f64 - 0.25).abs() < 0.01,
+            "{kept} kept of {}",
+            d.len()
+        );
+        // Dense deltas keep DAC's rule (no zero level to keep): the same Δ without its zeros.
+        let dense: Vec<f32> = d.iter().map(|&x| if x == 0.0 { 1e-4 } else { x }).collect();
+        let sparse = |x: &[f32], cfg: &CompressConfig| keeps_zeros(x.len(), |i| x[i], cfg);
+        assert!(!sparse(&dense, &cfg) && sparse(&d, &cfg));
+        let golomb = CompressConfig {
+            positions: PositionCodec::Golomb,
+            ..CompressConfig::default()
+        };
+        assert!(!sparse(&d, &golomb), "the paper's codecs are left alone");
+    }
 }
