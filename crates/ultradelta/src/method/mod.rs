@@ -413,9 +413,9 @@ pub(crate) fn compress_source(
     let seed = tensor_seed(cfg.seed, name);
     let q = pass.quant;
     if cfg.positions == PositionCodec::Seeded {
-        // DAC's kept counts come from pass 1's histogram. Several trials read the levels at random-looking
-        // positions: they need the whole level buffer (not Δ); a single trial (every large tensor,
-        // `trials_for`) quantizes only its kept entries.
+        // The kept counts (DAC's, or every level at the rate for a sparse Δ) come from pass 1's histogram. Several
+        // trials read the levels at random-looking positions: they need the whole level buffer (not Δ); a single
+        // trial (every large tensor, `trials_for`) quantizes only its kept entries.
         let target = seeded_targets(&pass.scan.counts, &q, rate, pass.zero_level);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = if trials == 1 {
