@@ -103,7 +103,7 @@ fn entropy_bits(counts: &[u64]) -> f64 {
 /// What predicts the error of a seeded sample of `x` at any density ([`predicted`]): its energy, its quantization
 /// error under `cfg`'s quantizer and its levels' entropy per entry, `(energy, quantization error, bits per level)`.
 fn sample_terms(x: &[f32], cfg: &CompressConfig) -> Result<(f64, f64, f64), baselines::Error> {
-    let (q, _) = quantizer_of(x, cfg)?;
+    let (q, ..) = quantizer_of(x, cfg)?;
     let (energy, qerr, counts) = terms(x, &q);
     let h = entropy_bits(&counts) / x.len().max(1) as f64;
     Ok((energy, qerr, h))
@@ -488,7 +488,7 @@ mod tests {
             .map(|i| ((i as f32) * 0.618).sin() * 1e-3)
             .collect();
         let cfg = CompressConfig::default();
-        let (q, _) = quantizer_of(&x, &cfg).unwrap();
+        let (q, ..) = quantizer_of(&x, &cfg).unwrap();
         let many = terms(&x, &q);
         let one = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
@@ -500,7 +500,7 @@ mod tests {
             (one.0.to_bits(), one.1.to_bits(), &one.2)
         );
         // The histogram is that of the whole tensor's levels (each block quantized alone is the same).
-        let (_, _, levels) = crate::method::quantize_delta(&x, &cfg).unwrap();
+        let (.., levels) = crate::method::quantize_delta(&x, &cfg).unwrap();
         let mut whole = vec![0u64; many.2.len()];
         for &l in &levels {
             whole[usize::from(l)] += 1;

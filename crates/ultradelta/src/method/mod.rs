@@ -119,8 +119,7 @@ impl QuantScan {
     ) -> Result<QuantScan, ultradelta_qgp::Error> {
         let (bits, fit) = cfg.quantizer();
         let range = fit_source(src, bits)?;
-        let zero_level = keeps_zeros(src.len(), |i| src.delta_at(i), cfg);
-        let (quant, gain) = refit(range, fit, src.len(), |i| src.delta_at(i), zero_level);
+        let (quant, gain, zero_level) = refit(range, fit, src.len(), |i| src.delta_at(i), cfg);
         let scan = scan_levels(src, &quant);
         Ok(QuantScan {
             quant,
@@ -140,38 +139,35 @@ impl QuantScan {
 }
 
 /// The quantizer `fit` asks for, from the range fit of a tensor of `n` entries (read by `value`, finite: the
-/// range fit has checked), and the gain on the record's rescale factor that goes with it; with `zero_level`, the
-/// quantizer [`zero_aligned`] (after the MSE fit, before its gain).
+/// range fit has checked), the gain on the record's rescale factor that goes with it, and whether the tensor is
+/// sparse for `cfg`'s codec ([`keeps_zeros`]; its quantizer then [`zero_aligned`], after the MSE fit and before its
+/// gain). The strided sample both read is drawn once, and not at all for the range fit of the Golomb codecs.
 fn refit(
     range: QuantParams,
     fit: QuantFit,
     n: usize,
     value: impl Fn(usize) -> f32,
-    zero_level: bool,
-) -> (QuantParams, f32) {
-    if fit == QuantFit::Range {
-        return (
-            if zero_level {
-                zero_aligned(range)
-            } else {
-                range
-            },
-            1.0,
-        );
+    cfg: &CompressConfig,
+) -> (QuantParams, f32, bool) {
+    let seeded = seeded_levels(cfg);
+    if fit == QuantFit::Range && !seeded {
+        return (range, 1.0, false);
     }
     let sample = strided_sample(n, value);
-    let mut q = fit_mse(&sample, range);
-    if zero_level {
-        q = zero_aligned(q);
+    let zero_level = seeded && keeps_zeros(&sample);
+    let aligned = |q| if zero_level { zero_aligned(q) } else { q };
+    if fit == QuantFit::Range {
+        return (aligned(range), 1.0, zero_level);
     }
+    let q = aligned(fit_mse(&sample, range));
     let gain = match fit {
         QuantFit::MseUnbiased => projection_gain(&sample, q),
         _ => 1.0,
     };
-    (q, gain)
+    (q, gain, zero_level)
 }
 
-/// UltraDelta, step 1: the b-bit quantizer of Δ and its gain ([`refit`]).
+/// UltraDelta, step 1: the b-bit quantizer of Δ, its gain and whether Δ is sparse ([`refit`]).
 ///
 /// With seeded positions, a Δ of many exact zeros ([`keeps_zeros`]) gets its quantizer moved so that one level is
 /// exactly zero ([`zero_aligned`]): its zeros then rebuild as zeros, where the plain range grid would
@@ -179,11 +175,10 @@ fn refit(
 fn quantizer_of(
     delta: &[f32],
     cfg: &CompressConfig,
-) -> Result<(QuantParams, f32), ultradelta_qgp::Error> {
+) -> Result<(QuantParams, f32, bool), ultradelta_qgp::Error> {
     let (bits, fit) = cfg.quantizer();
     let range = QuantParams::fit(delta, bits)?;
-    let zero_level = keeps_zeros(delta.len(), |i| delta[i], cfg);
-    Ok(refit(range, fit, delta.len(), |i| delta[i], zero_level))
+    Ok(refit(range, fit, delta.len(), |i| delta[i], cfg))
 }
 
 /// Share of exact zeros from which a Δ is coded as sparse ([`keeps_zeros`]). Dense fine-tunes stored in f32 have
@@ -193,17 +188,18 @@ fn quantizer_of(
 /// linear layer's entries, 23–27 % of the embeddings').
 const SPARSE_ZERO_SHARE: f64 = 0.05;
 
-/// Whether UltraDelta's seeded codec codes a Δ of `n` entries (read by `value`) as sparse: seeded positions,
-/// quantized levels, and at least [`SPARSE_ZERO_SHARE`] exact zeros (±0) in the strided sample the MSE fit reads
-/// ([`strided_sample`], every entry of a tensor of up to 32,768): the same decision from the whole Δ and from the
-/// checkpoints' bytes. The Golomb codecs (the paper's) are left as they are.
-fn keeps_zeros(n: usize, value: impl Fn(usize) -> f32, cfg: &CompressConfig) -> bool {
-    if cfg.positions != PositionCodec::Seeded || !cfg.quantize || n == 0 {
-        return false;
-    }
-    let sample = strided_sample(n, value);
+/// Whether `cfg` codes UltraDelta's levels at seeded positions, the codec that treats a sparse Δ apart
+/// ([`keeps_zeros`]); the Golomb codecs (the paper's) are left as they are.
+fn seeded_levels(cfg: &CompressConfig) -> bool {
+    cfg.positions == PositionCodec::Seeded && cfg.quantize
+}
+
+/// Whether a Δ is sparse: at least [`SPARSE_ZERO_SHARE`] exact zeros (±0) in `sample`, the strided sample the MSE
+/// fit reads ([`strided_sample`]: every entry of a tensor of up to 32,768), so the whole Δ and the checkpoints'
+/// bytes give the same decision.
+fn keeps_zeros(sample: &[f32]) -> bool {
     let zeros = sample.iter().filter(|&&x| x == 0.0).count();
-    zeros as f64 >= SPARSE_ZERO_SHARE * sample.len() as f64
+    !sample.is_empty() && zeros as f64 >= SPARSE_ZERO_SHARE * sample.len() as f64
 }
 
 /// The kept count per level for seeded positions: DAC's ([`dac_kept_from_counts`]: none of a zero level, the rest at the
@@ -253,15 +249,16 @@ fn zero_aligned(q: QuantParams) -> QuantParams {
     }
 }
 
-/// UltraDelta, step 1: the b-bit quantizer of Δ (and its gain, [`refit`]) and every entry's level.
+/// UltraDelta, step 1: the b-bit quantizer of Δ (with its gain and whether Δ is sparse, [`refit`]) and every
+/// entry's level.
 fn quantize_delta(
     delta: &[f32],
     cfg: &CompressConfig,
-) -> Result<(QuantParams, f32, Vec<u16>), ultradelta_qgp::Error> {
-    let (q, gain) = quantizer_of(delta, cfg)?;
+) -> Result<(QuantParams, f32, bool, Vec<u16>), ultradelta_qgp::Error> {
+    let (q, gain, zero_level) = quantizer_of(delta, cfg)?;
     let mut levels = vec![0u16; delta.len()];
     quantize(delta, &q, &mut levels);
-    Ok((q, gain, levels))
+    Ok((q, gain, zero_level, levels))
 }
 
 /// UltraDelta, step 2 with listed positions: the survivors at `rate`, DAC's exact per-level counts (or the plain
@@ -303,7 +300,7 @@ fn ultradelta(
             }
         }
     }
-    let (q, gain, levels) = quantize_delta(delta, cfg)?;
+    let (q, gain, zero_level, levels) = quantize_delta(delta, cfg)?;
     if !cfg.quantize {
         // The ablation: prune by the DAC groups of the b-bit levels, keep the raw values at fp16.
         let pruned = prune_listed(&levels, &q, rate, seed, cfg);
@@ -316,7 +313,6 @@ fn ultradelta(
         });
     }
     if cfg.positions == PositionCodec::Seeded {
-        let zero_level = keeps_zeros(delta.len(), |i| delta[i], cfg);
         let target = seeded_targets(&level_counts(&levels), &q, rate, zero_level);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = seeded_prune_to(&levels, &target, seed, trials);
@@ -541,7 +537,7 @@ mod tests {
             base: &base,
             ft: &ft,
         };
-        assert!(keeps_zeros(whole.len(), |i| whole[i], &cfg));
+        assert!(quantizer_of(&whole, &cfg).unwrap().2);
         let pass = QuantScan::of(&src, &cfg).unwrap();
         assert!(pass.zero_level);
         assert_eq!(pass.quant.dequantize(pass.quant.quantize_one(0.0)), 0.0);
@@ -570,7 +566,7 @@ mod tests {
         );
         // Dense deltas keep DAC's rule (no zero level to keep): the same Δ without its zeros.
         let dense: Vec<f32> = d.iter().map(|&x| if x == 0.0 { 1e-4 } else { x }).collect();
-        let sparse = |x: &[f32], cfg: &CompressConfig| keeps_zeros(x.len(), |i| x[i], cfg);
+        let sparse = |x: &[f32], cfg: &CompressConfig| quantizer_of(x, cfg).unwrap().2;
         assert!(!sparse(&dense, &cfg) && sparse(&d, &cfg));
         let golomb = CompressConfig {
             positions: PositionCodec::Golomb,
