@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use ultradelta_baselines::{self as baselines, top_singular};
 use ultradelta_qgp::{quantize, QuantParams};
 
-use super::quantizer_of;
+use super::{quantizer_of, seeded_rate};
 use crate::config::CompressConfig;
 
 /// Highest rank the low-rank part tries.
@@ -101,12 +101,16 @@ fn entropy_bits(counts: &[u64]) -> f64 {
 }
 
 /// What predicts the error of a seeded sample of `x` at any density ([`predicted`]): its energy, its quantization
-/// error under `cfg`'s quantizer and its levels' entropy per entry, `(energy, quantization error, bits per level)`.
-fn sample_terms(x: &[f32], cfg: &CompressConfig) -> Result<(f64, f64, f64), baselines::Error> {
-    let (q, ..) = quantizer_of(x, cfg)?;
+/// error under `cfg`'s quantizer and its levels' entropy per entry, `(energy, quantization error, bits per level)`;
+/// and its share of non-zero entries (1 unless it is sparse), which may raise a plain record's density.
+fn sample_terms(
+    x: &[f32],
+    cfg: &CompressConfig,
+) -> Result<((f64, f64, f64), f64), baselines::Error> {
+    let (q, _, nonzero) = quantizer_of(x, cfg)?;
     let (energy, qerr, counts) = terms(x, &q);
     let h = entropy_bits(&counts) / x.len().max(1) as f64;
-    Ok((energy, qerr, h))
+    Ok(((energy, qerr, h), nonzero))
 }
 
 /// Entries per block of [`terms`]' parallel pass.
@@ -168,6 +172,9 @@ struct Trial {
 struct Table {
     rows: usize,
     cols: usize,
+    /// Δ's share of non-zero entries (1 unless sparse): the plain record's density may be raised by it
+    /// ([`super::sampled_rate`]).
+    nonzero: f64,
     trials: Vec<Trial>,
     /// The top [`MAX_RANK`] singular triplets, made with the first rank above 0.
     svd: Option<baselines::TopSingular>,
@@ -184,10 +191,11 @@ impl Table {
         (rows, cols): (usize, usize),
         cfg: &CompressConfig,
     ) -> Result<Self, baselines::Error> {
-        let (energy, qerr, h) = sample_terms(delta, cfg)?;
+        let ((energy, qerr, h), nonzero) = sample_terms(delta, cfg)?;
         Ok(Table {
             rows,
             cols,
+            nonzero,
             trials: vec![Trial {
                 bits: 0.0,
                 energy,
@@ -249,7 +257,7 @@ impl Table {
                 &self.scales,
                 &self.levels,
             );
-            let (energy, qerr, h) = sample_terms(&residual, cfg)?;
+            let ((energy, qerr, h), _) = sample_terms(&residual, cfg)?;
             self.trials.push(Trial {
                 bits: PART_FIXED_BITS
                     + COMPONENT_BITS * self.scales.len() as f64
@@ -364,14 +372,16 @@ pub(crate) fn split(
     cfg: &CompressConfig,
 ) -> Result<Option<Split>, baselines::Error> {
     let numel = delta.len();
-    let density = 1.0 - rate;
-    if rows < 2 || cols < 2 || numel == 0 || density <= 0.0 || density >= 1.0 {
+    let allocated = 1.0 - rate;
+    if rows < 2 || cols < 2 || numel == 0 || allocated <= 0.0 || allocated >= 1.0 {
         return Ok(None);
     }
     let shared = table(delta, (rows, cols), seed, cfg)?;
     let mut table = locked(&shared);
     let plain = table.trials[0];
-    if plain.h == 0.0 {
+    // The plain record's density: a sparse Δ's may be raised ([`super::sampled_rate`]); at 1 nothing is dropped.
+    let density = 1.0 - seeded_rate(rate, table.nonzero, cfg);
+    if plain.h == 0.0 || density >= 1.0 {
         return Ok(None);
     }
     // The level bits of the plain record at `rate`, which the split keeps.

@@ -17,9 +17,7 @@ use ultradelta_qgp::fit::{fit_mse, projection_gain, strided_sample};
 use ultradelta_qgp::fused::{
     fit_source, group_prune_source, levels_source, scan_levels, DeltaSource, LevelScan,
 };
-use ultradelta_qgp::seeded::{
-    dac_kept_from_counts, seeded_prune_source, seeded_prune_to, trials_for, SeededPruned,
-};
+use ultradelta_qgp::seeded::{seeded_prune_source, seeded_prune_to, trials_for, SeededPruned};
 use ultradelta_qgp::{
     dac_drop_count, group_prune, level_counts, quantize, quantized_std_from_counts, random_prune,
     tensor_seed, Pruned, QuantParams, Quantizer,
@@ -29,7 +27,7 @@ use ultradelta_rescale::rescale_factor;
 pub use codec::TensorCodecInfo;
 
 use crate::baseline_records::IntoRecord;
-use crate::config::{CompressConfig, Method, PositionCodec, PruningMode, QuantFit};
+use crate::config::{CompressConfig, Method, PositionCodec, PruningMode, QuantFit, RescaleMode};
 
 /// One compressed tensor as the archive stores it: its record, and what UltraDelta's codec did.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,8 +103,9 @@ pub(crate) struct QuantScan {
     quant: QuantParams,
     /// The factor on the record's rescale factor that [`QuantFit::MseUnbiased`] asks for (1 otherwise).
     gain: f32,
-    /// Whether the quantizer has a level at exactly zero for a sparse Δ ([`keeps_zeros`]).
-    zero_level: bool,
+    /// Δ's share of non-zero entries when it is sparse ([`nonzero_share`]; its quantizer then has a level at exactly
+    /// zero, and the share may raise the seeded sample's density, [`sampled_rate`]), 1 for a dense Δ.
+    nonzero: f64,
     scan: LevelScan,
 }
 
@@ -119,12 +118,12 @@ impl QuantScan {
     ) -> Result<QuantScan, ultradelta_qgp::Error> {
         let (bits, fit) = cfg.quantizer();
         let range = fit_source(src, bits)?;
-        let (quant, gain, zero_level) = refit(range, fit, src.len(), |i| src.delta_at(i), cfg);
+        let (quant, gain, nonzero) = refit(range, fit, src.len(), |i| src.delta_at(i), cfg);
         let scan = scan_levels(src, &quant);
         Ok(QuantScan {
             quant,
             gain,
-            zero_level,
+            nonzero,
             scan,
         })
     }
@@ -139,49 +138,51 @@ impl QuantScan {
 }
 
 /// The quantizer `fit` asks for, from the range fit of a tensor of `n` entries (read by `value`, finite: the
-/// range fit has checked), the gain on the record's rescale factor that goes with it, and whether the tensor is
-/// sparse for `cfg`'s codec ([`keeps_zeros`]; its quantizer then [`zero_aligned`], after the MSE fit and before its
-/// gain). The strided sample both read is drawn once, and not at all for the range fit of the Golomb codecs.
+/// range fit has checked), the gain on the record's rescale factor that goes with it, and its share of non-zero
+/// entries if it is sparse for `cfg`'s codec, else 1 ([`nonzero_share`]; its quantizer then [`zero_aligned`], after
+/// the MSE fit and before its gain). The strided sample both read is drawn once, and not
+/// at all for the range fit of the Golomb codecs.
 fn refit(
     range: QuantParams,
     fit: QuantFit,
     n: usize,
     value: impl Fn(usize) -> f32,
     cfg: &CompressConfig,
-) -> (QuantParams, f32, bool) {
+) -> (QuantParams, f32, f64) {
     let seeded = seeded_levels(cfg);
     if fit == QuantFit::Range && !seeded {
-        return (range, 1.0, false);
+        return (range, 1.0, 1.0);
     }
     let sample = strided_sample(n, value);
-    let zero_level = seeded && keeps_zeros(&sample);
+    let nonzero = if seeded { nonzero_share(&sample) } else { 1.0 };
+    let zero_level = nonzero < 1.0;
     let aligned = |q| if zero_level { zero_aligned(q) } else { q };
     if fit == QuantFit::Range {
-        return (aligned(range), 1.0, zero_level);
+        return (aligned(range), 1.0, nonzero);
     }
     let q = aligned(fit_mse(&sample, range));
     let gain = match fit {
         QuantFit::MseUnbiased => projection_gain(&sample, q),
         _ => 1.0,
     };
-    (q, gain, zero_level)
+    (q, gain, nonzero)
 }
 
 /// UltraDelta, step 1: the b-bit quantizer of Δ, its gain and whether Δ is sparse ([`refit`]).
 ///
-/// With seeded positions, a Δ of many exact zeros ([`keeps_zeros`]) gets its quantizer moved so that one level is
+/// With seeded positions, a Δ of many exact zeros ([`nonzero_share`]) gets its quantizer moved so that one level is
 /// exactly zero ([`zero_aligned`]): its zeros then rebuild as zeros, where the plain range grid would
 /// turn each into the small value of the level nearest zero, times the rescale factor, everywhere.
 fn quantizer_of(
     delta: &[f32],
     cfg: &CompressConfig,
-) -> Result<(QuantParams, f32, bool), ultradelta_qgp::Error> {
+) -> Result<(QuantParams, f32, f64), ultradelta_qgp::Error> {
     let (bits, fit) = cfg.quantizer();
     let range = QuantParams::fit(delta, bits)?;
     Ok(refit(range, fit, delta.len(), |i| delta[i], cfg))
 }
 
-/// Share of exact zeros from which a Δ is coded as sparse ([`keeps_zeros`]). Dense fine-tunes stored in f32 have
+/// Share of exact zeros from which a Δ is coded as sparse ([`nonzero_share`]). Dense fine-tunes stored in f32 have
 /// almost none (MiniLM's four: at most 2.4e-6 of an embedding's entries); a delta trimmed to its largest entries
 /// (TIES, DARE, sparse fine-tuning, a partly frozen tensor) has most of its entries exactly zero, and so has a
 /// fine-tune stored in bf16 whose updates were below the weights' last bit (the LLaMA testbed's: 51–53 % of a
@@ -189,32 +190,57 @@ fn quantizer_of(
 const SPARSE_ZERO_SHARE: f64 = 0.05;
 
 /// Whether `cfg` codes UltraDelta's levels at seeded positions, the codec that treats a sparse Δ apart
-/// ([`keeps_zeros`]); the Golomb codecs (the paper's) are left as they are.
+/// ([`nonzero_share`]); the Golomb codecs (the paper's) are left as they are.
 fn seeded_levels(cfg: &CompressConfig) -> bool {
     cfg.positions == PositionCodec::Seeded && cfg.quantize
 }
 
-/// Whether a Δ is sparse: at least [`SPARSE_ZERO_SHARE`] exact zeros (±0) in `sample`, the strided sample the MSE
-/// fit reads ([`strided_sample`]: every entry of a tensor of up to 32,768), so the whole Δ and the checkpoints'
-/// bytes give the same decision.
-fn keeps_zeros(sample: &[f32]) -> bool {
+/// Δ's share of non-zero entries if it is sparse (at least [`SPARSE_ZERO_SHARE`] exact zeros, ±0, in `sample`),
+/// else one. `sample` is the strided sample the MSE fit reads ([`strided_sample`]: every entry of a tensor of up to
+/// 32,768), so the whole Δ and the checkpoints' bytes give the same share.
+fn nonzero_share(sample: &[f32]) -> f64 {
     let zeros = sample.iter().filter(|&&x| x == 0.0).count();
-    !sample.is_empty() && zeros as f64 >= SPARSE_ZERO_SHARE * sample.len() as f64
+    if sample.is_empty() || (zeros as f64) < SPARSE_ZERO_SHARE * sample.len() as f64 {
+        return 1.0;
+    }
+    1.0 - zeros as f64 / sample.len() as f64
 }
 
-/// The kept count per level for seeded positions: DAC's ([`dac_kept_from_counts`]: none of a zero level, the rest at the
-/// group rate) for a dense Δ; for a sparse one (`zero_level`) every level at `rate`, its zero level too. Seeded
-/// positions are drawn whatever the values, so each entry is kept with probability 1 − rate and the rescale
-/// 1/(1 − rate) stays unbiased; DAC's rule would cap the sample at the non-zero entries' count and bias it.
-fn seeded_targets(counts: &[u64], q: &QuantParams, rate: f64, zero_level: bool) -> Vec<u64> {
-    if zero_level {
-        counts
-            .iter()
-            .map(|&c| c - dac_drop_count(c, rate))
-            .collect()
-    } else {
-        dac_kept_from_counts(counts, q, rate)
+/// The kept count per level for seeded positions: every level at `rate`, a zero level too. Seeded positions are
+/// drawn whatever the values, so each entry is kept with probability 1 − rate and the rescale 1/(1 − rate) stays
+/// unbiased only if the sample's histogram is steered toward that of the whole Δ; DAC's counts (none of a zero
+/// level, the rest at a higher group rate) would steer the trials toward samples with fewer zeros and bias them.
+/// Where Δ's grid has no level at exactly zero (a dense Δ), the two are the same counts.
+fn seeded_targets(counts: &[u64], rate: f64) -> Vec<u64> {
+    counts
+        .iter()
+        .map(|&c| c - dac_drop_count(c, rate))
+        .collect()
+}
+
+/// The rate a seeded sample draws at, for the allocated `rate` and Δ's share of non-zero entries `nonzero`
+/// ([`nonzero_share`]: of its exact values, not of its levels; a coarse grid may put many small changes at the zero
+/// level, and keeping those would cost bits and change nothing).
+///
+/// A seeded sample draws among all of a tensor's entries, so of a sparse Δ it keeps `1 − rate` of the non-zero
+/// ones only. Where the non-zero entries are few against the kept density `d = 1 − rate` (a Δ trimmed to its
+/// largest entries, with 0.5 % of them non-zero, at the default d = 0.03), that throws away almost all of what the
+/// fine-tune changed, for an archive smaller than asked. So the density rises with `d / nonzero`: unchanged up to
+/// `d = nonzero / 2`, then linearly to 1 (every entry, every non-zero one kept, nothing rescaled) at
+/// `d = nonzero`. Continuous and increasing in `d`, so the record's bytes still fall as the rate rises (the byte
+/// budget's search relies on it); the identity for a dense Δ (`nonzero` = 1). Plain arithmetic, no libm: the same
+/// bits everywhere.
+pub(crate) fn sampled_rate(rate: f64, nonzero: f64) -> f64 {
+    let d = 1.0 - rate;
+    if nonzero >= 1.0 || nonzero <= 0.0 || d <= 0.5 * nonzero {
+        return rate;
     }
+    if d >= nonzero {
+        return 0.0;
+    }
+    let half = 0.5 * nonzero;
+    let f = half + (1.0 - half) * (d - half) / half;
+    (1.0 - f).clamp(0.0, rate)
 }
 
 /// The range quantizer `q` moved so that level `k` (the one nearest zero) is exactly zero in the decoding formula:
@@ -249,16 +275,26 @@ fn zero_aligned(q: QuantParams) -> QuantParams {
     }
 }
 
+/// The rate `cfg`'s seeded sample of a tensor allocated `rate` draws at: [`sampled_rate`] under the per-tensor
+/// rescale, which it keeps unbiased; the allocated rate under the paper's global rescale, whose factor does not
+/// follow a tensor's rate.
+pub(crate) fn seeded_rate(rate: f64, nonzero: f64, cfg: &CompressConfig) -> f64 {
+    match cfg.rescale {
+        RescaleMode::PerTensor => sampled_rate(rate, nonzero),
+        RescaleMode::Global => rate,
+    }
+}
+
 /// UltraDelta, step 1: the b-bit quantizer of Δ (with its gain and whether Δ is sparse, [`refit`]) and every
 /// entry's level.
 fn quantize_delta(
     delta: &[f32],
     cfg: &CompressConfig,
-) -> Result<(QuantParams, f32, bool, Vec<u16>), ultradelta_qgp::Error> {
-    let (q, gain, zero_level) = quantizer_of(delta, cfg)?;
+) -> Result<(QuantParams, f32, f64, Vec<u16>), ultradelta_qgp::Error> {
+    let (q, gain, nonzero) = quantizer_of(delta, cfg)?;
     let mut levels = vec![0u16; delta.len()];
     quantize(delta, &q, &mut levels);
-    Ok((q, gain, zero_level, levels))
+    Ok((q, gain, nonzero, levels))
 }
 
 /// UltraDelta, step 2 with listed positions: the survivors at `rate`, DAC's exact per-level counts (or the plain
@@ -281,6 +317,14 @@ fn scale(rate: f64, gain: f32, cfg: &CompressConfig) -> f32 {
     (rescale_factor(cfg.rescale, cfg.sparsity, rate, cfg.rescale_factor) * f64::from(gain)) as f32
 }
 
+/// Which rate a seeded sample draws at: the allocated one, raised for a sparse Δ ([`sampled_rate`]), or exactly
+/// the one given (a low-rank part's residual, whose rate the split chose for the bytes it leaves).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sampling {
+    Allocated,
+    Exact,
+}
+
 /// UltraDelta's record from the whole Δ: quantize, prune (listed or seeded positions), rescale, then the values
 /// codec; with `quantize = false` the ablation's fp16 values at DAC's positions.
 fn ultradelta(
@@ -290,17 +334,35 @@ fn ultradelta(
     rate: f64,
     cfg: &CompressConfig,
 ) -> Result<CompressedTensor, baselines::Error> {
+    ultradelta_sampled(delta, name, shape, rate, cfg, Sampling::Allocated)
+}
+
+fn ultradelta_sampled(
+    delta: &[f32],
+    name: &str,
+    shape: &[usize],
+    rate: f64,
+    cfg: &CompressConfig,
+    sampling: Sampling,
+) -> Result<CompressedTensor, baselines::Error> {
     let seed = tensor_seed(cfg.seed, name);
-    if cfg.lowrank_part_on() && cfg.allows_lowrank_part() {
+    if cfg.lowrank_part_on() && cfg.allows_lowrank_part() && sampling == Sampling::Allocated {
         if let &[rows, cols] = shape {
             if let Some(split) = lowrank_part::split(delta, (rows, cols), rate, seed, cfg)? {
-                // No shape for the residual: it is sampled as a plain seeded record, never split again.
-                let residual = ultradelta(&split.residual, name, &[], split.rate, cfg)?;
+                // The residual is sampled as a plain seeded record at the split's rate, never split again.
+                let residual = ultradelta_sampled(
+                    &split.residual,
+                    name,
+                    &[],
+                    split.rate,
+                    cfg,
+                    Sampling::Exact,
+                )?;
                 return Ok(with_part(residual, split.part));
             }
         }
     }
-    let (q, gain, zero_level, levels) = quantize_delta(delta, cfg)?;
+    let (q, gain, nonzero, levels) = quantize_delta(delta, cfg)?;
     if !cfg.quantize {
         // The ablation: prune by the DAC groups of the b-bit levels, keep the raw values at fp16.
         let pruned = prune_listed(&levels, &q, rate, seed, cfg);
@@ -313,7 +375,12 @@ fn ultradelta(
         });
     }
     if cfg.positions == PositionCodec::Seeded {
-        let target = seeded_targets(&level_counts(&levels), &q, rate, zero_level);
+        let counts = level_counts(&levels);
+        let rate = match sampling {
+            Sampling::Allocated => seeded_rate(rate, nonzero, cfg),
+            Sampling::Exact => rate,
+        };
+        let target = seeded_targets(&counts, rate);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = seeded_prune_to(&levels, &target, seed, trials);
         return Ok(seeded_record(
@@ -409,10 +476,12 @@ pub(crate) fn compress_source(
     let seed = tensor_seed(cfg.seed, name);
     let q = pass.quant;
     if cfg.positions == PositionCodec::Seeded {
-        // The kept counts (DAC's, or every level at the rate for a sparse Δ) come from pass 1's histogram. Several
+        // The kept counts (every level at the sampled rate) come from pass 1's histogram. Several
         // trials read the levels at random-looking positions: they need the whole level buffer (not Δ); a single
         // trial (every large tensor, `trials_for`) quantizes only its kept entries.
-        let target = seeded_targets(&pass.scan.counts, &q, rate, pass.zero_level);
+        let counts = &pass.scan.counts;
+        let rate = seeded_rate(rate, pass.nonzero, cfg);
+        let target = seeded_targets(counts, rate);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = if trials == 1 {
             seeded_prune_source(src, &q, &target, seed)
@@ -516,62 +585,220 @@ mod tests {
     #[test]
     fn a_sparse_bf16_delta_gets_the_same_record_from_the_bytes_as_from_the_whole_delta() {
         // A bf16 fine-tune whose updates were below the weights' last bit in about 60 % of the entries.
+        use ultradelta_io::{bytes_to_f32, f32_to_bytes, DType};
         let cfg = CompressConfig::default().for_family(crate::Family::Llama);
         assert!(streams_from_source(&cfg));
         let d = sparse_delta();
-        let bf16 = |x: f32| ((x.to_bits() + 0x7fff + ((x.to_bits() >> 16) & 1)) >> 16) as u16;
+        let base_f32: Vec<f32> = (0..d.len()).map(|i| 0.02 + (i % 7) as f32 * 0.01).collect();
         let (mut base, mut ft) = (Vec::new(), Vec::new());
-        let mut whole = Vec::new();
-        for (i, &x) in d.iter().enumerate() {
-            let b = bf16(0.02 + (i % 7) as f32 * 0.01);
-            let f = if x == 0.0 {
-                b
-            } else {
-                bf16(f32::from_bits(u32::from(b) << 16) + 40.0 * x)
-            };
-            base.extend_from_slice(&b.to_le_bytes());
-            ft.extend_from_slice(&f.to_le_bytes());
-            whole.push(f32::from_bits(u32::from(f) << 16) - f32::from_bits(u32::from(b) << 16));
+        f32_to_bytes(&base_f32, DType::BF16, &mut base).unwrap();
+        let mut rounded = vec![0f32; d.len()];
+        bytes_to_f32(&base, DType::BF16, &mut rounded).unwrap();
+        let ft_f32: Vec<f32> = rounded
+            .iter()
+            .zip(&d)
+            .map(|(&b, &x)| if x == 0.0 { b } else { b + 40.0 * x })
+            .collect();
+        f32_to_bytes(&ft_f32, DType::BF16, &mut ft).unwrap();
+        let mut whole = vec![0f32; d.len()];
+        bytes_to_f32(&ft, DType::BF16, &mut whole).unwrap();
+        for (w, b) in whole.iter_mut().zip(&rounded) {
+            *w -= b;
         }
         let src = DeltaSource::Bf16 {
             base: &base,
             ft: &ft,
         };
-        assert!(quantizer_of(&whole, &cfg).unwrap().2);
+        assert!(quantizer_of(&whole, &cfg).unwrap().2 < 1.0);
         let pass = QuantScan::of(&src, &cfg).unwrap();
-        assert!(pass.zero_level);
+        assert!(pass.nonzero < 1.0);
         assert_eq!(pass.quant.dequantize(pass.quant.quantize_one(0.0)), 0.0);
-        for rate in [0.0, 0.5, 0.95] {
+        // Below, inside and above the sparse density's ramp ([`sampled_rate`]).
+        for rate in [0.0, 0.5, 0.75, 0.95] {
             let streamed = compress_source(&src, &pass, "w", rate, &cfg, &mut Vec::new());
             let made = compress_tensor(&whole, "w", &[64, 64], rate, &cfg).unwrap();
             assert_eq!(streamed.record, made.record, "rate {rate}");
         }
     }
 
+    /// The share of `d`'s non-zero entries as the quantizer fit reads it (1 for a dense Δ).
+    fn nonzero_of(d: &[f32], cfg: &CompressConfig) -> f64 {
+        quantizer_of(d, cfg).unwrap().2
+    }
+
+    fn coded(delta: &[f32], rate: f64, cfg: &CompressConfig) -> CodedSparseRecord {
+        match compress_tensor(delta, "w", &[64, 64], rate, cfg)
+            .unwrap()
+            .record
+        {
+            Record::Coded(c) => c,
+            r => panic!("expected a coded record, got {:?}", r.kind()),
+        }
+    }
+
     #[test]
     fn a_sparse_delta_keeps_its_share_of_entries_whatever_their_level() {
         // Each entry is kept with probability 1 − rate, zeros included, so the 1/(1 − rate) rescale is unbiased:
-        // the survivors' sum estimates Δ's sum.
+        // the survivors' sum estimates Δ's sum. (A rate whose density is below half the non-zero share, where
+        // the sampled rate is the allocated one.)
         let cfg = CompressConfig::default();
         let d = sparse_delta();
-        let rec = compress_tensor(&d, "w", &[64, 64], 0.75, &cfg).unwrap();
-        let Record::Coded(c) = &rec.record else {
-            panic!("expected a coded record, got {:?}", rec.record.kind());
-        };
+        let nonzero = nonzero_of(&d, &cfg);
+        assert!((0.39..0.41).contains(&nonzero), "{nonzero}");
+        let c = coded(&d, 0.9, &cfg);
         let kept = c.levels.len() as f64;
         assert!(
-            (kept / d.len() as f64 - 0.25).abs() < 0.01,
+            (kept / d.len() as f64 - 0.1).abs() < 0.01,
             "{kept} kept of {}",
             d.len()
         );
-        // Dense deltas keep DAC's rule (no zero level to keep): the same Δ without its zeros.
+        // Dense deltas have no zero level: the same Δ without its zeros.
         let dense: Vec<f32> = d.iter().map(|&x| if x == 0.0 { 1e-4 } else { x }).collect();
-        let sparse = |x: &[f32], cfg: &CompressConfig| quantizer_of(x, cfg).unwrap().2;
+        let sparse = |x: &[f32], cfg: &CompressConfig| quantizer_of(x, cfg).unwrap().2 < 1.0;
         assert!(!sparse(&dense, &cfg) && sparse(&d, &cfg));
+        assert_eq!(nonzero_of(&dense, &cfg), 1.0);
         let golomb = CompressConfig {
             positions: PositionCodec::Golomb,
             ..CompressConfig::default()
         };
         assert!(!sparse(&d, &golomb), "the paper's codecs are left alone");
+    }
+
+    #[test]
+    fn the_sampled_rate_rises_continuously_to_every_entry_as_the_density_reaches_the_nonzero_share()
+    {
+        // Dense: the identity, to the bit.
+        for rate in [0.0, 0.3, 0.5, 0.7, 0.97, 0.999] {
+            assert_eq!(sampled_rate(rate, 1.0).to_bits(), rate.to_bits());
+        }
+        for nonzero in [0.9, 0.48, 0.2, 0.005] {
+            // Unchanged while the density is at most half the non-zero share; nothing dropped from it on.
+            let below = 1.0 - 0.5 * nonzero;
+            assert_eq!(sampled_rate(below + 1e-9, nonzero), below + 1e-9);
+            assert!(sampled_rate(1.0 - nonzero, nonzero) < 1e-12);
+            assert_eq!(sampled_rate(0.9 - nonzero, nonzero), 0.0);
+            assert_eq!(sampled_rate(0.0, nonzero), 0.0);
+            // Continuous and never increasing as the density grows (the rate falls), never above the allocated.
+            let mut last = 1.0;
+            for k in 0..=20_000 {
+                let rate = 1.0 - k as f64 / 20_000.0;
+                let r = sampled_rate(rate, nonzero);
+                assert!(r <= rate && r <= last, "{nonzero} {rate}: {r} after {last}");
+                assert!(
+                    last - r <= 2.0 / nonzero / 20_000.0 + 1e-12,
+                    "{nonzero} {rate}: a jump"
+                );
+                last = r;
+            }
+        }
+    }
+
+    /// A Δ with 1 % of its entries non-zero (a fine-tune trimmed to its largest changes).
+    fn trimmed_delta() -> Vec<f32> {
+        let mut x = 0x1234_5678u64;
+        (0..64 * 64)
+            .map(|i| {
+                x = ultradelta_qgp::rng::splitmix64(x);
+                if i % 100 == 7 {
+                    ((x >> 40) as f32 / (1u64 << 24) as f32) * 0.02 - 0.01
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_delta_sparser_than_the_kept_density_keeps_every_nonzero_entry_unscaled() {
+        // At the default s = 0.97 (3 % kept) a 1 %-non-zero Δ is not sampled down to 0.03 % of its changes (an
+        // error of ~32 times its energy): every entry is kept and nothing rescaled, so only the quantizer errs,
+        // its zeros rebuild as zeros, and with the range fit each entry is within half a step.
+        for cfg in [
+            CompressConfig::default(),
+            CompressConfig::default().for_family(crate::Family::Llama),
+            CompressConfig::default().for_family(crate::Family::Bert),
+        ] {
+            let d = trimmed_delta();
+            let (q, gain, ..) = quantizer_of(&d, &cfg).unwrap();
+            let w = rebuilt(&d, cfg.sparsity, &cfg);
+            let (mut err, mut energy) = (0f64, 0f64);
+            for (&x, &y) in d.iter().zip(&w) {
+                if cfg.quantizer().1 == QuantFit::Range {
+                    assert!(
+                        (x - y).abs() <= 0.5 * q.step * 1.0001,
+                        "{:?}: {x} rebuilt as {y}",
+                        cfg.quantizer()
+                    );
+                }
+                if x == 0.0 {
+                    assert_eq!(y, 0.0);
+                }
+                err += f64::from(x - y).powi(2);
+                energy += f64::from(x).powi(2);
+            }
+            if cfg.quantizer().1 == QuantFit::Range {
+                assert!(
+                    err <= 0.04 * energy,
+                    "{:?}: {err} against {energy}",
+                    cfg.quantizer()
+                );
+            }
+            let Record::Coded(c) = compress_tensor(&d, "w", &[64, 64], cfg.sparsity, &cfg)
+                .unwrap()
+                .record
+            else {
+                panic!("a coded record")
+            };
+            assert_eq!(
+                (c.levels.len(), c.scale),
+                (d.len(), gain),
+                "{:?}",
+                cfg.quantizer()
+            );
+        }
+        // The paper's global rescale (1/(1 − s) whatever a tensor's rate) keeps the allocated rate.
+        let global = CompressConfig {
+            rescale: RescaleMode::Global,
+            ..CompressConfig::default()
+        };
+        let d = trimmed_delta();
+        let Record::Coded(c) = compress_tensor(&d, "w", &[64, 64], 0.97, &global)
+            .unwrap()
+            .record
+        else {
+            panic!("a coded record")
+        };
+        let expected = 0.03 * d.len() as f64;
+        assert!(
+            (c.levels.len() as f64 - expected).abs() <= 16.0,
+            "{}",
+            c.levels.len()
+        );
+    }
+
+    #[test]
+    fn a_sparse_records_bytes_fall_as_its_rate_rises_through_the_ramp() {
+        // The byte budget's search needs bytes that never grow with the rate, and no jump where the sampled
+        // density leaves the allocated one.
+        let cfg = CompressConfig::default();
+        for d in [trimmed_delta(), sparse_delta()] {
+            let mut last = u64::MAX;
+            for k in 0..=60 {
+                let rate = 0.4 + 0.599 * f64::from(k) / 60.0;
+                let rec = compress_tensor(&d, "w", &[64, 64], rate, &cfg)
+                    .unwrap()
+                    .record;
+                let len = ultradelta_archive::encode_record(
+                    ultradelta_io::DType::F32,
+                    &[64, 64],
+                    &rec,
+                    3,
+                )
+                .unwrap()
+                .len() as u64;
+                assert!(len <= last, "rate {rate}: {len} bytes after {last}");
+                last = len;
+            }
+        }
     }
 }
