@@ -140,8 +140,8 @@ impl QuantScan {
 /// The quantizer `fit` asks for, from the range fit of a tensor of `n` entries (read by `value`, finite: the
 /// range fit has checked), the gain on the record's rescale factor that goes with it, and its share of non-zero
 /// entries if it is sparse for `cfg`'s codec, else 1 ([`nonzero_share`]; its quantizer then [`zero_aligned`], after
-/// the MSE fit, which reads the sample's non-zero entries only, and before its gain). The strided sample both read is drawn once, and not
-/// at all for the range fit of the Golomb codecs.
+/// the MSE fit, which reads the sample's non-zero entries only, and before its gain). The strided sample both read
+/// is drawn once, and not at all for the range fit of the Golomb codecs.
 fn refit(
     range: QuantParams,
     fit: QuantFit,
