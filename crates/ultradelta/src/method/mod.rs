@@ -327,7 +327,7 @@ fn scale(rate: f64, gain: f32, cfg: &CompressConfig) -> f32 {
 
 /// Which rate a seeded sample draws at: the allocated one, raised for a sparse Δ ([`sampled_rate`]), or exactly
 /// the one given (a low-rank part's residual, whose rate the split chose for the bytes it leaves).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Sampling {
     Allocated,
     Exact,
@@ -354,10 +354,11 @@ fn ultradelta_sampled(
     sampling: Sampling,
 ) -> Result<CompressedTensor, baselines::Error> {
     let seed = tensor_seed(cfg.seed, name);
-    if cfg.lowrank_part_on() && cfg.allows_lowrank_part() && sampling == Sampling::Allocated {
+    if cfg.lowrank_part_on() && cfg.allows_lowrank_part() {
         if let &[rows, cols] = shape {
             if let Some(split) = lowrank_part::split(delta, (rows, cols), rate, seed, cfg)? {
-                // The residual is sampled as a plain seeded record at the split's rate, never split again.
+                // No shape for the residual: it is sampled as a plain seeded record at the split's rate, never split
+                // again.
                 let residual = ultradelta_sampled(
                     &split.residual,
                     name,
@@ -751,12 +752,7 @@ mod tests {
                 "{:?}: {err} against {energy}",
                 cfg.quantizer()
             );
-            let Record::Coded(c) = compress_tensor(&d, "w", &[64, 64], cfg.sparsity, &cfg)
-                .unwrap()
-                .record
-            else {
-                panic!("a coded record")
-            };
+            let c = coded(&d, cfg.sparsity, &cfg);
             assert_eq!(
                 (c.levels.len(), c.scale),
                 (d.len(), gain),
@@ -770,12 +766,7 @@ mod tests {
             ..CompressConfig::default()
         };
         let d = trimmed_delta();
-        let Record::Coded(c) = compress_tensor(&d, "w", &[64, 64], 0.97, &global)
-            .unwrap()
-            .record
-        else {
-            panic!("a coded record")
-        };
+        let c = coded(&d, 0.97, &global);
         let expected = 0.03 * d.len() as f64;
         assert!(
             (c.levels.len() as f64 - expected).abs() <= 16.0,
