@@ -65,10 +65,10 @@ fn codecs(c: &mut Criterion) {
     });
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function(BenchmarkId::new("seeded_prune_8_trials", n), |b| {
-        b.iter(|| seeded_prune(&levels, &q, 0.97, 7, 8))
+        b.iter(|| seeded_prune(&levels, 0.97, 7, 8))
     });
     // Whole records: decode from bytes and add into base weights (apply's per-tensor work).
-    let seeded = seeded_prune(&levels, &q, 0.97, 7, 8);
+    let seeded = seeded_prune(&levels, 0.97, 7, 8);
     let golomb = |coding| {
         CodedSparseRecord::from_sparse(
             SparseRecord {

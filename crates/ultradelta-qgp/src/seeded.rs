@@ -7,10 +7,10 @@
 //! among all such sets, in increasing order, from the portable ChaCha8 stream; docs/FORMAT.md ("Seeded positions")
 //! specifies it byte for byte and `ultradelta_core::seeded` documents the algorithm.
 //!
-//! [`seeded_prune`] turns this into a pruning method: it keeps exactly as many entries as DAC would
-//! ([`dac_kept_counts`]), tries `trials` seeds and keeps the one whose kept-level histogram is closest (L1
-//! distance) to DAC's exact per-level kept counts. The trial index is what the archive stores next to the tensor
-//! seed ([`trial_seed`]).
+//! [`seeded_prune`] turns this into a pruning method: it keeps every level's share `1 − rate` of its entries
+//! ([`seeded_kept_counts`]), tries `trials` seeds and keeps the one whose kept-level histogram is closest (L1
+//! distance) to those counts. The trial index is what the archive stores next to the tensor seed
+//! ([`trial_seed`]). [`seeded_prune_to`] steers towards any other counts (DAC's, [`dac_kept_counts`]).
 
 pub use ultradelta_core::seeded::{seeded_positions, trial_seed, SeededSample};
 
@@ -50,6 +50,21 @@ pub fn dac_kept_from_counts(counts: &[u64], p: &QuantParams, rate: f64) -> Vec<u
         .collect()
 }
 
+/// The kept count per level of a seeded sample at `rate`, from the levels' histogram (`counts[l]` = entries at
+/// level `l`): every level, a level at exactly zero too, keeps `n_l − round(n_l · rate)`.
+///
+/// Seeded positions are drawn whatever the values, so each entry is kept with probability `1 − rate`, and the
+/// rescale `1/(1 − rate)` is unbiased only if the sample's histogram is steered towards the whole tensor's at that
+/// rate. DAC's counts ([`dac_kept_from_counts`]) keep nothing of a zero level and the rest at a higher group rate:
+/// steering a seeded sample towards them favours samples with fewer zeros, which biases the rescaled values.
+/// Where no level is exactly zero (a dense delta) the two are the same counts.
+pub fn seeded_kept_counts(counts: &[u64], rate: f64) -> Vec<u64> {
+    counts
+        .iter()
+        .map(|&c| c - dac_drop_count(c, rate))
+        .collect()
+}
+
 /// Survivors of [`seeded_prune`]: which trial won, and the kept entries' levels in position order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeededPruned {
@@ -57,27 +72,27 @@ pub struct SeededPruned {
     pub trial: u32,
     /// Level of each kept entry, in increasing position order.
     pub levels: Vec<u16>,
-    /// L1 distance between the kept-level histogram and DAC's kept counts, for the chosen trial.
+    /// L1 distance between the kept-level histogram and the target kept counts, for the chosen trial.
     pub distance: u64,
     /// The same distance for trial 0 (what a single seed gives).
     pub distance_first: u64,
 }
 
-/// Seeded pruning: keeps exactly as many entries as DAC ([`dac_kept_counts`]) at positions drawn by
-/// [`SeededSample`], independent of the values, so they need not be stored.
+/// Seeded pruning: keeps every level's share `1 − rate` of its entries ([`seeded_kept_counts`]; DAC's counts
+/// wherever no level is exactly zero) at positions drawn by [`SeededSample`], independent of the values,
+/// so they need not be stored.
 ///
 /// Tries trials `0..trials` (at least one) with generator seeds [`trial_seed`]`(seed, t)` and keeps the trial
-/// whose kept-level histogram `h` minimises the L1 distance `Σ_g |h_g − t_g|` to DAC's kept counts `t`
-/// (smallest index on ties). Group-wise stratification then holds approximately instead of exactly; the distance
+/// whose kept-level histogram `h` minimises the L1 distance `Σ_g |h_g − t_g|` to those counts `t` (smallest
+/// index on ties). Group-wise stratification then holds approximately instead of exactly; the distance
 /// is reported. Deterministic and independent of the thread count.
-pub fn seeded_prune(
-    levels: &[u16],
-    p: &QuantParams,
-    rate: f64,
-    seed: u64,
-    trials: u32,
-) -> SeededPruned {
-    seeded_prune_to(levels, &dac_kept_counts(levels, p, rate), seed, trials)
+pub fn seeded_prune(levels: &[u16], rate: f64, seed: u64, trials: u32) -> SeededPruned {
+    seeded_prune_to(
+        levels,
+        &seeded_kept_counts(&level_counts(levels), rate),
+        seed,
+        trials,
+    )
 }
 
 /// Positions drawn over all the trials of one tensor, at most ([`trials_for`]): 2^19.
@@ -101,8 +116,8 @@ pub fn trials_for(kept: u64, trials: u32) -> u32 {
 /// cache while every trial's histogram takes them.
 const SCAN_WORDS: usize = 4096;
 
-/// [`seeded_prune`] towards given per-level kept counts `target` (DAC's, from [`dac_kept_from_counts`] when the
-/// levels' histogram is already known).
+/// [`seeded_prune`] towards given per-level kept counts `target` ([`seeded_kept_counts`], or DAC's from
+/// [`dac_kept_from_counts`], when the levels' histogram is already known).
 ///
 /// Every trial's sample is drawn first (in parallel), then one pass over `levels`, chunk by chunk, takes every
 /// trial's kept-level histogram while the chunk is in cache (the levels are read once, not once per trial). The
@@ -199,19 +214,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prune_keeps_dac_count_and_more_trials_never_hurt() {
+    fn prune_keeps_every_level_at_the_rate_and_more_trials_never_hurt() {
         let levels: Vec<u16> = (0..20_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 28) as u16)
             .collect();
-        let q = QuantParams {
-            bits: 4,
-            lo: -1.0,
-            step: 0.125,
-        };
-        let target = dac_kept_counts(&levels, &q, 0.9);
-        let one = seeded_prune(&levels, &q, 0.9, 3, 1);
-        let many = seeded_prune(&levels, &q, 0.9, 3, 16);
+        let counts = level_counts(&levels);
+        let target = seeded_kept_counts(&counts, 0.9);
+        for (&c, &t) in counts.iter().zip(&target) {
+            assert_eq!(t, c - dac_drop_count(c, 0.9));
+        }
+        let one = seeded_prune(&levels, 0.9, 3, 1);
+        let many = seeded_prune(&levels, 0.9, 3, 16);
         assert_eq!(one.levels.len() as u64, target.iter().sum::<u64>());
+        let mut h = vec![0u64; target.len()];
+        for &l in &many.levels {
+            h[usize::from(l)] += 1;
+        }
+        assert_eq!(l1_distance(&h, &target), many.distance);
         assert_eq!(many.levels.len(), one.levels.len());
         assert_eq!(one.trial, 0);
         assert_eq!(many.distance_first, one.distance);
@@ -225,6 +244,34 @@ mod tests {
         let again: Vec<u16> = pos.iter().map(|&p| levels[p as usize]).collect();
         assert_eq!(again, many.levels);
     }
+    #[test]
+    fn seeded_counts_are_dacs_without_a_zero_level_and_keep_a_zero_level() {
+        let levels: Vec<u16> = (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 28) as u16)
+            .collect();
+        let counts = level_counts(&levels);
+        let seeded = seeded_kept_counts(&counts, 0.97);
+        // No level of this grid is exactly zero: DAC's counts are the same.
+        let dense = QuantParams {
+            bits: 4,
+            lo: -1.0,
+            step: 0.13,
+        };
+        assert!((0..16u16).all(|l| dense.dequantize(l) != 0.0));
+        assert_eq!(seeded, dac_kept_from_counts(&counts, &dense, 0.97));
+        // Level 8 of this one is exactly zero: DAC keeps none of it, the seeded sample its share.
+        let zero = QuantParams {
+            bits: 4,
+            lo: -1.0,
+            step: 0.125,
+        };
+        assert_eq!(zero.dequantize(8), 0.0);
+        let dac = dac_kept_from_counts(&counts, &zero, 0.97);
+        assert_eq!(dac[8], 0);
+        assert_eq!(seeded[8], counts[8] - dac_drop_count(counts[8], 0.97));
+        assert!(seeded[8] > 0);
+    }
+
     #[test]
     fn one_trial_from_the_source_equals_the_level_buffer_path() {
         use crate::fused::{fit_source, levels_source, DeltaSource};

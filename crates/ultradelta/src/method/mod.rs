@@ -17,10 +17,12 @@ use ultradelta_qgp::fit::{fit_mse, projection_gain, strided_sample};
 use ultradelta_qgp::fused::{
     fit_source, group_prune_source, levels_source, scan_levels, DeltaSource, LevelScan,
 };
-use ultradelta_qgp::seeded::{seeded_prune_source, seeded_prune_to, trials_for, SeededPruned};
+use ultradelta_qgp::seeded::{
+    seeded_kept_counts, seeded_prune_source, seeded_prune_to, trials_for, SeededPruned,
+};
 use ultradelta_qgp::{
-    dac_drop_count, group_prune, level_counts, quantize, quantized_std_from_counts, random_prune,
-    tensor_seed, Pruned, QuantParams, Quantizer,
+    group_prune, level_counts, quantize, quantized_std_from_counts, random_prune, tensor_seed,
+    Pruned, QuantParams, Quantizer,
 };
 use ultradelta_rescale::rescale_factor;
 
@@ -214,18 +216,6 @@ fn nonzero_share(sample: &[f32]) -> f64 {
     1.0 - zeros as f64 / sample.len() as f64
 }
 
-/// The kept count per level for seeded positions: every level at `rate`, a zero level too. Seeded positions are
-/// drawn whatever the values, so each entry is kept with probability 1 − rate and the rescale 1/(1 − rate) stays
-/// unbiased only if the sample's histogram is steered toward that of the whole Δ; DAC's counts (none of a zero
-/// level, the rest at a higher group rate) would steer the trials toward samples with fewer zeros and bias them.
-/// Where Δ's grid has no level at exactly zero (a dense Δ), the two are the same counts.
-fn seeded_targets(counts: &[u64], rate: f64) -> Vec<u64> {
-    counts
-        .iter()
-        .map(|&c| c - dac_drop_count(c, rate))
-        .collect()
-}
-
 /// The rate a seeded sample draws at, for the allocated `rate` and Δ's share of non-zero entries `nonzero`
 /// ([`nonzero_share`]: of its exact values, not of its levels; a coarse grid may put many small changes at the zero
 /// level, and keeping those would cost bits and change nothing).
@@ -389,7 +379,7 @@ fn ultradelta_sampled(
             Sampling::Allocated => seeded_rate(rate, nonzero, cfg),
             Sampling::Exact => rate,
         };
-        let target = seeded_targets(&counts, rate);
+        let target = seeded_kept_counts(&counts, rate);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = seeded_prune_to(&levels, &target, seed, trials);
         return Ok(seeded_record(
@@ -490,7 +480,7 @@ pub(crate) fn compress_source(
         // trial (every large tensor, `trials_for`) quantizes only its kept entries.
         let counts = &pass.scan.counts;
         let rate = seeded_rate(rate, pass.nonzero, cfg);
-        let target = seeded_targets(counts, rate);
+        let target = seeded_kept_counts(counts, rate);
         let trials = trials_for(target.iter().sum(), cfg.seed_trials);
         let pruned = if trials == 1 {
             seeded_prune_source(src, &q, &target, seed)
