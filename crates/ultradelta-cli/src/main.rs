@@ -233,7 +233,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                 outln!("  {}", codec_line(c));
             }
             if let Some(b) = &r.budget {
-                outln!("  {}", budget_line(b));
+                outln!("  {}", budget_line(b, ins.codec.is_some()));
             }
             if !r.base_only.is_empty() {
                 outln!(
@@ -307,8 +307,9 @@ fn method_params(method: &str, p: &serde_json::Value) -> String {
     s
 }
 
-/// What the budget search chose, in one line.
-fn budget_line(b: &ultradelta::BudgetReport) -> String {
+/// What the budget search chose, in one line. `density_shown`: the codec line above gives the kept density, which
+/// differs from a searched sparsity wherever the allocation's tiers or a sparse delta's denser sample move it.
+fn budget_line(b: &ultradelta::BudgetReport, density_shown: bool) -> String {
     let fits = match b.fixed_bytes {
         Some(f) => format!(
             "archive at most {} bytes ({} fixed + {} compressed-record bytes)",
@@ -321,8 +322,13 @@ fn budget_line(b: &ultradelta::BudgetReport) -> String {
             b.record_bytes, b.record_budget
         ),
     };
+    let allocated = if density_shown && b.parameter == "sparsity" {
+        " (the allocation's target; the kept density is on the codec line)"
+    } else {
+        ""
+    };
     format!(
-        "budget: {} (a ceiling): {} = {}, {:.3}x over the compressed tensors, {fits}{} ({} passes)",
+        "budget: {} (a ceiling): {} = {}{allocated}, {:.3}x over the compressed tensors, {fits}{} ({} passes)",
         b.describe(),
         b.parameter,
         b.value,
@@ -383,8 +389,14 @@ fn codec_line(c: &ultradelta::CodecSummary) -> String {
     };
     let lowrank = if c.lowrank_records > 0 {
         format!(
-            " + {:.2} low-rank ({} matrices with a part)",
-            c.lowrank_bits_per_kept, c.lowrank_records
+            " + {:.2} low-rank ({} {} with a part)",
+            c.lowrank_bits_per_kept,
+            c.lowrank_records,
+            if c.lowrank_records == 1 {
+                "matrix"
+            } else {
+                "matrices"
+            }
         )
     } else {
         String::new()

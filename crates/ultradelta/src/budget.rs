@@ -664,14 +664,18 @@ pub(crate) fn solve_budget(
                 }
             }
             if best.1 < floor {
-                return Err(fail(format!(
-                    "the bytes move in steps too coarse here: the largest setting found under the ceiling is sparsity {:.6} ({:.2}x, {} of {ceiling} compressed-record bytes), the next found is sparsity {:.6} ({} bytes, over it)",
+                // The bytes jumped over the band between two settings the search cannot tell apart (a matrix's
+                // low-rank part changing rank, say, on a small model): the budget is a ceiling, so the largest
+                // setting found under it is taken, with the room it leaves said (the report's `within` is false).
+                progress.note(&format!(
+                    "{}: the bytes move in steps too coarse to land within 1% of the {asked}: the largest setting found under the ceiling, sparsity {:.6} ({:.2}x, {} of {ceiling} compressed-record bytes), is taken; the next found, sparsity {:.6}, takes {} bytes, over it",
+                    p.ft.path().display(),
                     best.0,
                     ratio_of(best.1),
                     best.1,
                     above.0,
                     above.1
-                )));
+                ));
             }
             out.sparsity = best.0;
             Ok((out, report(best.1, "sparsity", best.0, ev.evaluations)))
