@@ -285,13 +285,16 @@ pub struct RecordCost {
     pub sparse_kept: Option<u64>,
     /// Rank of the low-rank part (kind 16), 0 for the other kinds.
     pub rank: u64,
-    /// Kind of the sparse residual's payload (kind 16: 11 or 12), `None` for the other kinds.
+    /// Kind of the sparse residual's payload (kind 16: 11 or 12; kind 17: its nested record's, or that record's
+    /// residual's), `None` for the other kinds.
     pub residual_kind: Option<RecordKind>,
+    /// Rows listed by a `row-subset` record (kind 17), `None` for the other kinds.
+    pub listed_rows: Option<u64>,
 }
 
 /// Splits an encoded record (header + payload, as [`crate::encode_record`] writes it) into position, value and
-/// low-rank bits, for the kinds that store sparse levels (1, 10, 11, 12, and 16 beside its low-rank part); `None`
-/// for other kinds or malformed bytes.
+/// low-rank bits, for the kinds that store sparse levels (1, 10, 11, 12, 16 beside its low-rank part, and 17, whose
+/// row list counts as positions, around its nested record); `None` for other kinds or malformed bytes.
 pub fn record_cost(bytes: &[u8]) -> Option<RecordCost> {
     let mut c = Cursor::new(bytes);
     let kind = RecordKind::from_code(c.u8("kind").ok()?)?;

@@ -59,6 +59,7 @@ pub use half;
 pub use kinds::dense_levels::DenseLevelsRecord;
 pub use kinds::lowrank_f16::LowRankRecord;
 pub use kinds::lowrank_seeded_rans::LowRankSparseRecord;
+pub use kinds::row_subset::RowSubsetRecord;
 pub use kinds::sparse_f16::SparseValuesRecord;
 pub use kinds::sparse_golomb::SparseRecord;
 pub use kinds::sparse_sign::SignRecord;

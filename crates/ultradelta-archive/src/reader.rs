@@ -411,10 +411,11 @@ impl ArchiveReader {
         let (header, record) = decode_expecting(&bytes, &self.limits, &expected, kept, check_only)
             .map_err(|err| self.corrupt(name, err.to_string()))?;
         self.check_header(name, e, &header)?;
-        // A check-only decode keeps no levels of kinds 9 and 12: kind 12's kept count was checked against the
-        // index's before decoding; kind 9 keeps numel entries (its header's, equal to the index's).
+        // A check-only decode keeps no levels of kinds 9 and 12 (nor of a kind-12 record nested in kind 17): kind
+        // 12's kept count was checked against the index's before decoding, as was a nested record's; kind 9 keeps
+        // numel entries (its header's, equal to the index's).
         let kept = match kind {
-            RecordKind::SparseSeededRans if check_only => None,
+            RecordKind::SparseSeededRans | RecordKind::RowSubset if check_only => None,
             RecordKind::DenseLevels if check_only => Some(header.numel),
             _ => record.kept(),
         };

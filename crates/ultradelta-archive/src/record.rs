@@ -8,13 +8,13 @@ use ultradelta_core::DType;
 use crate::coded::CodedSparseRecord;
 use crate::kinds::{
     self, dense_levels, diff_zstd, file_zstd, file_zstd_base, file_zstd_base_json, full_zstd,
-    lowrank_f16, lowrank_seeded_rans, sparse_f16, sparse_golomb, sparse_golomb_rans, sparse_seeded,
-    sparse_seeded_rans, sparse_sign, xor_zstd, Head,
+    lowrank_f16, lowrank_seeded_rans, row_subset, sparse_f16, sparse_golomb, sparse_golomb_rans,
+    sparse_seeded, sparse_seeded_rans, sparse_sign, xor_zstd, Head,
 };
 use crate::lossless::compress_planes;
 use crate::{
     DenseLevelsRecord, Error, Limits, LowRankRecord, LowRankSparseRecord, Positions, RecordKind,
-    Result, SignRecord, SparseRecord, SparseValuesRecord,
+    Result, RowSubsetRecord, SignRecord, SparseRecord, SparseValuesRecord,
 };
 
 pub use crate::kinds::diff_zstd::{decode_diff_into, diff_bytes};
@@ -64,6 +64,8 @@ pub enum Record {
     Coded(CodedSparseRecord),
     /// Low-rank part with quantized factors plus a sparse residual (kind `lowrank-seeded-rans`).
     LowRankSparse(LowRankSparseRecord),
+    /// A delta zero outside a listed set of rows, the listed rows as a nested record (kind `row-subset`).
+    RowSubset(RowSubsetRecord),
 }
 
 impl Record {
@@ -81,6 +83,7 @@ impl Record {
             Record::DenseLevels(_) => RecordKind::DenseLevels,
             Record::Coded(c) => c.kind(),
             Record::LowRankSparse(_) => RecordKind::LowrankSeededRans,
+            Record::RowSubset(_) => RecordKind::RowSubset,
         }
     }
 
@@ -121,6 +124,7 @@ impl Record {
             Record::DenseLevels(d) => Some(d.levels.len() as u64),
             Record::Coded(c) => Some(c.kept()),
             Record::LowRankSparse(r) => Some(r.numel()),
+            Record::RowSubset(r) => Some(r.kept()),
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => None,
         }
     }
@@ -141,6 +145,7 @@ impl Record {
             Record::DenseLevels(d) => d.validate()?,
             Record::Coded(c) => c.validate()?,
             Record::LowRankSparse(r) => r.validate()?,
+            Record::RowSubset(r) => r.validate()?,
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {}
         }
         let numel = match self {
@@ -151,6 +156,7 @@ impl Record {
             Record::DenseLevels(d) => d.levels.len() as u64,
             Record::Coded(c) => c.numel,
             Record::LowRankSparse(r) => r.numel(),
+            Record::RowSubset(r) => r.numel(),
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {
                 return Err(Error::record(format!(
                     "a {} record is not a delta",
@@ -172,6 +178,7 @@ impl Record {
             Record::DenseLevels(d) => d.add_into(gamma, out),
             Record::Coded(c) => c.add_into(gamma, out),
             Record::LowRankSparse(r) => r.add_into(gamma, out),
+            Record::RowSubset(r) => r.add_into(gamma, out),
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {}
         }
         Ok(())
@@ -211,6 +218,7 @@ impl Record {
             Record::DenseLevels(r) => dense_levels::encoded_len(r)?,
             Record::Coded(r) => r.encoded_len()?,
             Record::LowRankSparse(r) => lowrank_seeded_rans::encoded_len(r)?,
+            Record::RowSubset(r) => row_subset::encoded_len(r)?,
         };
         Ok(Head::len(ndim) + payload)
     }
@@ -285,6 +293,7 @@ pub fn encode_record(
         Record::LowRank(r) => lowrank_f16::encode(r, &head, &mut out)?,
         Record::DenseLevels(r) => dense_levels::encode(r, &head, &mut out)?,
         Record::LowRankSparse(r) => lowrank_seeded_rans::encode(r, &head, &mut out)?,
+        Record::RowSubset(r) => row_subset::encode(r, &head, &mut out)?,
         Record::Coded(r) => {
             head.check_numel("coded sparse", r.numel)?;
             match (&r.positions, r.coding) {

@@ -27,6 +27,7 @@ pub(crate) mod file_zstd_base_json;
 pub(crate) mod full_zstd;
 pub(crate) mod lowrank_f16;
 pub(crate) mod lowrank_seeded_rans;
+pub(crate) mod row_subset;
 pub(crate) mod sparse_f16;
 pub(crate) mod sparse_golomb;
 pub(crate) mod sparse_golomb_rans;
@@ -131,6 +132,9 @@ record_kinds! {
     DiffZstd = 15, "diff-zstd", diff_zstd;
     /// Low-rank part with quantized, rANS-coded factors + a sparse residual stored as kind 11 or 12 (2-D tensors).
     LowrankSeededRans = 16, "lowrank-seeded-rans", lowrank_seeded_rans;
+    /// The delta of a 2-D tensor that is zero outside a listed set of rows: the Golomb-coded row list + a nested
+    /// kind-11, 12 or 16 record of the listed rows.
+    RowSubset = 17, "row-subset", row_subset;
 }
 
 impl RecordKind {
@@ -164,6 +168,7 @@ impl RecordKind {
             | RecordKind::DenseSign
             | RecordKind::LowrankF16
             | RecordKind::LowrankSeededRans
+            | RecordKind::RowSubset
             | RecordKind::DenseLevels => None,
         }
     }

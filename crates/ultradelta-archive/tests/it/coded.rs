@@ -414,6 +414,24 @@ fn encoded_len_is_exactly_what_encode_record_writes() {
             }),
         ));
     }
+    // Kind 17: rows 0 and 2 of a 3 x 4 tensor, their delta a seeded sample.
+    recs.push((
+        vec![3, 4],
+        DType::F32,
+        Record::RowSubset(ultradelta_archive::RowSubsetRecord {
+            rows: 3,
+            cols: 4,
+            listed: vec![0, 2],
+            inner: Box::new(Record::Coded(CodedSparseRecord {
+                numel: 8,
+                quant: Q,
+                scale: 1.0,
+                positions: Positions::Seeded { seed: 5, trial: 0 },
+                levels: vec![1, 3, 2],
+                coding: LevelCoding::Rans,
+            })),
+        }),
+    ));
     let mut kinds = std::collections::BTreeSet::new();
     for (shape, dtype, rec) in &recs {
         for level in [1, 3] {

@@ -10,4 +10,5 @@ mod hostile;
 mod lowrank_sparse;
 mod ratio;
 mod roundtrip;
+mod row_subset;
 mod spec;
