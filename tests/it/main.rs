@@ -9,4 +9,5 @@ mod cli_errors;
 mod cli_harden;
 mod cli_methods;
 mod cli_roundtrip;
+mod cli_rows;
 mod hostile;

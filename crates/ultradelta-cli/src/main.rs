@@ -473,10 +473,14 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             .unwrap_or_default()
             .to_string();
         // A low-rank part's rank follows the dtype; the sparsity is then its sparse residual's.
-        let rank = t
+        let mut rank = t
             .lowrank_rank
             .map(|r| format!("  low-rank part, rank {r}"))
             .unwrap_or_default();
+        if let Some(h) = t.listed_rows {
+            let rows = t.shape.first().copied().unwrap_or(0);
+            rank.push_str(&format!("  rows: {h} of {rows} (the others unchanged)"));
+        }
         outln!(
             "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}{rank}",
             t.name,

@@ -158,6 +158,7 @@ fn option_of(field: &str) -> Option<&'static str> {
         "self_contained" => "self_contained=",
         "quant_fit" => "quant_fit=",
         "lowrank_part" => "lowrank_part=",
+        "row_subset" => "row_subset=",
         _ => return None,
     })
 }
@@ -190,6 +191,7 @@ const OPTIONS: &[&str] = &[
     "self_contained",
     "quant_fit",
     "lowrank_part",
+    "row_subset",
     "tngr",
     "no_tngr",
     "sparsity",
@@ -241,6 +243,7 @@ const PRESET_CONFLICTS: &[&str] = &[
     "position_embeddings",
     "quant_fit",
     "lowrank_part",
+    "row_subset",
 ];
 
 /// Reads one keyword option's value as `T`, naming the option and the expected type when it is not one.
@@ -465,6 +468,10 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
         // Not given (or None): the model family's, resolved by `compress` (`Family::lowrank_part`).
         lowrank_part: get("lowrank_part")
             .map(|v| value("lowrank_part", v, "True or False"))
+            .transpose()?,
+        // Not given (or None): the model family's (`Family::row_subset`).
+        row_subset: get("row_subset")
+            .map(|v| value("row_subset", v, "True or False"))
             .transpose()?,
     };
     // The codecs' defaults are the project's (seeded positions, rANS levels) where they apply, else the paper's.

@@ -36,8 +36,12 @@ def _normalise_report(report: dict) -> dict:
         ),
         ({"lowrank_part": False}, ["--no-lowrank-part"]),
         ({"lowrank_part": True, "sparsity": 0.8}, ["--lowrank-part", "--sparsity", "0.8"]),
+        ({"row_subset": False}, ["--no-row-subset"]),
     ],
-    ids=["defaults", "options", "preset", "dare", "codecs", "quantizer", "selection", "no-lowrank", "lowrank"],
+    ids=[
+        "defaults", "options", "preset", "dare", "codecs", "quantizer", "selection", "no-lowrank", "lowrank",
+        "no-rows",
+    ],
 )
 def test_compress_writes_the_clis_bytes_and_report(tmp_path, bert, cli, options, flags):
     py_out = tmp_path / "py.udelta"

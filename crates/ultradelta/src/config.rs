@@ -311,6 +311,15 @@ pub struct CompressConfig {
     /// into `params` when off, so archives without it are unchanged (and read back as off).
     #[serde(default = "lowrank_off", skip_serializing_if = "is_lowrank_off")]
     pub lowrank_part: Option<bool>,
+    /// UltraDelta with seeded positions only: code a compressed matrix whose delta's rows split cleanly into moved
+    /// and unmoved ones (a token-embedding table: only the rows of the tokens the fine-tuning saw move; the rest
+    /// by weight decay alone) as the list of moved rows and the record of those rows alone (record kind
+    /// `row-subset`; a rule on the rows' norms, from Δ alone: README, "Choosing the defaults"). `None`: the model family's
+    /// ([`Family::row_subset`], on for BERT encoders, resolved like [`Self::lowrank_part`]); `Some(true)` where the
+    /// method and codecs cannot carry it is refused by [`Self::validate`]. Not written into `params` when off, so
+    /// archives without it are unchanged (and read back as off).
+    #[serde(default = "lowrank_off", skip_serializing_if = "is_lowrank_off")]
+    pub row_subset: Option<bool>,
 }
 
 /// The relative MSA tiers' default spread: 1/3, the paper's δ = 0.01 at its s = 0.97.
@@ -357,6 +366,7 @@ impl Default for CompressConfig {
             self_contained: false,
             quant_fit: None,
             lowrank_part: None,
+            row_subset: None,
         }
     }
 }
@@ -382,7 +392,8 @@ impl Preset {
     /// and their values, and the codecs (seeded positions change which entries are kept; the paper counts Golomb
     /// positions and packed levels): `method`, `sparsity`, `bits`, `step`, `rescale`, `rescale_factor`,
     /// `allocation`, `tier_spread`, `rd_power`, `pruning`, `quantize`, `rank`, `compeft_alpha`, `target_ratio`,
-    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec`, `quant_fit`, `lowrank_part`, `selection.embeddings` and
+    /// `target_size`, `tngr.enabled`, `tngr.trace_on`, `positions`, `values`, `codec`, `quant_fit`, `lowrank_part`,
+    /// `row_subset`, `selection.embeddings` and
     /// `selection.position_embeddings`
     /// (the paper compresses the linear layers only). Everything else stays `cfg`'s: `seed`, `gamma`, `tngr.clamp`,
     /// `tngr.nuclear_norm`, the rest of `selection`, `seed_trials`, `zstd_level` and `self_contained`.
@@ -428,6 +439,7 @@ impl CompressConfig {
             bits: Some(4),
             quant_fit: Some(QuantFit::Range),
             lowrank_part: Some(false),
+            row_subset: Some(false),
             tngr: TngrConfig {
                 enabled: true,
                 ..TngrConfig::default()
@@ -462,10 +474,22 @@ impl CompressConfig {
             && self.positions == PositionCodec::Seeded
     }
 
+    /// Whether row subsets are on: as given, else off (a model of unknown family's; `compress` resolves it for the
+    /// model's own family first, [`Self::for_family`]).
+    pub fn row_subset_on(&self) -> bool {
+        self.row_subset == Some(true)
+    }
+
+    /// Whether this configuration can carry row subsets: as [`Self::allows_lowrank_part`] (the listed rows'
+    /// record is a seeded sample, with or without a low-rank part).
+    pub fn allows_row_subset(&self) -> bool {
+        self.allows_lowrank_part()
+    }
+
     /// This configuration with the settings left to the family (`None`) filled in: the quantizer from
     /// [`Family::quantizer`] for UltraDelta, from [`Family::Generic`]'s for the other methods (the baselines'
     /// bits, e.g. `--method quant`, do not follow the family); the low-rank part from [`Family::lowrank_part`]
-    /// where [`Self::allows_lowrank_part`], else off.
+    /// where [`Self::allows_lowrank_part`], else off; row subsets likewise ([`Family::row_subset`]).
     pub fn for_family(&self, family: Family) -> CompressConfig {
         let f = if self.method == Method::Ultradelta {
             family
@@ -476,10 +500,14 @@ impl CompressConfig {
         let lowrank = self
             .lowrank_part
             .unwrap_or(f.lowrank_part() && self.allows_lowrank_part());
+        let rows = self
+            .row_subset
+            .unwrap_or(f.row_subset() && self.allows_row_subset());
         CompressConfig {
             bits: Some(self.bits.unwrap_or(bits)),
             quant_fit: Some(self.quant_fit.unwrap_or(fit)),
             lowrank_part: Some(lowrank),
+            row_subset: Some(rows),
             ..self.clone()
         }
     }
@@ -647,6 +675,12 @@ impl CompressConfig {
             return bad(
                 "lowrank_part",
                 "lowrank_part needs method ultradelta with quantized levels and seeded positions (its residual is a seeded sample)".into(),
+            );
+        }
+        if self.row_subset_on() && !self.allows_row_subset() {
+            return bad(
+                "row_subset",
+                "row_subset needs method ultradelta with quantized levels and seeded positions (the listed rows are a seeded sample)".into(),
             );
         }
         if self.positions == PositionCodec::Seeded && self.pruning == PruningMode::Random {
@@ -884,6 +918,32 @@ mod tests {
         assert_eq!(json["lowrank_part"], true);
         let json = serde_json::to_value(&llama).unwrap();
         assert!(json.get("lowrank_part").is_none());
+        // Row subsets: the same rules as the low-rank part.
+        assert_eq!(d.row_subset, None);
+        assert!(!d.row_subset_on());
+        assert_eq!(bert.row_subset, Some(true));
+        assert_eq!(llama.row_subset, Some(false));
+        assert_eq!(quant.row_subset, Some(false));
+        assert_eq!(golomb.for_family(Family::Bert).row_subset, Some(false));
+        let rows_on = CompressConfig {
+            row_subset: Some(true),
+            ..golomb.clone()
+        };
+        assert!(rows_on.for_family(Family::Llama).row_subset_on());
+        assert!(matches!(
+            rows_on.validate(),
+            Err(Error::InvalidConfig { .. })
+        ));
+        assert_eq!(serde_json::to_value(&bert).unwrap()["row_subset"], true);
+        assert!(serde_json::to_value(&llama)
+            .unwrap()
+            .get("row_subset")
+            .is_none());
+        // Params from before the field read as off.
+        let mut old = serde_json::to_value(&bert).unwrap();
+        old.as_object_mut().unwrap().remove("row_subset");
+        let back: CompressConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(back.row_subset, Some(false));
         // The range fit is not written; an archive's params without the field read as the range fit.
         let json = serde_json::to_value(&bert).unwrap();
         assert_eq!(json["bits"], 3);

@@ -23,8 +23,11 @@ pub struct TensorSummary {
     /// Achieved sparsity (fraction of the delta's entries not stored); 0 for lossless records; for a record with a
     /// low-rank part (kind 16), its sparse residual's.
     pub sparsity: f64,
-    /// Rank of the tensor's low-rank part (kind 16), `None` for the other kinds.
+    /// Rank of the tensor's low-rank part (kind 16, or nested in kind 17), `None` for the other kinds.
     pub lowrank_rank: Option<u64>,
+    /// Rows listed by a `row-subset` record (kind 17; the other rows keep the base's values), `None` for the other
+    /// kinds.
+    pub listed_rows: Option<u64>,
     /// Allocated sparsity rate (compressed tensors).
     pub rate: Option<f64>,
     /// MSA tier (compressed tensors, under MSA).
@@ -144,7 +147,8 @@ fn record_costs(reader: &ArchiveReader) -> BTreeMap<String, (&'static str, Recor
         let Some(kind) = RecordKind::from_name(&e.kind) else {
             continue;
         };
-        if crate::method::codec::codec_name(kind).is_none() && kind != RecordKind::LowrankSeededRans
+        if crate::method::codec::codec_name(kind).is_none()
+            && !matches!(kind, RecordKind::LowrankSeededRans | RecordKind::RowSubset)
         {
             continue;
         }
@@ -154,7 +158,7 @@ fn record_costs(reader: &ArchiveReader) -> BTreeMap<String, (&'static str, Recor
         let Some(cost) = record_cost(&bytes) else {
             continue;
         };
-        // Kind 16 counts as its residual's codec.
+        // Kinds 16 and 17 count as their (nested) residual's codec.
         let Some(name) = crate::method::codec::codec_name(cost.residual_kind.unwrap_or(kind))
         else {
             continue;
@@ -240,6 +244,7 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
                 kind: e.kind.clone(),
                 sparsity: part.map_or(e.sparsity, |(k, _)| 1.0 - k as f64 / e.numel.max(1) as f64),
                 lowrank_rank: part.map(|(_, r)| r),
+                listed_rows: costs.get(&e.name).and_then(|(_, c, _)| c.listed_rows),
                 rate: e.rate,
                 tier: e.tier.clone(),
                 bytes: e.length,

@@ -68,6 +68,16 @@ impl Family {
         matches!(self, Family::Bert)
     }
 
+    /// Whether UltraDelta codes a matrix whose delta moved only some of its rows as those rows alone by default
+    /// (`--row-subset`; record kind `row-subset`), chosen by measurement on the real testbeds at equal whole-file
+    /// bytes (README, "Choosing the defaults"; 2026-12-06). BERT encoders: on; the rule finds MiniLM's word
+    /// embeddings (0.6–40 % of their rows moved by the four fine-tunes) and nothing else. LLaMA decoders: off,
+    /// where the rule finds nothing on SmolLM2's fine-tunes (the tied embedding is also the output layer: every row
+    /// moves) and the whole-Δ path it needs would cost the streaming path's speed. The families not measured: off.
+    pub fn row_subset(self) -> bool {
+        matches!(self, Family::Bert)
+    }
+
     /// The CLI name (`llama`, `bert`, `roberta`, `t5`, `clip-vit`, `beit3`, `generic`).
     pub fn name(self) -> &'static str {
         match self {

@@ -267,6 +267,13 @@ pub fn builtin_variants() -> Vec<Variant> {
             true,
             true,
         ),
+        variant(
+            "ud-no-rows",
+            "UltraDelta coding every matrix whole (--no-row-subset; BERT's default before 2026-12-06)",
+            &["--no-row-subset"],
+            true,
+            true,
+        ),
         variant("dare", "DARE", &["--method", "dare"], false, true),
         variant(
             "magnitude",

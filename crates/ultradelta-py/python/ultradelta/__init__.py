@@ -91,7 +91,7 @@ def compress(
 
     ``options`` are the command line's ``compress`` flags in snake_case, with the same defaults and checks
     (:data:`COMPRESS_OPTIONS`): ``sparsity=0.97``, ``bits=3`` (default: the model family's), ``quant_fit="mse"``,
-    ``lowrank_part=False`` (default: the model family's, on for BERT), ``seed=0``, ``method="ultradelta"``,
+    ``lowrank_part=False`` and ``row_subset=False`` (default: the model family's, on for BERT), ``seed=0``, ``method="ultradelta"``,
     ``preset="paper"``, ``no_msa=True``, ``keep=["*.embeddings.*"]``, ``target_ratio=50.0``, ... A glob option
     takes a string or a list of strings; ``None`` means "not given". The archive is byte-identical to the one
     ``ultradelta compress`` writes with the same flags.

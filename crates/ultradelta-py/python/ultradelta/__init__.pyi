@@ -42,6 +42,7 @@ def compress(
     self_contained: Optional[bool] = ...,
     quant_fit: Optional[Literal["range", "mse", "mse-unbiased"]] = ...,
     lowrank_part: Optional[bool] = ...,
+    row_subset: Optional[bool] = ...,
     tngr: Optional[bool] = ...,
     no_tngr: Optional[bool] = ...,
     sparsity: Optional[float] = ...,

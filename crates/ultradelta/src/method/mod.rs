@@ -9,6 +9,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod lowrank_part;
+pub(crate) mod rows;
 
 use ultradelta_alloc::TensorStat;
 use ultradelta_archive::{CodedSparseRecord, LevelCoding, LowRankSparseRecord, Positions, Record};
@@ -93,10 +94,13 @@ pub(crate) fn uses_rate(m: Method) -> bool {
 }
 
 /// Whether [`compress_source`] can make `cfg`'s record from the checkpoints' bytes: UltraDelta with quantized
-/// levels and Golomb positions (seeded positions and the fp16 ablation need the whole Δ), and no low-rank part
-/// (its singular directions need the whole Δ).
+/// levels and Golomb positions (seeded positions and the fp16 ablation need the whole Δ), and neither a low-rank
+/// part (its singular directions need the whole Δ) nor row subsets (the rows' norms need the whole Δ).
 pub(crate) fn streams_from_source(cfg: &CompressConfig) -> bool {
-    cfg.method == Method::Ultradelta && cfg.quantize && !cfg.lowrank_part_on()
+    cfg.method == Method::Ultradelta
+        && cfg.quantize
+        && !cfg.lowrank_part_on()
+        && !cfg.row_subset_on()
 }
 
 /// UltraDelta's pass-1 result for one tensor: the quantizer `QuantParams::fit` gives on its Δ and the histogram
@@ -324,7 +328,8 @@ enum Sampling {
 }
 
 /// UltraDelta's record from the whole Δ: quantize, prune (listed or seeded positions), rescale, then the values
-/// codec; with `quantize = false` the ablation's fp16 values at DAC's positions.
+/// codec; with `quantize = false` the ablation's fp16 values at DAC's positions. Under row subsets, a matrix whose
+/// Δ moved only some of its rows ([`rows::moved_rows`]) is coded as those rows alone, at the same rate.
 fn ultradelta(
     delta: &[f32],
     name: &str,
@@ -332,6 +337,22 @@ fn ultradelta(
     rate: f64,
     cfg: &CompressConfig,
 ) -> Result<CompressedTensor, baselines::Error> {
+    if cfg.row_subset_on() && cfg.allows_row_subset() {
+        if let &[rows, cols] = shape {
+            if let Some(listed) = rows::moved_rows(delta, rows, cols) {
+                let gathered = rows::gather(delta, cols, &listed);
+                let inner = ultradelta_sampled(
+                    &gathered,
+                    name,
+                    &[listed.len(), cols],
+                    rate,
+                    cfg,
+                    Sampling::Allocated,
+                )?;
+                return Ok(rows::with_rows(inner, (rows, cols), listed));
+            }
+        }
+    }
     ultradelta_sampled(delta, name, shape, rate, cfg, Sampling::Allocated)
 }
 
