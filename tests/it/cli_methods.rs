@@ -233,7 +233,8 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
     ));
     ud_ok(&compress_cmd(&base, &ft, &b, &["--preset", "paper"]));
     // The paper's setting is the default pipeline with global rescaling, TNGR (one fine-tune: γ = 1), additive
-    // MSA, the paper's codecs, its 4-bit range-fit quantizer, no low-rank part and the linear layers only.
+    // MSA, the paper's codecs, its 4-bit range-fit quantizer, no low-rank part, no row subsets and the linear
+    // layers only.
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let d = CompressConfig::default();
     let paper_like = CompressConfig {
@@ -248,6 +249,7 @@ fn preset_paper_is_the_papers_pipeline_and_refuses_contradictions() {
         bits: Some(4),
         quant_fit: Some(ultradelta::QuantFit::Range),
         lowrank_part: Some(false),
+        row_subset: Some(false),
         selection: ultradelta::Selection {
             embeddings: ultradelta::EmbeddingPolicy::Keep,
             position_embeddings: ultradelta::EmbeddingPolicy::Keep,
