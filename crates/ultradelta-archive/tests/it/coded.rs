@@ -10,7 +10,9 @@ use ultradelta_core::seeded::{seeded_positions, trial_seed};
 use ultradelta_core::DType;
 use ultradelta_core::QuantParams;
 
-use crate::common::{assert_hostile_record_bytes_never_panic, random_positions, Rng};
+use crate::common::{
+    assert_hostile_record_bytes_never_panic, random_positions, written_archive, Rng,
+};
 
 const Q: QuantParams = QuantParams {
     bits: 4,
@@ -146,24 +148,12 @@ fn seeded_layout_by_hand() {
 fn coded_records_round_trip_through_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.udelta");
-    let mut w = ArchiveWriter::create(&path, true).unwrap();
-    for (name, shape, rec) in coded_records() {
-        w.write_tensor(
-            TensorEntry::new(name, shape, DType::BF16, Policy::Compress),
-            &rec,
-        )
-        .unwrap();
-    }
-    w.finish(
-        "ultradelta",
-        serde_json::json!({}),
-        1.0,
-        "0123456789abcdef",
-        FinetunedInfo::default(),
-    )
-    .unwrap();
-    let r = ArchiveReader::open(&path).unwrap();
-    r.verify().unwrap();
+    let r = written_archive(
+        &path,
+        coded_records()
+            .into_iter()
+            .map(|(name, shape, rec)| (name.to_string(), shape, rec)),
+    );
     for (name, _, rec) in coded_records() {
         assert_eq!(r.read_record(name).unwrap(), rec, "{name}");
         let e = r.entry(name).unwrap();

@@ -382,3 +382,58 @@ pub fn assert_hostile_record_bytes_never_panic(name: &str, bytes: &[u8], rng: &m
         }
     }
 }
+
+/// The 2-bit quantizer of the small seeded records of the kind-16 and kind-17 tests: levels −1, −0.5, 0, 0.5.
+pub const SEEDED_Q: QuantParams = QuantParams {
+    bits: 2,
+    lo: -1.0,
+    step: 0.5,
+};
+
+/// A seeded sparse record over `numel` entries under [`SEEDED_Q`], scale 1, positions `(seed 5, trial 0)`.
+pub fn seeded_record(
+    numel: u64,
+    levels: Vec<u16>,
+    coding: ultradelta_archive::LevelCoding,
+) -> ultradelta_archive::CodedSparseRecord {
+    ultradelta_archive::CodedSparseRecord {
+        numel,
+        quant: SEEDED_Q,
+        scale: 1.0,
+        positions: ultradelta_archive::Positions::Seeded { seed: 5, trial: 0 },
+        levels,
+        coding,
+    }
+}
+
+/// Writes the compressed tensors `records` (name, shape, record), BF16, into a finished archive at `path`, opened
+/// and verified.
+pub fn written_archive(
+    path: &Path,
+    records: impl IntoIterator<Item = (String, Vec<usize>, ultradelta_archive::Record)>,
+) -> ultradelta_archive::ArchiveReader {
+    let mut w = ultradelta_archive::ArchiveWriter::create(path, true).unwrap();
+    for (name, shape, rec) in records {
+        w.write_tensor(
+            ultradelta_archive::TensorEntry::new(
+                &name,
+                shape,
+                DType::BF16,
+                ultradelta_archive::Policy::Compress,
+            ),
+            &rec,
+        )
+        .unwrap();
+    }
+    w.finish(
+        "ultradelta",
+        serde_json::json!({}),
+        1.0,
+        "0123456789abcdef",
+        ultradelta_archive::FinetunedInfo::default(),
+    )
+    .unwrap();
+    let reader = ultradelta_archive::ArchiveReader::open(path).unwrap();
+    reader.verify().unwrap();
+    reader
+}

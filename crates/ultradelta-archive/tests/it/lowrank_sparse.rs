@@ -3,33 +3,21 @@
 
 use proptest::prelude::*;
 use ultradelta_archive::{
-    decode_record, encode_record, ArchiveReader, ArchiveWriter, CodedSparseRecord, DType,
-    FinetunedInfo, LevelCoding, Limits, LowRankSparseRecord, Policy, Positions, QuantParams,
-    Record, RecordKind, TensorEntry,
+    decode_record, encode_record, CodedSparseRecord, DType, LevelCoding, Limits,
+    LowRankSparseRecord, Positions, Record, RecordKind,
 };
 use ultradelta_core::seeded::{seeded_positions, trial_seed};
 
-use crate::common::{assert_hostile_record_bytes_never_panic, Rng};
+use crate::common::{
+    assert_hostile_record_bytes_never_panic, seeded_record, written_archive, Rng, SEEDED_Q,
+};
 
 /// Common header of a 2-D record.
 const HDR: usize = 12 + 8 * 2;
 
-const RQ: QuantParams = QuantParams {
-    bits: 2,
-    lo: -1.0,
-    step: 0.5,
-};
-
 /// A residual over `numel` entries with seeded positions `(seed, 0)`.
 fn residual(numel: u64, levels: Vec<u16>, coding: LevelCoding) -> CodedSparseRecord {
-    CodedSparseRecord {
-        numel,
-        quant: RQ,
-        scale: 1.0,
-        positions: Positions::Seeded { seed: 5, trial: 0 },
-        levels,
-        coding,
-    }
+    seeded_record(numel, levels, coding)
 }
 
 /// 3 x 4, rank 1, 2-bit factors (L = 1): u = (-1, 0, 1)·0.5, v = (1, -1, 0, 1)·2.
@@ -188,28 +176,20 @@ fn both_residual_kinds_round_trip() {
 fn records_round_trip_through_a_file_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k16.udelta");
-    let mut w = ArchiveWriter::create(&path, true).unwrap();
     let recs = [
         ("a.weight", rank1(LevelCoding::Packed)),
         ("b.weight", rank2(LevelCoding::Rans)),
     ];
-    for (name, r) in &recs {
-        w.write_tensor(
-            TensorEntry::new(*name, vec![3, 4], DType::BF16, Policy::Compress),
-            &Record::LowRankSparse(r.clone()),
-        )
-        .unwrap();
-    }
-    w.finish(
-        "ultradelta",
-        serde_json::json!({}),
-        1.0,
-        "0123456789abcdef",
-        FinetunedInfo::default(),
-    )
-    .unwrap();
-    let reader = ArchiveReader::open(&path).unwrap();
-    reader.verify().unwrap();
+    let reader = written_archive(
+        &path,
+        recs.iter().map(|(name, r)| {
+            (
+                name.to_string(),
+                vec![3, 4],
+                Record::LowRankSparse(r.clone()),
+            )
+        }),
+    );
     for (name, r) in recs {
         reader.check_record(name).unwrap();
         let e = reader.entry(name).unwrap();
@@ -500,7 +480,7 @@ proptest! {
         let rlevels: Vec<u16> = (0..kept).map(|_| (rng.next_u64() % 4) as u16).collect();
         let Record::Coded(res) = CodedSparseRecord {
             numel,
-            quant: RQ,
+            quant: SEEDED_Q,
             scale: 0.5,
             positions: Positions::Seeded { seed, trial: 1 },
             levels: rlevels,

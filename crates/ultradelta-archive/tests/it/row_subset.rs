@@ -3,28 +3,18 @@
 
 use proptest::prelude::*;
 use ultradelta_archive::{
-    decode_record, encode_record, ArchiveReader, ArchiveWriter, CodedSparseRecord, DType,
-    FinetunedInfo, LevelCoding, Limits, LowRankSparseRecord, Policy, Positions, QuantParams,
-    Record, RecordKind, RowSubsetRecord, TensorEntry,
+    decode_record, encode_record, ArchiveReader, CodedSparseRecord, DType, LevelCoding, Limits,
+    LowRankSparseRecord, Positions, Record, RecordKind, RowSubsetRecord,
 };
 
-use crate::common::{assert_hostile_record_bytes_never_panic, Rng};
+use crate::common::{assert_hostile_record_bytes_never_panic, seeded_record, written_archive, Rng};
 
-const Q: QuantParams = QuantParams {
-    bits: 2,
-    lo: -1.0,
-    step: 0.5,
-};
-
-/// A seeded sparse record over `numel` entries.
+/// A seeded sparse record over `numel` entries (scale 2, positions `(seed 9, trial 1)`).
 fn seeded(numel: u64, levels: Vec<u16>, coding: LevelCoding) -> CodedSparseRecord {
     CodedSparseRecord {
-        numel,
-        quant: Q,
         scale: 2.0,
         positions: Positions::Seeded { seed: 9, trial: 1 },
-        levels,
-        coding,
+        ..seeded_record(numel, levels, coding)
     }
 }
 
@@ -121,29 +111,13 @@ fn every_nested_kind_round_trips_with_its_exact_length() {
 fn records_round_trip_through_a_file_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k17.udelta");
-    let mut w = ArchiveWriter::create(&path, true).unwrap();
-    for (name, r) in records() {
-        w.write_tensor(
-            TensorEntry::new(
-                name,
-                vec![r.rows as usize, r.cols as usize],
-                DType::BF16,
-                Policy::Compress,
-            ),
-            &Record::RowSubset(r),
-        )
-        .unwrap();
-    }
-    w.finish(
-        "ultradelta",
-        serde_json::json!({}),
-        1.0,
-        "0123456789abcdef",
-        FinetunedInfo::default(),
-    )
-    .unwrap();
-    let reader = ArchiveReader::open(&path).unwrap();
-    reader.verify().unwrap();
+    let reader = written_archive(
+        &path,
+        records().into_iter().map(|(name, r)| {
+            let shape = vec![r.rows as usize, r.cols as usize];
+            (name.to_string(), shape, Record::RowSubset(r))
+        }),
+    );
     for (name, r) in records() {
         // The check-only decode (what `verify` without a base runs) keeps no kind-12 levels: it must still pass.
         reader.check_record(name).unwrap();
@@ -178,36 +152,25 @@ fn invalid_records_are_refused_on_write() {
         ),
         "lists no row",
     );
-    err(
-        enc(
-            RowSubsetRecord {
-                listed: vec![4, 1],
-                ..good.clone()
-            },
-            &[6, 3],
+    for (listed, want) in [
+        (vec![4, 1], "listed rows"),
+        (vec![1, 6], "listed rows"),
+        (
+            vec![1, 2, 4],
+            "nested record of 6 entries for 3 rows of 3 columns",
         ),
-        "listed rows",
-    );
-    err(
-        enc(
-            RowSubsetRecord {
-                listed: vec![1, 6],
-                ..good.clone()
-            },
-            &[6, 3],
-        ),
-        "listed rows",
-    );
-    err(
-        enc(
-            RowSubsetRecord {
-                listed: vec![1, 2, 4],
-                ..good.clone()
-            },
-            &[6, 3],
-        ),
-        "nested record of 6 entries for 3 rows of 3 columns",
-    );
+    ] {
+        err(
+            enc(
+                RowSubsetRecord {
+                    listed,
+                    ..good.clone()
+                },
+                &[6, 3],
+            ),
+            want,
+        );
+    }
     let golomb = CodedSparseRecord {
         positions: Positions::Golomb(vec![0, 5]),
         levels: vec![1, 2],
