@@ -22,7 +22,7 @@ pub struct TensorCodecInfo {
     pub codec: String,
     /// Seeded positions: the trial whose seed was kept.
     pub seed_trial: Option<u32>,
-    /// Seeded positions: L1 distance between the kept-level histogram and DAC's kept counts (chosen trial).
+    /// Seeded positions: L1 distance between the kept-level histogram and the target kept counts (chosen trial).
     pub hist_l1: Option<u64>,
     /// Seeded positions: the same distance for trial 0 alone.
     pub hist_l1_first: Option<u64>,
