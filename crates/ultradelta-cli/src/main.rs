@@ -472,17 +472,18 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        // A low-rank part's rank follows the dtype; the sparsity is then its sparse residual's.
-        let mut rank = t
+        // After the dtype: a low-rank part's rank (the sparsity is then its sparse residual's) and a row subset's
+        // listed rows.
+        let mut notes = t
             .lowrank_rank
             .map(|r| format!("  low-rank part, rank {r}"))
             .unwrap_or_default();
         if let Some(h) = t.listed_rows {
             let rows = t.shape.first().copied().unwrap_or(0);
-            rank.push_str(&format!("  rows: {h} of {rows} (the others unchanged)"));
+            notes.push_str(&format!("  rows: {h} of {rows} (the others unchanged)"));
         }
         outln!(
-            "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}{rank}",
+            "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}{notes}",
             t.name,
             policy,
             t.kind,
