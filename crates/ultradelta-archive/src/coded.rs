@@ -166,17 +166,23 @@ impl CodedSparseRecord {
             out.len(),
             self.numel
         );
+        self.for_each_value(gamma, |p, x| out[p] += x);
+    }
+
+    /// Calls `f(p, value[p] · γ)` for each kept position `p`, in increasing order (no position twice), with the
+    /// exact product [`add_into`](Self::add_into) adds.
+    pub(crate) fn for_each_value(&self, gamma: f32, mut f: impl FnMut(usize, f32)) {
         let (q, scale) = (self.quant, self.scale);
         match &self.positions {
             Positions::Golomb(pos) => {
                 for (&p, &l) in pos.iter().zip(&self.levels) {
-                    out[p as usize] += (q.dequantize(l) * scale) * gamma;
+                    f(p as usize, (q.dequantize(l) * scale) * gamma);
                 }
             }
             Positions::Seeded { seed, trial } => {
                 let sample = SeededSample::new(self.numel, self.kept(), trial_seed(*seed, *trial));
                 for (p, &l) in sample.iter().zip(&self.levels) {
-                    out[p as usize] += (q.dequantize(l) * scale) * gamma;
+                    f(p as usize, (q.dequantize(l) * scale) * gamma);
                 }
             }
         }

@@ -87,6 +87,18 @@ impl LowRankSparseRecord {
     /// validated; [`Record::add_delta_into`] validates first).
     pub fn add_into(&self, gamma: f32, out: &mut [f32]) {
         check_len(out.len(), self.numel());
+        let cols = self.cols as usize;
+        self.for_each_row(|i, sums| {
+            for (o, a) in out[i * cols..(i + 1) * cols].iter_mut().zip(sums) {
+                *o += a * gamma;
+            }
+        });
+    }
+
+    /// Calls `f(i, row)` for each row `i` in increasing order, with row `i`'s values (the type's formula, before
+    /// γ) in a buffer of `cols` sums that is reused from row to row. Memory: the `r·cols` factor values of V and
+    /// that buffer.
+    pub(crate) fn for_each_row(&self, mut f: impl FnMut(usize, &[f32])) {
         let (rows, cols) = (self.rows as usize, self.cols as usize);
         if rows == 0 || cols == 0 {
             return;
@@ -121,7 +133,7 @@ impl LowRankSparseRecord {
         let mut next = kept.next();
         let mut index = 0usize;
         let mut acc = vec![0f32; cols];
-        for (i, row) in out.chunks_exact_mut(cols).enumerate() {
+        for i in 0..rows {
             acc.iter_mut().for_each(|a| *a = 0.0);
             for (k, &(su, _)) in self.scales.iter().enumerate() {
                 let uk = level(self.levels[k * stride + i]) * su;
@@ -135,9 +147,7 @@ impl LowRankSparseRecord {
                 index += 1;
                 next = kept.next();
             }
-            for (o, a) in row.iter_mut().zip(&acc) {
-                *o += a * gamma;
-            }
+            f(i, &acc);
         }
     }
 

@@ -53,8 +53,12 @@ impl RowSubsetRecord {
         self.inner.kept().unwrap_or(0)
     }
 
-    /// Adds `value[i, j] * gamma` into `out` (row-major `rows × cols`). Memory beyond `out`: the nested record's
-    /// `listed.len() · cols` values.
+    /// Adds `value[i, j] * gamma` into `out` (row-major `rows × cols`). Memory beyond `out`: none for a nested
+    /// kind 11 or 12 record, a nested kind 16's factor values of V and one row.
+    ///
+    /// The result is bit for bit that of adding the nested record's `[h, cols]` delta, computed into zeros, to the
+    /// listed rows (how version 2's first readers decoded it, and how the format defines it): each listed entry
+    /// becomes `(out + 0) + (0 + v·γ)`, which only differs from `out + v·γ` in the sign of a zero.
     ///
     /// # Panics
     /// If `out.len() != rows · cols` or the record violates its invariants (records read from an archive are
@@ -65,20 +69,26 @@ impl RowSubsetRecord {
         if cols == 0 {
             return;
         }
-        let mut gathered = vec![0f32; self.listed.len() * cols];
+        let row = |i: usize| self.listed[i] as usize * cols;
         match self.inner.as_ref() {
-            Record::Coded(c) => c.add_into(gamma, &mut gathered),
-            Record::LowRankSparse(r) => r.add_into(gamma, &mut gathered),
+            Record::Coded(c) => {
+                // An entry the nested record does not keep gets `+ 0`, as it did from a buffer of zeros.
+                for &r in &self.listed {
+                    let start = r as usize * cols;
+                    out[start..start + cols].iter_mut().for_each(|o| *o += 0.0);
+                }
+                c.for_each_value(gamma, |p, x| out[row(p / cols) + p % cols] += 0.0 + x);
+            }
+            Record::LowRankSparse(r) => r.for_each_row(|i, sums| {
+                let start = row(i);
+                for (o, a) in out[start..start + cols].iter_mut().zip(sums) {
+                    *o = (*o + 0.0) + (0.0 + a * gamma);
+                }
+            }),
             other => panic!(
                 "a row-subset record cannot nest a {} record",
                 other.kind().name()
             ),
-        }
-        for (&row, values) in self.listed.iter().zip(gathered.chunks_exact(cols)) {
-            let start = row as usize * cols;
-            for (o, v) in out[start..start + cols].iter_mut().zip(values) {
-                *o += v;
-            }
         }
     }
 

@@ -69,21 +69,46 @@ fn scattered(r: &RowSubsetRecord, gamma: f32) -> Vec<f32> {
 
 #[test]
 fn the_listed_rows_get_the_nested_records_values_and_the_rest_nothing() {
-    for (name, r) in records() {
+    // A negative γ makes `v·γ` a -0 where `v` is +0.
+    for ((name, r), gamma) in records()
+        .into_iter()
+        .flat_map(|r| [(r.clone(), 0.75), (r, -0.75)])
+    {
         let rec = Record::RowSubset(r.clone());
-        let want = scattered(&r, 0.75);
+        let want = scattered(&r, gamma);
         assert!(want.iter().any(|&v| v != 0.0), "{name}");
-        // Added onto values already there, bit for bit as the nested record adds them.
-        let start: Vec<f32> = (0..r.numel()).map(|i| i as f32 * 0.125).collect();
+        // Added onto values already there, bit for bit as the nested record's delta computed into zeros adds
+        // them, down to the sign of a zero: every third entry starts at -0.
+        let start: Vec<f32> = (0..r.numel())
+            .map(|i| if i % 3 == 0 { -0.0 } else { i as f32 * 0.125 })
+            .collect();
         let mut out = start.clone();
-        rec.add_delta_into(0.75, &mut out).unwrap();
+        rec.add_delta_into(gamma, &mut out).unwrap();
         for (i, ((o, s), w)) in out.iter().zip(&start).zip(&want).enumerate() {
-            assert_eq!(o.to_bits(), (s + w).to_bits(), "{name}: entry {i}");
             let row = i as u64 / r.cols;
-            if !r.listed.contains(&row) {
-                assert_eq!(o, s, "{name}: unlisted row {row} changed");
+            if r.listed.contains(&row) {
+                assert_eq!(
+                    o.to_bits(),
+                    (s + w).to_bits(),
+                    "{name}, γ {gamma}: entry {i}"
+                );
+            } else {
+                assert_eq!(
+                    o.to_bits(),
+                    s.to_bits(),
+                    "{name}: unlisted row {row} changed"
+                );
             }
         }
+        // A listed -0 the nested record leaves at zero becomes +0, as it did from a buffer of zeros.
+        assert!(
+            out.iter().zip(&start).enumerate().any(|(i, (o, s))| r
+                .listed
+                .contains(&(i as u64 / r.cols))
+                && s.to_bits() == (-0f32).to_bits()
+                && o.to_bits() == 0),
+            "{name}: no listed -0 left at zero"
+        );
         assert_eq!(rec.kept(), r.inner.kept(), "{name}");
     }
 }
