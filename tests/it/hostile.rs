@@ -57,12 +57,19 @@ fn every_hostile_file_gives_its_exact_error() {
 
 /// Issue 15, item 2: records whose declared counts are consistent but far larger than their bytes — a kind-12
 /// record of 81 bytes declaring 2^30 rANS levels with an empty stream, a 37 KB archive holding a 1 GiB new tensor
-/// of zeros — are checked by `verify` without materializing them: it passes under a 512 MiB address-space limit
-/// (before the fix it decoded 2^30 levels into 2 GiB, and the new tensor into two buffers of its size).
+/// of zeros, a kind-16 record of 99 bytes declaring 67 M factor levels of one symbol, a kind-17 record of three
+/// rows of a 2^32-row tensor — are checked by `verify` without materializing them: it passes under a 512 MiB
+/// address-space limit (before the fix it decoded 2^30 levels into 2 GiB, and the new tensor into two buffers of
+/// its size).
 #[test]
 fn verify_without_base_is_bounded_by_the_bytes_present() {
     let dir = hostile_dir();
-    for f in ["rans-many-levels.udelta", "new-tensor-1gib.udelta"] {
+    for f in [
+        "rans-many-levels.udelta",
+        "new-tensor-1gib.udelta",
+        "lowrank-many-levels.udelta",
+        "row-subset-huge.udelta",
+    ] {
         let o = Command::new("bash")
             .current_dir(&dir)
             .arg("-c")
@@ -124,25 +131,35 @@ fn index(b: &[u8]) -> serde_json::Value {
     }
 }
 
-/// The archive with its index replaced by `v` (stored as the archive stores its index) and a consistent trailer.
-fn with_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
-    let stored = if index_zstd(b) {
+/// `v` stored as archive `b` stores its index (zstd or plain JSON).
+fn stored_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
+    if index_zstd(b) {
         ultradelta::archive::compress_index(&serde_json::to_vec(v).unwrap(), 3).unwrap()
     } else {
         serde_json::to_vec_pretty(v).unwrap()
-    };
-    with_stored_index(b, &stored)
+    }
+}
+
+/// The archive with its index replaced by `v` (stored as the archive stores its index) and a consistent trailer.
+fn with_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
+    with_stored_index(b, &stored_index(b, v))
 }
 
 /// The archive with the index's stored bytes replaced by `new` as they are, and a consistent trailer.
 fn with_stored_index(b: &[u8], new: &[u8]) -> Vec<u8> {
     let (off, _) = index_range(b);
-    let mut out = b[..off].to_vec();
+    finished(b[..off].to_vec(), new, trailer_len(b) == 64)
+}
+
+/// `body` (preamble and records) followed by the stored index `new` and a trailer for it (with the content
+/// SHA-256 when `sha` is set, as from format version 2).
+fn finished(mut out: Vec<u8>, new: &[u8], sha: bool) -> Vec<u8> {
+    let off = out.len();
     out.extend_from_slice(new);
     out.extend_from_slice(&(off as u64).to_le_bytes());
     out.extend_from_slice(&(new.len() as u64).to_le_bytes());
     out.extend_from_slice(&xxh3_64(new).to_le_bytes());
-    if trailer_len(b) == 64 {
+    if sha {
         use sha2::Digest as _;
         let d = sha2::Sha256::digest(&out);
         out.extend_from_slice(&d);
@@ -173,6 +190,38 @@ fn edit_record(b: &[u8], name: &str, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
     edit(&mut out[off..off + len]);
     e["checksum"] = format!("{:016x}", xxh3_64(&out[off..off + len])).into();
     with_index(&out, &v)
+}
+
+/// The archive with `name`'s record replaced by `rec` (any length: the later records' offsets move), its index
+/// entry's length and checksum set and then `edit` applied to it.
+fn with_record(
+    b: &[u8],
+    name: &str,
+    rec: &[u8],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Vec<u8> {
+    let mut v = index(b);
+    let (index_off, _) = index_range(b);
+    let e = entry(&mut v, name);
+    let (off, len) = (
+        e["offset"].as_u64().unwrap() as usize,
+        e["length"].as_u64().unwrap() as usize,
+    );
+    e["length"] = serde_json::json!(rec.len());
+    e["checksum"] = format!("{:016x}", xxh3_64(rec)).into();
+    edit(e);
+    for list in ["tensors", "files"] {
+        for x in v[list].as_array_mut().into_iter().flatten() {
+            let at = x["offset"].as_u64().unwrap() as usize;
+            if at > off {
+                x["offset"] = serde_json::json!(at + rec.len() - len);
+            }
+        }
+    }
+    let mut body = b[..off].to_vec();
+    body.extend_from_slice(rec);
+    body.extend_from_slice(&b[off + len..index_off]);
+    finished(body, &stored_index(b, &v), trailer_len(b) == 64)
 }
 
 const W: &str = "encoder.layer.0.attention.self.query.weight";
@@ -504,4 +553,157 @@ fn regenerate_kind_15() {
     e["numel"] = serde_json::json!(1u64 << 30);
     e["kept"] = serde_json::json!(1u64 << 30);
     std::fs::write(dir.join("diff-zstd-bomb.udelta"), with_index(&a, &v)).unwrap();
+}
+
+/// The record kinds of 2026-12-05 and 2026-12-06 under hostile fields, from `index-zstd.udelta` (today's writer,
+/// format version 2) with the query weight's record (64 × 64 F32) replaced by a crafted one and its index entry to
+/// match:
+/// - `lowrank.udelta`, `row-subset.udelta`: nothing hostile, a rank-1 kind-16 record and a kind-17 record of three
+///   listed rows (verify and verify --base pass);
+/// - `lowrank-many-levels.udelta`: a kind-16 record of 99 bytes declaring a 3 × 2^26 matrix of rank 1 whose
+///   67 M factor levels are one symbol with an empty stream (consistent, within the 2^30 limit): verify checks it
+///   without materializing them; apply and verify --base refuse it on the base's shape;
+/// - `lowrank-rank-too-high.udelta`: rank 65 for a 64 × 64 matrix;
+/// - `row-subset-rows-past-the-stream.udelta`: a kind-17 record declaring all 64 rows listed with the three rows'
+///   stream;
+/// - `row-subset-nested-row-subset.udelta`: a kind-17 record nesting a kind-17 header;
+/// - `row-subset-huge.udelta`: a kind-17 record of three listed rows of a 2^32 × 64 tensor (consistent): verify
+///   takes memory for the three rows only.
+///
+/// Writes only these files: `cargo test --test it hostile::regenerate_kinds_16_17 -- --ignored`.
+#[test]
+#[ignore = "rewrites seven files of tests/hostile/"]
+fn regenerate_kinds_16_17() {
+    use ultradelta::archive::{
+        encode_record, CodedSparseRecord, LevelCoding, LowRankSparseRecord, Positions, QuantParams,
+        Record, RowSubsetRecord,
+    };
+    let dir = hostile_dir();
+    let a = std::fs::read(dir.join("index-zstd.udelta")).unwrap();
+    let put = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    // Pseudo-random levels below `top`.
+    let levels = |n: usize, top: u16, seed: u64| -> Vec<u16> {
+        (0..n as u64)
+            .map(|i| {
+                ((i.wrapping_add(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % u64::from(top))
+                    as u16
+            })
+            .collect()
+    };
+    let residual = |numel: u64, kept: usize| CodedSparseRecord {
+        numel,
+        quant: QuantParams {
+            bits: 3,
+            lo: -0.01,
+            step: 0.003,
+        },
+        scale: 1.0,
+        positions: Positions::Seeded { seed: 0, trial: 0 },
+        levels: levels(kept, 8, 1),
+        coding: LevelCoding::Rans,
+    };
+    let lowrank = Record::LowRankSparse(LowRankSparseRecord {
+        rows: 64,
+        cols: 64,
+        factor_bits: 4,
+        scales: vec![(0.01, 0.01)],
+        levels: levels(128, 15, 2),
+        residual: residual(4096, 123),
+    });
+    let rows = Record::RowSubset(RowSubsetRecord {
+        rows: 64,
+        cols: 64,
+        listed: vec![3, 17, 40],
+        inner: Box::new(Record::Coded(residual(3 * 64, 40))),
+    });
+    let enc = |shape: &[usize], r: &Record| encode_record(DType::F32, shape, r, 3).unwrap();
+    let kind = |k: &'static str, kept: u64| {
+        move |e: &mut serde_json::Value| {
+            e["kind"] = k.into();
+            e["kept"] = serde_json::json!(kept);
+            e["sparsity"] = serde_json::json!(1.0 - kept as f64 / 4096.0);
+        }
+    };
+    let lowrank_rec = enc(&[64, 64], &lowrank);
+    put(
+        "lowrank.udelta",
+        &with_record(&a, W, &lowrank_rec, kind("lowrank-seeded-rans", 4096)),
+    );
+    let rows_rec = enc(&[64, 64], &rows);
+    put(
+        "row-subset.udelta",
+        &with_record(&a, W, &rows_rec, kind("row-subset", 40)),
+    );
+
+    // Header: kind, dtype, ndim, 0, two 8-byte dims, numel (28 bytes); kind 16's payload starts with the rank
+    // (u32) and the factor bit width.
+    let mut r = lowrank_rec.clone();
+    r[28..32].copy_from_slice(&65u32.to_le_bytes());
+    put(
+        "lowrank-rank-too-high.udelta",
+        &with_record(&a, W, &r, kind("lowrank-seeded-rans", 4096)),
+    );
+    // 3 × 2^26, rank 1, every factor level the zero level (one symbol, empty stream), a residual of nothing kept.
+    let (big_rows, big_cols) = (3u64, 1u64 << 26);
+    let numel = big_rows * big_cols;
+    let one_symbol = Record::LowRankSparse(LowRankSparseRecord {
+        rows: 3,
+        cols: 4,
+        factor_bits: 2,
+        scales: vec![(1.0, 1.0)],
+        levels: vec![1; 7],
+        residual: CodedSparseRecord {
+            coding: LevelCoding::Packed,
+            levels: Vec::new(),
+            ..residual(12, 0)
+        },
+    });
+    let mut r = enc(&[3, 4], &one_symbol);
+    r[4..12].copy_from_slice(&big_rows.to_le_bytes());
+    r[12..20].copy_from_slice(&big_cols.to_le_bytes());
+    r[20..28].copy_from_slice(&numel.to_le_bytes());
+    assert!(r.len() < 100, "{} bytes", r.len());
+    put(
+        "lowrank-many-levels.udelta",
+        &with_record(&a, W, &r, |e| {
+            kind("lowrank-seeded-rans", numel)(e);
+            e["shape"] = serde_json::json!([big_rows, big_cols]);
+            e["numel"] = serde_json::json!(numel);
+            e["sparsity"] = serde_json::json!(0.0);
+        }),
+    );
+
+    // Kind 17's payload: h (u64), then m, pos_bits, pos_len (u64 each), the row stream, the nested record.
+    let mut r = rows_rec.clone();
+    r[28..36].copy_from_slice(&64u64.to_le_bytes());
+    put(
+        "row-subset-rows-past-the-stream.udelta",
+        &with_record(&a, W, &r, kind("row-subset", 40)),
+    );
+    let mut r = rows_rec.clone();
+    let pos_len = u64::from_le_bytes(r[52..60].try_into().unwrap()) as usize;
+    let nested = 60 + pos_len;
+    assert_eq!(r[nested], 12, "the nested kind byte (kind 12)");
+    r[nested] = 17;
+    put(
+        "row-subset-nested-row-subset.udelta",
+        &with_record(&a, W, &r, kind("row-subset", 40)),
+    );
+    let huge = Record::RowSubset(RowSubsetRecord {
+        rows: 1 << 32,
+        ..match &rows {
+            Record::RowSubset(x) => x.clone(),
+            _ => unreachable!(),
+        }
+    });
+    let r = enc(&[1 << 32, 64], &huge);
+    put(
+        "row-subset-huge.udelta",
+        &with_record(&a, W, &r, |e| {
+            kind("row-subset", 40)(e);
+            e["shape"] = serde_json::json!([1u64 << 32, 64]);
+            e["numel"] = serde_json::json!(64u64 << 32);
+            e["sparsity"] = serde_json::json!(1.0 - 40.0 / (64u64 << 32) as f64);
+        }),
+    );
 }

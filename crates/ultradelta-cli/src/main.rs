@@ -450,10 +450,11 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     }
     let b = &ins.breakdown;
     outln!(
-        "file bytes: {} compressed tensors, {} kept without loss ({} tensors), {} stored whole, {} companion files, {} index, preamble and trailer",
+        "file bytes: {} compressed tensors, {} kept without loss ({} {}), {} stored whole, {} companion files, {} index, preamble and trailer",
         b.compressed_tensors,
         b.kept_tensors,
         b.kept_count,
+        if b.kept_count == 1 { "tensor" } else { "tensors" },
         b.new_tensors,
         b.companion_files,
         b.index_and_framing
