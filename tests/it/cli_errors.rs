@@ -70,17 +70,27 @@ fn shape_mismatch_names_the_tensor() {
     assert!(!out.exists());
 }
 
+/// Floating-point dtypes pair whatever they are (`cli_dtypes`); any other dtype change is refused, naming the
+/// tensor and both dtypes.
 #[test]
-fn dtype_mismatch_names_the_tensor() {
+fn dtype_mismatch_outside_floats_names_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let (b, f) = (dir.path().join("b"), dir.path().join("f"));
-    write(&b, &[("w.weight", DType::F32, &[4, 8])]);
-    write(&f, &[("w.weight", DType::F16, &[4, 8])]);
-    let line = ud_err(&compress_cmd(&b, &f, &dir.path().join("a.udelta"), &[]));
+    write(
+        &b,
+        &[("w.weight", DType::F32, &[4, 8]), ("ids", DType::I64, &[4])],
+    );
+    write(
+        &f,
+        &[("w.weight", DType::F16, &[4, 8]), ("ids", DType::I32, &[4])],
+    );
+    let out = dir.path().join("a.udelta");
+    let line = ud_err(&compress_cmd(&b, &f, &out, &[]));
     assert!(
-        line.contains("w.weight") && line.contains("F16") && line.contains("F32"),
+        line.contains("\"ids\"") && line.contains("I64") && line.contains("I32"),
         "{line}"
     );
+    assert!(!out.exists());
 }
 
 #[test]

@@ -121,7 +121,7 @@ fn index_zstd(b: &[u8]) -> bool {
     u32::from_le_bytes(b[12..16].try_into().unwrap()) & ultradelta::archive::FLAG_INDEX_ZSTD != 0
 }
 
-fn index(b: &[u8]) -> serde_json::Value {
+pub(crate) fn index(b: &[u8]) -> serde_json::Value {
     let (off, len) = index_range(b);
     let stored = &b[off..off + len];
     if index_zstd(b) {
@@ -141,7 +141,7 @@ fn stored_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
 }
 
 /// The archive with its index replaced by `v` (stored as the archive stores its index) and a consistent trailer.
-fn with_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
+pub(crate) fn with_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
     with_stored_index(b, &stored_index(b, v))
 }
 
@@ -169,7 +169,7 @@ fn finished(mut out: Vec<u8>, new: &[u8], sha: bool) -> Vec<u8> {
 }
 
 /// The index entry of `name`.
-fn entry<'a>(v: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
+pub(crate) fn entry<'a>(v: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
     v["tensors"]
         .as_array_mut()
         .unwrap()

@@ -5,6 +5,7 @@ mod support;
 
 mod cli_batch;
 mod cli_codecs;
+mod cli_dtypes;
 mod cli_errors;
 mod cli_harden;
 mod cli_methods;

@@ -37,6 +37,25 @@ mod dtype_name {
     }
 }
 
+/// Serde for an optional `DType` as its safetensors name (absent when `None`).
+mod opt_dtype_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use ultradelta_core::DType;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<DType>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::dtype_name::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DType>, D::Error> {
+        #[derive(Deserialize)]
+        struct Named(#[serde(with = "super::dtype_name")] DType);
+        Ok(Option::<Named>::deserialize(d)?.map(|Named(d)| d))
+    }
+}
+
 /// Per-tensor index entry.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct TensorEntry {
@@ -47,6 +66,14 @@ pub struct TensorEntry {
     /// Dtype of the fine-tuned tensor.
     #[serde(with = "dtype_name")]
     pub dtype: DType,
+    /// Dtype of the base's tensor when it differs from the fine-tune's (both floating point; absent from the index
+    /// when they are the same). The delta is then taken in f32 and the rebuilt tensor written in `dtype`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_dtype_name"
+    )]
+    pub base_dtype: Option<DType>,
     /// What was done with it.
     pub policy: Policy,
     /// Record kind name: `"sparse-golomb" | "xor-zstd" | "full-zstd" | "none"`. Filled by the writer.
@@ -89,6 +116,7 @@ impl TensorEntry {
             name: name.into(),
             shape,
             dtype,
+            base_dtype: None,
             policy,
             kind: String::new(),
             offset: 0,
@@ -102,6 +130,11 @@ impl TensorEntry {
             tier: None,
             extra: serde_json::Map::new(),
         }
+    }
+
+    /// The dtype the base's tensor must have: [`Self::base_dtype`] when set, else the fine-tune's.
+    pub fn expected_base_dtype(&self) -> DType {
+        self.base_dtype.unwrap_or(self.dtype)
     }
 
     /// Product of the shape, `None` on overflow.

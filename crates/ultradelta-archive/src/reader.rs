@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::manifest::{FileEntry, Limits, Manifest, TensorEntry, KIND_NONE};
+use crate::manifest::{FileEntry, Limits, Manifest, Policy, TensorEntry, KIND_NONE};
 use crate::record::{
     decode_diff_into, decode_expecting, decode_file_against, decode_full_into, decode_xor_into,
     BaseFileRef, Record, RecordHeader,
@@ -795,6 +795,28 @@ pub(crate) fn validate_manifest(
         }
         if e.kept > numel {
             return Err(shape_err(format!("kept {} exceeds numel {numel}", e.kept)));
+        }
+        if let Some(b) = e.base_dtype {
+            // A base of another dtype: both floating point, and no record that works on the base's bytes.
+            let why = if b == e.dtype {
+                Some("is the tensor's own (the field is only written when they differ)")
+            } else if !b.is_float() || !e.dtype.is_float() {
+                Some("and the tensor's must both be floating point")
+            } else if e.policy == Policy::New {
+                Some("is given for a tensor stored whole (policy new)")
+            } else if matches!(e.kind.as_str(), "xor-zstd" | "diff-zstd") {
+                Some("differs from the tensor's, which a bitwise record of the base's bytes cannot rebuild")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(invalid(format!(
+                    "tensor \"{}\": base dtype {} {why} ({})",
+                    e.name,
+                    b.name(),
+                    e.dtype.name()
+                )));
+            }
         }
         if e.kind == KIND_NONE {
             if e.offset != 0 || e.length != 0 {

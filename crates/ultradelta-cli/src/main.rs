@@ -218,11 +218,12 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
         } else {
             let c = r.counts;
             outln!(
-                "wrote {} ({} bytes, method {}): {} tensors compressed, {} kept losslessly, {} dropped, {} stored whole; gamma {:.6}",
+                "wrote {} ({} bytes, method {}): {} {} compressed, {} kept losslessly, {} dropped, {} stored whole; gamma {:.6}",
                 r.output.display(),
                 ins.bytes,
                 r.method,
                 c.compress,
+                if c.compress == 1 { "tensor" } else { "tensors" },
                 c.keep,
                 c.drop,
                 c.new,
@@ -482,6 +483,9 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         if let Some(h) = t.listed_rows {
             let rows = t.shape.first().copied().unwrap_or(0);
             notes.push_str(&format!("  rows: {h} of {rows} (the others unchanged)"));
+        }
+        if let Some(d) = &t.base_dtype {
+            notes.push_str(&format!("  (base {d})"));
         }
         outln!(
             "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}{notes}",

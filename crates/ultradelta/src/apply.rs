@@ -84,12 +84,13 @@ pub fn check_entry_against_base(
     let Some(info) = base.info(&entry.name) else {
         return Err(base_err("is missing".into()));
     };
-    if info.shape != entry.shape || info.dtype != entry.dtype {
+    let dtype = entry.expected_base_dtype();
+    if info.shape != entry.shape || info.dtype != dtype {
         return Err(base_err(format!(
             "is {} {:?}, expected {} {:?}",
             info.dtype.name(),
             info.shape,
-            entry.dtype.name(),
+            dtype.name(),
             entry.shape
         )));
     }
@@ -209,6 +210,16 @@ fn rebuild_with(
     }
     check_entry_against_base(base, archive, entry)?;
     let view = base.view(name)?;
+    if entry.base_dtype.is_some() {
+        return rebuild_from_other_dtype(
+            &view,
+            reader,
+            archive,
+            entry,
+            out,
+            record.map(|r| r.map(|d| d.record)),
+        );
+    }
     let src = view.bytes();
     if src.len() != out.len() {
         return Err(wrong_size(src.len()));
@@ -298,6 +309,108 @@ fn rebuild_with(
             Ok(())
         }
         Policy::New => unreachable!("handled above"),
+    }
+}
+
+/// [`rebuild_with`] for a tensor whose base has another floating-point dtype than the fine-tune's
+/// ([`TensorEntry::base_dtype`]): the base's values in f32 (its hash checked when the archive recorded one), the
+/// delta added for a compressed tensor, written in the tensor's dtype; a tensor kept without loss is stored whole
+/// (`full-zstd`), and a dropped one is the base's values in the tensor's dtype. The same f32 arithmetic as the
+/// dense path; an entry that comes out non-finite where the base's value is finite is refused, as there.
+fn rebuild_from_other_dtype(
+    view: &TensorView<'_>,
+    reader: &ArchiveReader,
+    archive: &Path,
+    entry: &TensorEntry,
+    out: &mut [u8],
+    record: Option<Result<Record>>,
+) -> Result<()> {
+    let name = entry.name.as_str();
+    let corrupt = |detail: String| Error::CorruptArchive {
+        archive: archive.to_path_buf(),
+        tensor: name.to_string(),
+        detail,
+    };
+    if let Some(expected) = &entry.base_hash {
+        let found = format!("{:016x}", view.content_hash());
+        if &found != expected {
+            return Err(Error::BaseTensorChanged {
+                archive: archive.to_path_buf(),
+                file: view.file().to_path_buf(),
+                tensor: name.to_string(),
+                expected: expected.clone(),
+                found,
+            });
+        }
+    }
+    if entry.policy == Policy::Keep {
+        return if reader.read_full_into(name, out)? {
+            Ok(())
+        } else {
+            Err(corrupt(format!(
+                "a tensor kept without loss over a base of another dtype ({}) must be stored whole (full-zstd), \
+                 not as {}",
+                view.info().dtype.name(),
+                entry.kind
+            )))
+        };
+    }
+    let mut w = view.to_f32()?;
+    match entry.policy {
+        Policy::Compress => {
+            let rec = record.unwrap_or_else(|| reader.read_record(name).map_err(Error::from))?;
+            let gamma = reader.manifest().gamma as f32;
+            rec.add_delta_into(gamma, &mut w)
+                .map_err(|source| Error::Decode {
+                    archive: archive.to_path_buf(),
+                    tensor: name.to_string(),
+                    source: Box::new(source),
+                })?;
+            let mut bytes = Vec::with_capacity(out.len());
+            f32_to_bytes(&w, entry.dtype, &mut bytes)?;
+            if bytes.len() != out.len() {
+                return Err(corrupt(format!(
+                    "rebuilt to {} bytes, expected {}",
+                    bytes.len(),
+                    out.len()
+                )));
+            }
+            out.copy_from_slice(&bytes);
+            // Non-finite outputs are rare: the base's value is converted again only where one is found.
+            let es = entry.dtype.size();
+            let new_non_finite = out
+                .chunks_exact(es)
+                .enumerate()
+                .filter(|(_, o)| non_finite(o, entry.dtype) == Some(true))
+                .find_map(|(i, _)| {
+                    let mut b = [0f32];
+                    view.range_to_f32_into(i, &mut b).ok()?;
+                    b[0].is_finite().then_some(i)
+                });
+            if let Some(index) = new_non_finite {
+                return Err(Error::NonFiniteOutput {
+                    archive: archive.to_path_buf(),
+                    tensor: name.to_string(),
+                    index,
+                    dtype: entry.dtype.name().to_string(),
+                });
+            }
+            Ok(())
+        }
+        Policy::Drop => {
+            let mut bytes = Vec::with_capacity(out.len());
+            f32_to_bytes(&w, entry.dtype, &mut bytes)?;
+            if bytes.len() != out.len() {
+                return Err(corrupt(format!(
+                    "rebuilt to {} bytes, expected {}",
+                    bytes.len(),
+                    out.len()
+                )));
+            }
+            out.copy_from_slice(&bytes);
+            Ok(())
+        }
+        Policy::Keep | Policy::New => unreachable!("handled above and by rebuild_with"),
     }
 }
 

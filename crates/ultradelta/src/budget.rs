@@ -208,6 +208,7 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
         let info = &plan.info;
         let name = info.name.as_str();
         let mut e = TensorEntry::new(name, info.shape.clone(), info.dtype, plan.policy);
+        e.base_dtype = plan.base_dtype;
         let numel = e.numel;
         if plan.from == RuleSource::User {
             e.extra.insert("rule".into(), "user".into());

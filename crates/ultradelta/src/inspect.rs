@@ -16,6 +16,9 @@ pub struct TensorSummary {
     pub shape: Vec<usize>,
     /// Original dtype.
     pub dtype: String,
+    /// The base's dtype when it differs from the tensor's (the index's `base_dtype`), `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_dtype: Option<String>,
     /// compress, keep, drop or new.
     pub policy: Policy,
     /// Record kind in the file.
@@ -240,6 +243,7 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
                 name: e.name.clone(),
                 shape: e.shape.clone(),
                 dtype: e.dtype.name().to_string(),
+                base_dtype: e.base_dtype.map(|d| d.name().to_string()),
                 policy: e.policy,
                 kind: e.kind.clone(),
                 sparsity: part.map_or(e.sparsity, |(k, _)| 1.0 - k as f64 / e.numel.max(1) as f64),

@@ -160,6 +160,7 @@ fn tensor_entry(
     let info = &plan.info;
     let name = info.name.as_str();
     let mut entry = new_entry(info, plan.policy);
+    entry.base_dtype = plan.base_dtype;
     let base_view = if plan.policy == Policy::New {
         None
     } else {

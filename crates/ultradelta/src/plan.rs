@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use ultradelta_alloc::{Allocation, MsaConfig, TensorStat};
 use ultradelta_archive::{EncodedRecord, Policy, Record};
-use ultradelta_io::{pair, Checkpoint, TensorInfo};
+use ultradelta_io::{pair, Checkpoint, DType, TensorInfo};
 
 use crate::config::{AllocationMode, CompressConfig};
 use crate::delta::with_source;
@@ -23,6 +23,9 @@ pub(crate) struct TensorPlan {
     pub(crate) policy: Policy,
     /// Whether a user rule or the preset decided the policy.
     pub(crate) from: RuleSource,
+    /// The base's dtype when it differs from the fine-tune's (both floating point): Δ is taken in f32, and a
+    /// tensor kept without loss is stored whole.
+    pub(crate) base_dtype: Option<DType>,
 }
 
 /// A fine-tune matched against the base, with a policy for every tensor.
@@ -57,14 +60,20 @@ impl<'a> Plan<'a> {
     /// Pairs `ft` with `base` and decides every tensor's policy under `cfg.selection`.
     ///
     /// # Errors
-    /// A tensor whose shape or dtype differs between the two; a compressed tensor that is not floating point.
+    /// A tensor whose shape differs between the two, or whose dtype differs unless both are floating point; a
+    /// compressed tensor that is not floating point.
     pub(crate) fn new(
         base: &'a Checkpoint,
         ft: &'a Checkpoint,
         cfg: &CompressConfig,
     ) -> Result<Plan<'a>> {
         let pairing = pair(base, ft);
-        if let Some((b, f)) = pairing.mismatched.first() {
+        // Floating-point tensors of the same shape pair whatever their dtypes (a base in F32, a fine-tune saved
+        // in BF16): the delta is taken in f32.
+        let float_pair = |b: &TensorInfo, f: &TensorInfo| {
+            b.shape == f.shape && b.dtype.is_float() && f.dtype.is_float()
+        };
+        if let Some((b, f)) = pairing.mismatched.iter().find(|(b, f)| !float_pair(b, f)) {
             return Err(Error::Mismatch(Box::new(TensorMismatch {
                 tensor: b.name.clone(),
                 base_file: base.file_of(&b.name).unwrap_or(base.path()).to_path_buf(),
@@ -93,10 +102,15 @@ impl<'a> Plan<'a> {
                     dtype: info.dtype.name().to_string(),
                 });
             }
+            let base_dtype = base
+                .info(&info.name)
+                .map(|b| b.dtype)
+                .filter(|&d| d != info.dtype && policy != Policy::New);
             tensors.push(TensorPlan {
                 info: info.clone(),
                 policy,
                 from,
+                base_dtype,
             });
         }
         Ok(Plan {
@@ -125,8 +139,8 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// The encoded record of a tensor under policy `keep` (its lossless delta, [`EncodedRecord::lossless_delta`])
-    /// or `new` (its whole bytes): made once per run and zstd level while the cache has room, since the budget's
+    /// The encoded record of a tensor under policy `keep` (its lossless delta, [`EncodedRecord::lossless_delta`];
+    /// its whole bytes when the base's dtype differs) or `new` (its whole bytes): made once per run and zstd level while the cache has room, since the budget's
     /// fixed part sizes it and every pass of the pipeline writes it, and a lossless record is only chosen by
     /// compressing it.
     ///
@@ -144,7 +158,8 @@ impl<'a> Plan<'a> {
             return Ok(Arc::clone(r));
         }
         let rec = Arc::new(match tensor.policy {
-            Policy::Keep => {
+            // A bitwise record needs the base in the fine-tune's dtype: with another, the tensor is stored whole.
+            Policy::Keep if tensor.base_dtype.is_none() => {
                 let (b, f) = (self.base.view(name)?, self.ft.view(name)?);
                 // The smaller of the XOR and the bit difference (kinds xor-zstd and diff-zstd).
                 EncodedRecord::lossless_delta(
@@ -156,7 +171,10 @@ impl<'a> Plan<'a> {
                 )?
             }
             policy => {
-                debug_assert_eq!(policy, Policy::New, "{name}: not a lossless tensor");
+                debug_assert!(
+                    matches!(policy, Policy::New | Policy::Keep),
+                    "{name}: not a lossless tensor"
+                );
                 EncodedRecord::new(
                     info.dtype,
                     &info.shape,

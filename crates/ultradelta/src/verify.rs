@@ -97,10 +97,14 @@ pub fn verify(
             }
         }
         if let Some(base) = base {
-            // Rebuilding reads and decodes the record with the same checks.
+            // Rebuilding reads and decodes the record with the same checks. The buffer is sized from the base's
+            // shape (checked above), in the tensor's dtype (which the base's may differ from).
             let n = base
                 .info(&e.name)
-                .and_then(|i| i.checked_nbytes())
+                .and_then(|i| {
+                    ultradelta_io::TensorInfo::new(e.name.clone(), e.dtype, i.shape.clone())
+                        .checked_nbytes()
+                })
                 .or_else(|| {
                     ultradelta_io::TensorInfo::new(e.name.clone(), e.dtype, e.shape.clone())
                         .checked_nbytes()
