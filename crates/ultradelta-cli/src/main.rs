@@ -402,6 +402,13 @@ fn codec_line(c: &ultradelta::CodecSummary) -> String {
     } else {
         String::new()
     };
+    if c.kept_entries == 0 {
+        // Every compressed tensor unchanged by the fine-tune, say: no per-entry cost to show.
+        return format!(
+            "codec {}{mixed}: no entry kept (density 0%: the compressed tensors rebuild as the base's)",
+            c.codec
+        );
+    }
     format!(
         "codec {}{mixed}: {:.2} bits per kept entry = {:.2} position + {:.2} value{lowrank} + {:.2} overhead; density {:.3}% ({} kept)",
         c.codec,

@@ -11,6 +11,7 @@ pub(crate) mod codec;
 pub(crate) mod lowrank_part;
 pub(crate) mod rows;
 
+use rayon::prelude::*;
 use ultradelta_alloc::TensorStat;
 use ultradelta_archive::{CodedSparseRecord, LevelCoding, LowRankSparseRecord, Positions, Record};
 use ultradelta_baselines as baselines;
@@ -113,6 +114,8 @@ pub(crate) struct QuantScan {
     /// zero, and the share may raise the seeded sample's density, [`sampled_rate`]), 1 for a dense Δ.
     nonzero: f64,
     scan: LevelScan,
+    /// Δ is exactly zero (a tensor the fine-tune left unchanged): its record keeps nothing ([`unchanged`]).
+    zero: bool,
 }
 
 impl QuantScan {
@@ -124,6 +127,8 @@ impl QuantScan {
     ) -> Result<QuantScan, ultradelta_qgp::Error> {
         let (bits, fit) = cfg.quantizer();
         let range = fit_source(src, bits)?;
+        // The range fit's extremes are both 0 only for a zero Δ (or one within a subnormal step of it: checked).
+        let zero = range.lo == 0.0 && range.step == 0.0 && source_is_zero(src);
         let (quant, gain, nonzero) = refit(range, fit, src.len(), |i| src.delta_at(i), cfg);
         let scan = scan_levels(src, &quant);
         Ok(QuantScan {
@@ -131,6 +136,7 @@ impl QuantScan {
             gain,
             nonzero,
             scan,
+            zero,
         })
     }
 
@@ -337,6 +343,9 @@ fn ultradelta(
     rate: f64,
     cfg: &CompressConfig,
 ) -> Result<CompressedTensor, baselines::Error> {
+    if cfg.quantize && delta.par_iter().all(|&x| x == 0.0) {
+        return Ok(unchanged(delta.len(), tensor_seed(cfg.seed, name), cfg));
+    }
     if cfg.row_subset_on() && cfg.allows_row_subset() {
         if let &[rows, cols] = shape {
             if let Some(listed) = rows::moved_rows(delta, rows, cols) {
@@ -451,6 +460,42 @@ fn with_part(residual: CompressedTensor, part: lowrank_part::LowRankPart) -> Com
     }
 }
 
+/// UltraDelta's record of a Δ that is exactly zero — a tensor the fine-tune left unchanged, such as a frozen layer
+/// or embedding: it keeps no entry (a few dozen bytes, whatever the rate), so the rebuilt tensor is the base's and
+/// none of the bytes a sample of zeros would take are spent (under a byte budget they go to the other tensors).
+/// The same record from the whole Δ and from the checkpoints' bytes: a constant quantizer at 0 of the configured
+/// bit width, scale 1, the tensor's seed (or an empty position list for Golomb positions).
+fn unchanged(numel: usize, seed: u64, cfg: &CompressConfig) -> CompressedTensor {
+    let positions = match cfg.positions {
+        PositionCodec::Seeded => Positions::Seeded { seed, trial: 0 },
+        PositionCodec::Golomb => Positions::Golomb(Vec::new()),
+    };
+    let coded = CodedSparseRecord {
+        numel: numel as u64,
+        quant: QuantParams {
+            bits: cfg.quantizer().0,
+            lo: 0.0,
+            step: 0.0,
+        },
+        scale: 1.0,
+        positions,
+        levels: Vec::new(),
+        coding: LevelCoding::Packed,
+    };
+    codec::finish(coded, TensorCodecInfo::default(), cfg)
+}
+
+/// Whether every entry of `src` is exactly zero (in parallel blocks; stops at the first block that is not).
+fn source_is_zero(src: &DeltaSource<'_>) -> bool {
+    const BLOCK: usize = 1 << 14;
+    (0..src.len().div_ceil(BLOCK)).into_par_iter().all(|b| {
+        let start = b * BLOCK;
+        let mut v = vec![0f32; BLOCK.min(src.len() - start)];
+        src.delta_into(start, &mut v);
+        v.iter().all(|&x| x == 0.0)
+    })
+}
+
 /// UltraDelta's record with seeded positions, from [`ultradelta_qgp::seeded::seeded_prune`]'s survivors; the
 /// trial and histogram distances go into the codec report.
 fn seeded_record(
@@ -494,6 +539,9 @@ pub(crate) fn compress_source(
     levels: &mut Vec<u16>,
 ) -> CompressedTensor {
     let seed = tensor_seed(cfg.seed, name);
+    if pass.zero {
+        return unchanged(src.len(), seed, cfg);
+    }
     let q = pass.quant;
     if cfg.positions == PositionCodec::Seeded {
         // The kept counts (every level at the sampled rate) come from pass 1's histogram. Several
@@ -639,6 +687,56 @@ mod tests {
             let made = compress_tensor(&whole, "w", &[64, 64], rate, &cfg).unwrap();
             assert_eq!(streamed.record, made.record, "rate {rate}");
         }
+    }
+
+    /// A tensor the fine-tune left unchanged (Δ exactly zero: a frozen layer) keeps nothing, from the whole Δ (every
+    /// family's path: BERT's with the low-rank part and row subsets) and from the checkpoints' bytes alike, at any
+    /// rate; one non-zero entry, even one too small for the range fit's step, is not taken for zero.
+    #[test]
+    fn an_unchanged_tensor_keeps_nothing_from_both_paths() {
+        use ultradelta_io::{f32_to_bytes, DType};
+        let base_f32: Vec<f32> = (0..64 * 48).map(|i| 0.02 + (i % 7) as f32 * 0.01).collect();
+        let mut base = Vec::new();
+        f32_to_bytes(&base_f32, DType::BF16, &mut base).unwrap();
+        let src = DeltaSource::Bf16 {
+            base: &base,
+            ft: &base,
+        };
+        let zeros = vec![0f32; base_f32.len()];
+        for family in [crate::Family::Llama, crate::Family::Bert] {
+            for positions in [PositionCodec::Seeded, PositionCodec::Golomb] {
+                let cfg = CompressConfig {
+                    positions,
+                    ..CompressConfig::default().for_family(family)
+                };
+                let pass = QuantScan::of(&src, &cfg).unwrap();
+                assert!(pass.zero);
+                for rate in [0.0, 0.5, 0.97, 0.999] {
+                    let streamed = compress_source(&src, &pass, "w", rate, &cfg, &mut Vec::new());
+                    let made = compress_tensor(&zeros, "w", &[64, 48], rate, &cfg).unwrap();
+                    assert_eq!(
+                        streamed.record, made.record,
+                        "{family:?} {positions:?} {rate}"
+                    );
+                    assert_eq!(
+                        made.record.kept(),
+                        Some(0),
+                        "{family:?} {positions:?} {rate}"
+                    );
+                    let mut w = base_f32.clone();
+                    made.record.add_delta_into(1.0, &mut w).unwrap();
+                    assert_eq!(w, base_f32);
+                }
+            }
+        }
+        // The smallest subnormal in one entry: the range fit's step rounds to 0, the exact check does not.
+        let mut tiny = zeros.clone();
+        tiny[100] = f32::from_bits(1);
+        let cfg = CompressConfig::default().for_family(crate::Family::Llama);
+        let pass = QuantScan::of(&DeltaSource::F32(&tiny), &cfg).unwrap();
+        assert!(!pass.zero);
+        let made = compress_tensor(&tiny, "w", &[64, 48], 0.5, &cfg).unwrap();
+        assert!(made.record.kept().unwrap() > 0);
     }
 
     /// The share of `d`'s non-zero entries as the quantizer fit reads it (1 for a dense Δ).
