@@ -4,7 +4,7 @@ use std::path::Path;
 
 use ultradelta::io::{write_checkpoint, DType, TensorInfo, WriterOptions};
 
-use crate::support::{apply_cmd, compress_cmd, listing, pair, s, ud_err, ud_ok};
+use crate::support::{apply_cmd, compress_cmd, inspect_json, listing, pair, s, ud_err, ud_ok};
 
 fn compress(base: &Path, ft: &Path, out: &Path) {
     ud_ok(&compress_cmd(base, ft, out, &[]));
@@ -43,8 +43,70 @@ fn wrong_base_is_refused() {
     assert!(!out.exists());
 }
 
+/// A tensor whose shape differs from the base's (a vocabulary resized for added tokens), or whose dtype does
+/// outside floating point (floats pair across dtypes: `cli_dtypes`), has no delta: it is stored whole, named on
+/// the compress report, and rebuilt exactly; the other tensors are compressed as usual.
 #[test]
-fn shape_mismatch_names_the_tensor() {
+fn a_reshaped_tensor_is_stored_whole_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, f) = (dir.path().join("b"), dir.path().join("f"));
+    write(
+        &b,
+        &[
+            ("layer.0.attention.self.query.weight", DType::F32, &[64, 64]),
+            ("embeddings.word_embeddings.weight", DType::F32, &[30, 64]),
+            ("ids", DType::I64, &[4]),
+        ],
+    );
+    write(
+        &f,
+        &[
+            ("layer.0.attention.self.query.weight", DType::F32, &[64, 64]),
+            ("embeddings.word_embeddings.weight", DType::F32, &[32, 64]),
+            ("ids", DType::I32, &[4]),
+        ],
+    );
+    let archive = dir.path().join("a.udelta");
+    let out = ud_ok(&compress_cmd(&b, &f, &archive, &[]));
+    let line = out
+        .lines()
+        .find(|l| l.contains("stored whole, their shape or dtype differs"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("embeddings.word_embeddings.weight (F32 [32, 64]; the base's F32 [30, 64])")
+            && line.contains("ids (I32 [4]; the base's I64 [4])"),
+        "{line}"
+    );
+    let ins = inspect_json(&archive);
+    let policy = |name: &str| {
+        ins["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["policy"]
+            .clone()
+    };
+    assert_eq!(policy("embeddings.word_embeddings.weight"), "new");
+    assert_eq!(policy("ids"), "new");
+    assert_eq!(policy("layer.0.attention.self.query.weight"), "compress");
+    let rebuilt = dir.path().join("rebuilt");
+    ud_ok(&apply_cmd(&b, &archive, &rebuilt, &[]));
+    let (ft, got) = (
+        ultradelta::io::Checkpoint::open(&f).unwrap(),
+        ultradelta::io::Checkpoint::open(&rebuilt).unwrap(),
+    );
+    for name in ["embeddings.word_embeddings.weight", "ids"] {
+        let (w, g) = (ft.view(name).unwrap(), got.view(name).unwrap());
+        assert_eq!(g.info(), w.info(), "{name}");
+        assert!(g.bytes() == w.bytes(), "{name}");
+    }
+}
+
+/// A user rule cannot compress (or keep, or drop) a tensor without a delta: refused, naming the tensor and both
+/// shapes, nothing written.
+#[test]
+fn a_rule_on_a_reshaped_tensor_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (b, f) = (dir.path().join("b"), dir.path().join("f"));
     write(
@@ -62,32 +124,16 @@ fn shape_mismatch_names_the_tensor() {
         ],
     );
     let out = dir.path().join("a.udelta");
-    let line = ud_err(&compress_cmd(&b, &f, &out, &[]));
-    assert!(
-        line.contains("layer.0.attention.self.query.weight") && line.contains("[8, 4]"),
-        "{line}"
-    );
-    assert!(!out.exists());
-}
-
-/// Floating-point dtypes pair whatever they are (`cli_dtypes`); any other dtype change is refused, naming the
-/// tensor and both dtypes.
-#[test]
-fn dtype_mismatch_outside_floats_names_the_tensor() {
-    let dir = tempfile::tempdir().unwrap();
-    let (b, f) = (dir.path().join("b"), dir.path().join("f"));
-    write(
+    let line = ud_err(&compress_cmd(
         &b,
-        &[("w.weight", DType::F32, &[4, 8]), ("ids", DType::I64, &[4])],
-    );
-    write(
         &f,
-        &[("w.weight", DType::F16, &[4, 8]), ("ids", DType::I32, &[4])],
-    );
-    let out = dir.path().join("a.udelta");
-    let line = ud_err(&compress_cmd(&b, &f, &out, &[]));
+        &out,
+        &["--compress", "layer.0.attention.self.query.weight"],
+    ));
     assert!(
-        line.contains("\"ids\"") && line.contains("I64") && line.contains("I32"),
+        line.contains("layer.0.attention.self.query.weight")
+            && line.contains("[8, 4]")
+            && line.contains("[4, 8]"),
         "{line}"
     );
     assert!(!out.exists());

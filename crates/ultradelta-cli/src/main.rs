@@ -242,6 +242,12 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                     r.base_only.join(", ")
                 );
             }
+            if !r.reshaped.is_empty() {
+                outln!(
+                    "  stored whole, their shape or dtype differs from the base's (a resized vocabulary?): {}",
+                    r.reshaped.join(", ")
+                );
+            }
         }
     }
     if a.json {

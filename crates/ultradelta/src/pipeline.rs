@@ -54,6 +54,9 @@ pub struct CompressReport {
     pub counts: PolicyCounts,
     /// Tensors present only in the base (absent from the rebuilt model, like in the fine-tune).
     pub base_only: Vec<String>,
+    /// Tensors whose shape (or, outside floating point, dtype) differs from the base's, stored whole (counted in
+    /// `counts.new`), each as "name (its dtype and shape; the base's)".
+    pub reshaped: Vec<String>,
     /// γ applied to this archive's compressed tensors.
     pub gamma: f64,
     /// Sum of nuclear norms of the compressed tensors (only computed for TNGR).
@@ -258,6 +261,13 @@ pub(crate) fn params_json(
             "base_only_tensors".into(),
             serde_json::to_value(&p.base_only).expect("strings"),
         );
+        if !p.reshaped.is_empty() {
+            // Only when there are some: archives without any keep their index as before.
+            m.insert(
+                "reshaped_tensors".into(),
+                serde_json::to_value(&p.reshaped).expect("strings"),
+            );
+        }
         if let Some(b) = budget {
             m.insert(
                 "budget".into(),
@@ -425,6 +435,7 @@ fn write_records(
             family_source: p.family_source(),
             counts,
             base_only: p.base_only.clone(),
+            reshaped: p.reshaped.clone(),
             gamma: 1.0,
             trace_norm: want_trace.then_some(trace),
             archive_bytes: 0,

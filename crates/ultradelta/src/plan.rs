@@ -38,6 +38,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) tensors: Vec<TensorPlan>,
     /// Tensors only in the base (absent from the rebuilt model, like in the fine-tune).
     pub(crate) base_only: Vec<String>,
+    /// Tensors whose shape (or, outside floating point, dtype) differs from the base's — a vocabulary resized for
+    /// added tokens, say — each as "name (its dtype and shape; the base's)": stored whole (policy `new`).
+    pub(crate) reshaped: Vec<String>,
     /// Bytes added to the whole-file budget's estimate of the compressed index (0; raised by the pipeline when an
     /// archive came out over the budget, see `budget::fixed_part`; negative only in tests of that path).
     pub(crate) index_slack: i64,
@@ -60,7 +63,8 @@ impl<'a> Plan<'a> {
     /// Pairs `ft` with `base` and decides every tensor's policy under `cfg.selection`.
     ///
     /// # Errors
-    /// A tensor whose shape differs between the two, or whose dtype differs unless both are floating point; a
+    /// A tensor whose shape differs between the two (or whose dtype does, unless both are floating point) that a
+    /// user rule asks to compress, keep or drop (without a rule it is stored whole, [`Plan::reshaped`]); a
     /// compressed tensor that is not floating point.
     pub(crate) fn new(
         base: &'a Checkpoint,
@@ -73,24 +77,43 @@ impl<'a> Plan<'a> {
         let float_pair = |b: &TensorInfo, f: &TensorInfo| {
             b.shape == f.shape && b.dtype.is_float() && f.dtype.is_float()
         };
-        if let Some((b, f)) = pairing.mismatched.iter().find(|(b, f)| !float_pair(b, f)) {
-            return Err(Error::Mismatch(Box::new(TensorMismatch {
-                tensor: b.name.clone(),
-                base_file: base.file_of(&b.name).unwrap_or(base.path()).to_path_buf(),
-                finetuned_file: ft.file_of(&f.name).unwrap_or(ft.path()).to_path_buf(),
-                base_dtype: b.dtype.name().to_string(),
-                base_shape: b.shape.clone(),
-                ft_dtype: f.dtype.name().to_string(),
-                ft_shape: f.shape.clone(),
-            })));
-        }
+        // The others have no delta (a vocabulary resized for added tokens, say): the fine-tune's tensor is stored
+        // whole, as one the base does not have.
+        let unpaired: HashMap<&str, &TensorInfo> = pairing
+            .mismatched
+            .iter()
+            .filter(|(b, f)| !float_pair(b, f))
+            .map(|(b, _)| (b.name.as_str(), b))
+            .collect();
         let (family, family_source) = match cfg.selection.family {
             Some(f) => (f, FamilySource::User),
             None => detect_family(ft),
         };
         let mut tensors = Vec::with_capacity(ft.tensors().len());
+        let mut reshaped = Vec::new();
         for info in ft.tensors() {
-            let (policy, from) = if base.info(&info.name).is_some() {
+            let (policy, from) = if let Some(b) = unpaired.get(info.name.as_str()) {
+                if cfg.selection.policy(family, info).1 == RuleSource::User {
+                    return Err(Error::Mismatch(Box::new(TensorMismatch {
+                        tensor: b.name.clone(),
+                        base_file: base.file_of(&b.name).unwrap_or(base.path()).to_path_buf(),
+                        finetuned_file: ft.file_of(&info.name).unwrap_or(ft.path()).to_path_buf(),
+                        base_dtype: b.dtype.name().to_string(),
+                        base_shape: b.shape.clone(),
+                        ft_dtype: info.dtype.name().to_string(),
+                        ft_shape: info.shape.clone(),
+                    })));
+                }
+                reshaped.push(format!(
+                    "{} ({} {:?}; the base's {} {:?})",
+                    info.name,
+                    info.dtype.name(),
+                    info.shape,
+                    b.dtype.name(),
+                    b.shape
+                ));
+                (Policy::New, RuleSource::Default)
+            } else if base.info(&info.name).is_some() {
                 cfg.selection.policy(family, info)
             } else {
                 (Policy::New, RuleSource::Default)
@@ -120,6 +143,7 @@ impl<'a> Plan<'a> {
             family_source,
             tensors,
             base_only: pairing.only_base,
+            reshaped,
             index_slack: 0,
             lossless: Mutex::default(),
         })
