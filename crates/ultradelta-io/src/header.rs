@@ -223,6 +223,10 @@ fn parse_entry(
         tensor: name.to_string(),
         reason,
     };
+    if name.is_empty() {
+        // Nothing downstream can name it (an archive's index refuses it): refused where it is read.
+        return Err(bad("the name is empty, expected a tensor name".into()));
+    }
     let Value::Object(obj) = value else {
         return Err(bad(format!(
             "entry is {}, expected an object",

@@ -464,6 +464,13 @@ fn error_invalid_tensor_entries() {
             "{header}: {msg}"
         );
     }
+    // An empty tensor name is refused where it is read (an archive could not name it).
+    let (e, _) = open_err(&raw_file(
+        r#"{"":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+        &[0u8; 8],
+    ));
+    assert!(matches!(e, Error::InvalidTensorEntry { .. }), "{e}");
+    assert!(e.to_string().contains("the name is empty"), "{e}");
 }
 
 #[test]
