@@ -297,6 +297,8 @@ impl Checkpoint {
         }
         let mut weights = Vec::new();
         let mut indexes = Vec::new();
+        // Weight files in another format (a PyTorch pickle, say), named when no safetensors file is there.
+        let mut others = Vec::new();
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
         for entry in rd {
             let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
@@ -310,13 +312,23 @@ impl Checkpoint {
                 weights.push(name);
             } else if name.ends_with(".safetensors.index.json") {
                 indexes.push(name);
+            } else if is_weight_file_name(&name) && !name.ends_with(".index.json") {
+                others.push(name);
             }
         }
+        others.sort();
         weights.sort();
         indexes.sort();
         match (weights.as_slice(), indexes.as_slice()) {
             (_, [idx]) => Self::open_sharded(dir, &dir.join(idx)),
             ([one], []) => Self::open_single(dir, &dir.join(one)),
+            ([], []) if !others.is_empty() => Err(Error::NotACheckpoint {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "folder holds weights in another format ({}) and no .safetensors file: convert them to safetensors first (for a PyTorch checkpoint, transformers' `save_pretrained(dir, safe_serialization=True)` or `safetensors.torch.save_file`)",
+                    list_names(&others)
+                ),
+            }),
             ([], []) => Err(Error::NotACheckpoint {
                 path: dir.to_path_buf(),
                 reason: format!(

@@ -281,6 +281,15 @@ fn open_all_path_forms() {
     let e = Checkpoint::open(&empty).unwrap_err();
     assert!(matches!(e, Error::NotACheckpoint { .. }), "{e}");
     assert!(e.to_string().contains("no .safetensors file"), "{e}");
+    // a folder with PyTorch weights only: named, with the way to convert them
+    std::fs::write(empty.join("pytorch_model.bin"), b"not read").unwrap();
+    let e = Checkpoint::open(&empty).unwrap_err();
+    assert!(matches!(e, Error::NotACheckpoint { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("pytorch_model.bin") && msg.contains("convert them to safetensors"),
+        "{msg}"
+    );
     // a path that does not exist
     let e = Checkpoint::open(t.path().join("nope")).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
