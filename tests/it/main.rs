@@ -9,6 +9,7 @@ mod cli_dtypes;
 mod cli_errors;
 mod cli_harden;
 mod cli_methods;
+mod cli_names;
 mod cli_roundtrip;
 mod cli_rows;
 mod hostile;

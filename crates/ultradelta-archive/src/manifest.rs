@@ -74,6 +74,10 @@ pub struct TensorEntry {
         with = "opt_dtype_name"
     )]
     pub base_dtype: Option<DType>,
+    /// Name of the base's tensor when it differs from `name` (a model prefix added or removed: `bert.encoder…`
+    /// against `encoder…`; absent from the index when they are the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_name: Option<String>,
     /// What was done with it.
     pub policy: Policy,
     /// Record kind name: `"sparse-golomb" | "xor-zstd" | "full-zstd" | "none"`. Filled by the writer.
@@ -117,6 +121,7 @@ impl TensorEntry {
             shape,
             dtype,
             base_dtype: None,
+            base_name: None,
             policy,
             kind: String::new(),
             offset: 0,
@@ -135,6 +140,11 @@ impl TensorEntry {
     /// The dtype the base's tensor must have: [`Self::base_dtype`] when set, else the fine-tune's.
     pub fn expected_base_dtype(&self) -> DType {
         self.base_dtype.unwrap_or(self.dtype)
+    }
+
+    /// The base's tensor this entry is rebuilt from: [`Self::base_name`] when set, else `name`.
+    pub fn base_tensor(&self) -> &str {
+        self.base_name.as_deref().unwrap_or(&self.name)
     }
 
     /// Product of the shape, `None` on overflow.

@@ -796,6 +796,14 @@ pub(crate) fn validate_manifest(
         if e.kept > numel {
             return Err(shape_err(format!("kept {} exceeds numel {numel}", e.kept)));
         }
+        if let Some(b) = &e.base_name {
+            if b.is_empty() || b == &e.name || e.policy == Policy::New {
+                return Err(invalid(format!(
+                    "tensor \"{}\": base_name {b:?} must be another, non-empty name, and only for a tensor the base has",
+                    e.name
+                )));
+            }
+        }
         if let Some(b) = e.base_dtype {
             // A base of another dtype: both floating point, and no record that works on the base's bytes.
             let why = if b == e.dtype {

@@ -81,8 +81,11 @@ pub fn check_entry_against_base(
         tensor: entry.name.clone(),
         what,
     };
-    let Some(info) = base.info(&entry.name) else {
-        return Err(base_err("is missing".into()));
+    let Some(info) = base.info(entry.base_tensor()) else {
+        return Err(base_err(match &entry.base_name {
+            Some(b) => format!("is missing (the archive rebuilds it from the base's \"{b}\")"),
+            None => "is missing".into(),
+        }));
     };
     let dtype = entry.expected_base_dtype();
     if info.shape != entry.shape || info.dtype != dtype {
@@ -209,7 +212,7 @@ fn rebuild_with(
         };
     }
     check_entry_against_base(base, archive, entry)?;
-    let view = base.view(name)?;
+    let view = base.view(entry.base_tensor())?;
     if entry.base_dtype.is_some() {
         return rebuild_from_other_dtype(
             &view,
@@ -232,7 +235,10 @@ fn rebuild_with(
             if &found != expected {
                 return Err(Error::BaseTensorChanged {
                     archive: archive.to_path_buf(),
-                    file: base.file_of(name).unwrap_or(base.path()).to_path_buf(),
+                    file: base
+                        .file_of(entry.base_tensor())
+                        .unwrap_or(base.path())
+                        .to_path_buf(),
                     tensor: name.to_string(),
                     expected: expected.clone(),
                     found,
@@ -870,7 +876,7 @@ pub fn apply(
                     .filter(|e| k > 0 && e.policy == Policy::Compress);
                 // The disk reads the next base tensor while this one is rebuilt (when it is not cached).
                 if let Some(e) = manifest.tensors.get(k + 1) {
-                    base.prefetch(&e.name);
+                    base.prefetch(e.base_tensor());
                 }
                 let record = ahead.take();
                 // Rebuilt, released and handed to the writer (or stopped) without waiting for the next decoding.
@@ -887,7 +893,7 @@ pub fn apply(
                         )?;
                         // The base pages of this tensor are not needed again: the resident set stays the size
                         // of a tensor or two however large the checkpoint is.
-                        base.release(&entry.name);
+                        base.release(entry.base_tensor());
                         Ok(full_tx.send((entry, buf, range)).is_ok())
                     },
                     || next.map(|e| decode_ahead(&reader, e)),

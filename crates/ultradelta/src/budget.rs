@@ -146,7 +146,8 @@ impl Evaluator<'_, '_> {
             let delta: &[f32] = match &self.cache {
                 Some(c) => &c[k],
                 None => {
-                    owned = delta_f32(&self.p.base.view(name)?, &self.p.ft.view(name)?)?;
+                    let base = &self.p.tensors[i].base_name;
+                    owned = delta_f32(&self.p.base.view(base)?, &self.p.ft.view(name)?)?;
                     &owned
                 }
             };
@@ -209,6 +210,7 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
         let name = info.name.as_str();
         let mut e = TensorEntry::new(name, info.shape.clone(), info.dtype, plan.policy);
         e.base_dtype = plan.base_dtype;
+        e.base_name = plan.renamed_base().map(str::to_owned);
         let numel = e.numel;
         if plan.from == RuleSource::User {
             e.extra.insert("rule".into(), "user".into());
@@ -249,7 +251,7 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
             Policy::Keep | Policy::New => {
                 // Exactly the record the writer will write (kept for the pipeline while the run's cache has room).
                 let rec = p.lossless_record(plan, cfg.zstd_level)?;
-                p.base.release(name);
+                p.base.release(&plan.base_name);
                 p.ft.release(name);
                 let len = rec.len();
                 lossless += len;
@@ -470,8 +472,8 @@ pub(crate) fn solve_budget(
     let cache = if cfg.method != Method::Lowrank && numel as usize <= CACHE_ENTRIES {
         let mut c = Vec::with_capacity(idx.len());
         for &i in &idx {
-            let name = p.tensors[i].info.name.as_str();
-            c.push(delta_f32(&p.base.view(name)?, &p.ft.view(name)?)?);
+            let (name, base) = (p.tensors[i].info.name.as_str(), &p.tensors[i].base_name);
+            c.push(delta_f32(&p.base.view(base)?, &p.ft.view(name)?)?);
         }
         Some(c)
     } else {

@@ -205,7 +205,7 @@ pub fn eval(
         let ft = ft_view.to_f32()?;
         let b = match entry.policy {
             Policy::New => vec![0f32; ft.len()],
-            _ => base.view(name)?.to_f32()?,
+            _ => base.view(entry.base_tensor())?.to_f32()?,
         };
         let r = float_bytes_to_f32(&rebuilt, entry.dtype).expect("float dtype");
         let s = tensor_sums(&b, &ft, &r);

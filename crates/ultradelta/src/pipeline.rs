@@ -164,10 +164,11 @@ fn tensor_entry(
     let name = info.name.as_str();
     let mut entry = new_entry(info, plan.policy);
     entry.base_dtype = plan.base_dtype;
+    entry.base_name = plan.renamed_base().map(str::to_owned);
     let base_view = if plan.policy == Policy::New {
         None
     } else {
-        Some(p.base.view(name)?)
+        Some(p.base.view(&plan.base_name)?)
     };
     if plan.from == RuleSource::User {
         entry.extra.insert("rule".into(), "user".into());
@@ -228,7 +229,7 @@ fn tensor_entry(
             entry.base_hash = Some(hex(b.content_hash()));
             let rec = p.lossless_record(plan, cfg.zstd_level)?;
             // The inputs' pages are not needed while the next tensor is computed (large embeddings).
-            p.base.release(name);
+            p.base.release(&plan.base_name);
             p.ft.release(name);
             Some(Staged::Encoded(rec))
         }
@@ -344,6 +345,7 @@ fn write_records(
                 return Ok(());
             };
             let (name, numel) = (entry.name.clone(), entry.numel);
+            let base_name = entry.base_tensor().to_owned();
             match rec {
                 Some(Staged::Record(rec)) => {
                     let compressed = entry.policy == Policy::Compress;
@@ -359,7 +361,7 @@ fn write_records(
             }
             // Done with this tensor's input pages (they stay in the page cache): the resident set stays the
             // size of a tensor or two however large the checkpoints are.
-            p.base.release(&name);
+            p.base.release(&base_name);
             p.ft.release(&name);
             progress.advance(numel);
             Ok(())
@@ -370,7 +372,7 @@ fn write_records(
             };
             // The disk reads the next tensor while this one is computed (when it is not cached already).
             if let Some(next) = p.tensors.get(i + 1) {
-                p.base.prefetch(&next.info.name);
+                p.base.prefetch(&next.base_name);
                 p.ft.prefetch(&next.info.name);
             }
             tensor_entry(

@@ -3,12 +3,12 @@
 //! tensor once for its quantizer, level histograms and σ; the sparsity allocation turns those into per-tensor
 //! rates. The pipeline (pass 2) and the budget search both start from here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use ultradelta_alloc::{Allocation, MsaConfig, TensorStat};
 use ultradelta_archive::{EncodedRecord, Policy, Record};
-use ultradelta_io::{pair, Checkpoint, DType, TensorInfo};
+use ultradelta_io::{Checkpoint, DType, TensorInfo};
 
 use crate::config::{AllocationMode, CompressConfig};
 use crate::delta::with_source;
@@ -26,6 +26,65 @@ pub(crate) struct TensorPlan {
     /// The base's dtype when it differs from the fine-tune's (both floating point): Δ is taken in f32, and a
     /// tensor kept without loss is stored whole.
     pub(crate) base_dtype: Option<DType>,
+    /// The base's tensor it is paired with: its own name, or that name with a model prefix added or removed
+    /// ([`prefix_map`]); its own name for a tensor the base does not have.
+    pub(crate) base_name: String,
+}
+
+impl TensorPlan {
+    /// The base's tensor name when it differs from the fine-tune's.
+    pub(crate) fn renamed_base(&self) -> Option<&str> {
+        (self.base_name != self.info.name).then_some(self.base_name.as_str())
+    }
+}
+
+/// How the fine-tune's tensor names map to the base's when one side carries a model prefix the other lacks —
+/// `bert.encoder…` against `encoder…`, as when a task model (`BertForSequenceClassification`) is fine-tuned from a
+/// bare encoder's checkpoint (`BertModel`), or the reverse: `(from, to)`, a leading `from` of a fine-tune name
+/// replaced by `to` (one of them empty). Used when it pairs more of the fine-tune's tensors than the names as they
+/// are, and at least half of them; the candidates are the first dotted component of every name on either side,
+/// tried in sorted order (the first with the most pairs wins), so the choice depends on the names alone.
+fn prefix_map(base: &Checkpoint, ft: &Checkpoint) -> Option<(String, String)> {
+    let n = ft.tensors().len();
+    let exact = ft
+        .tensors()
+        .iter()
+        .filter(|t| base.info(&t.name).is_some())
+        .count();
+    if exact == n {
+        return None;
+    }
+    let first = |name: &str| name.split_once('.').map(|(p, _)| format!("{p}."));
+    let mut candidates = std::collections::BTreeSet::new();
+    candidates.extend(
+        ft.tensors()
+            .iter()
+            .filter_map(|t| first(&t.name))
+            .map(|p| (p, String::new())),
+    );
+    candidates.extend(
+        base.tensors()
+            .iter()
+            .filter_map(|t| first(&t.name))
+            .map(|p| (String::new(), p)),
+    );
+    let mut best: Option<(usize, (String, String))> = None;
+    for (from, to) in candidates {
+        let pairs = ft
+            .tensors()
+            .iter()
+            .filter(|t| {
+                base.info(&t.name).is_some()
+                    || t.name
+                        .strip_prefix(from.as_str())
+                        .is_some_and(|rest| base.info(&format!("{to}{rest}")).is_some())
+            })
+            .count();
+        if pairs > best.as_ref().map_or(exact, |b| b.0) {
+            best = Some((pairs, (from, to)));
+        }
+    }
+    best.filter(|(pairs, _)| 2 * pairs >= n).map(|(_, m)| m)
 }
 
 /// A fine-tune matched against the base, with a policy for every tensor.
@@ -71,28 +130,47 @@ impl<'a> Plan<'a> {
         ft: &'a Checkpoint,
         cfg: &CompressConfig,
     ) -> Result<Plan<'a>> {
-        let pairing = pair(base, ft);
+        // The base's tensor of each of the fine-tune's: the same name, or the name with a model prefix added or
+        // removed when that pairs the checkpoints ([`prefix_map`]).
+        let map = prefix_map(base, ft);
+        let exact: HashSet<&str> = ft
+            .tensors()
+            .iter()
+            .filter(|t| base.info(&t.name).is_some())
+            .map(|t| t.name.as_str())
+            .collect();
+        let base_name_of = |name: &str| -> Option<String> {
+            if exact.contains(name) {
+                return Some(name.to_owned());
+            }
+            let (from, to) = map.as_ref()?;
+            let mapped = format!("{to}{}", name.strip_prefix(from.as_str())?);
+            // A base tensor another fine-tune tensor has by its own name is not paired twice.
+            (base.info(&mapped).is_some() && !exact.contains(mapped.as_str())).then_some(mapped)
+        };
         // Floating-point tensors of the same shape pair whatever their dtypes (a base in F32, a fine-tune saved
         // in BF16): the delta is taken in f32.
         let float_pair = |b: &TensorInfo, f: &TensorInfo| {
             b.shape == f.shape && b.dtype.is_float() && f.dtype.is_float()
         };
-        // The others have no delta (a vocabulary resized for added tokens, say): the fine-tune's tensor is stored
-        // whole, as one the base does not have.
-        let unpaired: HashMap<&str, &TensorInfo> = pairing
-            .mismatched
-            .iter()
-            .filter(|(b, f)| !float_pair(b, f))
-            .map(|(b, _)| (b.name.as_str(), b))
-            .collect();
         let (family, family_source) = match cfg.selection.family {
             Some(f) => (f, FamilySource::User),
             None => detect_family(ft),
         };
         let mut tensors = Vec::with_capacity(ft.tensors().len());
         let mut reshaped = Vec::new();
+        let mut paired = HashSet::new();
         for info in ft.tensors() {
-            let (policy, from) = if let Some(b) = unpaired.get(info.name.as_str()) {
+            let base_info = base_name_of(&info.name).and_then(|n| base.info(&n));
+            if let Some(b) = base_info {
+                paired.insert(b.name.clone());
+            }
+            // A tensor whose shape (or, outside floating point, dtype) differs has no delta (a vocabulary
+            // resized for added tokens, say): the fine-tune's tensor is stored whole, as one the base lacks.
+            let unpaired = base_info.filter(|b| {
+                !(b.dtype == info.dtype && b.shape == info.shape) && !float_pair(b, info)
+            });
+            let (policy, from) = if let Some(b) = unpaired {
                 if cfg.selection.policy(family, info).1 == RuleSource::User {
                     return Err(Error::Mismatch(Box::new(TensorMismatch {
                         tensor: b.name.clone(),
@@ -113,7 +191,7 @@ impl<'a> Plan<'a> {
                     b.shape
                 ));
                 (Policy::New, RuleSource::Default)
-            } else if base.info(&info.name).is_some() {
+            } else if base_info.is_some() {
                 cfg.selection.policy(family, info)
             } else {
                 (Policy::New, RuleSource::Default)
@@ -125,24 +203,34 @@ impl<'a> Plan<'a> {
                     dtype: info.dtype.name().to_string(),
                 });
             }
-            let base_dtype = base
-                .info(&info.name)
+            let base_dtype = base_info
                 .map(|b| b.dtype)
                 .filter(|&d| d != info.dtype && policy != Policy::New);
+            let base_name = match base_info {
+                Some(b) if policy != Policy::New => b.name.clone(),
+                _ => info.name.clone(),
+            };
             tensors.push(TensorPlan {
                 info: info.clone(),
                 policy,
                 from,
                 base_dtype,
+                base_name,
             });
         }
+        let base_only = base
+            .tensors()
+            .iter()
+            .filter(|b| !paired.contains(&b.name))
+            .map(|b| b.name.clone())
+            .collect();
         Ok(Plan {
             base,
             ft,
             family,
             family_source,
             tensors,
-            base_only: pairing.only_base,
+            base_only,
             reshaped,
             index_slack: 0,
             lossless: Mutex::default(),
@@ -184,7 +272,7 @@ impl<'a> Plan<'a> {
         let rec = Arc::new(match tensor.policy {
             // A bitwise record needs the base in the fine-tune's dtype: with another, the tensor is stored whole.
             Policy::Keep if tensor.base_dtype.is_none() => {
-                let (b, f) = (self.base.view(name)?, self.ft.view(name)?);
+                let (b, f) = (self.base.view(&tensor.base_name)?, self.ft.view(name)?);
                 // The smaller of the XOR and the bit difference (kinds xor-zstd and diff-zstd).
                 EncodedRecord::lossless_delta(
                     info.dtype,
@@ -247,16 +335,16 @@ pub(crate) fn pass_one(
         let name = info.name.as_str();
         // The disk reads the next tensor while this one is computed (when it is not cached already).
         if let Some(&prev) = k.checked_sub(1).and_then(|j| idx.get(j)) {
-            p.base.prefetch(&p.tensors[prev].info.name);
+            p.base.prefetch(&p.tensors[prev].base_name);
             p.ft.prefetch(&p.tensors[prev].info.name);
         }
-        let (base, ft) = (p.base.view(name)?, p.ft.view(name)?);
+        let (base, ft) = (p.base.view(&p.tensors[i].base_name)?, p.ft.view(name)?);
         let scan = with_source(&base, &ft, |src| QuantScan::of(src, cfg))?
             .map_err(|e| quant_err(p.ft, name, e))?;
         stats.push(scan.stat(info.numel()));
         scans.push(scan);
         // The next pass maps the tensor in again; meanwhile its pages need not count against this process.
-        p.base.release(name);
+        p.base.release(&p.tensors[i].base_name);
         p.ft.release(name);
         progress.advance(info.numel() as u64);
     }

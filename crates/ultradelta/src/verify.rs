@@ -100,7 +100,7 @@ pub fn verify(
             // Rebuilding reads and decodes the record with the same checks. The buffer is sized from the base's
             // shape (checked above), in the tensor's dtype (which the base's may differ from).
             let n = base
-                .info(&e.name)
+                .info(e.base_tensor())
                 .and_then(|i| {
                     ultradelta_io::TensorInfo::new(e.name.clone(), e.dtype, i.shape.clone())
                         .checked_nbytes()
@@ -117,7 +117,7 @@ pub fn verify(
             out.clear();
             out.resize(n, 0);
             rebuild_tensor_into(base, &reader, archive, e, &mut out, &mut scratch)?;
-            base.release(&e.name);
+            base.release(e.base_tensor());
             rebuilt += 1;
         }
         progress.advance(e.numel);

@@ -1,0 +1,184 @@
+//! A fine-tune whose tensor names carry a model prefix its base's lack, or the reverse — a task model
+//! (`BertForSequenceClassification`: `bert.encoder…`, plus a `classifier`) fine-tuned from a bare encoder's
+//! checkpoint (`BertModel`: `encoder…`): the tensors pair through the prefix, the index names the base's tensor
+//! (`base_name`), and apply rebuilds the fine-tune's names from the base's tensors.
+
+use std::path::Path;
+
+use ultradelta::archive::{ArchiveReader, Policy};
+use ultradelta::io::{
+    f32_to_bytes, write_checkpoint, Checkpoint, DType, TensorInfo, WriterOptions,
+};
+
+use crate::hostile::{entry, index, with_index};
+use crate::support::*;
+
+/// `from`'s checkpoint with every tensor renamed by `rename` (and `extra` added), written to `to` with `from`'s
+/// other files.
+fn renamed(from: &Path, to: &Path, rename: impl Fn(&str) -> String, extra: &[(&str, usize)]) {
+    let ck = Checkpoint::open(from).unwrap();
+    let mut tensors: Vec<(TensorInfo, Vec<u8>)> = ck
+        .tensors()
+        .iter()
+        .map(|i| {
+            let v = ck.view(&i.name).unwrap();
+            (
+                TensorInfo::new(rename(&i.name), i.dtype, i.shape.clone()),
+                v.bytes().to_vec(),
+            )
+        })
+        .collect();
+    for &(name, n) in extra {
+        let mut b = Vec::new();
+        let values: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.01).collect();
+        f32_to_bytes(&values, DType::F32, &mut b).unwrap();
+        tensors.push((TensorInfo::new(name, DType::F32, vec![n]), b));
+    }
+    write_checkpoint(to, &tensors, WriterOptions::default()).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let p = f.unwrap().path();
+        if p.is_file() && p.extension().is_some_and(|e| e != "safetensors") {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_model_prefix_on_either_side_pairs_the_tensors() {
+    for prefix_on_the_fine_tune in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (base0, ft0) = pair(dir.path(), DType::F32, false, 5);
+        let (base, ft) = (dir.path().join("base-named"), dir.path().join("ft-named"));
+        let add = |n: &str| format!("bert.{n}");
+        let keep = |n: &str| n.to_string();
+        if prefix_on_the_fine_tune {
+            renamed(&base0, &base, keep, &[]);
+            renamed(&ft0, &ft, add, &[("classifier.bias", 2)]);
+        } else {
+            renamed(&base0, &base, add, &[("cls.predictions.bias", 8)]);
+            renamed(&ft0, &ft, keep, &[]);
+        }
+        let case = if prefix_on_the_fine_tune {
+            "bert. on the fine-tune"
+        } else {
+            "bert. on the base"
+        };
+        let archive = dir.path().join("a.udelta");
+        let out = ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
+        assert!(!out.contains("0 tensors compressed"), "{case}: {out}");
+
+        let reader = ArchiveReader::open(&archive).unwrap();
+        let m = reader.manifest();
+        let b = Checkpoint::open(&base).unwrap();
+        let mut compressed = 0;
+        for e in &m.tensors {
+            if e.policy == Policy::New {
+                assert!(e.base_name.is_none(), "{case}: {}", e.name);
+                continue;
+            }
+            let want = if prefix_on_the_fine_tune {
+                e.name.strip_prefix("bert.").unwrap().to_string()
+            } else {
+                format!("bert.{}", e.name)
+            };
+            assert_eq!(e.base_name.as_deref(), Some(want.as_str()), "{case}");
+            assert!(b.info(&want).is_some(), "{case}: {want}");
+            compressed += usize::from(e.policy == Policy::Compress);
+        }
+        assert!(compressed > 0, "{case}");
+        // The base's tensor the fine-tune has no counterpart of is reported, not paired.
+        if prefix_on_the_fine_tune {
+            let e = m
+                .tensors
+                .iter()
+                .find(|e| e.name == "classifier.bias")
+                .unwrap();
+            assert_eq!(e.policy, Policy::New, "{case}");
+        } else {
+            let line = out
+                .lines()
+                .find(|l| l.contains("only in the base"))
+                .unwrap_or_default();
+            assert!(line.contains("cls.predictions.bias"), "{case}: {out}");
+        }
+
+        let rebuilt = dir.path().join("rebuilt");
+        ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
+        let (f, r) = (
+            Checkpoint::open(&ft).unwrap(),
+            Checkpoint::open(&rebuilt).unwrap(),
+        );
+        assert_eq!(
+            r.tensors().iter().map(|t| &t.name).collect::<Vec<_>>(),
+            f.tensors().iter().map(|t| &t.name).collect::<Vec<_>>(),
+            "{case}: the fine-tune's names"
+        );
+        let gamma = m.gamma as f32;
+        for e in &m.tensors {
+            let got = r.view(&e.name).unwrap();
+            let want = match e.policy {
+                Policy::Compress => {
+                    let mut w = b.view(e.base_tensor()).unwrap().to_f32().unwrap();
+                    reader
+                        .read_record(&e.name)
+                        .unwrap()
+                        .add_delta_into(gamma, &mut w)
+                        .unwrap();
+                    let mut bytes = Vec::new();
+                    f32_to_bytes(&w, e.dtype, &mut bytes).unwrap();
+                    bytes
+                }
+                Policy::Drop => b.view(e.base_tensor()).unwrap().bytes().to_vec(),
+                Policy::Keep | Policy::New => f.view(&e.name).unwrap().bytes().to_vec(),
+            };
+            assert!(
+                got.bytes() == want.as_slice(),
+                "{case}: {} ({:?})",
+                e.name,
+                e.policy
+            );
+        }
+        let v = ud_ok(&["verify", "--base", s(&base), s(&archive)]);
+        assert!(v.contains(": OK: "), "{case}: {v}");
+    }
+}
+
+/// An index whose `base_name` names a tensor the base does not have is refused before anything is written, naming
+/// both; one that repeats the entry's own name is refused at open.
+#[test]
+fn a_base_name_the_base_lacks_or_repeating_the_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 6);
+    let archive = dir.path().join("a.udelta");
+    ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
+    let reader = ArchiveReader::open(&archive).unwrap();
+    let name = reader
+        .manifest()
+        .tensors
+        .iter()
+        .find(|e| e.policy == Policy::Compress)
+        .unwrap()
+        .name
+        .clone();
+    drop(reader);
+    let bytes = std::fs::read(&archive).unwrap();
+    let rebuilt = dir.path().join("rebuilt");
+    for (base_name, says) in [
+        (
+            "no.such.tensor",
+            "is missing (the archive rebuilds it from the base's \"no.such.tensor\")",
+        ),
+        (name.as_str(), "must be another, non-empty name"),
+    ] {
+        let mut v = index(&bytes);
+        entry(&mut v, &name)["base_name"] = base_name.into();
+        let bad = dir.path().join("bad.udelta");
+        std::fs::write(&bad, with_index(&bytes, &v)).unwrap();
+        let line = ud_err(&apply_cmd(&base, &bad, &rebuilt, &[]));
+        assert!(
+            line.contains(name.as_str()) && line.contains(says),
+            "{line}"
+        );
+        assert!(!rebuilt.exists());
+    }
+}
