@@ -167,9 +167,8 @@ impl<'a> Plan<'a> {
             }
             // A tensor whose shape (or, outside floating point, dtype) differs has no delta (a vocabulary
             // resized for added tokens, say): the fine-tune's tensor is stored whole, as one the base lacks.
-            let unpaired = base_info.filter(|b| {
-                !(b.dtype == info.dtype && b.shape == info.shape) && !float_pair(b, info)
-            });
+            let same = |b: &TensorInfo| b.dtype == info.dtype && b.shape == info.shape;
+            let unpaired = base_info.filter(|b| !(same(b) || float_pair(b, info)));
             let (policy, from) = if let Some(b) = unpaired {
                 if cfg.selection.policy(family, info).1 == RuleSource::User {
                     return Err(Error::Mismatch(Box::new(TensorMismatch {
