@@ -86,6 +86,19 @@ fn a_model_prefix_on_either_side_pairs_the_tensors() {
             compressed += usize::from(e.policy == Policy::Compress);
         }
         assert!(compressed > 0, "{case}");
+        // `inspect` names the base's tensor beside the fine-tune's.
+        let ins = inspect_json(&archive);
+        let shown = ins["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["base_name"].is_string())
+            .count();
+        assert_eq!(
+            shown,
+            m.tensors.iter().filter(|e| e.base_name.is_some()).count(),
+            "{case}"
+        );
         // The base's tensor the fine-tune has no counterpart of is reported, not paired.
         if prefix_on_the_fine_tune {
             let e = m

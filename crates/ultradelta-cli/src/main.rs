@@ -497,8 +497,11 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             let rows = t.shape.first().copied().unwrap_or(0);
             notes.push_str(&format!("  rows: {h} of {rows} (the others unchanged)"));
         }
-        if let Some(d) = &t.base_dtype {
-            notes.push_str(&format!("  (base {d})"));
+        match (&t.base_name, &t.base_dtype) {
+            (Some(n), Some(d)) => notes.push_str(&format!("  (base \"{n}\", {d})")),
+            (Some(n), None) => notes.push_str(&format!("  (base \"{n}\")")),
+            (None, Some(d)) => notes.push_str(&format!("  (base {d})")),
+            (None, None) => {}
         }
         outln!(
             "{:<60} {:<8} {:<18} {:>9.4} {:>12}  {:?} {}{notes}",

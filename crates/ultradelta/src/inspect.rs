@@ -19,6 +19,9 @@ pub struct TensorSummary {
     /// The base's dtype when it differs from the tensor's (the index's `base_dtype`), `None` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_dtype: Option<String>,
+    /// The base's tensor name when it differs from the tensor's (the index's `base_name`), `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_name: Option<String>,
     /// compress, keep, drop or new.
     pub policy: Policy,
     /// Record kind in the file.
@@ -244,6 +247,7 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
                 shape: e.shape.clone(),
                 dtype: e.dtype.name().to_string(),
                 base_dtype: e.base_dtype.map(|d| d.name().to_string()),
+                base_name: e.base_name.clone(),
                 policy: e.policy,
                 kind: e.kind.clone(),
                 sparsity: part.map_or(e.sparsity, |(k, _)| 1.0 - k as f64 / e.numel.max(1) as f64),
