@@ -10,7 +10,7 @@ use ultradelta::io::{
     f32_to_bytes, write_checkpoint, Checkpoint, DType, TensorInfo, WriterOptions,
 };
 
-use crate::hostile::{entry, index, with_index};
+use crate::hostile::with_entry_field;
 use crate::support::*;
 
 /// `from`'s checkpoint with every tensor renamed by `rename` (and `extra` added), written to `to` with `from`'s
@@ -35,12 +35,7 @@ fn renamed(from: &Path, to: &Path, rename: impl Fn(&str) -> String, extra: &[(&s
         tensors.push((TensorInfo::new(name, DType::F32, vec![n]), b));
     }
     write_checkpoint(to, &tensors, WriterOptions::default()).unwrap();
-    for f in std::fs::read_dir(from).unwrap() {
-        let p = f.unwrap().path();
-        if p.is_file() && p.extension().is_some_and(|e| e != "safetensors") {
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    copy_companions(from, to);
 }
 
 #[test]
@@ -164,16 +159,7 @@ fn a_base_name_the_base_lacks_or_repeating_the_name_is_refused() {
     let (base, ft) = pair(dir.path(), DType::F32, false, 6);
     let archive = dir.path().join("a.udelta");
     ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
-    let reader = ArchiveReader::open(&archive).unwrap();
-    let name = reader
-        .manifest()
-        .tensors
-        .iter()
-        .find(|e| e.policy == Policy::Compress)
-        .unwrap()
-        .name
-        .clone();
-    drop(reader);
+    let name = first_entry(&archive, |e| e.policy == Policy::Compress);
     let bytes = std::fs::read(&archive).unwrap();
     let rebuilt = dir.path().join("rebuilt");
     for (base_name, says) in [
@@ -183,10 +169,12 @@ fn a_base_name_the_base_lacks_or_repeating_the_name_is_refused() {
         ),
         (name.as_str(), "must be another, non-empty name"),
     ] {
-        let mut v = index(&bytes);
-        entry(&mut v, &name)["base_name"] = base_name.into();
         let bad = dir.path().join("bad.udelta");
-        std::fs::write(&bad, with_index(&bytes, &v)).unwrap();
+        std::fs::write(
+            &bad,
+            with_entry_field(&bytes, &name, "base_name", base_name),
+        )
+        .unwrap();
         let line = ud_err(&apply_cmd(&base, &bad, &rebuilt, &[]));
         assert!(
             line.contains(name.as_str()) && line.contains(says),

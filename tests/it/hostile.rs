@@ -121,7 +121,7 @@ fn index_zstd(b: &[u8]) -> bool {
     u32::from_le_bytes(b[12..16].try_into().unwrap()) & ultradelta::archive::FLAG_INDEX_ZSTD != 0
 }
 
-pub(crate) fn index(b: &[u8]) -> serde_json::Value {
+fn index(b: &[u8]) -> serde_json::Value {
     let (off, len) = index_range(b);
     let stored = &b[off..off + len];
     if index_zstd(b) {
@@ -141,7 +141,7 @@ fn stored_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
 }
 
 /// The archive with its index replaced by `v` (stored as the archive stores its index) and a consistent trailer.
-pub(crate) fn with_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
+fn with_index(b: &[u8], v: &serde_json::Value) -> Vec<u8> {
     with_stored_index(b, &stored_index(b, v))
 }
 
@@ -169,13 +169,20 @@ fn finished(mut out: Vec<u8>, new: &[u8], sha: bool) -> Vec<u8> {
 }
 
 /// The index entry of `name`.
-pub(crate) fn entry<'a>(v: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
+fn entry<'a>(v: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
     v["tensors"]
         .as_array_mut()
         .unwrap()
         .iter_mut()
         .find(|e| e["name"] == name)
         .unwrap()
+}
+
+/// The archive with index entry `name`'s `field` set to the string `value` (checksums and trailer consistent).
+pub(crate) fn with_entry_field(b: &[u8], name: &str, field: &str, value: &str) -> Vec<u8> {
+    let mut v = index(b);
+    entry(&mut v, name)[field] = value.into();
+    with_index(b, &v)
 }
 
 /// Edits `name`'s record bytes in place (same length) and fixes its checksum: only its content is hostile.

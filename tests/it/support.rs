@@ -125,3 +125,28 @@ pub fn compressed_kinds(ins: &serde_json::Value) -> Vec<&str> {
         .map(|t| t["kind"].as_str().unwrap())
         .collect()
 }
+
+/// Copies `from`'s files other than weight files (config, tokenizer) into `to`.
+pub fn copy_companions(from: &Path, to: &Path) {
+    for f in std::fs::read_dir(from).unwrap() {
+        let p = f.unwrap().path();
+        if p.is_file() && p.extension().is_some_and(|e| e != "safetensors") {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// The name of the first tensor of `archive`'s index that `pick` accepts.
+pub fn first_entry(
+    archive: &Path,
+    pick: impl Fn(&ultradelta::archive::TensorEntry) -> bool,
+) -> String {
+    let reader = ultradelta::archive::ArchiveReader::open(archive).unwrap();
+    let name = reader
+        .manifest()
+        .tensors
+        .iter()
+        .find(|e| pick(e))
+        .map(|e| e.name.clone());
+    name.expect("a tensor the test needs")
+}

@@ -304,15 +304,10 @@ fn rebuild_with(
                 out.copy_from_slice(&bytes);
                 Ok(first_new_non_finite(src, out, entry.dtype))
             })();
-            if let Some(index) = rebuilt? {
-                return Err(Error::NonFiniteOutput {
-                    archive: archive.to_path_buf(),
-                    tensor: name.to_string(),
-                    index,
-                    dtype: entry.dtype.name().to_string(),
-                });
+            match rebuilt? {
+                Some(index) => Err(non_finite_output(archive, entry, index)),
+                None => Ok(()),
             }
-            Ok(())
         }
         Policy::New => unreachable!("handled above"),
     }
@@ -361,62 +356,52 @@ fn rebuild_from_other_dtype(
             )))
         };
     }
+    // Compress or drop: the base's values in f32, the delta added for a compressed tensor.
     let mut w = view.to_f32()?;
-    match entry.policy {
-        Policy::Compress => {
-            let rec = record.unwrap_or_else(|| reader.read_record(name).map_err(Error::from))?;
-            let gamma = reader.manifest().gamma as f32;
-            rec.add_delta_into(gamma, &mut w)
-                .map_err(|source| Error::Decode {
-                    archive: archive.to_path_buf(),
-                    tensor: name.to_string(),
-                    source: Box::new(source),
-                })?;
-            let mut bytes = Vec::with_capacity(out.len());
-            f32_to_bytes(&w, entry.dtype, &mut bytes)?;
-            if bytes.len() != out.len() {
-                return Err(corrupt(format!(
-                    "rebuilt to {} bytes, expected {}",
-                    bytes.len(),
-                    out.len()
-                )));
-            }
-            out.copy_from_slice(&bytes);
-            // Non-finite outputs are rare: the base's value is converted again only where one is found.
-            let es = entry.dtype.size();
-            let new_non_finite = out
-                .chunks_exact(es)
-                .enumerate()
-                .filter(|(_, o)| non_finite(o, entry.dtype) == Some(true))
-                .find_map(|(i, _)| {
-                    let mut b = [0f32];
-                    view.range_to_f32_into(i, &mut b).ok()?;
-                    b[0].is_finite().then_some(i)
-                });
-            if let Some(index) = new_non_finite {
-                return Err(Error::NonFiniteOutput {
-                    archive: archive.to_path_buf(),
-                    tensor: name.to_string(),
-                    index,
-                    dtype: entry.dtype.name().to_string(),
-                });
-            }
-            Ok(())
-        }
-        Policy::Drop => {
-            let mut bytes = Vec::with_capacity(out.len());
-            f32_to_bytes(&w, entry.dtype, &mut bytes)?;
-            if bytes.len() != out.len() {
-                return Err(corrupt(format!(
-                    "rebuilt to {} bytes, expected {}",
-                    bytes.len(),
-                    out.len()
-                )));
-            }
-            out.copy_from_slice(&bytes);
-            Ok(())
-        }
-        Policy::Keep | Policy::New => unreachable!("handled above and by rebuild_with"),
+    if entry.policy == Policy::Compress {
+        let rec = record.unwrap_or_else(|| reader.read_record(name).map_err(Error::from))?;
+        let gamma = reader.manifest().gamma as f32;
+        rec.add_delta_into(gamma, &mut w)
+            .map_err(|source| Error::Decode {
+                archive: archive.to_path_buf(),
+                tensor: name.to_string(),
+                source: Box::new(source),
+            })?;
+    }
+    let mut bytes = Vec::with_capacity(out.len());
+    f32_to_bytes(&w, entry.dtype, &mut bytes)?;
+    if bytes.len() != out.len() {
+        return Err(corrupt(format!(
+            "rebuilt to {} bytes, expected {}",
+            bytes.len(),
+            out.len()
+        )));
+    }
+    out.copy_from_slice(&bytes);
+    // Non-finite outputs are rare: the base's value is converted again only where one is found.
+    let es = entry.dtype.size();
+    let new_non_finite = out
+        .chunks_exact(es)
+        .enumerate()
+        .filter(|(_, o)| non_finite(o, entry.dtype) == Some(true))
+        .find_map(|(i, _)| {
+            let mut b = [0f32];
+            view.range_to_f32_into(i, &mut b).ok()?;
+            b[0].is_finite().then_some(i)
+        });
+    match new_non_finite {
+        Some(index) => Err(non_finite_output(archive, entry, index)),
+        None => Ok(()),
+    }
+}
+
+/// The error of entry `index` of `entry`'s rebuilt tensor coming out non-finite where the base's is finite.
+fn non_finite_output(archive: &Path, entry: &TensorEntry, index: usize) -> Error {
+    Error::NonFiniteOutput {
+        archive: archive.to_path_buf(),
+        tensor: entry.name.clone(),
+        index,
+        dtype: entry.dtype.name().to_string(),
     }
 }
 
