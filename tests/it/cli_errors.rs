@@ -370,3 +370,46 @@ fn base_tensor_changed_outside_the_fingerprint_is_refused() {
     assert!(line.contains("model.safetensors"), "{line}");
     assert!(!out.exists(), "{:?}", listing(dir.path()));
 }
+
+/// A NaN in the base's copy of a compressed tensor is named as the base's (file, tensor, element), for UltraDelta
+/// and a baseline alike; one in the fine-tune's, as the fine-tune's.
+#[test]
+fn a_non_finite_value_is_named_in_the_checkpoint_that_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = |nan_at: Option<usize>| -> Vec<u8> {
+        (0..64 * 64)
+            .flat_map(|i| {
+                let v = if Some(i) == nan_at {
+                    f32::NAN
+                } else {
+                    (i % 17) as f32 * 0.01
+                };
+                v.to_le_bytes()
+            })
+            .collect()
+    };
+    let info = TensorInfo::new(
+        "layer.0.attention.self.query.weight",
+        DType::F32,
+        vec![64, 64],
+    );
+    for (nan_in_base, method) in [(true, "ultradelta"), (true, "dare"), (false, "ultradelta")] {
+        let case = dir.path().join(format!("{nan_in_base}-{method}"));
+        let (b, f) = (case.join("b"), case.join("f"));
+        let (bv, fv) = if nan_in_base {
+            (values(Some(66)), values(None))
+        } else {
+            (values(None), values(Some(66)))
+        };
+        write_checkpoint(&b, &[(info.clone(), bv)], WriterOptions::default()).unwrap();
+        write_checkpoint(&f, &[(info.clone(), fv)], WriterOptions::default()).unwrap();
+        let out = case.join("a.udelta");
+        let line = ud_err(&compress_cmd(&b, &f, &out, &["--method", method]));
+        let at_fault = if nan_in_base { &b } else { &f };
+        assert!(
+            line.contains(s(at_fault)) && line.contains("element 66 is NaN"),
+            "{nan_in_base} {method}: {line}"
+        );
+        assert!(!out.exists());
+    }
+}

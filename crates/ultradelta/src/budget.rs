@@ -49,7 +49,6 @@ use ultradelta_qgp::rng::DetRng;
 
 use crate::config::{CompressConfig, Method};
 use crate::delta::delta_f32;
-use crate::error::method_err;
 use crate::method::{compress_tensor, matrix_view, uses_rate};
 use crate::plan::{pass_one, rates, Plan};
 use crate::selection::RuleSource;
@@ -152,7 +151,7 @@ impl Evaluator<'_, '_> {
                 }
             };
             let rec = compress_tensor(delta, name, &info.shape, alloc.rates[k], cfg)
-                .map_err(|e| method_err(self.p.ft, name, e))?
+                .map_err(|e| self.p.kernel_err(&self.p.tensors[i], e))?
                 .record;
             bytes += encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
         }

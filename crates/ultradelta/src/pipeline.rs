@@ -31,7 +31,6 @@ use ultradelta_rescale::{nuclear_norm_with, tngr_gammas, TraceOn};
 use crate::budget::{size_floor, solve_budget, BudgetReport};
 use crate::config::{CompressConfig, Method};
 use crate::delta::{delta_into, with_source};
-use crate::error::method_err;
 use crate::guard::{check_output, Input};
 use crate::method::{
     compress_source, compress_tensor, streams_from_source, uses_rate, CompressedTensor, QuantScan,
@@ -192,7 +191,7 @@ fn tensor_entry(
                         None => {
                             delta_into(&base_view, &ft_view, &mut scratch.delta)?;
                             compress_tensor(&scratch.delta, name, &info.shape, rate, cfg)
-                                .map_err(|e| method_err(p.ft, name, e))
+                                .map_err(|e| p.kernel_err(plan, e))
                         }
                     }
                 },

@@ -12,7 +12,7 @@ use ultradelta_io::{Checkpoint, DType, TensorInfo};
 
 use crate::config::{AllocationMode, CompressConfig};
 use crate::delta::with_source;
-use crate::error::{quant_err, TensorMismatch};
+use crate::error::{method_err, quant_err, TensorMismatch};
 use crate::method::QuantScan;
 use crate::selection::{detect_family, Family, FamilySource, RuleSource};
 use crate::{Error, Progress, Result};
@@ -305,6 +305,30 @@ impl<'a> Plan<'a> {
         Ok(rec)
     }
 
+    /// A method kernel's error for tensor `t` ([`method_err`]), naming the checkpoint at fault: a non-finite delta
+    /// entry whose base value is itself not finite is the base's (its file, its tensor, its value), any other error
+    /// the fine-tune's.
+    pub(crate) fn kernel_err(&self, t: &TensorPlan, e: ultradelta_baselines::Error) -> Error {
+        use ultradelta_baselines::Error as B;
+        use ultradelta_qgp::Error as Q;
+        let index = match &e {
+            B::NonFinite { index, .. } | B::Quant(Q::NonFinite { index, .. }) => Some(*index),
+            _ => None,
+        };
+        let base_value = index.and_then(|i| {
+            let view = self.base.view(&t.base_name).ok()?;
+            let mut v = [0f32];
+            view.range_to_f32_into(i, &mut v).ok()?;
+            (!v[0].is_finite()).then_some((i, v[0]))
+        });
+        match base_value {
+            Some((index, value)) => {
+                quant_err(self.base, &t.base_name, Q::NonFinite { index, value })
+            }
+            None => method_err(self.ft, &t.info.name, e),
+        }
+    }
+
     /// Indices of the tensors under policy `compress`.
     pub(crate) fn compressed(&self) -> Vec<usize> {
         (0..self.tensors.len())
@@ -339,7 +363,7 @@ pub(crate) fn pass_one(
         }
         let (base, ft) = (p.base.view(&p.tensors[i].base_name)?, p.ft.view(name)?);
         let scan = with_source(&base, &ft, |src| QuantScan::of(src, cfg))?
-            .map_err(|e| quant_err(p.ft, name, e))?;
+            .map_err(|e| p.kernel_err(&p.tensors[i], e.into()))?;
         stats.push(scan.stat(info.numel()));
         scans.push(scan);
         // The next pass maps the tensor in again; meanwhile its pages need not count against this process.
