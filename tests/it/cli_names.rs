@@ -183,3 +183,60 @@ fn a_base_name_the_base_lacks_or_repeating_the_name_is_refused() {
         assert!(!rebuilt.exists());
     }
 }
+
+/// A fine-tune that unties its output head from a base saved with tied embeddings (the base has no `lm_head`):
+/// the head is coded as its delta from the base's token embedding (`base_name`), not stored whole.
+#[test]
+fn an_untied_head_is_coded_against_the_bases_tied_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, f) = (dir.path().join("base"), dir.path().join("ft"));
+    let values = |n: usize, shift: f32| -> Vec<u8> {
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7) % 23) as f32 * 0.01 + shift * ((i % 5) as f32))
+            .collect();
+        let mut out = Vec::new();
+        f32_to_bytes(&v, DType::BF16, &mut out).unwrap();
+        out
+    };
+    let t = |name: &str, shape: &[usize]| TensorInfo::new(name, DType::BF16, shape.to_vec());
+    let (emb, q) = (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+    );
+    write_checkpoint(
+        &b,
+        &[
+            (t(emb, &[64, 32]), values(2048, 0.0)),
+            (t(q, &[32, 32]), values(1024, 0.0)),
+        ],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    write_checkpoint(
+        &f,
+        &[
+            (t(emb, &[64, 32]), values(2048, 0.001)),
+            (t(q, &[32, 32]), values(1024, 0.002)),
+            (t("lm_head.weight", &[64, 32]), values(2048, 0.003)),
+        ],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    let archive = dir.path().join("a.udelta");
+    ud_ok(&compress_cmd(&b, &f, &archive, &["--family", "llama"]));
+    let reader = ArchiveReader::open(&archive).unwrap();
+    let head = reader
+        .manifest()
+        .tensors
+        .iter()
+        .find(|e| e.name == "lm_head.weight")
+        .unwrap();
+    assert_eq!(head.base_name.as_deref(), Some(emb));
+    assert_ne!(head.policy, Policy::New);
+    let rebuilt = dir.path().join("rebuilt");
+    ud_ok(&apply_cmd(&b, &archive, &rebuilt, &[]));
+    let r = Checkpoint::open(&rebuilt).unwrap();
+    assert_eq!(r.info("lm_head.weight").unwrap().shape, vec![64, 32]);
+    let v = ud_ok(&["verify", "--base", s(&b), s(&archive)]);
+    assert!(v.contains(": OK: "), "{v}");
+}

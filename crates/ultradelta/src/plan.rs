@@ -38,6 +38,37 @@ impl TensorPlan {
     }
 }
 
+/// An output head the fine-tune stores on its own but the base ties to its token embedding (a decoder saved with
+/// `tie_word_embeddings`, fine-tuned untied): `(head, embedding)`, the fine-tune's `…lm_head.weight` the base lacks
+/// and the base's token embedding of the same shape and dtype class (`…embed_tokens.weight`, `…wte.weight`,
+/// `…word_embeddings.weight`; the first in name order) that it starts from, so the head is coded as its delta from
+/// that embedding instead of stored whole. `None` when the base has a head of its own or no such embedding.
+fn tied_head(base: &Checkpoint, ft: &Checkpoint) -> Option<(String, String)> {
+    if base
+        .tensors()
+        .iter()
+        .any(|t| t.name.ends_with("lm_head.weight"))
+    {
+        return None;
+    }
+    let head = ft
+        .tensors()
+        .iter()
+        .find(|t| t.name.ends_with("lm_head.weight") && t.dtype.is_float())?;
+    let embedding = base.tensors().iter().find(|t| {
+        [
+            "embed_tokens.weight",
+            "wte.weight",
+            "word_embeddings.weight",
+        ]
+        .iter()
+        .any(|s| t.name.ends_with(s))
+            && t.shape == head.shape
+            && t.dtype.is_float()
+    })?;
+    Some((head.name.clone(), embedding.name.clone()))
+}
+
 /// How the fine-tune's tensor names map to the base's when one side carries a model prefix the other lacks —
 /// `bert.encoder…` against `encoder…`, as when a task model (`BertForSequenceClassification`) is fine-tuned from a
 /// bare encoder's checkpoint (`BertModel`), or the reverse: `(from, to)`, a leading `from` of a fine-tune name
@@ -139,9 +170,15 @@ impl<'a> Plan<'a> {
             .filter(|t| base.info(&t.name).is_some())
             .map(|t| t.name.as_str())
             .collect();
+        let tied = tied_head(base, ft);
         let base_name_of = |name: &str| -> Option<String> {
             if exact.contains(name) {
                 return Some(name.to_owned());
+            }
+            if let Some((head, embedding)) = &tied {
+                if name == head {
+                    return Some(embedding.clone());
+                }
             }
             let (from, to) = map.as_ref()?;
             let mapped = format!("{to}{}", name.strip_prefix(from.as_str())?);
