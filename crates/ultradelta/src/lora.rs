@@ -43,8 +43,9 @@ pub fn export_lora(archive: &Path, out_dir: &Path, overwrite: bool) -> Result<Pa
     let gamma = m.gamma as f32;
     let mut factors = Vec::new();
     for e in &m.tensors {
-        // A dropped delta (no record) has nothing to export; the base's tensor stands.
-        if e.kind == ultradelta_archive::KIND_NONE {
+        // A dropped delta (no record) has nothing to export; the base's tensor stands. Only low-rank records are
+        // read: another kind's record (a hostile archive's entropy-coded levels, say) is never decoded here.
+        if e.kind != ultradelta_archive::RecordKind::LowrankF16.name() {
             continue;
         }
         if let Record::LowRank(r) = reader.read_record(&e.name)? {
