@@ -1,6 +1,6 @@
 //! The archive reader on arbitrary bytes: open (preamble, trailer, index validation), `inspect`, and every
-//! record's and companion file's decode. Each input is tried as given and resealed (checksums recomputed), so
-//! mutations inside records reach the record decoders.
+//! record's check-only decode (`verify` without a base) and full decode, and every companion file's. Each input is
+//! tried as given and resealed (checksums recomputed), so mutations inside records reach the record decoders.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +18,9 @@ fn check(bytes: &[u8]) {
         if e.kind == KIND_NONE {
             continue;
         }
+        // `verify` without a base: the check-only decode, which keeps nothing (rANS levels, zero-bit levels and
+        // zstd frames are checked streaming); then the full decode.
+        let _ = r.check_record(&e.name);
         let _ = r.read_record(&e.name);
         if e.kind == "xor-zstd" || e.kind == "diff-zstd" {
             // Sizes come from the validated index entry, bounded by the zstd expansion limit at open.
