@@ -714,3 +714,23 @@ fn regenerate_kinds_16_17() {
         }),
     );
 }
+
+/// A tensor the base does not have (policy `new`) whose index entry names a record kind other than `full-zstd` and
+/// declares 2^40 entries (4 TiB as F32): only a `full-zstd` record is bounded by its bytes (the zstd expansion
+/// limit), and a `new` tensor has no base shape to bound it, so the index is refused at open. Before, `verify --base`
+/// and `apply` sized a 4 TiB buffer and aborted. Writes only `new-not-whole.udelta`:
+/// `cargo test --test it hostile::regenerate_new_not_whole -- --ignored`.
+#[test]
+#[ignore = "rewrites a file of tests/hostile/"]
+fn regenerate_new_not_whole() {
+    let dir = hostile_dir();
+    let a = std::fs::read(dir.join("index-zstd.udelta")).unwrap();
+    let mut v = index(&a);
+    let e = entry(&mut v, NEW);
+    assert_eq!(e["policy"], "new");
+    e["kind"] = "sparse-seeded-rans".into();
+    e["shape"] = serde_json::json!([1u64 << 20, 1u64 << 20]);
+    e["numel"] = serde_json::json!(1u64 << 40);
+    e["kept"] = serde_json::json!(0);
+    std::fs::write(dir.join("new-not-whole.udelta"), with_index(&a, &v)).unwrap();
+}

@@ -796,6 +796,15 @@ pub(crate) fn validate_manifest(
         if e.kept > numel {
             return Err(shape_err(format!("kept {} exceeds numel {numel}", e.kept)));
         }
+        if e.policy == Policy::New && e.kind != RecordKind::FullZstd.name() {
+            // A tensor the base lacks has no base shape to bound its size: only a whole (zstd) record's bytes do.
+            return Err(invalid(format!(
+                "tensor \"{}\" of policy new (stored whole) has record kind \"{}\", expected \"{}\"",
+                e.name,
+                e.kind,
+                RecordKind::FullZstd.name()
+            )));
+        }
         if let Some(b) = &e.base_name {
             if b.is_empty() || b == &e.name || e.policy == Policy::New {
                 return Err(invalid(format!(
