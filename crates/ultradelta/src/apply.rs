@@ -215,6 +215,7 @@ fn rebuild_with(
     let view = base.view(entry.base_tensor())?;
     if entry.base_dtype.is_some() {
         return rebuild_from_other_dtype(
+            base,
             &view,
             reader,
             archive,
@@ -228,25 +229,7 @@ fn rebuild_with(
         return Err(wrong_size(src.len()));
     }
     // The base tensor's hash (single-threaded) is checked alongside the rebuilding; its error comes first.
-    // The base tensor's hash against the one the archive recorded (when it did).
-    let compare = |hash: u64| -> Result<()> {
-        if let Some(expected) = &entry.base_hash {
-            let found = format!("{hash:016x}");
-            if &found != expected {
-                return Err(Error::BaseTensorChanged {
-                    archive: archive.to_path_buf(),
-                    file: base
-                        .file_of(entry.base_tensor())
-                        .unwrap_or(base.path())
-                        .to_path_buf(),
-                    tensor: name.to_string(),
-                    expected: expected.clone(),
-                    found,
-                });
-            }
-        }
-        Ok(())
-    };
+    let compare = |hash: u64| check_base_hash(base, archive, entry, hash);
     let check_base = || match entry.base_hash {
         Some(_) => compare(view.content_hash()),
         None => Ok(()),
@@ -319,6 +302,7 @@ fn rebuild_with(
 /// (`full-zstd`), and a dropped one is the base's values in the tensor's dtype. The same f32 arithmetic as the
 /// dense path; an entry that comes out non-finite where the base's value is finite is refused, as there.
 fn rebuild_from_other_dtype(
+    base: &Checkpoint,
     view: &TensorView<'_>,
     reader: &ArchiveReader,
     archive: &Path,
@@ -332,17 +316,8 @@ fn rebuild_from_other_dtype(
         tensor: name.to_string(),
         detail,
     };
-    if let Some(expected) = &entry.base_hash {
-        let found = format!("{:016x}", view.content_hash());
-        if &found != expected {
-            return Err(Error::BaseTensorChanged {
-                archive: archive.to_path_buf(),
-                file: view.file().to_path_buf(),
-                tensor: name.to_string(),
-                expected: expected.clone(),
-                found,
-            });
-        }
+    if entry.base_hash.is_some() {
+        check_base_hash(base, archive, entry, view.content_hash())?;
     }
     if entry.policy == Policy::Keep {
         return if reader.read_full_into(name, out)? {
@@ -393,6 +368,31 @@ fn rebuild_from_other_dtype(
         Some(index) => Err(non_finite_output(archive, entry, index)),
         None => Ok(()),
     }
+}
+
+/// The base tensor's content hash `hash` against the one the archive recorded for `entry` (when it did).
+fn check_base_hash(
+    base: &Checkpoint,
+    archive: &Path,
+    entry: &TensorEntry,
+    hash: u64,
+) -> Result<()> {
+    if let Some(expected) = &entry.base_hash {
+        let found = format!("{hash:016x}");
+        if &found != expected {
+            return Err(Error::BaseTensorChanged {
+                archive: archive.to_path_buf(),
+                file: base
+                    .file_of(entry.base_tensor())
+                    .unwrap_or(base.path())
+                    .to_path_buf(),
+                tensor: entry.name.clone(),
+                expected: expected.clone(),
+                found,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The error of entry `index` of `entry`'s rebuilt tensor coming out non-finite where the base's is finite.

@@ -41,8 +41,7 @@ use serde::Serialize;
 use ultradelta_alloc::TensorStat;
 use ultradelta_archive::{
     compress_index, encode_file_record_against, encode_record, FileEntry, FinetunedInfo,
-    LowRankRecord, Manifest, Policy, Record, TensorEntry, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN,
-    TRAILER_LEN,
+    LowRankRecord, Manifest, Policy, Record, FORMAT_VERSION, KIND_NONE, PREAMBLE_LEN, TRAILER_LEN,
 };
 
 use ultradelta_qgp::rng::DetRng;
@@ -207,9 +206,7 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
     for plan in &p.tensors {
         let info = &plan.info;
         let name = info.name.as_str();
-        let mut e = TensorEntry::new(name, info.shape.clone(), info.dtype, plan.policy);
-        e.base_dtype = plan.base_dtype;
-        e.base_name = plan.renamed_base().map(str::to_owned);
+        let mut e = plan.entry();
         let numel = e.numel;
         if plan.from == RuleSource::User {
             e.extra.insert("rule".into(), "user".into());

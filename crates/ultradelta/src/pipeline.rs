@@ -24,7 +24,7 @@ use ultradelta_alloc::Tier;
 use ultradelta_archive::{
     ArchiveWriter, EncodedRecord, FinetunedInfo, Policy, Record, TensorEntry, WriterOptions,
 };
-use ultradelta_io::{Checkpoint, TensorInfo};
+use ultradelta_io::Checkpoint;
 use ultradelta_qgp::tensor_seed;
 use ultradelta_rescale::{nuclear_norm_with, tngr_gammas, TraceOn};
 
@@ -93,10 +93,6 @@ fn hex(h: u64) -> String {
     format!("{h:016x}")
 }
 
-fn new_entry(info: &TensorInfo, policy: Policy) -> TensorEntry {
-    TensorEntry::new(info.name.clone(), info.shape.clone(), info.dtype, policy)
-}
-
 /// An archive whose records are written and whose γ is still to be decided.
 struct Pending {
     method: Method,
@@ -161,9 +157,7 @@ fn tensor_entry(
 ) -> Result<(TensorEntry, Option<Staged>, f64)> {
     let info = &plan.info;
     let name = info.name.as_str();
-    let mut entry = new_entry(info, plan.policy);
-    entry.base_dtype = plan.base_dtype;
-    entry.base_name = plan.renamed_base().map(str::to_owned);
+    let mut entry = plan.entry();
     let base_view = if plan.policy == Policy::New {
         None
     } else {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use ultradelta_alloc::{Allocation, MsaConfig, TensorStat};
-use ultradelta_archive::{EncodedRecord, Policy, Record};
+use ultradelta_archive::{EncodedRecord, Policy, Record, TensorEntry};
 use ultradelta_io::{Checkpoint, DType, TensorInfo};
 
 use crate::config::{AllocationMode, CompressConfig};
@@ -32,9 +32,19 @@ pub(crate) struct TensorPlan {
 }
 
 impl TensorPlan {
-    /// The base's tensor name when it differs from the fine-tune's.
-    pub(crate) fn renamed_base(&self) -> Option<&str> {
-        (self.base_name != self.info.name).then_some(self.base_name.as_str())
+    /// Its index entry before the writer fills in the record's fields: name, shape, dtype, policy, and the base's
+    /// dtype and tensor name where they differ. The pipeline writes it; the budget's index estimate starts from it.
+    pub(crate) fn entry(&self) -> TensorEntry {
+        let info = &self.info;
+        let mut e = TensorEntry::new(
+            info.name.clone(),
+            info.shape.clone(),
+            info.dtype,
+            self.policy,
+        );
+        e.base_dtype = self.base_dtype;
+        e.base_name = (self.base_name != info.name).then(|| self.base_name.clone());
+        e
     }
 }
 
@@ -288,9 +298,9 @@ impl<'a> Plan<'a> {
     }
 
     /// The encoded record of a tensor under policy `keep` (its lossless delta, [`EncodedRecord::lossless_delta`];
-    /// its whole bytes when the base's dtype differs) or `new` (its whole bytes): made once per run and zstd level while the cache has room, since the budget's
-    /// fixed part sizes it and every pass of the pipeline writes it, and a lossless record is only chosen by
-    /// compressing it.
+    /// its whole bytes when the base's dtype differs) or `new` (its whole bytes): made once per run and zstd level
+    /// while the cache has room, since the budget's fixed part sizes it and every pass of the pipeline writes it,
+    /// and a lossless record is only chosen by compressing it.
     ///
     /// # Errors
     /// A tensor that cannot be read, or a record that cannot be encoded.

@@ -97,18 +97,10 @@ pub fn verify(
             }
         }
         if let Some(base) = base {
-            // Rebuilding reads and decodes the record with the same checks. The buffer is sized from the base's
-            // shape (checked above), in the tensor's dtype (which the base's may differ from).
-            let n = base
-                .info(e.base_tensor())
-                .and_then(|i| {
-                    ultradelta_io::TensorInfo::new(e.name.clone(), e.dtype, i.shape.clone())
-                        .checked_nbytes()
-                })
-                .or_else(|| {
-                    ultradelta_io::TensorInfo::new(e.name.clone(), e.dtype, e.shape.clone())
-                        .checked_nbytes()
-                })
+            // Rebuilding reads and decodes the record with the same checks. The buffer is the tensor's size: the
+            // base's own shape for every entry but `new` (checked above), whose size the index validation bounds.
+            let n = ultradelta_io::TensorInfo::new(e.name.clone(), e.dtype, e.shape.clone())
+                .checked_nbytes()
                 .ok_or_else(|| Error::Overflow {
                     archive: archive.to_path_buf(),
                     tensor: e.name.clone(),
