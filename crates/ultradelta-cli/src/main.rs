@@ -223,7 +223,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                 ins.bytes,
                 r.method,
                 c.compress,
-                if c.compress == 1 { "tensor" } else { "tensors" },
+                noun(c.compress, "tensor", "tensors"),
                 c.keep,
                 c.drop,
                 c.new,
@@ -381,6 +381,15 @@ fn cmd_apply(a: ApplyArgs, progress: &CliProgress) -> Result<()> {
 }
 
 /// `codec golomb+packed: 9.63 bits per kept entry = 5.61 position + 4.00 value + 0.02 overhead; density 3.000%`
+/// `one` for a count of 1, `many` otherwise.
+fn noun<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
 fn codec_line(c: &ultradelta::CodecSummary) -> String {
     let mixed = if c.records.len() > 1 {
         format!(
@@ -399,11 +408,7 @@ fn codec_line(c: &ultradelta::CodecSummary) -> String {
             " + {:.2} low-rank ({} {} with a part)",
             c.lowrank_bits_per_kept,
             c.lowrank_records,
-            if c.lowrank_records == 1 {
-                "matrix"
-            } else {
-                "matrices"
-            }
+            noun(c.lowrank_records, "matrix", "matrices")
         )
     } else {
         String::new()
@@ -468,7 +473,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         b.compressed_tensors,
         b.kept_tensors,
         b.kept_count,
-        if b.kept_count == 1 { "tensor" } else { "tensors" },
+        noun(b.kept_count, "tensor", "tensors"),
         b.new_tensors,
         b.companion_files,
         b.index_and_framing
