@@ -56,6 +56,7 @@ mod writer;
 pub use coded::{record_cost, CodedSparseRecord, LevelCoding, Positions, RecordCost};
 pub use error::{Error, Result};
 pub use half;
+pub use kinds::appended_rows::AppendedRowsRecord;
 pub use kinds::dense_levels::DenseLevelsRecord;
 pub use kinds::lowrank_f16::LowRankRecord;
 pub use kinds::lowrank_seeded_rans::LowRankSparseRecord;

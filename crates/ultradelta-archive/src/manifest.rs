@@ -78,6 +78,11 @@ pub struct TensorEntry {
     /// against `encoder…`; absent from the index when they are the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_name: Option<String>,
+    /// Rows of the base's tensor when the fine-tune added rows to it (a vocabulary resized for added tokens; only
+    /// with record kind `appended-rows`, and absent from the index otherwise): the base's tensor is
+    /// `[base_rows, shape[1]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_rows: Option<usize>,
     /// What was done with it.
     pub policy: Policy,
     /// Record kind name: `"sparse-golomb" | "xor-zstd" | "full-zstd" | "none"`. Filled by the writer.
@@ -122,6 +127,7 @@ impl TensorEntry {
             dtype,
             base_dtype: None,
             base_name: None,
+            base_rows: None,
             policy,
             kind: String::new(),
             offset: 0,
@@ -140,6 +146,15 @@ impl TensorEntry {
     /// The dtype the base's tensor must have: [`Self::base_dtype`] when set, else the fine-tune's.
     pub fn expected_base_dtype(&self) -> DType {
         self.base_dtype.unwrap_or(self.dtype)
+    }
+
+    /// The shape the base's tensor must have: the entry's, with [`Self::base_rows`] rows when set.
+    pub fn expected_base_shape(&self) -> Vec<usize> {
+        let mut shape = self.shape.clone();
+        if let (Some(rows), Some(first)) = (self.base_rows, shape.first_mut()) {
+            *first = rows;
+        }
+        shape
     }
 
     /// The base's tensor this entry is rebuilt from: [`Self::base_name`] when set, else `name`.

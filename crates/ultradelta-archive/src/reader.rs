@@ -414,9 +414,33 @@ impl ArchiveReader {
         // A check-only decode keeps no levels of kinds 9 and 12 (nor of a kind-12 record nested in kind 17): kind
         // 12's kept count was checked against the index's before decoding, as was a nested record's; kind 9 keeps
         // numel entries (its header's, equal to the index's).
-        let kept = match kind {
-            RecordKind::SparseSeededRans | RecordKind::RowSubset if check_only => None,
-            RecordKind::DenseLevels if check_only => Some(header.numel),
+        let kept = match (kind, &record) {
+            (RecordKind::SparseSeededRans | RecordKind::RowSubset, _) if check_only => None,
+            (RecordKind::DenseLevels, _) if check_only => Some(header.numel),
+            // A nested record's kept count was checked against the index's by its own payload, or is checked here.
+            (RecordKind::AppendedRows, Record::AppendedRows(r)) => {
+                if Some(r.base_rows) != e.base_rows.map(|b| b as u64) {
+                    return Err(self.corrupt(
+                        name,
+                        format!(
+                            "record has {} base rows, index says {}",
+                            r.base_rows,
+                            e.base_rows.map_or("none".into(), |b| b.to_string())
+                        ),
+                    ));
+                }
+                match r.head.kind() {
+                    RecordKind::SparseSeededRans
+                    | RecordKind::RowSubset
+                    | RecordKind::LowrankSeededRans
+                        if check_only =>
+                    {
+                        None
+                    }
+                    RecordKind::DenseLevels if check_only => Some(r.head_numel()),
+                    _ => record.kept(),
+                }
+            }
             _ => record.kept(),
         };
         if let Some(kept) = kept {
@@ -832,6 +856,44 @@ pub(crate) fn validate_manifest(
                     e.name,
                     b.name(),
                     e.dtype.name()
+                )));
+            }
+        }
+        let appended = e.kind == RecordKind::AppendedRows.name();
+        if appended || e.base_rows.is_some() {
+            // Rows added to the base's tensor: a 2-D compressed tensor over the same dtype, fewer base rows than
+            // its own, and added rows no larger than a zstd record of the entry's length can hold.
+            let why = match (e.base_rows, e.shape.as_slice()) {
+                (None, _) => Some("has no base_rows".to_string()),
+                (Some(_), _) if !appended => Some(format!(
+                    "has base_rows but record kind \"{}\", expected \"{}\"",
+                    e.kind,
+                    RecordKind::AppendedRows.name()
+                )),
+                (_, s) if s.len() != 2 => Some(format!("needs 2 dimensions, shape is {s:?}")),
+                (Some(b), &[rows, _]) if b == 0 || b >= rows => {
+                    Some(format!("base_rows {b}, expected 1..{rows}"))
+                }
+                _ if e.policy != Policy::Compress => {
+                    Some(format!("has policy {:?}, expected compress", e.policy))
+                }
+                _ if e.base_dtype.is_some() => Some("has a base_dtype".to_string()),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(invalid(format!(
+                    "tensor \"{}\" with rows added to the base's {why}",
+                    e.name
+                )));
+            }
+            let base_rows = e.base_rows.unwrap_or(0) as u64;
+            let added = numel - base_rows.saturating_mul(e.shape[1] as u64);
+            let raw = added.saturating_mul(e.dtype.size() as u64);
+            let most = e.length.saturating_mul(MAX_ZSTD_EXPANSION);
+            if raw > most {
+                return Err(shape_err(format!(
+                    "{raw} bytes of added rows cannot come from a {}-byte record (at most {most})",
+                    e.length
                 )));
             }
         }

@@ -7,14 +7,14 @@ use ultradelta_core::DType;
 
 use crate::coded::CodedSparseRecord;
 use crate::kinds::{
-    self, dense_levels, diff_zstd, file_zstd, file_zstd_base, file_zstd_base_json, full_zstd,
-    lowrank_f16, lowrank_seeded_rans, row_subset, sparse_f16, sparse_golomb, sparse_golomb_rans,
-    sparse_seeded, sparse_seeded_rans, sparse_sign, xor_zstd, Head,
+    self, appended_rows, dense_levels, diff_zstd, file_zstd, file_zstd_base, file_zstd_base_json,
+    full_zstd, lowrank_f16, lowrank_seeded_rans, row_subset, sparse_f16, sparse_golomb,
+    sparse_golomb_rans, sparse_seeded, sparse_seeded_rans, sparse_sign, xor_zstd, Head,
 };
 use crate::lossless::compress_planes;
 use crate::{
-    DenseLevelsRecord, Error, Limits, LowRankRecord, LowRankSparseRecord, Positions, RecordKind,
-    Result, RowSubsetRecord, SignRecord, SparseRecord, SparseValuesRecord,
+    AppendedRowsRecord, DenseLevelsRecord, Error, Limits, LowRankRecord, LowRankSparseRecord,
+    Positions, RecordKind, Result, RowSubsetRecord, SignRecord, SparseRecord, SparseValuesRecord,
 };
 
 pub use crate::kinds::diff_zstd::{decode_diff_into, diff_bytes};
@@ -66,6 +66,9 @@ pub enum Record {
     LowRankSparse(LowRankSparseRecord),
     /// A delta zero outside a listed set of rows, the listed rows as a nested record (kind `row-subset`).
     RowSubset(RowSubsetRecord),
+    /// A tensor grown by rows its base lacks: the delta of the base's rows as a nested record, and the added rows
+    /// whole (kind `appended-rows`).
+    AppendedRows(AppendedRowsRecord),
 }
 
 impl Record {
@@ -84,6 +87,7 @@ impl Record {
             Record::Coded(c) => c.kind(),
             Record::LowRankSparse(_) => RecordKind::LowrankSeededRans,
             Record::RowSubset(_) => RecordKind::RowSubset,
+            Record::AppendedRows(_) => RecordKind::AppendedRows,
         }
     }
 
@@ -103,12 +107,15 @@ impl Record {
         Ok(smaller_lossless(dtype, base, finetuned, zstd_level)?.0)
     }
 
-    /// Whether this record is a lossy delta (every kind except the lossless `xor-zstd`, `diff-zstd` and
-    /// `full-zstd`).
+    /// Whether this record is a lossy delta of its tensor (every kind except the lossless `xor-zstd`, `diff-zstd`
+    /// and `full-zstd`, and `appended-rows`, whose nested record is the delta of the base's rows only).
     pub fn is_delta(&self) -> bool {
         !matches!(
             self,
-            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. }
+            Record::XorDelta { .. }
+                | Record::DiffDelta { .. }
+                | Record::Full { .. }
+                | Record::AppendedRows(_)
         )
     }
 
@@ -125,8 +132,50 @@ impl Record {
             Record::Coded(c) => Some(c.kept()),
             Record::LowRankSparse(r) => Some(r.numel()),
             Record::RowSubset(r) => Some(r.kept()),
+            Record::AppendedRows(r) => Some(r.kept()),
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => None,
         }
+    }
+
+    /// Checks a delta record's invariants and returns the entries its delta has.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] if the record is not a delta (the lossless kinds, and `appended-rows`, whose added
+    /// rows are no delta: its nested record is) or violates its kind's invariants.
+    pub fn validate_delta(&self) -> Result<u64> {
+        match self {
+            Record::Sparse(s) => s.validate()?,
+            Record::SparseValues(s) => s.validate()?,
+            Record::Sign(s) => s.validate()?,
+            Record::LowRank(r) => r.validate()?,
+            Record::DenseLevels(d) => d.validate()?,
+            Record::Coded(c) => c.validate()?,
+            Record::LowRankSparse(r) => r.validate()?,
+            Record::RowSubset(r) => r.validate()?,
+            Record::XorDelta { .. }
+            | Record::DiffDelta { .. }
+            | Record::Full { .. }
+            | Record::AppendedRows(_) => {}
+        }
+        Ok(match self {
+            Record::Sparse(s) => s.numel,
+            Record::SparseValues(s) => s.numel,
+            Record::Sign(s) => s.numel,
+            Record::LowRank(r) => r.numel(),
+            Record::DenseLevels(d) => d.levels.len() as u64,
+            Record::Coded(c) => c.numel,
+            Record::LowRankSparse(r) => r.numel(),
+            Record::RowSubset(r) => r.numel(),
+            Record::XorDelta { .. }
+            | Record::DiffDelta { .. }
+            | Record::Full { .. }
+            | Record::AppendedRows(_) => {
+                return Err(Error::record(format!(
+                    "a {} record is not a delta",
+                    self.kind().name()
+                )))
+            }
+        })
     }
 
     /// Adds this delta record times `gamma` into `out` (the one decoding path of every lossy kind).
@@ -137,33 +186,7 @@ impl Record {
     /// [`Error::InvalidRecord`] if the record is lossless (it is not a delta), violates its kind's invariants, or
     /// `out` has the wrong length.
     pub fn add_delta_into(&self, gamma: f32, out: &mut [f32]) -> Result<()> {
-        match self {
-            Record::Sparse(s) => s.validate()?,
-            Record::SparseValues(s) => s.validate()?,
-            Record::Sign(s) => s.validate()?,
-            Record::LowRank(r) => r.validate()?,
-            Record::DenseLevels(d) => d.validate()?,
-            Record::Coded(c) => c.validate()?,
-            Record::LowRankSparse(r) => r.validate()?,
-            Record::RowSubset(r) => r.validate()?,
-            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {}
-        }
-        let numel = match self {
-            Record::Sparse(s) => s.numel,
-            Record::SparseValues(s) => s.numel,
-            Record::Sign(s) => s.numel,
-            Record::LowRank(r) => r.numel(),
-            Record::DenseLevels(d) => d.levels.len() as u64,
-            Record::Coded(c) => c.numel,
-            Record::LowRankSparse(r) => r.numel(),
-            Record::RowSubset(r) => r.numel(),
-            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {
-                return Err(Error::record(format!(
-                    "a {} record is not a delta",
-                    self.kind().name()
-                )))
-            }
-        };
+        let numel = self.validate_delta()?;
         if out.len() as u64 != numel {
             return Err(Error::record(format!(
                 "output of {} entries for a record of {numel}",
@@ -179,7 +202,10 @@ impl Record {
             Record::Coded(c) => c.add_into(gamma, out),
             Record::LowRankSparse(r) => r.add_into(gamma, out),
             Record::RowSubset(r) => r.add_into(gamma, out),
-            Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => {}
+            Record::XorDelta { .. }
+            | Record::DiffDelta { .. }
+            | Record::Full { .. }
+            | Record::AppendedRows(_) => {}
         }
         Ok(())
     }
@@ -219,6 +245,7 @@ impl Record {
             Record::Coded(r) => r.encoded_len()?,
             Record::LowRankSparse(r) => lowrank_seeded_rans::encoded_len(r)?,
             Record::RowSubset(r) => row_subset::encoded_len(r)?,
+            Record::AppendedRows(r) => appended_rows::encoded_len(r, zstd_level)?,
         };
         Ok(Head::len(ndim) + payload)
     }
@@ -294,6 +321,7 @@ pub fn encode_record(
         Record::DenseLevels(r) => dense_levels::encode(r, &head, &mut out)?,
         Record::LowRankSparse(r) => lowrank_seeded_rans::encode(r, &head, &mut out)?,
         Record::RowSubset(r) => row_subset::encode(r, &head, &mut out)?,
+        Record::AppendedRows(r) => appended_rows::encode(r, &head, zstd_level, &mut out)?,
         Record::Coded(r) => {
             head.check_numel("coded sparse", r.numel)?;
             match (&r.positions, r.coding) {

@@ -17,6 +17,7 @@ use crate::coded::RecordCost;
 use crate::record::{Cursor, RecordHeader};
 use crate::{Limits, Record, Result};
 
+pub(crate) mod appended_rows;
 pub(crate) mod common;
 pub(crate) mod dense_levels;
 pub(crate) mod dense_sign;
@@ -135,6 +136,9 @@ record_kinds! {
     /// The delta of a 2-D tensor that is zero outside a listed set of rows: the Golomb-coded row list + a nested
     /// kind-11, 12 or 16 record of the listed rows.
     RowSubset = 17, "row-subset", row_subset;
+    /// A 2-D tensor grown by rows its base lacks: a nested lossy record of the delta of the base's rows + the added
+    /// rows whole (a nested kind-3 record).
+    AppendedRows = 18, "appended-rows", appended_rows;
 }
 
 impl RecordKind {
@@ -169,6 +173,7 @@ impl RecordKind {
             | RecordKind::LowrankF16
             | RecordKind::LowrankSeededRans
             | RecordKind::RowSubset
+            | RecordKind::AppendedRows
             | RecordKind::DenseLevels => None,
         }
     }

@@ -422,6 +422,19 @@ fn encoded_len_is_exactly_what_encode_record_writes() {
             })),
         }),
     ));
+    // Kind 18: a 3 x 4 tensor grown by 2 rows to 5 x 4, its base rows' delta a row subset (as above).
+    let row_subset = recs.last().unwrap().2.clone();
+    recs.push((
+        vec![5, 4],
+        DType::BF16,
+        Record::AppendedRows(ultradelta_archive::AppendedRowsRecord {
+            base_rows: 3,
+            cols: 4,
+            dtype: DType::BF16,
+            head: Box::new(row_subset),
+            tail: (0..16u32).map(|i| (i * 41 % 256) as u8).collect(),
+        }),
+    ));
     let mut kinds = std::collections::BTreeSet::new();
     for (shape, dtype, rec) in &recs {
         for level in [1, 3] {

@@ -1,5 +1,6 @@
 //! Integration tests of the archive format: one binary, one module per area.
 
+mod appended_rows;
 mod base_files;
 mod baselines;
 mod coded;

@@ -18,6 +18,7 @@ const SEEDED_FIXED_BYTES: usize = RecordKind::SparseSeeded.fixed_bytes();
 const SEEDED_RANS_FIXED_BYTES: usize = RecordKind::SparseSeededRans.fixed_bytes();
 const LOWRANK_SEEDED_RANS_FIXED_BYTES: usize = RecordKind::LowrankSeededRans.fixed_bytes();
 const ROW_SUBSET_FIXED_BYTES: usize = RecordKind::RowSubset.fixed_bytes();
+const APPENDED_ROWS_FIXED_BYTES: usize = RecordKind::AppendedRows.fixed_bytes();
 
 /// The format specification. `FORMAT.md` in this crate is a link to the workspace's docs/FORMAT.md, so the
 /// published package carries the spec (and this test) with it.
@@ -105,12 +106,13 @@ fn constants_table_matches_code() {
             LOWRANK_SEEDED_RANS_FIXED_BYTES,
         ),
         ("ROW_SUBSET_FIXED_BYTES", ROW_SUBSET_FIXED_BYTES),
+        ("APPENDED_ROWS_FIXED_BYTES", APPENDED_ROWS_FIXED_BYTES),
     ] {
         assert_eq!(parse_u64(&get(name)), v as u64, "{name}");
     }
     assert_eq!(
         rows.len(),
-        20,
+        21,
         "constants table has rows the test does not check"
     );
 }
