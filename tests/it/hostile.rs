@@ -180,8 +180,18 @@ fn entry<'a>(v: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Va
 
 /// The archive with index entry `name`'s `field` set to the string `value` (checksums and trailer consistent).
 pub(crate) fn with_entry_field(b: &[u8], name: &str, field: &str, value: &str) -> Vec<u8> {
+    with_entry_value(b, name, field, value.into())
+}
+
+/// The archive with `name`'s index entry field `field` set to the JSON `value` (a number, `null`, …).
+pub(crate) fn with_entry_value(
+    b: &[u8],
+    name: &str,
+    field: &str,
+    value: serde_json::Value,
+) -> Vec<u8> {
     let mut v = index(b);
-    entry(&mut v, name)[field] = value.into();
+    entry(&mut v, name)[field] = value;
     with_index(b, &v)
 }
 
@@ -712,6 +722,86 @@ fn regenerate_kinds_16_17() {
             e["numel"] = serde_json::json!(64u64 << 32);
             e["sparsity"] = serde_json::json!(1.0 - 40.0 / (64u64 << 32) as f64);
         }),
+    );
+}
+
+/// Kind 18 (`appended-rows`) under hostile fields, from `index-zstd.udelta` with the query weight (64 × 64 F32 in the
+/// base) grown to 66 × 64 by a crafted record and its index entry to match:
+/// - `appended-rows.udelta`: nothing hostile, the base's rows as a kind-17 record of three rows and two added rows
+///   (verify, verify --base and apply pass);
+/// - `appended-rows-huge.udelta`: the same record under an index entry declaring 2^32 rows, 2^32 − 64 of them
+///   added: more than the record's bytes can hold, refused at open before anything is sized;
+/// - `appended-rows-other-base-rows.udelta`: the index's `base_rows` 63 against the record's 64;
+/// - `appended-rows-nested-lossless.udelta`: the nested delta record's kind byte set to 2 (`xor-zstd`).
+///
+/// Writes only these files: `cargo test --test it hostile::regenerate_kind_18 -- --ignored`.
+#[test]
+#[ignore = "rewrites four files of tests/hostile/"]
+fn regenerate_kind_18() {
+    use ultradelta::archive::{
+        encode_record, AppendedRowsRecord, CodedSparseRecord, LevelCoding, Positions, QuantParams,
+        Record, RowSubsetRecord,
+    };
+    let dir = hostile_dir();
+    let a = std::fs::read(dir.join("index-zstd.udelta")).unwrap();
+    let put = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    let head = Record::RowSubset(RowSubsetRecord {
+        rows: 64,
+        cols: 64,
+        listed: vec![3, 17, 40],
+        inner: Box::new(Record::Coded(CodedSparseRecord {
+            numel: 3 * 64,
+            quant: QuantParams {
+                bits: 3,
+                lo: -0.01,
+                step: 0.003,
+            },
+            scale: 1.0,
+            positions: Positions::Seeded { seed: 0, trial: 0 },
+            levels: (0..40u16).map(|i| i * 5 % 8).collect(),
+            coding: LevelCoding::Rans,
+        })),
+    });
+    let tail: Vec<u8> = (0..2 * 64)
+        .flat_map(|i| (((i % 13) as f32 - 6.0) * 0.01).to_le_bytes())
+        .collect();
+    let grown = Record::AppendedRows(AppendedRowsRecord {
+        base_rows: 64,
+        cols: 64,
+        dtype: DType::F32,
+        head: Box::new(head),
+        tail,
+    });
+    let rec = encode_record(DType::F32, &[66, 64], &grown, 3).unwrap();
+    let entry = |rows: u64, base_rows: u64| {
+        move |e: &mut serde_json::Value| {
+            e["kind"] = "appended-rows".into();
+            e["kept"] = serde_json::json!(40);
+            e["shape"] = serde_json::json!([rows, 64]);
+            e["numel"] = serde_json::json!(rows * 64);
+            e["sparsity"] = serde_json::json!(1.0 - 40.0 / (rows * 64) as f64);
+            e["base_rows"] = serde_json::json!(base_rows);
+        }
+    };
+    put(
+        "appended-rows.udelta",
+        &with_record(&a, W, &rec, entry(66, 64)),
+    );
+    put(
+        "appended-rows-huge.udelta",
+        &with_record(&a, W, &rec, entry(1 << 32, 64)),
+    );
+    put(
+        "appended-rows-other-base-rows.udelta",
+        &with_record(&a, W, &rec, entry(66, 63)),
+    );
+    // The payload after the 28-byte header: base_rows, head_len (u64 each), then the nested record's kind byte.
+    let mut r = rec.clone();
+    assert_eq!(r[44], 17, "the nested kind byte (kind 17)");
+    r[44] = 2;
+    put(
+        "appended-rows-nested-lossless.udelta",
+        &with_record(&a, W, &r, entry(66, 64)),
     );
 }
 

@@ -12,4 +12,5 @@ mod cli_methods;
 mod cli_names;
 mod cli_roundtrip;
 mod cli_rows;
+mod cli_vocab;
 mod hostile;

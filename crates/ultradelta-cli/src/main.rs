@@ -242,6 +242,12 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                     r.base_only.join(", ")
                 );
             }
+            if !r.appended.is_empty() {
+                outln!(
+                    "  grown by rows the base lacks (added tokens?): the base's rows compressed, the added rows stored whole: {}",
+                    r.appended.join(", ")
+                );
+            }
             if !r.reshaped.is_empty() {
                 outln!(
                     "  stored whole, their shape or dtype differs from the base's (a resized vocabulary?): {}",
@@ -501,6 +507,12 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         if let Some(h) = t.listed_rows {
             let rows = t.shape.first().copied().unwrap_or(0);
             notes.push_str(&format!("  rows: {h} of {rows} (the others unchanged)"));
+        }
+        if let Some(b) = t.base_rows {
+            let added = t.shape.first().copied().unwrap_or(0).saturating_sub(b);
+            notes.push_str(&format!(
+                "  rows: {added} added to the base's {b}, stored whole"
+            ));
         }
         match (&t.base_name, &t.base_dtype) {
             (Some(n), Some(d)) => notes.push_str(&format!("  (base \"{n}\", {d})")),

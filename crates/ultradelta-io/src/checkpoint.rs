@@ -896,6 +896,29 @@ impl<'a> TensorView<'a> {
         Ok(())
     }
 
+    /// The view of this tensor's leading rows that `info` describes: the same name and dtype, a shape that differs
+    /// only in its first dimension, at most this tensor's (a vocabulary's first rows, say). Its bytes are this
+    /// view's first `info.nbytes()`; `None` when `info` is not such a shape.
+    pub fn leading_rows<'b>(&self, info: &'b TensorInfo) -> Option<TensorView<'b>>
+    where
+        'a: 'b,
+    {
+        let (mine, theirs) = (&self.info.shape, &info.shape);
+        let fits = info.name == self.info.name
+            && info.dtype == self.info.dtype
+            && !theirs.is_empty()
+            && theirs.len() == mine.len()
+            && theirs[1..] == mine[1..]
+            && theirs[0] <= mine[0];
+        fits.then(|| TensorView {
+            info,
+            bytes: &self.bytes[..info.nbytes()],
+            file: self.file,
+            handle: self.handle,
+            offset: self.offset,
+        })
+    }
+
     /// xxh3-64 of [`bytes`](Self::bytes).
     pub fn content_hash(&self) -> u64 {
         xxh3_64(self.bytes)

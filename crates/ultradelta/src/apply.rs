@@ -87,14 +87,14 @@ pub fn check_entry_against_base(
             None => "is missing".into(),
         }));
     };
-    let dtype = entry.expected_base_dtype();
-    if info.shape != entry.shape || info.dtype != dtype {
+    let (dtype, shape) = (entry.expected_base_dtype(), entry.expected_base_shape());
+    if info.shape != shape || info.dtype != dtype {
         return Err(base_err(format!(
             "is {} {:?}, expected {} {:?}",
             info.dtype.name(),
             info.shape,
             dtype.name(),
-            entry.shape
+            shape
         )));
     }
     Ok(())
@@ -147,16 +147,28 @@ pub fn rebuild_tensor_into(
 /// when it has one: the draw is sequential (a few tens of milliseconds for a LLaMA embedding matrix), so `apply`
 /// does it beside the previous tensor's rebuilding rather than on the rebuilding's critical path.
 struct Decoded {
+    /// The delta's record: the entry's, or for a tensor the fine-tune grew by rows (`appended-rows`) the nested
+    /// record of the base's rows.
     record: Record,
     sample: Option<SeededSample>,
+    /// The added rows' bytes of an `appended-rows` record.
+    added: Option<Vec<u8>>,
 }
 
 /// Reads `entry`'s record and, for coded records with seeded positions that agree with the entry's size, draws
 /// the sample ([`patch_sparse`] checks the record before using it, and draws it itself when it is not given).
 fn decode_ahead(reader: &ArchiveReader, entry: &TensorEntry) -> Result<Decoded> {
-    let record = reader.read_record(&entry.name)?;
+    let (record, added) = match reader.read_record(&entry.name)? {
+        Record::AppendedRows(r) => (*r.head, Some(r.tail)),
+        record => (record, None),
+    };
+    // Entries of the delta: the base's tensor's.
+    let numel = entry
+        .expected_base_shape()
+        .iter()
+        .fold(1u64, |a, &d| a.saturating_mul(d as u64));
     let sample = match &record {
-        Record::Coded(c) if c.numel == entry.numel && c.kept() <= c.numel => match c.positions {
+        Record::Coded(c) if c.numel == numel && c.kept() <= c.numel => match c.positions {
             Positions::Seeded { seed, trial } => Some(SeededSample::new(
                 c.numel,
                 c.kept(),
@@ -166,7 +178,11 @@ fn decode_ahead(reader: &ArchiveReader, entry: &TensorEntry) -> Result<Decoded> 
         },
         _ => None,
     };
-    Ok(Decoded { record, sample })
+    Ok(Decoded {
+        record,
+        sample,
+        added,
+    })
 }
 
 /// [`rebuild_tensor_into`], given the record of a compressed tensor if it was already read (`apply` decodes the
@@ -225,6 +241,15 @@ fn rebuild_with(
         );
     }
     let src = view.bytes();
+    // A tensor the fine-tune grew by rows (`appended-rows`, always compressed): the base's rows are rebuilt into
+    // the first part of `out` like any compressed tensor, the added rows come from the record.
+    let (out, mut added_out) = match entry.base_rows {
+        Some(_) if src.len() < out.len() => {
+            let (head, added) = out.split_at_mut(src.len());
+            (head, Some(added))
+        }
+        _ => (out, None),
+    };
     if src.len() != out.len() {
         return Err(wrong_size(src.len()));
     }
@@ -264,7 +289,19 @@ fn rebuild_with(
                 let Decoded {
                     record: rec,
                     sample,
+                    added,
                 } = decoded?;
+                match (added, added_out.take()) {
+                    (Some(a), Some(o)) if a.len() == o.len() => o.copy_from_slice(&a),
+                    (None, None) => {}
+                    (a, o) => {
+                        return Err(corrupt(format!(
+                            "{} bytes of added rows for {} the tensor adds to the base's",
+                            a.map_or(0, |a| a.len()),
+                            o.map_or(0, |o| o.len())
+                        )))
+                    }
+                }
                 let gamma = reader.manifest().gamma as f32;
                 if let Patch::Done {
                     first_new_non_finite,

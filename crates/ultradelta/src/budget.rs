@@ -128,16 +128,16 @@ impl Evaluator<'_, '_> {
         let alloc = rates(self.stats.as_deref(), self.idx.len(), cfg)?;
         let mut bytes = 0u64;
         for (k, &i) in self.idx.iter().enumerate() {
-            let info = &self.p.tensors[i].info;
+            let t = &self.p.tensors[i];
+            // The delta's tensor (`TensorPlan::head`) and the record's (`info`): they differ for a tensor the
+            // fine-tune grew by rows, whose record adds the rows the base lacks.
+            let (info, delta_info) = (&t.info, t.delta_info());
             let name = info.name.as_str();
             if cfg.method == Method::Lowrank {
-                bytes += encode_record(
-                    info.dtype,
-                    &info.shape,
-                    &lowrank_sized(&info.shape, cfg.rank),
-                    cfg.zstd_level,
-                )?
-                .len() as u64;
+                let rec = self
+                    .p
+                    .with_added_rows(t, lowrank_sized(&delta_info.shape, cfg.rank))?;
+                bytes += encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
                 continue;
             }
             let owned;
@@ -145,13 +145,14 @@ impl Evaluator<'_, '_> {
                 Some(c) => &c[k],
                 None => {
                     let base = &self.p.tensors[i].base_name;
-                    owned = delta_f32(&self.p.base.view(base)?, &self.p.ft.view(name)?)?;
+                    owned = delta_f32(&self.p.base.view(base)?, &self.p.ft_view(t)?)?;
                     &owned
                 }
             };
-            let rec = compress_tensor(delta, name, &info.shape, alloc.rates[k], cfg)
-                .map_err(|e| self.p.kernel_err(&self.p.tensors[i], e))?
+            let rec = compress_tensor(delta, name, &delta_info.shape, alloc.rates[k], cfg)
+                .map_err(|e| self.p.kernel_err(t, e))?
                 .record;
+            let rec = self.p.with_added_rows(t, rec)?;
             bytes += encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
         }
         Ok(bytes.max(1))
@@ -468,8 +469,8 @@ pub(crate) fn solve_budget(
     let cache = if cfg.method != Method::Lowrank && numel as usize <= CACHE_ENTRIES {
         let mut c = Vec::with_capacity(idx.len());
         for &i in &idx {
-            let (name, base) = (p.tensors[i].info.name.as_str(), &p.tensors[i].base_name);
-            c.push(delta_f32(&p.base.view(base)?, &p.ft.view(name)?)?);
+            let t = &p.tensors[i];
+            c.push(delta_f32(&p.base.view(&t.base_name)?, &p.ft_view(t)?)?);
         }
         Some(c)
     } else {
@@ -543,7 +544,7 @@ pub(crate) fn solve_budget(
                     .idx
                     .iter()
                     .map(|&i| {
-                        let (r, c) = matrix_view(&p.tensors[i].info.shape);
+                        let (r, c) = matrix_view(&p.tensors[i].delta_info().shape);
                         r.min(c)
                     })
                     .max()

@@ -203,10 +203,12 @@ pub fn eval(
             continue;
         }
         let ft = ft_view.to_f32()?;
-        let b = match entry.policy {
+        let mut b = match entry.policy {
             Policy::New => vec![0f32; ft.len()],
             _ => base.view(entry.base_tensor())?.to_f32()?,
         };
+        // Rows the fine-tune added to the base's tensor (`appended-rows`) count from zero, as a new tensor's.
+        b.resize(ft.len(), 0.0);
         let r = float_bytes_to_f32(&rebuilt, entry.dtype).expect("float dtype");
         let s = tensor_sums(&b, &ft, &r);
         all.add(&s);

@@ -22,6 +22,10 @@ pub struct TensorSummary {
     /// The base's tensor name when it differs from the tensor's (the index's `base_name`), `None` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_name: Option<String>,
+    /// Rows of the base's tensor when the fine-tune added rows to it (the index's `base_rows`, record kind
+    /// `appended-rows`: the added rows are stored whole), `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_rows: Option<usize>,
     /// compress, keep, drop or new.
     pub policy: Policy,
     /// Record kind in the file.
@@ -154,7 +158,10 @@ fn record_costs(reader: &ArchiveReader) -> BTreeMap<String, (&'static str, Recor
             continue;
         };
         if crate::method::codec::codec_name(kind).is_none()
-            && !matches!(kind, RecordKind::LowrankSeededRans | RecordKind::RowSubset)
+            && !matches!(
+                kind,
+                RecordKind::LowrankSeededRans | RecordKind::RowSubset | RecordKind::AppendedRows
+            )
         {
             continue;
         }
@@ -164,7 +171,7 @@ fn record_costs(reader: &ArchiveReader) -> BTreeMap<String, (&'static str, Recor
         let Some(cost) = record_cost(&bytes) else {
             continue;
         };
-        // Kinds 16 and 17 count as their (nested) residual's codec.
+        // Kinds 16, 17 and 18 count as their (nested) residual's codec.
         let Some(name) = crate::method::codec::codec_name(cost.residual_kind.unwrap_or(kind))
         else {
             continue;
@@ -248,6 +255,7 @@ pub fn inspect(reader: &ArchiveReader) -> Inspection {
                 dtype: e.dtype.name().to_string(),
                 base_dtype: e.base_dtype.map(|d| d.name().to_string()),
                 base_name: e.base_name.clone(),
+                base_rows: e.base_rows,
                 policy: e.policy,
                 kind: e.kind.clone(),
                 sparsity: part.map_or(e.sparsity, |(k, _)| 1.0 - k as f64 / e.numel.max(1) as f64),

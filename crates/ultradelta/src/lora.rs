@@ -45,6 +45,16 @@ pub fn export_lora(archive: &Path, out_dir: &Path, overwrite: bool) -> Result<Pa
     for e in &m.tensors {
         // A dropped delta (no record) has nothing to export; the base's tensor stands. Only low-rank records are
         // read: another kind's record (a hostile archive's entropy-coded levels, say) is never decoded here.
+        if e.kind == ultradelta_archive::RecordKind::AppendedRows.name() {
+            return Err(Error::Unsupported {
+                archive: archive.to_path_buf(),
+                what: format!(
+                    "LoRA export of tensor \"{}\": the fine-tune added rows to the base's (a resized vocabulary), \
+                     which an adapter of the base's shape cannot carry",
+                    e.name
+                ),
+            });
+        }
         if e.kind != ultradelta_archive::RecordKind::LowrankF16.name() {
             continue;
         }

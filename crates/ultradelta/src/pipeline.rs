@@ -56,6 +56,10 @@ pub struct CompressReport {
     /// Tensors whose shape (or, outside floating point, dtype) differs from the base's, stored whole (counted in
     /// `counts.new`), each as "name (its dtype and shape; the base's)".
     pub reshaped: Vec<String>,
+    /// Compressed 2-D tensors the fine-tune grew by rows the base lacks (a vocabulary resized for added tokens):
+    /// the delta of the base's rows is compressed and the added rows are stored whole (record kind
+    /// `appended-rows`), each as "name (+k rows on the base's n)".
+    pub appended: Vec<String>,
     /// γ applied to this archive's compressed tensors.
     pub gamma: f64,
     /// Sum of nuclear norms of the compressed tensors (only computed for TNGR).
@@ -171,7 +175,9 @@ fn tensor_entry(
         Policy::Compress => {
             let base_view = base_view.expect("compressed tensors are in the base");
             let (rate, tier) = rate.expect("every compressed tensor has a rate");
-            let ft_view = p.ft.view(name)?;
+            // The delta's tensor: this one, or its rows the base has (`TensorPlan::head`).
+            let info = plan.delta_info();
+            let ft_view = p.ft_view(plan)?;
             let numel = info.numel();
             // The base's content hash (one sequential stream) runs beside the record's parallel kernels.
             let (hash, made) = rayon::join(
@@ -215,7 +221,7 @@ fn tensor_entry(
                 entry.rate = Some(rate);
             }
             entry.tier = tier.map(|t| tier_name(t).to_string());
-            Some(Staged::Record(rec))
+            Some(Staged::Record(p.with_added_rows(plan, rec)?))
         }
         Policy::Keep => {
             let b = base_view.expect("kept tensors are in the base");
@@ -260,6 +266,12 @@ pub(crate) fn params_json(
             m.insert(
                 "reshaped_tensors".into(),
                 serde_json::to_value(&p.reshaped).expect("strings"),
+            );
+        }
+        if !p.appended.is_empty() {
+            m.insert(
+                "appended_rows_tensors".into(),
+                serde_json::to_value(&p.appended).expect("strings"),
             );
         }
         if let Some(b) = budget {
@@ -431,6 +443,7 @@ fn write_records(
             counts,
             base_only: p.base_only.clone(),
             reshaped: p.reshaped.clone(),
+            appended: p.appended.clone(),
             gamma: 1.0,
             trace_norm: want_trace.then_some(trace),
             archive_bytes: 0,

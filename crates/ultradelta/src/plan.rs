@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use ultradelta_alloc::{Allocation, MsaConfig, TensorStat};
-use ultradelta_archive::{EncodedRecord, Policy, Record, TensorEntry};
-use ultradelta_io::{Checkpoint, DType, TensorInfo};
+use ultradelta_archive::{AppendedRowsRecord, EncodedRecord, Policy, Record, TensorEntry};
+use ultradelta_io::{Checkpoint, DType, TensorInfo, TensorView};
 
 use crate::config::{AllocationMode, CompressConfig};
 use crate::delta::with_source;
@@ -29,6 +29,10 @@ pub(crate) struct TensorPlan {
     /// The base's tensor it is paired with: its own name, or that name with a model prefix added or removed
     /// ([`prefix_map`]); its own name for a tensor the base does not have.
     pub(crate) base_name: String,
+    /// The fine-tune's leading rows the base has, for a 2-D tensor the fine-tune grew by rows (a vocabulary resized
+    /// for added tokens): the delta is taken over these, and the added rows are stored whole (record kind
+    /// `appended-rows`). `None` for every other tensor.
+    pub(crate) head: Option<TensorInfo>,
 }
 
 impl TensorPlan {
@@ -44,7 +48,13 @@ impl TensorPlan {
         );
         e.base_dtype = self.base_dtype;
         e.base_name = (self.base_name != info.name).then(|| self.base_name.clone());
+        e.base_rows = self.head.as_ref().map(|h| h.shape[0]);
         e
+    }
+
+    /// What the delta is taken over: the tensor, or its rows the base has ([`TensorPlan::head`]).
+    pub(crate) fn delta_info(&self) -> &TensorInfo {
+        self.head.as_ref().unwrap_or(&self.info)
     }
 }
 
@@ -141,6 +151,9 @@ pub(crate) struct Plan<'a> {
     /// Tensors whose shape (or, outside floating point, dtype) differs from the base's — a vocabulary resized for
     /// added tokens, say — each as "name (its dtype and shape; the base's)": stored whole (policy `new`).
     pub(crate) reshaped: Vec<String>,
+    /// Compressed 2-D tensors the fine-tune grew by rows ([`TensorPlan::head`]), each as "name (+k rows on the
+    /// base's n)".
+    pub(crate) appended: Vec<String>,
     /// Bytes added to the whole-file budget's estimate of the compressed index (0; raised by the pipeline when an
     /// archive came out over the budget, see `budget::fixed_part`; negative only in tests of that path).
     pub(crate) index_slack: i64,
@@ -206,6 +219,7 @@ impl<'a> Plan<'a> {
         };
         let mut tensors = Vec::with_capacity(ft.tensors().len());
         let mut reshaped = Vec::new();
+        let mut appended = Vec::new();
         let mut paired = HashSet::new();
         for info in ft.tensors() {
             let base_info = base_name_of(&info.name).and_then(|n| base.info(&n));
@@ -216,7 +230,30 @@ impl<'a> Plan<'a> {
             // resized for added tokens, say): the fine-tune's tensor is stored whole, as one the base lacks.
             let same = |b: &TensorInfo| b.dtype == info.dtype && b.shape == info.shape;
             let unpaired = base_info.filter(|b| !(same(b) || float_pair(b, info)));
-            let (policy, from) = if let Some(b) = unpaired {
+            // A 2-D tensor grown by rows (a vocabulary resized for added tokens) and compressed by its rule: its
+            // delta is taken over the base's rows and the added rows are stored whole.
+            let grown = unpaired.filter(|b| {
+                b.dtype == info.dtype
+                    && b.shape.len() == 2
+                    && info.shape.len() == 2
+                    && b.shape[1] == info.shape[1]
+                    && 0 < b.shape[0]
+                    && b.shape[0] < info.shape[0]
+                    && cfg.selection.policy(family, info).0 == Policy::Compress
+            });
+            let head =
+                grown.map(|b| TensorInfo::new(info.name.clone(), info.dtype, b.shape.clone()));
+            if let Some(b) = grown {
+                let added = info.shape[0] - b.shape[0];
+                let rows = if added == 1 { "row" } else { "rows" };
+                appended.push(format!(
+                    "{} (+{added} {rows} on the base's {})",
+                    info.name, b.shape[0]
+                ));
+            }
+            let (policy, from) = if grown.is_some() {
+                cfg.selection.policy(family, info)
+            } else if let Some(b) = unpaired {
                 if cfg.selection.policy(family, info).1 == RuleSource::User {
                     return Err(Error::Mismatch(Box::new(TensorMismatch {
                         tensor: b.name.clone(),
@@ -262,6 +299,7 @@ impl<'a> Plan<'a> {
                 from,
                 base_dtype,
                 base_name,
+                head,
             });
         }
         let base_only = base
@@ -278,6 +316,7 @@ impl<'a> Plan<'a> {
             tensors,
             base_only,
             reshaped,
+            appended,
             index_slack: 0,
             lossless: Mutex::default(),
         })
@@ -295,6 +334,34 @@ impl<'a> Plan<'a> {
                     .to_string()
             }
         }
+    }
+
+    /// The fine-tune's view of what `t`'s delta is taken over: the tensor, or its rows the base has
+    /// ([`TensorPlan::head`]).
+    pub(crate) fn ft_view<'t>(&'t self, t: &'t TensorPlan) -> Result<TensorView<'t>> {
+        let view = self.ft.view(&t.info.name)?;
+        Ok(match &t.head {
+            Some(head) => view
+                .leading_rows(head)
+                .expect("the plan's head is the tensor's leading rows"),
+            None => view,
+        })
+    }
+
+    /// `t`'s record from the record of its delta: that record, or for a tensor the fine-tune grew by rows
+    /// ([`TensorPlan::head`]) an `appended-rows` record of it and the added rows' bytes.
+    pub(crate) fn with_added_rows(&self, t: &TensorPlan, rec: Record) -> Result<Record> {
+        let Some(head) = &t.head else {
+            return Ok(rec);
+        };
+        let view = self.ft.view(&t.info.name)?;
+        Ok(Record::AppendedRows(AppendedRowsRecord {
+            base_rows: head.shape[0] as u64,
+            cols: head.shape[1] as u64,
+            dtype: head.dtype,
+            head: Box::new(rec),
+            tail: view.bytes()[head.nbytes()..].to_vec(),
+        }))
     }
 
     /// The encoded record of a tensor under policy `keep` (its lossless delta, [`EncodedRecord::lossless_delta`];
@@ -393,7 +460,10 @@ pub(crate) fn pass_one(
     progress: &dyn Progress,
 ) -> Result<(Vec<TensorStat>, Vec<QuantScan>)> {
     let idx = p.compressed();
-    let total: u64 = idx.iter().map(|&i| p.tensors[i].info.numel() as u64).sum();
+    let total: u64 = idx
+        .iter()
+        .map(|&i| p.tensors[i].delta_info().numel() as u64)
+        .sum();
     progress.begin("analysing deltas", total);
     let mut stats = Vec::with_capacity(idx.len());
     let mut scans = Vec::with_capacity(idx.len());
@@ -401,14 +471,17 @@ pub(crate) fn pass_one(
     // tensors it starts with are the ones this pass read most recently, still cached, instead of the ones the
     // cache dropped first. Each tensor's result is its own, so the order changes nothing else.
     for (k, &i) in idx.iter().enumerate().rev() {
-        let info = &p.tensors[i].info;
+        let info = p.tensors[i].delta_info();
         let name = info.name.as_str();
         // The disk reads the next tensor while this one is computed (when it is not cached already).
         if let Some(&prev) = k.checked_sub(1).and_then(|j| idx.get(j)) {
             p.base.prefetch(&p.tensors[prev].base_name);
             p.ft.prefetch(&p.tensors[prev].info.name);
         }
-        let (base, ft) = (p.base.view(&p.tensors[i].base_name)?, p.ft.view(name)?);
+        let (base, ft) = (
+            p.base.view(&p.tensors[i].base_name)?,
+            p.ft_view(&p.tensors[i])?,
+        );
         let scan = with_source(&base, &ft, |src| QuantScan::of(src, cfg))?
             .map_err(|e| p.kernel_err(&p.tensors[i], e.into()))?;
         stats.push(scan.stat(info.numel()));
