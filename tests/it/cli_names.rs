@@ -239,4 +239,46 @@ fn an_untied_head_is_coded_against_the_bases_tied_embedding() {
     assert_eq!(r.info("lm_head.weight").unwrap().shape, vec![64, 32]);
     let v = ud_ok(&["verify", "--base", s(&b), s(&archive)]);
     assert!(v.contains(": OK: "), "{v}");
+
+    // The same fine-tune with two tokens added: its embedding and its head have 66 rows. Both are coded against
+    // the base's embedding's 64 rows, their added rows stored whole (kind 18), and rebuilt to 66 rows.
+    let f2 = dir.path().join("ft-grown");
+    write_checkpoint(
+        &f2,
+        &[
+            (t(emb, &[66, 32]), values(2112, 0.001)),
+            (t(q, &[32, 32]), values(1024, 0.002)),
+            (t("lm_head.weight", &[66, 32]), values(2112, 0.003)),
+        ],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    let archive = dir.path().join("grown.udelta");
+    ud_ok(&compress_cmd(&b, &f2, &archive, &["--family", "llama"]));
+    let reader = ArchiveReader::open(&archive).unwrap();
+    for (name, base) in [(emb, None), ("lm_head.weight", Some(emb))] {
+        let e = reader.entry(name).unwrap();
+        assert_eq!(e.base_name.as_deref(), base, "{name}");
+        assert_eq!(
+            (e.kind.as_str(), e.base_rows),
+            ("appended-rows", Some(64)),
+            "{name}"
+        );
+    }
+    let rebuilt = dir.path().join("rebuilt-grown");
+    ud_ok(&apply_cmd(&b, &archive, &rebuilt, &[]));
+    let (r, want) = (
+        Checkpoint::open(&rebuilt).unwrap(),
+        Checkpoint::open(&f2).unwrap(),
+    );
+    for name in [emb, "lm_head.weight"] {
+        let (got, want) = (r.view(name).unwrap(), want.view(name).unwrap());
+        assert_eq!(got.info().shape, vec![66, 32], "{name}");
+        assert!(
+            got.bytes()[64 * 64..] == want.bytes()[64 * 64..],
+            "{name}: added rows"
+        );
+    }
+    let v = ud_ok(&["verify", "--base", s(&b), s(&archive)]);
+    assert!(v.contains(": OK: "), "{v}");
 }

@@ -60,9 +60,10 @@ impl TensorPlan {
 
 /// An output head the fine-tune stores on its own but the base ties to its token embedding (a decoder saved with
 /// `tie_word_embeddings`, fine-tuned untied): `(head, embedding)`, the fine-tune's `…lm_head.weight` the base lacks
-/// and the base's token embedding of the same shape and dtype class (`…embed_tokens.weight`, `…wte.weight`,
-/// `…word_embeddings.weight`; the first in name order) that it starts from, so the head is coded as its delta from
-/// that embedding instead of stored whole. `None` when the base has a head of its own or no such embedding.
+/// and the base's token embedding of the same shape (or of fewer rows, when the fine-tune added tokens) and dtype
+/// class (`…embed_tokens.weight`, `…wte.weight`, `…word_embeddings.weight`; the first in name order) that it starts
+/// from, so the head is coded as its delta from that embedding instead of stored whole. `None` when the base has a
+/// head of its own or no such embedding.
 fn tied_head(base: &Checkpoint, ft: &Checkpoint) -> Option<(String, String)> {
     if base
         .tensors()
@@ -83,10 +84,21 @@ fn tied_head(base: &Checkpoint, ft: &Checkpoint) -> Option<(String, String)> {
         ]
         .iter()
         .any(|s| t.name.ends_with(s))
-            && t.shape == head.shape
+            && grown_by_rows(&t.shape, &head.shape)
             && t.dtype.is_float()
     })?;
     Some((head.name.clone(), embedding.name.clone()))
+}
+
+/// Whether `grown` is `shape` or `shape` with more rows: both 2-D, the same columns, at least as many rows (a
+/// vocabulary resized for added tokens).
+fn grown_by_rows(shape: &[usize], grown: &[usize]) -> bool {
+    shape == grown
+        || (shape.len() == 2
+            && grown.len() == 2
+            && shape[1] == grown[1]
+            && 0 < shape[0]
+            && shape[0] < grown[0])
 }
 
 /// How the fine-tune's tensor names map to the base's when one side carries a model prefix the other lacks —
@@ -234,11 +246,7 @@ impl<'a> Plan<'a> {
             // delta is taken over the base's rows and the added rows are stored whole.
             let grown = unpaired.filter(|b| {
                 b.dtype == info.dtype
-                    && b.shape.len() == 2
-                    && info.shape.len() == 2
-                    && b.shape[1] == info.shape[1]
-                    && 0 < b.shape[0]
-                    && b.shape[0] < info.shape[0]
+                    && grown_by_rows(&b.shape, &info.shape)
                     && cfg.selection.policy(family, info).0 == Policy::Compress
             });
             let head =
