@@ -1,7 +1,9 @@
 //! A fine-tune whose tensor names carry a model prefix its base's lack, or the reverse — a task model
 //! (`BertForSequenceClassification`: `bert.encoder…`, plus a `classifier`) fine-tuned from a bare encoder's
 //! checkpoint (`BertModel`: `encoder…`): the tensors pair through the prefix, the index names the base's tensor
-//! (`base_name`), and apply rebuilds the fine-tune's names from the base's tensors.
+//! (`base_name`), and apply rebuilds the fine-tune's names from the base's tensors. The same for names whose
+//! leading components differ otherwise (`transformer.…` against `model.…`, a merged PEFT model's
+//! `base_model.model.…` against `…`), and for an untied output head coded against the base's tied embedding.
 
 use std::path::Path;
 
@@ -110,45 +112,128 @@ fn a_model_prefix_on_either_side_pairs_the_tensors() {
             assert!(line.contains("cls.predictions.bias"), "{case}: {out}");
         }
 
-        let rebuilt = dir.path().join("rebuilt");
-        ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
-        let (f, r) = (
-            Checkpoint::open(&ft).unwrap(),
-            Checkpoint::open(&rebuilt).unwrap(),
-        );
-        assert_eq!(
-            r.tensors().iter().map(|t| &t.name).collect::<Vec<_>>(),
-            f.tensors().iter().map(|t| &t.name).collect::<Vec<_>>(),
-            "{case}: the fine-tune's names"
-        );
-        let gamma = m.gamma as f32;
-        for e in &m.tensors {
-            let got = r.view(&e.name).unwrap();
-            let want = match e.policy {
-                Policy::Compress => {
-                    let mut w = b.view(e.base_tensor()).unwrap().to_f32().unwrap();
-                    reader
-                        .read_record(&e.name)
-                        .unwrap()
-                        .add_delta_into(gamma, &mut w)
-                        .unwrap();
-                    let mut bytes = Vec::new();
-                    f32_to_bytes(&w, e.dtype, &mut bytes).unwrap();
-                    bytes
-                }
-                Policy::Drop => b.view(e.base_tensor()).unwrap().bytes().to_vec(),
-                Policy::Keep | Policy::New => f.view(&e.name).unwrap().bytes().to_vec(),
-            };
-            assert!(
-                got.bytes() == want.as_slice(),
-                "{case}: {} ({:?})",
-                e.name,
-                e.policy
-            );
-        }
-        let v = ud_ok(&["verify", "--base", s(&base), s(&archive)]);
-        assert!(v.contains(": OK: "), "{case}: {v}");
+        rebuilds_the_fine_tune(dir.path(), &base, &ft, &archive, case);
     }
+}
+
+/// Names that differ by more than a prefix one side lacks: the fine-tune's first component replaced by another
+/// (`transformer.…` against `model.…`), or two extra components in front (a merged PEFT model's
+/// `base_model.model.…`). Compress pairs every tensor through the rewrite (each entry's `base_name`, the rebuilt
+/// tensor keeps the fine-tune's name) and apply rebuilds every tensor from the base's.
+#[test]
+fn a_replaced_or_two_component_prefix_pairs_the_tensors() {
+    type Rename = fn(&str) -> String;
+    let cases: [(&str, Rename, Rename); 2] = [
+        (
+            "transformer. against model.",
+            |n| format!("model.{n}"),
+            |n| format!("transformer.{n}"),
+        ),
+        (
+            "base_model.model. on the fine-tune",
+            |n| n.to_string(),
+            |n| format!("base_model.model.{n}"),
+        ),
+    ];
+    for (case, base_name, ft_name) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (base0, ft0) = pair(dir.path(), DType::F32, false, 7);
+        let (base, ft) = (dir.path().join("base-named"), dir.path().join("ft-named"));
+        renamed(&base0, &base, base_name, &[]);
+        renamed(&ft0, &ft, ft_name, &[]);
+        let archive = dir.path().join("a.udelta");
+        let out = ud_ok(&compress_cmd(&base, &ft, &archive, &[]));
+        // Only what the synthetic base has beyond its fine-tune (a position-id buffer) is left unpaired.
+        let (b0, f0) = (
+            Checkpoint::open(&base0).unwrap(),
+            Checkpoint::open(&ft0).unwrap(),
+        );
+        let base_only: Vec<String> = b0
+            .tensors()
+            .iter()
+            .filter(|t| f0.info(&t.name).is_none())
+            .map(|t| base_name(&t.name))
+            .collect();
+        let line = out
+            .lines()
+            .find(|l| l.contains("only in the base"))
+            .unwrap_or_default();
+        assert_eq!(
+            line.split_once("): ")
+                .map_or(vec![], |(_, l)| l.split(", ").collect()),
+            base_only,
+            "{case}: {out}"
+        );
+
+        let reader = ArchiveReader::open(&archive).unwrap();
+        let b = Checkpoint::open(&base).unwrap();
+        let m = reader.manifest();
+        assert_eq!(m.tensors.len(), f0.tensors().len(), "{case}");
+        let mut compressed = 0;
+        for e in &m.tensors {
+            // Every tensor pairs, with the base's name of the same synthetic tensor.
+            assert_ne!(e.policy, Policy::New, "{case}: {}", e.name);
+            let want = f0
+                .tensors()
+                .iter()
+                .map(|t| (ft_name(&t.name), base_name(&t.name)))
+                .find(|(f, _)| *f == e.name)
+                .unwrap()
+                .1;
+            assert_eq!(e.base_name.as_deref(), Some(want.as_str()), "{case}");
+            assert!(b.info(&want).is_some(), "{case}: {want}");
+            compressed += usize::from(e.policy == Policy::Compress);
+        }
+        assert!(compressed > 0, "{case}");
+        rebuilds_the_fine_tune(dir.path(), &base, &ft, &archive, case);
+    }
+}
+
+/// Applies `archive` to `base` and checks the rebuilt checkpoint has the fine-tune's names and every tensor equals
+/// the formula (the base's tensor named by the entry plus the decoded delta; a kept or new tensor the fine-tune's),
+/// then that `verify --base` passes.
+fn rebuilds_the_fine_tune(dir: &Path, base: &Path, ft: &Path, archive: &Path, case: &str) {
+    let reader = ArchiveReader::open(archive).unwrap();
+    let m = reader.manifest();
+    let b = Checkpoint::open(base).unwrap();
+    let rebuilt = dir.join("rebuilt");
+    ud_ok(&apply_cmd(base, archive, &rebuilt, &[]));
+    let (f, r) = (
+        Checkpoint::open(ft).unwrap(),
+        Checkpoint::open(&rebuilt).unwrap(),
+    );
+    assert_eq!(
+        r.tensors().iter().map(|t| &t.name).collect::<Vec<_>>(),
+        f.tensors().iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "{case}: the fine-tune's names"
+    );
+    let gamma = m.gamma as f32;
+    for e in &m.tensors {
+        let got = r.view(&e.name).unwrap();
+        let want = match e.policy {
+            Policy::Compress => {
+                let mut w = b.view(e.base_tensor()).unwrap().to_f32().unwrap();
+                reader
+                    .read_record(&e.name)
+                    .unwrap()
+                    .add_delta_into(gamma, &mut w)
+                    .unwrap();
+                let mut bytes = Vec::new();
+                f32_to_bytes(&w, e.dtype, &mut bytes).unwrap();
+                bytes
+            }
+            Policy::Drop => b.view(e.base_tensor()).unwrap().bytes().to_vec(),
+            Policy::Keep | Policy::New => f.view(&e.name).unwrap().bytes().to_vec(),
+        };
+        assert!(
+            got.bytes() == want.as_slice(),
+            "{case}: {} ({:?})",
+            e.name,
+            e.policy
+        );
+    }
+    let v = ud_ok(&["verify", "--base", s(base), s(archive)]);
+    assert!(v.contains(": OK: "), "{case}: {v}");
 }
 
 /// An index whose `base_name` names a tensor the base does not have is refused before anything is written, naming

@@ -74,8 +74,9 @@ pub struct TensorEntry {
         with = "opt_dtype_name"
     )]
     pub base_dtype: Option<DType>,
-    /// Name of the base's tensor when it differs from `name` (a model prefix added or removed: `bert.encoder…`
-    /// against `encoder…`; absent from the index when they are the same).
+    /// Name of the base's tensor when it differs from `name` (a model prefix added, removed or replaced:
+    /// `bert.encoder…` against `encoder…`, `transformer.h…` against `model.h…`; the base's tied embedding for an
+    /// untied head; absent from the index when they are the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_name: Option<String>,
     /// Rows of the base's tensor when the fine-tune added rows to it (a vocabulary resized for added tokens; only

@@ -26,8 +26,9 @@ pub(crate) struct TensorPlan {
     /// The base's dtype when it differs from the fine-tune's (both floating point): Δ is taken in f32, and a
     /// tensor kept without loss is stored whole.
     pub(crate) base_dtype: Option<DType>,
-    /// The base's tensor it is paired with: its own name, or that name with a model prefix added or removed
-    /// ([`prefix_map`]); its own name for a tensor the base does not have.
+    /// The base's tensor it is paired with: its own name, or that name with a leading run of components rewritten
+    /// (a model prefix added, removed or replaced, [`prefix_map`]), or the base's tied embedding for an untied head
+    /// ([`tied_head`]); its own name for a tensor the base does not have.
     pub(crate) base_name: String,
     /// The fine-tune's leading rows the base has, for a 2-D tensor the fine-tune grew by rows (a vocabulary resized
     /// for added tokens): the delta is taken over these, and the added rows are stored whole (record kind
@@ -101,53 +102,122 @@ fn grown_by_rows(shape: &[usize], grown: &[usize]) -> bool {
             && shape[0] < grown[0])
 }
 
-/// How the fine-tune's tensor names map to the base's when one side carries a model prefix the other lacks —
+/// How the fine-tune's tensor names map to the base's when the two name the same tensors differently at the
+/// front: `(from, to)`, a leading run `from` of whole dotted components of a fine-tune name replaced by `to`
+/// ([`name_rewrite`] of the checkpoints' names). One side may carry a model prefix the other lacks —
 /// `bert.encoder…` against `encoder…`, as when a task model (`BertForSequenceClassification`) is fine-tuned from a
-/// bare encoder's checkpoint (`BertModel`), or the reverse: `(from, to)`, a leading `from` of a fine-tune name
-/// replaced by `to` (one of them empty). Used when it pairs more of the fine-tune's tensors than the names as they
-/// are, and at least half of them; the candidates are the first dotted component of every name on either side,
-/// tried in sorted order (the first with the most pairs wins), so the choice depends on the names alone.
+/// bare encoder's checkpoint (`BertModel`), or the reverse — or the two may differ in it (`transformer.h…` against
+/// `model.h…`; a merged PEFT model's `base_model.model.model.layers…` against `model.layers…`).
 fn prefix_map(base: &Checkpoint, ft: &Checkpoint) -> Option<(String, String)> {
-    let n = ft.tensors().len();
-    let exact = ft
-        .tensors()
-        .iter()
-        .filter(|t| base.info(&t.name).is_some())
-        .count();
-    if exact == n {
-        return None;
+    fn names(c: &Checkpoint) -> Vec<&str> {
+        c.tensors().iter().map(|t| t.name.as_str()).collect()
     }
-    let first = |name: &str| name.split_once('.').map(|(p, _)| format!("{p}."));
-    let mut candidates = std::collections::BTreeSet::new();
-    candidates.extend(
-        ft.tensors()
-            .iter()
-            .filter_map(|t| first(&t.name))
-            .map(|p| (p, String::new())),
-    );
-    candidates.extend(
-        base.tensors()
-            .iter()
-            .filter_map(|t| first(&t.name))
-            .map(|p| (String::new(), p)),
-    );
-    let mut best: Option<(usize, (String, String))> = None;
-    for (from, to) in candidates {
-        let pairs = ft
-            .tensors()
-            .iter()
-            .filter(|t| {
-                base.info(&t.name).is_some()
-                    || t.name
-                        .strip_prefix(from.as_str())
-                        .is_some_and(|rest| base.info(&format!("{to}{rest}")).is_some())
-            })
-            .count();
-        if pairs > best.as_ref().map_or(exact, |b| b.0) {
-            best = Some((pairs, (from, to)));
+    name_rewrite(&names(base), &names(ft))
+}
+
+/// Most leading components a rewrite replaces on either side ([`name_rewrite`]).
+const REWRITE_COMPONENTS: usize = 3;
+/// Most non-empty leading runs tried on either side ([`name_rewrite`]), the most frequent first: a checkpoint has
+/// a few (`model.`, `model.layers.`, …), and one with 100k distinct first components stays fast.
+const REWRITE_RUNS: usize = 64;
+
+/// Every split of `name` into a leading run of up to [`REWRITE_COMPONENTS`] whole dotted components and the rest:
+/// `("", name)` first, then `("bert.", "encoder…")`, `("bert.encoder.", …)`, ….
+fn leading_runs(name: &str) -> impl Iterator<Item = (&str, &str)> {
+    std::iter::once(("", name)).chain(
+        name.match_indices('.')
+            .take(REWRITE_COMPONENTS)
+            .map(move |(i, _)| name.split_at(i + 1)),
+    )
+}
+
+/// The empty run and the [`REWRITE_RUNS`] non-empty leading runs most frequent among `names` (ties in byte order),
+/// each with its index.
+fn frequent_runs<'n>(names: &[&'n str]) -> HashMap<&'n str, usize> {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for name in names {
+        for (run, _) in leading_runs(name).skip(1) {
+            *count.entry(run).or_default() += 1;
         }
     }
-    best.filter(|(pairs, _)| 2 * pairs >= n).map(|(_, m)| m)
+    let mut runs: Vec<(&str, usize)> = count.into_iter().collect();
+    runs.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    runs.truncate(REWRITE_RUNS);
+    std::iter::once("")
+        .chain(runs.into_iter().map(|(run, _)| run))
+        .enumerate()
+        .map(|(i, run)| (run, i))
+        .collect()
+}
+
+/// The rewrite `(from, to)` that pairs the fine-tune's tensor names (`ft`) with the base's (`base`): a leading run
+/// `from` of 0–3 whole dotted components of a fine-tune name (`bert.`, `base_model.model.`) replaced by a leading
+/// run `to` of 0–3 of a base name (`model.`; either may be empty). A fine-tune tensor the base has by its
+/// own name keeps it, and a base tensor paired that way is not paired again through the rewrite.
+///
+/// Used when it pairs more of the fine-tune's tensors than the names as they are, and at least half of them; a
+/// rewrite changing more than one component must also pair more tensors by itself than the names as they are do,
+/// so that it renames a model rather than matching leftover heads of a fine-tune that pairs by name (a
+/// classifier's `classifier.dense.weight` with a masked-LM base's `lm_head.dense.weight`). The one pairing the
+/// most wins; ties go to the fewest components changed (both sides), then to the smallest `(from, to)` in byte
+/// order, so the choice depends on the names alone. `None` when every name pairs as it is or no rewrite
+/// qualifies.
+///
+/// The candidates are the [`REWRITE_RUNS`] leading runs most frequent among the names left unpaired on each side,
+/// and the empty run; one pass over those names counts every candidate's pairs, a hash lookup per name and run.
+fn name_rewrite(base: &[&str], ft: &[&str]) -> Option<(String, String)> {
+    let in_base: HashSet<&str> = base.iter().copied().collect();
+    let (exact, ft_left): (HashSet<&str>, Vec<&str>) = {
+        let (e, l): (Vec<&str>, Vec<&str>) = ft.iter().partition(|n| in_base.contains(*n));
+        (e.into_iter().collect(), l)
+    };
+    if ft_left.is_empty() {
+        return None;
+    }
+    let base_left: Vec<&str> = base
+        .iter()
+        .copied()
+        .filter(|n| !exact.contains(n))
+        .collect();
+    let (froms, tos) = (frequent_runs(&ft_left), frequent_runs(&base_left));
+    // What follows a candidate `to` run in the base's unpaired names, with the runs it follows.
+    let mut rests: HashMap<&str, Vec<usize>> = HashMap::new();
+    for name in &base_left {
+        for (run, rest) in leading_runs(name) {
+            if let Some(&t) = tos.get(run) {
+                rests.entry(rest).or_default().push(t);
+            }
+        }
+    }
+    // pairs[f * tos + t]: the fine-tune's unpaired tensors that rewrite `f` → `t` pairs (at most one base name
+    // each: the rest and `t` determine it).
+    let mut pairs = vec![0usize; froms.len() * tos.len()];
+    for name in &ft_left {
+        for (run, rest) in leading_runs(name) {
+            if let (Some(&f), Some(ts)) = (froms.get(run), rests.get(rest)) {
+                for &t in ts {
+                    pairs[f * tos.len() + t] += 1;
+                }
+            }
+        }
+    }
+    let components = |run: &str| run.matches('.').count();
+    let (n, exact) = (ft.len(), exact.len());
+    let mut best: Option<(std::cmp::Reverse<usize>, usize, &str, &str)> = None;
+    for (&from, &f) in &froms {
+        for (&to, &t) in &tos {
+            let paired = pairs[f * tos.len() + t];
+            let changed = components(from) + components(to);
+            if paired == 0 || 2 * (exact + paired) < n || (changed > 1 && paired <= exact) {
+                continue;
+            }
+            let key = (std::cmp::Reverse(paired), changed, from, to);
+            if best.as_ref().is_none_or(|b| key < *b) {
+                best = Some(key);
+            }
+        }
+    }
+    best.map(|(_, _, from, to)| (from.to_owned(), to.to_owned()))
 }
 
 /// A fine-tune matched against the base, with a policy for every tensor.
@@ -196,8 +266,8 @@ impl<'a> Plan<'a> {
         ft: &'a Checkpoint,
         cfg: &CompressConfig,
     ) -> Result<Plan<'a>> {
-        // The base's tensor of each of the fine-tune's: the same name, or the name with a model prefix added or
-        // removed when that pairs the checkpoints ([`prefix_map`]).
+        // The base's tensor of each of the fine-tune's: the same name, or the name with a leading run of components
+        // rewritten (a model prefix added, removed or replaced) when that pairs the checkpoints ([`prefix_map`]).
         let map = prefix_map(base, ft);
         let exact: HashSet<&str> = ft
             .tensors()
@@ -577,5 +647,266 @@ mod tests {
                 assert_eq!(made.bytes(), want, "{}", info.name);
             }
         }
+    }
+
+    /// `name_rewrite` of two name lists, as `(&str, &str)`.
+    fn rewrite(base: &[&str], ft: &[&str]) -> Option<(String, String)> {
+        super::name_rewrite(base, ft)
+    }
+
+    fn some(from: &str, to: &str) -> Option<(String, String)> {
+        Some((from.to_owned(), to.to_owned()))
+    }
+
+    /// Every name pairs as it is: no rewrite, whatever else the names would allow.
+    #[test]
+    fn names_that_pair_as_they_are_are_not_rewritten() {
+        let names = [
+            "model.layers.0.q.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+        ];
+        assert_eq!(rewrite(&names, &names), None);
+        assert_eq!(rewrite(&names, &names[..2]), None);
+    }
+
+    /// A model prefix one side lacks: one component added or removed (the rule before rewrites were general).
+    #[test]
+    fn one_component_is_added_or_removed() {
+        let bare = [
+            "encoder.layer.0.w",
+            "encoder.layer.1.w",
+            "embeddings.word.w",
+        ];
+        let task = [
+            "bert.encoder.layer.0.w",
+            "bert.encoder.layer.1.w",
+            "bert.embeddings.word.w",
+            "classifier.weight",
+        ];
+        assert_eq!(rewrite(&bare, &task), some("bert.", ""));
+        assert_eq!(rewrite(&task, &bare), some("", "bert."));
+    }
+
+    /// A leading component replaced by another (`transformer.` → `model.`).
+    #[test]
+    fn a_component_is_replaced() {
+        let base = [
+            "model.h.0.attn.w",
+            "model.h.1.attn.w",
+            "model.wte.w",
+            "lm_head.weight",
+        ];
+        let ft = [
+            "transformer.h.0.attn.w",
+            "transformer.h.1.attn.w",
+            "transformer.wte.w",
+            "lm_head.weight",
+        ];
+        assert_eq!(rewrite(&base, &ft), some("transformer.", "model."));
+        assert_eq!(rewrite(&ft, &base), some("model.", "transformer."));
+    }
+
+    /// Two leading components removed: a merged PEFT model's `base_model.model.` (the three-component
+    /// `base_model.model.model.` → `model.` pairs the layers too, but not the head, and changes more).
+    #[test]
+    fn two_components_are_removed() {
+        let base = [
+            "model.layers.0.q.weight",
+            "model.layers.1.q.weight",
+            "lm_head.weight",
+        ];
+        let ft = [
+            "base_model.model.model.layers.0.q.weight",
+            "base_model.model.model.layers.1.q.weight",
+            "base_model.model.lm_head.weight",
+        ];
+        assert_eq!(rewrite(&base, &ft), some("base_model.model.", ""));
+        // Without the head the two pair the same tensors: the fewer components changed wins.
+        assert_eq!(rewrite(&base[..2], &ft[..2]), some("base_model.model.", ""));
+        // The rewrite pairing the most wins over one changing fewer components (`a.` → `` pairs half).
+        assert_eq!(
+            rewrite(
+                &["x", "y", "z", "v", "b.x", "b.y"],
+                &["a.b.x", "a.b.y", "a.b.z", "a.b.v"]
+            ),
+            some("a.b.", "")
+        );
+    }
+
+    /// Rewrites pairing as many tensors: the fewest components changed, then the smallest `(from, to)`; the order
+    /// of the names does not matter.
+    #[test]
+    fn ties_go_to_the_fewest_components_then_byte_order() {
+        let check = |base: &[&str], ft: &[&str], want: Option<(String, String)>| {
+            assert_eq!(rewrite(base, ft), want, "{base:?} {ft:?}");
+            let (mut b, mut f) = (base.to_vec(), ft.to_vec());
+            b.reverse();
+            f.reverse();
+            assert_eq!(rewrite(&b, &f), want, "{b:?} {f:?}");
+        };
+        // `x.` → `` and `y.` → `` pair one each.
+        check(&["m", "n"], &["x.m", "y.n"], some("x.", ""));
+        // `` → `k.` and `x.` → `` pair one each: `` sorts first.
+        check(&["m", "k.x.m"], &["x.m", "z"], some("", "k."));
+        // `a.` → `b.` and `a.` → `c.` pair one each.
+        check(&["b.w", "c.w"], &["a.w"], some("a.", "b."));
+        // `` → `z.` (one component) and `` → `a.b.` (two) pair one each: the fewer components win over byte order.
+        check(&["z.w", "a.b.w"], &["w"], some("", "z."));
+        // `p.` → `` (one component) and `p.q.` → `q.` (three) pair both.
+        check(&["q.w1", "q.w2"], &["p.q.w1", "p.q.w2"], some("p.", ""));
+    }
+
+    /// A rewrite is taken when it pairs more tensors than the names as they are, and with them at least half.
+    #[test]
+    fn a_rewrite_must_pair_at_least_half() {
+        let base = ["a.w", "b.w"];
+        assert_eq!(rewrite(&base, &["m.a.w", "x", "y", "z"]), None);
+        assert_eq!(
+            rewrite(&base, &["m.a.w", "m.b.w", "y", "z"]),
+            some("m.", "")
+        );
+        // Names pairing as they are count towards the half.
+        assert_eq!(
+            rewrite(&["a.w", "v"], &["m.a.w", "v", "y", "z"]),
+            some("m.", "")
+        );
+        assert_eq!(rewrite(&["a.w", "v"], &["m.a.w", "u", "y", "z"]), None);
+    }
+
+    /// A base tensor the fine-tune has by its own name is not paired again through a rewrite, nor counted.
+    #[test]
+    fn a_base_tensor_paired_by_name_is_not_paired_twice() {
+        assert_eq!(
+            rewrite(&["encoder.w"], &["encoder.w", "bert.encoder.w"]),
+            None
+        );
+        let base = ["encoder.w", "encoder.v"];
+        assert_eq!(
+            rewrite(&base, &["encoder.w", "bert.encoder.w", "bert.encoder.v"]),
+            some("bert.", "")
+        );
+    }
+
+    /// A fine-tune that pairs by name does not get a rewrite of more than one component that only matches its
+    /// leftover heads with the base's (a RoBERTa classifier against a masked-LM base, a BERT classifier against a
+    /// pre-training base); one component changed keeps the rule of before.
+    #[test]
+    fn leftover_heads_are_not_paired_by_a_wider_rewrite() {
+        let body = [
+            "roberta.layer.0.w",
+            "roberta.layer.1.w",
+            "roberta.layer.2.w",
+        ];
+        let base: Vec<&str> = body
+            .iter()
+            .copied()
+            .chain(["lm_head.dense.weight", "lm_head.dense.bias", "lm_head.bias"])
+            .collect();
+        let ft: Vec<&str> = body
+            .iter()
+            .copied()
+            .chain([
+                "classifier.dense.weight",
+                "classifier.dense.bias",
+                "classifier.out_proj.weight",
+            ])
+            .collect();
+        assert_eq!(rewrite(&base, &ft), None);
+        let base: Vec<&str> = body
+            .iter()
+            .copied()
+            .chain(["cls.nsp.weight", "cls.nsp.bias"])
+            .collect();
+        let ft: Vec<&str> = body
+            .iter()
+            .copied()
+            .chain(["classifier.weight", "classifier.bias"])
+            .collect();
+        assert_eq!(rewrite(&base, &ft), None);
+        // One component changed: taken as before.
+        let base: Vec<&str> = body.iter().copied().chain(["weight", "bias"]).collect();
+        assert_eq!(rewrite(&base, &ft), some("classifier.", ""));
+    }
+
+    /// Thousands of distinct leading runs (a hostile checkpoint) are cut to the most frequent: the rewrite is
+    /// still found, quickly.
+    #[test]
+    fn many_distinct_runs_stay_fast() {
+        let base: Vec<String> = (0..30_000).map(|i| format!("l{i}.w")).collect();
+        let ft: Vec<String> = (0..30_000)
+            .map(|i| format!("bert.l{i}.w"))
+            .chain((0..25_000).map(|i| format!("j{i}.k{i}.w")))
+            .collect();
+        let (b, f): (Vec<&str>, Vec<&str>) = (
+            base.iter().map(String::as_str).collect(),
+            ft.iter().map(String::as_str).collect(),
+        );
+        let start = std::time::Instant::now();
+        assert_eq!(rewrite(&b, &f), some("bert.", ""));
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    /// Through `Plan::new`: each tensor's `base_name` and index entry, and a base tensor paired by name is not
+    /// paired again.
+    #[test]
+    fn the_plan_pairs_through_the_rewrite() {
+        use ultradelta_io::{write_checkpoint, DType, TensorInfo, WriterOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, names: &[&str]| {
+            let tensors: Vec<_> = names
+                .iter()
+                .map(|n| (TensorInfo::new(*n, DType::F32, vec![4]), vec![0u8; 16]))
+                .collect();
+            let p = write_checkpoint(dir.path().join(path), &tensors, WriterOptions::default())
+                .unwrap();
+            ultradelta_io::Checkpoint::open(p).unwrap()
+        };
+        let base = write("base", &["encoder.a", "encoder.b", "pooler.c"]);
+        let ft = write(
+            "ft",
+            &[
+                "encoder.a",
+                "bert.encoder.a",
+                "bert.encoder.b",
+                "bert.pooler.c",
+                "bert.head",
+            ],
+        );
+        let plan = super::Plan::new(&base, &ft, &crate::CompressConfig::default()).unwrap();
+        let mut got: Vec<(&str, &str, Option<String>)> = plan
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.info.name.as_str(),
+                    t.base_name.as_str(),
+                    t.entry().base_name,
+                )
+            })
+            .collect();
+        got.sort();
+        let own = |n: &'static str| (n, n, None);
+        let other = |n: &'static str, b: &'static str| (n, b, Some(b.to_owned()));
+        assert_eq!(
+            got,
+            [
+                own("bert.encoder.a"),
+                other("bert.encoder.b", "encoder.b"),
+                own("bert.head"),
+                other("bert.pooler.c", "pooler.c"),
+                own("encoder.a"),
+            ]
+        );
+        let policy = |n: &str| {
+            plan.tensors
+                .iter()
+                .find(|t| t.info.name == n)
+                .unwrap()
+                .policy
+        };
+        assert_eq!(policy("bert.encoder.a"), Policy::New);
+        assert_ne!(policy("bert.encoder.b"), Policy::New);
+        assert!(plan.base_only.is_empty());
     }
 }
