@@ -413,3 +413,46 @@ fn a_non_finite_value_is_named_in_the_checkpoint_that_has_it() {
         assert!(!out.exists());
     }
 }
+
+/// A fine-tune none of whose tensors pairs with the base's (most likely the wrong base) is still written, whole, as
+/// asked, with a warning naming both checkpoints.
+#[test]
+fn a_fine_tune_that_pairs_nothing_with_its_base_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, f) = (dir.path().join("b"), dir.path().join("f"));
+    write(&b, &[("encoder.layer.0.dense.weight", DType::F32, &[8, 8])]);
+    write(
+        &f,
+        &[("model.layers.0.mlp.up_proj.weight", DType::F32, &[8, 8])],
+    );
+    let archive = dir.path().join("a.udelta");
+    let o = crate::support::ud(&[
+        "compress",
+        "--base",
+        s(&b),
+        "--finetuned",
+        s(&f),
+        "--output",
+        s(&archive),
+    ]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("warning: none of its tensors (1 in all) pairs"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(s(&b)) && line.contains(s(&f)), "{line}");
+    assert!(archive.exists());
+    // A fine-tune of the base gets no such warning.
+    let (base, ft) = pair(&dir.path().join("pair"), DType::F32, false, 1);
+    let o = crate::support::ud(&[
+        "compress",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&dir.path().join("b.udelta")),
+    ]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("warning: none"));
+}

@@ -298,6 +298,16 @@ fn write_records(
         p.ft.path().display(),
         p.family_source()
     ));
+    if !p.tensors.is_empty() && p.tensors.iter().all(|t| t.policy == Policy::New) {
+        // Nothing has a delta: the archive is the whole fine-tune. Written, as asked, but most likely the wrong base.
+        progress.note(&format!(
+            "{}: warning: none of its tensors ({} in all) pairs with a tensor of the base {} (by name, shape and dtype), so \
+             the archive stores the whole fine-tune; is that the model it was fine-tuned from?",
+            p.ft.path().display(),
+            p.tensors.len(),
+            p.base.path().display()
+        ));
+    }
     let solved;
     let (cfg, budget) = match cfg.has_budget() {
         true => {
