@@ -1,7 +1,8 @@
 //! A vocabulary resized for added tokens: the fine-tune's token embedding has rows its base lacks. Compress codes
-//! the delta of the base's rows as for any compressed tensor and stores the added rows whole (record kind
-//! `appended-rows`, the index's `base_rows`); apply rebuilds the base's rows by the decoding formula and the added
-//! rows byte for byte; verify and eval accept it; a damaged or inconsistent one is refused naming the tensor.
+//! the delta of the base's rows as the tensor's policy says (compressed, kept without loss, dropped) and stores the
+//! added rows whole (record kind `appended-rows`, the index's `base_rows`); apply rebuilds the base's rows by the
+//! decoding formula and the added rows byte for byte; verify and eval accept it; a damaged or inconsistent one is
+//! refused naming the tensor.
 
 use std::path::{Path, PathBuf};
 
@@ -53,17 +54,27 @@ fn grown_pair(dir: &Path, dtype: DType) -> (PathBuf, PathBuf, PathBuf) {
 #[test]
 fn a_vocabulary_grown_by_added_tokens_keeps_its_delta_and_stores_the_added_rows() {
     // The default (BERT: the whole-Δ path, row subset and low-rank part), the streaming path, a byte budget over
-    // the compressed tensors, and a baseline.
-    let flags: [&[&str]; 4] = [
+    // the compressed tensors, a baseline; the embedding kept without loss (the paper's preset) or dropped, with a
+    // whole-file budget.
+    let flags: [&[&str]; 7] = [
         &[],
         &["--no-lowrank-part", "--no-row-subset"],
         &["--target-ratio", "20"],
         &["--method", "dare", "--sparsity", "0.9"],
+        &["--preset", "paper"],
+        &["--embeddings", "drop", "--target-size", "60000"],
+        &["--embeddings", "keep", "--target-size", "400000"],
     ];
-    for (dtype, flags) in [DType::F32, DType::BF16, DType::F16, DType::BF16]
-        .into_iter()
-        .zip(flags)
-    {
+    let dtypes = [
+        DType::F32,
+        DType::BF16,
+        DType::F16,
+        DType::BF16,
+        DType::BF16,
+        DType::F32,
+        DType::F16,
+    ];
+    for (dtype, flags) in dtypes.into_iter().zip(flags) {
         let case = format!("{} {flags:?}", dtype.name());
         let dir = tempfile::tempdir().unwrap();
         let (base, ft, big) = grown_pair(dir.path(), dtype);
@@ -71,7 +82,11 @@ fn a_vocabulary_grown_by_added_tokens_keeps_its_delta_and_stores_the_added_rows(
         let out = ud_ok(&compress_cmd(&base, &big, &archive, flags));
         let line = out
             .lines()
-            .find(|l| l.contains("grown by rows the base lacks"))
+            .find(|l| {
+                l.contains(
+                    "grown by rows the base lacks (added tokens?), the added rows stored whole",
+                )
+            })
             .unwrap_or_else(|| panic!("{case}: {out}"));
         assert!(
             line.contains(&format!("{EMB} (+3 rows on the base's ")),
@@ -83,7 +98,12 @@ fn a_vocabulary_grown_by_added_tokens_keeps_its_delta_and_stores_the_added_rows(
         let b = Checkpoint::open(&base).unwrap();
         let base_rows = b.info(EMB).unwrap().shape[0];
         assert_eq!(e.kind, "appended-rows", "{case}");
-        assert_eq!(e.policy, Policy::Compress, "{case}");
+        let policy = match flags {
+            ["--preset", "paper"] | [_, "keep", ..] => Policy::Keep,
+            [_, "drop", ..] => Policy::Drop,
+            _ => Policy::Compress,
+        };
+        assert_eq!(e.policy, policy, "{case}");
         assert_eq!(e.base_rows, Some(base_rows), "{case}");
         assert_eq!(e.shape[0], base_rows + 3, "{case}");
 
@@ -98,14 +118,28 @@ fn a_vocabulary_grown_by_added_tokens_keeps_its_delta_and_stores_the_added_rows(
             panic!("{case}: not an appended-rows record");
         };
         assert_eq!(rec.base_rows as usize, base_rows, "{case}");
-        let mut w = b.view(EMB).unwrap().to_f32().unwrap();
-        rec.head
-            .add_delta_into(reader.manifest().gamma as f32, &mut w)
-            .unwrap();
-        let mut want = Vec::new();
-        f32_to_bytes(&w, dtype, &mut want).unwrap();
-        let split = want.len();
         let fb = f.view(EMB).unwrap().bytes();
+        let bb = b.view(EMB).unwrap().bytes();
+        let mut want = match policy {
+            // The base's rows plus the delta, by the decoding formula.
+            Policy::Compress => {
+                let mut w = b.view(EMB).unwrap().to_f32().unwrap();
+                rec.head
+                    .as_ref()
+                    .unwrap()
+                    .add_delta_into(reader.manifest().gamma as f32, &mut w)
+                    .unwrap();
+                let mut want = Vec::new();
+                f32_to_bytes(&w, dtype, &mut want).unwrap();
+                want
+            }
+            // The fine-tune's rows exactly.
+            Policy::Keep => fb[..bb.len()].to_vec(),
+            // The base's rows as they are.
+            _ => bb.to_vec(),
+        };
+        let split = want.len();
+        assert_eq!(split, bb.len(), "{case}");
         want.extend_from_slice(&fb[split..]);
         let got = r.view(EMB).unwrap();
         assert_eq!(got.info(), f.view(EMB).unwrap().info(), "{case}");
@@ -136,9 +170,9 @@ fn a_vocabulary_grown_by_added_tokens_keeps_its_delta_and_stores_the_added_rows(
             "{case}: {ins}"
         );
 
-        if flags.is_empty() {
-            // The base's rows are coded exactly as the same fine-tune without the added tokens codes them: the
-            // nested record is that archive's record, byte for byte.
+        if matches!(flags, [] | ["--preset", "paper"]) {
+            // Without a budget, the base's rows are coded exactly as the same fine-tune without the added tokens
+            // codes them: the nested record is that archive's record, byte for byte.
             let plain = dir.path().join("plain.udelta");
             ud_ok(&compress_cmd(&base, &ft, &plain, flags));
             let p = ArchiveReader::open(&plain).unwrap();
@@ -165,22 +199,34 @@ fn a_vocabulary_grown_by_added_tokens_keeps_its_delta_and_stores_the_added_rows(
     }
 }
 
-/// A rule that keeps or drops the grown tensor cannot: its delta covers only the base's rows, so it is refused
-/// as before, naming the tensor and both shapes. Compressing it by a rule is what the default does.
+/// A rule naming the grown tensor decides the policy of its base rows' delta; the added rows are stored whole under
+/// each.
 #[test]
-fn keeping_or_dropping_a_grown_tensor_is_refused() {
+fn a_rule_on_a_grown_tensor_decides_its_base_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (base, _, big) = grown_pair(dir.path(), DType::F32);
-    for rule in ["--keep", "--drop"] {
-        let out = dir.path().join("a.udelta");
-        let line = ud_err(&compress_cmd(&base, &big, &out, &[rule, EMB]));
-        assert!(line.contains(EMB), "{rule}: {line}");
-        assert!(!out.exists(), "{rule}");
+    for (rule, policy) in [
+        ("--keep", Policy::Keep),
+        ("--drop", Policy::Drop),
+        ("--compress", Policy::Compress),
+    ] {
+        let out = dir.path().join(format!("{rule}.udelta"));
+        ud_ok(&compress_cmd(&base, &big, &out, &[rule, EMB]));
+        let reader = ArchiveReader::open(&out).unwrap();
+        let e = reader.entry(EMB).unwrap();
+        assert_eq!(
+            (e.kind.as_str(), e.policy),
+            ("appended-rows", policy),
+            "{rule}"
+        );
+        assert_eq!(
+            e.extra.get("rule").and_then(|v| v.as_str()),
+            Some("user"),
+            "{rule}"
+        );
+        let v = ud_ok(&["verify", "--base", s(&base), s(&out)]);
+        assert!(v.contains(": OK: "), "{rule}: {v}");
     }
-    let out = dir.path().join("b.udelta");
-    ud_ok(&compress_cmd(&base, &big, &out, &["--compress", EMB]));
-    let reader = ArchiveReader::open(&out).unwrap();
-    assert_eq!(reader.entry(EMB).unwrap().kind, "appended-rows");
 }
 
 /// An index whose `base_rows` contradicts its record or its kind, or a base whose tensor has other rows, is refused
@@ -216,6 +262,11 @@ fn inconsistent_added_rows_are_refused() {
         (
             with_entry_value(&bytes, EMB, "base_rows", serde_json::Value::Null),
             "no base_rows",
+            EMB.to_string(),
+        ),
+        (
+            with_entry_value(&bytes, EMB, "policy", "keep".into()),
+            "which a tensor of policy keep cannot have",
             EMB.to_string(),
         ),
         (

@@ -732,7 +732,7 @@ fn regenerate_kinds_16_17() {
 /// - `appended-rows-huge.udelta`: the same record under an index entry declaring 2^32 rows, 2^32 − 64 of them
 ///   added: more than the record's bytes can hold, refused at open before anything is sized;
 /// - `appended-rows-other-base-rows.udelta`: the index's `base_rows` 63 against the record's 64;
-/// - `appended-rows-nested-lossless.udelta`: the nested delta record's kind byte set to 2 (`xor-zstd`).
+/// - `appended-rows-nested-whole.udelta`: the nested delta record's kind byte set to 3 (`full-zstd`).
 ///
 /// Writes only these files: `cargo test --test it hostile::regenerate_kind_18 -- --ignored`.
 #[test]
@@ -769,7 +769,7 @@ fn regenerate_kind_18() {
         base_rows: 64,
         cols: 64,
         dtype: DType::F32,
-        head: Box::new(head),
+        head: Some(Box::new(head)),
         tail,
     });
     let rec = encode_record(DType::F32, &[66, 64], &grown, 3).unwrap();
@@ -798,9 +798,9 @@ fn regenerate_kind_18() {
     // The payload after the 28-byte header: base_rows, head_len (u64 each), then the nested record's kind byte.
     let mut r = rec.clone();
     assert_eq!(r[44], 17, "the nested kind byte (kind 17)");
-    r[44] = 2;
+    r[44] = 3;
     put(
-        "appended-rows-nested-lossless.udelta",
+        "appended-rows-nested-whole.udelta",
         &with_record(&a, W, &r, entry(66, 64)),
     );
 }

@@ -429,15 +429,32 @@ impl ArchiveReader {
                         ),
                     ));
                 }
-                match r.head.kind() {
-                    RecordKind::SparseSeededRans
-                    | RecordKind::RowSubset
-                    | RecordKind::LowrankSeededRans
-                        if check_only =>
-                    {
-                        None
-                    }
-                    RecordKind::DenseLevels if check_only => Some(r.head_numel()),
+                // The base rows' delta as the policy says: lossy (compress), lossless (keep) or none (drop).
+                let head = r.head.as_ref().map(|h| h.kind());
+                let lossless = matches!(head, Some(RecordKind::XorZstd | RecordKind::DiffZstd));
+                let fits = match e.policy {
+                    Policy::Compress => head.is_some() && !lossless,
+                    Policy::Keep => lossless,
+                    Policy::Drop => head.is_none(),
+                    Policy::New => false,
+                };
+                if !fits {
+                    let policy = format!("{:?}", e.policy).to_lowercase();
+                    return Err(self.corrupt(
+                        name,
+                        format!(
+                            "the base rows' delta is {}, which a tensor of policy {policy} cannot have",
+                            head.map_or("absent".into(), |k| format!("a {} record", k.name()))
+                        ),
+                    ));
+                }
+                match head {
+                    Some(
+                        RecordKind::SparseSeededRans
+                        | RecordKind::RowSubset
+                        | RecordKind::LowrankSeededRans,
+                    ) if check_only => None,
+                    Some(RecordKind::DenseLevels) if check_only => Some(r.head_numel()),
                     _ => record.kept(),
                 }
             }
@@ -874,8 +891,8 @@ pub(crate) fn validate_manifest(
                 (Some(b), &[rows, _]) if b == 0 || b >= rows => {
                     Some(format!("base_rows {b}, expected 1..{rows}"))
                 }
-                _ if e.policy != Policy::Compress => {
-                    Some(format!("has policy {:?}, expected compress", e.policy))
+                _ if e.policy == Policy::New => {
+                    Some("has policy new (a tensor the base lacks)".to_string())
                 }
                 _ if e.base_dtype.is_some() => Some("has a base_dtype".to_string()),
                 _ => None,

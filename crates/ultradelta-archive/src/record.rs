@@ -132,9 +132,47 @@ impl Record {
             Record::Coded(c) => Some(c.kept()),
             Record::LowRankSparse(r) => Some(r.numel()),
             Record::RowSubset(r) => Some(r.kept()),
-            Record::AppendedRows(r) => Some(r.kept()),
+            Record::AppendedRows(r) => r.kept(),
             Record::XorDelta { .. } | Record::DiffDelta { .. } | Record::Full { .. } => None,
         }
+    }
+
+    /// The fine-tuned bytes of a lossless delta ([`Record::XorDelta`], [`Record::DiffDelta`]) from the base's
+    /// `base` into `out`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] for another kind, or when `base`, `out` and the stored bytes differ in length.
+    pub fn lossless_into(&self, base: &[u8], out: &mut [u8]) -> Result<()> {
+        let (stored, dtype) = match self {
+            Record::XorDelta { dtype, xor_bytes } => (xor_bytes, dtype),
+            Record::DiffDelta { dtype, diff_bytes } => (diff_bytes, dtype),
+            other => {
+                return Err(Error::record(format!(
+                    "a {} record is not a lossless delta",
+                    other.kind().name()
+                )))
+            }
+        };
+        if base.len() != stored.len() || out.len() != stored.len() {
+            return Err(Error::record(format!(
+                "a lossless delta of {} bytes for a base of {} and an output of {}",
+                stored.len(),
+                base.len(),
+                out.len()
+            )));
+        }
+        match self {
+            Record::XorDelta { .. } => out
+                .par_chunks_mut(1 << 16)
+                .zip(base.par_chunks(1 << 16).zip(stored.par_chunks(1 << 16)))
+                .for_each(|(o, (b, x))| {
+                    for ((o, b), x) in o.iter_mut().zip(b).zip(x) {
+                        *o = b ^ x;
+                    }
+                }),
+            _ => diff_zstd::undiff_into(*dtype, base, stored, out),
+        }
+        Ok(())
     }
 
     /// Checks a delta record's invariants and returns the entries its delta has.

@@ -244,7 +244,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             }
             if !r.appended.is_empty() {
                 outln!(
-                    "  grown by rows the base lacks (added tokens?): the base's rows compressed, the added rows stored whole: {}",
+                    "  grown by rows the base lacks (added tokens?), the added rows stored whole: {}",
                     r.appended.join(", ")
                 );
             }

@@ -18,7 +18,9 @@
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use ultradelta_archive::{ArchiveReader, Policy, Positions, Record, TensorEntry};
+use ultradelta_archive::{
+    AppendedRowsRecord, ArchiveReader, Policy, Positions, Record, TensorEntry,
+};
 use ultradelta_io::{
     f32_to_bytes, Checkpoint, CheckpointWriter, DType, TensorInfo, TensorView, WriterOptions,
     DIRECT_IO_ALIGN, PAR_CHUNK,
@@ -159,7 +161,12 @@ struct Decoded {
 /// the sample ([`patch_sparse`] checks the record before using it, and draws it itself when it is not given).
 fn decode_ahead(reader: &ArchiveReader, entry: &TensorEntry) -> Result<Decoded> {
     let (record, added) = match reader.read_record(&entry.name)? {
-        Record::AppendedRows(r) => (*r.head, Some(r.tail)),
+        // A compressed entry's nested record is a lossy delta (the reader checks the policy against it).
+        Record::AppendedRows(AppendedRowsRecord {
+            head: Some(head),
+            tail,
+            ..
+        }) => (*head, Some(tail)),
         record => (record, None),
     };
     // Entries of the delta: the base's tensor's.
@@ -259,6 +266,34 @@ fn rebuild_with(
         Some(_) => compare(view.content_hash()),
         None => Ok(()),
     };
+    // A tensor grown by rows, kept or dropped: the base rows from the base and the nested lossless delta (none when
+    // dropped), the added rows from the record.
+    if let Some(added_out) =
+        added_out.take_if(|_| matches!(entry.policy, Policy::Keep | Policy::Drop))
+    {
+        let (checked, rebuilt) = rayon::join(check_base, || -> Result<()> {
+            let Record::AppendedRows(r) = reader.read_record(name)? else {
+                return Err(unexpected());
+            };
+            match &r.head {
+                Some(head) => head
+                    .lossless_into(src, out)
+                    .map_err(|source| Error::Decode {
+                        archive: archive.to_path_buf(),
+                        tensor: name.to_string(),
+                        source: Box::new(source),
+                    })?,
+                None => copy_par(src, out),
+            }
+            if r.tail.len() != added_out.len() {
+                return Err(wrong_size(src.len() + r.tail.len()));
+            }
+            added_out.copy_from_slice(&r.tail);
+            Ok(())
+        });
+        checked?;
+        return rebuilt;
+    }
     match entry.policy {
         Policy::Drop => {
             let (checked, ()) = rayon::join(check_base, || copy_par(src, out));

@@ -245,7 +245,14 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
                     e.extra.insert("hist_l1_first".into(), u64::MAX.into());
                 }
             }
-            Policy::Keep | Policy::New => {
+            Policy::Drop if plan.head.is_none() => {
+                e.kind = KIND_NONE.to_string();
+                e.offset = 0;
+                e.checksum = String::new();
+                e.sparsity = 1.0;
+            }
+            // A tensor grown by rows has a record under every policy: dropped, its added rows.
+            Policy::Keep | Policy::New | Policy::Drop => {
                 // Exactly the record the writer will write (kept for the pipeline while the run's cache has room).
                 let rec = p.lossless_record(plan, cfg.zstd_level)?;
                 p.base.release(&plan.base_name);
@@ -261,12 +268,6 @@ pub(crate) fn fixed_part(p: &Plan<'_>, cfg: &CompressConfig, budget: u64) -> Res
                 } else {
                     1.0 - kept as f64 / numel as f64
                 };
-            }
-            Policy::Drop => {
-                e.kind = KIND_NONE.to_string();
-                e.offset = 0;
-                e.checksum = String::new();
-                e.sparsity = 1.0;
             }
         }
         entries.push(e);

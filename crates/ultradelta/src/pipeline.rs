@@ -56,9 +56,9 @@ pub struct CompressReport {
     /// Tensors whose shape (or, outside floating point, dtype) differs from the base's, stored whole (counted in
     /// `counts.new`), each as "name (its dtype and shape; the base's)".
     pub reshaped: Vec<String>,
-    /// Compressed 2-D tensors the fine-tune grew by rows the base lacks (a vocabulary resized for added tokens):
-    /// the delta of the base's rows is compressed and the added rows are stored whole (record kind
-    /// `appended-rows`), each as "name (+k rows on the base's n)".
+    /// 2-D tensors the fine-tune grew by rows the base lacks (a vocabulary resized for added tokens): the delta of
+    /// the base's rows is compressed, kept or dropped by the tensor's policy and the added rows are stored whole
+    /// (record kind `appended-rows`), each as "name (+k rows on the base's n)".
     pub appended: Vec<String>,
     /// γ applied to this archive's compressed tensors.
     pub gamma: f64,
@@ -234,7 +234,11 @@ fn tensor_entry(
         }
         Policy::Drop => {
             entry.base_hash = base_view.map(|v| hex(v.content_hash()));
-            None
+            // A tensor grown by rows still needs its added rows.
+            match plan.head {
+                Some(_) => Some(Staged::Encoded(p.lossless_record(plan, cfg.zstd_level)?)),
+                None => None,
+            }
         }
         Policy::New => Some(Staged::Encoded(p.lossless_record(plan, cfg.zstd_level)?)),
     };

@@ -233,8 +233,7 @@ pub(crate) struct Plan<'a> {
     /// Tensors whose shape (or, outside floating point, dtype) differs from the base's — a vocabulary resized for
     /// added tokens, say — each as "name (its dtype and shape; the base's)": stored whole (policy `new`).
     pub(crate) reshaped: Vec<String>,
-    /// Compressed 2-D tensors the fine-tune grew by rows ([`TensorPlan::head`]), each as "name (+k rows on the
-    /// base's n)".
+    /// 2-D tensors the fine-tune grew by rows ([`TensorPlan::head`]), each as "name (+k rows on the base's n)".
     pub(crate) appended: Vec<String>,
     /// Bytes added to the whole-file budget's estimate of the compressed index (0; raised by the pipeline when an
     /// archive came out over the budget, see `budget::fixed_part`; negative only in tests of that path).
@@ -312,13 +311,10 @@ impl<'a> Plan<'a> {
             // resized for added tokens, say): the fine-tune's tensor is stored whole, as one the base lacks.
             let same = |b: &TensorInfo| b.dtype == info.dtype && b.shape == info.shape;
             let unpaired = base_info.filter(|b| !(same(b) || float_pair(b, info)));
-            // A 2-D tensor grown by rows (a vocabulary resized for added tokens) and compressed by its rule: its
-            // delta is taken over the base's rows and the added rows are stored whole.
-            let grown = unpaired.filter(|b| {
-                b.dtype == info.dtype
-                    && grown_by_rows(&b.shape, &info.shape)
-                    && cfg.selection.policy(family, info).0 == Policy::Compress
-            });
+            // A 2-D tensor grown by rows (a vocabulary resized for added tokens): its delta is taken over the base's
+            // rows (compressed, kept or dropped by its rule) and the added rows are stored whole.
+            let grown =
+                unpaired.filter(|b| b.dtype == info.dtype && grown_by_rows(&b.shape, &info.shape));
             let head =
                 grown.map(|b| TensorInfo::new(info.name.clone(), info.dtype, b.shape.clone()));
             if let Some(b) = grown {
@@ -429,21 +425,30 @@ impl<'a> Plan<'a> {
     /// `t`'s record from the record of its delta: that record, or for a tensor the fine-tune grew by rows
     /// ([`TensorPlan::head`]) an `appended-rows` record of it and the added rows' bytes.
     pub(crate) fn with_added_rows(&self, t: &TensorPlan, rec: Record) -> Result<Record> {
-        let Some(head) = &t.head else {
+        if t.head.is_none() {
             return Ok(rec);
-        };
+        }
+        self.added_rows(t, Some(rec))
+    }
+
+    /// The `appended-rows` record of a tensor the fine-tune grew by rows ([`TensorPlan::head`]): `delta` for the
+    /// base's rows (none for a dropped delta) and the added rows' bytes.
+    fn added_rows(&self, t: &TensorPlan, delta: Option<Record>) -> Result<Record> {
+        let head = t.head.as_ref().expect("a tensor grown by rows");
         let view = self.ft.view(&t.info.name)?;
         Ok(Record::AppendedRows(AppendedRowsRecord {
             base_rows: head.shape[0] as u64,
             cols: head.shape[1] as u64,
             dtype: head.dtype,
-            head: Box::new(rec),
+            head: delta.map(Box::new),
             tail: view.bytes()[head.nbytes()..].to_vec(),
         }))
     }
 
     /// The encoded record of a tensor under policy `keep` (its lossless delta, [`EncodedRecord::lossless_delta`];
-    /// its whole bytes when the base's dtype differs) or `new` (its whole bytes): made once per run and zstd level
+    /// its whole bytes when the base's dtype differs) or `new` (its whole bytes), or of a tensor grown by rows under
+    /// `keep` or `drop` (its `appended-rows` record: the base rows' lossless delta or none, and the added rows, the
+    /// bytes no parameter changes): made once per run and zstd level
     /// while the cache has room, since the budget's fixed part sizes it and every pass of the pipeline writes it,
     /// and a lossless record is only chosen by compressing it.
     ///
@@ -461,6 +466,24 @@ impl<'a> Plan<'a> {
             return Ok(Arc::clone(r));
         }
         let rec = Arc::new(match tensor.policy {
+            // A tensor grown by rows: the lossless delta of the base's rows (none for a dropped one) and the added
+            // rows, in one `appended-rows` record.
+            Policy::Keep | Policy::Drop if tensor.head.is_some() => {
+                let delta = match tensor.policy {
+                    Policy::Keep => {
+                        let (b, f) = (self.base.view(&tensor.base_name)?, self.ft_view(tensor)?);
+                        Some(Record::lossless_delta(
+                            info.dtype,
+                            b.bytes(),
+                            f.bytes(),
+                            zstd_level,
+                        )?)
+                    }
+                    _ => None,
+                };
+                let rec = self.added_rows(tensor, delta)?;
+                EncodedRecord::new(info.dtype, &info.shape, &rec, zstd_level)?
+            }
             // A bitwise record needs the base in the fine-tune's dtype: with another, the tensor is stored whole.
             Policy::Keep if tensor.base_dtype.is_none() => {
                 let (b, f) = (self.base.view(&tensor.base_name)?, self.ft.view(name)?);

@@ -1,7 +1,8 @@
 //! Kind 18, `appended-rows` (docs/FORMAT.md, "Kind 18"): a 2-D tensor the fine-tune grew by rows its base lacks —
-//! a token-embedding table or LM head resized for added tokens — as the delta of the base's rows (a nested lossy
-//! record of shape `[base_rows, cols]`) followed by the added rows stored whole (a nested kind-3 record of shape
-//! `[rows − base_rows, cols]`). [`AppendedRowsRecord`] holds it.
+//! a token-embedding table or LM head resized for added tokens — as the delta of the base's rows (a nested record
+//! of shape `[base_rows, cols]`: lossy for a compressed tensor, lossless for a kept one, none for a dropped one)
+//! followed by the added rows stored whole (a nested kind-3 record of shape `[rows − base_rows, cols]`).
+//! [`AppendedRowsRecord`] holds it.
 
 use ultradelta_core::DType;
 
@@ -14,9 +15,11 @@ use crate::{Error, Limits, Record, RecordKind, Result};
 /// the nested delta record (`APPENDED_ROWS_FIXED_BYTES`).
 pub(crate) const FIXED_BYTES: usize = 16;
 
-/// The kinds the delta of the base's rows may be stored as: every lossy delta kind (not the lossless ones, which
-/// need the base's bytes of the whole shape, nor another kind 18).
-pub(crate) const HEAD_KINDS: [RecordKind; 11] = [
+/// The kinds the delta of the base's rows may be stored as: every lossy delta kind (a compressed tensor) and the two
+/// lossless deltas (a kept one), not a whole tensor nor another kind 18.
+pub(crate) const HEAD_KINDS: [RecordKind; 13] = [
+    RecordKind::XorZstd,
+    RecordKind::DiffZstd,
     RecordKind::SparseGolomb,
     RecordKind::SparseF16,
     RecordKind::SparseSign,
@@ -30,19 +33,22 @@ pub(crate) const HEAD_KINDS: [RecordKind; 11] = [
     RecordKind::RowSubset,
 ];
 
-/// A `[rows, cols]` tensor whose first `base_rows` rows are the base's `[base_rows, cols]` tensor plus the delta
+/// A `[rows, cols]` tensor whose first `base_rows` rows are the base's `[base_rows, cols]` tensor with the delta
 /// `head`, and whose other rows, which the base lacks, are `tail` (`appended-rows`, kind 18).
 ///
-/// The rebuilt tensor is the base's rows with `head`'s delta added exactly as for a tensor of the base's shape (γ
-/// included), followed by `tail`'s bytes as they are.
+/// The rebuilt tensor is the base's rows rebuilt with `head` exactly as a tensor of the base's shape would be with
+/// that record (a lossy delta added with γ, a lossless one's bytes; the base's rows as they are without `head`),
+/// followed by `tail`'s bytes as they are.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AppendedRowsRecord {
     /// Rows of the base's tensor: at least 1, fewer than the tensor's.
     pub base_rows: u64,
     /// Columns of the tensor (`shape[1]`), the base's and the fine-tune's.
     pub cols: u64,
-    /// The delta of the base's rows, a record of `base_rows · cols` entries of a lossy delta kind (1, 5–12, 16 or 17).
-    pub head: Box<Record>,
+    /// The delta of the base's rows, a record of `base_rows · cols` entries: of a lossy delta kind (1, 5–12, 16 or
+    /// 17) for a compressed tensor, a lossless delta ([`Record::XorDelta`], [`Record::DiffDelta`]) for a kept one;
+    /// `None` for a dropped one (the base's rows as they are).
+    pub head: Option<Box<Record>>,
     /// The tensor's dtype (the base's too).
     pub dtype: DType,
     /// The added rows' raw little-endian bytes, in `dtype`: `(rows − base_rows) · cols` elements.
@@ -61,9 +67,13 @@ impl AppendedRowsRecord {
         (self.tail.len() as u64).checked_div(row).unwrap_or(0)
     }
 
-    /// The index entry's `kept`: the nested delta record's.
-    pub fn kept(&self) -> u64 {
-        self.head.kept().unwrap_or(0)
+    /// The index entry's `kept`: the nested lossy record's; `None` for a lossless one (every entry: the caller
+    /// knows the size); 0 without a nested record.
+    pub fn kept(&self) -> Option<u64> {
+        match &self.head {
+            Some(head) => head.kept(),
+            None => Some(0),
+        }
     }
 
     /// Checks the invariants that do not need the tensor: at least one base row and one whole added row, and the
@@ -88,14 +98,37 @@ impl AppendedRowsRecord {
                 self.dtype.name()
             ));
         }
-        let kind = self.head.kind();
+        let Some(head) = &self.head else {
+            return Ok(());
+        };
+        let kind = head.kind();
         if !HEAD_KINDS.contains(&kind) {
             return bad(format!(
                 "an appended-rows record cannot nest a {} record for the base's rows",
                 kind.name()
             ));
         }
-        let numel = self.head.validate_delta()?;
+        let numel = match head.as_ref() {
+            Record::XorDelta {
+                dtype,
+                xor_bytes: b,
+            }
+            | Record::DiffDelta {
+                dtype,
+                diff_bytes: b,
+            } => {
+                if *dtype != self.dtype {
+                    return bad(format!(
+                        "nested {} record of {} for a {} tensor",
+                        kind.name(),
+                        dtype.name(),
+                        self.dtype.name()
+                    ));
+                }
+                b.len() as u64 / dtype.size() as u64
+            }
+            _ => head.validate_delta()?,
+        };
         if numel != self.head_numel() {
             return bad(format!(
                 "nested record of {numel} entries for {} base rows of {} columns",
@@ -127,10 +160,14 @@ fn usize_of(v: u64) -> Result<usize> {
     usize::try_from(v).map_err(|_| Error::record(format!("{v} does not fit in memory")))
 }
 
-/// The nested delta record, whole: shape `[base_rows, cols]`.
-fn encode_head(r: &AppendedRowsRecord) -> Result<Vec<u8>> {
+/// The nested delta record, whole: shape `[base_rows, cols]` (a lossless one compressed at `zstd_level`); no bytes
+/// without one.
+fn encode_head(r: &AppendedRowsRecord, zstd_level: i32) -> Result<Vec<u8>> {
+    let Some(head) = &r.head else {
+        return Ok(Vec::new());
+    };
     let shape = [usize_of(r.base_rows)?, usize_of(r.cols)?];
-    encode_record(r.dtype, &shape, &r.head, 0)
+    encode_record(r.dtype, &shape, head, zstd_level)
 }
 
 /// The nested record of the added rows, whole: kind 3, shape `[added rows, cols]`, compressed at `zstd_level`.
@@ -143,8 +180,8 @@ fn encode_tail(r: &AppendedRowsRecord, zstd_level: i32) -> Result<Vec<u8>> {
     encode_record(r.dtype, &shape, &full, zstd_level)
 }
 
-/// Writes header and payload: the base's row count, the nested delta record's byte length, the nested delta record
-/// whole, then the added rows as a whole nested `full-zstd` record (compressed at `zstd_level`).
+/// Writes header and payload: the base's row count, the nested delta record's byte length (0 without one), the nested
+/// delta record whole, then the added rows as a whole nested `full-zstd` record (compressed at `zstd_level`).
 pub(crate) fn encode(
     r: &AppendedRowsRecord,
     head: &Head<'_>,
@@ -153,7 +190,7 @@ pub(crate) fn encode(
 ) -> Result<()> {
     r.validate()?;
     check_tensor(r, head)?;
-    let nested = encode_head(r)?;
+    let nested = encode_head(r, zstd_level)?;
     let tail = encode_tail(r, zstd_level)?;
     head.put(out, RecordKind::AppendedRows)?;
     out.extend_from_slice(&r.base_rows.to_le_bytes());
@@ -168,7 +205,11 @@ pub(crate) fn encode(
 pub(crate) fn encoded_len(r: &AppendedRowsRecord, zstd_level: i32) -> Result<u64> {
     r.validate()?;
     let tail = encode_tail(r, zstd_level)?.len() as u64;
-    Ok(FIXED_BYTES as u64 + r.head.encoded_len(2, 0)? + tail)
+    let head = match &r.head {
+        Some(head) => head.encoded_len(2, zstd_level)?,
+        None => 0,
+    };
+    Ok(FIXED_BYTES as u64 + head + tail)
 }
 
 pub(crate) fn decode(c: &mut Cursor<'_>, header: &RecordHeader, limits: &Limits) -> Result<Record> {
@@ -190,33 +231,21 @@ pub(crate) fn decode(c: &mut Cursor<'_>, header: &RecordHeader, limits: &Limits)
             c.left()
         )));
     }
-    // The nested delta record decodes from exactly its bytes, with the entry's kept count and check mode.
-    let mut inner = Cursor::new(c.take(head_len, "nested record")?);
-    inner.expect_kept = c.expect_kept;
-    inner.check_only = c.check_only;
-    let head_header = decode_header_at(&mut inner, limits)?;
-    if !HEAD_KINDS.contains(&head_header.kind) {
-        return Err(bad(format!(
-            "nested record of kind {} ({}), expected a lossy delta kind",
-            head_header.kind.code(),
-            head_header.kind.name()
-        )));
-    }
-    if head_header.dtype != header.dtype || head_header.shape != [base_rows, cols] {
-        return Err(bad(format!(
-            "nested record of dtype {} and shape {:?}, expected {} and [{base_rows}, {cols}]",
-            head_header.dtype.name(),
-            head_header.shape,
-            header.dtype.name()
-        )));
-    }
-    let head = super::decode_payload(&mut inner, &head_header, limits)?;
-    if inner.left() != 0 {
-        return Err(bad(format!(
-            "{} bytes after the nested record",
-            inner.left()
-        )));
-    }
+    let head = match head_len {
+        // No nested record: the base's rows as they are (a dropped delta); the index keeps none of them.
+        0 => {
+            c.check_kept(0)?;
+            None
+        }
+        _ => Some(Box::new(decode_head(
+            c.take(head_len, "nested record")?,
+            c,
+            header,
+            base_rows,
+            cols,
+            limits,
+        )?)),
+    };
     let tail_header = decode_header_at(c, limits)?;
     let added = rows - base_rows;
     if tail_header.kind != RecordKind::FullZstd
@@ -239,9 +268,50 @@ pub(crate) fn decode(c: &mut Cursor<'_>, header: &RecordHeader, limits: &Limits)
         base_rows,
         cols,
         dtype: header.dtype,
-        head: Box::new(head),
+        head,
         tail,
     }))
+}
+
+/// The nested delta record from exactly its bytes, with the entry's kept count (a lossy record's) and check mode.
+fn decode_head(
+    bytes: &[u8],
+    outer: &Cursor<'_>,
+    header: &RecordHeader,
+    base_rows: u64,
+    cols: u64,
+    limits: &Limits,
+) -> Result<Record> {
+    let bad = |d: String| Error::stream("record", d);
+    let mut inner = Cursor::new(bytes);
+    inner.check_only = outer.check_only;
+    let head_header = decode_header_at(&mut inner, limits)?;
+    if !HEAD_KINDS.contains(&head_header.kind) {
+        return Err(bad(format!(
+            "nested record of kind {} ({}), expected a delta kind",
+            head_header.kind.code(),
+            head_header.kind.name()
+        )));
+    }
+    if !matches!(head_header.kind, RecordKind::XorZstd | RecordKind::DiffZstd) {
+        inner.expect_kept = outer.expect_kept;
+    }
+    if head_header.dtype != header.dtype || head_header.shape != [base_rows, cols] {
+        return Err(bad(format!(
+            "nested record of dtype {} and shape {:?}, expected {} and [{base_rows}, {cols}]",
+            head_header.dtype.name(),
+            head_header.shape,
+            header.dtype.name()
+        )));
+    }
+    let head = super::decode_payload(&mut inner, &head_header, limits)?;
+    if inner.left() != 0 {
+        return Err(bad(format!(
+            "{} bytes after the nested record",
+            inner.left()
+        )));
+    }
+    Ok(head)
 }
 
 /// The nested delta record's position/value split (the added rows' record is in none of its parts), with the

@@ -94,7 +94,6 @@ pub fn diff_bytes(dtype: DType, base: &[u8], finetuned: &[u8]) -> Result<Vec<u8>
 
 /// The fine-tuned bytes from the base's and the stored (unshuffled) differences, [`diff_bytes`]'s inverse, into
 /// `out` (all three the same whole number of `dtype` elements; the caller checks).
-#[cfg(test)]
 pub(crate) fn undiff_into(dtype: DType, base: &[u8], diff: &[u8], out: &mut [u8]) {
     let size = dtype.size();
     for ((o, b), z) in out

@@ -22,46 +22,72 @@ fn tail(added: usize, cols: usize) -> Vec<u8> {
 /// (name, shape, record): a 4 x 3 base grown to 6 x 3 with each kind of nested delta the writer produces for a
 /// token embedding (UltraDelta's seeded sample, a row subset, a baseline's fp16 values).
 fn records() -> Vec<(&'static str, [usize; 2], AppendedRowsRecord)> {
-    let grown = |head: Record| AppendedRowsRecord {
+    let grown = |head: Option<Record>| AppendedRowsRecord {
         base_rows: 4,
         cols: 3,
         dtype: DType::BF16,
-        head: Box::new(head),
+        head: head.map(Box::new),
         tail: tail(2, 3),
     };
     vec![
         (
             "seeded",
             [6, 3],
-            grown(seeded_record(12, vec![1, 3, 0, 2], LevelCoding::Rans).into_record()),
+            grown(Some(
+                seeded_record(12, vec![1, 3, 0, 2], LevelCoding::Rans).into_record(),
+            )),
         ),
         (
             "rows",
             [6, 3],
-            grown(Record::RowSubset(RowSubsetRecord {
+            grown(Some(Record::RowSubset(RowSubsetRecord {
                 rows: 4,
                 cols: 3,
                 listed: vec![1, 3],
                 inner: Box::new(seeded_record(6, vec![2, 0, 3], LevelCoding::Packed).into_record()),
-            })),
+            }))),
         ),
         (
             "dare",
             [6, 3],
-            grown(Record::SparseValues(SparseValuesRecord {
+            grown(Some(Record::SparseValues(SparseValuesRecord {
                 numel: 12,
                 positions: vec![0, 5, 11],
                 values: [0.5f32, -1.0, 0.25].map(half::f16::from_f32).to_vec(),
                 scale: 2.0,
+            }))),
+        ),
+        // Kept without loss: the base rows' XOR or bit difference.
+        (
+            "kept-xor",
+            [6, 3],
+            grown(Some(Record::XorDelta {
+                dtype: DType::BF16,
+                xor_bytes: (0..24u32).map(|i| (i * 7 % 5) as u8).collect(),
             })),
         ),
+        (
+            "kept-diff",
+            [6, 3],
+            grown(Some(Record::DiffDelta {
+                dtype: DType::BF16,
+                diff_bytes: (0..24u32).map(|i| (i * 3 % 4) as u8).collect(),
+            })),
+        ),
+        // Dropped: the base's rows as they are, the added rows.
+        ("dropped", [6, 3], grown(None)),
     ]
 }
 
 fn write(path: &Path, recs: &[(&str, [usize; 2], AppendedRowsRecord)]) -> ArchiveReader {
     let mut w = ArchiveWriter::create(path, true).unwrap();
     for (name, shape, r) in recs {
-        let mut e = TensorEntry::new(*name, shape.to_vec(), DType::BF16, Policy::Compress);
+        let policy = match r.head.as_deref() {
+            None => Policy::Drop,
+            Some(Record::XorDelta { .. } | Record::DiffDelta { .. }) => Policy::Keep,
+            Some(_) => Policy::Compress,
+        };
+        let mut e = TensorEntry::new(*name, shape.to_vec(), DType::BF16, policy);
         e.base_rows = Some(r.base_rows as usize);
         w.write_tensor(e, &Record::AppendedRows(r.clone())).unwrap();
     }
@@ -87,7 +113,7 @@ fn appended_rows_round_trip() {
         let (header, back) = decode_record(&bytes, &Limits::default()).unwrap();
         assert_eq!(header.shape, [6, 3], "{name}");
         assert_eq!(back, rec, "{name}");
-        assert_eq!(back.kept(), r.head.kept(), "{name}");
+        assert_eq!(back.kept(), r.kept(), "{name}");
         // Not a delta of the whole tensor: its nested record is the base rows' delta.
         assert!(!back.is_delta());
         assert!(back.add_delta_into(1.0, &mut [0f32; 18]).is_err());
@@ -97,7 +123,7 @@ fn appended_rows_round_trip() {
     for (name, _, r) in recs {
         let e = reader.entry(name).unwrap();
         assert_eq!((e.kind.as_str(), e.base_rows), ("appended-rows", Some(4)));
-        assert_eq!(e.kept, r.head.kept().unwrap(), "{name}");
+        assert_eq!(e.kept, r.kept().unwrap_or(18), "{name}");
         assert_eq!(e.expected_base_shape(), [4, 3]);
         reader.check_record(name).unwrap();
         assert_eq!(
@@ -168,12 +194,39 @@ fn invalid_records_are_refused_on_write() {
         err(
             enc(
                 AppendedRowsRecord {
-                    head: Box::new(head),
+                    head: Some(Box::new(head)),
                     ..good.clone()
                 },
                 &[6, 3],
             ),
             "cannot nest",
+        );
+    }
+    // A lossless delta of another dtype or length than the base's rows.
+    for (d, n, want) in [
+        (
+            DType::F16,
+            24,
+            "nested xor-zstd record of F16 for a BF16 tensor",
+        ),
+        (
+            DType::BF16,
+            22,
+            "nested record of 11 entries for 4 base rows",
+        ),
+    ] {
+        err(
+            enc(
+                AppendedRowsRecord {
+                    head: Some(Box::new(Record::XorDelta {
+                        dtype: d,
+                        xor_bytes: vec![1; n],
+                    })),
+                    ..good.clone()
+                },
+                &[6, 3],
+            ),
+            want,
         );
     }
 }
@@ -215,8 +268,8 @@ fn hostile_fields_are_refused() {
     let nested = HDR + 16;
     assert_eq!(good[nested], 12);
     // The nested record's header: a lossless kind, another kind 18, another dtype, another shape.
-    assert_refused(&with(nested, &[3]), "expected a lossy delta kind");
-    assert_refused(&with(nested, &[18]), "expected a lossy delta kind");
+    assert_refused(&with(nested, &[3]), "expected a delta kind");
+    assert_refused(&with(nested, &[18]), "expected a delta kind");
     assert_refused(
         &with(nested + 1, &[DType::F32.code()]),
         "expected BF16 and [4, 3]",
@@ -270,10 +323,7 @@ fn the_index_base_rows_rules_are_enforced_at_open() {
             edit(&|e| e["base_rows"] = 0.into()),
             "base_rows 0, expected 1..6",
         ),
-        (
-            edit(&|e| e["policy"] = "keep".into()),
-            "has policy Keep, expected compress",
-        ),
+        (edit(&|e| e["policy"] = "new".into()), "policy new"),
         (
             edit(&|e| e["base_dtype"] = "F32".into()),
             "has a base_dtype",

@@ -431,7 +431,7 @@ fn encoded_len_is_exactly_what_encode_record_writes() {
             base_rows: 3,
             cols: 4,
             dtype: DType::BF16,
-            head: Box::new(row_subset),
+            head: Some(Box::new(row_subset)),
             tail: (0..16u32).map(|i| (i * 41 % 256) as u8).collect(),
         }),
     ));
