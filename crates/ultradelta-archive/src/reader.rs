@@ -837,6 +837,19 @@ pub(crate) fn validate_manifest(
         if e.kept > numel {
             return Err(shape_err(format!("kept {} exceeds numel {numel}", e.kept)));
         }
+        // zstd expands at most MAX_ZSTD_EXPANSION-fold: `elements` of the entry's dtype that no record of its length
+        // can hold are refused before anything is allocated for them.
+        let zstd_bound = |elements: u64, cannot: &str, record: &str| -> Result<()> {
+            let raw = elements.saturating_mul(e.dtype.size() as u64);
+            let most = e.length.saturating_mul(MAX_ZSTD_EXPANSION);
+            if raw > most {
+                return Err(shape_err(format!(
+                    "{raw} {cannot} {}-byte {record} (at most {most})",
+                    e.length
+                )));
+            }
+            Ok(())
+        };
         if e.policy == Policy::New && e.kind != RecordKind::FullZstd.name() {
             // A tensor the base lacks has no base shape to bound its size: only a whole (zstd) record's bytes do.
             return Err(invalid(format!(
@@ -905,14 +918,7 @@ pub(crate) fn validate_manifest(
             }
             let base_rows = e.base_rows.unwrap_or(0) as u64;
             let added = numel - base_rows.saturating_mul(e.shape[1] as u64);
-            let raw = added.saturating_mul(e.dtype.size() as u64);
-            let most = e.length.saturating_mul(MAX_ZSTD_EXPANSION);
-            if raw > most {
-                return Err(shape_err(format!(
-                    "{raw} bytes of added rows cannot come from a {}-byte record (at most {most})",
-                    e.length
-                )));
-            }
+            zstd_bound(added, "bytes of added rows cannot come from a", "record")?;
         }
         if e.kind == KIND_NONE {
             if e.offset != 0 || e.length != 0 {
@@ -940,16 +946,7 @@ pub(crate) fn validate_manifest(
         }
         check_range(&e.name, e.offset, e.length)?;
         if matches!(e.kind.as_str(), "xor-zstd" | "full-zstd") {
-            // zstd expands at most MAX_ZSTD_EXPANSION-fold: a size no record of this length can hold is refused
-            // before anything is allocated for it.
-            let raw = numel.saturating_mul(e.dtype.size() as u64);
-            let most = e.length.saturating_mul(MAX_ZSTD_EXPANSION);
-            if raw > most {
-                return Err(shape_err(format!(
-                    "{raw} bytes cannot come from a {}-byte zstd record (at most {most})",
-                    e.length
-                )));
-            }
+            zstd_bound(numel, "bytes cannot come from a", "zstd record")?;
         }
         ranges.push((e.offset, e.length, &e.name));
     }
