@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ultradelta
-from _st import read_safetensors_folder, write_sharded
+from _st import read_safetensors_folder, write_safetensors, write_sharded
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,29 @@ def test_sharded_checkpoints(tmp_path, bert, cli):
         assert list(loaded) == list(written)
         for name, (_, shape, raw) in written.items():
             assert loaded[name].tobytes() == raw, name
+
+
+def test_a_vocabulary_grown_by_added_tokens(tmp_path, llama, cli):
+    """A fine-tune whose token embedding gained two rows (added tokens): compress stores them whole beside the
+    base rows' delta (record kind 18), and load gives the bytes the CLI's apply writes, the added rows exact."""
+    ft = read_safetensors_folder(llama["drunk"])
+    name = next(n for n in ft if n.endswith("embed_tokens.weight"))
+    dtype, (rows, cols), raw = ft[name]
+    added = bytes((i * 37) % 251 for i in range(2 * cols * 2))
+    ft[name] = (dtype, (rows + 2, cols), raw + added)
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    write_safetensors(grown / "model.safetensors", ft)
+    shutil.copy(llama["drunk"] / "config.json", grown / "config.json")
+    a = tmp_path / "grown.udelta"
+    ultradelta.compress(llama["base"], grown, a)
+    entry = next(t for t in ultradelta.inspect(a)["tensors"] if t["name"] == name)
+    assert entry["kind"] == "appended-rows" and entry["base_rows"] == rows
+    out = tmp_path / "rebuilt"
+    run_cli(cli, "apply", "--base", llama["base"], "--output", out, a)
+    written = read_safetensors_folder(out)
+    assert written[name][1] == (rows + 2, cols)
+    assert written[name][2][-len(added):] == added
+    loaded = ultradelta.load(llama["base"], a, bf16="raw")
+    for n, (_, shape, b) in written.items():
+        assert loaded[n].shape == shape and loaded[n].tobytes() == b, n
