@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import ultradelta
+from conftest import run_cli
 from _st import read_safetensors_folder, write_safetensors, write_sharded
 
 
