@@ -322,3 +322,83 @@ fn a_lora_export_of_a_grown_vocabulary_is_refused() {
     let rebuilt = dir.path().join("rebuilt");
     ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
 }
+
+/// A fine-tune saved in another float dtype than its base (F32 base, BF16 fine-tune) that also added tokens: the
+/// base rows' delta is taken in f32 (the index's `base_dtype`), compressed or dropped, and the added rows are stored
+/// whole; kept without loss, the tensor is stored whole, as any tensor kept over a base of another dtype.
+#[test]
+fn a_grown_vocabulary_over_a_base_of_another_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft) = pair(dir.path(), DType::F32, false, 7);
+    // The fine-tune in BF16, its embedding grown by 3 rows.
+    let ck = Checkpoint::open(&ft).unwrap();
+    let tensors: Vec<(TensorInfo, Vec<u8>)> = ck
+        .tensors()
+        .iter()
+        .map(|i| {
+            let v = ck.view(&i.name).unwrap();
+            if !i.dtype.is_float() {
+                return (i.clone(), v.bytes().to_vec());
+            }
+            let mut w = v.to_f32().unwrap();
+            let mut shape = i.shape.clone();
+            if i.name == EMB {
+                w.extend((0..3 * shape[1]).map(|k| (k % 7) as f32 * 0.01));
+                shape[0] += 3;
+            }
+            let mut b = Vec::new();
+            f32_to_bytes(&w, DType::BF16, &mut b).unwrap();
+            (TensorInfo::new(i.name.clone(), DType::BF16, shape), b)
+        })
+        .collect();
+    let big = dir.path().join("ft-bf16-grown");
+    write_checkpoint(&big, &tensors, WriterOptions::default()).unwrap();
+    copy_companions(&ft, &big);
+    let b = Checkpoint::open(&base).unwrap();
+    let f = Checkpoint::open(&big).unwrap();
+    let base_rows = b.info(EMB).unwrap().shape[0];
+    for (flags, policy) in [
+        (&[][..], Policy::Compress),
+        (&["--embeddings", "drop"][..], Policy::Drop),
+        (&["--embeddings", "keep"][..], Policy::New),
+    ] {
+        let archive = dir.path().join(format!("{policy:?}.udelta"));
+        ud_ok(&compress_cmd(&base, &big, &archive, flags));
+        let reader = ArchiveReader::open(&archive).unwrap();
+        let e = reader.entry(EMB).unwrap();
+        assert_eq!(e.policy, policy, "{flags:?}");
+        let rebuilt = dir.path().join(format!("{policy:?}-rebuilt"));
+        ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
+        let got = Checkpoint::open(&rebuilt).unwrap();
+        let got = got.view(EMB).unwrap();
+        let want = f.view(EMB).unwrap();
+        assert_eq!(got.info(), want.info(), "{flags:?}");
+        let split = base_rows * e.shape[1] * 2;
+        assert!(
+            got.bytes()[split..] == want.bytes()[split..],
+            "{flags:?}: added rows"
+        );
+        if policy == Policy::New {
+            assert!(got.bytes() == want.bytes(), "{flags:?}");
+            continue;
+        }
+        assert_eq!(
+            (e.kind.as_str(), e.base_rows, e.base_dtype),
+            ("appended-rows", Some(base_rows), Some(DType::F32)),
+            "{flags:?}"
+        );
+        // The base's rows: its values in f32, plus the delta when compressed, written in BF16.
+        let mut w = b.view(EMB).unwrap().to_f32().unwrap();
+        if let Record::AppendedRows(r) = reader.read_record(EMB).unwrap() {
+            if let Some(head) = r.head {
+                head.add_delta_into(reader.manifest().gamma as f32, &mut w)
+                    .unwrap();
+            }
+        }
+        let mut head = Vec::new();
+        f32_to_bytes(&w, DType::BF16, &mut head).unwrap();
+        assert!(got.bytes()[..split] == head[..], "{flags:?}: base rows");
+        let v = ud_ok(&["verify", "--base", s(&base), s(&archive)]);
+        assert!(v.contains(": OK: "), "{flags:?}: {v}");
+    }
+}

@@ -907,7 +907,10 @@ pub(crate) fn validate_manifest(
                 _ if e.policy == Policy::New => {
                     Some("has policy new (a tensor the base lacks)".to_string())
                 }
-                _ if e.base_dtype.is_some() => Some("has a base_dtype".to_string()),
+                _ if e.base_dtype.is_some() && e.policy == Policy::Keep => Some(
+                    "has a base_dtype and policy keep (a lossless delta needs the base in the tensor's dtype)"
+                        .to_string(),
+                ),
                 _ => None,
             };
             if let Some(why) = why {

@@ -157,10 +157,10 @@ struct Decoded {
     added: Option<Vec<u8>>,
 }
 
-/// Reads `entry`'s record and, for coded records with seeded positions that agree with the entry's size, draws
-/// the sample ([`patch_sparse`] checks the record before using it, and draws it itself when it is not given).
-fn decode_ahead(reader: &ArchiveReader, entry: &TensorEntry) -> Result<Decoded> {
-    let (record, added) = match reader.read_record(&entry.name)? {
+/// A compressed tensor's record split into the delta's record and, for a tensor the fine-tune grew by rows
+/// (`appended-rows`), the added rows' bytes.
+fn delta_and_added(record: Record) -> (Record, Option<Vec<u8>>) {
+    match record {
         // A compressed entry's nested record is a lossy delta (the reader checks the policy against it).
         Record::AppendedRows(AppendedRowsRecord {
             head: Some(head),
@@ -168,7 +168,39 @@ fn decode_ahead(reader: &ArchiveReader, entry: &TensorEntry) -> Result<Decoded> 
             ..
         }) => (*head, Some(tail)),
         record => (record, None),
-    };
+    }
+}
+
+/// Copies the added rows' bytes of an `appended-rows` record into the part of the output after the base's rows;
+/// both absent for every other tensor.
+fn put_added(
+    archive: &Path,
+    entry: &TensorEntry,
+    added: Option<Vec<u8>>,
+    out: Option<&mut [u8]>,
+) -> Result<()> {
+    match (added, out) {
+        (Some(a), Some(o)) if a.len() == o.len() => {
+            o.copy_from_slice(&a);
+            Ok(())
+        }
+        (None, None) => Ok(()),
+        (a, o) => Err(Error::CorruptArchive {
+            archive: archive.to_path_buf(),
+            tensor: entry.name.clone(),
+            detail: format!(
+                "{} bytes of added rows for {} the tensor adds to the base's",
+                a.map_or(0, |a| a.len()),
+                o.map_or(0, |o| o.len())
+            ),
+        }),
+    }
+}
+
+/// Reads `entry`'s record and, for coded records with seeded positions that agree with the entry's size, draws
+/// the sample ([`patch_sparse`] checks the record before using it, and draws it itself when it is not given).
+fn decode_ahead(reader: &ArchiveReader, entry: &TensorEntry) -> Result<Decoded> {
+    let (record, added) = delta_and_added(reader.read_record(&entry.name)?);
     // Entries of the delta: the base's tensor's.
     let numel = entry
         .expected_base_shape()
@@ -236,27 +268,22 @@ fn rebuild_with(
     }
     check_entry_against_base(base, archive, entry)?;
     let view = base.view(entry.base_tensor())?;
-    if entry.base_dtype.is_some() {
-        return rebuild_from_other_dtype(
-            base,
-            &view,
-            reader,
-            archive,
-            entry,
-            out,
-            record.map(|r| r.map(|d| d.record)),
-        );
-    }
-    let src = view.bytes();
-    // A tensor the fine-tune grew by rows (`appended-rows`, always compressed): the base's rows are rebuilt into
-    // the first part of `out` like any compressed tensor, the added rows come from the record.
+    // A tensor the fine-tune grew by rows (`appended-rows`): the base's rows are rebuilt into the first part of
+    // `out` as a tensor of the base's shape would be, the added rows come from the record.
+    let head_len = view.info().numel().saturating_mul(entry.dtype.size());
     let (out, mut added_out) = match entry.base_rows {
-        Some(_) if src.len() < out.len() => {
-            let (head, added) = out.split_at_mut(src.len());
+        Some(_) if head_len < out.len() => {
+            let (head, added) = out.split_at_mut(head_len);
             (head, Some(added))
         }
         _ => (out, None),
     };
+    if entry.base_dtype.is_some() {
+        return rebuild_from_other_dtype(
+            base, &view, reader, archive, entry, out, added_out, record,
+        );
+    }
+    let src = view.bytes();
     if src.len() != out.len() {
         return Err(wrong_size(src.len()));
     }
@@ -285,11 +312,7 @@ fn rebuild_with(
                     })?,
                 None => copy_par(src, out),
             }
-            if r.tail.len() != added_out.len() {
-                return Err(wrong_size(src.len() + r.tail.len()));
-            }
-            added_out.copy_from_slice(&r.tail);
-            Ok(())
+            put_added(archive, entry, Some(r.tail), Some(added_out))
         });
         checked?;
         return rebuilt;
@@ -326,17 +349,7 @@ fn rebuild_with(
                     sample,
                     added,
                 } = decoded?;
-                match (added, added_out.take()) {
-                    (Some(a), Some(o)) if a.len() == o.len() => o.copy_from_slice(&a),
-                    (None, None) => {}
-                    (a, o) => {
-                        return Err(corrupt(format!(
-                            "{} bytes of added rows for {} the tensor adds to the base's",
-                            a.map_or(0, |a| a.len()),
-                            o.map_or(0, |o| o.len())
-                        )))
-                    }
-                }
+                put_added(archive, entry, added, added_out.take())?;
                 let gamma = reader.manifest().gamma as f32;
                 if let Patch::Done {
                     first_new_non_finite,
@@ -380,7 +393,8 @@ fn rebuild_from_other_dtype(
     archive: &Path,
     entry: &TensorEntry,
     out: &mut [u8],
-    record: Option<Result<Record>>,
+    added_out: Option<&mut [u8]>,
+    record: Option<Result<Decoded>>,
 ) -> Result<()> {
     let name = entry.name.as_str();
     let corrupt = |detail: String| Error::CorruptArchive {
@@ -391,7 +405,7 @@ fn rebuild_from_other_dtype(
     if entry.base_hash.is_some() {
         check_base_hash(base, archive, entry, view.content_hash())?;
     }
-    if entry.policy == Policy::Keep {
+    if entry.policy == Policy::Keep && added_out.is_none() {
         return if reader.read_full_into(name, out)? {
             Ok(())
         } else {
@@ -403,10 +417,15 @@ fn rebuild_from_other_dtype(
             )))
         };
     }
-    // Compress or drop: the base's values in f32, the delta added for a compressed tensor.
+    // Compress or drop: the base's values in f32, the delta added for a compressed tensor; for a tensor grown by
+    // rows, the added rows from the record (the index validation allows no other policy for it with base_dtype).
     let mut w = view.to_f32()?;
     if entry.policy == Policy::Compress {
-        let rec = record.unwrap_or_else(|| reader.read_record(name).map_err(Error::from))?;
+        let (rec, added) = match record {
+            Some(d) => d.map(|d| (d.record, d.added))?,
+            None => delta_and_added(reader.read_record(name)?),
+        };
+        put_added(archive, entry, added, added_out)?;
         let gamma = reader.manifest().gamma as f32;
         rec.add_delta_into(gamma, &mut w)
             .map_err(|source| Error::Decode {
@@ -414,6 +433,18 @@ fn rebuild_from_other_dtype(
                 tensor: name.to_string(),
                 source: Box::new(source),
             })?;
+    } else if added_out.is_some() {
+        // Dropped: the base's rows as they are, the added rows from the record.
+        let tail = match reader.read_record(name)? {
+            Record::AppendedRows(r) if r.head.is_none() => r.tail,
+            _ => {
+                return Err(corrupt(format!(
+                    "unexpected record for a tensor of policy {} grown by rows",
+                    format!("{:?}", entry.policy).to_lowercase()
+                )))
+            }
+        };
+        put_added(archive, entry, Some(tail), added_out)?;
     }
     let mut bytes = Vec::with_capacity(out.len());
     f32_to_bytes(&w, entry.dtype, &mut bytes)?;

@@ -312,9 +312,15 @@ impl<'a> Plan<'a> {
             let same = |b: &TensorInfo| b.dtype == info.dtype && b.shape == info.shape;
             let unpaired = base_info.filter(|b| !(same(b) || float_pair(b, info)));
             // A 2-D tensor grown by rows (a vocabulary resized for added tokens): its delta is taken over the base's
-            // rows (compressed, kept or dropped by its rule) and the added rows are stored whole.
-            let grown =
-                unpaired.filter(|b| b.dtype == info.dtype && grown_by_rows(&b.shape, &info.shape));
+            // rows (compressed, kept or dropped by its rule) and the added rows are stored whole. Over a base of
+            // another float dtype it cannot be kept without loss as a delta: it is then stored whole.
+            let grown = unpaired.filter(|b| {
+                let dtypes = b.dtype == info.dtype
+                    || (b.dtype.is_float()
+                        && info.dtype.is_float()
+                        && cfg.selection.policy(family, info).0 != Policy::Keep);
+                dtypes && grown_by_rows(&b.shape, &info.shape)
+            });
             let head =
                 grown.map(|b| TensorInfo::new(info.name.clone(), info.dtype, b.shape.clone()));
             if let Some(b) = grown {

@@ -325,8 +325,11 @@ fn the_index_base_rows_rules_are_enforced_at_open() {
         ),
         (edit(&|e| e["policy"] = "new".into()), "policy new"),
         (
-            edit(&|e| e["base_dtype"] = "F32".into()),
-            "has a base_dtype",
+            edit(&|e| {
+                e["base_dtype"] = "F32".into();
+                e["policy"] = "keep".into();
+            }),
+            "has a base_dtype and policy keep",
         ),
         (
             edit(&|e| e["kind"] = "sparse-seeded-rans".into()),
