@@ -279,9 +279,10 @@ fn rebuild_with(
         _ => (out, None),
     };
     if entry.base_dtype.is_some() {
-        return rebuild_from_other_dtype(
-            base, &view, reader, archive, entry, out, added_out, record,
-        );
+        if entry.base_hash.is_some() {
+            check_base_hash(base, archive, entry, view.content_hash())?;
+        }
+        return rebuild_from_other_dtype(&view, reader, archive, entry, out, added_out, record);
     }
     let src = view.bytes();
     if src.len() != out.len() {
@@ -382,12 +383,12 @@ fn rebuild_with(
 }
 
 /// [`rebuild_with`] for a tensor whose base has another floating-point dtype than the fine-tune's
-/// ([`TensorEntry::base_dtype`]): the base's values in f32 (its hash checked when the archive recorded one), the
-/// delta added for a compressed tensor, written in the tensor's dtype; a tensor kept without loss is stored whole
-/// (`full-zstd`), and a dropped one is the base's values in the tensor's dtype. The same f32 arithmetic as the
-/// dense path; an entry that comes out non-finite where the base's value is finite is refused, as there.
+/// ([`TensorEntry::base_dtype`]): the base's values in f32 (the caller has checked its hash), the delta added for a
+/// compressed tensor, written in the tensor's dtype; a tensor kept without loss is stored whole (`full-zstd`), and a
+/// dropped one is the base's values in the tensor's dtype. The rows a tensor grown by rows adds go to `added_out`
+/// from its record. The same f32 arithmetic as the dense path; an entry that comes out non-finite where the base's
+/// value is finite is refused, as there.
 fn rebuild_from_other_dtype(
-    base: &Checkpoint,
     view: &TensorView<'_>,
     reader: &ArchiveReader,
     archive: &Path,
@@ -402,9 +403,6 @@ fn rebuild_from_other_dtype(
         tensor: name.to_string(),
         detail,
     };
-    if entry.base_hash.is_some() {
-        check_base_hash(base, archive, entry, view.content_hash())?;
-    }
     if entry.policy == Policy::Keep && added_out.is_none() {
         return if reader.read_full_into(name, out)? {
             Ok(())
