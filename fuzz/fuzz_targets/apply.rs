@@ -1,7 +1,8 @@
 //! Apply onto a small base, in memory, at the archive level: for every stored tensor whose index entry matches the
 //! base tensor's dtype and shape (as `apply` requires before sizing anything), the record is read, decoded and
 //! added onto the base's values with [`Record::add_delta_into`] (the decoding formula `apply` uses), or combined
-//! with the base's bytes for the lossless deltas (`xor-zstd`, `diff-zstd`). The base is tests/hostile/base (or $ULTRADELTA_FUZZ_BASE); each input is tried
+//! with the base's bytes for the lossless deltas (`xor-zstd`, `diff-zstd`); a tensor grown by rows (`appended-rows`)
+//! by its nested delta against the base's rows. The base is tests/hostile/base (or $ULTRADELTA_FUZZ_BASE); each input is tried
 //! as given and resealed, so mutated records are decoded and applied rather than refused by a checksum.
 #![no_main]
 
@@ -43,7 +44,8 @@ fn check(bytes: &[u8]) {
             continue;
         };
         let info = view.info();
-        if info.shape != e.shape || info.dtype.name() != e.dtype.name() {
+        // The base's shape: the entry's, or its base rows for a tensor grown by rows (`appended-rows`).
+        if info.shape != e.expected_base_shape() || info.dtype.name() != e.dtype.name() {
             continue;
         }
         if e.kind == "xor-zstd" || e.kind == "diff-zstd" {
@@ -53,6 +55,21 @@ fn check(bytes: &[u8]) {
         }
         let Ok(record) = r.read_record(&e.name) else {
             continue;
+        };
+        // A tensor grown by rows: its nested delta of the base's rows, applied as a record of the base's shape.
+        let record = match record {
+            Record::AppendedRows(r) => match r.head {
+                Some(head)
+                    if matches!(*head, Record::XorDelta { .. } | Record::DiffDelta { .. }) =>
+                {
+                    let mut out = vec![0u8; view.bytes().len()];
+                    let _ = head.lossless_into(view.bytes(), &mut out);
+                    continue;
+                }
+                Some(head) => *head,
+                None => continue,
+            },
+            record => record,
         };
         if matches!(record, Record::Full { .. }) {
             continue;
