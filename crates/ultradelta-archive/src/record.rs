@@ -486,6 +486,45 @@ impl EncodedRecord {
         })
     }
 
+    /// The `appended-rows` record (kind 18) of a 2-D tensor of `dtype` and `shape` grown by rows from its base's
+    /// `base_rows`, from its parts: `nested`, the base rows' record already encoded (for a `[base_rows, cols]`
+    /// tensor; `None` for a dropped delta), and the added rows' raw bytes `tail`, compressed here at `zstd_level`.
+    /// Byte for byte what [`encode_record`] writes for the same [`Record::AppendedRows`], without encoding the
+    /// nested record again.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] if the parts do not fit the tensor (kind 18's rules: docs/FORMAT.md, "Kind 18");
+    /// [`Error::InvalidStream`] if zstd fails.
+    pub fn appended_rows(
+        dtype: DType,
+        shape: &[usize],
+        base_rows: usize,
+        nested: Option<&EncodedRecord>,
+        tail: &[u8],
+        zstd_level: i32,
+    ) -> Result<Self> {
+        let (dims, numel) = shape_numel(shape)?;
+        let head = Head {
+            dtype,
+            shape,
+            dims: &dims,
+            numel,
+        };
+        let parts = nested.map(|n| appended_rows::Nested {
+            kind: n.kind,
+            dtype: n.dtype,
+            shape: &n.shape,
+            bytes: &n.bytes,
+        });
+        Ok(EncodedRecord {
+            kind: RecordKind::AppendedRows,
+            dtype,
+            shape: shape.to_vec(),
+            kept: nested.map_or(Some(0), |n| n.kept),
+            bytes: appended_rows::encode_parts(&head, base_rows as u64, parts, tail, zstd_level)?,
+        })
+    }
+
     /// The record's kind.
     pub fn kind(&self) -> RecordKind {
         self.kind

@@ -303,6 +303,8 @@ impl<'a> Plan<'a> {
         let mut appended = Vec::new();
         let mut paired = HashSet::new();
         for info in ft.tensors() {
+            // What the tensor's rule (a user glob, else the family preset) asks for it.
+            let rule = cfg.selection.policy(family, info);
             let base_info = base_name_of(&info.name).and_then(|n| base.info(&n));
             if let Some(b) = base_info {
                 paired.insert(b.name.clone());
@@ -316,9 +318,7 @@ impl<'a> Plan<'a> {
             // another float dtype it cannot be kept without loss as a delta: it is then stored whole.
             let grown = unpaired.filter(|b| {
                 let dtypes = b.dtype == info.dtype
-                    || (b.dtype.is_float()
-                        && info.dtype.is_float()
-                        && cfg.selection.policy(family, info).0 != Policy::Keep);
+                    || (b.dtype.is_float() && info.dtype.is_float() && rule.0 != Policy::Keep);
                 dtypes && grown_by_rows(&b.shape, &info.shape)
             });
             let head =
@@ -332,9 +332,9 @@ impl<'a> Plan<'a> {
                 ));
             }
             let (policy, from) = if grown.is_some() {
-                cfg.selection.policy(family, info)
+                rule
             } else if let Some(b) = unpaired {
-                if cfg.selection.policy(family, info).1 == RuleSource::User {
+                if rule.1 == RuleSource::User {
                     return Err(Error::Mismatch(Box::new(TensorMismatch {
                         tensor: b.name.clone(),
                         base_file: base.file_of(&b.name).unwrap_or(base.path()).to_path_buf(),
@@ -355,7 +355,7 @@ impl<'a> Plan<'a> {
                 ));
                 (Policy::New, RuleSource::Default)
             } else if base_info.is_some() {
-                cfg.selection.policy(family, info)
+                rule
             } else {
                 (Policy::New, RuleSource::Default)
             };
@@ -431,22 +431,15 @@ impl<'a> Plan<'a> {
     /// `t`'s record from the record of its delta: that record, or for a tensor the fine-tune grew by rows
     /// ([`TensorPlan::head`]) an `appended-rows` record of it and the added rows' bytes.
     pub(crate) fn with_added_rows(&self, t: &TensorPlan, rec: Record) -> Result<Record> {
-        if t.head.is_none() {
+        let Some(head) = &t.head else {
             return Ok(rec);
-        }
-        self.added_rows(t, Some(rec))
-    }
-
-    /// The `appended-rows` record of a tensor the fine-tune grew by rows ([`TensorPlan::head`]): `delta` for the
-    /// base's rows (none for a dropped delta) and the added rows' bytes.
-    fn added_rows(&self, t: &TensorPlan, delta: Option<Record>) -> Result<Record> {
-        let head = t.head.as_ref().expect("a tensor grown by rows");
+        };
         let view = self.ft.view(&t.info.name)?;
         Ok(Record::AppendedRows(AppendedRowsRecord {
             base_rows: head.shape[0] as u64,
             cols: head.shape[1] as u64,
             dtype: head.dtype,
-            head: delta.map(Box::new),
+            head: Some(Box::new(rec)),
             tail: view.bytes()[head.nbytes()..].to_vec(),
         }))
     }
@@ -475,20 +468,26 @@ impl<'a> Plan<'a> {
             // A tensor grown by rows: the lossless delta of the base's rows (none for a dropped one) and the added
             // rows, in one `appended-rows` record.
             Policy::Keep | Policy::Drop if tensor.head.is_some() => {
-                let delta = match tensor.policy {
-                    Policy::Keep => {
-                        let (b, f) = (self.base.view(&tensor.base_name)?, self.ft_view(tensor)?);
-                        Some(Record::lossless_delta(
-                            info.dtype,
-                            b.bytes(),
-                            f.bytes(),
-                            zstd_level,
-                        )?)
-                    }
+                let head = tensor.head.as_ref().expect("a tensor grown by rows");
+                let f = self.ft.view(name)?;
+                let nested = match tensor.policy {
+                    Policy::Keep => Some(EncodedRecord::lossless_delta(
+                        info.dtype,
+                        &head.shape,
+                        self.base.view(&tensor.base_name)?.bytes(),
+                        &f.bytes()[..head.nbytes()],
+                        zstd_level,
+                    )?),
                     _ => None,
                 };
-                let rec = self.added_rows(tensor, delta)?;
-                EncodedRecord::new(info.dtype, &info.shape, &rec, zstd_level)?
+                EncodedRecord::appended_rows(
+                    info.dtype,
+                    &info.shape,
+                    head.shape[0],
+                    nested.as_ref(),
+                    &f.bytes()[head.nbytes()..],
+                    zstd_level,
+                )?
             }
             // A bitwise record needs the base in the fine-tune's dtype: with another, the tensor is stored whole.
             Policy::Keep if tensor.base_dtype.is_none() => {

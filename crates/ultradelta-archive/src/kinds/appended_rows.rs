@@ -170,14 +170,88 @@ fn encode_head(r: &AppendedRowsRecord, zstd_level: i32) -> Result<Vec<u8>> {
     encode_record(r.dtype, &shape, head, zstd_level)
 }
 
-/// The nested record of the added rows, whole: kind 3, shape `[added rows, cols]`, compressed at `zstd_level`.
-fn encode_tail(r: &AppendedRowsRecord, zstd_level: i32) -> Result<Vec<u8>> {
-    let shape = [usize_of(r.added_rows())?, usize_of(r.cols)?];
-    let full = Record::Full {
-        dtype: r.dtype,
-        bytes: r.tail.clone(),
+/// The nested record of the added rows `tail` (raw bytes of `dtype`, whole rows of `cols`), whole: kind 3, shape
+/// `[added rows, cols]`, compressed at `zstd_level`.
+fn encode_tail(dtype: DType, cols: u64, tail: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
+    let row = cols.saturating_mul(dtype.size() as u64).max(1);
+    let dims = [tail.len() as u64 / row, cols];
+    let shape = [usize_of(dims[0])?, usize_of(cols)?];
+    let head = Head {
+        dtype,
+        shape: &shape,
+        dims: &dims,
+        numel: dims[0].saturating_mul(cols),
     };
-    encode_record(r.dtype, &shape, &full, zstd_level)
+    let mut out = Vec::new();
+    super::full_zstd::encode(dtype, tail, &head, zstd_level, &mut out)?;
+    Ok(out)
+}
+
+/// The base rows' record already encoded whole, for [`encode_parts`]: its kind, dtype, shape and bytes.
+pub(crate) struct Nested<'a> {
+    pub(crate) kind: RecordKind,
+    pub(crate) dtype: DType,
+    pub(crate) shape: &'a [usize],
+    pub(crate) bytes: &'a [u8],
+}
+
+/// Writes an `appended-rows` record for the tensor `head` from its parts: the base's row count, `nested` (the base
+/// rows' record, whole; none for a dropped delta) and the added rows' raw bytes `tail`, compressed here at
+/// `zstd_level`. Checks the parts against the tensor: 2-D, `1 <= base_rows < rows`, the nested record of a
+/// [`HEAD_KINDS`] kind, the tensor's dtype and shape `[base_rows, cols]`, and `tail` exactly the added rows.
+pub(crate) fn encode_parts(
+    head: &Head<'_>,
+    base_rows: u64,
+    nested: Option<Nested<'_>>,
+    tail: &[u8],
+    zstd_level: i32,
+) -> Result<Vec<u8>> {
+    let &[rows, cols] = head.dims else {
+        return Err(Error::record(format!(
+            "an appended-rows record needs a 2-D tensor, not shape {:?}",
+            head.shape
+        )));
+    };
+    let added = rows.saturating_sub(base_rows);
+    let want = added
+        .saturating_mul(cols)
+        .saturating_mul(head.dtype.size() as u64);
+    if base_rows == 0 || base_rows >= rows || tail.len() as u64 != want {
+        return Err(Error::record(format!(
+            "an appended-rows record of {base_rows} base rows and {} bytes of added rows for a {} tensor of shape \
+             {:?}",
+            tail.len(),
+            head.dtype.name(),
+            head.shape
+        )));
+    }
+    if let Some(n) = &nested {
+        let fits = n.dtype == head.dtype
+            && n.shape.len() == 2
+            && n.shape[0] as u64 == base_rows
+            && n.shape[1] as u64 == cols;
+        if !HEAD_KINDS.contains(&n.kind) || !fits {
+            return Err(Error::record(format!(
+                "an appended-rows record cannot nest a {} record of {} {:?} for {base_rows} base rows of a {} tensor \
+                 of shape {:?}",
+                n.kind.name(),
+                n.dtype.name(),
+                n.shape,
+                head.dtype.name(),
+                head.shape
+            )));
+        }
+    }
+    let nested = nested.map_or(&[][..], |n| n.bytes);
+    let tail = encode_tail(head.dtype, cols, tail, zstd_level)?;
+    let mut out =
+        Vec::with_capacity(Head::len(2) as usize + FIXED_BYTES + nested.len() + tail.len());
+    head.put(&mut out, RecordKind::AppendedRows)?;
+    out.extend_from_slice(&base_rows.to_le_bytes());
+    out.extend_from_slice(&(nested.len() as u64).to_le_bytes());
+    out.extend_from_slice(nested);
+    out.extend_from_slice(&tail);
+    Ok(out)
 }
 
 /// Writes header and payload: the base's row count, the nested delta record's byte length (0 without one), the nested
@@ -190,13 +264,21 @@ pub(crate) fn encode(
 ) -> Result<()> {
     r.validate()?;
     check_tensor(r, head)?;
-    let nested = encode_head(r, zstd_level)?;
-    let tail = encode_tail(r, zstd_level)?;
-    head.put(out, RecordKind::AppendedRows)?;
-    out.extend_from_slice(&r.base_rows.to_le_bytes());
-    out.extend_from_slice(&(nested.len() as u64).to_le_bytes());
-    out.extend_from_slice(&nested);
-    out.extend_from_slice(&tail);
+    let bytes = encode_head(r, zstd_level)?;
+    let shape = [usize_of(r.base_rows)?, usize_of(r.cols)?];
+    let nested = r.head.as_ref().map(|h| Nested {
+        kind: h.kind(),
+        dtype: r.dtype,
+        shape: &shape,
+        bytes: &bytes,
+    });
+    out.extend_from_slice(&encode_parts(
+        head,
+        r.base_rows,
+        nested,
+        &r.tail,
+        zstd_level,
+    )?);
     Ok(())
 }
 
@@ -204,7 +286,7 @@ pub(crate) fn encode(
 /// `zstd_level`).
 pub(crate) fn encoded_len(r: &AppendedRowsRecord, zstd_level: i32) -> Result<u64> {
     r.validate()?;
-    let tail = encode_tail(r, zstd_level)?.len() as u64;
+    let tail = encode_tail(r.dtype, r.cols, &r.tail, zstd_level)?.len() as u64;
     let head = match &r.head {
         Some(head) => head.encoded_len(2, zstd_level)?,
         None => 0,

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use ultradelta_archive::{
     decode_record, encode_record, AppendedRowsRecord, ArchiveReader, ArchiveWriter, DType,
-    FinetunedInfo, LevelCoding, Limits, Policy, Record, RowSubsetRecord, SparseValuesRecord,
-    TensorEntry,
+    EncodedRecord, FinetunedInfo, LevelCoding, Limits, Policy, Record, RowSubsetRecord,
+    SparseValuesRecord, TensorEntry,
 };
 
 use crate::common::{assert_hostile_record_bytes_never_panic, seeded_record, Rng};
@@ -374,4 +374,70 @@ fn regenerate() {
         "/tests/data/v2-appended-rows.udelta"
     );
     write(Path::new(path), &records());
+}
+
+/// The record made from its parts (the base rows' record already encoded) is byte for byte `encode_record`'s, with
+/// the same kept count; parts that do not fit the tensor are refused.
+#[test]
+fn the_record_from_its_parts_is_encode_records() {
+    for (name, shape, r) in records() {
+        for level in [1, 3] {
+            let nested = r
+                .head
+                .as_deref()
+                .map(|h| EncodedRecord::new(DType::BF16, &[4, 3], h, level).unwrap());
+            let made = EncodedRecord::appended_rows(
+                DType::BF16,
+                &shape,
+                4,
+                nested.as_ref(),
+                &r.tail,
+                level,
+            )
+            .unwrap();
+            let rec = Record::AppendedRows(r.clone());
+            let want = encode_record(DType::BF16, &shape, &rec, level).unwrap();
+            assert!(made.bytes() == want.as_slice(), "{name} at level {level}");
+            assert_eq!(made.kept(), rec.kept(), "{name}");
+            assert_eq!(made.kind(), rec.kind(), "{name}");
+        }
+    }
+    let added = tail(2, 3);
+    let err = |base_rows: usize, shape: &[usize], tail: &[u8], nested: Option<&EncodedRecord>| {
+        EncodedRecord::appended_rows(DType::BF16, shape, base_rows, nested, tail, 3)
+            .unwrap_err()
+            .to_string()
+    };
+    for e in [
+        err(0, &[6, 3], &added, None),
+        err(6, &[6, 3], &[], None),
+        err(4, &[6, 3], &added[1..], None),
+        err(4, &[6, 3, 1], &added, None),
+    ] {
+        assert!(e.contains("appended-rows record"), "{e}");
+    }
+    let whole = EncodedRecord::new(
+        DType::BF16,
+        &[4, 3],
+        &Record::Full {
+            dtype: DType::BF16,
+            bytes: vec![0; 24],
+        },
+        3,
+    )
+    .unwrap();
+    let other_shape = EncodedRecord::new(
+        DType::BF16,
+        &[3, 4],
+        &Record::XorDelta {
+            dtype: DType::BF16,
+            xor_bytes: vec![0; 24],
+        },
+        3,
+    )
+    .unwrap();
+    for nested in [&whole, &other_shape] {
+        let e = err(4, &[6, 3], &added, Some(nested));
+        assert!(e.contains("cannot nest"), "{e}");
+    }
 }
