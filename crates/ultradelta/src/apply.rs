@@ -171,6 +171,15 @@ fn delta_and_added(record: Record) -> (Record, Option<Vec<u8>>) {
     }
 }
 
+/// The error of `entry`'s record failing to decode onto the base ([`Error::Decode`]).
+fn decode_err(archive: &Path, entry: &TensorEntry, source: ultradelta_archive::Error) -> Error {
+    Error::Decode {
+        archive: archive.to_path_buf(),
+        tensor: entry.name.clone(),
+        source: Box::new(source),
+    }
+}
+
 /// Copies the added rows' bytes of an `appended-rows` record into the part of the output after the base's rows;
 /// both absent for every other tensor.
 fn put_added(
@@ -306,11 +315,7 @@ fn rebuild_with(
             match &r.head {
                 Some(head) => head
                     .lossless_into(src, out)
-                    .map_err(|source| Error::Decode {
-                        archive: archive.to_path_buf(),
-                        tensor: name.to_string(),
-                        source: Box::new(source),
-                    })?,
+                    .map_err(|source| decode_err(archive, entry, source))?,
                 None => copy_par(src, out),
             }
             put_added(archive, entry, Some(r.tail), Some(added_out))
@@ -360,11 +365,7 @@ fn rebuild_with(
                 }
                 let mut w = view.to_f32()?;
                 rec.add_delta_into(gamma, &mut w)
-                    .map_err(|source| Error::Decode {
-                        archive: archive.to_path_buf(),
-                        tensor: name.to_string(),
-                        source: Box::new(source),
-                    })?;
+                    .map_err(|source| decode_err(archive, entry, source))?;
                 let mut bytes = Vec::with_capacity(entry.dtype.size() * w.len());
                 f32_to_bytes(&w, entry.dtype, &mut bytes)?;
                 if bytes.len() != out.len() {
@@ -426,11 +427,7 @@ fn rebuild_from_other_dtype(
         put_added(archive, entry, added, added_out)?;
         let gamma = reader.manifest().gamma as f32;
         rec.add_delta_into(gamma, &mut w)
-            .map_err(|source| Error::Decode {
-                archive: archive.to_path_buf(),
-                tensor: name.to_string(),
-                source: Box::new(source),
-            })?;
+            .map_err(|source| decode_err(archive, entry, source))?;
     } else if added_out.is_some() {
         // Dropped: the base's rows as they are, the added rows from the record.
         let tail = match reader.read_record(name)? {
