@@ -15,7 +15,7 @@ use crate::support::*;
 
 /// `from`'s checkpoint with every floating-point tensor converted to `dtype`, written to `to` (with `from`'s other
 /// files).
-fn converted(from: &Path, to: &Path, dtype: DType) {
+pub(crate) fn converted(from: &Path, to: &Path, dtype: DType) {
     let ck = Checkpoint::open(from).unwrap();
     let tensors: Vec<(TensorInfo, Vec<u8>)> = ck
         .tensors()

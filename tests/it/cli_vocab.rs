@@ -11,6 +11,7 @@ use ultradelta::io::{
     f32_to_bytes, write_checkpoint, Checkpoint, DType, TensorInfo, WriterOptions,
 };
 
+use crate::cli_dtypes::converted;
 use crate::hostile::with_entry_value;
 use crate::support::*;
 
@@ -331,29 +332,10 @@ fn a_grown_vocabulary_over_a_base_of_another_dtype() {
     let dir = tempfile::tempdir().unwrap();
     let (base, ft) = pair(dir.path(), DType::F32, false, 7);
     // The fine-tune in BF16, its embedding grown by 3 rows.
-    let ck = Checkpoint::open(&ft).unwrap();
-    let tensors: Vec<(TensorInfo, Vec<u8>)> = ck
-        .tensors()
-        .iter()
-        .map(|i| {
-            let v = ck.view(&i.name).unwrap();
-            if !i.dtype.is_float() {
-                return (i.clone(), v.bytes().to_vec());
-            }
-            let mut w = v.to_f32().unwrap();
-            let mut shape = i.shape.clone();
-            if i.name == EMB {
-                w.extend((0..3 * shape[1]).map(|k| (k % 7) as f32 * 0.01));
-                shape[0] += 3;
-            }
-            let mut b = Vec::new();
-            f32_to_bytes(&w, DType::BF16, &mut b).unwrap();
-            (TensorInfo::new(i.name.clone(), DType::BF16, shape), b)
-        })
-        .collect();
+    let bf16 = dir.path().join("ft-bf16");
+    converted(&ft, &bf16, DType::BF16);
     let big = dir.path().join("ft-bf16-grown");
-    write_checkpoint(&big, &tensors, WriterOptions::default()).unwrap();
-    copy_companions(&ft, &big);
+    grown(&bf16, &big, 3);
     let b = Checkpoint::open(&base).unwrap();
     let f = Checkpoint::open(&big).unwrap();
     let base_rows = b.info(EMB).unwrap().shape[0];
