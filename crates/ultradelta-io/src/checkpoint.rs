@@ -17,6 +17,10 @@ use crate::{Error, Result, TensorInfo};
 pub const SINGLE_FILE_NAME: &str = "model.safetensors";
 /// Name of the sharded-checkpoint index in a Hugging Face folder.
 pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
+/// The weight file of a Hugging Face checkpoint saved by PyTorch (`save_pretrained(.., safe_serialization=False)`).
+pub const TORCH_FILE_NAME: &str = "pytorch_model.bin";
+/// The index of a sharded Hugging Face checkpoint saved by PyTorch.
+pub const TORCH_INDEX_FILE_NAME: &str = "pytorch_model.bin.index.json";
 /// Companion files larger than this are not reported by [`Checkpoint::companion_files`] (64 MiB).
 pub const MAX_COMPANION_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -58,7 +62,8 @@ struct Loc {
     end: usize,
 }
 
-/// A read-only, memory-mapped safetensors checkpoint (one file or several shards). `Send + Sync`.
+/// A read-only, memory-mapped checkpoint: safetensors or PyTorch (`torch.save`), one file or several shards.
+/// `Send + Sync`.
 ///
 /// Opening parses and validates every header (see [`open`](Self::open) for the order of checks) but reads no
 /// tensor data; [`view`](Self::view) borrows bytes straight from the map.
@@ -148,6 +153,25 @@ pub(crate) fn is_plain_file_name(name: &str) -> bool {
     ) && !name.contains('/')
         && !name.contains('\\')
         && !name.contains('\0')
+}
+
+/// True for the names of files `torch.save` may have written a model's weights to (`*.bin`, `*.pt`, `*.pth`),
+/// except the other files a Hugging Face trainer leaves beside them (`training_args.bin`, `optimizer.pt`, ...).
+pub(crate) fn is_torch_file_name(name: &str) -> bool {
+    const TRAINER: [&str; 6] = [
+        "training_args.bin",
+        "optimizer.pt",
+        "optimizer.bin",
+        "scheduler.pt",
+        "scaler.pt",
+        "trainer_state.pt",
+    ];
+    let lower = name.to_ascii_lowercase();
+    [".bin", ".pt", ".pth"]
+        .iter()
+        .any(|ext| lower.len() > ext.len() && lower.ends_with(ext))
+        && !TRAINER.contains(&lower.as_str())
+        && !lower.starts_with("rng_state")
 }
 
 /// True for file names that hold weights or index weights.
@@ -248,6 +272,40 @@ impl CompanionWalk {
     }
 }
 
+/// Validates a weight file's tensor entries, by its format: a PyTorch zip (`torch.save`) or safetensors.
+fn parse_weights(file: &Path, buf: &[u8]) -> Result<header::Header> {
+    if crate::torch::is_zip(buf) {
+        crate::torch::parse(file, buf)
+    } else if crate::torch::is_legacy(buf) {
+        Err(Error::InvalidTorch {
+            file: file.to_path_buf(),
+            reason: "PyTorch's legacy format (saved before PyTorch 1.6 or with `_use_new_zipfile_serialization=False`), which is not read: load it and save it again with a current torch.save, or convert it to safetensors".into(),
+        })
+    } else if looks_like_torch(file) && buf.get(8) != Some(&b'{') {
+        // Named like a PyTorch file and not a safetensors header either: say what it is not.
+        let head: Vec<String> = buf.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Err(Error::InvalidTorch {
+            file: file.to_path_buf(),
+            reason: format!(
+                "neither the zip torch.save writes (PyTorch 1.6 and later) nor safetensors: the file starts with {}",
+                head.join(" ")
+            ),
+        })
+    } else {
+        header::parse(file, buf)
+    }
+}
+
+/// True for file names PyTorch uses (`.bin`, `.pt`, `.pth`), trainer files included.
+fn looks_like_torch(file: &Path) -> bool {
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    [".bin", ".pt", ".pth"].iter().any(|e| name.ends_with(e))
+}
+
 fn is_regular_file(p: &Path) -> bool {
     // follows symlinks: Hugging Face cache snapshots are symlinks to blobs
     std::fs::metadata(p).is_ok_and(|m| m.is_file())
@@ -259,7 +317,15 @@ impl Checkpoint {
     /// - a sharded-checkpoint index json (`*.safetensors.index.json`);
     /// - a folder holding `model.safetensors`;
     /// - a folder holding `model.safetensors.index.json` (sharded; `weight_map` maps tensor -> shard file);
-    /// - a folder holding exactly one `*.safetensors` file (or exactly one `*.safetensors.index.json`).
+    /// - a folder holding exactly one `*.safetensors` file (or exactly one `*.safetensors.index.json`);
+    /// - a PyTorch checkpoint written by `torch.save` (PyTorch 1.6 or later): the file (`pytorch_model.bin`, `*.pt`,
+    ///   `*.pth`, any name), its sharded index (`pytorch_model.bin.index.json`), or a folder without safetensors
+    ///   holding `pytorch_model.bin`, its index, or exactly one `*.bin` / `*.pt` / `*.pth` other than a trainer's
+    ///   (`training_args.bin`, `optimizer.pt`, `rng_state*.pth`, ...). Its tensors are byte ranges of the file, mapped
+    ///   like a safetensors file's; the pickle inside is interpreted as data, never run (checks in the `torch`
+    ///   module's documentation). Safetensors files are used when a folder holds both.
+    ///
+    /// A weight file is recognised by its first bytes (a zip is PyTorch's, anything else safetensors), not its name.
     ///
     /// Nothing from a file is trusted before it is checked, in this order, per weight file: the file holds the 8-byte
     /// little-endian header length; that length is at most [`MAX_HEADER_BYTES`](crate::MAX_HEADER_BYTES) and lies
@@ -299,6 +365,7 @@ impl Checkpoint {
         let mut indexes = Vec::new();
         // Weight files in another format (a PyTorch pickle, say), named when no safetensors file is there.
         let mut others = Vec::new();
+        let (mut torch, mut torch_indexes) = (Vec::new(), Vec::new());
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
         for entry in rd {
             let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
@@ -312,6 +379,10 @@ impl Checkpoint {
                 weights.push(name);
             } else if name.ends_with(".safetensors.index.json") {
                 indexes.push(name);
+            } else if is_torch_file_name(&name) {
+                torch.push(name);
+            } else if is_torch_file_name(name.strip_suffix(".index.json").unwrap_or_default()) {
+                torch_indexes.push(name);
             } else if is_weight_file_name(&name) && !name.ends_with(".index.json") {
                 others.push(name);
             }
@@ -319,13 +390,51 @@ impl Checkpoint {
         others.sort();
         weights.sort();
         indexes.sort();
+        torch.sort();
+        torch_indexes.sort();
+        if weights.is_empty() && indexes.is_empty() {
+            // No safetensors: PyTorch's own files, the Hugging Face names first.
+            let torch_index = dir.join(TORCH_INDEX_FILE_NAME);
+            if is_regular_file(&torch_index) {
+                return Self::open_sharded(dir, &torch_index);
+            }
+            let torch_single = dir.join(TORCH_FILE_NAME);
+            if is_regular_file(&torch_single) {
+                return Self::open_single(dir, &torch_single);
+            }
+            match (torch.as_slice(), torch_indexes.as_slice()) {
+                (_, [idx]) => return Self::open_sharded(dir, &dir.join(idx)),
+                ([one], []) => return Self::open_single(dir, &dir.join(one)),
+                ([], []) => {}
+                (many, []) => {
+                    return Err(Error::NotACheckpoint {
+                        path: dir.to_path_buf(),
+                        reason: format!(
+                            "folder holds {} PyTorch files ({}) but no {TORCH_FILE_NAME} or index saying which are the model's (name the file to use)",
+                            many.len(),
+                            list_names(many)
+                        ),
+                    })
+                }
+                (_, several) => {
+                    return Err(Error::NotACheckpoint {
+                        path: dir.to_path_buf(),
+                        reason: format!(
+                            "folder holds {} PyTorch index files ({}) and no {TORCH_INDEX_FILE_NAME} (expected exactly one index)",
+                            several.len(),
+                            list_names(several)
+                        ),
+                    })
+                }
+            }
+        }
         match (weights.as_slice(), indexes.as_slice()) {
             (_, [idx]) => Self::open_sharded(dir, &dir.join(idx)),
             ([one], []) => Self::open_single(dir, &dir.join(one)),
             ([], []) if !others.is_empty() => Err(Error::NotACheckpoint {
                 path: dir.to_path_buf(),
                 reason: format!(
-                    "folder holds weights in another format ({}) and no .safetensors file: convert them to safetensors first (for a PyTorch checkpoint, transformers' `save_pretrained(dir, safe_serialization=True)` or `safetensors.torch.save_file`)",
+                    "folder holds weights in another format ({}) and no .safetensors or PyTorch (torch.save) file: convert them to safetensors first",
                     list_names(&others)
                 ),
             }),
@@ -356,7 +465,7 @@ impl Checkpoint {
 
     fn open_single(given: &Path, file: &Path) -> Result<Checkpoint> {
         let map = map_file(file)?;
-        let hdr = header::parse(file, &map)?;
+        let hdr = parse_weights(file, &map)?;
         let dir = parent_dir(file);
         let size = map.len() as u64;
         let mut tensors = Vec::with_capacity(hdr.entries.len());
@@ -425,7 +534,7 @@ impl Checkpoint {
                 });
             }
             let map = map_file(&shard_path)?;
-            let hdr = header::parse(&shard_path, &map)?;
+            let hdr = parse_weights(&shard_path, &map)?;
             {
                 let held: std::collections::HashSet<&str> =
                     hdr.entries.iter().map(|e| e.info.name.as_str()).collect();

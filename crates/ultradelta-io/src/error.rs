@@ -23,7 +23,7 @@ pub enum Error {
     },
 
     /// The path given to [`Checkpoint::open`](crate::Checkpoint::open) is not a checkpoint we can read.
-    #[error("{}: not a safetensors checkpoint: {reason}", path.display())]
+    #[error("{}: not a checkpoint: {reason}", path.display())]
     NotACheckpoint {
         /// The path the user gave.
         path: PathBuf,
@@ -60,6 +60,16 @@ pub enum Error {
         declared: u64,
         /// Actual file length.
         file_len: u64,
+    },
+
+    /// A PyTorch checkpoint (`torch.save`'s zip format) whose container or pickle is not what `torch.save` writes
+    /// for a state dict, or a pickle in PyTorch's legacy format.
+    #[error("{}: invalid PyTorch checkpoint: {reason}", file.display())]
+    InvalidTorch {
+        /// The weight file.
+        file: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
 
     /// The header is not UTF-8 JSON of the safetensors shape.

@@ -1,6 +1,7 @@
-//! Tensor IO for UltraDelta. This crate owns every byte that goes to or comes from a safetensors checkpoint:
-//! opening single-file, folder and sharded Hugging Face checkpoints read-only through memory maps (validating the
-//! untrusted headers and index json before use), borrowing tensor bytes and converting float tensors to `f32`,
+//! Tensor IO for UltraDelta. This crate owns every byte that goes to or comes from a checkpoint: opening
+//! single-file, folder and sharded Hugging Face checkpoints read-only through memory maps, in safetensors or in
+//! PyTorch's `torch.save` format (validating the untrusted headers, pickles and index json before use; a pickle is
+//! interpreted as data, never run), borrowing tensor bytes and converting float tensors to `f32`,
 //! pairing the tensors of a base and a fine-tuned checkpoint by name, and writing checkpoints back (streamed tensor by
 //! tensor, sharded when large, crash-safe through a temp folder and a rename). It must NOT know anything about
 //! compression: no sparsity, quantization, rescaling or archive format lives here.
@@ -31,6 +32,7 @@ mod dtype;
 mod error;
 mod exchange;
 mod header;
+mod torch;
 mod writer;
 
 #[cfg(test)]
@@ -38,12 +40,14 @@ mod tests;
 
 pub use checkpoint::{
     pair, Checkpoint, Pairing, TensorView, INDEX_FILE_NAME, MAX_COMPANION_BYTES,
-    MAX_COMPANION_COUNT, MAX_COMPANION_DEPTH, SINGLE_FILE_NAME,
+    MAX_COMPANION_COUNT, MAX_COMPANION_DEPTH, SINGLE_FILE_NAME, TORCH_FILE_NAME,
+    TORCH_INDEX_FILE_NAME,
 };
 pub use convert::{bytes_to_f32, f32_to_bytes, PAR_CHUNK};
 pub use dtype::{DType, TensorInfo};
 pub use error::{check_regular_file, Error, Result};
 pub use header::MAX_HEADER_BYTES;
+pub use torch::{MAX_PICKLE_BYTES, MAX_PICKLE_NODES, MAX_ZIP_ENTRIES};
 pub use writer::{
     check_companion_name, recover_leftovers, write_checkpoint, CheckpointWriter, WriterOptions,
     DIRECT_IO_ALIGN,

@@ -281,14 +281,22 @@ fn open_all_path_forms() {
     let e = Checkpoint::open(&empty).unwrap_err();
     assert!(matches!(e, Error::NotACheckpoint { .. }), "{e}");
     assert!(e.to_string().contains("no .safetensors file"), "{e}");
-    // a folder with PyTorch weights only: named, with the way to convert them
-    std::fs::write(empty.join("pytorch_model.bin"), b"not read").unwrap();
+    // a folder with weights in a format that is not read: named, with the way to convert them
+    std::fs::write(empty.join("tf_model.h5"), b"not read").unwrap();
     let e = Checkpoint::open(&empty).unwrap_err();
     assert!(matches!(e, Error::NotACheckpoint { .. }), "{e}");
     let msg = e.to_string();
     assert!(
-        msg.contains("pytorch_model.bin") && msg.contains("convert them to safetensors"),
+        msg.contains("tf_model.h5") && msg.contains("convert them to safetensors"),
         "{msg}"
+    );
+    // a PyTorch file that is not one (PyTorch's own files are read: src/torch_tests.rs)
+    std::fs::write(empty.join("pytorch_model.bin"), b"not read").unwrap();
+    let e = Checkpoint::open(&empty).unwrap_err();
+    assert!(matches!(e, Error::InvalidTorch { .. }), "{e}");
+    assert!(
+        e.to_string().ends_with("pytorch_model.bin: invalid PyTorch checkpoint: neither the zip torch.save writes (PyTorch 1.6 and later) nor safetensors: the file starts with 6e 6f 74 20 72 65 61 64"),
+        "{e}"
     );
     // a path that does not exist
     let e = Checkpoint::open(t.path().join("nope")).unwrap_err();

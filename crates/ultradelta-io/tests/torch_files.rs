@@ -1,0 +1,138 @@
+//! Files written by the real `torch.save` (torch 2.5.1; `tests/data/torch/make.py` wrote them, with each one's
+//! tensors as torch loads them in `<name>.expected.json`): every tensor reads back with torch's dtype, shape and
+//! values; what the reader refuses, it refuses with the file, the tensor and the reason.
+
+use std::path::{Path, PathBuf};
+
+use ultradelta_io::{Checkpoint, DType};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/torch")
+        .join(name)
+}
+
+fn expected(name: &str) -> serde_json::Map<String, serde_json::Value> {
+    let text = std::fs::read_to_string(data(&format!("{name}.expected.json"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["tensors"].as_object().unwrap().clone()
+}
+
+/// The values of an integer or bool tensor, widened to i64.
+fn ints(dtype: DType, b: &[u8]) -> Vec<i64> {
+    let w = dtype.size();
+    b.chunks(w)
+        .map(|c| match dtype {
+            DType::I64 => i64::from_le_bytes(c.try_into().unwrap()),
+            DType::I32 => i64::from(i32::from_le_bytes(c.try_into().unwrap())),
+            DType::I16 => i64::from(i16::from_le_bytes(c.try_into().unwrap())),
+            DType::I8 => i64::from(c[0] as i8),
+            DType::U8 | DType::Bool => i64::from(c[0]),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+/// Checks every tensor of `ck` against the expected ones (their names with `strip` removed).
+fn check(ck: &Checkpoint, name: &str, strip: &str) {
+    let want = expected(name);
+    let got: Vec<&str> = ck.tensors().iter().map(|t| t.name.as_str()).collect();
+    let mut names: Vec<String> = want
+        .keys()
+        .map(|k| k.strip_prefix(strip).unwrap_or(k).to_string())
+        .collect();
+    names.sort();
+    assert_eq!(got, names, "{name}");
+    for (key, w) in &want {
+        let t = ck.view(key.strip_prefix(strip).unwrap_or(key)).unwrap();
+        let info = t.info();
+        assert_eq!(
+            info.dtype.name(),
+            w["dtype"].as_str().unwrap(),
+            "{name} {key}"
+        );
+        let shape: Vec<usize> = w["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(info.shape, shape, "{name} {key}");
+        let values = w["values"].as_array().unwrap();
+        if info.dtype.is_float() {
+            let got = t.to_f32().unwrap();
+            let want: Vec<f32> = values.iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            assert_eq!(got.len(), want.len());
+            for (g, e) in got.iter().zip(&want) {
+                assert!(g.to_bits() == e.to_bits(), "{name} {key}: {g} vs {e}");
+            }
+        } else {
+            let want: Vec<i64> = values.iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(ints(info.dtype, t.bytes()), want, "{name} {key}");
+        }
+    }
+}
+
+#[test]
+fn real_torch_save_files_read_as_torch_loads_them() {
+    for name in [
+        "plain.bin",
+        "dtypes.bin",
+        "tied.bin",
+        "offset.bin",
+        "param.bin",
+    ] {
+        let ck = Checkpoint::open(data(name)).unwrap();
+        check(&ck, name, "");
+    }
+    // {"model": state_dict, "epoch": 3, "args": Namespace(..)}: the state dict under "model".
+    let ck = Checkpoint::open(data("wrapped.pth")).unwrap();
+    check(&ck, "wrapped.pth", "model.");
+}
+
+#[test]
+fn tied_weights_share_one_storage() {
+    let ck = Checkpoint::open(data("tied.bin")).unwrap();
+    let (a, b) = (
+        ck.view("embed.weight").unwrap(),
+        ck.view("lm_head.weight").unwrap(),
+    );
+    assert_eq!(a.bytes().as_ptr(), b.bytes().as_ptr());
+}
+
+#[test]
+fn a_transformers_folder_saved_by_pytorch_is_the_same_checkpoint_as_its_safetensors() {
+    let bin = Checkpoint::open(data("bert-bin")).unwrap();
+    let st = Checkpoint::open(data("bert-st")).unwrap();
+    check(&bin, "bert-bin", "");
+    assert_eq!(bin.tensors(), st.tensors());
+    for (a, b) in bin.views().zip(st.views()) {
+        assert_eq!(a.bytes(), b.bytes(), "{}", a.info().name);
+    }
+    // The same weights in either format: the same fingerprint, so an archive made against one applies to the other.
+    assert_eq!(bin.fingerprint(), st.fingerprint());
+    assert_eq!(
+        bin.weight_files(),
+        [data("bert-bin").join("pytorch_model.bin")]
+    );
+    assert_eq!(
+        bin.companion_files(),
+        [data("bert-bin").join("config.json")]
+    );
+}
+
+#[test]
+fn what_is_refused_is_named() {
+    let e = Checkpoint::open(data("views.bin")).unwrap_err().to_string();
+    assert!(
+        e.contains("views.bin: tensor \"") && e.contains("a non-contiguous view"),
+        "{e}"
+    );
+    let e = Checkpoint::open(data("legacy.bin"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("legacy.bin: invalid PyTorch checkpoint: PyTorch's legacy format"),
+        "{e}"
+    );
+}
