@@ -12,5 +12,6 @@ mod cli_methods;
 mod cli_names;
 mod cli_roundtrip;
 mod cli_rows;
+mod cli_torch;
 mod cli_vocab;
 mod hostile;

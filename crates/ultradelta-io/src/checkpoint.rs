@@ -732,7 +732,8 @@ impl Checkpoint {
             .map(|i| self.files[self.locs[i].file].as_path())
     }
 
-    /// The safetensors `__metadata__` of the first weight file (empty if it has none).
+    /// The safetensors `__metadata__` of the first weight file (empty if it has none); for a PyTorch file,
+    /// `{"format": "pt"}`, what transformers writes in the safetensors files it saves.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
     }

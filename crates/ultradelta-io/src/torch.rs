@@ -951,10 +951,9 @@ pub(crate) fn parse(file: &Path, buf: &[u8]) -> Result<Header> {
         };
         entries.push(tensor_entry(file, buf, &dir, prefix, name, t)?);
     }
-    Ok(Header {
-        entries,
-        metadata: Default::default(),
-    })
+    // What transformers writes in the safetensors files it saves: a checkpoint rebuilt from this one then carries it.
+    let metadata = [("format".to_string(), "pt".to_string())].into();
+    Ok(Header { entries, metadata })
 }
 
 fn tensor_entry(

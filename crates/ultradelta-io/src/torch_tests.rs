@@ -277,7 +277,7 @@ fn reads_a_state_dict_as_torch_saves_it() {
             assert_eq!(ids.info().dtype, DType::I64);
             assert_eq!(ids.bytes(), &sample().2[..]);
             assert_eq!(ck.size_on_disk(), bytes.len() as u64);
-            assert!(ck.metadata().is_empty());
+            assert_eq!(ck.metadata().get("format").map(String::as_str), Some("pt"));
         }
     }
 }

@@ -1,8 +1,9 @@
 #!/work/torchenv/bin/python
 """Write small, real torch.save fixtures (+ <name>.expected.json) into out/.
 
-Run with /work/torchenv/bin/python /work/torchfix/make.py
-torch 2.5.1 (+cu124 wheel, run on CPU), transformers 4.46.3, safetensors 0.8.0.
+Run with a Python that has torch (written with torch 2.5.1, the PyPI wheel run on CPU, transformers 4.46.3,
+safetensors 0.8.0): `python crates/ultradelta-io/tests/data/torch/make.py`. It writes the fixtures next to itself.
+Every file but legacy.bin (whose storage keys are memory addresses) comes out byte-identical on each run.
 """
 import argparse
 import json
@@ -13,7 +14,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+OUT = os.path.dirname(os.path.abspath(__file__))
 
 ST_NAME = {
     torch.float32: "F32",
@@ -106,9 +107,8 @@ def save(name, obj, note=None, **kw):
 
 
 def main():
-    if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
-    os.makedirs(OUT)
+    for d in ["bert-bin", "bert-st", "bert-ft-bin", "bert-ft-st"]:
+        shutil.rmtree(os.path.join(OUT, d), ignore_errors=True)
 
     # a. plain state dict (OrderedDict with _metadata attribute)
     sd = tiny_state_dict()
@@ -184,6 +184,15 @@ def main():
     for k in lb:
         assert torch.equal(lb[k], ls[k]), k
     print("bert: .bin and .safetensors identical,", len(lb), "tensors")
+    os.remove(os.path.join(OUT, "bert-st.expected.json"))  # the same as bert-bin's
+
+    # i. a fine-tune of it (every float tensor moved a little), in both formats: a pair to compress
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in bert.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    bert.save_pretrained(os.path.join(OUT, "bert-ft-bin"), safe_serialization=False)
+    bert.save_pretrained(os.path.join(OUT, "bert-ft-st"), safe_serialization=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+//! PyTorch checkpoints (`pytorch_model.bin`, written by the real `torch.save` through transformers'
+//! `save_pretrained(.., safe_serialization=False)`; crates/ultradelta-io/tests/data/torch/make.py) compress, apply,
+//! verify and evaluate as their safetensors twins do: the same archive but for the fine-tune's size on disk, the
+//! same rebuilt tensors, and an archive made against one format applies to a base in the other.
+
+use std::path::{Path, PathBuf};
+
+use ultradelta::io::Checkpoint;
+
+use crate::support::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ultradelta-io/tests/data/torch")
+        .join(name)
+}
+
+/// Every tensor of two checkpoints, byte for byte.
+fn same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (Checkpoint::open(a).unwrap(), Checkpoint::open(b).unwrap());
+    assert_eq!(a.tensors(), b.tensors());
+    for (x, y) in a.views().zip(b.views()) {
+        assert_eq!(x.bytes(), y.bytes(), "{}", x.info().name);
+    }
+}
+
+/// `inspect --json` without what depends on the fine-tune's size on disk or the archive's own bytes.
+fn report(archive: &Path) -> serde_json::Value {
+    let mut v = inspect_json(archive);
+    let o = v.as_object_mut().unwrap();
+    for k in ["bytes", "content_sha256", "ratio"] {
+        o.remove(k);
+    }
+    o["breakdown"]
+        .as_object_mut()
+        .unwrap()
+        .remove("index_and_framing");
+    v
+}
+
+#[test]
+fn pytorch_checkpoints_compress_and_apply_like_their_safetensors_twins() {
+    let t = tempfile::tempdir().unwrap();
+    let (base_bin, ft_bin) = (fixture("bert-bin"), fixture("bert-ft-bin"));
+    let (base_st, ft_st) = (fixture("bert-st"), fixture("bert-ft-st"));
+    for flags in [&[][..], &["--preset", "paper"][..]] {
+        let (a_bin, a_st) = (t.path().join("bin.udelta"), t.path().join("st.udelta"));
+        let mut bin = compress_cmd(&base_bin, &ft_bin, &a_bin, flags);
+        bin.push("--force");
+        ud_ok(&bin);
+        let mut st = compress_cmd(&base_st, &ft_st, &a_st, flags);
+        st.push("--force");
+        ud_ok(&st);
+        assert_eq!(report(&a_bin), report(&a_st), "{flags:?}");
+        // The fine-tune's size on disk is its pytorch_model.bin.
+        let bin_size = std::fs::metadata(ft_bin.join("pytorch_model.bin"))
+            .unwrap()
+            .len();
+        assert_eq!(
+            inspect_json(&a_bin)["ratio"]["finetuned_bytes"],
+            serde_json::json!(bin_size)
+        );
+        // Rebuilt from either base, with either archive: the same tensors, in safetensors with transformers'
+        // metadata.
+        let outs: Vec<PathBuf> = [(&base_bin, &a_bin), (&base_st, &a_bin), (&base_bin, &a_st)]
+            .iter()
+            .enumerate()
+            .map(|(i, (base, archive))| {
+                let out = t.path().join(format!("out{i}"));
+                ud_ok(&[apply_cmd(base, archive, &out, &[]), vec!["--force"]].concat());
+                out
+            })
+            .collect();
+        for o in &outs[1..] {
+            same_tensors(&outs[0], o);
+        }
+        let rebuilt = Checkpoint::open(&outs[0]).unwrap();
+        assert_eq!(
+            rebuilt.metadata().get("format").map(String::as_str),
+            Some("pt")
+        );
+        assert!(outs[0].join("model.safetensors").is_file());
+        assert!(outs[0].join("config.json").is_file());
+        // verify against a base in either format; eval against the PyTorch fine-tune.
+        for base in [&base_bin, &base_st] {
+            ud_ok(&["verify", "--quiet", "--base", s(base), s(&a_bin)]);
+        }
+        ud_ok(&[
+            "eval",
+            "--quiet",
+            "--base",
+            s(&base_bin),
+            "--finetuned",
+            s(&ft_bin),
+            s(&a_bin),
+        ]);
+    }
+}
+
+#[test]
+fn a_pytorch_file_torch_cannot_have_written_is_one_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let ft = t.path().join("ft");
+    std::fs::create_dir(&ft).unwrap();
+    std::fs::copy(fixture("bert-ft-bin/config.json"), ft.join("config.json")).unwrap();
+    // The fine-tune's pytorch_model.bin cut in half.
+    let bytes = std::fs::read(fixture("bert-ft-bin/pytorch_model.bin")).unwrap();
+    std::fs::write(ft.join("pytorch_model.bin"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = t.path().join("a.udelta");
+    let e = ud_err(&compress_cmd(&fixture("bert-bin"), &ft, &out, &[]));
+    assert!(
+        e.contains("pytorch_model.bin: invalid PyTorch checkpoint: zip container: no end-of-central-directory record (truncated file?)"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // A non-contiguous view and the legacy format are named too.
+    for (file, want) in [
+        ("views.bin", "a non-contiguous view"),
+        ("legacy.bin", "PyTorch's legacy format"),
+    ] {
+        let e = ud_err(&compress_cmd(&fixture(file), &fixture(file), &out, &[]));
+        assert!(e.contains(file) && e.contains(want), "{e}");
+    }
+}
