@@ -3,7 +3,7 @@
 # no cargo-fuzz) and runs one.
 #   fuzz/run.sh build                      build every target
 #   fuzz/run.sh run TARGET [libFuzzer args] run TARGET on its corpus (fuzz/corpus/TARGET, seeds fuzz/seeds/TARGET)
-# Targets: archive, record, apply, safetensors. Crashes land in fuzz/artifacts/TARGET/.
+# Targets: archive, record, apply, safetensors, torch. Crashes land in fuzz/artifacts/TARGET/.
 set -euo pipefail
 cd "$(dirname "$0")"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

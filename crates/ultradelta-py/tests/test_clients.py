@@ -188,6 +188,49 @@ def test_transformers_causal_lm_generated_llama(tmp_path, llama, report):
     _causal_check(tmp_path / "default", llama["base"], llama["drunk"], report)
 
 
+def _as_torch_folder(src: Path, dst: Path):
+    """`src`'s folder with its safetensors weights saved again by torch.save, as one pytorch_model.bin."""
+    torch = _import("torch")
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    state = {}
+    for f in sorted(src.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    torch.save(state, dst / "pytorch_model.bin")
+
+
+def test_pytorch_checkpoints_compress_like_their_safetensors(tmp_path, llama, report):
+    # Base and fine-tune as this torch writes them (pytorch_model.bin, torch.save's zip format): read without
+    # unpickling, they compress and rebuild as their safetensors twins do.
+    torch = _import("torch")
+    from safetensors.torch import load_file
+
+    base_st, ft_st = Path(llama["base"]), Path(llama["drunk"])
+    base_bin, ft_bin = tmp_path / "base-bin", tmp_path / "ft-bin"
+    _as_torch_folder(base_st, base_bin)
+    _as_torch_folder(ft_st, ft_bin)
+    # Every delta kept losslessly: transformers gives the PyTorch fine-tune's logits bit for bit from the rebuilt
+    # folder (safetensors, with transformers' format metadata, so from_pretrained loads it).
+    l_rb, l_ft = _causal_check(tmp_path / "lossless", base_bin, ft_bin, report, keep=["*"])
+    assert torch.equal(l_rb, l_ft)
+    assert _has_metadata(tmp_path / "lossless" / "rebuilt")
+    # The defaults: the same rebuilt tensors as from the safetensors pair.
+    rebuilt = {}
+    for name, (b, f) in {"bin": (base_bin, ft_bin), "st": (base_st, ft_st)}.items():
+        a = tmp_path / f"{name}.udelta"
+        ultradelta.compress(b, f, a)
+        ultradelta.apply(b, a, tmp_path / f"rebuilt-{name}")
+        rebuilt[name] = {}
+        for w in sorted((tmp_path / f"rebuilt-{name}").glob("*.safetensors")):
+            rebuilt[name].update(load_file(str(w)))
+    assert rebuilt["bin"].keys() == rebuilt["st"].keys()
+    for k, v in rebuilt["bin"].items():
+        assert torch.equal(v, rebuilt["st"][k]), k
+    report(f"pytorch_model.bin pair (torch {torch.__version__}): {len(rebuilt['bin'])} tensors rebuilt, the same as "
+           f"from the safetensors pair")
+
+
 REAL = os.environ.get("ULTRADELTA_REAL_TESTBED")
 
 
