@@ -272,22 +272,18 @@ impl CompanionWalk {
     }
 }
 
-/// Validates a weight file's tensor entries, by its format: a PyTorch zip (`torch.save`) or safetensors.
+/// Validates a weight file's tensor entries, by its format: PyTorch's (`torch.save`: a zip, or the legacy format)
+/// or safetensors.
 fn parse_weights(file: &Path, buf: &[u8]) -> Result<header::Header> {
-    if crate::torch::is_zip(buf) {
+    if crate::torch::is_zip(buf) || crate::torch::is_legacy(buf) {
         crate::torch::parse(file, buf)
-    } else if crate::torch::is_legacy(buf) {
-        Err(Error::InvalidTorch {
-            file: file.to_path_buf(),
-            reason: "PyTorch's legacy format (saved before PyTorch 1.6 or with `_use_new_zipfile_serialization=False`), which is not read: load it and save it again with a current torch.save, or convert it to safetensors".into(),
-        })
     } else if looks_like_torch(file) && buf.get(8) != Some(&b'{') {
         // Named like a PyTorch file and not a safetensors header either: say what it is not.
         let head: Vec<String> = buf.iter().take(8).map(|b| format!("{b:02x}")).collect();
         Err(Error::InvalidTorch {
             file: file.to_path_buf(),
             reason: format!(
-                "neither the zip torch.save writes (PyTorch 1.6 and later) nor safetensors: the file starts with {}",
+                "neither a file torch.save writes (a zip, or the legacy format's magic number) nor safetensors: the file starts with {}",
                 head.join(" ")
             ),
         })
@@ -318,14 +314,15 @@ impl Checkpoint {
     /// - a folder holding `model.safetensors`;
     /// - a folder holding `model.safetensors.index.json` (sharded; `weight_map` maps tensor -> shard file);
     /// - a folder holding exactly one `*.safetensors` file (or exactly one `*.safetensors.index.json`);
-    /// - a PyTorch checkpoint written by `torch.save` (PyTorch 1.6 or later): the file (`pytorch_model.bin`, `*.pt`,
+    /// - a PyTorch checkpoint written by `torch.save` (its zip format, or the legacy one of PyTorch before 1.6): the file (`pytorch_model.bin`, `*.pt`,
     ///   `*.pth`, any name), its sharded index (`pytorch_model.bin.index.json`), or a folder without safetensors
     ///   holding `pytorch_model.bin`, its index, or exactly one `*.bin` / `*.pt` / `*.pth` other than a trainer's
     ///   (`training_args.bin`, `optimizer.pt`, `rng_state*.pth`, ...). Its tensors are byte ranges of the file, mapped
     ///   like a safetensors file's; the pickle inside is interpreted as data, never run (checks in the `torch`
     ///   module's documentation). Safetensors files are used when a folder holds both.
     ///
-    /// A weight file is recognised by its first bytes (a zip is PyTorch's, anything else safetensors), not its name.
+    /// A weight file is recognised by its first bytes (a zip or the legacy magic number is PyTorch's, anything else
+    /// safetensors), not its name.
     ///
     /// Nothing from a file is trusted before it is checked, in this order, per weight file: the file holds the 8-byte
     /// little-endian header length; that length is at most [`MAX_HEADER_BYTES`](crate::MAX_HEADER_BYTES) and lies

@@ -295,7 +295,7 @@ fn open_all_path_forms() {
     let e = Checkpoint::open(&empty).unwrap_err();
     assert!(matches!(e, Error::InvalidTorch { .. }), "{e}");
     assert!(
-        e.to_string().ends_with("pytorch_model.bin: invalid PyTorch checkpoint: neither the zip torch.save writes (PyTorch 1.6 and later) nor safetensors: the file starts with 6e 6f 74 20 72 65 61 64"),
+        e.to_string().ends_with("pytorch_model.bin: invalid PyTorch checkpoint: neither a file torch.save writes (a zip, or the legacy format's magic number) nor safetensors: the file starts with 6e 6f 74 20 72 65 61 64"),
         "{e}"
     );
     // a path that does not exist

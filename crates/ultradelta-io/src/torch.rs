@@ -1,5 +1,5 @@
-//! PyTorch checkpoints: the zip files `torch.save` writes (`pytorch_model.bin`, `*.pt`, `*.pth`; PyTorch 1.6 and
-//! later), read without running anything.
+//! PyTorch checkpoints: the files `torch.save` writes (`pytorch_model.bin`, `*.pt`, `*.pth`), read without running
+//! anything. Two layouts: the zip of PyTorch 1.6 and later, and the legacy one before it (below).
 //!
 //! Such a file is a zip archive of stored (uncompressed) entries: `<prefix>/data.pkl`, a pickle of the saved object
 //! whose tensors refer to storages by key, and one entry `<prefix>/data/<key>` per storage holding its raw
@@ -19,6 +19,12 @@
 //! key is a string and every value a tensor of a supported storage type, contiguous (row-major strides), whose
 //! elements lie inside its storage, whose storage entry is stored, unencrypted and of the size its declared element
 //! count gives, and inside the file. Tensors may share a storage (tied weights).
+//!
+//! The legacy layout (PyTorch before 1.6, or `_use_new_zipfile_serialization=False`) is five pickles in a row —
+//! the magic number, the protocol version (1001), the system information (which must say little-endian), the
+//! object, the list of storage keys — then each listed storage as its element count (int64) and its bytes. The
+//! pickles are read as above (within the file's first [`MAX_PICKLE_BYTES`]); each storage's type comes from the
+//! object's references to it, its place from the running sum of the sizes before it, checked against the file's end.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -509,7 +515,12 @@ impl<'a> Machine<'a> {
             )));
         };
         let t = t.clone();
-        let storage = (t.len() == 5 && self.str_of(t[0]) == Some("storage")).then(|| {
+        // Legacy files add a sixth element, a view's metadata: None for a storage saved whole.
+        let legacy_view = t.len() == 6 && !matches!(self.nodes[t[5]], Node::None);
+        let storage = ((t.len() == 5 || t.len() == 6)
+            && !legacy_view
+            && self.str_of(t[0]) == Some("storage"))
+        .then(|| {
             let kind = match &self.nodes[t[1]] {
                 Node::Global(g) => Some(g.clone()),
                 _ => None,
@@ -811,9 +822,34 @@ impl<'a> Machine<'a> {
 /// Keys under which a checkpoint wraps its state dict (`{"model": state_dict, "epoch": ..}`), tried in order.
 const WRAPPER_KEYS: [&str; 4] = ["state_dict", "model", "module", "model_state_dict"];
 
-/// Parses the PyTorch zip checkpoint held in `buf` into validated tensor entries (absolute byte ranges in the
-/// file). `file` names the file in errors.
+/// Where a storage's bytes are in the file: (offset, length in bytes), or why they cannot be found.
+type Resolve<'r> = dyn Fn(&str) -> std::result::Result<(u64, u64), String> + 'r;
+
+impl<'a> Machine<'a> {
+    fn new(file: &'a Path, pkl: &'a [u8], pos: usize) -> Machine<'a> {
+        Machine {
+            file,
+            pkl,
+            pos,
+            nodes: Vec::new(),
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+        }
+    }
+}
+
+/// Parses the PyTorch checkpoint held in `buf` (the zip format, or the legacy one) into validated tensor entries
+/// (absolute byte ranges in the file). `file` names the file in errors.
 pub(crate) fn parse(file: &Path, buf: &[u8]) -> Result<Header> {
+    if is_legacy(buf) {
+        parse_legacy(file, buf)
+    } else {
+        parse_zip(file, buf)
+    }
+}
+
+fn parse_zip(file: &Path, buf: &[u8]) -> Result<Header> {
     let dir = zip_directory(file, buf)?;
     let mut pickles: Vec<&String> = dir
         .keys()
@@ -863,17 +899,133 @@ pub(crate) fn parse(file: &Path, buf: &[u8]) -> Result<Header> {
             ));
         }
     }
-    let mut m = Machine {
-        file,
-        pkl,
-        pos: 0,
-        nodes: Vec::new(),
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
-    };
+    let mut m = Machine::new(file, pkl, 0);
     let root = m.run()?;
-    let nodes = m.nodes;
+    let resolve = |key: &str| {
+        let name = format!("{prefix}data/{key}");
+        let e = dir
+            .get(&name)
+            .ok_or_else(|| format!("its storage {name:?} is not in the zip"))?;
+        stored(file, buf, &name, e).map_err(|e| e.to_string())?;
+        Ok((e.data, e.size))
+    };
+    state_dict(file, &m.nodes, root, &resolve)
+}
+
+/// PyTorch's format before 1.6: five pickles (magic number, protocol version, system info, the object, the storage
+/// keys), then each storage in the keys' order as its element count (int64) and its bytes, to the end of the file.
+fn parse_legacy(file: &Path, buf: &[u8]) -> Result<Header> {
+    // The pickles lie before the storages; each is read from where the previous one stopped.
+    let pkl = &buf[..buf.len().min(MAX_PICKLE_BYTES as usize)];
+    let mut pos = 0;
+    let mut next = || -> Result<(Vec<Node>, usize, usize)> {
+        let mut m = Machine::new(file, pkl, pos);
+        let root = m.run()?;
+        pos = m.pos;
+        Ok((m.nodes, root, pos))
+    };
+    let _magic = next()?;
+    let (nodes, root, _) = next()?;
+    if !matches!(nodes[root], Node::Int(1001)) {
+        return Err(invalid(
+            file,
+            format!(
+                "legacy format: protocol version {}, expected 1001",
+                nodes[root].describe()
+            ),
+        ));
+    }
+    let (nodes, root, _) = next()?;
+    let little = match &nodes[root] {
+        Node::Dict(kv) => kv.iter().any(|&(k, v)| {
+            matches!(&nodes[k], Node::Str(s) if &**s == "little_endian")
+                && matches!(nodes[v], Node::Bool(true))
+        }),
+        _ => false,
+    };
+    if !little {
+        return Err(invalid(
+            file,
+            "legacy format: the system information does not say little-endian: only little-endian checkpoints are read",
+        ));
+    }
+    let (obj_nodes, obj_root, _) = next()?;
+    let (nodes, root, mut at) = next()?;
+    let keys: Vec<&str> = match &nodes[root] {
+        Node::List(v) => v
+            .iter()
+            .map(|&i| match &nodes[i] {
+                Node::Str(s) => Some(&**s),
+                _ => None,
+            })
+            .collect::<Option<_>>(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        invalid(
+            file,
+            "legacy format: the storage keys are not a list of strings",
+        )
+    })?;
+    // Each storage's type (hence element size), from the object's storage references.
+    let mut kinds: HashMap<&str, &str> = HashMap::new();
+    for n in &obj_nodes {
+        if let Node::Storage { kind, key, .. } = n {
+            if kinds.insert(key, kind).is_some_and(|k| k != &**kind) {
+                return Err(invalid(
+                    file,
+                    format!("legacy format: storage {key:?} declared with two types"),
+                ));
+            }
+        }
+    }
+    let mut places: HashMap<&str, (u64, u64)> = HashMap::new();
+    for key in keys {
+        let bad = |r: String| invalid(file, format!("legacy format: storage {key:?}: {r}"));
+        let kind = kinds
+            .get(key)
+            .ok_or_else(|| bad("listed but never referenced".into()))?;
+        let es = storage_dtype(kind)
+            .ok_or_else(|| {
+                bad(format!(
+                    "storage type {kind} is not supported (expected a float, integer or bool storage)"
+                ))
+            })?
+            .size() as u64;
+        let Some(count) = buf.get(at..at + 8) else {
+            return Err(bad(
+                "its element count lies past the end of the file (truncated file)".into(),
+            ));
+        };
+        let numel = u64::from_le_bytes(count.try_into().unwrap_or_default());
+        let len = numel.checked_mul(es);
+        let end = len.and_then(|l| (at as u64 + 8).checked_add(l));
+        let Some(end) = end.filter(|&e| e <= buf.len() as u64) else {
+            return Err(bad(format!(
+                "{numel} elements run past the end of the {}-byte file (truncated file)",
+                buf.len()
+            )));
+        };
+        if places
+            .insert(key, (at as u64 + 8, end - at as u64 - 8))
+            .is_some()
+        {
+            return Err(bad("listed twice".into()));
+        }
+        at = end as usize;
+    }
+    let resolve = |key: &str| {
+        places
+            .get(key)
+            .copied()
+            .ok_or_else(|| format!("its storage {key:?} is not in the file's list of storages"))
+    };
+    state_dict(file, &obj_nodes, obj_root, &resolve)
+}
+
+/// The state dict the pickle's result holds (itself, or under one of [`WRAPPER_KEYS`]), as tensor entries whose
+/// storages `resolve` places in the file.
+fn state_dict(file: &Path, nodes: &[Node], root: usize, resolve: &Resolve<'_>) -> Result<Header> {
     let is_tensor_dict = |i: usize| match &nodes[i] {
         Node::Dict(kv) => kv.iter().any(|&(_, v)| matches!(nodes[v], Node::Tensor(_))),
         _ => false,
@@ -949,21 +1101,14 @@ pub(crate) fn parse(file: &Path, buf: &[u8]) -> Result<Header> {
                 ),
             ));
         };
-        entries.push(tensor_entry(file, buf, &dir, prefix, name, t)?);
+        entries.push(tensor_entry(file, name, t, resolve)?);
     }
     // What transformers writes in the safetensors files it saves: a checkpoint rebuilt from this one then carries it.
     let metadata = [("format".to_string(), "pt".to_string())].into();
     Ok(Header { entries, metadata })
 }
 
-fn tensor_entry(
-    file: &Path,
-    buf: &[u8],
-    dir: &HashMap<String, ZipEntry>,
-    prefix: &str,
-    name: &str,
-    t: &TensorRef,
-) -> Result<Entry> {
+fn tensor_entry(file: &Path, name: &str, t: &TensorRef, resolve: &Resolve<'_>) -> Result<Entry> {
     let bad = |r: String| bad_tensor(file, name, r);
     let dtype = storage_dtype(&t.storage_kind).ok_or_else(|| {
         bad(format!(
@@ -999,18 +1144,13 @@ fn tensor_entry(
         )));
     }
     let es = dtype.size() as u64;
-    let key = format!("{prefix}data/{}", t.key);
-    let entry = dir
-        .get(&key)
-        .ok_or_else(|| bad(format!("its storage {key:?} is not in the zip")))?;
-    let storage_bytes = t.storage_numel.checked_mul(es);
-    if storage_bytes != Some(entry.size) {
+    let (data, size) = resolve(&t.key).map_err(bad)?;
+    if t.storage_numel.checked_mul(es) != Some(size) {
         return Err(bad(format!(
-            "storage {key:?} holds {} bytes, but {} elements of {} are declared",
-            entry.size, t.storage_numel, t.storage_kind
+            "storage {:?} holds {size} bytes, but {} elements of {} are declared",
+            t.key, t.storage_numel, t.storage_kind
         )));
     }
-    stored(file, buf, &key, entry)?;
     let fits = t
         .offset
         .checked_add(numel as u64)
@@ -1023,8 +1163,8 @@ fn tensor_entry(
             t.storage_numel
         )));
     }
-    // Inside the file: the entry was checked to be, and the tensor to lie inside the entry.
-    let start = (entry.data + t.offset * es) as usize;
+    // Inside the file: the storage was checked to be, and the tensor to lie inside the storage.
+    let start = (data + t.offset * es) as usize;
     Ok(Entry {
         info,
         start,

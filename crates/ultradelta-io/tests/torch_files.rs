@@ -128,11 +128,30 @@ fn what_is_refused_is_named() {
         e.contains("views.bin: tensor \"") && e.contains("a non-contiguous view"),
         "{e}"
     );
-    let e = Checkpoint::open(data("legacy.bin"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("legacy.bin: invalid PyTorch checkpoint: PyTorch's legacy format"),
-        "{e}"
-    );
+}
+
+#[test]
+fn every_truncation_is_an_error_and_no_byte_flip_panics() {
+    let d = std::env::temp_dir().join(format!("ultradelta-io-torch-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    for name in ["plain.bin", "legacy.bin", "bert-bin/pytorch_model.bin"] {
+        let bytes = std::fs::read(data(name)).unwrap();
+        let p = d.join("pytorch_model.bin");
+        for cut in 0..bytes.len() {
+            std::fs::write(&p, &bytes[..cut]).unwrap();
+            assert!(Checkpoint::open(&p).is_err(), "{name} cut at {cut}");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xa5;
+            std::fs::write(&p, &b).unwrap();
+            if let Ok(ck) = Checkpoint::open(&p) {
+                let _ = ck.fingerprint();
+                for v in ck.views() {
+                    let _ = v.to_f32();
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(d).ok();
 }

@@ -188,8 +188,9 @@ def test_transformers_causal_lm_generated_llama(tmp_path, llama, report):
     _causal_check(tmp_path / "default", llama["base"], llama["drunk"], report)
 
 
-def _as_torch_folder(src: Path, dst: Path):
-    """`src`'s folder with its safetensors weights saved again by torch.save, as one pytorch_model.bin."""
+def _as_torch_folder(src: Path, dst: Path, legacy=False):
+    """`src`'s folder with its safetensors weights saved again by torch.save, as one pytorch_model.bin (in the
+    format of PyTorch before 1.6 with `legacy`)."""
     torch = _import("torch")
     from safetensors.torch import load_file
 
@@ -197,12 +198,12 @@ def _as_torch_folder(src: Path, dst: Path):
     state = {}
     for f in sorted(src.glob("*.safetensors")):
         state.update(load_file(str(f)))
-    torch.save(state, dst / "pytorch_model.bin")
+    torch.save(state, dst / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
 
 
 def test_pytorch_checkpoints_compress_like_their_safetensors(tmp_path, llama, report):
-    # Base and fine-tune as this torch writes them (pytorch_model.bin, torch.save's zip format): read without
-    # unpickling, they compress and rebuild as their safetensors twins do.
+    # Base and fine-tune as this torch writes them (pytorch_model.bin, torch.save's zip format; the fine-tune also
+    # in the legacy format): read without unpickling, they compress and rebuild as their safetensors twins do.
     torch = _import("torch")
     from safetensors.torch import load_file
 
@@ -215,6 +216,10 @@ def test_pytorch_checkpoints_compress_like_their_safetensors(tmp_path, llama, re
     l_rb, l_ft = _causal_check(tmp_path / "lossless", base_bin, ft_bin, report, keep=["*"])
     assert torch.equal(l_rb, l_ft)
     assert _has_metadata(tmp_path / "lossless" / "rebuilt")
+    ft_legacy = tmp_path / "ft-legacy"
+    _as_torch_folder(ft_st, ft_legacy, legacy=True)
+    l_rb, l_ft = _causal_check(tmp_path / "lossless-legacy", base_bin, ft_legacy, report, keep=["*"])
+    assert torch.equal(l_rb, l_ft)
     # The defaults: the same rebuilt tensors as from the safetensors pair.
     rebuilt = {}
     for name, (b, f) in {"bin": (base_bin, ft_bin), "st": (base_st, ft_st)}.items():
