@@ -37,7 +37,8 @@ pub(crate) const ZIP_MAGIC: [u8; 4] = *b"PK\x03\x04";
 
 /// Largest `data.pkl` accepted: 64 MiB (a 70-billion-parameter model's state dict pickles to ~100 KB).
 pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
-/// Most values a pickle may create (bounds the reader's memory whatever the file declares).
+/// Most values, references to them (on the stack, in containers, in the memo) and marks a pickle may create, all
+/// counted together: bounds the reader's memory whatever the file declares (a state dict costs ~20 per tensor).
 pub const MAX_PICKLE_NODES: usize = 1 << 22;
 /// Most entries a zip's central directory may list.
 pub const MAX_ZIP_ENTRIES: u64 = 1 << 20;
@@ -361,9 +362,22 @@ struct Machine<'a> {
     stack: Vec<usize>,
     marks: Vec<usize>,
     memo: HashMap<u64, usize>,
+    /// Values, references and marks created so far (at most [`MAX_PICKLE_NODES`]).
+    spent: usize,
 }
 
 impl<'a> Machine<'a> {
+    /// Counts `n` more values, references or marks against [`MAX_PICKLE_NODES`].
+    fn spend(&mut self, n: usize) -> Result<()> {
+        self.spent = self.spent.saturating_add(n);
+        if self.spent > MAX_PICKLE_NODES {
+            return Err(self.err(format!(
+                "more than {MAX_PICKLE_NODES} values, references and marks (not a state dict)"
+            )));
+        }
+        Ok(())
+    }
+
     fn err(&self, what: impl Into<String>) -> Error {
         invalid(
             self.file,
@@ -404,17 +418,19 @@ impl<'a> Machine<'a> {
     }
 
     fn push_node(&mut self, n: Node) -> Result<usize> {
-        if self.nodes.len() >= MAX_PICKLE_NODES {
-            return Err(self.err(format!(
-                "more than {MAX_PICKLE_NODES} values (not a state dict)"
-            )));
-        }
+        self.spend(1)?;
         self.nodes.push(n);
         Ok(self.nodes.len() - 1)
     }
 
     fn push(&mut self, n: Node) -> Result<()> {
         let i = self.push_node(n)?;
+        self.push_ref(i)
+    }
+
+    /// Pushes a reference to an existing value (`DUP`, `BINGET`, a call's result).
+    fn push_ref(&mut self, i: usize) -> Result<()> {
+        self.spend(1)?;
         self.stack.push(i);
         Ok(())
     }
@@ -476,6 +492,7 @@ impl<'a> Machine<'a> {
     }
 
     fn append(&mut self, target: usize, items: Vec<usize>) -> Result<()> {
+        self.spend(items.len())?;
         match &mut self.nodes[target] {
             Node::List(v) => {
                 v.extend(items);
@@ -493,6 +510,7 @@ impl<'a> Machine<'a> {
         if !items.len().is_multiple_of(2) {
             return Err(self.err("an odd number of values for a dict's keys and values"));
         }
+        self.spend(items.len())?;
         match &mut self.nodes[target] {
             Node::Dict(v) => {
                 v.extend(items.chunks(2).map(|kv| (kv[0], kv[1])));
@@ -626,7 +644,10 @@ impl<'a> Machine<'a> {
                     let r = self.pop()?;
                     return Ok(r);
                 }
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    self.spend(1)?;
+                    self.marks.push(self.stack.len());
+                }
                 b'0' => {
                     if self.stack.len() == self.floor() && !self.marks.is_empty() {
                         self.marks.pop();
@@ -639,7 +660,7 @@ impl<'a> Machine<'a> {
                 }
                 b'2' => {
                     let t = self.top()?;
-                    self.stack.push(t);
+                    self.push_ref(t)?;
                 }
                 b'N' => self.push(Node::None)?,
                 0x88 => self.push(Node::Bool(true))?,
@@ -767,6 +788,7 @@ impl<'a> Machine<'a> {
                         _ => self.memo.len() as u64,
                     };
                     let t = self.top()?;
+                    self.spend(1)?;
                     self.memo.insert(key, t);
                 }
                 b'h' | b'j' => {
@@ -778,7 +800,7 @@ impl<'a> Machine<'a> {
                     let Some(&i) = self.memo.get(&key) else {
                         return Err(self.err(format!("memo entry {key} used before it is set")));
                     };
-                    self.stack.push(i);
+                    self.push_ref(i)?;
                 }
                 b'Q' => {
                     let pid = self.pop()?;
@@ -835,6 +857,7 @@ impl<'a> Machine<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            spent: 0,
         }
     }
 }
