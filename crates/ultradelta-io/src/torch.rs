@@ -112,7 +112,9 @@ const LOCAL_SIG: u32 = 0x0403_4b50;
 const LOCAL_LEN: usize = 30;
 
 /// The central directory of the zip held in `buf`: entry name -> entry.
-fn zip_directory(file: &Path, buf: &[u8]) -> Result<HashMap<String, ZipEntry>> {
+/// Names are borrowed from the file: memory is the entry count's, at most [`MAX_ZIP_ENTRIES`], whatever the names'
+/// lengths.
+fn zip_directory<'a>(file: &Path, buf: &'a [u8]) -> Result<HashMap<&'a str, ZipEntry>> {
     let bad = |r: String| invalid(file, format!("zip container: {r}"));
     let len = buf.len();
     if len < EOCD_LEN {
@@ -174,7 +176,7 @@ fn zip_directory(file: &Path, buf: &[u8]) -> Result<HashMap<String, ZipEntry>> {
             ))
         })?;
     let (mut p, cd_end) = (cd_offset as usize, cd_end as usize);
-    let mut out: HashMap<String, ZipEntry> = HashMap::new();
+    let mut out: HashMap<&'a str, ZipEntry> = HashMap::new();
     for i in 0..count {
         if p + CENTRAL_LEN > cd_end || le32(buf, p) != CENTRAL_SIG {
             return Err(bad(format!(
@@ -199,8 +201,7 @@ fn zip_directory(file: &Path, buf: &[u8]) -> Result<HashMap<String, ZipEntry>> {
             )));
         }
         let name = std::str::from_utf8(&buf[p + CENTRAL_LEN..p + CENTRAL_LEN + nlen])
-            .map_err(|_| bad(format!("entry {i}'s name is not UTF-8")))?
-            .to_string();
+            .map_err(|_| bad(format!("entry {i}'s name is not UTF-8")))?;
         // zip64 extra field: the 64-bit values of the fields set to all ones, in this order.
         let mut extra = &buf[p + CENTRAL_LEN + nlen..p + CENTRAL_LEN + nlen + elen];
         while extra.len() >= 4 {
@@ -245,7 +246,7 @@ fn zip_directory(file: &Path, buf: &[u8]) -> Result<HashMap<String, ZipEntry>> {
             size,
             data: data as u64,
         };
-        if out.insert(name.clone(), entry).is_some() {
+        if out.insert(name, entry).is_some() {
             return Err(bad(format!("entry {name:?} appears twice")));
         }
         p = next;
@@ -874,8 +875,9 @@ pub(crate) fn parse(file: &Path, buf: &[u8]) -> Result<Header> {
 
 fn parse_zip(file: &Path, buf: &[u8]) -> Result<Header> {
     let dir = zip_directory(file, buf)?;
-    let mut pickles: Vec<&String> = dir
+    let mut pickles: Vec<&str> = dir
         .keys()
+        .copied()
         .filter(|n| {
             *n == "data.pkl"
                 || n.strip_suffix("/data.pkl")
@@ -884,7 +886,7 @@ fn parse_zip(file: &Path, buf: &[u8]) -> Result<Header> {
         .collect();
     pickles.sort();
     let pkl_name = match pickles.as_slice() {
-        [one] => (*one).clone(),
+        [one] => *one,
         [] => {
             return Err(invalid(
                 file,
@@ -899,7 +901,7 @@ fn parse_zip(file: &Path, buf: &[u8]) -> Result<Header> {
         }
     };
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    let pkl_entry = &dir[&pkl_name];
+    let pkl_entry = &dir[pkl_name];
     if pkl_entry.size > MAX_PICKLE_BYTES {
         return Err(invalid(
             file,
@@ -909,8 +911,8 @@ fn parse_zip(file: &Path, buf: &[u8]) -> Result<Header> {
             ),
         ));
     }
-    let pkl = stored(file, buf, &pkl_name, pkl_entry)?;
-    if let Some(e) = dir.get(&format!("{prefix}byteorder")) {
+    let pkl = stored(file, buf, pkl_name, pkl_entry)?;
+    if let Some(e) = dir.get(format!("{prefix}byteorder").as_str()) {
         let order = stored(file, buf, "byteorder", e)?;
         if order != b"little" {
             return Err(invalid(
@@ -927,7 +929,7 @@ fn parse_zip(file: &Path, buf: &[u8]) -> Result<Header> {
     let resolve = |key: &str| {
         let name = format!("{prefix}data/{key}");
         let e = dir
-            .get(&name)
+            .get(name.as_str())
             .ok_or_else(|| format!("its storage {name:?} is not in the zip"))?;
         stored(file, buf, &name, e).map_err(|e| e.to_string())?;
         Ok((e.data, e.size))
