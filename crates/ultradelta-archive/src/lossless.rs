@@ -225,6 +225,78 @@ pub(crate) fn compress_planes(bytes: &[u8], size: usize, zstd_level: i32) -> Res
     )
 }
 
+/// [`compress_planes`] of `len` raw bytes of `size`-byte elements that are never built whole: `fill(start, out)`
+/// writes the byte-plane shuffled bytes `start..start + out.len()` (plane `j` of element `i` at `j * n + i`, `n`
+/// elements), one zstd frame's worth at a time. The same frames as [`compress_planes`], so the same bytes; memory is
+/// the frames being compressed and the output.
+pub(crate) fn compress_planes_with(
+    len: usize,
+    zstd_level: i32,
+    fill: impl Fn(usize, &mut [u8]) + Sync,
+) -> Result<Vec<u8>> {
+    let level = tensor_zstd_level(len, zstd_level);
+    let frame = |k: usize| {
+        let start = k * ZSTD_FRAME_BYTES;
+        let mut buf = vec![0u8; (len - start).min(ZSTD_FRAME_BYTES)];
+        fill(start, &mut buf);
+        zstd::bulk::compress(&buf, level)
+            .map_err(|e| Error::stream("zstd", format!("compression failed: {e}")))
+    };
+    if len <= ZSTD_FRAME_BYTES {
+        return frame(0);
+    }
+    let frames: Vec<Vec<u8>> = (0..len.div_ceil(ZSTD_FRAME_BYTES))
+        .into_par_iter()
+        .map(frame)
+        .collect::<Result<_>>()?;
+    Ok(frames.concat())
+}
+
+/// The byte-plane shuffled bytes `start..start + out.len()` ([`shuffle`]'s order) of the `len` raw bytes of
+/// `size`-byte elements whose element `i` is `elem(i)` (little-endian in a `u64`): [`compress_planes_with`]'s
+/// `fill` for forms computed element by element (a bitwise XOR, a bit difference). Runs over one plane at a time.
+pub(crate) fn fill_planes(
+    len: usize,
+    size: usize,
+    start: usize,
+    out: &mut [u8],
+    elem: impl Fn(usize) -> u64,
+) {
+    let n = len / size.max(1);
+    let (mut p, mut o) = (start, 0);
+    while o < out.len() {
+        let (j, i0) = if size <= 1 { (0, p) } else { (p / n, p % n) };
+        let run = (n - i0).min(out.len() - o);
+        let shift = 8 * j as u32;
+        for (k, d) in out[o..o + run].iter_mut().enumerate() {
+            *d = (elem(i0 + k) >> shift) as u8;
+        }
+        p += run;
+        o += run;
+    }
+}
+
+/// Element `i` of `bytes` (elements of `size` bytes, little-endian) as a `u64`.
+#[inline(always)]
+pub(crate) fn element(bytes: &[u8], size: usize, i: usize) -> u64 {
+    let at = i * size;
+    match size {
+        1 => u64::from(bytes[at]),
+        2 => u64::from(u16::from_le_bytes([bytes[at], bytes[at + 1]])),
+        4 => u64::from(u32::from_le_bytes([
+            bytes[at],
+            bytes[at + 1],
+            bytes[at + 2],
+            bytes[at + 3],
+        ])),
+        _ => {
+            let mut w = [0u8; 8];
+            w[..size].copy_from_slice(&bytes[at..at + size]);
+            u64::from_le_bytes(w)
+        }
+    }
+}
+
 /// Checks a lossless record's raw bytes against the tensor (`dtype` is the record's own): the same dtype, and
 /// exactly the tensor's elements.
 pub(crate) fn check_tensor_bytes(

@@ -424,6 +424,48 @@ fn smaller_lossless(
     })
 }
 
+/// [`smaller_lossless`]'s choice and stored payload without the raw forms: each form's shuffled bytes are made
+/// from `base` and `finetuned` frame by frame as they are compressed ([`crate::lossless::compress_planes_with`]),
+/// so a large tensor kept without loss costs its compressed forms, not four copies of itself. The same kind and
+/// bytes as [`smaller_lossless`] (tested).
+fn smaller_lossless_compressed(
+    dtype: DType,
+    base: &[u8],
+    finetuned: &[u8],
+    zstd_level: i32,
+) -> Result<(RecordKind, Vec<u8>)> {
+    use crate::kinds::diff_zstd::zigzag_diff;
+    use crate::lossless::{compress_planes_with, element, fill_planes};
+    let size = dtype.size();
+    if base.len() != finetuned.len() || !base.len().is_multiple_of(size) {
+        // diff_bytes's error
+        diff_bytes(dtype, base, finetuned)?;
+    }
+    let len = finetuned.len();
+    let (x, d) = rayon::join(
+        || {
+            compress_planes_with(len, zstd_level, |start, out| {
+                fill_planes(len, size, start, out, |i| {
+                    element(finetuned, size, i) ^ element(base, size, i)
+                })
+            })
+        },
+        || {
+            compress_planes_with(len, zstd_level, |start, out| {
+                fill_planes(len, size, start, out, |i| {
+                    zigzag_diff(element(finetuned, size, i), element(base, size, i), size)
+                })
+            })
+        },
+    );
+    let (x, d) = (x?, d?);
+    Ok(if d.len() < x.len() {
+        (RecordKind::DiffZstd, d)
+    } else {
+        (RecordKind::XorZstd, x)
+    })
+}
+
 /// One tensor's record, encoded (common header and payload) for a tensor of a given dtype and shape: what
 /// [`crate::ArchiveWriter::write_encoded`] appends as it is. A record encoded once can be measured
 /// ([`EncodedRecord::len`]) and written without encoding it again (lossless deltas are compressed to be chosen,
@@ -474,11 +516,11 @@ impl EncodedRecord {
             numel,
         };
         crate::lossless::check_tensor_bytes(dtype, finetuned, &head)?;
-        let (record, z) = smaller_lossless(dtype, base, finetuned, zstd_level)?;
+        let (kind, z) = smaller_lossless_compressed(dtype, base, finetuned, zstd_level)?;
         let mut bytes = Vec::with_capacity(Head::len(shape.len()) as usize + 8 + z.len());
-        crate::lossless::put_zstd_record(&head, record.kind(), &z, &mut bytes)?;
+        crate::lossless::put_zstd_record(&head, kind, &z, &mut bytes)?;
         Ok(EncodedRecord {
-            kind: record.kind(),
+            kind,
             dtype,
             shape: shape.to_vec(),
             kept: None,
@@ -1192,6 +1234,55 @@ mod tests {
         assert!(
             EncodedRecord::lossless_delta(DType::F32, &[5999], &base[8..], &near[4..], 1).is_err()
         );
+    }
+
+    #[test]
+    fn the_streamed_lossless_forms_are_the_whole_ones_byte_for_byte() {
+        // EncodedRecord::lossless_delta makes each form's shuffled bytes frame by frame; Record::lossless_delta
+        // builds them whole: the same kind and bytes for every dtype, at frame boundaries and past them, for both
+        // winners and the tie.
+        let bytes = |n: usize, seed: u64| -> Vec<u8> {
+            let mut x = seed | 1;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 32) as u8
+                })
+                .collect()
+        };
+        let mut cases: Vec<(DType, usize)> = DType::ALL
+            .iter()
+            .flat_map(|&d| [0, 1, 7, 1000].map(|n| (d, n)))
+            .collect();
+        cases.extend([
+            (DType::BF16, ZSTD_FRAME_BYTES / 2 + 5),
+            (DType::F32, (ZSTD_FRAME_BYTES + 1000) / 4),
+            (DType::U8, ZSTD_FRAME_BYTES + 3),
+        ]);
+        for (dtype, n) in cases {
+            let size = dtype.size();
+            let base = bytes(n * size, 7);
+            // Near the base (low bytes moved: the bit difference wins), unrelated (the XOR may), and equal (a tie).
+            let mut near = base.clone();
+            for (i, b) in near.iter_mut().enumerate() {
+                if i % size == 0 && i % 3 == 0 {
+                    *b = b.wrapping_add(1);
+                }
+            }
+            for ft in [near, bytes(n * size, 11), base.clone()] {
+                let shape = [n];
+                let enc = EncodedRecord::lossless_delta(dtype, &shape, &base, &ft, 1).unwrap();
+                let rec = Record::lossless_delta(dtype, &base, &ft, 1).unwrap();
+                assert_eq!(enc.kind(), rec.kind(), "{dtype:?} {n}");
+                assert_eq!(
+                    enc.bytes(),
+                    encode_record(dtype, &shape, &rec, 1).unwrap(),
+                    "{dtype:?} {n}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -41,7 +41,7 @@ fn load(b: &[u8]) -> u64 {
 /// `ft − base` of `size`-byte elements (wrapping), zigzag-mapped: the difference read as a signed integer `d` of
 /// the element's width becomes `2d` for `d ≥ 0` and `−2d − 1` for `d < 0`.
 #[inline]
-fn zigzag_diff(ft: u64, base: u64, size: usize) -> u64 {
+pub(crate) fn zigzag_diff(ft: u64, base: u64, size: usize) -> u64 {
     let bits = 8 * size as u32;
     let d = ft.wrapping_sub(base) & mask(size);
     // sign-extended to 64 bits
