@@ -48,13 +48,19 @@ pub(crate) fn is_zip(buf: &[u8]) -> bool {
     buf.starts_with(&ZIP_MAGIC)
 }
 
-/// True when `buf` starts with PyTorch's legacy magic number (a pickled `0x1950a86a20f9469cfc6c`): the format before
+/// True when `buf` starts with PyTorch's legacy magic number (a pickled `0x1950a86a20f9469cfc6c`, in any pickle
+/// protocol from 2 on: `PROTO p`, a `FRAME` from protocol 4 on, then the number as `LONG1`): the format before
 /// PyTorch 1.6, or `_use_new_zipfile_serialization=False`.
 pub(crate) fn is_legacy(buf: &[u8]) -> bool {
-    const LEGACY: [u8; 14] = [
-        0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+    const MAGIC: [u8; 12] = [
+        0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
     ];
-    buf.starts_with(&LEGACY)
+    let rest = match buf {
+        [0x80, 2..=5, 0x95, rest @ ..] => rest.get(8..).unwrap_or_default(),
+        [0x80, 2..=5, rest @ ..] => rest,
+        _ => return false,
+    };
+    rest.starts_with(&MAGIC)
 }
 
 fn invalid(file: &Path, reason: impl Into<String>) -> Error {

@@ -91,6 +91,25 @@ fn real_torch_save_files_read_as_torch_loads_them() {
 }
 
 #[test]
+fn every_pickle_protocol_reads_the_same_tensors() {
+    // torch.save(pickle_protocol=2, 4) in the zip format, and 4, 5 in the legacy one (FRAME, MEMOIZE,
+    // SHORT_BINUNICODE): the same state dict as protocol 2's.
+    let reference = Checkpoint::open(data("protocol2.pt")).unwrap();
+    assert_eq!(reference.tensors().len(), 4);
+    assert_eq!(
+        reference.view("c").unwrap().bytes(),
+        (0..6i64).flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()
+    );
+    for name in ["protocol4.pt", "legacy-protocol4.pt", "legacy-protocol5.pt"] {
+        let ck = Checkpoint::open(data(name)).unwrap();
+        assert_eq!(ck.tensors(), reference.tensors(), "{name}");
+        for (a, b) in ck.views().zip(reference.views()) {
+            assert_eq!(a.bytes(), b.bytes(), "{name} {}", a.info().name);
+        }
+    }
+}
+
+#[test]
 fn tied_weights_share_one_storage() {
     let ck = Checkpoint::open(data("tied.bin")).unwrap();
     let (a, b) = (

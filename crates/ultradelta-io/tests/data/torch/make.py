@@ -186,6 +186,16 @@ def main():
     print("bert: .bin and .safetensors identical,", len(lb), "tensors")
     os.remove(os.path.join(OUT, "bert-st.expected.json"))  # the same as bert-bin's
 
+    # j. other pickle protocols (torch.save's default is 2), zip and legacy; tied "a"
+    torch.manual_seed(0)
+    sd = OrderedDict(a=torch.randn(4, 3), b=torch.randn(5).half(), c=torch.arange(6).reshape(2, 3))
+    sd["tied"] = sd["a"]
+    torch.save(sd, os.path.join(OUT, "protocol2.pt"), pickle_protocol=2)
+    torch.save(sd, os.path.join(OUT, "protocol4.pt"), pickle_protocol=4)
+    for p in (4, 5):
+        torch.save(sd, os.path.join(OUT, f"legacy-protocol{p}.pt"), pickle_protocol=p,
+                   _use_new_zipfile_serialization=False)
+
     # i. a fine-tune of it (every float tensor moved a little), in both formats: a pair to compress
     torch.manual_seed(5)
     with torch.no_grad():
