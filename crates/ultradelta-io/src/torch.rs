@@ -1093,10 +1093,16 @@ fn state_dict(file: &Path, nodes: &[Node], root: usize, resolve: &Resolve<'_>) -
                 )
             })?
     } else {
+        // A whole model pickled (`torch.save(model)`) is an object of its class: its state dict is what to save.
+        let hint = if matches!(nodes[root], Node::Object(_)) {
+            "; a whole model saved with torch.save(model)? save model.state_dict() instead"
+        } else {
+            ""
+        };
         return Err(invalid(
             file,
             format!(
-                "holds {}, not a state dict (a dict of tensors)",
+                "holds {}, not a state dict (a dict of tensors){hint}",
                 nodes[root].describe()
             ),
         ));
