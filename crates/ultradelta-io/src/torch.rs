@@ -1065,33 +1065,36 @@ fn state_dict(file: &Path, nodes: &[Node], root: usize, resolve: &Resolve<'_>) -
         Node::Str(s) => Some(&**s),
         _ => None,
     };
-    let state = if is_tensor_dict(root) {
+    // A state dict under a wrapper key first: a wrapper may hold a bare tensor beside it (`"best": tensor(..)`),
+    // while a state dict's values are tensors, never dicts.
+    let wrapped = match &nodes[root] {
+        Node::Dict(kv) => WRAPPER_KEYS.iter().find_map(|w| {
+            kv.iter()
+                .find(|&&(k, v)| key_str(k) == Some(*w) && is_tensor_dict(v))
+                .map(|&(_, v)| v)
+        }),
+        _ => None,
+    };
+    let state = if let Some(state) = wrapped {
+        state
+    } else if is_tensor_dict(root) {
         root
     } else if let Node::Dict(kv) = &nodes[root] {
-        WRAPPER_KEYS
+        let keys: Vec<String> = kv
             .iter()
-            .find_map(|w| {
-                kv.iter()
-                    .find(|&&(k, v)| key_str(k) == Some(*w) && is_tensor_dict(v))
-                    .map(|&(_, v)| v)
-            })
-            .ok_or_else(|| {
-                let keys: Vec<String> = kv
-                    .iter()
-                    .take(8)
-                    .map(|&(k, _)| key_str(k).map_or_else(|| "?".into(), |s| format!("{s:?}")))
-                    .collect();
-                invalid(
-                    file,
-                    format!(
-                        "holds a dict of {} entries ({}{}) with no tensors, and no state dict under {}",
-                        kv.len(),
-                        keys.join(", "),
-                        if kv.len() > 8 { ", ..." } else { "" },
-                        WRAPPER_KEYS.join(", ")
-                    ),
-                )
-            })?
+            .take(8)
+            .map(|&(k, _)| key_str(k).map_or_else(|| "?".into(), |s| format!("{s:?}")))
+            .collect();
+        return Err(invalid(
+            file,
+            format!(
+                "holds a dict of {} entries ({}{}) with no tensors, and no state dict under {}",
+                kv.len(),
+                keys.join(", "),
+                if kv.len() > 8 { ", ..." } else { "" },
+                WRAPPER_KEYS.join(", ")
+            ),
+        ));
     } else {
         // A whole model pickled (`torch.save(model)`) is an object of its class: its state dict is what to save.
         let hint = if matches!(nodes[root], Node::Object(_)) {

@@ -290,6 +290,9 @@ fn a_wrapped_state_dict_is_found_under_its_key() {
     p.op(&[0x80, 2, b'}', b'('])
         .str("epoch")
         .int(3)
+        // A bare tensor beside the wrapped state dict ("best": tensor(..)) does not make the wrapper one.
+        .str("best")
+        .tensor(&sample_tensors()[2], true)
         .str("args")
         .global("argparse", "Namespace")
         .op(b")R}bq\x09")
