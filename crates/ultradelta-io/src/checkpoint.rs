@@ -272,6 +272,20 @@ impl CompanionWalk {
     }
 }
 
+/// A folder whose one weight file is a PEFT adapter's (`adapter_model.*` beside `adapter_config.json`) holds low-rank
+/// factors, not a model: refused, with what to do. A file named explicitly is opened as asked.
+fn check_not_adapter(dir: &Path, weights: &str) -> Result<()> {
+    if weights.starts_with("adapter_model.") && is_regular_file(&dir.join("adapter_config.json")) {
+        return Err(Error::NotACheckpoint {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "holds a PEFT adapter ({weights} and adapter_config.json), low-rank factors rather than a model: merge it into its base first (peft: `model.merge_and_unload().save_pretrained(dir)`) and compress that folder"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Validates a weight file's tensor entries, by its format: PyTorch's (`torch.save`: a zip, or the legacy format)
 /// or safetensors.
 fn parse_weights(file: &Path, buf: &[u8]) -> Result<header::Header> {
@@ -401,7 +415,10 @@ impl Checkpoint {
             }
             match (torch.as_slice(), torch_indexes.as_slice()) {
                 (_, [idx]) => return Self::open_sharded(dir, &dir.join(idx)),
-                ([one], []) => return Self::open_single(dir, &dir.join(one)),
+                ([one], []) => {
+                    check_not_adapter(dir, one)?;
+                    return Self::open_single(dir, &dir.join(one));
+                }
                 ([], []) => {}
                 (many, []) => {
                     return Err(Error::NotACheckpoint {
@@ -427,7 +444,10 @@ impl Checkpoint {
         }
         match (weights.as_slice(), indexes.as_slice()) {
             (_, [idx]) => Self::open_sharded(dir, &dir.join(idx)),
-            ([one], []) => Self::open_single(dir, &dir.join(one)),
+            ([one], []) => {
+                check_not_adapter(dir, one)?;
+                Self::open_single(dir, &dir.join(one))
+            }
             ([], []) if !others.is_empty() => Err(Error::NotACheckpoint {
                 path: dir.to_path_buf(),
                 reason: format!(

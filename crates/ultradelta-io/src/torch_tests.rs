@@ -509,6 +509,37 @@ fn folders_pick_the_model_file() {
     .unwrap();
     let ck = Checkpoint::open(d.path()).unwrap();
     assert_eq!(ck.tensors().len(), 1);
+    // A PEFT adapter's folder is not a model (either format); its file named explicitly opens.
+    for weights in ["adapter_model.bin", "adapter_model.safetensors"] {
+        let d = tempfile::tempdir().unwrap();
+        let f = if weights.ends_with(".bin") {
+            write(d.path(), weights, &bytes)
+        } else {
+            crate::write_checkpoint(
+                d.path().join("st"),
+                &[(
+                    crate::TensorInfo::new("x", DType::F32, vec![1]),
+                    1f32.to_le_bytes().to_vec(),
+                )],
+                crate::WriterOptions::default(),
+            )
+            .unwrap();
+            let f = d.path().join(weights);
+            std::fs::rename(d.path().join("st/model.safetensors"), &f).unwrap();
+            std::fs::remove_dir(d.path().join("st")).unwrap();
+            f
+        };
+        assert!(Checkpoint::open(d.path()).is_ok(), "{weights}");
+        write(d.path(), "adapter_config.json", b"{}");
+        let e = Checkpoint::open(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "holds a PEFT adapter ({weights} and adapter_config.json)"
+            )) && e.contains("merge_and_unload"),
+            "{e}"
+        );
+        assert!(Checkpoint::open(&f).is_ok(), "{weights}");
+    }
     // Two candidate files and no index: named, not guessed.
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "a.pt", &bytes);
