@@ -54,16 +54,28 @@ pub(crate) fn unshuffle(planes: &[u8], size: usize) -> Vec<u8> {
 pub(crate) const ZSTD_FRAME_BYTES: usize = 16 << 20;
 
 pub(crate) fn zstd_compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
-    let one = |chunk: &[u8]| {
-        zstd::bulk::compress(chunk, level)
-            .map_err(|e| Error::stream("zstd", format!("compression failed: {e}")))
-    };
-    if data.len() <= ZSTD_FRAME_BYTES {
-        return one(data);
+    compress_in_frames(data.len(), |r| zstd_frame(&data[r], level))
+}
+
+/// One zstd frame of `chunk` at `level`.
+fn zstd_frame(chunk: &[u8], level: i32) -> Result<Vec<u8>> {
+    zstd::bulk::compress(chunk, level)
+        .map_err(|e| Error::stream("zstd", format!("compression failed: {e}")))
+}
+
+/// The frames of `len` input bytes cut at multiples of [`ZSTD_FRAME_BYTES`] (one frame when it is at most that),
+/// each made by `frame(range)`, in parallel, concatenated in order: the layout every zstd payload of the lossless
+/// kinds has, whatever the input's source.
+fn compress_in_frames(
+    len: usize,
+    frame: impl Fn(std::ops::Range<usize>) -> Result<Vec<u8>> + Sync,
+) -> Result<Vec<u8>> {
+    if len <= ZSTD_FRAME_BYTES {
+        return frame(0..len);
     }
-    let frames: Vec<Vec<u8>> = data
-        .par_chunks(ZSTD_FRAME_BYTES)
-        .map(one)
+    let frames: Vec<Vec<u8>> = (0..len.div_ceil(ZSTD_FRAME_BYTES))
+        .into_par_iter()
+        .map(|k| frame(k * ZSTD_FRAME_BYTES..((k + 1) * ZSTD_FRAME_BYTES).min(len)))
         .collect::<Result<_>>()?;
     Ok(frames.concat())
 }
@@ -235,21 +247,11 @@ pub(crate) fn compress_planes_with(
     fill: impl Fn(usize, &mut [u8]) + Sync,
 ) -> Result<Vec<u8>> {
     let level = tensor_zstd_level(len, zstd_level);
-    let frame = |k: usize| {
-        let start = k * ZSTD_FRAME_BYTES;
-        let mut buf = vec![0u8; (len - start).min(ZSTD_FRAME_BYTES)];
-        fill(start, &mut buf);
-        zstd::bulk::compress(&buf, level)
-            .map_err(|e| Error::stream("zstd", format!("compression failed: {e}")))
-    };
-    if len <= ZSTD_FRAME_BYTES {
-        return frame(0);
-    }
-    let frames: Vec<Vec<u8>> = (0..len.div_ceil(ZSTD_FRAME_BYTES))
-        .into_par_iter()
-        .map(frame)
-        .collect::<Result<_>>()?;
-    Ok(frames.concat())
+    compress_in_frames(len, |r| {
+        let mut buf = vec![0u8; r.len()];
+        fill(r.start, &mut buf);
+        zstd_frame(&buf, level)
+    })
 }
 
 /// The byte-plane shuffled bytes `start..start + out.len()` ([`shuffle`]'s order) of the `len` raw bytes of

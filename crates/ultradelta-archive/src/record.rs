@@ -104,7 +104,29 @@ impl Record {
         finetuned: &[u8],
         zstd_level: i32,
     ) -> Result<Record> {
-        Ok(smaller_lossless(dtype, base, finetuned, zstd_level)?.0)
+        // Only the winner's raw bytes are built.
+        Ok(
+            match smaller_lossless(dtype, base, finetuned, zstd_level)?.0 {
+                RecordKind::DiffZstd => Record::DiffDelta {
+                    dtype,
+                    diff_bytes: diff_bytes(dtype, base, finetuned)?,
+                },
+                _ => {
+                    let mut xor = vec![0u8; finetuned.len()];
+                    xor.par_chunks_mut(1 << 16)
+                        .zip(finetuned.par_chunks(1 << 16).zip(base.par_chunks(1 << 16)))
+                        .for_each(|(o, (f, b))| {
+                            for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
+                                *o = f ^ b;
+                            }
+                        });
+                    Record::XorDelta {
+                        dtype,
+                        xor_bytes: xor,
+                    }
+                }
+            },
+        )
     }
 
     /// Whether this record is a lossy delta of its tensor (every kind except the lossless `xor-zstd`, `diff-zstd`
@@ -381,67 +403,22 @@ pub fn encode_record(
     Ok(out)
 }
 
-/// The smaller of a tensor's XOR and bit-difference lossless deltas ([`Record::lossless_delta`]), and its stored
-/// payload (byte-plane shuffled, zstd at [`crate::tensor_zstd_level`]): both forms are compressed to compare them,
-/// so the winner's compressed bytes come with it.
+/// The smaller of a tensor's XOR and bit-difference lossless deltas as stored (byte-plane shuffled, zstd at
+/// [`crate::tensor_zstd_level`]; the XOR on a tie), chosen by compressing both, and the winner's stored payload.
+/// Neither form is built whole: each form's shuffled bytes are made from `base` and `finetuned` frame by frame as
+/// they are compressed ([`crate::lossless::compress_planes_with`]), so a large tensor kept without loss costs its
+/// compressed forms, not four copies of itself. The bytes are those [`encode_record`] writes for the form's raw
+/// bytes (tested).
 fn smaller_lossless(
     dtype: DType,
     base: &[u8],
     finetuned: &[u8],
     zstd_level: i32,
-) -> Result<(Record, Vec<u8>)> {
-    let diff = diff_bytes(dtype, base, finetuned)?;
-    let mut xor = vec![0u8; finetuned.len()];
-    xor.par_chunks_mut(1 << 16)
-        .zip(finetuned.par_chunks(1 << 16).zip(base.par_chunks(1 << 16)))
-        .for_each(|(o, (f, b))| {
-            for ((o, f), b) in o.iter_mut().zip(f).zip(b) {
-                *o = f ^ b;
-            }
-        });
-    let size = dtype.size();
-    let (x, d) = rayon::join(
-        || compress_planes(&xor, size, zstd_level),
-        || compress_planes(&diff, size, zstd_level),
-    );
-    let (x, d) = (x?, d?);
-    Ok(if d.len() < x.len() {
-        (
-            Record::DiffDelta {
-                dtype,
-                diff_bytes: diff,
-            },
-            d,
-        )
-    } else {
-        (
-            Record::XorDelta {
-                dtype,
-                xor_bytes: xor,
-            },
-            x,
-        )
-    })
-}
-
-/// [`smaller_lossless`]'s choice and stored payload without the raw forms: each form's shuffled bytes are made
-/// from `base` and `finetuned` frame by frame as they are compressed ([`crate::lossless::compress_planes_with`]),
-/// so a large tensor kept without loss costs its compressed forms, not four copies of itself. The same kind and
-/// bytes as [`smaller_lossless`] (tested).
-fn smaller_lossless_compressed(
-    dtype: DType,
-    base: &[u8],
-    finetuned: &[u8],
-    zstd_level: i32,
 ) -> Result<(RecordKind, Vec<u8>)> {
-    use crate::kinds::diff_zstd::zigzag_diff;
+    use crate::kinds::diff_zstd::{check_pair, zigzag_diff};
     use crate::lossless::{compress_planes_with, element, fill_planes};
-    let size = dtype.size();
-    if base.len() != finetuned.len() || !base.len().is_multiple_of(size) {
-        // diff_bytes's error
-        diff_bytes(dtype, base, finetuned)?;
-    }
-    let len = finetuned.len();
+    check_pair(dtype, base, finetuned)?;
+    let (size, len) = (dtype.size(), finetuned.len());
     let (x, d) = rayon::join(
         || {
             compress_planes_with(len, zstd_level, |start, out| {
@@ -516,7 +493,7 @@ impl EncodedRecord {
             numel,
         };
         crate::lossless::check_tensor_bytes(dtype, finetuned, &head)?;
-        let (kind, z) = smaller_lossless_compressed(dtype, base, finetuned, zstd_level)?;
+        let (kind, z) = smaller_lossless(dtype, base, finetuned, zstd_level)?;
         let mut bytes = Vec::with_capacity(Head::len(shape.len()) as usize + 8 + z.len());
         crate::lossless::put_zstd_record(&head, kind, &z, &mut bytes)?;
         Ok(EncodedRecord {
@@ -1238,9 +1215,9 @@ mod tests {
 
     #[test]
     fn the_streamed_lossless_forms_are_the_whole_ones_byte_for_byte() {
-        // EncodedRecord::lossless_delta makes each form's shuffled bytes frame by frame; Record::lossless_delta
-        // builds them whole: the same kind and bytes for every dtype, at frame boundaries and past them, for both
-        // winners and the tie.
+        // EncodedRecord::lossless_delta makes each form's shuffled bytes frame by frame; encode_record shuffles and
+        // compresses the raw bytes of Record::lossless_delta's winner whole: the same kind and bytes for every
+        // dtype, at frame boundaries and past them, for both winners and the tie.
         let bytes = |n: usize, seed: u64| -> Vec<u8> {
             let mut x = seed | 1;
             (0..n)

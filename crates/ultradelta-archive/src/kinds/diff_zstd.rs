@@ -14,7 +14,7 @@ use ultradelta_core::DType;
 use super::common::Head;
 use super::xor_zstd::decompress_planes_into;
 use crate::coded::RecordCost;
-use crate::lossless::{put_shuffled_record, read_shuffled_payload};
+use crate::lossless::{element, put_shuffled_record, read_shuffled_payload};
 use crate::record::{Cursor, RecordHeader};
 use crate::{Error, Limits, Record, RecordKind, Result};
 
@@ -28,14 +28,6 @@ fn mask(size: usize) -> u64 {
     } else {
         (1u64 << (8 * size)) - 1
     }
-}
-
-/// An element of `size` bytes, little-endian, as a `u64`.
-#[inline]
-fn load(b: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..b.len()].copy_from_slice(b);
-    u64::from_le_bytes(w)
 }
 
 /// `ft − base` of `size`-byte elements (wrapping), zigzag-mapped: the difference read as a signed integer `d` of
@@ -56,15 +48,13 @@ fn undo(z: u64, base: u64, size: usize) -> u64 {
     base.wrapping_add(d) & mask(size)
 }
 
-/// The bytes a `diff-zstd` record stores before shuffling: for every element of `dtype`, the zigzag-mapped
-/// wrapping difference of the fine-tuned element's bits and the base element's, little-endian. `base` and
-/// `finetuned` are the two tensors' raw bytes (same dtype and length).
+/// Checks that `base` and `finetuned` are the same whole number of `dtype` elements, as both lossless forms of a
+/// delta need.
 ///
 /// # Errors
 /// [`Error::InvalidRecord`] if the lengths differ or are not whole elements.
-pub fn diff_bytes(dtype: DType, base: &[u8], finetuned: &[u8]) -> Result<Vec<u8>> {
-    let size = dtype.size();
-    if base.len() != finetuned.len() || !base.len().is_multiple_of(size) {
+pub(crate) fn check_pair(dtype: DType, base: &[u8], finetuned: &[u8]) -> Result<()> {
+    if base.len() != finetuned.len() || !base.len().is_multiple_of(dtype.size()) {
         return Err(Error::record(format!(
             "base of {} bytes and fine-tune of {} bytes are not the same whole number of {} elements",
             base.len(),
@@ -72,6 +62,18 @@ pub fn diff_bytes(dtype: DType, base: &[u8], finetuned: &[u8]) -> Result<Vec<u8>
             dtype.name()
         )));
     }
+    Ok(())
+}
+
+/// The bytes a `diff-zstd` record stores before shuffling: for every element of `dtype`, the zigzag-mapped
+/// wrapping difference of the fine-tuned element's bits and the base element's, little-endian. `base` and
+/// `finetuned` are the two tensors' raw bytes (same dtype and length).
+///
+/// # Errors
+/// [`Error::InvalidRecord`] if the lengths differ or are not whole elements.
+pub fn diff_bytes(dtype: DType, base: &[u8], finetuned: &[u8]) -> Result<Vec<u8>> {
+    check_pair(dtype, base, finetuned)?;
+    let size = dtype.size();
     let mut out = vec![0u8; base.len()];
     const UNIT: usize = 1 << 16;
     out.par_chunks_mut(UNIT * size)
@@ -85,7 +87,7 @@ pub fn diff_bytes(dtype: DType, base: &[u8], finetuned: &[u8]) -> Result<Vec<u8>
                 .zip(b.chunks_exact(size))
                 .zip(f.chunks_exact(size))
             {
-                let z = zigzag_diff(load(f), load(b), size);
+                let z = zigzag_diff(element(f, size, 0), element(b, size, 0), size);
                 o.copy_from_slice(&z.to_le_bytes()[..size]);
             }
         });
@@ -101,7 +103,9 @@ pub(crate) fn undiff_into(dtype: DType, base: &[u8], diff: &[u8], out: &mut [u8]
         .zip(base.chunks_exact(size))
         .zip(diff.chunks_exact(size))
     {
-        o.copy_from_slice(&undo(load(z), load(b), size).to_le_bytes()[..size]);
+        o.copy_from_slice(
+            &undo(element(z, size, 0), element(b, size, 0), size).to_le_bytes()[..size],
+        );
     }
 }
 
@@ -167,7 +171,7 @@ pub fn decode_diff_into(
                 for j in 0..size {
                     z |= u64::from(planes[j * numel + i0 + k]) << (8 * j);
                 }
-                o.copy_from_slice(&undo(z, load(b), size).to_le_bytes()[..size]);
+                o.copy_from_slice(&undo(z, element(b, size, 0), size).to_le_bytes()[..size]);
             }
         });
     Ok(header)
