@@ -167,11 +167,16 @@ pub(crate) fn is_torch_file_name(name: &str) -> bool {
         "trainer_state.pt",
     ];
     let lower = name.to_ascii_lowercase();
+    has_torch_extension(&lower)
+        && !TRAINER.contains(&lower.as_str())
+        && !lower.starts_with("rng_state")
+}
+
+/// True for a lower-case file name with an extension `torch.save` files have (`.bin`, `.pt`, `.pth`) after a stem.
+fn has_torch_extension(lower: &str) -> bool {
     [".bin", ".pt", ".pth"]
         .iter()
         .any(|ext| lower.len() > ext.len() && lower.ends_with(ext))
-        && !TRAINER.contains(&lower.as_str())
-        && !lower.starts_with("rng_state")
 }
 
 /// True for file names that hold weights or index weights.
@@ -308,12 +313,9 @@ fn parse_weights(file: &Path, buf: &[u8]) -> Result<header::Header> {
 
 /// True for file names PyTorch uses (`.bin`, `.pt`, `.pth`), trainer files included.
 fn looks_like_torch(file: &Path) -> bool {
-    let name = file
-        .file_name()
+    file.file_name()
         .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    [".bin", ".pt", ".pth"].iter().any(|e| name.ends_with(e))
+        .is_some_and(|n| has_torch_extension(&n.to_ascii_lowercase()))
 }
 
 fn is_regular_file(p: &Path) -> bool {
