@@ -6,6 +6,7 @@ use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use memmap2::Mmap;
+use rayon::prelude::*;
 use serde::Deserialize;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
@@ -54,19 +55,25 @@ enum AccessPattern {
     Sequential,
 }
 
-/// Where a tensor's bytes live.
+/// Where a tensor's bytes live: a range of `maps[map]`, for the weight file `files[file]` (the same index, except for
+/// a strided view gathered into the temporary map, see [`gather_views`]).
 #[derive(Debug, Clone, Copy)]
 struct Loc {
     file: usize,
+    map: usize,
     start: usize,
     end: usize,
 }
+
+/// A tensor as a header lists it, before [`Checkpoint::assemble`]: its strides if it is a strided view.
+type Listed = (TensorInfo, Loc, Option<Vec<usize>>);
 
 /// A read-only, memory-mapped checkpoint: safetensors or PyTorch (`torch.save`), one file or several shards.
 /// `Send + Sync`.
 ///
 /// Opening parses and validates every header (see [`open`](Self::open) for the order of checks) but reads no
-/// tensor data; [`view`](Self::view) borrows bytes straight from the map.
+/// tensor data, except a PyTorch file's strided views, copied row-major then; [`view`](Self::view) borrows bytes
+/// straight from the map.
 pub struct Checkpoint {
     path: PathBuf,
     dir: PathBuf,
@@ -102,6 +109,29 @@ struct IndexJson {
 struct Mapped {
     map: Mmap,
     file: File,
+}
+
+impl Mapped {
+    /// Drops this process's mapping of the pages of `start..end` (a hint: failures are ignored; see
+    /// [`Checkpoint::release`]).
+    fn unmap_pages(&self, start: usize, end: usize) {
+        #[cfg(unix)]
+        if end > start {
+            // SAFETY: the map is a read-only shared file mapping. MADV_DONTNEED on it only removes this process's
+            // page-table entries; the next access refaults the same bytes from the page cache or the file, so every
+            // `&[u8]` view stays valid and unchanged (the file is immutable, see `map_file`).
+            #[allow(unsafe_code)]
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (start, end);
+    }
 }
 
 impl std::ops::Deref for Mapped {
@@ -142,6 +172,194 @@ fn map_file(path: &Path) -> Result<Mapped> {
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(Mapped { map, file })
+}
+
+/// Bytes [`gather_views`] buffers before each write: 8 MiB.
+pub(crate) const GATHER_CHUNK: usize = 8 << 20;
+
+/// Copies every strided view among `tensors` row-major into one unnamed temporary file, maps it and points the
+/// views' locations there; `None` if there is none. Such tensors come from PyTorch files saved without
+/// `.contiguous()`: transformers' conversions from TensorFlow left every kernel transposed in place, and a trainer
+/// can save a slice of a fused weight. Everything downstream then reads them as any other tensor, and their copy
+/// lives in the page cache, not in this process's memory. The file is made in [`std::env::temp_dir`] (`TMPDIR`)
+/// and vanishes with the checkpoint, or with the process. Views may overlap (a stride may be 0), so their total is
+/// bounded: at most `budget`, the checkpoint's size on disk, whatever the file declares.
+fn gather_views(
+    files: &[PathBuf],
+    maps: &[Mapped],
+    tensors: &mut [Listed],
+    budget: u64,
+) -> Result<Option<Mapped>> {
+    use std::io::Write;
+    let views: Vec<usize> = (0..tensors.len())
+        .filter(|&i| tensors[i].2.is_some())
+        .collect();
+    let Some(&first) = views.first() else {
+        return Ok(None);
+    };
+    let mut total = 0u64;
+    for &i in &views {
+        let (info, loc, _) = &tensors[i];
+        total = total.saturating_add(info.nbytes() as u64);
+        if total > budget {
+            return Err(Error::InvalidTensorEntry {
+                file: files[loc.file].clone(),
+                tensor: info.name.clone(),
+                reason: format!(
+                    "the strided views up to this one hold {total} bytes, more than the checkpoint's {budget} bytes on disk (views are copied row-major when it opens; at most the checkpoint's size is)"
+                ),
+            });
+        }
+    }
+    let dir = std::env::temp_dir();
+    let fail =
+        |(info, loc, _): &Listed, op: &'static str, source: std::io::Error| Error::ViewCopy {
+            file: files[loc.file].clone(),
+            tensor: info.name.clone(),
+            dir: dir.clone(),
+            op,
+            source,
+        };
+    let mut file = tempfile::tempfile_in(&dir).map_err(|e| fail(&tensors[first], "create", e))?;
+    let mut buf = Vec::with_capacity(GATHER_CHUNK.min(total as usize));
+    let mut at = 0usize;
+    for &i in &views {
+        let t = &tensors[i];
+        let (info, loc, strides) = t;
+        let strides = strides.as_deref().unwrap_or_default();
+        let src = &maps[loc.map][loc.start..loc.end];
+        gather(
+            src,
+            &info.shape,
+            strides,
+            info.dtype.size(),
+            &mut buf,
+            &mut |b| file.write_all(b),
+        )
+        .map_err(|e| fail(t, "write", e))?;
+        // the source pages read: out of this process's resident set again, as `release` does after a tensor
+        maps[loc.map].unmap_pages(loc.start, loc.end);
+        let n = info.nbytes();
+        tensors[i].1 = Loc {
+            file: tensors[i].1.file,
+            map: maps.len(),
+            start: at,
+            end: at + n,
+        };
+        at += n;
+    }
+    // SAFETY: the file has no name and only this handle, which `Mapped` keeps: nothing writes it from here on
+    // (see `map_file` on why the views need that).
+    #[allow(unsafe_code)]
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| fail(&tensors[first], "memory-map", e))?;
+    Ok(Some(Mapped { map, file }))
+}
+
+/// Appends the elements of a strided view, row-major, to `buf`, handing `buf` to `flush` (then emptied) whenever it
+/// holds [`GATHER_CHUNK`] bytes and at the end: `buf` never holds twice that. `src` starts at the view's first element; `strides` are in
+/// elements of `size` bytes, one per dimension of `shape`.
+///
+/// The last two dimensions are copied in bands of 64 rows, in parallel, and tiles of 64 columns within a band: the
+/// source lines of a transposed weight's tile (strides `(1, rows)`) then stay in cache while it is copied.
+pub(crate) fn gather(
+    src: &[u8],
+    shape: &[usize],
+    strides: &[usize],
+    size: usize,
+    buf: &mut Vec<u8>,
+    flush: &mut impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    // as a stack of matrices: `outer` dimensions, then rows × cols (a vector is one row, a scalar one element)
+    let n = shape.len();
+    let (rows, row_step) = if n >= 2 {
+        (shape[n - 2], strides[n - 2] * size)
+    } else {
+        (1, 0)
+    };
+    let (cols, col_step) = if n >= 1 {
+        (shape[n - 1], strides[n - 1] * size)
+    } else {
+        (1, 0)
+    };
+    let outer = &shape[..n.saturating_sub(2)];
+    // blocks of rows under GATHER_CHUNK bytes, copied in bands of BAND rows in parallel; a row longer than that
+    // in pieces of it
+    const BAND: usize = 512;
+    let block = (GATHER_CHUNK / (cols * size)).max(1);
+    let piece = cols.min(GATHER_CHUNK / size).max(1);
+    let mut index = vec![0usize; outer.len()];
+    // byte offset of the current matrix's first element
+    let mut first = 0usize;
+    for _ in 0..outer.iter().product::<usize>() {
+        let mut r0 = 0;
+        while r0 < rows {
+            let h = block.min(rows - r0);
+            // `h` whole rows, or (h = 1) one row piece by piece
+            let mut c0 = 0;
+            while c0 < cols {
+                let w = if h == 1 { piece.min(cols - c0) } else { cols };
+                let at = buf.len();
+                buf.resize(at + h * w * size, 0);
+                let top = first + r0 * row_step + c0 * col_step;
+                buf[at..]
+                    .par_chunks_mut(BAND * w * size)
+                    .enumerate()
+                    .for_each(|(b, dst)| {
+                        let (top, h) = (top + b * BAND * row_step, dst.len() / (w * size));
+                        match size {
+                            1 => copy_band::<1>(src, dst, top, h, w, row_step, col_step),
+                            2 => copy_band::<2>(src, dst, top, h, w, row_step, col_step),
+                            4 => copy_band::<4>(src, dst, top, h, w, row_step, col_step),
+                            _ => copy_band::<8>(src, dst, top, h, w, row_step, col_step),
+                        }
+                    });
+                if buf.len() >= GATHER_CHUNK {
+                    flush(buf)?;
+                    buf.clear();
+                }
+                c0 += w;
+            }
+            r0 += h;
+        }
+        // the next matrix: an odometer over the outer dimensions
+        for d in (0..outer.len()).rev() {
+            index[d] += 1;
+            first += strides[d] * size;
+            if index[d] < outer[d] {
+                break;
+            }
+            first -= outer[d] * strides[d] * size;
+            index[d] = 0;
+        }
+    }
+    flush(buf)?;
+    buf.clear();
+    Ok(())
+}
+
+/// [`gather`]'s band: `h` rows of `cols` elements of `N` bytes into `dst` row-major, from `src` (row `k`, column `c`
+/// at `top + k·row_step + c·col_step`).
+fn copy_band<const N: usize>(
+    src: &[u8],
+    dst: &mut [u8],
+    top: usize,
+    h: usize,
+    cols: usize,
+    row_step: usize,
+    col_step: usize,
+) {
+    // in tiles of 64 columns: a transposed tile's source lines then stay in L1 across its rows
+    const TILE: usize = 64;
+    for c0 in (0..cols).step_by(TILE) {
+        let w = TILE.min(cols - c0);
+        for (k, row) in dst.chunks_exact_mut(cols * N).take(h).enumerate() {
+            let first = top + k * row_step + c0 * col_step;
+            for (c, out) in row[c0 * N..(c0 + w) * N].chunks_exact_mut(N).enumerate() {
+                let from = first + c * col_step;
+                out.copy_from_slice(&src[from..from + N]);
+            }
+        }
+    }
 }
 
 /// True if `name` is one plain file name (no separators, not `.` or `..`).
@@ -335,7 +553,10 @@ impl Checkpoint {
     ///   holding `pytorch_model.bin`, its index, or exactly one `*.bin` / `*.pt` / `*.pth` other than a trainer's
     ///   (`training_args.bin`, `optimizer.pt`, `rng_state*.pth`, ...). Its tensors are byte ranges of the file, mapped
     ///   like a safetensors file's; the pickle inside is interpreted as data, never run (checks in the `torch`
-    ///   module's documentation). Safetensors files are used when a folder holds both.
+    ///   module's documentation). A tensor saved as a strided view is copied row-major here, into an unnamed
+    ///   temporary file in [`std::env::temp_dir`] mapped beside the weight files (all views together at most the
+    ///   checkpoint's size on disk, else [`Error::InvalidTensorEntry`]; [`Error::ViewCopy`] if the file cannot be
+    ///   made or written). Safetensors files are used when a folder holds both.
     ///
     /// A weight file is recognised by its first bytes (a zip or the legacy magic number is PyTorch's, anything else
     /// safetensors), not its name.
@@ -493,9 +714,11 @@ impl Checkpoint {
                 e.info,
                 Loc {
                     file: 0,
+                    map: 0,
                     start: e.start,
                     end: e.end,
                 },
+                e.strides,
             ));
         }
         Self::assemble(
@@ -572,9 +795,11 @@ impl Checkpoint {
                     e.info,
                     Loc {
                         file: i,
+                        map: i,
                         start: e.start,
                         end: e.end,
                     },
+                    e.strides,
                 ));
             }
             files.push(shard_path);
@@ -598,8 +823,8 @@ impl Checkpoint {
         dir: PathBuf,
         files: Vec<PathBuf>,
         index: Option<PathBuf>,
-        maps: Vec<Mapped>,
-        mut tensors: Vec<(TensorInfo, Loc)>,
+        mut maps: Vec<Mapped>,
+        mut tensors: Vec<Listed>,
         metadata: BTreeMap<String, String>,
         size_on_disk: u64,
     ) -> Result<Checkpoint> {
@@ -614,7 +839,10 @@ impl Checkpoint {
                 });
             }
         }
-        let (tensors, locs) = tensors.into_iter().unzip();
+        if let Some(map) = gather_views(&files, &maps, &mut tensors, size_on_disk)? {
+            maps.push(map);
+        }
+        let (tensors, locs) = tensors.into_iter().map(|(t, l, _)| (t, l)).unzip();
         Ok(Checkpoint {
             path: given.to_path_buf(),
             dir,
@@ -689,9 +917,9 @@ impl Checkpoint {
         let loc = self.locs[i];
         TensorView {
             info: &self.tensors[i],
-            bytes: &self.maps[loc.file][loc.start..loc.end],
+            bytes: &self.maps[loc.map][loc.start..loc.end],
             file: &self.files[loc.file],
-            handle: &self.maps[loc.file].file,
+            handle: &self.maps[loc.map].file,
             offset: loc.start as u64,
         }
     }
@@ -700,25 +928,10 @@ impl Checkpoint {
     /// checkpoint larger than memory keeps a resident set the size of one tensor. Later reads of the tensor fault
     /// the pages back in. Only a hint: unknown names and failures are ignored.
     pub fn release(&self, name: &str) {
-        #[cfg(unix)]
         if let Some(i) = self.position(name) {
             let loc = self.locs[i];
-            if loc.end > loc.start {
-                // SAFETY: the map is a read-only shared file mapping. MADV_DONTNEED on it only removes this
-                // process's page-table entries; the next access refaults the same bytes from the page cache or the
-                // file, so every `&[u8]` view stays valid and unchanged (the file is immutable, see `map_file`).
-                #[allow(unsafe_code)]
-                let _ = unsafe {
-                    self.maps[loc.file].unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        loc.start,
-                        loc.end - loc.start,
-                    )
-                };
-            }
+            self.maps[loc.map].unmap_pages(loc.start, loc.end);
         }
-        #[cfg(not(unix))]
-        let _ = name;
     }
 
     /// Asks the kernel to start reading `name`'s bytes into the page cache now (`MADV_WILLNEED`), so that a pass
@@ -729,7 +942,7 @@ impl Checkpoint {
         if let Some(i) = self.position(name) {
             let loc = self.locs[i];
             if loc.end > loc.start {
-                let _ = self.maps[loc.file].advise_range(
+                let _ = self.maps[loc.map].advise_range(
                     memmap2::Advice::WillNeed,
                     loc.start,
                     loc.end - loc.start,

@@ -81,6 +81,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// A PyTorch file's tensor stored as a strided view could not be copied, row-major, into the temporary file
+    /// that holds such tensors while the checkpoint is open.
+    #[error("{}: tensor {tensor:?} (a strided view, copied row-major when the checkpoint opens): cannot {op} a temporary file in {} (the TMPDIR variable chooses the folder): {source}", file.display(), dir.display())]
+    ViewCopy {
+        /// The weight file.
+        file: PathBuf,
+        /// The tensor being copied.
+        tensor: String,
+        /// The folder of the temporary file.
+        dir: PathBuf,
+        /// What we were doing ("create", "write", "memory-map").
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// One tensor's header entry is malformed (shape, offsets, or a byte range that does not match its dtype and shape).
     #[error("{}: tensor {tensor:?}: {reason}", file.display())]
     InvalidTensorEntry {

@@ -33,6 +33,9 @@ pub(crate) struct Entry {
     pub info: TensorInfo,
     pub start: usize,
     pub end: usize,
+    /// For a tensor stored as a strided view (PyTorch only): its elements' steps, and `start..end` spans them all
+    /// from the first. `None` for row-major bytes, the only layout safetensors has.
+    pub strides: Option<Vec<usize>>,
 }
 
 /// A validated header.
@@ -168,6 +171,7 @@ pub(crate) fn parse(file: &Path, buf: &[u8]) -> Result<Header> {
             info,
             start: start as usize,
             end: end as usize,
+            strides: None,
         });
     }
     Ok(Header {

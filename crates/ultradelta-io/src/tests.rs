@@ -1351,3 +1351,103 @@ fn read_hashed_into_equals_the_mapped_bytes() {
             .is_err());
     }
 }
+
+/// Element `index` (row-major) of a strided view, the slow way.
+fn strided_at<'a>(
+    src: &'a [u8],
+    shape: &[usize],
+    strides: &[usize],
+    size: usize,
+    index: usize,
+) -> &'a [u8] {
+    let (mut rest, mut at) = (index, 0);
+    for (&d, &s) in shape.iter().zip(strides).rev() {
+        at += (rest % d) * s;
+        rest /= d;
+    }
+    &src[at * size..(at + 1) * size]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    /// `gather` copies a strided view row-major (any permutation of a tensor's strides, a stride of 0, a step over
+    /// elements), in pieces that add up to the view.
+    #[test]
+    fn gather_copies_a_view_row_major(
+        shape in proptest::collection::vec(1usize..5, 0..5),
+        perm_seed in any::<u64>(),
+        zero in any::<bool>(),
+        step in 1usize..3,
+        size in prop::sample::select(vec![1usize, 2, 4, 8]),
+    ) {
+        // strides of the row-major layout of `shape` permuted, times `step`; maybe one set to 0
+        let n = shape.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut r = perm_seed;
+        for i in (1..n).rev() {
+            order.swap(i, (r % (i as u64 + 1)) as usize);
+            r /= 7;
+        }
+        let mut strides = vec![0usize; n];
+        let mut s = step;
+        for &d in order.iter().rev() {
+            strides[d] = s;
+            s *= shape[d];
+        }
+        if zero && n > 0 {
+            strides[(perm_seed % n as u64) as usize] = 0;
+        }
+        let span = 1 + shape.iter().zip(&strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>();
+        let src: Vec<u8> = (0..span * size).map(|i| (i * 31 % 251) as u8).collect();
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        checkpoint::gather(&src, &shape, &strides, size, &mut buf, &mut |b| {
+            got.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        let numel: usize = shape.iter().product();
+        let want: Vec<u8> = (0..numel)
+            .flat_map(|i| strided_at(&src, &shape, &strides, size, i).to_vec())
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+}
+
+/// A view larger than `gather`'s buffer is handed over in pieces under twice its size, which add up to the view:
+/// a transposed matrix (bands of rows), and one row longer than the buffer (a vector with a step, a wide matrix).
+#[test]
+fn gather_hands_a_large_view_over_in_bounded_pieces() {
+    let (rows, cols) = (1600usize, 1500usize); // 9.6 MB of f32
+    let src: Vec<u8> = (0..rows * cols * 4).map(|i| (i % 253) as u8).collect();
+    let n = rows * cols;
+    for (shape, strides) in [
+        (vec![cols, rows], vec![1, cols]),
+        (vec![n], vec![1]),
+        (vec![1, n], vec![5, 1]),
+        (vec![2, n / 2], vec![1, 2]),
+    ] {
+        let (mut got, mut pieces, mut largest) = (Vec::new(), 0, 0);
+        let mut buf = Vec::new();
+        checkpoint::gather(&src, &shape, &strides, 4, &mut buf, &mut |b| {
+            got.extend_from_slice(b);
+            pieces += 1;
+            largest = largest.max(b.len());
+            Ok(())
+        })
+        .unwrap();
+        let numel: usize = shape.iter().product();
+        assert!(
+            pieces >= 2 && largest < 2 * checkpoint::GATHER_CHUNK,
+            "{shape:?}: {pieces} {largest}"
+        );
+        assert_eq!(got.len(), numel * 4);
+        for i in 0..numel {
+            assert_eq!(
+                &got[i * 4..i * 4 + 4],
+                strided_at(&src, &shape, &strides, 4, i),
+                "{shape:?} {i}"
+            );
+        }
+    }
+}

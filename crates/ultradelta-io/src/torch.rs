@@ -11,15 +11,16 @@
 //! strides, or as a dict. Nothing is imported, called or executed.
 //!
 //! Every tensor then becomes a byte range inside its storage's zip entry, so a [`crate::Checkpoint`] maps a
-//! PyTorch file as it maps a safetensors one and reads no tensor data at open. Checked, in order: the zip's end
+//! PyTorch file as it maps a safetensors one and reads no tensor data at open (but for strided views, copied then). Checked, in order: the zip's end
 //! record and central directory lie inside the file (zip64 included; one disk; at most [`MAX_ZIP_ENTRIES`]
 //! entries, unique names); one `data.pkl` at most [`MAX_PICKLE_BYTES`], stored; `byteorder`, if present,
 //! `little`; the pickle runs to its `STOP` within [`MAX_PICKLE_NODES`] values, references and marks, with known
 //! opcodes only; its result is a dict holding a dict of tensors under `state_dict`, `model`, `module` or
 //! `model_state_dict` (taken first), or a dict of tensors itself; every
-//! key is a string and every value a tensor of a supported storage type, contiguous (row-major strides), whose
-//! elements lie inside its storage, whose storage entry is stored, unencrypted and of the size its declared element
-//! count gives, and inside the file. Tensors may share a storage (tied weights).
+//! key is a string and every value a tensor of a supported storage type whose elements (a row-major range, or a
+//! strided view's non-negative steps) lie inside its storage, whose storage entry is stored, unencrypted and of the
+//! size its declared element count gives, and inside the file. Tensors may share a storage (tied weights). A strided
+//! view is listed with its strides, and copied row-major when the checkpoint opens (`Checkpoint::open`).
 //!
 //! The legacy layout (PyTorch before 1.6, or `_use_new_zipfile_serialization=False`) is five pickles in a row —
 //! the magic number, the protocol version (1001), the system information (which must say little-endian), the
@@ -1179,12 +1180,29 @@ fn tensor_entry(file: &Path, name: &str, t: &TensorRef, resolve: &Resolve<'_>) -
         }
         expect = expect.saturating_mul(d as i64);
     }
-    if numel > 0 && !contiguous {
+    let contiguous = numel == 0 || contiguous;
+    // Elements the tensor spans in its storage, from its first: the last one's index plus one. A view's are
+    // `1 + Σ (d − 1)·stride`, a row-major tensor's its element count.
+    let span = if contiguous {
+        Some(numel as u64)
+    } else {
+        t.shape
+            .iter()
+            .zip(&t.strides)
+            .try_fold(1u64, |acc, (&d, &s)| {
+                if d == 1 {
+                    return Some(acc); // any stride: never stepped
+                }
+                let s = u64::try_from(s).ok()?;
+                acc.checked_add((d as u64 - 1).checked_mul(s)?)
+            })
+    };
+    let Some(span) = span else {
         return Err(bad(format!(
-            "a non-contiguous view (shape {:?}, strides {:?}) of a storage: save it after `.contiguous()`, or convert the checkpoint to safetensors",
+            "a view of shape {:?} with strides {:?}: expected non-negative strides whose extent fits",
             t.shape, t.strides
         )));
-    }
+    };
     let es = dtype.size() as u64;
     let (data, size) = resolve(&t.key).map_err(bad)?;
     if t.storage_numel.checked_mul(es) != Some(size) {
@@ -1195,22 +1213,33 @@ fn tensor_entry(file: &Path, name: &str, t: &TensorRef, resolve: &Resolve<'_>) -
     }
     let fits = t
         .offset
-        .checked_add(numel as u64)
+        .checked_add(span)
         .is_some_and(|e| e <= t.storage_numel);
     if !fits {
         return Err(bad(format!(
             "elements {}..{} lie outside its storage of {} elements",
             t.offset,
-            t.offset.saturating_add(numel as u64),
+            t.offset.saturating_add(span),
             t.storage_numel
         )));
     }
     // Inside the file: the storage was checked to be, and the tensor to lie inside the storage.
     let start = (data + t.offset * es) as usize;
+    if contiguous {
+        return Ok(Entry {
+            info,
+            start,
+            end: start + nbytes,
+            strides: None,
+        });
+    }
+    // A view (a transposed weight, a slice of a fused one): its elements are gathered row-major when the
+    // checkpoint opens (`Checkpoint::open`), within a budget of the checkpoint's own size.
     Ok(Entry {
         info,
         start,
-        end: start + nbytes,
+        end: start + (span * es) as usize,
+        strides: Some(t.strides.iter().map(|&s| s.max(0) as usize).collect()),
     })
 }
 

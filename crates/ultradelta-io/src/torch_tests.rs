@@ -347,8 +347,12 @@ fn every_error_names_the_file_and_what_was_expected() {
     };
     let cases: Vec<(String, &str)> = vec![
         (
-            t(&|t| t.strides = &[1, 4]),
-            "tensor \"w\": a non-contiguous view (shape [4, 3], strides [1, 4])",
+            t(&|t| t.strides = &[1, 5]),
+            "tensor \"w\": elements 0..14 lie outside its storage of 12 elements",
+        ),
+        (
+            t(&|t| t.strides = &[-3, 1]),
+            "tensor \"w\": a view of shape [4, 3] with strides [-3, 1]: expected non-negative strides",
         ),
         (
             t(&|t| t.offset = 1),
@@ -367,6 +371,14 @@ fn every_error_names_the_file_and_what_was_expected() {
             "storage type torch.ComplexFloatStorage is not supported",
         ),
         (t(&|t| t.name = "h"), "tensor \"h\": appears twice in the state dict"),
+        (
+            // a stride-0 view may repeat its storage at will: its row-major copy is bounded by the file's size
+            t(&|t| {
+                t.shape = &[100_000, 12];
+                t.strides = &[0, 1];
+            }),
+            "tensor \"w\": the strided views up to this one hold 4800000 bytes, more than the checkpoint's",
+        ),
     ];
     for (e, want) in cases {
         assert!(e.contains(want), "{e}\nexpected: {want}");

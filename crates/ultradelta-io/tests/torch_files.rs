@@ -81,6 +81,8 @@ fn real_torch_save_files_read_as_torch_loads_them() {
         "tied.bin",
         "offset.bin",
         "param.bin",
+        "views.bin",
+        "views-real.pth",
     ] {
         let ck = Checkpoint::open(data(name)).unwrap();
         check(&ck, name, "");
@@ -140,13 +142,35 @@ fn a_transformers_folder_saved_by_pytorch_is_the_same_checkpoint_as_its_safetens
     );
 }
 
+/// The strided tensors real checkpoints hold (a TensorFlow kernel transposed in place, a column slice of a fused
+/// weight, a channels_last convolution, a permutation, an expanded buffer, a bf16 transpose) read row-major, as
+/// torch's `.contiguous()` gives them, by every way a tensor's bytes are read; a view shares no bytes with its
+/// storage's other tensors, and names its weight file.
 #[test]
-fn what_is_refused_is_named() {
-    let e = Checkpoint::open(data("views.bin")).unwrap_err().to_string();
-    assert!(
-        e.contains("views.bin: tensor \"") && e.contains("a non-contiguous view"),
-        "{e}"
+fn strided_views_read_row_major_every_way() {
+    let ck = Checkpoint::open(data("views-real.pth")).unwrap();
+    check(&ck, "views-real.pth", "");
+    for v in ck.views() {
+        let mut out = vec![0u8; v.bytes().len()];
+        let hash = v.read_hashed_into(&mut out, 5, |_, _| {}).unwrap();
+        assert_eq!(out, v.bytes(), "{}", v.info().name);
+        assert_eq!(hash, v.content_hash(), "{}", v.info().name);
+        assert_eq!(v.file(), data("views-real.pth"));
+        ck.release(&v.info().name);
+        ck.prefetch(&v.info().name);
+    }
+    assert_eq!(ck.weight_files(), [data("views-real.pth")]);
+    assert_eq!(
+        ck.size_on_disk(),
+        std::fs::metadata(data("views-real.pth")).unwrap().len()
     );
+    // views.bin: three views of one storage; the transpose reads as the transposed values
+    let ck = Checkpoint::open(data("views.bin")).unwrap();
+    let t: Vec<f32> = ck.view("transpose").unwrap().to_f32().unwrap();
+    let want: Vec<f32> = (0..3)
+        .flat_map(|j| (0..4).map(move |i| (i * 3 + j) as f32 + 0.5))
+        .collect();
+    assert_eq!(t, want);
 }
 
 #[test]

@@ -188,9 +188,10 @@ def test_transformers_causal_lm_generated_llama(tmp_path, llama, report):
     _causal_check(tmp_path / "default", llama["base"], llama["drunk"], report)
 
 
-def _as_torch_folder(src: Path, dst: Path, legacy=False):
+def _as_torch_folder(src: Path, dst: Path, legacy=False, transposed=False):
     """`src`'s folder with its safetensors weights saved again by torch.save, as one pytorch_model.bin (in the
-    format of PyTorch before 1.6 with `legacy`)."""
+    format of PyTorch before 1.6 with `legacy`; every matrix a transposed view of its storage with `transposed`, as
+    transformers' conversions from TensorFlow saved kernels)."""
     torch = _import("torch")
     from safetensors.torch import load_file
 
@@ -198,6 +199,9 @@ def _as_torch_folder(src: Path, dst: Path, legacy=False):
     state = {}
     for f in sorted(src.glob("*.safetensors")):
         state.update(load_file(str(f)))
+    if transposed:
+        state = {k: v.t().contiguous().t() if v.dim() == 2 and min(v.shape) > 1 else v for k, v in state.items()}
+        assert any(not v.is_contiguous() for v in state.values())
     torch.save(state, dst / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
 
 
@@ -219,6 +223,11 @@ def test_pytorch_checkpoints_compress_like_their_safetensors(tmp_path, llama, re
     ft_legacy = tmp_path / "ft-legacy"
     _as_torch_folder(ft_st, ft_legacy, legacy=True)
     l_rb, l_ft = _causal_check(tmp_path / "lossless-legacy", base_bin, ft_legacy, report, keep=["*"])
+    assert torch.equal(l_rb, l_ft)
+    # Every matrix of the fine-tune a strided view: read row-major, the same logits bit for bit.
+    ft_views = tmp_path / "ft-views"
+    _as_torch_folder(ft_st, ft_views, transposed=True)
+    l_rb, l_ft = _causal_check(tmp_path / "lossless-views", base_bin, ft_views, report, keep=["*"])
     assert torch.equal(l_rb, l_ft)
     # The defaults: the same rebuilt tensors as from the safetensors pair.
     rebuilt = {}

@@ -3,7 +3,8 @@
 
 Run with a Python that has torch (written with torch 2.5.1, the PyPI wheel run on CPU, transformers 4.46.3,
 safetensors 0.8.0): `python crates/ultradelta-io/tests/data/torch/make.py`. It writes the fixtures next to itself.
-Every file but legacy.bin (whose storage keys are memory addresses) comes out byte-identical on each run.
+Every file comes out byte-identical on each run but legacy.bin and legacy-protocol*.pt (their storage keys are
+memory addresses) and protocol*.pt (committed from a run that named them p2.pt, p4.pt: their zip prefix differs).
 """
 import argparse
 import json
@@ -150,6 +151,23 @@ def main():
     save("views.bin", views, note="all three views share ONE storage holding all 12 elements of the base tensor")
     save("offset.bin", {"a": t[1:]}, note="storage holds all 12 elements; tensor uses offset 3, shape (3,3)")
 
+    # d2. the strided tensors real checkpoints hold: TensorFlow kernels transposed in place (transformers'
+    # conversions: torch.from_numpy(np.transpose(kernel))), a column slice of a fused weight, a channels_last
+    # convolution, a permuted 3-D tensor, an expanded buffer (stride 0), a bf16 transpose
+    import numpy as np
+    torch.manual_seed(5)
+    kernel = np.arange(24, dtype=np.float32).reshape(4, 6) / 8 - 1
+    fused = torch.randn(4, 12)
+    more = OrderedDict()
+    more["tf.kernel"] = torch.from_numpy(np.transpose(kernel))  # shape (6,4), stride (1,6)
+    more["fused.k"] = fused[:, 4:8]  # shape (4,4), stride (12,1), offset 4
+    more["conv.weight"] = torch.randn(2, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    more["permuted"] = torch.arange(24, dtype=torch.float16).reshape(2, 3, 4).permute(2, 0, 1)
+    more["expanded"] = torch.arange(3, dtype=torch.int64).expand(2, 3)  # stride (0,1)
+    more["bf16.t"] = torch.randn(3, 5).to(torch.bfloat16).T
+    more["plain"] = torch.arange(4, dtype=torch.float32)
+    save("views-real.pth", more, note="strided views as real checkpoints hold them; torch.load keeps their strides")
+
     # e. BEiT-3 style wrapped checkpoint
     save("wrapped.pth", {"model": sd, "epoch": 3, "args": argparse.Namespace(lr=0.1)})
 
@@ -203,6 +221,21 @@ def main():
             p.add_(0.02 * torch.randn_like(p))
     bert.save_pretrained(os.path.join(OUT, "bert-ft-bin"), safe_serialization=False)
     bert.save_pretrained(os.path.join(OUT, "bert-ft-st"), safe_serialization=True)
+
+    # k. the same fine-tune with every matrix a transposed view of its storage, the layout transformers'
+    # TensorFlow conversions saved (torch.from_numpy(np.transpose(kernel))): a pair with bert-bin to compress
+    shutil.rmtree(os.path.join(OUT, "bert-ft-views"), ignore_errors=True)
+    with torch.no_grad():
+        for p in bert.parameters():
+            if p.dim() == 2 and min(p.shape) > 1:
+                p.data = p.data.t().contiguous().t()
+    # (save_pretrained makes them contiguous: torch.save the state dict as it is, beside the config)
+    os.makedirs(os.path.join(OUT, "bert-ft-views"))
+    bert.config.to_json_file(os.path.join(OUT, "bert-ft-views", "config.json"))
+    torch.save(bert.state_dict(), os.path.join(OUT, "bert-ft-views", "pytorch_model.bin"))
+    views = torch.load(os.path.join(OUT, "bert-ft-views", "pytorch_model.bin"), weights_only=True)
+    print("bert-ft-views:", sum(not t.is_contiguous() for t in views.values()), "of", len(views),
+          "tensors are strided views")
 
 
 if __name__ == "__main__":
