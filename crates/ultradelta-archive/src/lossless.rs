@@ -177,9 +177,9 @@ pub(crate) fn zstd_payload<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8]> {
     c.take(clen, "zstd frame")
 }
 
-/// The frames of a zstd stream as (compressed byte range, declared content size) when there are several, each
-/// declares its content size and they add up to `total`; `None` otherwise (the stream is then decompressed as a
-/// whole, which also reports any error). zstd checks each frame against its declared size.
+/// The frames of a zstd stream as (compressed byte range, declared content size) when each declares its content
+/// size and they add up to `total` (one frame or more); `None` otherwise (the stream is then decompressed as a
+/// stream, which also reports any error). zstd checks each frame against its declared size.
 pub(crate) fn zstd_frames(z: &[u8], total: usize) -> Option<Vec<(std::ops::Range<usize>, usize)>> {
     let mut frames = Vec::new();
     let (mut at, mut sum) = (0usize, 0usize);
@@ -195,7 +195,7 @@ pub(crate) fn zstd_frames(z: &[u8], total: usize) -> Option<Vec<(std::ops::Range
         frames.push((at..at + len, size));
         at += len;
     }
-    (sum == total && frames.len() > 1).then_some(frames)
+    (sum == total && !frames.is_empty()).then_some(frames)
 }
 
 /// Decompresses the zstd payload in `c` (its length field and frames) to exactly `expected` bytes.

@@ -995,6 +995,24 @@ mod tests {
         }
     }
 
+    /// `decode` (into an output buffer, with working memory) run in pools of 1 and 3 threads gives `want`, with
+    /// working memory of a batch of zstd frames (one per thread), not of the tensor.
+    fn same_for_any_thread_count(
+        want: &[u8],
+        decode: impl Fn(&mut [u8], &mut Vec<u8>) -> Result<RecordHeader> + Sync,
+    ) {
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (mut out, mut scratch) = (vec![0u8; want.len()], Vec::new());
+            pool.install(|| decode(&mut out, &mut scratch)).unwrap();
+            assert!(out == want, "{} bytes, {threads} threads", want.len());
+            assert!(scratch.len() <= (threads * ZSTD_FRAME_BYTES).min(want.len()));
+        }
+    }
+
     #[test]
     fn decode_xor_into_equals_decode_record_then_xor() {
         // Several frames, odd element counts, every element size; a dirty scratch buffer, reused and too small.
@@ -1027,6 +1045,9 @@ mod tests {
                 decode_xor_into(&enc, &Limits::default(), &base, &mut out, &mut planes).unwrap();
             assert_eq!(h.kind, RecordKind::XorZstd);
             assert!(out == want, "{} {numel}", dtype.name());
+            same_for_any_thread_count(&want, |out, scratch| {
+                decode_xor_into(&enc, &Limits::default(), &base, out, scratch)
+            });
             damaged_payloads_agree(
                 &enc,
                 numel * es,
@@ -1065,6 +1086,55 @@ mod tests {
         );
     }
 
+    /// A payload whose zstd frame does not declare its size (a streaming writer's) decodes through the streamed path
+    /// to the same bytes, for both lossless delta kinds.
+    #[test]
+    fn lossless_deltas_without_declared_frame_sizes_decode_the_same() {
+        let (dtype, numel) = (DType::F32, 70_001usize);
+        let es = dtype.size();
+        let base: Vec<u8> = (0..numel * es).map(|i| (i * 7 % 241) as u8).collect();
+        let ft: Vec<u8> = base
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| b ^ (i % 13) as u8)
+            .collect();
+        let xor: Vec<u8> = base.iter().zip(&ft).map(|(a, b)| a ^ b).collect();
+        for rec in [
+            Record::XorDelta {
+                dtype,
+                xor_bytes: xor,
+            },
+            Record::DiffDelta {
+                dtype,
+                diff_bytes: diff_bytes(dtype, &base, &ft).unwrap(),
+            },
+        ] {
+            let enc = encode_record(dtype, &[numel], &rec, 1).unwrap();
+            // the payload is the record's tail: its compressed length, then the zstd stream
+            let mut c = Cursor::new(&enc);
+            decode_header_at(&mut c, &Limits::default()).unwrap();
+            let head = enc.len() - c.left() as usize;
+            let planes = zstd::stream::decode_all(&enc[head + 8..]).unwrap();
+            let stream = zstd::stream::encode_all(&planes[..], 3).unwrap();
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&stream).unwrap(),
+                None
+            );
+            let mut bad = enc[..head].to_vec();
+            bad.extend_from_slice(&(stream.len() as u64).to_le_bytes());
+            bad.extend_from_slice(&stream);
+            assert_eq!(decode_record(&bad, &Limits::default()).unwrap().1, rec);
+            let (mut out, mut scratch) = (vec![0u8; numel * es], Vec::new());
+            let decode = match rec {
+                Record::XorDelta { .. } => decode_xor_into,
+                _ => decode_diff_into,
+            };
+            decode(&bad, &Limits::default(), &base, &mut out, &mut scratch).unwrap();
+            assert!(out == ft);
+            assert!(scratch.is_empty());
+        }
+    }
+
     #[test]
     fn decode_diff_into_rebuilds_the_fine_tuned_bytes() {
         use crate::kinds::diff_zstd::undiff_into;
@@ -1100,6 +1170,9 @@ mod tests {
                 decode_diff_into(&enc, &Limits::default(), &base, &mut out, &mut planes).unwrap();
             assert_eq!(h.kind, RecordKind::DiffZstd);
             assert!(out == ft, "{} {numel}", dtype.name());
+            same_for_any_thread_count(&ft, |out, scratch| {
+                decode_diff_into(&enc, &Limits::default(), &base, out, scratch)
+            });
             damaged_payloads_agree(
                 &enc,
                 numel * es,

@@ -136,14 +136,15 @@ pub(crate) fn cost(_c: &mut Cursor<'_>) -> Option<RecordCost> {
 }
 
 /// Decodes a `diff-zstd` record straight into `out`: the fine-tuned bytes from `base` and the differences
-/// [`decode_record`](crate::decode_record) returns as [`Record::DiffDelta`], without allocating per record (the
-/// shuffled planes are decompressed into `planes`, working memory the caller keeps between calls, and read in
-/// place, in parallel). `base` and `out` must both be the record's byte size, which is checked before anything is
-/// allocated. Returns the record's header.
+/// [`decode_record`](crate::decode_record) returns as [`Record::DiffDelta`], without allocating per record: the
+/// shuffled planes are decompressed a batch of zstd frames at a time into `planes` (working memory the caller keeps
+/// between calls; a batch of frames, not the tensor) and unshuffled into `out`, where each element's difference is
+/// then added to the base's, in parallel. `base` and `out` must both be the record's byte size, which is checked
+/// before anything is allocated. Returns the record's header.
 ///
 /// # Errors
 /// [`Error::InvalidStream`] (streams `"record"`, `"zstd"`): another kind, a size other than `out`'s, or a payload
-/// that does not decompress to exactly that size.
+/// that does not decompress to exactly that size; `out` then holds unspecified bytes.
 pub fn decode_diff_into(
     bytes: &[u8],
     limits: &Limits,
@@ -151,26 +152,23 @@ pub fn decode_diff_into(
     out: &mut [u8],
     planes: &mut Vec<u8>,
 ) -> Result<RecordHeader> {
-    let header = decompress_planes_into(bytes, limits, RecordKind::DiffZstd, base, out, planes)?;
-    let planes = &planes[..out.len()];
+    let header = decompress_planes_into(
+        bytes,
+        limits,
+        RecordKind::DiffZstd,
+        base,
+        out,
+        planes,
+        false,
+    )?;
+    // each element of `out` now holds its stored difference
     let size = header.dtype.size();
-    let numel = out.len() / size.max(1);
-    // element i's stored bytes are planes[j * numel + i] for j < size, as `unshuffle` lays them out
     const UNIT: usize = 1 << 16;
     out.par_chunks_mut(UNIT * size)
         .zip(base.par_chunks(UNIT * size))
-        .enumerate()
-        .for_each(|(u, (o, b))| {
-            let i0 = u * UNIT;
-            for (k, (o, b)) in o
-                .chunks_exact_mut(size)
-                .zip(b.chunks_exact(size))
-                .enumerate()
-            {
-                let mut z = 0u64;
-                for j in 0..size {
-                    z |= u64::from(planes[j * numel + i0 + k]) << (8 * j);
-                }
+        .for_each(|(o, b)| {
+            for (o, b) in o.chunks_exact_mut(size).zip(b.chunks_exact(size)) {
+                let z = element(o, size, 0);
                 o.copy_from_slice(&undo(z, element(b, size, 0), size).to_le_bytes()[..size]);
             }
         });

@@ -40,17 +40,24 @@ pub(crate) fn cost(_c: &mut Cursor<'_>) -> Option<RecordCost> {
     None
 }
 
+/// The largest zstd frame [`decompress_planes_into`] decompresses whole: 64 MiB (the writer's are 16 MiB).
+const MAX_BATCH_FRAME: usize = 64 << 20;
+
 /// What the lossless delta kinds' straight-into-`out` decoders share ([`decode_xor_into`],
 /// [`super::diff_zstd::decode_diff_into`]): the record's header checked to be of `kind` and of `out`'s byte size
-/// (`base` too) before anything is allocated, then its zstd payload decompressed into the first `out.len()` bytes
-/// of `planes` (grown as needed; frames that declare their sizes, as the writer's do, in parallel).
+/// (`base` too) before anything is allocated, then its zstd payload decompressed and each byte written at its
+/// element's place, `out[i * size + j]` for byte `j` of element `i` — XORed with `base`'s byte there when `xor`.
+/// Frames that declare their sizes, each at most [`MAX_BATCH_FRAME`] (as the writer's do), are decompressed a batch
+/// at a time, one frame per thread, into `scratch` (grown as needed: a batch of frames, not the tensor), then spread
+/// over `out` in parallel; others stream in 64 KiB pieces. On an error `out` holds unspecified bytes.
 pub(crate) fn decompress_planes_into(
     bytes: &[u8],
     limits: &Limits,
     kind: RecordKind,
     base: &[u8],
-    out: &[u8],
-    planes: &mut Vec<u8>,
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+    xor: bool,
 ) -> Result<RecordHeader> {
     let bad = |d: String| Error::stream("record", d);
     let mut c = Cursor::new(bytes);
@@ -72,10 +79,6 @@ pub(crate) fn decompress_planes_into(
         )));
     }
     let z = zstd_payload(&mut c)?;
-    if planes.len() < out.len() {
-        planes.resize(out.len(), 0);
-    }
-    let planes = &mut planes[..out.len()];
     let decompress = |src: &[u8], dst: &mut [u8]| -> Result<()> {
         let n = zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress_to_buffer(src, dst))
@@ -88,35 +91,76 @@ pub(crate) fn decompress_planes_into(
         }
         Ok(())
     };
-    match zstd_frames(z, planes.len()) {
-        // frames that declare their sizes (as the writer's do) are decompressed in parallel, each into its place
+    // frames the writer's size (at most 16 MiB) in batches; a stream whose frames declare more, as one stream
+    let framed = zstd_frames(z, out.len())
+        .filter(|frames| frames.iter().all(|&(_, n)| n <= MAX_BATCH_FRAME));
+    match framed {
         Some(frames) => {
-            let mut dsts = Vec::with_capacity(frames.len());
-            let mut rest = &mut planes[..];
-            for (_, size) in &frames {
-                let (dst, tail) = rest.split_at_mut(*size);
-                dsts.push(dst);
-                rest = tail;
+            let mut at = 0usize;
+            for batch in frames.chunks(rayon::current_num_threads().max(1)) {
+                let len: usize = batch.iter().map(|(_, n)| n).sum();
+                if scratch.len() < len {
+                    scratch.resize(len, 0);
+                }
+                let mut dsts = Vec::with_capacity(batch.len());
+                let mut rest = &mut scratch[..len];
+                for (_, n) in batch {
+                    let (dst, tail) = rest.split_at_mut(*n);
+                    dsts.push(dst);
+                    rest = tail;
+                }
+                batch
+                    .par_iter()
+                    .zip(dsts)
+                    .try_for_each(|((src, _), dst)| decompress(&z[src.clone()], dst))?;
+                spread(&scratch[..len], at, size, base, out, xor);
+                at += len;
             }
-            frames
-                .into_par_iter()
-                .zip(dsts)
-                .try_for_each(|((src, _), dst)| decompress(&z[src], dst))?;
         }
-        None => decompress(z, planes)?,
+        None => crate::lossless::zstd_stream_exact(z, out.len() as u64, |at, piece| {
+            spread(piece, at as usize, size, base, out, xor)
+        })?,
     }
     Ok(header)
 }
 
+/// Writes `planes`, the bytes at `at..` of a byte-plane-ordered stream of `size`-byte elements (all of plane 0,
+/// then plane 1, ...), to their places in `out` (`base.len()` bytes): byte `j` of element `i` at `i * size + j`,
+/// XORed with `base`'s byte there when `xor`. In parallel over elements, one plane's run at a time.
+fn spread(planes: &[u8], at: usize, size: usize, base: &[u8], out: &mut [u8], xor: bool) {
+    const UNIT: usize = 1 << 16;
+    let numel = out.len() / size.max(1);
+    let mut done = 0;
+    while done < planes.len() {
+        let p = at + done;
+        let (j, i0) = (p / numel, p % numel);
+        let run = (numel - i0).min(planes.len() - done);
+        let src = &planes[done..done + run];
+        let range = i0 * size..(i0 + run) * size;
+        out[range.clone()]
+            .par_chunks_mut(UNIT * size)
+            .zip(base[range].par_chunks(UNIT * size))
+            .zip(src.par_chunks(UNIT))
+            .for_each(|((o, b), s)| {
+                for (k, &x) in s.iter().enumerate() {
+                    let at = k * size + j;
+                    o[at] = if xor { b[at] ^ x } else { x };
+                }
+            });
+        done += run;
+    }
+}
+
 /// Decodes an `xor-zstd` record straight into `out`: `out = base XOR bits`, with the bits
-/// [`decode_record`](crate::decode_record) returns as [`Record::XorDelta`], without allocating per record: the shuffled planes are decompressed into `planes`
-/// (working memory the caller keeps between calls; grown as needed, any contents) and unshuffled on the fly, in
-/// parallel. `base` and `out` must both be the record's byte size (`numel` times the dtype size), which is checked
-/// before anything is allocated. Returns the record's header.
+/// [`decode_record`](crate::decode_record) returns as [`Record::XorDelta`], without allocating per record: the
+/// shuffled planes are decompressed a batch of zstd frames at a time (one per thread) into `planes` (working memory
+/// the caller keeps between calls; grown as needed, to a batch of frames rather than the tensor; any contents) and
+/// unshuffled into `out` as they come, in parallel. `base` and `out` must both be the record's byte size (`numel`
+/// times the dtype size), which is checked before anything is allocated. Returns the record's header.
 ///
 /// # Errors
 /// [`Error::InvalidStream`] (streams `"record"`, `"zstd"`): another kind, a size other than `out`'s, or a payload
-/// that does not decompress to exactly that size.
+/// that does not decompress to exactly that size; `out` then holds unspecified bytes.
 pub fn decode_xor_into(
     bytes: &[u8],
     limits: &Limits,
@@ -124,24 +168,5 @@ pub fn decode_xor_into(
     out: &mut [u8],
     planes: &mut Vec<u8>,
 ) -> Result<RecordHeader> {
-    let header = decompress_planes_into(bytes, limits, RecordKind::XorZstd, base, out, planes)?;
-    let planes = &planes[..out.len()];
-    let size = header.dtype.size();
-    let numel = out.len() / size.max(1);
-    // out[i * size + j] = base[i * size + j] ^ planes[j * numel + i], as `unshuffle` then XOR
-    const UNIT: usize = 1 << 16;
-    out.par_chunks_mut(UNIT * size)
-        .zip(base.par_chunks(UNIT * size))
-        .enumerate()
-        .for_each(|(u, (o, b))| {
-            let i0 = u * UNIT;
-            let m = o.len() / size;
-            for j in 0..size {
-                let plane = &planes[j * numel + i0..j * numel + i0 + m];
-                for (k, &x) in plane.iter().enumerate() {
-                    o[k * size + j] = b[k * size + j] ^ x;
-                }
-            }
-        });
-    Ok(header)
+    decompress_planes_into(bytes, limits, RecordKind::XorZstd, base, out, planes, true)
 }
