@@ -177,8 +177,23 @@ fn open(path: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint::open(path)?)
 }
 
+/// Refuses an output that exists, without `--force`, before any input is opened: opening can take a while (a
+/// PyTorch file's strided views are copied then). The writers check again when they publish.
+fn refuse_existing(output: Option<&Path>, force: bool) -> Result<()> {
+    match output {
+        Some(path) if !force && std::fs::symlink_metadata(path).is_ok() => {
+            Err(ultradelta::Error::OutputExists {
+                path: path.to_path_buf(),
+            }
+            .into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
     let cfg = a.config()?;
+    refuse_existing(a.output.as_deref(), a.force)?;
     let base = open(&a.base)?;
     let reports = match (&a.output, &a.output_dir) {
         (Some(out), None) => {
@@ -373,6 +388,7 @@ fn ratio_line(ins: &ultradelta::Inspection) -> String {
 }
 
 fn cmd_apply(a: ApplyArgs, progress: &CliProgress) -> Result<()> {
+    refuse_existing(Some(&a.output), a.force)?;
     let base = open(&a.base)?;
     let mut opts = ApplyOptions {
         overwrite: a.force,
