@@ -147,15 +147,21 @@ fn a_fine_tune_of_strided_views_is_its_contiguous_twin() {
     let exact = t.path().join("exact");
     ud_ok(&apply_cmd(&base, &lossless, &exact, &[]));
     same_tensors(&exact, &fixture("bert-ft-st"));
-    ud_ok(&[
+    // without --quiet, a note says what was copied (the fine-tune's 10 matrices, 1,120 parameters)
+    let out = ud(&[
         "eval",
-        "--quiet",
         "--base",
         s(&base),
         "--finetuned",
         s(&fixture("bert-ft-views")),
         s(&a_views),
     ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bert-ft-views: 1120 parameters saved as strided views (without .contiguous()), copied row-major"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -366,9 +366,14 @@ fn done_record(job: &Job) -> Result<JobRecord> {
     let ins = ultradelta::inspect(&ArchiveReader::open(&job.output)?);
     let mut rec = JobRecord::new(job, Status::Done);
     rec.bytes_out = ins.bytes;
-    rec.bytes_in = Checkpoint::open(&job.finetuned)
-        .map(|c| c.size_on_disk())
-        .unwrap_or(0);
+    // as the archive recorded it at compression (opening the fine-tune again would copy a PyTorch file's strided
+    // views again); an archive without it, from the fine-tune on disk
+    rec.bytes_in = match ins.ratio.finetuned_bytes {
+        0 => Checkpoint::open(&job.finetuned)
+            .map(|c| c.size_on_disk())
+            .unwrap_or(0),
+        n => n,
+    };
     rec.ratio = record::Ratios {
         real: ins.ratio.real,
         paper_v3: ins.ratio.paper_v3,

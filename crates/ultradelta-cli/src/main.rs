@@ -173,8 +173,33 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn open(path: &Path) -> Result<Checkpoint> {
-    Ok(Checkpoint::open(path)?)
+fn open(path: &Path, progress: &CliProgress) -> Result<Checkpoint> {
+    Ok(open_checkpoint(path, progress)?)
+}
+
+/// Opens a checkpoint, with a progress bar while a PyTorch file's strided views are copied row-major (the only
+/// part of opening that reads tensor data) and a note after it.
+fn open_checkpoint(
+    path: &Path,
+    progress: &CliProgress,
+) -> std::result::Result<Checkpoint, ultradelta::io::Error> {
+    use ultradelta::Progress;
+    let mut last = 0u64;
+    let ck = Checkpoint::open_with(path, &mut |done, total| {
+        if last == 0 {
+            progress.begin("copying views", total);
+        }
+        progress.advance(done - last);
+        last = done;
+    })?;
+    if last > 0 {
+        progress.end();
+        progress.note(&format!(
+            "{}: {last} parameters saved as strided views (without .contiguous()), copied row-major",
+            path.display()
+        ));
+    }
+    Ok(ck)
 }
 
 /// Refuses an output that exists, without `--force`, before any input is opened: opening can take a while (a
@@ -194,7 +219,7 @@ fn refuse_existing(output: Option<&Path>, force: bool) -> Result<()> {
 fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
     let cfg = a.config()?;
     refuse_existing(a.output.as_deref(), a.force)?;
-    let base = open(&a.base)?;
+    let base = open(&a.base, progress)?;
     let reports = match (&a.output, &a.output_dir) {
         (Some(out), None) => {
             if a.finetuned.len() != 1 {
@@ -203,7 +228,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
                     a.finetuned.len()
                 );
             }
-            let ft = open(&a.finetuned[0])?;
+            let ft = open(&a.finetuned[0], progress)?;
             let report = ultradelta::compress(&base, &ft, &cfg, out, a.force, progress)?;
             if let Some(dir) = &a.lora_out {
                 let written = ultradelta::export_lora(&report.output, dir, a.force)?;
@@ -217,7 +242,7 @@ fn cmd_compress(a: CompressArgs, progress: &CliProgress) -> Result<()> {
             let fts = a
                 .finetuned
                 .iter()
-                .map(|p| open(p))
+                .map(|p| open(p, progress))
                 .collect::<Result<Vec<_>>>()?;
             ultradelta::compress_many(&base, &fts, &cfg, dir, a.force, progress)?
         }
@@ -389,7 +414,7 @@ fn ratio_line(ins: &ultradelta::Inspection) -> String {
 
 fn cmd_apply(a: ApplyArgs, progress: &CliProgress) -> Result<()> {
     refuse_existing(Some(&a.output), a.force)?;
-    let base = open(&a.base)?;
+    let base = open(&a.base, progress)?;
     let mut opts = ApplyOptions {
         overwrite: a.force,
         ..ApplyOptions::default()
@@ -562,7 +587,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
 fn cmd_verify(a: VerifyArgs, progress: &CliProgress) -> Result<()> {
     // Every error here is the facade's, so that main can tell corrupt archive, wrong base and I/O apart.
     let base = match &a.base {
-        Some(p) => Some(Checkpoint::open(p).map_err(ultradelta::Error::from)?),
+        Some(p) => Some(open_checkpoint(p, progress).map_err(ultradelta::Error::from)?),
         None => None,
     };
     let report = ultradelta::verify(&a.archive, base.as_ref(), progress)?;
@@ -624,8 +649,8 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 fn cmd_eval(a: EvalArgs, progress: &CliProgress) -> Result<()> {
-    let base = open(&a.base)?;
-    let ft = open(&a.finetuned)?;
+    let base = open(&a.base, progress)?;
+    let ft = open(&a.finetuned, progress)?;
     let r = ultradelta::eval(&base, &ft, &a.archive, progress)?;
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&r)?);

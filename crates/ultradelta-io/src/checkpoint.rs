@@ -68,6 +68,12 @@ struct Loc {
 /// A tensor as a header lists it, before [`Checkpoint::assemble`]: its strides if it is a strided view.
 type Listed = (TensorInfo, Loc, Option<Vec<usize>>);
 
+/// A checkpoint parsed, before its strided views (the strides of tensor `i` in `views[i]`, if it is one) are copied.
+struct Parsed {
+    checkpoint: Checkpoint,
+    views: Vec<Option<Vec<usize>>>,
+}
+
 /// A read-only, memory-mapped checkpoint: safetensors or PyTorch (`torch.save`), one file or several shards.
 /// `Send + Sync`.
 ///
@@ -174,85 +180,90 @@ fn map_file(path: &Path) -> Result<Mapped> {
     Ok(Mapped { map, file })
 }
 
-/// Bytes [`gather_views`] buffers before each write: 8 MiB.
+/// Bytes `Checkpoint::gather_views` buffers before each write: 8 MiB.
 pub(crate) const GATHER_CHUNK: usize = 8 << 20;
 
-/// Copies every strided view among `tensors` row-major into one unnamed temporary file, maps it and points the
-/// views' locations there; `None` if there is none. Such tensors come from PyTorch files saved without
-/// `.contiguous()`: transformers' conversions from TensorFlow left every kernel transposed in place, and a trainer
-/// can save a slice of a fused weight. Everything downstream then reads them as any other tensor, and their copy
-/// lives in the page cache, not in this process's memory. The file is made in [`std::env::temp_dir`] (`TMPDIR`)
-/// and vanishes with the checkpoint, or with the process. Views may overlap (a stride may be 0), so their total is
-/// bounded: at most `budget`, the checkpoint's size on disk, whatever the file declares.
-fn gather_views(
-    files: &[PathBuf],
-    maps: &[Mapped],
-    tensors: &mut [Listed],
-    budget: u64,
-) -> Result<Option<Mapped>> {
-    use std::io::Write;
-    let views: Vec<usize> = (0..tensors.len())
-        .filter(|&i| tensors[i].2.is_some())
-        .collect();
-    let Some(&first) = views.first() else {
-        return Ok(None);
-    };
-    let mut total = 0u64;
-    for &i in &views {
-        let (info, loc, _) = &tensors[i];
-        total = total.saturating_add(info.nbytes() as u64);
-        if total > budget {
-            return Err(Error::InvalidTensorEntry {
-                file: files[loc.file].clone(),
-                tensor: info.name.clone(),
-                reason: format!(
-                    "the strided views up to this one hold {total} bytes, more than the checkpoint's {budget} bytes on disk (views are copied row-major when it opens; at most the checkpoint's size is)"
-                ),
-            });
+impl Checkpoint {
+    /// Copies every strided view (`views[i]`, the strides of tensor `i` if it is one) row-major into one unnamed
+    /// temporary file, maps it and points the views' locations there; nothing if there is none. Such tensors come
+    /// from PyTorch files saved without `.contiguous()`: transformers' conversions from TensorFlow left every kernel
+    /// transposed in place, and a trainer can save a slice of a fused weight. Everything downstream then reads them
+    /// as any other tensor, and their copy lives in the page cache, not in this process's memory. The file is made
+    /// in [`std::env::temp_dir`] (`TMPDIR`) and vanishes with the checkpoint, or with the process. Views may overlap
+    /// (a stride may be 0), so their total is bounded: at most the checkpoint's size on disk, whatever the file
+    /// declares. `copied(done, total)` after each view, in elements.
+    fn gather_views(
+        &mut self,
+        views: &[Option<Vec<usize>>],
+        copied: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        use std::io::Write;
+        let listed: Vec<usize> = (0..views.len()).filter(|&i| views[i].is_some()).collect();
+        let Some(&first) = listed.first() else {
+            return Ok(());
+        };
+        let budget = self.size_on_disk;
+        let (mut total, mut elements) = (0u64, 0u64);
+        for &i in &listed {
+            let info = &self.tensors[i];
+            total = total.saturating_add(info.nbytes() as u64);
+            elements += info.numel() as u64;
+            if total > budget {
+                return Err(Error::InvalidTensorEntry {
+                    file: self.files[self.locs[i].file].clone(),
+                    tensor: info.name.clone(),
+                    reason: format!(
+                        "the strided views up to this one hold {total} bytes, more than the checkpoint's {budget} bytes on disk (views are copied row-major when it opens; at most the checkpoint's size is)"
+                    ),
+                });
+            }
         }
+        let dir = std::env::temp_dir();
+        let fail =
+            |ck: &Checkpoint, i: usize, op: &'static str, source: std::io::Error| Error::ViewCopy {
+                file: ck.files[ck.locs[i].file].clone(),
+                tensor: ck.tensors[i].name.clone(),
+                dir: dir.clone(),
+                op,
+                source,
+            };
+        let mut file = tempfile::tempfile_in(&dir).map_err(|e| fail(self, first, "create", e))?;
+        let mut buf = Vec::with_capacity(GATHER_CHUNK.min(total as usize));
+        let (mut at, mut done) = (0usize, 0u64);
+        let map = self.maps.len();
+        for &i in &listed {
+            let (info, loc) = (&self.tensors[i], self.locs[i]);
+            let strides = views[i].as_deref().unwrap_or_default();
+            let src = &self.maps[loc.map][loc.start..loc.end];
+            gather(
+                src,
+                &info.shape,
+                strides,
+                info.dtype.size(),
+                &mut buf,
+                &mut |b| file.write_all(b),
+            )
+            .map_err(|e| fail(self, i, "write", e))?;
+            // the source pages read: out of this process's resident set again, as `release` does after a tensor
+            self.maps[loc.map].unmap_pages(loc.start, loc.end);
+            let n = info.nbytes();
+            done += info.numel() as u64;
+            self.locs[i] = Loc {
+                file: loc.file,
+                map,
+                start: at,
+                end: at + n,
+            };
+            at += n;
+            copied(done, elements);
+        }
+        // SAFETY: the file has no name and only this handle, which `Mapped` keeps: nothing writes it from here on
+        // (see `map_file` on why the views need that).
+        #[allow(unsafe_code)]
+        let mapped = unsafe { Mmap::map(&file) }.map_err(|e| fail(self, first, "memory-map", e))?;
+        self.maps.push(Mapped { map: mapped, file });
+        Ok(())
     }
-    let dir = std::env::temp_dir();
-    let fail =
-        |(info, loc, _): &Listed, op: &'static str, source: std::io::Error| Error::ViewCopy {
-            file: files[loc.file].clone(),
-            tensor: info.name.clone(),
-            dir: dir.clone(),
-            op,
-            source,
-        };
-    let mut file = tempfile::tempfile_in(&dir).map_err(|e| fail(&tensors[first], "create", e))?;
-    let mut buf = Vec::with_capacity(GATHER_CHUNK.min(total as usize));
-    let mut at = 0usize;
-    for &i in &views {
-        let t = &tensors[i];
-        let (info, loc, strides) = t;
-        let strides = strides.as_deref().unwrap_or_default();
-        let src = &maps[loc.map][loc.start..loc.end];
-        gather(
-            src,
-            &info.shape,
-            strides,
-            info.dtype.size(),
-            &mut buf,
-            &mut |b| file.write_all(b),
-        )
-        .map_err(|e| fail(t, "write", e))?;
-        // the source pages read: out of this process's resident set again, as `release` does after a tensor
-        maps[loc.map].unmap_pages(loc.start, loc.end);
-        let n = info.nbytes();
-        tensors[i].1 = Loc {
-            file: tensors[i].1.file,
-            map: maps.len(),
-            start: at,
-            end: at + n,
-        };
-        at += n;
-    }
-    // SAFETY: the file has no name and only this handle, which `Mapped` keeps: nothing writes it from here on
-    // (see `map_file` on why the views need that).
-    #[allow(unsafe_code)]
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| fail(&tensors[first], "memory-map", e))?;
-    Ok(Some(Mapped { map, file }))
 }
 
 /// Appends the elements of a strided view, row-major, to `buf`, handing `buf` to `flush` (then emptied) whenever it
@@ -571,22 +582,37 @@ impl Checkpoint {
     /// to plain file names in its folder, every shard must exist, every tensor it lists must be in the shard it
     /// names, and a tensor name may appear in only one shard.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        Self::open_with(path, &mut |_, _| {})
+    }
+
+    /// [`open`](Self::open), reporting the row-major copy of a PyTorch file's strided views as it goes:
+    /// `copied(done, total)`, in elements, after each view (never called when there is none), so that a caller can
+    /// show progress on a large checkpoint of views.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        copied: &mut dyn FnMut(u64, u64),
+    ) -> Result<Checkpoint> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
-        if meta.is_dir() {
-            Self::open_dir(path)
+        let Parsed {
+            mut checkpoint,
+            views,
+        } = if meta.is_dir() {
+            Self::open_dir(path)?
         } else if path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.ends_with(".index.json"))
         {
-            Self::open_sharded(path, path)
+            Self::open_sharded(path, path)?
         } else {
-            Self::open_single(path, path)
-        }
+            Self::open_single(path, path)?
+        };
+        checkpoint.gather_views(&views, copied)?;
+        Ok(checkpoint)
     }
 
-    fn open_dir(dir: &Path) -> Result<Checkpoint> {
+    fn open_dir(dir: &Path) -> Result<Parsed> {
         let single = dir.join(SINGLE_FILE_NAME);
         if is_regular_file(&single) {
             return Self::open_single(dir, &single);
@@ -703,7 +729,7 @@ impl Checkpoint {
         }
     }
 
-    fn open_single(given: &Path, file: &Path) -> Result<Checkpoint> {
+    fn open_single(given: &Path, file: &Path) -> Result<Parsed> {
         let map = map_file(file)?;
         let hdr = parse_weights(file, &map)?;
         let dir = parent_dir(file);
@@ -733,7 +759,7 @@ impl Checkpoint {
         )
     }
 
-    fn open_sharded(given: &Path, index_path: &Path) -> Result<Checkpoint> {
+    fn open_sharded(given: &Path, index_path: &Path) -> Result<Parsed> {
         let bad = |reason: String| Error::InvalidIndex {
             file: index_path.to_path_buf(),
             reason,
@@ -823,11 +849,11 @@ impl Checkpoint {
         dir: PathBuf,
         files: Vec<PathBuf>,
         index: Option<PathBuf>,
-        mut maps: Vec<Mapped>,
+        maps: Vec<Mapped>,
         mut tensors: Vec<Listed>,
         metadata: BTreeMap<String, String>,
         size_on_disk: u64,
-    ) -> Result<Checkpoint> {
+    ) -> Result<Parsed> {
         // stable: ties keep shard order, so a duplicate names the earlier shard first
         tensors.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         for w in tensors.windows(2) {
@@ -839,11 +865,15 @@ impl Checkpoint {
                 });
             }
         }
-        if let Some(map) = gather_views(&files, &maps, &mut tensors, size_on_disk)? {
-            maps.push(map);
-        }
-        let (tensors, locs) = tensors.into_iter().map(|(t, l, _)| (t, l)).unzip();
-        Ok(Checkpoint {
+        let mut views = Vec::with_capacity(tensors.len());
+        let (tensors, locs) = tensors
+            .into_iter()
+            .map(|(t, l, v)| {
+                views.push(v);
+                (t, l)
+            })
+            .unzip();
+        let checkpoint = Checkpoint {
             path: given.to_path_buf(),
             dir,
             files,
@@ -853,7 +883,8 @@ impl Checkpoint {
             locs,
             metadata,
             size_on_disk,
-        })
+        };
+        Ok(Parsed { checkpoint, views })
     }
 
     /// The path given to [`open`](Self::open).
