@@ -164,6 +164,40 @@ fn a_fine_tune_of_strided_views_is_its_contiguous_twin() {
     );
 }
 
+/// A PyTorch Lightning checkpoint of a fine-tune (its state dict under `state_dict`, names prefixed `model.`, beside
+/// the optimizer's moments) compresses against the plain base, with a note that the file holds more than the model;
+/// kept without loss, it rebuilds the state dict exactly.
+#[test]
+fn a_lightning_checkpoint_is_a_fine_tune_with_a_note() {
+    let t = tempfile::tempdir().unwrap();
+    let (base, ft) = (fixture("plain.bin"), fixture("lightning.ckpt"));
+    let archive = t.path().join("a.udelta");
+    let out = ud(&[
+        "compress",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&ft),
+        "--output",
+        s(&archive),
+        "--keep",
+        "*",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let size = std::fs::metadata(&ft).unwrap().len();
+    let tensors = Checkpoint::open(&ft).unwrap().total_tensor_bytes();
+    assert!(
+        stderr.contains(&format!(
+            "lightning.ckpt: its weight files hold {size} bytes, its model's tensors {tensors}: the rest"
+        )),
+        "{stderr}"
+    );
+    let rebuilt = t.path().join("rebuilt");
+    ud_ok(&apply_cmd(&base, &archive, &rebuilt, &[]));
+    same_tensors(&rebuilt, &ft);
+}
+
 #[test]
 fn the_legacy_format_pairs_with_the_zip_one() {
     // legacy.bin holds plain.bin's state dict, saved in PyTorch's format before 1.6: nothing changed.

@@ -384,7 +384,7 @@ pub(crate) fn is_plain_file_name(name: &str) -> bool {
         && !name.contains('\0')
 }
 
-/// True for the names of files `torch.save` may have written a model's weights to (`*.bin`, `*.pt`, `*.pth`),
+/// True for the names of files `torch.save` may have written a model's weights to (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`),
 /// except the other files a Hugging Face trainer leaves beside them (`training_args.bin`, `optimizer.pt`, ...).
 pub(crate) fn is_torch_file_name(name: &str) -> bool {
     const TRAINER: [&str; 6] = [
@@ -401,9 +401,10 @@ pub(crate) fn is_torch_file_name(name: &str) -> bool {
         && !lower.starts_with("rng_state")
 }
 
-/// True for a lower-case file name with an extension `torch.save` files have (`.bin`, `.pt`, `.pth`) after a stem.
+/// True for a lower-case file name with an extension `torch.save` files have (`.bin`, `.pt`, `.pth`, and `.ckpt`
+/// for PyTorch Lightning's, a state dict under `state_dict`) after a stem.
 fn has_torch_extension(lower: &str) -> bool {
-    [".bin", ".pt", ".pth"]
+    [".bin", ".pt", ".pth", ".ckpt"]
         .iter()
         .any(|ext| lower.len() > ext.len() && lower.ends_with(ext))
 }
@@ -561,7 +562,7 @@ impl Checkpoint {
     /// - a folder holding exactly one `*.safetensors` file (or exactly one `*.safetensors.index.json`);
     /// - a PyTorch checkpoint written by `torch.save` (its zip format, or the legacy one of PyTorch before 1.6): the file (`pytorch_model.bin`, `*.pt`,
     ///   `*.pth`, any name), its sharded index (`pytorch_model.bin.index.json`), or a folder without safetensors
-    ///   holding `pytorch_model.bin`, its index, or exactly one `*.bin` / `*.pt` / `*.pth` other than a trainer's
+    ///   holding `pytorch_model.bin`, its index, or exactly one `*.bin` / `*.pt` / `*.pth` / `*.ckpt` (PyTorch Lightning) other than a trainer's
     ///   (`training_args.bin`, `optimizer.pt`, `rng_state*.pth`, ...). Its tensors are byte ranges of the file, mapped
     ///   like a safetensors file's; the pickle inside is interpreted as data, never run (checks in the `torch`
     ///   module's documentation). A tensor saved as a strided view is copied row-major here, into an unnamed

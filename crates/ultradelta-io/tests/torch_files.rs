@@ -90,6 +90,24 @@ fn real_torch_save_files_read_as_torch_loads_them() {
     // {"model": state_dict, "epoch": 3, "args": Namespace(..)}: the state dict under "model".
     let ck = Checkpoint::open(data("wrapped.pth")).unwrap();
     check(&ck, "wrapped.pth", "model.");
+    // PyTorch Lightning: the state dict under "state_dict", beside the optimizer's moments (tensors too, not read)
+    let ck = Checkpoint::open(data("lightning.ckpt")).unwrap();
+    check(&ck, "lightning.ckpt", "state_dict.");
+}
+
+/// A folder holding one Lightning `.ckpt` opens it; two (`last.ckpt` beside an epoch's) are named, not guessed.
+#[test]
+fn a_folder_with_one_lightning_checkpoint_opens_it() {
+    let d = tempfile::tempdir().unwrap();
+    let one = d.path().join("epoch=3-step=1200.ckpt");
+    std::fs::copy(data("lightning.ckpt"), &one).unwrap();
+    assert_eq!(Checkpoint::open(d.path()).unwrap().weight_files(), [one]);
+    std::fs::copy(data("lightning.ckpt"), d.path().join("last.ckpt")).unwrap();
+    let e = Checkpoint::open(d.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("2 PyTorch files (epoch=3-step=1200.ckpt, last.ckpt)"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -302,6 +302,16 @@ fn write_records(
         p.ft.path().display(),
         p.family_source()
     ));
+    let (on_disk, tensors) = (p.ft.size_on_disk(), p.ft.total_tensor_bytes());
+    if tensors.saturating_mul(5) < on_disk.saturating_mul(4) {
+        // A training checkpoint (a PyTorch Lightning `.ckpt`, a `.pth` with optimizer moments): the whole-file ratio
+        // counts its files as stored, which hold more than the model the archive rebuilds.
+        progress.note(&format!(
+            "{}: its weight files hold {on_disk} bytes, its model's tensors {tensors}: the rest (optimizer moments, training state) is not \
+             carried, and the whole-file ratio counts the files as stored",
+            p.ft.path().display()
+        ));
+    }
     if !p.tensors.is_empty() && p.tensors.iter().all(|t| t.policy == Policy::New) {
         // Nothing has a delta: the archive is the whole fine-tune. Written, as asked, but most likely the wrong base.
         progress.note(&format!(

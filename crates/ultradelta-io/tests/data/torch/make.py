@@ -171,6 +171,27 @@ def main():
     # e. BEiT-3 style wrapped checkpoint
     save("wrapped.pth", {"model": sd, "epoch": 3, "args": argparse.Namespace(lr=0.1)})
 
+    # e2. a PyTorch Lightning checkpoint of a fine-tune of plain.bin's model: the state dict under "state_dict" with
+    # the LightningModule's "model." prefix, beside the optimizer's moments and training state
+    torch.manual_seed(6)
+    ft = OrderedDict((k, v + 0.01 * torch.randn_like(v)) for k, v in sd.items())
+    params = [nn.Parameter(v.clone()) for v in ft.values()]
+    opt = torch.optim.AdamW(params)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    torch.save({
+        "epoch": 3, "global_step": 1200, "pytorch-lightning_version": "2.1.0",
+        "state_dict": OrderedDict(("model." + k, v) for k, v in ft.items()),
+        "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 4}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_score": torch.tensor(0.25)}},
+        "optimizer_states": [opt.state_dict()],
+        "lr_schedulers": [],
+        "hyper_parameters": {"lr": 1e-4},
+    }, os.path.join(OUT, "lightning.ckpt"))
+    # the state dict, as torch loads it (the rest holds lists of tensors, which the expected file does not describe)
+    write_expected("lightning.ckpt", {"state_dict": torch.load(os.path.join(OUT, "lightning.ckpt"))["state_dict"]})
+
     # f. parameters
     torch.manual_seed(3)
     params = OrderedDict()
