@@ -172,17 +172,10 @@ fn a_lightning_checkpoint_is_a_fine_tune_with_a_note() {
     let t = tempfile::tempdir().unwrap();
     let (base, ft) = (fixture("plain.bin"), fixture("lightning.ckpt"));
     let archive = t.path().join("a.udelta");
-    let out = ud(&[
-        "compress",
-        "--base",
-        s(&base),
-        "--finetuned",
-        s(&ft),
-        "--output",
-        s(&archive),
-        "--keep",
-        "*",
-    ]);
+    // not --quiet: the note is the point
+    let mut args = compress_cmd(&base, &ft, &archive, &["--keep", "*"]);
+    args.retain(|a| *a != "--quiet");
+    let out = ud(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let size = std::fs::metadata(&ft).unwrap().len();
