@@ -56,7 +56,7 @@ enum AccessPattern {
 }
 
 /// Where a tensor's bytes live: a range of `maps[map]`, for the weight file `files[file]` (the same index, except for
-/// a strided view gathered into the temporary map, see [`gather_views`]).
+/// a strided view gathered into the temporary map, see `Checkpoint::gather_views`).
 #[derive(Debug, Clone, Copy)]
 struct Loc {
     file: usize,
@@ -267,11 +267,12 @@ impl Checkpoint {
 }
 
 /// Appends the elements of a strided view, row-major, to `buf`, handing `buf` to `flush` (then emptied) whenever it
-/// holds [`GATHER_CHUNK`] bytes and at the end: `buf` never holds twice that. `src` starts at the view's first element; `strides` are in
-/// elements of `size` bytes, one per dimension of `shape`.
+/// holds [`GATHER_CHUNK`] bytes and at the end: `buf` never holds twice that. `src` starts at the view's first
+/// element; `strides` are in elements of `size` bytes, one per dimension of `shape`.
 ///
-/// The last two dimensions are copied in bands of 64 rows, in parallel, and tiles of 64 columns within a band: the
-/// source lines of a transposed weight's tile (strides `(1, rows)`) then stay in cache while it is copied.
+/// The last two dimensions are copied in bands of up to 512 rows, in parallel, and tiles of 64 columns within a
+/// band: the source lines of a transposed weight's tile (strides `(1, rows)`) then stay in cache while it is
+/// copied, and each source page is read by few bands. The bytes do not depend on the thread count.
 pub(crate) fn gather(
     src: &[u8],
     shape: &[usize],
@@ -293,10 +294,12 @@ pub(crate) fn gather(
         (1, 0)
     };
     let outer = &shape[..n.saturating_sub(2)];
-    // blocks of rows under GATHER_CHUNK bytes, copied in bands of BAND rows in parallel; a row longer than that
-    // in pieces of it
-    const BAND: usize = 512;
+    // blocks of rows under GATHER_CHUNK bytes, copied in bands of up to 512 rows, at least one per thread, in
+    // parallel; a row longer than that in pieces of it
     let block = (GATHER_CHUNK / (cols * size)).max(1);
+    let band = block
+        .div_ceil(rayon::current_num_threads().max(1))
+        .clamp(1, 512);
     let piece = cols.min(GATHER_CHUNK / size).max(1);
     let mut index = vec![0usize; outer.len()];
     // byte offset of the current matrix's first element
@@ -313,10 +316,10 @@ pub(crate) fn gather(
                 buf.resize(at + h * w * size, 0);
                 let top = first + r0 * row_step + c0 * col_step;
                 buf[at..]
-                    .par_chunks_mut(BAND * w * size)
+                    .par_chunks_mut(band * w * size)
                     .enumerate()
                     .for_each(|(b, dst)| {
-                        let (top, h) = (top + b * BAND * row_step, dst.len() / (w * size));
+                        let (top, h) = (top + b * band * row_step, dst.len() / (w * size));
                         match size {
                             1 => copy_band::<1>(src, dst, top, h, w, row_step, col_step),
                             2 => copy_band::<2>(src, dst, top, h, w, row_step, col_step),

@@ -1414,8 +1414,9 @@ proptest! {
     }
 }
 
-/// A view larger than `gather`'s buffer is handed over in pieces under twice its size, which add up to the view:
-/// a transposed matrix (bands of rows), and one row longer than the buffer (a vector with a step, a wide matrix).
+/// A view larger than `gather`'s buffer is handed over in pieces under twice its size, which add up to the view,
+/// the same for any thread count: a transposed matrix (bands of rows), and one row longer than the buffer (a vector
+/// with a step, a wide matrix).
 #[test]
 fn gather_hands_a_large_view_over_in_bounded_pieces() {
     let (rows, cols) = (1600usize, 1500usize); // 9.6 MB of f32
@@ -1436,6 +1437,22 @@ fn gather_hands_a_large_view_over_in_bounded_pieces() {
             Ok(())
         })
         .unwrap();
+        // the same bytes whatever the thread count (bands follow it)
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut again = Vec::new();
+            pool.install(|| {
+                checkpoint::gather(&src, &shape, &strides, 4, &mut Vec::new(), &mut |b| {
+                    again.extend_from_slice(b);
+                    Ok(())
+                })
+            })
+            .unwrap();
+            assert!(again == got, "{shape:?}: {threads} threads");
+        }
         let numel: usize = shape.iter().product();
         assert!(
             pieces >= 2 && largest < 2 * checkpoint::GATHER_CHUNK,

@@ -91,7 +91,8 @@ pub(crate) fn decompress_planes_into(
         }
         Ok(())
     };
-    // frames the writer's size (at most 16 MiB) in batches; a stream whose frames declare more, as one stream
+    // frames of at most MAX_BATCH_FRAME (the writer's are 16 MiB) go in batches; a stream with a larger or
+    // undeclared one streams
     let framed = zstd_frames(z, out.len())
         .filter(|frames| frames.iter().all(|&(_, n)| n <= MAX_BATCH_FRAME));
     match framed {
