@@ -493,6 +493,23 @@ fn every_truncation_and_byte_flip_is_an_error_or_a_valid_file() {
     }
 }
 
+/// A safetensors file of one f32 tensor `x`, written by this crate's writer as `dir/name` (its working folder gone).
+fn one_tensor_safetensors(dir: &Path, name: &str) -> std::path::PathBuf {
+    crate::write_checkpoint(
+        dir.join("st"),
+        &[(
+            crate::TensorInfo::new("x", DType::F32, vec![1]),
+            1f32.to_le_bytes().to_vec(),
+        )],
+        crate::WriterOptions::default(),
+    )
+    .unwrap();
+    let f = dir.join(name);
+    std::fs::rename(dir.join("st/model.safetensors"), &f).unwrap();
+    std::fs::remove_dir_all(dir.join("st")).unwrap();
+    f
+}
+
 #[test]
 fn folders_pick_the_model_file() {
     let bytes = sample_file(&state_dict(&sample_tensors()));
@@ -505,20 +522,7 @@ fn folders_pick_the_model_file() {
     let ck = Checkpoint::open(d.path()).unwrap();
     assert_eq!(ck.weight_files(), std::slice::from_ref(&model));
     // safetensors first, when both are there.
-    crate::write_checkpoint(
-        d.path().join("st"),
-        &[(
-            crate::TensorInfo::new("x", DType::F32, vec![1]),
-            1f32.to_le_bytes().to_vec(),
-        )],
-        crate::WriterOptions::default(),
-    )
-    .unwrap();
-    std::fs::rename(
-        d.path().join("st/model.safetensors"),
-        d.path().join("model.safetensors"),
-    )
-    .unwrap();
+    one_tensor_safetensors(d.path(), "model.safetensors");
     let ck = Checkpoint::open(d.path()).unwrap();
     assert_eq!(ck.tensors().len(), 1);
     // A PEFT adapter's folder is not a model (either format); its file named explicitly opens.
@@ -527,19 +531,7 @@ fn folders_pick_the_model_file() {
         let f = if weights.ends_with(".bin") {
             write(d.path(), weights, &bytes)
         } else {
-            crate::write_checkpoint(
-                d.path().join("st"),
-                &[(
-                    crate::TensorInfo::new("x", DType::F32, vec![1]),
-                    1f32.to_le_bytes().to_vec(),
-                )],
-                crate::WriterOptions::default(),
-            )
-            .unwrap();
-            let f = d.path().join(weights);
-            std::fs::rename(d.path().join("st/model.safetensors"), &f).unwrap();
-            std::fs::remove_dir(d.path().join("st")).unwrap();
-            f
+            one_tensor_safetensors(d.path(), weights)
         };
         assert!(Checkpoint::open(d.path()).is_ok(), "{weights}");
         write(d.path(), "adapter_config.json", b"{}");
