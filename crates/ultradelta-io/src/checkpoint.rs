@@ -544,7 +544,7 @@ fn parse_weights(file: &Path, buf: &[u8]) -> Result<header::Header> {
     }
 }
 
-/// True for file names PyTorch uses (`.bin`, `.pt`, `.pth`), trainer files included.
+/// True for file names PyTorch uses (`.bin`, `.pt`, `.pth`, `.ckpt`), trainer files included.
 fn looks_like_torch(file: &Path) -> bool {
     file.file_name()
         .and_then(|n| n.to_str())

@@ -97,16 +97,22 @@ pub fn diff_bytes(dtype: DType, base: &[u8], finetuned: &[u8]) -> Result<Vec<u8>
 /// The fine-tuned bytes from the base's and the stored (unshuffled) differences, [`diff_bytes`]'s inverse, into
 /// `out` (all three the same whole number of `dtype` elements; the caller checks).
 pub(crate) fn undiff_into(dtype: DType, base: &[u8], diff: &[u8], out: &mut [u8]) {
-    let size = dtype.size();
-    for ((o, b), z) in out
-        .chunks_exact_mut(size)
-        .zip(base.chunks_exact(size))
-        .zip(diff.chunks_exact(size))
-    {
-        o.copy_from_slice(
-            &undo(element(z, size, 0), element(b, size, 0), size).to_le_bytes()[..size],
-        );
-    }
+    out.copy_from_slice(diff);
+    undiff_in_place(dtype.size(), base, out);
+}
+
+/// [`undiff_into`] with the differences already in `out` (elements of `size` bytes), which become the fine-tuned
+/// bytes, in parallel.
+fn undiff_in_place(size: usize, base: &[u8], out: &mut [u8]) {
+    const UNIT: usize = 1 << 16;
+    out.par_chunks_mut(UNIT * size)
+        .zip(base.par_chunks(UNIT * size))
+        .for_each(|(o, b)| {
+            for (o, b) in o.chunks_exact_mut(size).zip(b.chunks_exact(size)) {
+                let z = element(o, size, 0);
+                o.copy_from_slice(&undo(z, element(b, size, 0), size).to_le_bytes()[..size]);
+            }
+        });
 }
 
 /// Writes header and payload of a `diff-zstd` record of `diff` (the bytes of [`diff_bytes`], of `dtype`).
@@ -162,16 +168,7 @@ pub fn decode_diff_into(
         false,
     )?;
     // each element of `out` now holds its stored difference
-    let size = header.dtype.size();
-    const UNIT: usize = 1 << 16;
-    out.par_chunks_mut(UNIT * size)
-        .zip(base.par_chunks(UNIT * size))
-        .for_each(|(o, b)| {
-            for (o, b) in o.chunks_exact_mut(size).zip(b.chunks_exact(size)) {
-                let z = element(o, size, 0);
-                o.copy_from_slice(&undo(z, element(b, size, 0), size).to_le_bytes()[..size]);
-            }
-        });
+    undiff_in_place(header.dtype.size(), base, out);
     Ok(header)
 }
 
