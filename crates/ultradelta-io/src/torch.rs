@@ -10,17 +10,17 @@
 //! `collections.OrderedDict`, whose arguments are checked and read as a tensor's storage key, offset, shape and
 //! strides, or as a dict. Nothing is imported, called or executed.
 //!
-//! Every tensor then becomes a byte range inside its storage's zip entry, so a [`crate::Checkpoint`] maps a
-//! PyTorch file as it maps a safetensors one and reads no tensor data at open (but for strided views, copied then). Checked, in order: the zip's end
-//! record and central directory lie inside the file (zip64 included; one disk; at most [`MAX_ZIP_ENTRIES`]
-//! entries, unique names); one `data.pkl` at most [`MAX_PICKLE_BYTES`], stored; `byteorder`, if present,
-//! `little`; the pickle runs to its `STOP` within [`MAX_PICKLE_NODES`] values, references and marks, with known
-//! opcodes only; its result is a dict holding a dict of tensors under `state_dict`, `model`, `module` or
-//! `model_state_dict` (taken first), or a dict of tensors itself; every
-//! key is a string and every value a tensor of a supported storage type whose elements (a row-major range, or a
-//! strided view's non-negative steps) lie inside its storage, whose storage entry is stored, unencrypted and of the
-//! size its declared element count gives, and inside the file. Tensors may share a storage (tied weights). A strided
-//! view is listed with its strides, and copied row-major when the checkpoint opens (`Checkpoint::open`).
+//! Every tensor then becomes a byte range inside its storage's zip entry, so a [`crate::Checkpoint`] maps a PyTorch
+//! file as it maps a safetensors one and reads no tensor data at open (but for strided views, copied then). Checked, in
+//! order: the zip's end record and central directory lie inside the file (zip64 included; one disk; at most
+//! [`MAX_ZIP_ENTRIES`] entries, unique names); one `data.pkl` at most [`MAX_PICKLE_BYTES`], stored; `byteorder`, if
+//! present, `little`; the pickle runs to its `STOP` within [`MAX_PICKLE_NODES`] values, references and marks, with
+//! known opcodes only; its result is a dict holding a dict of tensors under `state_dict`, `model`, `module` or
+//! `model_state_dict` (taken first), or a dict of tensors itself; every key is a string and every value a tensor of a
+//! supported storage type whose elements (a row-major range, or a strided view's non-negative steps) lie inside its
+//! storage, whose storage entry is stored, unencrypted and of the size its declared element count gives, and inside the
+//! file. Tensors may share a storage (tied weights). A strided view is listed with its strides, and copied row-major
+//! when the checkpoint opens (`Checkpoint::open`).
 //!
 //! The legacy layout (PyTorch before 1.6, or `_use_new_zipfile_serialization=False`) is five pickles in a row —
 //! the magic number, the protocol version (1001), the system information (which must say little-endian), the
@@ -1160,8 +1160,8 @@ fn tensor_entry(file: &Path, name: &str, t: &TensorRef, resolve: &Resolve<'_>) -
         ))
     })?;
     let info = TensorInfo::new(name, dtype, t.shape.clone());
-    let nbytes = info
-        .checked_nbytes()
+    // the byte size must fit: every range below is computed from it
+    info.checked_nbytes()
         .ok_or_else(|| bad(format!("shape {:?} overflows", t.shape)))?;
     let numel = info.numel();
     if t.strides.len() != t.shape.len() {
@@ -1225,21 +1225,15 @@ fn tensor_entry(file: &Path, name: &str, t: &TensorRef, resolve: &Resolve<'_>) -
     }
     // Inside the file: the storage was checked to be, and the tensor to lie inside the storage.
     let start = (data + t.offset * es) as usize;
-    if contiguous {
-        return Ok(Entry {
-            info,
-            start,
-            end: start + nbytes,
-            strides: None,
-        });
-    }
-    // A view (a transposed weight, a slice of a fused one): its elements are gathered row-major when the
-    // checkpoint opens (`Checkpoint::open`), within a budget of the checkpoint's own size.
+    // A row-major tensor spans its bytes; a view (a transposed weight, a slice of a fused one) spans its elements and
+    // keeps its strides: they are gathered row-major when the checkpoint opens (`Checkpoint::open`), within a budget
+    // of the checkpoint's size.
+    let strides = (!contiguous).then(|| t.strides.iter().map(|&s| s.max(0) as usize).collect());
     Ok(Entry {
         info,
         start,
         end: start + (span * es) as usize,
-        strides: Some(t.strides.iter().map(|&s| s.max(0) as usize).collect()),
+        strides,
     })
 }
 
