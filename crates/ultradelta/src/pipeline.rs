@@ -288,15 +288,10 @@ pub(crate) fn params_json(
     params
 }
 
-/// Pass 2: writes every record of one fine-tune. Returns the open archive (γ not yet known).
-fn write_records(
-    p: &Plan<'_>,
-    cfg: &CompressConfig,
-    out: &Path,
-    overwrite: bool,
-    want_trace: bool,
-    progress: &dyn Progress,
-) -> Result<Pending> {
+/// What a user should know about a fine-tune's plan, said once before its records are written (not again when a
+/// budget has them written again): the tensor selection, a weight file holding more than the model, a fine-tune
+/// that pairs with nothing in the base.
+fn note_plan(p: &Plan<'_>, progress: &dyn Progress) {
     progress.note(&format!(
         "{}: tensor selection {}",
         p.ft.path().display(),
@@ -322,6 +317,17 @@ fn write_records(
             p.base.path().display()
         ));
     }
+}
+
+/// Pass 2: writes every record of one fine-tune. Returns the open archive (γ not yet known).
+fn write_records(
+    p: &Plan<'_>,
+    cfg: &CompressConfig,
+    out: &Path,
+    overwrite: bool,
+    want_trace: bool,
+    progress: &dyn Progress,
+) -> Result<Pending> {
     let solved;
     let (cfg, budget) = match cfg.has_budget() {
         true => {
@@ -580,6 +586,7 @@ fn compress_planned(
     // The quantizer settings left to the family, now that it is known; the archive's params hold these.
     let cfg = &cfg.for_family(plan.family);
     let gamma = cfg.gamma.unwrap_or(1.0);
+    note_plan(&plan, progress);
     let pending = write_records(&plan, cfg, output, overwrite, false, progress)?;
     within_budget(&mut plan, pending, gamma, cfg, overwrite, false, progress)?.finish(gamma)
 }
@@ -710,6 +717,7 @@ pub fn compress_many(
     let mut plans = Vec::with_capacity(finetuned.len());
     for (ft, name) in finetuned.iter().zip(&names) {
         let plan = Plan::new(base, ft, cfg)?;
+        note_plan(&plan, progress);
         pending.push(write_records(
             &plan,
             &cfg.for_family(plan.family),
