@@ -147,20 +147,82 @@ pub(crate) fn zstd_stream_exact(
 }
 
 /// Decompresses byte-plane-shuffled `data` (elements of `size` bytes) straight into `out` (exactly the raw
-/// size), unshuffling each piece as it arrives: no buffer of the tensor's size besides `out`.
+/// size), unshuffling each piece as it arrives ([`spread`]): no buffer of the tensor's size besides `out`.
 pub(crate) fn zstd_unshuffle_into(data: &[u8], size: usize, out: &mut [u8]) -> Result<()> {
-    let n = (out.len() / size.max(1)) as u64;
-    zstd_stream_exact(data, out.len() as u64, |at, chunk| {
-        if size <= 1 {
-            out[at as usize..at as usize + chunk.len()].copy_from_slice(chunk);
-            return;
-        }
-        for (k, &b) in chunk.iter().enumerate() {
-            let p = at + k as u64;
-            let (j, i) = (p / n, p % n);
-            out[(i * size as u64 + j) as usize] = b;
-        }
+    zstd_stream_exact(data, out.len() as u64, |at, piece| {
+        spread(piece, at as usize, size, None, out)
     })
+}
+
+/// Writes `planes`, the bytes at `at..` of a byte-plane-ordered stream of `size`-byte elements (all of plane 0,
+/// then plane 1, ...), to their places in `out`: byte `j` of element `i` at `i * size + j`, XORed with `xor_base`'s
+/// byte there when given (`out`'s length). In parallel over elements, one plane's run at a time.
+pub(crate) fn spread(
+    planes: &[u8],
+    at: usize,
+    size: usize,
+    xor_base: Option<&[u8]>,
+    out: &mut [u8],
+) {
+    const UNIT: usize = 1 << 16;
+    let numel = out.len() / size.max(1);
+    let mut done = 0;
+    while done < planes.len() {
+        let p = at + done;
+        let (j, i0) = (p / numel, p % numel);
+        let run = (numel - i0).min(planes.len() - done);
+        let src = &planes[done..done + run];
+        let range = i0 * size..(i0 + run) * size;
+        let out = out[range.clone()].par_chunks_mut(UNIT * size);
+        match xor_base {
+            Some(base) => out
+                .zip(base[range].par_chunks(UNIT * size))
+                .zip(src.par_chunks(UNIT))
+                .for_each(|((o, b), s)| {
+                    for (k, &x) in s.iter().enumerate() {
+                        o[k * size + j] = b[k * size + j] ^ x;
+                    }
+                }),
+            None => out.zip(src.par_chunks(UNIT)).for_each(|(o, s)| {
+                for (k, &x) in s.iter().enumerate() {
+                    o[k * size + j] = x;
+                }
+            }),
+        }
+        done += run;
+    }
+}
+
+/// The header of a lossless record decoded straight into an output buffer (kinds 2, 3, 15), checked before
+/// anything is allocated: of `kind`, and of `out_len` bytes (`numel` times the dtype size), as the base is
+/// (`base_len`) for a delta.
+pub(crate) fn lossless_header(
+    c: &mut Cursor<'_>,
+    limits: &crate::Limits,
+    kind: crate::RecordKind,
+    out_len: usize,
+    base_len: Option<usize>,
+) -> Result<RecordHeader> {
+    let bad = |d: String| Error::stream("record", d);
+    let header = crate::record::decode_header_at(c, limits)?;
+    if header.kind != kind {
+        return Err(bad(format!(
+            "expected a {} record, found {}",
+            kind.name(),
+            header.kind.name()
+        )));
+    }
+    let size = header.dtype.size();
+    if header.numel.checked_mul(size as u64) != Some(out_len as u64) {
+        return Err(bad(format!(
+            "record holds {} elements of {size} bytes, the output is {out_len} bytes",
+            header.numel
+        )));
+    }
+    if let Some(b) = base_len.filter(|&b| b != out_len) {
+        return Err(bad(format!("the base is {b} bytes, the output {out_len}")));
+    }
+    Ok(header)
 }
 
 pub(crate) fn zstd_payload<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8]> {

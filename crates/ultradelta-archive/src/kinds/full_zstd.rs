@@ -46,24 +46,13 @@ pub(crate) fn cost(_c: &mut Cursor<'_>) -> Option<RecordCost> {
 /// # Errors
 /// [`crate::Error::InvalidStream`] for a record of another kind, a size that disagrees, or a damaged payload.
 pub fn decode_full_into(bytes: &[u8], limits: &Limits, out: &mut [u8]) -> Result<RecordHeader> {
-    let bad = |d: String| crate::Error::stream("record", d);
     let mut c = Cursor::new(bytes);
-    let header = crate::record::decode_header_at(&mut c, limits)?;
-    if header.kind != RecordKind::FullZstd {
-        return Err(bad(format!(
-            "expected a {} record, found {}",
-            RecordKind::FullZstd.name(),
-            header.kind.name()
-        )));
-    }
-    let size = header.dtype.size();
-    if header.numel.checked_mul(size as u64) != Some(out.len() as u64) {
-        return Err(bad(format!(
-            "record holds {} elements of {size} bytes, the output is {} bytes",
-            header.numel,
-            out.len()
-        )));
-    }
-    crate::lossless::zstd_unshuffle_into(crate::lossless::zstd_payload(&mut c)?, size, out)?;
+    let header =
+        crate::lossless::lossless_header(&mut c, limits, RecordKind::FullZstd, out.len(), None)?;
+    crate::lossless::zstd_unshuffle_into(
+        crate::lossless::zstd_payload(&mut c)?,
+        header.dtype.size(),
+        out,
+    )?;
     Ok(header)
 }

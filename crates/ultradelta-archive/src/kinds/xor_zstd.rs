@@ -7,8 +7,10 @@ use ultradelta_core::DType;
 
 use super::common::Head;
 use crate::coded::RecordCost;
-use crate::lossless::{put_shuffled_record, read_shuffled_payload, zstd_frames, zstd_payload};
-use crate::record::{decode_header_at, Cursor, RecordHeader};
+use crate::lossless::{
+    lossless_header, put_shuffled_record, read_shuffled_payload, spread, zstd_frames, zstd_payload,
+};
+use crate::record::{Cursor, RecordHeader};
 use crate::{Error, Limits, Record, RecordKind, Result};
 
 /// Fixed part of a zstd payload: the compressed length.
@@ -59,25 +61,10 @@ pub(crate) fn decompress_planes_into(
     scratch: &mut Vec<u8>,
     xor: bool,
 ) -> Result<RecordHeader> {
-    let bad = |d: String| Error::stream("record", d);
     let mut c = Cursor::new(bytes);
-    let header = decode_header_at(&mut c, limits)?;
-    if header.kind != kind {
-        return Err(bad(format!(
-            "expected an {} record, found {}",
-            kind.name(),
-            header.kind.name()
-        )));
-    }
+    let header = lossless_header(&mut c, limits, kind, out.len(), Some(base.len()))?;
     let size = header.dtype.size();
-    let raw = header.numel.checked_mul(size as u64);
-    if raw != Some(out.len() as u64) || base.len() != out.len() {
-        return Err(bad(format!(
-            "{} elements of {size} bytes for a tensor of {} bytes",
-            header.numel,
-            out.len()
-        )));
-    }
+    let xor_base = xor.then_some(base);
     let z = zstd_payload(&mut c)?;
     let decompress = |src: &[u8], dst: &mut [u8]| -> Result<()> {
         let n = zstd::bulk::Decompressor::new()
@@ -114,42 +101,15 @@ pub(crate) fn decompress_planes_into(
                     .par_iter()
                     .zip(dsts)
                     .try_for_each(|((src, _), dst)| decompress(&z[src.clone()], dst))?;
-                spread(&scratch[..len], at, size, base, out, xor);
+                spread(&scratch[..len], at, size, xor_base, out);
                 at += len;
             }
         }
         None => crate::lossless::zstd_stream_exact(z, out.len() as u64, |at, piece| {
-            spread(piece, at as usize, size, base, out, xor)
+            spread(piece, at as usize, size, xor_base, out)
         })?,
     }
     Ok(header)
-}
-
-/// Writes `planes`, the bytes at `at..` of a byte-plane-ordered stream of `size`-byte elements (all of plane 0,
-/// then plane 1, ...), to their places in `out` (`base.len()` bytes): byte `j` of element `i` at `i * size + j`,
-/// XORed with `base`'s byte there when `xor`. In parallel over elements, one plane's run at a time.
-fn spread(planes: &[u8], at: usize, size: usize, base: &[u8], out: &mut [u8], xor: bool) {
-    const UNIT: usize = 1 << 16;
-    let numel = out.len() / size.max(1);
-    let mut done = 0;
-    while done < planes.len() {
-        let p = at + done;
-        let (j, i0) = (p / numel, p % numel);
-        let run = (numel - i0).min(planes.len() - done);
-        let src = &planes[done..done + run];
-        let range = i0 * size..(i0 + run) * size;
-        out[range.clone()]
-            .par_chunks_mut(UNIT * size)
-            .zip(base[range].par_chunks(UNIT * size))
-            .zip(src.par_chunks(UNIT))
-            .for_each(|((o, b), s)| {
-                for (k, &x) in s.iter().enumerate() {
-                    let at = k * size + j;
-                    o[at] = if xor { b[at] ^ x } else { x };
-                }
-            });
-        done += run;
-    }
 }
 
 /// Decodes an `xor-zstd` record straight into `out`: `out = base XOR bits`, with the bits
