@@ -174,32 +174,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn open(path: &Path, progress: &CliProgress) -> Result<Checkpoint> {
-    Ok(open_checkpoint(path, progress)?)
-}
-
-/// Opens a checkpoint, with a progress bar while a PyTorch file's strided views are copied row-major (the only
-/// part of opening that reads tensor data) and a note after it.
-fn open_checkpoint(
-    path: &Path,
-    progress: &CliProgress,
-) -> std::result::Result<Checkpoint, ultradelta::io::Error> {
-    use ultradelta::Progress;
-    let mut last = 0u64;
-    let ck = Checkpoint::open_with(path, &mut |done, total| {
-        if last == 0 {
-            progress.begin("copying views", total);
-        }
-        progress.advance(done - last);
-        last = done;
-    })?;
-    if last > 0 {
-        progress.end();
-        progress.note(&format!(
-            "{}: {last} parameters saved as strided views (without .contiguous()), copied row-major",
-            path.display()
-        ));
-    }
-    Ok(ck)
+    Ok(ultradelta::open_checkpoint(path, progress)?)
 }
 
 /// Refuses an output that exists, without `--force`, before any input is opened: opening can take a while (a
@@ -587,7 +562,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
 fn cmd_verify(a: VerifyArgs, progress: &CliProgress) -> Result<()> {
     // Every error here is the facade's, so that main can tell corrupt archive, wrong base and I/O apart.
     let base = match &a.base {
-        Some(p) => Some(open_checkpoint(p, progress).map_err(ultradelta::Error::from)?),
+        Some(p) => Some(ultradelta::open_checkpoint(p, progress).map_err(ultradelta::Error::from)?),
         None => None,
     };
     let report = ultradelta::verify(&a.archive, base.as_ref(), progress)?;

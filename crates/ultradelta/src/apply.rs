@@ -28,6 +28,7 @@ use ultradelta_io::{
 use ultradelta_qgp::seeded::{trial_seed, SeededSample};
 
 use crate::guard::{check_output, Input};
+use crate::progress::check_cancelled;
 use crate::{Error, Progress, Result};
 
 /// Options of [`apply`].
@@ -934,6 +935,8 @@ pub fn apply(
                 .zip(&offsets)
                 .enumerate()
             {
+                // The writer's drop (below, after its thread ends) removes the partial folder.
+                check_cancelled(progress)?;
                 // the writer stopped on an error (reported below)
                 let Ok(mut buf) = free_rx.recv() else {
                     break;

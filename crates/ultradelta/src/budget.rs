@@ -50,6 +50,7 @@ use crate::config::{CompressConfig, Method};
 use crate::delta::delta_f32;
 use crate::method::{compress_tensor, matrix_view, uses_rate};
 use crate::plan::{pass_one, rates, Plan};
+use crate::progress::check_cancelled;
 use crate::selection::RuleSource;
 use crate::{Error, Progress, Result};
 
@@ -119,6 +120,8 @@ struct Evaluator<'p, 'a> {
     stats: Option<Vec<TensorStat>>,
     cache: Option<Vec<Vec<f32>>>,
     evaluations: usize,
+    /// Polled before each tensor: a search may evaluate many settings.
+    progress: &'p dyn Progress,
 }
 
 impl Evaluator<'_, '_> {
@@ -128,6 +131,7 @@ impl Evaluator<'_, '_> {
         let alloc = rates(self.stats.as_deref(), self.idx.len(), cfg)?;
         let mut bytes = 0u64;
         for (k, &i) in self.idx.iter().enumerate() {
+            check_cancelled(self.progress)?;
             let t = &self.p.tensors[i];
             // The delta's tensor (`TensorPlan::head`) and the record's (`info`): they differ for a tensor the
             // fine-tune grew by rows, whose record adds the rows the base lacks.
@@ -483,6 +487,7 @@ pub(crate) fn solve_budget(
         stats,
         cache,
         evaluations: 0,
+        progress,
     };
     progress.note(&format!(
         "{}: searching the {} parameter for {asked} (compressed records at most {ceiling} bytes)",

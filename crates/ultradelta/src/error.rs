@@ -238,6 +238,10 @@ pub enum Error {
         /// Why it is unreachable, with the achievable range.
         detail: String,
     },
+    /// The caller's [`Progress::cancelled`](crate::Progress::cancelled) asked to stop; nothing was left
+    /// half-written.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Details of [`Error::Mismatch`] (boxed to keep `Error` small).

@@ -179,6 +179,6 @@ pub use inspect::{codec_summary, inspect, CodecSummary, Inspection, Ratios, Tens
 pub use lora::export_lora;
 pub use method::{compress_tensor, matrix_view, CompressedTensor, TensorCodecInfo};
 pub use pipeline::{archive_name_for, compress, compress_many, CompressReport, PolicyCounts};
-pub use progress::{NoProgress, Progress};
+pub use progress::{open_checkpoint, NoProgress, Progress};
 pub use selection::{detect_family, EmbeddingPolicy, Family, FamilySource, Selection};
 pub use verify::{verify, verify_failure, VerifyFailure, VerifyReport};

@@ -37,6 +37,7 @@ use crate::method::{
     TensorCodecInfo,
 };
 use crate::plan::{pass_one, rates, Plan, TensorPlan};
+use crate::progress::check_cancelled;
 use crate::selection::{Family, RuleSource};
 use crate::{Error, Progress, Result};
 
@@ -375,6 +376,8 @@ fn write_records(
     // Bytes of the compressed tensors' records as written (checked against the budget's ceiling).
     let mut record_bytes = 0u64;
     for item in p.tensors.iter().enumerate().map(Some).chain([None]) {
+        // The writer's drop removes the partial file.
+        check_cancelled(progress)?;
         let write = || -> Result<()> {
             let Some((entry, rec)) = ready.take() else {
                 return Ok(());

@@ -14,6 +14,7 @@ use crate::config::{AllocationMode, CompressConfig};
 use crate::delta::with_source;
 use crate::error::{method_err, quant_err, TensorMismatch};
 use crate::method::QuantScan;
+use crate::progress::check_cancelled;
 use crate::selection::{detect_family, Family, FamilySource, RuleSource};
 use crate::{Error, Progress, Result};
 
@@ -577,6 +578,7 @@ pub(crate) fn pass_one(
     // tensors it starts with are the ones this pass read most recently, still cached, instead of the ones the
     // cache dropped first. Each tensor's result is its own, so the order changes nothing else.
     for (k, &i) in idx.iter().enumerate().rev() {
+        check_cancelled(progress)?;
         let info = p.tensors[i].delta_info();
         let name = info.name.as_str();
         // The disk reads the next tensor while this one is computed (when it is not cached already).

@@ -7,6 +7,7 @@ use ultradelta_archive::{ArchiveReader, KIND_NONE};
 use ultradelta_io::Checkpoint;
 
 use crate::apply::{check_base, check_entry_against_base, rebuild_tensor_into};
+use crate::progress::check_cancelled;
 use crate::{Error, Progress, Result};
 
 /// What [`verify`] checked.
@@ -34,7 +35,8 @@ pub enum VerifyFailure {
     Corrupt,
     /// The archive is fine but does not apply to the base given.
     WrongBase,
-    /// Reading a file failed (missing, unreadable, not a regular file, not a checkpoint).
+    /// Reading a file failed (missing, unreadable, not a regular file, not a checkpoint), or the caller cancelled:
+    /// no verdict on the archive.
     Io,
 }
 
@@ -44,7 +46,8 @@ pub fn verify_failure(e: &Error) -> VerifyFailure {
     match e {
         Error::Archive(A::Io { .. } | A::NotARegularFile { .. })
         | Error::Io(_)
-        | Error::File { .. } => VerifyFailure::Io,
+        | Error::File { .. }
+        | Error::Cancelled => VerifyFailure::Io,
         // A base whose fingerprint matches but whose tensor shapes contradict the index means the index lies
         // (the fingerprint covers names, shapes and dtypes): that is a corrupt archive, not a wrong base.
         Error::WrongBase { .. }
@@ -89,6 +92,7 @@ pub fn verify(
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     for e in &m.tensors {
+        check_cancelled(progress)?;
         if e.kind != KIND_NONE {
             records += 1;
             if base.is_none() {
