@@ -16,10 +16,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyDict, PyList, PyString, PyType};
 use ultradelta::archive::{ArchiveReader, TensorEntry};
 use ultradelta::io::Checkpoint;
+mod watch;
+
 use ultradelta::{
     AllocationMode, ApplyOptions, CodecChoice, CompressConfig, EmbeddingPolicy, EstimateConfig,
-    Family, Method, NoProgress, NuclearNormMethod, PositionCodec, Preset, PruningMode, RescaleMode,
-    Selection, TraceOn, ValueCodec,
+    Family, Method, NuclearNormMethod, PositionCodec, Preset, PruningMode, RescaleMode, Selection,
+    TraceOn, ValueCodec,
 };
 
 /// The Python exception classes, defined in `ultradelta/_errors.py` (so that they can also derive from
@@ -506,10 +508,16 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<CompressConfig> 
     Ok(cfg)
 }
 
-/// `compress(base, finetuned, output, force, options)`: writes the archive; returns the command line's
-/// `compress --json` object as JSON text.
+/// `value` (a JSON object) with the run's notes added, as JSON text.
+fn with_notes(mut value: serde_json::Value, notes: Vec<String>) -> String {
+    value["notes"] = serde_json::json!(notes);
+    serde_json::to_string_pretty(&value).expect("reports serialise")
+}
+
+/// `compress(base, finetuned, output, force, options, progress)`: writes the archive; returns the command line's
+/// `compress --json` object, with the run's notes, as JSON text.
 #[pyfunction]
-#[pyo3(signature = (base, finetuned, output, force=false, options=None))]
+#[pyo3(signature = (base, finetuned, output, force=false, options=None, progress=None))]
 fn compress(
     py: Python<'_>,
     base: PathBuf,
@@ -517,25 +525,25 @@ fn compress(
     output: PathBuf,
     force: bool,
     options: Option<&Bound<'_, PyDict>>,
+    progress: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<String> {
     let cfg = config_from(options)?;
-    py.detach(|| -> Result<String, ultradelta::Error> {
-        let base = Checkpoint::open(&base)?;
-        let ft = Checkpoint::open(&finetuned)?;
-        let report = ultradelta::compress(&base, &ft, &cfg, &output, force, &NoProgress)?;
+    let (v, notes) = watch::run(py, progress, move |w| {
+        let base = ultradelta::open_checkpoint(&base, w)?;
+        let ft = ultradelta::open_checkpoint(&finetuned, w)?;
+        let report = ultradelta::compress(&base, &ft, &cfg, &output, force, w)?;
         let ins = ultradelta::inspect(&ArchiveReader::open(&report.output)?);
-        let v = serde_json::json!({
+        Ok(serde_json::json!({
             "report": report, "ratio": ins.ratio, "bytes": ins.bytes, "codec": ins.codec
-        });
-        Ok(serde_json::to_string_pretty(&v).expect("reports serialise"))
-    })
-    .map_err(to_py)
+        }))
+    })?;
+    Ok(with_notes(v, notes))
 }
 
-/// `apply(base, archive, output, force, max_shard_bytes)`: writes the rebuilt folder; returns JSON text with the
-/// output folder and what it holds.
+/// `apply(base, archive, output, force, max_shard_bytes, progress)`: writes the rebuilt folder; returns JSON text
+/// with the output folder, what it holds and the run's notes.
 #[pyfunction]
-#[pyo3(signature = (base, archive, output, force=false, max_shard_bytes=None))]
+#[pyo3(signature = (base, archive, output, force=false, max_shard_bytes=None, progress=None))]
 fn apply(
     py: Python<'_>,
     base: PathBuf,
@@ -543,9 +551,10 @@ fn apply(
     output: PathBuf,
     force: bool,
     max_shard_bytes: Option<u64>,
+    progress: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<String> {
-    py.detach(|| -> Result<String, ultradelta::Error> {
-        let base = Checkpoint::open(&base)?;
+    let (v, notes) = watch::run(py, progress, move |w| {
+        let base = ultradelta::open_checkpoint(&base, w)?;
         let mut opts = ApplyOptions {
             overwrite: force,
             ..ApplyOptions::default()
@@ -553,17 +562,16 @@ fn apply(
         if let Some(m) = max_shard_bytes {
             opts.max_shard_bytes = m;
         }
-        let out = ultradelta::apply(&base, &archive, &output, &opts, &NoProgress)?;
+        let out = ultradelta::apply(&base, &archive, &output, &opts, w)?;
         let reader = ArchiveReader::open(&archive)?;
         let m = reader.manifest();
-        let v = serde_json::json!({
+        Ok(serde_json::json!({
             "output": out,
             "tensors": m.tensors.len(),
             "files": m.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
-        });
-        Ok(serde_json::to_string_pretty(&v).expect("reports serialise"))
-    })
-    .map_err(to_py)
+        }))
+    })?;
+    Ok(with_notes(v, notes))
 }
 
 /// `inspect(archive)`: the command line's `inspect --json` text.
@@ -576,20 +584,27 @@ fn inspect(py: Python<'_>, archive: PathBuf) -> PyResult<String> {
     .map_err(to_py)
 }
 
-/// `verify(archive, base)`: the command line's `verify --json` text (without the file's SHA-256, which the Python
-/// layer adds with `hashlib`).
+/// `verify(archive, base, progress)`: the command line's `verify --json` text (without the file's SHA-256, which
+/// the Python layer adds with `hashlib`), with the run's notes.
 #[pyfunction]
-#[pyo3(signature = (archive, base=None))]
-fn verify(py: Python<'_>, archive: PathBuf, base: Option<PathBuf>) -> PyResult<String> {
-    py.detach(|| -> Result<String, ultradelta::Error> {
-        let ck = base.as_ref().map(Checkpoint::open).transpose()?;
-        let report = ultradelta::verify(&archive, ck.as_ref(), &NoProgress)?;
-        let v = serde_json::json!({
+#[pyo3(signature = (archive, base=None, progress=None))]
+fn verify(
+    py: Python<'_>,
+    archive: PathBuf,
+    base: Option<PathBuf>,
+    progress: Option<&Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let (v, notes) = watch::run(py, progress, move |w| {
+        let ck = match &base {
+            Some(b) => Some(ultradelta::open_checkpoint(b, w)?),
+            None => None,
+        };
+        let report = ultradelta::verify(&archive, ck.as_ref(), w)?;
+        Ok(serde_json::json!({
             "archive": archive, "ok": true, "report": report, "base": base,
-        });
-        Ok(serde_json::to_string_pretty(&v).expect("reports serialise"))
-    })
-    .map_err(to_py)
+        }))
+    })?;
+    Ok(with_notes(v, notes))
 }
 
 /// A base checkpoint and an archive, checked against each other, from which tensors are rebuilt in memory one at

@@ -8,6 +8,11 @@ The same engine as the ``ultradelta`` command line (a Rust extension; the GIL is
 - :func:`load` rebuilds the tensors in memory as numpy arrays (exactly the bytes :func:`apply` writes),
   :func:`iter_tensors` one at a time, :func:`load_torch` as PyTorch tensors for ``model.load_state_dict``.
 
+Long calls (:func:`compress`, :func:`apply`, :func:`verify`) take ``progress=callable(stage, done, total)``, pass
+their notes (the command line's informational lines) to the ``logging`` logger ``"ultradelta"`` at level INFO and
+return them under ``"notes"``, and stop between two tensors on Ctrl-C (``KeyboardInterrupt``) or when the callback
+raises, removing what they had started to write.
+
 Errors are :class:`UltraDeltaError` subclasses, one per cause (:class:`CorruptArchiveError`,
 :class:`WrongBaseError`, :class:`InvalidOptionError`, :class:`UltraDeltaIOError`), with the command line's
 one-line message.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -69,6 +74,11 @@ HAS_ML_DTYPES: bool = _ml_dtypes is not None
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+#: A progress callback: ``progress(stage, done, total)``, ``stage`` being ``"copying views"``, ``"analysing
+#: deltas"``, ``"compressing"``, ``"rebuilding"`` or ``"verifying"``, ``done`` and ``total`` its units (tensor
+#: elements).
+ProgressCallback = Callable[[str, int, int], Any]
+
 _BF16_MODES = ("auto", "ml_dtypes", "raw", "float32")
 
 _NUMPY_DTYPES = {
@@ -85,7 +95,13 @@ _NUMPY_DTYPES = {
 
 
 def compress(
-    base: PathLike, finetuned: PathLike, output: PathLike, *, force: bool = False, **options: Any
+    base: PathLike,
+    finetuned: PathLike,
+    output: PathLike,
+    *,
+    force: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    **options: Any,
 ) -> Dict[str, Any]:
     """Compresses ``finetuned`` against ``base`` into the archive ``output``.
 
@@ -96,13 +112,19 @@ def compress(
     takes a string or a list of strings; ``None`` means "not given". The archive is byte-identical to the one
     ``ultradelta compress`` writes with the same flags.
 
-    Returns the ``compress --json`` report: ``{"report": ..., "ratio": ..., "bytes": ..., "codec": ...}``.
+    ``progress(stage, done, total)``, if given, is called from this thread about ten times a second while a stage
+    advances, and once more when it ends (``done == total``); the notes (tensor selection, what was not paired,
+    ...) go to the ``"ultradelta"`` logger. Ctrl-C, or an exception raised by ``progress``, stops the work at the
+    next tensor and is raised here; no archive is left behind (nor a partial file).
+
+    Returns the ``compress --json`` report: ``{"report": ..., "ratio": ..., "bytes": ..., "codec": ..., "notes":
+    [...]}``.
 
     Raises :class:`InvalidOptionError` (unknown or bad option), :class:`WrongBaseError` (the checkpoints do not
     match), :class:`UltraDeltaIOError` (unreadable input, output exists without ``force=True``).
     """
     text = _native.compress(
-        os.fspath(base), os.fspath(finetuned), os.fspath(output), bool(force), options
+        os.fspath(base), os.fspath(finetuned), os.fspath(output), bool(force), options, progress
     )
     return json.loads(text)
 
@@ -114,16 +136,23 @@ def apply(
     force: bool = False,
     *,
     max_shard_bytes: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
 ) -> Dict[str, Any]:
     """Rebuilds the fine-tuned checkpoint folder ``output`` from ``base`` and ``archive``, as ``ultradelta
     apply`` does: safetensors weights (sharded above ``max_shard_bytes``, default 5 GB), the fine-tune's
     metadata and every companion file (``config.json``, tokenizer files, subfolders such as ``1_Pooling/``). The
-    folder appears only when complete.
+    folder appears only when complete: Ctrl-C, or an exception raised by ``progress``, stops at the next tensor
+    and leaves no folder. ``progress`` and the notes as in :func:`compress`.
 
-    Returns ``{"output": folder, "tensors": count, "files": [companion file names]}``.
+    Returns ``{"output": folder, "tensors": count, "files": [companion file names], "notes": [...]}``.
     """
     text = _native.apply(
-        os.fspath(base), os.fspath(archive), os.fspath(output), bool(force), max_shard_bytes
+        os.fspath(base),
+        os.fspath(archive),
+        os.fspath(output),
+        bool(force),
+        max_shard_bytes,
+        progress,
     )
     return json.loads(text)
 
@@ -145,16 +174,22 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def verify(archive: PathLike, base: Optional[PathLike] = None) -> Dict[str, Any]:
+def verify(
+    archive: PathLike,
+    base: Optional[PathLike] = None,
+    *,
+    progress: Optional[ProgressCallback] = None,
+) -> Dict[str, Any]:
     """Decodes every record and companion file of ``archive`` and checks every checksum and limit; with
     ``base``, also that it applies to that base (every tensor rebuilt in memory, nothing written).
 
-    Returns the ``ultradelta verify --json`` object: ``{"archive", "ok": True, "report", "sha256", "base"}``.
+    Returns the ``ultradelta verify --json`` object: ``{"archive", "ok": True, "report", "sha256", "base"}``, with
+    ``"notes"``. ``progress`` as in :func:`compress`.
     Raises :class:`CorruptArchiveError`, :class:`WrongBaseError` or :class:`UltraDeltaIOError` (the
     command line's exit statuses 3, 4 and 1).
     """
     a = os.fspath(archive)
-    out = json.loads(_native.verify(a, None if base is None else os.fspath(base)))
+    out = json.loads(_native.verify(a, None if base is None else os.fspath(base), progress))
     out["sha256"] = _sha256(a)
     return out
 

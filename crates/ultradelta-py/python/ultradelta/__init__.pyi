@@ -1,7 +1,7 @@
 """Type stubs of the ultradelta package (see the docstrings in __init__.py)."""
 
 import os
-from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,7 @@ from ._errors import (
 
 PathLike = Union[str, os.PathLike[str]]
 Bf16Mode = Literal["auto", "ml_dtypes", "raw", "float32"]
+ProgressCallback = Callable[[str, int, int], Any]
 
 __version__: str
 COMPRESS_OPTIONS: Tuple[str, ...]
@@ -27,6 +28,7 @@ def compress(
     output: PathLike,
     *,
     force: bool = ...,
+    progress: Optional[ProgressCallback] = ...,
     method: Optional[Literal["ultradelta", "dare", "magnitude", "bitdelta", "lowrank", "compeft", "quant"]] = ...,
     preset: Optional[Literal["paper"]] = ...,
     rank: Optional[int] = ...,
@@ -74,9 +76,15 @@ def apply(
     force: bool = ...,
     *,
     max_shard_bytes: Optional[int] = ...,
+    progress: Optional[ProgressCallback] = ...,
 ) -> Dict[str, Any]: ...
 def inspect(archive: PathLike) -> Dict[str, Any]: ...
-def verify(archive: PathLike, base: Optional[PathLike] = ...) -> Dict[str, Any]: ...
+def verify(
+    archive: PathLike,
+    base: Optional[PathLike] = ...,
+    *,
+    progress: Optional[ProgressCallback] = ...,
+) -> Dict[str, Any]: ...
 
 class Rebuilder:
     bf16: Bf16Mode

@@ -1,18 +1,30 @@
 """The native module (Rust); use the functions of the ultradelta package instead."""
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __version__: str
 COMPRESS_OPTIONS: List[str]
 
+_Progress = Optional[Callable[[str, int, int], Any]]
+
 def compress(
-    base: str, finetuned: str, output: str, force: bool = ..., options: Optional[Dict[str, Any]] = ...
+    base: str,
+    finetuned: str,
+    output: str,
+    force: bool = ...,
+    options: Optional[Dict[str, Any]] = ...,
+    progress: _Progress = ...,
 ) -> str: ...
 def apply(
-    base: str, archive: str, output: str, force: bool = ..., max_shard_bytes: Optional[int] = ...
+    base: str,
+    archive: str,
+    output: str,
+    force: bool = ...,
+    max_shard_bytes: Optional[int] = ...,
+    progress: _Progress = ...,
 ) -> str: ...
 def inspect(archive: str) -> str: ...
-def verify(archive: str, base: Optional[str] = ...) -> str: ...
+def verify(archive: str, base: Optional[str] = ..., progress: _Progress = ...) -> str: ...
 
 class Loader:
     def __init__(self, base: str, archive: str) -> None: ...
