@@ -8,6 +8,7 @@ mod cli_codecs;
 mod cli_dtypes;
 mod cli_errors;
 mod cli_harden;
+mod cli_interrupt;
 mod cli_methods;
 mod cli_names;
 mod cli_roundtrip;

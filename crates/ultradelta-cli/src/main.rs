@@ -38,6 +38,7 @@ pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
 
 // After `outln!`, which it uses.
 mod batch;
+mod interrupt;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -90,9 +91,30 @@ fn main() -> ExitCode {
         }
     };
     let verifying = matches!(cli.command, Command::Verify(_));
+    if !matches!(cli.command, Command::Batch(_) | Command::Inspect(_)) {
+        interrupt::install();
+    }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            if let Some(sig) = interrupt::received() {
+                errln!(
+                    "ultradelta: {} came after the last tensor: the output is complete",
+                    interrupt::name(sig)
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
+            if let (Some(ultradelta::Error::Cancelled), Some(sig)) =
+                (e.downcast_ref::<ultradelta::Error>(), interrupt::received())
+            {
+                errln!(
+                    "error: interrupted by {}: stopped before it finished; nothing was written (an output that existed is unchanged)",
+                    interrupt::name(sig)
+                );
+                // the shell's convention for a process ended by a signal
+                return ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)));
+            }
             errln!("error: {}{}", error_line(&e), flag_hint(&e));
             if verifying {
                 verify_exit_code(&e)

@@ -65,4 +65,8 @@ impl Progress for CliProgress {
             b.finish_and_clear();
         }
     }
+
+    fn cancelled(&self) -> bool {
+        crate::interrupt::received().is_some()
+    }
 }

@@ -8,6 +8,7 @@ use ultradelta_archive::{ArchiveReader, Policy};
 use ultradelta_io::{Checkpoint, DType};
 
 use crate::apply::{check_base, rebuild_tensor};
+use crate::progress::check_cancelled;
 use crate::{Error, Progress, Result};
 
 /// Error measures for one tensor (or a group of tensors).
@@ -172,6 +173,7 @@ pub fn eval(
     let mut exact_non_float = Vec::new();
     let (mut comp, mut all) = (Sums::default(), Sums::default());
     for entry in &manifest.tensors {
+        check_cancelled(progress)?;
         let name = entry.name.as_str();
         let ft_view = finetuned.view(name)?;
         if ft_view.info().dtype != entry.dtype || ft_view.info().shape != entry.shape {

@@ -11,7 +11,8 @@ pub trait Progress: Sync {
     fn note(&self, _message: &str) {}
     /// The current stage is finished.
     fn end(&self) {}
-    /// Polled between tensors (by `compress`, `apply`, `verify`, and between the evaluations of a budget search):
+    /// Polled between tensors (by `compress`, `apply`, `verify`, `eval`, and between the evaluations of a budget
+    /// search):
     /// `true` stops the operation with [`Error::Cancelled`](crate::Error::Cancelled). What it had started to
     /// write is removed, as after any error; an output that existed before is left as it was.
     fn cancelled(&self) -> bool {
