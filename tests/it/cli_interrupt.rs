@@ -1,5 +1,6 @@
 //! Ctrl-C and SIGTERM: the work stops at the next tensor, the partial output is removed, the exit status says
-//! which signal (128 + its number), and an output that existed is left as it was.
+//! which signal (128 + its number), and an output that existed is left as it was; `batch` keeps its finished jobs
+//! and starts no other.
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader};
@@ -58,7 +59,7 @@ fn interrupted_compress(
 }
 
 #[test]
-fn a_signal_stops_compress_and_leaves_nothing_half_written() {
+fn a_signal_stops_compress_or_batch_and_leaves_nothing_half_written() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SynthConfig {
         dtype: DType::F32,
@@ -66,11 +67,15 @@ fn a_signal_stops_compress_and_leaves_nothing_half_written() {
     };
     let (base, ft) =
         ultradelta_synth::write_pair(&dir.path().join("models"), &cfg, |_, _| {}).unwrap();
-    let out_dir = dir.path().join("out");
-    std::fs::create_dir(&out_dir).unwrap();
+    compress_is_stopped(&base, &ft, &dir.path().join("out"));
+    batch_is_stopped(&base, &ft, &dir.path().join("batch"));
+}
+
+fn compress_is_stopped(base: &std::path::Path, ft: &std::path::Path, out_dir: &std::path::Path) {
+    std::fs::create_dir(out_dir).unwrap();
     let archive = out_dir.join("a.udelta");
 
-    let (code, err) = interrupted_compress(&base, &ft, &archive, &[], "-INT");
+    let (code, err) = interrupted_compress(base, ft, &archive, &[], "-INT");
     assert_eq!(code, Some(130), "{err}");
     assert!(
         err.contains("ultradelta: interrupted: stopping at the next tensor"),
@@ -81,13 +86,88 @@ fn a_signal_stops_compress_and_leaves_nothing_half_written() {
         last.starts_with("error: interrupted by SIGINT (Ctrl-C): stopped before it finished; nothing was written"),
         "{err}"
     );
-    assert_eq!(listing(&out_dir), Vec::<String>::new(), "{err}");
+    assert_eq!(listing(out_dir), Vec::<String>::new(), "{err}");
 
     // SIGTERM (a scheduler's) during a forced rewrite: the archive that was there stays.
     std::fs::write(&archive, b"an earlier archive").unwrap();
-    let (code, err) = interrupted_compress(&base, &ft, &archive, &["--force"], "-TERM");
+    let (code, err) = interrupted_compress(base, ft, &archive, &["--force"], "-TERM");
     assert_eq!(code, Some(143), "{err}");
     assert!(err.contains("error: interrupted by SIGTERM"), "{err}");
     assert_eq!(std::fs::read(&archive).unwrap(), b"an earlier archive");
-    assert_eq!(listing(&out_dir), vec!["a.udelta".to_string()]);
+    assert_eq!(listing(out_dir), vec!["a.udelta".to_string()]);
+}
+
+/// SIGTERM (a scheduler's time limit) while the second of three jobs runs: the first job's archive and record
+/// stay, the second leaves nothing, the third does not start; the same command again finishes the rest.
+fn batch_is_stopped(base: &std::path::Path, ft: &std::path::Path, dir: &std::path::Path) {
+    std::fs::create_dir(dir).unwrap();
+    let manifest = dir.join("jobs.jsonl");
+    // The second job searches a budget (seconds, where the others take a fraction of one): the signal, sent when
+    // the first job is reported done, finds it under way.
+    let options = [
+        serde_json::json!({"seed": 0}),
+        serde_json::json!({"seed": 1, "target-ratio": 150}),
+        serde_json::json!({"seed": 2}),
+    ];
+    let lines: Vec<String> = options
+        .iter()
+        .enumerate()
+        .map(|(k, o)| {
+            serde_json::json!({
+                "base": base, "finetuned": ft, "output": format!("a{k}.udelta"), "options": o
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_ultradelta"))
+            .args(["batch", s(&manifest), "--jobs", "1"])
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the ultradelta binary runs")
+    };
+    let mut child = run();
+    let mut out = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains(" done: ") && !out.contains(" done: ") {
+            let sent = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(143), "{out}{err}");
+    assert!(
+        out.contains("1 done, 0 skipped (already done), 0 failed, 2 interrupted"),
+        "{out}{err}"
+    );
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .starts_with("error: interrupted by SIGTERM: the jobs under way stopped"),
+        "{err}"
+    );
+    assert_eq!(
+        listing(dir),
+        ["a0.udelta", "a0.udelta.result.json", "jobs.jsonl"].map(String::from),
+        "{out}{err}"
+    );
+    let o = run().wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("2 done, 1 skipped (already done), 0 failed in"),
+        "{out}"
+    );
 }

@@ -22,7 +22,6 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use ultradelta::archive::ArchiveReader;
 use ultradelta::io::Checkpoint;
-use ultradelta::NoProgress;
 
 use manifest::{Job, Share};
 use record::{JobRecord, Status};
@@ -114,6 +113,9 @@ enum Outcome {
     Skipped(JobRecord),
     /// Failed (a record says why, when it could be written).
     Failed(String),
+    /// Stopped by SIGINT or SIGTERM before it finished, or not started after one: no record, nothing half-written;
+    /// the next run does it.
+    Interrupted,
 }
 
 fn run_jobs(jobs: &[&Job], parallel: usize, force: bool) -> Vec<Outcome> {
@@ -127,7 +129,10 @@ fn run_jobs(jobs: &[&Job], parallel: usize, force: bool) -> Vec<Outcome> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = jobs.get(i) else { break };
-                let outcome = run_one(job, &bases, force, track_peak);
+                let outcome = match crate::interrupt::received() {
+                    Some(_) => Outcome::Interrupted,
+                    None => run_one(job, &bases, force, track_peak),
+                };
                 print_outcome(job, &outcome);
                 results.lock().expect("results lock")[i] = Some(outcome);
             });
@@ -161,6 +166,11 @@ fn print_outcome(job: &Job, o: &Outcome) {
                 .map_or("time unknown".into(), |s| format!("{s:.2} s")),
         ),
         Outcome::Failed(e) => outln!("{} failed: {e}", job.label()),
+        Outcome::Interrupted => outln!(
+            "{} interrupted: {} not written",
+            job.label(),
+            job.output.display()
+        ),
     }
 }
 
@@ -176,12 +186,20 @@ fn summarize(jobs: &[&Job], outcomes: &[Outcome], share: &Share, secs: f64) -> R
             _ => None,
         })
         .collect();
+    let interrupted = count(|o| matches!(o, Outcome::Interrupted));
     outln!(
-        "batch: {} jobs ({}): {done} done, {skipped} skipped (already done), {} failed in {secs:.1} s",
+        "batch: {} jobs ({}): {done} done, {skipped} skipped (already done), {} failed{} in {secs:.1} s",
         jobs.len(),
         share.describe(),
-        failed.len()
+        failed.len(),
+        match interrupted {
+            0 => String::new(),
+            n => format!(", {n} interrupted (the same command again does them)"),
+        }
     );
+    if interrupted > 0 {
+        return Err(ultradelta::Error::Cancelled.into());
+    }
     if !failed.is_empty() {
         bail!(
             "{} of {} jobs failed ({}); their result records say why",
@@ -271,6 +289,9 @@ fn run_one(job: &Job, bases: &Bases, force: bool, track_peak: bool) -> Outcome {
                 Err(e) => Outcome::Failed(format!("writing its result record: {e:#}")),
             }
         }
+        Err(e) if matches!(e.downcast_ref(), Some(ultradelta::Error::Cancelled)) => {
+            Outcome::Interrupted
+        }
         Err(e) => {
             let msg = format!("{e:#}");
             let mut rec = JobRecord::new(job, Status::Failed);
@@ -352,7 +373,8 @@ fn attempt(job: &Job, bases: &Bases, force: bool) -> Result<Attempt> {
         &job.config,
         &job.output,
         overwrite,
-        &NoProgress,
+        // silent; polls for SIGINT and SIGTERM
+        &crate::progress::CliProgress::new(true),
     )?;
     if let Some(dir) = &job.args.lora_out {
         ultradelta::export_lora(&report.output, dir, overwrite)?;

@@ -91,9 +91,10 @@ fn main() -> ExitCode {
         }
     };
     let verifying = matches!(cli.command, Command::Verify(_));
-    if !matches!(cli.command, Command::Batch(_) | Command::Inspect(_)) {
+    if !matches!(cli.command, Command::Inspect(_)) {
         interrupt::install();
     }
+    let batch = matches!(cli.command, Command::Batch(_));
     match run(cli) {
         Ok(()) => {
             if let Some(sig) = interrupt::received() {
@@ -108,10 +109,17 @@ fn main() -> ExitCode {
             if let (Some(ultradelta::Error::Cancelled), Some(sig)) =
                 (e.downcast_ref::<ultradelta::Error>(), interrupt::received())
             {
-                errln!(
-                    "error: interrupted by {}: stopped before it finished; nothing was written (an output that existed is unchanged)",
-                    interrupt::name(sig)
-                );
+                if batch {
+                    errln!(
+                        "error: interrupted by {}: the jobs under way stopped, nothing of theirs written; finished jobs kept",
+                        interrupt::name(sig)
+                    );
+                } else {
+                    errln!(
+                        "error: interrupted by {}: stopped before it finished; nothing was written (an output that existed is unchanged)",
+                        interrupt::name(sig)
+                    );
+                }
                 // the shell's convention for a process ended by a signal
                 return ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)));
             }
