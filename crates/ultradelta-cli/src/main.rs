@@ -592,7 +592,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
 fn cmd_verify(a: VerifyArgs, progress: &CliProgress) -> Result<()> {
     // Every error here is the facade's, so that main can tell corrupt archive, wrong base and I/O apart.
     let base = match &a.base {
-        Some(p) => Some(ultradelta::open_checkpoint(p, progress).map_err(ultradelta::Error::from)?),
+        Some(p) => Some(ultradelta::open_checkpoint(p, progress)?),
         None => None,
     };
     let report = ultradelta::verify(&a.archive, base.as_ref(), progress)?;

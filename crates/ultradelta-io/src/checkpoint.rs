@@ -191,11 +191,12 @@ impl Checkpoint {
     /// as any other tensor, and their copy lives in the page cache, not in this process's memory. The file is made
     /// in [`std::env::temp_dir`] (`TMPDIR`) and vanishes with the checkpoint, or with the process. Views may overlap
     /// (a stride may be 0), so their total is bounded: at most the checkpoint's size on disk, whatever the file
-    /// declares. `copied(done, total)` after each view, in elements.
+    /// declares. `copied(done, total)` after each view, in elements; `false` from it stops with
+    /// [`Error::Cancelled`].
     fn gather_views(
         &mut self,
         views: &[Option<Vec<usize>>],
-        copied: &mut dyn FnMut(u64, u64),
+        copied: &mut dyn FnMut(u64, u64) -> bool,
     ) -> Result<()> {
         use std::io::Write;
         let listed: Vec<usize> = (0..views.len()).filter(|&i| views[i].is_some()).collect();
@@ -255,7 +256,11 @@ impl Checkpoint {
                 end: at + n,
             };
             at += n;
-            copied(done, elements);
+            if !copied(done, elements) {
+                return Err(Error::Cancelled {
+                    path: self.path.clone(),
+                });
+            }
         }
         // SAFETY: the file has no name and only this handle, which `Mapped` keeps: nothing writes it from here on
         // (see `map_file` on why the views need that).
@@ -586,15 +591,16 @@ impl Checkpoint {
     /// to plain file names in its folder, every shard must exist, every tensor it lists must be in the shard it
     /// names, and a tensor name may appear in only one shard.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
-        Self::open_with(path, &mut |_, _| {})
+        Self::open_with(path, &mut |_, _| true)
     }
 
     /// [`open`](Self::open), reporting the row-major copy of a PyTorch file's strided views as it goes:
     /// `copied(done, total)`, in elements, after each view (never called when there is none), so that a caller can
-    /// show progress on a large checkpoint of views.
+    /// show progress on a large checkpoint of views. It returns whether to go on: `false` stops with
+    /// [`Error::Cancelled`] (the temporary file of the copies vanishes with it).
     pub fn open_with(
         path: impl AsRef<Path>,
-        copied: &mut dyn FnMut(u64, u64),
+        copied: &mut dyn FnMut(u64, u64) -> bool,
     ) -> Result<Checkpoint> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;

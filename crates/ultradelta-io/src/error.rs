@@ -98,6 +98,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The caller of [`Checkpoint::open_with`](crate::Checkpoint::open_with) asked to stop while the strided views
+    /// were copied; the temporary file is gone.
+    #[error("{}: cancelled while its strided views were copied", path.display())]
+    Cancelled {
+        /// The checkpoint being opened.
+        path: PathBuf,
+    },
+
     /// One tensor's header entry is malformed (shape, offsets, or a byte range that does not match its dtype and shape).
     #[error("{}: tensor {tensor:?}: {reason}", file.display())]
     InvalidTensorEntry {

@@ -191,6 +191,43 @@ fn strided_views_read_row_major_every_way() {
     assert_eq!(t, want);
 }
 
+/// `open_with` reports the views' copy after each view, ending at the total, and stops when told to.
+#[test]
+fn opening_reports_the_views_copy_and_can_be_stopped() {
+    let mut calls = Vec::new();
+    Checkpoint::open_with(data("views-real.pth"), &mut |done, total| {
+        calls.push((done, total));
+        true
+    })
+    .unwrap();
+    assert!(calls.len() >= 2, "{calls:?}");
+    assert!(
+        calls
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 == w[1].1),
+        "{calls:?}"
+    );
+    assert_eq!(calls.last().unwrap().0, calls[0].1);
+    let mut n = 0;
+    let e = Checkpoint::open_with(data("views-real.pth"), &mut |_, _| {
+        n += 1;
+        n < 2
+    })
+    .unwrap_err();
+    assert!(matches!(e, ultradelta_io::Error::Cancelled { .. }), "{e}");
+    assert_eq!(n, 2);
+    assert!(
+        e.to_string()
+            .ends_with("views-real.pth: cancelled while its strided views were copied"),
+        "{e}"
+    );
+    // no views: never called
+    Checkpoint::open_with(data("plain.bin"), &mut |_, _| {
+        panic!("plain.bin has no views")
+    })
+    .unwrap();
+}
+
 #[test]
 fn every_truncation_is_an_error_and_no_byte_flip_panics() {
     let d = std::env::temp_dir().join(format!("ultradelta-io-torch-{}", std::process::id()));

@@ -22,19 +22,25 @@ pub trait Progress: Sync {
 
 /// Opens a checkpoint as [`ultradelta_io::Checkpoint::open`] does, reporting the copy of tensors saved as strided views (PyTorch
 /// files whose tensors were saved without `.contiguous()`) as the stage `copying views`, then a note saying how
-/// many parameters were copied. Nothing is reported for a checkpoint without views.
+/// many parameters were copied. Nothing is reported for a checkpoint without views. [`Progress::cancelled`] is
+/// polled after each view copied.
 pub fn open_checkpoint(
     path: &std::path::Path,
     progress: &dyn Progress,
-) -> Result<ultradelta_io::Checkpoint, ultradelta_io::Error> {
+) -> crate::Result<ultradelta_io::Checkpoint> {
     let mut last = 0u64;
-    let ck = ultradelta_io::Checkpoint::open_with(path, &mut |done, total| {
+    let opened = ultradelta_io::Checkpoint::open_with(path, &mut |done, total| {
         if last == 0 {
             progress.begin("copying views", total);
         }
         progress.advance(done - last);
         last = done;
-    })?;
+        !progress.cancelled()
+    });
+    let ck = match opened {
+        Err(ultradelta_io::Error::Cancelled { .. }) => return Err(crate::Error::Cancelled),
+        other => other?,
+    };
     if last > 0 {
         progress.end();
         progress.note(&format!(
