@@ -27,23 +27,26 @@ class Recorder:
         if stage == self.raise_at:
             raise self.exc
 
-    def stages(self):
+    def runs(self):
+        """The calls split into stages: a stage starts with a call at done = 0 (the callback hears of every stage
+        before its work starts), or where the name changes."""
         out = []
-        for stage, _, _ in self.calls:
-            if not out or out[-1] != stage:
-                out.append(stage)
+        for call in self.calls:
+            if not out or call[0] != out[-1][-1][0] or call[1] == 0:
+                out.append([])
+            out[-1].append(call)
         return out
 
+    def stages(self):
+        return [run[0][0] for run in self.runs()]
 
-def _check_calls(calls):
-    """Within a stage `done` never goes down nor past `total`, and each stage's last call says it is done."""
-    for i, (stage, done, total) in enumerate(calls):
-        assert 0 <= done <= total, calls[i]
-        nxt = calls[i + 1] if i + 1 < len(calls) else None
-        if nxt is not None and nxt[0] == stage and nxt[2] == total:
-            assert nxt[1] >= done, (calls[i], nxt)
-        else:
-            assert done == total, f"stage {stage} ended at {done} of {total}"
+
+def _check_calls(rec):
+    """Each stage is heard of at done = 0 and ends at done = total; in between `done` only grows."""
+    for run in rec.runs():
+        assert run[0][1] == 0, run
+        assert run[-1][1] == run[-1][2], f"stage ended early: {run}"
+        assert all(a[1] <= b[1] and a[2] == b[2] for a, b in zip(run, run[1:])), run
 
 
 def _leftovers(folder: Path):
@@ -57,7 +60,7 @@ def test_compress_apply_and_verify_report_their_stages_and_notes(tmp_path, bert,
     with caplog.at_level(logging.INFO, logger="ultradelta"):
         report = ultradelta.compress(bert["base"], bert["sre"], a, progress=rec)
     assert rec.stages() == ["analysing deltas", "compressing"]
-    _check_calls(rec.calls)
+    _check_calls(rec)
     # The same notes the command line prints, in the report and in the log.
     notes = report["notes"]
     assert any("tensor selection" in n for n in notes), notes
@@ -65,16 +68,25 @@ def test_compress_apply_and_verify_report_their_stages_and_notes(tmp_path, bert,
     assert logged == notes
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "ultradelta")
 
+    # A budget search: one stage per setting tried, then the usual two.
+    rec = Recorder()
+    report = ultradelta.compress(bert["base"], bert["sre"], tmp_path / "b.udelta", progress=rec, target_ratio=60)
+    stages = rec.stages()
+    searches = stages.count("budget search")
+    assert searches == report["report"]["budget"]["evaluations"] and searches >= 2, stages
+    assert stages[-2:] == ["analysing deltas", "compressing"], stages
+    _check_calls(rec)
+
     rec = Recorder()
     res = ultradelta.apply(bert["base"], a, tmp_path / "out", progress=rec)
     assert rec.stages() == ["rebuilding"]
-    _check_calls(rec.calls)
+    _check_calls(rec)
     assert isinstance(res["notes"], list)
 
     rec = Recorder()
     out = ultradelta.verify(a, base=bert["base"], progress=rec)
     assert rec.stages() == ["verifying"] and out["ok"]
-    _check_calls(rec.calls)
+    _check_calls(rec)
 
 
 class Stop(Exception):

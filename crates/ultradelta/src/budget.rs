@@ -125,10 +125,17 @@ struct Evaluator<'p, 'a> {
 }
 
 impl Evaluator<'_, '_> {
-    /// Bytes of the compressed tensors' records under `cfg`, exactly as the writer encodes them.
+    /// Bytes of the compressed tensors' records under `cfg`, exactly as the writer encodes them. Each evaluation
+    /// is a stage `budget search` of its own (a search makes up to about 40).
     fn bytes(&mut self, cfg: &CompressConfig) -> Result<u64> {
         self.evaluations += 1;
         let alloc = rates(self.stats.as_deref(), self.idx.len(), cfg)?;
+        let total: u64 = self
+            .idx
+            .iter()
+            .map(|&i| self.p.tensors[i].delta_info().numel() as u64)
+            .sum();
+        self.progress.begin("budget search", total);
         let mut bytes = 0u64;
         for (k, &i) in self.idx.iter().enumerate() {
             check_cancelled(self.progress)?;
@@ -142,6 +149,7 @@ impl Evaluator<'_, '_> {
                     .p
                     .with_added_rows(t, lowrank_sized(&delta_info.shape, cfg.rank))?;
                 bytes += encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
+                self.progress.advance(delta_info.numel() as u64);
                 continue;
             }
             let owned;
@@ -158,7 +166,9 @@ impl Evaluator<'_, '_> {
                 .record;
             let rec = self.p.with_added_rows(t, rec)?;
             bytes += encode_record(info.dtype, &info.shape, &rec, cfg.zstd_level)?.len() as u64;
+            self.progress.advance(delta_info.numel() as u64);
         }
+        self.progress.end();
         Ok(bytes.max(1))
     }
 }

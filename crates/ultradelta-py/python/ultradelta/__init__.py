@@ -75,8 +75,8 @@ HAS_ML_DTYPES: bool = _ml_dtypes is not None
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: A progress callback: ``progress(stage, done, total)``, ``stage`` being ``"copying views"``, ``"analysing
-#: deltas"``, ``"compressing"``, ``"rebuilding"`` or ``"verifying"``, ``done`` and ``total`` its units (tensor
-#: elements).
+#: deltas"``, ``"budget search"`` (once per setting a budget search tries), ``"compressing"``, ``"rebuilding"`` or
+#: ``"verifying"``, ``done`` and ``total`` its units (tensor elements).
 ProgressCallback = Callable[[str, int, int], Any]
 
 _BF16_MODES = ("auto", "ml_dtypes", "raw", "float32")
