@@ -304,7 +304,7 @@ fn library_text_does_not_spell_flags() {
 /// The modules that may contain `unsafe` code, and why. Everything else inherits the workspace's
 /// `unsafe_code = "deny"`; clippy's `undocumented_unsafe_blocks` (a workspace lint, denied in CI) makes every
 /// block in these modules carry a `// SAFETY:` comment.
-const UNSAFE_MODULES: [(&str, &str); 7] = [
+const UNSAFE_MODULES: [(&str, &str); 8] = [
     (
         "crates/ultradelta-qgp/src/lib.rs",
         "declares the two kernel modules below",
@@ -332,6 +332,10 @@ const UNSAFE_MODULES: [(&str, &str); 7] = [
     (
         "xtask/src/bench.rs",
         "wait4 (a child's peak RSS) and sync through libc",
+    ),
+    (
+        "crates/ultradelta-cli/src/interrupt.rs",
+        "a SIGINT/SIGTERM handler: an atomic store, write(2) and signal(2) through libc",
     ),
 ];
 
