@@ -75,8 +75,9 @@ fn cause_of(e: &ultradelta::Error) -> Cause {
         | Error::Budget { .. }
         | Error::NoFinetuned
         | Error::NotCompressible { .. }
+        | Error::Unsupported { .. }
         | Error::OutputIsInput { .. } => Cause::InvalidOption,
-        Error::Mismatch(_) => Cause::WrongBase,
+        Error::Mismatch(_) | Error::FinetunedTensor { .. } => Cause::WrongBase,
         Error::OutputExists { .. }
         | Error::Archive(archive::Error::OutputExists { .. })
         | Error::Io(io::Error::OutputExists { .. }) => Cause::Io,
@@ -531,11 +532,82 @@ fn compress(
     let (v, notes) = watch::run(py, progress, move |w| {
         let base = ultradelta::open_checkpoint(&base, w)?;
         let ft = ultradelta::open_checkpoint(&finetuned, w)?;
-        let report = ultradelta::compress(&base, &ft, &cfg, &output, force, w)?;
-        let ins = ultradelta::inspect(&ArchiveReader::open(&report.output)?);
-        Ok(serde_json::json!({
-            "report": report, "ratio": ins.ratio, "bytes": ins.bytes, "codec": ins.codec
-        }))
+        archive_json(&ultradelta::compress(&base, &ft, &cfg, &output, force, w)?)
+    })?;
+    Ok(with_notes(v, notes))
+}
+
+/// The `compress --json` object of one written archive.
+fn archive_json(
+    report: &ultradelta::CompressReport,
+) -> Result<serde_json::Value, ultradelta::Error> {
+    let ins = ultradelta::inspect(&ArchiveReader::open(&report.output)?);
+    Ok(serde_json::json!({
+        "report": report, "ratio": ins.ratio, "bytes": ins.bytes, "codec": ins.codec
+    }))
+}
+
+/// `compress_many(base, finetuned, output_dir, force, options, progress)`: one archive per fine-tune in
+/// `output_dir` (TNGR across them with `tngr`), as `compress --finetuned A B … --output-dir DIR`; returns JSON text
+/// `{"archives": [the compress --json object of each], "notes": [...]}`.
+#[pyfunction]
+#[pyo3(signature = (base, finetuned, output_dir, force=false, options=None, progress=None))]
+fn compress_many(
+    py: Python<'_>,
+    base: PathBuf,
+    finetuned: Vec<PathBuf>,
+    output_dir: PathBuf,
+    force: bool,
+    options: Option<&Bound<'_, PyDict>>,
+    progress: Option<&Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let cfg = config_from(options)?;
+    let (v, notes) = watch::run(py, progress, move |w| {
+        let base = ultradelta::open_checkpoint(&base, w)?;
+        let fts = finetuned
+            .iter()
+            .map(|p| ultradelta::open_checkpoint(p, w))
+            .collect::<Result<Vec<_>, _>>()?;
+        let reports = ultradelta::compress_many(&base, &fts, &cfg, &output_dir, force, w)?;
+        let archives = reports
+            .iter()
+            .map(archive_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(serde_json::json!({ "archives": archives }))
+    })?;
+    Ok(with_notes(v, notes))
+}
+
+/// `export_lora(archive, output, force)`: a `lowrank` archive's factors as a PEFT LoRA adapter folder (as
+/// `compress --lora-out`); returns the folder.
+#[pyfunction]
+#[pyo3(signature = (archive, output, force=false))]
+fn export_lora(
+    py: Python<'_>,
+    archive: PathBuf,
+    output: PathBuf,
+    force: bool,
+) -> PyResult<PathBuf> {
+    py.detach(|| ultradelta::export_lora(&archive, &output, force))
+        .map_err(to_py)
+}
+
+/// `evaluate(base, finetuned, archive, progress)`: per-tensor and overall fidelity of the rebuilt model to the
+/// fine-tune, the command line's `eval --json` text, with the run's notes.
+#[pyfunction]
+#[pyo3(signature = (base, finetuned, archive, progress=None))]
+fn evaluate(
+    py: Python<'_>,
+    base: PathBuf,
+    finetuned: PathBuf,
+    archive: PathBuf,
+    progress: Option<&Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let (v, notes) = watch::run(py, progress, move |w| {
+        let base = ultradelta::open_checkpoint(&base, w)?;
+        let ft = ultradelta::open_checkpoint(&finetuned, w)?;
+        let r = ultradelta::eval(&base, &ft, &archive, w)?;
+        Ok(serde_json::to_value(&r).expect("reports serialise"))
     })?;
     Ok(with_notes(v, notes))
 }
@@ -746,6 +818,9 @@ fn overflow(archive: &Path, tensor: &str) -> ultradelta::Error {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compress, m)?)?;
+    m.add_function(wrap_pyfunction!(compress_many, m)?)?;
+    m.add_function(wrap_pyfunction!(export_lora, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(apply, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;

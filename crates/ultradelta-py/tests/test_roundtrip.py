@@ -137,3 +137,53 @@ def test_the_module_is_typed_and_documented():
         obj = getattr(ultradelta, name)
         if callable(obj):
             assert obj.__doc__ and len(obj.__doc__) > 40, name
+
+
+def test_compress_many_writes_the_clis_archives_with_tngr_across_the_fine_tunes(tmp_path, bert, cli):
+    py_dir, cli_dir = tmp_path / "py", tmp_path / "cli"
+    out = ultradelta.compress_many(bert["base"], [bert["sre"], bert["jobs"]], py_dir, tngr=True)
+    run_cli(
+        cli, "compress", "--base", bert["base"], "--finetuned", bert["sre"], "--finetuned", bert["jobs"],
+        "--output-dir", cli_dir, "--tngr",
+    )
+    names = sorted(p.name for p in cli_dir.iterdir())
+    assert names == ["jobs.udelta", "sre.udelta"]
+    assert sorted(p.name for p in py_dir.iterdir()) == names
+    for n in names:
+        assert (py_dir / n).read_bytes() == (cli_dir / n).read_bytes(), n
+    archives = out["archives"]
+    assert [Path(a["report"]["output"]).name for a in archives] == ["sre.udelta", "jobs.udelta"]
+    # TNGR: the fine-tune with the smallest trace norm keeps gamma 1, the other is scaled down.
+    gammas = sorted(a["report"]["gamma"] for a in archives)
+    assert gammas[1] == 1.0 and gammas[0] < 1.0, gammas
+    assert any("gamma" in n for n in out["notes"]), out["notes"]
+    with pytest.raises(ultradelta.InvalidOptionError):
+        ultradelta.compress_many(bert["base"], [], tmp_path / "none")
+
+
+def test_evaluate_and_export_lora_equal_the_cli(tmp_path, bert, cli):
+    a = tmp_path / "sre.udelta"
+    ultradelta.compress(bert["base"], bert["sre"], a)
+    ev = ultradelta.evaluate(bert["base"], bert["sre"], a)
+    assert _without_notes(ev) == json.loads(
+        run_cli(cli, "eval", "--base", bert["base"], "--finetuned", bert["sre"], a, "--json").stdout
+    )
+    assert 0.0 < ev["compressed"]["delta_cosine"] <= 1.0
+    with pytest.raises(ultradelta.WrongBaseError):
+        ultradelta.evaluate(bert["sre"], bert["sre"], a)
+    # LoRA: a lowrank archive's factors, the CLI's adapter files byte for byte; another method is refused.
+    lr = tmp_path / "lr.udelta"
+    ultradelta.compress(bert["base"], bert["sre"], lr, method="lowrank", rank=4)
+    got = ultradelta.export_lora(lr, tmp_path / "py-lora")
+    assert got == str(tmp_path / "py-lora")
+    run_cli(
+        cli, "compress", "--base", bert["base"], "--finetuned", bert["sre"], "-o", tmp_path / "cli-lr.udelta",
+        "--method", "lowrank", "--rank", "4", "--lora-out", tmp_path / "cli-lora",
+    )
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "py-lora" / f).read_bytes() == (tmp_path / "cli-lora" / f).read_bytes(), f
+    with pytest.raises(ultradelta.InvalidOptionError, match="needs a lowrank archive"):
+        ultradelta.export_lora(a, tmp_path / "no-lora")
+    with pytest.raises(ultradelta.UltraDeltaIOError, match="output exists"):
+        ultradelta.export_lora(lr, tmp_path / "py-lora")
+    ultradelta.export_lora(lr, tmp_path / "py-lora", force=True)

@@ -3,8 +3,10 @@
 The same engine as the ``ultradelta`` command line (a Rust extension; the GIL is released while it works):
 
 - :func:`compress` writes an archive byte-identical to ``ultradelta compress``'s and returns its ``--json`` report;
+  :func:`compress_many` one per fine-tune of a base (TNGR across them with ``tngr=True``);
 - :func:`apply` rebuilds the fine-tuned model folder (weights, metadata and every companion file);
-- :func:`inspect` and :func:`verify` return what ``inspect --json`` and ``verify --json`` print;
+- :func:`inspect`, :func:`verify` and :func:`evaluate` return what ``inspect --json``, ``verify --json`` and
+  ``eval --json`` print; :func:`export_lora` writes a ``lowrank`` archive's factors as a PEFT LoRA adapter;
 - :func:`load` rebuilds the tensors in memory as numpy arrays (exactly the bytes :func:`apply` writes),
   :func:`iter_tensors` one at a time, :func:`load_torch` as PyTorch tensors for ``model.load_state_dict``.
 
@@ -47,6 +49,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = [
     "compress",
+    "compress_many",
+    "export_lora",
+    "evaluate",
     "apply",
     "inspect",
     "verify",
@@ -126,6 +131,56 @@ def compress(
     text = _native.compress(
         os.fspath(base), os.fspath(finetuned), os.fspath(output), bool(force), options, progress
     )
+    return json.loads(text)
+
+
+def compress_many(
+    base: PathLike,
+    finetuned: "list[PathLike]",
+    output_dir: PathLike,
+    *,
+    force: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    **options: Any,
+) -> Dict[str, Any]:
+    """Compresses each of ``finetuned`` (fine-tunes of one ``base``) into its own archive in ``output_dir``
+    (``<fine-tune folder name>.udelta``), as ``ultradelta compress --finetuned A B ... --output-dir DIR``: with
+    ``tngr=True`` the trace-norm-guided rescaling is computed across all of them, as the paper does for a set of
+    tasks. ``options``, ``force`` and ``progress`` as in :func:`compress`.
+
+    Returns ``{"archives": [one compress --json object per fine-tune, in order], "notes": [...]}``.
+    """
+    text = _native.compress_many(
+        os.fspath(base),
+        [os.fspath(f) for f in finetuned],
+        os.fspath(output_dir),
+        bool(force),
+        options,
+        progress,
+    )
+    return json.loads(text)
+
+
+def export_lora(archive: PathLike, output: PathLike, *, force: bool = False) -> str:
+    """Writes the low-rank factors of a ``method="lowrank"`` archive as a PEFT LoRA adapter folder ``output``
+    (``adapter_model.safetensors``, ``adapter_config.json``), as ``compress --lora-out``; returns the folder. The
+    adapter carries the compressed linear layers' deltas only (tensors the archive keeps without loss are not in
+    it). Raises :class:`InvalidOptionError` for an archive of another method or without factors."""
+    return os.fspath(_native.export_lora(os.fspath(archive), os.fspath(output), bool(force)))
+
+
+def evaluate(
+    base: PathLike,
+    finetuned: PathLike,
+    archive: PathLike,
+    *,
+    progress: Optional[ProgressCallback] = None,
+) -> Dict[str, Any]:
+    """How close the rebuilt model is to the fine-tune it was made from, tensor by tensor (the delta's and the
+    weight's relative error and cosine), without writing anything: the ``ultradelta eval --json`` object, with
+    ``"notes"``. Raises :class:`WrongBaseError` when ``base`` is not the archive's base or a tensor of ``finetuned``
+    differs from the archive's in shape or dtype. ``progress`` as in :func:`compress`."""
+    text = _native.evaluate(os.fspath(base), os.fspath(finetuned), os.fspath(archive), progress)
     return json.loads(text)
 
 

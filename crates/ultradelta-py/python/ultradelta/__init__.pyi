@@ -69,6 +69,23 @@ def compress(
     embeddings: Optional[Literal["compress", "keep", "drop"]] = ...,
     position_embeddings: Optional[Literal["drop", "compress", "keep"]] = ...,
 ) -> Dict[str, Any]: ...
+def compress_many(
+    base: PathLike,
+    finetuned: Sequence[PathLike],
+    output_dir: PathLike,
+    *,
+    force: bool = ...,
+    progress: Optional[ProgressCallback] = ...,
+    **options: Any,
+) -> Dict[str, Any]: ...
+def export_lora(archive: PathLike, output: PathLike, *, force: bool = ...) -> str: ...
+def evaluate(
+    base: PathLike,
+    finetuned: PathLike,
+    archive: PathLike,
+    *,
+    progress: Optional[ProgressCallback] = ...,
+) -> Dict[str, Any]: ...
 def apply(
     base: PathLike,
     archive: PathLike,
