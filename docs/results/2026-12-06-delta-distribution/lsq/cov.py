@@ -1,5 +1,5 @@
 # full input second-moment matrices H = E[x x^T] of every linear layer of MiniLM's base, from a torch forward on
-# (a) BBC training texts, (b) random token sequences (data-free)
+# (a) 300 BBC training texts (bbc), (b) 300 random token sequences (rand, data-free), (c) the in-domain pairs (sre, jobs)
 import sys, os; sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '../../2026-12-05-column-density-study'))
 import sys, json, numpy as np, torch
 from acts import loadall, tok, T
@@ -28,6 +28,11 @@ with torch.no_grad():
     if which == 'bbc':
         texts = [json.loads(l)['text'] for l in open('/work/testbed/data/bbc/train.jsonl')][:300]
         for t in texts: forward(tok(t), H)
+    elif which in ('sre', 'jobs'):
+        rows = [l.rstrip('\n').split('\t') for l in open(f'/work/main/crates/ultradelta-eval/data/indomain/{which}.tsv')]
+        rows = [r for r in rows if len(r) == 3 and not r[0].startswith('#') and r[0] != 'kind']
+        for r in rows:
+            forward(tok(r[1]), H); forward(tok(r[2]), H)
     else:
         g = torch.Generator().manual_seed(0)
         V = W['embeddings.word_embeddings.weight'].shape[0]
