@@ -29,7 +29,7 @@ with torch.no_grad():
         texts = [json.loads(l)['text'] for l in open('/work/testbed/data/bbc/train.jsonl')][:300]
         for t in texts: forward(tok(t), H)
     elif which in ('sre', 'jobs'):
-        rows = [l.rstrip('\n').split('\t') for l in open(f'/work/main/crates/ultradelta-eval/data/indomain/{which}.tsv')]
+        rows = [l.rstrip('\n').split('\t') for l in open(os.path.join(os.path.dirname(os.path.abspath(__file__)), f'../../../../crates/ultradelta-eval/data/indomain/{which}.tsv'))]
         rows = [r for r in rows if len(r) == 3 and not r[0].startswith('#') and r[0] != 'kind']
         for r in rows:
             forward(tok(r[1]), H); forward(tok(r[2]), H)
