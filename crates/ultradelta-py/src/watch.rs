@@ -164,9 +164,15 @@ pub(crate) fn run<T: Send + 'static>(
     let worker = std::thread::Builder::new()
         .name("ultradelta".into())
         .spawn(move || {
-            let result = work(&w);
-            drop(w.post(|st| st.finished = true));
-            result
+            // Says so when the work returns or panics: the watcher waits for it.
+            struct Finished(Arc<Watched>);
+            impl Drop for Finished {
+                fn drop(&mut self) {
+                    drop(self.0.post(|st| st.finished = true));
+                }
+            }
+            let finished = Finished(w);
+            work(&finished.0)
         })
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot start a thread: {e}")))?;
     let mut reporter = Reporter {
