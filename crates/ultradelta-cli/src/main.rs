@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         Ok(()) => {
             if let Some(sig) = interrupt::received() {
                 errln!(
-                    "ultradelta: {} came after the last tensor: the output is complete",
+                    "ultradelta: {} came after the last tensor: finished all the same",
                     interrupt::name(sig)
                 );
             }

@@ -11,19 +11,19 @@ pub trait Progress: Sync {
     fn note(&self, _message: &str) {}
     /// The current stage is finished.
     fn end(&self) {}
-    /// Polled between tensors (by `compress`, `apply`, `verify`, `eval`, and between the evaluations of a budget
-    /// search):
-    /// `true` stops the operation with [`Error::Cancelled`](crate::Error::Cancelled). What it had started to
-    /// write is removed, as after any error; an output that existed before is left as it was.
+    /// Polled between tensors (by `compress`, `apply`, `verify`, `eval`, a budget search's evaluations, and after
+    /// each view [`open_checkpoint`] copies): `true` stops the operation with
+    /// [`Error::Cancelled`](crate::Error::Cancelled). What it had started to write is removed, as after any error;
+    /// an output that existed before is left as it was.
     fn cancelled(&self) -> bool {
         false
     }
 }
 
-/// Opens a checkpoint as [`ultradelta_io::Checkpoint::open`] does, reporting the copy of tensors saved as strided views (PyTorch
-/// files whose tensors were saved without `.contiguous()`) as the stage `copying views`, then a note saying how
-/// many parameters were copied. Nothing is reported for a checkpoint without views. [`Progress::cancelled`] is
-/// polled after each view copied.
+/// Opens a checkpoint as [`ultradelta_io::Checkpoint::open`] does, reporting the copy of tensors saved as strided
+/// views (PyTorch files whose tensors were saved without `.contiguous()`) as the stage `copying views`, then a note
+/// saying how many parameters were copied. Nothing is reported for a checkpoint without views.
+/// [`Progress::cancelled`] is polled after each view copied.
 pub fn open_checkpoint(
     path: &std::path::Path,
     progress: &dyn Progress,
