@@ -159,6 +159,15 @@ pub(crate) fn run<T: Send + 'static>(
             )));
         }
     }
+    // Everything that can fail before the work starts: once started, it must be watched to its end.
+    let mut reporter = Reporter {
+        callback,
+        logger: py
+            .import("logging")?
+            .call_method1("getLogger", ("ultradelta",))?,
+        last: None,
+        notes: Vec::new(),
+    };
     let watched = Arc::new(Watched::default());
     let w = Arc::clone(&watched);
     let worker = std::thread::Builder::new()
@@ -175,14 +184,6 @@ pub(crate) fn run<T: Send + 'static>(
             work(&finished.0)
         })
         .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot start a thread: {e}")))?;
-    let mut reporter = Reporter {
-        callback,
-        logger: py
-            .import("logging")?
-            .call_method1("getLogger", ("ultradelta",))?,
-        last: None,
-        notes: Vec::new(),
-    };
     let mut failure: Option<PyErr> = None;
     loop {
         let news = py.detach(|| {
