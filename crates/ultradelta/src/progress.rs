@@ -134,8 +134,7 @@ mod tests {
             assert!(matches!(e, Err(Error::Cancelled)), "{stage}: {e:?}");
             assert_eq!(others(&out, &[]), Vec::<String>::new(), "{stage}");
         }
-        // Stopped inside a budget search: its evaluations poll too (no stage of their own: they follow pass 1, whose
-        // 13 tensors poll first).
+        // Stopped inside a budget search: its first evaluation (a stage of its own) polls before each tensor.
         let budget = CompressConfig {
             target_ratio: Some(60.0),
             ..CompressConfig::default()
@@ -146,7 +145,7 @@ mod tests {
             &budget,
             &archive,
             false,
-            &CancelIn::new("analysing deltas", 16),
+            &CancelIn::new("budget search", 3),
         );
         assert!(matches!(e, Err(Error::Cancelled)), "{e:?}");
         assert_eq!(others(&out, &[]), Vec::<String>::new());
