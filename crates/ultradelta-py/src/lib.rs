@@ -16,13 +16,13 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyDict, PyList, PyString, PyType};
 use ultradelta::archive::{ArchiveReader, TensorEntry};
 use ultradelta::io::Checkpoint;
-mod watch;
-
 use ultradelta::{
     AllocationMode, ApplyOptions, CodecChoice, CompressConfig, EmbeddingPolicy, EstimateConfig,
     Family, Method, NuclearNormMethod, PositionCodec, Preset, PruningMode, RescaleMode, Selection,
     TraceOn, ValueCodec,
 };
+
+mod watch;
 
 /// The Python exception classes, defined in `ultradelta/_errors.py` (so that they can also derive from
 /// `ValueError` and `OSError`).

@@ -1,4 +1,4 @@
-//! Long work (compress, apply, verify) on a thread of its own while the calling Python thread watches it: the
+//! Long work (compress, compress_many, apply, verify, evaluate) on a thread of its own while the calling Python thread watches it: the
 //! stages' progress go to the caller's callback, the facade's notes to the `ultradelta` logger and the result, and
 //! Ctrl-C (or an exception raised by the callback) cancels the work between two tensors. Without this the GIL would
 //! be released for the whole run and Python would see neither a signal nor any progress until it ended.
@@ -44,6 +44,16 @@ struct State {
 impl State {
     fn news(&self) -> bool {
         self.finished || self.begun > self.seen || !self.notes.is_empty() || !self.ended.is_empty()
+    }
+
+    /// What the watcher passes on: the notes and ended stages (taken), the stage under way and the counts.
+    fn take_news(&mut self) -> State {
+        State {
+            stage: self.stage.clone(),
+            ended: std::mem::take(&mut self.ended),
+            notes: std::mem::take(&mut self.notes),
+            ..*self
+        }
     }
 }
 
@@ -94,15 +104,6 @@ impl Progress for Watched {
     }
 }
 
-/// What the watcher takes from the state at each wake-up.
-struct News {
-    notes: Vec<String>,
-    ended: Vec<(String, u64)>,
-    stage: Option<(String, u64)>,
-    begun: u64,
-    finished: bool,
-}
-
 /// The watcher's side: passes on what happened since it last looked.
 struct Reporter<'py, 'a> {
     callback: Option<&'a Bound<'py, PyAny>>,
@@ -127,7 +128,7 @@ impl Reporter<'_, '_> {
 
     /// Notes to the logger (and the list returned with the result), then every stage that ended (done = total),
     /// then the stage under way.
-    fn report(&mut self, news: News, done: u64) -> PyResult<()> {
+    fn report(&mut self, news: State, done: u64) -> PyResult<()> {
         for note in news.notes {
             self.logger.call_method1("info", ("%s", note.as_str()))?;
             self.notes.push(note);
@@ -192,13 +193,7 @@ pub(crate) fn run<T: Send + 'static>(
                 .wake
                 .wait_timeout_while(st, POLL, |st| !st.news())
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            News {
-                notes: std::mem::take(&mut st.notes),
-                ended: std::mem::take(&mut st.ended),
-                stage: st.stage.clone(),
-                begun: st.begun,
-                finished: st.finished,
-            }
+            st.take_news()
         });
         let (begun, finished) = (news.begun, news.finished);
         if failure.is_none() {

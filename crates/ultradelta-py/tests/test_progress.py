@@ -2,7 +2,6 @@
 an exception from the callback: nothing half-written is left, an output that existed is left as it was."""
 
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
