@@ -11,7 +11,7 @@ use ultradelta_synth::{Shape, SynthConfig};
 use crate::support::{compress_cmd, s, ud_ok};
 
 /// Scheduler variables a test must not inherit from the machine running it (CI may itself run under Slurm).
-const SCHEDULER_VARS: [&str; 7] = [
+pub(crate) const SCHEDULER_VARS: [&str; 7] = [
     "SLURM_ARRAY_TASK_ID",
     "SLURM_ARRAY_TASK_COUNT",
     "SLURM_ARRAY_TASK_MIN",
@@ -96,7 +96,7 @@ fn hub(dir: &Path, n: u64) -> (PathBuf, Vec<PathBuf>) {
 }
 
 /// Writes a manifest of `lines` (JSON values, one per line) to `dir/hub.jsonl`.
-fn write_manifest(dir: &Path, lines: &[Value]) -> PathBuf {
+pub(crate) fn write_manifest(dir: &Path, lines: &[Value]) -> PathBuf {
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let p = dir.join("hub.jsonl");
     std::fs::write(&p, text).unwrap();

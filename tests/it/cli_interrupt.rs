@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use ultradelta::io::DType;
 use ultradelta_synth::{Shape, SynthConfig};
 
+use crate::cli_batch::{write_manifest, SCHEDULER_VARS};
 use crate::support::{listing, s};
 
 /// Starts `compress` with a budget search on a MiniLM-sized pair, sends `signal` once the search has begun (its
@@ -101,7 +102,6 @@ fn compress_is_stopped(base: &std::path::Path, ft: &std::path::Path, out_dir: &s
 /// stay, the second leaves nothing, the third does not start; the same command again finishes the rest.
 fn batch_is_stopped(base: &std::path::Path, ft: &std::path::Path, dir: &std::path::Path) {
     std::fs::create_dir(dir).unwrap();
-    let manifest = dir.join("jobs.jsonl");
     // The second job searches a budget (seconds, where the others take a fraction of one): the signal, sent when
     // the first job is reported done, finds it under way.
     let options = [
@@ -109,23 +109,23 @@ fn batch_is_stopped(base: &std::path::Path, ft: &std::path::Path, dir: &std::pat
         serde_json::json!({"seed": 1, "target-ratio": 150}),
         serde_json::json!({"seed": 2}),
     ];
-    let lines: Vec<String> = options
+    let lines: Vec<serde_json::Value> = options
         .iter()
         .enumerate()
         .map(|(k, o)| {
             serde_json::json!({
                 "base": base, "finetuned": ft, "output": format!("a{k}.udelta"), "options": o
             })
-            .to_string()
         })
         .collect();
-    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    let manifest = write_manifest(dir, &lines);
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_ultradelta"))
-            .args(["batch", s(&manifest), "--jobs", "1"])
-            .env_remove("SLURM_ARRAY_TASK_ID")
-            .env_remove("JOB_COMPLETION_INDEX")
-            .stdout(Stdio::piped())
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ultradelta"));
+        cmd.args(["batch", s(&manifest), "--jobs", "1"]);
+        for v in SCHEDULER_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("the ultradelta binary runs")
@@ -160,7 +160,7 @@ fn batch_is_stopped(base: &std::path::Path, ft: &std::path::Path, dir: &std::pat
     );
     assert_eq!(
         listing(dir),
-        ["a0.udelta", "a0.udelta.result.json", "jobs.jsonl"].map(String::from),
+        ["a0.udelta", "a0.udelta.result.json", "hub.jsonl"].map(String::from),
         "{out}{err}"
     );
     let o = run().wait_with_output().unwrap();
