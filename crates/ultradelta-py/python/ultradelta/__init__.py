@@ -10,9 +10,9 @@ The same engine as the ``ultradelta`` command line (a Rust extension; the GIL is
 - :func:`load` rebuilds the tensors in memory as numpy arrays (exactly the bytes :func:`apply` writes),
   :func:`iter_tensors` one at a time, :func:`load_torch` as PyTorch tensors for ``model.load_state_dict``.
 
-Long calls (:func:`compress`, :func:`apply`, :func:`verify`) take ``progress=callable(stage, done, total)``, pass
-their notes (the command line's informational lines) to the ``logging`` logger ``"ultradelta"`` at level INFO and
-return them under ``"notes"``, and stop between two tensors on Ctrl-C (``KeyboardInterrupt``) or when the callback
+Long calls (:func:`compress`, :func:`compress_many`, :func:`apply`, :func:`verify`, :func:`evaluate`) take
+``progress=callable(stage, done, total)``, pass their notes (the command line's informational lines) to the
+``logging`` logger ``"ultradelta"`` at level INFO and return them under ``"notes"``, and stop between two tensors on Ctrl-C (``KeyboardInterrupt``) or when the callback
 raises, removing what they had started to write.
 
 Errors are :class:`UltraDeltaError` subclasses, one per cause (:class:`CorruptArchiveError`,
@@ -117,8 +117,8 @@ def compress(
     takes a string or a list of strings; ``None`` means "not given". The archive is byte-identical to the one
     ``ultradelta compress`` writes with the same flags.
 
-    ``progress(stage, done, total)``, if given, is called from this thread about ten times a second while a stage
-    advances, and once more when it ends (``done == total``); the notes (tensor selection, what was not paired,
+    ``progress(stage, done, total)``, if given, is called from this thread when a stage starts (``done == 0``; the
+    stage waits for the call), about ten times a second while it advances, and when it ends (``done == total``); the notes (tensor selection, what was not paired,
     ...) go to the ``"ultradelta"`` logger. Ctrl-C, or an exception raised by ``progress``, stops the work at the
     next tensor and is raised here; no archive is left behind (nor a partial file).
 
